@@ -1,0 +1,42 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVICES := policy authn sshd relay
+B ?=
+
+help:      ## List targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
+
+sync:      ## Create or refresh .venv from requirements.lock (hash-checked) and every member
+	@./scripts/bootstrap
+
+lock:      ## Re-resolve dependencies and rewrite requirements.lock (needs uv)
+	uv lock
+	uv export --format requirements-txt --all-groups --no-emit-workspace --no-header -o requirements.lock
+
+run: sync  ## Start the whole system locally on embedded defaults (Ctrl-C stops it)
+	$(PY) scripts/run_local.py
+
+fmt: sync  ## Format and apply safe fixes
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+lint: sync ## Format check and lint
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+
+typecheck: sync ## mypy --strict on libs, services and cli
+	$(VENV)/bin/mypy libs/common/src libs/testkit/src services/*/src cli/src
+
+test: lint typecheck ## Lint, type-check, then every test (real nats-server, real OpenSSH)
+	$(VENV)/bin/pytest -q
+
+e2e: sync  ## Whole-system tests only
+	$(VENV)/bin/pytest -q tests/e2e
+
+bench: sync ## Benchmarks (all, or B=<name> for bench/<name>.py)
+	@if [ -n "$(B)" ]; then $(PY) bench/$(B).py; else for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; fi
+
+clean:     ## Remove .venv and run state
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: help sync lock run fmt lint typecheck test e2e bench clean

@@ -1,0 +1,110 @@
+"""Connecting to NATS with reconnects, connection-event metrics and logs.
+
+The client reconnects forever (every 0.5 s); while it is away ``nc.is_connected`` is false,
+which ``/readyz`` reports. The first connection is retried too, so a service can start
+before nats-server does.
+
+Example::
+
+    nc = await connect_nats(settings.nats_url, name="sshd/node-1", metrics=m, log=log)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+
+from meshssh_common.logs import BoundLogger
+from meshssh_common.metrics import ServiceMetrics
+
+__all__ = ["NATS", "connect_nats"]
+
+
+async def connect_nats(
+    url: str,
+    *,
+    name: str,
+    metrics: ServiceMetrics | None = None,
+    log: BoundLogger | None = None,
+    creds: Path | None = None,
+    retry_initial: bool = True,
+    connect_timeout: float = 2.0,
+) -> NATS:
+    """Connect to NATS, retrying the first connection until it succeeds.
+
+    Args:
+        url: one or more server URLs, comma-separated.
+        name: the client name shown in NATS monitoring.
+        metrics: counts connection events and tracks the connected gauge.
+        log: receives a line per connection event.
+        creds: a NATS credentials file (production deployments).
+        retry_initial: keep trying the first connection (with backoff up to 2 s).
+        connect_timeout: seconds per connection attempt.
+
+    Returns:
+        A connected client that reconnects forever.
+    """
+    last_logged: dict[str, float] = {}
+
+    def event(what: str, detail: str = "") -> None:
+        if metrics is not None:
+            metrics.nats_events.labels(event=what).inc()
+        # Reconnect attempts fail every 0.5 s during an outage: log each kind at most every 10 s.
+        now = time.monotonic()
+        if log is not None and now - last_logged.get(what, -1e9) >= 10.0:
+            last_logged[what] = now
+            log.warning("nats %s", what, extra={"detail": detail} if detail else {})
+
+    holder: list[NATS] = []
+
+    async def disconnected() -> None:
+        if metrics is not None:
+            metrics.nats_connected.set(0)
+        if holder and (holder[0].is_draining or holder[0].is_closed):
+            return  # our own drain on shutdown, not an outage
+        event("disconnected")
+
+    async def reconnected() -> None:
+        if metrics is not None:
+            metrics.nats_connected.set(1)
+        event("reconnected")
+
+    async def error(e: Exception) -> None:
+        event("error", repr(e))
+
+    servers = [s.strip() for s in url.split(",") if s.strip()]
+    delay = 0.1
+    while True:
+        try:
+            nc = await nats.connect(
+                servers=servers,
+                name=name,
+                user_credentials=str(creds) if creds else None,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=connect_timeout,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except (OSError, nats.errors.NoServersError, TimeoutError) as e:
+            if not retry_initial:
+                raise
+            if log is not None:
+                log.warning(
+                    "nats not reachable yet; retrying", extra={"url": url, "error": repr(e)}
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        holder.append(nc)
+        if metrics is not None:
+            metrics.nats_connected.set(1)
+        return nc

@@ -1,0 +1,199 @@
+"""Typed JetStream KV access: get, put, create, compare-and-set update, delete and watch.
+
+Values are wire messages encoded with :mod:`meshssh_common.codec`. A value that does not
+decode is reported as a :class:`WireError` by :meth:`TypedKV.get`, and counted and skipped by
+:meth:`TypedKV.watch`, so one bad entry never stops a watcher.
+
+Example::
+
+    kv = await open_bucket(js, subjects.BUCKET_NETMAPS)
+    maps = TypedKV(kv, NetworkMap)
+    entry = await maps.get("peer.p1")
+    await maps.update("peer.p1", new_map, last=entry.revision)   # Conflict if it moved
+    async for ev in maps.watch("peer.p1"):
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from meshssh_common import codec
+from meshssh_common.errors import Conflict, Unavailable, WireError
+
+__all__ = ["KvEntry", "KvEvent", "TypedKV", "open_bucket"]
+
+T = TypeVar("T")
+
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+async def open_bucket(
+    js: JetStreamContext,
+    name: str,
+    *,
+    history: int = 1,
+    replicas: int = 1,
+    storage: StorageType = StorageType.FILE,
+) -> KeyValue:
+    """Open a KV bucket, creating it (file storage) when it does not exist yet.
+
+    Concurrent creators are safe: the server treats an identical create as idempotent.
+
+    Raises:
+        Unavailable: JetStream did not answer.
+    """
+    try:
+        try:
+            return await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(
+                KeyValueConfig(bucket=name, history=history, replicas=replicas, storage=storage)
+            )
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+        raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry(Generic[T]):
+    """A decoded value and the revision it was stored at."""
+
+    key: str
+    value: T
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class KvEvent(Generic[T]):
+    """One watch event; ``value`` is None for a delete.
+
+    ``initial_done`` marks the end of the values that existed when the watch started (such an
+    event carries no key).
+    """
+
+    key: str
+    value: T | None
+    revision: int
+    initial_done: bool = False
+
+
+class TypedKV(Generic[T]):
+    """A KV bucket whose values are all ``T``."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        typ: type[T],
+        *,
+        on_bad_value: Callable[[str, WireError], None] | None = None,
+    ) -> None:
+        self.kv = kv
+        self.typ = typ
+        self._on_bad_value = on_bad_value
+
+    async def get(self, key: str) -> KvEntry[T] | None:
+        """The current value of ``key``, or None when absent or deleted.
+
+        Raises:
+            WireError: the stored value does not decode as ``T``.
+        """
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None or entry.operation in _DELETE_OPS:
+            return None
+        return KvEntry(key, codec.decode(entry.value, self.typ), int(entry.revision or 0))
+
+    async def put(self, key: str, value: T) -> int:
+        """Store ``value`` unconditionally; returns the new revision."""
+        return int(await self.kv.put(key, codec.encode(value)))
+
+    async def create(self, key: str, value: T) -> int:
+        """Store ``value`` only if ``key`` has none.
+
+        Raises:
+            Conflict: the key already holds a value.
+        """
+        try:
+            return int(await self.kv.create(key, codec.encode(value)))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Conflict(f"{key} already exists") from e
+
+    async def update(self, key: str, value: T, *, last: int) -> int:
+        """Store ``value`` only if ``key`` is still at revision ``last`` (compare-and-set).
+
+        Raises:
+            Conflict: someone else wrote ``key`` since ``last``.
+        """
+        try:
+            return int(await self.kv.update(key, codec.encode(value), last=last))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Conflict(f"{key} changed since revision {last}") from e
+
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        """Delete ``key`` (only if still at ``last`` when given).
+
+        Raises:
+            Conflict: ``last`` was given and the key moved on.
+        """
+        try:
+            await self.kv.delete(key, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Conflict(f"{key} changed since revision {last}") from e
+
+    async def keys(self) -> list[str]:
+        """Every key that currently holds a value."""
+        try:
+            return list(await self.kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    async def values(self) -> dict[str, KvEntry[T]]:
+        """Every current value, decoded; undecodable ones are reported and skipped."""
+        out: dict[str, KvEntry[T]] = {}
+        async for ev in self.watch(">", initial_only=True):
+            if ev.value is not None:
+                out[ev.key] = KvEntry(ev.key, ev.value, ev.revision)
+        return out
+
+    async def watch(
+        self, keys: str = ">", *, initial_only: bool = False
+    ) -> AsyncIterator[KvEvent[T]]:
+        """Yield the current values of ``keys``, an ``initial_done`` marker, then live changes.
+
+        Args:
+            keys: a key or a pattern (``peer.*``, ``>``).
+            initial_only: stop after the ``initial_done`` marker (a consistent snapshot).
+        """
+        watcher = await self.kv.watch(keys)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
+                if entry is None:
+                    yield KvEvent("", None, 0, initial_done=True)
+                    if initial_only:
+                        return
+                    continue
+                if entry.operation in _DELETE_OPS or entry.value is None:
+                    yield KvEvent(entry.key, None, int(entry.revision or 0))
+                    continue
+                try:
+                    value = codec.decode(entry.value, self.typ)
+                except WireError as e:
+                    if self._on_bad_value is not None:
+                        self._on_bad_value(entry.key, e)
+                    continue
+                yield KvEvent(entry.key, value, int(entry.revision or 0))
+        finally:
+            # Shield the unsubscribe so a cancelled watcher still releases its consumer.
+            await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]

@@ -1,0 +1,209 @@
+"""The service runner: signals, NATS, metrics, the ops HTTP server and a bounded shutdown.
+
+A service contributes only ``serve(ctx)``: it runs until cancelled and sets ``ctx.ready`` once
+its subscriptions and listeners are up. The runner owns everything else.
+
+Lifecycle, in order:
+1. the ops server starts (``/healthz`` answers at once; ``/readyz`` is 503);
+2. NATS connects (retried until it succeeds, or until a signal);
+3. ``serve(ctx)`` runs; ``/readyz`` is 200 while NATS is connected and ``ctx.ready`` is set;
+4. on SIGTERM/SIGINT: ``ctx.stopping`` is set and ``ctx.ready`` cleared, ``serve`` is cancelled
+   and given ``shutdown_grace`` seconds to finish its cleanup, NATS is drained, the ops server
+   stops. Exit code 0; 1 if ``serve`` crashed or overran the grace.
+
+Example::
+
+    def main() -> int:
+        return service_main("relay", RelaySettings, serve)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from meshssh_common.connection import connect_nats
+from meshssh_common.errors import ConfigError
+from meshssh_common.http_server import HttpServer
+from meshssh_common.logs import BoundLogger, configure_logging, service_logger
+from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.ops_http import ops_app
+from meshssh_common.settings import ServiceSettings, parse_settings
+
+__all__ = ["ServiceContext", "run_service", "service_main"]
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    """What a service's ``serve`` gets: its settings, NATS, metrics, logger and ready flag."""
+
+    name: str
+    settings: ServiceSettings
+    nc: NATS
+    metrics: ServiceMetrics
+    log: BoundLogger
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    ops_url: str = ""
+
+    @property
+    def js(self) -> JetStreamContext:
+        """A JetStream context on the service's connection."""
+        return self.nc.jetstream(timeout=self.settings.nats_request_timeout)
+
+
+Serve = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def run_service(
+    name: str,
+    settings: ServiceSettings,
+    serve: Serve,
+    *,
+    metrics: ServiceMetrics | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run ``serve`` as service ``name`` until SIGTERM/SIGINT or ``stop`` is set.
+
+    Args:
+        name: the service name (``policy``, ``sshd``...): metric prefix and log field.
+        settings: the parsed settings.
+        serve: the service body.
+        metrics: a metrics object to use (tests pass their own); created when None.
+        stop: an event that stops the service like a signal (tests and embedding).
+
+    Returns:
+        0 on a clean stop; 1 when ``serve`` crashed or did not finish within the grace;
+        2 when ``serve`` raised :class:`ConfigError` (e.g. its listen port is taken).
+    """
+    log = service_logger(name, settings.instance)
+    metrics = metrics or ServiceMetrics(name)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    holder: dict[str, ServiceContext] = {}
+
+    def readiness() -> dict[str, bool]:
+        ctx = holder.get("ctx")
+        checks = {
+            "nats": bool(ctx and ctx.nc.is_connected),
+            "serving": bool(ctx and ctx.ready.is_set() and not ctx.stopping.is_set()),
+        }
+        metrics.ready.set(1 if all(checks.values()) else 0)
+        return checks
+
+    ops = HttpServer(
+        ops_app(metrics.registry, readiness), settings.ops_listen, setting="--ops-listen"
+    )
+    log.info("ops listening", extra={"url": ops.url})
+    metrics.up.set(1)
+    exit_code = 0
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ops_task = tg.create_task(ops.serve())
+            connect = tg.create_task(
+                connect_nats(
+                    settings.nats_url,
+                    name=f"{name}/{settings.instance}",
+                    metrics=metrics,
+                    log=log,
+                    creds=settings.nats_creds,
+                )
+            )
+            stopper = tg.create_task(stop.wait())
+            await asyncio.wait({connect, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not connect.done():
+                connect.cancel()
+                ops.stop()
+                return 0
+            nc = connect.result()
+            ctx = ServiceContext(name, settings, nc, metrics, log, ops_url=ops.url)
+            holder["ctx"] = ctx
+            main = tg.create_task(_guarded(serve, ctx))
+            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            ctx.stopping.set()
+            ctx.ready.clear()
+            if main.done():
+                exit_code = main.result()
+            else:
+                log.info("shutting down", extra={"grace": settings.shutdown_grace})
+                main.cancel()
+                done, _ = await asyncio.wait({main}, timeout=settings.shutdown_grace)
+                if not done:
+                    log.error("shutdown grace exceeded; abandoning serve()")
+                    exit_code = 1
+            stopper.cancel()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(min(5.0, settings.shutdown_grace)):
+                    await nc.drain()
+            if not nc.is_closed:
+                await nc.close()
+            ops.stop()
+            await ops_task
+    finally:
+        metrics.up.set(0)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    log.info("stopped", extra={"exit_code": exit_code})
+    return exit_code
+
+
+async def _guarded(serve: Serve, ctx: ServiceContext) -> int:
+    """Run ``serve``; return its exit code: 0 ended or cancelled, 1 crashed, 2 bad setting."""
+    try:
+        await serve(ctx)
+    except asyncio.CancelledError:
+        return 0
+    except ConfigError as e:
+        ctx.log.error("bad setting", extra={"setting": e.setting, "problem": e.problem})
+        sys.stderr.write(f"meshssh-{ctx.name}: bad setting {e}\n")
+        return 2
+    except Exception:
+        ctx.log.exception("service crashed")
+        return 1
+    return 0
+
+
+def service_main(
+    name: str,
+    settings_cls: type[S],
+    serve: Serve,
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = "",
+) -> int:
+    """The whole ``main()`` of a service: settings, logging, ``asyncio.run``, exit code.
+
+    Returns:
+        0 clean stop, 1 crash, 2 bad setting (one line on stderr naming it).
+    """
+    try:
+        settings = parse_settings(
+            settings_cls, argv, prog=f"meshssh-{name}", description=description
+        )
+    except ConfigError as e:
+        sys.stderr.write(f"meshssh-{name}: bad setting {e}\n")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(run_service(name, settings, serve))
+    except ConfigError as e:
+        sys.stderr.write(f"meshssh-{name}: bad setting {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,99 @@
+"""Every NATS subject, stream and KV bucket name of meshssh, in one place (SPEC §5).
+
+Grammar: ``meshssh.<service>.v<N>.<req|evt>.<verb>[.<token>]``. Tokens are validated before
+they are put into a subject; nobody formats a subject inline anywhere else.
+
+Example::
+
+    await nc.publish(subjects.heartbeat(peer_id), encode(hb))
+    await kv.put(subjects.netmap_key(peer_id), encode(netmap))
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from meshssh_common.errors import BadRequest
+
+__all__ = [
+    "AUDIT_STREAM",
+    "AUDIT_SUBJECTS",
+    "AUTHN_DEVICE_POLL",
+    "AUTHN_DEVICE_START",
+    "AUTHN_JWKS_REFRESH",
+    "BUCKET_GROUPS",
+    "BUCKET_JWKS",
+    "BUCKET_NETMAPS",
+    "BUCKET_PEERS",
+    "BUCKET_POLICIES",
+    "BUCKET_SETUP_KEYS",
+    "BUCKET_USERS",
+    "HEARTBEAT_ALL",
+    "JWKS_KEY",
+    "NETMAP_ALL",
+    "POLICY_META",
+    "POLICY_REGISTER",
+    "STATE_BUCKETS",
+    "audit_event",
+    "heartbeat",
+    "netmap_key",
+    "token",
+]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+POLICY_REGISTER: Final = "meshssh.policy.v1.req.register"
+POLICY_META: Final = "meshssh.policy.v1.req.meta"
+HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
+
+AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
+AUTHN_DEVICE_START: Final = "meshssh.authn.v1.req.device-start"
+AUTHN_DEVICE_POLL: Final = "meshssh.authn.v1.req.device-poll"
+
+AUDIT_STREAM: Final = "MESHSSH_AUDIT"
+AUDIT_SUBJECTS: Final = "meshssh.audit.v1.evt.>"
+
+BUCKET_NETMAPS: Final = "meshssh-netmaps"
+BUCKET_PEERS: Final = "meshssh-peers"
+BUCKET_USERS: Final = "meshssh-users"
+BUCKET_GROUPS: Final = "meshssh-groups"
+BUCKET_POLICIES: Final = "meshssh-policies"
+BUCKET_SETUP_KEYS: Final = "meshssh-setup-keys"
+BUCKET_JWKS: Final = "meshssh-jwks"
+STATE_BUCKETS: Final = (
+    BUCKET_PEERS,
+    BUCKET_USERS,
+    BUCKET_GROUPS,
+    BUCKET_POLICIES,
+    BUCKET_SETUP_KEYS,
+)
+
+JWKS_KEY: Final = "current"
+NETMAP_ALL: Final = "peer.*"
+
+
+def token(value: str) -> str:
+    """Validate one subject or key token (``[A-Za-z0-9_-]{1,64}``) and return it.
+
+    Raises:
+        BadRequest: the value would change the subject's shape (dots, wildcards, spaces...).
+    """
+    if not _TOKEN.match(value):
+        raise BadRequest(f"invalid subject token {value!r}")
+    return value
+
+
+def heartbeat(peer_id: str) -> str:
+    """Subject a peer publishes its liveness on."""
+    return f"meshssh.policy.v1.evt.heartbeat.{token(peer_id)}"
+
+
+def netmap_key(peer_id: str) -> str:
+    """Key of a peer's network map in the ``meshssh-netmaps`` bucket."""
+    return f"peer.{token(peer_id)}"
+
+
+def audit_event(kind: str, peer_id: str) -> str:
+    """Subject of one audit event: ``meshssh.audit.v1.evt.<kind>.<peer>``."""
+    return f"meshssh.audit.v1.evt.{token(kind)}.{token(peer_id)}"

@@ -1,0 +1,43 @@
+"""Audit events, stored durably in the ``MESHSSH_AUDIT`` JetStream stream (SPEC §8)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from meshssh_common.wire.base import Count, Wire
+
+__all__ = ["AuditEvent", "AuditKind"]
+
+AuditKind = Literal[
+    "auth-accepted",
+    "auth-rejected",
+    "connection-refused",
+    "session-start",
+    "session-end",
+    "forward-open",
+    "forward-close",
+    "sftp-start",
+    "sftp-end",
+    "access-revoked",
+]
+
+
+class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
+    """One audit record. Commands are summarised (argv0 and an argument count), never full."""
+
+    kind: AuditKind
+    peer_id: str
+    at: float
+    session_id: str = ""
+    local_user: str = ""
+    jwt_user: str = ""
+    source_addr: str = ""
+    source_peer: str = ""
+    method: str = ""
+    result: str = ""
+    reason: str = ""
+    command: str = ""
+    duration: float = 0.0
+    bytes_in: Count = 0
+    bytes_out: Count = 0
+    forward: str = ""

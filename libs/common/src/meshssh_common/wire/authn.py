@@ -1,0 +1,91 @@
+"""Identity messages: the JWKS snapshot in KV, JWKS refresh and the device-flow broker."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from meshssh_common.wire.base import Count, Part, Wire
+from meshssh_common.wire.netmap import JwtConfig
+
+__all__ = [
+    "DevicePollReply",
+    "DevicePollRequest",
+    "DeviceStartReply",
+    "DeviceStartRequest",
+    "JwksRefreshReply",
+    "JwksRefreshRequest",
+    "JwksSnapshot",
+    "OidcClientConfig",
+]
+
+
+class OidcClientConfig(Part, frozen=True, kw_only=True):
+    """What a client needs to run the OIDC device flow (``meshssh login``)."""
+
+    issuer: str
+    client_id: str
+    device_authorization_endpoint: str
+    token_endpoint: str
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    audience: str = ""
+
+
+class JwksSnapshot(Wire, tag="authn.jwks.v1", frozen=True, kw_only=True):
+    """The validation config and signing keys authn mirrors into KV ``meshssh-jwks``.
+
+    ``keys`` are JWKs exactly as the provider publishes them (RFC 7517 objects).
+    """
+
+    jwt: JwtConfig
+    keys: tuple[dict[str, Any], ...] = ()
+    fetched_at: float = 0.0
+    source: str = ""  # the JWKS URL the keys came from
+    client: OidcClientConfig | None = None
+
+
+class JwksRefreshRequest(Wire, tag="authn.jwks-refresh.v1", frozen=True, kw_only=True):
+    """A server met an unknown ``kid``: ask authn to refetch (rate-limited)."""
+
+    kid: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    requester: str = ""
+
+
+class JwksRefreshReply(Wire, tag="authn.jwks-refreshed.v1", frozen=True, kw_only=True):
+    """Whether a fetch happened, and the key ids now published."""
+
+    fetched: bool
+    key_ids: tuple[str, ...] = ()
+    retry_after: float = 0.0
+
+
+class DeviceStartRequest(Wire, tag="authn.device-start.v1", frozen=True, kw_only=True):
+    """An SSH server starts a browser check on behalf of a connecting user."""
+
+    peer_id: str = ""
+    login_hint: str = ""
+
+
+class DeviceStartReply(Wire, tag="authn.device-started.v1", frozen=True, kw_only=True):
+    """RFC 8628 device authorization response, relayed."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str = ""
+    expires_in: Count = 600
+    interval: Count = 5
+
+
+class DevicePollRequest(Wire, tag="authn.device-poll.v1", frozen=True, kw_only=True):
+    """Poll a device flow started with :class:`DeviceStartRequest`."""
+
+    device_code: str
+
+
+class DevicePollReply(Wire, tag="authn.device-polled.v1", frozen=True, kw_only=True):
+    """``ok`` carries the token; the others mirror RFC 8628 error codes."""
+
+    status: Literal["ok", "pending", "slow_down", "denied", "expired"]
+    token: str = ""

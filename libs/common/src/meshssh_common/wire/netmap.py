@@ -1,0 +1,104 @@
+"""The network map: a full per-peer snapshot the management plane publishes (SPEC §4, §6).
+
+A peer applies only snapshots whose ``serial`` is higher than the one it holds. The map is
+stored in JetStream KV ``meshssh-netmaps`` under ``peer.<id>``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from meshssh_common.wire.base import Count, MeshIp, Part, PeerId, Port, Wire
+
+__all__ = [
+    "Action",
+    "FirewallRule",
+    "JwtConfig",
+    "NetworkMap",
+    "PeerConfig",
+    "PortRange",
+    "Protocol",
+    "RemotePeer",
+    "SshAuth",
+]
+
+Protocol = Literal["all", "tcp", "udp", "icmp"]
+Action = Literal["accept", "drop"]
+
+
+class PortRange(Part, frozen=True, kw_only=True):
+    """An inclusive port range."""
+
+    start: Port
+    end: Port
+
+
+class FirewallRule(Part, frozen=True, kw_only=True):
+    """One inbound rule of the receiving peer.
+
+    ``port`` empty and ``port_range`` None means every port. ``ssh`` policy rules are
+    emitted as ``tcp`` (with the 22022 copy), as NetBird does.
+    """
+
+    sources: tuple[str, ...]  # CIDR prefixes, e.g. "100.64.0.7/32"
+    protocol: Protocol
+    action: Action
+    policy_id: str
+    port: str = ""
+    port_range: PortRange | None = None
+
+
+class JwtConfig(Part, frozen=True, kw_only=True):
+    """How a peer's SSH server validates the JWTs users present (SPEC §6)."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    keys_location: str = ""
+    user_id_claim: str = "sub"
+    max_token_age: Annotated[int, msgspec.Meta(ge=1)] = 600
+    clock_skew: Annotated[int, msgspec.Meta(ge=0)] = 60
+
+
+class PeerConfig(Part, frozen=True, kw_only=True):
+    """The receiving peer's own settings from the management plane."""
+
+    id: PeerId
+    name: str
+    mesh_ip: MeshIp
+    mesh_prefix: str
+    ssh_enabled: bool = False
+    jwt: JwtConfig | None = None
+
+
+class RemotePeer(Part, frozen=True, kw_only=True):
+    """A peer the receiving peer may reach, with its pinned SSH host key."""
+
+    id: PeerId
+    name: str
+    mesh_ip: MeshIp
+    ssh_host_key: str = ""  # OpenSSH public key line, "ssh-ed25519 AAAA..."
+    ssh_enabled: bool = False
+
+
+class SshAuth(Part, frozen=True, kw_only=True):
+    """The SSH authorization table: who may log in as which local user (fail closed).
+
+    ``authorized_users`` holds hex BLAKE2b-128 hashes of user ids (the value of
+    ``user_id_claim``); ``machine_users`` maps a local user, or ``*``, to indexes into it.
+    """
+
+    user_id_claim: str = "sub"
+    authorized_users: tuple[str, ...] = ()
+    machine_users: dict[str, tuple[Count, ...]] = msgspec.field(default_factory=dict)
+
+
+class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):
+    """A full snapshot for one peer; ``serial`` strictly increases per peer."""
+
+    serial: Annotated[int, msgspec.Meta(ge=1)]
+    peer: PeerConfig
+    firewall_rules: tuple[FirewallRule, ...] = ()
+    remote_peers: tuple[RemotePeer, ...] = ()
+    ssh_auth: SshAuth = msgspec.field(default_factory=SshAuth)

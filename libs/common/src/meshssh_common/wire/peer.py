@@ -1,0 +1,106 @@
+"""Messages a peer agent exchanges with the management plane (register, meta, heartbeat)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from meshssh_common.wire.base import Count, MeshIp, Part, PeerId, Port, Wire
+from meshssh_common.wire.netmap import NetworkMap
+
+__all__ = [
+    "Heartbeat",
+    "MetaReply",
+    "MetaUpdate",
+    "PeerFlags",
+    "PeerMeta",
+    "RegisterReply",
+    "RegisterRequest",
+    "SessionInfo",
+]
+
+PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+
+
+class PeerFlags(Part, frozen=True, kw_only=True):
+    """The local flags of SPEC §3 as the peer was started with them."""
+
+    server_ssh_allowed: bool = False
+    local_port_forwarding: bool = False
+    remote_port_forwarding: bool = False
+    sftp: bool = False
+    root_login: bool = False
+    disable_ssh_auth: bool = False
+    jwt_cache_ttl: Count = 0
+
+
+class PeerMeta(Part, frozen=True, kw_only=True):
+    """What a peer reports about itself; ``capabilities`` lists e.g. ``native_ssh``."""
+
+    version: Annotated[str, msgspec.Meta(max_length=64)]
+    capabilities: tuple[str, ...] = ()
+    flags: PeerFlags = msgspec.field(default_factory=PeerFlags)
+    hostname: str = ""
+    os: str = ""
+
+
+class RegisterRequest(Wire, tag="policy.register.v1", frozen=True, kw_only=True):
+    """A peer logs in with a setup key (first time) or its peer credential (afterwards)."""
+
+    name: PeerName
+    mesh_ip: MeshIp
+    meta: PeerMeta
+    ssh_host_key: str = ""
+    setup_key: str = ""
+    peer_id: str = ""
+    credential: str = ""
+
+
+class RegisterReply(Wire, tag="policy.registered.v1", frozen=True, kw_only=True):
+    """The peer's id, its credential for later logins, and its current map."""
+
+    peer_id: PeerId
+    credential: str
+    netmap: NetworkMap
+
+
+class MetaUpdate(Wire, tag="policy.meta.v1", frozen=True, kw_only=True):
+    """A peer reports changed flags or version."""
+
+    peer_id: PeerId
+    credential: str
+    meta: PeerMeta
+    ssh_host_key: str = ""
+
+
+class MetaReply(Wire, tag="policy.meta-ack.v1", frozen=True, kw_only=True):
+    """Acknowledges a meta update with the serial of the peer's map after it."""
+
+    serial: Count = 0
+
+
+class SessionInfo(Part, frozen=True, kw_only=True):
+    """One live SSH session on a peer, for ``meshssh status -d`` and the dashboard."""
+
+    session_id: str
+    local_user: str
+    jwt_user: str = ""
+    source: str = ""
+    command: str = ""
+    started_at: float = 0.0
+    forwards: tuple[str, ...] = ()
+
+
+class Heartbeat(Wire, tag="policy.heartbeat.v1", frozen=True, kw_only=True):
+    """Liveness from a peer, published every few seconds."""
+
+    peer_id: PeerId
+    sent_at: float
+    serial: Count = 0
+    ssh_running: bool = False
+    relay_mode: Literal["proxy", "nftables", "off"] = "off"
+    ssh_port: Port = 0
+    relay_port: Port = 0
+    sessions: tuple[SessionInfo, ...] = ()
+    peer_mesh_ip: MeshIp = ""

@@ -1,0 +1,100 @@
+"""Typed KV against a real JetStream: compare-and-set, watch, durability across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from meshssh_common import wire
+from meshssh_common.errors import Conflict, WireError
+from meshssh_common.kv import KvEvent, TypedKV, open_bucket
+from meshssh_testkit import NatsServer
+
+
+async def test_compare_and_set_refuses_a_stale_writer(nc: NATS) -> None:
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-cas"), wire.MetaReply)
+    rev = await kv.create("k", wire.MetaReply(serial=1))
+    with pytest.raises(Conflict):
+        await kv.create("k", wire.MetaReply(serial=9))
+    rev2 = await kv.update("k", wire.MetaReply(serial=2), last=rev)
+    with pytest.raises(Conflict):
+        await kv.update("k", wire.MetaReply(serial=3), last=rev)  # a writer that read rev
+    entry = await kv.get("k")
+    assert entry is not None
+    assert (entry.value.serial, entry.revision) == (2, rev2)
+
+
+async def test_concurrent_increments_never_lose_an_update(nc: NATS) -> None:
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-inc"), wire.MetaReply)
+    await kv.create("n", wire.MetaReply(serial=0))
+
+    async def increment() -> None:
+        while True:
+            entry = await kv.get("n")
+            assert entry is not None
+            try:
+                await kv.update("n", wire.MetaReply(serial=entry.value.serial + 1),
+                                last=entry.revision)  # fmt: skip
+                return
+            except Conflict:
+                continue
+
+    await asyncio.gather(*(increment() for _ in range(20)))
+    entry = await kv.get("n")
+    assert entry is not None
+    assert entry.value.serial == 20
+
+
+async def test_watch_yields_initial_values_then_changes_and_skips_bad_values(nc: NATS) -> None:
+    bad: list[str] = []
+    raw = await open_bucket(nc.jetstream(), "t-watch")
+    kv = TypedKV(raw, wire.MetaReply, on_bad_value=lambda key, e: bad.append(key))
+    await kv.put("peer.a", wire.MetaReply(serial=1))
+    events: list[KvEvent[wire.MetaReply]] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        async for ev in kv.watch("peer.*"):
+            events.append(ev)
+            if ev.key == "peer.b" and ev.value is None:
+                done.set()
+
+    task = asyncio.create_task(watch())
+    try:
+        await asyncio.sleep(0.2)
+        await raw.put("peer.x", b"garbage")
+        await kv.put("peer.b", wire.MetaReply(serial=2))
+        await kv.delete("peer.b")
+        async with asyncio.timeout(5):
+            await done.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [(e.key, e.value, e.initial_done) for e in events] == [
+        ("peer.a", wire.MetaReply(serial=1), False),
+        ("", None, True),
+        ("peer.b", wire.MetaReply(serial=2), False),
+        ("peer.b", None, False),
+    ]
+    assert bad == ["peer.x"]
+    with pytest.raises(WireError):
+        await TypedKV(raw, wire.MetaReply).get("peer.x")
+
+
+async def test_state_survives_a_nats_server_restart(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-durable"), wire.MetaReply)
+    await kv.put("k", wire.MetaReply(serial=7))
+    await nc.close()
+    await nats_server.restart()
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = TypedKV(await open_bucket(nc.jetstream(), "t-durable"), wire.MetaReply)
+        entry = await kv.get("k")
+        assert entry is not None
+        assert entry.value.serial == 7
+    finally:
+        await nc.close()

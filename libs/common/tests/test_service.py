@@ -1,0 +1,162 @@
+"""The service runner, exercised through real service processes and a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.settings import ServiceSettings
+from meshssh_testkit import NatsServer, script
+from meshssh_testkit.plugin import ServiceFactory
+
+SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
+
+
+async def readyz(url: str) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"{url}/readyz", timeout=2)).status_code
+
+
+async def wait_status(url: str, status: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while await readyz(url) != status:
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
+    name: str, nats_url: str, services: ServiceFactory
+) -> None:
+    proc = await services.start(name, "--nats-url", nats_url)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{proc.ops_url}/healthz")).status_code == 200
+        metrics = await client.get(f"{proc.ops_url}/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    short = name.removeprefix("meshssh-")
+    assert f"meshssh_{short}_nats_connected 1.0" in metrics.text
+    started = time.monotonic()
+    assert await proc.stop() == 0
+    assert time.monotonic() - started < 5
+
+
+async def test_readyz_follows_nats_without_the_service_restarting(
+    nats_server: NatsServer, services: ServiceFactory
+) -> None:
+    proc = await services.start("meshssh-relay", "--nats-url", nats_server.url)
+    pid = proc.proc.pid
+    assert await readyz(proc.ops_url) == 200
+    await nats_server.stop()
+    await wait_status(proc.ops_url, 503)
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"{proc.ops_url}/readyz")).json()
+    assert body["checks"]["nats"] is False
+    await nats_server.restart()
+    await wait_status(proc.ops_url, 200)
+    assert proc.proc.returncode is None
+    assert proc.proc.pid == pid
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{proc.ops_url}/metrics")).text
+    assert 'meshssh_relay_nats_events_total{event="reconnected"} 1.0' in text
+
+
+async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
+    tmp_path: object, services: ServiceFactory
+) -> None:
+    from pathlib import Path
+
+    server = await NatsServer.start(Path(str(tmp_path)) / "js")
+    url = server.url
+    await server.stop()
+    try:
+        proc = await services.start("meshssh-sshd", "--nats-url", url, ready=False)
+        await asyncio.sleep(0.5)
+        assert proc.ops_url
+        assert await readyz(proc.ops_url) == 503
+        await server.restart()
+        await wait_status(proc.ops_url, 200)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--ops-listen", "nowhere"], "--ops-listen"),
+        (["--log-level", "LOUD"], "--log-level"),
+        (["--shutdown-grace", "-1"], "--shutdown-grace"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_naming_it(args: list[str], names: str) -> None:
+    result = subprocess.run([script("meshssh-relay"), *args], capture_output=True, text=True,
+                            timeout=30, check=False)  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert names in lines[0]
+
+
+def test_a_bad_env_setting_names_its_variable() -> None:
+    import os
+
+    env = dict(os.environ, MESHSSH_LOG_FORMAT="yaml")
+    result = subprocess.run([script("meshssh-sshd")], capture_output=True, text=True, env=env,
+                            timeout=30, check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert "MESHSSH_LOG_FORMAT" in result.stderr
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_help_lists_every_setting_with_its_env_variable(name: str) -> None:
+    result = subprocess.run([script(name), "--help"], capture_output=True, text=True,
+                            timeout=30, check=False)  # fmt: skip
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, env in [("--nats-url", "MESHSSH_NATS_URL"), ("--nats-creds", "MESHSSH_NATS_CREDS"),
+                      ("--ops-listen", "_OPS_LISTEN"), ("--log-level", "MESHSSH_LOG_LEVEL"),
+                      ("--log-format", "MESHSSH_LOG_FORMAT")]:  # fmt: skip
+        assert flag in text
+        assert env in text
+
+
+async def test_a_crashing_serve_ends_the_service_with_exit_code_1(nats_url: str) -> None:
+    async def serve(ctx: ServiceContext) -> None:
+        ctx.ready.set()
+        raise RuntimeError("crash")
+
+    settings = ServiceSettings(nats_url=nats_url, ops_listen="127.0.0.1:0")
+    code = await asyncio.wait_for(
+        run_service("t", settings, serve, metrics=ServiceMetrics("t")), 10
+    )
+    assert code == 1
+
+
+async def test_a_serve_that_ignores_cancellation_is_abandoned_after_the_grace(
+    nats_url: str,
+) -> None:
+    stop = asyncio.Event()
+
+    async def serve(ctx: ServiceContext) -> None:
+        ctx.ready.set()
+        stop.set()
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.5)  # slow cleanup beyond the 0.2 s grace
+                return
+
+    settings = ServiceSettings(nats_url=nats_url, ops_listen="127.0.0.1:0", shutdown_grace=0.2)
+    started = time.monotonic()
+    code = await asyncio.wait_for(
+        run_service("t", settings, serve, metrics=ServiceMetrics("t"), stop=stop), 10
+    )
+    assert code == 1
+    assert time.monotonic() - started < 3

@@ -1,0 +1,16 @@
+"""meshssh test kit (dev only): real nats-server, OpenSSH client helpers, service processes."""
+
+from meshssh_testkit.natsd import NatsServer, NatsServerError, nats_server_binary
+from meshssh_testkit.openssh import OpenSSH, RunResult, openssh_available
+from meshssh_testkit.process import ServiceProcess, script
+
+__all__ = [
+    "NatsServer",
+    "NatsServerError",
+    "OpenSSH",
+    "RunResult",
+    "ServiceProcess",
+    "nats_server_binary",
+    "openssh_available",
+    "script",
+]
