@@ -1,0 +1,64 @@
+"""The SSH authorization table: who may log in as which local user (SPEC §6).
+
+The management plane builds one table per peer; the SSH server checks a login against it. User
+ids travel only as unkeyed BLAKE2b-128 hashes, so a map never leaks who has access.
+``machine_users`` maps a local user, or ``*`` for any local user, to indexes into the hash list.
+A login as local user U is allowed only when the user's index is listed under ``*`` or under
+U. Anything missing means denied: fail closed.
+
+Example::
+
+    table = build_table("sub", [("alice", "*"), ("bob", "deploy")])
+    authorize(table, "bob", "deploy")   # True
+    authorize(table, "bob", "root")     # False
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from meshssh_common.wire.netmap import SshAuth
+
+__all__ = ["WILDCARD", "authorize", "build_table", "hash_user_id"]
+
+WILDCARD = "*"
+
+
+def hash_user_id(user_id: str) -> str:
+    """The unkeyed BLAKE2b-128 hash of a user id, as 32 hex characters."""
+    return hashlib.blake2b(user_id.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def build_table(user_id_claim: str, grants: Iterable[tuple[str, str]]) -> SshAuth:
+    """Build a table from ``(user_id, local_user)`` grants (``local_user`` may be ``*``).
+
+    The result is canonical: hashes sorted, indexes sorted, no duplicates, so two builds of
+    the same grants compare equal (maps are republished only when their content changes).
+    """
+    pairs = {(hash_user_id(uid), local) for uid, local in grants if uid and local}
+    hashes = sorted({h for h, _ in pairs})
+    index = {h: i for i, h in enumerate(hashes)}
+    machine: dict[str, set[int]] = {}
+    for h, local in pairs:
+        machine.setdefault(local, set()).add(index[h])
+    return SshAuth(
+        user_id_claim=user_id_claim,
+        authorized_users=tuple(hashes),
+        machine_users={local: tuple(sorted(ix)) for local, ix in sorted(machine.items())},
+    )
+
+
+def authorize(table: SshAuth | None, user_id: str, local_user: str) -> bool:
+    """Whether ``user_id`` may log in as ``local_user`` under ``table`` (False when unsure)."""
+    if table is None or not user_id or not local_user:
+        return False
+    wanted = hash_user_id(user_id)
+    try:
+        position = table.authorized_users.index(wanted)
+    except ValueError:
+        return False
+    allowed = set(table.machine_users.get(WILDCARD, ())) | set(
+        table.machine_users.get(local_user, ())
+    )
+    return position in allowed

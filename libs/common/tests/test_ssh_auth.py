@@ -1,0 +1,63 @@
+"""The authorization table: ``*`` or the exact local user, otherwise denied (fail closed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshssh_common.ssh_auth import authorize, build_table, hash_user_id
+from meshssh_common.wire import SshAuth
+
+
+def test_hash_is_unkeyed_blake2b_128() -> None:
+    # Vectors from coreutils: printf alice | b2sum -l 128 (and the empty string).
+    assert hash_user_id("alice") == "69b5957599f918e276a3d2428acdc997"
+    assert hash_user_id("") == "cae66941d9efbd404e4d88758ea67670"
+    assert len(hash_user_id("x")) == 32
+
+
+TABLE = build_table("sub", [("alice", "*"), ("bob", "deploy"), ("carol", "deploy"),
+                            ("carol", "carol")])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("user", "local", "allowed"),
+    [
+        ("alice", "alice", True),  # wildcard
+        ("alice", "root", True),  # wildcard covers any local user (root is gated elsewhere)
+        ("bob", "deploy", True),
+        ("bob", "bob", False),  # mapped only to deploy
+        ("carol", "carol", True),
+        ("carol", "deploy", True),
+        ("carol", "alice", False),
+        ("mallory", "deploy", False),  # hash not in the table
+        ("", "deploy", False),
+        ("bob", "", False),
+    ],
+)
+def test_a_user_logs_in_only_through_wildcard_or_the_exact_local_user(
+    user: str, local: str, allowed: bool
+) -> None:
+    assert authorize(TABLE, user, local) is allowed
+
+
+def test_no_table_or_an_empty_table_denies_everyone() -> None:
+    assert authorize(None, "alice", "alice") is False
+    assert authorize(SshAuth(), "alice", "alice") is False
+
+
+def test_a_user_mapped_only_to_alice_cannot_log_in_as_bob() -> None:
+    table = build_table("sub", [("u1", "alice")])
+    assert authorize(table, "u1", "alice")
+    assert not authorize(table, "u1", "bob")
+
+
+def test_an_index_without_a_mapping_is_denied() -> None:
+    table = SshAuth(authorized_users=(hash_user_id("dave"),), machine_users={})
+    assert not authorize(table, "dave", "dave")
+
+
+def test_tables_are_canonical_so_equal_grants_compare_equal() -> None:
+    a = build_table("sub", [("x", "*"), ("y", "u"), ("x", "*")])
+    b = build_table("sub", [("y", "u"), ("x", "*")])
+    assert a == b
+    assert len(a.authorized_users) == 2
