@@ -38,6 +38,7 @@ __all__ = [
     "audit_event",
     "heartbeat",
     "netmap_key",
+    "sshd_sessions",
     "token",
 ]
 
@@ -97,3 +98,8 @@ def netmap_key(peer_id: str) -> str:
 def audit_event(kind: str, peer_id: str) -> str:
     """Subject of one audit event: ``meshssh.audit.v1.evt.<kind>.<peer>``."""
     return f"meshssh.audit.v1.evt.{token(kind)}.{token(peer_id)}"
+
+
+def sshd_sessions(peer_id: str) -> str:
+    """Subject sshd publishes its live sessions on (a :class:`SessionsReport`)."""
+    return f"meshssh.sshd.v1.evt.sessions.{token(peer_id)}"

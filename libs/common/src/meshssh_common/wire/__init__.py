@@ -35,6 +35,7 @@ from meshssh_common.wire.peer import (
     RegisterReply,
     RegisterRequest,
     SessionInfo,
+    SessionsReport,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "RegisterRequest",
     "RemotePeer",
     "SessionInfo",
+    "SessionsReport",
     "SshAuth",
     "Wire",
 ]

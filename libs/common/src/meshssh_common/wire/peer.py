@@ -18,6 +18,7 @@ __all__ = [
     "RegisterReply",
     "RegisterRequest",
     "SessionInfo",
+    "SessionsReport",
 ]
 
 PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
@@ -104,3 +105,14 @@ class Heartbeat(Wire, tag="policy.heartbeat.v1", frozen=True, kw_only=True):
     relay_port: Port = 0
     sessions: tuple[SessionInfo, ...] = ()
     peer_mesh_ip: MeshIp = ""
+
+
+class SessionsReport(Wire, tag="sshd.sessions.v1", frozen=True, kw_only=True):
+    """sshd's live sessions, published on every change and every few seconds.
+
+    The agent folds them into its heartbeat for ``meshssh status -d`` and the dashboard.
+    """
+
+    peer_id: PeerId
+    sent_at: float
+    sessions: tuple[SessionInfo, ...] = ()
