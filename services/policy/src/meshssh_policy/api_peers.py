@@ -17,6 +17,21 @@ __all__ = ["router"]
 router = APIRouter(tags=["peers"])
 
 
+@router.get("/status", tags=["status"])
+async def status(mgmt: MgmtDep) -> dict[str, Any]:
+    """This replica: state revisions applied and those whose maps are all published."""
+    peers = mgmt.state.peers
+    return {
+        "instance": mgmt.settings.instance,
+        "loaded": mgmt.engine.loaded.is_set(),
+        "peers": len(peers),
+        "peers_online": sum(1 for p in peers if mgmt.presence.online(p)),
+        "state_revisions": dict(mgmt.state.view),
+        "processed_revisions": dict(mgmt.engine.processed),
+        "mesh_prefix": mgmt.settings.mesh_prefix,
+    }
+
+
 @router.get("/peers")
 async def list_peers(mgmt: MgmtDep) -> list[dict[str, Any]]:
     """Every peer with its groups, SSH state, online state and live sessions."""

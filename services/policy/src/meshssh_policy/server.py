@@ -47,6 +47,7 @@ async def serve(ctx: ServiceContext) -> None:
         sub = await subscribe_typed(ctx.nc, subjects.HEARTBEAT_ALL, Heartbeat,
                                     mgmt.presence.on_heartbeat, name="heartbeat",
                                     metrics=m, log=log)  # fmt: skip
+        await ctx.nc.flush()  # the server knows our subscriptions before we say we are ready
         tg.create_task(mgmt.presence.run(lambda: set(mgmt.state.peers)))
         api = tg.create_task(http.serve())
         ctx.log.info("api listening", extra={"url": http.url})
