@@ -32,7 +32,7 @@ from meshssh_policy.impact import Change, affected_by
 from meshssh_policy.index import Index
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.publisher import Outcome, Publisher
-from meshssh_policy.records import PeerRecord
+from meshssh_policy.records import PeerRecord, check_record
 from meshssh_policy.state import State, dominates
 
 __all__ = ["Engine"]
@@ -130,6 +130,8 @@ class Engine:
             if ev.initial_done:
                 self._initial.discard(bucket)
                 continue
+            if ev.value is not None and not self._valid(bucket, ev.key, ev.value):
+                continue
             old = self.state.apply(bucket, ev.key, ev.value, ev.revision)
             if old is not None or ev.value is not None:
                 changes.append(Change(bucket, ev.key, old, ev.value))
@@ -140,7 +142,12 @@ class Engine:
                 return
             self.index = Index.build(self.state)
             self.log.info("state loaded", extra={"peers": len(self.state.peers)})
-            await self._recompute(set(self.state.peers), {}, full=True)
+            compute_s, total_s = await self._recompute(set(self.state.peers), {}, full=True)
+            self.log.info(
+                "initial maps published",
+                extra={"peers": len(self.state.peers), "compute_s": round(compute_s, 4),
+                       "total_s": round(total_s, 4)},
+            )  # fmt: skip
             self.loaded.set()
             await self._mark_processed()
             return
@@ -166,7 +173,12 @@ class Engine:
 
     async def _recompute(
         self, affected: set[str], removed: dict[str, PeerRecord], *, full: bool = False
-    ) -> None:
+    ) -> tuple[float, float]:
+        """Compile and publish ``affected``; tombstone ``removed``.
+
+        Returns:
+            Seconds spent compiling, and seconds in total (compiling and publishing).
+        """
         started = time.perf_counter()
         compiler = Compiler(self.state, self.index, self.mesh_prefix)
         view = dict(self.state.view)
@@ -190,7 +202,10 @@ class Engine:
                     for peer_id in wave[i : i + _CHUNK]:
                         if peer_id not in self.state.peers:
                             continue
-                        compiled.append((peer_id, compiler.compile(peer_id)))
+                        netmap = self._compile(compiler, peer_id)
+                        if netmap is None:
+                            continue
+                        compiled.append((peer_id, netmap))
                         if not full:
                             todo |= self._propagate(peer_id, compiler)
                     compute_time += time.perf_counter() - t0
@@ -204,16 +219,33 @@ class Engine:
                     self._projections[peer_id] = self._projection(peer_id, compiler)
             for _ in workers:
                 await out.put(None)
+        total = time.perf_counter() - started
         self.metrics.compute_seconds.observe(compute_time)
         self.log.debug(
             "maps recomputed",
-            extra={
-                "peers": len(done),
-                "removed": len(removed),
-                "compute_s": round(compute_time, 4),
-                "total_s": round(time.perf_counter() - started, 4),
-            },
-        )
+            extra={"peers": len(done), "removed": len(removed),
+                   "compute_s": round(compute_time, 4), "total_s": round(total, 4)},
+        )  # fmt: skip
+        return compute_time, total
+
+    def _valid(self, bucket: str, key: str, value: Any) -> bool:
+        try:
+            check_record(value)
+        except ValueError as e:
+            self.metrics.bad_state.labels(bucket=bucket).inc()
+            self.log.error("ignored invalid stored value",
+                           extra={"bucket": bucket, "key": key, "error": str(e)})  # fmt: skip
+            return False
+        return True
+
+    def _compile(self, compiler: Compiler, peer_id: str) -> NetworkMap | None:
+        try:
+            return compiler.compile(peer_id)
+        except Exception:
+            # A bug must cost one peer's update, not everyone's: its old map stays.
+            self.metrics.maps.labels(result="error").inc()
+            self.log.exception("map computation failed", extra={"peer": peer_id})
+            return None
 
     @staticmethod
     def _projection(peer_id: str, compiler: Compiler) -> tuple[RemotePeer, str]:

@@ -17,6 +17,7 @@ Keys, per bucket:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import Annotated, Literal
 
 import msgspec
@@ -36,6 +37,7 @@ __all__ = [
     "RuleRecord",
     "SetupKeyRecord",
     "UserRecord",
+    "check_record",
     "group_key",
     "ip_key",
     "name_key",
@@ -142,6 +144,16 @@ class SetupKeyRecord(Record, frozen=True, kw_only=True):
     ssh_enabled: bool = False
     created_at: float = 0.0
     last_used: float = 0.0
+
+
+def check_record(record: object) -> None:
+    """Semantic checks a decoded record must pass before it is used.
+
+    Raises:
+        ValueError: e.g. a peer whose mesh address is not an IP address.
+    """
+    if isinstance(record, PeerRecord):
+        ipaddress.ip_address(record.mesh_ip)
 
 
 def secret_hash(secret: str) -> str:
