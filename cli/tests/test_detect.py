@@ -64,8 +64,10 @@ async def test_a_real_server_is_probed(ssh_server: Server, version: str, kind: B
 
 
 async def test_a_closed_port_a_non_ssh_and_a_silent_server_are_not_meshssh() -> None:
+    held: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        held.append(writer)  # says nothing; closed at the end of the test
 
     async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
@@ -87,6 +89,8 @@ async def test_a_closed_port_a_non_ssh_and_a_silent_server_are_not_meshssh() -> 
             is BannerKind.NOT_SSH  # fmt: skip
         assert (await probe("127.0.0.1", closed_port)).kind is BannerKind.UNREACHABLE
     finally:
+        for w in held:
+            w.close()
         for s in (quiet, web):
             s.close()
         await asyncio.gather(quiet.wait_closed(), web.wait_closed(), return_exceptions=True)
