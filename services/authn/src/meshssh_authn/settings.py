@@ -8,10 +8,10 @@ provider's keys instead (SPEC §6, §11).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshssh_common.settings import HostPort, ServiceSettings
 
@@ -47,14 +47,14 @@ class AuthnSettings(ServiceSettings):
     jwks_url: str = Field(
         "", description="JWKS URL of the external provider (default: from OIDC discovery)"
     )
-    audience: tuple[str, ...] = Field(
+    audience: Annotated[tuple[str, ...], NoDecode] = Field(
         ("meshssh",), description="accepted token audience; a token needs any one of them"
     )
     user_id_claim: str = Field("sub", description="claim that names the user")
     max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
     clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
     client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
-    scope: tuple[str, ...] = Field(
+    scope: Annotated[tuple[str, ...], NoDecode] = Field(
         ("openid", "email", "profile"), description="scopes the device flow asks for"
     )
     use_id_token: bool = Field(
@@ -82,6 +82,14 @@ class AuthnSettings(ServiceSettings):
     provider_timeout: float = Field(
         5.0, gt=0, description="seconds to wait for the external provider's HTTP answers"
     )
+
+    @field_validator("audience", "scope", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # Env variables hold a comma-separated list ("meshssh,meshssh-cli"); flags repeat.
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> AuthnSettings:
