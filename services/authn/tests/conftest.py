@@ -25,6 +25,7 @@ from meshssh_authn.server import serve
 from meshssh_authn.settings import AuthnSettings
 from meshssh_authn.users import User, UsersFile
 from meshssh_common import subjects
+from meshssh_common.http_server import HttpServer
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
@@ -173,3 +174,75 @@ class Browser:
 @pytest.fixture
 def browser() -> Browser:
     return Browser()
+
+
+class FakeIdp:
+    """A minimal OIDC provider on a real HTTP server, for what real providers cannot show.
+
+    It serves discovery and a JWKS whose keys, ``Cache-Control`` and health the test controls,
+    and counts JWKS fetches. Compliance with real providers is tested separately
+    (oidc-provider-mock, glewlwyd); this one exists to count and to misbehave on demand.
+    """
+
+    def __init__(self) -> None:
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse
+
+        self.jwks_fetches = 0
+        self.cache_control = "public, max-age=3600"
+        self.healthy = True
+        self.keys: dict[str, Any] = {}
+        app = FastAPI()
+        self.server = HttpServer(app, "127.0.0.1:0")
+        self.issuer = self.server.url
+
+        @app.get("/.well-known/openid-configuration")
+        async def discovery() -> JSONResponse:
+            if not self.healthy:
+                return JSONResponse({"error": "down"}, status_code=503)
+            return JSONResponse({
+                "issuer": self.issuer, "jwks_uri": f"{self.issuer}/keys",
+                "token_endpoint": f"{self.issuer}/token",
+                "device_authorization_endpoint": f"{self.issuer}/device",
+            })  # fmt: skip
+
+        @app.get("/keys")
+        async def keys() -> JSONResponse:
+            self.jwks_fetches += 1
+            if not self.healthy:
+                return JSONResponse({"error": "down"}, status_code=503)
+            jwks = [self.public(kid) for kid in self.keys]
+            return JSONResponse({"keys": jwks}, headers={"Cache-Control": self.cache_control})
+
+    def add_key(self, kid: str) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
+
+    def public(self, kid: str) -> dict[str, Any]:
+        from jwt.algorithms import ECAlgorithm
+
+        jwk: dict[str, Any] = ECAlgorithm.to_jwk(self.keys[kid].public_key(), as_dict=True)
+        return {**jwk, "kid": kid, "alg": "ES256", "use": "sig"}
+
+    def token(self, kid: str, sub: str = "alice", aud: str = "meshssh") -> str:
+        import time
+
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": aud, "sub": sub, "iat": now, "exp": now + 300}
+        return jwt.encode(claims, self.keys[kid], algorithm="ES256", headers={"kid": kid})
+
+
+@pytest.fixture
+async def fake_idp() -> AsyncIterator[FakeIdp]:
+    idp = FakeIdp()
+    idp.add_key("k1")
+    task = asyncio.create_task(idp.server.serve())
+    try:
+        yield idp
+    finally:
+        idp.server.stop()
+        async with asyncio.timeout(10):
+            await task

@@ -143,7 +143,7 @@ class JwksMirror:
         now = self._clock()
         lifetime = self._timing.default_interval if fetched.max_age is None else fetched.max_age
         lifetime = min(max(lifetime, self._timing.min_interval), self._timing.max_interval)
-        await self._update_lease(lambda lease: _succeeded(lease, now, lifetime))
+        await self._update_lease(lambda lease: _succeeded(lease, now, lifetime, self._instance))
         outcome = "updated" if changed else "unchanged"
         self._metrics.jwks_refreshes.labels(trigger=trigger, outcome=outcome).inc()
         self._metrics.jwks_keys.set(len(fetched.keys))
@@ -249,10 +249,9 @@ class JwksMirror:
         return False
 
 
-def _succeeded(lease: FetchLease, now: float, lifetime: float) -> FetchLease:
-    return msgspec.structs.replace(
-        lease, success_at=now, next_due=max(lease.next_due, now + lifetime)
-    )
+def _succeeded(lease: FetchLease, now: float, lifetime: float, holder: str) -> FetchLease:
+    # Fresh keys come with a fresh cache lifetime: it replaces any earlier schedule.
+    return msgspec.structs.replace(lease, success_at=now, next_due=now + lifetime, holder=holder)
 
 
 def _same_issuer(a: str, b: str) -> bool:

@@ -71,7 +71,10 @@ class AuthnSettings(ServiceSettings):
     device_code_ttl: int = Field(600, ge=30, description="seconds a device code stays valid")
     device_poll_interval: int = Field(5, ge=0, description="seconds between device-flow polls")
     jwks_refresh_interval: float = Field(
-        300.0, gt=0, description="seconds between JWKS fetches when the provider sends no max-age"
+        300.0,
+        gt=0,
+        description="seconds between JWKS fetches when the provider sends no max-age (the "
+        "provider's max-age is never followed below min(30, this))",
     )
     jwks_refresh_min_interval: float = Field(
         30.0, ge=0, description="at most one forced JWKS fetch (unknown kid) per this many seconds"
