@@ -5,10 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from meshssh_authn.server import serve
-from meshssh_authn.settings import AuthnSettings
 from meshssh_authn.users_cli import users_main
-from meshssh_common.service import service_main
 
 __all__ = ["main"]
 
@@ -18,6 +15,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["users"]:
         return users_main(args[1:])
+    # Imported here so that `users` commands start fast (no web or NATS stack).
+    from meshssh_authn.server import serve
+    from meshssh_authn.settings import AuthnSettings
+    from meshssh_common.service import service_main
+
     return service_main(
         "authn",
         AuthnSettings,

@@ -11,6 +11,7 @@ Endpoints, relative to the issuer URL: ``/.well-known/openid-configuration``,
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -203,7 +204,9 @@ class EmbeddedProvider:
         except NotFound:
             self._metrics.login_failures.labels(reason="unknown_code").inc()
             raise
-        user = self._users.authenticate(username, password) if self._users else None
+        # scrypt takes tens of milliseconds: keep it off the event loop.
+        users = self._users
+        user = await asyncio.to_thread(users.authenticate, username, password) if users else None
         if user is None:
             self._throttle.failed(username, address)
             self._metrics.login_failures.labels(reason="bad_credentials").inc()

@@ -16,6 +16,7 @@ old snapshot is deleted at startup: servers fail closed until the new provider a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class JwksMirror:
         self._instance = instance
         self._clock = clock
         self._forced_lock = asyncio.Lock()
+        self._rescheduled = asyncio.Event()
 
     async def startup(self) -> None:
         """Drop another issuer's snapshot, then fetch once (failure keeps what KV holds)."""
@@ -103,20 +105,33 @@ class JwksMirror:
     async def run(self) -> None:
         """Scheduled fetches until cancelled, one replica per period (shared lease)."""
         while True:
-            entry = await self._leases.get(_LEASE)
-            lease = entry.value if entry is not None else FetchLease()
-            now = self._clock()
-            if now >= lease.next_due:
-                claim = msgspec.structs.replace(
-                    lease,
-                    next_due=now + self._timing.retry_interval,
-                    attempt_at=now,
-                    holder=self._instance,
-                )
-                if await self._write_lease(entry, claim):
-                    await self.fetch_and_publish("scheduled")
-                    continue
-            await asyncio.sleep(min(max(lease.next_due - now, 0.1), _POLL_CAP))
+            try:
+                wait = await self._scheduled_once()
+            except Exception:  # NATS away, a bad KV value...: this loop must outlive it
+                self._log.exception("scheduled JWKS refresh failed; retrying")
+                wait = self._timing.retry_interval
+            # Sleep until due, but look again early when a fetch here changed the schedule.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(max(wait, 0.1), _POLL_CAP)):
+                    await self._rescheduled.wait()
+            self._rescheduled.clear()
+
+    async def _scheduled_once(self) -> float:
+        """Fetch if due and this replica wins the lease; returns seconds until the next look."""
+        entry = await self._leases.get(_LEASE)
+        lease = entry.value if entry is not None else FetchLease()
+        now = self._clock()
+        if now >= lease.next_due:
+            claim = msgspec.structs.replace(
+                lease,
+                next_due=now + self._timing.retry_interval,
+                attempt_at=now,
+                holder=self._instance,
+            )
+            if await self._write_lease(entry, claim):
+                await self.fetch_and_publish("scheduled")
+                return 0.0
+        return lease.next_due - now
 
     async def keys_changed(self) -> None:
         """The embedded key ring changed: publish at once (idempotent across replicas)."""
@@ -144,6 +159,7 @@ class JwksMirror:
         lifetime = self._timing.default_interval if fetched.max_age is None else fetched.max_age
         lifetime = min(max(lifetime, self._timing.min_interval), self._timing.max_interval)
         await self._update_lease(lambda lease: _succeeded(lease, now, lifetime, self._instance))
+        self._rescheduled.set()
         outcome = "updated" if changed else "unchanged"
         self._metrics.jwks_refreshes.labels(trigger=trigger, outcome=outcome).inc()
         self._metrics.jwks_keys.set(len(fetched.keys))

@@ -150,12 +150,17 @@ class KeyRing:
             tg.create_task(self._tick(changed))
 
     async def _watch(self, changed: Callable[[], Awaitable[None]]) -> None:
-        async for ev in self._kv.watch(_KEY):
-            if ev.initial_done or ev.value is None:
-                continue
-            if ev.value != self._keys:
-                self._adopt(ev.value)
-                await changed()
+        while True:  # a watch that breaks (NATS away) is started again
+            try:
+                async for ev in self._kv.watch(_KEY):
+                    if ev.initial_done or ev.value is None:
+                        continue
+                    if ev.value != self._keys:
+                        self._adopt(ev.value)
+                        await changed()
+            except Exception:
+                self._log.exception("signing key watch failed; restarting it")
+            await asyncio.sleep(1.0)
 
     async def _tick(self, changed: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -163,8 +168,8 @@ class KeyRing:
             before = self._keys
             try:
                 after = await self.ensure()
-            except Unavailable as e:
-                self._log.warning("signing key maintenance failed", extra={"error": str(e)})
-                continue
-            if after != before:
-                await changed()
+                if after != before:
+                    await changed()
+            except Exception:
+                self._log.exception("signing key maintenance failed; retrying")
+                await asyncio.sleep(1.0)

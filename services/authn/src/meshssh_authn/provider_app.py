@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from meshssh_authn.device_grants import PollStatus
 from meshssh_authn.embedded_provider import DEVICE_GRANT, EmbeddedProvider
 from meshssh_authn.login_page import SECURITY_HEADERS, done_page, login_page
-from meshssh_common.errors import BadRequest, Denied, NotFound, RateLimited
+from meshssh_common.errors import BadRequest, Denied, NotFound, RateLimited, Unavailable
 
 __all__ = ["install_routes"]
 
@@ -44,6 +44,12 @@ def _html(text: str, status: int = 200) -> HTMLResponse:
 
 def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
     """Add the provider's routes to ``app``."""
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # KV (grants, keys) unreachable: say so, retryably, instead of a bare 500.
+        return _oauth_error("temporarily_unavailable", "try again shortly", 503)
+
+    app.add_exception_handler(Unavailable, unavailable)
 
     @app.get("/.well-known/openid-configuration")
     async def discovery() -> JSONResponse:

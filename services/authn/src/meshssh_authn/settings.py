@@ -35,8 +35,8 @@ class AuthnSettings(ServiceSettings):
     )
     public_url: str = Field(
         "",
-        description="URL users and clients reach the embedded provider at; it is the token "
-        "issuer (default: http://<listen address>)",
+        description="URL users and clients reach the embedded provider at, and the token "
+        "issuer; empty: http://<the bound --listen address>",
     )
     users_file: Path | None = Field(
         None, description="users of the embedded provider (manage with `meshssh-authn users`)"
@@ -45,17 +45,20 @@ class AuthnSettings(ServiceSettings):
         "", description="issuer URL of an external OIDC provider; turns the embedded one off"
     )
     jwks_url: str = Field(
-        "", description="JWKS URL of the external provider (default: from OIDC discovery)"
+        "", description="JWKS URL of the external provider; empty: from OIDC discovery"
     )
     audience: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("meshssh",), description="accepted token audience; a token needs any one of them"
+        ("meshssh",),
+        description="accepted token audience; a token needs one of them (env: comma-separated; "
+        "with --use-id-token, ID tokens carry the client id)",
     )
     user_id_claim: str = Field("sub", description="claim that names the user")
     max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
     clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
     client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
     scope: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("openid", "email", "profile"), description="scopes the device flow asks for"
+        ("openid", "email", "profile"),
+        description="scopes the device flow asks for (env: comma-separated)",
     )
     use_id_token: bool = Field(
         False, description="present the ID token instead of the access token over SSH"
