@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,3 +253,34 @@ async def test_a_token_for_another_audience_or_issuer_is_refused_by_the_kv_valid
         with pytest.raises(TokenRejected) as refused:
             JwtValidator(config, snap.keys).validate(body["access_token"])
         assert refused.value.reason == reason
+
+
+async def test_live_rotation_publishes_each_key_in_kv_before_any_token_carries_it(
+    authn: AuthnFactory, users_file: Path, kv: Kv, browser: Browser, passwords: dict[str, str]
+) -> None:
+    replica = await authn.start(
+        "--users-file", str(users_file), "--device-poll-interval", "0", "--signing-alg", "ES256",
+        "--key-rotation", "1.5", "--key-publish-lead", "0.7", "--clock-skew", "0",
+    )  # fmt: skip
+    snap = await kv.wait_snapshot()
+    assert snap.client is not None
+    seen_kids: list[str] = []
+    tokens: list[str] = []
+    async with httpx.AsyncClient(timeout=10) as http, asyncio.timeout(30):
+        while len(set(seen_kids)) < 3:  # three keys have signed: two rotations
+            started = (
+                await http.post(snap.client.device_authorization_endpoint,
+                                data={"client_id": "meshssh"})
+            ).json()  # fmt: skip
+            await browser.sign_in(started["verification_uri"], started["user_code"], "alice",
+                                  passwords["alice"])  # fmt: skip
+            published = {str(k["kid"]) for k in (await kv.wait_snapshot()).keys}
+            body = (await poll(http, snap.client.token_endpoint, started["device_code"])).json()
+            kid = jwt.get_unverified_header(body["access_token"])["kid"]
+            assert kid in published  # in KV before the token that carries it existed
+            seen_kids.append(kid)
+            tokens.append(body["access_token"])
+            await asyncio.sleep(0.2)
+    # The newest token validates with what KV holds now; rotation was counted.
+    assert (await kv.validator()).validate(tokens[-1]).user_id == "alice"
+    assert replica.sample("meshssh_authn_signing_key_rotations_total") >= 3

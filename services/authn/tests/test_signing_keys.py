@@ -122,3 +122,25 @@ async def test_replicas_rotating_at_once_create_one_successor_and_share_it(nc: N
     signers = [(await r.signing_key())[0].kid for r in rings]
     assert signers == [sets[0].keys[1].kid] * 3
     assert {j["kid"] for j in rings[0].public_jwks()} == {k.kid for k in sets[0].keys}
+
+
+def test_maintenance_after_the_end_of_a_window_never_signs_with_an_unpublished_key() -> None:
+    keys = plan_rotation(KeySet(), 1000.0, POLICY, "ES256")
+    assert keys is not None
+    first = keys.keys[0]
+    overdue = plan_rotation(keys, 1110.0, POLICY, "ES256")  # 10 s past the end, no successor
+    assert overdue is not None
+    stretched, successor = overdue.keys
+    assert stretched.kid == first.kid
+    assert overdue.signer(1110.0) == stretched  # the published key goes on signing...
+    assert successor.signs_from == 1130.0  # ...until its successor was published a lead ago
+    assert stretched.signs_until == 1130.0
+    assert plan_rotation(overdue, 1111.0, POLICY, "ES256") is None
+
+
+def test_after_an_absence_longer_than_a_keys_life_a_new_key_starts_cleanly() -> None:
+    keys = plan_rotation(KeySet(), 1000.0, POLICY, "ES256")
+    assert keys is not None
+    later = plan_rotation(keys, 5000.0, POLICY, "ES256")
+    assert later is not None
+    assert [k.signs_from for k in later.keys] == [5000.0]

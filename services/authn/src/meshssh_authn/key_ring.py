@@ -62,6 +62,8 @@ class KeyRing:
         self._private: dict[str, PrivateKey] = {}
         self._jwks: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+        """Runs after the key set changed (here or in another replica): publish the JWKS."""
 
     @property
     def keys(self) -> KeySet:
@@ -77,33 +79,42 @@ class KeyRing:
     async def ensure(self) -> KeySet:
         """Read the shared key set and rotate it if it is due; returns the current set.
 
+        When this call rotated the set, :attr:`on_change` has run (the new JWKS is
+        published) before it returns, so nothing signs with a key before it is published.
+
         Raises:
             Unavailable: JetStream did not answer, or the write kept losing races.
         """
         async with self._lock:
-            for _ in range(5):
-                now = self._clock()
-                entry = await self._kv.get(_KEY)
-                stored = entry.value if entry is not None else KeySet()
-                planned = plan_rotation(stored, now, self._policy, self._alg)
-                if planned is None:
-                    self._adopt(stored)
-                    return stored
-                try:
-                    if entry is None:
-                        await self._kv.create(_KEY, planned)
-                    else:
-                        await self._kv.update(_KEY, planned, last=entry.revision)
-                except Conflict:
-                    continue  # another replica rotated first; plan again from its result
-                old = {k.kid for k in stored.keys}
-                new = [k.kid for k in planned.keys if k.kid not in old]
-                gone = sorted(old - {k.kid for k in planned.keys})
-                self._log.info("signing keys rotated", extra={"added": new, "dropped": gone})
-                if self._on_rotation is not None:
-                    self._on_rotation()
-                self._adopt(planned)
-                return planned
+            keys, rotated = await self._ensure_locked()
+        if rotated and self.on_change is not None:
+            await self.on_change()
+        return keys
+
+    async def _ensure_locked(self) -> tuple[KeySet, bool]:
+        for _ in range(5):
+            now = self._clock()
+            entry = await self._kv.get(_KEY)
+            stored = entry.value if entry is not None else KeySet()
+            planned = plan_rotation(stored, now, self._policy, self._alg)
+            if planned is None:
+                self._adopt(stored)
+                return stored, False
+            try:
+                if entry is None:
+                    await self._kv.create(_KEY, planned)
+                else:
+                    await self._kv.update(_KEY, planned, last=entry.revision)
+            except Conflict:
+                continue  # another replica rotated first; plan again from its result
+            old = {k.kid for k in stored.keys}
+            new = [k.kid for k in planned.keys if k.kid not in old]
+            gone = sorted(old - {k.kid for k in planned.keys})
+            self._log.info("signing keys rotated", extra={"added": new, "dropped": gone})
+            if self._on_rotation is not None:
+                self._on_rotation()
+            self._adopt(planned)
+            return planned, True
         raise Unavailable("signing key set kept changing under concurrent rotation")
 
     def _private_key(self, key: SigningKey) -> PrivateKey:
@@ -140,36 +151,34 @@ class KeyRing:
         now = self._clock()
         return max(0.0, self._keys.next_event(now, self._policy.publish_lead) - now)
 
-    async def run(self, changed: Callable[[], Awaitable[None]]) -> None:
-        """Follow the shared key set until cancelled; ``changed`` runs after each change.
+    async def run(self) -> None:
+        """Follow the shared key set until cancelled.
 
-        Two loops: a KV watch (another replica rotated) and a timer that rotates when due.
+        Two loops: a KV watch (another replica rotated: adopt it and run :attr:`on_change`)
+        and a timer that rotates when due (:meth:`ensure` runs :attr:`on_change` itself).
         """
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(changed))
-            tg.create_task(self._tick(changed))
+            tg.create_task(self._watch())
+            tg.create_task(self._tick())
 
-    async def _watch(self, changed: Callable[[], Awaitable[None]]) -> None:
+    async def _watch(self) -> None:
         while True:  # a watch that breaks (NATS away) is started again
             try:
                 async for ev in self._kv.watch(_KEY):
-                    if ev.initial_done or ev.value is None:
+                    if ev.initial_done or ev.value is None or ev.value == self._keys:
                         continue
-                    if ev.value != self._keys:
-                        self._adopt(ev.value)
-                        await changed()
+                    self._adopt(ev.value)
+                    if self.on_change is not None:
+                        await self.on_change()
             except Exception:
                 self._log.exception("signing key watch failed; restarting it")
             await asyncio.sleep(1.0)
 
-    async def _tick(self, changed: Callable[[], Awaitable[None]]) -> None:
+    async def _tick(self) -> None:
         while True:
             await asyncio.sleep(min(_MAX_SLEEP, self.seconds_to_next_event() + 0.05))
-            before = self._keys
             try:
-                after = await self.ensure()
-                if after != before:
-                    await changed()
+                await self.ensure()
             except Exception:
                 self._log.exception("signing key maintenance failed; retrying")
                 await asyncio.sleep(1.0)

@@ -187,6 +187,8 @@ async def serve(ctx: ServiceContext) -> None:
         broker = DeviceBroker(
             embedded=provider, snapshots=snapshots, http=http, metrics=metrics, log=ctx.log
         )
+        if provider is not None:
+            provider.ring.on_change = mirror.keys_changed
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
@@ -207,7 +209,7 @@ async def serve(ctx: ServiceContext) -> None:
                 http_task = tg.create_task(server.serve()) if server is not None else None
                 tg.create_task(mirror.run())
                 if provider is not None:
-                    tg.create_task(provider.ring.run(mirror.keys_changed))
+                    tg.create_task(provider.ring.run())
                     ctx.log.info("provider listening", extra={"issuer": provider.config.issuer})
                 else:
                     ctx.log.info("mirroring external provider", extra={"issuer": source.issuer})

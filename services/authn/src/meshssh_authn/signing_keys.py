@@ -170,34 +170,35 @@ def generate_key(
 def plan_rotation(keyset: KeySet, now: float, policy: RotationPolicy, alg: str) -> KeySet | None:
     """The key set as it must be at ``now``, or None when nothing needs to change.
 
-    Drops keys past ``drop_after``; creates a signing key when there is none (a fresh
-    install: it signs at once, nothing was signed before it); creates the successor once the
-    current key is within ``publish_lead`` of its end, scheduled to sign no earlier than
-    ``now + publish_lead`` (the current key's window stretches to meet it).
+    Drops keys past ``drop_after``. With no key left (a fresh install, or authn was away for
+    longer than a key's whole life) a new key signs at once: nothing valid was signed before
+    it. Otherwise the newest key that has started signing is the current one; once ``now``
+    is within ``publish_lead`` of its end its successor is created, to sign from
+    ``max(end, now + publish_lead)``, and the current key's window stretches to meet it; so
+    a late run (even past the end) never lets a key sign before it has been published for
+    ``publish_lead`` seconds.
     """
     margin = policy.retire_margin()
     keys = [k for k in keyset.keys if now < k.drop_after]
     changed = len(keys) != len(keyset.keys)
-    current = KeySet(keys=tuple(keys)).signer(now)
-    if current is None:
-        keys.append(
-            generate_key(
-                alg,
-                created_at=now,
-                signs_from=now,
-                signs_until=now + policy.period,
-                drop_after=now + policy.period + margin,
-            )
+    started = [k for k in keys if k.signs_from <= now]
+    if not started:
+        fresh = generate_key(
+            alg,
+            created_at=now,
+            signs_from=now,
+            signs_until=now + policy.period,
+            drop_after=now + policy.period + margin,
         )
-        return KeySet(keys=tuple(keys))
-    successor = [k for k in keys if k.signs_from > current.signs_from]
-    if not successor and now >= current.signs_until - policy.publish_lead:
+        return KeySet(keys=(*keys, fresh))
+    current = max(started, key=lambda k: k.signs_from)
+    later = [k for k in keys if k.signs_from > current.signs_from]
+    if later:
+        start = min(k.signs_from for k in later)
+        if current.signs_until >= start:
+            return KeySet(keys=tuple(keys)) if changed else None
+    elif now >= current.signs_until - policy.publish_lead:
         start = max(current.signs_until, now + policy.publish_lead)
-        if start > current.signs_until:
-            stretched = msgspec.structs.replace(
-                current, signs_until=start, drop_after=start + margin
-            )
-            keys = [stretched if k.kid == current.kid else k for k in keys]
         keys.append(
             generate_key(
                 alg,
@@ -207,6 +208,12 @@ def plan_rotation(keyset: KeySet, now: float, policy: RotationPolicy, alg: str) 
                 drop_after=start + policy.period + margin,
             )
         )
+        changed = True
+    else:
+        return KeySet(keys=tuple(keys)) if changed else None
+    if start > current.signs_until:  # no gap between the current key and its successor
+        stretched = msgspec.structs.replace(current, signs_until=start, drop_after=start + margin)
+        keys = [stretched if k.kid == current.kid else k for k in keys]
         changed = True
     return KeySet(keys=tuple(keys)) if changed else None
 
