@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from meshssh_cli.device_flow import DeviceFlowClient
-from meshssh_cli.token_cache import TokenCache, token_times
+from meshssh_cli.token_cache import Notify, TokenCache, token_times
 from meshssh_common.jwt_validation import JwtValidator
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Flows:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def __call__(self, uid: int) -> str:
+    async def __call__(self, uid: int, notify: Notify) -> str:
         self.calls.append(uid)
         await self.gate.wait()
         return self.tokens.pop(0)
@@ -109,7 +109,7 @@ async def test_with_a_ttl_of_zero_nothing_is_cached_but_concurrent_callers_still
 async def test_a_failed_flow_reaches_every_waiter_and_is_not_cached() -> None:
     calls = 0
 
-    async def failing(uid: int) -> str:
+    async def failing(uid: int, notify: Notify) -> str:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.01)
@@ -128,7 +128,7 @@ async def test_the_flow_is_cancelled_when_its_last_caller_gives_up() -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def slow(uid: int) -> str:
+    async def slow(uid: int, notify: Notify) -> str:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -155,23 +155,37 @@ async def test_many_ssh_connections_at_once_run_one_real_browser_flow(provider: 
     async with httpx.AsyncClient(timeout=10) as http:
         flow = DeviceFlowClient(provider.client, http)
 
-        async def device_flow(uid: int) -> str:
+        async def device_flow(uid: int, notify: Notify) -> str:
             auth = await flow.start()
             codes.append(auth.user_code)
+            notify(auth)
             return (await flow.wait(auth)).token
 
         cache = TokenCache(device_flow, ttl=120, max_token_age=provider.client.max_token_age,
                            clock_skew=provider.client.clock_skew)  # fmt: skip
-        connections = [asyncio.create_task(cache.get(1000)) for _ in range(5)]
+        shown: list[list[str]] = [[] for _ in range(5)]
+        connections = [
+            asyncio.create_task(
+                cache.get(1000, on_prompt=lambda a, i=i: shown[i].append(a.user_code))
+            )
+            for i in range(5)
+        ]
         async with asyncio.timeout(15):
             while not codes:
                 await asyncio.sleep(0.02)
+        late: list[str] = []
+        connections.append(
+            asyncio.create_task(cache.get(1000, on_prompt=lambda a: late.append(a.user_code)))
+        )
+        await asyncio.sleep(0.05)
         await provider.approve(codes[0])
         async with asyncio.timeout(30):
             tokens = await asyncio.gather(*connections)
         again = await cache.get(1000)
         await cache.aclose()
     assert len(codes) == 1
+    assert shown == [codes] * 5  # every waiting connection showed the one URL and code
+    assert late == codes  # a connection that joined later got them replayed
     assert len(set(tokens)) == 1
     assert again == tokens[0]
     assert JwtValidator.from_snapshot(provider.snapshot).validate(tokens[0]).user_id == "alice"

@@ -32,7 +32,7 @@ from meshssh_cli.device_flow import (
     discover_client_config,
     fetch_client_config,
 )
-from meshssh_cli.token_cache import TokenCache, token_times
+from meshssh_cli.token_cache import Notify, TokenCache, token_times
 from meshssh_common.errors import MeshError
 from meshssh_common.wire import OidcClientConfig
 
@@ -94,13 +94,10 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
-async def _show(auth: DeviceAuthorization, *, browser: bool) -> None:
+def _show(auth: DeviceAuthorization) -> None:
     _say("To sign in, open this URL in a browser and enter the code:")
     _say(f"URL: {auth.verification_uri}")
     _say(f"Code: {auth.user_code}")
-    if browser and _graphical():
-        target = auth.verification_uri_complete or auth.verification_uri
-        await asyncio.to_thread(webbrowser.open, target)
 
 
 async def _client_config(http: httpx.AsyncClient, args: argparse.Namespace) -> OidcClientConfig:
@@ -117,9 +114,12 @@ async def _login(args: argparse.Namespace) -> str:
         config = await _client_config(http, args)
         flow = DeviceFlowClient(config, http)
 
-        async def device_flow(uid: int) -> str:
+        async def device_flow(uid: int, notify: Notify) -> str:
             auth = await flow.start()
-            await _show(auth, browser=not args.no_browser)
+            notify(auth)  # every waiting caller shows the URL and code
+            if not args.no_browser and _graphical():  # one browser per flow
+                target = auth.verification_uri_complete or auth.verification_uri
+                await asyncio.to_thread(webbrowser.open, target)
             return (await flow.wait(auth)).token
 
         cache = TokenCache(
@@ -129,7 +129,7 @@ async def _login(args: argparse.Namespace) -> str:
             clock_skew=config.clock_skew,
         )
         try:
-            return await cache.get(os.getuid())
+            return await cache.get(os.getuid(), on_prompt=_show)
         finally:
             await cache.aclose()
 

@@ -12,12 +12,20 @@ Rules:
   good when the server checks it (NetBird's cache ignored ``exp`` and max age, #5917);
 - single flight: callers for the same uid that find no entry share one fetch (one browser
   flow), even with ``ttl`` 0; the fetch is cancelled when its last caller gives up;
-- a failed fetch is not cached; the next caller starts a new one.
+- a failed fetch is not cached; the next caller starts a new one;
+- the fetch announces its URL and code through ``notify``; every caller waiting on it gets
+  them through its ``on_prompt`` (late joiners get them replayed), so each of several
+  connections can show the user what to do while one browser flow runs.
 
 Example::
 
-    cache = TokenCache(run_device_flow, ttl=300, max_token_age=600, clock_skew=60)
-    token = await cache.get(os.getuid())
+    async def device_flow(uid: int, notify: Notify) -> str:
+        auth = await flow.start()
+        notify(auth)
+        return (await flow.wait(auth)).token
+
+    cache = TokenCache(device_flow, ttl=300, max_token_age=600, clock_skew=60)
+    token = await cache.get(os.getuid(), on_prompt=show_url_and_code)
 """
 
 from __future__ import annotations
@@ -28,12 +36,16 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CachedToken", "TokenCache", "token_times"]
+from meshssh_cli.device_flow import DeviceAuthorization
 
-Fetch = Callable[[int], Awaitable[str]]
+__all__ = ["CachedToken", "Fetch", "Notify", "OnPrompt", "TokenCache", "token_times"]
+
+OnPrompt = Callable[[DeviceAuthorization], None]
+Notify = OnPrompt
+Fetch = Callable[[int, Notify], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +58,15 @@ class CachedToken:
 
 @dataclass(slots=True)
 class _Flight:
-    task: asyncio.Task[str]
+    task: asyncio.Task[str] | None = None
     waiters: int = 0
+    prompt: DeviceAuthorization | None = None
+    listeners: list[OnPrompt] = field(default_factory=list)
+
+    def notify(self, prompt: DeviceAuthorization) -> None:
+        self.prompt = prompt
+        for listener in list(self.listeners):
+            listener(prompt)
 
 
 def token_times(token: str) -> tuple[float | None, float | None]:
@@ -112,8 +131,13 @@ class TokenCache:
             return None
         return entry
 
-    async def get(self, uid: int) -> str:
+    async def get(self, uid: int, *, on_prompt: OnPrompt | None = None) -> str:
         """A token for ``uid``: the cached one, or the result of one shared fetch.
+
+        Args:
+            uid: the local OS user asking (the agent reads it from the socket's credentials).
+            on_prompt: called with the flow's URL and code when a fetch needs the user
+                (at once if the shared fetch already announced them).
 
         Raises:
             Exception: whatever the fetch raised (shared by every caller waiting on it).
@@ -123,19 +147,28 @@ class TokenCache:
             return entry.token
         flight = self._flights.get(uid)
         if flight is None:
-            flight = _Flight(asyncio.create_task(self._run(uid), name=f"token-fetch-{uid}"))
+            flight = _Flight()
+            flight.task = asyncio.create_task(self._run(uid, flight), name=f"token-fetch-{uid}")
             self._flights[uid] = flight
+        task = flight.task
+        assert task is not None
         flight.waiters += 1
+        if on_prompt is not None:
+            flight.listeners.append(on_prompt)
+            if flight.prompt is not None:
+                on_prompt(flight.prompt)
         try:
-            return await asyncio.shield(flight.task)
+            return await asyncio.shield(task)
         finally:
             flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                flight.task.cancel()  # nobody wants it any more: stop the browser flow
+            if on_prompt is not None:
+                flight.listeners.remove(on_prompt)
+            if flight.waiters == 0 and not task.done():
+                task.cancel()  # nobody wants it any more: stop the browser flow
 
-    async def _run(self, uid: int) -> str:
+    async def _run(self, uid: int, flight: _Flight) -> str:
         try:
-            token = await self._fetch(uid)
+            token = await self._fetch(uid, flight.notify)
             now = self._clock()
             until = self.valid_until(token, now)
             if self.ttl > 0 and until > now:
@@ -155,9 +188,9 @@ class TokenCache:
     async def aclose(self) -> None:
         """Forget every token and cancel the fetches in flight (agent shutdown)."""
         self.clear()
-        flights = list(self._flights.values())
-        for flight in flights:
-            flight.task.cancel()
-        for flight in flights:
+        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await flight.task
+                await task
