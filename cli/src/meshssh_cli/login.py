@@ -68,8 +68,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--state-dir",
         type=Path,
-        default=Path(os.environ.get("MESHSSH_STATE_DIR", "/var/lib/meshssh")),
-        help="the peer agent's state dir, where its socket will hold the token cache",
+        default=os.environ.get("MESHSSH_STATE_DIR") or None,
+        help="the peer agent's state dir, whose socket will hold the token cache "
+        "[env MESHSSH_STATE_DIR]",
     )
     p.add_argument(
         "--ssh-jwt-cache-ttl",
