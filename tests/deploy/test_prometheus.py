@@ -15,7 +15,11 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
     nats_url: str, services: ServiceFactory, tmp_path: Path
 ) -> None:
     need_tool(prometheus_available(), "prometheus (Debian package)")
-    procs = {s: await services.start(f"meshssh-{s}", "--nats-url", nats_url) for s in SERVICES}
+    listen = {"authn": ["--listen", "127.0.0.1:0"]}
+    procs = {
+        s: await services.start(f"meshssh-{s}", "--nats-url", nats_url, *listen.get(s, []))
+        for s in SERVICES
+    }
     jobs = {s: [p.ops_url.removeprefix("http://")] for s, p in procs.items()}
     prom = await Prometheus.start(tmp_path / "prom", jobs)
     try:
