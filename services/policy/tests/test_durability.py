@@ -103,3 +103,31 @@ async def test_state_maps_and_credentials_survive_policy_and_nats_restarts(
             await asyncio.sleep(0.02)
     assert current["serial"] == map_before["serial"] + 1
     assert current.get("firewall_rules", []) == []
+
+
+async def test_a_running_replica_keeps_working_across_a_nats_restart(
+    policy: Any, register: Any, seed_file: Any, nats_server: NatsServer, nc: NATS
+) -> None:
+    replica = await policy.start(seed=seed_file)
+    srv = await register("srv1", "127.0.0.2", SERVER_KEY)
+    await register("lap1", "127.0.0.3", LAPTOP_KEY)
+    async with replica.client() as api:
+        serial = (await api.get(f"/api/v1/peers/{srv.peer_id}/netmap")).json()["serial"]
+    await nats_server.restart()
+    async with replica.client() as api:
+        for _ in range(300):  # the replica reconnects on its own; writes work again
+            r = await api.patch("/api/v1/policies/users-to-servers-ssh", json={"enabled": False})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503, r.text
+            await asyncio.sleep(0.05)
+        assert r.status_code == 200, r.text
+        for _ in range(300):
+            current = (await api.get(f"/api/v1/peers/{srv.peer_id}/netmap")).json()
+            if current["serial"] > serial:
+                break
+            await asyncio.sleep(0.05)
+    assert current["serial"] == serial + 1
+    assert current.get("firewall_rules", []) == []
+    lap2 = await register("lap2", "127.0.0.4", LAPTOP_KEY)
+    assert lap2.netmap.peer.name == "lap2"

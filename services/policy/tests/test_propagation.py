@@ -146,3 +146,42 @@ async def test_a_registration_and_an_ssh_switch_reach_exactly_the_peers_involved
     )
     assert not any(r.port == "22022" for r in map_watch.latest(srv).firewall_rules)
     assert map_watch.latest(lap).remote_peers[0].ssh_enabled is False
+
+
+async def test_ssh_rule_authorizations_follow_group_and_user_changes(
+    policy: Any, register: Any, seed_file: Any, map_watch: Any, poll: Any
+) -> None:
+    (replica,), srv, lap, other = await demo_mesh(policy, register, seed_file)
+    async with replica.client() as api:
+        assert (await api.post("/api/v1/groups", json={"id": "admins"})).status_code == 201
+        ssh = {"sources": ["users"], "destinations": ["servers"], "protocol": "ssh",
+               "authorized_groups": {"admins": ["root"], "users": ["deploy"]}}  # fmt: skip
+        r = await api.put("/api/v1/policies/users-to-servers-ssh",
+                          json={"name": "ssh", "rules": [ssh]})  # fmt: skip
+        assert r.status_code == 200, r.text
+    await map_watch.wait(lambda: "deploy" in map_watch.latest(srv).ssh_auth.machine_users)
+    table = map_watch.latest(srv).ssh_auth
+    assert authorize(table, "alice", "deploy")
+    assert not authorize(table, "alice", "root")
+
+    steps = [
+        ("POST", "/api/v1/users", {"id": "carol", "groups": ["admins"]},
+         lambda t: authorize(t, "carol", "root") and not authorize(t, "carol", "deploy")),
+        ("PUT", "/api/v1/groups/admins/users/alice", None,
+         lambda t: authorize(t, "alice", "root") and authorize(t, "alice", "deploy")),
+        ("DELETE", "/api/v1/groups/users/users/alice", None,
+         lambda t: authorize(t, "alice", "root") and not authorize(t, "alice", "deploy")),
+        ("DELETE", "/api/v1/users/carol", None, lambda t: not authorize(t, "carol", "root")),
+    ]  # fmt: skip
+    async with replica.client() as api:
+        for method, path, body, check in steps:
+            mark = len(map_watch.events)
+            serial = map_watch.latest(srv).serial
+            r = await api.request(method, path, json=body)
+            assert r.status_code < 300, r.text
+            await map_watch.wait(lambda serial=serial: map_watch.latest(srv).serial > serial)
+            assert check(map_watch.latest(srv).ssh_auth), path
+            await caught_up([replica], map_watch.latest(srv).state_revisions, poll)
+            assert map_watch.keys_after(mark) == [subjects.netmap_key(srv)], path
+    assert map_watch.latest(lap).peer.ssh_enabled is False
+    assert map_watch.latest(other).ssh_auth.authorized_users == ()

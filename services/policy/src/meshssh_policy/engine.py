@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import nats.errors
 
 from meshssh_common import subjects
 from meshssh_common.errors import Unavailable
@@ -39,6 +42,7 @@ __all__ = ["Engine"]
 
 _CHUNK = 200  # peers compiled between two yields to the event loop
 _RETRY_AFTER = 1.0
+_RECONNECT_POLL = 0.25
 _STRUCTURAL = frozenset(
     {subjects.BUCKET_PEERS, subjects.BUCKET_USERS, subjects.BUCKET_GROUPS, subjects.BUCKET_POLICIES}
 )
@@ -65,8 +69,10 @@ class Engine:
         concurrency: int,
         metrics: PolicyMetrics,
         log: BoundLogger,
+        reconnects: Callable[[], int] = lambda: 0,
     ) -> None:
         self.state = state
+        self.reconnects = reconnects
         self.buckets = buckets
         self.publisher = publisher
         self.mesh_prefix = mesh_prefix
@@ -86,15 +92,38 @@ class Engine:
         """Load the stored maps, watch every bucket and process changes until cancelled."""
         await self.publisher.load()
         async with asyncio.TaskGroup() as tg:
-            for bucket, kv in self.buckets.items():
-                pattern = "peer.*" if bucket == subjects.BUCKET_PEERS else ">"
-                tg.create_task(self._watch(bucket, kv, pattern))
+            tg.create_task(self._watch_all())
             tg.create_task(self._retry_loop())
             await self._loop()
 
-    async def _watch(self, bucket: str, kv: TypedKV[Any], pattern: str) -> None:
-        async for ev in kv.watch(pattern):
-            await self._queue.put((bucket, ev))
+    async def _watch_all(self) -> None:
+        # After NATS reconnects (e.g. nats-server restarted) a KV watch can stay silent until
+        # its consumer times out (~15 s). Restart every watch at once instead; the replayed
+        # values at or below the applied revision are skipped in _process.
+        while True:
+            seen = self.reconnects()
+            async with asyncio.TaskGroup() as tg:
+                watches = [
+                    tg.create_task(self._watch(bucket, kv)) for bucket, kv in self.buckets.items()
+                ]
+                while True:  # polled: the service runner owns the reconnect callback
+                    await asyncio.sleep(_RECONNECT_POLL)
+                    if self.reconnects() != seen:
+                        break
+                for task in watches:
+                    task.cancel()
+            self.log.info("nats reconnected: state watches restarted")
+
+    async def _watch(self, bucket: str, kv: TypedKV[Any]) -> None:
+        pattern = "peer.*" if bucket == subjects.BUCKET_PEERS else ">"
+        while True:
+            try:
+                async for ev in kv.watch(pattern):
+                    await self._queue.put((bucket, ev))
+            except (nats.errors.Error, TimeoutError) as e:
+                self.log.warning("state watch failed; retrying",
+                                 extra={"bucket": bucket, "error": repr(e)})  # fmt: skip
+                await asyncio.sleep(_RETRY_AFTER / 2)
 
     async def _retry_loop(self) -> None:
         while True:
@@ -130,6 +159,8 @@ class Engine:
             if ev.initial_done:
                 self._initial.discard(bucket)
                 continue
+            if ev.revision <= self.state.view.get(bucket, 0):
+                continue  # replayed by a restarted watch: applied already
             if ev.value is not None and not self._valid(bucket, ev.key, ev.value):
                 continue
             old = self.state.apply(bucket, ev.key, ev.value, ev.revision)

@@ -47,7 +47,11 @@ async def serve(ctx: ServiceContext) -> None:
         sub = await subscribe_typed(ctx.nc, subjects.HEARTBEAT_ALL, Heartbeat,
                                     mgmt.presence.on_heartbeat, name="heartbeat",
                                     metrics=m, log=log)  # fmt: skip
-        await ctx.nc.flush()  # the server knows our subscriptions before we say we are ready
+        # The server must know our subscriptions before we say we are ready. nats-py's flush()
+        # writes its PING straight to the socket, ahead of SUBs still queued for its flusher
+        # task, so one flush proves nothing; by the time its PONG is back the SUBs are written.
+        await ctx.nc.flush()
+        await ctx.nc.flush()
         tg.create_task(mgmt.presence.run(lambda: set(mgmt.state.peers)))
         api = tg.create_task(http.serve())
         ctx.log.info("api listening", extra={"url": http.url})
