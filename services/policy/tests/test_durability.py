@@ -8,7 +8,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.codec import decode
 from meshssh_common.kv import open_bucket
+from meshssh_common.wire import NetworkMap
 from meshssh_testkit import NatsServer
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
@@ -131,3 +133,32 @@ async def test_a_running_replica_keeps_working_across_a_nats_restart(
     assert current.get("firewall_rules", []) == []
     lap2 = await register("lap2", "127.0.0.4", LAPTOP_KEY)
     assert lap2.netmap.peer.name == "lap2"
+
+
+async def test_a_peer_removed_while_no_replica_ran_gets_the_empty_map_at_start(
+    policy: Any, register: Any, seed_file: Any, nc: NATS
+) -> None:
+    replica = await policy.start(seed=seed_file)
+    srv = await register("srv1", "127.0.0.2", SERVER_KEY)
+    await register("lap1", "127.0.0.3", LAPTOP_KEY)
+    maps = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
+    key = subjects.netmap_key(srv.peer_id)
+    before = map_of((await maps.get(key)).value)
+    assert before.firewall_rules
+    assert await replica.stop() == 0
+    peers = await open_bucket(nc.jetstream(), subjects.BUCKET_PEERS)
+    await peers.delete(f"peer.{srv.peer_id}")
+    await policy.start("r1-again")
+    for _ in range(200):
+        after = map_of((await maps.get(key)).value)
+        if after.serial > before.serial:
+            break
+        await asyncio.sleep(0.02)
+    assert after.serial == before.serial + 1
+    assert (after.firewall_rules, after.remote_peers, after.peer.ssh_enabled) == ((), (), False)
+    assert after.ssh_auth.authorized_users == ()
+
+
+def map_of(data: bytes | None) -> NetworkMap:
+    assert data is not None
+    return decode(data, NetworkMap)

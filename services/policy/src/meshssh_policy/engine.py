@@ -29,7 +29,7 @@ from meshssh_common import subjects
 from meshssh_common.errors import Unavailable
 from meshssh_common.kv import KvEvent, TypedKV
 from meshssh_common.logs import BoundLogger
-from meshssh_common.wire import NetworkMap, RemotePeer
+from meshssh_common.wire import NetworkMap, PeerMeta, RemotePeer
 from meshssh_policy.compiler import Compiler, host_prefix, tombstone
 from meshssh_policy.impact import Change, affected_by
 from meshssh_policy.index import Index
@@ -173,7 +173,9 @@ class Engine:
                 return
             self.index = Index.build(self.state)
             self.log.info("state loaded", extra={"peers": len(self.state.peers)})
-            compute_s, total_s = await self._recompute(set(self.state.peers), {}, full=True)
+            compute_s, total_s = await self._recompute(
+                set(self.state.peers), await self._orphaned_maps(), full=True
+            )
             self.log.info(
                 "initial maps published",
                 extra={"peers": len(self.state.peers), "compute_s": round(compute_s, 4),
@@ -258,6 +260,24 @@ class Engine:
                    "compute_s": round(compute_time, 4), "total_s": round(total, 4)},
         )  # fmt: skip
         return compute_time, total
+
+    async def _orphaned_maps(self) -> dict[str, PeerRecord]:
+        """Stored maps of peers that no longer exist (removed while no replica ran).
+
+        They get the empty map; one that has it already is left alone (unchanged content).
+        """
+        out: dict[str, PeerRecord] = {}
+        for key in list(self.publisher.known):
+            peer_id = key.split(".", 1)[1]
+            if peer_id in self.state.peers:
+                continue
+            stored = await self.publisher.current(peer_id)
+            if stored is not None:
+                out[peer_id] = PeerRecord(
+                    id=peer_id, name=stored.peer.name, mesh_ip=stored.peer.mesh_ip,
+                    meta=PeerMeta(version=""), credential_hash="",
+                )  # fmt: skip
+        return out
 
     def _valid(self, bucket: str, key: str, value: Any) -> bool:
         try:

@@ -16,6 +16,7 @@ A name already used by another peer gets the first free ``-N`` suffix; the map s
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import secrets
@@ -54,6 +55,7 @@ from meshssh_policy.store import Store
 __all__ = ["Registrar", "check_mesh_ip", "normalize_host_key"]
 
 _MAX_HOST_KEY = 8192
+_MAP_POLLS, _MAP_POLL_EVERY = 100, 0.05
 
 
 class Rejected(Denied):
@@ -152,7 +154,6 @@ class Registrar:
         """Handle a metadata update from a registered peer."""
         try:
             host_key = self._host_key(req.ssh_host_key) if req.ssh_host_key else None
-            self._verify(self.store.state.peers.get(req.peer_id), req.credential, req.peer_id)
 
             def change(peer: PeerRecord | None) -> PeerRecord:
                 self._verify(peer, req.credential, req.peer_id)
@@ -293,8 +294,14 @@ class Registrar:
         return key
 
     async def _map_after_write(self, peer_id: str) -> NetworkMap:
+        """The peer's map once this replica has processed the write (KV holds the truth).
+
+        With several replicas another one may be the one that publishes: wait for it a bit.
+        """
         await self.engine.wait_processed(dict(self.store.state.view))
-        netmap = await self.engine.publisher.current(peer_id)
-        if netmap is None:
-            raise Unavailable(f"no network map for peer {peer_id} yet")
-        return netmap
+        for _ in range(_MAP_POLLS):
+            netmap = await self.engine.publisher.current(peer_id)
+            if netmap is not None:
+                return netmap
+            await asyncio.sleep(_MAP_POLL_EVERY)
+        raise Unavailable(f"no network map for peer {peer_id} yet; try again")
