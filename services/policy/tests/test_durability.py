@@ -162,3 +162,23 @@ async def test_a_peer_removed_while_no_replica_ran_gets_the_empty_map_at_start(
 def map_of(data: bytes | None) -> NetworkMap:
     assert data is not None
     return decode(data, NetworkMap)
+
+
+async def test_the_seed_creates_only_what_is_missing_and_keeps_admin_changes(
+    policy: Any, seed_file: Any
+) -> None:
+    replica = await policy.start(seed=seed_file)
+    async with replica.client() as api:
+        r = await api.patch("/api/v1/policies/users-to-servers-ssh", json={"enabled": False})
+        assert r.status_code == 200
+        assert (await api.delete("/api/v1/groups/users/users/alice")).status_code == 200
+        assert (await api.delete("/api/v1/users/bob")).status_code == 204
+    assert replica.metric("meshssh_policy_maps_total", result="error") == 0
+    await replica.stop()
+    replica = await policy.start("r1-again", seed=seed_file)
+    async with replica.client() as api:
+        policies = (await api.get("/api/v1/policies")).json()
+        assert [(p["id"], p["enabled"]) for p in policies] == [("users-to-servers-ssh", False)]
+        users = {u["id"]: u["groups"] for u in (await api.get("/api/v1/users")).json()}
+        assert users == {"alice": [], "bob": ["users"]}  # bob was missing: created again
+        assert len((await api.get("/api/v1/setup-keys")).json()) == 2

@@ -80,13 +80,15 @@ async def apply_seed(seed: Seed, resources: Resources, log: BoundLogger) -> int:
     """Create what the seed lists and the state lacks; returns how many records it created."""
     state = resources.state
     created = 0
+    joining = []
     for user in seed.users:
         if user.id not in state.users:
             created += await _create(resources.create_user(user.model_copy(update={"groups": []})))
+            joining.append(user)
     for group in seed.groups:
         if group.id not in state.groups:
             created += await _create(resources.create_group(group))
-    for user in seed.users:
+    for user in joining:  # only users created now: an admin's later changes stay
         for gid in user.groups:
             await add_member(resources.store, gid, user=user.id)
     for key in seed.setup_keys:
