@@ -66,6 +66,12 @@ async def test_a_policy_change_publishes_one_new_map_to_each_affected_peer_only(
     assert check_inbound(after, "127.0.0.3", 8080) is AclDecision.ACCEPT
     assert map_watch.latest(lap) is not None
     assert map_watch.latest(other) is not None
+    published = replica.metric("meshssh_policy_maps_total", result="published")
+    assert published == len(map_watch.events) - 1  # every write we saw, and no other
+    assert replica.metric("meshssh_policy_map_bytes_count") == published
+    assert replica.metric("meshssh_policy_publish_seconds_count") == published
+    assert replica.metric("meshssh_policy_maps_computed_total") > published
+    assert replica.metric("meshssh_policy_compute_seconds_count") > 0
 
 
 async def test_revoking_access_reaches_the_server_and_the_client(
