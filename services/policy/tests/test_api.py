@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
@@ -148,13 +149,19 @@ async def test_auth_config_comes_from_authn_and_its_jwt_config_reaches_ssh_peers
     await map_watch.wait(lambda: map_watch.latest(srv).peer.jwt == jwt)
     assert map_watch.latest(lap).peer.jwt is None  # no SSH there
     async with replica.client(None) as api:
-        body = (await api.get("/api/v1/auth/config")).json()
+        r = await api.get("/api/v1/auth/config")
+        body = r.json()
+    # what `meshssh login` decodes it into
+    assert msgspec.json.decode(r.content, type=OidcClientConfig) == msgspec.structs.replace(
+        client, max_token_age=300
+    )
     assert body == {
         "issuer": "http://127.0.0.1:8081", "client_id": "meshssh-cli",
         "device_authorization_endpoint": "http://127.0.0.1:8081/device",
         "token_endpoint": "http://127.0.0.1:8081/token",
-        "scopes": ["openid", "email", "profile"], "audience": "",
-        "audiences": ["meshssh"], "user_id_claim": "sub", "max_token_age": 300, "clock_skew": 60,
+        "scopes": ["openid", "email", "profile"], "audience": "", "use_id_token": False,
+        "token_issuer": "http://127.0.0.1:8081", "audiences": ["meshssh"],
+        "user_id_claim": "sub", "max_token_age": 300, "clock_skew": 60,
     }  # fmt: skip
 
 

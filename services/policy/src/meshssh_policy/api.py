@@ -168,13 +168,16 @@ def create_app(mgmt: Management) -> FastAPI:
                  "(configure a client in meshssh-authn)", "code": "unavailable"},
                 status_code=503,
             )  # fmt: skip
-        body: dict[str, Any] = msgspec.to_builtins(snapshot.client)
-        body.setdefault("scopes", list(snapshot.client.scopes))
-        body.setdefault("audience", snapshot.client.audience)
+        client = snapshot.client
+        body: dict[str, Any] = {
+            f: msgspec.to_builtins(getattr(client, f)) for f in client.__struct_fields__
+        }
         jwt = snapshot.jwt
+        # The servers validate with the JWT config: its limits are the ones that count.
         body.update(
-            issuer=jwt.issuer, audiences=list(jwt.audiences), user_id_claim=jwt.user_id_claim,
-            max_token_age=jwt.max_token_age, clock_skew=jwt.clock_skew,
+            token_issuer=jwt.issuer, audiences=list(jwt.audiences),
+            user_id_claim=jwt.user_id_claim, max_token_age=jwt.max_token_age,
+            clock_skew=jwt.clock_skew,
         )  # fmt: skip
         return JSONResponse(body)
 
