@@ -94,7 +94,8 @@ async def test_bytes_sent_before_the_upstream_is_up_arrive_after_the_proxy_heade
             received = await up_reader.read()  # until EOF: the half-close came through
         header, used = parse_v2(received)
         assert received.startswith(SIGNATURE)
-        assert header.source is not None and header.source[0] == CLIENT_IP
+        assert header.source is not None
+        assert header.source[0] == CLIENT_IP
         assert header.destination == (RELAY_IP, relay.port)
         assert received[used:] == payload
         assert up_peer == RELAY_IP  # dialled from the mesh address: sshd's trusted relay
@@ -156,7 +157,7 @@ async def test_with_ssh_off_connections_go_to_the_native_upstream_without_a_head
     )
     relay.holder.apply(make_map(2, ssh_enabled=False))
     try:
-        reader, writer = await relay.connect()
+        _reader, writer = await relay.connect()
         writer.write(b"SSH-2.0-client\r\n")
         writer.write_eof()
         async with asyncio.timeout(10):
@@ -198,7 +199,7 @@ async def test_a_slow_upstream_pauses_the_client_and_nothing_is_lost(
     chunk = os.urandom(1024 * 1024)
     digest = hashlib.sha256(chunk * (total // len(chunk))).hexdigest()
     try:
-        reader, writer = await relay.connect()
+        _reader, writer = await relay.connect()
 
         async def send() -> None:
             for _ in range(total // len(chunk)):
@@ -217,7 +218,8 @@ async def test_a_slow_upstream_pauses_the_client_and_nothing_is_lost(
                 await asyncio.sleep(0.3)
         assert not sender.done()
         assert pipe.bytes_in < total
-        assert pipe.client.transport is not None and not pipe.client.transport.is_reading()
+        assert pipe.client.transport is not None
+        assert not pipe.client.transport.is_reading()
         assert pipe.upstream.transport is not None
         assert pipe.upstream.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 256 * 1024
         # Now drain it: every byte arrives, in order.
@@ -239,7 +241,8 @@ def test_a_map_with_a_lower_or_equal_serial_is_ignored() -> None:
     assert holder.apply(make_map(3))
     assert not holder.apply(make_map(2, ssh_enabled=False))
     assert not holder.apply(make_map(3, ssh_enabled=False))
-    assert holder.ssh_enabled and holder.serial == 3
+    assert holder.ssh_enabled
+    assert holder.serial == 3
     holder.clear()  # the peer was removed: a re-registered peer's maps start over
     assert holder.apply(make_map(1))
     assert seen == [3, 0, 1]

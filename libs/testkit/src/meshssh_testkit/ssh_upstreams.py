@@ -51,12 +51,21 @@ class ProxySshServer:
         trusted: the only peer address whose PROXY header is believed.
         client_key: the OpenSSH public key line every user may log in with.
         sock: an already-bound listening socket to use instead (e.g. one made in a namespace).
+        proxy: expect a PROXY header; False serves plain SSH and reports the TCP source
+            (what sshd sees behind a kernel redirect).
     """
 
     def __init__(
-        self, host: str, *, trusted: str, client_key: str, sock: socket.socket | None = None
+        self,
+        host: str,
+        *,
+        trusted: str = "",
+        client_key: str,
+        sock: socket.socket | None = None,
+        proxy: bool = True,
     ) -> None:
         self.host = host
+        self.proxy = proxy
         self.trusted = trusted
         self.client_key = client_key
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -90,18 +99,20 @@ class ProxySshServer:
 
     async def _serve(self, conn: socket.socket, peer_ip: str) -> None:
         loop = asyncio.get_running_loop()
-        if peer_ip != self.trusted:
-            self.refused.append(f"{peer_ip}: untrusted")
-            conn.close()
-            return
-        try:
-            header = await read_v2(loop, conn, timeout=5)
-        except ProxyProtocolError as e:
-            self.refused.append(f"{peer_ip}: {e}")
-            conn.close()
-            return
-        self.headers.append(header)
-        source = header.source[0] if header.source else "?"
+        source = peer_ip
+        if self.proxy:
+            if peer_ip != self.trusted:
+                self.refused.append(f"{peer_ip}: untrusted")
+                conn.close()
+                return
+            try:
+                header = await read_v2(loop, conn, timeout=5)
+            except ProxyProtocolError as e:
+                self.refused.append(f"{peer_ip}: {e}")
+                conn.close()
+                return
+            self.headers.append(header)
+            source = header.source[0] if header.source else "?"
 
         async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
             process.stdout.write(f"source={source} command={process.command}\n")

@@ -63,10 +63,15 @@ async def _reconcile(
     while True:
         changed.clear()
         if holder.ssh_enabled:
-            if await redirect.install():
-                ctx.log.info("redirect installed", extra={"rule": redirect.rule_text()})
+            changed_rule = await redirect.install()
+            ctx.log.info(
+                "redirect installed" if changed_rule else "redirect already in place",
+                extra={"rule": redirect.rule_text()},
+            )
             metrics.redirect.set(1)
         else:
+            if await redirect.installed():
+                ctx.log.info("redirect removed: SSH is off for this peer")
             await redirect.remove()
             metrics.redirect.set(0)
         ctx.ready.set()
@@ -92,17 +97,19 @@ async def serve(ctx: ServiceContext) -> None:
         proxy = ProxyRelay(settings, holder, metrics, ctx.log)
     log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
     try:
+        if proxy is not None:
+            await proxy.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
                 watch_netmap(ctx.js, settings.peer_id, holder, log=log, metrics=ctx.metrics)
             )
-            if proxy is not None:
-                await proxy.start()
             if redirect is not None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
             else:
                 ctx.ready.set()
             log.info("relay serving", extra={"listen": settings.listen, "sshd": settings.sshd})
+    except* ConfigError as group:
+        raise group.exceptions[0] from None  # the runner turns it into exit 2 and one line
     finally:
         if proxy is not None:
             await proxy.stop()
