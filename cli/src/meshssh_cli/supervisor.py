@@ -223,6 +223,7 @@ class Child:
                     await reader
             reader.cancel()
         self.last_exit = proc.returncode
+        self.ops_url = ""
         self.log.info("child exited", extra={"exit_code": proc.returncode})
         return None if stopped_by_us else proc.returncode
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_reconfigure(config))
     if args.foreground:
         configure_logging(config.log_level, config.log_format)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe
         try:
             agent = Agent(config, log=service_logger("agent", config.name))
         except ConfigError as e:
