@@ -4,7 +4,7 @@ Two peers, each in its own namespace, joined by a veth with mesh addresses 100.6
 100.64.0.2. The relay runs inside peer A's namespace (its NATS is the test's nats-server,
 forwarded onto A's loopback); an SSH server listens on A's 100.64.0.1:22022; the OpenSSH
 client runs in B's namespace and dials port 22. Until meshssh-sshd lands, the server on 22022
-is a real asyncssh server that reports the TCP source it sees.
+is a real asyncssh server that reports the TCP source it sees (no PROXY header here).
 """
 
 from __future__ import annotations
@@ -108,9 +108,7 @@ async def ssh_from_b(mesh: Mesh, openssh: OpenSSH, command: str = "hi") -> RunRe
 async def test_ssh_to_port_22_lands_on_22022_with_the_original_source_and_the_rule_follows_the_map(
     mesh: Mesh, openssh: OpenSSH
 ) -> None:
-    server = ProxySshServer(
-        A_IP, client_key=openssh.public_key, sock=mesh.a.listener(A_IP, 22022), proxy=False
-    )
+    server = ProxySshServer(A_IP, client_key=openssh.public_key, sock=mesh.a.listener(A_IP, 22022))
     await server.start()
     with openssh.known_hosts.open("a") as f:  # port 22: known_hosts names the bare address
         f.write(f"{A_IP} {server.public_line}\n")

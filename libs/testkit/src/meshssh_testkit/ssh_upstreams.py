@@ -51,8 +51,12 @@ class ProxySshServer:
         trusted: the only peer address whose PROXY header is believed.
         client_key: the OpenSSH public key line every user may log in with.
         sock: an already-bound listening socket to use instead (e.g. one made in a namespace).
-        proxy: expect a PROXY header; False serves plain SSH and reports the TCP source
-            (what sshd sees behind a kernel redirect).
+
+    Like meshssh-sshd, a connection from ``trusted`` must start with a PROXY header; any
+    other connection is plain SSH and its TCP source is what the server reports (a PROXY
+    header from there is not SSH, so that handshake fails). Commands: ``sink`` reads stdin to
+    the end and prints the byte count; ``true`` does nothing; anything else prints
+    ``source=<ip> command=<command>``.
     """
 
     def __init__(
@@ -62,15 +66,14 @@ class ProxySshServer:
         trusted: str = "",
         client_key: str,
         sock: socket.socket | None = None,
-        proxy: bool = True,
     ) -> None:
         self.host = host
-        self.proxy = proxy
         self.trusted = trusted
         self.client_key = client_key
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.headers: list[ProxyHeader] = []
         self.refused: list[str] = []
+        self.accepted = 0
         self.port = 0
         self._sock = sock
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,6 +96,7 @@ class ProxySshServer:
         loop = asyncio.get_running_loop()
         while True:
             conn, peer = await loop.sock_accept(listener)
+            self.accepted += 1
             task = asyncio.create_task(self._serve(conn, str(peer[0])))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -100,11 +104,7 @@ class ProxySshServer:
     async def _serve(self, conn: socket.socket, peer_ip: str) -> None:
         loop = asyncio.get_running_loop()
         source = peer_ip
-        if self.proxy:
-            if peer_ip != self.trusted:
-                self.refused.append(f"{peer_ip}: untrusted")
-                conn.close()
-                return
+        if peer_ip == self.trusted:
             try:
                 header = await read_v2(loop, conn, timeout=5)
             except ProxyProtocolError as e:
@@ -114,8 +114,14 @@ class ProxySshServer:
             self.headers.append(header)
             source = header.source[0] if header.source else "?"
 
-        async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
-            process.stdout.write(f"source={source} command={process.command}\n")
+        async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+            if process.command == "sink":
+                total = 0
+                while data := await process.stdin.read(1 << 20):
+                    total += len(data)
+                process.stdout.write(f"{total}\n".encode())
+            elif process.command != "true":
+                process.stdout.write(f"source={source} command={process.command}\n".encode())
             process.exit(0)
 
         try:
@@ -124,6 +130,7 @@ class ProxySshServer:
                 server_host_keys=[self.host_key],
                 authorized_client_keys=asyncssh.import_authorized_keys(self.client_key + "\n"),
                 process_factory=handle,
+                encoding=None,
             )
             await asyncio.Future()  # keep the connection until stop() cancels it
         except (asyncssh.Error, OSError):

@@ -8,7 +8,8 @@ For every accepted connection, in order:
    from the mesh address (sshd trusts PROXY headers from it) and send a PROXY v2 header
    carrying the original source and destination first; SSH off: dial the native SSH daemon
    when one is configured (no header: it would not understand one), else close;
-3. bytes flow through a :class:`~meshssh_relay.pump.Pipe` until both sides are done.
+3. the PROXY header is written, then both sockets go to a :class:`~meshssh_relay.pump.Pipe`
+   (one thread per direction) until both sides are done.
 
 A refused upstream is retried for ``upstream_connect_timeout`` seconds, which covers sshd
 being started or restarted by the agent while a client dials.
@@ -17,9 +18,12 @@ being started or restarted by the agent while a client dials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
+import socket
 import time
+from collections.abc import Coroutine
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
@@ -99,11 +103,18 @@ class ProxyRelay:
         self.metrics = metrics
         self.log = log
         self.address: tuple[str, int] = ("", 0)
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._pipes: set[Pipe] = set()
-        self._dials: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dialing = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         host, _ = split_host_port(settings.listen)
         self._source_ip = "" if ipaddress.ip_address(host).is_unspecified else host
+
+    @property
+    def pipes(self) -> frozenset[Pipe]:
+        """The connections being relayed right now."""
+        return frozenset(self._pipes)
 
     async def start(self) -> None:
         """Bind and start accepting.
@@ -112,94 +123,148 @@ class ProxyRelay:
             ConfigError: the address cannot be bound (the message says what to do).
         """
         host, port = split_host_port(self.settings.listen)
-        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._server = await loop.create_server(
-                self._accept, host, port, reuse_address=True, backlog=512
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(512)
         except OSError as e:
+            sock.close()
             raise bind_error(self.settings.listen, e) from e
-        sockname = self._server.sockets[0].getsockname()
-        self.address = (str(sockname[0]), int(sockname[1]))
+        sock.setblocking(False)
+        self._listener = sock
+        self._loop = asyncio.get_running_loop()
+        self.address = (host, int(sock.getsockname()[1]))
+        self._spawn(self._accept_loop(sock))
         self.log.info("relay listening", extra={"address": f"{host}:{self.address[1]}"})
-
-    @property
-    def pipes(self) -> frozenset[Pipe]:
-        """The connections being relayed (or dialled) right now."""
-        return frozenset(self._pipes)
 
     async def stop(self) -> None:
         """Stop accepting, drop every relayed connection and pending dial."""
-        if self._server is not None:
-            self._server.close()
-        for pipe in list(self._pipes):
-            pipe.abort()
-        for task in list(self._dials):
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
             task.cancel()
-        if self._dials:
-            await asyncio.gather(*self._dials, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.abort()
+        for pipe in pipes:
+            await asyncio.to_thread(pipe.join, 2.0)
 
-    def _accept(self) -> asyncio.Protocol:
-        return Pipe(on_accept=self._admit, on_close=self._closed).client
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, pipe: Pipe, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, peer = await loop.sock_accept(listener)
+            except OSError as e:  # EMFILE and friends: keep serving the others
+                self.log.warning("accept failed", extra={"error": str(e)})
+                await asyncio.sleep(0.1)
+                continue
+            self._admit(client, peer)
+
+    def _admit(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        local = client.getsockname()
         source, destination = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
         decision = check_inbound(self.holder.current, source[0], self.settings.acl_port)
         if decision is not AclDecision.ACCEPT:
-            self._refuse(transport, decision.value, source)
+            self._refuse(client, decision.value, source)
             return
-        if len(self._pipes) >= self.settings.max_connections:
-            self._refuse(transport, "too_many", source)
+        if len(self._pipes) + self._dialing >= self.settings.max_connections:
+            self._refuse(client, "too_many", source)
             return
+        prefix = b""
         if self.settings.sshd and self.holder.ssh_enabled:
             target, kind = self.settings.sshd, "sshd"
-            pipe.prefix = encode_v2(_unmap(source), _unmap(destination))
+            prefix = encode_v2(_unmap(source), _unmap(destination))
         elif self.settings.native_upstream:
             target, kind = self.settings.native_upstream, "native"
         else:
-            self._refuse(transport, "ssh_off", source)
+            self._refuse(client, "ssh_off", source)
             return
-        self._pipes.add(pipe)
-        self.metrics.active.set(len(self._pipes))
-        task = asyncio.get_running_loop().create_task(self._dial(pipe, target, kind, source))
-        self._dials.add(task)
-        task.add_done_callback(self._dials.discard)
+        self._spawn(self._dial(client, prefix, target, kind, source))
 
-    def _refuse(
-        self, transport: asyncio.BaseTransport, reason: str, source: tuple[str, int]
-    ) -> None:
+    def _refuse(self, client: socket.socket, reason: str, source: tuple[str, int]) -> None:
         self.metrics.connections.labels(result=reason).inc()
         self.log.info("connection refused", extra={"source": source[0], "reason": reason})
-        transport.close()
+        client.close()
 
-    async def _dial(self, pipe: Pipe, target: str, kind: str, source: tuple[str, int]) -> None:
+    async def _dial(
+        self, client: socket.socket, prefix: bytes, target: str, kind: str, source: tuple[str, int]
+    ) -> None:
+        self._dialing += 1
+        try:
+            await self._dial_once(client, prefix, target, kind, source)
+        finally:
+            self._dialing -= 1
+
+    async def _dial_once(
+        self, client: socket.socket, prefix: bytes, target: str, kind: str, source: tuple[str, int]
+    ) -> None:
+        try:
+            upstream = await self._connect(target, kind)
+            try:
+                if prefix:
+                    await asyncio.get_running_loop().sock_sendall(upstream, prefix)
+            except BaseException:
+                upstream.close()
+                raise
+        except OSError as e:
+            client.close()
+            self.metrics.connections.labels(result="upstream_failed").inc()
+            self.log.warning(
+                "upstream unreachable",
+                extra={"upstream": target, "source": source[0], "error": str(e)},
+            )
+            return
+        except BaseException:
+            client.close()
+            raise
+        pipe = Pipe(client, upstream, on_close=self._closed_threadsafe)
+        self._pipes.add(pipe)
+        self.metrics.active.set(len(self._pipes))
+        self.metrics.connections.labels(result=f"accepted_{kind}").inc()
+        self.log.info("connection relayed", extra={"source": source[0], "upstream": kind})
+        pipe.start()
+
+    async def _connect(self, target: str, kind: str) -> socket.socket:
+        """A connected non-blocking socket to ``target``; retries refusals for a while."""
         host, port = split_host_port(target)
         loop = asyncio.get_running_loop()
-        local = (self._source_ip, 0) if kind == "sshd" and self._source_ip else None
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.upstream_connect_timeout
         while True:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setblocking(False)
             try:
-                await loop.create_connection(lambda: pipe.upstream, host, port, local_addr=local)
-                break
+                if kind == "sshd" and self._source_ip:
+                    sock.bind((self._source_ip, 0))  # sshd trusts PROXY headers from here
+                await loop.sock_connect(sock, (host, port))
             except OSError as e:
+                sock.close()
                 retry = e.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL)
-                if not retry or time.monotonic() >= deadline or pipe.client.closed:
-                    self.metrics.connections.labels(result="upstream_failed").inc()
-                    self.log.warning(
-                        "upstream unreachable",
-                        extra={"upstream": target, "source": source[0], "error": str(e)},
-                    )
-                    pipe.upstream_failed()
-                    return
-            await asyncio.sleep(_RETRY_EVERY)
-        self.metrics.connect_seconds.labels(upstream=kind).observe(time.perf_counter() - started)
-        self.metrics.connections.labels(result=f"accepted_{kind}").inc()
-        self.log.info("connection relayed", extra={"source": source[0], "upstream": kind})
+                if not retry or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(_RETRY_EVERY)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            elapsed = time.perf_counter() - started
+            self.metrics.connect_seconds.labels(upstream=kind).observe(elapsed)
+            return sock
+
+    def _closed_threadsafe(self, pipe: Pipe) -> None:
+        # Runs on a pump thread: hand over to the event loop.
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to account
+                self._loop.call_soon_threadsafe(self._closed, pipe)
 
     def _closed(self, pipe: Pipe) -> None:
         self._pipes.discard(pipe)
