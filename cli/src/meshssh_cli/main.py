@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from meshssh_cli import down, status, up
+from meshssh_cli import down, login, status, up
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (up, down, status):
+    for module in (up, down, status, login):
         module.register(subparsers)
     return parser
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.run(args))
+    return int(args.run(args))  # each subcommand's register() sets its runner
 
 
 if __name__ == "__main__":
