@@ -105,5 +105,5 @@ async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
     tmp_path: Path, nats_url: str, policy: PolicyStandIn
 ) -> None:
     code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, sshd_command(tmp_path)))
-    assert code == 2
+    assert code == 2, err
     assert "--setup-key" in err

@@ -38,11 +38,12 @@ from meshssh_cli.agent_children import (
 )
 from meshssh_cli.agent_config import AgentConfig
 from meshssh_cli.agent_maps import MapState, watch_map
+from meshssh_cli.agent_protocol import TokenGetRequest
 from meshssh_cli.agent_registration import register
 from meshssh_cli.agent_requests import AgentRequests
 from meshssh_cli.agent_socket import AgentSocketServer
 from meshssh_cli.agent_state import AgentLock, prepare_state_dir
-from meshssh_cli.agent_tokens import UidTokenCache
+from meshssh_cli.agent_tokens import AgentTokenCache, device_flow_fetch
 from meshssh_cli.supervisor import Child
 from meshssh_common import codec, subjects
 from meshssh_common.connection import connect_nats
@@ -83,7 +84,9 @@ class Agent:
         self.relay_mode = choose_relay_mode(config)
         self.maps = MapState(self._map_changed)
         self.map_listeners: list[MapListener] = []
-        self.tokens = UidTokenCache(config.flags.jwt_cache_ttl, self._max_token_age)
+        self.tokens = AgentTokenCache(
+            device_flow_fetch(config.management_url), ttl=config.flags.jwt_cache_ttl
+        )
         self.nc: NATS | None = None
         self.host_key: HostKey | None = None
         self.peer_id = ""
@@ -122,10 +125,6 @@ class Agent:
         """The management switch, as the current map says."""
         return self.maps.current is not None and self.maps.current.peer.ssh_enabled
 
-    def _max_token_age(self) -> float:
-        jwt = self.maps.current.peer.jwt if self.maps.current else None
-        return float(jwt.max_token_age) if jwt else 600.0
-
     async def run(self) -> int:
         """Run until ``down`` or a signal; returns the exit code (see the module docstring)."""
         try:
@@ -138,7 +137,10 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         server = AgentSocketServer(
-            self.config.socket_path, AgentRequests(self).handle, log=self.log
+            self.config.socket_path,
+            AgentRequests(self).handle,
+            log=self.log,
+            long_running=lambda r: isinstance(r, TokenGetRequest) and r.login,
         )
         try:
             self.host_key = load_or_create_host_key(self.config.host_key_path)
@@ -157,7 +159,7 @@ class Agent:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2):
                         await self.nc.drain()
-            self.tokens.clear()
+            await self.tokens.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             lock.release()
@@ -240,6 +242,7 @@ class Agent:
             task.cancel()
 
     def _map_changed(self, netmap: NetworkMap | None) -> None:
+        self.tokens.follow(netmap.peer.jwt if netmap else None)
         self._evaluate()
         for listener in self.map_listeners:
             task = asyncio.get_running_loop().create_task(self._run_listener(listener, netmap))
@@ -272,7 +275,7 @@ class Agent:
         """
         old = self.config
         self.config = config
-        self.tokens.ttl = config.flags.jwt_cache_ttl
+        self.tokens.ttl = float(max(0, config.flags.jwt_cache_ttl))
         serial = 0
         if self.nc is not None and self.registered and self.host_key is not None:
             update = MetaUpdate(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -26,6 +26,7 @@ from meshssh_cli.agent_protocol import (
     DownRequest,
     ErrorReply,
     OkReply,
+    PromptReply,
     Reply,
     Request,
     StatusReply,
@@ -36,7 +37,14 @@ from meshssh_cli.agent_protocol import (
     TokenReply,
 )
 from meshssh_cli.agent_socket import reachable
-from meshssh_common.errors import BadRequest, Denied, MeshError, RemoteError, Unavailable
+from meshssh_common.errors import (
+    BadRequest,
+    ConfigError,
+    Denied,
+    MeshError,
+    RemoteError,
+    Unavailable,
+)
 from meshssh_common.wire import PeerFlags
 
 __all__ = ["AgentClient", "NotRunning", "socket_path"]
@@ -87,8 +95,14 @@ class AgentClient:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def call(self, request: Request, *, timeout: float = 10.0) -> Reply:
-        """Send one request and return its reply.
+    async def call(
+        self,
+        request: Request,
+        *,
+        timeout: float = 10.0,
+        on_prompt: Callable[[PromptReply], None] | None = None,
+    ) -> Reply:
+        """Send one request and return its final reply (``on_prompt`` gets prompt lines).
 
         Raises:
             Denied: the agent refused the caller.
@@ -101,17 +115,26 @@ class AgentClient:
                 async with asyncio.timeout(timeout):
                     self._writer.write(_ENCODER.encode(request) + b"\n")
                     await self._writer.drain()
-                    line = await self._reader.readline()
+                    while True:
+                        reply = self._decode(await self._reader.readline())
+                        if not isinstance(reply, PromptReply):
+                            break
+                        if on_prompt is not None:
+                            on_prompt(reply)
             except (OSError, TimeoutError) as e:
                 raise Unavailable(f"the agent did not answer: {e!r}") from e
+        if isinstance(reply, ErrorReply):
+            raise _error(reply)
+        return reply
+
+    @staticmethod
+    def _decode(line: bytes) -> Reply:
         if not line:
             raise Unavailable("the agent closed the connection")
         try:
             reply: Reply = _DECODER.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise Unavailable(f"unexpected answer from the agent: {e}") from e
-        if isinstance(reply, ErrorReply):
-            raise _error(reply)
         return reply
 
     async def status(self, *, detail: bool = False) -> AgentStatus:
@@ -132,9 +155,21 @@ class AgentClient:
         assert isinstance(reply, OkReply)
         return reply.message
 
-    async def token_get(self) -> TokenReply:
-        """The caller's cached token (``token`` is empty when there is none)."""
-        reply = await self.call(TokenGetRequest())
+    async def token_get(
+        self,
+        *,
+        login: bool = False,
+        on_prompt: Callable[[PromptReply], None] | None = None,
+        timeout: float = 10.0,
+    ) -> TokenReply:
+        """The caller's cached token (``token`` empty when none); ``login`` signs in if needed.
+
+        Args:
+            login: when nothing is cached, run (or join) the device flow in the agent.
+            on_prompt: shows the URL and code of that flow to the user.
+            timeout: seconds to wait (a login needs as long as the user takes).
+        """
+        reply = await self.call(TokenGetRequest(login=login), timeout=timeout, on_prompt=on_prompt)
         assert isinstance(reply, TokenReply)
         return reply
 
@@ -152,6 +187,8 @@ class AgentClient:
 def _error(reply: ErrorReply) -> MeshError:
     if reply.code == Denied.code:
         return Denied(reply.message, public=reply.message)
+    if reply.code == ConfigError.code:
+        return ConfigError("agent", reply.message)
     if reply.code == BadRequest.code:
         return BadRequest(reply.message)
     return RemoteError(reply.code, reply.message)

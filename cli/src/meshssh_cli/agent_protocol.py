@@ -12,6 +12,10 @@ Requests (``op``):
 - ``configure`` (``flags``): new local flags, reported to management as metadata, sshd
   restarted with them → :class:`OkReply`;
 - ``token-get``: the caller's cached JWT → :class:`TokenReply` (``token`` empty when none);
+  with ``login``: when none is cached, run (or join) the caller's device flow: one
+  :class:`PromptReply` line with the URL and code to show, then the :class:`TokenReply`
+  once the user has signed in (callers of one uid share one flow; a caller that hangs up
+  leaves it, and the flow stops when nobody waits any more);
 - ``token-put`` (``token``): cache the caller's JWT → :class:`TokenReply` (``cached`` false
   when the TTL is 0 or the token is already too old);
 - ``token-drop``: forget the caller's JWT → :class:`OkReply`.
@@ -41,6 +45,7 @@ __all__ = [
     "ErrorReply",
     "OkReply",
     "PeerStatus",
+    "PromptReply",
     "Reply",
     "Request",
     "StatusReply",
@@ -75,7 +80,9 @@ class ConfigureRequest(_Request, frozen=True, tag="configure"):
 
 
 class TokenGetRequest(_Request, frozen=True, tag="token-get"):
-    """The caller's cached JWT."""
+    """The caller's cached JWT; with ``login``, sign in when none is cached."""
+
+    login: bool = False
 
 
 class TokenPutRequest(_Request, frozen=True, tag="token-put"):
@@ -174,6 +181,15 @@ class TokenReply(_Reply, frozen=True, tag="token"):
     cached: bool = False
 
 
+class PromptReply(_Reply, frozen=True, tag="prompt"):
+    """An intermediate line of ``token-get`` with ``login``: what the user must do."""
+
+    url: str
+    code: str
+    url_complete: str = ""
+    expires_in: int = 0
+
+
 class ErrorReply(_Reply, frozen=True, tag="error"):
     """A refused or failed request."""
 
@@ -181,4 +197,4 @@ class ErrorReply(_Reply, frozen=True, tag="error"):
     message: str
 
 
-Reply = StatusReply | OkReply | TokenReply | ErrorReply
+Reply = StatusReply | OkReply | TokenReply | PromptReply | ErrorReply

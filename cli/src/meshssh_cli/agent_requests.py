@@ -7,6 +7,7 @@ token calls only ever touch the caller's own slot.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from meshssh_cli.agent_protocol import (
     ErrorReply,
     OkReply,
     PeerStatus,
+    PromptReply,
     Reply,
     Request,
     StatusReply,
@@ -28,7 +30,8 @@ from meshssh_cli.agent_protocol import (
     TokenPutRequest,
     TokenReply,
 )
-from meshssh_cli.agent_socket import Caller
+from meshssh_cli.agent_socket import Caller, Send
+from meshssh_cli.device_flow import DeviceAuthorization
 from meshssh_cli.supervisor import Child
 from meshssh_common.errors import MeshError
 from meshssh_common.version import VERSION
@@ -57,8 +60,8 @@ class AgentRequests:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    async def handle(self, request: Request, caller: Caller) -> Reply:
-        """Answer one request from ``caller``."""
+    async def handle(self, request: Request, caller: Caller, send: Send) -> Reply:
+        """Answer one request from ``caller`` (``send`` writes intermediate lines)."""
         match request:
             case StatusRequest(detail=detail):
                 return StatusReply(status=self.status(detail=detail))
@@ -85,20 +88,47 @@ class AgentRequests:
                 except MeshError as e:
                     return ErrorReply(code=e.code, message=f"flags applied locally; {e.public}")
                 return OkReply(message=f"flags updated (map serial {serial})")
-            case TokenGetRequest():
-                entry = self.agent.tokens.get(caller.uid)
-                if entry is None:
+            case TokenGetRequest(login=login):
+                entry = self.agent.tokens.peek(caller.uid)
+                if entry is not None:
+                    return TokenReply(token=entry.token, expires_at=entry.valid_until, cached=True)
+                if not login:
                     return TokenReply()
-                return TokenReply(token=entry.token, expires_at=entry.expires_at, cached=True)
+                return await self._login(caller, send)
             case TokenPutRequest(token=token):
                 entry = self.agent.tokens.put(caller.uid, token)
                 if entry is None:
                     return TokenReply(cached=False)
-                return TokenReply(expires_at=entry.expires_at, cached=True)
+                return TokenReply(expires_at=entry.valid_until, cached=True)
             case TokenDropRequest():
-                self.agent.tokens.drop(caller.uid)
+                self.agent.tokens.invalidate(caller.uid)
                 return OkReply(message="forgotten")
         return ErrorReply(code="bad_request", message="unknown request")
+
+    async def _login(self, caller: Caller, send: Send) -> Reply:
+        """Run or join the caller's device flow; the prompt goes out before the token."""
+        prompts: list[asyncio.Future[None]] = []
+
+        def on_prompt(auth: DeviceAuthorization) -> None:
+            prompt = PromptReply(
+                url=auth.verification_uri,
+                code=auth.user_code,
+                url_complete=auth.verification_uri_complete,
+                expires_in=auth.expires_in,
+            )
+            prompts.append(asyncio.ensure_future(send(prompt)))
+
+        self.agent.log.info("login requested", extra={"uid": caller.uid, "pid": caller.pid})
+        try:
+            token = await self.agent.tokens.get(caller.uid, on_prompt=on_prompt)
+        except asyncio.CancelledError:
+            self.agent.log.info("login abandoned by its caller", extra={"uid": caller.uid})
+            raise
+        finally:
+            await asyncio.gather(*prompts, return_exceptions=True)
+        entry = self.agent.tokens.peek(caller.uid)
+        return TokenReply(token=token, expires_at=entry.valid_until if entry else 0.0,
+                          cached=entry is not None)  # fmt: skip
 
     def status(self, *, detail: bool) -> AgentStatus:
         """The agent's state; ``detail`` adds children, peers and sessions."""

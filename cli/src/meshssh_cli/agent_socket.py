@@ -29,10 +29,18 @@ from pathlib import Path
 import msgspec
 
 from meshssh_cli.agent_protocol import MAX_LINE, ErrorReply, Reply, Request
-from meshssh_common.errors import ConfigError
+from meshssh_common.errors import ConfigError, MeshError
 from meshssh_common.logs import BoundLogger
 
-__all__ = ["IDLE_TIMEOUT", "MAX_CLIENTS", "AgentSocketServer", "Caller", "reachable"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CLIENTS",
+    "AgentSocketServer",
+    "Caller",
+    "Handler",
+    "Send",
+    "reachable",
+]
 
 IDLE_TIMEOUT = 60.0
 MAX_CLIENTS = 64
@@ -52,7 +60,9 @@ class Caller(msgspec.Struct, frozen=True):
         return self.uid in (0, os.geteuid())
 
 
-Handler = Callable[[Request, Caller], Awaitable[Reply]]
+Send = Callable[[Reply], Awaitable[None]]
+Handler = Callable[[Request, Caller, Send], Awaitable[Reply]]
+"""Answers one request; ``send`` writes intermediate lines before the returned final one."""
 
 
 @contextlib.contextmanager
@@ -79,11 +89,23 @@ def _peer(sock: socket.socket) -> Caller:
 
 
 class AgentSocketServer:
-    """Serves requests on the agent socket with ``handler`` (see the module docstring)."""
+    """Serves requests on the agent socket with ``handler`` (see the module docstring).
 
-    def __init__(self, path: Path, handler: Handler, *, log: BoundLogger) -> None:
+    ``long_running`` names the requests that may take minutes (a login): while one runs, the
+    connection is watched, and a caller that hangs up cancels it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        *,
+        log: BoundLogger,
+        long_running: Callable[[Request], bool] = lambda _: False,
+    ) -> None:
         self.path = path
         self.handler = handler
+        self.long_running = long_running
         self.log = log.bind(socket=str(path))
         self._server: asyncio.AbstractServer | None = None
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
@@ -137,26 +159,54 @@ class AgentSocketServer:
     async def _loop(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller: Caller
     ) -> None:
+        carried = b""  # a byte read while watching for a hang-up belongs to the next line
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    line = await reader.readline()
+                    line = carried + await reader.readline()
             except ValueError:  # longer than MAX_LINE: refuse and hang up
                 await self._send(writer, ErrorReply(code="bad_request", message="line too long"))
                 return
+            carried = b""
             if not line:
                 return
             try:
                 request = _DECODER.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                reply: Reply = ErrorReply(code="bad_request", message=f"bad request: {e}")
-            else:
-                try:
-                    reply = await self.handler(request, caller)
-                except Exception:
-                    self.log.exception("agent socket request failed")
-                    reply = ErrorReply(code="internal", message="internal error; see the log")
+                await self._send(
+                    writer, ErrorReply(code="bad_request", message=f"bad request: {e}")
+                )
+                continue
+            handling = asyncio.ensure_future(self._handle(request, caller, writer))
+            if self.long_running(request):
+                # A long request (a login) ends when its caller hangs up. Short ones are
+                # answered even to a client that half-closed after sending (socat).
+                watch = asyncio.ensure_future(reader.read(1))
+                await asyncio.wait({handling, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if not handling.done() and watch.result() == b"":
+                    handling.cancel()
+                    await asyncio.gather(handling, return_exceptions=True)
+                    return
+                if watch.done():
+                    carried = watch.result()
+                else:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
+            await self._send(writer, await handling)
+
+    async def _handle(
+        self, request: Request, caller: Caller, writer: asyncio.StreamWriter
+    ) -> Reply:
+        async def send(reply: Reply) -> None:
             await self._send(writer, reply)
+
+        try:
+            return await self.handler(request, caller, send)
+        except MeshError as e:
+            return ErrorReply(code=e.code, message=e.public)
+        except Exception:
+            self.log.exception("agent socket request failed")
+            return ErrorReply(code="internal", message="internal error; see the log")
 
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
         writer.write(_ENCODER.encode(reply) + b"\n")

@@ -1,127 +1,88 @@
-"""The agent's in-memory JWT cache, one slot per local OS user (keyed by the caller's uid).
+"""The agent's JWT cache: authn's per-uid :class:`TokenCache`, hosted behind the agent socket.
 
-SPEC §9: a token is cached for ``--ssh-jwt-cache-ttl`` seconds, never beyond the token's own
-``exp`` nor the servers' max token age (``iat`` + max age from the map's JWT config), and is
-lost when the agent stops (never written to disk). A TTL of 0 caches nothing. NetBird keeps a
-single slot for the whole machine and hands it to any caller (netbird-ssh.md §4); here a uid
-only ever sees its own slot.
+The cache itself (``token_cache``) keeps one slot per local uid for ``--ssh-jwt-cache-ttl``
+seconds, never past the token's ``exp`` nor ``iat`` + the servers' max token age, in memory
+only, and runs one device flow per uid however many callers wait (SPEC §9). The agent adds:
 
-This is the agent's minimal cache. The authn work (issue 4) brings a fuller per-user cache
-(with a single-flight device flow); it plugs in through :class:`TokenStore`.
+- the fetch: a device flow against the provider the management plane names
+  (``GET <management-url>/api/v1/auth/config``); the agent is a daemon and opens no browser,
+  so the URL and code go to every waiting caller, who shows them;
+- :meth:`AgentTokenCache.put`: keep a token the caller obtained elsewhere (same bounds);
+- the servers' limits (max token age, clock skew) follow the peer's map.
 
 Example::
 
-    cache = UidTokenCache(ttl=300, max_age=lambda: 600)
-    cache.put(1000, jwt)          # -> CachedToken or None (not cached)
-    cache.get(1000)               # -> CachedToken or None (absent or expired)
+    cache = AgentTokenCache(device_flow_fetch("http://127.0.0.1:8080"), ttl=300)
+    token = await cache.get(uid, on_prompt=show)      # cached, or one shared device flow
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+import asyncio
 
-__all__ = ["CachedToken", "TokenStore", "UidTokenCache", "token_times"]
+import httpx
 
+from meshssh_cli.device_flow import DeviceFlowClient, fetch_client_config
+from meshssh_cli.token_cache import CachedToken, Fetch, Notify, OnPrompt, TokenCache
+from meshssh_common.errors import ConfigError
+from meshssh_common.wire import JwtConfig
 
-@dataclass(frozen=True, slots=True)
-class CachedToken:
-    """A cached token and the wall-clock time it stops being handed out."""
-
-    token: str
-    expires_at: float
+__all__ = ["AgentTokenCache", "device_flow_fetch"]
 
 
-class TokenStore(Protocol):
-    """What the agent socket needs from a token cache."""
+class AgentTokenCache(TokenCache):
+    """:class:`TokenCache` plus :meth:`put` and limits taken from the map."""
 
-    def get(self, uid: int) -> CachedToken | None:
-        """The caller's token, or None."""
+    async def get(self, uid: int, *, on_prompt: OnPrompt | None = None) -> str:
+        """As :meth:`TokenCache.get`, but never joins a flight that is being cancelled.
 
-    def put(self, uid: int, token: str) -> CachedToken | None:
-        """Cache the caller's token; None when it is not cached (TTL 0, or already stale)."""
-
-    def drop(self, uid: int) -> None:
-        """Forget the caller's token."""
-
-
-def token_times(token: str) -> tuple[float | None, float | None]:
-    """``(exp, iat)`` read from a JWT's payload without verifying it (None when absent).
-
-    Only bounds the cache lifetime; servers validate tokens properly.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None, None
-    try:
-        padded = parts[1] + "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(claims, dict):
-        return None, None
-    exp, iat = claims.get("exp"), claims.get("iat")
-    return (
-        float(exp) if isinstance(exp, int | float) else None,
-        float(iat) if isinstance(iat, int | float) else None,
-    )
-
-
-class UidTokenCache:
-    """A dict of uid → token with the lifetime bounds of the module docstring.
-
-    Args:
-        ttl: ``--ssh-jwt-cache-ttl`` in seconds (0: never cache).
-        max_age: the servers' current max token age in seconds (from the map).
-        clock: wall-clock seconds (tests pass their own).
-    """
-
-    def __init__(
-        self,
-        ttl: float,
-        max_age: Callable[[], float],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.ttl = ttl
-        self.max_age = max_age
-        self.clock = clock
-        self._slots: dict[int, CachedToken] = {}
-
-    def get(self, uid: int) -> CachedToken | None:
-        """The caller's token while it is still fresh."""
-        entry = self._slots.get(uid)
-        if entry is not None and entry.expires_at <= self.clock():
-            del self._slots[uid]
-            return None
-        return entry
+        When the last caller of a flow hangs up, the flow's task is cancelled but stays
+        registered until it has unwound; a caller arriving in between would otherwise share
+        its cancellation. It waits for the unwinding and starts a fresh flow instead.
+        """
+        while True:
+            flight = self._flights.get(uid)
+            task = flight.task if flight is not None else None
+            if task is None or not task.cancelling():
+                return await super().get(uid, on_prompt=on_prompt)
+            await asyncio.gather(task, return_exceptions=True)
 
     def put(self, uid: int, token: str) -> CachedToken | None:
-        """Cache ``token`` for ``uid`` until the earliest of TTL, ``exp`` and ``iat``+max age."""
-        if self.ttl <= 0:
+        """Cache ``token`` for ``uid``; None when it is not kept (TTL 0, or already too old)."""
+        now = self._clock()
+        until = self.valid_until(token, now)
+        if self.ttl <= 0 or until <= now:
+            self.invalidate(uid)
             return None
-        now = self.clock()
-        bounds = [now + self.ttl]
-        exp, iat = token_times(token)
-        if exp is not None:
-            bounds.append(exp)
-        if iat is not None:
-            bounds.append(iat + self.max_age())
-        expires = min(bounds)
-        if expires <= now:
-            self._slots.pop(uid, None)
-            return None
-        entry = CachedToken(token, expires)
-        self._slots[uid] = entry
+        entry = CachedToken(token, until)
+        self._entries[uid] = entry
         return entry
 
-    def drop(self, uid: int) -> None:
-        """Forget the caller's token."""
-        self._slots.pop(uid, None)
+    def follow(self, jwt: JwtConfig | None) -> None:
+        """Use the servers' current limits (from the map's JWT config)."""
+        if jwt is not None:
+            self.max_token_age = float(jwt.max_token_age)
+            self.clock_skew = float(jwt.clock_skew)
 
-    def clear(self) -> None:
-        """Forget every token (the agent is stopping)."""
-        self._slots.clear()
+
+def device_flow_fetch(management_url: str, *, timeout: float = 15.0) -> Fetch:
+    """The cache's fetch: one device flow with the provider management names.
+
+    Raises (from the fetch):
+        ConfigError: the agent was started without ``--management-url``.
+        MeshError: the management plane or the provider refused or did not answer.
+    """
+
+    async def fetch(uid: int, notify: Notify) -> str:
+        if not management_url:
+            raise ConfigError(
+                "--management-url", "the agent needs it to run logins (meshssh up --management-url)"
+            )
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout)) as http:
+            config = await fetch_client_config(http, management_url)
+            flow = DeviceFlowClient(config, http)
+            auth = await flow.start()
+            notify(auth)
+            return (await flow.wait(auth)).token
+
+    return fetch

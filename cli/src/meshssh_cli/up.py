@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from meshssh_cli.agent import Agent
-from meshssh_cli.agent_client import AgentClient, NotRunning
+from meshssh_cli.agent_client import AgentClient
 from meshssh_cli.agent_config import AgentConfig, Flags, default_name, default_state_dir
 from meshssh_cli.agent_state import lock_holder, prepare_state_dir
 from meshssh_common.errors import ConfigError, MeshError
@@ -237,7 +237,7 @@ async def _await_registration(
         try:
             async with AgentClient.connect(config.state_dir, timeout=1) as agent:
                 status = await agent.status()
-        except NotRunning:
+        except MeshError:  # not serving yet, or going away: poll() above tells which
             await asyncio.sleep(0.1)
             continue
         if status.registered:
