@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer, SessionInfo, SessionsReport
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.policy_standin import PolicyStandIn
@@ -206,4 +207,22 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
         )
     finally:
         await sub.unsubscribe()
+        await agent.stop()
+
+
+async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
+    tmp_path: Path, nats_server: NatsServer, policy: PolicyStandIn, nc: NATS
+) -> None:
+    agent = await start_agent(tmp_path, nats_server.url, "--allow-server-ssh")
+    try:
+        status = await agent.wait_status(running("sshd", "relay"))
+        sshd_pid = agent.child(status, "sshd")["pid"]
+        await nats_server.restart()
+        async with asyncio.timeout(15):
+            while "nats reconnected" not in agent.output() or not nc.is_connected:
+                await asyncio.sleep(0.05)
+        await policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+        # Without restarting its watch after the reconnect, the agent heard of it ~18 s later.
+        await wait_gone(sshd_pid, timeout=8)
+    finally:
         await agent.stop()

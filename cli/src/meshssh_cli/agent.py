@@ -221,9 +221,7 @@ class Agent:
             children = [tg.create_task(self.sshd.run()), tg.create_task(self.relay.run())]
             helpers = [
                 tg.create_task(
-                    watch_map(
-                        nc.jetstream(), self.peer_id, self.maps, log=log, metrics=self.metrics
-                    )
+                    watch_map(nc, self.peer_id, self.maps, log=log, metrics=self.metrics)
                 ),
                 tg.create_task(self._heartbeats()),
             ]

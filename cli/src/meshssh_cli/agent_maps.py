@@ -9,7 +9,7 @@ Example::
 
     maps = MapState(on_change=agent.map_changed)
     maps.offer(reply.netmap)
-    await watch_map(nc.jetstream(), peer_id, maps, log=log, metrics=metrics)
+    await watch_map(nc, peer_id, maps, log=log, metrics=metrics)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -69,36 +70,53 @@ async def _bucket(js: JetStreamContext) -> KeyValue:
 
 
 async def watch_map(
-    js: JetStreamContext,
+    nc: NATS,
     peer_id: str,
     state: MapState,
     *,
     log: BoundLogger,
     metrics: ServiceMetrics,
 ) -> None:
-    """Feed ``state`` from KV until cancelled; watches again after any failure."""
+    """Feed ``state`` from KV until cancelled.
+
+    Watches again after any failure and after every NATS reconnect (a KV watch can stay
+    silent for many seconds after nats-server came back; a disabled peer must stop its SSH
+    server within seconds).
+    """
     key = subjects.netmap_key(peer_id)
 
     def bad(k: str, e: WireError) -> None:
         metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
         log.warning("ignored an undecodable network map", extra={"key": k, "error": str(e)})
 
+    async def consume() -> None:
+        kv = TypedKV(await _bucket(nc.jetstream()), NetworkMap, on_bad_value=bad)
+        async for event in kv.watch(key):
+            if event.initial_done:
+                continue
+            if event.value is None:
+                log.warning("network map deleted: this peer was removed")
+                state.drop()
+            elif state.offer(event.value):
+                log.info(
+                    "network map applied",
+                    extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
+                )
+
     while True:
+        seen = int(nc.stats["reconnects"])
+        task = asyncio.ensure_future(consume())
         try:
-            kv = TypedKV(await _bucket(js), NetworkMap, on_bad_value=bad)
-            async for event in kv.watch(key):
-                if event.initial_done:
-                    continue
-                if event.value is None:
-                    log.warning("network map deleted: this peer was removed")
-                    state.drop()
-                elif state.offer(event.value):
-                    log.info(
-                        "network map applied",
-                        extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
-                    )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("network map watch failed; watching again", extra={"error": repr(e)})
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if int(nc.stats["reconnects"]) != seen:
+                    log.info("nats reconnected: network map watch restarted")
+                    break
+        finally:
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(results[0], Exception):
+            log.warning(
+                "network map watch failed; watching again", extra={"error": repr(results[0])}
+            )
             await asyncio.sleep(1.0)

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.kv import open_bucket
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -161,3 +162,20 @@ async def test_a_taken_port_exits_2_with_a_message_that_says_what_to_do(
         assert "--native-upstream" in proc.output()
     finally:
         taken.close()
+
+
+async def test_a_map_published_after_nats_restarts_applies_within_seconds(
+    nats_server: NatsServer, netmaps: NATS, services: ServiceFactory
+) -> None:
+    await put_map(netmaps, make_map(1))
+    relay, _ = await start_relay(services, nats_server.url)
+    await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
+    await nats_server.restart()
+    await wait_metric(relay.ops_url, 'meshssh_relay_nats_events_total{event="reconnected"}', 1)
+    async with asyncio.timeout(10):  # the client reconnects by itself; wait until it has
+        while not netmaps.is_connected:
+            await asyncio.sleep(0.05)
+    await put_map(netmaps, make_map(2, ssh_enabled=False))
+    # Without restarting its watch, the relay heard of it only ~18 s later.
+    await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 2, timeout=8)
+    await wait_metric(relay.ops_url, "meshssh_relay_ssh_enabled", 0)

@@ -9,7 +9,7 @@ Example::
 
     holder = MapHolder()
     holder.on_change(lambda m: log.info("serial %s", m and m.serial))
-    await watch_netmap(ctx.js, "p1", holder, log=log, metrics=metrics)
+    await watch_netmap(ctx.nc, "p1", holder, log=log, metrics=metrics)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -32,6 +33,7 @@ from meshssh_common.wire import NetworkMap
 __all__ = ["MapHolder", "watch_netmap"]
 
 Listener = Callable[[NetworkMap | None], None]
+_RECONNECT_POLL = 0.5
 
 
 class MapHolder:
@@ -93,41 +95,54 @@ async def _open_existing(js: JetStreamContext, log: BoundLogger) -> KeyValue:
 
 
 async def watch_netmap(
-    js: JetStreamContext,
+    nc: NATS,
     peer_id: str,
     holder: MapHolder,
     *,
     log: BoundLogger,
     metrics: ServiceMetrics,
 ) -> None:
-    """Feed ``holder`` from the peer's KV key until cancelled; re-watches after errors."""
+    """Feed ``holder`` from the peer's KV key until cancelled.
+
+    The watch starts again after an error, and after every NATS reconnect: a KV watch can
+    stay silent for many seconds after nats-server came back, and a disabled peer must stop
+    serving within seconds. The first value of a fresh watch is the current map, applied only
+    if newer.
+    """
     key = subjects.netmap_key(peer_id)
 
     def bad_value(k: str, e: WireError) -> None:
         metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
         log.warning("ignored an undecodable network map", extra={"key": k, "error": str(e)})
 
+    async def consume() -> None:
+        js = nc.jetstream()
+        kv = TypedKV(await _open_existing(js, log), NetworkMap, on_bad_value=bad_value)
+        async for event in kv.watch(key):
+            if event.initial_done:
+                holder.received.set()
+            elif event.value is None:
+                log.warning("network map deleted; refusing every connection")
+                holder.clear()
+            elif holder.apply(event.value):
+                log.info(
+                    "network map applied",
+                    extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
+                )
+
     while True:
+        seen = int(nc.stats["reconnects"])
+        task = asyncio.ensure_future(consume())
         try:
-            kv = TypedKV(await _open_existing(js, log), NetworkMap, on_bad_value=bad_value)
-            async for event in kv.watch(key):
-                if event.initial_done:
-                    holder.received.set()
-                elif event.value is None:
-                    log.warning("network map deleted; refusing every connection")
-                    holder.clear()
-                elif holder.apply(event.value):
-                    log.info(
-                        "network map applied",
-                        extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
-                    )
-                else:
-                    log.info(
-                        "ignored a stale network map",
-                        extra={"serial": event.value.serial, "held": holder.serial},
-                    )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("network map watch failed; watching again", extra={"error": repr(e)})
+            while not task.done():
+                await asyncio.wait({task}, timeout=_RECONNECT_POLL)
+                if int(nc.stats["reconnects"]) != seen:
+                    log.info("nats reconnected: network map watch restarted")
+                    break
+        finally:
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+        error = results[0]
+        if isinstance(error, Exception):
+            log.warning("network map watch failed; watching again", extra={"error": repr(error)})
             await asyncio.sleep(1.0)

@@ -105,7 +105,7 @@ async def serve(ctx: ServiceContext) -> None:
             await proxy.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
-                watch_netmap(ctx.js, settings.peer_id, holder, log=log, metrics=ctx.metrics)
+                watch_netmap(ctx.nc, settings.peer_id, holder, log=log, metrics=ctx.metrics)
             )
             if redirect is not None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
