@@ -4,9 +4,11 @@ rule and no process behind.
 
 Peer A's agent runs inside A's namespace (NATS is the test's nats-server, forwarded onto A's
 loopback); the management plane is ``PolicyStandIn`` (registration and maps on the real
-NATS). Until meshssh-sshd takes the agent's flags and serves SSH, the server on
-``100.64.0.1:22022`` is a real asyncssh server the test runs inside A's namespace, reporting
-the TCP source it sees.
+NATS). The SSH server is the agent's meshssh-sshd (``--disable-ssh-auth``: machine identity,
+so the network ACL alone decides); B also holds 100.64.0.3, a source the map has no rule for,
+which sshd must refuse. While the installed meshssh-sshd does not serve SSH yet (the interim
+launcher of ``meshssh_testkit.sshd_contract``), a real asyncssh server in A's namespace holds
+``100.64.0.1:22022`` instead and the ACL part is left to the sshd tests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.kv import open_bucket
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
@@ -31,10 +34,10 @@ from meshssh_testkit.peer_agent import AgentProcess, pid_alive
 from meshssh_testkit.policy_standin import PolicyStandIn
 from meshssh_testkit.process import script
 from meshssh_testkit.ssh_upstreams import ProxySshServer
-from meshssh_testkit.sshd_contract import sshd_command
+from meshssh_testkit.sshd_contract import sshd_command, sshd_takes_the_contract
 
 USER = getpass.getuser()
-A_IP, B_IP = "100.64.0.1", "100.64.0.2"
+A_IP, B_IP, STRANGER_IP = "100.64.0.1", "100.64.0.2", "100.64.0.3"
 PREFIX = "100.64.0.0/10"
 
 
@@ -57,7 +60,8 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
     a, b = await NetNs.create("pa"), await NetNs.create("pb")
     forward = None
     try:
-        if_a, _ = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
+        if_a, if_b = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
+        await b.ip("addr", "add", f"{STRANGER_IP}/10", "dev", if_b)
         forward = await PortForward.start(a, ("127.0.0.1", int(nats_url.rsplit(":", 1)[1])))
         yield Mesh(a, b, if_a, f"nats://127.0.0.1:{forward.port}")
     finally:
@@ -77,15 +81,17 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
 ) -> None:
     netmap = make_map(1, mesh_ip=A_IP, mesh_prefix=PREFIX, sources=[f"{B_IP}/32"])
     policy = await PolicyStandIn.start(nc, netmap=netmap)
-    server = ProxySshServer(A_IP, client_key=openssh.public_key, sock=mesh.a.listener(A_IP, 22022))
-    await server.start()
-    with openssh.known_hosts.open("a") as f:
-        f.write(f"{A_IP} {server.public_line}\n")
+    real_sshd = sshd_takes_the_contract()
+    server = None
+    if not real_sshd:
+        listener = mesh.a.listener(A_IP, 22022)
+        server = ProxySshServer(A_IP, client_key=openssh.public_key, sock=listener)
+        await server.start()
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
         state, "--mesh-ip", A_IP, "--name", "server", "--nats-url", mesh.nats_url,
-        "--setup-key", "KEY", "--allow-server-ssh", "--sshd-bin", sshd_command(tmp_path),
-        prefix=tuple(mesh.a.argv()),
+        "--setup-key", "KEY", "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
+        "--sshd-bin", sshd_command(tmp_path), prefix=tuple(mesh.a.argv()),
     )  # fmt: skip
     try:
         status = await agent.wait_status(
@@ -99,13 +105,28 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         async with asyncio.timeout(15):
             while "meshssh-relay-p1" not in await tables(mesh.a):
                 await asyncio.sleep(0.05)
+        host_key = server.public_line if server else agent_host_key(state)
+        with openssh.known_hosts.open("a") as f:
+            f.write(f"{A_IP} {host_key}\n")
 
-        options = mesh.b.argv("ssh", *openssh.base_options())[1:]
-        result = await openssh.run(
-            "ip", *options, f"{USER}@{A_IP}", "via-22", options=[], timeout=30
-        )
-        assert result.returncode == 0, result.err
-        assert result.out.strip() == f"source={B_IP} command=via-22"
+        async def ssh_from(source: str, command: str) -> tuple[int, str, str]:
+            options = mesh.b.argv("ssh", *openssh.base_options())[1:]
+            result = await openssh.run(
+                "ip", *options, "-b", source, f"{USER}@{A_IP}", command, options=[], timeout=30
+            )
+            return result.returncode, result.out.strip(), result.err
+
+        if real_sshd:
+            code, out, err = await ssh_from(B_IP, "echo $SSH_CLIENT")
+            assert code == 0, err
+            assert out.split()[0] == B_IP  # sshd on 22022 saw the original source
+            assert out.split()[2] == "22022"  # and the connection landed on 22022
+            code, out, err = await ssh_from(STRANGER_IP, "echo should-not-run")
+            assert code == 255, out  # no rule for this source: sshd's ACL refuses it
+        else:
+            code, out, err = await ssh_from(B_IP, "via-22")
+            assert code == 0, err
+            assert out == f"source={B_IP} command=via-22"
 
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
         code, _, err = await mesh.a.run(script("meshssh"), "down", "--state-dir", str(state))
@@ -117,5 +138,11 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
             assert not pid_alive(pid)
     finally:
         await agent.stop()
-        await server.stop()
+        if server is not None:
+            await server.stop()
         await policy.stop()
+
+
+def agent_host_key(state: Path) -> str:
+    """The public half of the agent's host key (what management distributes for pinning)."""
+    return load_or_create_host_key(state / "ssh_host_ed25519_key").public_line
