@@ -16,6 +16,7 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
 ) -> None:
     need_tool(prometheus_available(), "prometheus (Debian package)")
     listen = {
+        "policy": ["--listen", "127.0.0.1:0"],
         "authn": ["--listen", "127.0.0.1:0"],
         "relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
     }

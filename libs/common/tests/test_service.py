@@ -34,6 +34,7 @@ async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
     name: str, nats_url: str, services: ServiceFactory
 ) -> None:
     extra = {
+        "meshssh-policy": ["--listen", "127.0.0.1:0"],
         "meshssh-authn": ["--listen", "127.0.0.1:0"],
         "meshssh-relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
     }.get(name, [])
