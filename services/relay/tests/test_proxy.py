@@ -247,3 +247,22 @@ def test_a_map_with_a_lower_or_equal_serial_is_ignored() -> None:
     holder.clear()  # the peer was removed: a re-registered peer's maps start over
     assert holder.apply(make_map(1))
     assert seen == [3, 0, 1]
+
+
+async def test_past_max_connections_new_clients_are_refused(upstream: socket.socket) -> None:
+    upstream.listen(8)
+    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}", max_connections=1)
+    try:
+        _reader, writer = await relay.connect()
+        async with asyncio.timeout(10):
+            _up_reader, up_writer, _ = await accept(upstream)
+            while not relay.relay.pipes:
+                await asyncio.sleep(0.01)
+        reader2, writer2 = await relay.connect()
+        async with asyncio.timeout(5):
+            assert await reader2.read() == b""
+        assert relay.count("too_many") == 1
+        for w in (writer, writer2, up_writer):
+            w.close()
+    finally:
+        await relay.relay.stop()
