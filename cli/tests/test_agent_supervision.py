@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -226,3 +227,49 @@ async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
         await wait_gone(sshd_pid, timeout=8)
     finally:
         await agent.stop()
+
+
+def free_port_on(*hosts: str) -> int:
+    """A port the OS picked on the first host that is free on every other one too."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+            try:
+                for host in hosts[1:]:
+                    with socket.socket() as other:
+                        other.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no common free port")
+
+
+async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
+    tmp_path: Path, nats_url: str, nc: NATS
+) -> None:
+    maps = [make_map(1, peer_id=p, mesh_ip=ip) for p, ip in (("p1", MESH_IP), ("p2", "127.0.0.3"))]
+    policy = await PolicyStandIn.start(nc, netmap=maps[0], others=(maps[1],))
+    ssh_port = free_port_on(MESH_IP, "127.0.0.3")
+    relay_port = free_port_on(MESH_IP, "127.0.0.3")
+    agents = []
+    for name, ip in (("p1", MESH_IP), ("p2", "127.0.0.3")):
+        agent = await AgentProcess.start(
+            tmp_path / name, "--mesh-ip", ip, "--name", name, "--nats-url", nats_url,
+            "--setup-key", "KEY", "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
+            "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", sshd_command(tmp_path),
+        )  # fmt: skip
+        agents.append(agent)
+    try:
+        statuses = [await a.wait_status(running("sshd", "relay")) for a in agents]
+        assert [s["peer_id"] for s in statuses] == ["p1", "p2"]
+        assert {s["relay_port"] for s in statuses} == {relay_port}
+        assert all(
+            a.child(s, "relay")["restarts"] == 0 for a, s in zip(agents, statuses, strict=True)
+        )
+        assert (tmp_path / "p1" / "agent.sock").exists()
+        assert (tmp_path / "p2" / "agent.sock").exists()
+    finally:
+        for agent in agents:
+            await agent.stop()
+        await policy.stop()

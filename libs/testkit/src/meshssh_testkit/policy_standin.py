@@ -36,21 +36,35 @@ __all__ = ["PolicyStandIn"]
 
 
 class PolicyStandIn:
-    """See the module docstring; ``netmap`` is what a registering peer gets."""
+    """See the module docstring; ``netmap`` is what a registering peer gets.
 
-    def __init__(self, nc: NATS, netmap: NetworkMap, setup_key: str) -> None:
+    More peers: ``others`` are the maps of further peers, each given to the peer registering
+    with that map's peer name (``--name``).
+    """
+
+    def __init__(
+        self, nc: NATS, netmap: NetworkMap, setup_key: str, others: tuple[NetworkMap, ...] = ()
+    ) -> None:
         self.nc = nc
         self.netmap = netmap
         self.setup_key = setup_key
         self.credential = f"cred-{netmap.peer.id}"
+        self.others = {m.peer.name: m for m in others}
         self.registers: list[RegisterRequest] = []
         self.metas: list[MetaUpdate] = []
         self._service: Service | None = None
 
     @classmethod
-    async def start(cls, nc: NATS, *, netmap: NetworkMap, setup_key: str = "KEY") -> PolicyStandIn:
+    async def start(
+        cls,
+        nc: NATS,
+        *,
+        netmap: NetworkMap,
+        setup_key: str = "KEY",
+        others: tuple[NetworkMap, ...] = (),
+    ) -> PolicyStandIn:
         """Serve register and meta on ``nc``."""
-        standin = cls(nc, netmap, setup_key)
+        standin = cls(nc, netmap, setup_key, others)
         metrics, log = ServiceMetrics("policy"), service_logger("policy-standin")
         svc = await start_micro(nc, "policy")
         await add_endpoint(svc, "register", subjects.POLICY_REGISTER, RegisterRequest,
@@ -58,18 +72,20 @@ class PolicyStandIn:
         await add_endpoint(svc, "meta", subjects.POLICY_META, MetaUpdate, standin._meta,
                            metrics=metrics, log=log)  # fmt: skip
         standin._service = svc
-        await put_map(nc, netmap)
+        for m in (netmap, *others):
+            await put_map(nc, m)
         return standin
 
     async def _register(self, req: RegisterRequest) -> RegisterReply:
         self.registers.append(req)
+        netmap = self.others.get(req.name, self.netmap)
+        credential = f"cred-{netmap.peer.id}"
         if req.setup_key:
             if req.setup_key != self.setup_key:
                 raise Denied(f"unknown setup key {req.setup_key!r}", public="invalid setup key")
-        elif req.peer_id != self.netmap.peer.id or req.credential != self.credential:
+        elif req.peer_id != netmap.peer.id or req.credential != credential:
             raise Denied("bad peer credential", public="unknown peer")
-        return RegisterReply(peer_id=self.netmap.peer.id, credential=self.credential,
-                             netmap=self.netmap)  # fmt: skip
+        return RegisterReply(peer_id=netmap.peer.id, credential=credential, netmap=netmap)
 
     async def _meta(self, req: MetaUpdate) -> MetaReply:
         if req.peer_id != self.netmap.peer.id or req.credential != self.credential:
