@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -180,6 +180,7 @@ class Agent:
             raise
         except MeshError as e:
             self.log.error("registration refused", extra={"error": str(e)})
+            sys.stderr.write(f"meshssh up: registration refused: {e.public}\n")
             return 1
         await self._serve()
         return 0
@@ -355,8 +356,3 @@ class Agent:
             return
         with contextlib.suppress(Exception):
             await self.nc.publish(subjects.heartbeat(self.peer_id), codec.encode(self.heartbeat()))
-
-    @property
-    def pid(self) -> int:
-        """This process."""
-        return os.getpid()

@@ -64,8 +64,9 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
         f"SSH server:  {ssh} (local --allow-server-ssh {_onoff(s.flags.server_ssh_allowed)}, "
         f"management {_onoff(s.ssh_enabled)})"
     )
-    relay = f"{s.relay_mode} on {s.mesh_ip}:{s.relay_port}" if s.relay_running else "not running"
-    lines.append(f"Relay:       {relay} ({s.relay_mode}: {s.relay_mode_reason})")
+    mode = f"{s.relay_mode} ({s.relay_mode_reason})"
+    where = f"on {s.mesh_ip}:{s.relay_port}" if s.relay_running else "not running"
+    lines.append(f"Relay:       {mode}, {where}")
     if s.native_upstream:
         lines.append(f"Native SSH:  {s.native_upstream} (while SSH is off)")
     enabled = [name for attr, name in _FLAG_NAMES if getattr(s.flags, attr)]
