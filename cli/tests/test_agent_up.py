@@ -4,6 +4,7 @@ with the stored credential, flags reported as metadata, refusals reported."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -107,3 +108,23 @@ async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
     code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, sshd_command(tmp_path)))
     assert code == 2, err
     assert "--setup-key" in err
+
+
+async def test_up_warns_when_a_child_cannot_start_and_says_why(
+    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+) -> None:
+    state = tmp_path / "state"
+    taken = socket.socket()
+    taken.bind(("127.0.0.2", 0))
+    taken.listen(1)
+    args = up_args(state, nats_url, sshd_command(tmp_path), "--setup-key", "KEY",
+                   "--allow-server-ssh")  # fmt: skip
+    args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
+    try:
+        code, _, err = await meshssh(*args)
+        assert code == 0, err  # registered: the agent runs and keeps retrying the relay
+        assert "relay keeps failing" in err
+        assert "address in use" in err
+    finally:
+        await meshssh("down", "--state-dir", str(state))
+        taken.close()

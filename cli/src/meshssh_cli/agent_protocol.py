@@ -110,6 +110,7 @@ class ChildStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     state: str
+    wanted: bool = False
     pid: int = 0
     restarts: int = 0
     last_exit: int | None = None

@@ -46,6 +46,7 @@ def _child(child: Child) -> ChildStatus:
     return ChildStatus(
         name=child.name,
         state=child.state,
+        wanted=child.desired,
         pid=child.pid or 0,
         restarts=child.restarts,
         last_exit=child.last_exit,

@@ -223,6 +223,31 @@ def _launch(config: AgentConfig, argv: list[str], wait: float) -> int:
     return asyncio.run(_await_registration(config, proc, offset, wait))
 
 
+_CHILDREN_WAIT = 10.0
+
+
+async def _report_children(config: AgentConfig, deadline: float) -> None:
+    """Wait a little for the children the agent wants; say why one does not come up."""
+    while time.monotonic() < deadline:
+        try:
+            async with AgentClient.connect(config.state_dir, timeout=1) as agent:
+                status = await agent.status()
+        except MeshError:
+            return
+        wanted = [c for c in status.children if c.wanted]
+        failing = [c for c in wanted if c.restarts and c.last_error]
+        if failing:
+            for child in failing:
+                sys.stderr.write(
+                    f"meshssh up: warning: {child.name} keeps failing (the agent retries): "
+                    f"{child.last_error}\n"
+                )
+            return
+        if all(c.state == "running" for c in wanted):
+            return
+        await asyncio.sleep(0.2)
+
+
 async def _await_registration(
     config: AgentConfig, proc: subprocess.Popen[bytes], offset: int, wait: float
 ) -> int:
@@ -245,6 +270,7 @@ async def _await_registration(
                 f"meshssh: {status.name} is up as {status.peer_id} on {status.mesh_ip} "
                 f"(pid {status.pid}; relay: {status.relay_mode}; log: {config.log_path})\n"
             )
+            await _report_children(config, min(deadline, time.monotonic() + _CHILDREN_WAIT))
             return 0
         last = status.register_error or "registering"
         await asyncio.sleep(0.1)
