@@ -33,7 +33,11 @@ async def wait_status(url: str, status: int, timeout: float = 10.0) -> None:
 async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
     name: str, nats_url: str, services: ServiceFactory
 ) -> None:
-    extra = ["--listen", "127.0.0.1:0"] if name in ("meshssh-policy", "meshssh-authn") else []
+    extra = {
+        "meshssh-policy": ["--listen", "127.0.0.1:0"],
+        "meshssh-authn": ["--listen", "127.0.0.1:0"],
+        "meshssh-relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
+    }.get(name, [])
     proc = await services.start(name, "--nats-url", nats_url, *extra)
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{proc.ops_url}/healthz")).status_code == 200
@@ -50,7 +54,9 @@ async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
 async def test_readyz_follows_nats_without_the_service_restarting(
     nats_server: NatsServer, services: ServiceFactory
 ) -> None:
-    proc = await services.start("meshssh-relay", "--nats-url", nats_server.url)
+    proc = await services.start(
+        "meshssh-relay", "--nats-url", nats_server.url, "--peer-id", "p1", "--listen", "127.0.0.1:0"
+    )
     pid = proc.proc.pid
     assert await readyz(proc.ops_url) == 200
     await nats_server.stop()
