@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from meshssh_cli import config_cmd, ssh
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -20,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ssh.register(subparsers)
+    config_cmd.register(subparsers)
     return parser
 
 
@@ -31,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    return int(args.run(args))
 
 
 if __name__ == "__main__":
