@@ -42,13 +42,19 @@ class Mesh:
     def entry(self, host_key_line: str | None = None) -> PeerEntry:
         return PeerEntry(PEER_NAME, PEER_IP, host_key_line or self.peer.host_key_line)
 
-    def relink(self, *, host_key_line: str | None = None, cached_token: str | None = None) -> None:
-        """Change what the link says (the pinned key, the cached token)."""
+    def relink(
+        self,
+        *,
+        host_key_line: str | None = None,
+        token: str = TOKEN,
+        cached_token: str | None = None,
+    ) -> None:
+        """Change what the link says (the pinned key, the fresh and the cached token)."""
         write_link(
             self.state_dir,
             [self.entry(host_key_line)],
             LOCAL_IP,
-            TOKEN,
+            token,
             cached_token=cached_token,
         )
 
@@ -72,9 +78,10 @@ async def make_mesh(tmp_path: Path, openssh: OpenSSH, features: PeerFeatures) ->
 
 
 @pytest.fixture
-def peer_features() -> PeerFeatures:
-    """What the peer allows; override in a module to switch features off."""
-    return PeerFeatures()
+def peer_features(request: pytest.FixtureRequest) -> PeerFeatures:
+    """What the peer allows: everything, or what indirect parametrization gives."""
+    given: PeerFeatures | None = getattr(request, "param", None)
+    return given or PeerFeatures()
 
 
 @pytest.fixture

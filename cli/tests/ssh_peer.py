@@ -41,6 +41,7 @@ class PeerRecord:
     users: list[str] = field(default_factory=list)
     passwords: list[str] = field(default_factory=list)
     env: list[dict[str, str]] = field(default_factory=list)
+    conns: list[asyncssh.SSHServerConnection] = field(default_factory=list)
 
 
 class _Sftp(asyncssh.SFTPServer):
@@ -57,6 +58,7 @@ class _Server(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._record.sources.append(conn.get_extra_info("peername")[0])
+        self._record.conns.append(conn)
 
     def begin_auth(self, username: str) -> bool:
         self._record.users.append(username)
@@ -69,11 +71,18 @@ class _Server(asyncssh.SSHServer):
         self._record.passwords.append(password)
         return password == self._token
 
+    def _local_forwarding(self) -> bool:
+        if not self._features.local_forwarding:  # as OpenSSH's sshd refuses it
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is disabled"
+            )
+        return True
+
     def connection_requested(self, *args: object) -> bool:
-        return self._features.local_forwarding
+        return self._local_forwarding()
 
     def unix_connection_requested(self, dest_path: str) -> bool:
-        return self._features.local_forwarding
+        return self._local_forwarding()
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return self._features.remote_forwarding and listen_host in ("localhost", "127.0.0.1")
@@ -214,8 +223,14 @@ class MeshPeer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening and close every connection still open."""
         self.server.close()
         await self.server.wait_closed()
+        for conn in self.record.conns:
+            conn.close()
+        async with asyncio.timeout(10):
+            for conn in self.record.conns:
+                await conn.wait_closed()
 
 
 async def start_peer(

@@ -34,7 +34,11 @@ def write_link(
     *,
     cached_token: str | None = None,
 ) -> None:
-    """Describe the link for ``state_dir``: ``cached_token`` is what the cache gives first."""
+    """Describe the link for ``state_dir``.
+
+    ``cached_token`` is what the agent's cache holds (default: ``token``); ``""`` is an empty
+    cache, so the first request already runs a "device flow" and gets ``token``.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     data = {
         "peers": [asdict(p) for p in peers],
@@ -69,7 +73,10 @@ class StaticLink:
         return cls(state_dir)
 
     async def get_token(self, *, force_new: bool = False) -> IssuedToken:
-        token = IssuedToken(self._token if force_new else self._cached, cached=not force_new)
+        if force_new or not self._cached:
+            token = IssuedToken(self._token, cached=False)
+        else:
+            token = IssuedToken(self._cached, cached=True)
         with (self._dir / TOKEN_LOG).open("a") as f:
             f.write(f"{'cached' if token.cached else 'fresh'}:{token.value}\n")
         return token

@@ -31,7 +31,7 @@ from meshssh_cli.client_conn import dial, resolve
 from meshssh_cli.client_errors import ClientError
 from meshssh_cli.peer_directory import ClientLink, PeerEntry
 from meshssh_cli.proxy_session import SessionBridge
-from meshssh_cli.proxy_stdio import StdioTunnel
+from meshssh_cli.proxy_stdio import StdioTunnel, stdio_usable
 
 __all__ = ["PROXY_VERSION", "ProxyServer", "run_proxy"]
 
@@ -194,7 +194,10 @@ class ProxyServer(asyncssh.SSHServer):
     def _refused_forward(self, target: str, e: asyncssh.ChannelOpenError) -> None:
         if e.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
             self.report(client_errors.port_forwarding_unavailable(self.peer_name, target, e.reason))
-        # a refused connection at the far end is OpenSSH's to print ("open failed: ...")
+        else:
+            sys.stderr.write(
+                f"meshssh: {self.peer_name} could not connect to {target}: {e.reason}\n"
+            )
 
     async def _remote_listen(self, listen_host: str, listen_port: int) -> Any:
         allocated: list[int] = []
@@ -251,6 +254,16 @@ async def run_proxy(
         0 when the connection ran and ended; 255 when it failed before that (the reason is on
         stderr).
     """
+    if not stdio_usable(stdin, stdout):
+        _report(
+            ClientError(
+                "Unsupported use",
+                "meshssh ssh proxy talks SSH on stdin/stdout, which must be pipes or sockets",
+                "your ssh_config: it is meant as `ProxyCommand meshssh ssh proxy %h %p` "
+                "(meshssh config install writes it).",
+            )
+        )
+        return 2
     try:
         peer = await resolve(link, host)
         source = await link.local_mesh_ip()

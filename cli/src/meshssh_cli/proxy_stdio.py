@@ -14,10 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["StdioTunnel"]
+__all__ = ["StdioTunnel", "stdio_usable"]
+
+
+def stdio_usable(*fds: int) -> bool:
+    """True when every fd is a pipe, a socket or a terminal (what OpenSSH gives a ProxyCommand).
+
+    Regular files and ``/dev/null`` cannot be watched by the event loop.
+    """
+    for fd in fds:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return False
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)):
+            return False
+    return True
 
 
 class _ReadSide(asyncio.Protocol):

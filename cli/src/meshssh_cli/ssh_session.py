@@ -68,6 +68,18 @@ class _Output(asyncssh.SSHClientSession[bytes]):
             self._closed.set_result(None)
 
 
+def _pollable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
+    """False for what epoll refuses (regular files, ``/dev/null``): those are read directly."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return False
+    try:
+        loop.add_reader(fd, lambda: None)
+    except PermissionError:
+        return False
+    loop.remove_reader(fd)
+    return True
+
+
 class _Input:
     """Pumps fd 0 into the channel while the peer's window has room."""
 
@@ -77,8 +89,7 @@ class _Input:
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._watching = False
         self._done = False
-        mode = os.fstat(fd).st_mode
-        self._pollable = not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        self._pollable = _pollable(loop, fd)
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
