@@ -36,6 +36,14 @@ from meshssh_cli.peer_directory import PeerDirectory, PeerEntry, TokenSource
 __all__ = ["CLIENT_VERSION", "CONNECT_TIMEOUT", "dial", "resolve"]
 
 CLIENT_VERSION = "MeshSSH-Client-0.1.0"
+# AES-GCM first: one AEAD call per packet in asyncssh (its ChaCha20-Poly1305 costs three)
+CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes128-ctr",
+]
 CONNECT_TIMEOUT = 15.0
 _MAX_PASSWORD_TRIES = 2
 
@@ -177,6 +185,7 @@ async def dial(
                 public_key_auth=False,
                 connect_timeout=None,
                 encoding=None,
+                encryption_algs=CIPHERS,
                 **options,
             )
             sock = None  # owned by the connection now

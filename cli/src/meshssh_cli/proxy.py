@@ -36,7 +36,9 @@ from meshssh_cli.proxy_stdio import StdioTunnel, stdio_usable
 __all__ = ["PROXY_VERSION", "ProxyServer", "run_proxy"]
 
 PROXY_VERSION = "MeshSSH-Proxy-0.1.0"
-_WINDOW = 8 * 1024 * 1024  # large windows keep scp through two hops near line rate
+# The hop to OpenSSH is a local pipe: AES-GCM only (OpenSSH would pick ChaCha20-Poly1305,
+# which costs asyncssh three cipher calls per packet instead of one).
+_LOCAL_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 
 
 def _report(error: ClientError) -> None:
@@ -87,7 +89,6 @@ class ProxyServer(asyncssh.SSHServer):
                 self._link,
                 source=self._source,
                 on_lost=self._backend_lost,
-                window=_WINDOW,
             )
         except ClientError as e:
             self.failure = e
@@ -288,7 +289,7 @@ async def run_proxy(
             encoding=None,
             login_timeout=0,
             connect_timeout=None,
-            window=_WINDOW,
+            encryption_algs=_LOCAL_CIPHERS,
         )
     except (asyncssh.Error, OSError):
         tunnel.close()

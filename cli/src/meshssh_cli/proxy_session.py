@@ -13,6 +13,7 @@ them; until that is open, input, EOF, window changes and signals are held back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
@@ -52,6 +53,40 @@ class SessionHub(Protocol):
     def report(self, error: ClientError) -> None:
         """Show a failure to the user."""
         ...
+
+
+class _Batch:
+    """Joins the chunks one event-loop pass delivers into one write: fewer, fuller packets.
+
+    OpenSSH sends 16 KiB packets; several arrive in one read from its pipe. Writing them as
+    one chunk lets the next hop send maximum-size packets, which halves the per-packet work.
+    Anything that must stay in order after the data (EOF, exit, signals) calls :meth:`flush`.
+    """
+
+    def __init__(self, write: Callable[[bytes, asyncssh.DataType], None]) -> None:
+        self._write = write
+        self._parts: list[bytes] = []
+        self._type: asyncssh.DataType = None
+        self._pending: asyncio.Handle | None = None
+
+    def add(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        """Queue ``data`` for the end of this pass."""
+        if self._parts and datatype != self._type:
+            self.flush()
+        self._parts.append(data)
+        self._type = datatype
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._parts:
+            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self._parts = []
+            self._write(data, self._type)
 
 
 class _UpstreamSession(asyncssh.SSHClientSession[bytes]):
@@ -101,6 +136,8 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
         self._subsystem: str | None = None  # subsystem_requested
         self._upstream: _Upstream | None = None  # _open, once the peer accepted
         self._held: list[Callable[[_Upstream], None]] = []  # until _upstream is set
+        self._to_peer = _Batch(self._write_upstream)
+        self._to_client = _Batch(self._write_client)
         self._client_gone = False  # connection_lost
         self.exit_status: int | None = None  # _UpstreamSession.exit_status_received
         self.exit_signal: tuple[str, bool, str, str] | None = None  # ...exit_signal_received
@@ -139,7 +176,7 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Input from OpenSSH; held (reading paused) until the peer's side is open."""
         if self._upstream is not None:
-            self._upstream.write(data)
+            self._to_peer.add(data, None)
         else:
             self.client_chan().pause_reading()
             self._held.append(lambda up: up.write(data))
@@ -176,6 +213,7 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
         """OpenSSH closed the channel: close the peer's."""
         self._client_gone = True
         if self._upstream is not None:
+            self._to_peer.flush()
             self._upstream.close()
 
     # peer -> OpenSSH
@@ -187,18 +225,18 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
 
     def to_client(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Relay peer output (stdout, or stderr as extended data) to OpenSSH."""
-        chan = self.client_chan()
-        if not chan.is_closing():
-            chan.write(data, datatype)
+        self._to_client.add(data, datatype)
 
     def client_eof(self) -> None:
         """The peer's output ended."""
+        self._to_client.flush()
         chan = self.client_chan()
         if not chan.is_closing():
             chan.write_eof()
 
     def upstream_closed(self) -> None:
         """The peer closed its channel: end OpenSSH's the same way (exit status or signal)."""
+        self._to_client.flush()
         chan = self.client_chan()
         if chan.is_closing():
             return
@@ -211,8 +249,18 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
 
     # internals
 
+    def _write_upstream(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._upstream is not None and not self._upstream.is_closing():
+            self._upstream.write(data)
+
+    def _write_client(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        chan = self.client_chan()
+        if not chan.is_closing():
+            chan.write(data, datatype)
+
     def _forward(self, action: Callable[[_Upstream], None]) -> None:
         if self._upstream is not None:
+            self._to_peer.flush()
             action(self._upstream)
         else:
             self._held.append(action)

@@ -13,6 +13,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -34,6 +36,19 @@ def stdio_usable(*fds: int) -> bool:
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)):
             return False
     return True
+
+
+_PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a pipe 1 MiB instead of 64 KiB, so SSH packets flow without a context switch each.
+
+    Linux only, and only up to /proc/sys/fs/pipe-max-size; otherwise the pipe stays as it is.
+    """
+    if stat.S_ISFIFO(os.fstat(fd).st_mode) and hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 class _ReadSide(asyncio.Protocol):
@@ -135,6 +150,8 @@ class StdioTunnel:
     ) -> tuple[asyncio.Transport, Any]:
         """Build the connection object and start it on the pipes (asyncssh calls this once)."""
         loop = asyncio.get_running_loop()
+        for fd in (self._stdin, self._stdout):
+            _widen_pipe(fd)
         conn = session_factory()
         read_side = _ReadSide()
         reader, _ = await loop.connect_read_pipe(
