@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from meshssh_cli import config_cmd, ssh
+from meshssh_cli import config_cmd, login, ssh
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    ssh.register(subparsers)
-    config_cmd.register(subparsers)
+    for module in (ssh, config_cmd, login):
+        module.register(subparsers)
     return parser
 
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.run(args))
+    return int(args.run(args))  # each subcommand's register() sets its runner
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ async def wait_status(url: str, status: int, timeout: float = 10.0) -> None:
 async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
     name: str, nats_url: str, services: ServiceFactory
 ) -> None:
-    proc = await services.start(name, "--nats-url", nats_url)
+    extra = ["--listen", "127.0.0.1:0"] if name in ("meshssh-policy", "meshssh-authn") else []
+    proc = await services.start(name, "--nats-url", nats_url, *extra)
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{proc.ops_url}/healthz")).status_code == 200
         metrics = await client.get(f"{proc.ops_url}/metrics")
