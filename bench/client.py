@@ -8,7 +8,7 @@ Against a real SSH peer on the loopback mesh (the asyncssh peer of the client te
 - ``meshssh ssh host true``: wall time, start to exit (the direct client);
 - ``ssh host true`` through the drop-in (OpenSSH, detect probe, proxy): wall time; its
   difference to ``meshssh ssh host true`` is the proxy overhead (aim: < 300 ms p50);
-- scp upload of 64 MiB through the proxy, against piping the same file through
+- scp upload of 256 MiB through the proxy, against piping the same file through
   ``meshssh ssh host 'cat > file'`` directly: throughput ratio (aim: >= 0.7).
 
 The agent is stood in for by the tests' static link (peers, token); everything else is real.
@@ -38,7 +38,7 @@ from meshssh_cli.ssh_config import DropIn, install, render  # noqa: E402
 
 ROUNDS = 9
 SCP_ROUNDS = 5
-SCP_BYTES = 64 * 1024 * 1024
+SCP_BYTES = 256 * 1024 * 1024
 TOKEN = "bench-token"
 
 
@@ -160,7 +160,7 @@ async def bench(work: Path) -> dict[str, object]:
     out.write(row("meshssh ssh host true (direct)", direct_true, "ms", 1000))
     out.write(row("ssh host true (drop-in: detect + proxy)", via_proxy, "ms", 1000))
     out.write(row("  proxy overhead (ssh - meshssh ssh)", overheads, "ms", 1000))
-    out.write(row("scp 64 MiB through the proxy", scp_rates, "MB/s", 1))
+    out.write(row("scp 256 MiB through the proxy", scp_rates, "MB/s", 1))
     out.write(row("meshssh ssh 'cat > file' direct", pipe_rates, "MB/s", 1))
     out.write(row("  scp via proxy / direct", ratios, "x", 1))
     return {
