@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -137,3 +138,14 @@ def test_peers_are_found_by_name_or_any_spelling_of_their_address(
     peers = [PeerEntry("demo-server", "127.0.0.2", "k"), PeerEntry("v6", "fd00::7", "k")]
     match = find_peer(peers, host)
     assert (match.name if match else None) == found
+
+
+async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_path: Path) -> None:
+    meshssh = Path(sys.executable).parent / "meshssh"
+    rc, _, _ = await run_launcher(meshssh, "ssh", "detect", "--state-dir", str(tmp_path),
+                                  PEER_NAME, "22")  # fmt: skip
+    assert rc == 2
+    rc, _, err = await run_launcher(meshssh, "ssh", "--state-dir", str(tmp_path), PEER_NAME, "true")
+    assert rc == 255
+    assert f"no meshssh agent socket at {tmp_path / 'agent.sock'}" in err
+    assert "Check that `meshssh up` is running for this --state-dir" in err
