@@ -67,7 +67,11 @@ async def echo_through(host: str, port: int, payload: bytes, timeout: float = 10
 async def background(
     argv: Sequence[str], env: dict[str, str] | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run a tool until the block ends, then terminate it (kill after 5 s)."""
+    """Run a tool until the block ends, then terminate it (kill after 3 s).
+
+    Its output pipes are read to the end afterwards: an ``ssh`` leaves them open in its
+    ProxyCommand until that sees EOF and exits, and asyncio closes the process only then.
+    """
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -86,6 +90,8 @@ async def background(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        async with asyncio.timeout(15):
+            await proc.communicate()
 
 
 async def read_line_matching(stream: asyncio.StreamReader, pattern: str, timeout: float) -> str:

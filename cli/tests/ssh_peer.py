@@ -151,6 +151,9 @@ class _Command:
                 os.killpg(proc.pid, signal.SIGKILL)
             if self.master is not None:
                 os.close(self.master)
+            # reap it and let its pipes close, even when the session was cut off
+            async with asyncio.timeout(10):
+                await asyncio.shield(proc.communicate())
         if status < 0:
             self.process.exit_with_signal(signal.Signals(-status).name.removeprefix("SIG"))
         else:

@@ -131,3 +131,19 @@ async def test_a_host_missing_from_the_map_is_not_detected(mesh: Mesh) -> None:
     assert result.returncode == 255
     assert "SSH server not detected: stranger: not a peer in this peer's network map" in result.err
     assert mesh.peer.record.sources == []  # nothing was dialled
+
+
+async def test_a_connection_the_peer_closes_ends_ssh_with_a_message(mesh: Mesh) -> None:
+    running = asyncio.create_task(mesh.run("ssh", "demo-server", "echo started; sleep 30"))
+    async with asyncio.timeout(15):
+        while len(mesh.peer.record.conns) < 2:  # the detect probe, then the proxy
+            await asyncio.sleep(0.05)
+        while not mesh.peer.record.env:  # the session's command has started
+            await asyncio.sleep(0.05)
+    mesh.peer.record.conns[-1].disconnect(asyncssh.DISC_PROTOCOL_ERROR, "access revoked")
+    result = await asyncio.wait_for(running, 15)
+    assert result.returncode == 255
+    # the reason is the peer's ("access revoked") unless the proxy's next write hit the
+    # closed socket first ("Broken pipe"); either way the user learns who closed it
+    assert "Connection closed: demo-server closed the connection:" in result.err
+    assert "Check whether your access was revoked" in result.err

@@ -62,6 +62,7 @@ class ProxyServer(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None  # connection_made
         self._backend: asyncssh.SSHClientConnection | None = None  # begin_auth
         self._agent_on = False  # enable_agent_forwarding
+        self._client_gone = False  # connection_lost
         self._tasks: set[asyncio.Task[None]] = set()  # spawn
         self.failure: ClientError | None = None  # begin_auth, backend_lost
 
@@ -73,6 +74,7 @@ class ProxyServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """OpenSSH went away: stop everything, close the peer connection."""
+        self._client_gone = True
         for task in self._tasks:
             task.cancel()
         if self._backend is not None:
@@ -88,7 +90,7 @@ class ProxyServer(asyncssh.SSHServer):
                 username,
                 self._link,
                 source=self._source,
-                on_lost=self._backend_lost,
+                on_lost=self.peer_lost,
             )
         except ClientError as e:
             self.failure = e
@@ -156,18 +158,27 @@ class ProxyServer(asyncssh.SSHServer):
 
     # bridges
 
-    def _backend_lost(self, exc: Exception | None) -> None:
-        if self._conn is None or self._backend is None:
+    def peer_lost(self, exc: Exception | None) -> None:
+        """The peer's connection ended while OpenSSH's is still up: say so, end OpenSSH's.
+
+        Called by a session bridge as soon as its channel dies with the connection, and
+        again when the connection itself reports the loss; the first call wins.
+        """
+        if self._conn is None or self._backend is None or self._client_gone or self.failure:
             return
+        detail = f"{self.peer_name} closed the connection"
         if exc is not None:
-            reason = getattr(exc, "reason", "") or str(exc)
-            self.failure = ClientError(
-                "Connection closed",
-                f"{self.peer_name} closed the connection: {reason}",
-                "meshssh status; the server closes sessions whose access was revoked.",
-            )
-            _report(self.failure)
-        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"{self.peer_name} disconnected")
+            detail += f": {getattr(exc, 'reason', '') or exc}"
+        self.failure = ClientError(
+            "Connection closed",
+            detail,
+            "whether your access was revoked (meshssh status); a peer closes the sessions "
+            "that a policy change no longer allows.",
+        )
+        _report(self.failure)
+        self._conn.disconnect(
+            asyncssh.DISC_BY_APPLICATION, f"{self.peer_name} closed the connection"
+        )
 
     async def _direct(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

@@ -14,6 +14,7 @@ them; until that is open, input, EOF, window changes and signals are held back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
@@ -25,6 +26,7 @@ from meshssh_cli.client_errors import ClientError
 __all__ = ["SessionBridge", "SessionHub"]
 
 _Upstream = asyncssh.SSHClientChannel[bytes]
+_REASON_GRACE = 0.25  # seconds
 _TermSize = tuple[int, int, int, int]
 
 
@@ -52,6 +54,10 @@ class SessionHub(Protocol):
 
     def report(self, error: ClientError) -> None:
         """Show a failure to the user."""
+        ...
+
+    def peer_lost(self, exc: Exception | None) -> None:
+        """The connection to the peer died (``exc`` says why): tell the user, end OpenSSH's."""
         ...
 
 
@@ -121,8 +127,8 @@ class _UpstreamSession(asyncssh.SSHClientSession[bytes]):
         self._bridge.exit_signal = (signal, core_dumped, msg, lang)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The peer closed the channel."""
-        self._bridge.upstream_closed()
+        """The peer closed the channel (``exc`` is set when its whole connection died)."""
+        self._bridge.upstream_closed(exc)
 
 
 class SessionBridge(asyncssh.SSHServerSession[bytes]):
@@ -234,9 +240,11 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
         if not chan.is_closing():
             chan.write_eof()
 
-    def upstream_closed(self) -> None:
+    def upstream_closed(self, exc: Exception | None = None) -> None:
         """The peer closed its channel: end OpenSSH's the same way (exit status or signal)."""
         self._to_client.flush()
+        if exc is not None:
+            self._hub.peer_lost(exc)
         chan = self.client_chan()
         if chan.is_closing():
             return
@@ -245,6 +253,19 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
         elif self.exit_status is not None:
             chan.exit(self.exit_status)
         else:
+            self._hub.spawn(self._close_after_peer())
+
+    async def _close_after_peer(self) -> None:
+        """Close OpenSSH's channel, after giving the peer's reason a moment to arrive.
+
+        A session that ends without an exit status may be the first sign that the peer is
+        closing the whole connection (asyncssh closes the channels, then sends the
+        disconnect with its reason); OpenSSH exits as soon as its channel closes.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hub.backend().wait_closed(), _REASON_GRACE)
+        chan = self.client_chan()
+        if not chan.is_closing():
             chan.close()
 
     # internals
