@@ -51,6 +51,15 @@ async def test_plain_ssh_without_a_terminal_runs_a_shell_on_stdin(mesh: Mesh) ->
     assert "42" in result.out
 
 
+async def test_plain_ssh_from_a_terminal_gets_an_interactive_shell(mesh: Mesh) -> None:
+    async with in_pty(["ssh", "-F", str(mesh.config), "demo-server"]) as (proc, pty):
+        os.write(pty.master, b"echo sum=$((20 + 22))\r")
+        await pty.wait_for("sum=42")
+        os.write(pty.master, b"exit 6\r")
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 6
+
+
 async def test_environment_requests_reach_the_remote_command(mesh: Mesh) -> None:
     result = await mesh.run("ssh", "-o", "SetEnv=LC_MESHTEST=hello", "demo-server",
                             "echo $LC_MESHTEST")  # fmt: skip

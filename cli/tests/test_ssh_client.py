@@ -82,6 +82,21 @@ async def test_t_gives_a_terminal_that_follows_resizes(mesh: Mesh) -> None:
             assert await proc.wait() == 0
 
 
+async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: Mesh) -> None:
+    argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
+            str(mesh.peer.port), "demo-server"]  # fmt: skip
+    async with in_pty(argv) as (proc, pty):
+        # raw mode: the remote terminal echoes and answers; Ctrl-C goes to the remote shell
+        os.write(pty.master, b"sleep 30\r")
+        await pty.wait_for("sleep 30")
+        os.write(pty.master, b"\x03")
+        os.write(pty.master, b"echo product=$((6 * 7))\r")
+        await pty.wait_for("product=42")
+        os.write(pty.master, b"exit 3\r")
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 3
+
+
 async def test_local_forward_reaches_a_service_beside_the_peer(mesh: Mesh) -> None:
     async with echo_server() as echo:
         local = free_port()
