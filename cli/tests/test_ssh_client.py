@@ -178,3 +178,34 @@ async def test_a_server_that_never_answers_is_a_connection_timeout(tmp_path: Pat
         await server.wait_closed()
     assert caught.value.headline == "Connection timeout"
     assert "Check that the peer is online" in caught.value.render()
+
+
+async def test_a_server_without_the_meshssh_banner_never_gets_the_token(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    passwords: list[str] = []
+
+    class PlainServer(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return True
+
+        def password_auth_supported(self) -> bool:
+            return True
+
+        def validate_password(self, username: str, password: str) -> bool:
+            passwords.append(password)
+            return True
+
+    server = await asyncssh.listen(
+        PEER_IP, 0, server_factory=PlainServer, server_host_keys=[key], server_version="OpenSSH_9"
+    )
+    peer = PeerEntry("plain-peer", PEER_IP, key.export_public_key().decode())
+    write_link(tmp_path, [peer], LOCAL_IP, TOKEN)
+    try:
+        with pytest.raises(ClientError) as caught:
+            await dial(peer, server.sockets[0].getsockname()[1], "alice", StaticLink(tmp_path),
+                       source=LOCAL_IP, timeout=10)  # fmt: skip
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert caught.value.headline == "Permission denied (publickey)"
+    assert passwords == []
