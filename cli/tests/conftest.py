@@ -1,116 +1,99 @@
-"""Fixtures of the login tests: a real meshssh-authn process with its embedded provider.
+"""Fixtures for the client tests: a real SSH peer on the loopback mesh, and OpenSSH set up
+with the generated drop-in, the way a user's ssh_config includes it.
 
-``provider`` starts ``meshssh-authn`` (nats-server from the testkit, users made with
-``meshssh-authn users add``) and reads its client config from the JWKS snapshot in KV, the
-way the management plane does. ``approve`` posts the login form as a browser does.
+The mesh: the remote peer ``demo-server`` on 127.0.0.2, this peer on 127.0.0.3.
 """
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import msgspec
-import nats
 import pytest
 
-from meshssh_common import subjects
-from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.wire import JwksSnapshot, OidcClientConfig
-from meshssh_testkit import ServiceProcess, script
-from meshssh_testkit.plugin import ServiceFactory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PASSWORD = "alice-password-1"
+from authn_provider import ConfigServer, Provider, config_server, provider
+from ssh_peer import MeshPeer, PeerFeatures, start_peer
+from static_link import write_launcher, write_link
 
+from meshssh_cli.peer_directory import PeerEntry
+from meshssh_cli.ssh_config import DropIn, install, render
+from meshssh_testkit.openssh import OpenSSH, RunResult
 
-@dataclass
-class Provider:
-    """A running embedded provider and what clients learn about it."""
+PEER_NAME = "demo-server"
+PEER_IP = "127.0.0.2"
+LOCAL_IP = "127.0.0.3"
+__all__ = ["ConfigServer", "Provider", "config_server", "provider"]  # login-test fixtures
 
-    process: ServiceProcess
-    client: OidcClientConfig
-    snapshot: JwksSnapshot
-    nats_url: str
-
-    @property
-    def issuer(self) -> str:
-        return self.client.issuer
-
-    async def approve(self, user_code: str, username: str = "alice",
-                      password: str = PASSWORD) -> httpx.Response:  # fmt: skip
-        async with httpx.AsyncClient(timeout=10) as http:
-            return await http.post(
-                f"{self.issuer}/device",
-                data={"user_code": user_code, "username": username, "password": password},
-            )
-
-    async def metric(self, name: str) -> float:
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(f"{self.process.ops_url}/metrics")).text
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return 0.0
-
-
-@pytest.fixture
-async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> Provider:
-    users = tmp_path / "users.json"
-    added = await asyncio.to_thread(
-        subprocess.run,
-        [script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-         "--password-stdin", "--users-file", str(users)],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    proc = await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--device-poll-interval", "1",
-    )  # fmt: skip
-    nc = await nats.connect(nats_url)
-    try:
-        kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
-        async with asyncio.timeout(15):
-            while (entry := await kv.get(subjects.JWKS_KEY)) is None:
-                await asyncio.sleep(0.05)
-    finally:
-        await nc.close()
-    assert entry.value.client is not None
-    return Provider(proc, entry.value.client, entry.value, nats_url)
+TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 
 
 @dataclass
-class ConfigServer:
-    """Serves ``GET /api/v1/auth/config`` from the KV snapshot.
+class Mesh:
+    """OpenSSH configured with the meshssh drop-in, pointed at one running peer."""
 
-    A stand-in for meshssh-policy's endpoint (issue 3), which reads the same KV field; it is
-    here so ``meshssh login --management-url`` is tested before policy lands.
-    """
+    peer: MeshPeer
+    state_dir: Path
+    launcher: Path
+    dropin: Path
+    config: Path
+    openssh: OpenSSH
 
-    url: str
+    def entry(self, host_key_line: str | None = None) -> PeerEntry:
+        return PeerEntry(PEER_NAME, PEER_IP, host_key_line or self.peer.host_key_line)
+
+    def relink(
+        self,
+        *,
+        host_key_line: str | None = None,
+        token: str = TOKEN,
+        cached_token: str | None = None,
+    ) -> None:
+        """Change what the link says (the pinned key, the fresh and the cached token)."""
+        write_link(
+            self.state_dir,
+            [self.entry(host_key_line)],
+            LOCAL_IP,
+            token,
+            cached_token=cached_token,
+        )
+
+    async def run(self, tool: str, *args: str, **kw: object) -> RunResult:
+        """Run ssh/scp/sftp with only the test config (which includes the drop-in)."""
+        return await self.openssh.run(tool, *args, options=["-F", str(self.config)], **kw)  # type: ignore[arg-type]
+
+
+async def make_mesh(tmp_path: Path, openssh: OpenSSH, features: PeerFeatures) -> Mesh:
+    peer = await start_peer(TOKEN, features=features, host=PEER_IP)
+    state_dir = tmp_path / "state"
+    launcher = write_launcher(tmp_path / "meshssh")
+    mesh = Mesh(peer, state_dir, launcher, tmp_path / "meshssh.conf", tmp_path / "ssh_config",
+                openssh)  # fmt: skip
+    mesh.relink()
+    install(render([PEER_NAME, PEER_IP], DropIn(str(launcher), state_dir)), mesh.dropin)
+    mesh.config.write_text(
+        f"Port {peer.port}\nBatchMode yes\nConnectTimeout 20\nInclude {mesh.dropin}\n"
+    )
+    return mesh
 
 
 @pytest.fixture
-async def config_server(provider: Provider) -> AsyncIterator[ConfigServer]:
-    from fastapi import FastAPI, Response
+def peer_features(request: pytest.FixtureRequest) -> PeerFeatures:
+    """What the peer allows: everything, or what indirect parametrization gives."""
+    given: PeerFeatures | None = getattr(request, "param", None)
+    return given or PeerFeatures()
 
-    from meshssh_common.http_server import HttpServer
 
-    app = FastAPI()
-
-    @app.get("/api/v1/auth/config")
-    async def auth_config() -> Response:
-        return Response(msgspec.json.encode(provider.client), media_type="application/json")
-
-    server = HttpServer(app, "127.0.0.1:0")
-    task = asyncio.create_task(server.serve())
+@pytest.fixture
+async def mesh(
+    tmp_path: Path, openssh: OpenSSH, peer_features: PeerFeatures
+) -> AsyncIterator[Mesh]:
+    """A running peer and OpenSSH with the drop-in; the peer stops after the test."""
+    built = await make_mesh(tmp_path, openssh, peer_features)
     try:
-        yield ConfigServer(server.url)
+        yield built
     finally:
-        server.stop()
-        async with asyncio.timeout(10):
-            await task
+        await built.peer.stop()

@@ -9,7 +9,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from meshssh_cli import down, login, status, up
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -17,18 +16,27 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level ``meshssh`` parser."""
+    from meshssh_cli import config_cmd, down, login, ssh, status, up
+
     parser = argparse.ArgumentParser(
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (up, down, status, login):
+    for module in (up, down, status, login, ssh, config_cmd):
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``meshssh``; returns the process exit code (2 for usage errors)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["ssh"]:
+        # OpenSSH runs `ssh detect` and `ssh proxy` for every connection: skip importing
+        # the other subcommands (HTTP clients, wire types) just to build the full parser
+        from meshssh_cli import ssh
+
+        return ssh.run(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

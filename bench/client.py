@@ -1,0 +1,187 @@
+"""How fast does the client start, and what does the OpenSSH proxy cost?
+
+Against a real SSH peer on the loopback mesh (the asyncssh peer of the client tests, on
+127.0.0.2, with this peer on 127.0.0.3), in alternating rounds:
+
+- ``proxy_first_byte``: from starting ``meshssh ssh proxy`` to its first byte on stdout (its
+  SSH banner, the moment OpenSSH can start talking); reference: a bare ``python -c pass``;
+- ``meshssh ssh host true``: wall time, start to exit (the direct client);
+- ``ssh host true`` through the drop-in (OpenSSH, detect probe, proxy): wall time; its
+  difference to ``meshssh ssh host true`` is the proxy overhead (aim: < 300 ms p50);
+- scp upload of 256 MiB through the proxy, against piping the same file through
+  ``meshssh ssh host 'cat > file'`` directly: throughput ratio (aim: >= 0.7).
+
+The agent is stood in for by the tests' static link (peers, token); everything else is real.
+Run: ``.venv/bin/python bench/client.py`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "cli" / "tests"))
+
+from ssh_peer import start_peer  # noqa: E402
+from static_link import write_launcher, write_link  # noqa: E402
+
+from meshssh_cli.peer_directory import PeerEntry  # noqa: E402
+from meshssh_cli.ssh_config import DropIn, install, render  # noqa: E402
+
+ROUNDS = 9
+SCP_ROUNDS = 5
+SCP_BYTES = 256 * 1024 * 1024
+TOKEN = "bench-token"
+
+
+async def run(*argv: str, stdin: int | None = None) -> float:
+    """Seconds from start to exit of ``argv`` (which must succeed)."""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-500:]}")
+    return elapsed
+
+
+async def first_byte(*argv: str) -> float:
+    """Seconds from start of ``argv`` to its first byte on stdout; then it is stopped."""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    got = await proc.stdout.read(1)
+    elapsed = time.perf_counter() - started
+    proc.stdin.close()
+    try:
+        async with asyncio.timeout(5):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+    if not got:
+        raise RuntimeError(f"{argv} wrote nothing")
+    return elapsed
+
+
+async def alternate(
+    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], rounds: int
+) -> tuple[list[float], list[float]]:
+    """Run A and B alternately (A first in even rounds), after one warm-up each."""
+    await a()
+    await b()
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            xs.append(await a())
+            ys.append(await b())
+        else:
+            ys.append(await b())
+            xs.append(await a())
+    return xs, ys
+
+
+def row(name: str, values: list[float], unit: str, scale: float) -> str:
+    med = statistics.median(values) * scale
+    return (
+        f"{name:<44} {med:>9.1f} {min(values) * scale:>9.1f} {max(values) * scale:>9.1f} {unit}\n"
+    )
+
+
+async def bench(work: Path) -> dict[str, object]:
+    peer = await start_peer(TOKEN, host="127.0.0.2")
+    try:
+        state = work / "state"
+        write_link(state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)],
+                   "127.0.0.3", TOKEN)  # fmt: skip
+        launcher = str(write_launcher(work / "meshssh"))
+        dropin = work / "meshssh.conf"
+        install(render(["demo-server", "127.0.0.2"], DropIn(launcher, state)), dropin)
+        config = work / "ssh_config"
+        config.write_text(f"Port {peer.port}\nBatchMode yes\nInclude {dropin}\n")
+        direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(peer.port), "demo-server"]
+        proxy = [launcher, "ssh", "proxy", "--state-dir", str(state), "demo-server", str(peer.port)]
+
+        proxy_fb, python_fb = await alternate(
+            lambda: first_byte(*proxy),
+            lambda: first_byte(sys.executable, "-c", "import sys; sys.stdout.write('x')"),
+            ROUNDS,
+        )
+        via_proxy, direct_true = await alternate(
+            lambda: run("ssh", "-F", str(config), "demo-server", "true"),
+            lambda: run(*direct, "true"),
+            ROUNDS,
+        )
+
+        src = work / "payload.bin"
+        src.write_bytes(os.urandom(SCP_BYTES))
+        dest = work / "dest.bin"
+
+        async def scp() -> float:
+            return await run("scp", "-q", "-F", str(config), str(src), f"demo-server:{dest}")
+
+        async def pipe() -> float:
+            with src.open("rb") as f:
+                return await run(*direct, f"cat > {dest}", stdin=f.fileno())
+
+        scp_times, pipe_times = await alternate(scp, pipe, SCP_ROUNDS)
+    finally:
+        await peer.stop()
+
+    mb = SCP_BYTES / 1e6
+    scp_rates = [mb / t for t in scp_times]
+    pipe_rates = [mb / t for t in pipe_times]
+    ratios = [s / p for s, p in zip(scp_rates, pipe_rates, strict=True)]
+    overheads = [p - d for p, d in zip(via_proxy, direct_true, strict=True)]
+    out = sys.stdout
+    out.write(f"{'measure':<44} {'median':>9} {'min':>9} {'max':>9}\n")
+    out.write(row("meshssh ssh proxy: start to first byte", proxy_fb, "ms", 1000))
+    out.write(row("  reference: python start to first byte", python_fb, "ms", 1000))
+    out.write(row("meshssh ssh host true (direct)", direct_true, "ms", 1000))
+    out.write(row("ssh host true (drop-in: detect + proxy)", via_proxy, "ms", 1000))
+    out.write(row("  proxy overhead (ssh - meshssh ssh)", overheads, "ms", 1000))
+    out.write(row("scp 256 MiB through the proxy", scp_rates, "MB/s", 1))
+    out.write(row("meshssh ssh 'cat > file' direct", pipe_rates, "MB/s", 1))
+    out.write(row("  scp via proxy / direct", ratios, "x", 1))
+    return {
+        "bench": "client",
+        "proxy_first_byte_p50_ms": round(statistics.median(proxy_fb) * 1000, 1),
+        "python_first_byte_p50_ms": round(statistics.median(python_fb) * 1000, 1),
+        "ssh_true_direct_p50_ms": round(statistics.median(direct_true) * 1000, 1),
+        "ssh_true_via_proxy_p50_ms": round(statistics.median(via_proxy) * 1000, 1),
+        "proxy_overhead_p50_ms": round(statistics.median(overheads) * 1000, 1),
+        "scp_via_proxy_mbps": round(statistics.median(scp_rates), 1),
+        "direct_pipe_mbps": round(statistics.median(pipe_rates), 1),
+        "scp_proxy_vs_direct_ratio": round(statistics.median(ratios), 3),
+    }
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="meshssh-bench-client-") as tmp:
+        figures = asyncio.run(bench(Path(tmp)))
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``meshssh config install|uninstall``: the OpenSSH drop-in for the current map's peers.
+
+``install`` asks the agent for the current peers and writes the drop-in
+(:mod:`meshssh_cli.ssh_config`: validated names, split lines, atomic write) to ``--file``, or
+by default to ``/etc/ssh/ssh_config.d/99-meshssh.conf`` as root and to ``~/.ssh/meshssh.conf``
+(included from ``~/.ssh/config``) otherwise. ``uninstall`` removes it. The agent keeps the
+file current through :func:`sync_dropin` as the map changes, and removes it on
+``meshssh down``. Setting ``MESHSSH_DISABLE_SSH_CONFIG=1`` opts out: the agent then removes
+the file instead of writing it, and ``install`` refuses.
+
+Only peers with a pinned host key are listed: the proxy cannot verify any other, so plain
+OpenSSH handles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshssh_cli import ssh_config
+from meshssh_cli.agent_link import open_agent
+from meshssh_cli.client_errors import ClientError
+from meshssh_cli.peer_directory import LinkOpener, PeerEntry
+
+__all__ = [
+    "OPT_OUT_ENV",
+    "dropin_enabled",
+    "meshssh_executable",
+    "register",
+    "run",
+    "run_argv",
+    "sync_dropin",
+]
+
+OPT_OUT_ENV = "MESHSSH_DISABLE_SSH_CONFIG"
+
+
+def dropin_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """False when the user opted out with ``MESHSSH_DISABLE_SSH_CONFIG`` (1/true/yes/on)."""
+    return env.get(OPT_OUT_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}
+
+
+def meshssh_executable() -> str:
+    """The absolute path of this ``meshssh`` program, for the drop-in's commands.
+
+    Raises:
+        FileNotFoundError: neither the running program nor ``meshssh`` on PATH can be found.
+    """
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "meshssh" and argv0.is_file():
+        return str(argv0.resolve())
+    found = shutil.which("meshssh")
+    if found is None:
+        raise FileNotFoundError("meshssh is not on PATH")
+    return str(Path(found).resolve())
+
+
+def sync_dropin(
+    peers: Iterable[PeerEntry],
+    *,
+    path: Path,
+    executable: str,
+    state_dir: Path | None = None,
+    enabled: bool = True,
+    home: Path | None = None,
+) -> bool:
+    """Make the drop-in at ``path`` list ``peers`` (or remove it when not ``enabled``).
+
+    Returns:
+        True when the file changed (written or removed).
+    """
+    if not enabled:
+        return ssh_config.uninstall(path, home=home)
+    hosts = [h for p in peers if p.host_key_line.strip() for h in p.hosts()]
+    text = ssh_config.render(hosts, ssh_config.DropIn(executable, state_dir))
+    if path.is_file() and path.read_text() == text:
+        return False
+    ssh_config.install(text, path, home=home)
+    return True
+
+
+def register(subparsers: Any) -> None:
+    """Add ``config install|uninstall`` to the top-level parser."""
+    parser = subparsers.add_parser("config", help="install or remove the OpenSSH drop-in")
+    actions = parser.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+    for name, text in (("install", "write the drop-in"), ("uninstall", "remove the drop-in")):
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("--file", type=Path, default=None, help="drop-in path")
+        sub.add_argument("--state-dir", type=Path, default=None, help="the agent's state dir")
+    parser.set_defaults(run=lambda ns: run(ns))
+
+
+async def _install(ns: argparse.Namespace, open_link: LinkOpener, path: Path) -> int:
+    try:
+        link = await open_link(ns.state_dir)
+        try:
+            peers = await link.peers()
+        finally:
+            await link.aclose()
+    except ClientError as e:
+        sys.stderr.write(f"meshssh: {e.render()}\n")
+        return e.exit_code
+    sync_dropin(peers, path=path, executable=meshssh_executable(), state_dir=ns.state_dir)
+    sys.stdout.write(f"meshssh: OpenSSH drop-in for {len(peers)} peers written to {path}\n")
+    return 0
+
+
+def run(ns: argparse.Namespace, *, open_link: LinkOpener = open_agent) -> int:
+    """Run ``meshssh config install|uninstall``; returns the exit status."""
+    path: Path = ns.file or ssh_config.default_path()
+    if ns.config_action == "uninstall":
+        removed = ssh_config.uninstall(path)
+        sys.stdout.write(f"meshssh: {'removed' if removed else 'no drop-in at'} {path}\n")
+        return 0
+    if not dropin_enabled():
+        sys.stderr.write(f"meshssh: the OpenSSH drop-in is disabled by {OPT_OUT_ENV}\n")
+        return 1
+    return asyncio.run(_install(ns, open_link, path))
+
+
+def run_argv(argv: Sequence[str], *, open_link: LinkOpener = open_agent) -> int:
+    """Parse ``config ...`` words and run them (for callers without the top-level parser)."""
+    parser = argparse.ArgumentParser(prog="meshssh")
+    register(parser.add_subparsers(dest="command"))
+    return run(parser.parse_args(["config", *argv]), open_link=open_link)
