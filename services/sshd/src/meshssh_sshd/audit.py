@@ -27,6 +27,7 @@ from nats.js.api import StorageType, StreamConfig
 from meshssh_common import codec, subjects
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
+from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = ["AuditLog"]
@@ -78,6 +79,7 @@ class AuditLog:
         while True:
             event = await self._queue.get()
             await self._publish(event)
+            raise_if_cancelling()
 
     async def flush(self, timeout: float) -> None:
         """Publish what is still queued, for at most ``timeout`` seconds (at shutdown)."""

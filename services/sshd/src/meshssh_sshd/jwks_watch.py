@@ -31,6 +31,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
+from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = ["JwksWatch"]
@@ -150,6 +151,7 @@ class JwksWatch:
                     raise
                 except Exception as e:  # any broken watch is re-opened
                     self._log.warning("JWKS watch broke; retrying", extra={"error": repr(e)})
+                raise_if_cancelling()
                 await asyncio.sleep(_RETRY)
         finally:
             if self._inflight is not None:

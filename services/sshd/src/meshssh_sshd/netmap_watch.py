@@ -28,6 +28,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import NetworkMap
+from meshssh_sshd.cancellation import raise_if_cancelling
 
 __all__ = ["MapChange", "NetmapWatch"]
 
@@ -106,6 +107,7 @@ class NetmapWatch:
                 raise
             except (MeshError, Exception) as e:  # any broken watch is re-opened
                 self._log.warning("network map watch broke; retrying", extra={"error": repr(e)})
+            raise_if_cancelling()
             await asyncio.sleep(_RETRY)
 
     async def _watch(self) -> None:

@@ -111,7 +111,7 @@ class _PipeProtocol(asyncio.SubprocessProtocol):
         self._owner.sink.input_paused()
 
     def resume_writing(self) -> None:
-        self._owner.sink.input_resumed()
+        self._owner.input_resumed()
 
     def process_exited(self) -> None:
         self._owner.on_exited()
@@ -144,7 +144,7 @@ class _MasterWriter(asyncio.BaseProtocol):
         self._owner.sink.input_paused()
 
     def resume_writing(self) -> None:
-        self._owner.sink.input_resumed()
+        self._owner.input_resumed()
 
 
 @dataclass(eq=False)
@@ -229,6 +229,16 @@ class ChildProcess:
         return self
 
     # -- called by the protocols -------------------------------------------------------------
+
+    def input_resumed(self) -> None:
+        """The child's input drained: let the client send again, on the next loop turn.
+
+        Not inline: asyncio's pipe transport calls ``resume_writing`` from its write handler
+        and, if the input is closed while that handler runs (data then EOF delivered in the
+        same turn), closes the pipe without flushing what was just written (CPython 3.11
+        ``_UnixWritePipeTransport._write_ready``), which lost the tail of uploads.
+        """
+        asyncio.get_running_loop().call_soon(self.sink.input_resumed)
 
     def on_exited(self) -> None:
         """The process exited (its output may still be in flight)."""

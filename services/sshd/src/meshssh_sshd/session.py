@@ -325,4 +325,12 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             bytes_out=self._bytes_out,
             result="" if status is None else str(status),
         )
-        self._log.info("session ended", extra={"status": status, "seconds": round(duration, 3)})
+        self._log.info(
+            "session ended",
+            extra={
+                "status": status,
+                "seconds": round(duration, 3),
+                "bytes_in": self._bytes_in,
+                "bytes_out": self._bytes_out,
+            },
+        )

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import SessionInfo, SessionsReport
+from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.origin import Origin
 
 __all__ = ["Closer", "LiveConnection", "LiveRegistry", "SessionsReporter"]
@@ -128,6 +129,7 @@ class SessionsReporter:
                     await asyncio.sleep(_DEBOUNCE)
             self._registry.changed.clear()
             await self.publish()
+            raise_if_cancelling()
 
     async def publish(self) -> None:
         """Publish one report now (errors are logged, never raised)."""
