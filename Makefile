@@ -11,9 +11,14 @@ help:      ## List targets
 sync:      ## Create or refresh .venv from requirements.lock (hash-checked) and every member
 	@./scripts/bootstrap
 
-lock:      ## Re-resolve dependencies and rewrite requirements.lock (needs uv)
+lock:      ## Re-resolve dependencies; rewrite requirements.lock and the per-image locks (needs uv)
 	uv lock
 	uv export --format requirements-txt --all-groups --no-emit-workspace --no-header -o requirements.lock
+	for m in $(SERVICES) cli; do uv export --format requirements-txt --package meshssh-$$m --no-dev \
+	  --no-emit-workspace --no-header -q -o deploy/docker/requirements/$$m.lock; done
+
+images:    ## One image per service, built from the root (needs a Docker engine)
+	for m in $(SERVICES) cli; do docker build -f deploy/docker/$$m.Dockerfile -t meshssh-$$m .; done
 
 run: sync  ## Start the whole system locally on embedded defaults (Ctrl-C stops it)
 	$(PY) scripts/run_local.py
@@ -39,4 +44,5 @@ bench: sync ## Benchmarks (all, or B=<name> for bench/<name>.py)
 clean:     ## Remove .venv and run state
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help sync lock run fmt lint typecheck test e2e bench clean
+
+.PHONY: help sync lock images run fmt lint typecheck test e2e bench clean

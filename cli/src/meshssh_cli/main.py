@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from meshssh_cli import login
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    login.register(sub)
     return parser
 
 
@@ -31,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    run = getattr(args, "run", None)  # each subcommand's register() sets its runner
+    if run is not None:
+        return int(run(args))
     return 0
 
 

@@ -27,6 +27,15 @@ async def test_compare_and_set_refuses_a_stale_writer(nc: NATS) -> None:
     assert (entry.value.serial, entry.revision) == (2, rev2)
 
 
+async def test_a_stale_delete_is_a_conflict(nc: NATS) -> None:
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-del"), wire.MetaReply)
+    rev = await kv.create("k", wire.MetaReply(serial=1))
+    await kv.update("k", wire.MetaReply(serial=2), last=rev)
+    with pytest.raises(Conflict):
+        await kv.delete("k", last=rev)
+    assert await kv.get("k") is not None
+
+
 async def test_concurrent_increments_never_lose_an_update(nc: NATS) -> None:
     kv = TypedKV(await open_bucket(nc.jetstream(), "t-inc"), wire.MetaReply)
     await kv.create("n", wire.MetaReply(serial=0))

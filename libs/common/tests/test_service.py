@@ -20,7 +20,9 @@ SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
 
 
 def required_args(name: str, tmp_path: Path) -> list[str]:
-    """Settings a service cannot start without (sshd: its peer id, address and host key)."""
+    """Settings a service needs here (a free port; sshd: its peer id, address and host key)."""
+    if name in ("meshssh-policy", "meshssh-authn"):
+        return ["--listen", "127.0.0.1:0"]
     if name == "meshssh-sshd":
         return ["--peer-id", "t1", "--listen", "127.0.0.1:0",
                 "--host-key", str(tmp_path / "ssh_host_ed25519_key")]  # fmt: skip

@@ -35,6 +35,7 @@ __all__ = ["KvEntry", "KvEvent", "TypedKV", "open_bucket"]
 T = TypeVar("T")
 
 _DELETE_OPS = ("DEL", "PURGE")
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 async def open_bucket(
@@ -150,6 +151,11 @@ class TypedKV(Generic[T]):
             await self.kv.delete(key, last=last)
         except nats.js.errors.KeyWrongLastSequenceError as e:
             raise Conflict(f"{key} changed since revision {last}") from e
+        except nats.js.errors.APIError as e:
+            # nats-py's delete() does not translate a lost compare-and-set (10071/10164).
+            if e.err_code in _WRONG_LAST_SEQUENCE:
+                raise Conflict(f"{key} changed since revision {last}") from e
+            raise
 
     async def keys(self) -> list[str]:
         """Every key that currently holds a value."""

@@ -21,7 +21,11 @@ __all__ = [
     "AUDIT_SUBJECTS",
     "AUTHN_DEVICE_POLL",
     "AUTHN_DEVICE_START",
+    "AUTHN_FETCH_LEASE_KEY",
     "AUTHN_JWKS_REFRESH",
+    "AUTHN_SIGNING_KEYS_KEY",
+    "BUCKET_AUTHN",
+    "BUCKET_AUTHN_DEVICES",
     "BUCKET_GROUPS",
     "BUCKET_JWKS",
     "BUCKET_NETMAPS",
@@ -36,10 +40,12 @@ __all__ = [
     "POLICY_REGISTER",
     "STATE_BUCKETS",
     "audit_event",
+    "device_code_key",
     "heartbeat",
     "netmap_key",
     "sshd_sessions",
     "token",
+    "user_code_key",
 ]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -62,6 +68,10 @@ BUCKET_GROUPS: Final = "meshssh-groups"
 BUCKET_POLICIES: Final = "meshssh-policies"
 BUCKET_SETUP_KEYS: Final = "meshssh-setup-keys"
 BUCKET_JWKS: Final = "meshssh-jwks"
+BUCKET_AUTHN: Final = "meshssh-authn"  # authn-private: signing keys, JWKS fetch lease
+BUCKET_AUTHN_DEVICES: Final = "meshssh-authn-devices"  # authn-private: device-flow grants
+AUTHN_SIGNING_KEYS_KEY: Final = "signing-keys"
+AUTHN_FETCH_LEASE_KEY: Final = "jwks-fetch"
 STATE_BUCKETS: Final = (
     BUCKET_PEERS,
     BUCKET_USERS,
@@ -103,3 +113,13 @@ def audit_event(kind: str, peer_id: str) -> str:
 def sshd_sessions(peer_id: str) -> str:
     """Subject sshd publishes its live sessions on (a :class:`SessionsReport`)."""
     return f"meshssh.sshd.v1.evt.sessions.{token(peer_id)}"
+
+
+def device_code_key(device_hash: str) -> str:
+    """Key of a device-flow grant's pointer, by the hash of its device code."""
+    return f"dc.{token(device_hash)}"
+
+
+def user_code_key(user_code: str) -> str:
+    """Key of a device-flow grant, by its normalized user code."""
+    return f"uc.{token(user_code)}"

@@ -1,13 +1,23 @@
-"""Settings of meshssh-authn (flags and ``MESHSSH_AUTHN_*`` env variables)."""
+"""Settings of meshssh-authn (flags and ``MESHSSH_AUTHN_*`` env variables).
+
+With no ``--issuer`` the embedded OIDC provider runs on ``--listen`` and signs tokens with its
+own rotating key set; with ``--issuer`` the embedded provider is off and authn mirrors that
+provider's keys instead (SPEC §6, §11).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshssh_common.settings import HostPort, ServiceSettings
 
-__all__ = ["AuthnSettings"]
+__all__ = ["AuthnSettings", "SigningAlg"]
+
+SigningAlg = Literal["RS256", "ES256", "EdDSA"]
 
 
 class AuthnSettings(ServiceSettings):
@@ -20,3 +30,85 @@ class AuthnSettings(ServiceSettings):
     ops_listen: HostPort = Field(
         "127.0.0.1:9102", description="HOST:PORT of /healthz, /readyz and /metrics"
     )
+    listen: HostPort = Field(
+        "127.0.0.1:8081", description="HOST:PORT of the embedded OIDC provider (HTTP)"
+    )
+    public_url: str = Field(
+        "",
+        description="URL users and clients reach the embedded provider at, and the token "
+        "issuer; empty: http://<the bound --listen address>",
+    )
+    users_file: Path | None = Field(
+        None, description="users of the embedded provider (manage with `meshssh-authn users`)"
+    )
+    issuer: str = Field(
+        "", description="issuer URL of an external OIDC provider; turns the embedded one off"
+    )
+    jwks_url: str = Field(
+        "", description="JWKS URL of the external provider; empty: from OIDC discovery"
+    )
+    audience: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("meshssh",),
+        description="accepted token audience; a token needs one of them (env: comma-separated; "
+        "with --use-id-token, ID tokens carry the client id)",
+    )
+    user_id_claim: str = Field("sub", description="claim that names the user")
+    max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
+    clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
+    client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
+    scope: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("openid", "email", "profile"),
+        description="scopes the device flow asks for (env: comma-separated)",
+    )
+    use_id_token: bool = Field(
+        False, description="present the ID token instead of the access token over SSH"
+    )
+    token_ttl: int = Field(600, ge=10, description="lifetime of tokens the embedded provider signs")
+    signing_alg: SigningAlg = Field("RS256", description="algorithm of the embedded signing keys")
+    key_rotation: float = Field(
+        86400.0, gt=0, description="seconds one embedded signing key signs before the next"
+    )
+    key_publish_lead: float = Field(
+        3600.0, ge=0, description="seconds a new signing key is published before it signs"
+    )
+    device_code_ttl: int = Field(600, ge=30, description="seconds a device code stays valid")
+    device_poll_interval: int = Field(5, ge=0, description="seconds between device-flow polls")
+    jwks_refresh_interval: float = Field(
+        300.0,
+        gt=0,
+        description="seconds between JWKS fetches when the provider sends no max-age (the "
+        "provider's max-age is never followed below min(30, this))",
+    )
+    jwks_refresh_min_interval: float = Field(
+        30.0, ge=0, description="at most one forced JWKS fetch (unknown kid) per this many seconds"
+    )
+    jwks_retry_interval: float = Field(
+        10.0, gt=0, description="seconds before a failed JWKS fetch is retried"
+    )
+    provider_timeout: float = Field(
+        5.0, gt=0, description="seconds to wait for the external provider's HTTP answers"
+    )
+
+    @field_validator("audience", "scope", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # Env variables hold a comma-separated list ("meshssh,meshssh-cli"); flags repeat.
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthnSettings:
+        if not self.audience:
+            raise ValueError("--audience needs at least one value")
+        if not self.issuer and self.key_publish_lead >= self.key_rotation:
+            raise ValueError("--key-publish-lead must be shorter than --key-rotation")
+        for url in (self.issuer, self.public_url, self.jwks_url):
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the embedded OIDC provider runs (no external ``--issuer``)."""
+        return not self.issuer

@@ -1,25 +1,69 @@
-"""The body of meshssh-policy: open its durable state and serve until stopped."""
+"""The body of meshssh-policy: state, map engine, NATS endpoints, REST API and dashboard.
+
+Start-up order: open the buckets; start the engine and wait until it has loaded the whole
+state and published every changed map; apply ``--seed``; then serve registrations, meta
+updates and heartbeats on NATS and the API on ``--listen``, and declare ready.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import cast
 
 from meshssh_common import subjects
-from meshssh_common.kv import open_bucket
-from meshssh_common.rpc import start_micro
+from meshssh_common.http_server import HttpServer
+from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
+from meshssh_common.wire import Heartbeat, MetaUpdate, RegisterRequest
+from meshssh_policy.api import create_app
+from meshssh_policy.management import Management
+from meshssh_policy.seed import apply_seed, load_seed
+from meshssh_policy.settings import PolicySettings
 
 __all__ = ["serve"]
 
 
 async def serve(ctx: ServiceContext) -> None:
-    """Open the state and map buckets, announce the service, then run until cancelled."""
-    js = ctx.js
-    for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS):
-        await open_bucket(js, bucket)
-    svc = await start_micro(ctx.nc, "policy")
-    ctx.ready.set()
-    try:
-        await asyncio.Future()
-    finally:
-        await svc.stop()
+    """Run one policy replica until cancelled."""
+    settings = cast(PolicySettings, ctx.settings)
+    seed = load_seed(settings.seed) if settings.seed is not None else None
+    mgmt = await Management.open(ctx.nc, settings, ctx.metrics, ctx.log)
+    http = HttpServer(create_app(mgmt), settings.listen, setting="--listen")
+    async with asyncio.TaskGroup() as tg:
+        engine = tg.create_task(mgmt.engine.run())
+        loaded = tg.create_task(mgmt.engine.loaded.wait())
+        await asyncio.wait({engine, loaded}, return_when=asyncio.FIRST_COMPLETED)
+        if engine.done():
+            engine.result()  # the engine failed before loading: raise its error
+        if seed is not None:
+            await apply_seed(seed, mgmt.resources, ctx.log)
+        svc = await start_micro(ctx.nc, "policy", description="meshssh management plane")
+        m, log = ctx.metrics, ctx.log
+        await add_endpoint(svc, "register", subjects.POLICY_REGISTER, RegisterRequest,
+                           mgmt.registrar.register, metrics=m, log=log)  # fmt: skip
+        await add_endpoint(svc, "meta", subjects.POLICY_META, MetaUpdate,
+                           mgmt.registrar.meta, metrics=m, log=log)  # fmt: skip
+        sub = await subscribe_typed(ctx.nc, subjects.HEARTBEAT_ALL, Heartbeat,
+                                    mgmt.presence.on_heartbeat, name="heartbeat",
+                                    metrics=m, log=log)  # fmt: skip
+        # The server must know our subscriptions before we say we are ready. nats-py's flush()
+        # writes its PING straight to the socket, ahead of SUBs still queued for its flusher
+        # task, so one flush proves nothing; by the time its PONG is back the SUBs are written.
+        await ctx.nc.flush()
+        await ctx.nc.flush()
+        tg.create_task(mgmt.presence.run(lambda: set(mgmt.state.peers)))
+        api = tg.create_task(http.serve())
+        ctx.log.info("api listening", extra={"url": http.url})
+        ctx.ready.set()
+        try:
+            await asyncio.Future()
+        finally:
+            http.stop()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await asyncio.shield(api)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await svc.stop()

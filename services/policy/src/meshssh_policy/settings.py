@@ -1,13 +1,32 @@
-"""Settings of meshssh-policy (flags and ``MESHSSH_POLICY_*`` env variables)."""
+"""Settings of meshssh-policy (flags and ``MESHSSH_POLICY_*`` env variables, SPEC §11).
+
+``--admin-token`` / ``MESHSSH_ADMIN_TOKEN`` has no default: when it is unset the service
+generates a random token at start and logs it once (a warning). That keeps ``meshssh-policy``
+usable on a laptop; production sets the variable (every replica must share one token).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 from pydantic_settings import SettingsConfigDict
 
 from meshssh_common.settings import HostPort, ServiceSettings
 
 __all__ = ["PolicySettings"]
+
+
+def _check_prefix(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"not a network prefix like 100.64.0.0/10: {e}") from e
+
+
+MeshPrefix = Annotated[str, AfterValidator(_check_prefix)]
 
 
 class PolicySettings(ServiceSettings):
@@ -19,4 +38,26 @@ class PolicySettings(ServiceSettings):
 
     ops_listen: HostPort = Field(
         "127.0.0.1:9101", description="HOST:PORT of /healthz, /readyz and /metrics"
+    )
+    listen: HostPort = Field(
+        "127.0.0.1:8080", description="HOST:PORT of the REST API (/api/v1) and the dashboard (/)"
+    )
+    admin_token: str | None = Field(
+        None,
+        min_length=16,
+        validation_alias="MESHSSH_ADMIN_TOKEN",
+        description="bearer token for the REST API; generated and logged once when unset",
+    )
+    mesh_prefix: MeshPrefix = Field(
+        "100.64.0.0/10", description="the mesh prefix every peer address must be inside"
+    )
+    seed: Path | None = Field(
+        None,
+        description="JSON file of setup keys, users, groups and policies to create if absent",
+    )
+    peer_offline_timeout: float = Field(
+        20.0, gt=0, description="seconds without a heartbeat before a peer counts as offline"
+    )
+    publish_concurrency: int = Field(
+        64, ge=1, le=1024, description="network maps written to KV at the same time"
     )

@@ -30,6 +30,10 @@ class OidcClientConfig(Part, frozen=True, kw_only=True):
     token_endpoint: str
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     audience: str = ""
+    # Added by the identity issue (defaults keep older payloads valid):
+    use_id_token: bool = False  # present the ID token over SSH instead of the access token
+    max_token_age: Annotated[int, msgspec.Meta(ge=1)] = 600  # the servers' limit, for caches
+    clock_skew: Annotated[int, msgspec.Meta(ge=0)] = 60
 
 
 class JwksSnapshot(Wire, tag="authn.jwks.v1", frozen=True, kw_only=True):

@@ -102,3 +102,6 @@ class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):
     firewall_rules: tuple[FirewallRule, ...] = ()
     remote_peers: tuple[RemotePeer, ...] = ()
     ssh_auth: SshAuth = msgspec.field(default_factory=SshAuth)
+    # The management state (KV revision per state bucket) this map was computed from. policy
+    # replicas never replace a map with one computed from older state; peers ignore it.
+    state_revisions: dict[str, Count] = msgspec.field(default_factory=dict)

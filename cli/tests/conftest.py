@@ -1,0 +1,116 @@
+"""Fixtures of the login tests: a real meshssh-authn process with its embedded provider.
+
+``provider`` starts ``meshssh-authn`` (nats-server from the testkit, users made with
+``meshssh-authn users add``) and reads its client config from the JWKS snapshot in KV, the
+way the management plane does. ``approve`` posts the login form as a browser does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+import nats
+import pytest
+
+from meshssh_common import subjects
+from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.wire import JwksSnapshot, OidcClientConfig
+from meshssh_testkit import ServiceProcess, script
+from meshssh_testkit.plugin import ServiceFactory
+
+PASSWORD = "alice-password-1"
+
+
+@dataclass
+class Provider:
+    """A running embedded provider and what clients learn about it."""
+
+    process: ServiceProcess
+    client: OidcClientConfig
+    snapshot: JwksSnapshot
+    nats_url: str
+
+    @property
+    def issuer(self) -> str:
+        return self.client.issuer
+
+    async def approve(self, user_code: str, username: str = "alice",
+                      password: str = PASSWORD) -> httpx.Response:  # fmt: skip
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await http.post(
+                f"{self.issuer}/device",
+                data={"user_code": user_code, "username": username, "password": password},
+            )
+
+    async def metric(self, name: str) -> float:
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"{self.process.ops_url}/metrics")).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+@pytest.fixture
+async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> Provider:
+    users = tmp_path / "users.json"
+    added = await asyncio.to_thread(
+        subprocess.run,
+        [script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
+         "--password-stdin", "--users-file", str(users)],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    proc = await services.start(
+        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
+        "--users-file", str(users), "--device-poll-interval", "1",
+    )  # fmt: skip
+    nc = await nats.connect(nats_url)
+    try:
+        kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        async with asyncio.timeout(15):
+            while (entry := await kv.get(subjects.JWKS_KEY)) is None:
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert entry.value.client is not None
+    return Provider(proc, entry.value.client, entry.value, nats_url)
+
+
+@dataclass
+class ConfigServer:
+    """Serves ``GET /api/v1/auth/config`` from the KV snapshot.
+
+    A stand-in for meshssh-policy's endpoint (issue 3), which reads the same KV field; it is
+    here so ``meshssh login --management-url`` is tested before policy lands.
+    """
+
+    url: str
+
+
+@pytest.fixture
+async def config_server(provider: Provider) -> AsyncIterator[ConfigServer]:
+    from fastapi import FastAPI, Response
+
+    from meshssh_common.http_server import HttpServer
+
+    app = FastAPI()
+
+    @app.get("/api/v1/auth/config")
+    async def auth_config() -> Response:
+        return Response(msgspec.json.encode(provider.client), media_type="application/json")
+
+    server = HttpServer(app, "127.0.0.1:0")
+    task = asyncio.create_task(server.serve())
+    try:
+        yield ConfigServer(server.url)
+    finally:
+        server.stop()
+        async with asyncio.timeout(10):
+            await task

@@ -1,0 +1,165 @@
+"""meshctl as a real subprocess against a real meshssh-policy process and nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from meshssh_common import subjects
+from meshssh_common.rpc import request
+from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
+from meshssh_testkit import script
+from meshssh_testkit.plugin import ServiceFactory
+
+TOKEN = "meshctl-test-token-0123456789"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Meshctl:
+    def __init__(self, api: str) -> None:
+        self.api = api
+
+    async def __call__(self, *args: str, token: str | None = TOKEN, api: str | None = None) -> Ran:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSSH_")}
+        env["MESHSSH_API_URL"] = api or self.api
+        if token is not None:
+            env["MESHSSH_ADMIN_TOKEN"] = token
+        proc = await asyncio.create_subprocess_exec(
+            script("meshctl"), *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return Ran(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
+    proc = await services.start(
+        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
+        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": TOKEN},
+    )  # fmt: skip
+    match = re.search(r"api listening.*url=(http://\S+)", proc.output())
+    assert match, proc.output()
+    return Meshctl(match[1])
+
+
+async def register(nc: NATS, name: str, ip: str, key: str) -> str:
+    meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
+                    flags=PeerFlags(server_ssh_allowed=True))  # fmt: skip
+    req = RegisterRequest(name=name, mesh_ip=ip, meta=meta, setup_key=key, ssh_host_key=HOST_KEY)
+    return (await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)).peer_id
+
+
+async def ok(run: Any, *args: str) -> Ran:
+    ran = await run(*args)
+    assert ran.code == 0, (args, ran.err)
+    assert ran.err == ""
+    return ran
+
+
+async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS) -> None:
+    await ok(meshctl, "groups", "create", "servers", "--name", "Servers")
+    await ok(meshctl, "groups", "create", "laptops")
+    await ok(meshctl, "users", "add", "alice", "--email", "alice@example.com", "--group", "laptops")
+    key = (await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group", "servers",
+                    "--expires-in", "1d")).json()  # fmt: skip
+    assert key["key"]
+    human = await ok(meshctl, "setup-keys", "create", "laptops", "--one-off", "--auto-group",
+                     "laptops")  # fmt: skip
+    laptop_key = re.search(r"key \(shown only now\): (\S+)", human.out)
+    assert laptop_key
+    srv = await register(nc, "web1", "127.0.0.2", key["key"])
+    await register(nc, "lap1", "127.0.0.3", laptop_key[1])
+
+    table = (await ok(meshctl, "peers", "ls")).out.splitlines()
+    assert table[0].split()[:4] == ["NAME", "ID", "MESH", "IP"]
+    assert any(line.split()[:3] == ["web1", srv, "127.0.0.2"] for line in table)
+    assert "offline" in table[1]
+    peers = (await ok(meshctl, "peers", "ls", "--json")).json()
+    assert {p["name"] for p in peers} == {"web1", "lap1"}
+
+    shown = (await ok(meshctl, "peers", "show", "web1")).out
+    assert f"id:            {srv}" in shown
+    assert "ssh switch:    off" in shown
+    enabled = (await ok(meshctl, "--json", "peers", "ssh", "enable", "web1")).json()
+    assert (enabled["ssh_enabled"], enabled["ssh_active"]) == (True, True)
+
+    created = (await ok(meshctl, "--json", "policies", "create", "laptops ssh", "--id", "lap-ssh",
+                        "--source", "laptops", "--destination", "servers", "--protocol", "tcp",
+                        "--port", "22", "--port-range", "8000-8100")).json()  # fmt: skip
+    assert created["rules"][0]["port_ranges"] == [{"start": 8000, "end": 8100}]
+    listed = (await ok(meshctl, "policies", "ls")).out
+    assert "laptops -> servers accept tcp 22,8000-8100" in listed
+    netmap = (await ok(meshctl, "--json", "peers", "netmap", "web1")).json()
+    for _ in range(100):
+        if any(r.get("port") == "22022" for r in netmap.get("firewall_rules", [])):
+            break
+        await asyncio.sleep(0.05)
+        netmap = (await ok(meshctl, "--json", "peers", "netmap", "web1")).json()
+    assert [r.get("port") for r in netmap["firewall_rules"] if r.get("port")] == ["22", "22022"]
+
+    await ok(meshctl, "policies", "create", "ops", "--id", "ops", "--source", "laptops",
+             "--destination", "servers", "--protocol", "ssh",
+             "--authorized-group", "laptops=root,deploy")  # fmt: skip
+    ops = (await ok(meshctl, "--json", "policies", "show", "ops")).json()
+    assert ops["rules"][0]["authorized_groups"] == {"laptops": ["root", "deploy"]}
+    await ok(meshctl, "policies", "disable", "ops")
+    await ok(meshctl, "policies", "rm", "ops")
+    assert "ops" not in [p["id"] for p in (await ok(meshctl, "--json", "policies")).json()]
+
+    users = (await ok(meshctl, "users")).out
+    assert "alice" in users
+    assert "alice@example.com" in users
+    await ok(meshctl, "groups", "add", "servers", "--user", "alice")
+    assert (await ok(meshctl, "--json", "groups", "show", "servers")).json()["users"] == ["alice"]
+    await ok(meshctl, "users", "rm", "alice")
+    keys = (await ok(meshctl, "--json", "setup-keys", "ls")).json()
+    assert {k["name"]: k["used"] for k in keys} == {"srv": 1, "laptops": 1}
+    assert all("key" not in k for k in keys)
+    await ok(meshctl, "peers", "rm", srv)
+    assert [p["name"] for p in (await ok(meshctl, "--json", "peers")).json()] == ["lap1"]
+
+
+async def test_failures_are_one_clear_line_with_a_nonzero_exit(meshctl: Meshctl) -> None:
+    cases = [
+        (("peers", "ls"), {"token": "wrong-token-0123456789"}, 1,
+         "meshctl: the management API refused the admin token"),
+        (("peers", "ls"), {"token": None}, 1,
+         "meshctl: no admin token: pass --token or set MESHSSH_ADMIN_TOKEN"),
+        (("peers", "ls"), {"api": "http://127.0.0.1:9"}, 1,
+         "meshctl: cannot reach the management API at http://127.0.0.1:9"),
+        (("peers", "show", "nope"), {}, 1, "meshctl: no peer with id or name 'nope'"),
+        (("groups", "rm", "nope"), {}, 1, "meshctl: group 'nope' does not exist"),
+        (("policies", "create", "x", "--source", "a", "--destination", "b"), {}, 1,
+         "meshctl: rules[0].sources: unknown group 'a'"),
+        (("policies", "create", "x", "--source", "Bad!", "--destination", "b"), {}, 1,
+         "meshctl: rules[0].sources[0]: String should match pattern"),
+        (("setup-keys", "create", "k", "--expires-in", "soon"), {}, 2,
+         "meshctl setup-keys create: error: argument --expires-in: not a duration like 30d"),
+        (("peers", "fly"), {}, 2, "meshctl peers: error: argument ACTION: invalid choice"),
+    ]  # fmt: skip
+    for args, kw, code, message in cases:
+        ran = await meshctl(*args, **kw)
+        assert ran.code == code, (args, ran)
+        assert ran.out == "", args
+        assert len(ran.err.strip().splitlines()) == 1, (args, ran.err)
+        assert ran.err.startswith(message), (args, ran.err)

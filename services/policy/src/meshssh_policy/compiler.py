@@ -1,0 +1,190 @@
+"""Computing one peer's network map from the state and its index (SPEC §4, §6).
+
+A :class:`Compiler` is made per batch of changes (after the index is rebuilt) and caches
+what many peers share: each rule's source prefixes and expanded firewall rules, each peer's
+:class:`RemotePeer` entry, the remote-peer sets of peers in the same groups, and the
+authorization tables. The map it returns has ``serial`` 1; the publisher sets the real one.
+
+What a map holds for receiving peer P:
+
+- firewall rules: every rule of an enabled policy whose destinations hold P, sources
+  expanded to the ``/32`` (``/128``) prefixes of the source groups' peers other than P,
+  with the 22022 copy of :mod:`meshssh_policy.firewall`;
+- remote peers: the peers P may reach (destinations of accept rules whose sources hold P);
+- ``ssh_enabled``: P's admin switch, or an accept ``ssh`` rule to P;
+- the JWT config from authn's snapshot, only when SSH is enabled;
+- the authorization table, only when SSH is enabled (else empty: nobody may log in).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from meshssh_common.ssh_auth import WILDCARD, build_table
+from meshssh_common.wire import FirewallRule, NetworkMap, PeerConfig, RemotePeer, SshAuth
+from meshssh_policy.firewall import expand_rule, peer_ssh_ready
+from meshssh_policy.index import Index, RuleRef, grants_all_users
+from meshssh_policy.records import PeerRecord
+from meshssh_policy.state import State
+
+__all__ = ["Compiler", "host_prefix", "tombstone"]
+
+Grant = tuple[str, str]
+
+
+def host_prefix(mesh_ip: str) -> str:
+    """``100.64.0.7`` → ``100.64.0.7/32`` (``/128`` for IPv6)."""
+    addr = ipaddress.ip_address(mesh_ip)
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def tombstone(peer: PeerRecord, mesh_prefix: str) -> NetworkMap:
+    """The map of a removed peer: nothing allowed, SSH off (fail closed)."""
+    return NetworkMap(
+        serial=1,
+        peer=PeerConfig(id=peer.id, name=peer.name, mesh_ip=peer.mesh_ip, mesh_prefix=mesh_prefix),
+    )
+
+
+class Compiler:
+    """Builds maps for one consistent state; create a new one after every change."""
+
+    def __init__(self, state: State, index: Index, mesh_prefix: str) -> None:
+        self.state = state
+        self.index = index
+        self.mesh_prefix = mesh_prefix
+        self.claim = state.jwks.jwt.user_id_claim if state.jwks is not None else "sub"
+        self._sources: dict[tuple[str, int], tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._expanded: dict[tuple[str, int, bool], tuple[FirewallRule, ...]] = {}
+        self._remote: dict[str, RemotePeer] = {}
+        self._targets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._ssh: dict[str, bool] = {}
+        self._tables: dict[frozenset[Grant], SshAuth] = {}
+        self._all_users: frozenset[Grant] | None = None
+
+    # -- shared pieces -------------------------------------------------------------------
+
+    def _rule_sources(self, ref: RuleRef) -> tuple[tuple[str, ...], frozenset[str]]:
+        cached = self._sources.get(ref.key)
+        if cached is None:
+            peers = self.index.peers_of(ref.rule.sources)
+            prefixes = tuple(sorted(host_prefix(self.state.peers[p].mesh_ip) for p in peers))
+            cached = (prefixes, frozenset(peers))
+            self._sources[ref.key] = cached
+        return cached
+
+    def ssh_enabled(self, peer_id: str) -> bool:
+        """SSH enabled for a peer: its admin switch, or an accept ``ssh`` rule to it."""
+        cached = self._ssh.get(peer_id)
+        if cached is None:
+            peer = self.state.peers[peer_id]
+            cached = peer.ssh_enabled or any(
+                ref.rule.protocol == "ssh" and ref.rule.action == "accept"
+                for ref in self.index.inbound_rules(peer_id)
+            )
+            self._ssh[peer_id] = cached
+        return cached
+
+    def remote_entry(self, peer_id: str) -> RemotePeer:
+        """How ``peer_id`` appears in other peers' maps (its public projection)."""
+        entry = self._remote.get(peer_id)
+        if entry is None:
+            peer = self.state.peers[peer_id]
+            entry = RemotePeer(
+                id=peer.id,
+                name=peer.name,
+                mesh_ip=peer.mesh_ip,
+                ssh_host_key=peer.ssh_host_key,
+                ssh_enabled=self.ssh_enabled(peer_id) and peer.meta.flags.server_ssh_allowed,
+            )
+            self._remote[peer_id] = entry
+        return entry
+
+    def _targets_of(self, groups: tuple[str, ...]) -> tuple[str, ...]:
+        cached = self._targets.get(groups)
+        if cached is None:
+            out: set[str] = set()
+            for g in groups:
+                for ref in self.index.src_rules.get(g, ()):
+                    if ref.rule.action == "accept":
+                        out |= self.index.peers_of(ref.rule.destinations)
+            cached = tuple(sorted(out))
+            self._targets[groups] = cached
+        return cached
+
+    def _table(self, grants: frozenset[Grant]) -> SshAuth:
+        table = self._tables.get(grants)
+        if table is None:
+            table = build_table(self.claim, grants)
+            self._tables[grants] = table
+        return table
+
+    def _every_user(self) -> frozenset[Grant]:
+        if self._all_users is None:
+            self._all_users = frozenset((u, WILDCARD) for u in self.state.users)
+        return self._all_users
+
+    # -- one peer ------------------------------------------------------------------------
+
+    def firewall_rules(self, peer: PeerRecord, refs: Iterable[RuleRef]) -> list[FirewallRule]:
+        """The inbound rules of ``peer`` from ``refs`` (rules whose destinations hold it)."""
+        ready = peer_ssh_ready(peer)
+        own = host_prefix(peer.mesh_ip)
+        rules: list[FirewallRule] = []
+        for ref in refs:
+            prefixes, members = self._rule_sources(ref)
+            if peer.id in members:
+                sources = tuple(p for p in prefixes if p != own)
+                if sources:
+                    rules += expand_rule(ref.rule, ref.policy_id, sources, peer_ssh_ready=ready)
+                continue
+            if not prefixes:
+                continue  # no source peer: the rule admits nobody
+            key = (ref.policy_id, ref.position, ready)
+            expanded = self._expanded.get(key)
+            if expanded is None:
+                expanded = expand_rule(ref.rule, ref.policy_id, prefixes, peer_ssh_ready=ready)
+                self._expanded[key] = expanded
+            rules += expanded
+        return rules
+
+    def grants(self, peer: PeerRecord, refs: Iterable[RuleRef]) -> frozenset[Grant]:
+        """``(user id, local user)`` pairs authorized on ``peer`` (assumes SSH is enabled)."""
+        out: set[Grant] = set()
+        for ref in refs:
+            rule = ref.rule
+            if rule.action != "accept":
+                continue
+            if grants_all_users(rule):
+                if rule.protocol == "ssh" or peer.ssh_enabled:
+                    out |= self._every_user()
+                continue
+            if rule.protocol != "ssh":
+                continue
+            for gid, local_users in rule.authorized_groups.items():
+                for user in self.index.group_users.get(gid, ()):
+                    out.update((user, local) for local in (local_users or (WILDCARD,)))
+        return frozenset(out)
+
+    def compile(self, peer_id: str) -> NetworkMap:
+        """The full map of an existing peer (``serial`` 1; the publisher sets it)."""
+        peer = self.state.peers[peer_id]
+        refs = self.index.inbound_rules(peer_id)
+        ssh = self.ssh_enabled(peer_id)
+        targets = self._targets_of(self.index.peer_groups.get(peer_id, ()))
+        jwt = self.state.jwks.jwt if ssh and self.state.jwks is not None else None
+        return NetworkMap(
+            serial=1,
+            peer=PeerConfig(
+                id=peer.id,
+                name=peer.name,
+                mesh_ip=peer.mesh_ip,
+                mesh_prefix=self.mesh_prefix,
+                ssh_enabled=ssh,
+                jwt=jwt,
+            ),
+            firewall_rules=tuple(self.firewall_rules(peer, refs)),
+            remote_peers=tuple(self.remote_entry(t) for t in targets if t != peer_id),
+            ssh_auth=self._table(self.grants(peer, refs)) if ssh else SshAuth(),
+        )

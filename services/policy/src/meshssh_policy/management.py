@@ -1,0 +1,84 @@
+"""Everything one policy replica runs, wired together (built once in ``serve``).
+
+Example::
+
+    mgmt = await Management.open(ctx.nc, settings, metrics, log)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(mgmt.engine.run())
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+
+from meshssh_common.logs import BoundLogger
+from meshssh_common.metrics import ServiceMetrics
+from meshssh_policy.compiler import Compiler
+from meshssh_policy.engine import Engine
+from meshssh_policy.metrics import PolicyMetrics
+from meshssh_policy.peers import PeerOps
+from meshssh_policy.presence import Presence
+from meshssh_policy.publisher import Publisher
+from meshssh_policy.registration import Registrar
+from meshssh_policy.resources import Resources
+from meshssh_policy.settings import PolicySettings
+from meshssh_policy.state import State
+from meshssh_policy.store import Store, bad_value_reporter, open_store
+
+__all__ = ["Management"]
+
+
+@dataclass
+class Management:
+    """The state, its store, the map engine, presence and the operations on top."""
+
+    settings: PolicySettings
+    admin_token: str
+    state: State
+    store: Store
+    engine: Engine
+    presence: Presence
+    resources: Resources
+    peer_ops: PeerOps
+    registrar: Registrar
+    metrics: PolicyMetrics
+    log: BoundLogger
+
+    @classmethod
+    async def open(
+        cls, nc: NATS, settings: PolicySettings, base: ServiceMetrics, log: BoundLogger
+    ) -> Management:
+        """Open the buckets and build every part (nothing runs yet)."""
+        metrics = PolicyMetrics(base)
+        state = State()
+        token = settings.admin_token
+        if not token:
+            token = secrets.token_urlsafe(32)
+            log.warning(
+                "no admin token configured (MESHSSH_ADMIN_TOKEN); generated one for this run",
+                extra={"admin_token": token},
+            )
+        js = nc.jetstream(timeout=settings.nats_request_timeout)
+        store = await open_store(js, state, bad_value_reporter(metrics.bad_state, log))
+        publisher = Publisher(store.netmaps, metrics, log)
+        engine = Engine(
+            state, store.watched(), publisher, mesh_prefix=settings.mesh_prefix,
+            concurrency=settings.publish_concurrency, metrics=metrics, log=log,
+            reconnects=lambda: int(nc.stats["reconnects"]),
+        )  # fmt: skip
+        presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
+        registrar = Registrar(
+            store, engine, mesh_prefix=settings.mesh_prefix, metrics=metrics, log=log
+        )
+        return cls(
+            settings=settings, admin_token=token, state=state, store=store, engine=engine,
+            presence=presence, resources=Resources(store), peer_ops=PeerOps(store),
+            registrar=registrar, metrics=metrics, log=log,
+        )  # fmt: skip
+
+    def compiler(self) -> Compiler:
+        """A compiler over the current state (for views: SSH state, groups of a peer)."""
+        return Compiler(self.state, self.engine.index, self.settings.mesh_prefix)

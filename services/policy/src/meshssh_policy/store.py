@@ -1,0 +1,193 @@
+"""Durable state writes: read, change, compare-and-set, retry (SPEC §4, §5).
+
+Every write to a state bucket goes through :meth:`Store.mutate`: it reads the entry, lets a
+pure function compute the new value from the current one, and writes it only if the entry
+is still at the revision it read; on a conflict it reads again and re-applies the function.
+So two writers (two REST calls, two replicas, a registration and an admin) never lose an
+update. After a write the caller waits until this replica's state has applied it, so a
+following read sees it.
+
+Example::
+
+    def add_peer(group: GroupRecord | None) -> GroupRecord:
+        ...
+    await store.mutate(store.groups, group_key("servers"), add_peer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from meshssh_common import subjects
+from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.logs import BoundLogger
+from meshssh_common.wire import JwksSnapshot, NetworkMap
+from meshssh_policy.records import (
+    Claim,
+    GroupRecord,
+    PeerRecord,
+    PolicyRecord,
+    SetupKeyRecord,
+    UserRecord,
+)
+from meshssh_policy.state import State
+
+__all__ = ["BadValueReporter", "Store", "bad_value_reporter", "open_store"]
+
+T = TypeVar("T")
+BadValueReporter = Callable[[str], Callable[[str, WireError], None]]
+"""Given a bucket name, the callback its :class:`TypedKV` calls for an undecodable value."""
+_ATTEMPTS = 50
+_WRONG_LAST = (10071, 10164)  # JetStream's "wrong last sequence" error codes
+
+
+class Store:
+    """Typed views of the state buckets, and compare-and-set writes that wait for the watch."""
+
+    def __init__(
+        self,
+        raw: dict[str, KeyValue],
+        state: State,
+        on_bad_value: BadValueReporter | None = None,
+    ) -> None:
+        def typed(bucket: str, typ: type[T]) -> TypedKV[T]:
+            report = on_bad_value(bucket) if on_bad_value else None
+            return TypedKV(raw[bucket], typ, on_bad_value=report)
+
+        self.state = state
+        self.peers = typed(subjects.BUCKET_PEERS, PeerRecord)
+        self.claims = typed(subjects.BUCKET_PEERS, Claim)
+        self.users = typed(subjects.BUCKET_USERS, UserRecord)
+        self.groups = typed(subjects.BUCKET_GROUPS, GroupRecord)
+        self.policies = typed(subjects.BUCKET_POLICIES, PolicyRecord)
+        self.setup_keys = typed(subjects.BUCKET_SETUP_KEYS, SetupKeyRecord)
+        self.jwks = typed(subjects.BUCKET_JWKS, JwksSnapshot)
+        self.netmaps = typed(subjects.BUCKET_NETMAPS, NetworkMap)
+        self.bucket_of: dict[int, str] = {
+            id(self.peers): subjects.BUCKET_PEERS,
+            id(self.users): subjects.BUCKET_USERS,
+            id(self.groups): subjects.BUCKET_GROUPS,
+            id(self.policies): subjects.BUCKET_POLICIES,
+            id(self.setup_keys): subjects.BUCKET_SETUP_KEYS,
+        }
+
+    def watched(self) -> dict[str, TypedKV[Any]]:
+        """The buckets the engine watches, by name."""
+        return {
+            subjects.BUCKET_PEERS: self.peers,
+            subjects.BUCKET_USERS: self.users,
+            subjects.BUCKET_GROUPS: self.groups,
+            subjects.BUCKET_POLICIES: self.policies,
+            subjects.BUCKET_SETUP_KEYS: self.setup_keys,
+            subjects.BUCKET_JWKS: self.jwks,
+        }
+
+    async def mutate(
+        self,
+        kv: TypedKV[T],
+        key: str,
+        change: Callable[[T | None], T | None],
+        *,
+        wait: bool = True,
+    ) -> T | None:
+        """Replace the value of ``key`` by ``change(current)`` with compare-and-set.
+
+        Args:
+            kv: one of this store's typed buckets.
+            key: the record's key.
+            change: computes the new value from the current one (None: absent); returns None
+                to delete; raises a :class:`MeshError` to refuse. It may run several times.
+            wait: wait until this replica's state has applied the write.
+
+        Returns:
+            The value written (None when deleted or when nothing was there to delete).
+
+        Raises:
+            Conflict: still conflicting after many attempts.
+            Unavailable: KV did not answer.
+        """
+        for _ in range(_ATTEMPTS):
+            entry = await self._get(kv, key)
+            current = entry.value if entry is not None else None
+            new = change(current)
+            if new is None and entry is None:
+                return None
+            try:
+                if new is None:
+                    assert entry is not None
+                    await self.delete_at(kv, key, entry.revision)
+                    revision = 0
+                elif entry is None:
+                    revision = await kv.create(key, new)
+                else:
+                    revision = await kv.update(key, new, last=entry.revision)
+            except Conflict:
+                continue
+            if wait:
+                await self._wait(kv, key, revision)
+            return new
+        raise Conflict(f"{key}: too many concurrent writers; try again")
+
+    async def _get(self, kv: TypedKV[T], key: str) -> Any:
+        try:
+            return await kv.get(key)
+        except (nats.errors.Error, TimeoutError) as e:
+            raise Unavailable(f"JetStream did not answer reading {key}") from e
+
+    @staticmethod
+    async def delete_at(kv: TypedKV[Any], key: str, last: int) -> None:
+        """Delete ``key`` only if still at revision ``last``.
+
+        Raises:
+            Conflict: it moved on.
+        """
+        try:
+            await kv.kv.delete(key, last=last)
+        except nats.js.errors.APIError as e:
+            if e.err_code in _WRONG_LAST:
+                raise Conflict(f"{key} changed since revision {last}") from e
+            raise
+
+    async def _wait(self, kv: TypedKV[Any], key: str, revision: int) -> None:
+        bucket = self.bucket_of.get(id(kv))
+        if bucket is None:
+            return
+        if revision:
+            await self.state.wait_applied(bucket, revision)
+            return
+        await self.state.wait_for(lambda: not self.state.holds(bucket, key))
+
+
+def bad_value_reporter(counter: Counter, log: BoundLogger) -> BadValueReporter:
+    """Count (``bucket`` label) and log stored values that do not decode; they are skipped."""
+
+    def for_bucket(bucket: str) -> Callable[[str, WireError], None]:
+        def report(key: str, error: WireError) -> None:
+            counter.labels(bucket=bucket).inc()
+            log.error(
+                "ignored undecodable stored value",
+                extra={"bucket": bucket, "key": key, "error": str(error)},
+            )
+
+        return report
+
+    return for_bucket
+
+
+async def open_store(
+    js: JetStreamContext,
+    state: State,
+    on_bad_value: BadValueReporter | None = None,
+) -> Store:
+    """Open (creating with file storage if needed) every bucket policy uses."""
+    names = (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS)
+    raw = {name: await open_bucket(js, name) for name in names}
+    return Store(raw, state, on_bad_value)
