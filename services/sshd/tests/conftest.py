@@ -15,11 +15,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,7 +42,8 @@ from meshssh_common.wire import (
 )
 from meshssh_sshd.server import SshServer
 from meshssh_sshd.settings import SshdSettings
-from meshssh_testkit import OpenSSH, RunResult
+from meshssh_testkit import OpenSSH, RunResult, ServiceProcess, script
+from meshssh_testkit.plugin import ServiceFactory
 
 ISSUER = "https://idp.test"
 AUDIENCE = "meshssh"
@@ -361,10 +363,23 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture
+def new_issuer() -> Any:
+    """``new_issuer(kid=...)`` → another signing key (a rotated or foreign provider key)."""
+    return Issuer
+
+
+@pytest.fixture
 async def mesh(nc: NATS, issuer: Issuer) -> Mesh:
+    """The mesh state with the test issuer's keys in ``meshssh-jwks``."""
     m = Mesh(nc, issuer)
     await m.publish_jwks()
     return m
+
+
+@pytest.fixture
+def bare_mesh(nc: NATS, issuer: Issuer) -> Mesh:
+    """The mesh state without keys (authn publishes its own)."""
+    return Mesh(nc, issuer)
 
 
 @pytest.fixture
@@ -382,23 +397,104 @@ def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-@pytest.fixture(scope="session")
-def local_user() -> Iterable[str]:
-    """A throwaway local account the tests log in as (created as root, removed after).
-
-    Not root: the service cannot switch users, so the tests log in as the current account.
-    """
+def _throwaway_user() -> Iterator[str]:
     import subprocess
 
-    if os.geteuid() != 0:
-        yield current_user()
-        return
     name = f"msh{uuid.uuid4().hex[:8]}"
     subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, timeout=30)
     try:
         yield name
     finally:
         subprocess.run(["userdel", "-r", name], check=False, timeout=30, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def local_user() -> Iterator[str]:
+    """A throwaway local account the tests log in as (created as root, removed after).
+
+    Not root: the service cannot switch users, so the tests log in as the current account.
+    """
+    if os.geteuid() != 0:
+        yield current_user()
+        return
+    yield from _throwaway_user()
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[str]:
+    """A second throwaway account ("bob" next to "alice"); any valid name when not root."""
+    if os.geteuid() != 0:
+        yield "nobody"
+        return
+    yield from _throwaway_user()
+
+
+AUTHN_PASSWORD = "alice-password-1"
+
+
+@dataclass
+class Authn:
+    """A real meshssh-authn with its embedded provider, and what it published."""
+
+    process: ServiceProcess
+    snapshot: JwksSnapshot
+
+    @property
+    def issuer(self) -> str:
+        assert self.snapshot.client is not None
+        return self.snapshot.client.issuer
+
+    async def approve(self, user_code: str, username: str = "alice") -> int:
+        """Log in on the provider's device page, as the user's browser would."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.post(
+                f"{self.issuer}/device",
+                data={"user_code": user_code, "username": username, "password": AUTHN_PASSWORD},
+            )
+        return reply.status_code
+
+
+@pytest.fixture
+async def authn(tmp_path: Path, nats_url: str, nc: NATS, services: ServiceFactory) -> Authn:
+    import subprocess
+
+    users = tmp_path / "users.json"
+    added = await asyncio.to_thread(
+        subprocess.run,
+        [
+            script("meshssh-authn"),
+            "users",
+            "add",
+            "alice",
+            "--email",
+            "alice@example.com",
+            "--password-stdin",
+            "--users-file",
+            str(users),
+        ],
+        input=AUTHN_PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    proc = await services.start(
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--device-poll-interval",
+        "1",
+    )
+    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    async with asyncio.timeout(15):
+        while (entry := await kv.get(subjects.JWKS_KEY)) is None or entry.value.client is None:
+            await asyncio.sleep(0.05)
+    return Authn(proc, entry.value)
 
 
 @pytest.fixture
