@@ -190,7 +190,7 @@ async def test_remote_forwarding_on_a_fixed_port_listens_on_loopback_only(
         await wait_listening(port)
         assert await exchange(port, b"abc") == b"cba"
         # 0.0.0.0 was asked for; only loopback is bound (like OpenSSH's GatewayPorts no).
-        table = Path("/proc/net/tcp").read_text().splitlines()
+        table = (await asyncio.to_thread(Path("/proc/net/tcp").read_text)).splitlines()
         listening = [line for line in table if f":{port:04X} " in line and line.split()[3] == "0A"]
         assert listening
         assert all(line.split()[1].startswith("0100007F") for line in listening)
