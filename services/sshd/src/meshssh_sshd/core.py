@@ -26,6 +26,7 @@ from meshssh_sshd.browser_check import BrowserCheck
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
 from meshssh_sshd.netmap_watch import NetmapWatch
+from meshssh_sshd.process_launch import ChildProcess
 from meshssh_sshd.rate_limit import FailureLimiter
 from meshssh_sshd.sessions import LiveRegistry
 from meshssh_sshd.settings import SshdSettings
@@ -86,6 +87,7 @@ class SshdCore:
     tasks: TaskSet
     sftp_server: str | None
     open_sessions: int = 0  # session channels open now (the max-sessions limit)
+    children: set[ChildProcess] = field(default_factory=set)  # running session processes
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
     startups: int = 0  # connections past the gate, not yet authenticated (max-startups)
     draining: bool = False  # set at shutdown: no new connections or sessions

@@ -305,19 +305,21 @@ class ChildProcess:
 
     async def terminate(self, grace: float) -> None:
         """Stop a child whose client went away: hang up / SIGTERM, then SIGKILL after grace."""
-        if not self.exited.is_set():
-            first = signal.SIGHUP if self.pty is not None else signal.SIGTERM
-            self.send_signal(first)
-            self.send_signal(signal.SIGCONT)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self.exited.wait()
+        try:
+            if not self.exited.is_set():
+                first = signal.SIGHUP if self.pty is not None else signal.SIGTERM
+                self.send_signal(first)
+                self.send_signal(signal.SIGCONT)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self.exited.wait()
             if not self.exited.is_set():
                 self.send_signal(signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(grace):
                         await self.exited.wait()
-        self.close()
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Release the transports (the child is not signalled)."""

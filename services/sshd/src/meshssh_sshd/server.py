@@ -194,25 +194,37 @@ class SshServer:
         self.ctx.ready.set()
 
     async def _serve_connection(self, sock: socket.socket, origin: Origin) -> None:
-        """Run SSH on an accepted socket; returns once authenticated (or failed)."""
+        """Start SSH on an accepted socket; the connection then lives on its own.
+
+        The equivalent of ``asyncssh.run_server`` without its per-connection thread hop (it
+        builds options in an executor) and without waiting for the login: the
+        :class:`PeerServer` owns everything after this. A connection that never gets that
+        far gives its start-up slot back here.
+        """
         core = self.core
         assert core is not None
+        loop = asyncio.get_running_loop()
         conn_id = uuid.uuid4().hex[:10]
+        created: list[PeerServer] = []
+
+        def make_server() -> PeerServer:
+            created.append(PeerServer(core, origin, conn_id))
+            return created[0]
+
+        options = asyncssh.SSHServerConnectionOptions(self._options, server_factory=make_server)
         try:
-            await asyncssh.run_server(
-                sock,
-                options=self._options,
-                server_factory=lambda: PeerServer(core, origin, conn_id),
+            await loop.connect_accepted_socket(
+                lambda: asyncssh.SSHServerConnection(loop, options), sock
             )
-        except (asyncssh.Error, OSError, TimeoutError, asyncio.IncompleteReadError) as e:
-            core.log.debug(
-                "connection ended before login",
+        except Exception as e:  # the client left, or the socket is unusable
+            core.log.info(
+                "connection failed before SSH started",
                 extra={"conn": conn_id, "client": origin.label, "error": repr(e)},
             )
-        except Exception:
-            core.log.exception("connection failed", extra={"conn": conn_id})
             with contextlib.suppress(OSError):
                 sock.close()
+            if not created:
+                core.startups -= 1
 
     async def _drain(self, core: SshdCore, gate: Gate, reporter: SessionsReporter) -> None:
         settings = self.settings
@@ -228,6 +240,11 @@ class SshServer:
         for record in list(core.live.connections.values()):
             record.closer.shutdown()
         await _wait(core.idle, 2 * settings.kill_grace + 0.5)
+        # Dropped sessions are being hung up / SIGTERMed / SIGKILLed: let that finish.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * settings.kill_grace + 0.5):
+                for child in list(core.children):
+                    await child.exited.wait()
         await reporter.publish()
         await core.audit.flush(1.0)
         core.log.info("drained", extra={"sessions_left": core.open_sessions})

@@ -267,6 +267,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             self._finish(1)
             return
         self._begin(info)
+        self._core.children.add(self._child)
         try:
             for chunk in self._pending:
                 self._child.write(chunk)
@@ -277,6 +278,10 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             self._child.close()
             self._finish(status)
         finally:
+            self._core.children.discard(self._child)
+            if not self._child.exited.is_set():  # cancelled at shutdown: do not leave it running
+                self._child.send_signal(signal.SIGKILL)
+            self._child.close()
             self._end(info)
 
     def _fields(self, summary: str) -> dict[str, Any]:
