@@ -228,3 +228,19 @@ async def test_garbage_truncated_handshakes_and_200_half_open_connections_leave_
             sock.close()
     again = await client_for(sshd).ssh("true", token=issuer.mint("alice-id"), user=local_user)
     assert again.returncode == 0
+
+
+async def test_a_client_that_does_not_log_in_in_time_is_dropped(
+    mesh: Mesh, sshd_factory: SshdFactory
+) -> None:
+    await mesh.publish_map()
+    sshd = await sshd_factory.start(login_timeout=0.5)
+    sock = await connect(sshd, "127.0.0.3")
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, b"SSH-2.0-OpenSSH_9.2\r\n")
+        data = await read_all(sock, timeout=10)  # ends when the server gives up on us
+        assert data.startswith(b"SSH-2.0-MeshSSH-")
+    finally:
+        sock.close()
+    assert sshd.server.core is not None
+    assert sshd.server.core.startups == 0

@@ -26,7 +26,7 @@ from meshssh_sshd.refusal import Refused
 
 __all__ = ["Account", "Accounts", "validate_user_name"]
 
-_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
+_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
 _ROOT_PUBLIC = (
     "Permission denied: login as root is disabled on this peer; "
     "start the peer with --enable-ssh-root to allow it"
@@ -53,7 +53,7 @@ def validate_user_name(name: str) -> None:
     Raises:
         Refused: label ``bad_user``.
     """
-    if not _NAME.match(name) or set(name) == {"."}:
+    if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise Refused(
             "bad_user",
             f"invalid local user name {name[:40]!r}",
