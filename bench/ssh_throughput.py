@@ -268,18 +268,22 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} (min {min(values):.1f}, max {max(values):.1f})"
 
 
+def write_client_files(setup: Setup) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    setup.client_key.write_bytes(key.export_private_key())
+    setup.client_key.chmod(0o600)
+    Path(f"{setup.client_key}.pub").write_bytes(key.export_public_key())
+    setup.askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$BENCH_TOKEN"\n')
+    setup.askpass.chmod(0o755)
+
+
 async def main() -> None:
     if os.geteuid() != 0:
         sys.exit("run as root: both servers log in as root, and sshd needs /run/sshd")
     with tempfile.TemporaryDirectory(prefix="ssh-bench-") as tmp_name:
         tmp = Path(tmp_name)
         setup = Setup(tmp)
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        setup.client_key.write_bytes(key.export_private_key())
-        setup.client_key.chmod(0o600)
-        Path(f"{setup.client_key}.pub").write_bytes(key.export_public_key())
-        setup.askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$BENCH_TOKEN"\n')
-        setup.askpass.chmod(0o755)
+        write_client_files(setup)
         natsd = await NatsServer.start(tmp / "nats")
         try:
             await publish_state(natsd.url, setup)
@@ -304,11 +308,13 @@ async def run(setup: Setup) -> dict[str, Any]:
     feed = f"head -c {GIB} /dev/zero"
     for name, cipher in CIPHERS.items():
         opts = ("-c", cipher)
+
+        def run_one(target: str, opts: tuple[str, ...] = opts) -> float:
+            return timed(setup.ssh_argv(target, *opts, command="cat > /dev/null"), env(), feed)
+
         mine, ref = await asyncio.to_thread(
-            alternate, ROUNDS,
-            lambda: timed(setup.ssh_argv("meshssh", *opts, command="cat > /dev/null"), env(), feed),
-            lambda: timed(setup.ssh_argv("openssh", *opts, command="cat > /dev/null"), env(), feed),
-        )  # fmt: skip
+            alternate, ROUNDS, lambda: run_one("meshssh"), lambda: run_one("openssh")
+        )
         mine_mbs = [GIB / t / 1e6 for t in mine]
         ref_mbs = [GIB / t / 1e6 for t in ref]
         ratios = [a / b for a, b in zip(mine_mbs, ref_mbs, strict=True)]
