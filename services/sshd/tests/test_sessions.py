@@ -233,3 +233,25 @@ async def test_a_pty_login_shell_has_a_controlling_terminal_owned_by_the_user(
     assert f"\n{local_user}" in out.replace("\r", "")
     assert "pts/" in out
     assert completed.exit_status == 5
+
+
+async def test_terminal_modes_from_the_pty_request_are_applied(
+    server: Sshd, issuer: Issuer, local_user: str
+) -> None:
+    async with asyncssh.connect(
+        server.host,
+        server.port,
+        username=local_user,
+        password=issuer.mint("alice-id"),
+        known_hosts=None,
+        preferred_auth="password",
+        local_addr=("127.0.0.3", 0),
+    ) as conn:
+        # VERASE = ^H (3: 8), ECHO off (53: 0), as a client whose terminal is set so would send.
+        result = await conn.run(
+            "stty -a", term_type="vt100", term_size=(100, 30), term_modes={3: 8, 53: 0}, check=False
+        )
+    out = str(result.stdout)
+    assert "erase = ^H" in out
+    assert "-echo " in out
+    assert "rows 30; columns 100" in out

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meshssh_sshd.accounts import Account
+from meshssh_sshd.terminal_modes import apply_modes
 
 __all__ = ["ChildProcess", "LaunchSpec", "ProcessSink", "PtySpec", "exit_signal_name"]
 
@@ -62,6 +63,7 @@ class PtySpec:
     rows: int
     xpixels: int = 0
     ypixels: int = 0
+    modes: Mapping[int, int] = field(default_factory=dict)  # RFC 4254 §8 opcode → value
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class ChildProcess:
         master, slave = os.openpty()
         try:
             _set_winsize(slave, spec.pty)
+            apply_modes(slave, spec.pty.modes)
             kwargs["env"]["SSH_TTY"] = os.ttyname(slave)
             if acct.switch:
                 os.fchown(slave, acct.uid, _tty_gid())

@@ -23,6 +23,7 @@ import shlex
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -90,18 +91,18 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._core.session_opened()
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: object
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
     ) -> bool:
         """Keep the terminal type and size for the process to come."""
         cols, rows, xpix, ypix = term_size
-        self._pty = PtySpec(term_type or "xterm-256color", cols, rows, xpix, ypix)
+        self._pty = PtySpec(term_type or "xterm-256color", cols, rows, xpix, ypix, dict(term_modes))
         return True
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         """A window change: resize the PTY (the program gets SIGWINCH)."""
         if self._pty is None:
             return
-        self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight)
+        self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
         if self._child is not None:
             self._child.resize(self._pty)
 
