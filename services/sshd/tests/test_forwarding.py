@@ -172,6 +172,14 @@ async def test_remote_forwarding_on_port_0_reports_the_port_and_carries_data(
         assert await exchange(remote_port, b"twice") == b"eciwt"
     finally:
         await stop(proc)
+    async with asyncio.timeout(5):  # the listener goes away with the connection
+        while True:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", remote_port)
+            except OSError:
+                break
+            w.close()
+            await asyncio.sleep(0.05)
 
 
 async def test_remote_forwarding_on_a_fixed_port_listens_on_loopback_only(

@@ -114,9 +114,13 @@ class Gate:
     async def _admit(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         core = self._core
         settings = core.settings
-        with contextlib.suppress(OSError):
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        local = sock.getsockname()
+            local = sock.getsockname()
+        except OSError:  # reset before we looked at it
+            sock.close()
+            core.metrics.connections.labels(outcome="reset").inc()
+            return
         tcp_ip = _normal(str(peer[0]))
         origin = Origin(
             tcp_ip, int(peer[1]), _normal(str(local[0])), int(local[1]), settings.acl_port
