@@ -28,8 +28,8 @@ async def server(mesh: Mesh, sshd_factory: SshdFactory, local_user: str) -> Sshd
     return await sshd_factory.start()
 
 
-async def test_exit_status_of_a_command_reaches_the_client(
-    server: Sshd, client_for: Any, issuer: Issuer, local_user: str
+async def test_exit_status_of_a_command_reaches_the_client_and_the_session_is_audited(
+    server: Sshd, client_for: Any, issuer: Issuer, local_user: str, mesh: Mesh
 ) -> None:
     client = client_for(server)
     result = await client.ssh(
@@ -38,6 +38,12 @@ async def test_exit_status_of_a_command_reaches_the_client(
     assert result.returncode == 7, result.err
     assert result.out == "out\n"
     assert "err\n" in result.err
+    start = await mesh.wait_audit(lambda e: e.kind == "session-start")
+    end = await mesh.wait_audit(lambda e: e.kind == "session-end")
+    assert (start.local_user, start.jwt_user, start.command) == (local_user, "alice-id", "echo +6")
+    assert start.source_addr.startswith("127.0.0.3:")
+    assert (end.session_id, end.result, end.bytes_out) == (start.session_id, "7", 8)
+    assert end.duration > 0
 
 
 async def test_stdin_reaches_the_command_and_large_output_arrives_intact(
