@@ -16,9 +16,12 @@ lock:      ## Re-resolve dependencies; rewrite requirements.lock and the per-ima
 	uv export --format requirements-txt --all-groups --no-emit-workspace --no-header -o requirements.lock
 	for m in $(SERVICES) cli; do uv export --format requirements-txt --package meshssh-$$m --no-dev \
 	  --no-emit-workspace --no-header -q -o deploy/docker/requirements/$$m.lock; done
+	uv export --format requirements-txt --package meshssh-cli --package meshssh-sshd \
+	  --package meshssh-relay --no-dev --no-emit-workspace --no-header -q \
+	  -o deploy/docker/requirements/peer.lock
 
 images:    ## One image per service, built from the root (needs a Docker engine)
-	for m in $(SERVICES) cli; do docker build -f deploy/docker/$$m.Dockerfile -t meshssh-$$m .; done
+	for m in $(SERVICES) cli peer; do docker build -f deploy/docker/$$m.Dockerfile -t meshssh-$$m .; done
 
 run: sync  ## Start the whole system locally on embedded defaults (Ctrl-C stops it)
 	$(PY) scripts/run_local.py

@@ -30,8 +30,13 @@ async def main() -> int:
     nats = await NatsServer.start(RUN / "nats")
     procs: list[ServiceProcess] = []
     try:
+        # A relay serves one peer; until the demo peers' agents start their own, this one
+        # stands for a peer "standalone" (it refuses every connection: that peer has no map).
+        extra = {"meshssh-relay": ["--peer-id", "standalone", "--listen", "127.0.0.1:0"]}
         for name in SERVICES:
-            proc = await ServiceProcess.start(name, "--nats-url", nats.url, "--log-format", "json")
+            proc = await ServiceProcess.start(
+                name, "--nats-url", nats.url, "--log-format", "json", *extra.get(name, [])
+            )
             procs.append(proc)
         for proc in procs:
             await proc.wait_ready(timeout=30)

@@ -125,3 +125,29 @@ def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev() -> 
 def test_prod_does_not_ship_generated_secrets() -> None:
     assert "meshssh-secrets" not in by_kind(build("prod"), "Secret")
     assert "meshssh-secrets" in by_kind(build("dev"), "Secret")
+
+
+def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = overlay
+    pod = by_kind(docs, "DaemonSet")["meshssh-peer"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    (agent,) = pod["containers"]
+    sc = agent["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert set(sc["capabilities"]["add"]) <= {
+        "SETUID",
+        "SETGID",
+        "CHOWN",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "KILL",
+        "NET_BIND_SERVICE",
+        "NET_ADMIN",
+    }
+    assert sc["allowPrivilegeEscalation"] is False
+    assert "privileged" not in sc
+    assert "--allow-server-ssh" in agent["args"]
+    ports = {p["name"] for p in agent["ports"]}
+    assert {"sshd-ops", "relay-ops"} <= ports  # what the PodMonitor scrapes

@@ -15,9 +15,13 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
     nats_url: str, services: ServiceFactory, tmp_path: Path
 ) -> None:
     need_tool(prometheus_available(), "prometheus (Debian package)")
-    listen = {s: ["--listen", "127.0.0.1:0"] for s in ("policy", "authn")}
-    listen["sshd"] = ["--listen", "127.0.0.1:0", "--peer-id", "prom",
-                      "--host-key", str(tmp_path / "ssh_host_ed25519_key")]  # fmt: skip
+    listen = {
+        "policy": ["--listen", "127.0.0.1:0"],
+        "authn": ["--listen", "127.0.0.1:0"],
+        "relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
+        "sshd": ["--peer-id", "p1", "--listen", "127.0.0.1:0",
+                 "--host-key", str(tmp_path / "ssh_host_ed25519_key")],
+    }  # fmt: skip
     procs = {
         s: await services.start(f"meshssh-{s}", "--nats-url", nats_url, *listen.get(s, []))
         for s in SERVICES

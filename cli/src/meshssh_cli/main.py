@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from meshssh_cli import login
+from meshssh_cli import down, login, status, up
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    login.register(sub)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (up, down, status, login):
+        module.register(subparsers)
     return parser
 
 
@@ -33,10 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    run = getattr(args, "run", None)  # each subcommand's register() sets its runner
-    if run is not None:
-        return int(run(args))
-    return 0
+    return int(args.run(args))  # each subcommand's register() sets its runner
 
 
 if __name__ == "__main__":

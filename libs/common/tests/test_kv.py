@@ -107,3 +107,40 @@ async def test_state_survives_a_nats_server_restart(nats_server: NatsServer) -> 
         assert entry.value.serial == 7
     finally:
         await nc.close()
+
+
+async def test_follow_resumes_quickly_after_nats_restarts(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        kv = TypedKV(await open_bucket(nc.jetstream(), "t-follow"), wire.MetaReply)
+        await kv.put("peer.a", wire.MetaReply(serial=1))
+        seen: list[int] = []
+        got = asyncio.Event()
+
+        async def follow() -> None:
+            async for ev in kv.follow("peer.a", nc):
+                if ev.value is not None:
+                    seen.append(ev.value.serial)
+                    if ev.value.serial == 2:
+                        got.set()
+
+        task = asyncio.create_task(follow())
+        try:
+            async with asyncio.timeout(5):
+                while not seen:
+                    await asyncio.sleep(0.05)
+            await nats_server.restart()
+            async with asyncio.timeout(10):
+                while not nc.is_connected:
+                    await asyncio.sleep(0.05)
+            kv2 = TypedKV(await open_bucket(nc.jetstream(), "t-follow"), wire.MetaReply)
+            await kv2.put("peer.a", wire.MetaReply(serial=2))
+            async with asyncio.timeout(5):  # well under the ~15 s a plain watch can stay silent
+                await got.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert seen[0] == 1
+        assert seen[-1] == 2
+    finally:
+        await nc.close()

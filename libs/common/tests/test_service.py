@@ -20,9 +20,11 @@ SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
 
 
 def required_args(name: str, tmp_path: Path) -> list[str]:
-    """Settings a service needs here (a free port; sshd: its peer id, address and host key)."""
+    """Settings a service needs here: a free port; relay and sshd: a peer id (sshd: a host key)."""
     if name in ("meshssh-policy", "meshssh-authn"):
         return ["--listen", "127.0.0.1:0"]
+    if name == "meshssh-relay":
+        return ["--peer-id", "p1", "--listen", "127.0.0.1:0"]
     if name == "meshssh-sshd":
         return ["--peer-id", "t1", "--listen", "127.0.0.1:0",
                 "--host-key", str(tmp_path / "ssh_host_ed25519_key")]  # fmt: skip
@@ -60,7 +62,9 @@ async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
 async def test_readyz_follows_nats_without_the_service_restarting(
     nats_server: NatsServer, services: ServiceFactory
 ) -> None:
-    proc = await services.start("meshssh-relay", "--nats-url", nats_server.url)
+    proc = await services.start(
+        "meshssh-relay", "--nats-url", nats_server.url, "--peer-id", "p1", "--listen", "127.0.0.1:0"
+    )
     pid = proc.proc.pid
     assert await readyz(proc.ops_url) == 200
     await nats_server.stop()

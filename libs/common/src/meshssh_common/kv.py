@@ -17,12 +17,14 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
@@ -201,5 +203,46 @@ class TypedKV(Generic[T]):
                     continue
                 yield KvEvent(entry.key, value, int(entry.revision or 0))
         finally:
-            # Shield the unsubscribe so a cancelled watcher still releases its consumer.
-            await asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+            # Shield the unsubscribe so a cancelled watcher still releases its consumer, and
+            # bound it: during an outage the server may never answer.
+            with contextlib.suppress(Exception):
+                stop = asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(stop, 2)
+
+    async def follow(
+        self, keys: str, nc: NATS, *, check_every: float = 0.5
+    ) -> AsyncIterator[KvEvent[T]]:
+        """Like :meth:`watch`, forever, restarting the watch after every NATS reconnect.
+
+        After nats-server restarts, a JetStream watch can stay silent for ~15 s until its
+        ordered consumer notices. This restarts it as soon as the client has reconnected (and
+        after a failed watch, e.g. during an outage), so the current values and an
+        ``initial_done`` marker are yielded again: consumers must treat events idempotently
+        (maps: apply only a higher serial).
+        """
+        while True:
+            seen = int(nc.stats["reconnects"])
+            events: asyncio.Queue[KvEvent[T]] = asyncio.Queue()
+            pump = asyncio.create_task(self._pump(keys, events))
+            try:
+                while int(nc.stats["reconnects"]) == seen:
+                    if pump.done() and events.empty():
+                        await asyncio.sleep(check_every)  # the watch failed: retry shortly
+                        break
+                    try:
+                        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                        # cancellation that races with a completed get().
+                        async with asyncio.timeout(check_every):
+                            event = await events.get()
+                    except TimeoutError:
+                        continue
+                    yield event
+            finally:
+                pump.cancel()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        await asyncio.gather(pump, return_exceptions=True)
+
+    async def _pump(self, keys: str, events: asyncio.Queue[KvEvent[T]]) -> None:
+        async for ev in self.watch(keys):
+            await events.put(ev)

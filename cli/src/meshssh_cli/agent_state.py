@@ -1,0 +1,141 @@
+"""The agent's files in its state dir: the directory itself, the peer credential, the lock.
+
+Modes: the state dir is 0711 (other local users may reach the socket inside but cannot list the
+dir), the credential and the host key are 0600, the socket is 0666 (every local user may talk to
+the agent; the agent checks each caller's uid itself).
+
+The lock file is held with ``flock`` for the agent's whole life and records its pid: a second
+agent on the same state dir is refused, and the kernel drops the lock when the agent exits, so
+``meshssh down`` knows when it is gone (even before a zombie is reaped).
+
+Example::
+
+    lock = AgentLock.acquire(config.lock_path)   # raises AlreadyRunning(pid)
+    cred = load_credential(config.credential_path)
+    save_credential(config.credential_path, PeerCredential("p-1a2b", "secret"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+import msgspec
+
+from meshssh_common.errors import ConfigError, MeshError
+
+__all__ = [
+    "AgentLock",
+    "AlreadyRunning",
+    "PeerCredential",
+    "load_credential",
+    "lock_holder",
+    "prepare_state_dir",
+    "save_credential",
+]
+
+
+class PeerCredential(msgspec.Struct, frozen=True, kw_only=True):
+    """The peer id and the secret that re-registers it without a setup key."""
+
+    peer_id: str
+    credential: str
+    management_url: str = ""
+
+
+class AlreadyRunning(MeshError):
+    """Another agent holds this state dir."""
+
+    code = "conflict"
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"an agent is already running for {state_dir} ({who})")
+        self.pid = pid
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state dir (0711) if needed.
+
+    Raises:
+        ConfigError: it cannot be created, or it is writable by others.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    except OSError as e:
+        raise ConfigError("--state-dir", f"cannot create {path}: {e.strerror}") from e
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o022:
+        raise ConfigError("--state-dir", f"{path} is writable by others (mode {mode:o})")
+
+
+def load_credential(path: Path) -> PeerCredential | None:
+    """The stored credential, or None when the peer never registered (or the file is bad)."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=PeerCredential)
+    except FileNotFoundError:
+        return None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def save_credential(path: Path, cred: PeerCredential) -> None:
+    """Write the credential atomically with mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(cred))
+    os.replace(tmp, path)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the agent holding ``path``, or None when no agent holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class AgentLock:
+    """The running agent's exclusive lock on its state dir."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, path: Path) -> AgentLock:
+        """Take the lock and write our pid into it.
+
+        Raises:
+            AlreadyRunning: another agent holds it.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise AlreadyRunning(path.parent, int(text) if text.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd, path)
+
+    def release(self) -> None:
+        """Give the lock up (the kernel also does when the process exits)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)

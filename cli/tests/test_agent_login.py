@@ -1,0 +1,88 @@
+"""The agent hosts the token cache: callers of one uid share one device flow (against a real
+meshssh-authn provider), a caller that hangs up leaves it, and the token is cached for the
+uid afterwards. The management plane's ``/api/v1/auth/config`` is the ``config_server``
+stand-in of this directory's conftest until meshssh-policy serves it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from meshssh_cli.agent_client import AgentClient
+from meshssh_cli.agent_protocol import PromptReply
+from meshssh_cli.token_cache import token_times
+from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.peer_agent import AgentProcess
+from meshssh_testkit.policy_standin import PolicyStandIn
+
+if TYPE_CHECKING:
+    from conftest import ConfigServer, Provider
+
+
+@pytest.fixture
+async def agent(
+    nc: NATS, nats_url: str, tmp_path: Path, config_server: ConfigServer
+) -> AsyncIterator[AgentProcess]:
+    policy = await PolicyStandIn.start(nc, netmap=make_map(1, ssh_enabled=False))
+    proc = await AgentProcess.start(
+        tmp_path / "state", "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
+        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        "--management-url", config_server.url, "--ssh-jwt-cache-ttl", "300",
+    )  # fmt: skip
+    try:
+        await proc.wait_status(lambda s: s["registered"])
+        yield proc
+    finally:
+        await proc.stop()
+        await policy.stop()
+
+
+async def login(state: Path, prompts: asyncio.Queue[PromptReply]) -> str:
+    async with AgentClient.connect(state) as client:
+        reply = await client.token_get(login=True, on_prompt=prompts.put_nowait, timeout=60)
+    return reply.token
+
+
+async def test_callers_share_one_device_flow_and_the_token_is_then_cached(
+    agent: AgentProcess, provider: Provider
+) -> None:
+    state = agent.state_dir
+    # A caller that hangs up leaves the flow; with nobody left, the flow stops.
+    first: asyncio.Queue[PromptReply] = asyncio.Queue()
+    quitter = asyncio.create_task(login(state, first))
+    async with asyncio.timeout(20):
+        abandoned = await first.get()
+    quitter.cancel()
+    await asyncio.gather(quitter, return_exceptions=True)
+    async with asyncio.timeout(10):
+        while "login abandoned by its caller" not in agent.output():
+            await asyncio.sleep(0.02)
+
+    # Two callers of the same uid now: one new flow, the same code for both.
+    queues: list[asyncio.Queue[PromptReply]] = [asyncio.Queue(), asyncio.Queue()]
+    callers = [asyncio.create_task(login(state, q)) for q in queues]
+    async with asyncio.timeout(20):
+        prompts = [await q.get() for q in queues]
+    assert prompts[0].code == prompts[1].code
+    assert prompts[0].code != abandoned.code
+    assert prompts[0].url == f"{provider.issuer}/device"
+
+    page = await provider.approve(prompts[0].code)
+    assert page.status_code == 200
+    async with asyncio.timeout(30):
+        tokens = await asyncio.gather(*callers)
+    assert tokens[0] == tokens[1]
+    iat, exp = token_times(tokens[0])
+    assert iat is not None
+    assert exp is not None
+
+    async with AgentClient.connect(state) as client:
+        cached = await client.token_get()  # no login: only what is cached
+    assert cached.cached
+    assert cached.token == tokens[0]
+    assert cached.expires_at <= exp
