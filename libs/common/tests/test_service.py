@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,18 @@ from meshssh_testkit import NatsServer, script
 from meshssh_testkit.plugin import ServiceFactory
 
 SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
+
+
+def required_args(name: str, tmp_path: Path) -> list[str]:
+    """Settings a service needs here: a free port; relay and sshd: a peer id (sshd: a host key)."""
+    if name in ("meshssh-policy", "meshssh-authn"):
+        return ["--listen", "127.0.0.1:0"]
+    if name == "meshssh-relay":
+        return ["--peer-id", "p1", "--listen", "127.0.0.1:0"]
+    if name == "meshssh-sshd":
+        return ["--peer-id", "t1", "--listen", "127.0.0.1:0",
+                "--host-key", str(tmp_path / "ssh_host_ed25519_key")]  # fmt: skip
+    return []
 
 
 async def readyz(url: str) -> int:
@@ -31,14 +44,9 @@ async def wait_status(url: str, status: int, timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
-    name: str, nats_url: str, services: ServiceFactory
+    name: str, nats_url: str, services: ServiceFactory, tmp_path: Path
 ) -> None:
-    extra = {
-        "meshssh-policy": ["--listen", "127.0.0.1:0"],
-        "meshssh-authn": ["--listen", "127.0.0.1:0"],
-        "meshssh-relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
-    }.get(name, [])
-    proc = await services.start(name, "--nats-url", nats_url, *extra)
+    proc = await services.start(name, "--nats-url", nats_url, *required_args(name, tmp_path))
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{proc.ops_url}/healthz")).status_code == 200
         metrics = await client.get(f"{proc.ops_url}/metrics")
@@ -74,15 +82,14 @@ async def test_readyz_follows_nats_without_the_service_restarting(
 
 
 async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
-    tmp_path: object, services: ServiceFactory
+    tmp_path: Path, services: ServiceFactory
 ) -> None:
-    from pathlib import Path
-
-    server = await NatsServer.start(Path(str(tmp_path)) / "js")
+    server = await NatsServer.start(tmp_path / "js")
     url = server.url
     await server.stop()
     try:
-        proc = await services.start("meshssh-sshd", "--nats-url", url, ready=False)
+        args = required_args("meshssh-sshd", tmp_path)
+        proc = await services.start("meshssh-sshd", "--nats-url", url, *args, ready=False)
         await asyncio.sleep(0.5)
         assert proc.ops_url
         assert await readyz(proc.ops_url) == 503

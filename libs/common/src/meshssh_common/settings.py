@@ -136,7 +136,12 @@ def _strip_optional(annotation: Any) -> Any:
 def _add_argument(parser: argparse.ArgumentParser, cls: type[BaseSettings], name: str) -> None:
     field = cls.model_fields[name]
     annotation = _strip_optional(field.annotation)
-    default = "" if field.default_factory is not None else f" (default: {field.default})"
+    if field.is_required():
+        default = " (required)"
+    elif field.default_factory is not None:
+        default = ""
+    else:
+        default = f" (default: {field.default})"
     helptext = f"{field.description or name}{default} [env {env_name(cls, name)}]"
     origin = get_origin(annotation)
     if annotation is bool:

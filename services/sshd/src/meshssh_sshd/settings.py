@@ -1,11 +1,22 @@
-"""Settings of meshssh-sshd (flags and ``MESHSSH_SSHD_*`` env variables)."""
+"""Settings of meshssh-sshd (flags and ``MESHSSH_SSHD_*`` env variables).
+
+The feature flags mirror the local flags of ``meshssh up`` (SPEC §3); the agent passes them
+through. Every setting is also an env variable (``--enable-ssh-sftp`` is
+``MESHSSH_SSHD_ENABLE_SSH_SFTP=true``; repeatable ones take a JSON list, e.g.
+``MESHSSH_SSHD_TRUSTED_RELAY='["100.64.0.1"]'``).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from meshssh_common.errors import BadRequest
 from meshssh_common.settings import HostPort, ServiceSettings
+from meshssh_common.subjects import token
 
 __all__ = ["SshdSettings"]
 
@@ -20,3 +31,75 @@ class SshdSettings(ServiceSettings):
     ops_listen: HostPort = Field(
         "127.0.0.1:9103", description="HOST:PORT of /healthz, /readyz and /metrics"
     )
+    peer_id: str = Field(description="this peer's id: the key of its network map")
+    listen: HostPort = Field(
+        description="HOST:PORT the SSH server listens on: the mesh address and 22022"
+    )
+    host_key: Path = Field(
+        Path("/var/lib/meshssh/sshd/ssh_host_ed25519_key"),
+        description="the Ed25519 host key file (created with mode 0600 when missing)",
+    )
+    enable_ssh_local_port_forwarding: bool = Field(
+        False, description="accept direct-tcpip channels (ssh -L, -D)"
+    )
+    enable_ssh_remote_port_forwarding: bool = Field(
+        False, description="accept tcpip-forward requests (ssh -R)"
+    )
+    enable_ssh_sftp: bool = Field(False, description="serve the sftp subsystem (scp uses it)")
+    enable_ssh_root: bool = Field(False, description="allow login as root")
+    disable_ssh_auth: bool = Field(
+        False, description="no JWT: machine identity, access by network ACL only"
+    )
+    trusted_relay: tuple[str, ...] = Field(
+        (), description="source address of the relay; only it may send a PROXY v2 header"
+    )
+    acl_port: int = Field(
+        22022, ge=1, le=65535, description="port direct connections are checked against"
+    )
+    relay_acl_port: int = Field(
+        22, ge=1, le=65535, description="port relayed connections are checked against"
+    )
+    login_timeout: float = Field(
+        60.0, gt=0, description="seconds a client has to authenticate before it is dropped"
+    )
+    proxy_header_timeout: float = Field(
+        5.0, gt=0, description="seconds the relay has to send its PROXY v2 header"
+    )
+    max_sessions: int = Field(
+        256, ge=1, description="most concurrent session channels (shells, commands, sftp)"
+    )
+    max_startups: int = Field(
+        1024, ge=1, description="most connections not yet authenticated at once"
+    )
+    auth_failure_limit: int = Field(
+        10, ge=1, description="auth failures one source may have per window before refusal"
+    )
+    auth_failure_window: float = Field(
+        60.0, gt=0, description="seconds over which auth failures are counted per source"
+    )
+    browser_check_wait: float = Field(
+        45.0, gt=0, description="seconds the browser check polls after the user presses Enter"
+    )
+    kill_grace: float = Field(
+        2.0, gt=0, description="seconds between SIGTERM and SIGKILL for a dropped session"
+    )
+    sftp_server: Path | None = Field(
+        None, description="the sftp-server binary (found in the usual places when unset)"
+    )
+    sessions_report_interval: float = Field(
+        5.0, gt=0, description="seconds between live-session reports to the agent"
+    )
+
+    @field_validator("peer_id")
+    @classmethod
+    def _peer_id_is_a_token(cls, value: str) -> str:
+        try:
+            token(value)
+        except BadRequest as e:
+            raise ValueError(f"{value!r} is not a valid peer id") from e
+        return value
+
+    @field_validator("trusted_relay")
+    @classmethod
+    def _relays_are_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(ipaddress.ip_address(v.strip())) for v in value)

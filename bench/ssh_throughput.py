@@ -1,0 +1,367 @@
+"""How does meshssh-sshd compare with OpenSSH's sshd for bulk data, setup time and memory?
+
+Starts, on loopback: a nats-server with JetStream, ``meshssh-sshd`` (JWT auth, a network map
+and signing keys in KV as the management plane and authn would publish them) and a real
+OpenSSH ``sshd`` from Debian's openssh-server with its own config, host key and port. Then:
+
+1. throughput: 1 GiB through ``ssh host 'cat > /dev/null'`` with aes128-gcm@openssh.com and
+   with chacha20-poly1305@openssh.com, A and B alternating, 3 rounds each;
+2. connection setup: ``ssh host true``, 30 runs each, alternating, both with the key exchange
+   ``curve25519-sha256`` (meshssh with the JWT as the password, OpenSSH with a public key);
+3. memory: the RSS of the meshssh-sshd process with 200 concurrent idle sessions (and, for
+   reference, the summed RSS of all OpenSSH sshd processes holding 200 sessions).
+
+Figures are ratios meshssh / OpenSSH (throughput: higher is better; setup: lower is better),
+medians with min and max. Both servers log in as a throwaway user the bench creates (and
+removes): a stock account, so that no heavy shell start-up file (root's ``.bashrc`` here
+runs ``pyenv init``, 100 ms, sourced because bash sees ``SSH_CLIENT``) hides the servers'
+own cost; meshssh switches to it as it does in production. Run as root:
+``.venv/bin/python bench/ssh_throughput.py`` (about 2 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import jwt
+import nats
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshssh_common import subjects
+from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.ssh_auth import build_table
+from meshssh_common.wire import FirewallRule, JwksSnapshot, JwtConfig, NetworkMap, PeerConfig
+from meshssh_testkit import NatsServer, script
+
+GIB = 1 << 30
+ROUNDS = 3
+SETUP_RUNS = 30
+IDLE_SESSIONS = 200
+CIPHERS = {"aes128": "aes128-gcm@openssh.com", "chacha20": "chacha20-poly1305@openssh.com"}
+MESH_IP, OPENSSH_IP, CLIENT_IP = "127.0.0.2", "127.0.0.6", "127.0.0.3"
+ISSUER, AUDIENCE, KID = "https://idp.bench", "meshssh", "bench-1"
+
+
+class Setup:
+    """Everything the bench started, and how to reach it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.user = f"bench{os.getpid()}"
+        self.signing = Ed25519PrivateKey.generate()
+        self.client_key = tmp / "id_ed25519"
+        self.known_hosts = tmp / "known_hosts"
+        self.askpass = tmp / "askpass.sh"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.meshssh_port = 0
+        self.meshssh_pid = 0
+        self.openssh_port = 0
+
+    def token(self) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "iat": now,
+                  "exp": now + 600}  # fmt: skip
+        return jwt.encode(claims, self.signing, algorithm="EdDSA", headers={"kid": KID})
+
+    def ssh_argv(self, target: str, *extra: str, command: str) -> list[str]:
+        """ssh to ``meshssh`` (JWT password) or ``openssh`` (public key), running ``command``."""
+        common = ["ssh", "-F", "none", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                  "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                  "-o", "Compression=no", "-o", f"BindAddress={CLIENT_IP}", *extra]  # fmt: skip
+        if target == "meshssh":
+            return [*common, "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+                    "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
+                    "-p", str(self.meshssh_port), f"{self.user}@{MESH_IP}", command]  # fmt: skip
+        return [*common, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-i", str(self.client_key), "-p", str(self.openssh_port),
+                f"{self.user}@{OPENSSH_IP}", command]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SSH_ASKPASS": str(self.askpass), "SSH_ASKPASS_REQUIRE": "force",
+                "DISPLAY": ":0", "BENCH_TOKEN": self.token()}  # fmt: skip
+
+
+async def publish_state(nats_url: str, setup: Setup) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
+        config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
+        keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
+        await keys.put(
+            subjects.JWKS_KEY,
+            JwksSnapshot(jwt=config, keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},)),
+        )
+        netmap = NetworkMap(
+            serial=1,
+            peer=PeerConfig(id="bench", name="bench", mesh_ip=MESH_IP, mesh_prefix="127.0.0.0/8",
+                            ssh_enabled=True, jwt=config),
+            firewall_rules=(FirewallRule(sources=("127.0.0.0/8",), protocol="tcp",
+                                         action="accept", policy_id="bench", port="22022"),),
+            ssh_auth=build_table("sub", [("bench-user", "*")]),
+        )  # fmt: skip
+        maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
+        await maps.put(subjects.netmap_key("bench"), netmap)
+    finally:
+        await nc.close()
+
+
+def start_meshssh(setup: Setup, nats_url: str) -> None:
+    log = (setup.tmp / "meshssh-sshd.log").open("wb")
+    proc = subprocess.Popen(
+        [script("meshssh-sshd"), "--nats-url", nats_url, "--peer-id", "bench",
+         "--listen", f"{MESH_IP}:0", "--host-key", str(setup.tmp / "meshssh_host_key"),
+         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    setup.procs.append(proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = (setup.tmp / "meshssh-sshd.log").read_text(errors="replace")
+        if m := re.search(rf"ssh listening.*address={re.escape(MESH_IP)}:(\d+)", text):
+            setup.meshssh_port, setup.meshssh_pid = int(m[1]), proc.pid
+            key = (setup.tmp / "meshssh_host_key").read_bytes()
+            public = asyncssh.import_private_key(key).export_public_key().decode().strip()
+            with setup.known_hosts.open("a") as f:
+                f.write(f"[{MESH_IP}]:{setup.meshssh_port} {public}\n")
+            return
+        if proc.poll() is not None:
+            sys.exit(f"meshssh-sshd exited early:\n{text}")
+        time.sleep(0.05)
+    sys.exit("meshssh-sshd did not start")
+
+
+def start_openssh(setup: Setup) -> None:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.access(sshd, os.X_OK):
+        sys.exit("OpenSSH sshd not found: install openssh-server (scripts/os-packages.txt)")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    host_key = setup.tmp / "openssh_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+                   check=True)  # fmt: skip
+    authorized = setup.tmp / "authorized_keys"
+    authorized.write_text(Path(f"{setup.client_key}.pub").read_text())
+    # sshd reads it as the user: the file and the directory must be readable by them.
+    authorized.chmod(0o644)
+    setup.tmp.chmod(0o755)
+    with contextlib.closing(socket.socket()) as s:
+        s.bind((OPENSSH_IP, 0))
+        setup.openssh_port = s.getsockname()[1]
+    config = setup.tmp / "sshd_config"
+    config.write_text(
+        f"Port {setup.openssh_port}\nListenAddress {OPENSSH_IP}\nHostKey {host_key}\n"
+        f"PidFile {setup.tmp / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin no\nPasswordAuthentication no\n"
+        "MaxSessions 1000\nMaxStartups 1000\nLogLevel ERROR\n"
+    )
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    setup.procs.append(proc)
+    public = Path(f"{host_key}.pub").read_text().split()[:2]
+    with setup.known_hosts.open("a") as f:
+        f.write(f"[{OPENSSH_IP}]:{setup.openssh_port} {' '.join(public)}\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            contextlib.closing(socket.create_connection((OPENSSH_IP, setup.openssh_port), 1)),
+        ):
+            return
+        time.sleep(0.05)
+    sys.exit("OpenSSH sshd did not start")
+
+
+def timed(argv: list[str], env: dict[str, str], stdin_cmd: str | None = None) -> float:
+    """Wall time of one ssh run (``stdin_cmd`` is piped in through the shell)."""
+    started = time.perf_counter()
+    if stdin_cmd is None:
+        result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=120)  # fmt: skip
+    else:
+        line = f"{stdin_cmd} | " + " ".join(_quote(a) for a in argv)
+        result = subprocess.run(["sh", "-c", line], env=env, capture_output=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{argv} failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def _quote(arg: str) -> str:
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def alternate(
+    runs: int, a: Callable[[], float], b: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i in range(runs):
+        if i % 2 == 0:
+            xs.append(a())
+            ys.append(b())
+        else:
+            ys.append(b())
+            xs.append(a())
+    return xs, ys
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def sshd_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-x", "sshd"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+async def hold_sessions(setup: Setup, target: str, measure: Callable[[], int]) -> int:
+    """Open IDLE_SESSIONS sessions (each running ``sleep``), return ``measure()`` meanwhile."""
+    conns: list[asyncssh.SSHClientConnection] = []
+    procs: list[Any] = []
+    try:
+        for _ in range(IDLE_SESSIONS):
+            if target == "meshssh":
+                conn = await asyncssh.connect(
+                    MESH_IP,
+                    setup.meshssh_port,
+                    username=setup.user,
+                    password=setup.token(),
+                    known_hosts=None,
+                    preferred_auth="password",
+                    local_addr=(CLIENT_IP, 0),
+                )
+            else:
+                conn = await asyncssh.connect(
+                    OPENSSH_IP,
+                    setup.openssh_port,
+                    username=setup.user,
+                    client_keys=[str(setup.client_key)],
+                    known_hosts=None,
+                    preferred_auth="publickey",
+                    local_addr=(CLIENT_IP, 0),
+                )
+            conns.append(conn)
+            procs.append(await conn.create_process("sleep 600"))
+        await asyncio.sleep(1.0)
+        return measure()
+    finally:
+        for conn in conns:
+            conn.close()
+        await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def write_client_files(setup: Setup) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    setup.client_key.write_bytes(key.export_private_key())
+    setup.client_key.chmod(0o600)
+    Path(f"{setup.client_key}.pub").write_bytes(key.export_public_key())
+    setup.askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$BENCH_TOKEN"\n')
+    setup.askpass.chmod(0o755)
+
+
+async def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("run as root: the bench creates a user, and sshd needs /run/sshd")
+    with tempfile.TemporaryDirectory(prefix="ssh-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        setup = Setup(tmp)
+        write_client_files(setup)
+        natsd = await NatsServer.start(tmp / "nats")
+        # "*": no password, but not locked (sshd without PAM refuses locked accounts).
+        await asyncio.to_thread(
+            subprocess.run, ["useradd", "-m", "-p", "*", "-s", "/bin/bash", setup.user], check=True
+        )
+        try:
+            await publish_state(natsd.url, setup)
+            start_meshssh(setup, natsd.url)
+            start_openssh(setup)
+            report = await run(setup)
+        finally:
+            for proc in setup.procs:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(15)
+                if proc.poll() is None:
+                    proc.kill()
+            await natsd.stop()
+            await asyncio.to_thread(
+                subprocess.run, ["userdel", "-r", setup.user], check=False, capture_output=True
+            )
+    print(json.dumps(report))
+
+
+async def run(setup: Setup) -> dict[str, Any]:
+    env = setup.env
+    out: dict[str, Any] = {"bench": "ssh_throughput"}
+    rows: list[str] = []
+    feed = f"head -c {GIB} /dev/zero"
+    for name, cipher in CIPHERS.items():
+        opts = ("-c", cipher)
+
+        def run_one(target: str, opts: tuple[str, ...] = opts) -> float:
+            return timed(setup.ssh_argv(target, *opts, command="cat > /dev/null"), env(), feed)
+
+        mine, ref = await asyncio.to_thread(
+            alternate, ROUNDS, lambda: run_one("meshssh"), lambda: run_one("openssh")
+        )
+        mine_mbs = [GIB / t / 1e6 for t in mine]
+        ref_mbs = [GIB / t / 1e6 for t in ref]
+        ratios = [a / b for a, b in zip(mine_mbs, ref_mbs, strict=True)]
+        out[f"throughput_ratio_{name}"] = round(statistics.median(ratios), 3)
+        out[f"meshssh_mb_per_s_{name}"] = round(statistics.median(mine_mbs), 1)
+        out[f"openssh_mb_per_s_{name}"] = round(statistics.median(ref_mbs), 1)
+        rows += [f"1 GiB {name:9} MB/s  meshssh {fmt(mine_mbs)}   openssh {fmt(ref_mbs)}",
+                 f"                ratio {fmt(ratios)}"]  # fmt: skip
+    kex = ("-o", "KexAlgorithms=curve25519-sha256")
+    mine, ref = await asyncio.to_thread(
+        alternate, SETUP_RUNS,
+        lambda: timed(setup.ssh_argv("meshssh", *kex, command="true"), env()) * 1000,
+        lambda: timed(setup.ssh_argv("openssh", *kex, command="true"), env()) * 1000,
+    )  # fmt: skip
+    out["setup_p50_ms"] = round(statistics.median(mine), 1)
+    out["openssh_setup_p50_ms"] = round(statistics.median(ref), 1)
+    out["setup_ratio_p50"] = round(statistics.median(mine) / statistics.median(ref), 3)
+    rows.append(f"ssh true ms (p50)   meshssh {fmt(mine)}   openssh {fmt(ref)}")
+    idle = rss_kib([setup.meshssh_pid])
+    with_sessions = await hold_sessions(setup, "meshssh", lambda: rss_kib([setup.meshssh_pid]))
+    openssh_total = await hold_sessions(setup, "openssh", lambda: rss_kib(sshd_pids()))
+    out["rss_mib_idle"] = round(idle / 1024, 1)
+    out["rss_mib_200_sessions"] = round(with_sessions / 1024, 1)
+    out["openssh_rss_mib_200_sessions"] = round(openssh_total / 1024, 1)
+    rows.append(f"RSS MiB             meshssh idle {idle / 1024:.1f}, with {IDLE_SESSIONS} "
+                f"sessions {with_sessions / 1024:.1f}; openssh (all sshd processes) "
+                f"{openssh_total / 1024:.1f}")  # fmt: skip
+    print("\n".join(rows))
+    print(
+        f"setup ratio (meshssh/openssh, p50): {out['setup_ratio_p50']}; "
+        f"throughput ratios: {out['throughput_ratio_aes128']} (aes128-gcm), "
+        f"{out['throughput_ratio_chacha20']} (chacha20-poly1305)"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,147 @@
+"""JWT authentication and authorization of one login (SPEC §6).
+
+A token (sent as the SSH password, pasted into the browser check, or obtained by it) is
+validated with the common :class:`JwtValidator`: config from this peer's map
+(``netmap.peer.jwt``), keys from ``meshssh-jwks``. An unknown ``kid`` triggers one refresh
+through authn and one retry. The user id is the claim the map's authorization table names
+(``ssh_auth.user_id_claim``), and the login is allowed only if the table grants that user the
+requested local user (directly or through ``*``). Anything missing fails closed: no map, no
+JWT config in it, no keys.
+
+Example::
+
+    auth = Authenticator(maps, keys, metrics, log)
+    identity = await auth.check_token(password, local_user="alice")   # raises Denied
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from meshssh_common.jwt_validation import RejectReason, TokenRejected, ValidatedToken
+from meshssh_common.logs import BoundLogger
+from meshssh_common.ssh_auth import authorize
+from meshssh_common.wire import JwtConfig, NetworkMap
+from meshssh_sshd.jwks_watch import JwksWatch
+from meshssh_sshd.metrics import SshdMetrics
+from meshssh_sshd.netmap_watch import NetmapWatch
+from meshssh_sshd.refusal import Refused
+
+__all__ = ["Authenticator", "Identity"]
+
+_TRY_AGAIN = "try again in a minute; if it persists, ask an admin to check the peer"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who authenticated: the user id from the token (empty in machine-identity mode)."""
+
+    user_id: str
+    method: str
+    kid: str = ""
+    expires_at: float = 0.0
+
+
+def _unverified_kid(token: str) -> str:
+    try:
+        return str(jwt.get_unverified_header(token).get("kid") or "")
+    except (jwt.DecodeError, ValueError):
+        return ""
+
+
+class Authenticator:
+    """Checks tokens against this peer's map and the mirrored signing keys."""
+
+    def __init__(
+        self, maps: NetmapWatch, keys: JwksWatch, metrics: SshdMetrics, log: BoundLogger
+    ) -> None:
+        self._maps = maps
+        self._keys = keys
+        self._metrics = metrics
+        self._log = log
+
+    def _jwt_config(self) -> tuple[NetworkMap, JwtConfig]:
+        netmap = self._maps.current
+        if netmap is None:
+            raise Refused(
+                "no_map",
+                "no network map yet",
+                public=f"Permission denied: this peer has no access policy yet; {_TRY_AGAIN}",
+            )
+        config = netmap.peer.jwt
+        if config is None:
+            self._log.error(
+                "the network map carries no JWT configuration: refusing every JWT login "
+                "(management must copy authn's config into the map)",
+                extra={"serial": netmap.serial},
+            )
+            raise Refused(
+                "no_jwt_config",
+                f"map serial {netmap.serial} has no JWT config",
+                public="Permission denied: this peer has no identity-provider configuration; "
+                "ask an admin to check the meshssh identity setup",
+            )
+        return netmap, config
+
+    def _validate(self, config: JwtConfig, token: str) -> ValidatedToken:
+        validator = self._keys.validator_for(config)
+        if validator is None:
+            raise Refused(
+                "no_keys",
+                "no JWKS snapshot in meshssh-jwks",
+                public=f"Permission denied: this peer has no signing keys yet; {_TRY_AGAIN}",
+            )
+        started = time.perf_counter()
+        try:
+            return validator.validate(token)
+        finally:
+            self._metrics.jwt_validation.observe(time.perf_counter() - started)
+
+    async def validate(self, token: str) -> tuple[NetworkMap, ValidatedToken]:
+        """Validate ``token`` alone (no authorization), refreshing keys once on an unknown kid.
+
+        Raises:
+            Refused: no map, no JWT config, or no keys.
+            TokenRejected: the token failed a check (``public`` says what to do).
+        """
+        netmap, config = self._jwt_config()
+        try:
+            return netmap, self._validate(config, token)
+        except TokenRejected as e:
+            if e.reason is not RejectReason.UNKNOWN_KID:
+                raise
+            kid = _unverified_kid(token)
+            if not kid or not await self._keys.refresh(kid):
+                raise
+        netmap, config = self._jwt_config()
+        return netmap, self._validate(config, token)
+
+    async def check_token(self, token: str, local_user: str, *, method: str) -> Identity:
+        """Validate ``token`` and authorize its user for ``local_user``.
+
+        Raises:
+            Refused: no map/config/keys, no user id, or not authorized (``not_authorized``).
+            TokenRejected: the token failed a check.
+        """
+        netmap, tok = await self.validate(token)
+        fallback = netmap.peer.jwt.user_id_claim if netmap.peer.jwt is not None else "sub"
+        claim = netmap.ssh_auth.user_id_claim or fallback
+        user_id = tok.claims.get(claim)
+        if not isinstance(user_id, str) or not user_id:
+            raise Refused(
+                "missing_claim",
+                f"user-id claim {claim!r} missing from the token",
+                public=f"Permission denied: your token has no {claim} claim; "
+                "ask an admin to check the user-id claim setting",
+            )
+        if not authorize(netmap.ssh_auth, user_id, local_user):
+            raise Refused(
+                "not_authorized",
+                f"user {user_id!r} may not log in as {local_user!r} (map serial {netmap.serial})",
+                public=f"Permission denied: you are not authorized to log in as {local_user} "
+                "on this peer; ask an admin for a policy that grants it",
+            )
+        return Identity(user_id, method, tok.kid, tok.expires_at)

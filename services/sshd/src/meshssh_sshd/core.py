@@ -1,0 +1,119 @@
+"""What every connection of the server shares: settings, watchers, auth, registry, tasks.
+
+Built once by :class:`meshssh_sshd.server.SshServer` and handed to each per-connection
+:class:`meshssh_sshd.peer_server.PeerServer`. :class:`TaskSet` owns the tasks that belong to
+no single coroutine (one per connection, session and forwarded connection): each is logged if
+it fails, and all are cancelled and awaited at shutdown, so none is fire-and-forget.
+
+Example::
+
+    core.tasks.spawn(handle(sock), "conn")
+    await core.tasks.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshssh_common.logs import BoundLogger
+from meshssh_sshd.accounts import Accounts
+from meshssh_sshd.audit import AuditLog
+from meshssh_sshd.auth import Authenticator
+from meshssh_sshd.browser_check import BrowserCheck
+from meshssh_sshd.jwks_watch import JwksWatch
+from meshssh_sshd.metrics import SshdMetrics
+from meshssh_sshd.netmap_watch import NetmapWatch
+from meshssh_sshd.process_launch import ChildProcess
+from meshssh_sshd.rate_limit import FailureLimiter
+from meshssh_sshd.sessions import LiveRegistry
+from meshssh_sshd.settings import SshdSettings
+
+__all__ = ["SshdCore", "TaskSet"]
+
+
+class TaskSet:
+    """Tasks owned by the server; failures are logged, all are awaited at shutdown."""
+
+    def __init__(self, log: BoundLogger) -> None:
+        self._log = log
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "task") -> asyncio.Task[Any]:
+        """Run ``coro`` as a task owned by this set."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.error(
+                "background task failed",
+                extra={"task": task.get_name()},
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Cancel every task and wait for all of them."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(eq=False)
+class SshdCore:
+    """The shared state of one running SSH server."""
+
+    settings: SshdSettings
+    log: BoundLogger
+    metrics: SshdMetrics
+    audit: AuditLog
+    maps: NetmapWatch
+    keys: JwksWatch
+    auth: Authenticator
+    browser: BrowserCheck
+    accounts: Accounts
+    limiter: FailureLimiter
+    live: LiveRegistry
+    tasks: TaskSet
+    sftp_server: str | None
+    open_sessions: int = 0  # session channels open now (the max-sessions limit)
+    children: set[ChildProcess] = field(default_factory=set)  # running session processes
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
+    startups: int = 0  # connections past the gate, not yet authenticated (max-startups)
+    draining: bool = False  # set at shutdown: no new connections or sessions
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def session_opened(self) -> None:
+        """Count a session channel that opened."""
+        self.open_sessions += 1
+        self.idle.clear()
+        self.metrics.active_sessions.inc()
+
+    def session_closed(self) -> None:
+        """Count a session channel that closed."""
+        self.open_sessions -= 1
+        self.metrics.active_sessions.dec()
+        if self.open_sessions <= 0:
+            self.idle.set()
+
+    @property
+    def peer_id(self) -> str:
+        """This peer's id."""
+        return self.settings.peer_id
+
+    @property
+    def jwt_mode(self) -> bool:
+        """Whether logins need a JWT (False with ``--disable-ssh-auth``)."""
+        return not self.settings.disable_ssh_auth

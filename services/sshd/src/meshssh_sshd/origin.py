@@ -1,0 +1,30 @@
+"""Where an SSH connection came from, after the gate resolved any PROXY v2 header.
+
+For a direct connection the origin is the TCP peer and the ACL port is 22022; for one the
+trusted relay forwarded it is the original client from the header and the ACL port is 22
+(SPEC §2). Revocation re-checks every live connection against the same pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Origin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The client's address, the server's address, and the port the ACL is checked on."""
+
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    acl_port: int
+    via_relay: bool = False
+
+    @property
+    def label(self) -> str:
+        """``ip:port`` of the client, for logs and audit."""
+        host = f"[{self.client_ip}]" if ":" in self.client_ip else self.client_ip
+        return f"{host}:{self.client_port}"

@@ -1,0 +1,345 @@
+"""Session processes: spawned as the target user, on pipes or a PTY, killed by process group.
+
+A child is started by the event loop's subprocess machinery (no thread per byte), in a new
+session (so its pid is its process group), and, when the server is root and the account
+differs, with ``setgroups`` → ``setgid`` → ``setuid`` done in the child before ``exec``
+(Python's ``subprocess`` ``extra_groups``/``group``/``user``), so no ``login``/``su`` binary
+is needed. With a PTY the slave becomes the child's controlling terminal (``TIOCSCTTY``) and is
+owned by the user, as OpenSSH does; window changes are ``TIOCSWINSZ`` on the master.
+
+Data flows without extra buffering: output goes to ``sink.output`` as it is read, and input is
+written straight to the child; when the child's stdin backs up, ``sink.input_paused`` asks the
+SSH channel to stop reading, so the client's window closes instead of memory growing.
+
+Example::
+
+    child = await ChildProcess.start(spec, sink)
+    child.write(b"input")
+    code = await child.wait()        # negative: killed by that signal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import grp
+import os
+import signal
+import struct
+import termios
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshssh_sshd.accounts import Account
+from meshssh_sshd.terminal_modes import apply_modes
+
+__all__ = ["ChildProcess", "LaunchSpec", "ProcessSink", "PtySpec", "exit_signal_name"]
+
+_PTY_DRAIN = 1.0  # seconds to keep reading a PTY after its process exited
+
+
+class ProcessSink(Protocol):
+    """Where a child's output and flow-control signals go (the SSH session)."""
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        """Deliver output; ``stderr`` is True for the child's fd 2 (never with a PTY)."""
+
+    def input_paused(self) -> None:
+        """The child's input is backed up: stop reading from the client."""
+
+    def input_resumed(self) -> None:
+        """The child's input drained: read from the client again."""
+
+
+@dataclass(frozen=True, slots=True)
+class PtySpec:
+    """What the client asked for in its ``pty-req`` (and later window changes)."""
+
+    term: str
+    cols: int
+    rows: int
+    xpixels: int = 0
+    ypixels: int = 0
+    modes: Mapping[int, int] = field(default_factory=dict)  # RFC 4254 §8 opcode → value
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """How to start one session process."""
+
+    executable: str
+    argv: tuple[str, ...]  # argv[0] may differ from the executable ("-bash")
+    env: Mapping[str, str]
+    cwd: str
+    account: Account
+    pty: PtySpec | None = None
+
+
+def exit_signal_name(returncode: int) -> str | None:
+    """``TERM`` for a child killed by SIGTERM (asyncio reports ``-15``); None for an exit."""
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name.removeprefix("SIG")
+    except ValueError:
+        return "KILL"
+
+
+def _set_winsize(fd: int, pty: PtySpec) -> None:
+    size = struct.pack("HHHH", pty.rows or 24, pty.cols or 80, pty.xpixels, pty.ypixels)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+
+
+def _tty_gid() -> int:
+    try:
+        return grp.getgrnam("tty").gr_gid
+    except KeyError:
+        return -1
+
+
+class _PipeProtocol(asyncio.SubprocessProtocol):
+    """The child's pipes and exit (pipe mode) or only its exit (PTY mode)."""
+
+    def __init__(self, owner: ChildProcess) -> None:
+        self._owner = owner
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._owner.sink.output(data, fd == 2)
+
+    def pause_writing(self) -> None:
+        self._owner.sink.input_paused()
+
+    def resume_writing(self) -> None:
+        self._owner.input_resumed()
+
+    def process_exited(self) -> None:
+        self._owner.on_exited()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Called once the process exited and every pipe closed: all output was delivered.
+        self._owner.on_pipes_done()
+
+
+class _MasterReader(asyncio.Protocol):
+    def __init__(self, owner: ChildProcess) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self._owner.sink.output(data, False)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # EIO once every slave fd is closed: the terminal is gone.
+        self._owner.on_pipes_done()
+
+
+class _MasterWriter(asyncio.BaseProtocol):
+    def __init__(self, owner: ChildProcess) -> None:
+        self._owner = owner
+
+    def pause_writing(self) -> None:
+        self._owner.sink.input_paused()
+
+    def resume_writing(self) -> None:
+        self._owner.input_resumed()
+
+
+@dataclass(eq=False)
+class ChildProcess:
+    """A running session process; create with :meth:`start`."""
+
+    sink: ProcessSink
+    pty: PtySpec | None
+    transport: asyncio.SubprocessTransport | None = None
+    pid: int = 0
+    master_reader: asyncio.ReadTransport | None = None
+    master_writer: asyncio.WriteTransport | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def start(cls, spec: LaunchSpec, sink: ProcessSink) -> ChildProcess:
+        """Start the process described by ``spec``.
+
+        Raises:
+            OSError: the executable could not be started (missing, not executable, bad cwd).
+        """
+        loop = asyncio.get_running_loop()
+        self = cls(sink, spec.pty)
+        acct = spec.account
+        kwargs: dict[str, Any] = {
+            "executable": spec.executable,
+            "env": dict(spec.env),
+            "cwd": spec.cwd,
+            "start_new_session": True,
+            "close_fds": True,
+        }
+        if acct.switch:
+            kwargs.update(user=acct.uid, group=acct.gid, extra_groups=list(acct.groups))
+        if spec.pty is None:
+            pipe = asyncio.subprocess.PIPE
+            transport, _ = await loop.subprocess_exec(
+                lambda: _PipeProtocol(self),
+                *spec.argv,
+                stdin=pipe,
+                stdout=pipe,
+                stderr=pipe,
+                **kwargs,
+            )
+            self.transport = transport
+            self.pid = transport.get_pid()
+            return self
+        master, slave = os.openpty()
+        try:
+            _set_winsize(slave, spec.pty)
+            apply_modes(slave, spec.pty.modes)
+            kwargs["env"]["SSH_TTY"] = os.ttyname(slave)
+            if acct.switch:
+                os.fchown(slave, acct.uid, _tty_gid())
+                os.fchmod(slave, 0o620)
+            # Runs in the child after setsid and the uid change: adopt the slave (already
+            # dup'ed onto fd 0) as the controlling terminal. A C call, no Python state.
+            ctty = functools.partial(fcntl.ioctl, 0, termios.TIOCSCTTY, 0)
+            transport, _ = await loop.subprocess_exec(
+                lambda: _PipeProtocol(self),
+                *spec.argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                preexec_fn=ctty,
+                **kwargs,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.transport = transport
+        self.pid = transport.get_pid()
+        reader_file = os.fdopen(master, "rb", buffering=0)
+        writer_file = os.fdopen(os.dup(master), "wb", buffering=0)
+        self.master_reader, _ = await loop.connect_read_pipe(
+            lambda: _MasterReader(self), reader_file
+        )
+        self.master_writer, _ = await loop.connect_write_pipe(
+            lambda: _MasterWriter(self), writer_file
+        )
+        return self
+
+    # -- called by the protocols -------------------------------------------------------------
+
+    def input_resumed(self) -> None:
+        """The child's input drained: let the client send again, on the next loop turn.
+
+        Not inline: asyncio's pipe transport calls ``resume_writing`` from its write handler
+        and, if the input is closed while that handler runs (data then EOF delivered in the
+        same turn), closes the pipe without flushing what was just written (CPython 3.11
+        ``_UnixWritePipeTransport._write_ready``), which lost the tail of uploads.
+        """
+        asyncio.get_running_loop().call_soon(self.sink.input_resumed)
+
+    def on_exited(self) -> None:
+        """The process exited (its output may still be in flight)."""
+        self.exited.set()
+        if self.pty is not None:
+            # A background job may hold the terminal: read what is there, then stop.
+            asyncio.get_running_loop().call_later(_PTY_DRAIN, self.on_pipes_done)
+
+    def on_pipes_done(self) -> None:
+        """All output was delivered (pipes closed, or the PTY hung up or timed out)."""
+        if self.pty is not None and not self.exited.is_set():
+            return  # EIO before the exit is reported: wait for process_exited
+        self.done.set()
+
+    # -- used by the session -----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send client input to the child (dropped once its input is closed)."""
+        target = self.master_writer if self.pty is not None else self._stdin()
+        if target is not None and not target.is_closing():
+            target.write(data)
+
+    def write_eof(self) -> None:
+        """The client sent EOF: close the child's stdin (a PTY has no half-close)."""
+        stdin = self._stdin()
+        if self.pty is None and stdin is not None and not stdin.is_closing():
+            stdin.close()
+
+    def pause_output(self) -> None:
+        """The client is not reading: stop reading the child's output."""
+        for t in self._outputs():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.pause_reading()
+
+    def resume_output(self) -> None:
+        """The client reads again."""
+        for t in self._outputs():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.resume_reading()
+
+    def resize(self, pty: PtySpec) -> None:
+        """Apply a window change (the kernel sends SIGWINCH to the foreground group)."""
+        self.pty = pty
+        if self.master_reader is not None and not self.master_reader.is_closing():
+            fd = self.master_reader.get_extra_info("pipe").fileno()
+            with contextlib.suppress(OSError):
+                _set_winsize(fd, pty)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the child's process group (a client ``signal`` request)."""
+        if self.pid and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signum)
+
+    def returncode(self) -> int | None:
+        """The exit code (negative: killed by that signal), None while running."""
+        return None if self.transport is None else self.transport.get_returncode()
+
+    async def wait(self) -> int:
+        """Wait until the process exited and its output was delivered; its return code."""
+        await self.done.wait()
+        code = self.returncode()
+        return 255 if code is None else code
+
+    async def terminate(self, grace: float) -> None:
+        """Stop a child whose client went away: hang up / SIGTERM, then SIGKILL after grace."""
+        try:
+            if not self.exited.is_set():
+                first = signal.SIGHUP if self.pty is not None else signal.SIGTERM
+                self.send_signal(first)
+                self.send_signal(signal.SIGCONT)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self.exited.wait()
+            if not self.exited.is_set():
+                self.send_signal(signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await self.exited.wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the transports (the child is not signalled)."""
+        for t in (self.master_reader, self.master_writer, self.transport):
+            if t is not None:
+                t.close()
+        self.done.set()
+
+    def _stdin(self) -> asyncio.WriteTransport | None:
+        if self.transport is None:
+            return None
+        pipe = self.transport.get_pipe_transport(0)
+        return pipe if isinstance(pipe, asyncio.WriteTransport) else None
+
+    def _outputs(self) -> list[Any]:
+        if self.pty is not None:
+            return [self.master_reader] if self.master_reader is not None else []
+        if self.transport is None:
+            return []
+        return [p for p in (self.transport.get_pipe_transport(fd) for fd in (1, 2)) if p]

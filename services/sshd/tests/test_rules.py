@@ -1,0 +1,117 @@
+"""The pure decisions, as tables: user names, the env allow-list, command summaries, the
+failure limiter and the revocation reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshssh_common.ssh_auth import build_table
+from meshssh_common.wire import FirewallRule, NetworkMap, PeerConfig
+from meshssh_sshd.accounts import validate_user_name
+from meshssh_sshd.login_env import allowed_env, shell_argv
+from meshssh_sshd.origin import Origin
+from meshssh_sshd.rate_limit import FailureLimiter
+from meshssh_sshd.refusal import Refused
+from meshssh_sshd.revocation import revocation_reason
+from meshssh_sshd.session import summarize
+from meshssh_sshd.sessions import LiveConnection
+
+
+@pytest.mark.parametrize("name", ["alice", "a.b_c-d", "_svc", "x" * 32, "9lives"])
+def test_portable_user_names_are_accepted(name: str) -> None:
+    validate_user_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-oProxyCommand", "x" * 33, "al ice", "al/ice", "root\n", "..", "ålice", "a:b"]
+)
+def test_other_user_names_are_refused(name: str) -> None:
+    with pytest.raises(Refused) as err:
+        validate_user_name(name)
+    assert err.value.label == "bad_user"
+    assert "Permission denied" in err.value.public
+
+
+def test_only_allow_listed_client_env_passes() -> None:
+    sent = {"LANG": "C.UTF-8", "LC_ALL": "C", "LC_": "x", "LC_X-Y": "x", "TZ": "UTC",
+            "PATH": "/evil", "LD_PRELOAD": "/x.so", "BASH_ENV": "/x", "PAGER": "less",
+            "EDITOR": "v" * 5000}  # fmt: skip
+    assert allowed_env(sent) == {"LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PAGER": "less"}
+
+
+def test_a_shell_without_a_command_is_a_login_shell() -> None:
+    from meshssh_sshd.accounts import Account
+
+    acct = Account("a", 1000, 1000, (1000,), "/home/a", "/bin/bash", switch=True)
+    assert shell_argv(acct, None) == ("/bin/bash", ("-bash",))
+    assert shell_argv(acct, "ls -l") == ("/bin/bash", ("bash", "-c", "ls -l"))
+
+
+@pytest.mark.parametrize(
+    ("command", "summary"),
+    [
+        (None, "shell"),
+        ("ls", "ls"),
+        ("/usr/bin/cat -n secret.txt", "cat +2"),
+        ("scp -t /tmp/x", "scp +2"),
+        ("echo 'unbalanced", "echo +1"),
+        ("", "exec"),
+    ],
+)
+def test_commands_are_summarized_without_their_arguments(command: str | None, summary: str) -> None:
+    assert summarize(command) == summary
+
+
+def test_the_failure_limiter_blocks_at_the_limit_and_forgets_after_the_window() -> None:
+    limiter = FailureLimiter(limit=3, window=10, max_sources=2)
+    for t in (0.0, 1.0):
+        limiter.record("a", now=t)
+    assert not limiter.blocked("a", now=2.0)
+    limiter.record("a", now=2.0)
+    assert limiter.blocked("a", now=2.5)
+    assert not limiter.blocked("b", now=2.5)
+    assert not limiter.blocked("a", now=10.5)  # the first failure aged out
+    limiter.record("b", now=3.0)
+    limiter.record("c", now=3.0)  # over max_sources: the oldest source is forgotten
+    assert limiter.blocked("a", now=3.5) is False
+
+
+class _Closer:
+    def revoke(self, reason: str) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+def _map(
+    *,
+    sources: str = "10.0.0.0/8",
+    grants: tuple[tuple[str, str], ...] = (("u", "bob"),),
+    enabled: bool = True,
+) -> NetworkMap:
+    return NetworkMap(
+        serial=1,
+        peer=PeerConfig(id="p", name="p", mesh_ip="10.0.0.1", mesh_prefix="10.0.0.0/8",
+                        ssh_enabled=enabled),
+        firewall_rules=(FirewallRule(sources=(sources,), protocol="tcp", action="accept",
+                                     policy_id="x", port="22022"),),
+        ssh_auth=build_table("sub", grants),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("netmap", "reason"),
+    [
+        (_map(), None),
+        (None, "no_map"),
+        (_map(enabled=False), "ssh_disabled"),
+        (_map(sources="10.9.0.0/16"), "source"),
+        (_map(grants=(("u", "alice"),)), "user"),
+        (_map(grants=(("u", "*"),)), None),
+    ],
+)
+def test_revocation_reasons(netmap: NetworkMap | None, reason: str | None) -> None:
+    record = LiveConnection("c", Origin("10.0.0.7", 5000, "10.0.0.1", 22022, 22022), _Closer(),
+                            local_user="bob", jwt_user="u", authenticated=True)  # fmt: skip
+    assert revocation_reason(netmap, record, jwt_mode=True) == reason
+    if reason == "user":
+        assert revocation_reason(netmap, record, jwt_mode=False) is None
