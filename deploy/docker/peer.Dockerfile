@@ -16,7 +16,7 @@ COPY cli cli
 RUN uv pip install --python /opt/meshssh/bin/python --no-deps ./libs/common ./services/sshd ./services/relay ./cli
 
 FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends nftables && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends nftables openssh-sftp-server && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/meshssh /opt/meshssh
 ENV PATH=/opt/meshssh/bin:$PATH PYTHONUNBUFFERED=1
 # Runs as root with a reduced capability set (see deploy/k8s/base/peer.yaml): sshd switches to

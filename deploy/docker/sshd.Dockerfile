@@ -15,6 +15,8 @@ COPY services/sshd services/sshd
 RUN uv pip install --python /opt/meshssh/bin/python --no-deps ./libs/common ./services/sshd
 
 FROM python:3.11-slim-bookworm
+# SFTP sessions run the system sftp-server as the logged-in user.
+RUN apt-get update && apt-get install -y --no-install-recommends openssh-sftp-server && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin meshssh
 COPY --from=build /opt/meshssh /opt/meshssh
 ENV PATH=/opt/meshssh/bin:$PATH PYTHONUNBUFFERED=1

@@ -90,8 +90,8 @@ async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
     try:
         args = required_args("meshssh-sshd", tmp_path)
         proc = await services.start("meshssh-sshd", "--nats-url", url, *args, ready=False)
+        await proc.wait_ops()
         await asyncio.sleep(0.5)
-        assert proc.ops_url
         assert await readyz(proc.ops_url) == 503
         await server.restart()
         await wait_status(proc.ops_url, 200)

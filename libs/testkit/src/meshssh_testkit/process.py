@@ -82,6 +82,14 @@ class ServiceProcess:
         """Everything the process wrote to stderr so far."""
         return "\n".join(self.log)
 
+    async def wait_ops(self, timeout: float = 15.0) -> str:
+        """Wait until the process has logged its ops URL (it may not be ready yet)."""
+        async with asyncio.timeout(timeout):
+            await self._found.wait()
+        if not self.ops_url:
+            raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
+        return self.ops_url
+
     async def wait_ready(self, timeout: float = 15.0) -> None:
         """Wait for the ops URL, then for ``/readyz`` to answer 200.
 
