@@ -1,14 +1,39 @@
-"""A real Prometheus scrapes every service of a running stack (SPEC §8, issue 8)."""
+"""A real Prometheus scrapes every service of a running stack (SPEC §8, issue 8), and every
+metric the alert rules or the Grafana dashboard name exists in some service's registry.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
+
+import httpx
+import yaml
 
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.prometheus import Prometheus, prometheus_available
 
 SERVICES = ["policy", "authn", "sshd", "relay"]
+ROOT = Path(__file__).resolve().parents[2]
+_NAME = re.compile(r"\bmeshssh_[a-z]+_[a-z0-9_]+")
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+
+def names_used_by_alerts_and_dashboard() -> set[str]:
+    groups = yaml.safe_load((ROOT / "deploy/k8s/base/alerts.yaml").read_text())["spec"]["groups"]
+    exprs = [r["expr"] for g in groups for r in g["rules"]]
+    dash = json.loads((ROOT / "deploy/k8s/base/dashboards/meshssh.json").read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    return {m for e in exprs for m in _NAME.findall(e)}
+
+
+def family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
 
 
 async def test_prometheus_scrapes_every_service_and_queries_return_series(
@@ -41,3 +66,13 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
             assert series[0]["value"][1] == "1"
     finally:
         await prom.stop()
+    # Every metric an alert or a dashboard panel names is exposed by a running service.
+    exposed: set[str] = set()
+    async with httpx.AsyncClient() as client:
+        for proc in procs.values():
+            text = (await client.get(f"{proc.ops_url}/metrics")).text
+            exposed |= set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    used = names_used_by_alerts_and_dashboard()
+    assert len(used) >= 20
+    missing = sorted(n for n in used if family(n) not in exposed and n not in exposed)
+    assert not missing, f"named by alerts/dashboard but exposed by no service: {missing}"

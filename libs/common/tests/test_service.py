@@ -174,3 +174,53 @@ async def test_a_serve_that_ignores_cancellation_is_abandoned_after_the_grace(
     )
     assert code == 1
     assert time.monotonic() - started < 3
+
+
+def test_a_service_whose_serve_ignores_sigterm_still_exits_within_the_grace(
+    tmp_path: Path, nats_url: str
+) -> None:
+    import os
+    import signal
+    import sys
+    import textwrap
+
+    prog = tmp_path / "stubborn.py"
+    prog.write_text(
+        textwrap.dedent("""
+        import asyncio, sys
+        from meshssh_common.service import ServiceContext, service_main
+        from meshssh_common.settings import ServiceSettings
+
+        async def serve(ctx: ServiceContext) -> None:
+            ctx.ready.set()
+            print("ready", flush=True)
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    continue  # ignores cancellation: a bug shutdown must survive
+
+        sys.exit(service_main("stubborn", ServiceSettings, serve))
+    """)
+    )
+    env = dict(os.environ, MESHSSH_NATS_URL=nats_url, MESHSSH_SHUTDOWN_GRACE="0.5")
+    proc = subprocess.Popen(
+        [sys.executable, str(prog), "--ops-listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 1
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

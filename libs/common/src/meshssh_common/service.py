@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +41,9 @@ from meshssh_common.ops_http import ops_app
 from meshssh_common.settings import ServiceSettings, parse_settings
 
 __all__ = ["ServiceContext", "run_service", "service_main"]
+
+# serve() tasks that overran the shutdown grace (see service_main).
+_ABANDONED: set[asyncio.Task[int]] = set()
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -134,7 +139,9 @@ async def run_service(
             nc = connect.result()
             ctx = ServiceContext(name, settings, nc, metrics, log, ops_url=ops.url)
             holder["ctx"] = ctx
-            main = tg.create_task(_guarded(serve, ctx))
+            # Not in the TaskGroup: a serve() that ignores cancellation must not hold the
+            # shutdown past the grace (the TaskGroup would wait for it forever).
+            main = asyncio.create_task(_guarded(serve, ctx))
             await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
             ctx.stopping.set()
             ctx.ready.clear()
@@ -146,6 +153,7 @@ async def run_service(
                 done, _ = await asyncio.wait({main}, timeout=settings.shutdown_grace)
                 if not done:
                     log.error("shutdown grace exceeded; abandoning serve()")
+                    _ABANDONED.add(main)
                     exit_code = 1
             stopper.cancel()
             with contextlib.suppress(Exception):
@@ -201,7 +209,14 @@ def service_main(
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(run_service(name, settings, serve))
+        with asyncio.Runner() as runner:
+            code = runner.run(run_service(name, settings, serve))
+            if _ABANDONED:
+                # A serve() overran the grace and still runs: closing the loop would wait for
+                # it. Exit now; the shutdown is bounded by design.
+                logging.shutdown()
+                os._exit(code)
+            return code
     except ConfigError as e:
         sys.stderr.write(f"meshssh-{name}: bad setting {e}\n")
         return 2
