@@ -89,34 +89,15 @@ async def watch_map(
         metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
         log.warning("ignored an undecodable network map", extra={"key": k, "error": str(e)})
 
-    async def consume() -> None:
-        kv = TypedKV(await _bucket(nc.jetstream()), NetworkMap, on_bad_value=bad)
-        async for event in kv.watch(key):
-            if event.initial_done:
-                continue
-            if event.value is None:
-                log.warning("network map deleted: this peer was removed")
-                state.drop()
-            elif state.offer(event.value):
-                log.info(
-                    "network map applied",
-                    extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
-                )
-
-    while True:
-        seen = int(nc.stats["reconnects"])
-        task = asyncio.ensure_future(consume())
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.5)
-                if int(nc.stats["reconnects"]) != seen:
-                    log.info("nats reconnected: network map watch restarted")
-                    break
-        finally:
-            task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
-        if isinstance(results[0], Exception):
-            log.warning(
-                "network map watch failed; watching again", extra={"error": repr(results[0])}
+    kv = TypedKV(await _bucket(nc.jetstream()), NetworkMap, on_bad_value=bad)
+    async for event in kv.follow(key, nc):  # restarts after failures and NATS reconnects
+        if event.initial_done:
+            continue
+        if event.value is None:
+            log.warning("network map deleted: this peer was removed")
+            state.drop()
+        elif state.offer(event.value):
+            log.info(
+                "network map applied",
+                extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
             )
-            await asyncio.sleep(1.0)

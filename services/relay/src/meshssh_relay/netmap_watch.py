@@ -115,34 +115,15 @@ async def watch_netmap(
         metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
         log.warning("ignored an undecodable network map", extra={"key": k, "error": str(e)})
 
-    async def consume() -> None:
-        js = nc.jetstream()
-        kv = TypedKV(await _open_existing(js, log), NetworkMap, on_bad_value=bad_value)
-        async for event in kv.watch(key):
-            if event.initial_done:
-                holder.received.set()
-            elif event.value is None:
-                log.warning("network map deleted; refusing every connection")
-                holder.clear()
-            elif holder.apply(event.value):
-                log.info(
-                    "network map applied",
-                    extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
-                )
-
-    while True:
-        seen = int(nc.stats["reconnects"])
-        task = asyncio.ensure_future(consume())
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=_RECONNECT_POLL)
-                if int(nc.stats["reconnects"]) != seen:
-                    log.info("nats reconnected: network map watch restarted")
-                    break
-        finally:
-            task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
-        error = results[0]
-        if isinstance(error, Exception):
-            log.warning("network map watch failed; watching again", extra={"error": repr(error)})
-            await asyncio.sleep(1.0)
+    kv = TypedKV(await _open_existing(nc.jetstream(), log), NetworkMap, on_bad_value=bad_value)
+    async for event in kv.follow(key, nc):  # restarts after failures and NATS reconnects
+        if event.initial_done:
+            holder.received.set()
+        elif event.value is None:
+            log.warning("network map deleted; refusing every connection")
+            holder.clear()
+        elif holder.apply(event.value):
+            log.info(
+                "network map applied",
+                extra={"serial": event.value.serial, "ssh": event.value.peer.ssh_enabled},
+            )

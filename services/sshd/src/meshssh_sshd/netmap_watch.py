@@ -8,7 +8,7 @@ restart) is re-opened; meanwhile the last applied map stays in force.
 
 Example::
 
-    maps = NetmapWatch(ctx.js, "p1", metrics, log, on_change=revoker.on_map)
+    maps = NetmapWatch(ctx.nc, ctx.js, "p1", metrics, log, on_change=revoker.on_map)
     tg.create_task(maps.run())
     await maps.wait_initial(5.0)
     maps.current        # NetworkMap | None
@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshssh_common import subjects
@@ -41,6 +42,7 @@ class NetmapWatch:
 
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         peer_id: str,
         metrics: ServiceMetrics,
@@ -48,6 +50,7 @@ class NetmapWatch:
         *,
         on_change: MapChange | None = None,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._key = subjects.netmap_key(peer_id)
         self._metrics = metrics
@@ -113,7 +116,9 @@ class NetmapWatch:
     async def _watch(self) -> None:
         kv = await open_bucket(self._js, subjects.BUCKET_NETMAPS)
         typed = TypedKV(kv, NetworkMap, on_bad_value=self._bad_value)
-        async for event in typed.watch(self._key):
+        # follow(): restarts after NATS reconnects, so revocations are not held up by a watch
+        # that stays silent after nats-server came back.
+        async for event in typed.follow(self._key, self._nc):
             if event.initial_done:
                 self._initial.set()
                 continue

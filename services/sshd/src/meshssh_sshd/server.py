@@ -92,7 +92,7 @@ class SshServer:
         log = ctx.log.bind(peer=settings.peer_id)
         metrics = SshdMetrics(ctx.metrics)
         js = ctx.js
-        maps = NetmapWatch(js, settings.peer_id, ctx.metrics, log)
+        maps = NetmapWatch(ctx.nc, js, settings.peer_id, ctx.metrics, log)
         keys = JwksWatch(ctx.nc, js, ctx.metrics, metrics, log, requester=settings.peer_id)
         sftp = find_sftp_server(str(settings.sftp_server) if settings.sftp_server else None)
         if settings.enable_ssh_sftp and sftp is None:
