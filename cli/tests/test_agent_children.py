@@ -77,3 +77,19 @@ def test_bad_settings_name_their_flag() -> None:
         AgentConfig(state_dir=Path("/x"), mesh_ip="127.0.0.2", name="Bad_Name")
     with pytest.raises(ConfigError, match="--relay-port"):
         AgentConfig(state_dir=Path("/x"), mesh_ip="127.0.0.2", name="a", ssh_port=22, relay_port=22)
+
+
+def test_the_childrens_ops_listeners_follow_the_agent_flags() -> None:
+    fixed = config(
+        flags=Flags(allow_server_ssh=True),
+        sshd_ops_listen="0.0.0.0:9103",
+        relay_ops_listen="0.0.0.0:9104",
+    )
+    assert value(sshd_argv(fixed, "p1"), "--ops-listen") == "0.0.0.0:9103"
+    assert value(relay_argv(fixed, "p1", RelayMode("proxy", "")), "--ops-listen") == "0.0.0.0:9104"
+    assert (
+        value(relay_argv(config(), "p1", RelayMode("proxy", "")), "--ops-listen") == "127.0.0.1:0"
+    )
+    for bad in ("9103", "host:", ":9103", "127.0.0.1:99999"):
+        with pytest.raises(ConfigError, match="--sshd-ops-listen"):
+            config(sshd_ops_listen=bad)

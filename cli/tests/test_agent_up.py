@@ -43,7 +43,8 @@ def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]
     return [
         "up", "--state-dir", str(state), "--mesh-ip", "127.0.0.2", "--name", "server",
         "--nats-url", nats_url, "--ssh-port", "0", "--relay-port", "0",
-        "--relay-mode", "proxy", "--sshd-bin", sshd_bin, *flags,
+        "--relay-mode", "proxy", "--sshd-bin", sshd_bin,
+        "--ssh-config-file", f"{state}.ssh_config", *flags,
     ]  # fmt: skip
 
 

@@ -151,3 +151,7 @@ def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs
     assert "--allow-server-ssh" in agent["args"]
     ports = {p["name"] for p in agent["ports"]}
     assert {"sshd-ops", "relay-ops"} <= ports  # what the PodMonitor scrapes
+    # ... on the fixed ports the agent tells its children to listen on
+    named = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert f"--sshd-ops-listen=0.0.0.0:{named['sshd-ops']}" in agent["args"]
+    assert f"--relay-ops-listen=0.0.0.0:{named['relay-ops']}" in agent["args"]

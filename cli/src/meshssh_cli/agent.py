@@ -7,12 +7,13 @@ Lifecycle of :meth:`Agent.run`, in order:
 2. connect to NATS and register (retrying while management does not answer);
 3. apply the registration's map, then watch the peer's KV key, applying only higher serials;
    after every applied map the children are started or stopped (SPEC §2) and the map
-   listeners run (the OpenSSH drop-in of issue 7 hooks in there: :attr:`Agent.map_listeners`);
+   listeners run (:attr:`Agent.map_listeners`; the first keeps the OpenSSH drop-in current,
+   :mod:`meshssh_cli.agent_dropin`);
 4. publish a heartbeat every few seconds and whenever a child changes state; fold sshd's
    session reports into it; track remote peers' heartbeats for their online state;
-5. on ``down`` or SIGTERM/SIGINT: stop both children (SIGTERM, then SIGKILL), drain NATS,
-   remove the socket, release the lock. Exit 0; 1 when registration was refused; 2 on a
-   bad setting.
+5. on ``down`` or SIGTERM/SIGINT: stop both children (SIGTERM, then SIGKILL), remove the
+   OpenSSH drop-in, drain NATS, remove the socket, release the lock. Exit 0; 1 when
+   registration was refused; 2 on a bad setting.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from meshssh_cli.agent_children import (
     sshd_wanted,
 )
 from meshssh_cli.agent_config import AgentConfig
+from meshssh_cli.agent_dropin import DropinKeeper
 from meshssh_cli.agent_maps import MapState, watch_map
 from meshssh_cli.agent_protocol import TokenGetRequest
 from meshssh_cli.agent_registration import register
@@ -44,6 +46,7 @@ from meshssh_cli.agent_requests import AgentRequests
 from meshssh_cli.agent_socket import AgentSocketServer
 from meshssh_cli.agent_state import AgentLock, prepare_state_dir
 from meshssh_cli.agent_tokens import AgentTokenCache, device_flow_fetch
+from meshssh_cli.config_cmd import meshssh_executable
 from meshssh_cli.supervisor import Child
 from meshssh_common import codec, subjects
 from meshssh_common.connection import connect_nats
@@ -74,6 +77,13 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _executable() -> str:
+    try:
+        return meshssh_executable()
+    except FileNotFoundError:
+        return "meshssh"  # the drop-in then relies on PATH
+
+
 class Agent:
     """One peer's agent (see the module docstring)."""
 
@@ -83,7 +93,8 @@ class Agent:
         self.metrics = ServiceMetrics("agent")
         self.relay_mode = choose_relay_mode(config)
         self.maps = MapState(self._map_changed)
-        self.map_listeners: list[MapListener] = []
+        self.dropin = DropinKeeper(_executable())
+        self.map_listeners: list[MapListener] = [self.dropin]
         self.tokens = AgentTokenCache(
             device_flow_fetch(config.management_url), ttl=config.flags.jwt_cache_ttl
         )
@@ -154,6 +165,9 @@ class Agent:
             self.log.error("bad setting", extra={"error": str(e)})
             return 2
         finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.dropin.remove(self.config)
             await server.stop()
             if self.nc is not None and not self.nc.is_closed:
                 with contextlib.suppress(Exception):

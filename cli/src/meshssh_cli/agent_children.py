@@ -124,10 +124,10 @@ def relay_wanted(config: AgentConfig, ssh_enabled: bool) -> bool:
     return sshd_wanted(config, ssh_enabled) or bool(config.native_upstream)
 
 
-def _common(config: AgentConfig) -> list[str]:
+def _common(config: AgentConfig, ops_listen: str) -> list[str]:
     args = [
         "--nats-url", config.nats_url,
-        "--ops-listen", f"{config.children_ops_host}:0",
+        "--ops-listen", ops_listen,
         "--log-level", config.log_level,
         "--log-format", config.log_format,
         "--instance", config.name,
@@ -148,7 +148,7 @@ def sshd_argv(config: AgentConfig, peer_id: str) -> list[str]:
         "--host-key", str(config.host_key_path),
         "--trusted-relay", config.mesh_ip,
         *config.flags.sshd_args(),
-        *_common(config),
+        *_common(config, config.sshd_ops_listen),
     ]  # fmt: skip
 
 
@@ -159,7 +159,7 @@ def relay_argv(config: AgentConfig, peer_id: str, mode: RelayMode) -> list[str]:
         "--peer-id", peer_id,
         "--listen", config.address(config.relay_port),
         "--mode", mode.mode,
-        *_common(config),
+        *_common(config, config.relay_ops_listen),
     ]  # fmt: skip
     if config.flags.allow_server_ssh:
         argv += ["--sshd", config.address(config.ssh_port)]

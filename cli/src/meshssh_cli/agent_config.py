@@ -47,6 +47,12 @@ def default_name() -> str:
     return label or "peer"
 
 
+def _check_host_port(setting: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(setting, f"expected HOST:PORT, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Flags:
     """The local flags of SPEC §3."""
@@ -101,7 +107,10 @@ class AgentConfig:
     native_upstream: str = ""
     heartbeat_interval: float = 5.0
     child_stop_timeout: float = 1.5
-    children_ops_host: str = "127.0.0.1"
+    sshd_ops_listen: str = "127.0.0.1:0"  # HOST:PORT of sshd's /metrics; port 0 picks one
+    relay_ops_listen: str = "127.0.0.1:0"
+    ssh_config_file: Path | None = None  # the OpenSSH drop-in (None: SPEC §9's default path)
+    disable_ssh_config: bool = False  # keep no drop-in (also MESHSSH_DISABLE_SSH_CONFIG=1)
     sshd_bin: str = ""
     relay_bin: str = ""
     log_level: str = "INFO"
@@ -119,6 +128,11 @@ class AgentConfig:
                 raise ConfigError(setting, f"port {port} outside 0..65535")
         if self.ssh_port == self.relay_port and self.ssh_port != 0:
             raise ConfigError("--relay-port", "must differ from --ssh-port")
+        for setting, value in (
+            ("--sshd-ops-listen", self.sshd_ops_listen),
+            ("--relay-ops-listen", self.relay_ops_listen),
+        ):
+            _check_host_port(setting, value)
         if self.heartbeat_interval <= 0:
             raise ConfigError("--heartbeat-interval", "must be positive")
 

@@ -55,6 +55,9 @@ def meshssh_executable() -> str:
     argv0 = Path(sys.argv[0])
     if argv0.name == "meshssh" and argv0.is_file():
         return str(argv0.resolve())
+    sibling = Path(sys.executable).parent / "meshssh"  # e.g. the agent runs as python -m
+    if sibling.is_file():
+        return str(sibling.absolute())
     found = shutil.which("meshssh")
     if found is None:
         raise FileNotFoundError("meshssh is not on PATH")

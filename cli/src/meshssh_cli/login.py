@@ -5,10 +5,13 @@ The provider comes from the management plane (``--management-url``, which serves
 go to stderr, each on its own line starting ``URL: `` and ``Code: `` (SPEC §11); a browser
 opens unless ``--no-browser`` or there is no graphical session.
 
-The token is held by a :class:`TokenCache` keyed by the caller's uid. Until the peer agent
-(``meshssh up``) hosts that cache and answers logins over its socket in ``--state-dir``,
-the cache lives in this process: ``--ssh-jwt-cache-ttl`` then only bounds the token this
-command hands out, and ``--print-token`` writes it to stdout for scripts.
+When a peer agent (``meshssh up``) serves ``--state-dir`` (default: the agent's default), the
+login goes through it: the agent runs (or joins) this OS user's device flow, sends the URL and
+code, and keeps the token in its per-user cache for its own ``--ssh-jwt-cache-ttl``, where
+``meshssh ssh`` and the OpenSSH drop-in find it. Only when no agent runs there (or with
+``--issuer``) does the flow run in this process, with a :class:`TokenCache` of its own:
+``--ssh-jwt-cache-ttl`` then only bounds the token this command hands out. ``--print-token``
+writes the token to stdout for scripts.
 
 Exit codes: 0 signed in; 1 refused, expired or unreachable; 2 usage error.
 """
@@ -26,6 +29,9 @@ from typing import Any
 
 import httpx
 
+from meshssh_cli.agent_client import AgentClient, NotRunning
+from meshssh_cli.agent_config import default_state_dir
+from meshssh_cli.agent_link import LOGIN_TIMEOUT, PromptPrinter, graphical
 from meshssh_cli.device_flow import (
     DeviceAuthorization,
     DeviceFlowClient,
@@ -69,7 +75,7 @@ def register(subparsers: Any) -> None:
         "--state-dir",
         type=Path,
         default=os.environ.get("MESHSSH_STATE_DIR") or None,
-        help="the peer agent's state dir, whose socket will hold the token cache "
+        help="the peer agent's state dir; its agent runs the login and caches the token "
         "[env MESHSSH_STATE_DIR]",
     )
     p.add_argument(
@@ -77,17 +83,11 @@ def register(subparsers: Any) -> None:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="cache the token this long (0: never), bounded by its exp and the max age",
+        help="without an agent: hand out the token only this long (0: no bound)",
     )
     p.add_argument("--print-token", action="store_true", help="write the token to stdout")
     p.add_argument("--timeout", type=float, default=15.0, help="HTTP timeout in seconds")
     p.set_defaults(run=run_login)
-
-
-def _graphical() -> bool:
-    if sys.platform == "darwin" or os.name == "nt":
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _say(text: str) -> None:
@@ -118,7 +118,7 @@ async def _login(args: argparse.Namespace) -> str:
         async def device_flow(uid: int, notify: Notify) -> str:
             auth = await flow.start()
             notify(auth)  # every waiting caller shows the URL and code
-            if not args.no_browser and _graphical():  # one browser per flow
+            if not args.no_browser and graphical():  # one browser per flow
                 target = auth.verification_uri_complete or auth.verification_uri
                 await asyncio.to_thread(webbrowser.open, target)
             return (await flow.wait(auth)).token
@@ -135,6 +135,36 @@ async def _login(args: argparse.Namespace) -> str:
             await cache.aclose()
 
 
+async def _agent_login(args: argparse.Namespace) -> str | None:
+    """The token through the agent of ``--state-dir``; None when no agent runs there."""
+    state_dir = args.state_dir or default_state_dir()
+    printer = PromptPrinter(open_browser=not args.no_browser and graphical())
+    try:
+        async with AgentClient.connect(state_dir) as agent:
+            reply = await agent.token_get(login=True, on_prompt=printer, timeout=LOGIN_TIMEOUT)
+    except NotRunning:
+        return None
+    if not reply.token:
+        raise MeshError("the agent returned no token")
+    if reply.cached and not printer.shown:
+        _say("Already signed in (token cached by the agent).")
+    return reply.token
+
+
+async def _login_anywhere(args: argparse.Namespace) -> str:
+    if not args.issuer:
+        token = await _agent_login(args)
+        if token is not None:
+            return token
+        if not args.management_url:
+            raise _Usage("no agent runs there: give --management-url (or --issuer and --client-id)")
+    return await _login(args)
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (exit 2)."""
+
+
 def _describe(token: str) -> str:
     _, exp = token_times(token)
     if exp is None:
@@ -145,14 +175,14 @@ def _describe(token: str) -> str:
 
 def run_login(args: argparse.Namespace) -> int:
     """Run ``meshssh login`` with parsed ``args``; returns the exit code."""
-    if not args.issuer and not args.management_url:
-        _say("meshssh login: give --management-url (or --issuer and --client-id)")
-        return 2
     if args.ssh_jwt_cache_ttl < 0:
         _say("meshssh login: --ssh-jwt-cache-ttl must be 0 or more")
         return 2
     try:
-        token = asyncio.run(_login(args))
+        token = asyncio.run(_login_anywhere(args))
+    except _Usage as e:
+        _say(f"meshssh login: {e}")
+        return 2
     except MeshError as e:
         _say(f"meshssh login: {e.public}")
         return 1

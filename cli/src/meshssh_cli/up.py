@@ -98,6 +98,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help="a native SSH daemon for port-22 connections while SSH is off",
     )
+    p.add_argument(
+        "--sshd-ops-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="meshssh-sshd's /metrics and /readyz (port 0: pick one)",
+    )
+    p.add_argument(
+        "--relay-ops-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="meshssh-relay's /metrics and /readyz (port 0: pick one)",
+    )
+    p.add_argument(
+        "--ssh-config-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the OpenSSH drop-in this agent keeps current (default: "
+        "/etc/ssh/ssh_config.d/99-meshssh.conf as root, else ~/.ssh/meshssh.conf)",
+    )
+    p.add_argument(
+        "--disable-ssh-config",
+        action="store_true",
+        help="keep no OpenSSH drop-in [env MESHSSH_DISABLE_SSH_CONFIG=1]",
+    )
     p.add_argument("--foreground", action="store_true", help="run in this process")
     p.add_argument(
         "--wait",
@@ -151,6 +176,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         relay_bin=args.relay_bin,
         log_level=args.log_level,
         log_format=args.log_format,
+        sshd_ops_listen=args.sshd_ops_listen,
+        relay_ops_listen=args.relay_ops_listen,
+        ssh_config_file=args.ssh_config_file.absolute() if args.ssh_config_file else None,
+        disable_ssh_config=args.disable_ssh_config,
     )
 
 

@@ -78,7 +78,14 @@ class AgentProcess:
         prefix: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> AgentProcess:
-        """Start ``[prefix...] meshssh up --foreground --state-dir <dir> args...``."""
+        """Start ``[prefix...] meshssh up --foreground --state-dir <dir> args...``.
+
+        Unless ``args`` name the OpenSSH drop-in (``--ssh-config-file``/``--disable-ssh-config``),
+        the agent writes it next to the state dir (``<dir>.ssh_config``), never to /etc/ssh or
+        ~/.ssh.
+        """
+        if not {"--ssh-config-file", "--disable-ssh-config"} & {a.split("=")[0] for a in args}:
+            args = (*args, "--ssh-config-file", f"{state_dir}.ssh_config")
         argv = [*prefix, script("meshssh"), "up", "--foreground", "--state-dir", str(state_dir),
                 "--heartbeat-interval", "0.5", *args]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
