@@ -106,7 +106,7 @@ class AgentConfig:
     relay_mode: RelayModeChoice = "auto"
     native_upstream: str = ""
     heartbeat_interval: float = 5.0
-    child_stop_timeout: float = 1.5
+    child_stop_timeout: float = 1.0  # SIGTERM to SIGKILL: a disabled peer stops within 2 s
     sshd_ops_listen: str = "127.0.0.1:0"  # HOST:PORT of sshd's /metrics; port 0 picks one
     relay_ops_listen: str = "127.0.0.1:0"
     ssh_config_file: Path | None = None  # the OpenSSH drop-in (None: SPEC §9's default path)

@@ -132,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long to wait for registration when daemonizing",
     )
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help=argparse.SUPPRESS)
-    p.add_argument("--child-stop-timeout", type=float, default=1.5, help=argparse.SUPPRESS)
+    p.add_argument("--child-stop-timeout", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--sshd-bin", default="", help=argparse.SUPPRESS)
     p.add_argument("--relay-bin", default="", help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
