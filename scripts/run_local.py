@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from meshssh_testkit import NatsServer, ServiceProcess, script
+from meshssh_testkit.process import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / ".run"
@@ -116,20 +117,6 @@ async def start_peer(name: str, nats_url: str) -> asyncio.subprocess.Process:
             if proc.returncode is not None:
                 raise RuntimeError(f"{name} exited {proc.returncode}; see {RUN / (name + '.log')}")
             await asyncio.sleep(0.3)
-
-
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15) -> None:
-    """SIGTERM, wait, SIGKILL on overrun."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            async with asyncio.timeout(timeout):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
 
 
 def ssh_config(laptop_state: Path) -> Path:
@@ -226,7 +213,7 @@ async def main() -> int:
     finally:
         print("stopping...", file=sys.stderr)
         for agent in reversed(peers):
-            await stop_process(agent)
+            await terminate(agent, 15)
         for proc in reversed(services):
             code = await proc.stop()
             if code not in (0, -signal.SIGTERM):

@@ -19,13 +19,12 @@ import collections
 import contextlib
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshssh_testkit.process import script
+from meshssh_testkit.process import script, terminate
 
 __all__ = ["AgentProcess", "agent_request", "pid_alive"]
 
@@ -137,18 +136,8 @@ class AgentProcess:
 
     async def stop(self, timeout: float = 15) -> int:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        code = await terminate(self.proc, timeout)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self._reader
-        assert self.proc.returncode is not None
-        return self.proc.returncode
+        return code

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServiceProcess", "script"]
+__all__ = ["ServiceProcess", "script", "terminate"]
 
 # Matches the runner's "ops listening" line in text (url=...) and JSON ("url": "...") format.
 _OPS = re.compile(r'ops listening.*?"?url"?[=:]\s*"?(http://[^\s",}]+)')
@@ -31,6 +31,22 @@ _OPS = re.compile(r'ops listening.*?"?url"?[=:]\s*"?(http://[^\s",}]+)')
 def script(name: str) -> str:
     """Path of a console script installed in the running venv."""
     return str(Path(sys.executable).parent / name)
+
+
+async def terminate(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            async with asyncio.timeout(timeout):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
 
 
 class ServiceProcess:
@@ -113,18 +129,8 @@ class ServiceProcess:
 
     async def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        code = await terminate(self.proc, timeout)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self._reader
-        assert self.proc.returncode is not None
-        return self.proc.returncode
+        return code

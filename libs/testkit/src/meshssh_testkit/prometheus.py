@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from meshssh_testkit.process import terminate
+
 __all__ = ["Prometheus", "free_port", "prometheus_available"]
 
 
@@ -84,11 +86,4 @@ class Prometheus:
 
     async def stop(self, timeout: float = 10) -> None:
         """SIGTERM, wait, SIGKILL on overrun."""
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc, timeout)
