@@ -267,7 +267,9 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
         with contextlib.suppress(ProcessLookupError):
             live.kill()
     assert live.returncode != 0
-    assert b"access revoked" in live_err, live_err
+    # sshd's "access revoked" usually arrives; when the agent's SIGTERM to sshd and the relay
+    # wins the race (a loaded machine), the proxy still tells the user to check revocation.
+    assert b"revoked" in live_err, live_err
     rc, out, err = await run(*system.tool("ssh", f"{USER}@demo-server", "id -un"))
     assert rc != 0
     assert out == ""
