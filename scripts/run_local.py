@@ -11,8 +11,9 @@ Starts, each as its own process, stopped in reverse order on Ctrl-C or SIGTERM:
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
    account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
 
-It writes .run/endpoints.json and an ssh_config that includes the drop-in of demo-laptop, and
-prints the exact commands. State persists across runs; `make clean` removes it.
+It writes .run/endpoints.json and an ssh_config that includes the drop-in of demo-laptop (which
+its agent keeps current in .run; demo-server keeps none, and nothing touches /etc/ssh or
+~/.ssh), and prints the exact commands. State persists across runs; `make clean` removes it.
 """
 
 from __future__ import annotations
@@ -40,18 +41,19 @@ PROVIDER = "127.0.0.1:8081"
 SEED = ROOT / "services/policy/demo/seed.json"
 USERS = ("alice", "bob")
 IS_ROOT = os.geteuid() == 0
+DROPIN = RUN / "ssh_config.d" / "meshssh.conf"  # demo-laptop's agent keeps it current
 RELAY_PORT = 22 if IS_ROOT else 2222
 PEERS = {
     "demo-server": {
         "mesh_ip": "127.0.0.2",
         "setup_key": "meshssh-demo-server-key-0001",
         "flags": ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
-                  *(["--enable-ssh-root"] if IS_ROOT else [])],
+                  *(["--enable-ssh-root"] if IS_ROOT else []), "--disable-ssh-config"],
     },
     "demo-laptop": {
         "mesh_ip": "127.0.0.3",
         "setup_key": "meshssh-demo-laptop-key-0001",
-        "flags": ["--ssh-jwt-cache-ttl", "600"],
+        "flags": ["--ssh-jwt-cache-ttl", "600", "--ssh-config-file", str(DROPIN)],
     },
 }  # fmt: skip
 
@@ -121,7 +123,7 @@ async def start_peer(name: str, nats_url: str) -> asyncio.subprocess.Process:
 
 def ssh_config(laptop_state: Path) -> Path:
     """An ssh_config for the demo that includes demo-laptop's drop-in."""
-    dropin = RUN / "ssh_config.d" / "meshssh.conf"
+    dropin = DROPIN
     subprocess.run(
         [script("meshssh"), "config", "install", "--file", str(dropin),
          "--state-dir", str(laptop_state)],

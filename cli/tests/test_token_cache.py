@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from meshssh_cli.device_flow import DeviceFlowClient
+from meshssh_cli.device_flow import DeviceAuthorization, DeviceFlowClient
 from meshssh_cli.token_cache import Notify, TokenCache, token_times
 from meshssh_common.jwt_validation import JwtValidator
 
@@ -190,3 +190,25 @@ async def test_many_ssh_connections_at_once_run_one_real_browser_flow(provider: 
     assert again == tokens[0]
     assert JwtValidator.from_snapshot(provider.snapshot).validate(tokens[0]).user_id == "alice"
     assert await provider.metric('meshssh_authn_device_flows_total{outcome="started"}') == 1
+
+
+async def test_a_caller_arriving_while_a_flow_is_cancelled_starts_a_fresh_one() -> None:
+    started: list[int] = []
+
+    async def fetch(uid: int, notify: Notify) -> str:
+        started.append(uid)
+        notify(DeviceAuthorization(f"d{len(started)}", f"CODE-{len(started)}", "u", "", 600, 1))
+        if len(started) == 1:
+            await asyncio.Event().wait()  # the user never signs in to the first flow
+        return fake_jwt(sub=len(started))
+
+    cache = TokenCache(fetch, ttl=300)
+    first = asyncio.create_task(cache.get(1000))
+    await asyncio.sleep(0.01)
+    first.cancel()  # the only caller hangs up...
+    await asyncio.sleep(0)  # ...its cleanup cancels the flow, which has not unwound yet
+    token = await cache.get(1000)  # arrives in that window: must not share the cancellation
+    assert started == [1000, 1000]
+    assert token == fake_jwt(sub=2)
+    assert first.cancelled()
+    await cache.aclose()

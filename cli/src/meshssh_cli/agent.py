@@ -270,14 +270,18 @@ class Agent:
 
     def _evaluate(self) -> None:
         """Start or stop the children for the current flags and map (SPEC §2)."""
-        if not self.registered:
-            return
+        if not self.registered or self.stop.is_set():
+            return  # not yet, or stopping: shutdown() decides now
         self.sshd.want(sshd_wanted(self.config, self.ssh_enabled))
-        self.relay.want(relay_wanted(self.config, self.ssh_enabled))
+        # A relay that sshd's connections pass through outlives a stopping sshd, so its last
+        # words ("access revoked" when SSH is switched off) still reach the clients.
+        draining = self.relay.desired and self.sshd.state != "stopped"
+        self.relay.want(relay_wanted(self.config, self.ssh_enabled) or draining)
 
     def _child_changed(self) -> None:
         if self.sshd.state != "running":
             self.sessions = ()
+        self._evaluate()  # e.g. sshd has stopped: the relay may follow
         self._beat.set()
 
     async def reconfigure(self, config: AgentConfig) -> int:

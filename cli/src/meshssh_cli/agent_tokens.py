@@ -18,12 +18,10 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
 from meshssh_cli.device_flow import DeviceFlowClient, fetch_client_config
-from meshssh_cli.token_cache import CachedToken, Fetch, Notify, OnPrompt, TokenCache
+from meshssh_cli.token_cache import CachedToken, Fetch, Notify, TokenCache
 from meshssh_common.errors import ConfigError
 from meshssh_common.wire import JwtConfig
 
@@ -32,20 +30,6 @@ __all__ = ["AgentTokenCache", "device_flow_fetch"]
 
 class AgentTokenCache(TokenCache):
     """:class:`TokenCache` plus :meth:`put` and limits taken from the map."""
-
-    async def get(self, uid: int, *, on_prompt: OnPrompt | None = None) -> str:
-        """As :meth:`TokenCache.get`, but never joins a flight that is being cancelled.
-
-        When the last caller of a flow hangs up, the flow's task is cancelled but stays
-        registered until it has unwound; a caller arriving in between would otherwise share
-        its cancellation. It waits for the unwinding and starts a fresh flow instead.
-        """
-        while True:
-            flight = self._flights.get(uid)
-            task = flight.task if flight is not None else None
-            if task is None or not task.cancelling():
-                return await super().get(uid, on_prompt=on_prompt)
-            await asyncio.gather(task, return_exceptions=True)
 
     def put(self, uid: int, token: str) -> CachedToken | None:
         """Cache ``token`` for ``uid``; None when it is not kept (TTL 0, or already too old)."""

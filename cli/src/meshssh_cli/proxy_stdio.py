@@ -134,7 +134,8 @@ class _StdioTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._reader.close()
-        cast(Any, self._writer).abort()
+        if not self._writer.is_closing():  # aborting a closed pipe transport raises
+            cast(Any, self._writer).abort()
 
 
 class StdioTunnel:

@@ -11,7 +11,8 @@ Rules:
   nor ``iat + max_token_age``, each less ``clock_skew`` so that a handed-out token is still
   good when the server checks it (NetBird's cache ignored ``exp`` and max age, #5917);
 - single flight: callers for the same uid that find no entry share one fetch (one browser
-  flow), even with ``ttl`` 0; the fetch is cancelled when its last caller gives up;
+  flow), even with ``ttl`` 0; the fetch is cancelled when its last caller gives up, and a
+  caller arriving while it unwinds starts a new one (it never inherits the cancellation);
 - a failed fetch is not cached; the next caller starts a new one;
 - the fetch announces its URL and code through ``notify``; every caller waiting on it gets
   them through its ``on_prompt`` (late joiners get them replayed), so each of several
@@ -165,6 +166,10 @@ class TokenCache:
                 flight.listeners.remove(on_prompt)
             if flight.waiters == 0 and not task.done():
                 task.cancel()  # nobody wants it any more: stop the browser flow
+                # ...and forget it now: a caller arriving while it unwinds starts a fresh
+                # flow instead of sharing this one's cancellation.
+                if self._flights.get(uid) is flight:
+                    del self._flights[uid]
 
     async def _run(self, uid: int, flight: _Flight) -> str:
         try:
@@ -175,7 +180,8 @@ class TokenCache:
                 self._entries[uid] = CachedToken(token, until)
             return token
         finally:
-            self._flights.pop(uid, None)
+            if self._flights.get(uid) is flight:  # not a newer flight of the same uid
+                del self._flights[uid]
 
     def invalidate(self, uid: int) -> None:
         """Forget ``uid``'s token (e.g. a server rejected it)."""

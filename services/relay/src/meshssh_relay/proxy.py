@@ -107,6 +107,7 @@ class ProxyRelay:
         self._pipes: set[Pipe] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dialing = 0
+        self._drained: asyncio.Event | None = None  # set by stop(): the last pipe ended
         self._loop: asyncio.AbstractEventLoop | None = None
         host, _ = split_host_port(settings.listen)
         self._source_ip = "" if ipaddress.ip_address(host).is_unspecified else host
@@ -139,14 +140,25 @@ class ProxyRelay:
         self._spawn(self._accept_loop(sock))
         self.log.info("relay listening", extra={"address": f"{host}:{self.address[1]}"})
 
-    async def stop(self) -> None:
-        """Stop accepting, drop every relayed connection and pending dial."""
+    async def stop(self, *, linger: float = 0.0) -> None:
+        """Stop accepting and dialing; then drop every relayed connection.
+
+        Args:
+            linger: seconds the relayed connections get to end by themselves first, so the
+                last words of a server that is closing them too (sshd's "access revoked" when
+                SSH is switched off) still reach the client.
+        """
         if self._listener is not None:
             self._listener.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pipes and linger > 0:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(linger):
+                    await self._drained.wait()
         pipes = list(self._pipes)
         for pipe in pipes:
             pipe.abort()
@@ -268,6 +280,8 @@ class ProxyRelay:
 
     def _closed(self, pipe: Pipe) -> None:
         self._pipes.discard(pipe)
+        if not self._pipes and self._drained is not None:
+            self._drained.set()
         self.metrics.active.set(len(self._pipes))
         self.metrics.bytes.labels(direction="client_to_upstream").inc(pipe.bytes_in)
         self.metrics.bytes.labels(direction="upstream_to_client").inc(pipe.bytes_out)

@@ -10,8 +10,9 @@ Modes (``--mode``):
 
 Order on start: the map watch begins; the listener binds; the redirect is reconciled with the
 first map (or after two seconds without one, which removes a rule left by a crash); then the
-relay reports ready. On stop: the listener closes, relayed connections are dropped, and the rule
-is removed.
+relay reports ready. On stop: the listener closes, relayed connections get half the shutdown
+grace to end by themselves (so a closing sshd's last words reach the client), the rest are
+dropped, and the rule is removed.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ async def serve(ctx: ServiceContext) -> None:
         raise group.exceptions[0] from None  # the runner turns it into exit 2 and one line
     finally:
         if proxy is not None:
-            await proxy.stop()
+            await proxy.stop(linger=settings.shutdown_grace / 2)
         if redirect is not None:
             await redirect.remove()
             metrics.redirect.set(0)

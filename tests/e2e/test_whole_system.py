@@ -1,0 +1,320 @@
+"""The whole system with real processes only, as a user meets it.
+
+nats-server, ``meshssh-authn`` (embedded provider; alice added with ``meshssh-authn users
+add``), ``meshssh-policy`` with the demo seed, and two agents: ``demo-server`` (127.0.0.2,
+sshd and the relay in proxy mode) and ``demo-laptop`` (127.0.0.3, JWT cache 600 s, its
+OpenSSH drop-in written to a temp file). The local OS user running the test signs in with
+``meshssh login`` (the test posts authn's login form the way a browser does), then plain
+OpenSSH ``ssh``, ``scp`` and ``sftp`` reach demo-server through the agent-written drop-in
+with alice's identity; the dashboard switch (``meshctl peers ssh disable``) ends the live
+session and refuses new ones. Ten ``ssh`` runs at once with an empty cache share one device
+flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from meshssh_common import codec, subjects
+from meshssh_common.wire import AuditEvent
+from meshssh_testkit.openssh import openssh_available
+from meshssh_testkit.peer_agent import AgentProcess
+from meshssh_testkit.plugin import ServiceFactory, need_tool
+from meshssh_testkit.process import ServiceProcess, script
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "services/policy/demo/seed.json"
+ADMIN_TOKEN = "whole-system-admin-token-0123456789"
+PASSWORD = "alice-e2e-password-42"
+USER = getpass.getuser()
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def run(*argv: str, env: dict[str, str] | None = None,
+              timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env={**os.environ, **(env or {})}, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@dataclass
+class System:
+    tmp: Path
+    api: str
+    authn: ServiceProcess
+    server: AgentProcess
+    laptop: AgentProcess
+    relay_port: int
+    sshd_ops: str
+    ssh_config: Path
+    dropin: Path
+
+    def tool(self, tool: str, *args: str) -> list[str]:
+        """``ssh``/``scp``/``sftp`` with the config that includes the agent-written drop-in."""
+        port = ["-p" if tool == "ssh" else "-P", str(self.relay_port)]
+        return [tool, "-F", str(self.ssh_config), *port, *args]
+
+    async def meshctl(self, *args: str) -> str:
+        code, out, err = await run(script("meshctl"), *args,
+                                   env={"MESHSSH_API_URL": self.api,
+                                        "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
+        assert code == 0, (args, err)
+        return out
+
+    async def device_flows_started(self) -> float:
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"{self.authn.ops_url}/metrics")).text
+        wanted = 'meshssh_authn_device_flows_total{outcome="started"} '
+        lines = [line for line in text.splitlines() if line.startswith(wanted)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def approve(url: str, code: str) -> None:
+    """What alice's browser does: post authn's login form for the code."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        page = await http.post(url, data={"username": "alice", "password": PASSWORD,
+                                          "user_code": code})  # fmt: skip
+    assert page.status_code == 200, page.text
+
+
+async def start_agent(tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str,
+                      *flags: str) -> AgentProcess:  # fmt: skip
+    agent = await AgentProcess.start(
+        tmp / name, "--mesh-ip", ip, "--name", name, "--setup-key", key, "--nats-url", nats_url,
+        "--management-url", api, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
+        *flags,
+    )  # fmt: skip
+    await agent.wait_status(lambda s: s["registered"], timeout=60)
+    return agent
+
+
+@pytest.fixture
+async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> AsyncIterator[System]:
+    need_tool(openssh_available(), "OpenSSH (ssh, scp, sftp)")
+    users = tmp_path / "users.json"
+    proc = await asyncio.create_subprocess_exec(
+        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
+        "--group", "users", "--password-stdin", "--users-file", str(users),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        _, errb = await proc.communicate(PASSWORD.encode() + b"\n")
+    assert proc.returncode == 0, errb
+    authn = await services.start(
+        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
+        "--users-file", str(users), "--device-poll-interval", "1",
+    )  # fmt: skip
+    policy = await services.start(
+        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", "--seed", str(SEED),
+        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+    )  # fmt: skip
+    found = re.search(r"api listening.*url=(http://\S+)", policy.output())
+    assert found, policy.output()
+    api = found[1]
+    async with asyncio.timeout(30), httpx.AsyncClient(timeout=5) as http:
+        while (await http.get(f"{api}/api/v1/auth/config")).status_code != 200:
+            await asyncio.sleep(0.1)  # until authn has published the provider
+
+    sshd_ops = f"127.0.0.1:{free_port('127.0.0.1')}"
+    server_flags = ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
+                    *(["--enable-ssh-root"] if IS_ROOT else []),
+                    "--sshd-ops-listen", sshd_ops, "--disable-ssh-config"]  # fmt: skip
+    server = await start_agent(tmp_path, "demo-server", "127.0.0.2", "meshssh-demo-server-key-0001",
+                               api, nats_url, *server_flags)  # fmt: skip
+    dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
+    laptop = None
+    try:
+        status = await server.wait_status(
+            lambda s: (
+                server.child(s, "sshd")["state"] == "running"
+                and server.child(s, "relay")["state"] == "running"
+            ),
+            timeout=60,
+        )
+        laptop = await start_agent(tmp_path, "demo-laptop", "127.0.0.3",
+                                   "meshssh-demo-laptop-key-0001", api, nats_url,
+                                   "--ssh-jwt-cache-ttl", "600",
+                                   "--ssh-config-file", str(dropin))  # fmt: skip
+        async with asyncio.timeout(30):
+            while "demo-server" not in (dropin.read_text() if dropin.exists() else ""):
+                await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
+        config = tmp_path / "ssh_config"
+        config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
+        yield System(tmp_path, api, authn, server, laptop, status["relay_port"], sshd_ops,
+                     config, dropin)  # fmt: skip
+    finally:
+        if laptop is not None:
+            await laptop.stop()
+        await server.stop()
+
+
+async def read_code(stream: asyncio.StreamReader, seen: list[str] | None = None) -> tuple[str, str]:
+    """The ``URL: `` and ``Code: `` lines a command prints on stderr (all lines go to ``seen``)."""
+    url = ""
+    seen = [] if seen is None else seen
+    async with asyncio.timeout(45):
+        while True:
+            line = (await stream.readline()).decode()
+            assert line, f"ended before printing the URL and code: {seen}"
+            seen.append(line)
+            if line.startswith("URL: "):
+                url = line.removeprefix("URL: ").strip()
+            elif line.startswith("Code: "):
+                return url, line.removeprefix("Code: ").strip()
+
+
+async def audit_events(nc: NATS) -> list[AuditEvent]:
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.AUDIT_STREAM)
+    sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
+    try:
+        return [
+            codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
+            for _ in range(info.state.messages)
+        ]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_until_revoked(
+    system: System, nc: NATS
+) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:  # sshd's ops port is the one asked for
+        assert (await http.get(f"http://{system.sshd_ops}/metrics")).status_code == 200
+
+    login = await asyncio.create_subprocess_exec(
+        script("meshssh"), "login", "--state-dir", str(system.laptop.state_dir), "--no-browser",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert login.stderr is not None
+    url, code = await read_code(login.stderr)
+    await approve(url, code)
+    async with asyncio.timeout(30):
+        _, err = await login.communicate()
+    assert login.returncode == 0, err
+
+    rc, out, err = await run(*system.tool("ssh", f"{USER}@demo-server", "id -un"))
+    assert (rc, out.strip()) == (0, USER), err
+    assert "Code: " not in err  # the laptop agent's cache answered
+
+    src = system.tmp / "hello.txt"
+    src.write_text("hello from the laptop\n")
+    remote = f"/tmp/meshssh-e2e-{os.getpid()}.txt"
+    rc, _, err = await run(*system.tool("scp", str(src), f"{USER}@demo-server:{remote}"))
+    assert rc == 0, err
+    back = system.tmp / "back.txt"
+    rc, _, err = await run(*system.tool("scp", f"{USER}@demo-server:{remote}", str(back)))
+    assert rc == 0, err
+    assert back.read_text() == "hello from the laptop\n"
+    batch = system.tmp / "batch"
+    batch.write_text(f"get {remote} {system.tmp / 'sftp.txt'}\nrm {remote}\n")
+    rc, _, err = await run(*system.tool("sftp", "-b", str(batch), f"{USER}@demo-server"))
+    assert rc == 0, err
+    assert (system.tmp / "sftp.txt").read_text() == "hello from the laptop\n"
+    assert not await asyncio.to_thread(Path(remote).exists)
+
+    events = await audit_events(nc)
+    accepted = [e for e in events if e.kind == "auth-accepted"]
+    assert accepted, events
+    assert {e.jwt_user for e in accepted} == {"alice"}
+    assert all(e.source_addr.startswith("127.0.0.3") for e in accepted), accepted
+    assert {e.local_user for e in accepted} == {USER}
+
+    # The dashboard switch ends the live session and refuses new connections.
+    live = await asyncio.create_subprocess_exec(
+        *system.tool("ssh", f"{USER}@demo-server", "echo started; exec sleep 60"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert live.stdout is not None
+    async with asyncio.timeout(30):
+        assert (await live.stdout.readline()).strip() == b"started"
+    await system.meshctl("peers", "ssh", "disable", "demo-server")
+    try:
+        async with asyncio.timeout(20):
+            _, live_err = await live.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            live.kill()
+    assert live.returncode != 0
+    # sshd's "access revoked" usually arrives; when the agent's SIGTERM to sshd and the relay
+    # wins the race (a loaded machine), the proxy still tells the user to check revocation.
+    assert b"revoked" in live_err, live_err
+    rc, out, err = await run(*system.tool("ssh", f"{USER}@demo-server", "id -un"))
+    assert rc != 0
+    assert out == ""
+
+
+async def drain(proc: asyncio.subprocess.Process, lines: list[str]) -> tuple[int, str]:
+    """Wait for ``proc``, collecting its stderr lines as they come; (exit code, stdout)."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out = asyncio.ensure_future(proc.stdout.read())
+    while line := await proc.stderr.readline():
+        lines.append(line.decode())
+    return await proc.wait(), (await out).decode()
+
+
+async def test_ten_ssh_runs_at_once_with_an_empty_cache_share_one_device_flow(
+    system: System,
+) -> None:
+    assert await system.device_flows_started() == 0
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *system.tool("ssh", f"{USER}@demo-server", "id -un"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(10)
+    ]
+    seen: list[list[str]] = [[] for _ in procs]
+    runs = asyncio.gather(*(drain(p, lines) for p, lines in zip(procs, seen, strict=True)))
+    try:
+        async with asyncio.timeout(45):  # the first run to show the prompt
+            while not (shown := [ln for lines in seen for ln in lines if ln.startswith("Code: ")]):
+                await asyncio.sleep(0.05)
+        url = next(ln for lines in seen for ln in lines if ln.startswith("URL: "))
+        await approve(url.removeprefix("URL: ").strip(), shown[0].removeprefix("Code: ").strip())
+        async with asyncio.timeout(90):
+            results = await runs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await asyncio.gather(runs, return_exceptions=True)
+    for (code, out), lines in zip(results, seen, strict=True):
+        assert (code, out.strip()) == (0, USER), lines
+    codes = {ln for lines in seen for ln in lines if ln.startswith("Code: ")}
+    assert len(codes) == 1, seen  # every run that showed a code showed the same one
+    assert await system.device_flows_started() == 1
