@@ -2,8 +2,8 @@
 
 Registration is answered by ``PolicyStandIn`` (the wire contract of meshssh-policy, on the
 test's real NATS) and maps are written into KV as the management plane would; the children
-are the real console scripts (see ``meshssh_testkit.sshd_contract`` for the interim sshd
-launcher used until meshssh-sshd takes the agent's flags).
+are the real console scripts. The same behaviour against the real meshssh-policy and meshctl
+is in tests/e2e/test_peer_with_policy.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.policy_standin import PolicyStandIn
 from meshssh_testkit.process import script
-from meshssh_testkit.sshd_contract import sshd_command
 
 MESH_IP = "127.0.0.2"
 
@@ -46,7 +45,7 @@ async def start_agent(tmp_path: Path, nats_url: str, *flags: str) -> AgentProces
         tmp_path / "state",
         "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
         "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
-        "--relay-mode", "proxy", "--sshd-bin", sshd_command(tmp_path), *flags,
+        "--relay-mode", "proxy", "--sshd-bin", script("meshssh-sshd"), *flags,
     )  # fmt: skip
 
 
@@ -257,7 +256,7 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
         agent = await AgentProcess.start(
             tmp_path / name, "--mesh-ip", ip, "--name", name, "--nats-url", nats_url,
             "--setup-key", "KEY", "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
-            "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", sshd_command(tmp_path),
+            "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", script("meshssh-sshd"),
         )  # fmt: skip
         agents.append(agent)
     try:

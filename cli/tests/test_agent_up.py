@@ -15,7 +15,6 @@ from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import agent_request, pid_alive
 from meshssh_testkit.policy_standin import PolicyStandIn
 from meshssh_testkit.process import script
-from meshssh_testkit.sshd_contract import sshd_command
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
     tmp_path: Path, nats_url: str, policy: PolicyStandIn
 ) -> None:
     state = tmp_path / "state"
-    sshd_bin = sshd_command(tmp_path)
+    sshd_bin = script("meshssh-sshd")
     try:
         code, out, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--setup-key", "KEY"))
         assert code == 0, err
@@ -94,7 +93,7 @@ async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
 ) -> None:
     state = tmp_path / "state"
     code, _, err = await meshssh(
-        *up_args(state, nats_url, sshd_command(tmp_path), "--setup-key", "WRONG")
+        *up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "WRONG")
     )
     assert code == 1
     assert "invalid setup key" in err
@@ -106,7 +105,7 @@ async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
 async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
     tmp_path: Path, nats_url: str, policy: PolicyStandIn
 ) -> None:
-    code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, sshd_command(tmp_path)))
+    code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, script("meshssh-sshd")))
     assert code == 2, err
     assert "--setup-key" in err
 
@@ -118,7 +117,7 @@ async def test_up_warns_when_a_child_cannot_start_and_says_why(
     taken = socket.socket()
     taken.bind(("127.0.0.2", 0))
     taken.listen(1)
-    args = up_args(state, nats_url, sshd_command(tmp_path), "--setup-key", "KEY",
+    args = up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "KEY",
                    "--allow-server-ssh")  # fmt: skip
     args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
     try:

@@ -6,9 +6,7 @@ Peer A's agent runs inside A's namespace (NATS is the test's nats-server, forwar
 loopback); the management plane is ``PolicyStandIn`` (registration and maps on the real
 NATS). The SSH server is the agent's meshssh-sshd (``--disable-ssh-auth``: machine identity,
 so the network ACL alone decides); B also holds 100.64.0.3, a source the map has no rule for,
-which sshd must refuse. While the installed meshssh-sshd does not serve SSH yet (the interim
-launcher of ``meshssh_testkit.sshd_contract``), a real asyncssh server in A's namespace holds
-``100.64.0.1:22022`` instead and the ACL part is left to the sshd tests.
+which sshd must refuse.
 """
 
 from __future__ import annotations
@@ -31,10 +29,9 @@ from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, pid_alive
+from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.policy_standin import PolicyStandIn
 from meshssh_testkit.process import script
-from meshssh_testkit.ssh_upstreams import ProxySshServer
-from meshssh_testkit.sshd_contract import sshd_command, sshd_takes_the_contract
 
 USER = getpass.getuser()
 A_IP, B_IP, STRANGER_IP = "100.64.0.1", "100.64.0.2", "100.64.0.3"
@@ -54,8 +51,7 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
     reason = netns_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    if shutil.which("nft") is None:
-        pytest.skip("nft (nftables) is not installed")
+    need_tool(shutil.which("nft") is not None, "nft (nftables)")
     await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
     a, b = await NetNs.create("pa"), await NetNs.create("pb")
     forward = None
@@ -81,17 +77,11 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
 ) -> None:
     netmap = make_map(1, mesh_ip=A_IP, mesh_prefix=PREFIX, sources=[f"{B_IP}/32"])
     policy = await PolicyStandIn.start(nc, netmap=netmap)
-    real_sshd = sshd_takes_the_contract()
-    server = None
-    if not real_sshd:
-        listener = mesh.a.listener(A_IP, 22022)
-        server = ProxySshServer(A_IP, client_key=openssh.public_key, sock=listener)
-        await server.start()
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
         state, "--mesh-ip", A_IP, "--name", "server", "--nats-url", mesh.nats_url,
         "--setup-key", "KEY", "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
-        "--sshd-bin", sshd_command(tmp_path), prefix=tuple(mesh.a.argv()),
+        "--sshd-bin", script("meshssh-sshd"), prefix=tuple(mesh.a.argv()),
     )  # fmt: skip
     try:
         status = await agent.wait_status(
@@ -105,7 +95,7 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         async with asyncio.timeout(15):
             while "meshssh-relay-p1" not in await tables(mesh.a):
                 await asyncio.sleep(0.05)
-        host_key = server.public_line if server else agent_host_key(state)
+        host_key = agent_host_key(state)
         with openssh.known_hosts.open("a") as f:
             f.write(f"{A_IP} {host_key}\n")
 
@@ -116,17 +106,12 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
             )
             return result.returncode, result.out.strip(), result.err
 
-        if real_sshd:
-            code, out, err = await ssh_from(B_IP, "echo $SSH_CLIENT")
-            assert code == 0, err
-            assert out.split()[0] == B_IP  # sshd on 22022 saw the original source
-            assert out.split()[2] == "22022"  # and the connection landed on 22022
-            code, out, err = await ssh_from(STRANGER_IP, "echo should-not-run")
-            assert code == 255, out  # no rule for this source: sshd's ACL refuses it
-        else:
-            code, out, err = await ssh_from(B_IP, "via-22")
-            assert code == 0, err
-            assert out == f"source={B_IP} command=via-22"
+        code, out, err = await ssh_from(B_IP, "echo $SSH_CLIENT")
+        assert code == 0, err
+        assert out.split()[0] == B_IP  # sshd on 22022 saw the original source
+        assert out.split()[2] == "22022"  # and the connection landed on 22022
+        code, out, err = await ssh_from(STRANGER_IP, "echo should-not-run")
+        assert code == 255, out  # no rule for this source: sshd's ACL refuses it
 
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
         code, _, err = await mesh.a.run(script("meshssh"), "down", "--state-dir", str(state))
@@ -138,8 +123,6 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
             assert not pid_alive(pid)
     finally:
         await agent.stop()
-        if server is not None:
-            await server.stop()
         await policy.stop()
 
 

@@ -3,7 +3,6 @@
 
 The management plane is ``PolicyStandIn`` (registration and maps on the real NATS); sshd runs
 with ``--disable-ssh-auth`` (machine identity), so the network ACL alone decides who gets in.
-Skipped while the installed meshssh-sshd does not serve SSH yet (issue 5 not merged).
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, Status
 from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.process import script
 from meshssh_testkit.ssh_upstreams import NativeSshd, sshd_binary
-from meshssh_testkit.sshd_contract import sshd_command, sshd_takes_the_contract
 
 USER = getpass.getuser()
 MESH_IP, CLIENT_IP = "127.0.0.2", "127.0.0.3"
@@ -46,8 +45,6 @@ class Peer:
 
 @pytest.fixture
 async def peer(nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH) -> AsyncIterator[Peer]:
-    if not sshd_takes_the_contract():
-        pytest.skip("the installed meshssh-sshd does not serve SSH yet (issue 5 not merged)")
     need_tool(sshd_binary() is not None, "OpenSSH's sshd (openssh-server)")
     need_tool(USER == "root", "root (sshd -i as the native daemon, login as the current user)")
     audit: list[AuditEvent] = []
@@ -63,7 +60,7 @@ async def peer(nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH) -> Asy
         tmp_path / "state", "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
         "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
         "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
-        "--native-upstream", f"{MESH_IP}:{native.port}", "--sshd-bin", sshd_command(tmp_path),
+        "--native-upstream", f"{MESH_IP}:{native.port}", "--sshd-bin", script("meshssh-sshd"),
     )  # fmt: skip
     try:
         status = await agent.wait_status(lambda s: s["ssh_running"] and s["relay_running"])

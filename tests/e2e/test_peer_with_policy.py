@@ -19,7 +19,6 @@ from typing import Any
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
-from meshssh_testkit.sshd_contract import sshd_command
 
 TOKEN = "relay-e2e-admin-token-0123456789"
 MESH_IP = "127.0.0.2"
@@ -68,7 +67,7 @@ async def test_the_agent_follows_the_real_management_plane(
     args = (
         "--mesh-ip", MESH_IP, "--name", "web1", "--nats-url", nats_url, "--management-url", api[1],
         "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy", "--allow-server-ssh",
-        "--sshd-bin", sshd_command(tmp_path),
+        "--sshd-bin", script("meshssh-sshd"),
     )  # fmt: skip
     agent = await AgentProcess.start(state, *args, "--setup-key", key)
     try:

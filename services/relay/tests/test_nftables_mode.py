@@ -24,6 +24,7 @@ from meshssh_common.kv import open_bucket
 from meshssh_testkit.netmaps import make_map, put_map
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH, RunResult
+from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.process import ServiceProcess, script
 from meshssh_testkit.ssh_upstreams import ProxySshServer
 
@@ -46,8 +47,7 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
     reason = netns_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    if shutil.which("nft") is None:
-        pytest.skip("nft (nftables) is not installed")
+    need_tool(shutil.which("nft") is not None, "nft (nftables)")
     await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
     a, b = await NetNs.create("a"), await NetNs.create("b")
     forward = None
