@@ -46,5 +46,7 @@ def decode(data: bytes | bytearray | memoryview, typ: type[T]) -> T:
     except msgspec.ValidationError as e:
         raise WireError(f"invalid {getattr(typ, '__name__', typ)}: {e}") from e
     except msgspec.DecodeError as e:
-        raise WireError(f"undecodable {getattr(typ, '__name__', typ)}: {e}") from e
+        raise WireError(
+            f"undecodable {getattr(typ, '__name__', typ)}: {e}", reason="undecodable"
+        ) from e
     return result

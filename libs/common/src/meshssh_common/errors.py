@@ -58,9 +58,13 @@ class ConfigError(MeshError):
 
 
 class WireError(MeshError):
-    """An undecodable or invalid payload."""
+    """An undecodable or invalid payload; ``reason`` is a bounded metric label."""
 
     code = "bad_message"
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason  # "undecodable" (not JSON) or "invalid" (wrong shape or value)
 
 
 class BadRequest(MeshError):
@@ -165,4 +169,4 @@ def nats_boundary(subject: str) -> Iterator[None]:
     except msgspec.ValidationError as e:
         raise WireError(f"{subject}: invalid payload: {e}") from e
     except msgspec.DecodeError as e:
-        raise WireError(f"{subject}: undecodable payload: {e}") from e
+        raise WireError(f"{subject}: undecodable payload: {e}", reason="undecodable") from e

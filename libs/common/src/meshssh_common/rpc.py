@@ -98,8 +98,7 @@ async def add_endpoint(
             try:
                 payload = codec.decode(req.data, req_type)
             except WireError as e:
-                reason = "undecodable" if "undecodable" in str(e) else "invalid"
-                metrics.bad_messages.labels(endpoint=name, reason=reason).inc()
+                metrics.bad_messages.labels(endpoint=name, reason=e.reason).inc()
                 log.warning("rejected bad payload", extra={"endpoint": name, "error": str(e)})
                 raise
             result = await handler(payload)
@@ -143,8 +142,7 @@ async def subscribe_typed(
         try:
             payload = codec.decode(msg.data, msg_type)
         except WireError as e:
-            reason = "undecodable" if "undecodable" in str(e) else "invalid"
-            metrics.bad_messages.labels(endpoint=name, reason=reason).inc()
+            metrics.bad_messages.labels(endpoint=name, reason=e.reason).inc()
             log.warning(
                 "dropped bad payload",
                 extra={"endpoint": name, "subject": msg.subject, "error": str(e)},

@@ -8,6 +8,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from meshssh_common.errors import NotFound
@@ -25,6 +27,25 @@ def _without(items: tuple[str, ...], item: str | None) -> tuple[str, ...]:
     return tuple(i for i in items if i != item)
 
 
+async def _edit_members(
+    store: Store,
+    group_id: str,
+    edit: Callable[[tuple[str, ...], str | None], tuple[str, ...]],
+    peer: str | None,
+    user: str | None,
+) -> GroupRecord:
+    def change(group: GroupRecord | None) -> GroupRecord:
+        if group is None:
+            raise NotFound(f"group {group_id!r} does not exist")
+        return msgspec.structs.replace(
+            group, peers=edit(group.peers, peer), users=edit(group.users, user)
+        )
+
+    result = await store.mutate(store.groups, group_key(group_id), change)
+    assert result is not None
+    return result
+
+
 async def add_member(
     store: Store, group_id: str, *, peer: str | None = None, user: str | None = None
 ) -> GroupRecord:
@@ -33,17 +54,7 @@ async def add_member(
     Raises:
         NotFound: the group does not exist.
     """
-
-    def change(group: GroupRecord | None) -> GroupRecord:
-        if group is None:
-            raise NotFound(f"group {group_id!r} does not exist")
-        return msgspec.structs.replace(
-            group, peers=_with(group.peers, peer), users=_with(group.users, user)
-        )
-
-    result = await store.mutate(store.groups, group_key(group_id), change)
-    assert result is not None
-    return result
+    return await _edit_members(store, group_id, _with, peer, user)
 
 
 async def remove_member(
@@ -54,17 +65,7 @@ async def remove_member(
     Raises:
         NotFound: the group does not exist.
     """
-
-    def change(group: GroupRecord | None) -> GroupRecord:
-        if group is None:
-            raise NotFound(f"group {group_id!r} does not exist")
-        return msgspec.structs.replace(
-            group, peers=_without(group.peers, peer), users=_without(group.users, user)
-        )
-
-    result = await store.mutate(store.groups, group_key(group_id), change)
-    assert result is not None
-    return result
+    return await _edit_members(store, group_id, _without, peer, user)
 
 
 async def forget_member(store: Store, *, peer: str | None = None, user: str | None = None) -> None:
