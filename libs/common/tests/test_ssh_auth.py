@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from meshssh_common import codec
 from meshssh_common.ssh_auth import authorize, build_table, hash_user_id
 from meshssh_common.wire import SshAuth
 
@@ -61,3 +62,43 @@ def test_tables_are_canonical_so_equal_grants_compare_equal() -> None:
     b = build_table("sub", [("y", "u"), ("x", "*")])
     assert a == b
     assert len(a.authorized_users) == 2
+
+
+# -- open to every validated user (legacy TCP/22 rules) ----------------------------------------
+
+
+def test_a_table_open_for_any_local_user_lets_in_every_validated_user() -> None:
+    table = build_table("sub", [], any_validated_user=["*"])
+    for user in ("alice", "someone-management-never-saw", "x" * 255):
+        for local in ("alice", "deploy", "root"):  # root is gated by sshd, not the table
+            assert authorize(table, user, local)
+    assert not authorize(table, "", "deploy")  # no user id: no login
+    assert not authorize(table, "alice", "")
+
+
+def test_a_table_open_for_one_local_user_opens_only_that_one() -> None:
+    table = build_table("sub", [("bob", "*")], any_validated_user=["deploy"])
+    assert authorize(table, "stranger", "deploy")
+    assert not authorize(table, "stranger", "root")
+    assert not authorize(table, "stranger", "stranger")
+    assert authorize(table, "bob", "root")  # the hashed grants still apply
+
+
+def test_a_map_without_the_open_field_stays_closed_to_strangers() -> None:
+    # What a map from before the field existed decodes to: nobody gets in that way.
+    old = codec.decode(
+        b'{"user_id_claim":"sub","authorized_users":["' + hash_user_id("bob").encode()
+        + b'"],"machine_users":{"*":[0]}}',
+        SshAuth,
+    )  # fmt: skip
+    assert old.any_validated_user == ()
+    assert authorize(old, "bob", "deploy")
+    assert not authorize(old, "stranger", "deploy")
+
+
+def test_the_open_field_is_canonical_and_round_trips() -> None:
+    a = build_table("sub", [], any_validated_user=["*", "deploy", "*", ""])
+    assert a.any_validated_user == ("*", "deploy")
+    assert a == build_table("sub", [], any_validated_user=["deploy", "*"])
+    assert codec.decode(codec.encode(a), SshAuth) == a
+    assert b"any_validated_user" not in codec.encode(build_table("sub", [("x", "*")]))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.ssh_auth import authorize
-from meshssh_common.wire import JwksSnapshot, JwtConfig, NetworkMap, PeerFlags, PeerMeta
+from meshssh_common.wire import (
+    JwksSnapshot,
+    JwtConfig,
+    NetworkMap,
+    PeerFlags,
+    PeerMeta,
+    PortRange,
+)
 from meshssh_policy.compiler import Compiler, tombstone
 from meshssh_policy.index import Index
 from meshssh_policy.records import (
@@ -61,20 +69,98 @@ def ssh_rule(**authorized: tuple[str, ...]) -> RuleRecord:
 # -- authorization table ---------------------------------------------------------------------
 
 
-def test_a_legacy_tcp22_rule_authorizes_every_known_user_for_any_local_user() -> None:
+def test_a_legacy_tcp22_rule_lets_every_validated_user_in_as_any_local_user() -> None:
     table = compile_map(make_state(tcp22())).ssh_auth
-    for user in ("alice", "bob", "carol"):
-        for local in ("root", "deploy", "alice"):
+    assert table.any_validated_user == ("*",)
+    assert table.authorized_users == ()  # no user list: the table is the same for any users
+    for user in ("alice", "bob", "carol", "dave", "never-seen-by-management"):
+        for local in ("root", "deploy", "alice"):  # root: sshd's --enable-ssh-root decides
             assert authorize(table, user, local)
-    assert not authorize(table, "dave", "deploy")  # in a group, but not a known user
-    assert not authorize(table, "mallory", "deploy")
+
+
+@pytest.mark.parametrize(
+    ("rule", "opened"),
+    [
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    ports=("22",)), True),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="all"), True),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp"), True),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    port_ranges=(PortRange(start=20, end=30),)), True),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    ports=("22022",)), True),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    ports=("80", "443")), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    port_ranges=(PortRange(start=23, end=1000),)), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="udp",
+                    ports=("22",)), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="icmp"), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
+                    ports=("22",), action="drop"), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="ssh"), False),
+        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="ssh",
+                    authorized_groups={"admins": ()}), False),
+    ],
+)  # fmt: skip
+def test_only_accept_tcp_or_all_rules_covering_22_open_to_every_validated_user(
+    rule: RuleRecord, opened: bool
+) -> None:
+    table = compile_map(make_state(rule)).ssh_auth
+    assert (table.any_validated_user == ("*",)) is opened
+    assert authorize(table, "never-seen-by-management", "deploy") is opened
 
 
 def test_a_legacy_rule_grants_nothing_when_the_admin_switch_is_off() -> None:
     m = compile_map(make_state(tcp22(), switch=False))
     assert m.peer.ssh_enabled is False
     assert m.ssh_auth.authorized_users == ()
+    assert m.ssh_auth.any_validated_user == ()
     assert m.peer.jwt is None
+
+
+def test_a_legacy_rule_under_an_ssh_rule_with_the_switch_off_opens_nothing() -> None:
+    # SSH is on through the ssh rule, but the legacy rule needs the admin switch.
+    m = compile_map(make_state(tcp22(), ssh_rule(admins=()), switch=False))
+    assert m.peer.ssh_enabled is True
+    assert m.ssh_auth.any_validated_user == ()
+    assert authorize(m.ssh_auth, "bob", "deploy")
+    assert not authorize(m.ssh_auth, "alice", "deploy")
+
+
+def test_a_legacy_rule_does_not_open_peers_outside_its_destinations() -> None:
+    state = make_state(tcp22())
+    state.peers["lap"] = msgspec.structs.replace(state.peers["lap"], ssh_enabled=True)
+    m = compile_map(state, "lap")
+    assert m.peer.ssh_enabled is True  # its own switch
+    assert m.ssh_auth.any_validated_user == ()
+    assert not authorize(m.ssh_auth, "alice", "alice")
+
+
+def test_a_legacy_rule_and_an_ssh_rule_together_keep_both_grants() -> None:
+    table = compile_map(make_state(tcp22(), ssh_rule(admins=("root",)))).ssh_auth
+    assert table.any_validated_user == ("*",)
+    assert authorize(table, "stranger", "deploy")
+    assert authorize(table, "bob", "root")
+    assert len(table.authorized_users) == 1
+
+
+def test_adding_a_user_leaves_a_legacy_peer_s_table_unchanged() -> None:
+    state = make_state(tcp22())
+    before = compile_map(state)
+    state.users["erin"] = UserRecord(id="erin", email="erin@example.com")
+    assert compile_map(state) == before
+
+
+def test_an_ssh_rule_refuses_a_validated_user_in_no_authorized_group() -> None:
+    state = make_state(ssh_rule(admins=()))
+    table = compile_map(state).ssh_auth
+    assert table.any_validated_user == ()
+    assert not authorize(table, "erin", "deploy")  # unknown to management
+    state.users["erin"] = UserRecord(id="erin")
+    assert not authorize(compile_map(state).ssh_auth, "erin", "deploy")  # known, no group
+    state.groups["admins"] = GroupRecord(id="admins", users=("bob", "erin"))
+    assert authorize(compile_map(state).ssh_auth, "erin", "deploy")  # put into the group
 
 
 def test_ssh_rule_users_log_in_only_as_the_local_users_their_group_lists() -> None:
@@ -95,10 +181,13 @@ def test_an_ssh_rule_lists_users_by_hash_under_their_local_user() -> None:
     assert "bob" not in str(table)
 
 
-def test_an_ssh_rule_without_authorized_groups_authorizes_every_user_for_any_local_user() -> None:
+def test_an_ssh_rule_without_authorized_groups_lets_every_known_user_in_as_anyone() -> None:
     table = compile_map(make_state(ssh_rule(), switch=False)).ssh_auth
     assert set(table.machine_users) == {"*"}
+    assert table.any_validated_user == ()
     assert authorize(table, "carol", "whoever")
+    assert not authorize(table, "dave", "whoever")  # in a group, but no user record
+    assert not authorize(table, "never-seen-by-management", "whoever")
 
 
 def test_with_no_entry_a_login_is_denied() -> None:

@@ -4,13 +4,21 @@ The management plane builds one table per peer; the SSH server checks a login ag
 ids travel only as unkeyed BLAKE2b-128 hashes, so a map never leaks who has access.
 ``machine_users`` maps a local user, or ``*`` for any local user, to indexes into the hash list.
 A login as local user U is allowed only when the user's index is listed under ``*`` or under
-U. Anything missing means denied: fail closed.
+U, or when ``any_validated_user`` holds ``*`` or U: there every user whose token the validator
+accepted may log in (legacy TCP/22 rules, SPEC §6), known to management or not. Anything
+missing means denied: fail closed. Root is not decided here: sshd refuses it unless
+``--enable-ssh-root``, whatever the table says.
+
+The SSH server calls :func:`authorize` both at login and when a new map arrives (live
+revocation), so the two can never disagree.
 
 Example::
 
     table = build_table("sub", [("alice", "*"), ("bob", "deploy")])
     authorize(table, "bob", "deploy")   # True
     authorize(table, "bob", "root")     # False
+    open_table = build_table("sub", [], any_validated_user=["*"])
+    authorize(open_table, "anyone-the-idp-vouched-for", "deploy")   # True
 """
 
 from __future__ import annotations
@@ -30,11 +38,21 @@ def hash_user_id(user_id: str) -> str:
     return hashlib.blake2b(user_id.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def build_table(user_id_claim: str, grants: Iterable[tuple[str, str]]) -> SshAuth:
+def build_table(
+    user_id_claim: str,
+    grants: Iterable[tuple[str, str]],
+    *,
+    any_validated_user: Iterable[str] = (),
+) -> SshAuth:
     """Build a table from ``(user_id, local_user)`` grants (``local_user`` may be ``*``).
 
     The result is canonical: hashes sorted, indexes sorted, no duplicates, so two builds of
     the same grants compare equal (maps are republished only when their content changes).
+
+    Args:
+        user_id_claim: the claim whose value is the user id.
+        grants: ``(user id, local user or *)`` pairs.
+        any_validated_user: local users (or ``*``) open to every validated user.
     """
     pairs = {(hash_user_id(uid), local) for uid, local in grants if uid and local}
     hashes = sorted({h for h, _ in pairs})
@@ -46,13 +64,21 @@ def build_table(user_id_claim: str, grants: Iterable[tuple[str, str]]) -> SshAut
         user_id_claim=user_id_claim,
         authorized_users=tuple(hashes),
         machine_users={local: tuple(sorted(ix)) for local, ix in sorted(machine.items())},
+        any_validated_user=tuple(sorted({local for local in any_validated_user if local})),
     )
 
 
 def authorize(table: SshAuth | None, user_id: str, local_user: str) -> bool:
-    """Whether ``user_id`` may log in as ``local_user`` under ``table`` (False when unsure)."""
+    """Whether ``user_id`` may log in as ``local_user`` under ``table`` (False when unsure).
+
+    ``user_id`` must come from a token the validator accepted: a table that is open to every
+    validated user says yes to any non-empty id.
+    """
     if table is None or not user_id or not local_user:
         return False
+    opened = table.any_validated_user
+    if WILDCARD in opened or local_user in opened:
+        return True
     wanted = hash_user_id(user_id)
     try:
         position = table.authorized_users.index(wanted)

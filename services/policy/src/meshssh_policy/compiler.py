@@ -13,7 +13,11 @@ What a map holds for receiving peer P:
 - remote peers: the peers P may reach (destinations of accept rules whose sources hold P);
 - ``ssh_enabled``: P's admin switch, or an accept ``ssh`` rule to P;
 - the JWT config from authn's snapshot, only when SSH is enabled;
-- the authorization table, only when SSH is enabled (else empty: nobody may log in).
+- the authorization table, only when SSH is enabled (else empty: nobody may log in): legacy
+  TCP/ALL rules covering 22 open it to every validated user for ``*`` (``any_validated_user``,
+  where P's admin switch is on); ``ssh`` rules list their ``authorized_groups``' users by hash
+  under the local users each group may use, or every known user under ``*`` when they name
+  no group.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Iterable
 from meshssh_common.ssh_auth import WILDCARD, build_table
 from meshssh_common.wire import FirewallRule, NetworkMap, PeerConfig, RemotePeer, SshAuth
 from meshssh_policy.firewall import expand_rule, peer_ssh_ready
-from meshssh_policy.index import Index, RuleRef, grants_all_users
+from meshssh_policy.index import Index, RuleRef, grants_known_users, opens_to_validated_users
 from meshssh_policy.records import PeerRecord
 from meshssh_policy.state import State
 
@@ -60,7 +64,7 @@ class Compiler:
         self._remote: dict[str, RemotePeer] = {}
         self._targets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._ssh: dict[str, bool] = {}
-        self._tables: dict[frozenset[Grant], SshAuth] = {}
+        self._tables: dict[tuple[frozenset[Grant], frozenset[str]], SshAuth] = {}
         self._all_users: frozenset[Grant] | None = None
 
     # -- shared pieces -------------------------------------------------------------------
@@ -113,11 +117,11 @@ class Compiler:
             self._targets[groups] = cached
         return cached
 
-    def _table(self, grants: frozenset[Grant]) -> SshAuth:
-        table = self._tables.get(grants)
+    def _table(self, grants: frozenset[Grant], opened: frozenset[str]) -> SshAuth:
+        table = self._tables.get((grants, opened))
         if table is None:
-            table = build_table(self.claim, grants)
-            self._tables[grants] = table
+            table = build_table(self.claim, grants, any_validated_user=opened)
+            self._tables[(grants, opened)] = table
         return table
 
     def _every_user(self) -> frozenset[Grant]:
@@ -149,18 +153,25 @@ class Compiler:
             rules += expanded
         return rules
 
+    def opened(self, peer: PeerRecord, refs: Iterable[RuleRef]) -> frozenset[str]:
+        """Local users every validated user may log in as on ``peer`` (assumes SSH enabled).
+
+        ``*`` when an accept legacy TCP/ALL rule covering 22 reaches ``peer`` and its admin
+        switch is on (SPEC §6: for ``*``, every user whom the validator accepts).
+        """
+        if peer.ssh_enabled and any(opens_to_validated_users(ref.rule) for ref in refs):
+            return frozenset((WILDCARD,))
+        return frozenset()
+
     def grants(self, peer: PeerRecord, refs: Iterable[RuleRef]) -> frozenset[Grant]:
-        """``(user id, local user)`` pairs authorized on ``peer`` (assumes SSH is enabled)."""
+        """``(user id, local user)`` pairs ``ssh`` rules authorize on ``peer``."""
         out: set[Grant] = set()
         for ref in refs:
             rule = ref.rule
-            if rule.action != "accept":
+            if rule.action != "accept" or rule.protocol != "ssh":
                 continue
-            if grants_all_users(rule):
-                if rule.protocol == "ssh" or peer.ssh_enabled:
-                    out |= self._every_user()
-                continue
-            if rule.protocol != "ssh":
+            if grants_known_users(rule):
+                out |= self._every_user()
                 continue
             for gid, local_users in rule.authorized_groups.items():
                 for user in self.index.group_users.get(gid, ()):
@@ -186,5 +197,7 @@ class Compiler:
             ),
             firewall_rules=tuple(self.firewall_rules(peer, refs)),
             remote_peers=tuple(self.remote_entry(t) for t in targets if t != peer_id),
-            ssh_auth=self._table(self.grants(peer, refs)) if ssh else SshAuth(),
+            ssh_auth=self._table(self.grants(peer, refs), self.opened(peer, refs))
+            if ssh
+            else SshAuth(),
         )

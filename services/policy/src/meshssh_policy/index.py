@@ -19,7 +19,7 @@ from meshssh_policy.firewall import SSH_PORT, SSH_SERVER_PORT, rule_ports
 from meshssh_policy.records import RuleRecord
 from meshssh_policy.state import State
 
-__all__ = ["Index", "RuleRef", "grants_all_users"]
+__all__ = ["Index", "RuleRef", "grants_known_users", "opens_to_validated_users"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +49,23 @@ def _legacy_ssh(rule: RuleRecord) -> bool:
     )
 
 
-def grants_all_users(rule: RuleRecord) -> bool:
-    """Whether an accept rule authorizes every known user for ``*`` on its destinations.
+def opens_to_validated_users(rule: RuleRecord) -> bool:
+    """Whether an accept rule lets every validated user log in as any local user (SPEC §6).
 
-    True for ``ssh`` rules without ``authorized_groups`` and for legacy SSH-implying TCP/ALL
-    rules (the latter only where the destination's admin switch is on; the compiler checks).
+    True for legacy SSH-implying TCP/ALL rules, whether management knows the user or not
+    (only where the destination's admin switch is on; the compiler checks). Such a rule
+    does not depend on the user list, so adding a user never changes its maps.
     """
-    if rule.action != "accept":
-        return False
-    if rule.protocol == "ssh":
-        return not rule.authorized_groups
-    return _legacy_ssh(rule)
+    return rule.action == "accept" and _legacy_ssh(rule)
+
+
+def grants_known_users(rule: RuleRecord) -> bool:
+    """Whether an accept rule authorizes every user known to management for ``*``.
+
+    True for ``ssh`` rules without ``authorized_groups`` (NetBird's default for them); an
+    ``ssh`` rule never opens to users management does not know.
+    """
+    return rule.action == "accept" and rule.protocol == "ssh" and not rule.authorized_groups
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Index:
     dest_rules: dict[str, list[RuleRef]] = field(default_factory=dict)
     src_rules: dict[str, list[RuleRef]] = field(default_factory=dict)
     authz_rules: dict[str, list[RuleRef]] = field(default_factory=dict)
+    # Rules whose tables list every known user (a user added or removed changes their maps).
     all_users_rules: list[RuleRef] = field(default_factory=list)
 
     @classmethod
@@ -106,7 +113,7 @@ class Index:
                 if rule.protocol == "ssh" and rule.action == "accept":
                     for g in rule.authorized_groups:
                         index.authz_rules.setdefault(g, []).append(ref)
-                if grants_all_users(rule):
+                if grants_known_users(rule):
                     index.all_users_rules.append(ref)
         return index
 

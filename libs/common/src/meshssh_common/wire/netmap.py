@@ -87,11 +87,15 @@ class SshAuth(Part, frozen=True, kw_only=True):
 
     ``authorized_users`` holds hex BLAKE2b-128 hashes of user ids (the value of
     ``user_id_claim``); ``machine_users`` maps a local user, or ``*``, to indexes into it.
+    ``any_validated_user`` lists the local users, or ``*``, that every user whose token the
+    validator accepts may log in as, known to management or not (legacy TCP/22 rules). Absent
+    (maps from before it existed) means nobody is let in that way.
     """
 
     user_id_claim: str = "sub"
     authorized_users: tuple[str, ...] = ()
     machine_users: dict[str, tuple[Count, ...]] = msgspec.field(default_factory=dict)
+    any_validated_user: tuple[str, ...] = ()
 
 
 class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):
