@@ -118,6 +118,7 @@ class Mesh:
         self,
         *,
         grants: Iterable[tuple[str, str]] = (("alice-id", "*"),),
+        open_to: Iterable[str] = (),
         rules: Sequence[FirewallRule] | None = None,
         ssh_enabled: bool = True,
         jwt: JwtConfig | None = None,
@@ -137,7 +138,7 @@ class Mesh:
                 jwt=(jwt or jwt_config()) if with_jwt else None,
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
-            ssh_auth=build_table("sub", grants),
+            ssh_auth=build_table("sub", grants, any_validated_user=open_to),
         )
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
         await kv.put(subjects.netmap_key(peer_id), netmap)

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jwt
@@ -43,6 +44,13 @@ class Identity:
     method: str
     kid: str = ""
     expires_at: float = 0.0
+    email: str = ""  # the token's claims, for the auth-accepted audit event
+    name: str = ""
+
+
+def _profile_claim(claims: Mapping[str, object], name: str) -> str:
+    value = claims.get(name)
+    return value if isinstance(value, str) and len(value) <= 255 else ""
 
 
 def _unverified_kid(token: str) -> str:
@@ -144,4 +152,5 @@ class Authenticator:
                 public=f"Permission denied: you are not authorized to log in as {local_user} "
                 "on this peer; ask an admin for a policy that grants it",
             )
-        return Identity(user_id, method, tok.kid, tok.expires_at)
+        email, name = _profile_claim(tok.claims, "email"), _profile_claim(tok.claims, "name")
+        return Identity(user_id, method, tok.kid, tok.expires_at, email, name)

@@ -242,6 +242,8 @@ class PeerServer(asyncssh.SSHServer):
             source_addr=self._origin.label,
             method=identity.method,
             result="accept",
+            email=identity.email,
+            name=identity.name,
         )
         self._log.info(
             "auth accepted",

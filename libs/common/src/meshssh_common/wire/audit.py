@@ -41,3 +41,7 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     bytes_in: Count = 0
     bytes_out: Count = 0
     forward: str = ""
+    # auth-accepted: the token's email and name claims ("" when absent), so management can
+    # add a user on first login (SPEC §6).
+    email: str = ""
+    name: str = ""
