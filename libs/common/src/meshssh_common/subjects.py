@@ -17,6 +17,7 @@ from typing import Final
 from meshssh_common.errors import BadRequest
 
 __all__ = [
+    "AUDIT_AUTH_ACCEPTED_ALL",
     "AUDIT_STREAM",
     "AUDIT_SUBJECTS",
     "AUTHN_DEVICE_POLL",
@@ -60,6 +61,7 @@ AUTHN_DEVICE_POLL: Final = "meshssh.authn.v1.req.device-poll"
 
 AUDIT_STREAM: Final = "MESHSSH_AUDIT"
 AUDIT_SUBJECTS: Final = "meshssh.audit.v1.evt.>"
+AUDIT_AUTH_ACCEPTED_ALL: Final = "meshssh.audit.v1.evt.auth-accepted.*"  # policy's first logins
 
 BUCKET_NETMAPS: Final = "meshssh-netmaps"
 BUCKET_PEERS: Final = "meshssh-peers"

@@ -5,6 +5,7 @@ Example::
     mgmt = await Management.open(ctx.nc, settings, metrics, log)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(mgmt.engine.run())
+        tg.create_task(mgmt.logins.run())
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
+from meshssh_policy.logins import Logins
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.peers import PeerOps
 from meshssh_policy.presence import Presence
@@ -44,6 +46,7 @@ class Management:
     resources: Resources
     peer_ops: PeerOps
     registrar: Registrar
+    logins: Logins
     metrics: PolicyMetrics
     log: BoundLogger
 
@@ -76,7 +79,8 @@ class Management:
         return cls(
             settings=settings, admin_token=token, state=state, store=store, engine=engine,
             presence=presence, resources=Resources(store), peer_ops=PeerOps(store),
-            registrar=registrar, metrics=metrics, log=log,
+            registrar=registrar, logins=Logins(js, store, metrics, base, log), metrics=metrics,
+            log=log,
         )  # fmt: skip
 
     def compiler(self) -> Compiler:

@@ -70,7 +70,14 @@ class PolicyMetrics:
             "bad_state_values", "Stored values that did not decode", ("bucket",)
         )
         self.batch_errors = base.counter("batch_errors", "Batches that failed and were retried")
+        self.login_events = base.counter(
+            "login_events",
+            "Accepted-login audit events handled (users added on first login)",
+            ("result",),  # added | updated | ignored | bad | retry
+        )
         for reason in RejectReason:
             self.rejected.labels(reason=reason.value)
         for result in ("published", "unchanged", "stale", "error"):
             self.maps.labels(result=result)
+        for result in ("added", "updated", "ignored", "bad", "retry"):
+            self.login_events.labels(result=result)

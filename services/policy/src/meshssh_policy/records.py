@@ -85,12 +85,18 @@ class Claim(Record, frozen=True, kw_only=True):
 
 
 class UserRecord(Record, frozen=True, kw_only=True):
-    """An identity-provider subject (``id`` = the value of the user-id claim)."""
+    """An identity-provider subject (``id`` = the value of the user-id claim).
+
+    ``first_seen`` and ``last_login`` come from accepted SSH logins (0: never logged in); a
+    user management did not know is created by its first accepted login.
+    """
 
     id: str
     email: str = ""
     name: str = ""
     created_at: float = 0.0
+    first_seen: float = 0.0
+    last_login: float = 0.0
 
 
 class GroupRecord(Record, frozen=True, kw_only=True):

@@ -2,7 +2,8 @@
 
 Start-up order: open the buckets; start the engine and wait until it has loaded the whole
 state and published every changed map; apply ``--seed``; then serve registrations, meta
-updates and heartbeats on NATS and the API on ``--listen``, and declare ready.
+updates and heartbeats on NATS, bind the first-login consumer, serve the API on ``--listen``,
+and declare ready.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ async def serve(ctx: ServiceContext) -> None:
         await ctx.nc.flush()
         await ctx.nc.flush()
         tg.create_task(mgmt.presence.run(lambda: set(mgmt.state.peers)))
+        await mgmt.logins.open()  # a failure is logged; run() keeps trying
+        tg.create_task(mgmt.logins.run())
         api = tg.create_task(http.serve())
         ctx.log.info("api listening", extra={"url": http.url})
         ctx.ready.set()
