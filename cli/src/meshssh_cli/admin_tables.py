@@ -7,6 +7,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "setup_key_rows",
     "table",
     "user_rows",
+    "when",
 ]
 
 
@@ -78,11 +80,19 @@ def peer_detail(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def when(epoch: Any) -> str:
+    """A stored time (seconds since the epoch) as ``2025-05-01 12:34:56Z``; ``-`` for never."""
+    if not isinstance(epoch, int | float) or epoch <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
 def user_rows(users: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """``users ls``."""
-    rows = [[u["id"], u["email"] or "-", u["name"] or "-", ",".join(u["groups"]) or "-"]
+    """``users ls``: first seen and last login come from accepted SSH logins."""
+    rows = [[u["id"], u["email"] or "-", u["name"] or "-", ",".join(u["groups"]) or "-",
+             when(u.get("first_seen")), when(u.get("last_login"))]
             for u in users]  # fmt: skip
-    return ["ID", "EMAIL", "NAME", "GROUPS"], rows
+    return ["ID", "EMAIL", "NAME", "GROUPS", "FIRST SEEN", "LAST LOGIN"], rows
 
 
 def group_rows(groups: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
