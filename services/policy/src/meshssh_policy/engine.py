@@ -4,7 +4,7 @@ One task per watched bucket feeds a queue; one loop drains it in batches, so a b
 changes costs one recomputation. Per batch, in order:
 
 1. apply every event to :class:`State` (then wake REST writers waiting for their write);
-2. rebuild the :class:`Index` when peers, users, groups or policies changed;
+2. rebuild the :class:`Index` when peers, groups or policies changed, or a user came or went;
 3. collect the affected peers (:mod:`meshssh_policy.impact`, with the old and new index);
 4. compile their maps and publish them (pipelined, ``publish_concurrency`` writes at once);
    a peer whose public projection changed pulls in the peers that reach or list it;
@@ -46,6 +46,13 @@ _RECONNECT_POLL = 0.25
 _STRUCTURAL = frozenset(
     {subjects.BUCKET_PEERS, subjects.BUCKET_USERS, subjects.BUCKET_GROUPS, subjects.BUCKET_POLICIES}
 )
+
+
+def _structural(change: Change) -> bool:
+    """Whether ``change`` can alter the index (a login moving a user's times cannot)."""
+    if change.bucket == subjects.BUCKET_USERS:
+        return (change.old is None) != (change.new is None)
+    return change.bucket in _STRUCTURAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +192,7 @@ class Engine:
             await self._mark_processed()
             return
         old_index = self.index
-        if any(c.bucket in _STRUCTURAL for c in changes):
+        if any(_structural(c) for c in changes):
             self.index = Index.build(self.state)
         all_peers = set(self.state.peers)
         affected: set[str] = set()
