@@ -15,6 +15,7 @@ import httpx
 import nats.errors
 import nats.js.errors
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
@@ -31,15 +32,16 @@ from meshssh_authn.settings import AuthnSettings
 from meshssh_authn.signing_keys import KeySet, RotationPolicy
 from meshssh_authn.token_issuer import TokenIssuer
 from meshssh_authn.users import UsersFile
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
 from meshssh_common.errors import Unavailable, WireError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.rpc import add_endpoint, start_micro
+from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
 from meshssh_common.wire import (
     DevicePollRequest,
     DeviceStartRequest,
+    JwksMissed,
     JwksRefreshRequest,
     JwksSnapshot,
 )
@@ -179,6 +181,7 @@ async def serve(ctx: ServiceContext) -> None:
                 min_forced_interval=settings.jwks_refresh_min_interval,
                 retry_interval=settings.jwks_retry_interval,
                 min_interval=min(30.0, settings.jwks_refresh_interval),
+                kid_interval=settings.jwks_refresh_kid_interval,
             ),
             metrics=metrics,
             log=ctx.log,
@@ -189,13 +192,33 @@ async def serve(ctx: ServiceContext) -> None:
         )
         if provider is not None:
             provider.ring.on_change = mirror.keys_changed
+
+        async def announce_missed(kids: tuple[str, ...], ttl: float) -> None:
+            missed = JwksMissed(kids=kids, ttl=ttl, sender=settings.instance)
+            await ctx.nc.publish(subjects.AUTHN_JWKS_MISSED, codec.encode(missed))
+
+        async def on_missed(missed: JwksMissed, _msg: Msg) -> None:
+            if missed.sender != settings.instance:
+                mirror.note_missed(missed.kids, missed.ttl)
+
+        mirror.on_missed = announce_missed
+        await subscribe_typed(
+            ctx.nc, subjects.AUTHN_JWKS_MISSED, JwksMissed, on_missed,
+            name="jwks-missed", metrics=ctx.metrics, log=ctx.log,
+        )  # fmt: skip
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
         await add_endpoint(
-            svc, "jwks-refresh", subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest,
-            mirror.refresh, metrics=m, log=log,
-        )  # fmt: skip
+            svc,
+            "jwks-refresh",
+            subjects.AUTHN_JWKS_REFRESH,
+            JwksRefreshRequest,
+            mirror.refresh,
+            metrics=m,
+            log=log,
+            concurrency=64,
+        )  # fmt: skip  (a request waiting for the fetch slot must not hold up the others)
         await add_endpoint(
             svc, "device-start", subjects.AUTHN_DEVICE_START, DeviceStartRequest,
             broker.start, metrics=m, log=log,
