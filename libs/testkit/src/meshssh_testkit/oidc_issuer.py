@@ -43,7 +43,11 @@ class OidcIssuer:
         self.jwks_fetches = 0
         self.fetch_times: list[float] = []  # time.monotonic() of each JWKS fetch
         self.cache_control = "public, max-age=3600"
-        self.server = HttpServer(self._app, "127.0.0.1:0")
+
+        async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+            await self._serve(scope, send)  # a plain function: uvicorn takes it as ASGI 3
+
+        self.server = HttpServer(app, "127.0.0.1:0")
         self.issuer = self.server.url
         self._task: asyncio.Task[None] | None = None
         self.add_key(first_kid)
@@ -84,7 +88,7 @@ class OidcIssuer:
         signer = key if key is not None else self.keys[kid]
         return jwt.encode(body, signer, algorithm="ES256", headers={"kid": kid})
 
-    async def _app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def _serve(self, scope: dict[str, Any], send: Send) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]

@@ -10,8 +10,11 @@ globally, so that one made-up ``kid`` never holds up another one's refresh:
 - a ``kid`` that a fresh fetch did not bring is refused at once, with no request, for
   ``kid_interval`` (the memory of such ids is bounded: :class:`KidMisses`);
 - at most one request to authn (``AUTHN_JWKS_REFRESH``) is in flight, at most one per
-  ``min_interval``; the ids met meanwhile wait for the next request and share it (a batch of
-  at most ``_MAX_BATCH``; an id beyond that is refused as ``throttled_global``);
+  ``min_interval``; the ids met meanwhile wait for the next request and share it. The
+  request names them (up to the wire's 65) so authn can answer from what it knows; a bigger
+  batch (a flood of made-up ids) asks for a plain refetch instead, which authn paces just
+  the same, and every id in the batch is settled from the key ids it brings. Past
+  ``_MAX_WAITING`` ids one batch refuses more as ``throttled_global``;
 - authn paces the provider in turn (one fetch a second across its replicas) and answers once
   the fetch is done; the caller then waits (bounded) for the new snapshot to arrive here.
 
@@ -53,7 +56,8 @@ __all__ = ["JwksWatch"]
 
 _RETRY = 1.0
 _MAX_KID = 256  # the wire's limit
-_MAX_BATCH = 65  # kid + 64 kids: the wire's limit
+_MAX_NAMED = 65  # kid + 64 kids: the wire's limit
+_MAX_WAITING = 4096  # ids waiting for one request (bounded anyway by the open connections)
 _ERROR_BACKOFF = 1.0  # authn did not answer: the kids of that request wait this long
 _MAX_KIDS_REMEMBERED = 4096
 
@@ -140,7 +144,7 @@ class JwksWatch:
             batch.task = asyncio.create_task(self._send(batch))
             self._tasks.add(batch.task)
             batch.task.add_done_callback(self._tasks.discard)
-        elif kid not in batch.kids and len(batch.kids) >= _MAX_BATCH:
+        elif kid not in batch.kids and len(batch.kids) >= _MAX_WAITING:
             self._metrics.jwks_refreshes.labels(result="throttled_global").inc()
             return False
         batch.kids.add(kid)
@@ -170,13 +174,13 @@ class JwksWatch:
 
     async def _ask(self, kids: list[str], results: dict[str, str]) -> None:
         before = self._revision
+        if len(kids) <= _MAX_NAMED:
+            req = JwksRefreshRequest(kid=kids[0], kids=tuple(kids[1:]), requester=self._requester)
+        else:
+            req = JwksRefreshRequest(requester=self._requester)  # a plain (paced) refetch
         try:
             reply = await request(
-                self._nc,
-                subjects.AUTHN_JWKS_REFRESH,
-                JwksRefreshRequest(kid=kids[0], kids=tuple(kids[1:]), requester=self._requester),
-                JwksRefreshReply,
-                timeout=self._wait,
+                self._nc, subjects.AUTHN_JWKS_REFRESH, req, JwksRefreshReply, timeout=self._wait
             )
         except MeshError as e:
             for kid in kids:
