@@ -25,6 +25,7 @@ from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
 from meshssh_authn.jwks_mirror import FetchLease, JwksMirror, MirrorTiming
+from meshssh_authn.jwks_refresh import JwksRefresher
 from meshssh_authn.key_ring import KeyRing
 from meshssh_authn.key_sources import EmbeddedSource, ExternalConfig, ExternalSource, KeySource
 from meshssh_authn.provider_app import install_routes
@@ -172,21 +173,23 @@ async def serve(ctx: ServiceContext) -> None:
                 ),
                 http,
             )
+        timing = MirrorTiming(
+            default_interval=settings.jwks_refresh_interval,
+            min_forced_interval=settings.jwks_refresh_min_interval,
+            retry_interval=settings.jwks_retry_interval,
+            min_interval=min(30.0, settings.jwks_refresh_interval),
+            kid_interval=settings.jwks_refresh_kid_interval,
+        )
         mirror = JwksMirror(
             source,
             snapshots,
             TypedKV(state, FetchLease, on_bad_value=bad_value),
-            MirrorTiming(
-                default_interval=settings.jwks_refresh_interval,
-                min_forced_interval=settings.jwks_refresh_min_interval,
-                retry_interval=settings.jwks_retry_interval,
-                min_interval=min(30.0, settings.jwks_refresh_interval),
-                kid_interval=settings.jwks_refresh_kid_interval,
-            ),
+            timing,
             metrics=metrics,
             log=ctx.log,
             instance=settings.instance,
         )
+        refresher = JwksRefresher(mirror, timing, metrics=metrics, log=ctx.log)
         broker = DeviceBroker(
             embedded=provider, snapshots=snapshots, http=http, metrics=metrics, log=ctx.log
         )
@@ -199,9 +202,9 @@ async def serve(ctx: ServiceContext) -> None:
 
         async def on_missed(missed: JwksMissed, _msg: Msg) -> None:
             if missed.sender != settings.instance:
-                mirror.note_missed(missed.kids, missed.ttl)
+                refresher.note_missed(missed.kids, missed.ttl)
 
-        mirror.on_missed = announce_missed
+        refresher.on_missed = announce_missed
         await subscribe_typed(
             ctx.nc, subjects.AUTHN_JWKS_MISSED, JwksMissed, on_missed,
             name="jwks-missed", metrics=ctx.metrics, log=ctx.log,
@@ -209,16 +212,11 @@ async def serve(ctx: ServiceContext) -> None:
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
+        # concurrency: a request waiting for the fetch slot must not hold up the others.
         await add_endpoint(
-            svc,
-            "jwks-refresh",
-            subjects.AUTHN_JWKS_REFRESH,
-            JwksRefreshRequest,
-            mirror.refresh,
-            metrics=m,
-            log=log,
-            concurrency=64,
-        )  # fmt: skip  (a request waiting for the fetch slot must not hold up the others)
+            svc, "jwks-refresh", subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest,
+            refresher.refresh, metrics=m, log=log, concurrency=64,
+        )  # fmt: skip
         await add_endpoint(
             svc, "device-start", subjects.AUTHN_DEVICE_START, DeviceStartRequest,
             broker.start, metrics=m, log=log,
@@ -247,3 +245,4 @@ async def serve(ctx: ServiceContext) -> None:
                                 await asyncio.shield(http_task)
         finally:
             await svc.stop()
+            await refresher.close()

@@ -169,11 +169,14 @@ class JwksWatch:
             self._last_sent = time.monotonic()
             ask = sorted(k for k in batch.kids if not self._has_kid(k))
             batch.results.update(dict.fromkeys(batch.kids - set(ask), "fetched"))
-            if ask:
+            if not ask:
+                return
+            try:
                 await self._ask(ask, batch.results)
+            except Exception:  # never let a refresh crash a login: those kids count as errors
+                self._log.exception("JWKS refresh failed", extra={"kids": ask[:8]})
 
     async def _ask(self, kids: list[str], results: dict[str, str]) -> None:
-        before = self._revision
         if len(kids) <= _MAX_NAMED:
             req = JwksRefreshRequest(kid=kids[0], kids=tuple(kids[1:]), requester=self._requester)
         else:
@@ -209,9 +212,7 @@ class JwksWatch:
             # authn stored the new snapshot before replying; wait until our watch has it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._wait), self._changed:
-                    await self._changed.wait_for(
-                        lambda: self._revision != before and all(map(self._has_kid, arrived))
-                    )
+                    await self._changed.wait_for(lambda: all(map(self._has_kid, arrived)))
             for kid in arrived:
                 results[kid] = "fetched" if self._has_kid(kid) else "error"
 
