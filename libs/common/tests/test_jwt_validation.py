@@ -215,3 +215,73 @@ def test_unusable_keys_in_the_set_are_skipped() -> None:
     validator = JwtValidator(CONFIG, keys)
     assert "enc" not in validator.key_ids
     assert validator.validate(sign(claims()), now=NOW).kid == "rsa1"
+
+
+def sign_raw(header: bytes, payload: bytes, key: Any = RSA_KEY, alg: str = "RS256") -> str:
+    """A correctly signed token around JSON the test writes itself (PyJWT would not)."""
+    signing_input = f"{b64(header)}.{b64(payload)}".encode()
+    signature = jwt.get_algorithm_by_name(alg).sign(signing_input, key)
+    return f"{signing_input.decode()}.{b64(signature)}"
+
+
+GOOD_PAYLOAD = json.dumps(claims()).encode()
+RSA_HEADER = b'{"alg":"RS256","kid":"rsa1"}'
+
+# Shapes the faster parser must refuse as firmly as PyJWT did (or more firmly).
+STRICT_REJECTIONS: list[tuple[str, str, RejectReason]] = [
+    ("exp is Infinity", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
+        str(NOW + 300).encode(), b"Infinity")), RejectReason.MALFORMED),
+    ("iat is NaN", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
+        str(NOW - 10).encode(), b"NaN")), RejectReason.MALFORMED),
+    ("exp out of float range", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
+        str(NOW + 300).encode(), b"1e999")), RejectReason.MALFORMED),
+    ("payload is a JSON list", sign_raw(RSA_HEADER, b"[1,2]"), RejectReason.MALFORMED),
+    ("kid is a number", sign_raw(b'{"alg":"RS256","kid":7}', GOOD_PAYLOAD),
+     RejectReason.MALFORMED),
+    ("alg is a list", sign_raw(b'{"alg":["RS256"],"kid":"rsa1"}', GOOD_PAYLOAD),
+     RejectReason.BAD_ALG),
+    ("crit header", sign_raw(b'{"alg":"RS256","kid":"rsa1","crit":["exp"],"exp":1}',
+     GOOD_PAYLOAD), RejectReason.MALFORMED),
+    ("unencoded payload (b64 false)", sign_raw(b'{"alg":"RS256","kid":"rsa1","b64":false,'
+     b'"crit":["b64"]}', GOOD_PAYLOAD), RejectReason.MALFORMED),
+    ("four segments", sign(claims()) + ".AAAA", RejectReason.MALFORMED),
+    ("non-ASCII", sign(claims())[:-2] + "é", RejectReason.MALFORMED),
+    ("non-canonical base64 (trailing bits)", sign(claims())[:-1] + "_", RejectReason.MALFORMED),
+    ("three padding characters", sign(claims()) + "===", RejectReason.MALFORMED),
+    ("aud list of non-strings", sign(claims(aud=[1, None])), RejectReason.BAD_AUDIENCE),
+    ("ES256 token naming a P-384 key", sign(claims(), "ES256", "p384"), RejectReason.BAD_ALG),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("token", "reason"), [(t, r) for _, t, r in STRICT_REJECTIONS],
+                         ids=[n for n, _, _ in STRICT_REJECTIONS])  # fmt: skip
+def test_the_parser_refuses_every_odd_shape(token: str, reason: RejectReason) -> None:
+    p384 = jwk(ECAlgorithm, ec.generate_private_key(ec.SECP384R1()), "p384")
+    validator = JwtValidator(CONFIG, [*KEYS, p384])
+    with pytest.raises(TokenRejected) as info:
+        validator.validate(token, now=NOW)
+    assert info.value.reason is reason
+
+
+def test_a_correctly_signed_raw_token_is_accepted_and_padding_is_tolerated() -> None:
+    # The control for the table above: the same helper makes a token that passes.
+    token = sign_raw(RSA_HEADER, GOOD_PAYLOAD)
+    assert VALIDATOR.validate(token, now=NOW).user_id == "alice"
+    h, p, s = token.split(".")
+    assert len(s) % 4
+    padded = f"{h}.{p}.{s}{'=' * (-len(s) % 4)}"  # a padded signature, as AWS ALB sends
+    assert VALIDATOR.validate(padded, now=NOW).user_id == "alice"
+
+
+def test_a_pinned_alg_in_the_jwk_restricts_the_key_to_it() -> None:
+    pinned = {**jwk(RSAAlgorithm, RSA_KEY, "rsa1"), "alg": "RS256"}
+    validator = JwtValidator(CONFIG, [pinned])
+    assert validator.validate(sign(claims()), now=NOW).kid == "rsa1"
+    with pytest.raises(TokenRejected) as info:
+        validator.validate(sign(claims(), "PS256", "rsa1"), now=NOW)
+    assert info.value.reason is RejectReason.BAD_ALG
+
+
+def test_has_kid_answers_for_usable_keys_only() -> None:
+    assert VALIDATOR.has_kid("ec1")
+    assert not VALIDATOR.has_kid("rotated")

@@ -130,3 +130,29 @@ async def test_subscriber_drops_bad_events_and_keeps_going(
     assert metrics.bad_messages.labels(endpoint="heartbeat", reason="undecodable")._value.get() == 1
     assert metrics.bad_messages.labels(endpoint="heartbeat", reason="invalid")._value.get() == 1
     assert caplog.text.count("dropped bad payload") == 2
+
+
+async def test_a_concurrent_endpoint_answers_behind_a_request_that_waits(nc: NATS) -> None:
+    svc = await start_micro(nc, "test")
+    release = asyncio.Event()
+
+    async def handle(req: wire.DevicePollRequest) -> wire.DevicePollReply:
+        if req.device_code == "slow":
+            await release.wait()  # a handler waiting for a rate limit or an upstream
+        return wire.DevicePollReply(status="ok", token=req.device_code)
+
+    await add_endpoint(svc, "echo", SUBJECT, wire.DevicePollRequest, handle,
+                       metrics=ServiceMetrics("test"), log=service_logger("test"),
+                       concurrency=4)  # fmt: skip
+    try:
+        slow_req = wire.DevicePollRequest(device_code="slow")
+        slow = asyncio.create_task(request(nc, SUBJECT, slow_req, wire.DevicePollReply, timeout=5))
+        await asyncio.sleep(0.1)
+        fast_req = wire.DevicePollRequest(device_code="fast")
+        fast = await request(nc, SUBJECT, fast_req, wire.DevicePollReply, timeout=2)
+        assert fast.token == "fast"
+        assert not slow.done()
+        release.set()
+        assert (await slow).token == "slow"
+    finally:
+        await svc.stop()  # type: ignore[attr-defined]

@@ -2,7 +2,8 @@
 
 Checks, in order, each failure with its own :class:`RejectReason`:
 
-1. size (refused at 16 KiB or more) and shape (three base64url segments, JSON header);
+1. size (refused at 16 KiB or more) and shape (three base64url segments, JSON header, no
+   ``crit`` or unencoded-payload extension);
 2. algorithm: only RS256/384/512, PS256/384/512, ES256/384 and EdDSA (never ``none`` or HS*),
    and it must fit the key's type (no algorithm confusion);
 3. key by ``kid`` from the distributed JWKS; a token without ``kid`` is tried against the
@@ -14,6 +15,10 @@ Checks, in order, each failure with its own :class:`RejectReason`:
 6. ``iss`` equals the configured issuer; ``aud`` intersects the configured audiences (with none
    configured, every token is refused: fail closed);
 7. the user-id claim is a non-empty string.
+
+Speed: the key set is parsed once per validator into PyJWT's prepared key objects, indexed by
+``kid`` and algorithm; a token is split and decoded once (strict base64url, msgspec JSON that
+refuses NaN, Infinity and out-of-range numbers) and verified with PyJWT's algorithm objects.
 
 Errors carry the detail for logs (expected vs actual ``iss``/``aud``) and a ``public`` text
 that says what the user should do.
@@ -27,15 +32,20 @@ Example::
 
 from __future__ import annotations
 
+import binascii
 import enum
-import json
+import math
+import re
 import time
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from jwt.exceptions import DecodeError, InvalidKeyError, InvalidSignatureError, PyJWKError
+import msgspec
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.exceptions import InvalidKeyError, PyJWKError
 
 from meshssh_common.errors import Denied
 from meshssh_common.wire.authn import JwksSnapshot
@@ -61,6 +71,11 @@ _KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
     "ES384": ("EC", "P-384"),
     "EdDSA": ("OKP", None),
 }
+_ALGORITHMS: dict[str, Algorithm] = {
+    name: alg for name, alg in get_default_algorithms().items() if name in ALLOWED_ALGORITHMS
+}
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_JSON = msgspec.json.Decoder()
 
 
 class RejectReason(enum.StrEnum):
@@ -118,32 +133,62 @@ class ValidatedToken:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
+    """One usable JWK, parsed once: its prepared key per algorithm it may verify."""
+
     kid: str
     kty: str
-    crv: str | None
-    alg: str | None
-    key: Any
+    prepared: Mapping[str, Any]  # algorithm name -> PyJWT-prepared public key
 
 
-def _parse_keys(keys: Sequence[Mapping[str, Any]]) -> list[_Key]:
-    parsed: list[_Key] = []
-    for raw in keys:
-        if raw.get("use", "sig") != "sig":
+def _parse_key(raw: Mapping[str, Any]) -> _Key | None:
+    if raw.get("use", "sig") != "sig":
+        return None
+    try:
+        key = jwt.PyJWK(dict(raw)).key
+    except (PyJWKError, InvalidKeyError, ValueError, TypeError):
+        return None  # one bad or unsupported key must not disable the others
+    kty, crv, pinned = raw.get("kty"), raw.get("crv"), raw.get("alg")
+    prepared: dict[str, Any] = {}
+    for alg, (want_kty, want_crv) in _KEY_FOR_ALG.items():
+        if kty != want_kty or (want_crv is not None and crv != want_crv):
+            continue
+        if pinned not in (None, alg):
             continue
         try:
-            jwk = jwt.PyJWK(dict(raw))
-        except (PyJWKError, InvalidKeyError, ValueError, TypeError):
-            continue  # one bad or unsupported key must not disable the others
-        parsed.append(
-            _Key(
-                str(raw.get("kid", "")),
-                str(raw.get("kty")),
-                raw.get("crv"),
-                raw.get("alg"),
-                jwk.key,
-            )
-        )
-    return parsed
+            prepared[alg] = _ALGORITHMS[alg].prepare_key(key)
+        except (InvalidKeyError, ValueError, TypeError):
+            continue  # e.g. a P-384 key that claims P-256
+    return _Key(str(raw.get("kid", "")), str(kty), prepared)
+
+
+def _segment(segment: bytes, name: str) -> bytes:
+    """Strict base64url (PyJWT's rules: up to two ``=``, canonical trailing bits)."""
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    if (
+        padding > 2
+        or (padding and len(segment) % 4)
+        or len(stripped) % 4 == 1
+        or _BASE64URL.fullmatch(stripped) is None
+    ):
+        raise TokenRejected(RejectReason.MALFORMED, f"{name} is not base64url")
+    try:
+        decoded = urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise TokenRejected(RejectReason.MALFORMED, f"{name} is not base64url") from e
+    if urlsafe_b64encode(decoded).rstrip(b"=") != stripped:
+        raise TokenRejected(RejectReason.MALFORMED, f"{name} is not canonical base64url")
+    return decoded
+
+
+def _json_object(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = _JSON.decode(data)
+    except msgspec.DecodeError as e:
+        raise TokenRejected(RejectReason.MALFORMED, f"{name} is not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise TokenRejected(RejectReason.MALFORMED, f"{name} is not a JSON object")
+    return value
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
@@ -152,7 +197,10 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenRejected(RejectReason.MALFORMED, f"claim {name} is not a number: {value!r}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise TokenRejected(RejectReason.MALFORMED, f"claim {name} is not finite: {value!r}")
+    return number
 
 
 class JwtValidator:
@@ -160,7 +208,13 @@ class JwtValidator:
 
     def __init__(self, config: JwtConfig, keys: Sequence[Mapping[str, Any]]) -> None:
         self.config = config
-        self._keys = _parse_keys(keys)
+        parsed = [k for k in map(_parse_key, keys) if k is not None]
+        self._all = tuple(parsed)
+        by_kid: dict[str, list[_Key]] = {}
+        for key in parsed:
+            by_kid.setdefault(key.kid, []).append(key)
+        self._by_kid = {kid: tuple(ks) for kid, ks in by_kid.items()}
+        self._audiences = frozenset(config.audiences)
 
     @classmethod
     def from_snapshot(cls, snapshot: JwksSnapshot, config: JwtConfig | None = None) -> JwtValidator:
@@ -170,7 +224,11 @@ class JwtValidator:
     @property
     def key_ids(self) -> frozenset[str]:
         """The ``kid`` of every usable key."""
-        return frozenset(k.kid for k in self._keys if k.kid)
+        return frozenset(kid for kid in self._by_kid if kid)
+
+    def has_kid(self, kid: str) -> bool:
+        """Whether a usable key has this ``kid``."""
+        return kid in self._by_kid
 
     def validate(self, token: str, *, now: float | None = None) -> ValidatedToken:
         """Check ``token`` completely; see the module docstring for the order of checks.
@@ -186,51 +244,60 @@ class JwtValidator:
             TokenRejected: the first check that failed, with its reason.
         """
         now = time.time() if now is None else now
-        if len(token.encode("utf-8", "surrogatepass")) >= MAX_TOKEN_BYTES:
-            raise TokenRejected(RejectReason.TOO_LARGE, f"token of {len(token)} bytes")
+        if len(token) >= MAX_TOKEN_BYTES:
+            raise TokenRejected(RejectReason.TOO_LARGE, f"token of {len(token)} characters")
         try:
-            header = jwt.get_unverified_header(token)
-        except (DecodeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-            raise TokenRejected(RejectReason.MALFORMED, f"cannot parse token: {e}") from e
+            raw = token.encode("ascii")
+        except UnicodeEncodeError as e:
+            size = len(token.encode("utf-8", "surrogatepass"))
+            if size >= MAX_TOKEN_BYTES:
+                raise TokenRejected(RejectReason.TOO_LARGE, f"token of {size} bytes") from e
+            raise TokenRejected(RejectReason.MALFORMED, "token is not ASCII") from e
+        parts = raw.split(b".")
+        if len(parts) != 3:
+            raise TokenRejected(RejectReason.MALFORMED, f"{len(parts)} segments, not 3")
+        header = _json_object(_segment(parts[0], "header"), "header")
+        payload = _segment(parts[1], "payload")
+        signature = _segment(parts[2], "signature")
+        if "crit" in header or header.get("b64", True) is not True:
+            raise TokenRejected(RejectReason.MALFORMED, "unsupported critical header extension")
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise TokenRejected(RejectReason.BAD_ALG, f"algorithm {alg!r} is not allowed")
-        claims, kid = self._verify_signature(token, str(alg), header.get("kid"))
-        return self._check_claims(claims, kid, now)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenRejected(RejectReason.MALFORMED, f"kid is not a string: {kid!r}")
+        signing_input = raw[: len(parts[0]) + 1 + len(parts[1])]
+        used = self._verify(alg, kid, signing_input, signature)
+        claims = _json_object(payload, "payload")
+        return self._check_claims(claims, used, now)
 
-    def _candidates(self, alg: str, kid: Any) -> list[_Key]:
-        kty, crv = _KEY_FOR_ALG[alg]
+    def _verify(self, alg: str, kid: str | None, signing_input: bytes, signature: bytes) -> str:
+        """The kid of the key whose signature verifies; raises for every other outcome."""
         if kid is not None:
-            matching = [k for k in self._keys if k.kid == str(kid)]
-            if not matching:
+            keys = self._by_kid.get(kid)
+            if keys is None:
                 known = ", ".join(sorted(self.key_ids)) or "none"
                 raise TokenRejected(RejectReason.UNKNOWN_KID, f"kid {kid!r} not in keys ({known})")
         else:
-            matching = list(self._keys)
-        usable = [
-            k for k in matching
-            if k.kty == kty and (crv is None or k.crv == crv) and (k.alg in (None, alg))
-        ]  # fmt: skip
-        if not usable:
+            keys = self._all
+        algorithm = _ALGORITHMS[alg]
+        tried = False
+        for key in keys:
+            prepared = key.prepared.get(alg)
+            if prepared is None:
+                continue
+            tried = True
+            try:
+                if algorithm.verify(signing_input, prepared, signature):
+                    return key.kid
+            except (ValueError, TypeError):
+                continue  # a signature of the wrong shape for this key does not verify
+        if not tried:
+            kty = _KEY_FOR_ALG[alg][0]
             raise TokenRejected(
                 RejectReason.BAD_ALG, f"no {kty} key fits algorithm {alg} (kid {kid!r})"
             )
-        return usable
-
-    def _verify_signature(self, token: str, alg: str, kid: Any) -> tuple[dict[str, Any], str]:
-        options = {"verify_signature": True, "verify_exp": False, "verify_nbf": False,
-                   "verify_iat": False, "verify_aud": False, "verify_iss": False,
-                   "require": []}  # fmt: skip
-        for key in self._candidates(alg, kid):
-            try:
-                claims = jwt.decode(token, key.key, algorithms=[alg], options=options)  # type: ignore[arg-type]
-            except InvalidSignatureError:
-                continue
-            except (DecodeError, ValueError, TypeError) as e:
-                raise TokenRejected(RejectReason.MALFORMED, f"cannot decode token: {e}") from e
-            if not isinstance(claims, dict):
-                raise TokenRejected(RejectReason.MALFORMED, "claims are not a JSON object")
-            return claims, key.kid
         raise TokenRejected(RejectReason.BAD_SIGNATURE, f"signature does not verify (kid {kid!r})")
 
     def _check_claims(self, claims: dict[str, Any], kid: str, now: float) -> ValidatedToken:
@@ -262,8 +329,13 @@ class JwtValidator:
                 RejectReason.BAD_ISSUER, f"expected iss {cfg.issuer!r}, got {iss!r}"
             )
         aud = claims.get("aud")
-        token_aud = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if not cfg.audiences or not set(map(str, token_aud)) & set(cfg.audiences):
+        if isinstance(aud, str):
+            matches = aud in self._audiences
+        elif isinstance(aud, list):
+            matches = any(isinstance(a, str) and a in self._audiences for a in aud)
+        else:
+            matches = False
+        if not matches:
             raise TokenRejected(
                 RejectReason.BAD_AUDIENCE,
                 f"expected aud in {list(cfg.audiences)!r}, got {aud!r}",

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -79,6 +80,7 @@ async def add_endpoint(
     *,
     metrics: ServiceMetrics,
     log: BoundLogger,
+    concurrency: int = 1,
 ) -> None:
     """Serve ``subject`` with a typed ``handler`` (its return value is encoded as the reply).
 
@@ -90,6 +92,10 @@ async def add_endpoint(
         handler: called with the decoded request; raises :class:`MeshError` to refuse.
         metrics: counts requests, bad messages and latency.
         log: receives bad-message and failure lines.
+        concurrency: how many requests this replica handles at once; 1 (the default)
+            answers them one after the other. Above 1, a handler that waits (for a rate
+            limit, a slow upstream) does not hold up the requests behind it; when all are
+            busy the subscription waits.
     """
 
     async def handle(req: Request) -> None:
@@ -118,7 +124,23 @@ async def add_endpoint(
         finally:
             metrics.request_seconds.labels(endpoint=name).observe(time.perf_counter() - started)
 
-    await svc.add_endpoint(name=name, subject=subject, handler=handle)
+    if concurrency <= 1:
+        await svc.add_endpoint(name=name, subject=subject, handler=handle)
+        return
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        slots.release()
+
+    async def dispatch(req: Request) -> None:
+        await slots.acquire()
+        task = asyncio.create_task(handle(req))
+        running.add(task)
+        task.add_done_callback(finished)
+
+    await svc.add_endpoint(name=name, subject=subject, handler=dispatch)
 
 
 async def subscribe_typed(

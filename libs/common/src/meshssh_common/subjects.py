@@ -23,6 +23,7 @@ __all__ = [
     "AUTHN_DEVICE_POLL",
     "AUTHN_DEVICE_START",
     "AUTHN_FETCH_LEASE_KEY",
+    "AUTHN_JWKS_MISSED",
     "AUTHN_JWKS_REFRESH",
     "AUTHN_SIGNING_KEYS_KEY",
     "BUCKET_AUTHN",
@@ -58,6 +59,7 @@ HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
 AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
 AUTHN_DEVICE_START: Final = "meshssh.authn.v1.req.device-start"
 AUTHN_DEVICE_POLL: Final = "meshssh.authn.v1.req.device-poll"
+AUTHN_JWKS_MISSED: Final = "meshssh.authn.v1.evt.jwks-missed"  # authn replicas to each other
 
 AUDIT_STREAM: Final = "MESHSSH_AUDIT"
 AUDIT_SUBJECTS: Final = "meshssh.audit.v1.evt.>"

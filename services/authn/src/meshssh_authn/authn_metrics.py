@@ -1,7 +1,9 @@
 """The ``meshssh_authn_*`` metrics; every label value is from a fixed, small set.
 
 - ``jwks_refreshes_total{trigger,outcome}``: trigger ``startup|scheduled|forced|keys_changed``;
-  outcome ``updated|unchanged|error|rate_limited|known_kid``.
+  outcome of a fetch ``updated|unchanged|error``; of a forced request that fetched nothing
+  ``known_kid`` (already published), ``throttled_kid`` (that kid just missed) or
+  ``throttled_global`` (no fetch slot in time).
 - ``jwks_errors_total{kind}``: ``unreachable|http_status|bad_document|issuer_mismatch|empty``.
 - ``jwks_keys``: keys in the published snapshot; ``jwks_last_success_timestamp_seconds``.
 - ``device_flows_total{outcome}``: ``started|approved|denied|completed|expired|error``.

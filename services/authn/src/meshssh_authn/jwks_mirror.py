@@ -6,8 +6,9 @@ SSH servers validate tokens only with what this writes, so it must never make th
 - the snapshot is rewritten only when its content changes (no churn for watchers);
 - scheduled fetches follow the provider's ``Cache-Control`` (clamped), and a shared lease in
   KV (``meshssh-authn`` / ``jwks-fetch``) makes one replica fetch per period, not all;
-- forced fetches (a server met an unknown ``kid``) are limited to one per
-  ``min_forced_interval`` across every replica, by compare-and-set on the same lease.
+- forced fetches (a server met an unknown ``kid``) go through :mod:`jwks_refresh`, which
+  paces them on the same lease (``forced_at`` when one starts, ``forced_done`` when it has
+  published).
 
 When the configured issuer differs from the one in KV (the operator switched providers), the
 old snapshot is deleted at startup: servers fail closed until the new provider answers.
@@ -30,7 +31,7 @@ from meshssh_common import subjects
 from meshssh_common.errors import Conflict, Unavailable
 from meshssh_common.kv import KvEntry, TypedKV
 from meshssh_common.logs import BoundLogger
-from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot
+from meshssh_common.wire import JwksSnapshot
 
 __all__ = ["FetchLease", "JwksMirror", "MirrorTiming", "key_ids"]
 
@@ -44,6 +45,7 @@ class FetchLease(msgspec.Struct, frozen=True, kw_only=True):
 
     next_due: float = 0.0  # a scheduled fetch is due from then
     forced_at: float = 0.0  # the last forced fetch started then
+    forced_done: float = 0.0  # the forced fetch that started then has published its keys
     attempt_at: float = 0.0
     success_at: float = 0.0
     holder: str = ""  # instance that made the last attempt
@@ -58,6 +60,8 @@ class MirrorTiming:
     retry_interval: float  # after a failed fetch
     min_interval: float = 30.0  # floor under the provider's cache lifetime (no-store...)
     max_interval: float = 86400.0
+    kid_interval: float = 30.0  # a kid a forced fetch did not bring is refused this long
+    max_forced_wait: float = 2.0  # a request waits this long at most for the next slot
 
 
 def key_ids(keys: tuple[dict[str, object], ...]) -> tuple[str, ...]:
@@ -88,7 +92,6 @@ class JwksMirror:
         self._log = log
         self._instance = instance
         self._clock = clock
-        self._forced_lock = asyncio.Lock()
         self._rescheduled = asyncio.Event()
 
     async def startup(self) -> None:
@@ -137,8 +140,14 @@ class JwksMirror:
         """The embedded key ring changed: publish at once (idempotent across replicas)."""
         await self.fetch_and_publish("keys_changed")
 
-    async def fetch_and_publish(self, trigger: str) -> Fetched | None:
-        """Fetch now and publish what changed; None (and KV untouched) when the fetch failed."""
+    async def fetch_and_publish(
+        self, trigger: str, *, forced_at: float | None = None
+    ) -> Fetched | None:
+        """Fetch now and publish what changed; None (and KV untouched) when the fetch failed.
+
+        ``forced_at``: the forced fetch slot this fetch took; on success the lease says it is
+        done (``forced_done``), so every replica's waiting requests know it covered them.
+        """
         try:
             fetched = await self._source.fetch()
         except Unavailable as e:
@@ -158,7 +167,9 @@ class JwksMirror:
         now = self._clock()
         lifetime = self._timing.default_interval if fetched.max_age is None else fetched.max_age
         lifetime = min(max(lifetime, self._timing.min_interval), self._timing.max_interval)
-        await self._update_lease(lambda lease: _succeeded(lease, now, lifetime, self._instance))
+        await self._update_lease(
+            lambda lease: _succeeded(lease, now, lifetime, self._instance, forced_at)
+        )
         self._rescheduled.set()
         outcome = "updated" if changed else "unchanged"
         self._metrics.jwks_refreshes.labels(trigger=trigger, outcome=outcome).inc()
@@ -175,49 +186,19 @@ class JwksMirror:
             )
         return fetched
 
-    async def refresh(self, req: JwksRefreshRequest) -> JwksRefreshReply:
-        """Serve ``jwks-refresh``: fetch unless the kid is known or a forced fetch is too recent.
+    async def read_lease(self) -> tuple[KvEntry[FetchLease] | None, FetchLease]:
+        """The shared lease as stored (entry for compare-and-set) and its value."""
+        entry = await self._leases.get(_LEASE)
+        return entry, entry.value if entry is not None else FetchLease()
 
-        Raises:
-            Unavailable: the fetch was allowed but the provider could not be read (the last
-                good keys stay published).
-        """
-        known = await self._published_kids()
-        if req.kid and req.kid in known:
-            self._metrics.jwks_refreshes.labels(trigger="forced", outcome="known_kid").inc()
-            return JwksRefreshReply(fetched=False, key_ids=known)
-        async with self._forced_lock:
-            wait = await self._claim_forced()
-            if wait > 0:
-                self._metrics.jwks_refreshes.labels(trigger="forced", outcome="rate_limited").inc()
-                return JwksRefreshReply(
-                    fetched=False, key_ids=await self._published_kids(), retry_after=wait
-                )
-            fetched = await self.fetch_and_publish("forced")
-        if fetched is None:
-            raise Unavailable("the identity provider could not be read; last good keys kept")
-        self._log.info(
-            "forced JWKS refresh", extra={"kid": req.kid, "requester": req.requester[:64]}
-        )
-        return JwksRefreshReply(fetched=True, key_ids=key_ids(fetched.keys))
+    async def claim_forced(self, entry: KvEntry[FetchLease] | None, lease: FetchLease) -> float:
+        """Take the forced-fetch slot by compare-and-set; its time, or 0.0 if another won."""
+        now = self._clock()
+        claim = msgspec.structs.replace(lease, forced_at=now, attempt_at=now, holder=self._instance)
+        return now if await self._write_lease(entry, claim) else 0.0
 
-    async def _claim_forced(self) -> float:
-        """Take the forced-fetch slot; returns 0 when taken, else seconds to wait."""
-        for _ in range(5):
-            entry = await self._leases.get(_LEASE)
-            lease = entry.value if entry is not None else FetchLease()
-            now = self._clock()
-            wait = lease.forced_at + self._timing.min_forced_interval - now
-            if wait > 0:
-                return wait
-            claim = msgspec.structs.replace(
-                lease, forced_at=now, attempt_at=now, holder=self._instance
-            )
-            if await self._write_lease(entry, claim):
-                return 0.0
-        return self._timing.min_forced_interval  # lost every race: someone else is fetching
-
-    async def _published_kids(self) -> tuple[str, ...]:
+    async def published_kids(self) -> tuple[str, ...]:
+        """The ``kid`` of every key in the published snapshot."""
         entry = await self._snapshots.get(_SNAPSHOT)
         return key_ids(entry.value.keys) if entry is not None else ()
 
@@ -265,9 +246,14 @@ class JwksMirror:
         return False
 
 
-def _succeeded(lease: FetchLease, now: float, lifetime: float, holder: str) -> FetchLease:
+def _succeeded(
+    lease: FetchLease, now: float, lifetime: float, holder: str, forced_at: float | None
+) -> FetchLease:
     # Fresh keys come with a fresh cache lifetime: it replaces any earlier schedule.
-    return msgspec.structs.replace(lease, success_at=now, next_due=now + lifetime, holder=holder)
+    done = lease.forced_done if forced_at is None else max(lease.forced_done, forced_at)
+    return msgspec.structs.replace(
+        lease, success_at=now, next_due=now + lifetime, holder=holder, forced_done=done
+    )
 
 
 def _same_issuer(a: str, b: str) -> bool:

@@ -15,6 +15,7 @@ import httpx
 import nats.errors
 import nats.js.errors
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
@@ -24,6 +25,7 @@ from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
 from meshssh_authn.jwks_mirror import FetchLease, JwksMirror, MirrorTiming
+from meshssh_authn.jwks_refresh import JwksRefresher
 from meshssh_authn.key_ring import KeyRing
 from meshssh_authn.key_sources import EmbeddedSource, ExternalConfig, ExternalSource, KeySource
 from meshssh_authn.provider_app import install_routes
@@ -31,15 +33,16 @@ from meshssh_authn.settings import AuthnSettings
 from meshssh_authn.signing_keys import KeySet, RotationPolicy
 from meshssh_authn.token_issuer import TokenIssuer
 from meshssh_authn.users import UsersFile
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
 from meshssh_common.errors import Unavailable, WireError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.rpc import add_endpoint, start_micro
+from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
 from meshssh_common.wire import (
     DevicePollRequest,
     DeviceStartRequest,
+    JwksMissed,
     JwksRefreshRequest,
     JwksSnapshot,
 )
@@ -170,31 +173,49 @@ async def serve(ctx: ServiceContext) -> None:
                 ),
                 http,
             )
+        timing = MirrorTiming(
+            default_interval=settings.jwks_refresh_interval,
+            min_forced_interval=settings.jwks_refresh_min_interval,
+            retry_interval=settings.jwks_retry_interval,
+            min_interval=min(30.0, settings.jwks_refresh_interval),
+            kid_interval=settings.jwks_refresh_kid_interval,
+        )
         mirror = JwksMirror(
             source,
             snapshots,
             TypedKV(state, FetchLease, on_bad_value=bad_value),
-            MirrorTiming(
-                default_interval=settings.jwks_refresh_interval,
-                min_forced_interval=settings.jwks_refresh_min_interval,
-                retry_interval=settings.jwks_retry_interval,
-                min_interval=min(30.0, settings.jwks_refresh_interval),
-            ),
+            timing,
             metrics=metrics,
             log=ctx.log,
             instance=settings.instance,
         )
+        refresher = JwksRefresher(mirror, timing, metrics=metrics, log=ctx.log)
         broker = DeviceBroker(
             embedded=provider, snapshots=snapshots, http=http, metrics=metrics, log=ctx.log
         )
         if provider is not None:
             provider.ring.on_change = mirror.keys_changed
+
+        async def announce_missed(kids: tuple[str, ...], ttl: float) -> None:
+            missed = JwksMissed(kids=kids, ttl=ttl, sender=settings.instance)
+            await ctx.nc.publish(subjects.AUTHN_JWKS_MISSED, codec.encode(missed))
+
+        async def on_missed(missed: JwksMissed, _msg: Msg) -> None:
+            if missed.sender != settings.instance:
+                refresher.note_missed(missed.kids, missed.ttl)
+
+        refresher.on_missed = announce_missed
+        await subscribe_typed(
+            ctx.nc, subjects.AUTHN_JWKS_MISSED, JwksMissed, on_missed,
+            name="jwks-missed", metrics=ctx.metrics, log=ctx.log,
+        )  # fmt: skip
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
+        # concurrency: a request waiting for the fetch slot must not hold up the others.
         await add_endpoint(
             svc, "jwks-refresh", subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest,
-            mirror.refresh, metrics=m, log=log,
+            refresher.refresh, metrics=m, log=log, concurrency=64,
         )  # fmt: skip
         await add_endpoint(
             svc, "device-start", subjects.AUTHN_DEVICE_START, DeviceStartRequest,
@@ -224,3 +245,4 @@ async def serve(ctx: ServiceContext) -> None:
                                 await asyncio.shield(http_task)
         finally:
             await svc.stop()
+            await refresher.close()

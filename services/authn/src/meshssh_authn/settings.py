@@ -80,7 +80,16 @@ class AuthnSettings(ServiceSettings):
         "provider's max-age is never followed below min(30, this))",
     )
     jwks_refresh_min_interval: float = Field(
-        30.0, ge=0, description="at most one forced JWKS fetch (unknown kid) per this many seconds"
+        1.0,
+        ge=0,
+        description="at most one forced JWKS fetch (unknown kid) per this many seconds, across "
+        "all replicas; a request waits for the next one",
+    )
+    jwks_refresh_kid_interval: float = Field(
+        30.0,
+        ge=0,
+        description="seconds a kid that a forced fetch did not find is refused without "
+        "fetching again (other kids are not held up)",
     )
     jwks_retry_interval: float = Field(
         10.0, gt=0, description="seconds before a failed JWKS fetch is retried"

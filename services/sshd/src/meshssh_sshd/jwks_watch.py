@@ -2,9 +2,25 @@
 
 The map says how to validate (issuer, audiences, max age: ``netmap.peer.jwt``); this watcher
 holds the keys. :meth:`JwksWatch.validator_for` builds a :class:`JwtValidator` for a config
-and caches it until the keys or the config change. On an unknown ``kid`` the caller asks
-:meth:`JwksWatch.refresh`: one request on ``AUTHN_JWKS_REFRESH`` (concurrent callers share
-it, and at most one is sent per ``min_interval``), then a bounded wait for the new snapshot.
+and caches it until the keys or the config change.
+
+On an unknown ``kid`` the caller asks :meth:`JwksWatch.refresh`, throttled per ``kid`` and
+globally, so that one made-up ``kid`` never holds up another one's refresh:
+
+- a ``kid`` that a fresh fetch did not bring is refused at once, with no request, for
+  ``kid_interval`` (the memory of such ids is bounded: :class:`KidMisses`);
+- at most one request to authn (``AUTHN_JWKS_REFRESH``) is in flight, at most one per
+  ``min_interval``; the ids met meanwhile wait for the next request and share it. The
+  request names them (up to the wire's 65) so authn can answer from what it knows; a bigger
+  batch (a flood of made-up ids) asks for a plain refetch instead, which authn paces just
+  the same, and every id in the batch is settled from the key ids it brings. Past
+  ``_MAX_WAITING`` ids one batch refuses more as ``throttled_global``;
+- authn paces the provider in turn (one fetch a second across its replicas) and answers once
+  the fetch is done; the caller then waits (bounded) for the new snapshot to arrive here.
+
+Metric ``jwks_refreshes_total{result}`` per call: ``fetched`` (the kid arrived), ``missed``
+(a fresh fetch did not have it), ``throttled_kid``, ``throttled_global``, ``throttled_authn``
+(authn paced it) or ``error``.
 
 Example::
 
@@ -19,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -26,6 +43,7 @@ from nats.js import JetStreamContext
 from meshssh_common import subjects
 from meshssh_common.errors import MeshError, WireError
 from meshssh_common.jwt_validation import JwtValidator
+from meshssh_common.kid_misses import KidMisses
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
@@ -37,6 +55,20 @@ from meshssh_sshd.metrics import SshdMetrics
 __all__ = ["JwksWatch"]
 
 _RETRY = 1.0
+_MAX_KID = 256  # the wire's limit
+_MAX_NAMED = 65  # kid + 64 kids: the wire's limit
+_MAX_WAITING = 4096  # ids waiting for one request (bounded anyway by the open connections)
+_ERROR_BACKOFF = 1.0  # authn did not answer: the kids of that request wait this long
+_MAX_KIDS_REMEMBERED = 4096
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Kids waiting for the next request, and what became of each."""
+
+    kids: set[str] = field(default_factory=set)
+    results: dict[str, str] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
 
 
 class JwksWatch:
@@ -51,8 +83,9 @@ class JwksWatch:
         log: BoundLogger,
         *,
         requester: str = "",
-        min_interval: float = 10.0,
-        wait: float = 3.0,
+        min_interval: float = 0.5,
+        kid_interval: float = 30.0,
+        wait: float = 5.0,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -61,13 +94,17 @@ class JwksWatch:
         self._log = log
         self._requester = requester
         self._min_interval = min_interval
+        self._kid_interval = kid_interval
         self._wait = wait
         self._changed = asyncio.Condition()
         self._initial = asyncio.Event()
         self._revision = 0
         self._cache: tuple[int, JwtConfig, JwtValidator] | None = None
-        self._inflight: asyncio.Task[bool] | None = None
-        self._last_refresh = -float("inf")
+        self._misses = KidMisses(_MAX_KIDS_REMEMBERED)
+        self._next: _Batch | None = None  # collecting kids, not sent yet
+        self._send_lock = asyncio.Lock()
+        self._last_sent = -float("inf")
+        self._tasks: set[asyncio.Task[None]] = set()
         self.snapshot: JwksSnapshot | None = None
 
     async def wait_initial(self, timeout: float) -> bool:
@@ -92,50 +129,92 @@ class JwksWatch:
     async def refresh(self, kid: str) -> bool:
         """Ask authn to refetch the keys because ``kid`` is unknown; True if ``kid`` arrived.
 
-        Concurrent callers share one request; a request is sent at most once per
-        ``min_interval`` seconds (authn rate-limits too). Never raises.
+        Refused at once (False, no request) when ``kid`` missed within ``kid_interval`` or
+        the next batch is full; otherwise joins the next request. Never raises.
         """
-        if self._inflight is None or self._inflight.done():
-            if time.monotonic() - self._last_refresh < self._min_interval:
-                self._metrics.jwks_refreshes.labels(result="throttled").inc()
-                return self._has_kid(kid)
-            self._last_refresh = time.monotonic()
-            self._inflight = asyncio.create_task(self._refresh(kid))
-        return await asyncio.shield(self._inflight)
+        kid = kid[:_MAX_KID]
+        if self._has_kid(kid):
+            return True
+        if self._misses.remaining(kid) > 0:
+            self._metrics.jwks_refreshes.labels(result="throttled_kid").inc()
+            return False
+        batch = self._next
+        if batch is None:
+            batch = self._next = _Batch()
+            batch.task = asyncio.create_task(self._send(batch))
+            self._tasks.add(batch.task)
+            batch.task.add_done_callback(self._tasks.discard)
+        elif kid not in batch.kids and len(batch.kids) >= _MAX_WAITING:
+            self._metrics.jwks_refreshes.labels(result="throttled_global").inc()
+            return False
+        batch.kids.add(kid)
+        assert batch.task is not None
+        await asyncio.shield(batch.task)
+        result = batch.results.get(kid, "error")
+        self._metrics.jwks_refreshes.labels(result=result).inc()
+        return result == "fetched"
 
     def _has_kid(self, kid: str) -> bool:
         snap = self.snapshot
         return snap is not None and any(str(k.get("kid", "")) == kid for k in snap.keys)
 
-    async def _refresh(self, kid: str) -> bool:
-        before = self._revision
+    async def _send(self, batch: _Batch) -> None:
+        """Send ``batch`` as one request once the global pace allows; fill in its results."""
+        async with self._send_lock:  # one request in flight
+            delay = self._last_sent + self._min_interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._next is batch:
+                self._next = None  # kids met from now on go into the next request
+            self._last_sent = time.monotonic()
+            ask = sorted(k for k in batch.kids if not self._has_kid(k))
+            batch.results.update(dict.fromkeys(batch.kids - set(ask), "fetched"))
+            if not ask:
+                return
+            try:
+                await self._ask(ask, batch.results)
+            except Exception:  # never let a refresh crash a login: those kids count as errors
+                self._log.exception("JWKS refresh failed", extra={"kids": ask[:8]})
+
+    async def _ask(self, kids: list[str], results: dict[str, str]) -> None:
+        if len(kids) <= _MAX_NAMED:
+            req = JwksRefreshRequest(kid=kids[0], kids=tuple(kids[1:]), requester=self._requester)
+        else:
+            req = JwksRefreshRequest(requester=self._requester)  # a plain (paced) refetch
         try:
             reply = await request(
-                self._nc,
-                subjects.AUTHN_JWKS_REFRESH,
-                JwksRefreshRequest(kid=kid[:256], requester=self._requester),
-                JwksRefreshReply,
-                timeout=self._wait,
+                self._nc, subjects.AUTHN_JWKS_REFRESH, req, JwksRefreshReply, timeout=self._wait
             )
         except MeshError as e:
-            self._metrics.jwks_refreshes.labels(result="error").inc()
-            self._log.warning("JWKS refresh request failed", extra={"kid": kid, "error": str(e)})
-            return False
-        self._metrics.jwks_refreshes.labels(
-            result="fetched" if reply.fetched else "not_fetched"
-        ).inc()
-        if kid not in reply.key_ids:
-            self._log.info(
-                "JWKS refresh did not bring the key", extra={"kid": kid, "keys": reply.key_ids}
+            for kid in kids:
+                results[kid] = "error"
+                self._misses.record(kid, _ERROR_BACKOFF)
+            self._log.warning(
+                "JWKS refresh request failed", extra={"kids": kids[:8], "error": str(e)}
             )
-            return self._has_kid(kid)
-        # authn stored the new snapshot before replying; wait until our watch has it.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._wait), self._changed:
-                await self._changed.wait_for(
-                    lambda: self._revision != before and self._has_kid(kid)
-                )
-        return self._has_kid(kid)
+            return
+        arrived = [k for k in kids if k in reply.key_ids]
+        for kid in kids:
+            if kid in reply.key_ids:
+                continue
+            if reply.fetched:
+                results[kid] = "missed"
+                self._misses.record(kid, self._kid_interval)
+            else:
+                results[kid] = "throttled_authn"
+                self._misses.record(kid, min(max(reply.retry_after, 0.5), self._kid_interval))
+        if len(arrived) < len(kids):
+            self._log.info(
+                "JWKS refresh did not bring every key",
+                extra={"kids": kids[:8], "fetched": reply.fetched, "keys": reply.key_ids[:16]},
+            )
+        if arrived:
+            # authn stored the new snapshot before replying; wait until our watch has it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._wait), self._changed:
+                    await self._changed.wait_for(lambda: all(map(self._has_kid, arrived)))
+            for kid in arrived:
+                results[kid] = "fetched" if self._has_kid(kid) else "error"
 
     def _bad_value(self, key: str, error: WireError) -> None:
         self._base.bad_messages.labels(endpoint="jwks", reason="invalid").inc()
@@ -154,9 +233,9 @@ class JwksWatch:
                 raise_if_cancelling()
                 await asyncio.sleep(_RETRY)
         finally:
-            if self._inflight is not None:
-                self._inflight.cancel()
-                await asyncio.gather(self._inflight, return_exceptions=True)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _watch(self) -> None:
         kv = await open_bucket(self._js, subjects.BUCKET_JWKS)

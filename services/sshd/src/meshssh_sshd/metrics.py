@@ -42,7 +42,7 @@ class SshdMetrics:
         self.jwks_refreshes = base.counter(
             "jwks_refreshes",
             "JWKS refreshes asked of authn after an unknown kid",
-            ("result",),  # fetched | not_fetched | throttled | error
+            ("result",),  # fetched|missed|throttled_kid|throttled_global|throttled_authn|error
         )
         self.active_sessions = base.gauge("active_sessions", "Session channels running now")
         self.active_connections = base.gauge(

@@ -14,6 +14,7 @@ __all__ = [
     "DevicePollRequest",
     "DeviceStartReply",
     "DeviceStartRequest",
+    "JwksMissed",
     "JwksRefreshReply",
     "JwksRefreshRequest",
     "JwksSnapshot",
@@ -50,10 +51,17 @@ class JwksSnapshot(Wire, tag="authn.jwks.v1", frozen=True, kw_only=True):
 
 
 class JwksRefreshRequest(Wire, tag="authn.jwks-refresh.v1", frozen=True, kw_only=True):
-    """A server met an unknown ``kid``: ask authn to refetch (rate-limited)."""
+    """A server met an unknown ``kid``: ask authn to refetch (rate-limited).
+
+    ``kids`` (added by issue 12) carries further unknown ids met at the same time: a server
+    batches the ids it meets while a request is in flight into its next one.
+    """
 
     kid: Annotated[str, msgspec.Meta(max_length=256)] = ""
     requester: str = ""
+    kids: Annotated[
+        tuple[Annotated[str, msgspec.Meta(max_length=256)], ...], msgspec.Meta(max_length=64)
+    ] = ()
 
 
 class JwksRefreshReply(Wire, tag="authn.jwks-refreshed.v1", frozen=True, kw_only=True):
@@ -62,6 +70,16 @@ class JwksRefreshReply(Wire, tag="authn.jwks-refreshed.v1", frozen=True, kw_only
     fetched: bool
     key_ids: tuple[str, ...] = ()
     retry_after: float = 0.0
+
+
+class JwksMissed(Wire, tag="authn.jwks-missed.v1", frozen=True, kw_only=True):
+    """Between authn replicas: a forced fetch did not find these kids; refuse them a while."""
+
+    kids: Annotated[
+        tuple[Annotated[str, msgspec.Meta(max_length=256)], ...], msgspec.Meta(max_length=256)
+    ] = ()
+    ttl: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    sender: str = ""
 
 
 class DeviceStartRequest(Wire, tag="authn.device-start.v1", frozen=True, kw_only=True):
