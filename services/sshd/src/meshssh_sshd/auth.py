@@ -143,5 +143,6 @@ class Authenticator:
                 f"user {user_id!r} may not log in as {local_user!r} (map serial {netmap.serial})",
                 public=f"Permission denied: you are not authorized to log in as {local_user} "
                 "on this peer; ask an admin for a policy that grants it",
+                user_id=user_id,
             )
         return Identity(user_id, method, tok.kid, tok.expires_at)

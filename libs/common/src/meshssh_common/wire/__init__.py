@@ -24,6 +24,7 @@ from meshssh_common.wire.netmap import (
     PeerConfig,
     PortRange,
     RemotePeer,
+    SourcePeer,
     SshAuth,
 )
 from meshssh_common.wire.peer import (
@@ -65,6 +66,7 @@ __all__ = [
     "RemotePeer",
     "SessionInfo",
     "SessionsReport",
+    "SourcePeer",
     "SshAuth",
     "Wire",
 ]
