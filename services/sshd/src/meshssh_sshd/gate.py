@@ -8,7 +8,9 @@ The gate owns the listening socket. For each accepted connection, before a singl
    peer is the client and the port is 22022;
 2. refuse while draining, when the source is over its auth-failure limit, or when too many
    connections are still authenticating (``--max-startups``);
-3. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
+3. name the source: the peer at the client's address in the current map (``source_peers``,
+   then ``remote_peers``), kept on the :class:`Origin` for every audit event of the connection;
+4. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
    TCP on that port and no ``drop`` rule, SSH enabled for the peer.
 
 A refused connection is closed without a banner, counted by reason, logged and audited (both
