@@ -226,6 +226,17 @@ async def test_a_refused_token_ends_ssh_within_5_s_with_permission_denied_and_th
     assert not any(t.startswith("fresh:") for t in issued(peer.state_dir))  # no browser check
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="unknown users are refused only by a root server")
+async def test_a_login_refused_before_the_token_never_asks_for_one(peer: Peer) -> None:
+    result = await peer.meshssh(f"nosuchuser@{PEER_NAME}", "true")
+    assert result.returncode == 255
+    assert "Permission denied: nosuchuser@demo-server: there is no local user nosuchuser" in (
+        result.err
+    )
+    assert "(server reason: unknown_user)" in result.err
+    assert issued(peer.state_dir) == []  # no token was fetched, so no browser check either
+
+
 async def test_an_expired_cached_token_is_dropped_so_the_next_ssh_signs_in_afresh(
     peer: Peer,
 ) -> None:

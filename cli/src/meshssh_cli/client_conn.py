@@ -117,6 +117,8 @@ class _Backend(asyncssh.SSHClient):
         self.banner = classify(str(self.conn.get_extra_info("server_version", "")))
         if self.banner is not BannerKind.MESHSSH_JWT or self.tries > 0:
             return None  # a refused token is final: no second token, no browser check
+        if self.refusal is not None:
+            return None  # refused before any token (no such user, root, rate limit): keep it
         loop = asyncio.get_running_loop()
         self.deadline.reschedule(None)  # a device flow may wait for the user's browser
         try:
