@@ -48,7 +48,8 @@ PEERS = {
         "mesh_ip": "127.0.0.2",
         "setup_key": "meshssh-demo-server-key-0001",
         "flags": ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
-                  *(["--enable-ssh-root"] if IS_ROOT else []), "--disable-ssh-config"],
+                  "--enable-ssh-agent-forwarding", *(["--enable-ssh-root"] if IS_ROOT else []),
+                  "--disable-ssh-config"],
     },
     "demo-laptop": {
         "mesh_ip": "127.0.0.3",

@@ -81,6 +81,15 @@ class StaticLink:
             f.write(f"{'cached' if token.cached else 'fresh'}:{token.value}\n")
         return token
 
+    async def forget_token(self) -> None:
+        """Empty the "cache" (the next get_token is a fresh one) and log ``forgotten``."""
+        data = json.loads((self._dir / LINK_FILE).read_text())
+        data["cached_token"] = ""
+        (self._dir / LINK_FILE).write_text(json.dumps(data))
+        self._cached = ""
+        with (self._dir / TOKEN_LOG).open("a") as f:
+            f.write("forgotten\n")
+
     async def lookup(self, host: str) -> PeerEntry | None:
         return find_peer(self._peers, host)
 

@@ -37,14 +37,16 @@ def test_sshd_runs_only_when_both_switches_are_on_and_the_relay_also_for_a_nativ
 
 
 def test_sshd_gets_the_contract_flags_and_listens_on_the_mesh_address() -> None:
-    flags = Flags(allow_server_ssh=True, sftp=True, root_login=True, disable_ssh_auth=True)
+    flags = Flags(allow_server_ssh=True, sftp=True, root_login=True, disable_ssh_auth=True,
+                  agent_forwarding=True)  # fmt: skip
     argv = sshd_argv(config(flags=flags, ssh_port=22022), "p1")
     assert value(argv, "--peer-id") == "p1"
     assert value(argv, "--listen") == "127.0.0.2:22022"
     assert value(argv, "--trusted-relay") == "127.0.0.2"
     assert value(argv, "--host-key") == "/tmp/x/ssh_host_ed25519_key"
     assert value(argv, "--ops-listen") == "127.0.0.1:0"
-    assert {"--enable-ssh-sftp", "--enable-ssh-root", "--disable-ssh-auth"} <= set(argv)
+    assert {"--enable-ssh-sftp", "--enable-ssh-root", "--disable-ssh-auth",
+            "--enable-ssh-agent-forwarding"} <= set(argv)  # fmt: skip
     assert "--enable-ssh-local-port-forwarding" not in argv
 
 

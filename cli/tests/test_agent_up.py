@@ -63,16 +63,19 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         assert policy.registers[0].ssh_host_key.startswith("ssh-ed25519 ")
 
         # A flag change on a running agent is reported to management as metadata.
-        code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--enable-ssh-sftp"))
+        code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--enable-ssh-sftp",
+                                              "--enable-ssh-agent-forwarding"))  # fmt: skip
         assert code == 0, err
         assert "flags updated" in err
         assert policy.metas[-1].meta.flags.sftp
+        assert policy.metas[-1].meta.flags.agent_forwarding
         assert policy.metas[-1].meta.capabilities == ("native_ssh",)
 
         code, text, err = await meshssh("status", "-d", "--state-dir", str(state))
         assert code == 0, err
         assert "Relay:" in text
         assert "sftp" in text
+        assert "agent-forwarding" in text
 
         code, _, err = await meshssh("down", "--state-dir", str(state))
         assert code == 0, err

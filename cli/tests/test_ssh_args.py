@@ -41,6 +41,13 @@ def test_the_first_user_given_wins_and_the_default_is_the_local_user() -> None:
     assert parse_ssh_args(["web"]).user == getpass.getuser()
 
 
+def test_A_forwards_the_agent_and_the_last_of_A_and_a_wins() -> None:
+    assert parse_ssh_args(["web"]).agent is False
+    assert parse_ssh_args(["-A", "web"]).agent is True
+    assert parse_ssh_args(["-tA", "web", "ssh-add -l"]).agent is True
+    assert parse_ssh_args(["-A", "web", "-a"]).agent is False
+
+
 def test_state_dir_in_both_spellings() -> None:
     assert parse_ssh_args(["--state-dir", "/s", "web"]).state_dir == Path("/s")
     assert parse_ssh_args(["--state-dir=/t", "web"]).state_dir == Path("/t")

@@ -249,6 +249,8 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
     assert {e.jwt_user for e in accepted} == {"alice"}
     assert all(e.source_addr.startswith("127.0.0.3") for e in accepted), accepted
     assert {e.local_user for e in accepted} == {USER}
+    sessions = [e for e in events if e.kind in ("auth-accepted", "session-start", "sftp-start")]
+    assert {e.source_peer_name for e in sessions} == {"demo-laptop"}, sessions  # from the map
 
     # The dashboard switch ends the live session and refuses new connections.
     live = await asyncio.create_subprocess_exec(

@@ -64,6 +64,7 @@ class Flags:
     root_login: bool = False
     disable_ssh_auth: bool = False
     jwt_cache_ttl: int = 0
+    agent_forwarding: bool = False
 
     def wire(self) -> PeerFlags:
         """As reported to the management plane."""
@@ -75,6 +76,7 @@ class Flags:
             root_login=self.root_login,
             disable_ssh_auth=self.disable_ssh_auth,
             jwt_cache_ttl=self.jwt_cache_ttl,
+            agent_forwarding=self.agent_forwarding,
         )
 
     def sshd_args(self) -> list[str]:
@@ -85,6 +87,7 @@ class Flags:
             (self.sftp, "--enable-ssh-sftp"),
             (self.root_login, "--enable-ssh-root"),
             (self.disable_ssh_auth, "--disable-ssh-auth"),
+            (self.agent_forwarding, "--enable-ssh-agent-forwarding"),
         ]
         return [flag for on, flag in pairs if on]
 

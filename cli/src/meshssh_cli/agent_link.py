@@ -122,6 +122,18 @@ class AgentLink:
             raise RuntimeError("the agent returned no token")
         return IssuedToken(reply.token, cached=len(self.prompts.shown) == shown)
 
+    async def forget_token(self) -> None:
+        """Drop this OS user's cached token in the agent.
+
+        Raises:
+            RuntimeError: the agent refused or did not answer.
+        """
+        try:
+            async with AgentClient.connect(self.state_dir) as agent:
+                await agent.token_drop()
+        except MeshError as e:
+            raise RuntimeError(f"the agent did not drop the token: {e.public}") from e
+
     async def lookup(self, host: str) -> PeerEntry | None:
         """The remote peer ``host`` names, from the agent's current map."""
         return find_peer(await self.peers(), host)

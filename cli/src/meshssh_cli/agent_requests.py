@@ -83,6 +83,7 @@ class AgentRequests:
                     root_login=flags.root_login,
                     disable_ssh_auth=flags.disable_ssh_auth,
                     jwt_cache_ttl=flags.jwt_cache_ttl,
+                    agent_forwarding=flags.agent_forwarding,
                 )
                 try:
                     serial = await self.agent.reconfigure(self.agent.config.with_flags(new))

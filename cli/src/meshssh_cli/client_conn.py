@@ -9,9 +9,16 @@ Used by both ``meshssh ssh`` and ``meshssh ssh proxy``. Order of a dial:
 3. key exchange accepting exactly the host key the management plane pinned (no trust on first
    use); a different key fails with both fingerprints before any credential is sent;
 4. ``none`` authentication (machine-identity peers accept it); otherwise, only if the server's
-   banner says ``MeshSSH-JWT-Required``, the JWT as password: first the cached one, and if
-   that is refused, one fresh token. Waiting for a device flow does not count against the
-   connect timeout.
+   banner says ``MeshSSH-JWT-Required``, the JWT as password: the cached one, or one from a
+   device flow when there is none (waiting for the user's browser does not count against
+   the connect timeout). A refused token is final: the server's auth banner says why
+   (``MeshSSH-Refusal: <reason>``, :mod:`meshssh_common.refusal_banner`) and the dial fails
+   at once with "Permission denied", that reason and what to check; no browser check
+   follows. A token the server calls expired is dropped from the agent's cache, so the
+   next connection signs in afresh.
+
+A connection the peer closes before its SSH banner was refused at its gate (source not
+allowed, SSH off, or too many failed logins): "Permission denied" with what to check.
 
 Example::
 
@@ -22,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +40,7 @@ from meshssh_cli import client_errors
 from meshssh_cli.client_errors import ClientError
 from meshssh_cli.detect import BannerKind, classify
 from meshssh_cli.peer_directory import PeerDirectory, PeerEntry, TokenSource
+from meshssh_common.refusal_banner import parse_refusal
 
 __all__ = ["CLIENT_VERSION", "CONNECT_TIMEOUT", "dial", "resolve"]
 
@@ -45,7 +54,7 @@ CIPHERS = [
     "aes128-ctr",
 ]
 CONNECT_TIMEOUT = 15.0
-_MAX_PASSWORD_TRIES = 2
+_STALE = frozenset({"expired", "too_old"})  # refusals that make a cached token useless
 
 
 async def resolve(directory: PeerDirectory, host: str) -> PeerEntry:
@@ -65,7 +74,8 @@ class _Backend(asyncssh.SSHClient):
     """Client-side hooks of one dial; records what happened for the error messages.
 
     ``validate_host_public_key`` runs during key exchange, ``password_auth_requested`` after
-    ``none`` failed, ``connection_lost`` whenever the connection ends.
+    ``none`` failed (and again after the password failed), ``auth_banner_received`` when the
+    server explains a refusal, ``connection_lost`` whenever the connection ends.
     """
 
     pinned: asyncssh.SSHKey
@@ -78,6 +88,7 @@ class _Backend(asyncssh.SSHClient):
     tries: int = 0  # password_auth_requested
     last_cached: bool = False  # password_auth_requested
     token_error: str | None = None  # password_auth_requested
+    refusal: str | None = None  # auth_banner_received: the server's reason label
     closing: list[Exception | None] = field(default_factory=list)  # connection_lost
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -89,6 +100,12 @@ class _Backend(asyncssh.SSHClient):
         if self.on_lost is not None:
             self.on_lost(exc)
 
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        """Keep the reason of a refusal (the banner's ``MeshSSH-Refusal:`` line)."""
+        reason = parse_refusal(msg)
+        if reason is not None:
+            self.refusal = reason
+
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
@@ -98,14 +115,14 @@ class _Backend(asyncssh.SSHClient):
     async def password_auth_requested(self) -> str | None:
         assert self.conn is not None
         self.banner = classify(str(self.conn.get_extra_info("server_version", "")))
-        if self.banner is not BannerKind.MESHSSH_JWT or self.tries >= _MAX_PASSWORD_TRIES:
-            return None
-        if self.tries == 1 and not self.last_cached:
-            return None  # a fresh token was refused: another flow would be refused too
+        if self.banner is not BannerKind.MESHSSH_JWT or self.tries > 0:
+            return None  # a refused token is final: no second token, no browser check
+        if self.refusal is not None:
+            return None  # refused before any token (no such user, root, rate limit): keep it
         loop = asyncio.get_running_loop()
         self.deadline.reschedule(None)  # a device flow may wait for the user's browser
         try:
-            token = await self.tokens.get_token(force_new=self.tries > 0)
+            token = await self.tokens.get_token()
         except (OSError, TimeoutError, RuntimeError) as e:
             self.token_error = str(e) or type(e).__name__
             return None
@@ -199,12 +216,16 @@ async def dial(
     except asyncssh.HostKeyNotVerifiable:
         raise _key_error(peer, backend) from None
     except asyncssh.PermissionDenied:
+        if backend is not None and backend.refusal in _STALE and backend.last_cached:
+            await _forget(tokens)
         raise _auth_error(peer, username, backend) from None
-    except asyncssh.DisconnectError as e:
-        raise client_errors.auth_failed(
-            peer.name, f"the server closed the connection: {e.reason}"
-        ) from None
-    except OSError as e:
+    except (asyncssh.DisconnectError, OSError) as e:
+        if backend is not None and _closed_before_ssh(backend):
+            raise client_errors.source_refused(peer.name, peer.mesh_ip, port, source) from None
+        if isinstance(e, asyncssh.DisconnectError):
+            raise client_errors.auth_failed(
+                peer.name, f"the server closed the connection: {e.reason}"
+            ) from None
         raise ClientError(
             "Connection failed",
             f"{peer.name} ({peer.mesh_ip} port {port}) from {source}: {e.strerror or e}",
@@ -214,6 +235,19 @@ async def dial(
     finally:
         if sock is not None:
             sock.close()
+
+
+def _closed_before_ssh(backend: _Backend) -> bool:
+    """TCP was up, but the peer closed it before sending its SSH banner (its gate refused)."""
+    conn = backend.conn
+    return conn is not None and not conn.get_extra_info("server_version")
+
+
+async def _forget(tokens: TokenSource) -> None:
+    """Drop the cached token the server called expired (best effort, bounded)."""
+    with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+        async with asyncio.timeout(2.0):
+            await tokens.forget_token()
 
 
 def _key_error(peer: PeerEntry, backend: _Backend | None) -> ClientError:
@@ -231,6 +265,8 @@ def _auth_error(peer: PeerEntry, username: str, backend: _Backend | None) -> Cli
         return client_errors.auth_failed(peer.name, f"no login token: {backend.token_error}")
     if backend.banner is not BannerKind.MESHSSH_JWT:
         return client_errors.permission_denied_publickey(username, peer.name)
+    if backend.refusal is not None:
+        return client_errors.refused(username, peer.name, backend.refusal)
     return client_errors.permission_denied(
         username, peer.name, "the server refused your login token"
     )

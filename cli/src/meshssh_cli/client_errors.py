@@ -26,7 +26,9 @@ __all__ = [
     "permission_denied",
     "permission_denied_publickey",
     "port_forwarding_unavailable",
+    "refused",
     "sftp_unavailable",
+    "source_refused",
 ]
 
 EXIT_SSH_FAILURE = 255  # what OpenSSH's ssh exits with when it cannot connect
@@ -117,6 +119,93 @@ def permission_denied(user: str, host: str, why: str) -> ClientError:
         f"that a policy authorizes your identity as local user {user!r} on {host} "
         "(authorized groups of its SSH rule), that root logins are enabled on the peer if "
         "you asked for root (--enable-ssh-root), and that your login is fresh (meshssh login).",
+    )
+
+
+_LOGIN_AGAIN = "your login: run `meshssh login` to get a fresh token, then connect again."
+_CLOCKS = "the clocks of this machine, the peer and the identity provider (NTP)."
+_KEYS = (
+    "your login (run `meshssh login` again); if it persists, ask an admin to check the "
+    "identity provider's signing keys and {host}'s map (meshctl peers show {host})."
+)
+_NOT_READY = (
+    "again in a minute; if it persists, ask an admin to check {host} (meshctl peers show {host})."
+)
+# reason -> (what the server refused, what to check); {user} and {host} are filled in.
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "expired": ("your login token has expired", _LOGIN_AGAIN),
+    "too_old": ("your login token is older than {host} accepts (max token age)", _LOGIN_AGAIN),
+    "not_yet_valid": ("your login token is not valid yet", _CLOCKS),
+    "issued_in_future": ("your login token was issued in the future", _CLOCKS),
+    "bad_issuer": (
+        "your login token comes from an identity provider {host} does not trust (issuer)",
+        "that you signed in with the identity provider of this mesh (meshssh login), and ask "
+        "an admin to check the issuer meshssh-authn publishes (--issuer).",
+    ),
+    "bad_audience": (
+        "your login token is not meant for {host} (audience)",
+        "the audience of your identity provider's tokens against meshssh-authn's --audience "
+        "(ask an admin), then sign in again (meshssh login).",
+    ),
+    "not_authorized": (
+        "you are not authorized to log in as {user} on {host}",
+        "that a policy authorizes your identity as local user {user!r} on {host} (the "
+        "authorized groups of its SSH rule: meshctl policies ls), or log in as another user.",
+    ),
+    "missing_claim": (
+        "your login token lacks the user-id claim {host} uses",
+        "the user-id claim setting (meshssh-authn --user-id-claim) with an admin.",
+    ),
+    "root_disabled": (
+        "login as root is disabled on {host}",
+        "that the peer runs with --enable-ssh-root if root logins are intended.",
+    ),
+    "unknown_user": (
+        "there is no local user {user} on {host}",
+        "the user name (-l USER or USER@HOST).",
+    ),
+    "bad_user": ("{user!r} is not a valid user name", "the user name (-l USER or USER@HOST)."),
+    "rate_limited": (
+        "too many failed logins from this peer",
+        "again in a minute; the peer refuses a source after repeated failures.",
+    ),
+    "unknown_kid": ("{host} does not know the key that signed your login token", _KEYS),
+    "bad_signature": ("{host} could not verify your login token's signature", _KEYS),
+    "bad_alg": ("your login token uses a signing algorithm {host} refuses", _KEYS),
+    "malformed": ("{host} could not read your login token", _LOGIN_AGAIN),
+    "too_large": ("your login token is too large for {host}", _LOGIN_AGAIN),
+    "no_map": ("{host} has no access policy yet", _NOT_READY),
+    "no_jwt_config": ("{host} has no identity-provider configuration", _NOT_READY),
+    "no_keys": ("{host} has no signing keys yet", _NOT_READY),
+}
+
+
+def refused(user: str, host: str, reason: str) -> ClientError:
+    """The server refused the login and said why (``MeshSSH-Refusal: <reason>``).
+
+    ``reason`` is the server's bounded label; an unknown one is shown as it is.
+    """
+    what, check = _REFUSALS.get(
+        reason,
+        ("the server refused your login", "your login (meshssh login) and the peer's policy."),
+    )
+    fill = {"user": user, "host": host}
+    return ClientError(
+        "Permission denied",
+        f"{user}@{host}: {what.format(**fill)} (server reason: {reason})",
+        check.format(**fill),
+    )
+
+
+def source_refused(host: str, addr: str, port: int, source: str) -> ClientError:
+    """The peer closed the connection before SSH started: the gate refused this source."""
+    return ClientError(
+        "Permission denied",
+        f"{host} ({addr} port {port}) closed the connection before SSH started: it does not "
+        f"accept connections from this peer ({source}) now (source not allowed)",
+        f"that a policy allows TCP port {port} from this peer to {host} (meshctl policies ls), "
+        f"that SSH is enabled for {host} (meshssh status -d), and wait a minute if you had "
+        "failed logins there (the peer then refuses your address for a while).",
     )
 
 

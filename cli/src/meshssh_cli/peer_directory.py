@@ -95,6 +95,14 @@ class TokenSource(Protocol):
         """
         ...
 
+    async def forget_token(self) -> None:
+        """Drop the cached token (a server said it expired): the next call signs in afresh.
+
+        Raises:
+            OSError, TimeoutError, RuntimeError: the agent is unreachable or refused.
+        """
+        ...
+
 
 class PeerDirectory(Protocol):
     """The current network map's remote peers and this peer's own mesh address."""

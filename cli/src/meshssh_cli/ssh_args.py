@@ -24,7 +24,7 @@ __all__ = ["USAGE", "SshArgs", "SshUsageError", "parse_ssh_args"]
 
 USAGE = """\
 usage: meshssh ssh [--state-dir DIR] [-p PORT] [-l USER] [-L SPEC]... [-R SPEC]... [-t|-tt|-T]
-                   [-N] [user@]host [command ...]
+                   [-A|-a] [-N] [user@]host [command ...]
        meshssh ssh detect [--state-dir DIR] HOST PORT
        meshssh ssh proxy [--state-dir DIR] HOST PORT
 
@@ -34,6 +34,7 @@ usage: meshssh ssh [--state-dir DIR] [-p PORT] [-l USER] [-L SPEC]... [-R SPEC].
   -R SPEC     remote forward [bind_address:]port:host:hostport (repeatable; port 0 = any)
   -t          request a terminal; -tt forces one even without a local terminal
   -T          never request a terminal
+  -A          forward your ssh-agent ($SSH_AUTH_SOCK) to the session; -a: do not (default)
   -N          run no command (forwards only)
   --state-dir DIR  the agent's state dir (which `meshssh up` to ask for tokens and peers)
 
@@ -41,7 +42,7 @@ usage: meshssh ssh [--state-dir DIR] [-p PORT] [-l USER] [-L SPEC]... [-R SPEC].
   proxy       ProxyCommand for OpenSSH (see `meshssh config install`)
 """
 
-_FLAGS = "tTNq"
+_FLAGS = "tTNqAa"
 _VALUED = "plLR"
 
 
@@ -61,6 +62,7 @@ class SshArgs:
     tty: int = 0  # -t count; -1 for -T
     no_command: bool = False  # -N
     quiet: bool = False  # -q
+    agent: bool = False  # -A (the last of -A and -a wins, as in OpenSSH)
     command: str = ""
     state_dir: Path | None = None
     help: bool = False
@@ -94,6 +96,8 @@ def _flag(args: SshArgs, ch: str) -> None:
         args.no_command = True
     elif ch == "q":
         args.quiet = True
+    elif ch in "Aa":
+        args.agent = ch == "A"
 
 
 def _set_host(args: SshArgs, word: str) -> None:

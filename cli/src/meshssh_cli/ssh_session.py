@@ -1,5 +1,8 @@
 """``meshssh ssh`` itself: dial the peer, set up ``-L``/``-R``, run the command or a terminal.
 
+With ``-A`` the session gets your agent (``$SSH_AUTH_SOCK``) forwarded; a peer that does not
+allow it says "Agent forwarding not available" on stderr and the session still runs.
+
 The exit status is the remote command's (255 when the connection failed or the command died
 of a signal, as with OpenSSH). A terminal is requested for an interactive login from a
 terminal, with ``-t`` when stdin is a terminal, and always with ``-tt``; then the local
@@ -262,7 +265,12 @@ async def run_ssh(link: ClientLink, args: SshArgs) -> int:
     """
     peer = await resolve(link, args.host)
     source = await link.local_mesh_ip()
-    conn = await dial(peer, args.port, args.user, link, source=source)
+    agent = os.environ.get("SSH_AUTH_SOCK", "") if args.agent else ""
+    if args.agent and not agent:
+        sys.stderr.write("meshssh: -A: no agent to forward (SSH_AUTH_SOCK is not set)\n")
+    conn = await dial(
+        peer, args.port, args.user, link, source=source, agent_forwarding=agent or False
+    )
     try:
         for spec in args.local:
             await _forward(conn, spec, remote=False)

@@ -28,6 +28,7 @@ _FLAG_NAMES = [
     ("sftp", "sftp"),
     ("root_login", "root"),
     ("disable_ssh_auth", "no-auth"),
+    ("agent_forwarding", "agent-forwarding"),
 ]
 
 

@@ -36,6 +36,7 @@ _SSH_FLAGS = [
     ("--enable-ssh-sftp", "serve the sftp subsystem (scp uses it too)"),
     ("--enable-ssh-root", "allow login as root"),
     ("--disable-ssh-auth", "no JWT: machine identity, network ACL only"),
+    ("--enable-ssh-agent-forwarding", "accept ssh -A: sessions get an agent socket"),
 ]
 
 
@@ -154,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         root_login=args.enable_ssh_root,
         disable_ssh_auth=args.disable_ssh_auth,
         jwt_cache_ttl=args.ssh_jwt_cache_ttl,
+        agent_forwarding=args.enable_ssh_agent_forwarding,
     )
     if args.ssh_jwt_cache_ttl < 0:
         raise ConfigError("--ssh-jwt-cache-ttl", "must be 0 or more seconds")

@@ -273,6 +273,14 @@ def test_remote_peers_are_the_peers_a_peer_may_reach_with_their_host_keys() -> N
     assert compile_map(state, "ops").remote_peers == ()
 
 
+def test_source_peers_name_who_the_accept_rules_let_in_for_the_servers_audit() -> None:
+    state = make_state(tcp22(), tcp22(src="opsbox", action="drop"))
+    srv = compile_map(state)
+    assert [(p.id, p.name, p.mesh_ip) for p in srv.source_peers] == [("lap", "lap", "100.64.0.2")]
+    assert compile_map(state, "lap").source_peers == ()  # nothing may connect to the laptop
+    assert srv.remote_peers == ()  # naming sources grants no reach
+
+
 def test_a_removed_peer_gets_an_empty_map() -> None:
     state = make_state(tcp22())
     m = tombstone(state.peers["srv"], PREFIX)

@@ -187,3 +187,17 @@ async def test_ssh_rule_authorizations_follow_group_and_user_changes(
             assert map_watch.keys_after(mark) == [subjects.netmap_key(srv)], path
     assert map_watch.latest(lap).peer.ssh_enabled is False
     assert map_watch.latest(other).ssh_auth.authorized_users == ()
+
+
+async def test_a_renamed_client_peer_is_renamed_in_the_servers_source_peers(
+    policy: Any, register: Any, seed_file: Any, map_watch: Any, poll: Any
+) -> None:
+    (replica,), srv, lap, _ = await demo_mesh(policy, register, seed_file)
+    await map_watch.wait(lambda: [p.name for p in map_watch.latest(srv).source_peers] == ["lap1"])
+    assert [p.id for p in map_watch.latest(srv).source_peers] == [lap]  # `other` may not connect
+    async with replica.client() as api:
+        r = await api.patch(f"/api/v1/peers/{lap}", json={"name": "laptop-renamed"})
+        assert r.status_code == 200, r.text
+    await map_watch.wait(
+        lambda: [p.name for p in map_watch.latest(srv).source_peers] == ["laptop-renamed"]
+    )

@@ -39,6 +39,7 @@ from meshssh_common.wire import (
     JwtConfig,
     NetworkMap,
     PeerConfig,
+    SourcePeer,
 )
 from meshssh_sshd.server import SshServer
 from meshssh_sshd.settings import SshdSettings
@@ -125,6 +126,7 @@ class Mesh:
         with_jwt: bool = True,
         mesh_ip: str = MESH_IP,
         peer_id: str = PEER_ID,
+        source_peers: Sequence[SourcePeer] = (),
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -139,6 +141,7 @@ class Mesh:
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
             ssh_auth=build_table("sub", grants, any_validated_user=open_to),
+            source_peers=tuple(source_peers),
         )
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
         await kv.put(subjects.netmap_key(peer_id), netmap)

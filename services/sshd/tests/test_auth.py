@@ -97,8 +97,21 @@ async def test_an_expired_token_is_refused_with_a_hint_to_log_in_again(
     assert result.returncode == 255
     assert "expired" in result.err
     assert "meshssh login" in result.err
+    assert "MeshSSH-Refusal: expired" in result.err  # the line meshssh's clients read
     event = await mesh.wait_audit(lambda e: e.kind == "auth-rejected")
     assert event.reason == "expired"
+
+
+async def test_a_wrong_audience_is_named_in_the_banner_without_the_expected_value(
+    mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
+) -> None:
+    await mesh.publish_map()
+    sshd = await sshd_factory.start()
+    token = issuer.mint("alice-id", aud="someone-else")
+    result = await client_for(sshd).ssh("true", token=token, user=local_user)
+    assert result.returncode == 255
+    assert "MeshSSH-Refusal: bad_audience" in result.err
+    assert "someone-else" not in result.err  # the detail stays in the server's log
 
 
 async def test_root_is_refused_unless_the_peer_enables_it(

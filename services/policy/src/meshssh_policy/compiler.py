@@ -11,6 +11,8 @@ What a map holds for receiving peer P:
   expanded to the ``/32`` (``/128``) prefixes of the source groups' peers other than P,
   with the 22022 copy of :mod:`meshssh_policy.firewall`;
 - remote peers: the peers P may reach (destinations of accept rules whose sources hold P);
+- source peers: the peers P's accept rules let in (id, name, address; sshd names the source
+  of each connection with them in audit events);
 - ``ssh_enabled``: P's admin switch, or an accept ``ssh`` rule to P;
 - the JWT config from authn's snapshot, only when SSH is enabled;
 - the authorization table, only when SSH is enabled (else empty: nobody may log in): legacy
@@ -26,7 +28,14 @@ import ipaddress
 from collections.abc import Iterable
 
 from meshssh_common.ssh_auth import WILDCARD, build_table
-from meshssh_common.wire import FirewallRule, NetworkMap, PeerConfig, RemotePeer, SshAuth
+from meshssh_common.wire import (
+    FirewallRule,
+    NetworkMap,
+    PeerConfig,
+    RemotePeer,
+    SourcePeer,
+    SshAuth,
+)
 from meshssh_policy.firewall import expand_rule, peer_ssh_ready
 from meshssh_policy.index import Index, RuleRef, grants_known_users, opens_to_validated_users
 from meshssh_policy.records import PeerRecord
@@ -62,6 +71,7 @@ class Compiler:
         self._sources: dict[tuple[str, int], tuple[tuple[str, ...], frozenset[str]]] = {}
         self._expanded: dict[tuple[str, int, bool], tuple[FirewallRule, ...]] = {}
         self._remote: dict[str, RemotePeer] = {}
+        self._source: dict[str, SourcePeer] = {}
         self._targets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._ssh: dict[str, bool] = {}
         self._tables: dict[tuple[frozenset[Grant], frozenset[str]], SshAuth] = {}
@@ -129,7 +139,25 @@ class Compiler:
             self._all_users = frozenset((u, WILDCARD) for u in self.state.users)
         return self._all_users
 
+    def source_entry(self, peer_id: str) -> SourcePeer:
+        """How ``peer_id`` appears among the source peers of the peers it may connect to."""
+        entry = self._source.get(peer_id)
+        if entry is None:
+            peer = self.state.peers[peer_id]
+            entry = SourcePeer(id=peer.id, name=peer.name, mesh_ip=peer.mesh_ip)
+            self._source[peer_id] = entry
+        return entry
+
     # -- one peer ------------------------------------------------------------------------
+
+    def source_peers(self, peer_id: str, refs: Iterable[RuleRef]) -> tuple[SourcePeer, ...]:
+        """The peers an accept rule among ``refs`` lets in, other than ``peer_id`` itself."""
+        ids: set[str] = set()
+        for ref in refs:
+            if ref.rule.action == "accept":
+                ids |= self._rule_sources(ref)[1]
+        ids.discard(peer_id)
+        return tuple(self.source_entry(p) for p in sorted(ids))
 
     def firewall_rules(self, peer: PeerRecord, refs: Iterable[RuleRef]) -> list[FirewallRule]:
         """The inbound rules of ``peer`` from ``refs`` (rules whose destinations hold it)."""
@@ -200,4 +228,5 @@ class Compiler:
             ssh_auth=self._table(self.grants(peer, refs), self.opened(peer, refs))
             if ssh
             else SshAuth(),
+            source_peers=self.source_peers(peer_id, refs),
         )

@@ -320,8 +320,8 @@ class Engine:
         more: set[str] = set()
         if old is None or old[0] != new[0]:
             more |= self.index.reachers(peer_id)
-        if old is None or old[1] != new[1]:
-            more |= self.index.source_dependents(peer_id)
+        if old is None or old[1] != new[1] or old[0].name != new[0].name:
+            more |= self.index.source_dependents(peer_id)  # prefixes and source peers
         return more
 
     async def _publish_worker(

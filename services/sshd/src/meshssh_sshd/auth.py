@@ -151,6 +151,7 @@ class Authenticator:
                 f"user {user_id!r} may not log in as {local_user!r} (map serial {netmap.serial})",
                 public=f"Permission denied: you are not authorized to log in as {local_user} "
                 "on this peer; ask an admin for a policy that grants it",
+                user_id=user_id,
             )
         email, name = _profile_claim(tok.claims, "email"), _profile_claim(tok.claims, "name")
         return Identity(user_id, method, tok.kid, tok.expires_at, email, name)

@@ -20,6 +20,7 @@ from typing import Any
 
 from meshssh_common.logs import BoundLogger
 from meshssh_sshd.accounts import Accounts
+from meshssh_sshd.agent_socket import AgentSockets
 from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
@@ -86,6 +87,7 @@ class SshdCore:
     live: LiveRegistry
     tasks: TaskSet
     sftp_server: str | None
+    agents: AgentSockets  # the agent sockets of ssh -A (--enable-ssh-agent-forwarding)
     open_sessions: int = 0  # session channels open now (the max-sessions limit)
     children: set[ChildProcess] = field(default_factory=set)  # running session processes
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open

@@ -205,6 +205,7 @@ class Forwarding:
             "local_user": r.local_user,
             "jwt_user": r.jwt_user,
             "source_addr": r.origin.label,
+            **r.origin.peer_fields(),
         }
 
     def open_direct(

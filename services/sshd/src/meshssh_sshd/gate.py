@@ -8,7 +8,9 @@ The gate owns the listening socket. For each accepted connection, before a singl
    peer is the client and the port is 22022;
 2. refuse while draining, when the source is over its auth-failure limit, or when too many
    connections are still authenticating (``--max-startups``);
-3. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
+3. name the source: the peer at the client's address in the current map (``source_peers``,
+   then ``remote_peers``), kept on the :class:`Origin` for every audit event of the connection;
+4. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
    TCP on that port and no ``drop`` rule, SSH enabled for the peer.
 
 A refused connection is closed without a banner, counted by reason, logged and audited (both
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import socket
@@ -147,6 +150,7 @@ class Gate:
                 settings.relay_acl_port,
                 via_relay=True,
             )
+        origin = self._named(origin)
         reason = self._decide(origin)
         if reason is not None:
             self._refuse(sock, origin, reason, "")
@@ -154,6 +158,13 @@ class Gate:
         core.metrics.connections.labels(outcome="accepted").inc()
         core.startups += 1
         await self._hand_over(sock, origin)
+
+    def _named(self, origin: Origin) -> Origin:
+        """``origin`` with its source peer's id and name when the map has a peer there."""
+        peer = self._core.maps.peer_at(origin.client_ip)
+        if peer is None:
+            return origin
+        return dataclasses.replace(origin, peer_id=peer.id, peer_name=peer.name)
 
     def _decide(self, origin: Origin) -> str | None:
         core = self._core
@@ -184,7 +195,11 @@ class Gate:
         if count >= _AUDIT_PER_SECOND:
             return
         core.audit.emit(
-            "connection-refused", source_addr=origin.label, reason=reason, result="refused"
+            "connection-refused",
+            source_addr=origin.label,
+            reason=reason,
+            result="refused",
+            **origin.peer_fields(),
         )
         core.log.info(
             "connection refused",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
@@ -28,7 +29,7 @@ from meshssh_common.errors import MeshError, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.wire import NetworkMap
+from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
 from meshssh_sshd.cancellation import raise_if_cancelling
 
 __all__ = ["MapChange", "NetmapWatch"]
@@ -58,6 +59,21 @@ class NetmapWatch:
         self._on_change = on_change
         self._initial = asyncio.Event()
         self.current: NetworkMap | None = None
+        self._by_address: tuple[NetworkMap, dict[str, SourcePeer | RemotePeer]] | None = None
+
+    def peer_at(self, ip: str) -> SourcePeer | RemotePeer | None:
+        """The peer of the current map whose mesh address is ``ip`` (sources first), if any."""
+        netmap = self.current
+        if netmap is None:
+            return None
+        if self._by_address is None or self._by_address[0] is not netmap:
+            found: dict[str, SourcePeer | RemotePeer] = {}
+            peers: list[SourcePeer | RemotePeer] = [*netmap.remote_peers, *netmap.source_peers]
+            for peer in peers:
+                with contextlib.suppress(ValueError):
+                    found[str(ipaddress.ip_address(peer.mesh_ip))] = peer
+            self._by_address = (netmap, found)
+        return self._by_address[1].get(ip)
 
     def set_on_change(self, on_change: MapChange) -> None:
         """Set the callback run after each applied map (set once, before :meth:`run`)."""

@@ -2,7 +2,8 @@
 
 For a direct connection the origin is the TCP peer and the ACL port is 22022; for one the
 trusted relay forwarded it is the original client from the header and the ACL port is 22
-(SPEC §2). Revocation re-checks every live connection against the same pair.
+(SPEC §2). Revocation re-checks every live connection against the same pair. The gate also
+names the source peer (id and name, from the map at admission) for the audit events.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ class Origin:
     server_port: int
     acl_port: int
     via_relay: bool = False
+    peer_id: str = ""  # the source peer in the map (empty: no peer has that address)
+    peer_name: str = ""
+
+    def peer_fields(self) -> dict[str, str]:
+        """The source peer's audit fields (``source_peer``, ``source_peer_name``)."""
+        return {"source_peer": self.peer_id, "source_peer_name": self.peer_name}
 
     @property
     def label(self) -> str:

@@ -4,8 +4,11 @@ asyncssh creates one :class:`PeerServer` per connection the gate let through and
 hooks in this order: ``connection_made`` → ``begin_auth`` (per user name) →
 ``validate_password`` / ``get_kbdint_challenge`` + ``validate_kbdint_response`` (JWT mode) →
 ``auth_completed`` → ``session_requested`` / ``connection_requested`` / ``server_requested``
-for each channel or forward → ``connection_lost``. Refusals are logged with their reason,
-counted and audited; the client sees only the refusal's public text, as an auth banner.
+for each channel or forward (``agent_allowed`` / ``agent_socket_needed`` for ``ssh -A``) →
+``connection_lost``. Refusals are logged with their reason, counted and audited; the client
+sees only the refusal's public text and its bounded reason label, as an auth banner
+(:mod:`meshssh_common.refusal_banner`), so ``meshssh ssh`` and the proxy can stop at once
+with "Permission denied" and what to check.
 
 In machine-identity mode (``--disable-ssh-auth``) ``none`` succeeds for any valid local user;
 the account rules (root, unknown users) still apply.
@@ -28,7 +31,9 @@ from typing import Any
 import asyncssh
 
 from meshssh_common.errors import Denied
+from meshssh_common.refusal_banner import refusal_banner
 from meshssh_sshd.accounts import Account
+from meshssh_sshd.agent_socket import AGENT_REFUSED, AgentSocket
 from meshssh_sshd.auth import Identity
 from meshssh_sshd.browser_check import Challenge, DeviceFlow
 from meshssh_sshd.core import SshdCore
@@ -84,6 +89,7 @@ class PeerServer(asyncssh.SSHServer):
         self._refusal: Denied | None = None  # begin_auth: the account itself was refused
         self._flow: DeviceFlow | None = None  # get_kbdint_challenge
         self._forwarding: Forwarding | None = None  # auth_completed
+        self._agent: AgentSocket | None = None  # agent_socket_needed (first ssh -A request)
         self._banners: set[str] = set()
         self._channels: weakref.WeakSet[SessionChannel] = weakref.WeakSet()
         self._startup = True  # counted in core.startups until authenticated or closed
@@ -100,6 +106,8 @@ class PeerServer(asyncssh.SSHServer):
         """Forget the connection (last hook; its channels closed before)."""
         self._core.live.remove(self._id)
         self._end_startup()
+        if self._agent is not None:
+            self._agent.close()  # after asyncssh closed the channels: nothing uses it now
         if self._record is not None and self._record.authenticated:
             self._core.metrics.active_connections.dec()
         self._log.debug("connection closed", extra={"error": repr(exc) if exc else ""})
@@ -244,6 +252,7 @@ class PeerServer(asyncssh.SSHServer):
             result="accept",
             email=identity.email,
             name=identity.name,
+            **self._origin.peer_fields(),
         )
         self._log.info(
             "auth accepted",
@@ -271,6 +280,8 @@ class PeerServer(asyncssh.SSHServer):
             method=method,
             result=result,
             reason=label,
+            jwt_user=error.user_id if isinstance(error, Refused) else "",
+            **self._origin.peer_fields(),
         )
         self._log.info(
             "auth rejected",
@@ -282,10 +293,47 @@ class PeerServer(asyncssh.SSHServer):
             },
         )
         public = error.public if isinstance(error, Denied) else "Permission denied"
-        if public not in self._banners and self._conn is not None:
-            self._banners.add(public)
+        banner = refusal_banner(public, label)
+        if banner not in self._banners and self._conn is not None:
+            self._banners.add(banner)
             with contextlib.suppress(OSError):
-                self._conn.send_auth_banner(public + "\r\n")
+                self._conn.send_auth_banner(banner)
+
+    # -- agent forwarding (AgentConnection asks) ------------------------------------------------
+
+    def agent_allowed(self) -> bool:
+        """An ``auth-agent-req`` arrived: allowed only with --enable-ssh-agent-forwarding.
+
+        When refused, the next session shows "Agent forwarding not available" on stderr
+        (OpenSSH sends the request without asking for a reply, so a refusal is otherwise
+        silent).
+        """
+        record = self._record
+        if self._core.settings.enable_ssh_agent_forwarding:
+            return True
+        self._core.metrics.forwards.labels(kind="agent", result="refused").inc()
+        if record is not None and AGENT_REFUSED not in record.notices:
+            record.notices.append(AGENT_REFUSED)
+            self._log.info("agent forwarding refused: flag off")
+        return False
+
+    async def agent_socket_needed(self, conn: asyncssh.SSHServerConnection) -> bool:
+        """Make this connection's agent socket for the account (once; later requests reuse it)."""
+        record, account = self._record, self._account
+        if record is None or account is None:
+            return False
+        if self._agent is not None:
+            return True
+        try:
+            self._agent = await self._core.agents.open(conn, account)
+        except OSError as e:
+            self._core.metrics.forwards.labels(kind="agent", result="failed").inc()
+            self._log.warning("agent socket not created", extra={"error": repr(e)})
+            return False
+        record.agent_path = self._agent.path
+        self._core.metrics.forwards.labels(kind="agent", result="opened").inc()
+        self._log.info("agent forwarding on", extra={"user": account.name})
+        return True
 
     # -- channels -----------------------------------------------------------------------------
 

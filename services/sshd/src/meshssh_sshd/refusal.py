@@ -18,9 +18,10 @@ __all__ = ["Refused", "label_of"]
 class Refused(Denied):
     """A refusal whose ``label`` is a bounded metric value; ``public`` is shown to the user."""
 
-    def __init__(self, label: str, detail: str, *, public: str) -> None:
+    def __init__(self, label: str, detail: str, *, public: str, user_id: str = "") -> None:
         super().__init__(f"{label}: {detail}", public=public)
         self.label = label
+        self.user_id = user_id  # the validated token's user, when the refusal came after it
 
 
 def label_of(error: Exception) -> str:

@@ -67,6 +67,7 @@ class Revoker:
                 source_addr=record.origin.label,
                 reason=reason,
                 session_id=",".join(sorted(record.sessions)),
+                **record.origin.peer_fields(),
             )
             core.log.info(
                 "access revoked: closing connection",

@@ -32,6 +32,7 @@ from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.service import ServiceContext
 from meshssh_common.version import VERSION
 from meshssh_sshd.accounts import Accounts
+from meshssh_sshd.agent_socket import AgentConnection, AgentSockets
 from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
@@ -118,6 +119,7 @@ class SshServer:
             live=LiveRegistry(),
             tasks=TaskSet(log),
             sftp_server=sftp,
+            agents=AgentSockets(log),
         )
         maps.set_on_change(Revoker(core).on_map)
         return core
@@ -135,7 +137,7 @@ class SshServer:
             keepalive_interval=60,
             keepalive_count_max=3,
             encoding=None,
-            agent_forwarding=False,
+            agent_forwarding=settings.enable_ssh_agent_forwarding,
             x11_forwarding=False,
             allow_scp=False,
         )
@@ -172,6 +174,7 @@ class SshServer:
         finally:
             gate.close()
             await core.tasks.close()
+            core.agents.close()
 
     def _announce(self, core: SshdCore) -> None:
         assert self.address is not None
@@ -188,6 +191,7 @@ class SshServer:
                 "local_forwarding": core.settings.enable_ssh_local_port_forwarding,
                 "remote_forwarding": core.settings.enable_ssh_remote_port_forwarding,
                 "root": core.settings.enable_ssh_root,
+                "agent_forwarding": core.settings.enable_ssh_agent_forwarding,
             },
         )
         self.listening.set()
@@ -213,9 +217,7 @@ class SshServer:
 
         options = asyncssh.SSHServerConnectionOptions(self._options, server_factory=make_server)
         try:
-            await loop.connect_accepted_socket(
-                lambda: asyncssh.SSHServerConnection(loop, options), sock
-            )
+            await loop.connect_accepted_socket(lambda: AgentConnection(loop, options), sock)
         except Exception as e:  # the client left, or the socket is unusable
             core.log.info(
                 "connection failed before SSH started",

@@ -8,7 +8,9 @@ goes back before the channel closes. If the client goes away first, ``connection
 hangs up / SIGTERMs the process group and SIGKILLs it after the grace.
 
 A refused feature still answers with its SPEC §9 text on stderr and exit status 1, so the
-user sees why (``SFTP subsystem not available ...``).
+user sees why (``SFTP subsystem not available ...``); a refused agent forwarding request
+(``Agent forwarding not available ...``) only adds the notice, the session runs. With agent
+forwarding on, shells and commands get ``SSH_AUTH_SOCK`` (:mod:`meshssh_sshd.agent_socket`).
 
 Example::
 
@@ -230,6 +232,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
                 return None
             path = self._core.sftp_server
             return LaunchSpec(path, (os.path.basename(path),), env, cwd, acct)
+        if self._record.agent_path:  # ssh -A was accepted on this connection
+            env["SSH_AUTH_SOCK"] = self._record.agent_path
         executable, argv = shell_argv(acct, self._command)
         return LaunchSpec(executable, argv, env, cwd, acct, self._pty)
 
@@ -293,6 +297,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             "jwt_user": r.jwt_user,
             "source_addr": r.origin.label,
             "command": summary,
+            **r.origin.peer_fields(),
         }
 
     def _begin(self, info: SessionInfo) -> None:

@@ -54,6 +54,7 @@ class LiveConnection:
     local_user: str = ""  # set by auth: the local account the client asked for
     jwt_user: str = ""  # set by auth: the user id from the token ("" in machine mode)
     authenticated: bool = False
+    agent_path: str = ""  # set by agent forwarding: the socket sessions get as SSH_AUTH_SOCK
     sessions: dict[str, SessionInfo] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # shown on the next session's stderr
 

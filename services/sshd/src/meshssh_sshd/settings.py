@@ -47,6 +47,11 @@ class SshdSettings(ServiceSettings):
     )
     enable_ssh_sftp: bool = Field(False, description="serve the sftp subsystem (scp uses it)")
     enable_ssh_root: bool = Field(False, description="allow login as root")
+    enable_ssh_agent_forwarding: bool = Field(
+        False,
+        description="accept auth-agent-req (ssh -A): sessions get an agent socket that only "
+        "the target user can use",
+    )
     disable_ssh_auth: bool = Field(
         False, description="no JWT: machine identity, access by network ACL only"
     )

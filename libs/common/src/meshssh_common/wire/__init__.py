@@ -25,6 +25,7 @@ from meshssh_common.wire.netmap import (
     PeerConfig,
     PortRange,
     RemotePeer,
+    SourcePeer,
     SshAuth,
 )
 from meshssh_common.wire.peer import (
@@ -67,6 +68,7 @@ __all__ = [
     "RemotePeer",
     "SessionInfo",
     "SessionsReport",
+    "SourcePeer",
     "SshAuth",
     "Wire",
 ]

@@ -23,7 +23,13 @@ AuditKind = Literal[
 
 
 class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
-    """One audit record. Commands are summarised (argv0 and an argument count), never full."""
+    """One audit record. Commands are summarised (argv0 and an argument count), never full.
+
+    Every event about a connection carries its source: ``source_addr`` (mesh address and port)
+    and, when the map names the peer at that address, ``source_peer`` (id) and
+    ``source_peer_name``; events after authentication also carry ``local_user`` and the
+    ``jwt_user`` id.
+    """
 
     kind: AuditKind
     peer_id: str
@@ -32,7 +38,8 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     local_user: str = ""
     jwt_user: str = ""
     source_addr: str = ""
-    source_peer: str = ""
+    source_peer: str = ""  # the source peer's id, from the map (empty: not a known peer)
+    source_peer_name: str = ""  # the source peer's name, from the map
     method: str = ""
     result: str = ""
     reason: str = ""

@@ -21,6 +21,7 @@ __all__ = [
     "PortRange",
     "Protocol",
     "RemotePeer",
+    "SourcePeer",
     "SshAuth",
 ]
 
@@ -82,6 +83,17 @@ class RemotePeer(Part, frozen=True, kw_only=True):
     ssh_enabled: bool = False
 
 
+class SourcePeer(Part, frozen=True, kw_only=True):
+    """A peer that the receiving peer's inbound rules accept (who may connect to it).
+
+    sshd names the source of each connection with it in audit events; it grants nothing.
+    """
+
+    id: PeerId
+    name: str
+    mesh_ip: MeshIp
+
+
 class SshAuth(Part, frozen=True, kw_only=True):
     """The SSH authorization table: who may log in as which local user (fail closed).
 
@@ -106,6 +118,7 @@ class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):
     firewall_rules: tuple[FirewallRule, ...] = ()
     remote_peers: tuple[RemotePeer, ...] = ()
     ssh_auth: SshAuth = msgspec.field(default_factory=SshAuth)
+    source_peers: tuple[SourcePeer, ...] = ()  # peers an accept rule lets in (for audit)
     # The management state (KV revision per state bucket) this map was computed from. policy
     # replicas never replace a map with one computed from older state; peers ignore it.
     state_revisions: dict[str, Count] = msgspec.field(default_factory=dict)

@@ -34,6 +34,7 @@ class PeerFlags(Part, frozen=True, kw_only=True):
     root_login: bool = False
     disable_ssh_auth: bool = False
     jwt_cache_ttl: Count = 0
+    agent_forwarding: bool = False
 
 
 class PeerMeta(Part, frozen=True, kw_only=True):
