@@ -95,7 +95,9 @@ class Agent:
         self.metrics = ServiceMetrics("agent")
         self.relay_mode = choose_relay_mode(config)
         self.maps = MapState(self._map_changed)
-        self.dropin = DropinKeeper(_executable())
+        self.dropin = DropinKeeper(
+            _executable(), state_dir=config.state_dir, window=3 * config.heartbeat_interval
+        )
         self.map_listeners: list[MapListener] = [self.dropin]
         self.tokens = AgentTokenCache(
             device_flow_fetch(config.management_url), ttl=config.flags.jwt_cache_ttl
@@ -338,6 +340,7 @@ class Agent:
         netmap = self.maps.current
         if netmap is not None and any(p.id == beat.peer_id for p in netmap.remote_peers):
             self.last_seen[beat.peer_id] = time.monotonic()
+            self.dropin.heartbeat(beat, netmap, self.config)
 
     def online(self, peer_id: str) -> bool | None:
         """Whether a remote peer sent a heartbeat lately (None: too early to say)."""
@@ -352,6 +355,7 @@ class Agent:
     async def _heartbeats(self) -> None:
         while True:
             await self._publish_heartbeat()
+            self.dropin.refresh(self.maps.current, self.config)  # quiet peers' markers expire
             self._beat.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.heartbeat_interval):

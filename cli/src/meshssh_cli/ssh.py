@@ -9,7 +9,8 @@
 
 A peer literally named ``detect`` or ``proxy`` is reached as ``user@detect``. Imports of the
 SSH machinery are deferred to the subcommand that needs it, so ``detect`` (run by OpenSSH for
-each connection to a mesh peer) starts fast.
+a mesh peer without a server marker) starts fast, and asyncssh is imported through
+:func:`~meshssh_cli.ssh_library.import_asyncssh` (no subprocesses looking for liboqs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from meshssh_cli.client_errors import ClientError
 from meshssh_cli.detect import probe
 from meshssh_cli.peer_directory import ClientLink, LinkOpener
 from meshssh_cli.ssh_args import USAGE, SshUsageError, parse_ssh_args
+from meshssh_cli.ssh_library import import_asyncssh
 
 __all__ = ["DETECT_TIMEOUT", "register", "run"]
 
@@ -93,6 +95,7 @@ def _run_detect(argv: Sequence[str], open_link: LinkOpener) -> int:
 
 
 def _run_proxy(argv: Sequence[str], open_link: LinkOpener) -> int:
+    import_asyncssh()
     from meshssh_cli.proxy import run_proxy
 
     ns = _helper_parser("proxy").parse_args(argv)
@@ -117,6 +120,7 @@ def run(argv: Sequence[str], *, open_link: LinkOpener = open_agent) -> int:
     if args.help:
         sys.stdout.write(USAGE)
         return 0
+    import_asyncssh()
     from meshssh_cli.ssh_session import run_ssh
 
     async def body(link: ClientLink) -> int:
