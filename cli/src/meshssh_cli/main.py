@@ -8,12 +8,13 @@ agent, ``meshssh ssh proxy`` loads neither the agent nor the HTTP clients): Open
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from meshssh_common.version import VERSION
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -30,6 +31,10 @@ COMMANDS = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The top-level ``meshssh`` parser: every subcommand, or ``only`` that one."""
+    import argparse
+
+    from meshssh_common.version import VERSION
+
     parser = argparse.ArgumentParser(
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )

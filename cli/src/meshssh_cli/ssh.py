@@ -26,7 +26,6 @@ from meshssh_cli.agent_link import open_agent
 from meshssh_cli.client_errors import ClientError
 from meshssh_cli.detect import probe
 from meshssh_cli.peer_directory import ClientLink, LinkOpener
-from meshssh_cli.ssh_args import USAGE, SshUsageError, parse_ssh_args
 from meshssh_cli.ssh_library import import_asyncssh
 
 __all__ = ["DETECT_TIMEOUT", "register", "run"]
@@ -37,6 +36,8 @@ _NOT_MESHSSH = 2
 
 def register(subparsers: Any) -> None:
     """Add ``ssh`` to the top-level parser; it parses its own arguments, OpenSSH style."""
+    from meshssh_cli.ssh_args import USAGE
+
     parser = subparsers.add_parser(
         "ssh",
         help="connect to a mesh peer (also: ssh detect, ssh proxy for OpenSSH)",
@@ -112,6 +113,8 @@ def run(argv: Sequence[str], *, open_link: LinkOpener = open_agent) -> int:
         return _run_detect(argv[1:], open_link)
     if argv[:1] == ["proxy"]:
         return _run_proxy(argv[1:], open_link)
+    from meshssh_cli.ssh_args import USAGE, SshUsageError, parse_ssh_args  # not for the helpers
+
     try:
         args = parse_ssh_args(list(argv))
     except SshUsageError as e:
