@@ -219,6 +219,15 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
         r = await client.get(f"{e['provider_url']}/.well-known/openid-configuration")
         assert r.status_code == 200
 
+    # demo-laptop's agent marks demo-server as a MeshSSH server for its drop-in (`test -f`).
+    marks = Path(str(peers["demo-laptop"]["state_dir"])) / "ssh-servers"
+    mark = marks / str(peers["demo-server"]["relay_port"]) / "demo-server"
+    async with asyncio.timeout(30):
+        while not mark.exists():
+            await asyncio.sleep(0.2)
+    dropin = demo.run_dir / "ssh_config.d" / "meshssh.conf"
+    assert f"test -f {marks}/%p/%h" in dropin.read_text()
+
     # A second `make run` (another checkout, another run dir) says where the first one is.
     second = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts/run_local.py"),
