@@ -1,23 +1,33 @@
 """`make run`: the whole system locally on embedded defaults (SPEC §10), then the commands to try.
 
-Starts, each as its own process, stopped in reverse order on Ctrl-C or SIGTERM:
+Starts, each as its own process, stopped in reverse order on Ctrl-C, SIGTERM or SIGHUP (the
+terminal closed), also while still starting:
 
-1. nats-server with JetStream (store in .run/nats);
+1. nats-server with JetStream (store in <run>/nats);
 2. meshssh-authn with its embedded OIDC provider and the demo users alice and bob (passwords
-   generated once, kept in .run/demo-passwords.json, mode 0600);
+   generated once, kept in <run>/demo-passwords.json, mode 0600);
 3. meshssh-policy with the demo seed (setup keys, groups `servers` and `users`, a policy that
    lets users reach servers on TCP 22) on the loopback mesh 127.0.0.0/8;
 4. two peers: `demo-server` on 127.0.0.2 (`--allow-server-ssh --enable-ssh-sftp` and local
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
    account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
 
-It writes .run/endpoints.json and an ssh_config that includes the drop-in of demo-laptop (which
-its agent keeps current in .run; demo-server keeps none, and nothing touches /etc/ssh or
-~/.ssh), and prints the exact commands. State persists across runs; `make clean` removes it.
+It writes <run>/endpoints.json (SPEC §11; each peer's sshd and relay ops URLs included) and an
+ssh_config that includes the drop-in of demo-laptop (which its agent keeps current in <run>;
+demo-server keeps none, and nothing touches /etc/ssh or ~/.ssh), and prints the exact commands.
+State persists across runs; `make clean` removes it.
+
+<run> is `.run` in the repository, or `--run-dir` / `MESHSSH_RUN_DIR`. The API and the provider
+listen on 127.0.0.1:8080 and :8081 unless `--api-listen` / `--provider-listen` (env
+`MESHSSH_DEMO_API_LISTEN`, `MESHSSH_DEMO_PROVIDER_LISTEN`) say otherwise (port 0: a free one).
+The peers' addresses are fixed, so one demo runs per network namespace: the first holds the
+abstract Unix socket `@meshssh-demo` (see `demo_lock.py`), and a second one says where the
+first is instead of failing on a busy port.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import getpass
@@ -25,24 +35,23 @@ import json
 import os
 import secrets
 import signal
-import subprocess
+import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from demo_lock import DemoBusy, DemoLock, port_in_use
 
 from meshssh_testkit import NatsServer, ServiceProcess, script
 from meshssh_testkit.process import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ROOT / ".run"
-API = "127.0.0.1:8080"
-PROVIDER = "127.0.0.1:8081"
 SEED = ROOT / "services/policy/demo/seed.json"
 USERS = ("alice", "bob")
 IS_ROOT = os.geteuid() == 0
-DROPIN = RUN / "ssh_config.d" / "meshssh.conf"  # demo-laptop's agent keeps it current
 RELAY_PORT = 22 if IS_ROOT else 2222
+SSH_PORT = 22022
 PEERS = {
     "demo-server": {
         "mesh_ip": "127.0.0.2",
@@ -50,37 +59,90 @@ PEERS = {
         "flags": ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
                   "--enable-ssh-agent-forwarding", *(["--enable-ssh-root"] if IS_ROOT else []),
                   "--disable-ssh-config"],
+        "children": ["sshd", "relay"],  # the processes its agent runs (each with ops URLs)
     },
     "demo-laptop": {
         "mesh_ip": "127.0.0.3",
         "setup_key": "meshssh-demo-laptop-key-0001",
-        "flags": ["--ssh-jwt-cache-ttl", "600", "--ssh-config-file", str(DROPIN)],
+        "flags": ["--ssh-jwt-cache-ttl", "600"],  # its drop-in path is added per run dir
+        "children": [],
     },
 }  # fmt: skip
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print, ignoring a terminal that went away (SIGHUP: writes to it fail with EIO)."""
+    with contextlib.suppress(OSError, ValueError):
+        stream = sys.stderr if err else sys.stdout
+        stream.write(text + "\n")
+        stream.flush()
+
+
+def free_listen(hostport: str) -> str:
+    """``hostport`` with port 0 replaced by a port that is free now."""
+    host, _, port = hostport.rpartition(":")
+    if port != "0":
+        return hostport
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return f"{host}:{s.getsockname()[1]}"
+
+
+@dataclass(frozen=True)
+class Demo:
+    """Where this demo keeps its state and listens."""
+
+    run: Path
+    api: str  # HOST:PORT of the REST API and dashboard
+    provider: str  # HOST:PORT of the embedded OIDC provider
+
+    @property
+    def dropin(self) -> Path:
+        """demo-laptop's OpenSSH drop-in (its agent keeps it current)."""
+        return self.run / "ssh_config.d" / "meshssh.conf"
+
+    def state(self, peer: str) -> Path:
+        """A demo peer's state dir."""
+        return self.run / "peers" / peer
+
+
 def secret_file(path: Path, make: str) -> str:
-    """Read a secret kept in .run, creating it (mode 0600) on the first run."""
+    """Read a secret kept in the run dir, creating it (mode 0600) on the first run."""
     if not path.exists():
         path.write_text(make)
         path.chmod(0o600)
     return path.read_text().strip()
 
 
-def demo_passwords(users_file: Path) -> dict[str, str]:
+async def command(*argv: str, timeout: float = 60) -> str:
+    """Run ``argv`` to completion (stopped if we are); returns stdout, raises on failure."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        await terminate(proc, 5)  # no-op once it exited
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed ({proc.returncode}): {err.decode()}")
+    return out.decode()
+
+
+async def demo_passwords(demo: Demo, users_file: Path) -> dict[str, str]:
     """Create the demo users once (generated passwords), and return their passwords."""
-    store = RUN / "demo-passwords.json"
+    store = demo.run / "demo-passwords.json"
     passwords: dict[str, str] = json.loads(store.read_text()) if store.exists() else {}
     for user in USERS:
         if user in passwords and users_file.exists() and user in users_file.read_text():
             continue
-        out = subprocess.run(
-            [script("meshssh-authn"), "users", "add", user, "--generate-password", "--replace",
-             "--email", f"{user}@example.com", "--name", f"{user.title()} Demo",
-             "--group", "users", "--users-file", str(users_file)],
-            capture_output=True, text=True, check=True, timeout=60,
+        out = await command(
+            script("meshssh-authn"), "users", "add", user, "--generate-password", "--replace",
+            "--email", f"{user}@example.com", "--name", f"{user.title()} Demo",
+            "--group", "users", "--users-file", str(users_file),
         )  # fmt: skip
-        passwords[user] = out.stdout.strip().splitlines()[-1]
+        passwords[user] = out.strip().splitlines()[-1]
     store.write_text(json.dumps(passwords, indent=2) + "\n")
     store.chmod(0o600)
     return passwords
@@ -96,19 +158,43 @@ async def wait_http(url: str, timeout: float = 30) -> None:
             await asyncio.sleep(0.2)
 
 
-async def start_peer(name: str, nats_url: str) -> asyncio.subprocess.Process:
-    """Start one demo peer's agent in the foreground (its own session) and wait for it."""
+async def start_nats(store: Path) -> NatsServer:
+    """Start nats-server; a stop request while it starts waits for it, then stops it."""
+    task = asyncio.ensure_future(NatsServer.start(store))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await (await task).stop()
+        raise
+
+
+async def start_peer(
+    demo: Demo, name: str, nats_url: str, ops: dict[str, str],
+    started: list[asyncio.subprocess.Process],
+) -> None:  # fmt: skip
+    """Start one demo peer's agent in the foreground (its own session) and wait for it.
+
+    The process goes into ``started`` as soon as it exists, so a stop request during the
+    wait still stops it. ``ops`` gives each child's fixed ops listener (stable across child
+    restarts, so endpoints.json stays true).
+    """
     peer = PEERS[name]
-    state = RUN / "peers" / name
+    state = demo.state(name)
     state.mkdir(parents=True, exist_ok=True)
-    log = (RUN / f"{name}.log").open("ab")
+    extra = [f"--{child}-ops-listen={ops[child].removeprefix('http://')}" for child in ops]
+    if name == "demo-laptop":
+        extra += ["--ssh-config-file", str(demo.dropin)]
+    log = (demo.run / f"{name}.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), "up", "--foreground", *peer["flags"],
+        script("meshssh"), "up", "--foreground", *peer["flags"], *extra,
         "--mesh-ip", str(peer["mesh_ip"]), "--name", name, "--setup-key", str(peer["setup_key"]),
-        "--management-url", f"http://{API}", "--nats-url", nats_url, "--state-dir", str(state),
-        "--relay-port", str(RELAY_PORT), "--relay-mode", "proxy",
+        "--management-url", f"http://{demo.api}", "--nats-url", nats_url,
+        "--state-dir", str(state), "--relay-port", str(RELAY_PORT), "--relay-mode", "proxy",
         stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
+    log.close()
+    started.append(proc)
     async with asyncio.timeout(60):
         while True:
             status = await asyncio.create_subprocess_exec(
@@ -116,38 +202,46 @@ async def start_peer(name: str, nats_url: str) -> asyncio.subprocess.Process:
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             if await status.wait() == 0:
-                return proc
+                break
             if proc.returncode is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}; see {RUN / (name + '.log')}")
+                raise RuntimeError(f"{name} exited {proc.returncode}; see {demo.run / name}.log")
             await asyncio.sleep(0.3)
+        for url in ops.values():  # the children start once management enables SSH
+            await wait_http(f"{url}/healthz", timeout=60)
 
 
-def ssh_config(laptop_state: Path) -> Path:
+async def ssh_config(demo: Demo) -> Path:
     """An ssh_config for the demo that includes demo-laptop's drop-in."""
-    dropin = DROPIN
-    subprocess.run(
-        [script("meshssh"), "config", "install", "--file", str(dropin),
-         "--state-dir", str(laptop_state)],
-        check=True, timeout=60,
+    await command(
+        script("meshssh"), "config", "install", "--file", str(demo.dropin),
+        "--state-dir", str(demo.state("demo-laptop")),
     )  # fmt: skip
-    config = RUN / "ssh_config"
-    config.write_text(f"Include {dropin}\n")
+    config = demo.run / "ssh_config"
+    config.write_text(f"Include {demo.dropin}\n")
     return config
 
 
-def print_guide(nats_url: str, ops: dict[str, str], passwords: dict[str, str], cfg: Path) -> None:
+def print_guide(demo: Demo, nats_url: str, endpoints: dict[str, object], cfg: Path) -> None:
     """Print where everything listens and the exact commands to try."""
-    laptop = RUN / "peers" / "demo-laptop"
+    laptop = demo.state("demo-laptop")
     user = getpass.getuser()
     meshssh = script("meshssh")
-    print(f"""
-meshssh is running (state in {RUN}; endpoints in {RUN / "endpoints.json"})
+    ops: dict[str, str] = endpoints["ops"]  # type: ignore[assignment]
+    peers: dict[str, dict[str, object]] = endpoints["peers"]  # type: ignore[assignment]
+    passwords: dict[str, str] = endpoints["users"]  # type: ignore[assignment]
+    server_ops: dict[str, str] = peers["demo-server"]["ops"]  # type: ignore[assignment]
+    metrics = [f"{k} {v}/metrics" for k, v in ops.items()]
+    metrics += [f"demo-server {k} {v}/metrics" for k, v in server_ops.items()]
+    metrics_lines = "\n                    ".join(metrics)
+    say(f"""
+meshssh is running (state in {demo.run}; endpoints in {demo.run / "endpoints.json"})
   nats-server       {nats_url}
-  API and dashboard http://{API}/  (OpenAPI docs at http://{API}/docs)
-  OIDC provider     http://{PROVIDER}/.well-known/openid-configuration
-  metrics           {"  ".join(f"{k} {v}/metrics" for k, v in ops.items())}
+  API and dashboard http://{demo.api}/  (OpenAPI docs at http://{demo.api}/docs)
+  OIDC provider     http://{demo.provider}/.well-known/openid-configuration
+  metrics           {metrics_lines}
   demo users        {"  ".join(f"{u} / {p}" for u, p in passwords.items())}
-  peers             demo-server 127.0.0.2 (relay :{RELAY_PORT}, sshd :22022), demo-laptop 127.0.0.3
+  peers             demo-server 127.0.0.2 (relay :{RELAY_PORT}, sshd :{SSH_PORT})
+                    demo-laptop 127.0.0.3 (your peer)
 
 1. Log in as alice (open the URL, enter the code, alice's password):
    {meshssh} login --state-dir {laptop} --no-browser
@@ -157,47 +251,42 @@ meshssh is running (state in {RUN}; endpoints in {RUN / "endpoints.json"})
    scp -F {cfg} /tmp/meshssh-demo.txt {user}@demo-server:/tmp/meshssh-demo-copy.txt
    sftp -F {cfg} {user}@demo-server
    {meshssh} ssh --state-dir {laptop} {user}@demo-server uptime
-Press Ctrl-C to stop everything.""")
-    sys.stdout.flush()
+Press Ctrl-C to stop everything (closing the terminal or SIGTERM does too).""")
 
 
-async def main() -> int:
-    """Start everything, print the guide, and stop it all on a signal."""
-    RUN.mkdir(exist_ok=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    admin_token = secret_file(RUN / "admin-token", secrets.token_urlsafe(24))
-    users_file = RUN / "users.json"
-    passwords = demo_passwords(users_file)
-    nats = await NatsServer.start(RUN / "nats")
+async def run_demo(demo: Demo, lock: DemoLock) -> None:
+    """Start everything, write endpoints.json, print the guide; stop it all when cancelled."""
+    admin_token = secret_file(demo.run / "admin-token", secrets.token_urlsafe(24))
+    users_file = demo.run / "users.json"
+    passwords = await demo_passwords(demo, users_file)
     services: list[ServiceProcess] = []
     peers: list[asyncio.subprocess.Process] = []
+    nats: NatsServer | None = None
     try:
-        authn = await ServiceProcess.start(
-            "meshssh-authn", "--nats-url", nats.url, "--listen", PROVIDER,
+        nats = await start_nats(demo.run / "nats")
+        services.append(await ServiceProcess.start(
+            "meshssh-authn", "--nats-url", nats.url, "--listen", demo.provider,
             "--users-file", str(users_file), "--log-format", "json",
-        )  # fmt: skip
-        services.append(authn)
-        policy = await ServiceProcess.start(
-            "meshssh-policy", "--nats-url", nats.url, "--listen", API, "--seed", str(SEED),
+        ))  # fmt: skip
+        services.append(await ServiceProcess.start(
+            "meshssh-policy", "--nats-url", nats.url, "--listen", demo.api, "--seed", str(SEED),
             "--mesh-prefix", "127.0.0.0/8", "--log-format", "json",
             env={"MESHSSH_ADMIN_TOKEN": admin_token},
-        )  # fmt: skip
-        services.append(policy)
+        ))  # fmt: skip
         for proc in services:
             await proc.wait_ready(timeout=60)
-        await wait_http(f"http://{API}/api/v1/auth/config")  # authn published its keys
-        for name in PEERS:
-            peers.append(await start_peer(name, nats.url))
-        cfg = ssh_config(RUN / "peers" / "demo-laptop")
-        ops = {p.name.removeprefix("meshssh-"): p.ops_url for p in services}
-        endpoints = {
+        await wait_http(f"http://{demo.api}/api/v1/auth/config")  # authn published its keys
+        peer_ops: dict[str, dict[str, str]] = {}
+        for name, peer in PEERS.items():
+            ops = {c: "http://" + free_listen("127.0.0.1:0") for c in peer["children"]}
+            await start_peer(demo, name, nats.url, ops, peers)
+            peer_ops[name] = ops
+        cfg = await ssh_config(demo)
+        endpoints: dict[str, object] = {
             "nats_url": nats.url,
-            "api_url": f"http://{API}",
-            "provider_url": f"http://{PROVIDER}",
-            "ops": ops,
+            "api_url": f"http://{demo.api}",
+            "provider_url": f"http://{demo.provider}",
+            "ops": {p.name.removeprefix("meshssh-"): p.ops_url for p in services},
             "admin_token": admin_token,
             "setup_key": PEERS["demo-laptop"]["setup_key"],
             "setup_keys": {name: peer["setup_key"] for name, peer in PEERS.items()},
@@ -205,25 +294,80 @@ async def main() -> int:
             "ssh_config": str(cfg),
             "peers": {
                 name: {"name": name, "mesh_ip": peer["mesh_ip"], "relay_port": RELAY_PORT,
-                       "ssh_port": 22022, "state_dir": str(RUN / "peers" / name)}
+                       "ssh_port": SSH_PORT, "state_dir": str(demo.state(name)),
+                       "ops": peer_ops[name]}
                 for name, peer in PEERS.items()
             },
+            "nats_creds": {},  # the bus runs without credentials until issue 14
         }  # fmt: skip
-        (RUN / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
-        (RUN / "endpoints.json").chmod(0o600)
-        print_guide(nats.url, ops, passwords, cfg)
-        await stop.wait()
+        path = demo.run / "endpoints.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)  # readers never see a half-written file
+        lock.update(state="running", endpoints=str(path))
+        print_guide(demo, nats.url, endpoints, cfg)
+        await asyncio.Event().wait()  # until cancelled by a stop signal
     finally:
-        print("stopping...", file=sys.stderr)
+        say("stopping...", err=True)
         for agent in reversed(peers):
             await terminate(agent, 15)
         for proc in reversed(services):
             code = await proc.stop()
             if code not in (0, -signal.SIGTERM):
-                print(f"{proc.name} exited {code}:\n{proc.output()}", file=sys.stderr)
-        await nats.stop()
-    return 0
+                say(f"{proc.name} exited {code}:\n{proc.output()}", err=True)
+        if nats is not None:
+            await nats.stop()
+
+
+async def main_async(demo: Demo) -> int:
+    """Hold the demo lock, run the demo until a signal, and stop it all."""
+    try:
+        lock = await DemoLock.acquire(pid=os.getpid(), run_dir=str(demo.run),
+                                      api_url=f"http://{demo.api}")  # fmt: skip
+    except DemoBusy as e:
+        say(f"make run: {e}", err=True)
+        return 1
+    try:
+        wanted = (demo.api, demo.provider, f"127.0.0.2:{RELAY_PORT}", f"127.0.0.2:{SSH_PORT}")
+        busy = [text for text in map(port_in_use, wanted) if text]
+        if busy:
+            say(f"make run: cannot start: {'; '.join(busy)}", err=True)
+            return 1
+        demo.run.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(run_demo(demo, lock))
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        task.cancel()  # whether still starting or running: its finally stops everything
+        try:
+            await task
+        except asyncio.CancelledError:
+            return 0
+        except Exception as e:  # a start-up failure: everything started is stopped already
+            say(f"make run: {e}", err=True)
+            return 1
+        return 0
+    finally:
+        await lock.release()
+
+
+def parse_args(argv: list[str]) -> Demo:
+    """The demo's layout from the command line and the environment."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="run_local.py", description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", type=Path, default=Path(env("MESHSSH_RUN_DIR") or ROOT / ".run"))
+    p.add_argument("--api-listen", default=env("MESHSSH_DEMO_API_LISTEN") or "127.0.0.1:8080")
+    p.add_argument("--provider-listen",
+                   default=env("MESHSSH_DEMO_PROVIDER_LISTEN") or "127.0.0.1:8081")  # fmt: skip
+    args = p.parse_args(argv)
+    return Demo(args.run_dir.absolute(), free_listen(args.api_listen),
+                free_listen(args.provider_listen))  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(main_async(parse_args(sys.argv[1:]))))

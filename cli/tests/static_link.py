@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from meshssh_cli import config_cmd, ssh
+from meshssh_cli import ssh
 from meshssh_cli.client_errors import LinkError
 from meshssh_cli.peer_directory import IssuedToken, PeerEntry, find_peer
 
@@ -108,6 +108,8 @@ def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["ssh"]:
         return ssh.run(argv[1:], open_link=StaticLink.open)
     if argv[:1] == ["config"]:
+        from meshssh_cli import config_cmd  # lazily, as in `meshssh`: proxy starts stay lean
+
         return config_cmd.run_argv(argv[1:], open_link=StaticLink.open)
     sys.stderr.write(f"test launcher: unsupported {list(argv)}\n")
     return 2

@@ -90,8 +90,8 @@ async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: 
     assert rc == 0, err
     text = dropin.read_text()
     assert (
-        f'Match host "{PEER_IP},{PEER_NAME}" exec "{launcher} ssh detect --state-dir {state} %h %p"'
-        in text
+        f'Match host "{PEER_IP},{PEER_NAME}" exec "test -f {state}/ssh-servers/%p/%h || '
+        f'{launcher} ssh detect --state-dir {state} %h %p"' in text
     )
     assert f"ProxyCommand {launcher} ssh proxy --state-dir {state} %h %p" in text
     assert "keyless" not in text  # no pinned key: the proxy could not verify it

@@ -11,9 +11,11 @@ Lifecycle of :meth:`Agent.run`, in order:
    :mod:`meshssh_cli.agent_dropin`);
 4. publish a heartbeat every few seconds and whenever a child changes state; fold sshd's
    session reports into it; track remote peers' heartbeats for their online state;
-5. on ``down`` or SIGTERM/SIGINT: stop both children (SIGTERM, then SIGKILL), remove the
-   OpenSSH drop-in, drain NATS, remove the socket, release the lock. Exit 0; 1 when
-   registration was refused; 2 on a bad setting.
+5. on ``down`` or SIGTERM/SIGINT: stop both children (SIGTERM, then SIGKILL) and wait for
+   them, remove the OpenSSH drop-in, drain NATS, remove the socket. Exit 0; 1 when
+   registration was refused; 2 on a bad setting. The lock is never released by hand: it
+   stays held until the process exits and the kernel drops it, so a held lock always means
+   a live agent (``meshssh down`` also waits for the pids themselves).
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class Agent:
         self.metrics = ServiceMetrics("agent")
         self.relay_mode = choose_relay_mode(config)
         self.maps = MapState(self._map_changed)
-        self.dropin = DropinKeeper(_executable())
+        self.dropin = DropinKeeper(
+            _executable(), state_dir=config.state_dir, window=3 * config.heartbeat_interval
+        )
         self.map_listeners: list[MapListener] = [self.dropin]
         self.tokens = AgentTokenCache(
             device_flow_fetch(config.management_url), ttl=config.flags.jwt_cache_ttl
@@ -110,6 +114,7 @@ class Agent:
         self.stop = asyncio.Event()
         self._beat = asyncio.Event()
         self._listener_tasks: set[asyncio.Task[None]] = set()
+        self._lock: AgentLock | None = None
         self.ssh_port = config.ssh_port or _free_port(config.mesh_ip)
         self.relay_port = config.relay_port or _free_port(config.mesh_ip)
         self.sshd = Child(
@@ -176,7 +181,7 @@ class Agent:
             await self.tokens.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            lock.release()
+            self._lock = lock  # held until the process exits (see the module docstring)
             self.log.info("agent stopped")
 
     async def _until_stopped(self) -> int:
@@ -335,6 +340,7 @@ class Agent:
         netmap = self.maps.current
         if netmap is not None and any(p.id == beat.peer_id for p in netmap.remote_peers):
             self.last_seen[beat.peer_id] = time.monotonic()
+            self.dropin.heartbeat(beat, netmap, self.config)
 
     def online(self, peer_id: str) -> bool | None:
         """Whether a remote peer sent a heartbeat lately (None: too early to say)."""
@@ -349,6 +355,7 @@ class Agent:
     async def _heartbeats(self) -> None:
         while True:
             await self._publish_heartbeat()
+            self.dropin.refresh(self.maps.current, self.config)  # quiet peers' markers expire
             self._beat.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.heartbeat_interval):

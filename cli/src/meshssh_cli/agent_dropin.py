@@ -9,10 +9,17 @@ removes it when the peer was removed or the user opted out (``--disable-ssh-conf
 ``~/.ssh/config``) otherwise. When the agent stops (``meshssh down``), :meth:`remove` takes
 the file away again, so no stale ``ProxyCommand`` points at a socket nobody serves.
 
+It also keeps the drop-in's server markers (:mod:`meshssh_cli.server_marks`, in
+``<state-dir>/ssh-servers``): the agent hands it every remote peer's heartbeat
+(:meth:`DropinKeeper.heartbeat`) and calls :meth:`DropinKeeper.refresh` after each map and
+each of its own heartbeats, so markers of peers gone quiet expire. With the drop-in disabled
+there are no markers either; :meth:`remove` removes them too.
+
 Example::
 
-    keeper = DropinKeeper(executable="/usr/bin/meshssh")
+    keeper = DropinKeeper(executable="/usr/bin/meshssh", state_dir=state, window=15.0)
     agent.map_listeners.append(keeper)
+    keeper.heartbeat(beat, netmap, agent.config)
     ...
     await keeper.remove(agent.config)
 """
@@ -26,7 +33,8 @@ from meshssh_cli import ssh_config
 from meshssh_cli.agent_config import AgentConfig
 from meshssh_cli.config_cmd import dropin_enabled, sync_dropin
 from meshssh_cli.peer_directory import PeerEntry
-from meshssh_common.wire import NetworkMap
+from meshssh_cli.server_marks import ServerMarks, marks_dir
+from meshssh_common.wire import Heartbeat, NetworkMap
 
 __all__ = ["DropinKeeper", "dropin_path"]
 
@@ -36,18 +44,24 @@ def dropin_path(config: AgentConfig) -> Path:
     return config.ssh_config_file or ssh_config.default_path()
 
 
+def _enabled(config: AgentConfig) -> bool:
+    return not config.disable_ssh_config and dropin_enabled()
+
+
 class DropinKeeper:
     """The map listener that writes the drop-in (writes run in order, off the event loop)."""
 
-    def __init__(self, executable: str) -> None:
+    def __init__(self, executable: str, *, state_dir: Path, window: float) -> None:
         self.executable = executable
         self.writes = 0
+        self.marks = ServerMarks(marks_dir(state_dir), window=window)
         self._lock = asyncio.Lock()  # FIFO: maps are written in the order they were applied
 
     async def __call__(self, netmap: NetworkMap | None, config: AgentConfig) -> None:
         """Write the drop-in for ``netmap`` (remove it for None or when opted out)."""
-        enabled = netmap is not None and not config.disable_ssh_config and dropin_enabled()
+        enabled = netmap is not None and _enabled(config)
         peers = [PeerEntry.from_remote(p) for p in netmap.remote_peers] if netmap else []
+        self.refresh(netmap, config)
         async with self._lock:
             changed = await asyncio.to_thread(
                 sync_dropin,
@@ -56,11 +70,31 @@ class DropinKeeper:
                 executable=self.executable,
                 state_dir=config.state_dir,
                 enabled=enabled,
+                marks=self.marks.directory,
             )
             self.writes += int(changed)
 
+    def heartbeat(self, beat: Heartbeat, netmap: NetworkMap | None, config: AgentConfig) -> None:
+        """A remote peer's heartbeat: its markers follow what it says."""
+        self.marks.seen(beat)
+        self.refresh(netmap, config)
+
+    def refresh(self, netmap: NetworkMap | None, config: AgentConfig) -> None:
+        """Bring the markers in line with ``netmap`` and the recent heartbeats.
+
+        A few small files at most, and only when something changed: done in place.
+        """
+        try:
+            if _enabled(config):
+                self.marks.sync(netmap)
+            else:
+                self.marks.clear()
+        except OSError:
+            self.marks.clear()  # no marker is always safe: detect runs instead
+
     async def remove(self, config: AgentConfig) -> bool:
         """Remove the drop-in (the agent is stopping); True when a file was removed."""
+        self.marks.clear()
         if config.disable_ssh_config or not dropin_enabled():
             return False  # never written by this agent: leave whatever is there alone
         async with self._lock:

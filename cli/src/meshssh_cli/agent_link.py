@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,6 +76,8 @@ class PromptPrinter:
         )
         sys.stderr.flush()
         if self.open_browser and len(self.shown) == 1:
+            import webbrowser  # only here: every `ssh proxy` imports this module
+
             webbrowser.open(prompt.url_complete or prompt.url)
 
 

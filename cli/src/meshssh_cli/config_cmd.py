@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from meshssh_cli import ssh_config
-from meshssh_cli.agent_link import open_agent
+from meshssh_cli.agent_link import default_state_dir, open_agent
 from meshssh_cli.client_errors import ClientError
 from meshssh_cli.peer_directory import LinkOpener, PeerEntry
+from meshssh_cli.server_marks import marks_dir
 
 __all__ = [
     "OPT_OUT_ENV",
@@ -72,8 +73,12 @@ def sync_dropin(
     state_dir: Path | None = None,
     enabled: bool = True,
     home: Path | None = None,
+    marks: Path | None = None,
 ) -> bool:
     """Make the drop-in at ``path`` list ``peers`` (or remove it when not ``enabled``).
+
+    ``marks`` is the agent's marker directory, tested before ``meshssh ssh detect`` runs
+    (:mod:`meshssh_cli.server_marks`).
 
     Returns:
         True when the file changed (written or removed).
@@ -81,7 +86,7 @@ def sync_dropin(
     if not enabled:
         return ssh_config.uninstall(path, home=home)
     hosts = [h for p in peers if p.host_key_line.strip() for h in p.hosts()]
-    text = ssh_config.render(hosts, ssh_config.DropIn(executable, state_dir))
+    text = ssh_config.render(hosts, ssh_config.DropIn(executable, state_dir, marks))
     if path.is_file() and path.read_text() == text:
         return False
     ssh_config.install(text, path, home=home)
@@ -109,7 +114,9 @@ async def _install(ns: argparse.Namespace, open_link: LinkOpener, path: Path) ->
     except ClientError as e:
         sys.stderr.write(f"meshssh: {e.render()}\n")
         return e.exit_code
-    sync_dropin(peers, path=path, executable=meshssh_executable(), state_dir=ns.state_dir)
+    marks = marks_dir((ns.state_dir or default_state_dir()).absolute())
+    sync_dropin(peers, path=path, executable=meshssh_executable(), state_dir=ns.state_dir,
+                marks=marks)  # fmt: skip
     sys.stdout.write(f"meshssh: OpenSSH drop-in for {len(peers)} peers written to {path}\n")
     return 0
 

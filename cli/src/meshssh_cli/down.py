@@ -1,8 +1,12 @@
-"""``meshssh down``: stop the agent of a state dir and wait until it (and its children) are gone.
+"""``meshssh down``: stop the agent of a state dir and wait until it and its children are gone.
 
-The agent answers the request, stops sshd and the relay, and exits; the kernel then drops the
-agent's lock on ``<state-dir>/agent.lock``, which is what this command waits for. When no
-agent runs, it says so and exits 0 (``down`` is idempotent).
+Order: ask the agent for its pid and its children's (sshd, relay), send ``down``, then wait
+until every one of those processes has exited (a zombie counts as exited; a pid now used by
+another process, told apart by its start time, too) and the agent's lock on
+``<state-dir>/agent.lock`` is free. Waiting for the lock alone was not enough: the lock goes
+when the agent closes its files, and its children may still be stopping. After ``--timeout``
+seconds it fails and names what still runs. When no agent runs, it says so and exits 0
+(``down`` is idempotent).
 """
 
 from __future__ import annotations
@@ -16,9 +20,23 @@ from pathlib import Path
 from meshssh_cli.agent_client import AgentClient, NotRunning
 from meshssh_cli.agent_config import default_state_dir
 from meshssh_cli.agent_state import lock_holder
-from meshssh_common.errors import MeshError
+from meshssh_common.errors import MeshError, Unavailable
 
-__all__ = ["down", "register", "run"]
+__all__ = ["StillRunning", "down", "process_start", "register", "run"]
+
+_POLL = 0.02  # seconds between checks: `down` is often followed at once by `up`
+
+
+class StillRunning(Unavailable):
+    """The agent (or a child of it) did not exit in time."""
+
+    def __init__(self, state_dir: Path, timeout: float, left: list[str]) -> None:
+        super().__init__(
+            f"the agent for {state_dir} did not stop within {timeout:g}s; still running: "
+            f"{', '.join(left)}. Its log: {state_dir / 'agent.log'}; `kill <pid>` stops a "
+            "process, and `meshssh down` again waits for it"
+        )
+        self.left = left
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,26 +56,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(run=run)  # fmt: skip
 
 
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process; None when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
 async def down(state_dir: Path, *, timeout: float = 30.0) -> bool:
     """Stop the agent of ``state_dir``; returns False when none was running.
 
     Raises:
-        MeshError: the agent refused (another user's agent) or did not stop in ``timeout``.
+        MeshError: the agent refused (another user's agent).
+        StillRunning: it or one of its children had not exited after ``timeout`` seconds.
     """
     lock = state_dir / "agent.lock"
     try:
         async with AgentClient.connect(state_dir) as agent:
+            status = await agent.status()
+            named = [("agent", status.pid), *((c.name, c.pid) for c in status.children)]
+            watched = {
+                f"{name} (pid {pid})": (pid, start)
+                for name, pid in named
+                if pid and (start := process_start(pid)) is not None
+            }
             await agent.down()
     except NotRunning:
         if lock_holder(lock) is None:
             return False
         raise
     deadline = time.monotonic() + timeout
-    while lock_holder(lock) is not None:
+    while True:
+        left = [name for name, (pid, start) in watched.items() if process_start(pid) == start]
+        if lock_holder(lock) is not None:
+            left.append(f"the holder of {lock}")
+        if not left:
+            return True
         if time.monotonic() > deadline:
-            raise MeshError(f"the agent did not stop within {timeout:.0f}s")
-        await asyncio.sleep(0.05)
-    return True
+            raise StillRunning(state_dir, timeout, left)
+        await asyncio.sleep(_POLL)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,30 +1,48 @@
 """``meshssh``: the end-user client and peer agent (SPEC §9).
 
 Subcommands are registered by their own modules; this module owns only the top-level parser.
+It imports only the module of the subcommand being run (``meshssh down`` does not load the
+agent, ``meshssh ssh proxy`` loads neither the agent nor the HTTP clients): OpenSSH starts
+``meshssh ssh proxy`` for every connection through the drop-in, so start-up time is latency.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from meshssh_common.version import VERSION
+if TYPE_CHECKING:
+    import argparse
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+COMMANDS = {
+    "up": "meshssh_cli.up",
+    "down": "meshssh_cli.down",
+    "status": "meshssh_cli.status",
+    "login": "meshssh_cli.login",
+    "ssh": "meshssh_cli.ssh",
+    "config": "meshssh_cli.config_cmd",
+}
+"""Subcommand -> the module whose ``register(subparsers)`` adds it, in ``--help`` order."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level ``meshssh`` parser."""
-    from meshssh_cli import config_cmd, down, login, ssh, status, up
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level ``meshssh`` parser: every subcommand, or ``only`` that one."""
+    import argparse
+
+    from meshssh_common.version import VERSION
 
     parser = argparse.ArgumentParser(
         prog="meshssh", description="meshssh: identity-aware SSH for your mesh"
     )
     parser.add_argument("--version", action="version", version=f"meshssh {VERSION}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (up, down, status, login, ssh, config_cmd):
-        module.register(subparsers)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).register(subparsers)
     return parser
 
 
@@ -32,13 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``meshssh``; returns the process exit code (2 for usage errors)."""
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["ssh"]:
-        # OpenSSH runs `ssh detect` and `ssh proxy` for every connection: skip importing
-        # the other subcommands (HTTP clients, wire types) just to build the full parser
+        # `ssh` parses its own words (OpenSSH style), and OpenSSH runs `ssh detect` and
+        # `ssh proxy` for every connection: no parser to build at all
         from meshssh_cli import ssh
 
         return ssh.run(words[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(words[0] if words[:1] and words[0] in COMMANDS else None)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

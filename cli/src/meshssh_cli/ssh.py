@@ -9,7 +9,8 @@
 
 A peer literally named ``detect`` or ``proxy`` is reached as ``user@detect``. Imports of the
 SSH machinery are deferred to the subcommand that needs it, so ``detect`` (run by OpenSSH for
-each connection to a mesh peer) starts fast.
+a mesh peer without a server marker) starts fast, and asyncssh is imported through
+:func:`~meshssh_cli.ssh_library.import_asyncssh` (no subprocesses looking for liboqs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from meshssh_cli.agent_link import open_agent
 from meshssh_cli.client_errors import ClientError
 from meshssh_cli.detect import probe
 from meshssh_cli.peer_directory import ClientLink, LinkOpener
-from meshssh_cli.ssh_args import USAGE, SshUsageError, parse_ssh_args
+from meshssh_cli.ssh_library import import_asyncssh
 
 __all__ = ["DETECT_TIMEOUT", "register", "run"]
 
@@ -35,6 +36,8 @@ _NOT_MESHSSH = 2
 
 def register(subparsers: Any) -> None:
     """Add ``ssh`` to the top-level parser; it parses its own arguments, OpenSSH style."""
+    from meshssh_cli.ssh_args import USAGE
+
     parser = subparsers.add_parser(
         "ssh",
         help="connect to a mesh peer (also: ssh detect, ssh proxy for OpenSSH)",
@@ -93,6 +96,7 @@ def _run_detect(argv: Sequence[str], open_link: LinkOpener) -> int:
 
 
 def _run_proxy(argv: Sequence[str], open_link: LinkOpener) -> int:
+    import_asyncssh()
     from meshssh_cli.proxy import run_proxy
 
     ns = _helper_parser("proxy").parse_args(argv)
@@ -109,6 +113,8 @@ def run(argv: Sequence[str], *, open_link: LinkOpener = open_agent) -> int:
         return _run_detect(argv[1:], open_link)
     if argv[:1] == ["proxy"]:
         return _run_proxy(argv[1:], open_link)
+    from meshssh_cli.ssh_args import USAGE, SshUsageError, parse_ssh_args  # not for the helpers
+
     try:
         args = parse_ssh_args(list(argv))
     except SshUsageError as e:
@@ -117,6 +123,7 @@ def run(argv: Sequence[str], *, open_link: LinkOpener = open_agent) -> int:
     if args.help:
         sys.stdout.write(USAGE)
         return 0
+    import_asyncssh()
     from meshssh_cli.ssh_session import run_ssh
 
     async def body(link: ClientLink) -> int:

@@ -2,16 +2,25 @@
 
 One or more blocks of the shape::
 
-    Match host "demo-server,127.0.0.2" exec "/usr/bin/meshssh ssh detect %h %p"
+    Match host "demo-server,127.0.0.2" exec "test -f M/%p/%h || /usr/bin/meshssh ssh detect %h %p"
         ProxyCommand /usr/bin/meshssh ssh proxy %h %p
         ...
 
-``Match host`` comes first, so OpenSSH runs the detect probe only for mesh peers, never for
-other hosts (NetBird once probed every host). Host names are validated before they are
-written: anything but a plain DNS name or an IP address is left out, so a peer name can never
-inject configuration. Long host lists are split across blocks so that every line stays under
-1,024 characters (libssh truncates longer ones), with no cap on the number of peers. The file
-is written atomically (temp file, fsync, rename).
+``Match host`` comes first, so OpenSSH runs the detect step only for mesh peers, never for
+other hosts (NetBird once probed every host). The detect step is first ``test -f`` on the
+marker (in ``M``, ``<state-dir>/ssh-servers``) the agent keeps for each server it knows to be
+MeshSSH (:mod:`meshssh_cli.server_marks`;
+a shell builtin, so no Python starts), and only without a marker ``meshssh ssh detect``, which
+probes the server's banner. OpenSSH runs the command with the user's shell (``$SHELL -c``);
+``test -f`` and ``||`` mean the same in sh, bash, zsh, dash, ksh, fish and tcsh. Without
+``marks`` the block is the plain ``exec "<meshssh> ssh detect %h %p"``.
+
+Host names are validated before they are written: anything but a plain DNS name or an IP
+address is left out, so a peer name can never inject configuration (and ``%h`` in the marker
+path is always such a name). Paths are shell-quoted, and ``%`` in them is written ``%%`` so
+that OpenSSH's token expansion leaves them alone. Long host lists are split across blocks so
+that every line stays under 1,024 characters (libssh truncates longer ones), with no cap on
+the number of peers. The file is written atomically (temp file, fsync, rename).
 
 OpenSSH's own host-key check is off for these hosts because OpenSSH talks to the local proxy
 over a pipe, never over the network; the proxy pins the real host key that the management
@@ -60,20 +69,37 @@ def is_valid_host(name: str) -> bool:
     return all(_DNS_LABEL.match(label) for label in name.rstrip(".").split("."))
 
 
+def _quote(word: str) -> str:
+    """``word`` shell-quoted, with ``%`` escaped for OpenSSH's token expansion."""
+    return shlex.quote(word).replace("%", "%%")
+
+
 @dataclass(frozen=True, slots=True)
 class DropIn:
-    """What the drop-in needs: the meshssh executable and the agent's state dir."""
+    """What the drop-in needs: the meshssh executable, the agent's state dir and markers.
+
+    ``marks`` is the agent's marker directory (``<state-dir>/ssh-servers``); without it the
+    Match line always starts ``meshssh ssh detect``.
+    """
 
     executable: str
     state_dir: Path | None = None
+    marks: Path | None = None
 
     def command(self, *args: str) -> str:
         """A shell-quoted meshssh command line for ssh_config (``%h``/``%p`` kept as is)."""
         words = [self.executable, "ssh", args[0]]
         if self.state_dir is not None:
             words += ["--state-dir", str(self.state_dir)]
-        quoted = " ".join(shlex.quote(w) for w in words)
+        quoted = " ".join(_quote(w) for w in words)
         return " ".join([quoted, *args[1:]])
+
+    def detect(self) -> str:
+        """The Match exec command: the marker test, else ``meshssh ssh detect %h %p``."""
+        probe = self.command("detect", "%h", "%p")
+        if self.marks is None:
+            return probe
+        return f"test -f {_quote(str(self.marks))}/%p/%h || {probe}"
 
 
 def _chunks(hosts: list[str], budget: int) -> Iterable[list[str]]:
@@ -98,7 +124,7 @@ def render(hosts: Iterable[str], dropin: DropIn) -> str:
         ValueError: the executable or state dir path would not fit on one line, or contains a
             character ssh_config cannot carry (quote or newline).
     """
-    detect = dropin.command("detect", "%h", "%p")
+    detect = dropin.detect()
     proxy = dropin.command("proxy", "%h", "%p")
     for text in (detect, proxy):
         if '"' in text or "\n" in text or len(text) > MAX_LINE // 2:

@@ -8,7 +8,9 @@ No child outlives the agent:
 - each child gets ``PR_SET_PDEATHSIG`` = SIGTERM (Linux), so even a SIGKILLed agent takes its
   children down, and they still get to clean up (the relay removes its nftables rule);
 - each child leads its own process group; stopping sends SIGTERM, waits ``stop_timeout``, then
-  SIGKILLs the whole group, and ``on_killed`` runs (the relay's rule cleanup).
+  SIGKILLs the whole group, and ``on_killed`` runs (the relay's rule cleanup);
+- a supervisor that is cancelled still stops its child that way before it returns, so the
+  agent never exits ahead of its children (``meshssh down`` waits for all of them).
 
 States: ``stopped`` → ``starting`` (spawned, /readyz not yet seen) → ``running`` → on an
 unexpected exit ``backoff`` (0.25 s doubling to 15 s; reset after 10 s of healthy running)
@@ -192,9 +194,9 @@ class Child:
         try:
             return await self._follow(proc, proc.stderr)
         finally:
-            if proc.returncode is None:  # cancelled: no time to wait, but let it clean up
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
+            if proc.returncode is None:  # cancelled: still stop it before the agent goes on
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._stop(proc)
             self._proc, self.pid = None, None
 
     async def _follow(

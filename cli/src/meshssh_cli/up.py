@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from meshssh_cli.agent import Agent
 from meshssh_cli.agent_client import AgentClient
 from meshssh_cli.agent_config import AgentConfig, Flags, default_name, default_state_dir
 from meshssh_cli.agent_state import lock_holder, prepare_state_dir
@@ -195,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     if lock_holder(config.lock_path) is not None:
         return asyncio.run(_reconfigure(config))
     if args.foreground:
+        from meshssh_cli.agent import Agent  # only the agent itself needs NATS and the rest
+
         configure_logging(config.log_level, config.log_format)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe
         try:

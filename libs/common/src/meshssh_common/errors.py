@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import msgspec
-import nats.errors
 
 __all__ = [
     "BadRequest",
@@ -158,6 +157,10 @@ def nats_boundary(subject: str) -> Iterator[None]:
         Unavailable: no responders, a timeout, or a closed or draining connection.
         WireError: a reply that does not decode into the expected type.
     """
+    # Imported here, not at the top: every CLI process imports this module, and nats-py
+    # costs ~50 ms of import (`meshssh ssh proxy` starts for every OpenSSH connection).
+    import nats.errors
+
     try:
         yield
     except nats.errors.NoRespondersError as e:  # before TimeoutError: order matters

@@ -1,0 +1,212 @@
+"""Server markers: the drop-in's ``test -f`` answers "MeshSSH?" without starting Python.
+
+- the Match line tests ``<marks>/%p/%h`` first and runs ``meshssh ssh detect`` only without a
+  marker; real OpenSSH (``ssh -G`` and full connections through the proxy) follows it;
+- a real agent keeps the markers from its remote peers' heartbeats (the test publishes them on
+  the real bus the way a remote agent does), lets them expire, and removes them on ``down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from conftest import PEER_IP, PEER_NAME, Mesh
+from nats.aio.client import Client as NATS
+
+from meshssh_cli.server_marks import ServerMarks, write_marks
+from meshssh_cli.ssh_config import DropIn, install, render
+from meshssh_common import codec, subjects
+from meshssh_common.wire import Heartbeat, RemotePeer
+from meshssh_testkit import openssh_available, script
+from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.peer_agent import AgentProcess
+from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.policy_standin import PolicyStandIn
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+SERVER = RemotePeer(id="p2", name="Demo-Server", mesh_ip="127.0.0.2", ssh_host_key=KEY)
+KEYLESS = RemotePeer(id="p4", name="printer", mesh_ip="127.0.0.5")
+NAMES = ("Demo-Server", "demo-server", "127.0.0.2")  # as the map spells it, lower case, address
+
+
+def beat(peer_id: str = "p2", *, ssh: bool = True, relay: bool = True) -> Heartbeat:
+    return Heartbeat(peer_id=peer_id, sent_at=time.time(), ssh_running=ssh,
+                     relay_mode="proxy" if relay else "off", ssh_port=22022,
+                     relay_port=22)  # fmt: skip
+
+
+def listing(directory: Path) -> set[str]:
+    if not directory.exists():
+        return set()
+    return {f"{p.parent.name}/{p.name}" for p in directory.glob("*/*")}
+
+
+def test_the_match_line_tests_the_marker_before_it_starts_detect(tmp_path: Path) -> None:
+    marks = tmp_path / "state dir%x" / "ssh-servers"
+    text = render(["demo-server", 'evil"name'], DropIn("/usr/bin/meshssh", tmp_path, marks))
+    quoted = f"'{marks}'".replace("%", "%%")
+    assert (
+        f'Match host "demo-server" exec "test -f {quoted}/%p/%h || /usr/bin/meshssh ssh detect '
+        f'--state-dir {tmp_path} %h %p"' in text
+    )
+    assert "evil" not in text
+
+
+def ssh_g(config: Path, *args: str, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(["ssh", "-F", str(config), "-G", *args], capture_output=True,
+                         text=True, timeout=30, check=True, env=env).stdout  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_openssh_takes_a_marked_host_without_detect_and_falls_back_without_a_marker(
+    tmp_path: Path, shell: str
+) -> None:
+    need_tool(openssh_available(), "the OpenSSH client")
+    probes = tmp_path / "probes"
+    fake = tmp_path / "meshssh"  # records each detect run, then says "MeshSSH server"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {probes}\nexit 0\n')
+    fake.chmod(0o755)
+    marks = tmp_path / "ssh-servers"
+    write_marks(marks, [(22, "peer-1"), (22, "100.64.0.7")])
+    config = tmp_path / "dropin.conf"
+    config.write_text(render(["peer-1", "peer-2", "100.64.0.7"], DropIn(str(fake), marks=marks)))
+    env = {**os.environ, "SHELL": shell}
+
+    for host in ("peer-1", "100.64.0.7"):
+        assert ssh_g(config, host, env=env)["proxycommand"] == f"{fake} ssh proxy %h %p"
+    assert not probes.exists()  # no detect process for marked hosts
+
+    assert "proxycommand" in ssh_g(config, "peer-2", env=env)  # no marker: detect decides
+    assert "proxycommand" in ssh_g(config, "-p", "2222", "peer-1", env=env)  # marked for 22 only
+    assert "proxycommand" in ssh_g(config, "PEER-1", env=env)  # %h keeps the user's spelling
+    assert probes.read_text().splitlines() == [
+        "ssh detect peer-2 22", "ssh detect peer-1 2222", "ssh detect PEER-1 22",
+    ]  # fmt: skip
+
+
+async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls"
+    logging_launcher = tmp_path / "meshssh-logged"
+    logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')
+    logging_launcher.chmod(0o755)
+    marks = mesh.state_dir / "ssh-servers"
+    dropin = DropIn(str(logging_launcher), mesh.state_dir, marks)
+    install(render([PEER_NAME, PEER_IP], dropin), mesh.dropin)
+
+    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")  # no marker yet: detect runs
+    assert result.returncode == 0, result.err
+    assert calls.read_text().splitlines() == ["ssh detect", "ssh proxy"]
+
+    write_marks(marks, [(mesh.peer.port, PEER_NAME)])
+    calls.unlink()
+    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")
+    assert result.returncode == 0, result.err
+    assert result.out == "via-proxy\n"
+    assert calls.read_text().splitlines() == ["ssh proxy"]  # the marker answered for detect
+
+
+def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "ssh-servers"
+    marks = ServerMarks(directory, window=60)
+    netmap = make_map(1, mesh_ip="127.0.0.3", remote_peers=[SERVER, KEYLESS])
+    marks.seen(beat())
+    marks.seen(beat("p4"))
+    assert marks.sync(netmap)
+    assert listing(directory) == {f"{port}/{host}" for port in (22, 22022) for host in NAMES}
+    assert not marks.sync(netmap)  # unchanged: nothing written
+    assert directory.stat().st_mode & 0o777 == 0o755
+    assert (directory / "22" / "demo-server").stat().st_mode & 0o777 == 0o644
+
+    marks.seen(beat(relay=False))  # the relay stopped: only sshd's own port stays
+    marks.sync(netmap)
+    assert listing(directory) == {"22022/Demo-Server", "22022/demo-server", "22022/127.0.0.2"}
+    marks.seen(beat(ssh=False))  # a relay alone leads to a native daemon: no marker at all
+    marks.sync(netmap)
+    assert listing(directory) == set()
+
+    marks.seen(beat())
+    marks.sync(make_map(2, mesh_ip="127.0.0.3", remote_peers=[KEYLESS]))  # left the map
+    assert listing(directory) == set()
+    quiet = ServerMarks(directory, window=0.0)  # heartbeats too old count for nothing
+    quiet.seen(beat())
+    time.sleep(0.01)
+    quiet.sync(netmap)
+    assert listing(directory) == set()
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(nc: NATS, make: Callable[[], Heartbeat]) -> AsyncIterator[None]:
+    """Publish ``make()`` for p2 every 0.2 s, as p2's agent would (faster, for the test)."""
+
+    async def loop() -> None:
+        while True:
+            await nc.publish(subjects.heartbeat("p2"), codec.encode(make()))
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"not within {timeout}s: {what}")
+
+
+async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_removes_them(
+    nc: NATS, nats_url: str, tmp_path: Path
+) -> None:
+    policy = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip="127.0.0.3",
+                                       ssh_enabled=False, remote_peers=[SERVER]))  # fmt: skip
+    state = tmp_path / "state"
+    agent = await AgentProcess.start(
+        state, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
+        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+    )  # fmt: skip
+    directory = state / "ssh-servers"
+    everything = {f"{port}/{host}" for port in (22, 22022) for host in NAMES}
+    try:
+        await agent.wait_status(lambda s: s["registered"])
+        dropin = Path(f"{state}.ssh_config")
+        await until(lambda: dropin.exists() and str(directory) in dropin.read_text(),
+                    "the drop-in tests the marker directory")  # fmt: skip
+        async with heartbeats(nc, beat):
+            await until(lambda: listing(directory) == everything, "markers for sshd and relay")
+        # The heartbeats stopped: after three intervals (0.5 s each here) the markers go.
+        await until(lambda: listing(directory) == set(), "markers of a quiet peer expire")
+        async with heartbeats(nc, lambda: beat(ssh=False)):
+            await asyncio.sleep(1.0)
+            assert listing(directory) == set()  # "sshd not running" makes none
+        async with heartbeats(nc, beat):
+            await until(lambda: listing(directory) == everything, "markers are back")
+            proc = await asyncio.create_subprocess_exec(
+                script("meshssh"), "down", "--state-dir", str(state),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode == 0, err
+        assert not directory.exists()
+    finally:
+        await agent.stop()
+        await policy.stop()
