@@ -131,3 +131,32 @@ async def test_a_restarted_replica_resumes_where_the_durable_consumer_stopped(
     await poll(lambda: handled([second], "added") == 1)
     assert handled([second], "updated") == 0  # gina's event was not delivered again
     assert {"gina", "hank"} <= set(await users(second))
+
+
+async def test_a_fetch_deadline_that_runs_out_between_pulls_does_not_stop_policy(
+    policy: Any, register: Any, seed_file: Any, nc: NATS, poll: Any, monkeypatch: Any
+) -> None:
+    # nats-py's fetch() raises the builtin TimeoutError (not nats.errors.TimeoutError) when its
+    # deadline runs out between its no-wait probe and its lingering pull, which happens under
+    # load. Reaching that timing on purpose is not possible here, so the first two fetches
+    # raise it the way nats-py does; every later one is the real fetch.
+    from nats.js.client import JetStreamContext
+
+    real_fetch = JetStreamContext.PullSubscription.fetch
+    raised = 0
+
+    async def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal raised
+        if raised < 2:
+            raised += 1
+            raise TimeoutError
+        return await real_fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", fetch)
+    replica = await policy.start(seed=seed_file)
+    srv = (await register("srv1", "127.0.0.2", SERVER_KEY)).peer_id
+    await poll(lambda: raised == 2)
+    await publish(nc, accepted(srv, "idp|fay", email="fay@example.com"))
+    await poll(lambda: handled([replica], "added") == 1)
+    assert not replica.task.done()
+    assert "idp|fay" in await users(replica)

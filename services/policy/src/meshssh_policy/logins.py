@@ -169,7 +169,10 @@ class Logins:
                 assert self._sub is not None
                 try:
                     msgs = await self._sub.fetch(_BATCH, timeout=_FETCH_WAIT)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats.errors.TimeoutError, and the builtin one nats-py's fetch() raises
+                    # when its deadline runs out between its two pull requests (under load):
+                    # letting that escape stopped the whole policy service.
                     continue
                 except nats.errors.Error as e:
                     self._log.warning("first-login fetch failed", extra={"error": repr(e)})
