@@ -90,10 +90,10 @@ class Setup:
         self.openssh_pid = 0
         self.uid = -1  # the throwaway user's, once created
 
-    def token(self) -> str:
+    def token(self, lifetime: int = 600) -> str:
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "iat": now,
-                  "exp": now + 600}  # fmt: skip
+                  "exp": now + lifetime}  # fmt: skip
         return jwt.encode(claims, self.signing, algorithm="EdDSA", headers={"kid": KID})
 
     def ssh_argv(self, target: str, *extra: str, command: str) -> list[str]:
@@ -139,12 +139,12 @@ async def publish_state(nats_url: str, setup: Setup) -> None:
         await nc.close()
 
 
-def start_meshssh(setup: Setup, nats_url: str) -> None:
+def start_meshssh(setup: Setup, nats_url: str, *extra: str) -> None:
     log = (setup.tmp / "meshssh-sshd.log").open("wb")
     proc = subprocess.Popen(
         [script("meshssh-sshd"), "--nats-url", nats_url, "--peer-id", "bench",
          "--listen", f"{MESH_IP}:0", "--host-key", str(setup.tmp / "meshssh_host_key"),
-         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512"],
+         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512", *extra],
         stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     setup.procs.append(proc)

@@ -140,6 +140,7 @@ class SshServer:
             agent_forwarding=False,
             x11_forwarding=False,
             allow_scp=False,
+            max_pktsize=ssh_packets.MAX_PACKET,  # clients may send 128 KiB packets
         )
         gate = Gate(core, settings.listen, self._serve_connection)
         self.address = gate.open()
