@@ -15,7 +15,8 @@ as meshssh-sshd does (meshssh_testkit.ssh_upstreams.ProxySshServer); its ``sink`
 stdin to the end. It re-arms TCP_QUICKACK after each read, as platform-notes §4 recommends for
 the SSH server: without it, a *direct* OpenSSH connection pays 40 ms delayed-ACK stalls that
 the relay (which sets it on its client socket) hides, and the setup ratio would flatter the
-relay instead of measuring it.
+relay instead of measuring it. It also runs meshssh-sshd's packet path
+(``meshssh_common.ssh_packets``), so the server costs what meshssh-sshd costs.
 
 Throughput: ``head -c SIZE /dev/zero | ssh -c aes128-gcm@openssh.com ... sink`` wall time
 (MB = 10^6 bytes); setup: ``ssh ... true`` wall time. Paths alternate A/B; figures are
@@ -48,7 +49,7 @@ from pathlib import Path
 import asyncssh.connection
 import nats
 
-from meshssh_common import subjects
+from meshssh_common import ssh_packets, subjects
 from meshssh_common.kv import open_bucket
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
@@ -297,6 +298,7 @@ async def main() -> int:
         print("ssh (OpenSSH client) is required", file=sys.stderr)
         return 2
     _tune_ssh_server()
+    ssh_packets.install()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
         client = OpenSSH(root / "client")
