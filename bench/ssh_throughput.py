@@ -256,6 +256,16 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+def sshd_processes(root: int) -> list[int]:
+    """The ``sshd`` processes at or below ``root`` (this bench's OpenSSH, not anyone else's)."""
+    found = []
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                found.append(pid)
+    return found
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it (this bench's OpenSSH sshd, not anyone else's)."""
     parent: dict[int, int] = {}
@@ -529,7 +539,7 @@ async def memory(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
     idle = rss_kib([setup.meshssh_pid])
     with_sessions = await hold_sessions(setup, "meshssh", lambda: rss_kib([setup.meshssh_pid]))
     openssh_total = await hold_sessions(
-        setup, "openssh", lambda: rss_kib(descendants(setup.openssh_pid))
+        setup, "openssh", lambda: rss_kib(sshd_processes(setup.openssh_pid))
     )
     out["rss_mib_idle"] = round(idle / 1024, 1)
     out["rss_mib_200_sessions"] = round(with_sessions / 1024, 1)
