@@ -297,8 +297,8 @@ async def main() -> int:
     if shutil.which("ssh") is None:
         print("ssh (OpenSSH client) is required", file=sys.stderr)
         return 2
+    ssh_packets.install()  # first: _tune_ssh_server wraps the data_received this installs
     _tune_ssh_server()
-    ssh_packets.install()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
         client = OpenSSH(root / "client")
