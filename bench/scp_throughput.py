@@ -14,7 +14,11 @@ to a file in the user's home, interleaved (ABCCBA...), ROUNDS times each:
 
 Figures: MB/s (MB = 10^6 bytes) of each, and the ratios drop-in/direct and drop-in/OpenSSH,
 each the median of the ratios of adjacent runs (slow drifts of a busy machine cancel), with
-min and max; the proxy's CPU seconds per GiB. Every copy is checked by size and SHA-256.
+min and max; the proxy's CPU seconds per GiB, and each variant's server-side CPU
+(meshssh-sshd and its child), since on a machine with two cores every process's CPU is
+taken from the others. The direct client does not run the packet path of
+``meshssh_common.ssh_packets`` (only sshd and the proxy install it), and each client
+prefers AES-GCM, OpenSSH's scp ChaCha20-Poly1305. Every copy is checked by size and SHA-256.
 
 Run as root: ``.venv/bin/python bench/scp_throughput.py`` (about 3 minutes). Knobs:
 BENCH_SIZE_MB (1024), BENCH_ROUNDS (5).
@@ -87,6 +91,12 @@ class ProxyCpu:
     @property
     def seconds(self) -> float:
         return sum(self._last.values()) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds of meshssh-sshd and its reaped children (sftp-server, cat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(argv: list[str], env: dict[str, str], stdin: Path | None = None) -> float:
@@ -181,6 +191,8 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
         "openssh": scp_openssh,
     }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in variants}
+    server: dict[str, list[float]] = {name: [] for name in variants}
+    gib = SIZE / sshb.GIB
     proxy_cpu: list[float] = []
     order = list(variants)
     for name in order:  # warm-up: page cache, first connection
@@ -188,8 +200,11 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
         dest.unlink(missing_ok=True)
     for i in range(ROUNDS):
         for name in order if i % 2 == 0 else order[::-1]:
+            s0 = server_cpu(setup.meshssh_pid)
             with ProxyCpu() as cpu:
                 times[name].append(run(variants[name], env, src if name == "direct" else None))
+            time.sleep(0.3)  # sshd reaps the session's process
+            server[name].append((server_cpu(setup.meshssh_pid) - s0) / gib)
             if name == "dropin":
                 proxy_cpu.append(cpu.seconds / (SIZE / sshb.GIB))
             check_copy(dest, digest)
@@ -203,6 +218,9 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
     print(f"  drop-in / direct                     {fmt(vs_direct, 3)}")
     print(f"  drop-in / OpenSSH scp                {fmt(vs_openssh, 3)}")
     print(f"  proxy CPU s per GiB                  {fmt(proxy_cpu, 2)}")
+    print("server CPU s per GiB (meshssh-sshd and sftp-server or cat):")
+    for name in variants:
+        print(f"  {name:8} {fmt(server[name], 2)}")
     return {
         "bench": "scp_throughput",
         "size_mb": SIZE >> 20,
@@ -217,6 +235,10 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
         "scp_proxy_vs_openssh_ratio_min": round(min(vs_openssh), 3),
         "scp_proxy_vs_openssh_ratio_max": round(max(vs_openssh), 3),
         "proxy_cpu_s_per_gib": round(statistics.median(proxy_cpu), 2),
+        **{
+            f"{name}_server_cpu_s_per_gib": round(statistics.median(v), 2)
+            for name, v in server.items()
+        },
     }
 
 
