@@ -26,7 +26,9 @@ cancel): throughput path/direct, setup direct-time/path-time. The relay process'
 relayed is reported too.
 
 Run: ``.venv/bin/python bench/relay_overhead.py`` (root for the nftables part).
-Knobs: BENCH_SIZE_MB (default 256), BENCH_ROUNDS (7), BENCH_SETUP_ROUNDS (20).
+Knobs: BENCH_SIZE_MB (default 256), BENCH_ROUNDS (7), BENCH_SETUP_ROUNDS (20),
+BENCH_STOCK_SERVER=1 (the stand-in server on asyncssh's own packet path, as before issue 12:
+a slower server, against which the relay's fixed cost weighs less).
 """
 
 from __future__ import annotations
@@ -297,7 +299,8 @@ async def main() -> int:
     if shutil.which("ssh") is None:
         print("ssh (OpenSSH client) is required", file=sys.stderr)
         return 2
-    ssh_packets.install()  # first: _tune_ssh_server wraps the data_received this installs
+    if not os.environ.get("BENCH_STOCK_SERVER"):
+        ssh_packets.install()  # first: _tune_ssh_server wraps the data_received this installs
     _tune_ssh_server()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
