@@ -15,7 +15,8 @@ as meshssh-sshd does (meshssh_testkit.ssh_upstreams.ProxySshServer); its ``sink`
 stdin to the end. It re-arms TCP_QUICKACK after each read, as platform-notes §4 recommends for
 the SSH server: without it, a *direct* OpenSSH connection pays 40 ms delayed-ACK stalls that
 the relay (which sets it on its client socket) hides, and the setup ratio would flatter the
-relay instead of measuring it.
+relay instead of measuring it. It also runs meshssh-sshd's packet path
+(``meshssh_common.ssh_packets``), so the server costs what meshssh-sshd costs.
 
 Throughput: ``head -c SIZE /dev/zero | ssh -c aes128-gcm@openssh.com ... sink`` wall time
 (MB = 10^6 bytes); setup: ``ssh ... true`` wall time. Paths alternate A/B; figures are
@@ -25,7 +26,9 @@ cancel): throughput path/direct, setup direct-time/path-time. The relay process'
 relayed is reported too.
 
 Run: ``.venv/bin/python bench/relay_overhead.py`` (root for the nftables part).
-Knobs: BENCH_SIZE_MB (default 256), BENCH_ROUNDS (7), BENCH_SETUP_ROUNDS (20).
+Knobs: BENCH_SIZE_MB (default 256), BENCH_ROUNDS (7), BENCH_SETUP_ROUNDS (20),
+BENCH_STOCK_SERVER=1 (the stand-in server on asyncssh's own packet path, as before issue 12:
+a slower server, against which the relay's fixed cost weighs less).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pathlib import Path
 import asyncssh.connection
 import nats
 
-from meshssh_common import subjects
+from meshssh_common import ssh_packets, subjects
 from meshssh_common.kv import open_bucket
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
@@ -296,6 +299,8 @@ async def main() -> int:
     if shutil.which("ssh") is None:
         print("ssh (OpenSSH client) is required", file=sys.stderr)
         return 2
+    if not os.environ.get("BENCH_STOCK_SERVER"):
+        ssh_packets.install()  # first: _tune_ssh_server wraps the data_received this installs
     _tune_ssh_server()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)

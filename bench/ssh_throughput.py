@@ -4,19 +4,25 @@ Starts, on loopback: a nats-server with JetStream, ``meshssh-sshd`` (JWT auth, a
 and signing keys in KV as the management plane and authn would publish them) and a real
 OpenSSH ``sshd`` from Debian's openssh-server with its own config, host key and port. Then:
 
-1. throughput: 1 GiB through ``ssh host 'cat > /dev/null'`` with aes128-gcm@openssh.com and
-   with chacha20-poly1305@openssh.com, A and B alternating, 3 rounds each;
+1. throughput: 1 GiB through ``ssh host 'cat > /dev/null'`` (upload) and out of
+   ``ssh host 'head -c 1G /dev/zero' > /dev/null`` (download), with aes128-gcm@openssh.com and
+   with chacha20-poly1305@openssh.com, A and B interleaved (ABBA...), 5 rounds of each side;
 2. connection setup: ``ssh host true``, 30 runs each, alternating, both with the key exchange
    ``curve25519-sha256`` (meshssh with the JWT as the password, OpenSSH with a public key);
 3. memory: the RSS of the meshssh-sshd process with 200 concurrent idle sessions (and, for
-   reference, the summed RSS of all OpenSSH sshd processes holding 200 sessions).
+   reference, the summed RSS of this bench's OpenSSH sshd processes holding 200 sessions).
 
 Figures are ratios meshssh / OpenSSH (throughput: higher is better; setup: lower is better),
-medians with min and max. Both servers log in as a throwaway user the bench creates (and
-removes): a stock account, so that no heavy shell start-up file (root's ``.bashrc`` here
-runs ``pyenv init``, 100 ms, sourced because bash sees ``SSH_CLIENT``) hides the servers'
-own cost; meshssh switches to it as it does in production. Run as root:
-``.venv/bin/python bench/ssh_throughput.py`` (about 2 minutes).
+each the median of the ratios of adjacent A/B pairs (so slow drifts of a busy machine cancel),
+printed with min and max, next to the absolute MB/s of both sides. The CPU seconds the
+meshssh-sshd process used per GiB are reported too. Both servers log in as a throwaway user
+the bench creates (and removes): a stock account, so that no heavy shell start-up file
+(root's ``.bashrc`` here runs ``pyenv init``, 100 ms, sourced because bash sees
+``SSH_CLIENT``) hides the servers' own cost; meshssh switches to it as it does in
+production. Run as root:
+``.venv/bin/python bench/ssh_throughput.py`` (about 4 minutes). Knobs: BENCH_ROUNDS (5, at
+least 5 for a figure worth quoting), BENCH_SIZE_MB (1024), BENCH_PARTS (``throughput,setup,
+memory``), BENCH_DIRECTIONS (``upload,download``), BENCH_CIPHERS (``aes128,chacha20``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -32,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,10 +57,18 @@ from meshssh_common.wire import FirewallRule, JwksSnapshot, JwtConfig, NetworkMa
 from meshssh_testkit import NatsServer, script
 
 GIB = 1 << 30
-ROUNDS = 3
+SIZE = int(os.environ.get("BENCH_SIZE_MB", "1024")) << 20
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SETUP_RUNS = 30
 IDLE_SESSIONS = 200
-CIPHERS = {"aes128": "aes128-gcm@openssh.com", "chacha20": "chacha20-poly1305@openssh.com"}
+PARTS = os.environ.get("BENCH_PARTS", "throughput,setup,memory").split(",")
+DIRECTIONS = os.environ.get("BENCH_DIRECTIONS", "upload,download").split(",")
+ALL_CIPHERS = {"aes128": "aes128-gcm@openssh.com", "chacha20": "chacha20-poly1305@openssh.com"}
+CIPHERS = {
+    k: v
+    for k, v in ALL_CIPHERS.items()
+    if k in os.environ.get("BENCH_CIPHERS", "aes128,chacha20").split(",")
+}
 MESH_IP, OPENSSH_IP, CLIENT_IP = "127.0.0.2", "127.0.0.6", "127.0.0.3"
 ISSUER, AUDIENCE, KID = "https://idp.bench", "meshssh", "bench-1"
 
@@ -71,11 +87,13 @@ class Setup:
         self.meshssh_port = 0
         self.meshssh_pid = 0
         self.openssh_port = 0
+        self.openssh_pid = 0
+        self.uid = -1  # the throwaway user's, once created
 
-    def token(self) -> str:
+    def token(self, lifetime: int = 600) -> str:
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "iat": now,
-                  "exp": now + 600}  # fmt: skip
+                  "exp": now + lifetime}  # fmt: skip
         return jwt.encode(claims, self.signing, algorithm="EdDSA", headers={"kid": KID})
 
     def ssh_argv(self, target: str, *extra: str, command: str) -> list[str]:
@@ -121,12 +139,12 @@ async def publish_state(nats_url: str, setup: Setup) -> None:
         await nc.close()
 
 
-def start_meshssh(setup: Setup, nats_url: str) -> None:
+def start_meshssh(setup: Setup, nats_url: str, *extra: str) -> None:
     log = (setup.tmp / "meshssh-sshd.log").open("wb")
     proc = subprocess.Popen(
         [script("meshssh-sshd"), "--nats-url", nats_url, "--peer-id", "bench",
          "--listen", f"{MESH_IP}:0", "--host-key", str(setup.tmp / "meshssh_host_key"),
-         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512"],
+         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512", *extra],
         stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     setup.procs.append(proc)
@@ -171,6 +189,7 @@ def start_openssh(setup: Setup) -> None:
     )
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
     setup.procs.append(proc)
+    setup.openssh_pid = proc.pid
     public = Path(f"{host_key}.pub").read_text().split()[:2]
     with setup.known_hosts.open("a") as f:
         f.write(f"[{OPENSSH_IP}]:{setup.openssh_port} {' '.join(public)}\n")
@@ -185,18 +204,26 @@ def start_openssh(setup: Setup) -> None:
     sys.exit("OpenSSH sshd did not start")
 
 
-def timed(argv: list[str], env: dict[str, str], stdin_cmd: str | None = None) -> float:
-    """Wall time of one ssh run (``stdin_cmd`` is piped in through the shell)."""
+def timed(
+    argv: list[str], env: dict[str, str], stdin_cmd: str | None = None, *, expect: int = -1
+) -> float:
+    """Wall time of one ssh run. ``stdin_cmd`` is piped into it through the shell; with
+    ``expect`` >= 0 its output goes to ``wc -c`` and must be that many bytes (a download)."""
     started = time.perf_counter()
-    if stdin_cmd is None:
+    if stdin_cmd is None and expect < 0:
         result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                                 timeout=120)  # fmt: skip
     else:
-        line = f"{stdin_cmd} | " + " ".join(_quote(a) for a in argv)
+        line = " ".join(_quote(a) for a in argv)
+        line = f"{stdin_cmd} | {line}" if stdin_cmd else f"{line} < /dev/null"
+        if expect >= 0:
+            line += " | wc -c"
         result = subprocess.run(["sh", "-c", line], env=env, capture_output=True, timeout=300)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{argv} failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
+    if expect >= 0 and int(result.stdout.split()[-1]) != expect:
+        sys.exit(f"{argv} gave {result.stdout!r} bytes, expected {expect}")
     return elapsed
 
 
@@ -207,6 +234,7 @@ def _quote(arg: str) -> str:
 def alternate(
     runs: int, a: Callable[[], float], b: Callable[[], float]
 ) -> tuple[list[float], list[float]]:
+    """``runs`` of each, interleaved ABBAAB...: neither side always runs first."""
     xs, ys = [], []
     for i in range(runs):
         if i % 2 == 0:
@@ -228,9 +256,27 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def sshd_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-x", "sshd"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def sshd_processes(root: int) -> list[int]:
+    """The ``sshd`` processes at or below ``root`` (this bench's OpenSSH, not anyone else's)."""
+    found = []
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                found.append(pid)
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (this bench's OpenSSH sshd, not anyone else's)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        found += frontier
+    return found
 
 
 async def hold_sessions(setup: Setup, target: str, measure: Callable[[], int]) -> int:
@@ -269,8 +315,9 @@ async def hold_sessions(setup: Setup, target: str, measure: Callable[[], int]) -
         await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
 
 
-def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f} (min {min(values):.1f}, max {max(values):.1f})"
+def fmt(values: list[float], digits: int = 1) -> str:
+    med, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{med:8.{digits}f} (min {lo:.{digits}f}, max {hi:.{digits}f})"
 
 
 def write_client_files(setup: Setup) -> None:
@@ -294,6 +341,7 @@ async def main() -> None:
         await asyncio.to_thread(
             subprocess.run, ["useradd", "-m", "-p", "*", "-s", "/bin/bash", setup.user], check=True
         )
+        setup.uid = pwd.getpwnam(setup.user).pw_uid
         try:
             await publish_state(natsd.url, setup)
             start_meshssh(setup, natsd.url)
@@ -313,28 +361,166 @@ async def main() -> None:
     print(json.dumps(report))
 
 
-async def run(setup: Setup) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU seconds of one server's processes during a run, sampled every 50 ms.
+
+    Counted: the server process, its descendants and every process of the bench user (the
+    session: OpenSSH's per-user sshd, which is reparented to init when it exits, and
+    ``cat``/``head`` on both servers). A process that ends between two samples loses at
+    most its last 50 ms, on both sides alike.
+    """
+
+    def __init__(self, root: int, uid: int) -> None:
+        self._root, self._uid = root, uid
+        self._base: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, int]:
+        seen: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+        ours: set[int] = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(stat.parent.name)
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                seen[pid] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+                if stat.parent.stat().st_uid == self._uid:
+                    ours.add(pid)
+        frontier = {self._root}
+        while frontier:
+            ours |= frontier
+            frontier = {p for p, (ppid, _) in seen.items() if ppid in frontier} - ours
+        return {p: seen[p][1] for p in ours if p in seen}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._last.update(self._sample())
+
+    def __enter__(self) -> ServerCpu:
+        self._base = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._sample())
+
+    @property
+    def seconds(self) -> float:
+        ticks = sum(t - self._base.get(p, 0) for p, t in self._last.items())
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def syscalls(pid: int) -> int:
+    """Read and write system calls the threads of a process have made so far.
+
+    Summed over ``/proc/<pid>/task/*/io``: the process-wide file also counts reaped children
+    (the session's ``head``/``cat``).
+    """
+    total = 0
+    for io in Path(f"/proc/{pid}/task").glob("*/io"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(": ") for line in io.read_text().splitlines())
+            total += int(fields["syscr"]) + int(fields["syscw"])
+    return total
+
+
+async def throughput(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
+    """Upload and download SIZE bytes, meshssh and OpenSSH interleaved, per cipher."""
     env = setup.env
-    out: dict[str, Any] = {"bench": "ssh_throughput"}
+    label = f"{SIZE >> 20} MiB"
+    for direction in DIRECTIONS:
+        for name, cipher in CIPHERS.items():
+            cpu: list[float] = []
+            calls: list[float] = []
+            # Server CPU including the session processes (cat/head), for both servers.
+            total: dict[str, list[float]] = {"meshssh": [], "openssh": []}
+
+            def run_one(
+                target: str,
+                cipher: str = cipher,
+                direction: str = direction,
+                cpu: list[float] = cpu,
+                calls: list[float] = calls,
+                total: dict[str, list[float]] = total,
+            ) -> float:
+                pid = setup.meshssh_pid
+                server = pid if target == "meshssh" else setup.openssh_pid
+                before = cpu_seconds(pid) if target == "meshssh" else 0.0
+                calls_before = syscalls(pid) if target == "meshssh" else 0
+                with ServerCpu(server, setup.uid) as sampler:
+                    if direction == "upload":
+                        argv = setup.ssh_argv(target, "-c", cipher, command="cat > /dev/null")
+                        seconds = timed(argv, env(), f"head -c {SIZE} /dev/zero")
+                    else:
+                        command = f"head -c {SIZE} /dev/zero"
+                        argv = setup.ssh_argv(target, "-c", cipher, command=command)
+                        seconds = timed(argv, env(), expect=SIZE)
+                if target == "meshssh":
+                    cpu.append((cpu_seconds(pid) - before) / (SIZE / GIB))
+                    calls.append((syscalls(pid) - calls_before) / (SIZE >> 20))
+                total[target].append(sampler.seconds / (SIZE / GIB))
+                return seconds
+
+            mine, ref = await asyncio.to_thread(
+                alternate, ROUNDS, lambda: run_one("meshssh"), lambda: run_one("openssh")
+            )
+            mine_mbs = [SIZE / t / 1e6 for t in mine]
+            ref_mbs = [SIZE / t / 1e6 for t in ref]
+            ratios = [a / b for a, b in zip(mine_mbs, ref_mbs, strict=True)]
+            # Upload keeps the names earlier notes used; download figures are prefixed.
+            pre = "" if direction == "upload" else "download_"
+            out[f"{pre}throughput_ratio_{name}"] = round(statistics.median(ratios), 3)
+            out[f"{pre}throughput_ratio_{name}_min"] = round(min(ratios), 3)
+            out[f"{pre}throughput_ratio_{name}_max"] = round(max(ratios), 3)
+            out[f"meshssh_{pre}mb_per_s_{name}"] = round(statistics.median(mine_mbs), 1)
+            out[f"openssh_{pre}mb_per_s_{name}"] = round(statistics.median(ref_mbs), 1)
+            out[f"meshssh_{pre}cpu_s_per_gib_{name}"] = round(statistics.median(cpu), 2)
+            for side, values in total.items():
+                out[f"{side}_{pre}server_cpu_s_per_gib_{name}"] = round(
+                    statistics.median(values), 2
+                )
+            out[f"meshssh_{pre}syscalls_per_mib_{name}"] = round(statistics.median(calls), 1)
+            rows += [
+                f"{direction:8} {label} {name:8} MB/s meshssh {fmt(mine_mbs)}  "
+                f"openssh {fmt(ref_mbs)}",
+                f"{'':26}ratio {fmt(ratios, 3)}  meshssh-sshd CPU {fmt(cpu, 2)} s/GiB, "
+                f"{statistics.median(calls):.0f} read/write calls per MiB",
+                f"{'':26}server CPU incl. session processes, s/GiB: meshssh "
+                f"{fmt(total['meshssh'], 2)}  openssh {fmt(total['openssh'], 2)}",
+            ]
+            print(*rows[-3:], sep="\n", flush=True)
+
+
+async def run(setup: Setup) -> dict[str, Any]:
+    out: dict[str, Any] = {"bench": "ssh_throughput", "rounds": ROUNDS, "size_mb": SIZE >> 20}
     rows: list[str] = []
-    feed = f"head -c {GIB} /dev/zero"
-    for name, cipher in CIPHERS.items():
-        opts = ("-c", cipher)
+    if "throughput" in PARTS:
+        await throughput(setup, out, rows)
+    if "setup" in PARTS:
+        await setup_time(setup, out, rows)
+    if "memory" in PARTS:
+        await memory(setup, out, rows)
+    if "throughput" in PARTS:
+        print(
+            "throughput ratios (meshssh/openssh, median of pairs): "
+            + ", ".join(f"{k.removeprefix('throughput_ratio_')} {v}" for k, v in out.items()
+                        if "throughput_ratio_" in k and not k.endswith(("_min", "_max")))
+        )  # fmt: skip
+    return out
 
-        def run_one(target: str, opts: tuple[str, ...] = opts) -> float:
-            return timed(setup.ssh_argv(target, *opts, command="cat > /dev/null"), env(), feed)
 
-        mine, ref = await asyncio.to_thread(
-            alternate, ROUNDS, lambda: run_one("meshssh"), lambda: run_one("openssh")
-        )
-        mine_mbs = [GIB / t / 1e6 for t in mine]
-        ref_mbs = [GIB / t / 1e6 for t in ref]
-        ratios = [a / b for a, b in zip(mine_mbs, ref_mbs, strict=True)]
-        out[f"throughput_ratio_{name}"] = round(statistics.median(ratios), 3)
-        out[f"meshssh_mb_per_s_{name}"] = round(statistics.median(mine_mbs), 1)
-        out[f"openssh_mb_per_s_{name}"] = round(statistics.median(ref_mbs), 1)
-        rows += [f"1 GiB {name:9} MB/s  meshssh {fmt(mine_mbs)}   openssh {fmt(ref_mbs)}",
-                 f"                ratio {fmt(ratios)}"]  # fmt: skip
+async def setup_time(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
+    """``ssh host true``, SETUP_RUNS of each, interleaved."""
+    env = setup.env
     kex = ("-o", "KexAlgorithms=curve25519-sha256")
     mine, ref = await asyncio.to_thread(
         alternate, SETUP_RUNS,
@@ -345,22 +531,23 @@ async def run(setup: Setup) -> dict[str, Any]:
     out["openssh_setup_p50_ms"] = round(statistics.median(ref), 1)
     out["setup_ratio_p50"] = round(statistics.median(mine) / statistics.median(ref), 3)
     rows.append(f"ssh true ms (p50)   meshssh {fmt(mine)}   openssh {fmt(ref)}")
+    print(rows[-1], flush=True)
+
+
+async def memory(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
+    """RSS idle and with IDLE_SESSIONS sessions open."""
     idle = rss_kib([setup.meshssh_pid])
     with_sessions = await hold_sessions(setup, "meshssh", lambda: rss_kib([setup.meshssh_pid]))
-    openssh_total = await hold_sessions(setup, "openssh", lambda: rss_kib(sshd_pids()))
+    openssh_total = await hold_sessions(
+        setup, "openssh", lambda: rss_kib(sshd_processes(setup.openssh_pid))
+    )
     out["rss_mib_idle"] = round(idle / 1024, 1)
     out["rss_mib_200_sessions"] = round(with_sessions / 1024, 1)
     out["openssh_rss_mib_200_sessions"] = round(openssh_total / 1024, 1)
     rows.append(f"RSS MiB             meshssh idle {idle / 1024:.1f}, with {IDLE_SESSIONS} "
                 f"sessions {with_sessions / 1024:.1f}; openssh (all sshd processes) "
                 f"{openssh_total / 1024:.1f}")  # fmt: skip
-    print("\n".join(rows))
-    print(
-        f"setup ratio (meshssh/openssh, p50): {out['setup_ratio_p50']}; "
-        f"throughput ratios: {out['throughput_ratio_aes128']} (aes128-gcm), "
-        f"{out['throughput_ratio_chacha20']} (chacha20-poly1305)"
-    )
-    return out
+    print(rows[-1], flush=True)
 
 
 if __name__ == "__main__":

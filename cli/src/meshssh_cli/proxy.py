@@ -36,6 +36,7 @@ from meshssh_cli.client_errors import ClientError
 from meshssh_cli.peer_directory import ClientLink, PeerEntry
 from meshssh_cli.proxy_session import SessionBridge
 from meshssh_cli.proxy_stdio import StdioTunnel, stdio_usable
+from meshssh_common import ssh_packets
 
 __all__ = ["PROXY_VERSION", "ProxyServer", "run_proxy"]
 
@@ -286,6 +287,7 @@ async def run_proxy(
     except ClientError as e:
         _report(e)
         return e.exit_code
+    ssh_packets.install()  # asyncssh's leaner packet path, on both hops (bench/scp_throughput.py)
     server = ProxyServer(link, peer, port, source)
     tunnel = StdioTunnel(stdin, stdout)
     try:
@@ -305,6 +307,7 @@ async def run_proxy(
             login_timeout=0,
             connect_timeout=None,
             encryption_algs=_LOCAL_CIPHERS,
+            max_pktsize=ssh_packets.MAX_PACKET,
         )
     except (asyncssh.Error, OSError):
         tunnel.close()

@@ -22,6 +22,7 @@ import asyncssh
 
 from meshssh_cli import client_errors
 from meshssh_cli.client_errors import ClientError
+from meshssh_common import ssh_packets
 
 __all__ = ["SessionBridge", "SessionHub"]
 
@@ -303,6 +304,7 @@ class SessionBridge(asyncssh.SSHServerSession[bytes]):
                 term_size=term_size,
                 term_modes=term_modes,
                 encoding=None,
+                max_pktsize=ssh_packets.MAX_PACKET,  # the peer's side may send 128 KiB packets
             )
         except asyncssh.ChannelOpenError as e:
             self._hub.report(self._refusal(e))

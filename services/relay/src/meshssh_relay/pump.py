@@ -19,7 +19,14 @@ Properties:
 - TCP_NODELAY on both sockets; the client socket gets TCP_QUICKACK after small reads
   (handshake, auth, interactive traffic): OpenSSH does not set TCP_NODELAY for
   non-interactive sessions, and a delayed ACK then costs it 40 ms per round trip
-  (platform-notes §4). Bulk reads skip it: nothing waits on those ACKs.
+  (platform-notes §4). Bulk reads skip it: nothing waits on those ACKs;
+- fewer wake-ups in bulk: a profile of the relay under a 1 GiB upload (perf) showed a third
+  of its CPU in context switches, one per SSH record (~32 KiB) the client sent. Once a
+  direction has moved ``STREAM_BYTES`` in reads less than ``STREAM_GAP`` apart, a small read
+  is followed by a ``COALESCE_SECONDS`` pause so that the next one carries what arrived
+  meanwhile (relay CPU per GiB: 0.68-0.74 s → 0.54-0.62 s, bench/relay_overhead.py). A
+  handshake or an interactive session never moves that much that fast, so its latency is
+  unchanged (the setup ratio did not move).
 """
 
 from __future__ import annotations
@@ -29,11 +36,24 @@ import fcntl
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
-__all__ = ["CHUNK", "QUICKACK_BELOW", "Pipe"]
+__all__ = [
+    "CHUNK",
+    "COALESCE_BELOW",
+    "COALESCE_SECONDS",
+    "QUICKACK_BELOW",
+    "STREAM_BYTES",
+    "STREAM_GAP",
+    "Pipe",
+]
 
 CHUNK = 256 * 1024  # bytes one direction holds at most (the pipe size with splice)
+STREAM_GAP = 0.002  # reads closer together than this belong to one stream
+STREAM_BYTES = 1024 * 1024  # a stream this long is bulk data: its small reads may wait
+COALESCE_BELOW = 64 * 1024  # reads smaller than this, in bulk, are followed by a pause of
+COALESCE_SECONDS = 0.0002  # this long, so the next read carries more
 QUICKACK_BELOW = 16 * 1024  # re-arm TCP_QUICKACK after client reads smaller than this
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _SPLICE = hasattr(os, "splice")
@@ -85,13 +105,22 @@ class _Direction:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(w, _F_SETPIPE_SZ, CHUNK)
             src, dst = self.src.fileno(), self.dst.fileno()
+            streak, last = 0, 0.0
             while n := os.splice(src, w, CHUNK, flags=os.SPLICE_F_MOVE):
                 self.received += n
                 self._ack(n)
+                now = time.monotonic()
+                streak = streak + n if now - last < STREAM_GAP else n
+                last = now
+                small = n < COALESCE_BELOW
                 while n:
                     moved = os.splice(r, dst, n, flags=os.SPLICE_F_MOVE)
                     self.sent += moved
                     n -= moved
+                if small and streak >= STREAM_BYTES:
+                    # A bulk stream arriving in small pieces: let the next ones gather
+                    # instead of waking this thread for each (see the module docstring).
+                    time.sleep(COALESCE_SECONDS)
         finally:
             os.close(r)
             os.close(w)

@@ -28,6 +28,7 @@ from typing import cast
 
 import asyncssh
 
+from meshssh_common import ssh_packets
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.service import ServiceContext
 from meshssh_common.version import VERSION
@@ -127,6 +128,7 @@ class SshServer:
     async def run(self) -> None:
         """Serve until cancelled, then drain (see the module docstring)."""
         settings = self.settings
+        ssh_packets.install()  # asyncssh's leaner packet path (bench/ssh_throughput.py)
         self.host_key = await asyncio.to_thread(load_or_create_host_key, settings.host_key)
         ssh_key = asyncssh.import_private_key(settings.host_key.read_bytes())
         core = self.core = self._build_core()
@@ -140,6 +142,7 @@ class SshServer:
             agent_forwarding=settings.enable_ssh_agent_forwarding,
             x11_forwarding=False,
             allow_scp=False,
+            max_pktsize=ssh_packets.MAX_PACKET,  # clients may send 128 KiB packets
         )
         gate = Gate(core, settings.listen, self._serve_connection)
         self.address = gate.open()
