@@ -149,9 +149,7 @@ async def main() -> int:
                 if proc.poll() is None:
                     proc.kill()
             await natsd.stop()
-            await asyncio.to_thread(
-                subprocess.run, ["userdel", "-r", setup.user], check=False, capture_output=True
-            )
+            await asyncio.to_thread(sshb.remove_user, setup)
     print(json.dumps(report))
     return 0
 

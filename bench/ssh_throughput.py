@@ -34,6 +34,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -320,6 +321,31 @@ def fmt(values: list[float], digits: int = 1) -> str:
     return f"{med:8.{digits}f} (min {lo:.{digits}f}, max {hi:.{digits}f})"
 
 
+def remove_user(setup: Setup) -> None:
+    """Delete the throwaway user; first stop what still runs as it (OpenSSH may leave a
+    session's ``sleep`` behind for a moment after its connection closed, and ``userdel``
+    refuses a user with processes)."""
+    deadline = time.monotonic() + 10
+    while setup.uid >= 0 and time.monotonic() < deadline:
+        left = [int(d.name) for d in Path("/proc").glob("[0-9]*") if _owner(d) == setup.uid]
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    result = subprocess.run(["userdel", "-r", setup.user], check=False, capture_output=True)
+    if result.returncode not in (0, 12):  # 12: the mail spool was missing, the rest is gone
+        print(f"userdel {setup.user} failed: {result.stderr.decode().strip()}", file=sys.stderr)
+
+
+def _owner(proc_dir: Path) -> int:
+    try:
+        return proc_dir.stat().st_uid
+    except OSError:
+        return -1
+
+
 def write_client_files(setup: Setup) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     setup.client_key.write_bytes(key.export_private_key())
@@ -355,9 +381,7 @@ async def main() -> None:
                 if proc.poll() is None:
                     proc.kill()
             await natsd.stop()
-            await asyncio.to_thread(
-                subprocess.run, ["userdel", "-r", setup.user], check=False, capture_output=True
-            )
+            await asyncio.to_thread(remove_user, setup)
     print(json.dumps(report))
 
 
