@@ -31,6 +31,7 @@ from meshssh_cli.client_conn import dial, resolve
 from meshssh_cli.forward_spec import ForwardSpec
 from meshssh_cli.peer_directory import ClientLink
 from meshssh_cli.ssh_args import SshArgs
+from meshssh_common import ssh_packets
 
 __all__ = ["run_ssh"]
 
@@ -223,6 +224,7 @@ async def _session(conn: asyncssh.SSHClientConnection, args: SshArgs) -> int:
         term_size=terminal.terminal_size(size_fd) if pty else None,
         send_env=_SEND_ENV,
         encoding=None,
+        max_pktsize=ssh_packets.MAX_PACKET,  # meshssh-sshd may send 128 KiB packets
     )
     interrupted = False
 
@@ -263,6 +265,7 @@ async def run_ssh(link: ClientLink, args: SshArgs) -> int:
     Raises:
         meshssh_cli.client_errors.ClientError: the connection, login or a forward failed.
     """
+    ssh_packets.install()  # asyncssh's leaner packet path, as in sshd and the proxy
     peer = await resolve(link, args.host)
     source = await link.local_mesh_ip()
     agent = os.environ.get("SSH_AUTH_SOCK", "") if args.agent else ""
