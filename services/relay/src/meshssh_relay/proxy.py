@@ -29,9 +29,9 @@ from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.settings import split_host_port
-from meshssh_relay.netmap_watch import MapHolder
 from meshssh_relay.pump import Pipe
 from meshssh_relay.settings import RelaySettings
 
@@ -94,7 +94,7 @@ class ProxyRelay:
     def __init__(
         self,
         settings: RelaySettings,
-        holder: MapHolder,
+        holder: PeerMap,
         metrics: RelayMetrics,
         log: BoundLogger,
     ) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.peer_map import PeerMap
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentSockets
 from meshssh_sshd.audit import AuditLog
@@ -26,7 +27,6 @@ from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
-from meshssh_sshd.netmap_watch import NetmapWatch
 from meshssh_sshd.process_launch import ChildProcess
 from meshssh_sshd.rate_limit import FailureLimiter
 from meshssh_sshd.sessions import LiveRegistry
@@ -78,7 +78,7 @@ class SshdCore:
     log: BoundLogger
     metrics: SshdMetrics
     audit: AuditLog
-    maps: NetmapWatch
+    maps: PeerMap
     keys: JwksWatch
     auth: Authenticator
     browser: BrowserCheck
