@@ -32,13 +32,14 @@ from meshssh_common import ssh_packets
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.service import ServiceContext
+from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentConnection, AgentSockets
 from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
-from meshssh_sshd.core import SshdCore, TaskSet
+from meshssh_sshd.core import SshdCore
 from meshssh_sshd.gate import Gate
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
@@ -176,7 +177,7 @@ class SshServer:
                     raise
         finally:
             gate.close()
-            await core.tasks.close()
+            await core.tasks.close(timeout=settings.shutdown_grace)
             core.agents.close()
 
     def _announce(self, core: SshdCore) -> None:
