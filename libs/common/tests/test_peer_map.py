@@ -20,10 +20,10 @@ from meshssh_testkit import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
 
 
-def new_map(peer_id: str = "p1") -> tuple[PeerMap, list[tuple[int, int]], ServiceMetrics]:
+def new_map() -> tuple[PeerMap, list[tuple[int, int]], ServiceMetrics]:
     """A PeerMap and the (old, new) serials its listener saw (0: no map)."""
     metrics = ServiceMetrics("test")
-    maps = PeerMap(peer_id, log=service_logger("test"), metrics=metrics)
+    maps = PeerMap(log=service_logger("test"), metrics=metrics)
     seen: list[tuple[int, int]] = []
     maps.on_change(
         lambda old, new: seen.append((old.serial if old else 0, new.serial if new else 0))
@@ -75,7 +75,7 @@ def test_peer_at_finds_a_peer_by_its_mesh_address() -> None:
 
 async def test_follow_waits_for_the_bucket_and_never_creates_it(nc: NATS) -> None:
     maps, seen, _ = new_map()
-    task = asyncio.create_task(maps.follow(nc))
+    task = asyncio.create_task(maps.follow(nc, "p1"))
     try:
         assert not await maps.wait_received(0.6)
         with pytest.raises(nats.js.errors.BucketNotFoundError):
@@ -94,7 +94,7 @@ async def test_follow_applies_changes_deletes_and_counts_bad_values(nc: NATS) ->
     await put_map(nc, make_map(5))
     await put_map(nc, make_map(1, peer_id="p2"))  # another peer's key is not ours
     maps, seen, metrics = new_map()
-    task = asyncio.create_task(maps.follow(nc))
+    task = asyncio.create_task(maps.follow(nc, "p1"))
     try:
         assert await maps.wait_received(5.0)
         assert maps.serial == 5
@@ -122,7 +122,7 @@ async def test_follow_resyncs_after_nats_restarts(nats_server: NatsServer) -> No
     try:
         await put_map(nc, make_map(1))
         maps, seen, _ = new_map()
-        task = asyncio.create_task(maps.follow(nc))
+        task = asyncio.create_task(maps.follow(nc, "p1"))
         try:
             assert await maps.wait_received(5.0)
             await nats_server.restart()

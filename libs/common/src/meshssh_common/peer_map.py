@@ -15,10 +15,10 @@ seconds), so the current value is delivered again: a resync.
 
 Example::
 
-    maps = PeerMap("p1", log=log, metrics=metrics)
+    maps = PeerMap(log=log, metrics=metrics)
     maps.on_change(lambda old, new: revoker.on_map(old, new))
     maps.offer(reply.netmap)                 # e.g. the registration reply, before the watch
-    tg.create_task(maps.follow(nc))
+    tg.create_task(maps.follow(nc, "p1"))    # the peer id may be learnt after construction
     await maps.wait_received(5.0)
     maps.current                             # NetworkMap | None
 """
@@ -80,9 +80,7 @@ async def open_existing_bucket(
 class PeerMap:
     """The current map of one peer, its serial, and the listeners of its changes."""
 
-    def __init__(self, peer_id: str, *, log: BoundLogger, metrics: ServiceMetrics) -> None:
-        self.peer_id = peer_id
-        self.key = subjects.netmap_key(peer_id)
+    def __init__(self, *, log: BoundLogger, metrics: ServiceMetrics) -> None:
         self.current: NetworkMap | None = None
         self.serial = 0
         self.received = asyncio.Event()  # set once the watch has reported what KV holds
@@ -152,15 +150,16 @@ class PeerMap:
                 return True
         return False
 
-    async def follow(self, nc: NATS) -> None:
-        """Feed this map from KV until cancelled (see the module docstring).
+    async def follow(self, nc: NATS, peer_id: str) -> None:
+        """Feed this map from ``peer_id``'s key in KV until cancelled (see the module docstring).
 
         Raises:
             Exception: whatever :meth:`TypedKV.follow` does not retry (a bug, not an outage).
         """
         bucket = await open_existing_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS, log=self._log)
         kv = TypedKV(bucket, NetworkMap, on_bad_value=self._bad_value)
-        async for event in kv.follow(self.key, nc, on_retry=self._watch_broke):
+        key = subjects.netmap_key(peer_id)
+        async for event in kv.follow(key, nc, on_retry=self._watch_broke):
             if event.initial_done:
                 self.received.set()
             elif event.value is None:

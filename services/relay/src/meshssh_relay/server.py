@@ -88,7 +88,7 @@ async def serve(ctx: ServiceContext) -> None:
     sys.setswitchinterval(0.0005)
     metrics = RelayMetrics(ctx.metrics)
     log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
-    holder = PeerMap(settings.peer_id, log=log, metrics=ctx.metrics)
+    holder = PeerMap(log=log, metrics=ctx.metrics)
     changed = asyncio.Event()
 
     def on_change(_old: NetworkMap | None, netmap: NetworkMap | None) -> None:
@@ -105,7 +105,7 @@ async def serve(ctx: ServiceContext) -> None:
         if proxy is not None:
             await proxy.start()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(holder.follow(ctx.nc))
+            tg.create_task(holder.follow(ctx.nc, settings.peer_id))
             if redirect is not None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
             else:

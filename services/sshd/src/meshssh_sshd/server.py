@@ -95,7 +95,7 @@ class SshServer:
         log = ctx.log.bind(peer=settings.peer_id)
         metrics = SshdMetrics(ctx.metrics)
         js = ctx.js
-        maps = PeerMap(settings.peer_id, log=log, metrics=ctx.metrics)
+        maps = PeerMap(log=log, metrics=ctx.metrics)
         keys = JwksWatch(ctx.nc, js, ctx.metrics, metrics, log, requester=settings.peer_id)
         sftp = find_sftp_server(str(settings.sftp_server) if settings.sftp_server else None)
         if settings.enable_ssh_sftp and sftp is None:
@@ -160,7 +160,7 @@ class SshServer:
             core.log.warning("audit stream not ready", extra={"error": repr(e)})
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(core.maps.follow(self.ctx.nc))
+                tg.create_task(core.maps.follow(self.ctx.nc, settings.peer_id))
                 tg.create_task(core.keys.run())
                 tg.create_task(core.audit.run())
                 tg.create_task(reporter.run())
