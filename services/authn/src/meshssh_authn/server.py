@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import cast
 
 import httpx
 import nats.errors
@@ -69,7 +68,7 @@ async def _devices_bucket(js: JetStreamContext, ttl: float) -> KeyValue:
 
 
 async def _embedded(
-    ctx: ServiceContext,
+    ctx: ServiceContext[AuthnSettings],
     settings: AuthnSettings,
     metrics: AuthnMetrics,
     state: KeyValue,
@@ -135,9 +134,9 @@ async def _embedded(
     return provider
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
     """Run authn until cancelled (see the module docstring for the order of things)."""
-    settings = cast(AuthnSettings, ctx.settings)
+    settings = ctx.settings
     metrics = AuthnMetrics(ctx.metrics)
 
     def bad_value(key: str, e: WireError) -> None:
