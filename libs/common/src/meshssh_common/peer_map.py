@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from meshssh_common import subjects
-from meshssh_common.errors import WireError
+from meshssh_common.errors import BadReason, WireError
 from meshssh_common.kv import TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
@@ -175,7 +175,7 @@ class PeerMap:
                 self._log.exception("network map listener failed")
 
     def _bad_value(self, key: str, error: WireError) -> None:
-        self._metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
+        self._metrics.bad_messages.labels(endpoint="netmap", reason=BadReason.INVALID).inc()
         self._log.warning(
             "ignored an undecodable network map", extra={"key": key, "error": str(error)}
         )

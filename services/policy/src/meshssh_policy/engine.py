@@ -290,7 +290,7 @@ class Engine:
             return compiler.compile(peer_id)
         except Exception:
             # A bug must cost one peer's update, not everyone's: its old map stays.
-            self.metrics.maps.labels(result="error").inc()
+            self.metrics.maps.labels(result=Outcome.ERROR).inc()
             self.log.exception("map computation failed", extra={"peer": peer_id})
             return None
 

@@ -35,7 +35,7 @@ __all__ = ["Known", "Outcome", "Publisher", "content_digest"]
 _ATTEMPTS = 5
 
 
-class Outcome(enum.Enum):
+class Outcome(enum.StrEnum):
     """What :meth:`Publisher.publish` did (the ``result`` metric label)."""
 
     PUBLISHED = "published"
