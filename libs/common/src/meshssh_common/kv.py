@@ -51,8 +51,11 @@ async def open_bucket(
     history: int = 1,
     replicas: int = 1,
     storage: StorageType = StorageType.FILE,
+    ttl: float | None = None,
 ) -> KeyValue:
     """Open a KV bucket, creating it (file storage) when it does not exist yet.
+
+    ``ttl`` (seconds), when given, makes a created bucket forget values that old.
 
     Concurrent creators are safe: the server treats an identical create as idempotent.
 
@@ -64,7 +67,9 @@ async def open_bucket(
             return await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
             return await js.create_key_value(
-                KeyValueConfig(bucket=name, history=history, replicas=replicas, storage=storage)
+                KeyValueConfig(
+                    bucket=name, history=history, replicas=replicas, storage=storage, ttl=ttl
+                )
             )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
