@@ -32,12 +32,15 @@ from nats.js.kv import KeyValue
 
 from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.logs import BoundLogger
 
-__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket"]
+__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket", "open_existing_bucket"]
 
 T = TypeVar("T")
 
 _DELETE_OPS = ("DEL", "PURGE")
+_FIRST_DELAY = 0.2
+_MAX_DELAY = 2.0
 # Failures of a watch that mean "NATS is away": follow() retries these and raises the rest.
 _OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 _log = logging.getLogger(__name__)
@@ -73,6 +76,31 @@ async def open_bucket(
             )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
+
+
+async def open_existing_bucket(
+    js: JetStreamContext, name: str, *, log: BoundLogger | None = None
+) -> KeyValue:
+    """Bind to bucket ``name``, waiting (with backoff, until cancelled) until it exists.
+
+    Never creates it: the management plane owns its configuration (replicas, history).
+    """
+    delay = _FIRST_DELAY
+    warned = False
+    while True:
+        try:
+            return await js.key_value(name)
+        except (
+            nats.js.errors.BucketNotFoundError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError,
+        ) as e:
+            if log is not None and not warned:
+                log.warning("waiting for bucket", extra={"bucket": name, "error": repr(e)})
+                warned = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _MAX_DELAY)
 
 
 class Encoded(bytes):

@@ -45,7 +45,7 @@ from meshssh_common import subjects
 from meshssh_common.errors import BadReason, MeshError, WireError
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.kid_misses import KidMisses
-from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.kv import TypedKV, open_existing_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
@@ -231,6 +231,9 @@ class JwksWatch:
         self._base.bad_messages.labels(endpoint="jwks", reason=BadReason.INVALID).inc()
         self._log.warning("ignored invalid JWKS snapshot", extra={"key": key, "error": str(error)})
 
+    def _broke(self, error: Exception) -> None:
+        self._log.warning("JWKS watch broke; retrying", extra={"error": repr(error)})
+
     async def run(self) -> None:
         """Follow the snapshot until cancelled, re-opening the watch when it breaks."""
         try:
@@ -247,9 +250,11 @@ class JwksWatch:
             await self._tasks.close()
 
     async def _watch(self) -> None:
-        kv = await open_bucket(self._js, subjects.BUCKET_JWKS)
+        # Bound, never created: authn owns the bucket's configuration. follow() restarts the
+        # watch after a NATS reconnect, so rotated keys are not held up by a silent watch.
+        kv = await open_existing_bucket(self._js, subjects.BUCKET_JWKS, log=self._log)
         typed = TypedKV(kv, JwksSnapshot, on_bad_value=self._bad_value)
-        async for event in typed.watch(subjects.JWKS_KEY):
+        async for event in typed.follow(subjects.JWKS_KEY, self._nc, on_retry=self._broke):
             if event.initial_done:
                 self._initial.set()
                 continue
