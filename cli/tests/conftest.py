@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from authn_provider import ConfigServer, Provider, config_server, provider
+from authn_provider import Provider, management, provider
 from ssh_peer import MeshPeer, PeerFeatures, start_peer
 from static_link import write_launcher, write_link
 
@@ -26,7 +26,7 @@ from meshssh_testkit.openssh import OpenSSH, RunResult
 PEER_NAME = "demo-server"
 PEER_IP = "127.0.0.2"
 LOCAL_IP = "127.0.0.3"
-__all__ = ["ConfigServer", "Provider", "config_server", "provider"]  # login-test fixtures
+__all__ = ["Provider", "management", "provider"]  # login-test fixtures
 
 TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 
