@@ -1,9 +1,9 @@
 """The agent supervises real meshssh-sshd and meshssh-relay processes, driven by its map.
 
-Registration is answered by ``PolicyStandIn`` (the wire contract of meshssh-policy, on the
-test's real NATS) and maps are written into KV as the management plane would; the children
-are the real console scripts. The same behaviour against the real meshssh-policy and meshctl
-is in tests/e2e/test_peer_with_policy.py.
+The management plane is the real meshssh-policy (``Management`` of the testkit: the agent
+registers with its server key, the test flips the peer's SSH switch through its API); the
+children are the real console scripts. The same behaviour driven through meshctl is in
+tests/e2e/test_peer_with_policy.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,30 +20,27 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from meshssh_common import codec, subjects
-from meshssh_common.wire import Heartbeat, RemotePeer, SessionInfo, SessionsReport
+from meshssh_common.wire import Heartbeat, SessionInfo, SessionsReport
+from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
-from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
-from meshssh_testkit.policy_standin import PolicyStandIn
-from meshssh_testkit.process import script
+from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.ports import free_port
+from meshssh_testkit.process import run_command, script
 
 MESH_IP = "127.0.0.2"
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip=MESH_IP))
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path / "policy")
 
 
 async def start_agent(tmp_path: Path, nats_url: str, *flags: str) -> AgentProcess:
     return await AgentProcess.start(
         tmp_path / "state",
         "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        "--setup-key", SERVER_KEY, "--ssh-port", "0", "--relay-port", "0",
         "--relay-mode", "proxy", "--sshd-bin", script("meshssh-sshd"), *flags,
     )  # fmt: skip
 
@@ -66,7 +62,7 @@ async def wait_gone(pid: int, timeout: float) -> float:
 
 
 async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
@@ -78,19 +74,20 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
         assert status["relay_mode"] == "proxy"
 
         # meshctl peers ssh disable: the management switch goes off in a new map.
+        serial = status["serial"]
         disabled_at = time.monotonic()
-        await policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+        await policy.patch_peer("server", ssh_enabled=False)
         async with asyncio.timeout(10):
             while pid_alive(sshd_pid):
                 await asyncio.sleep(0.02)
         assert time.monotonic() - disabled_at < 2.0
         status = await agent.wait_status(
-            lambda s: s["serial"] == 2 and agent.child(s, "relay")["state"] == "stopped"
+            lambda s: s["serial"] > serial and agent.child(s, "relay")["state"] == "stopped"
         )  # no native upstream: the relay has nothing to do either
         assert agent.child(status, "sshd")["state"] == "stopped"
 
         # Back on: a fresh sshd.
-        await policy.publish(make_map(3, mesh_ip=MESH_IP, ssh_enabled=True))
+        await policy.patch_peer("server", ssh_enabled=True)
         status = await agent.wait_status(running("sshd"))
         assert agent.child(status, "sshd")["pid"] != sshd_pid
     finally:
@@ -98,23 +95,23 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
 
 
 async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothing(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url)
     try:
-        status = await agent.wait_status(lambda s: s["registered"] and s["serial"] == 1)
+        status = await agent.wait_status(lambda s: s["registered"] and s["serial"] >= 1)
         assert status["ssh_enabled"]  # management says yes...
         assert agent.child(status, "sshd")["state"] == "stopped"  # ...the local flag says no
         assert agent.child(status, "relay")["state"] == "stopped"
-        register = policy.registers[0]
-        assert register.meta.capabilities == ("native_ssh",)
-        assert not register.meta.flags.server_ssh_allowed
+        peer = await policy.peer("server")
+        assert peer["capabilities"] == ["native_ssh"]
+        assert not peer["flags"]["server_ssh_allowed"]
     finally:
         await agent.stop()
 
 
 async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children_along(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
@@ -137,20 +134,15 @@ async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children
 
 
 async def test_down_stops_everything_and_leaves_no_process(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
-        down = await asyncio.create_subprocess_exec(
-            script("meshssh"), "down", "--state-dir", str(tmp_path / "state"),
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(30):
-            _, err = await down.communicate()
-        assert down.returncode == 0, err
-        assert b"agent stopped" in err
+        down = await run_command(script("meshssh"), "down", "--state-dir",
+                                 str(tmp_path / "state"), timeout=30, check=True)  # fmt: skip
+        assert "agent stopped" in down.err
         async with asyncio.timeout(10):
             assert await agent.proc.wait() == 0
         for pid in pids:
@@ -161,21 +153,25 @@ async def test_down_stops_everything_and_leaves_no_process(
 
 
 async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_peers_online(
-    tmp_path: Path, nats_url: str, nc: NATS, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, nc: NATS, policy: Management
 ) -> None:
-    laptop = RemotePeer(
-        id="p2", name="laptop", mesh_ip="127.0.0.3", ssh_host_key="ssh-ed25519 AAAA"
-    )
-    idle = RemotePeer(id="p3", name="idle", mesh_ip="127.0.0.4")
-    await policy.publish(make_map(1, mesh_ip=MESH_IP, remote_peers=[laptop, idle]))
+    # The server's map lists the peers it may reach: a rule from servers to users does that.
+    await policy.call("POST", "/policies", {
+        "name": "servers reach users", "rules": [{"sources": ["servers"],
+        "destinations": ["users"], "protocol": "tcp", "ports": ["22"], "action": "accept"}],
+    })  # fmt: skip
+    laptop = (await policy.register("laptop", "127.0.0.3", LAPTOP_KEY)).peer_id
+    await policy.register("idle", "127.0.0.4", LAPTOP_KEY)
     beats: asyncio.Queue[Heartbeat] = asyncio.Queue()
 
     async def on_beat(msg: Msg) -> None:
         await beats.put(codec.decode(msg.data, Heartbeat))
 
-    sub = await nc.subscribe(subjects.heartbeat("p1"), cb=on_beat)
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    sub = None
     try:
+        me = (await agent.wait_status(lambda s: s["registered"]))["peer_id"]
+        sub = await nc.subscribe(subjects.heartbeat(me), cb=on_beat)
         await agent.wait_status(running("sshd"))
         async with asyncio.timeout(10):
             while not (beat := await beats.get()).ssh_running:
@@ -186,10 +182,10 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
             session_id="s1", local_user="alice", jwt_user="alice@example.com",
             source="127.0.0.3:51000", command="bash", started_at=time.time(),
         )  # fmt: skip
-        report = SessionsReport(peer_id="p1", sent_at=time.time(), sessions=(session,))
-        await nc.publish(subjects.sshd_sessions("p1"), codec.encode(report))
+        report = SessionsReport(peer_id=me, sent_at=time.time(), sessions=(session,))
+        await nc.publish(subjects.sshd_sessions(me), codec.encode(report))
         await nc.publish(
-            subjects.heartbeat("p2"), codec.encode(Heartbeat(peer_id="p2", sent_at=time.time()))
+            subjects.heartbeat(laptop), codec.encode(Heartbeat(peer_id=laptop, sent_at=time.time()))
         )
         status = await agent.wait_status(
             lambda s: bool(s["sessions"]) and any(p["online"] for p in s["peers"])
@@ -206,12 +202,13 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
             lambda s: {p["name"]: p["online"] for p in s["peers"]}["idle"] is False
         )
     finally:
-        await sub.unsubscribe()
+        if sub is not None:
+            await sub.unsubscribe()
         await agent.stop()
 
 
 async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
-    tmp_path: Path, nats_server: NatsServer, policy: PolicyStandIn, nc: NATS
+    tmp_path: Path, nats_server: NatsServer, policy: Management, nc: NATS
 ) -> None:
     agent = await start_agent(tmp_path, nats_server.url, "--allow-server-ssh")
     try:
@@ -219,49 +216,38 @@ async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
         sshd_pid = agent.child(status, "sshd")["pid"]
         await nats_server.restart()
         async with asyncio.timeout(15):
-            while "nats reconnected" not in agent.output() or not nc.is_connected:
+            while not (
+                "nats reconnected" in agent.output()
+                and "nats reconnected" in policy.process.output()
+                and nc.is_connected
+            ):
                 await asyncio.sleep(0.05)
-        await policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+        await policy.patch_peer("server", ssh_enabled=False)
         # Without restarting its watch after the reconnect, the agent heard of it ~18 s later.
         await wait_gone(sshd_pid, timeout=8)
     finally:
         await agent.stop()
 
 
-def free_port_on(*hosts: str) -> int:
-    """A port the OS picked on the first host that is free on every other one too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = int(s.getsockname()[1])
-            try:
-                for host in hosts[1:]:
-                    with socket.socket() as other:
-                        other.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no common free port")
-
-
 async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
-    tmp_path: Path, nats_url: str, nc: NATS
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    maps = [make_map(1, peer_id=p, mesh_ip=ip) for p, ip in (("p1", MESH_IP), ("p2", "127.0.0.3"))]
-    policy = await PolicyStandIn.start(nc, netmap=maps[0], others=(maps[1],))
-    ssh_port = free_port_on(MESH_IP, "127.0.0.3")
-    relay_port = free_port_on(MESH_IP, "127.0.0.3")
+    ssh_port = free_port(MESH_IP, "127.0.0.3")  # the agent runs sshd on the port it is given
+    relay_port = free_port(MESH_IP, "127.0.0.3")
     agents = []
     for name, ip in (("p1", MESH_IP), ("p2", "127.0.0.3")):
         agent = await AgentProcess.start(
             tmp_path / name, "--mesh-ip", ip, "--name", name, "--nats-url", nats_url,
-            "--setup-key", "KEY", "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
+            "--setup-key", SERVER_KEY, "--ssh-port", str(ssh_port),
+            "--relay-port", str(relay_port),
             "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", script("meshssh-sshd"),
         )  # fmt: skip
         agents.append(agent)
     try:
         statuses = [await a.wait_status(running("sshd", "relay")) for a in agents]
-        assert [s["peer_id"] for s in statuses] == ["p1", "p2"]
+        ids = [s["peer_id"] for s in statuses]
+        assert len(set(ids)) == 2
+        assert [(await policy.peer(name))["id"] for name in ("p1", "p2")] == ids
         assert {s["relay_port"] for s in statuses} == {relay_port}
         assert all(
             a.child(s, "relay")["restarts"] == 0 for a, s in zip(agents, statuses, strict=True)
@@ -271,4 +257,3 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
     finally:
         for agent in agents:
             await agent.stop()
-        await policy.stop()
