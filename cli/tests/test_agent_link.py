@@ -1,7 +1,7 @@
 """The client side of the agent socket: ``meshssh login`` through a running agent, and the
 link ``meshssh ssh`` and the proxy use (token, peers, local mesh address), against a real
-agent process and a real meshssh-authn provider. The management plane is the stand-in of
-``meshssh_testkit.policy_standin`` here (meshssh-policy itself runs in tests/e2e)."""
+agent process, a real meshssh-authn provider and the real meshssh-policy (demo-server is
+registered there without an agent of its own, so that the laptop's map lists it)."""
 
 from __future__ import annotations
 
