@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from meshssh_testkit.management import LAPTOP_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess, agent_request
 from meshssh_testkit.plugin import ServiceFactory, need_tool
+from meshssh_testkit.process import run_command
 
 NOBODY = 65534
 _CLIENT = """
@@ -89,15 +90,10 @@ async def as_nobody(state_dir: Path, token: str) -> dict[str, object]:
     setpriv = shutil.which("setpriv")
     need_tool(setpriv is not None, "setpriv (util-linux)")
     assert setpriv is not None
-    proc = await asyncio.create_subprocess_exec(
-        setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-        sys.executable, "-c", _CLIENT, str(state_dir), token,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, object] = json.loads(out)
+    ran = await run_command(setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            sys.executable, "-c", _CLIENT, str(state_dir), token, timeout=30,
+                            check=True)  # fmt: skip
+    result: dict[str, object] = json.loads(ran.out)
     return result
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
-from meshssh_testkit.process import run_command
+from meshssh_testkit.process import run_command, run_command_sync
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 SERVER = RemotePeer(id="p2", name="Demo-Server", mesh_ip="127.0.0.2", ssh_host_key=KEY)
@@ -61,8 +60,8 @@ def test_the_match_line_tests_the_marker_before_it_starts_detect(tmp_path: Path)
 
 
 def ssh_g(config: Path, *args: str, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(["ssh", "-F", str(config), "-G", *args], capture_output=True,
-                         text=True, timeout=30, check=True, env=env).stdout  # fmt: skip
+    out = run_command_sync("ssh", "-F", str(config), "-G", *args, env=env, replace_env=True,
+                           timeout=30, check=True).out  # fmt: skip
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
