@@ -1,7 +1,8 @@
 """Server markers: the drop-in's ``test -f`` answers "MeshSSH?" without starting Python.
 
 - the Match line tests ``<marks>/%p/%h`` first and runs ``meshssh ssh detect`` only without a
-  marker; real OpenSSH (``ssh -G`` and full connections through the proxy) follows it;
+  marker; real OpenSSH (``ssh -G``) follows it (a full connection through the proxy:
+  ``cli/tests/test_ssh_detect_config.py``);
 - a real agent keeps the markers from its remote peers' heartbeats (the test publishes them on
   the real bus the way a remote agent does), lets them expire, and removes them on ``down``.
 """
@@ -17,11 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import PEER_IP, PEER_NAME, Mesh
 from nats.aio.client import Client as NATS
 
 from meshssh_agent.server_marks import ServerMarks, write_marks
-from meshssh_agent.ssh_config import DropIn, install, render
+from meshssh_agent.ssh_config import DropIn, render
 from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer
 from meshssh_testkit import openssh_available, script
@@ -90,29 +90,6 @@ def test_openssh_takes_a_marked_host_without_detect_and_falls_back_without_a_mar
     assert probes.read_text().splitlines() == [
         "ssh detect peer-2 22", "ssh detect peer-1 2222", "ssh detect PEER-1 22",
     ]  # fmt: skip
-
-
-async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
-    mesh: Mesh, tmp_path: Path
-) -> None:
-    calls = tmp_path / "calls"
-    logging_launcher = tmp_path / "meshssh-logged"
-    logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')
-    logging_launcher.chmod(0o755)
-    marks = mesh.state_dir / "ssh-servers"
-    dropin = DropIn(str(logging_launcher), mesh.state_dir, marks)
-    install(render([PEER_NAME, PEER_IP], dropin), mesh.dropin)
-
-    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")  # no marker yet: detect runs
-    assert result.returncode == 0, result.err
-    assert calls.read_text().splitlines() == ["ssh detect", "ssh proxy"]
-
-    write_marks(marks, [(mesh.peer.port, PEER_NAME)])
-    calls.unlink()
-    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")
-    assert result.returncode == 0, result.err
-    assert result.out == "via-proxy\n"
-    assert calls.read_text().splitlines() == ["ssh proxy"]  # the marker answered for detect
 
 
 def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
