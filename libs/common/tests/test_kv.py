@@ -144,3 +144,25 @@ async def test_follow_resumes_quickly_after_nats_restarts(nats_server: NatsServe
         assert seen[-1] == 2
     finally:
         await nc.close()
+
+
+async def test_follow_raises_what_is_not_an_outage(nc: NATS) -> None:
+    class Boom(Exception):
+        pass
+
+    def explode(key: str, error: WireError) -> None:
+        raise Boom(key)  # a bug in the consumer's hook: the pump dies with it
+
+    raw = await open_bucket(nc.jetstream(), "t-follow-bug")
+    kv = TypedKV(raw, wire.MetaReply, on_bad_value=explode)
+    retried: list[Exception] = []
+    await raw.put("k", b"garbage")
+
+    async def drain() -> None:
+        async with asyncio.timeout(5):
+            async for _ in kv.follow("k", nc, on_retry=retried.append):
+                pass
+
+    with pytest.raises(Boom):
+        await drain()
+    assert retried == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -37,6 +38,9 @@ __all__ = ["KvEntry", "KvEvent", "TypedKV", "open_bucket"]
 T = TypeVar("T")
 
 _DELETE_OPS = ("DEL", "PURGE")
+# Failures of a watch that mean "NATS is away": follow() retries these and raises the rest.
+_OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
+_log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
@@ -210,15 +214,27 @@ class TypedKV(Generic[T]):
                 await asyncio.wait_for(stop, 2)
 
     async def follow(
-        self, keys: str, nc: NATS, *, check_every: float = 0.5
+        self,
+        keys: str,
+        nc: NATS,
+        *,
+        check_every: float = 0.5,
+        on_retry: Callable[[Exception], None] | None = None,
     ) -> AsyncIterator[KvEvent[T]]:
         """Like :meth:`watch`, forever, restarting the watch after every NATS reconnect.
 
         After nats-server restarts, a JetStream watch can stay silent for ~15 s until its
-        ordered consumer notices. This restarts it as soon as the client has reconnected (and
-        after a failed watch, e.g. during an outage), so the current values and an
-        ``initial_done`` marker are yielded again: consumers must treat events idempotently
-        (maps: apply only a higher serial).
+        ordered consumer notices. This restarts it as soon as the client has reconnected, so
+        the current values and an ``initial_done`` marker are yielded again: consumers must
+        treat events idempotently (maps: apply only a higher serial).
+
+        A watch that fails because NATS is away (a NATS or JetStream error, a timeout, a
+        socket error) is reported to ``on_retry`` (a warning in this module's log when None)
+        and started again after ``check_every`` seconds. Any other failure is a bug, not an
+        outage: it is raised from here with its own type, never swallowed.
+
+        Raises:
+            Exception: the watch failed with anything but an outage.
         """
         while True:
             seen = int(nc.stats["reconnects"])
@@ -227,7 +243,11 @@ class TypedKV(Generic[T]):
             try:
                 while int(nc.stats["reconnects"]) == seen:
                     if pump.done() and events.empty():
-                        await asyncio.sleep(check_every)  # the watch failed: retry shortly
+                        error = pump.exception() or Unavailable(f"the watch of {keys} ended")
+                        if not isinstance(error, _OUTAGE):
+                            raise error
+                        (on_retry or _log_retry)(error)
+                        await asyncio.sleep(check_every)
                         break
                     try:
                         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
@@ -246,3 +266,7 @@ class TypedKV(Generic[T]):
     async def _pump(self, keys: str, events: asyncio.Queue[KvEvent[T]]) -> None:
         async for ev in self.watch(keys):
             await events.put(ev)
+
+
+def _log_retry(error: Exception) -> None:
+    _log.warning("KV watch failed; retrying", extra={"error": repr(error)})

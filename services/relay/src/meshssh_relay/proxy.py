@@ -23,15 +23,15 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Coroutine
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.settings import split_host_port
-from meshssh_relay.netmap_watch import MapHolder
+from meshssh_common.tasks import TaskSet
 from meshssh_relay.pump import Pipe
 from meshssh_relay.settings import RelaySettings
 
@@ -94,7 +94,7 @@ class ProxyRelay:
     def __init__(
         self,
         settings: RelaySettings,
-        holder: MapHolder,
+        holder: PeerMap,
         metrics: RelayMetrics,
         log: BoundLogger,
     ) -> None:
@@ -105,7 +105,7 @@ class ProxyRelay:
         self.address: tuple[str, int] = ("", 0)
         self._listener: socket.socket | None = None
         self._pipes: set[Pipe] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log)
         self._dialing = 0
         self._drained: asyncio.Event | None = None  # set by stop(): the last pipe ended
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,7 +137,7 @@ class ProxyRelay:
         self._listener = sock
         self._loop = asyncio.get_running_loop()
         self.address = (host, int(sock.getsockname()[1]))
-        self._spawn(self._accept_loop(sock))
+        self._tasks.spawn(self._accept_loop(sock), "accept")
         self.log.info("relay listening", extra={"address": f"{host}:{self.address[1]}"})
 
     async def stop(self, *, linger: float = 0.0) -> None:
@@ -150,10 +150,7 @@ class ProxyRelay:
         """
         if self._listener is not None:
             self._listener.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close(timeout=self.settings.shutdown_grace)
         if self._pipes and linger > 0:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -164,11 +161,6 @@ class ProxyRelay:
             pipe.abort()
         for pipe in pipes:
             await asyncio.to_thread(pipe.join, 2.0)
-
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -200,7 +192,7 @@ class ProxyRelay:
         else:
             self._refuse(client, "ssh_off", source)
             return
-        self._spawn(self._dial(client, prefix, target, kind, source))
+        self._tasks.spawn(self._dial(client, prefix, target, kind, source), "dial")
 
     def _refuse(self, client: socket.socket, reason: str, source: tuple[str, int]) -> None:
         self.metrics.connections.labels(result=reason).inc()

@@ -23,10 +23,10 @@ import sys
 from typing import cast
 
 from meshssh_common.errors import ConfigError
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.service import ServiceContext
 from meshssh_common.settings import split_host_port
 from meshssh_common.wire import NetworkMap
-from meshssh_relay.netmap_watch import MapHolder, watch_netmap
 from meshssh_relay.nftables import NftRedirect
 from meshssh_relay.proxy import ProxyRelay, RelayMetrics
 from meshssh_relay.settings import RelaySettings
@@ -54,7 +54,7 @@ def build_redirect(settings: RelaySettings) -> NftRedirect | None:
 async def _reconcile(
     ctx: ServiceContext,
     redirect: NftRedirect,
-    holder: MapHolder,
+    holder: PeerMap,
     changed: asyncio.Event,
     metrics: RelayMetrics,
 ) -> None:
@@ -87,10 +87,11 @@ async def serve(ctx: ServiceContext) -> None:
     # a waking thread from waiting up to 5 ms behind another (connection setup latency).
     sys.setswitchinterval(0.0005)
     metrics = RelayMetrics(ctx.metrics)
-    holder = MapHolder()
+    log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
+    holder = PeerMap(log=log, metrics=ctx.metrics)
     changed = asyncio.Event()
 
-    def on_change(netmap: NetworkMap | None) -> None:
+    def on_change(_old: NetworkMap | None, netmap: NetworkMap | None) -> None:
         metrics.map_serial.set(netmap.serial if netmap else 0)
         metrics.ssh_enabled.set(1 if holder.ssh_enabled else 0)
         changed.set()
@@ -100,14 +101,11 @@ async def serve(ctx: ServiceContext) -> None:
     proxy = None
     if settings.mode == "proxy" or settings.native_upstream:
         proxy = ProxyRelay(settings, holder, metrics, ctx.log)
-    log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
     try:
         if proxy is not None:
             await proxy.start()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                watch_netmap(ctx.nc, settings.peer_id, holder, log=log, metrics=ctx.metrics)
-            )
+            tg.create_task(holder.follow(ctx.nc, settings.peer_id))
             if redirect is not None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
             else:

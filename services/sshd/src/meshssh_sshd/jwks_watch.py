@@ -48,6 +48,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
+from meshssh_common.tasks import TaskSet
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
 from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
@@ -104,7 +105,7 @@ class JwksWatch:
         self._next: _Batch | None = None  # collecting kids, not sent yet
         self._send_lock = asyncio.Lock()
         self._last_sent = -float("inf")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log)
         self.snapshot: JwksSnapshot | None = None
 
     async def wait_initial(self, timeout: float) -> bool:
@@ -141,9 +142,7 @@ class JwksWatch:
         batch = self._next
         if batch is None:
             batch = self._next = _Batch()
-            batch.task = asyncio.create_task(self._send(batch))
-            self._tasks.add(batch.task)
-            batch.task.add_done_callback(self._tasks.discard)
+            batch.task = self._tasks.spawn(self._send(batch), "jwks-refresh")
         elif kid not in batch.kids and len(batch.kids) >= _MAX_WAITING:
             self._metrics.jwks_refreshes.labels(result="throttled_global").inc()
             return False
@@ -233,9 +232,7 @@ class JwksWatch:
                 raise_if_cancelling()
                 await asyncio.sleep(_RETRY)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.close()
 
     async def _watch(self) -> None:
         kv = await open_bucket(self._js, subjects.BUCKET_JWKS)

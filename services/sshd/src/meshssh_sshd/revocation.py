@@ -9,7 +9,7 @@ and counted by reason.
 Example::
 
     revoker = Revoker(core)
-    maps.set_on_change(revoker.on_map)
+    maps.on_change(revoker.on_map)
 """
 
 from __future__ import annotations
