@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from meshssh_agent.settings import default_state_dir
+from meshssh_agent.state_dir import default_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import MeshError
 from meshssh_common.wire.agent import AgentStatus

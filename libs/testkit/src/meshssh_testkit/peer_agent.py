@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.process import script, terminate
 
 __all__ = ["AgentProcess", "agent_request", "pid_alive"]
@@ -42,7 +43,7 @@ def pid_alive(pid: int) -> bool:
 
 async def agent_request(state_dir: Path, request: dict[str, Any], timeout: float = 5) -> Status:
     """Send one request to the agent of ``state_dir``; returns the decoded reply."""
-    path = state_dir / "agent.sock"
+    path = state_dir / SOCKET_NAME
     fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)  # sun_path is short: go via /proc
     try:
         async with asyncio.timeout(timeout):
