@@ -72,3 +72,15 @@ async def test_close_gives_up_on_a_task_that_ignores_cancellation() -> None:
     release.set()
     await asyncio.sleep(0.05)
     assert len(tasks) == 0
+
+
+async def test_cancel_asks_every_task_to_stop_without_waiting() -> None:
+    tasks = TaskSet(service_logger("test"))
+    sleeper = tasks.spawn(asyncio.sleep(3600), "sleeper")
+    await asyncio.sleep(0)
+    tasks.cancel()
+    assert not sleeper.done()  # asked, not awaited
+    await asyncio.gather(sleeper, return_exceptions=True)
+    assert sleeper.cancelled()
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert len(tasks) == 0

@@ -30,51 +30,19 @@ import contextlib
 import ipaddress
 from collections.abc import Callable
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from meshssh_common import subjects
-from meshssh_common.errors import WireError
-from meshssh_common.kv import TypedKV
+from meshssh_common.errors import BadReason, WireError
+from meshssh_common.kv import TypedKV, open_existing_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
 
-__all__ = ["MapListener", "PeerMap", "open_existing_bucket"]
+__all__ = ["MapListener", "PeerMap"]
 
 MapListener = Callable[[NetworkMap | None, NetworkMap | None], None]
 """Called with ``(old, new)`` after each applied change; ``new`` is None when removed."""
-
-_FIRST_DELAY = 0.2
-_MAX_DELAY = 2.0
-
-
-async def open_existing_bucket(
-    js: JetStreamContext, name: str, *, log: BoundLogger | None = None
-) -> KeyValue:
-    """Bind to bucket ``name``, waiting (with backoff, until cancelled) until it exists.
-
-    Never creates it: the management plane owns its configuration (replicas, history).
-    """
-    delay = _FIRST_DELAY
-    warned = False
-    while True:
-        try:
-            return await js.key_value(name)
-        except (
-            nats.js.errors.BucketNotFoundError,
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError,
-        ) as e:
-            if log is not None and not warned:
-                log.warning("waiting for bucket", extra={"bucket": name, "error": repr(e)})
-                warned = True
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _MAX_DELAY)
 
 
 class PeerMap:
@@ -175,7 +143,7 @@ class PeerMap:
                 self._log.exception("network map listener failed")
 
     def _bad_value(self, key: str, error: WireError) -> None:
-        self._metrics.bad_messages.labels(endpoint="netmap", reason="invalid").inc()
+        self._metrics.bad_messages.labels(endpoint="netmap", reason=BadReason.INVALID).inc()
         self._log.warning(
             "ignored an undecodable network map", extra={"key": key, "error": str(error)}
         )

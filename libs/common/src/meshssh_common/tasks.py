@@ -54,6 +54,11 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def cancel(self) -> None:
+        """Ask every task to stop, without waiting (for synchronous callbacks)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     def names(self) -> list[str]:
         """The names of the tasks still running."""
         return sorted(task.get_name() for task in self._tasks)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import cast
 
 from meshssh_common.errors import ConfigError
 from meshssh_common.peer_map import PeerMap
@@ -52,7 +51,7 @@ def build_redirect(settings: RelaySettings) -> NftRedirect | None:
 
 
 async def _reconcile(
-    ctx: ServiceContext,
+    ctx: ServiceContext[RelaySettings],
     redirect: NftRedirect,
     holder: PeerMap,
     changed: asyncio.Event,
@@ -80,9 +79,9 @@ async def _reconcile(
         await changed.wait()
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[RelaySettings]) -> None:
     """Run the relay until cancelled (see the module docstring)."""
-    settings = cast(RelaySettings, ctx.settings)
+    settings = ctx.settings
     # Pump threads hand the GIL back and forth on every chunk; a short switch interval keeps
     # a waking thread from waiting up to 5 ms behind another (connection setup latency).
     sys.setswitchinterval(0.0005)

@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import uuid
-from typing import cast
 
 import asyncssh
 
@@ -81,9 +80,9 @@ def find_sftp_server(configured: str | None) -> str | None:
 class SshServer:
     """One running SSH server; ``address`` and ``core`` are set once it listens."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext[SshdSettings]) -> None:
         self.ctx = ctx
-        self.settings = cast(SshdSettings, ctx.settings)
+        self.settings = ctx.settings
         self.address: tuple[str, int] | None = None
         self.host_key: HostKey | None = None
         self.core: SshdCore | None = None
@@ -262,6 +261,6 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[SshdSettings]) -> None:
     """The service body run by :func:`meshssh_common.service.run_service`."""
     await SshServer(ctx).run()
