@@ -200,7 +200,7 @@ class Agent:
             self._lock = lock  # held until the process exits (see the module docstring)
             self.log.info("agent stopped")
 
-    async def serve(self, ctx: ServiceContext) -> None:
+    async def serve(self, ctx: ServiceContext[AgentSettings]) -> None:
         """The runner's body: register, then follow the map until cancelled (then drain)."""
         self.nc, self.ops_url = ctx.nc, ctx.ops_url
         try:
