@@ -17,6 +17,7 @@ from meshssh_agent.dropin import dropin_enabled, sync_dropin
 from meshssh_agent.peers import PeerEntry, find_peer
 from meshssh_agent.server_marks import write_marks
 from meshssh_agent.ssh_config import DropIn, install, render
+from meshssh_common.wire.agent import SOCKET_NAME
 
 
 async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,
@@ -149,7 +150,7 @@ async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_
     assert rc == 2
     rc, _, err = await run_launcher(meshssh, "ssh", "--state-dir", str(tmp_path), PEER_NAME, "true")
     assert rc == 255
-    assert f"no meshssh agent socket at {tmp_path / 'agent.sock'}" in err
+    assert f"no meshssh agent socket at {tmp_path / SOCKET_NAME}" in err
     assert "Check that `meshssh up` is running for this --state-dir" in err
 
 

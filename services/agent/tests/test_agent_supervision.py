@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer, SessionInfo, SessionsReport
+from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
@@ -155,7 +156,7 @@ async def test_down_stops_everything_and_leaves_no_process(
             assert await agent.proc.wait() == 0
         for pid in pids:
             assert not pid_alive(pid)
-        assert not (tmp_path / "state" / "agent.sock").exists()
+        assert not (tmp_path / "state" / SOCKET_NAME).exists()
     finally:
         await agent.stop()
 
@@ -266,8 +267,8 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
         assert all(
             a.child(s, "relay")["restarts"] == 0 for a, s in zip(agents, statuses, strict=True)
         )
-        assert (tmp_path / "p1" / "agent.sock").exists()
-        assert (tmp_path / "p2" / "agent.sock").exists()
+        assert (tmp_path / "p1" / SOCKET_NAME).exists()
+        assert (tmp_path / "p2" / SOCKET_NAME).exists()
     finally:
         for agent in agents:
             await agent.stop()

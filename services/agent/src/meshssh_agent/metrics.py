@@ -15,9 +15,27 @@ Example::
 
 from __future__ import annotations
 
+import enum
+
 from meshssh_common.metrics import ServiceMetrics
 
-__all__ = ["AgentMetrics"]
+__all__ = ["AgentMetrics", "SocketOutcome", "TokenLookup"]
+
+
+class SocketOutcome(enum.StrEnum):
+    """How a socket request ended (``socket_requests_total{outcome}``)."""
+
+    OK = "ok"
+    DENIED = "denied"  # a control request from another user
+    ERROR = "error"
+    ABANDONED = "abandoned"  # the caller hung up during a login
+
+
+class TokenLookup(enum.StrEnum):
+    """Whether the caller's token was cached (``token_cache_lookups_total{result}``)."""
+
+    HIT = "hit"
+    MISS = "miss"
 
 
 class AgentMetrics:
@@ -38,10 +56,10 @@ class AgentMetrics:
         self.token_lookups = base.counter(
             "token_cache_lookups",
             "Token lookups on the agent socket by result",
-            ("result",),  # hit | miss
+            ("result",),  # TokenLookup
         )
         self.socket_requests = base.counter(
             "socket_requests",
             "Agent socket requests by op and outcome",
-            ("op", "outcome"),  # op: status|down|configure|token-*; outcome: see the docstring
+            ("op", "outcome"),  # op: the request's tag (status, down...); outcome: SocketOutcome
         )

@@ -26,7 +26,7 @@ from typing import Protocol
 import msgspec
 
 from meshssh_agent.control.server import Caller, Send
-from meshssh_agent.metrics import AgentMetrics
+from meshssh_agent.metrics import AgentMetrics, SocketOutcome, TokenLookup
 from meshssh_agent.tokens import AgentTokenCache
 from meshssh_common.errors import MeshError
 from meshssh_common.logs import BoundLogger
@@ -84,23 +84,22 @@ class AgentRequests:
 
     async def handle(self, request: Request, caller: Caller, send: Send) -> Reply:
         """Answer one request from ``caller`` (``send`` writes intermediate lines)."""
-        op = type(request).__struct_config__.tag
+        op = str(type(request).__struct_config__.tag)
         try:
             reply = await self._answer(request, caller, send)
-        except MeshError:
-            self._requests.labels(op=str(op), outcome="error").inc()
-            raise
         except asyncio.CancelledError:
-            self._requests.labels(op=str(op), outcome="abandoned").inc()
+            self._requests.labels(op=op, outcome=SocketOutcome.ABANDONED).inc()
             raise
         except Exception:
-            self._requests.labels(op=str(op), outcome="error").inc()
+            self._requests.labels(op=op, outcome=SocketOutcome.ERROR).inc()
             raise
-        if isinstance(reply, ErrorReply):
-            outcome = "denied" if reply.code == "denied" else "error"
+        if not isinstance(reply, ErrorReply):
+            outcome = SocketOutcome.OK
+        elif reply.code == "denied":
+            outcome = SocketOutcome.DENIED
         else:
-            outcome = "ok"
-        self._requests.labels(op=str(op), outcome=outcome).inc()
+            outcome = SocketOutcome.ERROR
+        self._requests.labels(op=op, outcome=outcome).inc()
         return reply
 
     async def _answer(self, request: Request, caller: Caller, send: Send) -> Reply:
@@ -126,7 +125,8 @@ class AgentRequests:
                 return OkReply(message=f"flags updated (map serial {serial})")
             case TokenGetRequest(login=login):
                 entry = self.agent.tokens.peek(caller.uid)
-                self._lookups.labels(result="hit" if entry is not None else "miss").inc()
+                result = TokenLookup.HIT if entry is not None else TokenLookup.MISS
+                self._lookups.labels(result=result).inc()
                 if entry is not None:
                     return TokenReply(token=entry.token, expires_at=entry.valid_until, cached=True)
                 if not login:
