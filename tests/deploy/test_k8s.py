@@ -9,7 +9,6 @@ budgets, replicated JetStream state in prod) hold in the built output.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.process import run_command_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["dev", "prod"]
@@ -27,12 +27,9 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 def build(overlay: str) -> list[dict[str, Any]]:
     need_tool(shutil.which("kubectl") is not None, "kubectl (kustomize)")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    out = run_command_sync("kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay),
+                           check=True)  # fmt: skip
+    return [d for d in yaml.safe_load_all(out.out) if d]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

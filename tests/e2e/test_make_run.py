@@ -7,7 +7,9 @@ OS picks. The demo's peers sit on fixed addresses (127.0.0.2:22 and :22022, 127.
 only one demo can run per network namespace:
 
 - tests that start a demo take turns on the abstract socket ``@meshssh-demo-tests`` (safe under
-  pytest-xdist: a worker waits for the other's demo to stop);
+  pytest-xdist, and across test runs of other checkouts on this machine: one waits for the
+  other's demo to stop); under ``--dist loadgroup`` they also share one xdist group, so they
+  run one after another on one worker instead of holding several workers that wait;
 - when a demo that no test started is up (a developer's ``make run``; it holds
   ``@meshssh-demo``, see ``scripts/demo_lock.py``), or one starts at the same moment, the
   test skips and says where that demo is.
@@ -47,7 +49,7 @@ from demo_lock import holder_info  # noqa: E402
 TEST_LOCK = "\0meshssh-demo-tests"
 START_TIMEOUT = 180.0  # nats, authn, policy, two agents and demo-server's sshd and relay
 STOP_TIMEOUT = 60.0
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("make-run-demo")]
 
 
 def start_time(pid: int) -> int | None:

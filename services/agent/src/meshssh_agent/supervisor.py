@@ -98,6 +98,8 @@ class Child:
         self.last_exit: int | None = None
         self.ops_url = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._cause = ""  # the first error line of the latest run that logged one
+        self._run_errored = False
         self.desired = False
         self._restart = False
         self._closing = False
@@ -107,11 +109,20 @@ class Child:
 
     @property
     def last_error(self) -> str:
-        """The last line the child wrote that looks like an error (for ``status``)."""
-        for line in reversed(self.tail):
-            if "bad setting" in line or " error " in line or "Traceback" in line:
-                return line
-        return ""
+        """Why the child last failed (for ``status``).
+
+        The first line that looks like an error in the latest run that wrote one: what a
+        failing service logs while it shuts down (e.g. uvicorn giving up on a connection)
+        comes after the cause.
+        """
+        return self._cause
+
+    def _note(self, line: str) -> None:
+        self.tail.append(line)
+        if not self._run_errored and (
+            "bad setting" in line or " error " in line or "Traceback" in line
+        ):
+            self._cause, self._run_errored = line, True
 
     @property
     def up(self) -> bool:
@@ -198,6 +209,7 @@ class Child:
         """Run one process; returns its exit code, or None when we stopped it ourselves."""
         argv = self.argv()
         self._set("starting")
+        self._run_errored = False
         self.ops_url = ""
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -209,7 +221,7 @@ class Child:
                 preexec_fn=_die_with(os.getpid()),
             )
         except OSError as e:
-            self.tail.append(f"cannot start {argv[0]}: error {e}")
+            self._note(f"cannot start {argv[0]}: error {e}")
             self.last_exit = 127
             return 127
         self._proc, self.pid = proc, proc.pid
@@ -276,7 +288,7 @@ class Child:
         # Forward the child's log into ours, keep a tail for status, learn its ops URL.
         while line := await stream.readline():
             text = line.decode(errors="replace").rstrip()
-            self.tail.append(text)
+            self._note(text)
             sys.stderr.write(f"[{self.name}] {text}\n")
             if not self.ops_url and (m := _OPS.search(text)):
                 self.ops_url = m[1]
