@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory
 
 
 async def get(url: str) -> httpx.Response:
@@ -42,22 +41,18 @@ async def wait_ready(url: str, want: bool) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1, ssh_enabled=True))
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
 
 
 async def test_ready_when_registered_with_a_map_and_children_up_and_metrics_follow(
-    nats_url: str, policy: PolicyStandIn
+    nats_url: str, policy: Management
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="mso-") as root:
         state = Path(root) / "state"
         agent = await AgentProcess.start(
             state, "--mesh-ip", "127.0.0.2", "--name", "server", "--nats-url", nats_url,
-            "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+            "--setup-key", SERVER_KEY, "--ssh-port", "0", "--relay-port", "0",
             "--relay-mode", "proxy", "--allow-server-ssh", "--agent-ops-listen", "127.0.0.1:0",
         )  # fmt: skip
         try:
@@ -68,15 +63,19 @@ async def test_ready_when_registered_with_a_map_and_children_up_and_metrics_foll
             assert ready["checks"] == {
                 "nats": True, "serving": True, "registered": True, "map": True, "children": True,
             }  # fmt: skip
+            status = await agent.status()
             text = (await get(f"{url}/metrics")).text
-            assert metric(text, "meshssh_agent_map_serial") == 1
+            assert metric(text, "meshssh_agent_map_serial") == status["serial"] > 0
             assert metric(text, "meshssh_agent_ready") == 1
             assert metric(text, "meshssh_agent_map_age_seconds") >= 0
 
-            await policy.publish(make_map(2, ssh_enabled=False))  # SSH off: children stop
-            await agent.wait_status(lambda s: s["serial"] == 2 and not s.get("ssh_running"))
+            first = status["serial"]
+            await policy.patch_peer("server", ssh_enabled=False)  # the dashboard switch
+            status = await agent.wait_status(
+                lambda s: s["serial"] > first and not s.get("ssh_running")
+            )
             text = (await get(f"{url}/metrics")).text
-            assert metric(text, "meshssh_agent_map_serial") == 2
+            assert metric(text, "meshssh_agent_map_serial") >= status["serial"]
             ready = await wait_ready(url, True)  # once the relay has drained too
             assert ready["checks"]["children"]  # nothing that should run is down
             status = await agent.status()

@@ -11,27 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import agent_request
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
 
-KEY = "msk-0123456789abcdef-secret"
+KEY = SERVER_KEY  # the real meshssh-policy's seed: a server with SSH enabled
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1), setup_key=KEY)
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path / "policy")
 
 
 async def meshssh(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -51,7 +46,7 @@ def proc_file(pid: int, name: str) -> bytes:
 
 @pytest.mark.parametrize("way", ["env", "file", "argv"])
 async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn, way: str
+    tmp_path: Path, nats_url: str, policy: Management, way: str
 ) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if k != "MESHSSH_SETUP_KEY"}
@@ -72,7 +67,7 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
     try:
         code, _, err = await meshssh(*args, env=env)
         assert code == 0, err
-        assert policy.registers[0].setup_key == KEY  # it did arrive
+        assert (await policy.peer("server"))["ssh_enabled"]  # the key did arrive
         assert ("warning: --setup-key puts the key" in err) == (way == "argv")
         async with asyncio.timeout(20):
             while True:
@@ -93,7 +88,7 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
 
 
 async def test_an_unreadable_key_file_is_a_bad_setting_named_by_its_flag(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str
 ) -> None:
     code, _, err = await meshssh(
         "up", "--state-dir", str(tmp_path / "state"), "--mesh-ip", "127.0.0.2",

@@ -30,10 +30,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common.wire.agent import SOCKET_NAME
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import LAPTOP_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess, agent_request
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory, need_tool
 
 _ACCOUNTS_LOCK = Path("/run/lock/meshssh-tests-useradd.lock")  # shared with the testkit's
 _CLIENT = """
@@ -116,11 +115,13 @@ def short_state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def agent(nc: NATS, nats_url: str, short_state_dir: Path) -> AsyncIterator[AgentProcess]:
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, ssh_enabled=False))
+async def agent(
+    nc: NATS, nats_url: str, short_state_dir: Path, tmp_path: Path, services: ServiceFactory
+) -> AsyncIterator[AgentProcess]:
+    await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
     proc = await AgentProcess.start(
-        short_state_dir, "--mesh-ip", "127.0.0.2", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        short_state_dir, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
         "--ssh-jwt-cache-ttl", "120",
     )  # fmt: skip
     try:
@@ -128,7 +129,6 @@ async def agent(nc: NATS, nats_url: str, short_state_dir: Path) -> AsyncIterator
         yield proc
     finally:
         await proc.stop()
-        await policy.stop()
 
 
 async def as_user(uid: int, state_dir: Path, token: str) -> dict[str, object]:
