@@ -1,6 +1,7 @@
 """The agent keeps the OpenSSH drop-in current as its map changes, removes it on ``meshssh
-down``, and honours the opt-outs. A real agent process; the management plane is the
-``policy_standin`` of the testkit. The drop-in always goes to a temp path."""
+down``, and honours the opt-outs. A real agent process (a user's peer); the management plane
+is the real meshssh-policy (testkit ``Management``), where servers come and go as an operator
+and their own agents make them. The drop-in always goes to a temp path."""
 
 from __future__ import annotations
 
@@ -8,25 +9,37 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_common.wire import RemotePeer
+from meshssh_common import subjects
+from meshssh_common.rpc import request
+from meshssh_common.wire import PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit import script
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
-SERVER = RemotePeer(id="p2", name="demo-server", mesh_ip="127.0.0.2", ssh_host_key=KEY)
-DB = RemotePeer(id="p3", name="db", mesh_ip="127.0.0.4", ssh_host_key=KEY)
-NO_KEY = RemotePeer(id="p4", name="printer", mesh_ip="127.0.0.5")
+
+@pytest.fixture
+async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
+    management = await Management.start(services, nats_url, nc, tmp_path / "policy")
+    await management.register("demo-server", "127.0.0.2", key=SERVER_KEY)
+    return management
+
+
+async def register_keyless(nc: NATS, name: str, mesh_ip: str) -> None:
+    """A server that reported no SSH host key (nothing for the drop-in to pin)."""
+    req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=PeerMeta(version="0.1.0"),
+                          setup_key=SERVER_KEY, ssh_host_key="")  # fmt: skip
+    await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
 
 
 async def start_agent(state: Path, nats_url: str, *args: str,
                       env: dict[str, str] | None = None) -> AgentProcess:  # fmt: skip
     agent = await AgentProcess.start(
         state, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0", *args, env=env,
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0", *args, env=env,
     )  # fmt: skip
     await agent.wait_status(lambda s: s["registered"])
     return agent
@@ -48,11 +61,9 @@ def text(path: Path) -> str:
 
 
 async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
-    nc: NATS, nats_url: str, tmp_path: Path
+    nc: NATS, nats_url: str, tmp_path: Path, policy: Management
 ) -> None:
     dropin = tmp_path / "ssh" / "99-meshssh.conf"
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip="127.0.0.3",
-                                       ssh_enabled=False, remote_peers=[SERVER]))  # fmt: skip
     state = tmp_path / "state"
     agent = await start_agent(state, nats_url, "--ssh-config-file", str(dropin))
     try:
@@ -62,13 +73,15 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
         assert f"--state-dir {state}" in first
         assert "ssh proxy" in first
 
-        await policy.publish(make_map(2, mesh_ip="127.0.0.3", ssh_enabled=False,
-                                      remote_peers=[SERVER, DB, NO_KEY]))  # fmt: skip
+        await register_keyless(nc, "printer", "127.0.0.5")
+        await policy.register("db", "127.0.0.4", key=SERVER_KEY)
         await until(lambda: "127.0.0.4" in text(dropin), "a new peer is added")
-        assert "printer" not in text(dropin)  # no pinned host key: plain OpenSSH handles it
+        status = await agent.status()
+        assert "printer" in {p["name"] for p in status["peers"]}  # in the map...
+        assert "printer" not in text(dropin)  # ...but no pinned host key: plain OpenSSH's
 
-        await policy.publish(make_map(3, mesh_ip="127.0.0.3", ssh_enabled=False,
-                                      remote_peers=[DB]))  # fmt: skip
+        server_id = (await policy.peer("demo-server"))["id"]
+        await policy.call("DELETE", f"/peers/{server_id}")  # the operator removes it
         await until(lambda: "demo-server" not in text(dropin), "a removed peer goes away")
         assert "127.0.0.4" in text(dropin)
 
@@ -82,27 +95,21 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
         assert not dropin.exists()
     finally:
         await agent.stop()
-        await policy.stop()
 
 
 async def test_with_the_opt_out_the_agent_keeps_no_dropin(
-    nc: NATS, nats_url: str, tmp_path: Path
+    nats_url: str, tmp_path: Path, policy: Management
 ) -> None:
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip="127.0.0.3",
-                                       ssh_enabled=False, remote_peers=[SERVER]))  # fmt: skip
-    try:
-        for n, (args, env) in enumerate(
-            [(("--disable-ssh-config",), {}), ((), {"MESHSSH_DISABLE_SSH_CONFIG": "1"})]
-        ):
-            dropin = tmp_path / f"dropin-{n}.conf"
-            dropin.write_text("# left from before\n")
-            agent = await start_agent(tmp_path / "state", nats_url, *args,
-                                      "--ssh-config-file", str(dropin), env=env)  # fmt: skip
-            try:
-                await until(dropin_gone(dropin), "the opted-out agent removes the file")
-                await asyncio.sleep(0.3)  # a late write would show up here
-                assert not dropin.exists()
-            finally:
-                assert await agent.stop() == 0
-    finally:
-        await policy.stop()
+    for n, (args, env) in enumerate(
+        [(("--disable-ssh-config",), {}), ((), {"MESHSSH_DISABLE_SSH_CONFIG": "1"})]
+    ):
+        dropin = tmp_path / f"dropin-{n}.conf"
+        dropin.write_text("# left from before\n")
+        agent = await start_agent(tmp_path / "state", nats_url, *args,
+                                  "--ssh-config-file", str(dropin), env=env)  # fmt: skip
+        try:
+            await until(dropin_gone(dropin), "the opted-out agent removes the file")
+            await asyncio.sleep(0.3)  # a late write would show up here
+            assert not dropin.exists()
+        finally:
+            assert await agent.stop() == 0
