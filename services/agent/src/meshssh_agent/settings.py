@@ -23,9 +23,9 @@ import ipaddress
 import platform
 import socket
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshssh_agent.state_dir import StateDir, default_name, default_state_dir
@@ -119,11 +119,12 @@ class AgentSettings(ServiceSettings):
     sshd_bin: str = Field("", description="the meshssh-sshd executable (default: beside this)")
     relay_bin: str = Field("", description="the meshssh-relay executable (default: beside this)")
 
-    @model_validator(mode="after")
-    def _distinct_ports(self) -> Self:
-        if self.ssh_port == self.relay_port and self.ssh_port != 0:
-            raise ValueError("--relay-port must differ from --ssh-port")
-        return self
+    @field_validator("relay_port")
+    @classmethod
+    def _distinct_ports(cls, port: int, info: ValidationInfo) -> int:
+        if port != 0 and port == info.data.get("ssh_port"):
+            raise ValueError("must differ from --ssh-port")
+        return port
 
     @property
     def flags(self) -> PeerFlags:
