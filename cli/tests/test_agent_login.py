@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from meshssh_agent.token_cache import token_times
+from meshssh_agent.tokens import token_times
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.wire.agent import PromptReply
 from meshssh_testkit.management import LAPTOP_KEY, Management

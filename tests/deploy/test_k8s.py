@@ -147,8 +147,12 @@ def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs
     assert "privileged" not in sc
     assert "--allow-server-ssh" in agent["args"]
     ports = {p["name"] for p in agent["ports"]}
-    assert {"sshd-ops", "relay-ops"} <= ports  # what the PodMonitor scrapes
-    # ... on the fixed ports the agent tells its children to listen on
+    assert {"sshd-ops", "relay-ops", "agent-ops"} <= ports  # what the PodMonitor scrapes
+    # ... on the fixed ports the agent listens on and tells its children to listen on
     named = {p["name"]: p["containerPort"] for p in agent["ports"]}
     assert f"--sshd-ops-listen=0.0.0.0:{named['sshd-ops']}" in agent["args"]
     assert f"--relay-ops-listen=0.0.0.0:{named['relay-ops']}" in agent["args"]
+    assert f"--ops-listen=0.0.0.0:{named['agent-ops']}" in agent["args"]
+    # the probes ask the agent itself, on its ops port
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "agent-ops"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "agent-ops"}

@@ -206,11 +206,11 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
     for name, peer in peers.items():
         assert {"name", "mesh_ip", "relay_port", "ssh_port", "state_dir", "ops"} <= set(peer)
         assert peer["name"] == name
-    assert set(peers["demo-server"]["ops"]) == {"sshd", "relay"}  # type: ignore[arg-type]
-    assert peers["demo-laptop"]["ops"] == {}  # its agent runs neither sshd nor the relay
+    assert set(peers["demo-server"]["ops"]) == {"agent", "sshd", "relay"}  # type: ignore[arg-type]
+    assert set(peers["demo-laptop"]["ops"]) == {"agent"}  # type: ignore[arg-type]
 
     urls = ops_urls(e)
-    assert len(urls) == 4
+    assert len(urls) == 6
     async with httpx.AsyncClient(timeout=10) as client:
         for name, url in urls.items():
             r = await client.get(f"{url}/healthz")

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
+from meshssh_common import subjects
+from meshssh_common.kv import open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.settings import ServiceSettings
@@ -94,6 +97,14 @@ async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
         await asyncio.sleep(0.5)
         assert await readyz(proc.ops_url) == 503
         await server.restart()
+        # sshd binds to the buckets policy and authn own and never creates them: make them,
+        # as those services do when they start
+        nc = await nats.connect(url)
+        try:
+            for bucket in (subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS):
+                await open_bucket(nc.jetstream(), bucket)
+        finally:
+            await nc.close()
         await wait_status(proc.ops_url, 200)
     finally:
         await server.stop()

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.wire.agent import ChildStatus
 
 __all__ = ["Child"]
 
@@ -70,6 +71,7 @@ class Child:
         stop_timeout: seconds between SIGTERM and SIGKILL.
         on_killed: awaited after the child had to be SIGKILLed.
         on_change: called after every state change (the agent republishes its heartbeat).
+        on_restart: called with the name at each restart after an unexpected exit (a metric).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Child:
         stop_timeout: float = 1.5,
         on_killed: Callable[[], Awaitable[None]] | None = None,
         on_change: Callable[[], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -88,6 +91,7 @@ class Child:
         self.stop_timeout = stop_timeout
         self.on_killed = on_killed
         self.on_change = on_change
+        self.on_restart = on_restart
         self.state = "stopped"
         self.pid: int | None = None
         self.restarts = 0
@@ -119,6 +123,24 @@ class Child:
             "bad setting" in line or " error " in line or "Traceback" in line
         ):
             self._cause, self._run_errored = line, True
+
+    @property
+    def up(self) -> bool:
+        """Running, or not wanted: nothing to wait for."""
+        return self.state == "running" or (not self.desired and self.state == "stopped")
+
+    def status(self) -> ChildStatus:
+        """The child as ``meshssh status`` shows it."""
+        return ChildStatus(
+            name=self.name,
+            state=self.state,
+            wanted=self.desired,
+            pid=self.pid or 0,
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            last_error=self.last_error,
+            ops_url=self.ops_url,
+        )
 
     def want(self, running: bool) -> None:
         """Say whether the child should run."""
@@ -167,6 +189,8 @@ class Child:
                 continue
             # An unexpected exit: restart after a backoff that a stop request cuts short.
             self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(self.name)
             if time.monotonic() - started >= _HEALTHY_AFTER:
                 backoff = _BACKOFF_FIRST
             self.log.warning(

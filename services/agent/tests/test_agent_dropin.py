@@ -1,7 +1,7 @@
 """The agent keeps the OpenSSH drop-in current as its map changes, removes it on ``meshssh
-down``, and honours the opt-outs. A real agent process; the management plane is the real
-meshssh-policy, where the servers the laptop sees are registered without agents of their own.
-The drop-in always goes to a temp path."""
+down``, and honours the opt-outs. A real agent process (a user's peer); the management plane
+is the real meshssh-policy (testkit ``Management``), where servers come and go as an operator
+and their own agents make them. The drop-in always goes to a temp path."""
 
 from __future__ import annotations
 
@@ -9,15 +9,30 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
+from meshssh_common import subjects
+from meshssh_common.rpc import request
+from meshssh_common.wire import PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
-from meshssh_testkit.process import run_command
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+
+@pytest.fixture
+async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
+    management = await Management.start(services, nats_url, nc, tmp_path / "policy")
+    await management.register("demo-server", "127.0.0.2", key=SERVER_KEY)
+    return management
+
+
+async def register_keyless(nc: NATS, name: str, mesh_ip: str) -> None:
+    """A server that reported no SSH host key (nothing for the drop-in to pin)."""
+    req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=PeerMeta(version="0.1.0"),
+                          setup_key=SERVER_KEY, ssh_host_key="")  # fmt: skip
+    await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
 
 
 async def start_agent(state: Path, nats_url: str, *args: str,
@@ -45,19 +60,10 @@ def text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-async def start_policy(
-    services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path
-) -> Management:
-    policy = await Management.start(services, nats_url, nc, tmp_path / "policy")
-    await policy.register("demo-server", "127.0.0.2", SERVER_KEY, host_key=KEY)
-    return policy
-
-
 async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
-    nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
+    nc: NATS, nats_url: str, tmp_path: Path, policy: Management
 ) -> None:
     dropin = tmp_path / "ssh" / "99-meshssh.conf"
-    policy = await start_policy(services, nats_url, nc, tmp_path)
     state = tmp_path / "state"
     agent = await start_agent(state, nats_url, "--ssh-config-file", str(dropin))
     try:
@@ -67,26 +73,33 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
         assert f"--state-dir {state}" in first
         assert "ssh proxy" in first
 
-        await policy.register("db", "127.0.0.4", SERVER_KEY, host_key=KEY)
-        await policy.register("printer", "127.0.0.5", SERVER_KEY, host_key="")
+        await register_keyless(nc, "printer", "127.0.0.5")
+        await policy.register("db", "127.0.0.4", key=SERVER_KEY)
         await until(lambda: "127.0.0.4" in text(dropin), "a new peer is added")
-        assert "printer" not in text(dropin)  # no pinned host key: plain OpenSSH handles it
+        status = await agent.status()
+        assert "printer" in {p["name"] for p in status["peers"]}  # in the map...
+        assert "printer" not in text(dropin)  # ...but no pinned host key: plain OpenSSH's
 
-        await policy.delete_peer("demo-server")
+        server_id = (await policy.peer("demo-server"))["id"]
+        await policy.call("DELETE", f"/peers/{server_id}")  # the operator removes it
         await until(lambda: "demo-server" not in text(dropin), "a removed peer goes away")
         assert "127.0.0.4" in text(dropin)
 
-        await run_command(script("meshssh"), "down", "--state-dir", str(state), timeout=30,
-                          check=True)  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            script("meshssh"), "down", "--state-dir", str(state),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err
         assert not dropin.exists()
     finally:
         await agent.stop()
 
 
 async def test_with_the_opt_out_the_agent_keeps_no_dropin(
-    nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
+    nats_url: str, tmp_path: Path, policy: Management
 ) -> None:
-    await start_policy(services, nats_url, nc, tmp_path)
     for n, (args, env) in enumerate(
         [(("--disable-ssh-config",), {}), ((), {"MESHSSH_DISABLE_SSH_CONFIG": "1"})]
     ):
