@@ -405,7 +405,7 @@ def _throwaway_user() -> Iterator[str]:
     import subprocess
 
     name = f"msh{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, timeout=30)
+    subprocess.run(["useradd", "-m", "-p", "*", "-s", "/bin/bash", name], check=True, timeout=30)
     try:
         yield name
     finally:
