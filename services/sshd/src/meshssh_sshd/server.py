@@ -195,6 +195,7 @@ class SshServer:
                 "remote_forwarding": core.settings.enable_ssh_remote_port_forwarding,
                 "root": core.settings.enable_ssh_root,
                 "agent_forwarding": core.settings.enable_ssh_agent_forwarding,
+                "permit_open": list(core.settings.ssh_permit_open),
             },
         )
         self.listening.set()

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshssh_common.errors import BadRequest
+from meshssh_common.permit_open import PermitOpen, PermitOpenError
 from meshssh_common.settings import HostPort, ServiceSettings
 from meshssh_common.subjects import token
 
@@ -51,6 +52,11 @@ class SshdSettings(ServiceSettings):
         False,
         description="accept auth-agent-req (ssh -A): sessions get an agent socket that only "
         "the target user can use",
+    )
+    ssh_permit_open: tuple[str, ...] = Field(
+        ("any",),
+        description="repeatable; OpenSSH PermitOpen syntax (HOST:PORT, [V6]:PORT, *:PORT, "
+        "HOST:*, any, none): where -L and -D may connect",
     )
     disable_ssh_auth: bool = Field(
         False, description="no JWT: machine identity, access by network ACL only"
@@ -103,6 +109,19 @@ class SshdSettings(ServiceSettings):
         except BadRequest as e:
             raise ValueError(f"{value!r} is not a valid peer id") from e
         return value
+
+    @field_validator("ssh_permit_open")
+    @classmethod
+    def _permit_open_parses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return PermitOpen.parse(value).specs
+        except PermitOpenError as e:
+            raise ValueError(str(e)) from e
+
+    @property
+    def permit_open(self) -> PermitOpen:
+        """``ssh_permit_open`` parsed (validated when the settings were built)."""
+        return PermitOpen.parse(self.ssh_permit_open)
 
     @field_validator("trusted_relay")
     @classmethod

@@ -35,6 +35,9 @@ class PeerFlags(Part, frozen=True, kw_only=True):
     disable_ssh_auth: bool = False
     jwt_cache_ttl: Count = 0
     agent_forwarding: bool = False
+    # --ssh-permit-open, canonical (meshssh_common.permit_open): ("any",), ("none",) or
+    # HOST:PORT entries.
+    permit_open: tuple[str, ...] = ("any",)
 
 
 class PeerMeta(Part, frozen=True, kw_only=True):
