@@ -180,21 +180,28 @@ async def test_an_unknown_kid_triggers_one_refresh_and_then_succeeds(
     assert sshd.metric("meshssh_sshd_jwks_refreshes_total", result="fetched") == 1
 
 
-async def test_a_source_over_its_failure_limit_is_refused_before_the_banner(
+async def test_a_user_locked_out_from_one_source_still_logs_in_from_another(
     mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
 ) -> None:
     await mesh.publish_map()
-    sshd = await sshd_factory.start(auth_failure_limit=2)
-    client = client_for(sshd)
+    sshd = await sshd_factory.start(auth_failure_limit=2, auth_failure_source_limit=3)
+    attacker = client_for(sshd)
     for _ in range(2):
-        bad = await client.ssh("true", token="not-a-jwt", user=local_user)
+        bad = await attacker.ssh("true", token="not-a-jwt", user=local_user)
         assert bad.returncode == 255
-    assert await banner_of(sshd) == b""
-    good = await client.ssh("true", token=issuer.mint("alice-id"), user=local_user)
+    # The failing source is refused for that user, even with a good token...
+    good = await attacker.ssh("true", token=issuer.mint("alice-id"), user=local_user)
     assert good.returncode == 255
-    assert sshd.metric("meshssh_sshd_connections_total", outcome="rate_limited") == 2
+    assert "too many failed logins" in good.err
+    assert sshd.metric("meshssh_sshd_auth_rejects_total", reason="rate_limited") >= 1
+    # ...while the same user from another source gets in.
     other = client_for(sshd, bind="127.0.0.4")
     assert (await other.ssh("true", token=issuer.mint("alice-id"), user=local_user)).returncode == 0
+    # One more failure (any user) takes the source over its source-wide limit: the gate then
+    # closes its connections before the SSH banner.
+    await attacker.ssh("true", token="not-a-jwt", user="nosuchuser")
+    assert await banner_of(sshd) == b""
+    assert sshd.metric("meshssh_sshd_connections_total", outcome="rate_limited") == 1
 
 
 async def test_openssh_keyboard_interactive_accepts_a_pasted_token(

@@ -6,7 +6,8 @@ The gate owns the listening socket. For each accepted connection, before a singl
    ``--proxy-header-timeout``; a malformed or missing header refuses the connection) and take
    the original client and port 22 from it; from anyone else a header is never read, the TCP
    peer is the client and the port is 22022;
-2. refuse while draining, when the source is over its auth-failure limit, or when too many
+2. refuse while draining, when the source is over its source-wide auth-failure limit (one
+   user's failures only refuse that user, at auth), or when too many
    connections are still authenticating (``--max-startups``);
 3. name the source: the peer at the client's address in the current map (``source_peers``,
    then ``remote_peers``), kept on the :class:`Origin` for every audit event of the connection;
@@ -170,7 +171,7 @@ class Gate:
         core = self._core
         if core.draining:
             return "draining"
-        if core.limiter.blocked(origin.client_ip):
+        if core.limiter.source_blocked(origin.client_ip):
             return "rate_limited"
         if core.startups >= core.settings.max_startups:
             return "too_many_startups"

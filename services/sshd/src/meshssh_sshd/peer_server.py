@@ -137,7 +137,7 @@ class PeerServer(asyncssh.SSHServer):
         """Resolve the account; False (no auth needed) only in machine-identity mode."""
         core = self._core
         self._username, self._account, self._refusal = username, None, None
-        if core.limiter.blocked(self._origin.client_ip):
+        if core.limiter.blocked(self._origin.client_ip, username[:64]):
             self._reject(_rate_limited(), "none")
             self._refusal = _rate_limited()
             return True
@@ -214,7 +214,7 @@ class PeerServer(asyncssh.SSHServer):
 
     async def _check_token(self, token: str, method: str) -> bool:
         core = self._core
-        if core.limiter.blocked(self._origin.client_ip):
+        if core.limiter.blocked(self._origin.client_ip, self._username[:64]):
             self._reject(_rate_limited(), method)
             return False
         try:
@@ -242,6 +242,7 @@ class PeerServer(asyncssh.SSHServer):
         assert account is not None
         record.local_user = account.name
         record.jwt_user = identity.user_id
+        core.limiter.succeeded(self._origin.client_ip, self._username[:64])
         core.metrics.auth.labels(method=identity.method, result="accept").inc()
         core.audit.emit(
             "auth-accepted",
@@ -272,7 +273,7 @@ class PeerServer(asyncssh.SSHServer):
         core.metrics.auth.labels(method=method, result=result).inc()
         core.metrics.auth_rejects.labels(reason=label).inc()
         if result == "reject" and label != "rate_limited":
-            core.limiter.record(self._origin.client_ip)
+            core.limiter.record(self._origin.client_ip, self._username[:64])
         core.audit.emit(
             "auth-rejected",
             local_user=self._username[:64],
@@ -393,6 +394,6 @@ def _rate_limited() -> Refused:
     return Refused(
         "rate_limited",
         "too many failed logins from this source",
-        public="Permission denied: too many failed logins from your address; "
-        "wait a minute and try again",
+        public="Permission denied: too many failed logins from your address for this user; "
+        "wait a minute and try again (each further failure doubles the wait)",
     )

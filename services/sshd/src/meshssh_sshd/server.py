@@ -115,7 +115,10 @@ class SshServer:
             ),
             accounts=Accounts(allow_root=settings.enable_ssh_root, log=log),
             limiter=FailureLimiter(
-                limit=settings.auth_failure_limit, window=settings.auth_failure_window
+                limit=settings.auth_failure_limit,
+                window=settings.auth_failure_window,
+                source_limit=settings.auth_failure_source_limit,
+                max_backoff=settings.auth_backoff_max,
             ),
             live=LiveRegistry(),
             tasks=TaskSet(log),

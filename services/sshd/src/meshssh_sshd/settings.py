@@ -83,10 +83,22 @@ class SshdSettings(ServiceSettings):
         1024, ge=1, description="most connections not yet authenticated at once"
     )
     auth_failure_limit: int = Field(
-        10, ge=1, description="auth failures one source may have per window before refusal"
+        10,
+        ge=1,
+        description="auth failures one source may have for one user before it is refused for "
+        "that user (1 s, then doubling with each further failure)",
+    )
+    auth_failure_source_limit: int = Field(
+        50,
+        ge=1,
+        description="auth failures one source may have for all users together before it is "
+        "refused at the gate (same backoff)",
     )
     auth_failure_window: float = Field(
-        60.0, gt=0, description="seconds over which auth failures are counted per source"
+        60.0, gt=0, description="seconds of quiet after which a source's failures are forgotten"
+    )
+    auth_backoff_max: float = Field(
+        900.0, gt=0, description="longest refusal after repeated auth failures, in seconds"
     )
     browser_check_wait: float = Field(
         45.0, gt=0, description="seconds the browser check polls after the user presses Enter"
