@@ -448,12 +448,24 @@ class Authn:
         assert self.snapshot.client is not None
         return self.snapshot.client.issuer
 
+    async def page(self, user_code: str) -> str:
+        """The device page's confirm step for ``user_code`` (what the code approves)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.get(f"{self.issuer}/device", params={"user_code": user_code})
+        assert reply.status_code == 200, reply.text
+        return reply.text
+
     async def approve(self, user_code: str, username: str = "alice") -> int:
         """Log in on the provider's device page, as the user's browser would."""
         async with httpx.AsyncClient(timeout=10) as http:
             reply = await http.post(
                 f"{self.issuer}/device",
-                data={"user_code": user_code, "username": username, "password": AUTHN_PASSWORD},
+                data={
+                    "user_code": user_code,
+                    "username": username,
+                    "password": AUTHN_PASSWORD,
+                    "confirm": "yes",
+                },
             )
         return reply.status_code
 

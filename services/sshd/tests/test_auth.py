@@ -294,11 +294,14 @@ async def test_the_browser_check_runs_a_device_flow_through_authn(
     sshd = await sshd_factory.start()
     loop = asyncio.get_running_loop()
     shown: list[str] = []
+    pages: list[str] = []
 
     def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
         shown.append(instructions)
         code = re.search(r"Code: (\S+)", instructions)
         assert code is not None, instructions
+        page = asyncio.run_coroutine_threadsafe(authn.page(code[1]), loop)
+        pages.append(page.result(timeout=15))
         approve = asyncio.run_coroutine_threadsafe(authn.approve(code[1]), loop)
         assert approve.result(timeout=15) == 200
         return ["" for _ in prompts]  # "press Enter once you have logged in"
@@ -308,6 +311,9 @@ async def test_the_browser_check_runs_a_device_flow_through_authn(
     )
     assert (status, out) == (0, b"browser\n")
     assert f"URL: {authn.issuer}" in shown[0]
+    # The provider's page says what the code approves: this server, the local user, the source.
+    for context in ("server-1", local_user, "127.0.0.3:"):
+        assert context in pages[0], context
     event = await mesh.wait_audit(lambda e: e.kind == "auth-accepted")
     assert (event.method, event.jwt_user) == ("keyboard-interactive", "alice")
 

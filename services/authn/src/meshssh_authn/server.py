@@ -21,6 +21,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from meshssh_authn.authn_metrics import AuthnMetrics
+from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
@@ -129,6 +130,10 @@ async def _embedded(
         users=UsersFile(settings.users_file) if settings.users_file else None,
         metrics=metrics,
         log=ctx.log,
+        code_attempts=CodeAttempts(
+            per_source=settings.device_code_misses_per_source,
+            overall=settings.device_code_misses,
+        ),
     )
     install_routes(app, provider)
     await ring.ensure()

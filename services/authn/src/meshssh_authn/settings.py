@@ -73,6 +73,12 @@ class AuthnSettings(ServiceSettings):
     )
     device_code_ttl: int = Field(600, ge=30, description="seconds a device code stays valid")
     device_poll_interval: int = Field(5, ge=0, description="seconds between device-flow polls")
+    device_code_misses_per_source: int = Field(
+        10, ge=1, description="unknown user codes one address may try per 5 minutes"
+    )
+    device_code_misses: int = Field(
+        200, ge=1, description="unknown user codes all addresses together may try per 5 minutes"
+    )
     jwks_refresh_interval: float = Field(
         300.0,
         gt=0,

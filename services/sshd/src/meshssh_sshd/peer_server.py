@@ -172,7 +172,10 @@ class PeerServer(asyncssh.SSHServer):
         """Start the browser check and show its URL and code (False: refused outright)."""
         if self._refusal is not None:
             return False
-        self._flow = await self._core.browser.start(username)
+        netmap = self._core.maps.current
+        self._flow = await self._core.browser.start(
+            username, self._origin, peer_name=netmap.peer.name if netmap is not None else ""
+        )
         return self._core.browser.challenge(self._flow)
 
     async def validate_kbdint_response(
