@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from meshssh_cli.device_flow import DeviceAuthorization, DeviceFlowClient
-from meshssh_cli.token_cache import Notify, TokenCache, token_times
+from meshssh_agent.device_flow import DeviceAuthorization, DeviceFlowClient
+from meshssh_agent.token_cache import Notify, TokenCache, token_times
 from meshssh_common.jwt_validation import JwtValidator
 
 if TYPE_CHECKING:
