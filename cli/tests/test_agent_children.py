@@ -95,3 +95,29 @@ def test_the_childrens_ops_listeners_follow_the_agent_flags() -> None:
     for bad in ("9103", "host:", ":9103", "127.0.0.1:99999"):
         with pytest.raises(ConfigError, match="--sshd-ops-listen"):
             config(sshd_ops_listen=bad)
+
+
+def test_ssh_permit_open_is_parsed_reported_in_metadata_and_passed_to_sshd() -> None:
+    from meshssh_cli.commands.up import config_from_args
+    from meshssh_cli.main import build_parser
+    from meshssh_common.settings import parse_settings
+    from meshssh_sshd.settings import SshdSettings
+
+    parser = build_parser("up")
+    base = ["up", "--mesh-ip", "127.0.0.2", "--allow-server-ssh"]
+    args = parser.parse_args([*base, "--ssh-permit-open", "DB:5432",
+                              "--ssh-permit-open", "[::1]:*"])  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.flags.permit_open == ("db:5432", "[::1]:*")
+    assert cfg.flags.wire().permit_open == ("db:5432", "[::1]:*")
+    argv = sshd_argv(cfg, "p1")
+    settings = parse_settings(SshdSettings, argv[1:], prog="meshssh-sshd")  # argv[0]: the binary
+    assert settings.permit_open.allows("db", 5432)
+    assert not settings.permit_open.allows("127.0.0.1", 4222)
+    default = config_from_args(parser.parse_args(base))
+    assert default.flags.wire().permit_open == ("any",)
+    assert not any(a.startswith("--ssh-permit-open") for a in sshd_argv(default, "p1"))
+    with pytest.raises(ConfigError, match="--ssh-permit-open"):
+        config_from_args(
+            parser.parse_args([*base, "--ssh-permit-open", "any", "--ssh-permit-open", "db:1"])
+        )

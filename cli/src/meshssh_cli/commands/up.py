@@ -25,6 +25,7 @@ from meshssh_agent.state_dir import lock_holder, prepare_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import ConfigError, MeshError
 from meshssh_common.logs import configure_logging, service_logger
+from meshssh_common.permit_open import PermitOpen, PermitOpenError
 
 __all__ = ["config_from_args", "register", "run"]
 
@@ -54,6 +55,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0,
         metavar="SECONDS",
         help="cache each local user's JWT this long (0: never)",
+    )
+    p.add_argument(
+        "--ssh-permit-open",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="where -L/-D may connect, in OpenSSH PermitOpen syntax: HOST:PORT, [V6]:PORT, "
+        "*:PORT, HOST:*, any (default) or none; repeatable",
     )
     p.add_argument(
         "--management-url",
@@ -140,6 +149,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(run=run, up_parser=p)  # fmt: skip
 
 
+def _permit_open(values: list[str]) -> tuple[str, ...]:
+    try:
+        return PermitOpen.parse(values).specs
+    except PermitOpenError as e:
+        raise ConfigError("--ssh-permit-open", str(e).removeprefix("--ssh-permit-open: ")) from e
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The agent's settings from parsed ``up`` arguments.
 
@@ -155,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         disable_ssh_auth=args.disable_ssh_auth,
         jwt_cache_ttl=args.ssh_jwt_cache_ttl,
         agent_forwarding=args.enable_ssh_agent_forwarding,
+        permit_open=_permit_open(args.ssh_permit_open),
     )
     if args.ssh_jwt_cache_ttl < 0:
         raise ConfigError("--ssh-jwt-cache-ttl", "must be 0 or more seconds")

@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import asyncssh
 
-from meshssh_cli.ssh.args import SshArgs
 from meshssh_cli.ssh import errors as client_errors
 from meshssh_cli.ssh import terminal
+from meshssh_cli.ssh.args import SshArgs
 from meshssh_cli.ssh.conn import dial, resolve
 from meshssh_cli.ssh.forward_spec import ForwardSpec
 from meshssh_cli.ssh.peer_directory import ClientLink

@@ -65,6 +65,7 @@ class Flags:
     disable_ssh_auth: bool = False
     jwt_cache_ttl: int = 0
     agent_forwarding: bool = False
+    permit_open: tuple[str, ...] = ("any",)  # canonical --ssh-permit-open entries
 
     def wire(self) -> PeerFlags:
         """As reported to the management plane."""
@@ -77,6 +78,7 @@ class Flags:
             disable_ssh_auth=self.disable_ssh_auth,
             jwt_cache_ttl=self.jwt_cache_ttl,
             agent_forwarding=self.agent_forwarding,
+            permit_open=self.permit_open,
         )
 
     def sshd_args(self) -> list[str]:
@@ -89,7 +91,10 @@ class Flags:
             (self.disable_ssh_auth, "--disable-ssh-auth"),
             (self.agent_forwarding, "--enable-ssh-agent-forwarding"),
         ]
-        return [flag for on, flag in pairs if on]
+        args = [flag for on, flag in pairs if on]
+        if self.permit_open != ("any",):
+            args += [f"--ssh-permit-open={spec}" for spec in self.permit_open]
+        return args
 
 
 @dataclass(frozen=True, slots=True)

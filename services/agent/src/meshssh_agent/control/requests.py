@@ -84,6 +84,7 @@ class AgentRequests:
                     disable_ssh_auth=flags.disable_ssh_auth,
                     jwt_cache_ttl=flags.jwt_cache_ttl,
                     agent_forwarding=flags.agent_forwarding,
+                    permit_open=flags.permit_open,
                 )
                 try:
                     serial = await self.agent.reconfigure(self.agent.config.with_flags(new))
