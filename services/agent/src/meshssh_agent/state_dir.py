@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from meshssh_common.errors import ConfigError, MeshError
+from meshssh_common.secret_files import write_secret_file
 
 __all__ = [
     "AgentLock",
@@ -82,12 +83,8 @@ def load_credential(path: Path) -> PeerCredential | None:
 
 
 def save_credential(path: Path, cred: PeerCredential) -> None:
-    """Write the credential atomically with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(cred))
-    os.replace(tmp, path)
+    """Write the credential atomically, mode 0600 from creation on."""
+    write_secret_file(path, msgspec.json.encode(cred))
 
 
 def lock_holder(path: Path) -> int | None:
