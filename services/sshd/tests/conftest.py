@@ -127,6 +127,7 @@ class Mesh:
         mesh_ip: str = MESH_IP,
         peer_id: str = PEER_ID,
         source_peers: Sequence[SourcePeer] = (),
+        claim: str = "sub",
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -140,7 +141,7 @@ class Mesh:
                 jwt=(jwt or jwt_config()) if with_jwt else None,
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
-            ssh_auth=build_table("sub", grants, any_validated_user=open_to),
+            ssh_auth=build_table(claim, grants, any_validated_user=open_to),
             source_peers=tuple(source_peers),
         )
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)

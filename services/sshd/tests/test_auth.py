@@ -204,6 +204,21 @@ async def test_a_user_locked_out_from_one_source_still_logs_in_from_another(
     assert sshd.metric("meshssh_sshd_connections_total", outcome="rate_limited") == 1
 
 
+async def test_an_email_user_id_is_accepted_only_when_the_provider_verified_it(
+    mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
+) -> None:
+    await mesh.publish_map(claim="email", grants=[("alice@example.com", "*")])
+    sshd = await sshd_factory.start()
+    client = client_for(sshd)
+    unverified = issuer.mint("alice-id", email="alice@example.com", email_verified=False)
+    refused = await client.ssh("true", token=unverified, user=local_user)
+    assert refused.returncode == 255
+    assert "has not verified your email" in refused.err
+    assert sshd.metric("meshssh_sshd_auth_rejects_total", reason="email_not_verified") == 1
+    verified = issuer.mint("alice-id", email="alice@example.com", email_verified=True)
+    assert (await client.ssh("true", token=verified, user=local_user)).returncode == 0
+
+
 async def test_openssh_keyboard_interactive_accepts_a_pasted_token(
     mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
 ) -> None:

@@ -52,6 +52,7 @@ class ProviderConfig:
     clock_skew: int
     signing_alg: str
     jwks_max_age: int
+    require_email_verified: bool = True
 
 
 LoginResult = Literal["approved", "denied"]
@@ -141,6 +142,7 @@ class EmbeddedProvider:
             user_id_claim=c.user_id_claim,
             max_token_age=c.max_token_age,
             clock_skew=c.clock_skew,
+            require_email_verified=c.require_email_verified,
         )
 
     def _check_client(self, client_id: str) -> None:

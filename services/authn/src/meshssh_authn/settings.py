@@ -53,6 +53,10 @@ class AuthnSettings(ServiceSettings):
         "with --use-id-token, ID tokens carry the client id)",
     )
     user_id_claim: str = Field("sub", description="claim that names the user")
+    require_email_verified: bool = Field(
+        True,
+        description="with --user-id-claim email, refuse tokens whose email_verified is not true",
+    )
     max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
     clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
     client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
