@@ -114,14 +114,14 @@ def _fields(spec: str) -> list[_Field]:
 
 def _port(spec: str, text: str) -> int:
     """OpenSSH's ``a2port``: 0-65535, or a TCP service name."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit() admits it, int() does not
         value = int(text)
         if value <= 65535:
             return value
         raise ForwardSpecError(spec, f"port {text} out of range")
     try:
         return socket.getservbyname(text, "tcp")
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # argv bytes that are not UTF-8, NUL (fuzzed)
         raise ForwardSpecError(spec, f"bad port {text!r}") from None
 
 

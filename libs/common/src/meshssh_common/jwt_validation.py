@@ -189,7 +189,7 @@ def _segment(segment: bytes, name: str) -> bytes:
 def _json_object(data: bytes, name: str) -> dict[str, Any]:
     try:
         value = _JSON.decode(data)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
         raise TokenRejected(RejectReason.MALFORMED, f"{name} is not JSON: {e}") from e
     if not isinstance(value, dict):
         raise TokenRejected(RejectReason.MALFORMED, f"{name} is not a JSON object")

@@ -78,7 +78,7 @@ def load_credential(path: Path) -> PeerCredential | None:
         return msgspec.json.decode(path.read_bytes(), type=PeerCredential)
     except FileNotFoundError:
         return None
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
 
 

@@ -71,7 +71,7 @@ class UsersFile:
         if stamp != self._stamp:
             try:
                 doc = msgspec.json.decode(self.path.read_bytes(), type=_Doc)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                 raise ConfigError("--users-file", f"{self.path}: {e}") from e
             self._users, self._stamp = dict(doc.users), stamp
         return dict(self._users)
