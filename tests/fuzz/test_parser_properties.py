@@ -69,6 +69,7 @@ def test_proxy_v2_raises_only_protocol_errors(tail: bytes) -> None:
 @given(st.booleans(), _spec_text)
 @example(True, "[::1]:0:db:54\udccd\udcc3")  # crashed once: surrogates reached getservbyname
 @example(False, "8080:h:²")  # crashed once: "²".isdigit() but int("²") fails
+@example(True, "\0\0\udcfb/tmp/s:\udcfb:1")  # crashed once: a socket path with surrogates
 def test_forward_specs_raise_only_forward_spec_errors(remote: bool, spec: str) -> None:
     T.forward_spec(bytes([int(remote)]) + _b(spec))
 
@@ -117,3 +118,20 @@ def test_every_target_has_a_property_here_and_seeds() -> None:
         assert T.seeds()[target], target
         for seed in T.seeds()[target]:
             T.TARGETS[target](seed)
+
+
+def test_a_final_newline_is_refused_where_a_pattern_ends_in_dollar() -> None:
+    # Found by fuzzing the drop-in's host names: Python's "$" also matches before a final
+    # newline; ids, names and subject tokens would have admitted "name\n".
+    import msgspec
+    import pytest
+
+    from meshssh_agent.ssh_config import is_valid_host
+    from meshssh_common.wire.base import PeerId
+    from meshssh_common.wire.peer import PeerName
+
+    assert not is_valid_host("0\n")
+    assert not is_valid_host("demo-server\n")
+    for typ in (PeerId, PeerName):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(b'"peer-1\\n"', type=typ)

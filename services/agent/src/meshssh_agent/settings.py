@@ -129,7 +129,7 @@ class AgentConfig:
             ipaddress.ip_address(self.mesh_ip)
         except ValueError as e:
             raise ConfigError("--mesh-ip", f"not an IP address: {self.mesh_ip!r}") from e
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):  # "$" alone would admit a final newline
             raise ConfigError("--name", f"{self.name!r} is not a DNS label (a-z, 0-9, -)")
         for setting, port in (("--ssh-port", self.ssh_port), ("--relay-port", self.relay_port)):
             if not 0 <= port <= 65535:

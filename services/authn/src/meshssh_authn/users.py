@@ -96,7 +96,7 @@ class UsersFile:
         Raises:
             BadRequest: the name is not acceptable, or it exists and ``replace`` is False.
         """
-        if not USERNAME.match(username):
+        if not USERNAME.fullmatch(username):  # "$" alone would admit a final newline
             raise BadRequest(f"invalid user name {username!r}: use [a-z0-9._@-], up to 64")
         users = self.load()
         if username in users and not replace:

@@ -8,7 +8,10 @@ The gate owns the listening socket. For each accepted connection, before a singl
    peer is the client and the port is 22022;
 2. refuse while draining, when the source is over its source-wide auth-failure limit (one
    user's failures only refuse that user, at auth), or when too many
-   connections are still authenticating (``--max-startups``);
+   connections are still authenticating (``--max-startups``), or too many from this source
+   (``--max-startups-per-source``, OpenSSH's ``PerSourceMaxStartups``); a source whose
+   connections keep failing before authentication (garbage, bad versions, login timeouts)
+   is refused like one whose logins fail (:mod:`meshssh_sshd.rate_limit`);
 3. name the source: the peer at the client's address in the current map (``source_peers``,
    then ``remote_peers``), kept on the :class:`Origin` for every audit event of the connection;
 4. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
@@ -157,7 +160,7 @@ class Gate:
             self._refuse(sock, origin, reason, "")
             return
         core.metrics.connections.labels(outcome="accepted").inc()
-        core.startups += 1
+        core.startup_began(origin.client_ip)
         await self._hand_over(sock, origin)
 
     def _named(self, origin: Origin) -> Origin:
@@ -175,6 +178,11 @@ class Gate:
             return "rate_limited"
         if core.startups >= core.settings.max_startups:
             return "too_many_startups"
+        if (
+            core.startups_by_source.get(origin.client_ip, 0)
+            >= core.settings.max_startups_per_source
+        ):
+            return "too_many_startups_from_source"
         netmap = core.maps.current
         decision = check_inbound(netmap, origin.client_ip, origin.acl_port)
         if decision is not AclDecision.ACCEPT:

@@ -80,6 +80,11 @@ class SshdMetrics:
             "permit_open_refusals",
             "direct-tcpip channels (-L, -D) refused by --ssh-permit-open",
         )
+        self.preauth_failures = base.counter(
+            "preauth_failures",
+            "Connections that failed before authentication, by error (each penalizes its source)",
+            ("reason",),  # ProtocolNotSupported | ProtocolError | ConnectionLost | ...
+        )
         self.policy_kicks = base.counter(
             "policy_kicks",
             "Connections closed because a new network map revoked them",

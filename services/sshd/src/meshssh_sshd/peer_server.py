@@ -46,6 +46,22 @@ from meshssh_sshd.sessions import LiveConnection
 __all__ = ["REVOKED", "PeerServer"]
 
 REVOKED = "access revoked"
+_PREAUTH_ABUSE = (
+    asyncssh.ProtocolError,
+    asyncssh.ProtocolNotSupported,
+    asyncssh.KeyExchangeFailed,
+    asyncssh.MACError,
+)
+_LOGIN_TIMEOUT = "Login timeout expired"  # asyncssh's ConnectionLost text
+
+
+def _preauth_abuse(exc: Exception | None) -> bool:
+    """A pre-auth failure that is the client's doing (not a clean close, e.g. a banner probe)."""
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return str(exc) == _LOGIN_TIMEOUT
+    return isinstance(exc, _PREAUTH_ABUSE)
+
+
 _NO_POLICY = frozenset({"no_map", "no_jwt_config", "no_keys"})
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -105,6 +121,12 @@ class PeerServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection (last hook; its channels closed before)."""
         self._core.live.remove(self._id)
+        if self._startup and _preauth_abuse(exc):
+            # Garbage, a wrong protocol or a login that timed out: penalize the source (the
+            # gate refuses it with backoff once it has too many), as OpenSSH's
+            # PerSourcePenalties do. A clean close (a banner probe) is not penalized.
+            self._core.limiter.penalize(self._origin.client_ip)
+            self._core.metrics.preauth_failures.labels(reason=type(exc).__name__).inc()
         self._end_startup()
         if self._agent is not None:
             self._agent.close()  # after asyncssh closed the channels: nothing uses it now
@@ -115,7 +137,7 @@ class PeerServer(asyncssh.SSHServer):
     def _end_startup(self) -> None:
         if self._startup:
             self._startup = False
-            self._core.startups -= 1
+            self._core.startup_ended(self._origin.client_ip)
 
     def revoke(self, reason: str) -> None:
         """Close this connection with ``access revoked`` (shown on each session's stderr)."""

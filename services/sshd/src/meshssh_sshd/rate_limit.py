@@ -5,7 +5,9 @@ one user is refused for that user, first for ``base`` seconds, then twice as lon
 further failure, up to ``max_backoff``. Another source, or the same source for another user, is
 not affected, so nobody can lock a user out for everyone. Failures are also counted per
 **source** (any user), with a higher ``source_limit``: a source spraying many user names is
-refused at the gate, before the SSH banner. A key forgets its failures once it has been quiet
+refused at the gate, before the SSH banner; connections that fail before authentication by
+the client's doing (garbage, a wrong protocol, a login that timed out) count there too
+(:meth:`FailureLimiter.penalize`, like OpenSSH's ``PerSourcePenalties``). A key forgets its failures once it has been quiet
 (no failure, not blocked) for ``window`` seconds; a successful login clears its
 (source, user) key.
 
@@ -83,6 +85,11 @@ class FailureLimiter:
         """Count one failure from ``source`` for ``user``."""
         now = time.monotonic() if now is None else now
         self._fail((source, user), self.limit, now)
+        self._fail((source, None), self.source_limit, now)
+
+    def penalize(self, source: str, *, now: float | None = None) -> None:
+        """Count a connection from ``source`` that failed before authentication (any user)."""
+        now = time.monotonic() if now is None else now
         self._fail((source, None), self.source_limit, now)
 
     def succeeded(self, source: str, user: str) -> None:

@@ -233,7 +233,7 @@ class SshServer:
             with contextlib.suppress(OSError):
                 sock.close()
             if not created:
-                core.startups -= 1
+                core.startup_ended(origin.client_ip)
 
     async def _drain(self, core: SshdCore, gate: Gate, reporter: SessionsReporter) -> None:
         settings = self.settings

@@ -82,6 +82,9 @@ class SshdSettings(ServiceSettings):
     max_startups: int = Field(
         1024, ge=1, description="most connections not yet authenticated at once"
     )
+    max_startups_per_source: int = Field(
+        64, ge=1, description="most connections not yet authenticated at once from one source"
+    )
     auth_failure_limit: int = Field(
         10,
         ge=1,

@@ -21,7 +21,7 @@ __all__ = [
     "SessionsReport",
 ]
 
-PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")]
 
 
 class PeerFlags(Part, frozen=True, kw_only=True):
