@@ -40,7 +40,7 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ssh_throughput import (  # noqa: E402
+from ssh_throughput import (
     MESH_IP,
     Setup,
     publish_state,
@@ -50,7 +50,7 @@ from ssh_throughput import (  # noqa: E402
     write_client_files,
 )
 
-from meshssh_testkit import NatsServer  # noqa: E402
+from meshssh_testkit import NatsServer
 
 ROUNDS = int(os.environ.get("FLOOD_ROUNDS", "5"))
 SAMPLES = int(os.environ.get("FLOOD_SAMPLES", "20"))
