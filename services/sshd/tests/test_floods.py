@@ -61,7 +61,7 @@ async def test_garbage_penalizes_its_source_until_the_gate_refuses_it(
     mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
 ) -> None:
     await mesh.publish_map()
-    sshd = await sshd_factory.start(auth_failure_source_limit=3)
+    sshd = await sshd_factory.start(auth_failure_limit=3)
     for _ in range(3):
         assert (await _garbage(sshd, "127.0.0.5")).startswith(b"SSH-2.0-MeshSSH")
     name = "meshssh_sshd_preauth_failures_total"
@@ -77,7 +77,7 @@ async def test_a_banner_probe_that_closes_cleanly_is_not_penalized(
     mesh: Mesh, sshd_factory: SshdFactory
 ) -> None:
     await mesh.publish_map()
-    sshd = await sshd_factory.start(auth_failure_source_limit=2)
+    sshd = await sshd_factory.start(auth_failure_limit=2)
     for _ in range(4):  # as `meshssh ssh detect` does: read the banner, close
         sock = await _open(sshd, "127.0.0.5")
         try:

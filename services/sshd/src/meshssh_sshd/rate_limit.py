@@ -6,8 +6,9 @@ further failure, up to ``max_backoff``. Another source, or the same source for a
 not affected, so nobody can lock a user out for everyone. Failures are also counted per
 **source** (any user), with a higher ``source_limit``: a source spraying many user names is
 refused at the gate, before the SSH banner; connections that fail before authentication by
-the client's doing (garbage, a wrong protocol, a login that timed out) count there too
-(:meth:`FailureLimiter.penalize`, like OpenSSH's ``PerSourcePenalties``). A key forgets its failures once it has been quiet
+the client's doing (garbage, a wrong protocol, a login that timed out) are counted per source
+too, ``limit`` of them refusing it at the gate (:meth:`FailureLimiter.penalize`, like
+OpenSSH's ``PerSourcePenalties``). A key forgets its failures once it has been quiet
 (no failure, not blocked) for ``window`` seconds; a successful login clears its
 (source, user) key.
 
@@ -29,6 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = ["FailureLimiter"]
+
+_PREAUTH = "\0preauth"  # the key of pre-auth penalties (no user name contains NUL)
 
 
 @dataclass(slots=True)
@@ -88,9 +91,11 @@ class FailureLimiter:
         self._fail((source, None), self.source_limit, now)
 
     def penalize(self, source: str, *, now: float | None = None) -> None:
-        """Count a connection from ``source`` that failed before authentication (any user)."""
+        """Count a connection from ``source`` that failed before authentication by the client's
+        doing; ``limit`` of them refuse the source at the gate (with the same backoff).
+        """
         now = time.monotonic() if now is None else now
-        self._fail((source, None), self.source_limit, now)
+        self._fail((source, _PREAUTH), self.limit, now)
 
     def succeeded(self, source: str, user: str) -> None:
         """A login from ``source`` as ``user`` succeeded: forget that key's failures."""
@@ -104,7 +109,7 @@ class FailureLimiter:
     def source_blocked(self, source: str, *, now: float | None = None) -> bool:
         """Whether ``source`` is in backoff for every user (checked at the gate)."""
         now = time.monotonic() if now is None else now
-        return self._in_backoff((source, None), now)
+        return self._in_backoff((source, None), now) or self._in_backoff((source, _PREAUTH), now)
 
     def _in_backoff(self, key: tuple[str, str | None], now: float) -> bool:
         state = self._current(key, now)
