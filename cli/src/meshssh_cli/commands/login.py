@@ -29,17 +29,17 @@ from typing import Any
 
 import httpx
 
-from meshssh_agent.device_flow import (
-    DeviceAuthorization,
-    DeviceFlowClient,
-    discover_client_config,
-    fetch_client_config,
-)
 from meshssh_agent.settings import default_state_dir
 from meshssh_agent.token_cache import Notify, TokenCache, token_times
 from meshssh_cli.link.client import AgentClient, NotRunning
 from meshssh_cli.link.opener import LOGIN_TIMEOUT, PromptPrinter, graphical
 from meshssh_common.errors import MeshError
+from meshssh_common.oidc_device import (
+    DeviceAuthorization,
+    DeviceFlowClient,
+    discover_client_config,
+    fetch_client_config,
+)
 from meshssh_common.wire import OidcClientConfig
 
 __all__ = ["register", "run_login"]

@@ -21,7 +21,6 @@ excludes AES-GCM cannot use the proxy.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections.abc import Coroutine
@@ -38,6 +37,8 @@ from meshssh_cli.ssh.conn import dial, resolve
 from meshssh_cli.ssh.errors import ClientError
 from meshssh_cli.ssh.peer_directory import ClientLink
 from meshssh_common import ssh_packets
+from meshssh_common.logs import service_logger
+from meshssh_common.tasks import TaskSet
 
 __all__ = ["PROXY_VERSION", "ProxyServer", "run_proxy"]
 
@@ -69,7 +70,7 @@ class ProxyServer(asyncssh.SSHServer):
         self._backend: asyncssh.SSHClientConnection | None = None  # begin_auth
         self._agent_on = False  # enable_agent_forwarding
         self._client_gone = False  # connection_lost
-        self._tasks: set[asyncio.Task[None]] = set()  # spawn
+        self._tasks = TaskSet(service_logger("proxy"))  # spawn
         self.failure: ClientError | None = None  # begin_auth, backend_lost
 
     # asyncssh hooks
@@ -81,8 +82,7 @@ class ProxyServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """OpenSSH went away: stop everything, close the peer connection."""
         self._client_gone = True
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         if self._backend is not None:
             self._backend.close()
 
@@ -154,9 +154,7 @@ class ProxyServer(asyncssh.SSHServer):
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task owned by this connection (cancelled when it closes)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, "channel")
 
     def report(self, error: ClientError) -> None:
         """Show a failure on stderr (OpenSSH passes the ProxyCommand's stderr through)."""

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshssh_agent.device_flow import DeviceAuthorization
+from meshssh_common.oidc_device import DeviceAuthorization
 
 __all__ = ["CachedToken", "Fetch", "Notify", "OnPrompt", "TokenCache", "token_times"]
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import httpx
 
-from meshssh_agent.device_flow import DeviceFlowClient, fetch_client_config
 from meshssh_agent.token_cache import CachedToken, Fetch, Notify, TokenCache
 from meshssh_common.errors import ConfigError
+from meshssh_common.oidc_device import DeviceFlowClient, fetch_client_config
 from meshssh_common.wire import JwtConfig
 
 __all__ = ["AgentTokenCache", "device_flow_fetch"]

@@ -91,8 +91,9 @@ class FailureLimiter:
         self._fail((source, None), self.source_limit, now)
 
     def penalize(self, source: str, *, now: float | None = None) -> None:
-        """Count a connection from ``source`` that failed before authentication by the client's
-        doing; ``limit`` of them refuse the source at the gate (with the same backoff).
+        """Count a pre-auth failure of ``source`` that was the client's doing.
+
+        ``limit`` of them refuse the source at the gate, with the same backoff.
         """
         now = time.monotonic() if now is None else now
         self._fail((source, _PREAUTH), self.limit, now)

@@ -12,10 +12,10 @@ import os
 from typing import TYPE_CHECKING
 
 from meshssh_agent.control.server import Caller, Send
-from meshssh_agent.device_flow import DeviceAuthorization
 from meshssh_agent.settings import Flags
 from meshssh_agent.supervisor import Child
 from meshssh_common.errors import MeshError
+from meshssh_common.oidc_device import DeviceAuthorization
 from meshssh_common.version import VERSION
 from meshssh_common.wire.agent import (
     AgentStatus,

@@ -1,7 +1,17 @@
-"""The OIDC device authorization grant (RFC 8628) from the client side, and where to find it.
+"""The OIDC device authorization grant (RFC 8628) over HTTP: the single client of the house.
 
-The client config (:class:`OidcClientConfig`) comes from the management plane
-(``GET <management-url>/api/v1/auth/config``) or, given an issuer, from OIDC discovery.
+Where the provider is: the management plane (``GET <management-url>/api/v1/auth/config``)
+or OIDC discovery (``<issuer>/.well-known/openid-configuration``). Then a flow is started
+(device authorization) and the token endpoint polled: ``authorization_pending`` waits,
+``slow_down`` adds 5 s to the interval (RFC 8628 §3.5), ``access_denied`` and
+``expired_token`` end the flow. authn's broker relays single polls to SSH servers
+(:meth:`DeviceFlowClient.poll`); ``meshssh login`` and the agent wait for the end
+(:meth:`DeviceFlowClient.wait`).
+
+Errors are typed: :class:`DeviceFlowDenied` (the user refused), :class:`DeviceFlowExpired`
+(the code expired before approval), both :class:`~meshssh_common.errors.Denied` with a text
+that may be shown to the user; :class:`~meshssh_common.errors.Unavailable` when the provider
+is unreachable or answers something RFC 8628 does not allow.
 
 Example::
 
@@ -19,25 +29,54 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import msgspec
 
-from meshssh_common.errors import BadRequest, Denied, Unavailable
+from meshssh_common.errors import Denied, Unavailable
 from meshssh_common.wire import OidcClientConfig
 
 __all__ = [
     "DEVICE_GRANT",
     "DeviceAuthorization",
     "DeviceFlowClient",
+    "DeviceFlowDenied",
+    "DeviceFlowExpired",
+    "Poll",
+    "PollStatus",
     "TokenSet",
     "discover_client_config",
     "fetch_client_config",
 ]
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-_SLOW_DOWN_STEP = 5
+SLOW_DOWN_STEP = 5
+
+PollStatus = Literal["pending", "slow_down", "denied", "expired", "ok"]
+
+# RFC 8628 §3.5 error codes; invalid_grant is what some providers say for a used-up code.
+_ERRORS: dict[str, PollStatus] = {
+    "authorization_pending": "pending",
+    "slow_down": "slow_down",
+    "access_denied": "denied",
+    "expired_token": "expired",
+    "invalid_grant": "expired",
+}
+
+
+class DeviceFlowDenied(Denied):
+    """The user refused the sign-in."""
+
+    def __init__(self) -> None:
+        super().__init__("sign-in refused", public="the sign-in was refused")
+
+
+class DeviceFlowExpired(Denied):
+    """The device code expired (or was used up) before the user approved."""
+
+    def __init__(self, why: str = "device code expired") -> None:
+        super().__init__(why, public="the sign-in code expired; try again")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +101,15 @@ class TokenSet:
     expires_in: int | None
 
 
-async def _json(resp: httpx.Response, what: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """One answer of the token endpoint; ``tokens`` is set when ``status`` is ``ok``."""
+
+    status: PollStatus
+    tokens: TokenSet | None = None
+
+
+def _json(resp: httpx.Response, what: str) -> dict[str, Any]:
     try:
         body = resp.json()
     except ValueError as e:
@@ -72,17 +119,21 @@ async def _json(resp: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
+async def _get(http: httpx.AsyncClient, url: str) -> httpx.Response:
+    try:
+        return await http.get(url, headers={"Accept": "application/json"})
+    except httpx.HTTPError as e:
+        raise Unavailable(f"GET {url}: {type(e).__name__}: {e}") from e
+
+
 async def fetch_client_config(http: httpx.AsyncClient, management_url: str) -> OidcClientConfig:
-    """Ask the management plane which provider and client ``meshssh login`` must use.
+    """Ask the management plane which provider and client a login must use.
 
     Raises:
         Unavailable: the management plane did not answer with a client config.
     """
     url = management_url.rstrip("/") + "/api/v1/auth/config"
-    try:
-        resp = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as e:
-        raise Unavailable(f"GET {url}: {type(e).__name__}: {e}") from e
+    resp = await _get(http, url)
     if resp.status_code != 200:
         raise Unavailable(f"GET {url}: HTTP {resp.status_code}")
     try:
@@ -105,11 +156,7 @@ async def discover_client_config(
         Unavailable: unreachable, or the provider has no device authorization endpoint.
     """
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        resp = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as e:
-        raise Unavailable(f"GET {url}: {type(e).__name__}: {e}") from e
-    doc = await _json(resp, f"GET {url}")
+    doc = _json(await _get(http, url), f"GET {url}")
     device = doc.get("device_authorization_endpoint")
     token = doc.get("token_endpoint")
     if not isinstance(device, str) or not isinstance(token, str):
@@ -140,13 +187,6 @@ class DeviceFlowClient:
         self._sleep = sleep
         self._clock = clock
 
-    async def _post(self, url: str, data: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        try:
-            resp = await self._http.post(url, data=data, headers={"Accept": "application/json"})
-        except httpx.HTTPError as e:
-            raise Unavailable(f"POST {url}: {type(e).__name__}: {e}") from e
-        return resp.status_code, await _json(resp, f"POST {url}")
-
     async def start(self) -> DeviceAuthorization:
         """Ask for a device code and a user code.
 
@@ -159,11 +199,14 @@ class DeviceFlowClient:
             data["audience"] = c.audience
         status, body = await self._post(c.device_authorization_endpoint, data)
         if status != 200:
-            raise Unavailable(f"device authorization refused: {body.get('error', status)}")
+            raise Unavailable(
+                f"device authorization refused: {str(body.get('error', status))[:64]}"
+            )
         try:
             return DeviceAuthorization(
                 device_code=str(body["device_code"]),
                 user_code=str(body["user_code"]),
+                # Google spells it verification_url.
                 verification_uri=str(body.get("verification_uri") or body["verification_url"]),
                 verification_uri_complete=str(body.get("verification_uri_complete", "")),
                 expires_in=max(1, int(body.get("expires_in", 600))),
@@ -172,37 +215,54 @@ class DeviceFlowClient:
         except (KeyError, TypeError, ValueError) as e:
             raise Unavailable(f"device authorization answer lacks {e}") from e
 
-    async def wait(self, auth: DeviceAuthorization) -> TokenSet:
-        """Poll the token endpoint until the user approves, refuses, or the code expires.
+    async def poll(self, device_code: str) -> Poll:
+        """Ask the token endpoint once about ``device_code``.
 
         Raises:
-            Denied: the user refused, or the code expired before approval.
-            Unavailable: the provider is unreachable or answered with an unknown error.
-            BadRequest: the provider answered success without the expected token.
+            Unavailable: unreachable, an error RFC 8628 does not define, or a success
+                without the expected token.
         """
         c = self.config
+        data = {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": c.client_id}
+        status, body = await self._post(c.token_endpoint, data)
+        if status == 200:
+            return Poll("ok", self._tokens(body))
+        error = body.get("error")
+        polled = _ERRORS.get(error) if isinstance(error, str) else None
+        if polled is None:
+            raise Unavailable(f"token endpoint answered HTTP {status}: {str(error)[:64]!r}")
+        return Poll(polled)
+
+    async def wait(self, auth: DeviceAuthorization) -> TokenSet:
+        """Poll until the user approves, refuses, or the code expires.
+
+        Raises:
+            DeviceFlowDenied: the user refused.
+            DeviceFlowExpired: the code expired before approval.
+            Unavailable: see :meth:`poll`.
+        """
         deadline = self._clock() + auth.expires_in
         interval = float(auth.interval)
-        data = {"grant_type": DEVICE_GRANT, "device_code": auth.device_code}
-        data["client_id"] = c.client_id
         while True:
             if self._clock() >= deadline:
-                raise Denied("device code expired", public="the sign-in code expired; try again")
-            status, body = await self._post(c.token_endpoint, data)
-            if status == 200:
-                return self._tokens(body)
-            error = body.get("error")
-            if error == "authorization_pending":
-                pass
-            elif error == "slow_down":
-                interval += _SLOW_DOWN_STEP
-            elif error == "access_denied":
-                raise Denied("sign-in refused", public="the sign-in was refused")
-            elif error in ("expired_token", "invalid_grant"):
-                raise Denied(f"device code {error}", public="the sign-in code expired; try again")
-            else:
-                raise Unavailable(f"token endpoint answered HTTP {status}: {error!r}")
+                raise DeviceFlowExpired()
+            polled = await self.poll(auth.device_code)
+            if polled.tokens is not None:
+                return polled.tokens
+            if polled.status == "slow_down":
+                interval += SLOW_DOWN_STEP
+            elif polled.status == "denied":
+                raise DeviceFlowDenied()
+            elif polled.status == "expired":
+                raise DeviceFlowExpired()
             await self._sleep(interval)
+
+    async def _post(self, url: str, data: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        try:
+            resp = await self._http.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx.HTTPError as e:
+            raise Unavailable(f"POST {url}: {type(e).__name__}: {e}") from e
+        return resp.status_code, _json(resp, f"POST {url}")
 
     def _tokens(self, body: dict[str, Any]) -> TokenSet:
         access = body.get("access_token")
@@ -210,7 +270,7 @@ class DeviceFlowClient:
         chosen = ident if self.config.use_id_token else access
         if not isinstance(chosen, str) or not chosen:
             kind = "id_token" if self.config.use_id_token else "access_token"
-            raise BadRequest(f"the token endpoint returned no {kind}")
+            raise Unavailable(f"the token endpoint returned no {kind}")
         expires = body.get("expires_in")
         return TokenSet(
             token=chosen,
