@@ -116,7 +116,18 @@ class Gate:
                 self._core.log.warning("accept failed", extra={"error": str(e)})
                 await asyncio.sleep(0.1)
                 continue
+            if self._blocked_fast(conn, peer):
+                continue
             self._core.tasks.spawn(self._admit(conn, peer), "admit")
+
+    def _blocked_fast(self, sock: socket.socket, peer: tuple[str, int]) -> bool:
+        """Refuse a source in backoff right at accept, without a task (flood fast path)."""
+        tcp_ip = _normal(str(peer[0]))
+        if tcp_ip in self._trusted or not self._core.limiter.source_blocked(tcp_ip):
+            return False
+        origin = Origin(tcp_ip, int(peer[1]), "", 0, self._core.settings.acl_port)
+        self._refuse(sock, origin, "rate_limited", "")
+        return True
 
     async def _admit(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         core = self._core
