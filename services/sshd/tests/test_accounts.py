@@ -132,6 +132,21 @@ async def test_locked_or_expired_account_gets_no_session_of_any_kind(
     assert event.local_user == fresh_user
 
 
+async def test_accept_locked_accounts_lets_a_locked_account_in_but_not_an_expired_one(
+    fresh_user: str, mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer
+) -> None:
+    await mesh.publish_map()
+    sshd = await sshd_factory.start(accept_locked_accounts=True)
+    client = client_for(sshd)
+    await _admin("usermod", "-L", fresh_user)
+    ok = await client.ssh("echo in", token=issuer.mint("alice-id"), user=fresh_user)
+    assert (ok.returncode, ok.out) == (0, "in\n"), ok.err
+    await _admin("chage", "-E", "1", fresh_user)
+    expired = await client.ssh("echo in", token=issuer.mint("alice-id"), user=fresh_user)
+    assert expired.returncode == 255
+    assert "has expired" in expired.err
+
+
 async def test_nologin_account_gets_no_shell_exec_or_sftp_but_may_forward(
     nologin_user: str,
     full_server: Sshd,

@@ -104,8 +104,9 @@ def _from_passwd(pw: pwd.struct_passwd, *, switch: bool, requested: str = "") ->
 class Accounts:
     """Resolves requested user names into the account a session runs as."""
 
-    def __init__(self, *, allow_root: bool, log: BoundLogger) -> None:
+    def __init__(self, *, allow_root: bool, log: BoundLogger, accept_locked: bool = False) -> None:
         self.allow_root = allow_root
+        self.accept_locked = accept_locked
         self.switching = os.geteuid() == 0
         self._log = log
         if not self.switching:
@@ -144,6 +145,8 @@ class Accounts:
         if pw.pw_uid == 0 and not self.allow_root:
             raise Refused("root_disabled", f"{requested!r} has uid 0", public=_ROOT_PUBLIC)
         status = account_status(read_shadow(pw.pw_name), today())
+        if status == "locked" and self.accept_locked:
+            status = ""
         if status:
             raise Refused(
                 f"account_{status}",

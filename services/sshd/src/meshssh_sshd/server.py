@@ -113,7 +113,11 @@ class SshServer:
             browser=BrowserCheck(
                 ctx.nc, settings.peer_id, wait=settings.browser_check_wait, log=log
             ),
-            accounts=Accounts(allow_root=settings.enable_ssh_root, log=log),
+            accounts=Accounts(
+                allow_root=settings.enable_ssh_root,
+                log=log,
+                accept_locked=settings.accept_locked_accounts,
+            ),
             limiter=FailureLimiter(
                 limit=settings.auth_failure_limit,
                 window=settings.auth_failure_window,

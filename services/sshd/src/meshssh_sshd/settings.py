@@ -48,6 +48,11 @@ class SshdSettings(ServiceSettings):
     )
     enable_ssh_sftp: bool = Field(False, description="serve the sftp subsystem (scp uses it)")
     enable_ssh_root: bool = Field(False, description="allow login as root")
+    accept_locked_accounts: bool = Field(
+        False,
+        description="let accounts whose shadow password starts with '!' log in with a token, "
+        "as OpenSSH does with UsePAM yes (expired accounts are still refused)",
+    )
     enable_ssh_agent_forwarding: bool = Field(
         False,
         description="accept auth-agent-req (ssh -A): sessions get an agent socket that only "

@@ -18,7 +18,7 @@ The rules are those of OpenSSH's sshd on Linux without PAM (``auth.c`` ``allowed
 Example::
 
     entry = read_shadow("alice")             # None when unknown
-    status = account_status(entry, today())  # "" | "locked" | "expired" | "inactive"
+    status = account_status(entry, today())  # "" | "expired" | "inactive" | "locked"
 """
 
 from __future__ import annotations
@@ -116,8 +116,6 @@ def account_status(entry: ShadowEntry | None, day: int) -> str:
     """``""`` (usable), ``locked``, ``expired`` (account expiry) or ``inactive`` (see above)."""
     if entry is None:
         return ""
-    if entry.password.startswith("!") or "*LK*" in entry.password:
-        return "locked"
     if entry.expire >= 0 and entry.expire < day:
         return "expired"
     if (
@@ -127,4 +125,6 @@ def account_status(entry: ShadowEntry | None, day: int) -> str:
         and entry.last_change + entry.max_days + entry.inactive < day
     ):
         return "inactive"
+    if entry.password.startswith("!") or "*LK*" in entry.password:
+        return "locked"  # last: an account both locked and expired reports the expiry
     return ""
