@@ -7,6 +7,7 @@ Each test makes its own throwaway account (as root; unique name; always removed)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import subprocess
@@ -52,13 +53,35 @@ def test_account_status_follows_openssh(entry: ShadowEntry | None, status: str) 
     assert account_status(entry, 20000) == status
 
 
+def _stop_processes_of(uid: int) -> None:
+    """SIGKILL, by pid, what still runs as the throwaway account (sessions this test began)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def _make_user(shell: str = "/bin/bash", *args: str) -> Iterator[str]:
     name = f"mshacct{uuid.uuid4().hex[:8]}"
     subprocess.run(["useradd", "-m", "-p", "*", "-s", shell, *args, name], check=True, timeout=30)
     try:
         yield name
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False, timeout=30)
+        _stop_processes_of(pwd.getpwnam(name).pw_uid)
         subprocess.run(["userdel", "-r", name], check=False, timeout=30, capture_output=True)
 
 
