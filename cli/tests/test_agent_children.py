@@ -114,6 +114,11 @@ def test_ssh_permit_open_is_parsed_reported_in_metadata_and_passed_to_sshd() -> 
     settings = parse_settings(SshdSettings, argv[1:], prog="meshssh-sshd")  # argv[0]: the binary
     assert settings.permit_open.allows("db", 5432)
     assert not settings.permit_open.allows("127.0.0.1", 4222)
+    # The daemonized agent gets the same entries back on its command line.
+    from meshssh_cli.commands.up import _argv
+
+    again = config_from_args(parser.parse_args(_argv(args)))
+    assert again.flags.permit_open == ("db:5432", "[::1]:*")
     default = config_from_args(parser.parse_args(base))
     assert default.flags.wire().permit_open == ("any",)
     assert not any(a.startswith("--ssh-permit-open") for a in sshd_argv(default, "p1"))

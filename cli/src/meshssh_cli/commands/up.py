@@ -234,6 +234,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
         if isinstance(action, argparse._StoreTrueAction):
             if value:
                 out.append(action.option_strings[0])
+        elif isinstance(action, argparse._AppendAction):
+            for item in value or ():
+                out += [action.option_strings[0], str(item)]
         elif value not in (None, ""):
             out += [action.option_strings[0], str(value)]
     return out
