@@ -116,7 +116,7 @@ def throwaway_user() -> Iterator[str]:
     if not IS_ROOT:
         yield getpass.getuser()
         return
-    with os_users.throwaway_user(shell="/bin/sh") as name:
+    with os_users.throwaway_user(shell="/bin/sh") as name:  # password "*": not locked
         yield name
 
 

@@ -73,10 +73,11 @@ def remove_user(name: str, uid: int, timeout: float = 10.0) -> None:
     result.check(0, 12)  # 12: the mail spool was missing; the account and home are gone
 
 
-def add_user(name: str, shell: str = "/bin/bash", password: str | None = None) -> int:
+def add_user(name: str, shell: str = "/bin/bash", password: str | None = "*") -> int:
     """``useradd -m name``; returns the new uid.
 
-    ``password``: the ``useradd -p`` field (``"*"``: no password, not locked); None: locked.
+    ``password``: the ``useradd -p`` field (``"*"``, the default: no password, not locked;
+    None: useradd's own ``!``, a locked account, which sshd refuses as OpenSSH does).
     """
     import pwd
 
@@ -87,7 +88,7 @@ def add_user(name: str, shell: str = "/bin/bash", password: str | None = None) -
 
 
 @contextlib.contextmanager
-def throwaway_user(shell: str = "/bin/bash", password: str | None = None) -> Iterator[str]:
+def throwaway_user(shell: str = "/bin/bash", password: str | None = "*") -> Iterator[str]:
     """A new account (see :func:`add_user`) with a random name, removed on exit."""
     name = f"msh{uuid.uuid4().hex[:8]}"
     uid = add_user(name, shell, password)

@@ -26,6 +26,7 @@ from meshssh_common.errors import BadRequest, Conflict, NotFound
 from meshssh_common.kv import TypedKV
 
 __all__ = [
+    "DeviceContext",
     "DeviceGrant",
     "DeviceGrants",
     "DevicePointer",
@@ -38,9 +39,21 @@ __all__ = [
 # shown as XXXX-XXXX: 20^8 ≈ 2.6e10 codes.
 _ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 _CODE_LEN = 8
+_DECIDE_TRIES = 5
 _SLOW_DOWN_STEP = 5
 
 PollStatus = Literal["ok", "pending", "slow_down", "denied", "expired"]
+
+
+class DeviceContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a grant would approve, as the SSH server that started it described it."""
+
+    server_peer: str = ""
+    server_peer_name: str = ""
+    local_user: str = ""
+    source_addr: str = ""
+    source_peer: str = ""
+    source_peer_name: str = ""
 
 
 class DeviceGrant(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +69,7 @@ class DeviceGrant(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["pending", "approved", "denied", "consumed"] = "pending"
     username: str = ""
     next_poll_at: float = 0.0
+    context: DeviceContext | None = None  # None: started by `meshssh login` (no server yet)
 
 
 class DevicePointer(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +122,9 @@ class DeviceGrants:
         self._interval = interval
         self._clock = clock
 
-    async def start(self, client_id: str, scope: str) -> StartedGrant:
+    async def start(
+        self, client_id: str, scope: str, context: DeviceContext | None = None
+    ) -> StartedGrant:
         """Create a pending grant with fresh device and user codes."""
         device_code = secrets.token_urlsafe(32)
         device_hash = _hash(device_code)
@@ -123,6 +139,7 @@ class DeviceGrants:
                 created_at=now,
                 expires_at=now + self._ttl,
                 interval=self._interval,
+                context=context,
             )
             try:
                 await self._grants.create(subjects.user_code_key(code), grant)
@@ -156,16 +173,25 @@ class DeviceGrants:
             Conflict: it was decided concurrently.
         """
         code = normalize_user_code(user_code)
-        entry = await self._grants.get(subjects.user_code_key(code)) if code else None
-        if entry is None or entry.value.status != "pending":
-            raise NotFound("unknown or used code")
-        if self._clock() >= entry.value.expires_at:
-            raise NotFound("expired code")
-        decided = msgspec.structs.replace(
-            entry.value, status="approved" if approve else "denied", username=username
-        )
-        await self._grants.update(subjects.user_code_key(code), decided, last=entry.revision)
-        return decided
+        # The client's polls rewrite a pending grant (next_poll_at), so a decision that raced
+        # one reads again: only a decision made by someone else ends in Conflict.
+        for _ in range(_DECIDE_TRIES):
+            entry = await self._grants.get(subjects.user_code_key(code)) if code else None
+            if entry is None or entry.value.status != "pending":
+                raise NotFound("unknown or used code")
+            if self._clock() >= entry.value.expires_at:
+                raise NotFound("expired code")
+            decided = msgspec.structs.replace(
+                entry.value, status="approved" if approve else "denied", username=username
+            )
+            try:
+                await self._grants.update(
+                    subjects.user_code_key(code), decided, last=entry.revision
+                )
+            except Conflict:
+                continue
+            return decided
+        raise Conflict("the grant kept changing while it was being decided")
 
     async def poll(self, device_code: str, client_id: str) -> tuple[PollStatus, DeviceGrant | None]:
         """One poll of the token endpoint for ``device_code``.

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from meshssh_authn.authn_metrics import AuthnMetrics
+from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
@@ -99,6 +100,7 @@ async def _embedded(
         scopes=settings.scope,
         use_id_token=settings.use_id_token,
         user_id_claim=settings.user_id_claim,
+        require_email_verified=settings.require_email_verified,
         max_token_age=settings.max_token_age,
         clock_skew=settings.clock_skew,
         signing_alg=settings.signing_alg,
@@ -112,6 +114,10 @@ async def _embedded(
         users=UsersFile(settings.users_file) if settings.users_file else None,
         metrics=metrics,
         log=ctx.log,
+        code_attempts=CodeAttempts(
+            per_source=settings.device_code_misses_per_source,
+            overall=settings.device_code_misses,
+        ),
     )
     install_routes(app, provider)
     await ring.ensure()
@@ -151,6 +157,7 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
                     audiences=settings.audience,
                     use_id_token=settings.use_id_token,
                     user_id_claim=settings.user_id_claim,
+                    require_email_verified=settings.require_email_verified,
                     max_token_age=settings.max_token_age,
                     clock_skew=settings.clock_skew,
                 ),

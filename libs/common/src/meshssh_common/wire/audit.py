@@ -16,6 +16,7 @@ AuditKind = Literal[
     "session-end",
     "forward-open",
     "forward-close",
+    "forward-refused",
     "sftp-start",
     "sftp-end",
     "access-revoked",
