@@ -2,7 +2,7 @@
 
 Each test runs the tools with ``-F <config>``, a config that only sets the port and includes
 the drop-in, so OpenSSH's own Match/ProxyCommand logic picks the proxy. The remote peer is a
-real SSH server (``ssh_peer``); the agent is stood in for by ``static_link``.
+real meshssh-sshd (``mesh_sshd``); the agent is stood in for by ``static_link``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import signal
 from pathlib import Path
 
 import socks
-from conftest import LOCAL_IP, TOKEN, Mesh
+from conftest import LOCAL_IP, Mesh
+from mesh_sshd import audit_events, kinds, logins
 from net_tools import (
     background,
     echo_server,
@@ -36,13 +37,18 @@ async def test_ssh_runs_a_command_and_returns_its_exit_status(mesh: Mesh) -> Non
     assert result.err == "err\n"
 
 
-async def test_the_peer_sees_this_peers_mesh_address_and_the_token_as_password(mesh: Mesh) -> None:
-    result = await mesh.run("ssh", "alice@127.0.0.2", "true")
+async def test_the_peer_sees_this_peers_mesh_address_and_the_tokens_user(
+    mesh: Mesh, local_user: str
+) -> None:
+    result = await mesh.run("ssh", f"{local_user}@127.0.0.2", "true")
     assert result.returncode == 0, result.err
-    # the drop-in's detect probe and the proxy's connection, both from the mesh address
-    assert mesh.peer.record.sources == [LOCAL_IP, LOCAL_IP]
-    assert mesh.peer.record.users == ["alice"]
-    assert mesh.peer.record.passwords == [TOKEN]
+    # the map lets in only the mesh address, so the detect probe and the proxy came from it
+    events = await audit_events(mesh.peer.nc, kinds("auth-accepted", "session-end"))
+    assert [e.kind for e in events if e.kind == "connection-refused"] == []
+    (login,) = logins(events)  # one token was shown, and it was accepted
+    assert (login.kind, login.local_user, login.jwt_user) == ("auth-accepted", local_user,
+                                                              "alice-id")  # fmt: skip
+    assert login.source_addr.startswith(f"{LOCAL_IP}:")
 
 
 async def test_plain_ssh_without_a_terminal_runs_a_shell_on_stdin(mesh: Mesh) -> None:

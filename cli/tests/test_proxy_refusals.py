@@ -10,13 +10,25 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from conftest import TOKEN, Mesh
+from conftest import LOCAL_IP, Mesh
+from mesh_sshd import PeerFeatures, audit_events, kinds, logins
 from net_tools import background, echo_server, echo_through, free_port
-from ssh_peer import PeerFeatures
 from static_link import issued
 
 from meshssh_common.host_keys import fingerprint
+from meshssh_common.wire import AuditEvent
 from meshssh_testkit.openssh import RunResult
+
+
+async def logins_then_a_good_one(mesh: Mesh) -> list[AuditEvent]:
+    """The logins the peer saw, up to a last good one this adds (so none can still be on its
+    way): what earlier runs showed the peer."""
+    mesh.relink()
+    check = await mesh.run("ssh", "demo-server", "true")
+    assert check.returncode == 0, check.err
+    events = logins(await audit_events(mesh.peer.nc, kinds("auth-accepted")))
+    assert events[-1].kind == "auth-accepted"
+    return events[:-1]
 
 
 async def test_a_wrong_pinned_host_key_fails_showing_both_fingerprints(mesh: Mesh) -> None:
@@ -27,28 +39,33 @@ async def test_a_wrong_pinned_host_key_fails_showing_both_fingerprints(mesh: Mes
     assert "Host key verification failed" in result.err
     assert fingerprint(mesh.peer.host_key_line) in result.err  # what the peer presented
     assert fingerprint(impostor) in result.err  # what the map pinned
-    assert mesh.peer.record.passwords == []  # no token went to the wrong key
     assert issued(mesh.state_dir) == []
+    assert await logins_then_a_good_one(mesh) == []  # no token went to the wrong key
 
 
 async def test_a_refused_cached_token_is_final_no_browser_check_follows(mesh: Mesh) -> None:
-    # This stand-in peer gives no reason (meshssh-sshd does: test_refusals_real_sshd.py).
-    mesh.relink(token=TOKEN, cached_token="stale-token")
+    stale = mesh.peer.issuer.mint("alice-id", age=400, ttl=300)
+    mesh.relink(cached_token=stale)
     result = await mesh.run("ssh", "demo-server", "true")
     assert result.returncode == 255
     assert "Permission denied: root@demo-server" in result.err
-    assert "Check that a policy authorizes your identity" in result.err
-    assert mesh.peer.record.passwords == ["stale-token"]
-    assert issued(mesh.state_dir) == ["cached:stale-token"]  # no fresh token, no device flow
+    assert "your login token has expired" in result.err
+    # dropped from the cache, but no fresh token, so no device flow on this run
+    assert issued(mesh.state_dir) == [f"cached:{stale}", "forgotten"]
+    (refused,) = await logins_then_a_good_one(mesh)
+    assert (refused.kind, refused.reason) == ("auth-rejected", "expired")
 
 
 async def test_a_fresh_token_that_is_refused_is_not_retried(mesh: Mesh) -> None:
-    mesh.relink(token="not-authorized", cached_token="")  # empty cache: one device flow
+    mallory = mesh.peer.issuer.mint("mallory-id")  # a valid token the policy does not grant
+    mesh.relink(token=mallory, cached_token="")  # empty cache: one device flow
     result = await mesh.run("ssh", "demo-server", "true")
     assert result.returncode == 255
     assert "Permission denied" in result.err
-    assert issued(mesh.state_dir) == ["fresh:not-authorized"]  # no second browser flow
-    assert mesh.peer.record.passwords == ["not-authorized"]
+    assert "you are not authorized to log in as" in result.err
+    assert issued(mesh.state_dir) == [f"fresh:{mallory}"]  # no second browser flow
+    (refused,) = await logins_then_a_good_one(mesh)
+    assert (refused.kind, refused.jwt_user) == ("auth-rejected", "mallory-id")
 
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(jwt=False)], indirect=True)
@@ -57,7 +74,9 @@ async def test_a_machine_identity_peer_is_reached_without_any_token(mesh: Mesh) 
     assert result.returncode == 0, result.err
     assert result.out == "machine\n"
     assert issued(mesh.state_dir) == []
-    assert mesh.peer.record.passwords == []
+    accepted = await audit_events(mesh.peer.nc, kinds("auth-accepted"))
+    assert [(e.method, e.source_addr.split(":")[0]) for e in logins(accepted)] == [
+        ("none", LOCAL_IP)]  # fmt: skip
 
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(sftp=False)], indirect=True)
@@ -65,7 +84,7 @@ async def test_sftp_and_scp_to_a_peer_without_sftp_say_so(mesh: Mesh, tmp_path: 
     (tmp_path / "f.txt").write_text("x")
     scp = await mesh.run("scp", str(tmp_path / "f.txt"), f"demo-server:{tmp_path}/g.txt")
     assert scp.returncode != 0
-    assert "SFTP subsystem not available: demo-server refused the sftp subsystem" in scp.err
+    assert "SFTP subsystem not available: SFTP is off on this peer" in scp.err
     assert "--enable-ssh-sftp" in scp.err
     batch = tmp_path / "batch"
     batch.write_text("ls\n")
@@ -123,20 +142,14 @@ async def test_a_host_missing_from_the_map_is_not_detected(mesh: Mesh) -> None:
     result = await _ssh_via_proxy(mesh, "stranger", mesh.peer.port)
     assert result.returncode == 255
     assert "SSH server not detected: stranger: not a peer in this peer's network map" in result.err
-    assert mesh.peer.record.sources == []  # nothing was dialled
+    assert await logins_then_a_good_one(mesh) == []  # nothing was dialled
 
 
 async def test_a_connection_the_peer_closes_ends_ssh_with_a_message(mesh: Mesh) -> None:
     running = asyncio.create_task(mesh.run("ssh", "demo-server", "echo started; sleep 30"))
-    async with asyncio.timeout(15):
-        while len(mesh.peer.record.conns) < 2:  # the detect probe, then the proxy
-            await asyncio.sleep(0.05)
-        while not mesh.peer.record.env:  # the session's command has started
-            await asyncio.sleep(0.05)
-    mesh.peer.record.conns[-1].disconnect(asyncssh.DISC_PROTOCOL_ERROR, "access revoked")
+    await audit_events(mesh.peer.nc, kinds("session-start"), timeout=15)
+    await mesh.peer.revoke(sources=("127.0.0.9/32",))  # a new map without this peer in it
     result = await asyncio.wait_for(running, 15)
     assert result.returncode == 255
-    # the reason is the peer's ("access revoked") unless the proxy's next write hit the
-    # closed socket first ("Broken pipe"); either way the user learns who closed it
-    assert "Connection closed: demo-server closed the connection:" in result.err
+    assert "Connection closed: demo-server closed the connection" in result.err
     assert "Check whether your access was revoked" in result.err

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from conftest import LOCAL_IP, PEER_IP, TOKEN, Mesh
+from conftest import LOCAL_IP, PEER_IP, Mesh
+from mesh_sshd import audit_events, kinds, logins
 from net_tools import (
     background,
     echo_server,
@@ -26,6 +27,10 @@ from meshssh_agent.peers import PeerEntry
 from meshssh_cli.ssh.conn import dial
 from meshssh_cli.ssh.errors import ClientError
 from meshssh_common.host_keys import fingerprint
+
+# The last two tests need a misbehaving server (silent, or without the meshssh banner), which
+# meshssh-sshd cannot be: they run an in-test one, and hand the client this token by the link.
+ANY_TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 
 
 async def meshssh(mesh: Mesh, *args: str, input: bytes | None = None, stdin: int | None = None,
@@ -47,16 +52,16 @@ async def meshssh(mesh: Mesh, *args: str, input: bytes | None = None, stdin: int
 async def test_a_command_runs_with_its_exit_status_and_separate_stderr(mesh: Mesh) -> None:
     rc, out, err = await meshssh(mesh, "demo-server", "cat; echo err >&2; exit 9", input=b"piped\n")
     assert (rc, out, err) == (9, "piped\n", "err\n")
-    assert mesh.peer.record.sources == [LOCAL_IP]
-    assert mesh.peer.record.passwords == [TOKEN]
+    (login,) = logins(await audit_events(mesh.peer.nc, kinds("auth-accepted")))
+    assert (login.kind, login.jwt_user) == ("auth-accepted", "alice-id")  # the token's user
+    assert login.source_addr.startswith(f"{LOCAL_IP}:")
 
 
 async def test_command_words_are_joined_like_openssh_and_options_may_follow_the_host(
-    mesh: Mesh,
+    mesh: Mesh, local_user: str
 ) -> None:
-    rc, out, err = await meshssh(mesh, "bob@demo-server", "-T", "echo", "a", "b")
-    assert (rc, out) == (0, "a b\n"), err
-    assert mesh.peer.record.users == ["bob"]
+    rc, out, err = await meshssh(mesh, f"{local_user}@demo-server", "-T", "echo", "a", "$USER")
+    assert (rc, out) == (0, f"a {local_user}\n"), err
 
 
 async def test_input_from_a_regular_file_is_sent_whole(mesh: Mesh, tmp_path: Path) -> None:
@@ -135,7 +140,11 @@ async def test_a_wrong_pinned_key_fails_before_any_token_is_sent(mesh: Mesh) -> 
     assert "Host key verification failed" in err
     assert fingerprint(mesh.peer.host_key_line) in err
     assert fingerprint(impostor) in err
-    assert mesh.peer.record.passwords == []
+    mesh.relink()
+    rc, _, err = await meshssh(mesh, "demo-server", "true")  # a good login after it
+    assert rc == 0, err
+    (login,) = logins(await audit_events(mesh.peer.nc, kinds("auth-accepted")))
+    assert login.kind == "auth-accepted"  # the only token the peer was shown
 
 
 async def test_an_unknown_host_is_not_detected(mesh: Mesh) -> None:
@@ -166,7 +175,7 @@ async def test_a_server_that_never_answers_is_a_connection_timeout(tmp_path: Pat
     server = await asyncio.start_server(silent, PEER_IP, 0)
     key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     peer = PeerEntry("quiet-peer", PEER_IP, key)
-    write_link(tmp_path, [peer], LOCAL_IP, TOKEN)
+    write_link(tmp_path, [peer], LOCAL_IP, ANY_TOKEN)
     try:
         with pytest.raises(ClientError) as caught:
             await dial(peer, server.sockets[0].getsockname()[1], "alice",
@@ -199,7 +208,7 @@ async def test_a_server_without_the_meshssh_banner_never_gets_the_token(tmp_path
         PEER_IP, 0, server_factory=PlainServer, server_host_keys=[key], server_version="OpenSSH_9"
     )
     peer = PeerEntry("plain-peer", PEER_IP, key.export_public_key().decode())
-    write_link(tmp_path, [peer], LOCAL_IP, TOKEN)
+    write_link(tmp_path, [peer], LOCAL_IP, ANY_TOKEN)
     try:
         with pytest.raises(ClientError) as caught:
             await dial(peer, server.sockets[0].getsockname()[1], "alice", StaticLink(tmp_path),
