@@ -1,7 +1,8 @@
 """How fast does the client start, and what does the OpenSSH proxy cost?
 
-Against a real SSH peer on the loopback mesh (the asyncssh peer of the client tests, on
-127.0.0.2, with this peer on 127.0.0.3), in interleaved rounds (the order rotates each round,
+Against a real meshssh-sshd on the loopback mesh (started as the client tests start it, with
+its own nats-server, map and JWKS, on 127.0.0.2, with this peer on 127.0.0.3; logins as
+root), in interleaved rounds (the order rotates each round,
 after one warm-up of each; min, median and max printed):
 
 - ``proxy_first_byte``: from starting ``meshssh ssh proxy`` to its first byte on stdout (its
@@ -11,15 +12,16 @@ after one warm-up of each; min, median and max printed):
   ``test -f`` answers the Match line, then the proxy): wall time, and its ratio to
   ``meshssh ssh host true`` in the same round (issue 12 aims at a p50 of 250 ms);
 - the same without a marker (``meshssh ssh detect`` runs first, as before issue 12);
-- scp upload of 256 MiB through the proxy, against piping the same file through
+- scp upload of 256 MiB (BENCH_SCP_MB) through the proxy, against piping the same file through
   ``meshssh ssh host 'cat > file'`` directly: throughput ratio.
 
-The agent is stood in for by the tests' static link (peers, token), and the bench writes the
-marker the agent would keep; everything else is real. The project's modules are byte-compiled
-first, as ``pip install`` does: with ``PYTHONDONTWRITEBYTECODE`` set (as on the machines these
-figures come from) an editable checkout would otherwise compile some 25 modules from source in
-every process, about 30 ms a start that no installed meshssh pays.
-Run: ``.venv/bin/python bench/client.py`` (a minute or two).
+The agent is stood in for by the tests' static link (peers, a token of the test issuer), and
+the bench writes the marker the agent would keep; everything else is real. The project's
+modules are byte-compiled first, as ``pip install`` does: with ``PYTHONDONTWRITEBYTECODE`` set
+(as on the machines these figures come from) an editable checkout would otherwise compile some
+25 modules from source in every process, about 30 ms a start that no installed meshssh pays.
+Run as root: ``.venv/bin/python bench/client.py`` (a minute or two). Knobs: BENCH_ROUNDS (9),
+BENCH_SCP_ROUNDS (5), BENCH_SCP_MB (256).
 """
 
 from __future__ import annotations
@@ -38,17 +40,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cli" / "tests"))
 
-from ssh_peer import start_peer  # noqa: E402
+from mesh_sshd import LOCAL_IP, PeerFeatures, start_sshd  # noqa: E402
+from nats.aio.client import Client as NATS  # noqa: E402
 from static_link import write_launcher, write_link  # noqa: E402
 
 from meshssh_agent.peers import PeerEntry  # noqa: E402
 from meshssh_agent.server_marks import write_marks  # noqa: E402
 from meshssh_agent.ssh_config import DropIn, install, render  # noqa: E402
+from meshssh_testkit import NatsServer  # noqa: E402
+from meshssh_testkit.plugin import ServiceFactory  # noqa: E402
 
-ROUNDS = 9
-SCP_ROUNDS = 5
-SCP_BYTES = 256 * 1024 * 1024
-TOKEN = "bench-token"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
+SCP_ROUNDS = int(os.environ.get("BENCH_SCP_ROUNDS", "5"))
+SCP_BYTES = int(os.environ.get("BENCH_SCP_MB", "256")) << 20
 
 
 async def run(*argv: str, stdin: int | None = None) -> float:
@@ -114,11 +118,16 @@ def row(name: str, values: list[float], unit: str, scale: float) -> str:
 
 
 async def bench(work: Path) -> dict[str, object]:
-    peer = await start_peer(TOKEN, host="127.0.0.2")
+    natsd = await NatsServer.start(work / "nats-store")
+    nc = NATS()
+    services = ServiceFactory()
     try:
+        await nc.connect(natsd.url)
+        peer = await start_sshd(nc, natsd.url, services, work, PeerFeatures(),
+                                sources=(f"{LOCAL_IP}/32",))  # fmt: skip
         state = work / "state"
         write_link(state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)],
-                   "127.0.0.3", TOKEN)  # fmt: skip
+                   LOCAL_IP, peer.issuer.mint("alice-id", ttl=3600))  # fmt: skip
         launcher = str(write_launcher(work / "meshssh"))
         marks = state / "ssh-servers"
         write_marks(marks, [(peer.port, "demo-server")])  # what the agent keeps
@@ -160,7 +169,10 @@ async def bench(work: Path) -> dict[str, object]:
 
         scp_times, pipe_times = await interleave([scp, pipe], SCP_ROUNDS)
     finally:
-        await peer.stop()
+        for proc in services.started:
+            await proc.stop()
+        await nc.close()
+        await natsd.stop()
 
     mb = SCP_BYTES / 1e6
     scp_rates = [mb / t for t in scp_times]
@@ -177,7 +189,7 @@ async def bench(work: Path) -> dict[str, object]:
     out.write(row("  drop-in / direct (same round)", true_ratios, "x", 1))
     out.write(row("  proxy overhead (ssh - meshssh ssh)", overheads, "ms", 1000))
     out.write(row("ssh host true (drop-in, no marker: detect)", via_detect, "ms", 1000))
-    out.write(row("scp 256 MiB through the proxy", scp_rates, "MB/s", 1))
+    out.write(row(f"scp {SCP_BYTES >> 20} MiB through the proxy", scp_rates, "MB/s", 1))
     out.write(row("meshssh ssh 'cat > file' direct", pipe_rates, "MB/s", 1))
     out.write(row("  scp via proxy / direct", ratios, "x", 1))
     out.write(
