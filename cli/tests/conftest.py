@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from agent_mesh import agent_mesh
 from authn_provider import Provider, management, provider
 from mesh_sshd import LOCAL_IP, PEER_IP, PEER_NAME, PeerFeatures, RealPeer, start_sshd
 from nats.aio.client import Client as NATS
@@ -32,7 +33,7 @@ from meshssh_testkit import os_users
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import ServiceFactory
 
-__all__ = ["LOCAL_IP", "PEER_IP", "PEER_NAME", "Provider", "management", "provider"]
+__all__ = ["LOCAL_IP", "PEER_IP", "PEER_NAME", "Provider", "agent_mesh", "management", "provider"]
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Real OpenSSH (ssh, scp, sftp) through the generated drop-in and ``meshssh ssh proxy``.
 
 Each test runs the tools with ``-F <config>``, a config that only sets the port and includes
-the drop-in, so OpenSSH's own Match/ProxyCommand logic picks the proxy. The remote peer is a
-real meshssh-sshd (``mesh_sshd``); the agent is stood in for by ``static_link``.
+the drop-in, so OpenSSH's own Match/ProxyCommand logic picks the proxy. Everything is real
+(``agent_mesh``): demo-server's agent runs meshssh-sshd, the laptop's agent wrote the drop-in
+and holds alice's token from ``meshssh login``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 import socks
-from conftest import LOCAL_IP, Mesh
+from agent_mesh import AgentMesh as Mesh
+from conftest import LOCAL_IP
 from mesh_sshd import audit_events, kinds, logins
 from net_tools import (
     background,
@@ -28,6 +31,11 @@ from net_tools import (
 )
 
 from meshssh_common.host_keys import fingerprint
+
+
+@pytest.fixture
+def mesh(agent_mesh: Mesh) -> Mesh:
+    return agent_mesh
 
 
 async def test_ssh_runs_a_command_and_returns_its_exit_status(mesh: Mesh) -> None:
@@ -47,7 +55,7 @@ async def test_the_peer_sees_this_peers_mesh_address_and_the_tokens_user(
     assert [e.kind for e in events if e.kind == "connection-refused"] == []
     (login,) = logins(events)  # one token was shown, and it was accepted
     assert (login.kind, login.local_user, login.jwt_user) == ("auth-accepted", local_user,
-                                                              "alice-id")  # fmt: skip
+                                                              "alice")  # fmt: skip
     assert login.source_addr.startswith(f"{LOCAL_IP}:")
 
 
