@@ -105,6 +105,14 @@ async def mesh(
     return await make_mesh(nc, nats_url, services, tmp_path, openssh, peer_features)
 
 
+@pytest.fixture
+async def static_mesh(
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+) -> Mesh:  # fmt: skip
+    """``mesh`` (meshssh-sshd and the static link) where a module's ``mesh`` is the real agent."""
+    return await make_mesh(nc, nats_url, services, tmp_path, openssh, PeerFeatures())
+
+
 @pytest.fixture(scope="module")
 def local_user() -> Iterator[str]:
     """A local account the sessions switch to (made as root, removed after); else ours."""

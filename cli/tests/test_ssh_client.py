@@ -1,4 +1,8 @@
-"""``meshssh ssh`` itself, against a real peer: commands, terminal, forwards, failures."""
+"""``meshssh ssh`` itself, against a real peer: commands, terminal, forwards, failures.
+
+``mesh`` here is the real system (``agent_mesh``: the laptop agent serves alice's token and
+the peers); a test that needs the static link says why in one line.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from agent_mesh import AgentMesh
 from conftest import LOCAL_IP, PEER_IP, Mesh
 from mesh_sshd import audit_events, kinds, logins
 from net_tools import (
@@ -27,14 +32,22 @@ from meshssh_agent.peers import PeerEntry
 from meshssh_cli.ssh.conn import dial
 from meshssh_cli.ssh.errors import ClientError
 from meshssh_common.host_keys import fingerprint
+from meshssh_testkit.process import script
 
 # The last two tests need a misbehaving server (silent, or without the meshssh banner), which
-# meshssh-sshd cannot be: they run an in-test one, and hand the client this token by the link.
+# meshssh-sshd cannot be: they run an in-test one, and the static link points the client at it.
 ANY_TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 
 
-async def meshssh(mesh: Mesh, *args: str, input: bytes | None = None, stdin: int | None = None,
-                  timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
+@pytest.fixture
+def mesh(agent_mesh: AgentMesh) -> AgentMesh:
+    return agent_mesh
+
+
+async def meshssh(
+    mesh: AgentMesh | Mesh, *args: str, input: bytes | None = None, stdin: int | None = None,
+    timeout: float = 30,
+) -> tuple[int, str, str]:  # fmt: skip
     """Run ``meshssh ssh --state-dir ... -p <peer port> <args>``."""
     proc = await asyncio.create_subprocess_exec(
         str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p", str(mesh.peer.port),
@@ -49,22 +62,22 @@ async def meshssh(mesh: Mesh, *args: str, input: bytes | None = None, stdin: int
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_a_command_runs_with_its_exit_status_and_separate_stderr(mesh: Mesh) -> None:
+async def test_a_command_runs_with_its_exit_status_and_separate_stderr(mesh: AgentMesh) -> None:
     rc, out, err = await meshssh(mesh, "demo-server", "cat; echo err >&2; exit 9", input=b"piped\n")
     assert (rc, out, err) == (9, "piped\n", "err\n")
     (login,) = logins(await audit_events(mesh.peer.nc, kinds("auth-accepted")))
-    assert (login.kind, login.jwt_user) == ("auth-accepted", "alice-id")  # the token's user
+    assert (login.kind, login.jwt_user) == ("auth-accepted", "alice")  # the token's user
     assert login.source_addr.startswith(f"{LOCAL_IP}:")
 
 
 async def test_command_words_are_joined_like_openssh_and_options_may_follow_the_host(
-    mesh: Mesh, local_user: str
+    mesh: AgentMesh, local_user: str
 ) -> None:
     rc, out, err = await meshssh(mesh, f"{local_user}@demo-server", "-T", "echo", "a", "$USER")
     assert (rc, out) == (0, f"a {local_user}\n"), err
 
 
-async def test_input_from_a_regular_file_is_sent_whole(mesh: Mesh, tmp_path: Path) -> None:
+async def test_input_from_a_regular_file_is_sent_whole(mesh: AgentMesh, tmp_path: Path) -> None:
     data = os.urandom(1_500_000)
     (tmp_path / "in.bin").write_bytes(data)
     with (tmp_path / "in.bin").open("rb") as f:
@@ -73,7 +86,7 @@ async def test_input_from_a_regular_file_is_sent_whole(mesh: Mesh, tmp_path: Pat
     assert out.strip() == str(len(data))
 
 
-async def test_t_gives_a_terminal_that_follows_resizes(mesh: Mesh) -> None:
+async def test_t_gives_a_terminal_that_follows_resizes(mesh: AgentMesh) -> None:
     remote = "stty size; trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.1; done"
     argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
             str(mesh.peer.port), "-t", "demo-server", remote]  # fmt: skip
@@ -87,7 +100,7 @@ async def test_t_gives_a_terminal_that_follows_resizes(mesh: Mesh) -> None:
             assert await proc.wait() == 0
 
 
-async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: Mesh) -> None:
+async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: AgentMesh) -> None:
     argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
             str(mesh.peer.port), "demo-server"]  # fmt: skip
     async with in_pty(argv) as (proc, pty):
@@ -102,7 +115,7 @@ async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: Mesh)
             assert await proc.wait() == 3
 
 
-async def test_local_forward_reaches_a_service_beside_the_peer(mesh: Mesh) -> None:
+async def test_local_forward_reaches_a_service_beside_the_peer(mesh: AgentMesh) -> None:
     async with echo_server() as echo:
         local = free_port()
         argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
@@ -112,7 +125,7 @@ async def test_local_forward_reaches_a_service_beside_the_peer(mesh: Mesh) -> No
             assert await echo_through("127.0.0.1", local, b"direct -L") == b"DIRECT -L"
 
 
-async def test_remote_forward_on_port_0_reports_the_allocated_port(mesh: Mesh) -> None:
+async def test_remote_forward_on_port_0_reports_the_allocated_port(mesh: AgentMesh) -> None:
     async with echo_server() as echo:
         argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
                 str(mesh.peer.port), "-N", "-R", f"0:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
@@ -122,7 +135,7 @@ async def test_remote_forward_on_port_0_reports_the_allocated_port(mesh: Mesh) -
             assert await echo_through("127.0.0.1", port, b"direct -R") == b"DIRECT -R"
 
 
-async def test_a_local_port_in_use_says_cannot_bind(mesh: Mesh) -> None:
+async def test_a_local_port_in_use_says_cannot_bind(mesh: AgentMesh) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -132,7 +145,9 @@ async def test_a_local_port_in_use_says_cannot_bind(mesh: Mesh) -> None:
     assert f"Cannot bind to port: {port} on 127.0.0.1" in err
 
 
-async def test_a_wrong_pinned_key_fails_before_any_token_is_sent(mesh: Mesh) -> None:
+async def test_a_wrong_pinned_key_fails_before_any_token_is_sent(static_mesh: Mesh) -> None:
+    # static link: the real agent pins the key the map gives, never a wrong one
+    mesh = static_mesh
     impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     mesh.relink(host_key_line=impostor)
     rc, _, err = await meshssh(mesh, "demo-server", "true")
@@ -147,7 +162,7 @@ async def test_a_wrong_pinned_key_fails_before_any_token_is_sent(mesh: Mesh) -> 
     assert login.kind == "auth-accepted"  # the only token the peer was shown
 
 
-async def test_an_unknown_host_is_not_detected(mesh: Mesh) -> None:
+async def test_an_unknown_host_is_not_detected(mesh: AgentMesh) -> None:
     rc, _, err = await meshssh(mesh, "nobody-here", "true")
     assert rc == 255
     assert "SSH server not detected: nobody-here" in err
@@ -156,9 +171,9 @@ async def test_an_unknown_host_is_not_detected(mesh: Mesh) -> None:
 @pytest.mark.parametrize(
     "argv", [["-p"], ["-p", "0", "h"], ["-x", "h"], ["-L", "8080", "h"], [], ["-N", "h", "cmd"]]
 )
-async def test_bad_command_lines_exit_2_with_usage(mesh: Mesh, argv: list[str]) -> None:
+async def test_bad_command_lines_exit_2_with_usage(argv: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
-        str(mesh.launcher), "ssh", *argv, stdout=asyncio.subprocess.PIPE,
+        script("meshssh"), "ssh", *argv, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 30)
