@@ -40,6 +40,13 @@ class AgentPeer:
 
     port: int
     nc: NATS
+    api: str
+
+    async def revoke(self) -> None:
+        """The dashboard switch: ``meshctl peers ssh disable demo-server`` (live sessions end)."""
+        await run_command(script("meshctl"), "peers", "ssh", "disable", PEER_NAME,
+                          env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+                          timeout=60, check=True)  # fmt: skip
 
 
 @dataclass
@@ -98,8 +105,10 @@ async def _sign_in(state_dir: Path) -> None:
 @pytest.fixture
 async def agent_mesh(
     nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    peer_features: PeerFeatures,
 ) -> AsyncIterator[AgentMesh]:  # fmt: skip
-    """The real system, alice signed in on the laptop; every process stops after the test."""
+    """The real system, demo-server's sshd with ``peer_features``, alice signed in on the
+    laptop (unless the peer is a machine-identity one); every process stops after the test."""
     users = tmp_path / "users.json"
     await run_command(
         script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
@@ -123,7 +132,7 @@ async def agent_mesh(
     port = free_port(PEER_IP)
     server = await _agent(tmp_path, PEER_NAME, PEER_IP, "meshssh-demo-server-key-0001", api,
                           nats_url, "--allow-server-ssh", "--ssh-port", str(port),
-                          "--disable-ssh-config", *PeerFeatures().flags())  # fmt: skip
+                          "--disable-ssh-config", *peer_features.flags())  # fmt: skip
     laptop = None
     try:
         await server.wait_status(lambda s: server.child(s, "sshd")["state"] == "running", 60)
@@ -136,8 +145,9 @@ async def agent_mesh(
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
         config = tmp_path / "ssh_config"
         config.write_text(f"Port {port}\nBatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
-        await _sign_in(laptop.state_dir)
-        yield AgentMesh(AgentPeer(port, nc), server, laptop, laptop.state_dir,
+        if peer_features.jwt:
+            await _sign_in(laptop.state_dir)
+        yield AgentMesh(AgentPeer(port, nc, api), server, laptop, laptop.state_dir,
                         Path(script("meshssh")), config, openssh)  # fmt: skip
     finally:
         if laptop is not None:
