@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from agent_mesh import AgentMesh
 from conftest import LOCAL_IP, PEER_IP, PEER_NAME, Mesh
 from mesh_sshd import PeerFeatures
 from static_link import write_launcher, write_link
@@ -26,36 +27,40 @@ async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = 
     return result.returncode, result.out, result.err
 
 
-async def detect(mesh: Mesh, host: str, port: int) -> int:
+async def detect(mesh: AgentMesh, host: str, port: int) -> int:
     rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
                                   str(mesh.state_dir), host, str(port))  # fmt: skip
     return rc
 
 
-async def test_detect_says_yes_for_a_jwt_peer_by_name_or_address(mesh: Mesh) -> None:
+async def test_detect_says_yes_for_a_jwt_peer_by_name_or_address(agent_mesh: AgentMesh) -> None:
+    mesh = agent_mesh
     assert await detect(mesh, PEER_NAME, mesh.peer.port) == 0
     assert await detect(mesh, PEER_IP, mesh.peer.port) == 0
-    # the peer's map lets in only LOCAL_IP (conftest), so both probes came from the mesh address
+    # the policy lets in only registered laptops (LOCAL_IP), so both probes came from it
 
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(jwt=False)], indirect=True)
-async def test_detect_says_yes_for_a_machine_identity_peer(mesh: Mesh) -> None:
+async def test_detect_says_yes_for_a_machine_identity_peer(agent_mesh: AgentMesh) -> None:
+    mesh = agent_mesh
     assert await detect(mesh, PEER_NAME, mesh.peer.port) == 0
 
 
 async def test_detect_says_no_for_strangers_closed_ports_and_a_missing_agent(
-    mesh: Mesh, tmp_path: Path
+    agent_mesh: AgentMesh, tmp_path: Path
 ) -> None:
+    mesh = agent_mesh
     assert await detect(mesh, "stranger", mesh.peer.port) == 2
     port = mesh.peer.port
-    await mesh.peer.stop()
+    await mesh.server.stop()  # its agent, and so its sshd
     assert await detect(mesh, PEER_NAME, port) == 2
     rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
                                   str(tmp_path / "no-agent"), PEER_NAME, str(port))  # fmt: skip
     assert rc == 2
 
 
-async def test_detect_gives_up_on_a_silent_server_within_5_seconds(mesh: Mesh) -> None:
+async def test_detect_gives_up_on_a_silent_server_within_5_seconds(agent_mesh: AgentMesh) -> None:
+    mesh = agent_mesh
     held: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,6 +79,7 @@ async def test_detect_gives_up_on_a_silent_server_within_5_seconds(mesh: Mesh) -
 
 
 async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: Path) -> None:
+    # static link: a map with a keyless peer, which the real policy does not hand out
     launcher = write_launcher(tmp_path / "meshssh")
     state = tmp_path / "state"
     peers = [
@@ -98,8 +104,9 @@ async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: 
 
 
 async def test_the_opt_out_setting_stops_install(tmp_path: Path) -> None:
-    launcher = write_launcher(tmp_path / "meshssh")
-    write_link(tmp_path / "state", [], LOCAL_IP, "unused-token")  # config never asks for a token
+    launcher = (
+        Path(sys.executable).parent / "meshssh"
+    )  # the real command; it stops before any agent
     dropin = tmp_path / "99-meshssh.conf"
     rc, _, err = await run_launcher(launcher, "config", "install", "--file", str(dropin),
                                     "--state-dir", str(tmp_path / "state"),
@@ -151,6 +158,7 @@ async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_
 async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
     mesh: Mesh, tmp_path: Path
 ) -> None:
+    # static link: the test installs its own drop-in (a logging launcher) the agent would rewrite
     calls = tmp_path / "calls"
     logging_launcher = tmp_path / "meshssh-logged"
     logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')
