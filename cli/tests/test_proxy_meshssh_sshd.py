@@ -6,9 +6,10 @@ tokens end ``ssh`` within 5 s with "Permission denied" and the server's reason; 
 and ``meshssh ssh -A`` give the session the client's agent when the peer allows it, and say
 "Agent forwarding not available" when it does not; audit events name the source peer.
 
-The peer agent is stood in for by ``static_link`` (as in the other client tests): the test
-must hand the client an expired or wrong-audience token, which the real agent's cache never
-hands out. The identity provider is a signing key the test holds (a third-party issuer).
+The refusal tests stand in for the peer agent with ``static_link``: they must hand the client
+an expired or wrong-audience token, which the real agent's cache never hands out (the
+identity provider is a signing key the test holds, a third-party issuer). The ``-A`` and audit
+tests run the real system (``agent_mesh``: agents, meshssh-policy, meshssh-authn, login).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import contextlib
 import os
 import pwd
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from agent_mesh import AgentMesh
 from conftest import LOCAL_IP, PEER_IP, PEER_NAME
 from mesh_sshd import NO_FEATURES, Issuer, PeerFeatures, audit_events, kinds, start_sshd
 from nats.aio.client import Client as NATS
@@ -97,7 +99,7 @@ async def peer(
     return await start_peer(nc, nats_url, services, tmp_path, openssh, local_user)
 
 
-REFUSED = {
+REFUSED: dict[str, tuple[Callable[[Issuer], str], str, str]] = {
     "expired": (lambda i: i.mint("alice-id", age=400, ttl=300), "your login token has expired",
                 "meshssh login"),
     "bad_audience": (lambda i: i.mint("alice-id", aud="another-app"),
@@ -201,18 +203,20 @@ async def agent_env(tmp_path: Path, openssh: OpenSSH) -> AsyncIterator[tuple[dic
 PROBE = 'ssh-add -l; s="$SSH_AUTH_SOCK"; stat -c "%U %a" "$s" "$(dirname "$s")"; echo "sock=$s"'
 
 
+async def both_clients(mesh: AgentMesh, *args: str, env: dict[str, str]) -> list[RunResult]:
+    """OpenSSH through the agent's drop-in, then ``meshssh ssh``, with the same arguments."""
+    return [
+        await mesh.run("ssh", *args, env=env, timeout=60),
+        await run_command(str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir),
+                          "-p", str(mesh.peer.port), *args, env=env, timeout=60),
+    ]  # fmt: skip
+
+
 async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
-    local_user: str,
-) -> None:  # fmt: skip
-    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
-                            PeerFeatures(sftp=False, local_forwarding=False,
-                                         remote_forwarding=False, root=False))  # fmt: skip
+    agent_mesh: AgentMesh, tmp_path: Path, openssh: OpenSSH, local_user: str
+) -> None:
     async with agent_env(tmp_path, openssh) as (env, key):
-        results = [
-            await peer.ssh("-A", f"{local_user}@{PEER_NAME}", PROBE, env=env),
-            await peer.meshssh("-A", f"{local_user}@{PEER_NAME}", PROBE, env=env),
-        ]
+        results = await both_clients(agent_mesh, "-A", f"{local_user}@{PEER_NAME}", PROBE, env=env)
     for result in results:
         assert result.returncode == 0, result.err
         lines = result.out.splitlines()
@@ -223,12 +227,13 @@ async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent
         assert await socket_gone(path)  # removed when the session (connection) ended
 
 
+@pytest.mark.parametrize("peer_features", [PeerFeatures(agent_forwarding=False)], indirect=True)
 async def test_without_the_flag_ssh_A_is_told_agent_forwarding_is_not_available(
-    peer: Peer, tmp_path: Path, openssh: OpenSSH
+    agent_mesh: AgentMesh, tmp_path: Path, openssh: OpenSSH, local_user: str
 ) -> None:
     async with agent_env(tmp_path, openssh) as (env, _):
-        probe = ("-A", f"{peer.user}@{PEER_NAME}", 'echo "sock=$SSH_AUTH_SOCK"')
-        results = [await peer.ssh(*probe, env=env), await peer.meshssh(*probe, env=env)]
+        probe = ("-A", f"{local_user}@{PEER_NAME}", 'echo "sock=$SSH_AUTH_SOCK"')
+        results = await both_clients(agent_mesh, *probe, env=env)
     for result in results:
         assert result.returncode == 0, result.err
         assert result.out == "sock=\n"
@@ -236,13 +241,16 @@ async def test_without_the_flag_ssh_A_is_told_agent_forwarding_is_not_available(
         assert "--enable-ssh-agent-forwarding" in result.err
 
 
-async def test_audit_events_of_a_drop_in_session_name_the_source_peer(peer: Peer, nc: NATS) -> None:
-    result = await peer.ssh(f"{peer.user}@{PEER_NAME}", "true")
+async def test_audit_events_of_a_drop_in_session_name_the_source_peer(
+    agent_mesh: AgentMesh, local_user: str
+) -> None:
+    result = await agent_mesh.run("ssh", f"{local_user}@{PEER_NAME}", "true")
     assert result.returncode == 0, result.err
     wanted = {"auth-accepted", "session-start", "session-end"}
-    events = await audit_events(nc, kinds(*wanted))
+    events = await audit_events(agent_mesh.peer.nc, kinds(*wanted))
     for event in (e for e in events if e.kind in wanted):
-        assert (event.source_peer, event.source_peer_name) == ("laptop-1", "demo-laptop"), event
+        assert event.source_peer, event  # the laptop's id in the map
+        assert event.source_peer_name == "demo-laptop", event
         assert event.source_addr.startswith(f"{LOCAL_IP}:"), event
-        assert (event.jwt_user, event.local_user) == ("alice-id", peer.user), event
-    assert pwd.getpwnam(peer.user)  # the session ran as that local account
+        assert (event.jwt_user, event.local_user) == ("alice", local_user), event
+    assert pwd.getpwnam(local_user)  # the session ran as that local account
