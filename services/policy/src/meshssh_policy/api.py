@@ -28,6 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meshssh_common.errors import MeshError
 from meshssh_common.version import VERSION
+from meshssh_policy.admin_audit import AuditWrites, token_actor
+from meshssh_policy.api_audit import router as audit_router
 from meshssh_policy.api_deps import MgmtDep
 from meshssh_policy.api_peers import router as peers_router
 from meshssh_policy.api_resources import router as resources_router
@@ -60,10 +62,11 @@ def _token_ok(mgmt: Management, presented: str) -> bool:
 
 
 def admin_only(request: Request, mgmt: MgmtDep) -> None:
-    """Dependency: the request carries the admin bearer token."""
+    """Dependency: the request carries the admin bearer token (the actor of its audit)."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not _token_ok(mgmt, value.strip()):
         raise _Unauthorized(basic=False)
+    request.state.actor = token_actor(value.strip())
 
 
 def _browser_admin(request: Request, mgmt: MgmtDep) -> None:
@@ -143,8 +146,10 @@ def create_app(mgmt: Management) -> FastAPI:
         )
 
     admin = [Depends(admin_only)]
-    app.include_router(peers_router, prefix="/api/v1", dependencies=admin)
-    app.include_router(resources_router, prefix="/api/v1", dependencies=admin)
+    app.include_router(peers_router, dependencies=admin)
+    app.include_router(resources_router, dependencies=admin)
+    app.include_router(audit_router, dependencies=admin)
+    app.add_middleware(AuditWrites, audit=mgmt.audit)
 
     @app.get("/api/v1/ssh/known_hosts", response_class=PlainTextResponse, tags=["public"])
     async def ssh_known_hosts(mgmt: MgmtDep) -> PlainTextResponse:

@@ -29,7 +29,7 @@ from meshssh_policy.peers import record_view, setup_key_view
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(prefix="/api/v1")
 _NO_CONTENT = 204
 
 

@@ -14,16 +14,20 @@ import secrets
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
+from meshssh_common.errors import NotFound
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
 from meshssh_policy.logins import Logins
 from meshssh_policy.metrics import PolicyMetrics
-from meshssh_policy.peers import PeerOps
+from meshssh_policy.peers import PeerOps, live_session
 from meshssh_policy.presence import Presence
 from meshssh_policy.publisher import Publisher
+from meshssh_policy.records import PeerRecord
 from meshssh_policy.registration import Registrar
 from meshssh_policy.resources import Resources
 from meshssh_policy.settings import PolicySettings
@@ -49,6 +53,8 @@ class Management:
     logins: Logins
     metrics: PolicyMetrics
     log: BoundLogger
+    js: JetStreamContext
+    audit: AdminAudit
 
     @classmethod
     async def open(
@@ -80,9 +86,20 @@ class Management:
             settings=settings, admin_token=token, state=state, store=store, engine=engine,
             presence=presence, resources=Resources(store), peer_ops=PeerOps(store),
             registrar=registrar, logins=Logins(js, store, metrics, base, log), metrics=metrics,
-            log=log,
+            log=log, js=js, audit=AdminAudit(js, base, log),
         )  # fmt: skip
 
     def compiler(self) -> Compiler:
         """A compiler over the current state (for views: SSH state, groups of a peer)."""
         return Compiler(self.state, self.engine.index, self.settings.mesh_prefix)
+
+    async def end_session(self, peer_id: str, session_id: str) -> PeerRecord:
+        """End a session the peer reports live (REST, meshctl and the dashboard).
+
+        Raises:
+            NotFound: no such peer, or its last heartbeat lists no such session.
+        """
+        self.peer_ops.get(peer_id)
+        if not live_session(self.presence, peer_id, session_id):
+            raise NotFound(f"session {session_id[:80]!r} is not live on peer {peer_id!r}")
+        return await self.peer_ops.end_session(peer_id, session_id)

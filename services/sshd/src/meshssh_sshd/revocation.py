@@ -35,6 +35,10 @@ def revocation_reason(
         return "no_map"
     if not netmap.peer.ssh_enabled:
         return "ssh_disabled"
+    if netmap.peer.ended_sessions and not record.sessions.keys().isdisjoint(
+        netmap.peer.ended_sessions
+    ):
+        return "ended"
     origin = record.origin
     if check_inbound(netmap, origin.client_ip, origin.acl_port) is not AclDecision.ACCEPT:
         return "source"
@@ -84,6 +88,7 @@ class Revoker:
 _REASON_TEXT = {
     "no_map": "this peer was removed from the mesh",
     "ssh_disabled": "SSH was disabled for this peer",
+    "ended": "an administrator ended this session",
     "source": "your machine may no longer reach this peer",
     "user": "you are no longer authorized for this user",
 }
