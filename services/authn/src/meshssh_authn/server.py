@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from meshssh_authn.auth_codes import AuthCodes
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
@@ -129,6 +130,9 @@ async def _embedded(
         users=UsersFile(settings.users_file) if settings.users_file else None,
         metrics=metrics,
         log=ctx.log,
+        codes=AuthCodes(
+            client_id=settings.dashboard_client_id, redirect_uris=settings.dashboard_redirect_uri
+        ),
     )
     install_routes(app, provider)
     await ring.ensure()
