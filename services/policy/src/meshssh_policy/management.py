@@ -23,11 +23,12 @@ from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
 from meshssh_policy.logins import Logins
+from meshssh_policy.memberships import add_member, remove_member
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.peers import PeerOps, live_session
 from meshssh_policy.presence import Presence
 from meshssh_policy.publisher import Publisher
-from meshssh_policy.records import PeerRecord
+from meshssh_policy.records import GroupRecord, PeerRecord
 from meshssh_policy.registration import Registrar
 from meshssh_policy.resources import Resources
 from meshssh_policy.settings import PolicySettings
@@ -103,3 +104,27 @@ class Management:
         if not live_session(self.presence, peer_id, session_id):
             raise NotFound(f"session {session_id[:80]!r} is not live on peer {peer_id!r}")
         return await self.peer_ops.end_session(peer_id, session_id)
+
+    async def add_to_group(
+        self, group_id: str, *, peer: str | None = None, user: str | None = None
+    ) -> GroupRecord:
+        """Add a known peer or user to a group (idempotent; REST and the dashboard).
+
+        Raises:
+            NotFound: no such group, peer or user.
+        """
+        if peer is not None:
+            self.peer_ops.get(peer)
+        if user is not None and user not in self.state.users:
+            raise NotFound(f"user {user!r} does not exist")
+        return await add_member(self.store, group_id, peer=peer, user=user)
+
+    async def remove_from_group(
+        self, group_id: str, *, peer: str | None = None, user: str | None = None
+    ) -> GroupRecord:
+        """Remove a peer or user from a group (idempotent; REST and the dashboard).
+
+        Raises:
+            NotFound: no such group.
+        """
+        return await remove_member(self.store, group_id, peer=peer, user=user)
