@@ -7,7 +7,9 @@ terminal closed), also while still starting:
 2. meshssh-authn with its embedded OIDC provider and the demo users alice and bob (passwords
    generated once, kept in <run>/demo-passwords.json, mode 0600);
 3. meshssh-policy with the demo seed (setup keys, groups `servers` and `users`, a policy that
-   lets users reach servers on TCP 22) on the loopback mesh 127.0.0.0/8;
+   lets users reach servers on TCP 22) on the loopback mesh 127.0.0.0/8; its dashboard signs
+   users in at authn's embedded provider (authn registers `<API>/auth/callback` as the
+   dashboard's redirect URI) and alice is its admin (`--admin-users alice`);
 4. two peers: `demo-server` on 127.0.0.2 (`--allow-server-ssh --enable-ssh-sftp` and local
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
    account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
@@ -236,7 +238,8 @@ def print_guide(demo: Demo, nats_url: str, endpoints: dict[str, object], cfg: Pa
     say(f"""
 meshssh is running (state in {demo.run}; endpoints in {demo.run / "endpoints.json"})
   nats-server       {nats_url}
-  API and dashboard http://{demo.api}/  (OpenAPI docs at http://{demo.api}/docs)
+  dashboard         http://{demo.api}/  (sign in as alice, an admin; bob reads only)
+  API               http://{demo.api}/api/v1  (OpenAPI docs at http://{demo.api}/docs)
   OIDC provider     http://{demo.provider}/.well-known/openid-configuration
   metrics           {metrics_lines}
   demo users        {"  ".join(f"{u} / {p}" for u, p in passwords.items())}
@@ -267,10 +270,11 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
         services.append(await ServiceProcess.start(
             "meshssh-authn", "--nats-url", nats.url, "--listen", demo.provider,
             "--users-file", str(users_file), "--log-format", "json",
+            "--dashboard-redirect-uri", f"http://{demo.api}/auth/callback",
         ))  # fmt: skip
         services.append(await ServiceProcess.start(
             "meshssh-policy", "--nats-url", nats.url, "--listen", demo.api, "--seed", str(SEED),
-            "--mesh-prefix", "127.0.0.0/8", "--log-format", "json",
+            "--mesh-prefix", "127.0.0.0/8", "--log-format", "json", "--admin-users", "alice",
             env={"MESHSSH_ADMIN_TOKEN": admin_token},
         ))  # fmt: skip
         for proc in services:
