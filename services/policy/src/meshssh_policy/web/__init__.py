@@ -2,8 +2,8 @@
 
 Pages: Peers (the SSH switch), a peer's detail (end live sessions), Users, Groups, Policies,
 Setup keys and the Audit log, with a live strip. Server-rendered Jinja2 templates; htmx (vendored in
-``static/``, version in its file name, licence beside it) only boosts links and forms and
-polls the live strip, so every page also works without JavaScript.
+``static/``, version in its file name, licence beside it) only polls the live strip: links
+and forms are plain HTML (post, then redirect), so every page works without JavaScript.
 
 Example::
 
