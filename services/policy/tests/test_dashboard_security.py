@@ -67,9 +67,10 @@ async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cook
         cookie = next(c for c in alice.cookies.jar if c.name == "meshssh_session")
         assert cookie.has_nonstandard_attr("HttpOnly")
         assert not cookie.secure  # http: no Secure
-        for path in ("/peers", f"/peers/{peer}", "/users", "/groups", "/policies",
-                     "/policies/new", "/policies/users-to-servers-ssh", "/setup-keys",
-                     "/audit", "/audit?kind=admin-change&user=alice&peer=srv", "/live"):  # fmt: skip
+        pages = ("/peers", f"/peers/{peer}", "/users", "/groups", "/policies", "/policies/new",
+                 "/policies/users-to-servers-ssh", "/setup-keys", "/audit",
+                 "/audit?kind=admin-change&user=alice&peer=srv", "/live")  # fmt: skip
+        for path in pages:
             shown = await alice.get(base + path)
             assert shown.status_code == 200, (path, shown.text)
             assert shown.headers["content-security-policy"].startswith("default-src 'self'")
