@@ -16,7 +16,7 @@ lock:      ## Re-resolve dependencies; rewrite requirements.lock and the per-ima
 	uv export --format requirements-txt --all-groups --no-emit-workspace --no-header -o requirements.lock
 	for m in $(SERVICES) cli; do uv export --format requirements-txt --package meshssh-$$m --no-dev \
 	  --no-emit-workspace --no-header -q -o deploy/docker/requirements/$$m.lock; done
-	uv export --format requirements-txt --package meshssh-cli --package meshssh-sshd \
+	uv export --format requirements-txt --package meshssh-cli --package meshssh-agent --package meshssh-sshd \
 	  --package meshssh-relay --no-dev --no-emit-workspace --no-header -q \
 	  -o deploy/docker/requirements/peer.lock
 

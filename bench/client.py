@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT / "cli" / "tests"))
 from ssh_peer import start_peer  # noqa: E402
 from static_link import write_launcher, write_link  # noqa: E402
 
-from meshssh_cli.peer_directory import PeerEntry  # noqa: E402
-from meshssh_cli.server_marks import write_marks  # noqa: E402
-from meshssh_cli.ssh_config import DropIn, install, render  # noqa: E402
+from meshssh_agent.peers import PeerEntry  # noqa: E402
+from meshssh_agent.server_marks import write_marks  # noqa: E402
+from meshssh_agent.ssh_config import DropIn, install, render  # noqa: E402
 
 ROUNDS = 9
 SCP_ROUNDS = 5

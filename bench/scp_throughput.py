@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT / "cli" / "tests"))
 
 from static_link import write_launcher, write_link  # noqa: E402
 
-from meshssh_cli.peer_directory import PeerEntry  # noqa: E402
-from meshssh_cli.ssh_config import DropIn, install, render  # noqa: E402
+from meshssh_agent.peers import PeerEntry  # noqa: E402
+from meshssh_agent.ssh_config import DropIn, install, render  # noqa: E402
 
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "1024")) << 20
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))

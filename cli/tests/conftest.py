@@ -19,8 +19,8 @@ from authn_provider import ConfigServer, Provider, config_server, provider
 from ssh_peer import MeshPeer, PeerFeatures, start_peer
 from static_link import write_launcher, write_link
 
-from meshssh_cli.peer_directory import PeerEntry
-from meshssh_cli.ssh_config import DropIn, install, render
+from meshssh_agent.peers import PeerEntry
+from meshssh_agent.ssh_config import DropIn, install, render
 from meshssh_testkit.openssh import OpenSSH, RunResult
 
 PEER_NAME = "demo-server"

@@ -2,7 +2,7 @@
 
 The peer agent (``meshssh up``) and its token cache are built separately; until they are
 merged, tests stand in for them here with the narrow protocols of
-``meshssh_cli.peer_directory``: the peers, the local mesh address and the tokens come from
+``meshssh_cli.ssh.peer_directory``: the peers, the local mesh address and the tokens come from
 ``<state-dir>/test-link.json``, and every token handed out is logged to
 ``<state-dir>/tokens.log``. Everything on the SSH side stays real.
 
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from meshssh_cli import ssh
-from meshssh_cli.client_errors import LinkError
-from meshssh_cli.peer_directory import IssuedToken, PeerEntry, find_peer
+from meshssh_agent.peers import PeerEntry, find_peer
+from meshssh_cli.ssh import command as ssh
+from meshssh_cli.ssh.errors import LinkError
+from meshssh_cli.ssh.peer_directory import IssuedToken
 
 LINK_FILE = "test-link.json"
 TOKEN_LOG = "tokens.log"
@@ -108,7 +109,9 @@ def main(argv: Sequence[str]) -> int:
     if argv[:1] == ["ssh"]:
         return ssh.run(argv[1:], open_link=StaticLink.open)
     if argv[:1] == ["config"]:
-        from meshssh_cli import config_cmd  # lazily, as in `meshssh`: proxy starts stay lean
+        from meshssh_cli.commands import (
+            config as config_cmd,  # lazily, as in `meshssh`: proxy starts stay lean
+        )
 
         return config_cmd.run_argv(argv[1:], open_link=StaticLink.open)
     sys.stderr.write(f"test launcher: unsupported {list(argv)}\n")

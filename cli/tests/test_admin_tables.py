@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshssh_cli.admin_tables import table, user_rows, when
+from meshssh_cli.meshctl.tables import table, user_rows, when
 
 
 def test_users_ls_shows_first_seen_and_last_login_in_utc_and_a_dash_for_never() -> None:

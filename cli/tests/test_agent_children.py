@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meshssh_cli.agent_children import (
+from meshssh_agent.children import (
     RelayMode,
     choose_relay_mode,
     relay_argv,
@@ -14,7 +14,7 @@ from meshssh_cli.agent_children import (
     sshd_argv,
     sshd_wanted,
 )
-from meshssh_cli.agent_config import AgentConfig, Flags
+from meshssh_agent.settings import AgentConfig, Flags
 from meshssh_common.errors import ConfigError
 
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_cli.agent_link import open_agent
-from meshssh_cli.client_errors import LinkError
+from meshssh_cli.link.opener import open_agent
+from meshssh_cli.ssh.errors import LinkError
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.wire import RemotePeer
 from meshssh_testkit import script

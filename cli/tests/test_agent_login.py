@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_cli.agent_client import AgentClient
-from meshssh_cli.agent_protocol import PromptReply
-from meshssh_cli.token_cache import token_times
+from meshssh_agent.token_cache import token_times
+from meshssh_cli.link.client import AgentClient
+from meshssh_common.wire.agent import PromptReply
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.policy_standin import PolicyStandIn

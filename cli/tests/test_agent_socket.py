@@ -30,7 +30,7 @@ NOBODY = 65534
 _CLIENT = """
 import asyncio, json, sys
 from pathlib import Path
-from meshssh_cli.agent_client import AgentClient
+from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import MeshError
 
 async def main():

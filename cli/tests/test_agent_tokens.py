@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import json
 
-from meshssh_cli.agent_tokens import AgentTokenCache
-from meshssh_cli.token_cache import Notify
+from meshssh_agent.token_cache import Notify
+from meshssh_agent.tokens import AgentTokenCache
 from meshssh_common.wire import JwtConfig
 
 

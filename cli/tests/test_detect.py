@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncssh
 import pytest
 
-from meshssh_cli.detect import BannerKind, classify, probe
+from meshssh_cli.ssh.detect import BannerKind, classify, probe
 
 
 @pytest.mark.parametrize(

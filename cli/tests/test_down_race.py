@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_cli.agent_state import lock_holder
+from meshssh_agent.state_dir import lock_holder
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, agent_request, pid_alive
 from meshssh_testkit.policy_standin import PolicyStandIn

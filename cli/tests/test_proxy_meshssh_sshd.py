@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from static_link import issued, write_launcher, write_link
 
-from meshssh_cli.peer_directory import PeerEntry
-from meshssh_cli.ssh_config import DropIn, install, render
+from meshssh_agent.peers import PeerEntry
+from meshssh_agent.ssh_config import DropIn, install, render
 from meshssh_common import codec, subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.kv import TypedKV, open_bucket

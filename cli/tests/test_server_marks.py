@@ -20,8 +20,8 @@ import pytest
 from conftest import PEER_IP, PEER_NAME, Mesh
 from nats.aio.client import Client as NATS
 
-from meshssh_cli.server_marks import ServerMarks, write_marks
-from meshssh_cli.ssh_config import DropIn, install, render
+from meshssh_agent.server_marks import ServerMarks, write_marks
+from meshssh_agent.ssh_config import DropIn, install, render
 from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer
 from meshssh_testkit import openssh_available, script

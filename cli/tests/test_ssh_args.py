@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meshssh_cli.forward_spec import ForwardSpec
-from meshssh_cli.ssh_args import SshUsageError, parse_ssh_args
+from meshssh_cli.ssh.args import SshUsageError, parse_ssh_args
+from meshssh_cli.ssh.forward_spec import ForwardSpec
 
 
 def test_options_host_and_command_words() -> None:

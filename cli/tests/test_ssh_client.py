@@ -22,9 +22,9 @@ from net_tools import (
 )
 from static_link import StaticLink, write_link
 
-from meshssh_cli.client_conn import dial
-from meshssh_cli.client_errors import ClientError
-from meshssh_cli.peer_directory import PeerEntry
+from meshssh_agent.peers import PeerEntry
+from meshssh_cli.ssh.conn import dial
+from meshssh_cli.ssh.errors import ClientError
 from meshssh_common.host_keys import fingerprint
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshssh_cli.ssh_config import MAX_LINE, DropIn, install, is_valid_host, render, uninstall
+from meshssh_agent.ssh_config import MAX_LINE, DropIn, install, is_valid_host, render, uninstall
 from meshssh_testkit import openssh_available
 from meshssh_testkit.plugin import need_tool
 

@@ -13,8 +13,8 @@ from conftest import LOCAL_IP, PEER_IP, PEER_NAME, TOKEN, Mesh
 from ssh_peer import PeerFeatures
 from static_link import write_launcher, write_link
 
-from meshssh_cli.config_cmd import dropin_enabled, sync_dropin
-from meshssh_cli.peer_directory import PeerEntry, find_peer
+from meshssh_agent.dropin import dropin_enabled, sync_dropin
+from meshssh_agent.peers import PeerEntry, find_peer
 
 
 async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,

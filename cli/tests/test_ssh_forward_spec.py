@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshssh_cli.forward_spec import ForwardSpec, ForwardSpecError, parse_forward
+from meshssh_cli.ssh.forward_spec import ForwardSpec, ForwardSpecError, parse_forward
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,13 @@ import json
 import subprocess
 import sys
 
-from meshssh_cli.ssh_library import library_absent
+from meshssh_cli.ssh.library import library_absent
 
 ALGS = (
     "import asyncssh.kex as k, asyncssh.public_key as p\n"
     "print(k.get_kex_algs(), p.get_public_key_algs())\n"
 )
-QUICK = "from meshssh_cli.ssh_library import import_asyncssh\nimport_asyncssh()\n"
+QUICK = "from meshssh_cli.ssh.library import import_asyncssh\nimport_asyncssh()\n"
 # Every process the import starts shows up as a `subprocess.Popen` audit event.
 WATCH = (
     "import sys, json\n"

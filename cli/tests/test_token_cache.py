@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from meshssh_cli.device_flow import DeviceAuthorization, DeviceFlowClient
-from meshssh_cli.token_cache import Notify, TokenCache, token_times
+from meshssh_agent.token_cache import Notify, TokenCache, token_times
 from meshssh_common.jwt_validation import JwtValidator
+from meshssh_common.oidc_device import DeviceAuthorization, DeviceFlowClient
 
 if TYPE_CHECKING:
     from conftest import Provider

@@ -22,9 +22,14 @@ MEMBERS = {
     "services/authn": "meshssh_authn",
     "services/sshd": "meshssh_sshd",
     "services/relay": "meshssh_relay",
+    "services/agent": "meshssh_agent",
     "cli": "meshssh_cli",
 }
-WORKSPACE = {"meshssh-common": "meshssh_common", "meshssh-testkit": "meshssh_testkit"}
+WORKSPACE = {
+    "meshssh-common": "meshssh_common",
+    "meshssh-testkit": "meshssh_testkit",
+    "meshssh-agent": "meshssh_agent",
+}
 
 
 def normalize(name: str) -> str:

@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS = {
-    "up": "meshssh_cli.up",
-    "down": "meshssh_cli.down",
-    "status": "meshssh_cli.status",
-    "login": "meshssh_cli.login",
-    "ssh": "meshssh_cli.ssh",
-    "config": "meshssh_cli.config_cmd",
+    "up": "meshssh_cli.commands.up",
+    "down": "meshssh_cli.commands.down",
+    "status": "meshssh_cli.commands.status",
+    "login": "meshssh_cli.commands.login",
+    "ssh": "meshssh_cli.ssh.command",
+    "config": "meshssh_cli.commands.config",
 }
 """Subcommand -> the module whose ``register(subparsers)`` adds it, in ``--help`` order."""
 
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] == ["ssh"]:
         # `ssh` parses its own words (OpenSSH style), and OpenSSH runs `ssh detect` and
         # `ssh proxy` for every connection: no parser to build at all
-        from meshssh_cli import ssh
+        from meshssh_cli.ssh import command as ssh
 
         return ssh.run(words[1:])
     parser = build_parser(words[0] if words[:1] and words[0] in COMMANDS else None)

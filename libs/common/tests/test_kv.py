@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import wire
-from meshssh_common.errors import Conflict, WireError
+from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.kv import KvEvent, TypedKV, open_bucket
 from meshssh_testkit import NatsServer
 
@@ -144,3 +144,47 @@ async def test_follow_resumes_quickly_after_nats_restarts(nats_server: NatsServe
         assert seen[-1] == 2
     finally:
         await nc.close()
+
+
+async def test_follow_raises_what_is_not_an_outage(nc: NATS) -> None:
+    class Boom(Exception):
+        pass
+
+    def explode(key: str, error: WireError) -> None:
+        raise Boom(key)  # a bug in the consumer's hook: the pump dies with it
+
+    raw = await open_bucket(nc.jetstream(), "t-follow-bug")
+    kv = TypedKV(raw, wire.MetaReply, on_bad_value=explode)
+    retried: list[Exception] = []
+    await raw.put("k", b"garbage")
+
+    async def drain() -> None:
+        async with asyncio.timeout(5):
+            async for _ in kv.follow("k", nc, on_retry=retried.append):
+                pass
+
+    with pytest.raises(Boom):
+        await drain()
+    assert retried == []
+
+
+async def test_an_outage_is_unavailable_not_a_nats_py_error(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-outage"), wire.MetaReply)
+    await kv.put("k", wire.MetaReply(serial=1))
+    await nc.close()
+    with pytest.raises(Unavailable):
+        await kv.get("k")
+    with pytest.raises(Unavailable):
+        await kv.put("k", wire.MetaReply(serial=2))
+    with pytest.raises(Unavailable):
+        await kv.update("k", wire.MetaReply(serial=2), last=1)
+
+
+async def test_an_encoded_value_is_stored_as_is(nc: NATS) -> None:
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-encoded"), wire.MetaReply)
+    data = kv.encode(wire.MetaReply(serial=4))
+    rev = await kv.create("k", data)
+    entry = await kv.get("k")
+    assert entry is not None
+    assert (entry.value, entry.revision) == (wire.MetaReply(serial=4), rev)

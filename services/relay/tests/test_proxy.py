@@ -13,8 +13,8 @@ import pytest
 
 from meshssh_common.logs import service_logger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import SIGNATURE, parse_v2
-from meshssh_relay.netmap_watch import MapHolder
 from meshssh_relay.proxy import ProxyRelay, RelayMetrics
 from meshssh_relay.pump import CHUNK
 from meshssh_relay.settings import RelaySettings
@@ -24,7 +24,7 @@ RELAY_IP, CLIENT_IP, STRANGER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 
 class Relay:
-    def __init__(self, relay: ProxyRelay, holder: MapHolder, metrics: ServiceMetrics) -> None:
+    def __init__(self, relay: ProxyRelay, holder: PeerMap, metrics: ServiceMetrics) -> None:
         self.relay, self.holder, self.metrics = relay, holder, metrics
 
     @property
@@ -44,9 +44,9 @@ class Relay:
 
 
 async def start_relay(**settings: object) -> Relay:
-    holder = MapHolder()
-    holder.apply(make_map(1))
     metrics = ServiceMetrics("relay")
+    holder = PeerMap(log=service_logger("relay"), metrics=metrics)
+    holder.offer(make_map(1))
     config = RelaySettings(peer_id="p1", listen=f"{RELAY_IP}:0", **settings)  # type: ignore[arg-type]
     relay = ProxyRelay(config, holder, RelayMetrics(metrics), service_logger("relay"))
     await relay.start()
@@ -134,7 +134,7 @@ async def test_a_source_without_a_rule_is_refused_before_any_byte_is_read(
 
 async def test_without_a_map_every_connection_is_refused(upstream: socket.socket) -> None:
     relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
-    relay.holder.clear()
+    relay.holder.drop()
     try:
         reader, writer = await relay.connect()
         async with asyncio.timeout(5):
@@ -155,7 +155,7 @@ async def test_with_ssh_off_connections_go_to_the_native_upstream_without_a_head
         sshd=f"{RELAY_IP}:{sshd.getsockname()[1]}",
         native_upstream=f"{RELAY_IP}:{upstream.getsockname()[1]}",
     )
-    relay.holder.apply(make_map(2, ssh_enabled=False))
+    relay.holder.offer(make_map(2, ssh_enabled=False))
     try:
         _reader, writer = await relay.connect()
         writer.write(b"SSH-2.0-client\r\n")
@@ -179,7 +179,7 @@ async def test_with_ssh_off_and_no_native_upstream_connections_are_closed(
 ) -> None:
     upstream.listen(8)
     relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
-    relay.holder.apply(make_map(2, ssh_enabled=False))
+    relay.holder.offer(make_map(2, ssh_enabled=False))
     try:
         reader, writer = await relay.connect()
         async with asyncio.timeout(5):
@@ -233,20 +233,6 @@ async def test_a_slow_upstream_pauses_the_client_and_nothing_is_lost(
         writer.close()
     finally:
         await relay.relay.stop()
-
-
-def test_a_map_with_a_lower_or_equal_serial_is_ignored() -> None:
-    holder = MapHolder()
-    seen: list[int] = []
-    holder.on_change(lambda m: seen.append(m.serial if m else 0))
-    assert holder.apply(make_map(3))
-    assert not holder.apply(make_map(2, ssh_enabled=False))
-    assert not holder.apply(make_map(3, ssh_enabled=False))
-    assert holder.ssh_enabled
-    assert holder.serial == 3
-    holder.clear()  # the peer was removed: a re-registered peer's maps start over
-    assert holder.apply(make_map(1))
-    assert seen == [3, 0, 1]
 
 
 async def test_past_max_connections_new_clients_are_refused(upstream: socket.socket) -> None:

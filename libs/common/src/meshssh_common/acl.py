@@ -24,7 +24,7 @@ __all__ = ["AclDecision", "check_inbound", "rule_matches"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class AclDecision(enum.Enum):
+class AclDecision(enum.StrEnum):
     """The outcome of an inbound check; values are bounded metric labels."""
 
     ACCEPT = "accept"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from meshssh_common.errors import WireError
+from meshssh_common.errors import BadReason, WireError
 
 __all__ = ["decode", "decoder_for", "encode"]
 
@@ -47,6 +47,6 @@ def decode(data: bytes | bytearray | memoryview, typ: type[T]) -> T:
         raise WireError(f"invalid {getattr(typ, '__name__', typ)}: {e}") from e
     except msgspec.DecodeError as e:
         raise WireError(
-            f"undecodable {getattr(typ, '__name__', typ)}: {e}", reason="undecodable"
+            f"undecodable {getattr(typ, '__name__', typ)}: {e}", reason=BadReason.UNDECODABLE
         ) from e
     return result

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from nats.aio.client import Client as NATS
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 
-__all__ = ["NATS", "connect_nats"]
+__all__ = ["NATS", "NatsEvent", "connect_nats"]
+
+
+class NatsEvent(enum.StrEnum):
+    """A connection event (the ``event`` label of ``nats_events``)."""
+
+    DISCONNECTED = "disconnected"
+    RECONNECTED = "reconnected"
+    ERROR = "error"
 
 
 async def connect_nats(
@@ -50,7 +59,7 @@ async def connect_nats(
     """
     last_logged: dict[str, float] = {}
 
-    def event(what: str, detail: str = "") -> None:
+    def event(what: NatsEvent, detail: str = "") -> None:
         if metrics is not None:
             metrics.nats_events.labels(event=what).inc()
         # Reconnect attempts fail every 0.5 s during an outage: log each kind at most every 10 s.
@@ -66,15 +75,15 @@ async def connect_nats(
             metrics.nats_connected.set(0)
         if holder and (holder[0].is_draining or holder[0].is_closed):
             return  # our own drain on shutdown, not an outage
-        event("disconnected")
+        event(NatsEvent.DISCONNECTED)
 
     async def reconnected() -> None:
         if metrics is not None:
             metrics.nats_connected.set(1)
-        event("reconnected")
+        event(NatsEvent.RECONNECTED)
 
     async def error(e: Exception) -> None:
-        event("error", repr(e))
+        event(NatsEvent.ERROR, repr(e))
 
     servers = [s.strip() for s in url.split(",") if s.strip()]
     delay = 0.1

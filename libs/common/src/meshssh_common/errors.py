@@ -13,12 +13,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Iterator
 from typing import ClassVar
 
 import msgspec
 
 __all__ = [
+    "BadReason",
     "BadRequest",
     "ConfigError",
     "Conflict",
@@ -56,14 +58,22 @@ class ConfigError(MeshError):
         self.problem = problem
 
 
+class BadReason(enum.StrEnum):
+    """Why a payload was rejected before use (the ``reason`` label of ``bad_messages``)."""
+
+    UNDECODABLE = "undecodable"  # not JSON
+    INVALID = "invalid"  # wrong shape or value
+    BAD_TOKEN = "bad_token"  # a credential that does not verify
+
+
 class WireError(MeshError):
     """An undecodable or invalid payload; ``reason`` is a bounded metric label."""
 
     code = "bad_message"
 
-    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+    def __init__(self, message: str, *, reason: BadReason = BadReason.INVALID) -> None:
         super().__init__(message)
-        self.reason = reason  # "undecodable" (not JSON) or "invalid" (wrong shape or value)
+        self.reason = reason
 
 
 class BadRequest(MeshError):
@@ -172,4 +182,4 @@ def nats_boundary(subject: str) -> Iterator[None]:
     except msgspec.ValidationError as e:
         raise WireError(f"{subject}: invalid payload: {e}") from e
     except msgspec.DecodeError as e:
-        raise WireError(f"{subject}: undecodable payload: {e}", reason="undecodable") from e
+        raise WireError(f"{subject}: undecodable payload: {e}", reason=BadReason.UNDECODABLE) from e

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -31,12 +32,18 @@ from nats.js.kv import KeyValue
 
 from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.logs import BoundLogger
 
-__all__ = ["KvEntry", "KvEvent", "TypedKV", "open_bucket"]
+__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket", "open_existing_bucket"]
 
 T = TypeVar("T")
 
 _DELETE_OPS = ("DEL", "PURGE")
+_FIRST_DELAY = 0.2
+_MAX_DELAY = 2.0
+# Failures of a watch that mean "NATS is away": follow() retries these and raises the rest.
+_OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
+_log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
@@ -47,8 +54,11 @@ async def open_bucket(
     history: int = 1,
     replicas: int = 1,
     storage: StorageType = StorageType.FILE,
+    ttl: float | None = None,
 ) -> KeyValue:
     """Open a KV bucket, creating it (file storage) when it does not exist yet.
+
+    ``ttl`` (seconds), when given, makes a created bucket forget values that old.
 
     Concurrent creators are safe: the server treats an identical create as idempotent.
 
@@ -60,10 +70,50 @@ async def open_bucket(
             return await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
             return await js.create_key_value(
-                KeyValueConfig(bucket=name, history=history, replicas=replicas, storage=storage)
+                KeyValueConfig(
+                    bucket=name, history=history, replicas=replicas, storage=storage, ttl=ttl
+                )
             )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
+
+
+async def open_existing_bucket(
+    js: JetStreamContext, name: str, *, log: BoundLogger | None = None
+) -> KeyValue:
+    """Bind to bucket ``name``, waiting (with backoff, until cancelled) until it exists.
+
+    Never creates it: the management plane owns its configuration (replicas, history).
+    """
+    delay = _FIRST_DELAY
+    warned = False
+    while True:
+        try:
+            return await js.key_value(name)
+        except (
+            nats.js.errors.BucketNotFoundError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError,
+        ) as e:
+            if log is not None and not warned:
+                log.warning("waiting for bucket", extra={"bucket": name, "error": repr(e)})
+                warned = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _MAX_DELAY)
+
+
+class Encoded(bytes):
+    """A value already encoded by :meth:`TypedKV.encode` (a writer that needs its size)."""
+
+
+@contextlib.contextmanager
+def _outage(what: str) -> Iterator[None]:
+    """Translate "NATS is away" into :class:`Unavailable`, so callers need no nats-py types."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as e:
+        raise Unavailable(f"JetStream did not answer: {what}: {type(e).__name__}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,68 +153,93 @@ class TypedKV(Generic[T]):
         self.typ = typ
         self._on_bad_value = on_bad_value
 
+    def encode(self, value: T) -> Encoded:
+        """``value`` encoded as it is stored (for a writer that needs its size)."""
+        return Encoded(codec.encode(value))
+
     async def get(self, key: str) -> KvEntry[T] | None:
         """The current value of ``key``, or None when absent or deleted.
 
         Raises:
             WireError: the stored value does not decode as ``T``.
+            Unavailable: JetStream did not answer.
         """
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
+        with _outage(f"get {key}"):
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
         if entry.value is None or entry.operation in _DELETE_OPS:
             return None
         return KvEntry(key, codec.decode(entry.value, self.typ), int(entry.revision or 0))
 
-    async def put(self, key: str, value: T) -> int:
-        """Store ``value`` unconditionally; returns the new revision."""
-        return int(await self.kv.put(key, codec.encode(value)))
+    async def put(self, key: str, value: T | Encoded) -> int:
+        """Store ``value`` unconditionally; returns the new revision.
 
-    async def create(self, key: str, value: T) -> int:
+        Raises:
+            Unavailable: JetStream did not answer.
+        """
+        with _outage(f"put {key}"):
+            return int(await self.kv.put(key, self._bytes(value)))
+
+    async def create(self, key: str, value: T | Encoded) -> int:
         """Store ``value`` only if ``key`` has none.
 
         Raises:
             Conflict: the key already holds a value.
+            Unavailable: JetStream did not answer.
         """
-        try:
-            return int(await self.kv.create(key, codec.encode(value)))
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Conflict(f"{key} already exists") from e
+        with _outage(f"create {key}"):
+            try:
+                return int(await self.kv.create(key, self._bytes(value)))
+            except nats.js.errors.KeyWrongLastSequenceError as e:
+                raise Conflict(f"{key} already exists") from e
 
-    async def update(self, key: str, value: T, *, last: int) -> int:
+    async def update(self, key: str, value: T | Encoded, *, last: int) -> int:
         """Store ``value`` only if ``key`` is still at revision ``last`` (compare-and-set).
 
         Raises:
             Conflict: someone else wrote ``key`` since ``last``.
+            Unavailable: JetStream did not answer.
         """
-        try:
-            return int(await self.kv.update(key, codec.encode(value), last=last))
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Conflict(f"{key} changed since revision {last}") from e
+        with _outage(f"update {key}"):
+            try:
+                return int(await self.kv.update(key, self._bytes(value), last=last))
+            except nats.js.errors.KeyWrongLastSequenceError as e:
+                raise Conflict(f"{key} changed since revision {last}") from e
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
         """Delete ``key`` (only if still at ``last`` when given).
 
         Raises:
             Conflict: ``last`` was given and the key moved on.
+            Unavailable: JetStream did not answer.
         """
-        try:
-            await self.kv.delete(key, last=last)
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Conflict(f"{key} changed since revision {last}") from e
-        except nats.js.errors.APIError as e:
-            # nats-py's delete() does not translate a lost compare-and-set (10071/10164).
-            if e.err_code in _WRONG_LAST_SEQUENCE:
+        with _outage(f"delete {key}"):
+            try:
+                await self.kv.delete(key, last=last)
+            except nats.js.errors.KeyWrongLastSequenceError as e:
                 raise Conflict(f"{key} changed since revision {last}") from e
-            raise
+            except nats.js.errors.APIError as e:
+                # nats-py's delete() does not translate a lost compare-and-set (10071/10164).
+                if e.err_code in _WRONG_LAST_SEQUENCE:
+                    raise Conflict(f"{key} changed since revision {last}") from e
+                raise
 
     async def keys(self) -> list[str]:
-        """Every key that currently holds a value."""
-        try:
-            return list(await self.kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        """Every key that currently holds a value.
+
+        Raises:
+            Unavailable: JetStream did not answer.
+        """
+        with _outage("keys"):
+            try:
+                return list(await self.kv.keys())
+            except nats.js.errors.NoKeysError:
+                return []
+
+    def _bytes(self, value: T | Encoded) -> bytes:
+        return value if isinstance(value, Encoded) else codec.encode(value)
 
     async def values(self) -> dict[str, KvEntry[T]]:
         """Every current value, decoded; undecodable ones are reported and skipped."""
@@ -210,15 +285,27 @@ class TypedKV(Generic[T]):
                 await asyncio.wait_for(stop, 2)
 
     async def follow(
-        self, keys: str, nc: NATS, *, check_every: float = 0.5
+        self,
+        keys: str,
+        nc: NATS,
+        *,
+        check_every: float = 0.5,
+        on_retry: Callable[[Exception], None] | None = None,
     ) -> AsyncIterator[KvEvent[T]]:
         """Like :meth:`watch`, forever, restarting the watch after every NATS reconnect.
 
         After nats-server restarts, a JetStream watch can stay silent for ~15 s until its
-        ordered consumer notices. This restarts it as soon as the client has reconnected (and
-        after a failed watch, e.g. during an outage), so the current values and an
-        ``initial_done`` marker are yielded again: consumers must treat events idempotently
-        (maps: apply only a higher serial).
+        ordered consumer notices. This restarts it as soon as the client has reconnected, so
+        the current values and an ``initial_done`` marker are yielded again: consumers must
+        treat events idempotently (maps: apply only a higher serial).
+
+        A watch that fails because NATS is away (a NATS or JetStream error, a timeout, a
+        socket error) is reported to ``on_retry`` (a warning in this module's log when None)
+        and started again after ``check_every`` seconds. Any other failure is a bug, not an
+        outage: it is raised from here with its own type, never swallowed.
+
+        Raises:
+            Exception: the watch failed with anything but an outage.
         """
         while True:
             seen = int(nc.stats["reconnects"])
@@ -227,7 +314,11 @@ class TypedKV(Generic[T]):
             try:
                 while int(nc.stats["reconnects"]) == seen:
                     if pump.done() and events.empty():
-                        await asyncio.sleep(check_every)  # the watch failed: retry shortly
+                        error = pump.exception() or Unavailable(f"the watch of {keys} ended")
+                        if not isinstance(error, _OUTAGE):
+                            raise error
+                        (on_retry or _log_retry)(error)
+                        await asyncio.sleep(check_every)
                         break
                     try:
                         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
@@ -246,3 +337,7 @@ class TypedKV(Generic[T]):
     async def _pump(self, keys: str, events: asyncio.Queue[KvEvent[T]]) -> None:
         async for ev in self.watch(keys):
             await events.put(ev)
+
+
+def _log_retry(error: Exception) -> None:
+    _log.warning("KV watch failed; retrying", extra={"error": repr(error)})

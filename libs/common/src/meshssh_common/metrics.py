@@ -35,13 +35,13 @@ class ServiceMetrics:
         self.nats_events = Counter(
             metric_name(service, "nats_events"),
             "NATS connection events",
-            ["event"],  # disconnected | reconnected | error
+            ["event"],  # connection.NatsEvent
             registry=r,
         )
         self.bad_messages = Counter(
             metric_name(service, "bad_messages"),
             "Payloads rejected before use",
-            ["endpoint", "reason"],  # reason: undecodable | invalid | bad_token
+            ["endpoint", "reason"],  # reason: errors.BadReason
             registry=r,
         )
         self.requests = Counter(

@@ -34,6 +34,7 @@ from meshssh_common import codec
 from meshssh_common.errors import MeshError, WireError, error_for_code, nats_boundary
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 
 __all__ = ["add_endpoint", "request", "start_micro", "subscribe_typed"]
@@ -128,17 +129,11 @@ async def add_endpoint(
         await svc.add_endpoint(name=name, subject=subject, handler=handle)
         return
     slots = asyncio.Semaphore(concurrency)
-    running: set[asyncio.Task[None]] = set()
-
-    def finished(task: asyncio.Task[None]) -> None:
-        running.discard(task)
-        slots.release()
+    running = TaskSet(log)  # handle() answers every failure itself; a bug is still logged
 
     async def dispatch(req: Request) -> None:
         await slots.acquire()
-        task = asyncio.create_task(handle(req))
-        running.add(task)
-        task.add_done_callback(finished)
+        running.spawn(handle(req), name).add_done_callback(lambda _: slots.release())
 
     await svc.add_endpoint(name=name, subject=subject, handler=dispatch)
 

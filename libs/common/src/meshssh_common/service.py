@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -49,11 +49,17 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 @dataclass(slots=True)
-class ServiceContext:
-    """What a service's ``serve`` gets: its settings, NATS, metrics, logger and ready flag."""
+class ServiceContext(Generic[S]):
+    """What a service's ``serve`` gets: its settings, NATS, metrics, logger and ready flag.
+
+    Generic in the settings class, so ``ctx.settings`` has the service's own type::
+
+        async def serve(ctx: ServiceContext[RelaySettings]) -> None:
+            ctx.settings.peer_id
+    """
 
     name: str
-    settings: ServiceSettings
+    settings: S
     nc: NATS
     metrics: ServiceMetrics
     log: BoundLogger
@@ -67,13 +73,13 @@ class ServiceContext:
         return self.nc.jetstream(timeout=self.settings.nats_request_timeout)
 
 
-Serve = Callable[[ServiceContext], Awaitable[None]]
+Serve = Callable[[ServiceContext[S]], Awaitable[None]]
 
 
 async def run_service(
     name: str,
-    settings: ServiceSettings,
-    serve: Serve,
+    settings: S,
+    serve: Serve[S],
     *,
     metrics: ServiceMetrics | None = None,
     stop: asyncio.Event | None = None,
@@ -101,7 +107,7 @@ async def run_service(
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
 
-    holder: dict[str, ServiceContext] = {}
+    holder: dict[str, ServiceContext[S]] = {}
 
     def readiness() -> dict[str, bool]:
         ctx = holder.get("ctx")
@@ -171,7 +177,7 @@ async def run_service(
     return exit_code
 
 
-async def _guarded(serve: Serve, ctx: ServiceContext) -> int:
+async def _guarded(serve: Serve[S], ctx: ServiceContext[S]) -> int:
     """Run ``serve``; return its exit code: 0 ended or cancelled, 1 crashed, 2 bad setting."""
     try:
         await serve(ctx)
@@ -190,7 +196,7 @@ async def _guarded(serve: Serve, ctx: ServiceContext) -> int:
 def service_main(
     name: str,
     settings_cls: type[S],
-    serve: Serve,
+    serve: Serve[S],
     argv: Sequence[str] | None = None,
     *,
     description: str = "",

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import cast
 
 import httpx
-import nats.errors
-import nats.js.errors
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from meshssh_authn.auth_codes import AuthCodes
@@ -35,7 +31,7 @@ from meshssh_authn.signing_keys import KeySet, RotationPolicy
 from meshssh_authn.token_issuer import TokenIssuer
 from meshssh_authn.users import UsersFile
 from meshssh_common import codec, subjects
-from meshssh_common.errors import Unavailable, WireError
+from meshssh_common.errors import WireError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
@@ -53,24 +49,11 @@ __all__ = ["serve"]
 
 async def _devices_bucket(js: JetStreamContext, ttl: float) -> KeyValue:
     """The device-grant bucket; its TTL forgets grants some time after they expire."""
-    try:
-        try:
-            return await js.key_value(subjects.BUCKET_AUTHN_DEVICES)
-        except nats.js.errors.BucketNotFoundError:
-            return await js.create_key_value(
-                KeyValueConfig(
-                    bucket=subjects.BUCKET_AUTHN_DEVICES,
-                    history=1,
-                    ttl=ttl,
-                    storage=StorageType.FILE,
-                )
-            )
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-        raise Unavailable("JetStream did not answer opening the device bucket") from e
+    return await open_bucket(js, subjects.BUCKET_AUTHN_DEVICES, ttl=ttl)
 
 
 async def _embedded(
-    ctx: ServiceContext,
+    ctx: ServiceContext[AuthnSettings],
     settings: AuthnSettings,
     metrics: AuthnMetrics,
     state: KeyValue,
@@ -139,9 +122,9 @@ async def _embedded(
     return provider
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
     """Run authn until cancelled (see the module docstring for the order of things)."""
-    settings = cast(AuthnSettings, ctx.settings)
+    settings = ctx.settings
     metrics = AuthnMetrics(ctx.metrics)
 
     def bad_value(key: str, e: WireError) -> None:

@@ -72,7 +72,7 @@ class Claims:
         if entry is not None and entry.value.peer_id == peer_id:
             # If someone took it over meanwhile, it is theirs now.
             with contextlib.suppress(Conflict):
-                await Store.delete_at(self.store.claims, key, entry.revision)
+                await self.store.claims.delete(key, last=entry.revision)
 
     async def take_address(self, mesh_ip: str, peer_id: str) -> bool:
         """Claim a mesh address."""

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
+from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.errors import Unavailable
@@ -42,7 +41,7 @@ __all__ = ["Engine"]
 
 _CHUNK = 200  # peers compiled between two yields to the event loop
 _RETRY_AFTER = 1.0
-_RECONNECT_POLL = 0.25
+_RECONNECT_POLL = 0.25  # how often a watch checks whether NATS reconnected
 _STRUCTURAL = frozenset(
     {subjects.BUCKET_PEERS, subjects.BUCKET_USERS, subjects.BUCKET_GROUPS, subjects.BUCKET_POLICIES}
 )
@@ -76,10 +75,10 @@ class Engine:
         concurrency: int,
         metrics: PolicyMetrics,
         log: BoundLogger,
-        reconnects: Callable[[], int] = lambda: 0,
+        nc: NATS,
     ) -> None:
         self.state = state
-        self.reconnects = reconnects
+        self.nc = nc
         self.buckets = buckets
         self.publisher = publisher
         self.mesh_prefix = mesh_prefix
@@ -104,33 +103,23 @@ class Engine:
             await self._loop()
 
     async def _watch_all(self) -> None:
-        # After NATS reconnects (e.g. nats-server restarted) a KV watch can stay silent until
-        # its consumer times out (~15 s). Restart every watch at once instead; the replayed
-        # values at or below the applied revision are skipped in _process.
-        while True:
-            seen = self.reconnects()
-            async with asyncio.TaskGroup() as tg:
-                watches = [
-                    tg.create_task(self._watch(bucket, kv)) for bucket, kv in self.buckets.items()
-                ]
-                while True:  # polled: the service runner owns the reconnect callback
-                    await asyncio.sleep(_RECONNECT_POLL)
-                    if self.reconnects() != seen:
-                        break
-                for task in watches:
-                    task.cancel()
-            self.log.info("nats reconnected: state watches restarted")
+        # TypedKV.follow restarts a watch after every NATS reconnect (a KV watch can stay
+        # silent ~15 s after nats-server restarted) and after an outage; the replayed values
+        # at or below the applied revision are skipped in _process. A watch that fails for
+        # another reason (a bug) ends the engine, and with it the replica, visibly.
+        async with asyncio.TaskGroup() as tg:
+            for bucket, kv in self.buckets.items():
+                tg.create_task(self._watch(bucket, kv))
 
     async def _watch(self, bucket: str, kv: TypedKV[Any]) -> None:
         pattern = "peer.*" if bucket == subjects.BUCKET_PEERS else ">"
-        while True:
-            try:
-                async for ev in kv.watch(pattern):
-                    await self._queue.put((bucket, ev))
-            except (nats.errors.Error, TimeoutError) as e:
-                self.log.warning("state watch failed; retrying",
-                                 extra={"bucket": bucket, "error": repr(e)})  # fmt: skip
-                await asyncio.sleep(_RETRY_AFTER / 2)
+
+        def retrying(error: Exception) -> None:
+            self.log.warning("state watch failed; retrying",
+                             extra={"bucket": bucket, "error": repr(error)})  # fmt: skip
+
+        async for ev in kv.follow(pattern, self.nc, check_every=_RECONNECT_POLL, on_retry=retrying):
+            await self._queue.put((bucket, ev))
 
     async def _retry_loop(self) -> None:
         while True:
@@ -301,7 +290,7 @@ class Engine:
             return compiler.compile(peer_id)
         except Exception:
             # A bug must cost one peer's update, not everyone's: its old map stays.
-            self.metrics.maps.labels(result="error").inc()
+            self.metrics.maps.labels(result=Outcome.ERROR).inc()
             self.log.exception("map computation failed", extra={"peer": peer_id})
             return None
 

@@ -33,17 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Literal
+import enum
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from meshssh_common import codec, subjects
-from meshssh_common.errors import BadRequest, MeshError, WireError
+from meshssh_common.audit_stream import ensure_audit_stream
+from meshssh_common.errors import BadReason, BadRequest, MeshError, WireError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import AuditEvent
@@ -56,7 +57,17 @@ __all__ = ["DURABLE", "MAX_EVENT_BYTES", "MAX_FIELD", "Logins", "Outcome"]
 DURABLE = "policy-logins"
 MAX_EVENT_BYTES = 16 * 1024
 MAX_FIELD = 255  # as the REST API's user id, email and name
-Outcome = Literal["added", "updated", "ignored", "bad", "retry"]
+
+
+class Outcome(enum.StrEnum):
+    """What became of one accepted-login event (the ``result`` label of ``login_events``)."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    IGNORED = "ignored"
+    BAD = "bad"
+    RETRY = "retry"
+
 
 _BATCH = 64
 _FETCH_WAIT = 5.0
@@ -67,18 +78,18 @@ _RETRY = 2.0
 class _Bad(Exception):
     """An event that must never be applied; ``reason`` is a bad_messages label."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: BadReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
 
 def _clean(value: str, what: str, *, required: bool = False) -> str:
     if required and not value:
-        raise _Bad("invalid", f"empty {what}")
+        raise _Bad(BadReason.INVALID, f"empty {what}")
     if len(value) > MAX_FIELD:
-        raise _Bad("invalid", f"{what} longer than {MAX_FIELD} characters ({len(value)})")
+        raise _Bad(BadReason.INVALID, f"{what} longer than {MAX_FIELD} characters ({len(value)})")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
-        raise _Bad("invalid", f"{what} holds control characters")
+        raise _Bad(BadReason.INVALID, f"{what} holds control characters")
     return value
 
 
@@ -117,21 +128,6 @@ class Logins:
 
     # -- the consumer --------------------------------------------------------------------
 
-    async def _ensure_stream(self) -> None:
-        # sshd creates the stream too (same config); whoever comes first wins, both are fine.
-        try:
-            await self._js.stream_info(subjects.AUDIT_STREAM)
-            return
-        except nats.js.errors.NotFoundError:
-            pass
-        config = StreamConfig(
-            name=subjects.AUDIT_STREAM, subjects=[subjects.AUDIT_SUBJECTS], storage=StorageType.FILE
-        )
-        try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self._js.stream_info(subjects.AUDIT_STREAM)
-
     async def open(self) -> bool:
         """Bind the durable consumer (creating stream and consumer when missing).
 
@@ -139,7 +135,7 @@ class Logins:
             False when JetStream did not answer (logged; :meth:`run` tries again).
         """
         try:
-            await self._ensure_stream()
+            await ensure_audit_stream(self._js)
             config = ConsumerConfig(
                 durable_name=DURABLE,
                 deliver_policy=DeliverPolicy.NEW,
@@ -202,16 +198,16 @@ class Logins:
                 "ignored a bad accepted-login event",
                 extra={"subject": msg.subject[:200], "reason": e.reason, "error": str(e)[:300]},
             )
-            outcome = "bad"
+            outcome = Outcome.BAD
         except MeshError as e:  # KV unavailable or too many concurrent writers
             self._log.warning("first-login write failed; will retry", extra={"error": str(e)})
-            outcome = "retry"
+            outcome = Outcome.RETRY
         except Exception:
             self._log.exception("first-login event failed unexpectedly; will retry")
-            outcome = "retry"
+            outcome = Outcome.RETRY
         self._metrics.login_events.labels(result=outcome).inc()
         with contextlib.suppress(nats.errors.Error, TimeoutError):
-            if outcome == "retry":
+            if outcome is Outcome.RETRY:
                 await msg.nak(delay=_RETRY)
             else:
                 await msg.ack()
@@ -219,19 +215,19 @@ class Logins:
 
     def _event(self, msg: Msg) -> AuditEvent:
         if len(msg.data) > MAX_EVENT_BYTES:
-            raise _Bad("invalid", f"event of {len(msg.data)} bytes")
+            raise _Bad(BadReason.INVALID, f"event of {len(msg.data)} bytes")
         try:
             event = codec.decode(msg.data, AuditEvent)
         except WireError as e:
             raise _Bad(e.reason, str(e)) from e
         if event.kind != "auth-accepted":
-            raise _Bad("invalid", f"a {event.kind!r} event on the accepted-login subject")
+            raise _Bad(BadReason.INVALID, f"a {event.kind!r} event on the accepted-login subject")
         try:
             expected = subjects.audit_event(event.kind, event.peer_id)
         except BadRequest as e:
-            raise _Bad("bad_token", str(e)) from e
+            raise _Bad(BadReason.BAD_TOKEN, str(e)) from e
         if msg.subject != expected:
-            raise _Bad("bad_token", f"peer {event.peer_id!r} does not match the subject")
+            raise _Bad(BadReason.BAD_TOKEN, f"peer {event.peer_id!r} does not match the subject")
         _clean(event.jwt_user, "user id")
         _clean(event.email, "email")
         _clean(event.name, "name")
@@ -240,13 +236,13 @@ class Logins:
     async def _apply(self, msg: Msg) -> Outcome:
         event = self._event(msg)
         if not event.jwt_user or event.method == "none":
-            return "ignored"  # machine identity: nobody to add
+            return Outcome.IGNORED  # machine identity: nobody to add
         if event.peer_id not in self._store.state.peers:
             self._log.info(
                 "accepted-login event from a peer management does not know; ignored",
                 extra={"peer": event.peer_id},
             )
-            return "ignored"
+            return Outcome.IGNORED
         at = msg.metadata.timestamp.timestamp()  # JetStream's clock, not the peer's
         created = False
 
@@ -254,7 +250,7 @@ class Logins:
             nonlocal created
             created = current is None
             if current is not None and current.id != event.jwt_user:
-                raise _Bad("invalid", "user key collision")  # a hash collision: leave it be
+                raise _Bad(BadReason.INVALID, "user key collision")  # a hash collision: leave it be
             return _seen(current, event, at)
 
         await self._store.mutate(self._store.users, user_key(event.jwt_user), change, wait=False)
@@ -263,5 +259,5 @@ class Logins:
                 "user added on first login",
                 extra={"user": event.jwt_user, "peer": event.peer_id},
             )
-            return "added"
-        return "updated"
+            return Outcome.ADDED
+        return Outcome.UPDATED

@@ -77,7 +77,7 @@ class Management:
         engine = Engine(
             state, store.watched(), publisher, mesh_prefix=settings.mesh_prefix,
             concurrency=settings.publish_concurrency, metrics=metrics, log=log,
-            reconnects=lambda: int(nc.stats["reconnects"]),
+            nc=nc,
         )  # fmt: skip
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
         registrar = Registrar(

@@ -15,7 +15,7 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _SIZE = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 
-class RejectReason(enum.Enum):
+class RejectReason(enum.StrEnum):
     """Why a registration or meta update was refused (the ``reason`` label)."""
 
     BAD_KEY = "bad_key"

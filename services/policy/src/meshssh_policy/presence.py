@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from meshssh_common.errors import BadReason
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import Heartbeat
@@ -57,7 +58,7 @@ class Presence:
     async def on_heartbeat(self, hb: Heartbeat, msg: Msg) -> None:
         """Record a heartbeat (the handler of ``HEARTBEAT_ALL``)."""
         if msg.subject.rsplit(".", 1)[-1] != hb.peer_id:
-            self.base.bad_messages.labels(endpoint="heartbeat", reason="bad_token").inc()
+            self.base.bad_messages.labels(endpoint="heartbeat", reason=BadReason.BAD_TOKEN).inc()
             self.log.warning(
                 "dropped heartbeat for another peer",
                 extra={"subject": msg.subject, "peer": hb.peer_id},

@@ -21,11 +21,9 @@ import time
 from dataclasses import dataclass
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
 from meshssh_common import codec, subjects
-from meshssh_common.errors import MeshError
+from meshssh_common.errors import Conflict, MeshError, Unavailable
 from meshssh_common.kv import TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import NetworkMap
@@ -37,7 +35,7 @@ __all__ = ["Known", "Outcome", "Publisher", "content_digest"]
 _ATTEMPTS = 5
 
 
-class Outcome(enum.Enum):
+class Outcome(enum.StrEnum):
     """What :meth:`Publisher.publish` did (the ``result`` metric label)."""
 
     PUBLISHED = "published"
@@ -100,7 +98,7 @@ class Publisher:
         """Write ``content`` (computed from state ``view``) unless unchanged or stale."""
         try:
             outcome = await self._publish(peer_id, content, view)
-        except (nats.errors.Error, TimeoutError, MeshError) as e:
+        except MeshError as e:
             self.log.warning("network map read failed", extra={"peer": peer_id, "error": repr(e)})
             outcome = Outcome.ERROR
         self.metrics.maps.labels(result=outcome.value).inc()
@@ -117,17 +115,17 @@ class Publisher:
                 return Outcome.STALE
             serial = known.serial + 1 if known is not None else 1
             netmap = msgspec.structs.replace(content, serial=serial, state_revisions=view)
-            data = codec.encode(netmap)
+            data = self.maps.encode(netmap)
             started = time.perf_counter()
             try:
                 if known is None:
-                    revision = await self.maps.kv.create(key, data)
+                    revision = await self.maps.create(key, data)
                 else:
-                    revision = await self.maps.kv.update(key, data, last=known.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+                    revision = await self.maps.update(key, data, last=known.revision)
+            except Conflict:
                 known = await self._fetch(key)  # another writer got there first: look again
                 continue
-            except (nats.errors.Error, TimeoutError) as e:
+            except Unavailable as e:
                 self.log.warning(
                     "network map write failed", extra={"peer": peer_id, "error": repr(e)}
                 )

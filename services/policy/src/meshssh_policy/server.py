@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import cast
 
 from meshssh_common import subjects
 from meshssh_common.http_server import HttpServer
@@ -25,9 +24,9 @@ from meshssh_policy.settings import PolicySettings
 __all__ = ["serve"]
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[PolicySettings]) -> None:
     """Run one policy replica until cancelled."""
-    settings = cast(PolicySettings, ctx.settings)
+    settings = ctx.settings
     seed = load_seed(settings.seed) if settings.seed is not None else None
     mgmt = await Management.open(ctx.nc, settings, ctx.metrics, ctx.log)
     http = HttpServer(create_app(mgmt), settings.listen, setting="--listen")

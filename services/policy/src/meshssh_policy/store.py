@@ -19,14 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from meshssh_common import subjects
-from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.errors import Conflict, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import JwksSnapshot, NetworkMap
@@ -46,7 +44,6 @@ T = TypeVar("T")
 BadValueReporter = Callable[[str], Callable[[str, WireError], None]]
 """Given a bucket name, the callback its :class:`TypedKV` calls for an undecodable value."""
 _ATTEMPTS = 50
-_WRONG_LAST = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 
 
 class Store:
@@ -115,7 +112,7 @@ class Store:
             Unavailable: KV did not answer.
         """
         for _ in range(_ATTEMPTS):
-            entry = await self._get(kv, key)
+            entry = await kv.get(key)
             current = entry.value if entry is not None else None
             new = change(current)
             if new is None and entry is None:
@@ -123,7 +120,7 @@ class Store:
             try:
                 if new is None:
                     assert entry is not None
-                    await self.delete_at(kv, key, entry.revision)
+                    await kv.delete(key, last=entry.revision)
                     revision = 0
                 elif entry is None:
                     revision = await kv.create(key, new)
@@ -135,26 +132,6 @@ class Store:
                 await self._wait(kv, key, revision)
             return new
         raise Conflict(f"{key}: too many concurrent writers; try again")
-
-    async def _get(self, kv: TypedKV[T], key: str) -> Any:
-        try:
-            return await kv.get(key)
-        except (nats.errors.Error, TimeoutError) as e:
-            raise Unavailable(f"JetStream did not answer reading {key}") from e
-
-    @staticmethod
-    async def delete_at(kv: TypedKV[Any], key: str, last: int) -> None:
-        """Delete ``key`` only if still at revision ``last``.
-
-        Raises:
-            Conflict: it moved on.
-        """
-        try:
-            await kv.kv.delete(key, last=last)
-        except nats.js.errors.APIError as e:
-            if e.err_code in _WRONG_LAST:
-                raise Conflict(f"{key} changed since revision {last}") from e
-            raise
 
     async def _wait(self, kv: TypedKV[Any], key: str, revision: int) -> None:
         bucket = self.bucket_of.get(id(kv))

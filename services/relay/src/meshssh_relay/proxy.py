@@ -19,25 +19,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Coroutine
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.settings import split_host_port
-from meshssh_relay.netmap_watch import MapHolder
+from meshssh_common.tasks import TaskSet
 from meshssh_relay.pump import Pipe
 from meshssh_relay.settings import RelaySettings
 
-__all__ = ["ProxyRelay", "RelayMetrics"]
+__all__ = ["ConnectionResult", "ProxyRelay", "RelayMetrics", "Upstream"]
 
 _RETRY_EVERY = 0.1
+
+
+class Upstream(enum.StrEnum):
+    """Where an accepted connection goes (the ``upstream`` label)."""
+
+    SSHD = "sshd"
+    NATIVE = "native"
+
+
+class ConnectionResult(enum.StrEnum):
+    """What became of a connection, besides an ACL refusal (the ``result`` label)."""
+
+    ACCEPTED_SSHD = "accepted_sshd"
+    ACCEPTED_NATIVE = "accepted_native"
+    SSH_OFF = "ssh_off"
+    UPSTREAM_FAILED = "upstream_failed"
+    TOO_MANY = "too_many"
+
+
+_ACCEPTED = {
+    Upstream.SSHD: ConnectionResult.ACCEPTED_SSHD,
+    Upstream.NATIVE: ConnectionResult.ACCEPTED_NATIVE,
+}
 
 
 class RelayMetrics:
@@ -47,20 +71,18 @@ class RelayMetrics:
         self.connections = metrics.counter(
             "connections",
             "Connections at the relay by outcome",
-            # accepted_sshd | accepted_native | <AclDecision> | ssh_off | upstream_failed |
-            # too_many
-            ("result",),
+            ("result",),  # ConnectionResult | AclDecision (refused by the ACL)
         )
         self.bytes = metrics.counter(
             "bytes",
             "Bytes relayed",
-            ("direction",),  # client_to_upstream | upstream_to_client
+            ("direction",),  # client_to_upstream | upstream_to_client (two literals)
         )
         self.active = metrics.gauge("active_connections", "Connections being relayed")
         self.connect_seconds = metrics.histogram(
             "upstream_connect_seconds",
             "Time to connect to the upstream",
-            ("upstream",),  # sshd | native
+            ("upstream",),  # Upstream
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5),
         )
         self.map_serial = metrics.gauge("map_serial", "Serial of the applied network map")
@@ -94,7 +116,7 @@ class ProxyRelay:
     def __init__(
         self,
         settings: RelaySettings,
-        holder: MapHolder,
+        holder: PeerMap,
         metrics: RelayMetrics,
         log: BoundLogger,
     ) -> None:
@@ -105,7 +127,7 @@ class ProxyRelay:
         self.address: tuple[str, int] = ("", 0)
         self._listener: socket.socket | None = None
         self._pipes: set[Pipe] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log)
         self._dialing = 0
         self._drained: asyncio.Event | None = None  # set by stop(): the last pipe ended
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,7 +159,7 @@ class ProxyRelay:
         self._listener = sock
         self._loop = asyncio.get_running_loop()
         self.address = (host, int(sock.getsockname()[1]))
-        self._spawn(self._accept_loop(sock))
+        self._tasks.spawn(self._accept_loop(sock), "accept")
         self.log.info("relay listening", extra={"address": f"{host}:{self.address[1]}"})
 
     async def stop(self, *, linger: float = 0.0) -> None:
@@ -150,10 +172,7 @@ class ProxyRelay:
         """
         if self._listener is not None:
             self._listener.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close(timeout=self.settings.shutdown_grace)
         if self._pipes and linger > 0:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -164,11 +183,6 @@ class ProxyRelay:
             pipe.abort()
         for pipe in pipes:
             await asyncio.to_thread(pipe.join, 2.0)
-
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -186,29 +200,39 @@ class ProxyRelay:
         source, destination = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
         decision = check_inbound(self.holder.current, source[0], self.settings.acl_port)
         if decision is not AclDecision.ACCEPT:
-            self._refuse(client, decision.value, source)
+            self._refuse(client, decision, source)
             return
         if len(self._pipes) + self._dialing >= self.settings.max_connections:
-            self._refuse(client, "too_many", source)
+            self._refuse(client, ConnectionResult.TOO_MANY, source)
             return
         prefix = b""
         if self.settings.sshd and self.holder.ssh_enabled:
-            target, kind = self.settings.sshd, "sshd"
+            target, kind = self.settings.sshd, Upstream.SSHD
             prefix = encode_v2(_unmap(source), _unmap(destination))
         elif self.settings.native_upstream:
-            target, kind = self.settings.native_upstream, "native"
+            target, kind = self.settings.native_upstream, Upstream.NATIVE
         else:
-            self._refuse(client, "ssh_off", source)
+            self._refuse(client, ConnectionResult.SSH_OFF, source)
             return
-        self._spawn(self._dial(client, prefix, target, kind, source))
+        self._tasks.spawn(self._dial(client, prefix, target, kind, source), "dial")
 
-    def _refuse(self, client: socket.socket, reason: str, source: tuple[str, int]) -> None:
+    def _refuse(
+        self,
+        client: socket.socket,
+        reason: ConnectionResult | AclDecision,
+        source: tuple[str, int],
+    ) -> None:
         self.metrics.connections.labels(result=reason).inc()
         self.log.info("connection refused", extra={"source": source[0], "reason": reason})
         client.close()
 
     async def _dial(
-        self, client: socket.socket, prefix: bytes, target: str, kind: str, source: tuple[str, int]
+        self,
+        client: socket.socket,
+        prefix: bytes,
+        target: str,
+        kind: Upstream,
+        source: tuple[str, int],
     ) -> None:
         self._dialing += 1
         try:
@@ -217,7 +241,12 @@ class ProxyRelay:
             self._dialing -= 1
 
     async def _dial_once(
-        self, client: socket.socket, prefix: bytes, target: str, kind: str, source: tuple[str, int]
+        self,
+        client: socket.socket,
+        prefix: bytes,
+        target: str,
+        kind: Upstream,
+        source: tuple[str, int],
     ) -> None:
         try:
             upstream = await self._connect(target, kind)
@@ -229,7 +258,7 @@ class ProxyRelay:
                 raise
         except OSError as e:
             client.close()
-            self.metrics.connections.labels(result="upstream_failed").inc()
+            self.metrics.connections.labels(result=ConnectionResult.UPSTREAM_FAILED).inc()
             self.log.warning(
                 "upstream unreachable",
                 extra={"upstream": target, "source": source[0], "error": str(e)},
@@ -241,11 +270,11 @@ class ProxyRelay:
         pipe = Pipe(client, upstream, on_close=self._closed_threadsafe)
         self._pipes.add(pipe)
         self.metrics.active.set(len(self._pipes))
-        self.metrics.connections.labels(result=f"accepted_{kind}").inc()
+        self.metrics.connections.labels(result=_ACCEPTED[kind]).inc()
         self.log.info("connection relayed", extra={"source": source[0], "upstream": kind})
         pipe.start()
 
-    async def _connect(self, target: str, kind: str) -> socket.socket:
+    async def _connect(self, target: str, kind: Upstream) -> socket.socket:
         """A connected non-blocking socket to ``target``; retries refusals for a while."""
         host, port = split_host_port(target)
         loop = asyncio.get_running_loop()
@@ -255,7 +284,7 @@ class ProxyRelay:
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sock.setblocking(False)
             try:
-                if kind == "sshd" and self._source_ip:
+                if kind is Upstream.SSHD and self._source_ip:
                     sock.bind((self._source_ip, 0))  # sshd trusts PROXY headers from here
                 await loop.sock_connect(sock, (host, port))
             except OSError as e:

@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import cast
 
 from meshssh_common.errors import ConfigError
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.service import ServiceContext
 from meshssh_common.settings import split_host_port
 from meshssh_common.wire import NetworkMap
-from meshssh_relay.netmap_watch import MapHolder, watch_netmap
 from meshssh_relay.nftables import NftRedirect
 from meshssh_relay.proxy import ProxyRelay, RelayMetrics
 from meshssh_relay.settings import RelaySettings
@@ -52,9 +51,9 @@ def build_redirect(settings: RelaySettings) -> NftRedirect | None:
 
 
 async def _reconcile(
-    ctx: ServiceContext,
+    ctx: ServiceContext[RelaySettings],
     redirect: NftRedirect,
-    holder: MapHolder,
+    holder: PeerMap,
     changed: asyncio.Event,
     metrics: RelayMetrics,
 ) -> None:
@@ -80,17 +79,18 @@ async def _reconcile(
         await changed.wait()
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[RelaySettings]) -> None:
     """Run the relay until cancelled (see the module docstring)."""
-    settings = cast(RelaySettings, ctx.settings)
+    settings = ctx.settings
     # Pump threads hand the GIL back and forth on every chunk; a short switch interval keeps
     # a waking thread from waiting up to 5 ms behind another (connection setup latency).
     sys.setswitchinterval(0.0005)
     metrics = RelayMetrics(ctx.metrics)
-    holder = MapHolder()
+    log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
+    holder = PeerMap(log=log, metrics=ctx.metrics)
     changed = asyncio.Event()
 
-    def on_change(netmap: NetworkMap | None) -> None:
+    def on_change(_old: NetworkMap | None, netmap: NetworkMap | None) -> None:
         metrics.map_serial.set(netmap.serial if netmap else 0)
         metrics.ssh_enabled.set(1 if holder.ssh_enabled else 0)
         changed.set()
@@ -100,14 +100,11 @@ async def serve(ctx: ServiceContext) -> None:
     proxy = None
     if settings.mode == "proxy" or settings.native_upstream:
         proxy = ProxyRelay(settings, holder, metrics, ctx.log)
-    log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
     try:
         if proxy is not None:
             await proxy.start()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                watch_netmap(ctx.nc, settings.peer_id, holder, log=log, metrics=ctx.metrics)
-            )
+            tg.create_task(holder.follow(ctx.nc, settings.peer_id))
             if redirect is not None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
             else:

@@ -22,9 +22,9 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
 
 from meshssh_common import codec, subjects
+from meshssh_common.audit_stream import ensure_audit_stream
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
 from meshssh_sshd.cancellation import raise_if_cancelling
@@ -49,21 +49,7 @@ class AuditLog:
 
     async def ensure_stream(self) -> None:
         """Create the ``MESHSSH_AUDIT`` stream unless it exists (safe to race with others)."""
-        try:
-            await self._js.stream_info(subjects.AUDIT_STREAM)
-            return
-        except nats.js.errors.NotFoundError:
-            pass
-        config = StreamConfig(
-            name=subjects.AUDIT_STREAM,
-            subjects=[subjects.AUDIT_SUBJECTS],
-            storage=StorageType.FILE,
-        )
-        try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # Someone created it between our lookup and our create: use theirs.
-            await self._js.stream_info(subjects.AUDIT_STREAM)
+        await ensure_audit_stream(self._js)
 
     def emit(self, kind: AuditKind, **fields: Any) -> None:
         """Queue one event of ``kind``; the fields are those of :class:`AuditEvent`."""

@@ -24,11 +24,11 @@ import jwt
 
 from meshssh_common.jwt_validation import RejectReason, TokenRejected, ValidatedToken
 from meshssh_common.logs import BoundLogger
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.ssh_auth import authorize
 from meshssh_common.wire import JwtConfig, NetworkMap
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
-from meshssh_sshd.netmap_watch import NetmapWatch
 from meshssh_sshd.refusal import Refused
 
 __all__ = ["Authenticator", "Identity"]
@@ -64,7 +64,7 @@ class Authenticator:
     """Checks tokens against this peer's map and the mirrored signing keys."""
 
     def __init__(
-        self, maps: NetmapWatch, keys: JwksWatch, metrics: SshdMetrics, log: BoundLogger
+        self, maps: PeerMap, keys: JwksWatch, metrics: SshdMetrics, log: BoundLogger
     ) -> None:
         self._maps = maps
         self._keys = keys

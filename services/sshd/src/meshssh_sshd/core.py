@@ -1,9 +1,10 @@
 """What every connection of the server shares: settings, watchers, auth, registry, tasks.
 
 Built once by :class:`meshssh_sshd.server.SshServer` and handed to each per-connection
-:class:`meshssh_sshd.peer_server.PeerServer`. :class:`TaskSet` owns the tasks that belong to
-no single coroutine (one per connection, session and forwarded connection): each is logged if
-it fails, and all are cancelled and awaited at shutdown, so none is fire-and-forget.
+:class:`meshssh_sshd.peer_server.PeerServer`. Its :class:`meshssh_common.tasks.TaskSet` owns
+the tasks that belong to no single coroutine (one per connection, session and forwarded
+connection): each is logged if it fails, and all are cancelled and awaited at shutdown, so
+none is fire-and-forget.
 
 Example::
 
@@ -14,11 +15,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.peer_map import PeerMap
+from meshssh_common.tasks import TaskSet
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentSockets
 from meshssh_sshd.audit import AuditLog
@@ -26,48 +27,12 @@ from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
-from meshssh_sshd.netmap_watch import NetmapWatch
 from meshssh_sshd.process_launch import ChildProcess
 from meshssh_sshd.rate_limit import FailureLimiter
 from meshssh_sshd.sessions import LiveRegistry
 from meshssh_sshd.settings import SshdSettings
 
-__all__ = ["SshdCore", "TaskSet"]
-
-
-class TaskSet:
-    """Tasks owned by the server; failures are logged, all are awaited at shutdown."""
-
-    def __init__(self, log: BoundLogger) -> None:
-        self._log = log
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "task") -> asyncio.Task[Any]:
-        """Run ``coro`` as a task owned by this set."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self._log.error(
-                "background task failed",
-                extra={"task": task.get_name()},
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def close(self) -> None:
-        """Cancel every task and wait for all of them."""
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+__all__ = ["SshdCore"]
 
 
 @dataclass(eq=False)
@@ -78,7 +43,7 @@ class SshdCore:
     log: BoundLogger
     metrics: SshdMetrics
     audit: AuditLog
-    maps: NetmapWatch
+    maps: PeerMap
     keys: JwksWatch
     auth: Authenticator
     browser: BrowserCheck

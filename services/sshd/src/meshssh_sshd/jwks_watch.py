@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from dataclasses import dataclass, field
 
@@ -41,18 +42,19 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshssh_common import subjects
-from meshssh_common.errors import MeshError, WireError
+from meshssh_common.errors import BadReason, MeshError, WireError
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.kid_misses import KidMisses
-from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.kv import TypedKV, open_existing_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
+from meshssh_common.tasks import TaskSet
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
 from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
 
-__all__ = ["JwksWatch"]
+__all__ = ["JwksWatch", "Refresh"]
 
 _RETRY = 1.0
 _MAX_KID = 256  # the wire's limit
@@ -62,12 +64,23 @@ _ERROR_BACKOFF = 1.0  # authn did not answer: the kids of that request wait this
 _MAX_KIDS_REMEMBERED = 4096
 
 
+class Refresh(enum.StrEnum):
+    """What became of one kid's refresh (the ``result`` label of ``jwks_refreshes``)."""
+
+    FETCHED = "fetched"
+    MISSED = "missed"
+    THROTTLED_KID = "throttled_kid"
+    THROTTLED_GLOBAL = "throttled_global"
+    THROTTLED_AUTHN = "throttled_authn"
+    ERROR = "error"
+
+
 @dataclass(eq=False)
 class _Batch:
     """Kids waiting for the next request, and what became of each."""
 
     kids: set[str] = field(default_factory=set)
-    results: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Refresh] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
 
@@ -104,7 +117,7 @@ class JwksWatch:
         self._next: _Batch | None = None  # collecting kids, not sent yet
         self._send_lock = asyncio.Lock()
         self._last_sent = -float("inf")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log)
         self.snapshot: JwksSnapshot | None = None
 
     async def wait_initial(self, timeout: float) -> bool:
@@ -136,23 +149,21 @@ class JwksWatch:
         if self._has_kid(kid):
             return True
         if self._misses.remaining(kid) > 0:
-            self._metrics.jwks_refreshes.labels(result="throttled_kid").inc()
+            self._metrics.jwks_refreshes.labels(result=Refresh.THROTTLED_KID).inc()
             return False
         batch = self._next
         if batch is None:
             batch = self._next = _Batch()
-            batch.task = asyncio.create_task(self._send(batch))
-            self._tasks.add(batch.task)
-            batch.task.add_done_callback(self._tasks.discard)
+            batch.task = self._tasks.spawn(self._send(batch), "jwks-refresh")
         elif kid not in batch.kids and len(batch.kids) >= _MAX_WAITING:
-            self._metrics.jwks_refreshes.labels(result="throttled_global").inc()
+            self._metrics.jwks_refreshes.labels(result=Refresh.THROTTLED_GLOBAL).inc()
             return False
         batch.kids.add(kid)
         assert batch.task is not None
         await asyncio.shield(batch.task)
-        result = batch.results.get(kid, "error")
+        result = batch.results.get(kid, Refresh.ERROR)
         self._metrics.jwks_refreshes.labels(result=result).inc()
-        return result == "fetched"
+        return result == Refresh.FETCHED
 
     def _has_kid(self, kid: str) -> bool:
         snap = self.snapshot
@@ -168,7 +179,7 @@ class JwksWatch:
                 self._next = None  # kids met from now on go into the next request
             self._last_sent = time.monotonic()
             ask = sorted(k for k in batch.kids if not self._has_kid(k))
-            batch.results.update(dict.fromkeys(batch.kids - set(ask), "fetched"))
+            batch.results.update(dict.fromkeys(batch.kids - set(ask), Refresh.FETCHED))
             if not ask:
                 return
             try:
@@ -176,7 +187,7 @@ class JwksWatch:
             except Exception:  # never let a refresh crash a login: those kids count as errors
                 self._log.exception("JWKS refresh failed", extra={"kids": ask[:8]})
 
-    async def _ask(self, kids: list[str], results: dict[str, str]) -> None:
+    async def _ask(self, kids: list[str], results: dict[str, Refresh]) -> None:
         if len(kids) <= _MAX_NAMED:
             req = JwksRefreshRequest(kid=kids[0], kids=tuple(kids[1:]), requester=self._requester)
         else:
@@ -187,7 +198,7 @@ class JwksWatch:
             )
         except MeshError as e:
             for kid in kids:
-                results[kid] = "error"
+                results[kid] = Refresh.ERROR
                 self._misses.record(kid, _ERROR_BACKOFF)
             self._log.warning(
                 "JWKS refresh request failed", extra={"kids": kids[:8], "error": str(e)}
@@ -198,10 +209,10 @@ class JwksWatch:
             if kid in reply.key_ids:
                 continue
             if reply.fetched:
-                results[kid] = "missed"
+                results[kid] = Refresh.MISSED
                 self._misses.record(kid, self._kid_interval)
             else:
-                results[kid] = "throttled_authn"
+                results[kid] = Refresh.THROTTLED_AUTHN
                 self._misses.record(kid, min(max(reply.retry_after, 0.5), self._kid_interval))
         if len(arrived) < len(kids):
             self._log.info(
@@ -214,11 +225,14 @@ class JwksWatch:
                 async with asyncio.timeout(self._wait), self._changed:
                     await self._changed.wait_for(lambda: all(map(self._has_kid, arrived)))
             for kid in arrived:
-                results[kid] = "fetched" if self._has_kid(kid) else "error"
+                results[kid] = Refresh.FETCHED if self._has_kid(kid) else Refresh.ERROR
 
     def _bad_value(self, key: str, error: WireError) -> None:
-        self._base.bad_messages.labels(endpoint="jwks", reason="invalid").inc()
+        self._base.bad_messages.labels(endpoint="jwks", reason=BadReason.INVALID).inc()
         self._log.warning("ignored invalid JWKS snapshot", extra={"key": key, "error": str(error)})
+
+    def _broke(self, error: Exception) -> None:
+        self._log.warning("JWKS watch broke; retrying", extra={"error": repr(error)})
 
     async def run(self) -> None:
         """Follow the snapshot until cancelled, re-opening the watch when it breaks."""
@@ -233,14 +247,14 @@ class JwksWatch:
                 raise_if_cancelling()
                 await asyncio.sleep(_RETRY)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.close()
 
     async def _watch(self) -> None:
-        kv = await open_bucket(self._js, subjects.BUCKET_JWKS)
+        # Bound, never created: authn owns the bucket's configuration. follow() restarts the
+        # watch after a NATS reconnect, so rotated keys are not held up by a silent watch.
+        kv = await open_existing_bucket(self._js, subjects.BUCKET_JWKS, log=self._log)
         typed = TypedKV(kv, JwksSnapshot, on_bad_value=self._bad_value)
-        async for event in typed.watch(subjects.JWKS_KEY):
+        async for event in typed.follow(subjects.JWKS_KEY, self._nc, on_retry=self._broke):
             if event.initial_done:
                 self._initial.set()
                 continue

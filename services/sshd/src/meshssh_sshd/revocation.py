@@ -9,11 +9,12 @@ and counted by reason.
 Example::
 
     revoker = Revoker(core)
-    maps.set_on_change(revoker.on_map)
+    maps.on_change(revoker.on_map)
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
 
 from meshssh_common.acl import AclDecision, check_inbound
@@ -24,27 +25,37 @@ from meshssh_sshd.sessions import LiveConnection
 if TYPE_CHECKING:
     from meshssh_sshd.core import SshdCore
 
-__all__ = ["Revoker", "revocation_reason"]
+__all__ = ["Revoked", "Revoker", "revocation_reason"]
+
+
+class Revoked(enum.StrEnum):
+    """Why a live connection was closed (the ``reason`` label of ``policy_kicks``)."""
+
+    NO_MAP = "no_map"
+    SSH_DISABLED = "ssh_disabled"
+    SOURCE = "source"
+    USER = "user"
+    ENDED = "ended"  # an administrator ended the session (the map lists it)
 
 
 def revocation_reason(
     netmap: NetworkMap | None, record: LiveConnection, *, jwt_mode: bool
-) -> str | None:
+) -> Revoked | None:
     """Why ``record`` may no longer stay under ``netmap`` (a bounded label), or None."""
     if netmap is None:
-        return "no_map"
+        return Revoked.NO_MAP
     if not netmap.peer.ssh_enabled:
-        return "ssh_disabled"
+        return Revoked.SSH_DISABLED
     if netmap.peer.ended_sessions and not record.sessions.keys().isdisjoint(
         netmap.peer.ended_sessions
     ):
-        return "ended"
+        return Revoked.ENDED
     origin = record.origin
     if check_inbound(netmap, origin.client_ip, origin.acl_port) is not AclDecision.ACCEPT:
-        return "source"
+        return Revoked.SOURCE
     authorized = authorize(netmap.ssh_auth, record.jwt_user, record.local_user)
     if jwt_mode and record.authenticated and not authorized:
-        return "user"
+        return Revoked.USER
     return None
 
 

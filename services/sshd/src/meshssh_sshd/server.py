@@ -24,24 +24,24 @@ import os
 import shutil
 import socket
 import uuid
-from typing import cast
 
 import asyncssh
 
 from meshssh_common import ssh_packets
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
+from meshssh_common.peer_map import PeerMap
 from meshssh_common.service import ServiceContext
+from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentConnection, AgentSockets
 from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
-from meshssh_sshd.core import SshdCore, TaskSet
+from meshssh_sshd.core import SshdCore
 from meshssh_sshd.gate import Gate
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
-from meshssh_sshd.netmap_watch import NetmapWatch
 from meshssh_sshd.origin import Origin
 from meshssh_sshd.peer_server import PeerServer
 from meshssh_sshd.rate_limit import FailureLimiter
@@ -80,9 +80,9 @@ def find_sftp_server(configured: str | None) -> str | None:
 class SshServer:
     """One running SSH server; ``address`` and ``core`` are set once it listens."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext[SshdSettings]) -> None:
         self.ctx = ctx
-        self.settings = cast(SshdSettings, ctx.settings)
+        self.settings = ctx.settings
         self.address: tuple[str, int] | None = None
         self.host_key: HostKey | None = None
         self.core: SshdCore | None = None
@@ -94,7 +94,7 @@ class SshServer:
         log = ctx.log.bind(peer=settings.peer_id)
         metrics = SshdMetrics(ctx.metrics)
         js = ctx.js
-        maps = NetmapWatch(ctx.nc, js, settings.peer_id, ctx.metrics, log)
+        maps = PeerMap(log=log, metrics=ctx.metrics)
         keys = JwksWatch(ctx.nc, js, ctx.metrics, metrics, log, requester=settings.peer_id)
         sftp = find_sftp_server(str(settings.sftp_server) if settings.sftp_server else None)
         if settings.enable_ssh_sftp and sftp is None:
@@ -122,7 +122,7 @@ class SshServer:
             sftp_server=sftp,
             agents=AgentSockets(log),
         )
-        maps.set_on_change(Revoker(core).on_map)
+        maps.on_change(Revoker(core).on_map)
         return core
 
     async def run(self) -> None:
@@ -159,11 +159,11 @@ class SshServer:
             core.log.warning("audit stream not ready", extra={"error": repr(e)})
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(core.maps.run())
+                tg.create_task(core.maps.follow(self.ctx.nc, settings.peer_id))
                 tg.create_task(core.keys.run())
                 tg.create_task(core.audit.run())
                 tg.create_task(reporter.run())
-                if not await core.maps.wait_initial(_INITIAL_WAIT):
+                if not await core.maps.wait_received(_INITIAL_WAIT):
                     core.log.warning("no network map yet: refusing connections until one comes")
                 if core.jwt_mode and not await core.keys.wait_initial(_INITIAL_WAIT):
                     core.log.warning("no JWKS snapshot yet: JWT logins fail until one comes")
@@ -176,7 +176,7 @@ class SshServer:
                     raise
         finally:
             gate.close()
-            await core.tasks.close()
+            await core.tasks.close(timeout=settings.shutdown_grace)
             core.agents.close()
 
     def _announce(self, core: SshdCore) -> None:
@@ -261,6 +261,6 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext[SshdSettings]) -> None:
     """The service body run by :func:`meshssh_common.service.run_service`."""
     await SshServer(ctx).run()

@@ -1,0 +1,3 @@
+"""`meshctl`: the operator CLI over the management REST API."""
+
+__all__: list[str] = []

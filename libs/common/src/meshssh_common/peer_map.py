@@ -1,0 +1,152 @@
+"""One peer's network map, followed live from KV ``meshssh-netmaps`` (SPEC §4, §5).
+
+The single map follower of the house: the agent, sshd and the relay each hold one
+:class:`PeerMap`. It reads only its own key (``peer.<id>``) and applies a snapshot only when
+its ``serial`` is higher than the one it holds, so stale snapshots and the values a watch
+replays after a resync are ignored. A deleted key means the peer was removed: the map becomes
+None (which refuses everything: fail closed) and the serial goes back to 0, so a re-registered
+peer's fresh maps apply. Listeners run after each applied change with ``(old, new)``.
+
+:meth:`PeerMap.follow` binds to the existing bucket and never creates it (a peer's
+credentials could not, and a creator would pick the wrong replicas): it waits until the
+management plane has made it. The watch starts again after every NATS reconnect (a KV watch
+can stay silent for ~15 s after nats-server came back, and a disabled peer must stop within
+seconds), so the current value is delivered again: a resync.
+
+Example::
+
+    maps = PeerMap(log=log, metrics=metrics)
+    maps.on_change(lambda old, new: revoker.on_map(old, new))
+    maps.offer(reply.netmap)                 # e.g. the registration reply, before the watch
+    tg.create_task(maps.follow(nc, "p1"))    # the peer id may be learnt after construction
+    await maps.wait_received(5.0)
+    maps.current                             # NetworkMap | None
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+
+from meshssh_common import subjects
+from meshssh_common.errors import BadReason, WireError
+from meshssh_common.kv import TypedKV, open_existing_bucket
+from meshssh_common.logs import BoundLogger
+from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
+
+__all__ = ["MapListener", "PeerMap"]
+
+MapListener = Callable[[NetworkMap | None, NetworkMap | None], None]
+"""Called with ``(old, new)`` after each applied change; ``new`` is None when removed."""
+
+
+class PeerMap:
+    """The current map of one peer, its serial, and the listeners of its changes."""
+
+    def __init__(self, *, log: BoundLogger, metrics: ServiceMetrics) -> None:
+        self.current: NetworkMap | None = None
+        self.serial = 0
+        self.received = asyncio.Event()  # set once the watch has reported what KV holds
+        self._log = log
+        self._metrics = metrics
+        self._listeners: list[MapListener] = []
+        self._by_address: tuple[NetworkMap, dict[str, SourcePeer | RemotePeer]] | None = None
+
+    @property
+    def ssh_enabled(self) -> bool:
+        """Whether the management plane has SSH on for this peer."""
+        return self.current is not None and self.current.peer.ssh_enabled
+
+    def on_change(self, listener: MapListener) -> None:
+        """Call ``listener(old, new)`` after every applied change (``new`` None: removed)."""
+        self._listeners.append(listener)
+
+    def offer(self, netmap: NetworkMap) -> bool:
+        """Apply ``netmap`` if its serial is higher than the held one; returns whether it did."""
+        if netmap.serial <= self.serial:
+            if netmap.serial < self.serial:
+                self._log.info(
+                    "ignored network map with an old serial",
+                    extra={"serial": netmap.serial, "current": self.serial},
+                )
+            return False  # an equal serial is the same map, replayed by a resync
+        old, self.current, self.serial = self.current, netmap, netmap.serial
+        self._log.info(
+            "network map applied",
+            extra={
+                "serial": netmap.serial,
+                "ssh": netmap.peer.ssh_enabled,
+                "rules": len(netmap.firewall_rules),
+            },
+        )
+        self._notify(old)
+        return True
+
+    def drop(self) -> bool:
+        """The map was deleted: no map, serial back to 0. Returns whether anything changed."""
+        if self.current is None and self.serial == 0:
+            return False
+        old, self.current, self.serial = self.current, None, 0
+        self._log.warning("network map deleted: this peer was removed; refusing everything")
+        self._notify(old)
+        return True
+
+    def peer_at(self, ip: str) -> SourcePeer | RemotePeer | None:
+        """The peer of the current map whose mesh address is ``ip`` (sources first), if any."""
+        netmap = self.current
+        if netmap is None:
+            return None
+        if self._by_address is None or self._by_address[0] is not netmap:
+            found: dict[str, SourcePeer | RemotePeer] = {}
+            peers: list[SourcePeer | RemotePeer] = [*netmap.remote_peers, *netmap.source_peers]
+            for peer in peers:
+                with contextlib.suppress(ValueError):
+                    found[str(ipaddress.ip_address(peer.mesh_ip))] = peer
+            self._by_address = (netmap, found)
+        return self._by_address[1].get(ip)
+
+    async def wait_received(self, timeout: float) -> bool:
+        """Wait until the stored map (or its absence) is known; False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.received.wait()
+                return True
+        return False
+
+    async def follow(self, nc: NATS, peer_id: str) -> None:
+        """Feed this map from ``peer_id``'s key in KV until cancelled (see the module docstring).
+
+        Raises:
+            Exception: whatever :meth:`TypedKV.follow` does not retry (a bug, not an outage).
+        """
+        bucket = await open_existing_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS, log=self._log)
+        kv = TypedKV(bucket, NetworkMap, on_bad_value=self._bad_value)
+        key = subjects.netmap_key(peer_id)
+        async for event in kv.follow(key, nc, on_retry=self._watch_broke):
+            if event.initial_done:
+                self.received.set()
+            elif event.value is None:
+                self.drop()
+            else:
+                self.offer(event.value)
+
+    def _notify(self, old: NetworkMap | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(old, self.current)
+            except Exception:
+                self._log.exception("network map listener failed")
+
+    def _bad_value(self, key: str, error: WireError) -> None:
+        self._metrics.bad_messages.labels(endpoint="netmap", reason=BadReason.INVALID).inc()
+        self._log.warning(
+            "ignored an undecodable network map", extra={"key": key, "error": str(error)}
+        )
+
+    def _watch_broke(self, error: Exception) -> None:
+        self._log.warning("network map watch broke; retrying", extra={"error": repr(error)})

@@ -1,0 +1,3 @@
+"""meshssh peer agent: registration, the map, sshd and relay, the drop-in, the local socket."""
+
+__all__: list[str] = []
