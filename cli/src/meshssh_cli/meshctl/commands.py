@@ -36,6 +36,7 @@ __all__ = [
     "keys_rm",
     "parse_duration",
     "parse_port_range",
+    "peers_end_session",
     "peers_ls",
     "peers_netmap",
     "peers_rm",
@@ -119,6 +120,14 @@ def peers_ssh(args: argparse.Namespace, api: AdminApi) -> Result:
     return updated, f"SSH switch of {updated['name']} ({updated['id']}) is {args.switch}d; " + (
         f"SSH {state}"
     )
+
+
+def peers_end_session(args: argparse.Namespace, api: AdminApi) -> Result:
+    """``peers end-session PEER SESSION``: the peer's sshd closes that session's connection."""
+    peer = api.find_peer(args.peer)
+    api.call("DELETE", f"/peers/{peer['id']}/sessions/{args.session}")
+    done = {"peer": peer["id"], "session": args.session, "ended": True}
+    return done, f"ended session {args.session} on {peer['name']} ({peer['id']})"
 
 
 def peers_rm(args: argparse.Namespace, api: AdminApi) -> Result:

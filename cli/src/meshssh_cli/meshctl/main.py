@@ -12,6 +12,7 @@ Example::
     meshctl policies create "ops ssh" --source ops --destination servers --protocol ssh \\
         --authorized-group ops=root,deploy
     meshctl --json setup-keys create laptops --auto-group users --expires-in 7d
+    meshctl audit --kind admin-change
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, NoReturn
 
 from meshssh_cli.meshctl import commands as cmd
 from meshssh_cli.meshctl.api import AdminApi, AdminError, resolve_settings
+from meshssh_cli.meshctl.audit import audit
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -66,6 +68,10 @@ def _peers(sub: Any) -> None:
     ssh.add_argument("switch", choices=["enable", "disable"])
     ssh.add_argument("peer", help="peer id or name")
     _leaf(peers, "rm", "remove a peer", cmd.peers_rm).add_argument("peer")
+    end = _leaf(peers, "end-session", "end a live SSH session (its client sees it close)",
+                cmd.peers_end_session)  # fmt: skip
+    end.add_argument("peer", help="peer id or name")
+    end.add_argument("session", help="session id (peers show lists them)")
     _leaf(peers, "netmap", "the network map published for a peer", cmd.peers_netmap).add_argument(
         "peer"
     )
@@ -156,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     _policies(sub)
     _setup_keys(sub)
     _leaf(sub, "status", "the API replica's state", cmd.status)
+    log = _leaf(sub, "audit", "the audit log, newest first (admin changes, SSH events)", audit)
+    log.add_argument("--user", default="", help="a user id (JWT user or dashboard user)")
+    log.add_argument("--peer", default="", help="peer id or name")
+    log.add_argument("--kind", default="", help="admin-change, session-start, auth-rejected...")
+    log.add_argument("--limit", type=int, default=50, help="events a page (1-500)")
+    log.add_argument("--before", type=int, default=0, help="older than this sequence")
     return parser
 
 

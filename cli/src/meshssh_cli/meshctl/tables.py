@@ -75,7 +75,8 @@ def peer_detail(p: dict[str, Any]) -> str:
     ]
     for s in p.get("sessions", []):
         who = s.get("jwt_user") or "?"
-        lines.append(f"  {s.get('local_user', '?')} <- {who} from {s.get('source', '?')}"
+        lines.append(f"  {s.get('session_id', '?')}  {s.get('local_user', '?')} <- {who} from "
+                     f"{s.get('source', '?')}"
                      f" {s.get('command', '')}".rstrip())  # fmt: skip
     return "\n".join(lines)
 
