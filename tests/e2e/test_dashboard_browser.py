@@ -125,6 +125,8 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
     await until_ssh(dash, ok=True)
 
     # A live session, ended from the peer's page: the ssh client sees it close.
+    await page.goto(f"{base}/peers/{await dash.server_id()}")
+    await expect(page.locator("[data-live=sessions]")).to_have_text("0", timeout=30_000)
     live = await asyncio.create_subprocess_exec(
         *dash.ssh("echo started; exec sleep 120"), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -133,8 +135,13 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
         assert live.stdout is not None
         async with asyncio.timeout(30):
             assert (await live.stdout.readline()).strip() == b"started"
-        await page.goto(f"{base}/peers/{await dash.server_id()}")
-        end = page.get_by_role("button", name=re.compile(r"^End session .* of alice$"))
+        # The live strip counts the session without a reload (it polls every 3 s).
+        await expect(page.locator("[data-live=sessions]")).to_have_text("1", timeout=30_000)
+        await expect(page.locator("#live")).to_contain_text(f"alice → {USER}@{dash.server_name}")
+        # The row of this session (its command is summarised as "echo +4"; sessions of the
+        # earlier `id -un` runs may still be listed for a few seconds).
+        row = page.locator("tr[data-session]", has_text="echo +")
+        end = row.get_by_role("button", name=re.compile(r"^End session .* of alice$"))
         async with asyncio.timeout(30):
             while not await end.count():
                 await asyncio.sleep(0.5)

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshssh_testkit.dashboard import sign_in
 from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.process import terminate
 
@@ -218,6 +219,15 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
         assert r.status_code == 200
         r = await client.get(f"{e['provider_url']}/.well-known/openid-configuration")
         assert r.status_code == 200
+    # The dashboard signs alice in at the embedded provider, out of the box, as its admin.
+    passwords: dict[str, str] = e["users"]  # type: ignore[assignment]
+    dash, _ = await sign_in(str(e["api_url"]), "alice", passwords["alice"])
+    try:
+        page = (await dash.get(f"{e['api_url']}/peers")).text
+    finally:
+        await dash.aclose()
+    assert "(admin)" in page
+    assert "demo-server" in page
 
     # demo-laptop's agent marks demo-server as a MeshSSH server for its drop-in (`test -f`).
     marks = Path(str(peers["demo-laptop"]["state_dir"])) / "ssh-servers"
