@@ -6,11 +6,16 @@ The list of writes comes from the dashboard's own router, so a new write route i
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
+from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from meshssh_policy.web.actions import Actions
 from meshssh_testkit.dashboard import add_user, sign_in
@@ -30,10 +35,18 @@ def write_routes() -> list[str]:
     return sorted(r.path for r in router.routes if "POST" in getattr(r, "methods", ()))
 
 
-async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cookie(
-    policy: Any, seed_file: Path, register: Any, services: ServiceFactory, nats_url: str,
-    tmp_path: Path, poll: Any,
-) -> None:  # fmt: skip
+@dataclass
+class Site:
+    """authn (embedded provider) and a policy replica whose dashboard signs users in there."""
+
+    base: str
+    replica: Any
+    peer: str
+
+
+@pytest.fixture
+async def site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
+               nats_url: str, tmp_path: Path) -> Site:  # fmt: skip
     users = tmp_path / "users.json"
     await add_user(users, "alice", "alice-password-0123", groups=("users",))
     await add_user(users, "bob", "bob-password-0123")
@@ -46,13 +59,16 @@ async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cook
     replica = await policy.start(seed=seed_file, listen=f"127.0.0.1:{port}",
                                  admin_users=("alice",))  # fmt: skip
     peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
-    async with replica.client() as api:  # until authn has published its issuer
-        await poll(lambda: True)
-        for _ in range(300):
-            if (await api.get("/api/v1/auth/config")).status_code == 200:
-                break
-            await poll(lambda: True, 0.05)
+    async with replica.client() as api, asyncio.timeout(30):
+        while (await api.get("/api/v1/auth/config")).status_code != 200:
+            await asyncio.sleep(0.05)  # until authn has published its issuer
+    return Site(base, replica, peer)
 
+
+async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cookie(
+    site: Site,
+) -> None:
+    base, replica, peer = site.base, site.replica, site.peer
     async with httpx.AsyncClient(timeout=10) as anonymous:
         page = await anonymous.get(f"{base}/peers")
         assert page.status_code == 303
@@ -126,3 +142,96 @@ async def ssh_switch(replica: Any, peer: str) -> bool:
     """The admin switch as the REST API shows it."""
     async with replica.client() as api:
         return bool((await api.get(f"/api/v1/peers/{peer}")).json()["ssh_enabled"])
+
+
+class _Controls(HTMLParser):
+    """Form controls without a label, and label targets, of one page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label" and a.get("for"):
+            self.labelled.add(str(a["for"]))
+        if tag in ("select", "textarea") or (tag == "input" and a.get("type") != "hidden"):
+            self.controls.append(a)
+        if tag == "input" and a.get("type") == "checkbox":
+            self.controls[-1]["checkbox"] = "1"
+
+
+def unlabelled(page: str) -> list[dict[str, str | None]]:
+    """Controls with neither a <label for> nor an aria-label (checkboxes sit inside theirs)."""
+    found = _Controls()
+    found.feed(page)
+    return [c for c in found.controls
+            if not c.get("aria-label") and c.get("id") not in found.labelled
+            and not c.get("checkbox")]  # fmt: skip
+
+
+async def test_admin_actions_change_state_through_the_rest_operations_and_are_audited(
+    site: Site,
+) -> None:
+    base, replica, peer = site.base, site.replica, site.peer
+    alice, csrf = await sign_in(base, "alice", "alice-password-0123")
+    try:
+        for path in ("/peers", f"/peers/{peer}", "/groups", "/policies/new",
+                     "/policies/users-to-servers-ssh", "/setup-keys", "/audit"):  # fmt: skip
+            page = (await alice.get(base + path)).text
+            assert unlabelled(page) == [], path  # every control has an accessible name
+            assert '<html lang="en">' in page
+
+        async def post(path: str, **form: str) -> httpx.Response:
+            return await alice.post(base + path, data={"csrf": csrf, **form})
+
+        assert (await post("/groups", id="ops", name="Operators")).status_code == 303
+        bad = await post("/groups", id="Bad Id")
+        assert bad.status_code == 422
+        assert "id: String should match pattern" in bad.text
+        assert (await post("/groups/ops/members/add", kind="peer", member=peer)).status_code == 303
+        assert (await post("/groups/ops/members/add", kind="user", member="alice")).status_code \
+            == 303  # fmt: skip
+        edited = await post("/policies/users-to-servers-ssh", name="users reach servers",
+                            enabled="1", r0_sources="users", r0_destinations="ops, servers",
+                            r0_protocol="ssh", r0_ports="22", r0_action="accept",
+                            r0_authorized="users: deploy\nops:")  # fmt: skip
+        assert edited.status_code == 303, edited.text
+        invalid = await post("/policies/users-to-servers-ssh", name="x", r0_sources="users",
+                             r0_destinations="servers", r0_protocol="icmp", r0_ports="22",
+                             r0_action="accept", r0_authorized="")  # fmt: skip
+        assert invalid.status_code == 422
+        shown = 'id="err-r0_ports">rules[0].ports: protocol &#39;icmp&#39; takes no'
+        assert shown in invalid.text
+        created = await post("/setup-keys", name="ci", type="one-off", expires_days="1",
+                             usage_limit="1", auto_groups="ops")  # fmt: skip
+        assert created.status_code == 200
+        key_id = re.search(r'id="key-(k[0-9a-f]+)"><td>ci<', created.text)
+        assert key_id
+        assert (await post(f"/setup-keys/{key_id[1]}/revoke")).status_code == 303
+        gone = await post(f"/peers/{peer}/sessions/nosuch/end")
+        assert gone.status_code == 404
+    finally:
+        await alice.aclose()
+
+    async with replica.client() as api:
+        policy = (await api.get("/api/v1/policies/users-to-servers-ssh")).json()
+        group = (await api.get("/api/v1/groups/ops")).json()
+        key = (await api.get(f"/api/v1/setup-keys/{key_id[1]}")).json()
+        events = (await api.get("/api/v1/audit", params={"user": "alice"})).json()["events"]
+    assert policy["name"] == "users reach servers"
+    assert policy["rules"][0]["authorized_groups"] == {"users": ["deploy"], "ops": []}
+    assert (group["peers"], group["users"]) == ([peer], ["alice"])
+    assert (key["type"], key["usage_limit"], key["auto_groups"], key["revoked"]) == (
+        "one-off", 1, ["ops"], True)  # fmt: skip
+    assert [(e["action"], e["result"]) for e in reversed(events)] == [
+        ("POST /api/v1/groups", "200"),
+        ("PUT /api/v1/groups/{group_id}/peers/{peer_id}", "200"),
+        ("PUT /api/v1/groups/{group_id}/users/{user_id}", "200"),
+        ("PUT /api/v1/policies/{policy_id}", "200"),
+        ("POST /api/v1/setup-keys", "200"),
+        ("PATCH /api/v1/setup-keys/{key_id}", "200"),
+        ("DELETE /api/v1/peers/{peer_id}/sessions/{session_id}", "404"),
+    ]
+    assert all(e["actor"] == "user:alice" for e in events)

@@ -161,9 +161,9 @@ class PolicyForm:
         except ValidationError as e:
             for err in e.errors():
                 loc = list(err.get("loc", ()))
-                name = self._field(loc)
                 message = validation_message([{"loc": loc, "msg": err.get("msg", "")}])
-                errors.setdefault(name, message)
+                # A rule-level check names its field in the message ("ports: ...").
+                errors.setdefault(self._field(loc) or self.error_field(message), message)
             return None, errors
         return (None, errors) if errors else (parsed, errors)
 
