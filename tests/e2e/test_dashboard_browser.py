@@ -89,7 +89,8 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
         while await dash.sshd_state() == "running":
             await asyncio.sleep(0.1)
     await expect(row).to_contain_text("off: the switch is off")
-    await switch.click()
+    await switch.focus()  # and back on with the keyboard
+    await page.keyboard.press("Enter")
     await expect(switch).to_have_attribute("aria-checked", "true")
     async with asyncio.timeout(30):
         while await dash.sshd_state() != "running":
@@ -219,6 +220,10 @@ async def test_a_read_only_user_sees_the_pages_with_every_control_off(
 ) -> None:
     await sign_in(page, dash.base, "bob")
     await expect(page.get_by_text("bob@example.com (read-only)")).to_be_visible()
+    await page.keyboard.press("Tab")  # the keyboard starts at "Skip to content", then the menu
+    await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Peers")).to_be_focused()
     switch = page.get_by_role("switch", name=f"SSH switch for {dash.server_name}")
     await expect(switch).to_be_disabled()
     await page.get_by_role("link", name="Policies").click()
