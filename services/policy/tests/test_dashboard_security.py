@@ -44,9 +44,8 @@ class Site:
     peer: str
 
 
-@pytest.fixture
-async def site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
-               nats_url: str, tmp_path: Path) -> Site:  # fmt: skip
+async def start_site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
+                     nats_url: str, tmp_path: Path, public_url: str = "") -> Site:  # fmt: skip
     users = tmp_path / "users.json"
     await add_user(users, "alice", "alice-password-0123", groups=("users",))
     await add_user(users, "bob", "bob-password-0123")
@@ -54,15 +53,46 @@ async def site(policy: Any, seed_file: Path, register: Any, services: ServiceFac
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--dashboard-redirect-uri", f"{base}/auth/callback",
+        "--users-file", str(users), "--dashboard-redirect-uri",
+        f"{public_url or base}/auth/callback",
     )  # fmt: skip
     replica = await policy.start(seed=seed_file, listen=f"127.0.0.1:{port}",
-                                 admin_users=("alice",))  # fmt: skip
+                                 admin_users=("alice",), public_url=public_url)  # fmt: skip
     peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
     async with replica.client() as api, asyncio.timeout(30):
         while (await api.get("/api/v1/auth/config")).status_code != 200:
             await asyncio.sleep(0.05)  # until authn has published its issuer
     return Site(base, replica, peer)
+
+
+@pytest.fixture
+async def site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
+               nats_url: str, tmp_path: Path) -> Site:  # fmt: skip
+    return await start_site(policy, seed_file, register, services, nats_url, tmp_path)
+
+
+async def test_behind_https_the_session_cookie_is_secure(
+    policy: Any, seed_file: Path, register: Any, services: ServiceFactory, nats_url: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    public = "https://dash.example.test"  # a TLS proxy in front; the test talks to policy
+    site = await start_site(policy, seed_file, register, services, nats_url, tmp_path, public)
+    async with httpx.AsyncClient(timeout=15) as http:
+        login = await http.get(f"{site.base}/auth/login")
+        assert "redirect_uri=https%3A%2F%2Fdash.example.test%2Fauth%2Fcallback" in \
+            login.headers["location"]  # fmt: skip
+        page = await http.get(login.headers["location"])
+        fields = dict(re.findall(r'type="hidden" name="([a-z_]+)" value="([^"]*)"', page.text))
+        back = await http.post(login.headers["location"].split("?")[0], data={
+            **fields, "username": "alice", "password": "alice-password-0123"})  # fmt: skip
+        callback = back.headers["location"]
+        assert callback.startswith(f"{public}/auth/callback?")
+        done = await http.get(site.base + callback.removeprefix(public))
+    assert done.status_code == 303
+    cookie = done.headers["set-cookie"]
+    assert cookie.startswith("meshssh_session=")
+    for attribute in ("HttpOnly", "Secure", "SameSite=lax", "Path=/"):
+        assert attribute.lower() in cookie.lower(), cookie
 
 
 async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cookie(
