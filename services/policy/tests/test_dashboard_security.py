@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -79,6 +80,10 @@ async def test_behind_https_the_session_cookie_is_secure(
     site = await start_site(policy, seed_file, register, services, nats_url, tmp_path, public)
     async with httpx.AsyncClient(timeout=15) as http:
         login = await http.get(f"{site.base}/auth/login")
+        login_cookie = login.headers["set-cookie"].lower()
+        assert login_cookie.startswith("meshssh_login=")
+        for attribute in ("httponly", "secure", "samesite=lax", "path=/auth/callback"):
+            assert attribute in login_cookie, login_cookie
         assert "redirect_uri=https%3A%2F%2Fdash.example.test%2Fauth%2Fcallback" in \
             login.headers["location"]  # fmt: skip
         page = await http.get(login.headers["location"])
@@ -87,10 +92,20 @@ async def test_behind_https_the_session_cookie_is_secure(
             **fields, "username": "alice", "password": "alice-password-0123"})  # fmt: skip
         callback = back.headers["location"]
         assert callback.startswith(f"{public}/auth/callback?")
-        done = await http.get(site.base + callback.removeprefix(public))
+        # Another browser (no sign-in cookie) cannot use this code and state: login CSRF.
+        async with httpx.AsyncClient(timeout=15) as other:
+            forged = await other.get(site.base + callback.removeprefix(public))
+        assert forged.status_code == 403
+        assert "not started in this browser" in forged.text
+        # The sign-in cookie is Secure too, so httpx keeps it off plain http: send it as the
+        # browser would over https.
+        state = parse_qs(urlsplit(callback).query)["state"][0]
+        done = await http.get(site.base + callback.removeprefix(public),
+                              headers={"Cookie": f"meshssh_login={state}"})  # fmt: skip
     assert done.status_code == 303
-    cookie = done.headers["set-cookie"]
-    assert cookie.startswith("meshssh_session=")
+    cookies = done.headers.get_list("set-cookie")
+    cookie = next(c for c in cookies if c.startswith("meshssh_session="))
+    assert any(c.startswith('meshssh_login=""') for c in cookies)  # spent
     for attribute in ("HttpOnly", "Secure", "SameSite=lax", "Path=/"):
         assert attribute.lower() in cookie.lower(), cookie
 

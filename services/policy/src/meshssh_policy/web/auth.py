@@ -11,6 +11,7 @@ group ``--admin-group``, and users whose token's ``groups`` claim holds ``--admi
 
 from __future__ import annotations
 
+import hmac
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Request
@@ -23,7 +24,9 @@ from meshssh_policy.management import Management
 from meshssh_policy.web.oidc import OidcSignIn
 from meshssh_policy.web.sessions import COOKIE, Session, SessionStore
 
-__all__ = ["WebAuth", "actor_of"]
+__all__ = ["LOGIN_COOKIE", "WebAuth", "actor_of"]
+
+LOGIN_COOKIE = "meshssh_login"
 
 
 def actor_of(session: Session) -> str:
@@ -99,14 +102,24 @@ class WebAuth:
         @router.get("/auth/login")
         async def login(request: Request, next: str = "/peers") -> Response:
             redirect = self.base_url(request) + "/auth/callback"
-            url = await self.oidc.start(redirect, next_path=_safe_next(next))
-            return RedirectResponse(url, status_code=303)
+            url, state = await self.oidc.start(redirect, next_path=_safe_next(next))
+            response = RedirectResponse(url, status_code=303)
+            # Binds the sign-in to this browser: a callback carrying someone else's code and
+            # state (login CSRF) lacks the cookie and is refused.
+            response.set_cookie(
+                LOGIN_COOKIE, state, httponly=True, samesite="lax", secure=self.secure(request),
+                max_age=600, path="/auth/callback",
+            )  # fmt: skip
+            return response
 
         @router.get("/auth/callback")
         async def callback(request: Request, state: str = "", code: str = "",
                            error: str = "") -> Response:  # fmt: skip
             if error or not state or not code:
                 raise HTTPException(400, f"sign-in failed: {error or 'no code'}")
+            if not hmac.compare_digest(request.cookies.get(LOGIN_COOKIE, "").encode(),
+                                       state.encode()):  # fmt: skip
+                raise HTTPException(403, "sign-in refused: it was not started in this browser")
             try:
                 token, next_path = await self.oidc.finish(state[:256], code[:2048])
             except Denied as e:
@@ -117,6 +130,7 @@ class WebAuth:
             self.mgmt.log.info("dashboard sign-in", extra={"user": token.user_id,
                                                            "admin": admin})  # fmt: skip
             response = RedirectResponse(_safe_next(next_path), status_code=303)
+            response.delete_cookie(LOGIN_COOKIE, path="/auth/callback")
             response.set_cookie(
                 COOKIE, sid, httponly=True, samesite="lax", secure=self.secure(request),
                 max_age=int(self.mgmt.settings.session_ttl), path="/",

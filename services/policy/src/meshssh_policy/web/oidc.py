@@ -11,7 +11,7 @@ the Users page. Pending sign-ins (state → verifier, nonce) live in memory for 
 Example::
 
     rp = OidcSignIn(mgmt)
-    url = await rp.start(redirect_uri, next_path="/peers")
+    url, state = await rp.start(redirect_uri, next_path="/peers")
     token, next_path = await rp.finish(state, code, redirect_uri)
 """
 
@@ -107,8 +107,8 @@ class OidcSignIn:
         self._discovery = (issuer, time.monotonic() + _DISCOVERY_TTL, doc)
         return doc
 
-    async def start(self, redirect_uri: str, *, next_path: str) -> str:
-        """The authorization URL to send the browser to."""
+    async def start(self, redirect_uri: str, *, next_path: str) -> tuple[str, str]:
+        """The authorization URL to send the browser to, and the sign-in's ``state``."""
         meta = await self.metadata()
         now = time.monotonic()
         if len(self._pending) >= _MAX_PENDING:
@@ -128,7 +128,7 @@ class OidcSignIn:
             "code_challenge_method": "S256",
         })  # fmt: skip
         endpoint = str(meta["authorization_endpoint"])
-        return endpoint + ("&" if "?" in endpoint else "?") + query
+        return endpoint + ("&" if "?" in endpoint else "?") + query, state
 
     async def finish(self, state: str, code: str) -> tuple[ValidatedToken, str]:
         """Redeem the code of a pending sign-in; returns the validated ID token and where to go.
