@@ -46,10 +46,12 @@ class Site:
 
 
 async def start_site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
-                     nats_url: str, tmp_path: Path, public_url: str = "") -> Site:  # fmt: skip
+                     nats_url: str, tmp_path: Path, public_url: str = "",
+                     **settings: Any) -> Site:  # fmt: skip
     users = tmp_path / "users.json"
     await add_user(users, "alice", "alice-password-0123", groups=("users",))
     await add_user(users, "bob", "bob-password-0123")
+    await add_user(users, "carol", "carol-password-0123", groups=("ops",))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     await services.start(
@@ -57,8 +59,9 @@ async def start_site(policy: Any, seed_file: Path, register: Any, services: Serv
         "--users-file", str(users), "--dashboard-redirect-uri",
         f"{public_url or base}/auth/callback",
     )  # fmt: skip
+    settings = settings or {"admin_users": ("alice",)}
     replica = await policy.start(seed=seed_file, listen=f"127.0.0.1:{port}",
-                                 admin_users=("alice",), public_url=public_url)  # fmt: skip
+                                 public_url=public_url, **settings)  # fmt: skip
     peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
     async with replica.client() as api, asyncio.timeout(30):
         while (await api.get("/api/v1/auth/config")).status_code != 200:
@@ -280,3 +283,30 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
         ("DELETE /api/v1/peers/{peer_id}/sessions/{session_id}", "404"),
     ]
     assert all(e["actor"] == "user:alice" for e in events)
+
+
+async def test_admins_by_group_membership_or_the_tokens_groups_claim(
+    policy: Any, seed_file: Path, register: Any, services: ServiceFactory, nats_url: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # The seed puts alice and bob in the meshssh group "users"; carol's token says ["ops"].
+    site = await start_site(policy, seed_file, register, services, nats_url, tmp_path,
+                            admin_group="users")  # fmt: skip
+    for user, admin in (("alice", True), ("bob", True), ("carol", False)):
+        client, _ = await sign_in(site.base, user, f"{user}-password-0123")
+        try:
+            page = (await client.get(f"{site.base}/peers")).text
+        finally:
+            await client.aclose()
+        assert ("(admin)" in page, "(read-only)" in page) == (admin, not admin), user
+    await site.replica.stop()
+    by_claim = await policy.start("r2", seed=seed_file, listen=site.base.removeprefix("http://"),
+                                  admin_group="ops")  # fmt: skip
+    assert by_claim.url
+    for user, admin in (("carol", True), ("alice", False)):
+        client, _ = await sign_in(site.base, user, f"{user}-password-0123")
+        try:
+            page = (await client.get(f"{site.base}/peers")).text
+        finally:
+            await client.aclose()
+        assert ("(admin)" in page) == admin, user
