@@ -4,6 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SERVICES := policy authn sshd relay
 B ?=
+# pytest-xdist workers: the tests mostly wait on processes and sockets, so more workers than the
+# two cores of a small machine pay (figures in docs/testing.md). T: extra pytest arguments.
+WORKERS ?= 3
+T ?=
+PYTEST := $(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup
 
 help:      ## List targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
@@ -35,11 +40,11 @@ lint: sync ## Format check and lint
 typecheck: sync ## mypy --strict on libs, services and cli
 	$(VENV)/bin/mypy libs/common/src libs/testkit/src services/*/src cli/src
 
-test: lint typecheck ## Lint, type-check, then every test (real nats-server, real OpenSSH)
-	$(VENV)/bin/pytest -q
+test: lint typecheck ## Lint, type-check, then every test in parallel (real nats-server, real OpenSSH)
+	$(PYTEST) $(T)
 
 e2e: sync  ## Whole-system tests only
-	$(VENV)/bin/pytest -q tests/e2e
+	$(PYTEST) tests/e2e $(T)
 
 bench: sync ## Benchmarks (all, or B=<name> for bench/<name>.py)
 	@if [ -n "$(B)" ]; then $(PY) bench/$(B).py; else for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; fi

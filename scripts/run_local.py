@@ -14,7 +14,7 @@ terminal closed), also while still starting:
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
    account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
 
-It writes <run>/endpoints.json (SPEC §11; each peer's sshd and relay ops URLs included) and an
+It writes <run>/endpoints.json (SPEC §11; each peer's agent, sshd and relay ops URLs) and an
 ssh_config that includes the drop-in of demo-laptop (which its agent keeps current in <run>;
 demo-server keeps none, and nothing touches /etc/ssh or ~/.ssh), and prints the exact commands.
 State persists across runs; `make clean` removes it.
@@ -61,7 +61,7 @@ PEERS = {
         "flags": ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
                   "--enable-ssh-agent-forwarding", *(["--enable-ssh-root"] if IS_ROOT else []),
                   "--disable-ssh-config"],
-        "children": ["sshd", "relay"],  # the processes its agent runs (each with ops URLs)
+        "children": ["sshd", "relay"],  # the processes its agent runs (ops: these and "agent")
     },
     "demo-laptop": {
         "mesh_ip": "127.0.0.3",
@@ -178,22 +178,24 @@ async def start_peer(
     """Start one demo peer's agent in the foreground (its own session) and wait for it.
 
     The process goes into ``started`` as soon as it exists, so a stop request during the
-    wait still stops it. ``ops`` gives each child's fixed ops listener (stable across child
-    restarts, so endpoints.json stays true).
+    wait still stops it. ``ops`` gives the fixed ops listener of the agent and of each child
+    (stable across child restarts, so endpoints.json stays true). The setup key goes in the
+    environment, never on a command line.
     """
     peer = PEERS[name]
     state = demo.state(name)
     state.mkdir(parents=True, exist_ok=True)
-    extra = [f"--{child}-ops-listen={ops[child].removeprefix('http://')}" for child in ops]
+    extra = [f"--{proc}-ops-listen={ops[proc].removeprefix('http://')}" for proc in ops]
     if name == "demo-laptop":
         extra += ["--ssh-config-file", str(demo.dropin)]
     log = (demo.run / f"{name}.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
         script("meshssh"), "up", "--foreground", *peer["flags"], *extra,
-        "--mesh-ip", str(peer["mesh_ip"]), "--name", name, "--setup-key", str(peer["setup_key"]),
+        "--mesh-ip", str(peer["mesh_ip"]), "--name", name,
         "--management-url", f"http://{demo.api}", "--nats-url", nats_url,
         "--state-dir", str(state), "--relay-port", str(RELAY_PORT), "--relay-mode", "proxy",
         stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        env={**os.environ, "MESHSSH_SETUP_KEY": str(peer["setup_key"])},
     )  # fmt: skip
     log.close()
     started.append(proc)
@@ -208,7 +210,7 @@ async def start_peer(
             if proc.returncode is not None:
                 raise RuntimeError(f"{name} exited {proc.returncode}; see {demo.run / name}.log")
             await asyncio.sleep(0.3)
-        for url in ops.values():  # the children start once management enables SSH
+        for url in ops.values():  # the agent's at once, the children once SSH is enabled
             await wait_http(f"{url}/healthz", timeout=60)
 
 
@@ -282,7 +284,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
         await wait_http(f"http://{demo.api}/api/v1/auth/config")  # authn published its keys
         peer_ops: dict[str, dict[str, str]] = {}
         for name, peer in PEERS.items():
-            ops = {c: "http://" + free_listen("127.0.0.1:0") for c in peer["children"]}
+            ops = {p: "http://" + free_listen("127.0.0.1:0") for p in ["agent", *peer["children"]]}
             await start_peer(demo, name, nats.url, ops, peers)
             peer_ops[name] = ops
         cfg = await ssh_config(demo)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_agent.token_cache import token_times
+from meshssh_agent.tokens import token_times
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.wire.agent import PromptReply
 from meshssh_testkit.netmaps import make_map

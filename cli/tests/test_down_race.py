@@ -1,11 +1,14 @@
 """``meshssh down`` returns only once the agent and its children have exited, on a busy machine.
 
-Two CPU busy loops load the machine (two cores here) while ``meshssh up`` (daemonized; with
-sshd and the relay every fourth round, as they take longest to start) and ``meshssh down`` run
-20 times in a row: every time ``down`` returns, the agent and every child it reported must be
-gone, and the state dir free for the next ``up``. Before the fix ``down`` waited only for the
-agent's lock, which the agent dropped before its interpreter had finished exiting (an agent
-made to linger 0.3 s after that failed this test in the first round). A child that does not
+A CPU busy loop loads one core while ``meshssh up`` (daemonized; with sshd and the relay
+every fourth round, as they take longest to start) and ``meshssh down`` run 20 times in a row
+on that same core (the loop, ``meshssh`` and the agent with its children are all pinned to
+it: as busy as two loops made both cores of a two-core machine, while tests running in
+parallel keep the other cores): every time ``down`` returns,
+the agent and every child it reported must be gone, and the state dir free for the next
+``up``. Before the fix ``down`` waited only for the agent's lock, which the agent dropped
+before its interpreter had finished exiting (an agent made to linger 0.3 s after that failed
+this test in the first round). A child that does not
 stop makes ``down`` fail after ``--timeout`` with what still runs.
 """
 
@@ -23,30 +26,37 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_agent.state_dir import lock_holder
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess, agent_request, pid_alive
-from meshssh_testkit.policy_standin import PolicyStandIn
-from meshssh_testkit.process import script, terminate
+from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.process import run_command, script, terminate
 
 ROUNDS = 20
 CHILDREN_EVERY = 4  # rounds with sshd and the relay (slower to start): 0, 4, 8, ...
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1))
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+
+
+def busy_core() -> int:
+    """The core the load test uses: the last one this process may run on."""
+    return max(os.sched_getaffinity(0))
+
+
+def on_busy_core() -> None:
+    os.sched_setaffinity(0, {busy_core()})  # runs in the child before exec; inherited from there
 
 
 @pytest.fixture
 async def busy_machine() -> AsyncIterator[None]:
-    """Two processes that spin on the CPU for as long as the test runs."""
+    """A process that spins on the busy core for as long as the test runs."""
     loops = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
-        for _ in range(2)
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "while True: pass", preexec_fn=on_busy_core
+        )
+        for _ in range(1)
     ]
     try:
         yield
@@ -56,28 +66,20 @@ async def busy_machine() -> AsyncIterator[None]:
 
 
 async def meshssh(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(90):
-            out, _ = await proc.communicate()
-    finally:
-        await terminate(proc, 5)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    """``meshssh args`` on the busy core (a daemonized agent and its children stay there)."""
+    result = await run_command(script("meshssh"), *args, timeout=90, preexec_fn=on_busy_core)
+    return result.returncode, result.out + result.err
 
 
 @pytest.mark.timeout(600)
 async def test_down_returns_only_after_the_agent_and_its_children_exit_under_load(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn, busy_machine: None
+    tmp_path: Path, nats_url: str, policy: Management, busy_machine: None
 ) -> None:
     state = tmp_path / "state"
     up = [
         "up", "--state-dir", str(state), "--mesh-ip", "127.0.0.2", "--name", "server",
         "--nats-url", nats_url, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
-        "--ssh-config-file", f"{state}.ssh_config", "--setup-key", "KEY",
+        "--ssh-config-file", f"{state}.ssh_config", "--setup-key", SERVER_KEY,
     ]  # fmt: skip
     try:
         for round_ in range(ROUNDS):
@@ -99,7 +101,7 @@ async def test_down_returns_only_after_the_agent_and_its_children_exit_under_loa
 
 
 async def test_down_fails_after_its_timeout_naming_what_still_runs(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     # Stands in for a child that hangs on shutdown: it ignores SIGTERM, and the agent is told
     # to wait 30 s before it SIGKILLs (so `down --timeout 2` sees it still running).
@@ -109,7 +111,7 @@ async def test_down_fails_after_its_timeout_naming_what_still_runs(
     state = tmp_path / "state"
     agent = await AgentProcess.start(
         state, "--mesh-ip", "127.0.0.2", "--name", "server", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--allow-server-ssh", "--ssh-port", "0", "--relay-port", "0",
+        "--setup-key", SERVER_KEY, "--allow-server-ssh", "--ssh-port", "0", "--relay-port", "0",
         "--relay-mode", "proxy", "--sshd-bin", str(stuck), "--relay-bin", str(stuck),
         "--child-stop-timeout", "30",
     )  # fmt: skip

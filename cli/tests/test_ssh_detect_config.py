@@ -15,6 +15,9 @@ from static_link import write_launcher, write_link
 
 from meshssh_agent.dropin import dropin_enabled, sync_dropin
 from meshssh_agent.peers import PeerEntry, find_peer
+from meshssh_agent.server_marks import write_marks
+from meshssh_agent.ssh_config import DropIn, install, render
+from meshssh_common.wire.agent import SOCKET_NAME
 
 
 async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,
@@ -147,5 +150,28 @@ async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_
     assert rc == 2
     rc, _, err = await run_launcher(meshssh, "ssh", "--state-dir", str(tmp_path), PEER_NAME, "true")
     assert rc == 255
-    assert f"no meshssh agent socket at {tmp_path / 'agent.sock'}" in err
+    assert f"no meshssh agent socket at {tmp_path / SOCKET_NAME}" in err
     assert "Check that `meshssh up` is running for this --state-dir" in err
+
+
+async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls"
+    logging_launcher = tmp_path / "meshssh-logged"
+    logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')
+    logging_launcher.chmod(0o755)
+    marks = mesh.state_dir / "ssh-servers"
+    dropin = DropIn(str(logging_launcher), mesh.state_dir, marks)
+    install(render([PEER_NAME, PEER_IP], dropin), mesh.dropin)
+
+    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")  # no marker yet: detect runs
+    assert result.returncode == 0, result.err
+    assert calls.read_text().splitlines() == ["ssh detect", "ssh proxy"]
+
+    write_marks(marks, [(mesh.peer.port, PEER_NAME)])
+    calls.unlink()
+    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")
+    assert result.returncode == 0, result.err
+    assert result.out == "via-proxy\n"
+    assert calls.read_text().splitlines() == ["ssh proxy"]  # the marker answered for detect

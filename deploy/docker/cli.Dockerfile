@@ -11,8 +11,9 @@ COPY deploy/docker/requirements/cli.lock /tmp/requirements.lock
 RUN uv pip install --python /opt/meshssh/bin/python --require-hashes --no-deps -r /tmp/requirements.lock
 WORKDIR /src
 COPY libs/common libs/common
+COPY services/agent services/agent
 COPY cli cli
-RUN uv pip install --python /opt/meshssh/bin/python --no-deps ./libs/common ./cli
+RUN uv pip install --python /opt/meshssh/bin/python --no-deps ./libs/common ./services/agent ./cli
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends openssh-client && rm -rf /var/lib/apt/lists/*

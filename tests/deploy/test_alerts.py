@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.process import RunResult, run_command_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy/k8s/base/alerts.yaml"
@@ -29,16 +29,14 @@ def rules_file(tmp_path: Path) -> Path:
     return path
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str) -> RunResult:
     need_tool(shutil.which("promtool") is not None, "promtool (Debian package prometheus)")
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    return run_command_sync("promtool", *args, timeout=60)
 
 
 def test_the_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
-    result = promtool("check", "rules", str(rules_file(tmp_path)))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    result = promtool("check", "rules", str(rules_file(tmp_path))).check()
+    assert "SUCCESS" in result.out
 
 
 def test_the_alert_rules_pass_their_unit_tests(tmp_path: Path) -> None:
@@ -47,8 +45,7 @@ def test_the_alert_rules_pass_their_unit_tests(tmp_path: Path) -> None:
     spec["rule_files"] = [str(rules)]
     test_file = tmp_path / "alerts_test.yml"
     test_file.write_text(yaml.safe_dump(spec))
-    result = promtool("test", "rules", str(test_file))
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool("test", "rules", str(test_file)).check()
 
 
 def test_every_alert_has_a_severity_and_a_summary() -> None:

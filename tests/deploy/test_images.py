@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = {"policy": "services/policy", "authn": "services/authn", "sshd": "services/sshd",
-           "relay": "services/relay", "cli": "cli", "peer": "cli"}  # fmt: skip
+           "relay": "services/relay", "cli": "cli", "peer": "services/agent"}  # fmt: skip
 
 
 @pytest.mark.parametrize("member", sorted(MEMBERS))

@@ -9,7 +9,6 @@ budgets, replicated JetStream state in prod) hold in the built output.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.process import run_command_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["dev", "prod"]
@@ -27,12 +27,9 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 def build(overlay: str) -> list[dict[str, Any]]:
     need_tool(shutil.which("kubectl") is not None, "kubectl (kustomize)")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    out = run_command_sync("kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay),
+                           check=True)  # fmt: skip
+    return [d for d in yaml.safe_load_all(out.out) if d]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -150,8 +147,12 @@ def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs
     assert "privileged" not in sc
     assert "--allow-server-ssh" in agent["args"]
     ports = {p["name"] for p in agent["ports"]}
-    assert {"sshd-ops", "relay-ops"} <= ports  # what the PodMonitor scrapes
-    # ... on the fixed ports the agent tells its children to listen on
+    assert {"sshd-ops", "relay-ops", "agent-ops"} <= ports  # what the PodMonitor scrapes
+    # ... on the fixed ports the agent listens on and tells its children to listen on
     named = {p["name"]: p["containerPort"] for p in agent["ports"]}
     assert f"--sshd-ops-listen=0.0.0.0:{named['sshd-ops']}" in agent["args"]
     assert f"--relay-ops-listen=0.0.0.0:{named['relay-ops']}" in agent["args"]
+    assert f"--ops-listen=0.0.0.0:{named['agent-ops']}" in agent["args"]
+    # the probes ask the agent itself, on its ops port
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "agent-ops"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "agent-ops"}

@@ -7,7 +7,9 @@ OS picks. The demo's peers sit on fixed addresses (127.0.0.2:22 and :22022, 127.
 only one demo can run per network namespace:
 
 - tests that start a demo take turns on the abstract socket ``@meshssh-demo-tests`` (safe under
-  pytest-xdist: a worker waits for the other's demo to stop);
+  pytest-xdist, and across test runs of other checkouts on this machine: one waits for the
+  other's demo to stop); under ``--dist loadgroup`` they also share one xdist group, so they
+  run one after another on one worker instead of holding several workers that wait;
 - when a demo that no test started is up (a developer's ``make run``; it holds
   ``@meshssh-demo``, see ``scripts/demo_lock.py``), or one starts at the same moment, the
   test skips and says where that demo is.
@@ -48,7 +50,7 @@ from demo_lock import holder_info  # noqa: E402
 TEST_LOCK = "\0meshssh-demo-tests"
 START_TIMEOUT = 180.0  # nats, authn, policy, two agents and demo-server's sshd and relay
 STOP_TIMEOUT = 60.0
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("make-run-demo")]
 
 
 def start_time(pid: int) -> int | None:
@@ -205,11 +207,11 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
     for name, peer in peers.items():
         assert {"name", "mesh_ip", "relay_port", "ssh_port", "state_dir", "ops"} <= set(peer)
         assert peer["name"] == name
-    assert set(peers["demo-server"]["ops"]) == {"sshd", "relay"}  # type: ignore[arg-type]
-    assert peers["demo-laptop"]["ops"] == {}  # its agent runs neither sshd nor the relay
+    assert set(peers["demo-server"]["ops"]) == {"agent", "sshd", "relay"}  # type: ignore[arg-type]
+    assert set(peers["demo-laptop"]["ops"]) == {"agent"}  # type: ignore[arg-type]
 
     urls = ops_urls(e)
-    assert len(urls) == 4
+    assert len(urls) == 6
     async with httpx.AsyncClient(timeout=10) as client:
         for name, url in urls.items():
             r = await client.get(f"{url}/healthz")

@@ -3,10 +3,11 @@ itself, OpenSSH on peer B reaches ``A:22`` and lands on 22022, and ``meshssh dow
 rule and no process behind.
 
 Peer A's agent runs inside A's namespace (NATS is the test's nats-server, forwarded onto A's
-loopback); the management plane is ``PolicyStandIn`` (registration and maps on the real
-NATS). The SSH server is the agent's meshssh-sshd (``--disable-ssh-auth``: machine identity,
-so the network ACL alone decides); B also holds 100.64.0.3, a source the map has no rule for,
-which sshd must refuse.
+loopback); the management plane is the real meshssh-policy (``Management``, in the root
+namespace on that nats-server): A registers with the server key, B's 100.64.0.2 is a
+registered laptop, so the policy's rule admits it. The SSH server is the agent's meshssh-sshd
+(``--disable-ssh-auth``: machine identity, so the network ACL alone decides); B also holds
+100.64.0.3, a source the map has no rule for (it never registered), which sshd must refuse.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from nats.aio.client import Client as NATS
 from meshssh_common import subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.kv import open_bucket
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, pid_alive
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.process import script
 
 USER = getpass.getuser()
@@ -73,14 +73,14 @@ async def tables(ns: NetNs) -> list[str]:
 
 
 async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_process(
-    mesh: Mesh, nc: NATS, openssh: OpenSSH, tmp_path: Path
+    mesh: Mesh, nc: NATS, nats_url: str, openssh: OpenSSH, tmp_path: Path, services: ServiceFactory
 ) -> None:
-    netmap = make_map(1, mesh_ip=A_IP, mesh_prefix=PREFIX, sources=[f"{B_IP}/32"])
-    policy = await PolicyStandIn.start(nc, netmap=netmap)
+    policy = await Management.start(services, nats_url, nc, tmp_path, mesh_prefix=PREFIX)
+    await policy.register("laptop", B_IP)
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
         state, "--mesh-ip", A_IP, "--name", "server", "--nats-url", mesh.nats_url,
-        "--setup-key", "KEY", "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
+        "--setup-key", SERVER_KEY, "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
         "--sshd-bin", script("meshssh-sshd"), prefix=tuple(mesh.a.argv()),
     )  # fmt: skip
     try:
@@ -92,8 +92,9 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         )
         assert status["relay_mode"] == "nftables"
         assert status["relay_mode_reason"] == f"kernel redirect on {mesh.if_a}"
+        table = f"meshssh-relay-{status['peer_id']}"
         async with asyncio.timeout(15):
-            while "meshssh-relay-p1" not in await tables(mesh.a):
+            while table not in await tables(mesh.a):
                 await asyncio.sleep(0.05)
         host_key = agent_host_key(state)
         with openssh.known_hosts.open("a") as f:
@@ -118,12 +119,11 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         assert code == 0, err
         async with asyncio.timeout(15):
             assert await agent.proc.wait() == 0
-        assert "meshssh-relay-p1" not in await tables(mesh.a)
+        assert table not in await tables(mesh.a)
         for pid in pids:
             assert not pid_alive(pid)
     finally:
         await agent.stop()
-        await policy.stop()
 
 
 def agent_host_key(state: Path) -> str:

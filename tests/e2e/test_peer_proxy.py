@@ -1,8 +1,10 @@
 """A peer on the loopback mesh with the userspace relay: OpenSSH → relay (port 22's stand-in)
 → meshssh-sshd, all started by ``meshssh up``.
 
-The management plane is ``PolicyStandIn`` (registration and maps on the real NATS); sshd runs
-with ``--disable-ssh-auth`` (machine identity), so the network ACL alone decides who gets in.
+The management plane is the real meshssh-policy (``Management``): the peer registers with the
+server key, the client's address 127.0.0.3 is a registered laptop (so the policy's rule admits
+it), 127.0.0.4 never registered. sshd runs with ``--disable-ssh-auth`` (machine identity), so
+the network ACL alone decides who gets in.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from meshssh_common import codec, subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.wire import AuditEvent
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, Status
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.process import script
 from meshssh_testkit.ssh_upstreams import NativeSshd, sshd_binary
 
@@ -37,14 +38,16 @@ MESH_IP, CLIENT_IP = "127.0.0.2", "127.0.0.3"
 @dataclass
 class Peer:
     agent: AgentProcess
-    policy: PolicyStandIn
+    policy: Management
     status: Status
     audit: list[AuditEvent]
     native: NativeSshd
 
 
 @pytest.fixture
-async def peer(nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH) -> AsyncIterator[Peer]:
+async def peer(
+    nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH, services: ServiceFactory
+) -> AsyncIterator[Peer]:
     need_tool(sshd_binary() is not None, "OpenSSH's sshd (openssh-server)")
     need_tool(USER == "root", "root (sshd -i as the native daemon, login as the current user)")
     audit: list[AuditEvent] = []
@@ -55,10 +58,11 @@ async def peer(nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH) -> Asy
     sub = await nc.subscribe(subjects.AUDIT_SUBJECTS, cb=on_audit)
     native = NativeSshd(tmp_path / "native", MESH_IP, client_key=openssh.public_key)
     await native.start()
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip=MESH_IP))
+    policy = await Management.start(services, nats_url, nc, tmp_path)
+    await policy.register("laptop", CLIENT_IP)
     agent = await AgentProcess.start(
         tmp_path / "state", "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
+        "--setup-key", SERVER_KEY, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
         "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
         "--native-upstream", f"{MESH_IP}:{native.port}", "--sshd-bin", script("meshssh-sshd"),
     )  # fmt: skip
@@ -70,7 +74,6 @@ async def peer(nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH) -> Asy
         yield Peer(agent, policy, status, audit, native)
     finally:
         await agent.stop()
-        await policy.stop()
         await native.stop()
         await sub.unsubscribe()
 
@@ -125,10 +128,11 @@ async def test_a_proxy_header_from_an_untrusted_address_is_refused_by_sshd(peer:
 async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
     peer: Peer, openssh: OpenSSH
 ) -> None:
-    await peer.policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+    serial = peer.status["serial"]
+    await peer.policy.patch_peer("server", ssh_enabled=False)
     status = await peer.agent.wait_status(
         lambda s: (
-            s["serial"] == 2
+            s["serial"] > serial
             and peer.agent.child(s, "sshd")["state"] == "stopped"
             and s["relay_running"]
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -18,21 +17,16 @@ from typing import Any
 
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
-from meshssh_testkit.process import script
+from meshssh_testkit.process import run_command, script
 
 TOKEN = "relay-e2e-admin-token-0123456789"
 MESH_IP = "127.0.0.2"
 
 
-async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+async def run(*argv: str, env: dict[str, str] | None = None,
+              timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
+    result = await run_command(*argv, env=env or {}, timeout=timeout)
+    return result.returncode, result.out, result.err
 
 
 class Meshctl:

@@ -18,7 +18,6 @@ import contextlib
 import getpass
 import os
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from meshssh_common.wire import AuditEvent
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
-from meshssh_testkit.process import ServiceProcess, script
+from meshssh_testkit.ports import free_port
+from meshssh_testkit.process import ServiceProcess, run_command, script
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "services/policy/demo/seed.json"
@@ -42,27 +42,10 @@ USER = getpass.getuser()
 IS_ROOT = os.geteuid() == 0
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 async def run(*argv: str, env: dict[str, str] | None = None,
               timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env={**os.environ, **(env or {})}, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    result = await run_command(*argv, env=env or {}, timeout=timeout)
+    return result.returncode, result.out, result.err
 
 
 @dataclass

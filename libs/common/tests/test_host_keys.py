@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from meshssh_common.errors import ConfigError
 from meshssh_common.host_keys import load_or_create_host_key
+from meshssh_testkit import run_command_sync
 
 
 def test_a_host_key_is_created_once_with_mode_0600_and_reloaded(tmp_path: Path) -> None:
@@ -22,8 +22,7 @@ def test_a_host_key_is_created_once_with_mode_0600_and_reloaded(tmp_path: Path) 
 
 def test_the_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     key = load_or_create_host_key(tmp_path / "k")
-    out = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "k")], capture_output=True,
-                         text=True, check=True, timeout=30).stdout  # fmt: skip
+    out = run_command_sync("ssh-keygen", "-l", "-f", str(tmp_path / "k"), check=True).out
     assert key.fingerprint == out.split()[1]
 
 

@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
+from meshssh_common import subjects
+from meshssh_common.kv import open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.settings import ServiceSettings
-from meshssh_testkit import NatsServer, script
+from meshssh_testkit import NatsServer, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
 
 SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
@@ -94,6 +97,14 @@ async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
         await asyncio.sleep(0.5)
         assert await readyz(proc.ops_url) == 503
         await server.restart()
+        # sshd binds to the buckets policy and authn own and never creates them: make them,
+        # as those services do when they start
+        nc = await nats.connect(url)
+        try:
+            for bucket in (subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS):
+                await open_bucket(nc.jetstream(), bucket)
+        finally:
+            await nc.close()
         await wait_status(proc.ops_url, 200)
     finally:
         await server.stop()
@@ -109,30 +120,24 @@ async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(args: list[str], names: str) -> None:
-    result = subprocess.run([script("meshssh-relay"), *args], capture_output=True, text=True,
-                            timeout=30, check=False)  # fmt: skip
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    result = run_command_sync(script("meshssh-relay"), *args, timeout=30)
+    assert result.returncode == 2, result.describe()
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.describe()
     assert names in lines[0]
 
 
 def test_a_bad_env_setting_names_its_variable() -> None:
-    import os
-
-    env = dict(os.environ, MESHSSH_LOG_FORMAT="yaml")
-    result = subprocess.run([script("meshssh-sshd")], capture_output=True, text=True, env=env,
-                            timeout=30, check=False)  # fmt: skip
-    assert result.returncode == 2
-    assert "MESHSSH_LOG_FORMAT" in result.stderr
+    result = run_command_sync(script("meshssh-sshd"), env={"MESHSSH_LOG_FORMAT": "yaml"},
+                              timeout=30)  # fmt: skip
+    assert result.returncode == 2, result.describe()
+    assert "MESHSSH_LOG_FORMAT" in result.err
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_help_lists_every_setting_with_its_env_variable(name: str) -> None:
-    result = subprocess.run([script(name), "--help"], capture_output=True, text=True,
-                            timeout=30, check=False)  # fmt: skip
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
+    result = run_command_sync(script(name), "--help", timeout=30, check=True)
+    text = " ".join(result.out.split())
     for flag, env in [("--nats-url", "MESHSSH_NATS_URL"), ("--nats-creds", "MESHSSH_NATS_CREDS"),
                       ("--ops-listen", "_OPS_LISTEN"), ("--log-level", "MESHSSH_LOG_LEVEL"),
                       ("--log-format", "MESHSSH_LOG_FORMAT")]:  # fmt: skip

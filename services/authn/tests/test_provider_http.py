@@ -118,3 +118,43 @@ async def test_polling_early_gets_slow_down_and_a_longer_interval(nc: NATS) -> N
     assert grant.interval == 10
     clock[0] += 10
     assert (await grants.poll(started.device_code, "meshssh"))[0] == "pending"
+
+
+class PollingBetweenReadAndWrite(TypedKV[DeviceGrant]):
+    """The grants bucket, with the client's poll landing right after each of the first reads.
+
+    This is the race a user met under load: approving while the client polled (every poll
+    rewrites the pending grant) answered "code unknown, expired or used".
+    """
+
+    def __init__(self, inner: TypedKV[DeviceGrant], poll: Any, times: int) -> None:
+        super().__init__(inner.kv, DeviceGrant)
+        self.poll, self.times = poll, times
+
+    async def get(self, key: str) -> Any:
+        entry = await super().get(key)
+        if self.times > 0:
+            self.times -= 1
+            await self.poll()
+        return entry
+
+
+async def test_an_approval_that_races_the_clients_poll_still_approves(nc: NATS) -> None:
+    clock = [NOW]
+    client = await grants_on(nc, clock)
+    started = await client.start("meshssh", "openid")
+    bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_AUTHN_DEVICES)
+
+    async def poll() -> None:
+        clock[0] += 1
+        assert (await client.poll(started.device_code, "meshssh"))[0] == "pending"
+
+    racing = PollingBetweenReadAndWrite(TypedKV(bucket, DeviceGrant), poll, times=2)
+    approver = DeviceGrants(racing, TypedKV(bucket, DevicePointer), ttl=60, interval=0,
+                            clock=lambda: clock[0])  # fmt: skip
+    decided = await approver.decide(started.user_code, "alice", approve=True)
+    assert decided.status == "approved"
+    status, grant = await client.poll(started.device_code, "meshssh")
+    assert status == "ok"
+    assert grant is not None
+    assert grant.username == "alice"

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,9 @@ from meshssh_common.wire import (
     JwksRefreshReply,
     JwksRefreshRequest,
 )
-from meshssh_testkit import script
+from meshssh_testkit import run_command, script
 from meshssh_testkit.plugin import ServiceFactory, need_tool
+from meshssh_testkit.ports import free_port
 
 if TYPE_CHECKING:
     from conftest import AuthnFactory, Kv
@@ -192,23 +192,14 @@ class Glewlwyd:
             assert "prompt=deviceComplete" in done.headers.get("location", "")  # fmt: skip
 
 
-def _free_port() -> int:
-    # glewlwyd must know its URL before it binds, so it cannot take port 0 itself.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def glewlwyd(tmp_path: Path) -> AsyncIterator[Glewlwyd]:
     """Debian's glewlwyd (a full OIDC provider in C) on a fresh sqlite database."""
     need_tool(_glewlwyd_available(), "glewlwyd and sqlite3 (Debian packages)")
     db = tmp_path / "glewlwyd.db"
     schema, conf = await asyncio.to_thread(lambda: (_SCHEMA.read_bytes(), _CONF.read_text()))
-    init = await asyncio.create_subprocess_exec("sqlite3", str(db), stdin=asyncio.subprocess.PIPE)
-    await init.communicate(schema)
-    assert init.returncode == 0
-    port = _free_port()
+    await run_command("sqlite3", str(db), input=schema, timeout=30, check=True)
+    port = free_port()  # glewlwyd must know its URL before it binds
     for name, value in (("port", str(port)), ("external_url", f'"http://127.0.0.1:{port}"'),
                         ("log_mode", '"console"'), ("log_level", '"WARNING"')):  # fmt: skip
         conf = re.sub(rf"^{name}\s*=.*$", f"{name}={value}", conf, flags=re.M)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from meshssh_authn.passwords import hash_password, verify_password
 from meshssh_authn.users import User, UsersFile
 from meshssh_common.errors import BadRequest, ConfigError, NotFound
-from meshssh_testkit import script
+from meshssh_testkit import RunResult, run_command_sync, script
 
 
 def test_a_password_hash_is_salted_and_verifies_only_the_right_password() -> None:
@@ -66,17 +65,13 @@ def test_a_user_without_a_password_hash_cannot_log_in(tmp_path: Path) -> None:
     assert users.authenticate("svc", "anything") is None
 
 
-def run_users(
-    *args: str, stdin: str = "", env_file: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_users(*args: str, stdin: str = "", env_file: Path | None = None) -> RunResult:
     env = dict(os.environ)
     env.pop("MESHSSH_AUTHN_USERS_FILE", None)
     if env_file is not None:
         env["MESHSSH_AUTHN_USERS_FILE"] = str(env_file)
-    return subprocess.run(
-        [script("meshssh-authn"), "users", *args],
-        input=stdin, capture_output=True, text=True, timeout=30, env=env, check=False,
-    )  # fmt: skip
+    return run_command_sync(script("meshssh-authn"), "users", *args, input=stdin, env=env,
+                            replace_env=True, timeout=30)  # fmt: skip
 
 
 def test_the_users_command_adds_lists_and_removes_users_from_scripts(tmp_path: Path) -> None:
@@ -84,28 +79,28 @@ def test_the_users_command_adds_lists_and_removes_users_from_scripts(tmp_path: P
     added = run_users("add", "alice", "--email", "alice@example.com", "--name", "Alice",
                       "--group", "dev", "--group", "ops", "--generate-password",
                       "--users-file", str(path))  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    generated = added.stdout.strip()
+    assert added.returncode == 0, added.describe()
+    generated = added.out.strip()
     assert len(generated) >= 16
     assert UsersFile(path).authenticate("alice", generated) is not None
 
     piped = run_users("add", "bob", "--password-stdin", stdin="bob-secret-pw\n", env_file=path)
-    assert piped.returncode == 0, piped.stderr
-    assert piped.stdout == ""  # a supplied password is never echoed
+    assert piped.returncode == 0, piped.describe()
+    assert piped.out == ""  # a supplied password is never echoed
     assert UsersFile(path).authenticate("bob", "bob-secret-pw") is not None
 
     dup = run_users("add", "bob", "--password-stdin", stdin="another-pw\n", env_file=path)
     assert dup.returncode == 1
-    assert "exists" in dup.stderr
+    assert "exists" in dup.err
     short = run_users("add", "carol", "--password-stdin", stdin="short\n", env_file=path)
     assert short.returncode == 2
 
     listed = run_users("ls", "--json", env_file=path)
-    assert json.loads(listed.stdout) == {
+    assert json.loads(listed.out) == {
         "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["dev", "ops"]},
         "bob": {"email": "", "name": "", "groups": []},
     }
-    assert "scrypt" not in listed.stdout
+    assert "scrypt" not in listed.out
     assert run_users("rm", "bob", env_file=path).returncode == 0
     assert run_users("rm", "bob", env_file=path).returncode == 1
     assert run_users("ls").returncode == 2  # no file named anywhere

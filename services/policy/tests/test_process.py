@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from meshssh_testkit import script
+from meshssh_testkit import RunResult, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([script("meshssh-policy"), *args], capture_output=True, text=True,
-                          timeout=30, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+def run(*args: str) -> RunResult:
+    return run_command_sync(script("meshssh-policy"), *args, env={"PATH": "/usr/bin:/bin"},
+                            replace_env=True, timeout=30)  # fmt: skip
 
 
 def test_help_lists_every_policy_setting_with_its_env_variable() -> None:
-    out = run("--help").stdout
+    out = run("--help").out
     settings = [
         ("--listen", "MESHSSH_POLICY_LISTEN"),
         ("--admin-token", "MESHSSH_ADMIN_TOKEN"),
@@ -31,7 +30,7 @@ def test_help_lists_every_policy_setting_with_its_env_variable() -> None:
 def test_a_bad_mesh_prefix_exits_2_naming_the_setting() -> None:
     result = run("--mesh-prefix", "100.64.0.1/10")
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    lines = result.err.strip().splitlines()
     assert len(lines) == 1
     assert "--mesh-prefix" in lines[0]
     assert "host bits set" in lines[0]
@@ -40,7 +39,7 @@ def test_a_bad_mesh_prefix_exits_2_naming_the_setting() -> None:
 def test_a_short_admin_token_is_refused() -> None:
     result = run("--admin-token", "short")
     assert result.returncode == 2
-    assert "--admin-token / MESHSSH_ADMIN_TOKEN" in result.stderr
+    assert "--admin-token / MESHSSH_ADMIN_TOKEN" in result.err
 
 
 async def test_a_bad_seed_file_exits_2_naming_the_field(

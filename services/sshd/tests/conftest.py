@@ -43,7 +43,8 @@ from meshssh_common.wire import (
 )
 from meshssh_sshd.server import SshServer
 from meshssh_sshd.settings import SshdSettings
-from meshssh_testkit import OpenSSH, RunResult, ServiceProcess, script
+from meshssh_testkit import OpenSSH, RunResult, ServiceProcess, run_command, script
+from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.plugin import ServiceFactory
 
 ISSUER = "https://idp.test"
@@ -401,17 +402,6 @@ def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _throwaway_user() -> Iterator[str]:
-    import subprocess
-
-    name = f"msh{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, timeout=30)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", "-r", name], check=False, timeout=30, capture_output=True)
-
-
 @pytest.fixture(scope="session")
 def local_user() -> Iterator[str]:
     """A throwaway local account the tests log in as (created as root, removed after).
@@ -421,7 +411,8 @@ def local_user() -> Iterator[str]:
     if os.geteuid() != 0:
         yield current_user()
         return
-    yield from _throwaway_user()
+    with throwaway_user() as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -430,7 +421,8 @@ def other_user() -> Iterator[str]:
     if os.geteuid() != 0:
         yield "nobody"
         return
-    yield from _throwaway_user()
+    with throwaway_user() as name:
+        yield name
 
 
 AUTHN_PASSWORD = "alice-password-1"
@@ -460,29 +452,12 @@ class Authn:
 
 @pytest.fixture
 async def authn(tmp_path: Path, nats_url: str, nc: NATS, services: ServiceFactory) -> Authn:
-    import subprocess
-
     users = tmp_path / "users.json"
-    added = await asyncio.to_thread(
-        subprocess.run,
-        [
-            script("meshssh-authn"),
-            "users",
-            "add",
-            "alice",
-            "--email",
-            "alice@example.com",
-            "--password-stdin",
-            "--users-file",
-            str(users),
-        ],
-        input=AUTHN_PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert added.returncode == 0, added.stderr
+    await run_command(
+        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
+        "--password-stdin", "--users-file", str(users),
+        input=AUTHN_PASSWORD + "\n", timeout=30, check=True,
+    )  # fmt: skip
     proc = await services.start(
         "meshssh-authn",
         "--nats-url",

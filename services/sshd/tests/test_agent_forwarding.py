@@ -14,6 +14,7 @@ import pytest
 
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.process import run_command
 from meshssh_testkit.ssh_agent import ssh_agent, ssh_agent_available
 
 if TYPE_CHECKING:
@@ -127,15 +128,13 @@ async def test_another_local_user_cannot_use_the_forwarded_agent(
             path = line.removeprefix("sock=")
             assert path, line
             other = pwd.getpwnam(other_user)
-            probe = await asyncio.create_subprocess_exec(
+            probe = await run_command(
                 "ssh-add", "-l", env={"SSH_AUTH_SOCK": path, "PATH": os.environ["PATH"]},
-                user=other.pw_uid, group=other.pw_gid, extra_groups=[],
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                replace_env=True, timeout=15, user=other.pw_uid, group=other.pw_gid,
+                extra_groups=[],
             )  # fmt: skip
-            async with asyncio.timeout(15):
-                out, err = await probe.communicate()
-            assert probe.returncode == 2, (out, err)  # cannot connect to the agent
-            assert agent.fingerprint not in out.decode()
+            probe.check(2)  # cannot connect to the agent
+            assert agent.fingerprint not in probe.out
         finally:
             session.kill()
             await session.wait()

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from meshssh_testkit.ports import free_port
+
 if TYPE_CHECKING:
     from conftest import Client, Issuer, Mesh, Sshd, SshdFactory
 
@@ -35,12 +37,6 @@ async def echo_port() -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def exchange(port: int, payload: bytes, *, socks_to: int | None = None) -> bytes:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.wire import SessionsReport
-from meshssh_testkit import script
+from meshssh_testkit import run_command, script
 from meshssh_testkit.plugin import ServiceFactory
 
 if TYPE_CHECKING:
@@ -101,16 +100,10 @@ async def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
         (["--peer-id", "p"], "--listen"),
     ]
     for args, name in cases:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [script("meshssh-sshd"), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert result.returncode == 2, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        assert name in result.stderr
+        result = await run_command(script("meshssh-sshd"), *args, timeout=30)
+        assert result.returncode == 2, result.describe()
+        assert len(result.err.strip().splitlines()) == 1, result.describe()
+        assert name in result.err
 
 
 async def test_a_taken_listen_address_exits_2(

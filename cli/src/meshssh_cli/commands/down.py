@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from meshssh_agent.settings import default_state_dir
-from meshssh_agent.state_dir import lock_holder
+from meshssh_agent.state_dir import StateDir, default_state_dir, lock_holder
 from meshssh_cli.link.client import AgentClient, NotRunning
 from meshssh_common.errors import MeshError, Unavailable
 
@@ -33,7 +32,7 @@ class StillRunning(Unavailable):
     def __init__(self, state_dir: Path, timeout: float, left: list[str]) -> None:
         super().__init__(
             f"the agent for {state_dir} did not stop within {timeout:g}s; still running: "
-            f"{', '.join(left)}. Its log: {state_dir / 'agent.log'}; `kill <pid>` stops a "
+            f"{', '.join(left)}. Its log: {StateDir(state_dir).log}; `kill <pid>` stops a "
             "process, and `meshssh down` again waits for it"
         )
         self.left = left
@@ -73,7 +72,7 @@ async def down(state_dir: Path, *, timeout: float = 30.0) -> bool:
         MeshError: the agent refused (another user's agent).
         StillRunning: it or one of its children had not exited after ``timeout`` seconds.
     """
-    lock = state_dir / "agent.lock"
+    lock = StateDir(state_dir).lock
     try:
         async with AgentClient.connect(state_dir) as agent:
             status = await agent.status()

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from meshssh_agent.settings import default_state_dir
-from meshssh_agent.token_cache import Notify, TokenCache, token_times
+from meshssh_agent.state_dir import default_state_dir
+from meshssh_agent.tokens import Notify, TokenCache, token_times
 from meshssh_cli.link.client import AgentClient, NotRunning
 from meshssh_cli.link.opener import LOGIN_TIMEOUT, PromptPrinter, graphical
 from meshssh_common.errors import MeshError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from meshssh_agent.settings import default_state_dir
+from meshssh_agent.state_dir import default_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import MeshError
 from meshssh_common.wire.agent import AgentStatus
@@ -56,10 +56,12 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
     """The human-readable status text."""
     lines = [f"Peer:        {s.name} ({s.peer_id or 'not registered'}), mesh address {s.mesh_ip}"]
     link = "connected" if s.nats_connected else "disconnected"
+    if s.nats_url:  # another local user's status has none (the bus is not theirs to reach)
+        link += f" ({s.nats_url})"
     if s.registered:
-        lines.append(f"Management:  {link} ({s.nats_url}), map serial {s.serial}")
+        lines.append(f"Management:  {link}, map serial {s.serial}")
     else:
-        lines.append(f"Management:  {link} ({s.nats_url}), registering: {s.register_error}")
+        lines.append(f"Management:  {link}, registering: {s.register_error}")
     ssh = f"running on {s.mesh_ip}:{s.ssh_port}" if s.ssh_running else "not running"
     lines.append(
         f"SSH server:  {ssh} (local --allow-server-ssh {_onoff(s.flags.server_ssh_allowed)}, "
@@ -75,6 +77,7 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
                  f"{s.flags.jwt_cache_ttl}s")  # fmt: skip
     if not detail:
         return "\n".join(lines)
+    lines.append(f"Agent:       pid {s.pid}, ops {s.ops_url or '-'}")
     lines.append("Children:")
     for c in s.children:
         extra = f", last error: {c.last_error}" if c.last_error and c.state != "running" else ""

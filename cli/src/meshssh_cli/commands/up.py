@@ -1,32 +1,42 @@
-"""``meshssh up``: start the peer agent (daemonized, or in the foreground with ``--foreground``).
+"""``meshssh up``: start the peer agent ``meshssh-agent`` (daemonized, or with ``--foreground``).
 
-Without ``--foreground`` the command starts the agent as a background process (log in
+Without ``--foreground`` the command starts ``meshssh-agent`` as a background process (log in
 ``<state-dir>/agent.log``) and returns once it is registered and serving its socket; if the
 agent exits or does not register within ``--wait`` seconds, the command reports why, leaves
-nothing running, and exits non-zero. If an agent already runs for the state dir, ``up`` hands
-it the new local flags instead (they are reported to management as metadata).
+nothing running, and exits non-zero. With ``--foreground`` this process becomes the agent
+(``exec``). If an agent already runs for the state dir, ``up`` hands it the new local flags
+instead (they are reported to management as metadata).
 
-The setup key can come from ``MESHSSH_SETUP_KEY`` (kept off the command line of the daemon).
+The agent's settings carry the same flag names as ``up`` (``meshssh_agent.settings``), so
+``up`` hands them on unchanged and the agent validates them. The setup key comes from
+``MESHSSH_SETUP_KEY`` or ``--setup-key-file``; ``--setup-key KEY`` still works but warns, as
+``ps`` shows it to every local user. The agent gets the key in its environment (which only
+its own user can read, and which it scrubs at once), never on its command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from meshssh_agent.settings import AgentConfig, Flags, default_name, default_state_dir
-from meshssh_agent.state_dir import lock_holder, prepare_state_dir
+from meshssh_agent.children import service_executable
+from meshssh_agent.registration import SETUP_KEY_ENV
+from meshssh_agent.settings import AgentSettings
+from meshssh_agent.state_dir import StateDir, default_state_dir, lock_holder, prepare_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import ConfigError, MeshError
-from meshssh_common.logs import configure_logging, service_logger
+from meshssh_common.settings import parse_settings
 
-__all__ = ["config_from_args", "register", "run"]
+__all__ = ["agent_argv", "register", "run"]
+
+# `up`-only options, and `up` options the agent spells differently.
+_UP_ONLY = {"help", "setup_key", "foreground", "wait"}
+_RENAMED = {"agent_ops_listen": "--ops-listen"}
 
 _SSH_FLAGS = [
     ("--allow-server-ssh", "allow this peer to run the SSH server"),
@@ -73,8 +83,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--setup-key",
-        default=os.environ.get("MESHSSH_SETUP_KEY", ""),
-        help="one-time setup key for the first registration [env MESHSSH_SETUP_KEY]",
+        default="",
+        help="one-time setup key (deprecated: ps shows it; use the env variable or a file) "
+        "[env MESHSSH_SETUP_KEY]",
+    )
+    p.add_argument(
+        "--setup-key-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a file holding the one-time setup key for the first registration",
     )
     p.add_argument("--mesh-ip", required=True, help="this peer's mesh address")
     p.add_argument("--name", default=None, help="peer name (default: the host name)")
@@ -111,6 +129,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="meshssh-relay's /metrics and /readyz (port 0: pick one)",
     )
     p.add_argument(
+        "--agent-ops-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="meshssh-agent's /healthz, /readyz and /metrics (port 0: pick one)",
+    )
+    p.add_argument(
         "--ssh-config-file",
         type=Path,
         default=None,
@@ -140,129 +164,102 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(run=run, up_parser=p)  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """The agent's settings from parsed ``up`` arguments.
+def agent_argv(args: argparse.Namespace) -> list[str]:
+    """meshssh-agent's arguments for parsed ``up`` arguments (never the setup key)."""
+    out: list[str] = []
+    for action in args.up_parser._actions:
+        if not action.option_strings or action.dest in _UP_ONLY:
+            continue
+        flag = _RENAMED.get(action.dest, action.option_strings[0])
+        value = getattr(args, action.dest, None)
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                out.append(flag)
+        elif isinstance(value, Path):
+            out += [flag, str(value.absolute())]
+        elif value not in (None, ""):
+            out += [flag, str(value)]
+    if args.state_dir is None:
+        out += ["--state-dir", str(default_state_dir())]
+    return out
 
-    Raises:
-        ConfigError: a value is invalid (the message names the flag).
-    """
-    flags = Flags(
-        allow_server_ssh=args.allow_server_ssh,
-        local_port_forwarding=args.enable_ssh_local_port_forwarding,
-        remote_port_forwarding=args.enable_ssh_remote_port_forwarding,
-        sftp=args.enable_ssh_sftp,
-        root_login=args.enable_ssh_root,
-        disable_ssh_auth=args.disable_ssh_auth,
-        jwt_cache_ttl=args.ssh_jwt_cache_ttl,
-        agent_forwarding=args.enable_ssh_agent_forwarding,
-    )
-    if args.ssh_jwt_cache_ttl < 0:
-        raise ConfigError("--ssh-jwt-cache-ttl", "must be 0 or more seconds")
-    return AgentConfig(
-        state_dir=(args.state_dir or default_state_dir()).absolute(),
-        mesh_ip=args.mesh_ip,
-        name=args.name or default_name(),
-        nats_url=args.nats_url,
-        nats_creds=Path(args.nats_creds) if args.nats_creds else None,
-        management_url=args.management_url,
-        setup_key=args.setup_key,
-        flags=flags,
-        ssh_port=args.ssh_port,
-        relay_port=args.relay_port,
-        relay_mode=args.relay_mode,
-        native_upstream=args.native_upstream,
-        heartbeat_interval=args.heartbeat_interval,
-        child_stop_timeout=args.child_stop_timeout,
-        sshd_bin=args.sshd_bin,
-        relay_bin=args.relay_bin,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        sshd_ops_listen=args.sshd_ops_listen,
-        relay_ops_listen=args.relay_ops_listen,
-        ssh_config_file=args.ssh_config_file.absolute() if args.ssh_config_file else None,
-        disable_ssh_config=args.disable_ssh_config,
-    )
+
+def _setup_key(args: argparse.Namespace) -> str:
+    if args.setup_key:
+        sys.stderr.write(
+            "meshssh up: warning: --setup-key puts the key where every local user can see it "
+            f"(ps); use {SETUP_KEY_ENV} or --setup-key-file\n"
+        )
+        return str(args.setup_key)
+    return os.environ.get(SETUP_KEY_ENV, "")
 
 
 def run(args: argparse.Namespace) -> int:
     """``meshssh up``; returns the exit code."""
+    argv = agent_argv(args)
     try:
-        config = config_from_args(args)
+        settings = parse_settings(AgentSettings, argv, prog="meshssh up")
     except ConfigError as e:
         sys.stderr.write(f"meshssh up: {e}\n")
         return 2
-    if lock_holder(config.lock_path) is not None:
-        return asyncio.run(_reconfigure(config))
+    files = settings.files
+    if lock_holder(files.lock) is not None:
+        return asyncio.run(_reconfigure(settings))
+    env = {k: v for k, v in os.environ.items() if k != SETUP_KEY_ENV}
+    if key := _setup_key(args):
+        env[SETUP_KEY_ENV] = key
+    command = _agent_command()
     if args.foreground:
-        from meshssh_agent.agent import Agent  # only the agent itself needs NATS and the rest
-
-        configure_logging(config.log_level, config.log_format)
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe
-        try:
-            agent = Agent(config, log=service_logger("agent", config.name))
-        except ConfigError as e:
-            sys.stderr.write(f"meshssh up: {e}\n")
-            return 2
-        return asyncio.run(agent.run())
-    return _launch(config, _argv(args), args.wait)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], [*command, *argv], env)
+    return _launch(files, [*command, *argv], env, args.wait)
 
 
-def _argv(args: argparse.Namespace) -> list[str]:
-    """``up`` arguments that reproduce ``args`` (for the daemon), without the setup key."""
-    out = ["up"]
-    for action in args.up_parser._actions:
-        if not action.option_strings or action.dest in ("help", "setup_key", "foreground"):
-            continue
-        value = getattr(args, action.dest, None)
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
-                out.append(action.option_strings[0])
-        elif value not in (None, ""):
-            out += [action.option_strings[0], str(value)]
-    return out
+def _agent_command() -> list[str]:
+    exe = service_executable("meshssh-agent")
+    if os.path.isabs(exe):
+        return [exe]
+    return [sys.executable, "-m", "meshssh_agent"]  # not installed as a program: the module
 
 
-async def _reconfigure(config: AgentConfig) -> int:
+async def _reconfigure(settings: AgentSettings) -> int:
     try:
-        async with AgentClient.connect(config.state_dir) as agent:
-            message = await agent.configure(config.flags.wire())
+        async with AgentClient.connect(settings.state_dir) as agent:
+            message = await agent.configure(settings.flags)
     except MeshError as e:
-        sys.stderr.write(f"meshssh up: an agent runs for {config.state_dir}; {e.public}\n")
+        sys.stderr.write(f"meshssh up: an agent runs for {settings.state_dir}; {e.public}\n")
         return 1
     sys.stderr.write(f"meshssh up: agent already running; {message}\n")
     return 0
 
 
-def _launch(config: AgentConfig, argv: list[str], wait: float) -> int:
+def _launch(files: StateDir, argv: list[str], env: dict[str, str], wait: float) -> int:
     try:
-        prepare_state_dir(config.state_dir)
+        prepare_state_dir(files.path)
     except ConfigError as e:
         sys.stderr.write(f"meshssh up: {e}\n")
         return 2
-    child_argv = [sys.executable, "-m", "meshssh_cli.main", *argv, "--foreground"]
-    env = dict(os.environ)
-    if config.setup_key:
-        env["MESHSSH_SETUP_KEY"] = config.setup_key
-    fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     offset = os.lseek(fd, 0, os.SEEK_END)
     try:
         proc = subprocess.Popen(
-            child_argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
+            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
             start_new_session=True,
         )  # fmt: skip
     finally:
         os.close(fd)
-    return asyncio.run(_await_registration(config, proc, offset, wait))
+    return asyncio.run(_await_registration(files, proc, offset, wait))
 
 
 _CHILDREN_WAIT = 10.0
 
 
-async def _report_children(config: AgentConfig, deadline: float) -> None:
+async def _report_children(files: StateDir, deadline: float) -> None:
     """Wait a little for the children the agent wants; say why one does not come up."""
     while time.monotonic() < deadline:
         try:
-            async with AgentClient.connect(config.state_dir, timeout=1) as agent:
+            async with AgentClient.connect(files.path, timeout=1) as agent:
                 status = await agent.status()
         except MeshError:
             return
@@ -281,18 +278,18 @@ async def _report_children(config: AgentConfig, deadline: float) -> None:
 
 
 async def _await_registration(
-    config: AgentConfig, proc: subprocess.Popen[bytes], offset: int, wait: float
+    files: StateDir, proc: subprocess.Popen[bytes], offset: int, wait: float
 ) -> int:
     deadline = time.monotonic() + wait
     last = ""
     while time.monotonic() < deadline:
         if (code := proc.poll()) is not None:
-            tail = config.log_path.read_text(errors="replace")[offset:].strip().splitlines()
+            tail = files.log.read_text(errors="replace")[offset:].strip().splitlines()
             sys.stderr.write("\n".join(tail[-15:]) + "\n")
-            sys.stderr.write(f"meshssh up: the agent exited ({code}); log: {config.log_path}\n")
+            sys.stderr.write(f"meshssh up: the agent exited ({code}); log: {files.log}\n")
             return code or 1
         try:
-            async with AgentClient.connect(config.state_dir, timeout=1) as agent:
+            async with AgentClient.connect(files.path, timeout=1) as agent:
                 status = await agent.status()
         except MeshError:  # not serving yet, or going away: poll() above tells which
             await asyncio.sleep(0.1)
@@ -300,15 +297,15 @@ async def _await_registration(
         if status.registered:
             sys.stdout.write(
                 f"meshssh: {status.name} is up as {status.peer_id} on {status.mesh_ip} "
-                f"(pid {status.pid}; relay: {status.relay_mode}; log: {config.log_path})\n"
+                f"(pid {status.pid}; relay: {status.relay_mode}; log: {files.log})\n"
             )
-            await _report_children(config, min(deadline, time.monotonic() + _CHILDREN_WAIT))
+            await _report_children(files, min(deadline, time.monotonic() + _CHILDREN_WAIT))
             return 0
         last = status.register_error or "registering"
         await asyncio.sleep(0.1)
     sys.stderr.write(f"meshssh up: not registered after {wait:.0f}s ({last}); stopping\n")
     try:
-        async with AgentClient.connect(config.state_dir) as agent:
+        async with AgentClient.connect(files.path) as agent:
             await agent.down()
     except MeshError:
         proc.terminate()

@@ -31,6 +31,7 @@ from meshssh_common.errors import (
 from meshssh_common.wire import PeerFlags
 from meshssh_common.wire.agent import (
     MAX_LINE,
+    SOCKET_NAME,
     AgentStatus,
     ConfigureRequest,
     DownRequest,
@@ -59,7 +60,7 @@ class NotRunning(Unavailable):
 
 def socket_path(state_dir: Path) -> Path:
     """Where the agent of ``state_dir`` listens."""
-    return state_dir / "agent.sock"
+    return state_dir / SOCKET_NAME
 
 
 class AgentClient:

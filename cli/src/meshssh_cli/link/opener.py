@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshssh_agent.peers import PeerEntry, find_peer
-from meshssh_agent.settings import default_state_dir
+from meshssh_agent.state_dir import default_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_cli.ssh.errors import LinkError
 from meshssh_cli.ssh.peer_directory import IssuedToken
 from meshssh_common.errors import MeshError
-from meshssh_common.wire.agent import AgentStatus, PromptReply
+from meshssh_common.wire.agent import SOCKET_NAME, AgentStatus, PromptReply
 
 __all__ = [
     "LOGIN_TIMEOUT",
@@ -43,7 +43,6 @@ __all__ = [
     "open_agent",
 ]
 
-SOCKET_NAME = "agent.sock"
 LOGIN_TIMEOUT = 900.0  # a device flow waits for the user's browser; providers expire codes sooner
 
 

@@ -37,7 +37,7 @@ from meshssh_common.errors import ConfigError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.logs import BoundLogger, configure_logging, service_logger
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.ops_http import ops_app
+from meshssh_common.ops_http import ReadinessCheck, ops_app
 from meshssh_common.settings import ServiceSettings, parse_settings
 
 __all__ = ["ServiceContext", "run_service", "service_main"]
@@ -83,6 +83,7 @@ async def run_service(
     *,
     metrics: ServiceMetrics | None = None,
     stop: asyncio.Event | None = None,
+    checks: ReadinessCheck | None = None,
 ) -> int:
     """Run ``serve`` as service ``name`` until SIGTERM/SIGINT or ``stop`` is set.
 
@@ -92,6 +93,7 @@ async def run_service(
         serve: the service body.
         metrics: a metrics object to use (tests pass their own); created when None.
         stop: an event that stops the service like a signal (tests and embedding).
+        checks: the service's own checks, added to ``nats`` and ``serving`` on ``/readyz``.
 
     Returns:
         0 on a clean stop; 1 when ``serve`` crashed or did not finish within the grace;
@@ -111,12 +113,14 @@ async def run_service(
 
     def readiness() -> dict[str, bool]:
         ctx = holder.get("ctx")
-        checks = {
+        result = {
             "nats": bool(ctx and ctx.nc.is_connected),
             "serving": bool(ctx and ctx.ready.is_set() and not ctx.stopping.is_set()),
         }
-        metrics.ready.set(1 if all(checks.values()) else 0)
-        return checks
+        if checks is not None:
+            result.update(checks())
+        metrics.ready.set(1 if all(result.values()) else 0)
+        return result
 
     ops = HttpServer(
         ops_app(metrics.registry, readiness), settings.ops_listen, setting="--ops-listen"

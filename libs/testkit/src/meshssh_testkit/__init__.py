@@ -2,10 +2,20 @@
 
 from meshssh_testkit.natsd import NatsServer, NatsServerError, nats_server_binary
 from meshssh_testkit.oidc_issuer import OidcIssuer
-from meshssh_testkit.openssh import OpenSSH, RunResult, openssh_available
-from meshssh_testkit.process import ServiceProcess, script
+from meshssh_testkit.openssh import OpenSSH, openssh_available
+from meshssh_testkit.process import (
+    CommandFailed,
+    CommandTimeout,
+    RunResult,
+    ServiceProcess,
+    run_command,
+    run_command_sync,
+    script,
+)
 
 __all__ = [
+    "CommandFailed",
+    "CommandTimeout",
     "NatsServer",
     "NatsServerError",
     "OidcIssuer",
@@ -14,5 +24,7 @@ __all__ = [
     "ServiceProcess",
     "nats_server_binary",
     "openssh_available",
+    "run_command",
+    "run_command_sync",
     "script",
 ]

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from meshssh_testkit.process import run_command
+
 __all__ = ["NetNs", "PortForward", "netns_unavailable_reason", "veth_pair"]
 
 T = TypeVar("T")
@@ -49,20 +51,8 @@ def netns_unavailable_reason() -> str | None:
 
 
 async def _run(*argv: str, check: bool = True, timeout: float = 15) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    code = proc.returncode or 0
-    if check and code != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {code}: {err.decode(errors='replace')}")
-    return code, out.decode(errors="replace"), err.decode(errors="replace")
+    result = await run_command(*argv, timeout=timeout, check=check)
+    return result.returncode, result.out, result.err
 
 
 class NetNs:

@@ -14,40 +14,20 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-__all__ = ["OpenSSH", "RunResult", "openssh_available"]
+from meshssh_testkit.process import RunResult, run_command
+
+__all__ = ["OpenSSH", "RunResult", "openssh_available"]  # RunResult: from process
 
 
 def openssh_available() -> bool:
     """True when ssh, scp and sftp are all on PATH."""
     return all(shutil.which(t) for t in ("ssh", "scp", "sftp"))
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one tool run returned."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def out(self) -> str:
-        """Stdout as text."""
-        return self.stdout.decode(errors="replace")
-
-    @property
-    def err(self) -> str:
-        """Stderr as text."""
-        return self.stderr.decode(errors="replace")
 
 
 class OpenSSH:
@@ -97,28 +77,11 @@ class OpenSSH:
         """Run ``tool`` (ssh, scp, sftp) with the base options, then ``args``.
 
         Raises:
-            TimeoutError: the tool did not finish within ``timeout`` (it is killed).
+            CommandTimeout: the tool did not finish within ``timeout`` (it is killed).
         """
         argv = [tool, *(self.base_options() if options is None else options), *args]
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=full_env,
-            cwd=self.root,
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                out, err = await proc.communicate(input)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        assert proc.returncode is not None
-        return RunResult(proc.returncode, out, err)
+        return await run_command(*argv, input=input, env=env or {}, cwd=self.root,
+                                 timeout=timeout)  # fmt: skip
 
     async def ssh(self, *args: str, **kw: object) -> RunResult:
         """Run ``ssh`` (see :meth:`run`)."""

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.process import script, terminate
 
 __all__ = ["AgentProcess", "agent_request", "pid_alive"]
@@ -42,7 +43,7 @@ def pid_alive(pid: int) -> bool:
 
 async def agent_request(state_dir: Path, request: dict[str, Any], timeout: float = 5) -> Status:
     """Send one request to the agent of ``state_dir``; returns the decoded reply."""
-    path = state_dir / "agent.sock"
+    path = state_dir / SOCKET_NAME
     fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)  # sun_path is short: go via /proc
     try:
         async with asyncio.timeout(timeout):
@@ -79,12 +80,18 @@ class AgentProcess:
     ) -> AgentProcess:
         """Start ``[prefix...] meshssh up --foreground --state-dir <dir> args...``.
 
+        A ``--setup-key KEY`` in ``args`` is handed over in ``MESHSSH_SETUP_KEY`` instead.
         Unless ``args`` name the OpenSSH drop-in (``--ssh-config-file``/``--disable-ssh-config``),
         the agent writes it next to the state dir (``<dir>.ssh_config``), never to /etc/ssh or
         ~/.ssh.
         """
         if not {"--ssh-config-file", "--disable-ssh-config"} & {a.split("=")[0] for a in args}:
             args = (*args, "--ssh-config-file", f"{state_dir}.ssh_config")
+        env = dict(env or {})
+        if "--setup-key" in args:  # as users should: in the environment, not on the command line
+            i = args.index("--setup-key")
+            env["MESHSSH_SETUP_KEY"] = args[i + 1]
+            args = (*args[:i], *args[i + 2 :])
         argv = [*prefix, script("meshssh"), "up", "--foreground", "--state-dir", str(state_dir),
                 "--heartbeat-interval", "0.5", *args]  # fmt: skip
         proc = await asyncio.create_subprocess_exec(

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import terminate
 
 __all__ = ["Prometheus", "free_port", "prometheus_available"]
@@ -26,13 +26,6 @@ __all__ = ["Prometheus", "free_port", "prometheus_available"]
 def prometheus_available() -> bool:
     """True when the ``prometheus`` binary is installed."""
     return shutil.which("prometheus") is not None
-
-
-def free_port() -> int:
-    """A port the OS just handed out (for servers that cannot report a port-0 bind)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshssh_testkit.process import terminate
+from meshssh_testkit.process import run_command, terminate
 
 __all__ = ["SshAgent", "ssh_agent", "ssh_agent_available"]
 
@@ -40,23 +40,7 @@ class SshAgent:
 
 
 async def _run(*argv: str, env: dict[str, str]) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    try:
-        async with asyncio.timeout(15):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.decode()}")
-    return out.decode()
+    return (await run_command(*argv, env=env, timeout=15, check=True)).out
 
 
 @contextlib.asynccontextmanager

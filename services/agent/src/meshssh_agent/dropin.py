@@ -2,7 +2,7 @@
 
 :class:`DropinKeeper` is a map listener (:attr:`meshssh_agent.agent.Agent.map_listeners`): after
 every map it writes the drop-in listing the map's remote peers with a pinned host key
-(``config_cmd.sync_dropin``: validated names, atomic write, unchanged files left alone), and
+(:func:`sync_dropin`: validated names, atomic write, unchanged files left alone), and
 removes it when the peer was removed or the user opted out (``--disable-ssh-config`` or
 ``MESHSSH_DISABLE_SSH_CONFIG=1``). The file is ``--ssh-config-file``, by default
 ``/etc/ssh/ssh_config.d/99-meshssh.conf`` as root and ``~/.ssh/meshssh.conf`` (included from
@@ -19,9 +19,9 @@ Example::
 
     keeper = DropinKeeper(executable="/usr/bin/meshssh", state_dir=state, window=15.0)
     agent.map_listeners.append(keeper)
-    keeper.heartbeat(beat, netmap, agent.config)
+    keeper.heartbeat(beat, netmap, agent.settings)
     ...
-    await keeper.remove(agent.config)
+    await keeper.remove(agent.settings)
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from meshssh_agent import ssh_config
 from meshssh_agent.peers import PeerEntry
 from meshssh_agent.server_marks import ServerMarks, marks_dir
-from meshssh_agent.settings import AgentConfig
+from meshssh_agent.settings import AgentSettings
 from meshssh_common.wire import Heartbeat, NetworkMap
 
 __all__ = [
@@ -49,12 +49,12 @@ __all__ = [
 ]
 
 
-def dropin_path(config: AgentConfig) -> Path:
+def dropin_path(config: AgentSettings) -> Path:
     """The drop-in this agent keeps: ``--ssh-config-file`` or SPEC §9's default."""
     return config.ssh_config_file or ssh_config.default_path()
 
 
-def _enabled(config: AgentConfig) -> bool:
+def _enabled(config: AgentSettings) -> bool:
     return not config.disable_ssh_config and dropin_enabled()
 
 
@@ -115,13 +115,21 @@ def sync_dropin(
 class DropinKeeper:
     """The map listener that writes the drop-in (writes run in order, off the event loop)."""
 
-    def __init__(self, executable: str, *, state_dir: Path, window: float) -> None:
+    def __init__(
+        self,
+        executable: str,
+        *,
+        state_dir: Path,
+        window: float,
+        on_write: Callable[[], None] | None = None,
+    ) -> None:
         self.executable = executable
         self.writes = 0
+        self._on_write = on_write
         self.marks = ServerMarks(marks_dir(state_dir), window=window)
         self._lock = asyncio.Lock()  # FIFO: maps are written in the order they were applied
 
-    async def __call__(self, netmap: NetworkMap | None, config: AgentConfig) -> None:
+    async def __call__(self, netmap: NetworkMap | None, config: AgentSettings) -> None:
         """Write the drop-in for ``netmap`` (remove it for None or when opted out)."""
         enabled = netmap is not None and _enabled(config)
         peers = [PeerEntry.from_remote(p) for p in netmap.remote_peers] if netmap else []
@@ -137,13 +145,15 @@ class DropinKeeper:
                 marks=self.marks.directory,
             )
             self.writes += int(changed)
+            if changed and self._on_write is not None:
+                self._on_write()
 
-    def heartbeat(self, beat: Heartbeat, netmap: NetworkMap | None, config: AgentConfig) -> None:
+    def heartbeat(self, beat: Heartbeat, netmap: NetworkMap | None, config: AgentSettings) -> None:
         """A remote peer's heartbeat: its markers follow what it says."""
         self.marks.seen(beat)
         self.refresh(netmap, config)
 
-    def refresh(self, netmap: NetworkMap | None, config: AgentConfig) -> None:
+    def refresh(self, netmap: NetworkMap | None, config: AgentSettings) -> None:
         """Bring the markers in line with ``netmap`` and the recent heartbeats.
 
         A few small files at most, and only when something changed: done in place.
@@ -156,7 +166,7 @@ class DropinKeeper:
         except OSError:
             self.marks.clear()  # no marker is always safe: detect runs instead
 
-    async def remove(self, config: AgentConfig) -> bool:
+    async def remove(self, config: AgentSettings) -> bool:
         """Remove the drop-in (the agent is stopping); True when a file was removed."""
         self.marks.clear()
         if config.disable_ssh_config or not dropin_enabled():

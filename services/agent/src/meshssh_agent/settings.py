@@ -1,172 +1,146 @@
-"""What ``meshssh up`` was told: the agent's settings, its flags and the files in its state dir.
+"""Settings of meshssh-agent: flags and ``MESHSSH_AGENT_*`` env variables (SPEC §3, §11).
+
+The local flags of SPEC §3 keep the names ``meshssh up`` gives them (``--allow-server-ssh``,
+``--enable-ssh-sftp``...), so ``up`` hands them to the agent unchanged; :attr:`flags` is the
+same set as the management plane sees it (:class:`~meshssh_common.wire.PeerFlags`). Flags can
+change while the agent runs (``meshssh up`` on a running agent): :meth:`with_flags`.
 
 Everything a peer keeps lives in ``--state-dir`` (several agents on one machine use different
-dirs): the SSH host key, the peer credential, the agent socket, its lock and, when daemonized,
-its log. Children's listen addresses derive from ``--mesh-ip``, so agents never collide.
+dirs; see :mod:`meshssh_agent.state_dir`). Children's listen addresses derive from
+``--mesh-ip``, so agents never collide. The setup key is not a setting: it comes from
+``MESHSSH_SETUP_KEY`` or ``--setup-key-file`` (see :mod:`meshssh_agent.__main__`), never argv.
 
 Example::
 
-    config = AgentConfig(state_dir=Path("/var/lib/meshssh"), mesh_ip="100.64.0.7", ...)
-    config.socket_path    # /var/lib/meshssh/agent.sock
-    config.meta()         # PeerMeta(version=..., capabilities=("native_ssh",), flags=...)
+    settings = parse_settings(AgentSettings, ["--mesh-ip", "100.64.0.7"], prog="meshssh-agent")
+    settings.flags           # PeerFlags(server_ssh_allowed=False, ...)
+    settings.address(22)     # "100.64.0.7:22"
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import platform
-import re
 import socket
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from meshssh_common.errors import ConfigError
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from meshssh_agent.state_dir import StateDir, default_name, default_state_dir
+from meshssh_common.settings import HostPort, ServiceSettings
 from meshssh_common.version import VERSION
 from meshssh_common.wire import PeerFlags, PeerMeta
 
-__all__ = ["AgentConfig", "Flags", "default_name", "default_state_dir"]
+__all__ = ["AgentSettings", "RelayModeChoice"]
 
 RelayModeChoice = Literal["auto", "proxy", "nftables"]
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# PeerFlags field -> the setting (and `meshssh up` flag) that carries it.
+_FLAG_FIELDS = {
+    "server_ssh_allowed": "allow_server_ssh",
+    "local_port_forwarding": "enable_ssh_local_port_forwarding",
+    "remote_port_forwarding": "enable_ssh_remote_port_forwarding",
+    "sftp": "enable_ssh_sftp",
+    "root_login": "enable_ssh_root",
+    "disable_ssh_auth": "disable_ssh_auth",
+    "jwt_cache_ttl": "ssh_jwt_cache_ttl",
+    "agent_forwarding": "enable_ssh_agent_forwarding",
+}
 
 
-def default_state_dir() -> Path:
-    """``/var/lib/meshssh`` for root, else ``$XDG_STATE_HOME/meshssh`` (``~/.local/state``)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/meshssh")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "meshssh"
+def _ip(value: str) -> str:
+    ipaddress.ip_address(value)  # ValueError names the problem
+    return value
 
 
-def default_name() -> str:
-    """This machine's host name as a DNS label (``My_Laptop.local`` → ``my-laptop``)."""
-    label = socket.gethostname().split(".")[0].lower()
-    label = re.sub(r"[^a-z0-9-]+", "-", label).strip("-")[:63].strip("-")
-    return label or "peer"
+def _absolute(value: Path) -> Path:
+    return value.absolute()
 
 
-def _check_host_port(setting: str, value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(setting, f"expected HOST:PORT, got {value!r}")
+class AgentSettings(ServiceSettings):
+    """Everything meshssh-agent can be told; ``--help`` lists each with its env variable."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="MESHSSH_AGENT_", frozen=True, populate_by_name=True, extra="forbid"
+    )
 
-@dataclass(frozen=True, slots=True)
-class Flags:
-    """The local flags of SPEC §3."""
+    ops_listen: HostPort = Field(
+        "127.0.0.1:0", description="HOST:PORT of /healthz, /readyz and /metrics (port 0: pick)"
+    )
+    state_dir: Annotated[Path, AfterValidator(_absolute)] = Field(
+        default_factory=default_state_dir,
+        description="host key, peer credential, agent socket (default: /var/lib/meshssh as "
+        "root, else $XDG_STATE_HOME/meshssh)",
+    )
+    mesh_ip: Annotated[str, AfterValidator(_ip)] = Field(
+        ..., description="this peer's mesh address"
+    )
+    name: str = Field(
+        default_factory=default_name,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="peer name, a DNS label (default: the host name)",
+    )
+    management_url: str = Field(
+        "", validation_alias="MESHSSH_MANAGEMENT_URL", description="the management REST API"
+    )
+    setup_key_file: Path | None = Field(
+        None, description="file holding the one-time setup key (else env MESHSSH_SETUP_KEY)"
+    )
+    allow_server_ssh: bool = Field(False, description="allow this peer to run the SSH server")
+    enable_ssh_local_port_forwarding: bool = Field(
+        False, description="accept direct-tcpip channels (-L, -D)"
+    )
+    enable_ssh_remote_port_forwarding: bool = Field(
+        False, description="accept tcpip-forward requests (-R)"
+    )
+    enable_ssh_sftp: bool = Field(False, description="serve the sftp subsystem")
+    enable_ssh_root: bool = Field(False, description="allow login as root")
+    disable_ssh_auth: bool = Field(False, description="no JWT: machine identity, network ACL only")
+    enable_ssh_agent_forwarding: bool = Field(False, description="accept ssh -A")
+    ssh_jwt_cache_ttl: int = Field(0, ge=0, description="cache each local user's JWT (seconds)")
+    ssh_port: int = Field(22022, ge=0, le=65535, description="meshssh-sshd's port (0: pick)")
+    relay_port: int = Field(22, ge=0, le=65535, description="the port clients dial (0: pick)")
+    relay_mode: RelayModeChoice = Field("auto", description="auto: nftables where it can run")
+    native_upstream: HostPort | None = Field(
+        None, description="a native SSH daemon for port-22 connections while SSH is off"
+    )
+    sshd_ops_listen: HostPort = Field("127.0.0.1:0", description="meshssh-sshd's ops address")
+    relay_ops_listen: HostPort = Field("127.0.0.1:0", description="meshssh-relay's ops address")
+    ssh_config_file: Annotated[Path, AfterValidator(_absolute)] | None = Field(
+        None, description="the OpenSSH drop-in this agent keeps current (default: SPEC §9's)"
+    )
+    disable_ssh_config: bool = Field(False, description="keep no OpenSSH drop-in")
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between heartbeats")
+    child_stop_timeout: float = Field(
+        1.0, gt=0, description="SIGTERM to SIGKILL for a child (a disabled peer stops in 2 s)"
+    )
+    sshd_bin: str = Field("", description="the meshssh-sshd executable (default: beside this)")
+    relay_bin: str = Field("", description="the meshssh-relay executable (default: beside this)")
 
-    allow_server_ssh: bool = False
-    local_port_forwarding: bool = False
-    remote_port_forwarding: bool = False
-    sftp: bool = False
-    root_login: bool = False
-    disable_ssh_auth: bool = False
-    jwt_cache_ttl: int = 0
-    agent_forwarding: bool = False
+    @field_validator("relay_port")
+    @classmethod
+    def _distinct_ports(cls, port: int, info: ValidationInfo) -> int:
+        if port != 0 and port == info.data.get("ssh_port"):
+            raise ValueError("must differ from --ssh-port")
+        return port
 
-    def wire(self) -> PeerFlags:
-        """As reported to the management plane."""
-        return PeerFlags(
-            server_ssh_allowed=self.allow_server_ssh,
-            local_port_forwarding=self.local_port_forwarding,
-            remote_port_forwarding=self.remote_port_forwarding,
-            sftp=self.sftp,
-            root_login=self.root_login,
-            disable_ssh_auth=self.disable_ssh_auth,
-            jwt_cache_ttl=self.jwt_cache_ttl,
-            agent_forwarding=self.agent_forwarding,
+    @property
+    def flags(self) -> PeerFlags:
+        """The local flags of SPEC §3, as reported to the management plane."""
+        return PeerFlags(**{wire: getattr(self, field) for wire, field in _FLAG_FIELDS.items()})
+
+    def with_flags(self, flags: PeerFlags) -> AgentSettings:
+        """The same settings with other local flags."""
+        return self.model_copy(
+            update={field: getattr(flags, wire) for wire, field in _FLAG_FIELDS.items()}
         )
 
-    def sshd_args(self) -> list[str]:
-        """The feature flags meshssh-sshd takes (same names as on ``meshssh up``)."""
-        pairs = [
-            (self.local_port_forwarding, "--enable-ssh-local-port-forwarding"),
-            (self.remote_port_forwarding, "--enable-ssh-remote-port-forwarding"),
-            (self.sftp, "--enable-ssh-sftp"),
-            (self.root_login, "--enable-ssh-root"),
-            (self.disable_ssh_auth, "--disable-ssh-auth"),
-            (self.agent_forwarding, "--enable-ssh-agent-forwarding"),
-        ]
-        return [flag for on, flag in pairs if on]
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """The agent's settings (see the module docstring)."""
-
-    state_dir: Path
-    mesh_ip: str
-    name: str = field(default_factory=default_name)
-    nats_url: str = "nats://127.0.0.1:4222"
-    nats_creds: Path | None = None
-    management_url: str = ""
-    setup_key: str = ""
-    flags: Flags = Flags()
-    ssh_port: int = 22022
-    relay_port: int = 22
-    relay_mode: RelayModeChoice = "auto"
-    native_upstream: str = ""
-    heartbeat_interval: float = 5.0
-    child_stop_timeout: float = 1.0  # SIGTERM to SIGKILL: a disabled peer stops within 2 s
-    sshd_ops_listen: str = "127.0.0.1:0"  # HOST:PORT of sshd's /metrics; port 0 picks one
-    relay_ops_listen: str = "127.0.0.1:0"
-    ssh_config_file: Path | None = None  # the OpenSSH drop-in (None: SPEC §9's default path)
-    disable_ssh_config: bool = False  # keep no drop-in (also MESHSSH_DISABLE_SSH_CONFIG=1)
-    sshd_bin: str = ""
-    relay_bin: str = ""
-    log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "text"
-
-    def __post_init__(self) -> None:
-        try:
-            ipaddress.ip_address(self.mesh_ip)
-        except ValueError as e:
-            raise ConfigError("--mesh-ip", f"not an IP address: {self.mesh_ip!r}") from e
-        if not _NAME.match(self.name):
-            raise ConfigError("--name", f"{self.name!r} is not a DNS label (a-z, 0-9, -)")
-        for setting, port in (("--ssh-port", self.ssh_port), ("--relay-port", self.relay_port)):
-            if not 0 <= port <= 65535:
-                raise ConfigError(setting, f"port {port} outside 0..65535")
-        if self.ssh_port == self.relay_port and self.ssh_port != 0:
-            raise ConfigError("--relay-port", "must differ from --ssh-port")
-        for setting, value in (
-            ("--sshd-ops-listen", self.sshd_ops_listen),
-            ("--relay-ops-listen", self.relay_ops_listen),
-        ):
-            _check_host_port(setting, value)
-        if self.heartbeat_interval <= 0:
-            raise ConfigError("--heartbeat-interval", "must be positive")
-
-    def with_flags(self, flags: Flags) -> AgentConfig:
-        """The same settings with other flags."""
-        return replace(self, flags=flags)
-
     @property
-    def host_key_path(self) -> Path:
-        """The peer's Ed25519 SSH host key (0600)."""
-        return self.state_dir / "ssh_host_ed25519_key"
-
-    @property
-    def credential_path(self) -> Path:
-        """The peer id and credential the management plane issued (0600)."""
-        return self.state_dir / "peer.json"
-
-    @property
-    def socket_path(self) -> Path:
-        """The agent's Unix socket for the local CLI."""
-        return self.state_dir / "agent.sock"
-
-    @property
-    def lock_path(self) -> Path:
-        """Held (flock) by the running agent; records its pid."""
-        return self.state_dir / "agent.lock"
-
-    @property
-    def log_path(self) -> Path:
-        """Where a daemonized agent writes its log."""
-        return self.state_dir / "agent.log"
+    def files(self) -> StateDir:
+        """The agent's files in its state dir."""
+        return StateDir(self.state_dir)
 
     def address(self, port: int) -> str:
         """``HOST:PORT`` on the mesh address (IPv6 bracketed)."""
@@ -178,7 +152,7 @@ class AgentConfig:
         return PeerMeta(
             version=VERSION,
             capabilities=("native_ssh",),
-            flags=self.flags.wire(),
+            flags=self.flags,
             hostname=socket.gethostname()[:255],
             os=platform.system().lower(),
         )

@@ -1,5 +1,8 @@
 """The agent's files in its state dir: the directory itself, the peer credential, the lock.
 
+:class:`StateDir` names every file (the socket's name is the protocol's, ``SOCKET_NAME``); this
+module stays light, as ``meshssh ssh proxy`` and ``meshssh down`` import it.
+
 Modes: the state dir is 0711 (other local users may reach the socket inside but cannot list the
 dir), the credential and the host key are 0600, the socket is 0666 (every local user may talk to
 the agent; the agent checks each caller's uid itself).
@@ -10,9 +13,10 @@ agent on the same state dir is refused, and the kernel drops the lock when the a
 
 Example::
 
-    lock = AgentLock.acquire(config.lock_path)   # raises AlreadyRunning(pid)
-    cred = load_credential(config.credential_path)
-    save_credential(config.credential_path, PeerCredential("p-1a2b", "secret"))
+    files = StateDir(Path("/var/lib/meshssh"))
+    lock = AgentLock.acquire(files.lock)   # raises AlreadyRunning(pid)
+    cred = load_credential(files.credential)
+    save_credential(files.credential, PeerCredential("p-1a2b", "secret"))
 """
 
 from __future__ import annotations
@@ -20,21 +24,75 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from meshssh_common.errors import ConfigError, MeshError
+from meshssh_common.wire.agent import SOCKET_NAME
 
 __all__ = [
     "AgentLock",
     "AlreadyRunning",
     "PeerCredential",
+    "StateDir",
+    "default_name",
+    "default_state_dir",
     "load_credential",
     "lock_holder",
     "prepare_state_dir",
     "save_credential",
 ]
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/meshssh`` for root, else ``$XDG_STATE_HOME/meshssh`` (``~/.local/state``)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/meshssh")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "meshssh"
+
+
+def default_name() -> str:
+    """This machine's host name as a DNS label (``My_Laptop.local`` → ``my-laptop``)."""
+    label = socket.gethostname().split(".")[0].lower()
+    label = re.sub(r"[^a-z0-9-]+", "-", label).strip("-")[:63].strip("-")
+    return label or "peer"
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """The files of one agent's state dir."""
+
+    path: Path
+
+    @property
+    def host_key(self) -> Path:
+        """The peer's Ed25519 SSH host key (0600)."""
+        return self.path / "ssh_host_ed25519_key"
+
+    @property
+    def credential(self) -> Path:
+        """The peer id and credential the management plane issued (0600)."""
+        return self.path / "peer.json"
+
+    @property
+    def socket(self) -> Path:
+        """The agent's Unix socket for the local CLI."""
+        return self.path / SOCKET_NAME
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the running agent; records its pid."""
+        return self.path / "agent.lock"
+
+    @property
+    def log(self) -> Path:
+        """Where a daemonized agent writes its log."""
+        return self.path / "agent.log"
 
 
 class PeerCredential(msgspec.Struct, frozen=True, kw_only=True):

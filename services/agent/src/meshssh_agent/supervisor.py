@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.wire.agent import ChildStatus
 
 __all__ = ["Child"]
 
@@ -70,6 +71,7 @@ class Child:
         stop_timeout: seconds between SIGTERM and SIGKILL.
         on_killed: awaited after the child had to be SIGKILLed.
         on_change: called after every state change (the agent republishes its heartbeat).
+        on_restart: called with the name at each restart after an unexpected exit (a metric).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Child:
         stop_timeout: float = 1.5,
         on_killed: Callable[[], Awaitable[None]] | None = None,
         on_change: Callable[[], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -88,12 +91,15 @@ class Child:
         self.stop_timeout = stop_timeout
         self.on_killed = on_killed
         self.on_change = on_change
+        self.on_restart = on_restart
         self.state = "stopped"
         self.pid: int | None = None
         self.restarts = 0
         self.last_exit: int | None = None
         self.ops_url = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._cause = ""  # the first error line of the latest run that logged one
+        self._run_errored = False
         self.desired = False
         self._restart = False
         self._closing = False
@@ -103,11 +109,38 @@ class Child:
 
     @property
     def last_error(self) -> str:
-        """The last line the child wrote that looks like an error (for ``status``)."""
-        for line in reversed(self.tail):
-            if "bad setting" in line or " error " in line or "Traceback" in line:
-                return line
-        return ""
+        """Why the child last failed (for ``status``).
+
+        The first line that looks like an error in the latest run that wrote one: what a
+        failing service logs while it shuts down (e.g. uvicorn giving up on a connection)
+        comes after the cause.
+        """
+        return self._cause
+
+    def _note(self, line: str) -> None:
+        self.tail.append(line)
+        if not self._run_errored and (
+            "bad setting" in line or " error " in line or "Traceback" in line
+        ):
+            self._cause, self._run_errored = line, True
+
+    @property
+    def up(self) -> bool:
+        """Running, or not wanted: nothing to wait for."""
+        return self.state == "running" or (not self.desired and self.state == "stopped")
+
+    def status(self) -> ChildStatus:
+        """The child as ``meshssh status`` shows it."""
+        return ChildStatus(
+            name=self.name,
+            state=self.state,
+            wanted=self.desired,
+            pid=self.pid or 0,
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            last_error=self.last_error,
+            ops_url=self.ops_url,
+        )
 
     def want(self, running: bool) -> None:
         """Say whether the child should run."""
@@ -156,6 +189,8 @@ class Child:
                 continue
             # An unexpected exit: restart after a backoff that a stop request cuts short.
             self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(self.name)
             if time.monotonic() - started >= _HEALTHY_AFTER:
                 backoff = _BACKOFF_FIRST
             self.log.warning(
@@ -174,6 +209,7 @@ class Child:
         """Run one process; returns its exit code, or None when we stopped it ourselves."""
         argv = self.argv()
         self._set("starting")
+        self._run_errored = False
         self.ops_url = ""
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -185,7 +221,7 @@ class Child:
                 preexec_fn=_die_with(os.getpid()),
             )
         except OSError as e:
-            self.tail.append(f"cannot start {argv[0]}: error {e}")
+            self._note(f"cannot start {argv[0]}: error {e}")
             self.last_exit = 127
             return 127
         self._proc, self.pid = proc, proc.pid
@@ -252,7 +288,7 @@ class Child:
         # Forward the child's log into ours, keep a tail for status, learn its ops URL.
         while line := await stream.readline():
             text = line.decode(errors="replace").rstrip()
-            self.tail.append(text)
+            self._note(text)
             sys.stderr.write(f"[{self.name}] {text}\n")
             if not self.ops_url and (m := _OPS.search(text)):
                 self.ops_url = m[1]

@@ -38,6 +38,7 @@ __all__ = [
 # shown as XXXX-XXXX: 20^8 ≈ 2.6e10 codes.
 _ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 _CODE_LEN = 8
+_DECIDE_TRIES = 5
 _SLOW_DOWN_STEP = 5
 
 PollStatus = Literal["ok", "pending", "slow_down", "denied", "expired"]
@@ -156,16 +157,25 @@ class DeviceGrants:
             Conflict: it was decided concurrently.
         """
         code = normalize_user_code(user_code)
-        entry = await self._grants.get(subjects.user_code_key(code)) if code else None
-        if entry is None or entry.value.status != "pending":
-            raise NotFound("unknown or used code")
-        if self._clock() >= entry.value.expires_at:
-            raise NotFound("expired code")
-        decided = msgspec.structs.replace(
-            entry.value, status="approved" if approve else "denied", username=username
-        )
-        await self._grants.update(subjects.user_code_key(code), decided, last=entry.revision)
-        return decided
+        # The client's polls rewrite a pending grant (next_poll_at), so a decision that raced
+        # one reads again: only a decision made by someone else ends in Conflict.
+        for _ in range(_DECIDE_TRIES):
+            entry = await self._grants.get(subjects.user_code_key(code)) if code else None
+            if entry is None or entry.value.status != "pending":
+                raise NotFound("unknown or used code")
+            if self._clock() >= entry.value.expires_at:
+                raise NotFound("expired code")
+            decided = msgspec.structs.replace(
+                entry.value, status="approved" if approve else "denied", username=username
+            )
+            try:
+                await self._grants.update(
+                    subjects.user_code_key(code), decided, last=entry.revision
+                )
+            except Conflict:
+                continue
+            return decided
+        raise Conflict("the grant kept changing while it was being decided")
 
     async def poll(self, device_code: str, client_id: str) -> tuple[PollStatus, DeviceGrant | None]:
         """One poll of the token endpoint for ``device_code``.

@@ -1,13 +1,14 @@
 """The agent socket protocol: one JSON object per line each way (msgspec, tagged by ``op``).
 
-A client connects to ``<state-dir>/agent.sock`` and sends requests, one per line; the agent
-answers each with one line, in order. Who is asking comes from the kernel (``SO_PEERCRED``),
-never from the message: token calls act on the caller's own uid, and ``down``/``configure``
-are allowed only to root and to the user the agent runs as.
+A client connects to :data:`SOCKET_NAME` in the agent's state dir and sends requests, one per
+line; the agent answers each with one line, in order. Who is asking comes from the kernel
+(``SO_PEERCRED``), never from the message: token calls act on the caller's own uid, and
+``down``/``configure`` are allowed only to root and to the user the agent runs as.
 
 Requests (``op``):
 
-- ``status`` (``detail``): the agent's state → :class:`StatusReply`;
+- ``status`` (``detail``): the agent's state → :class:`StatusReply` (to anyone but root and
+  the agent's own user without ``nats_url``: the bus is not theirs to reach);
 - ``down``: stop the agent and its children → :class:`OkReply` (sent before stopping);
 - ``configure`` (``flags``): new local flags, reported to management as metadata, sshd
   restarted with them → :class:`OkReply`;
@@ -24,7 +25,7 @@ Any failure → :class:`ErrorReply` with a ``code`` (``bad_request``, ``denied``
 
 Example (with ``socat``)::
 
-    $ echo '{"op":"status"}' | socat - UNIX-CONNECT:/var/lib/meshssh/agent.sock
+    $ echo '{"op":"status"}' | socat - UNIX-CONNECT:"$STATE_DIR/$SOCKET_NAME"
     {"type":"status","status":{...}}
 """
 
@@ -38,6 +39,7 @@ from meshssh_common.wire import PeerFlags, SessionInfo
 
 __all__ = [
     "MAX_LINE",
+    "SOCKET_NAME",
     "AgentStatus",
     "ChildStatus",
     "ConfigureRequest",
@@ -56,6 +58,7 @@ __all__ = [
     "TokenReply",
 ]
 
+SOCKET_NAME = "agent.sock"  # in the agent's state dir
 MAX_LINE = 64 * 1024  # a request longer than this is refused and the connection closed
 
 
@@ -153,6 +156,7 @@ class AgentStatus(msgspec.Struct, frozen=True, kw_only=True):
     relay_port: int = 0
     relay_running: bool = False
     native_upstream: str = ""
+    ops_url: str = ""  # the agent's /healthz, /readyz and /metrics
     children: tuple[ChildStatus, ...] = ()
     peers: tuple[PeerStatus, ...] = ()
     sessions: tuple[SessionInfo, ...] = ()

@@ -1,30 +1,43 @@
 """What the agent answers on its socket: status, down, configure and the per-uid tokens.
 
-Each handler gets the request and the kernel-reported caller (see ``agent_socket``). Control
-calls (``down``, ``configure``) are refused to anyone but root and the agent's own user;
-token calls only ever touch the caller's own slot.
+Each request is checked against the kernel-reported caller (``SO_PEERCRED``, see
+:mod:`meshssh_agent.control.server`):
+
+| op | root and the agent's own user | any other local user |
+|---|---|---|
+| ``status`` | everything | everything but ``nats_url`` (the bus is not theirs to reach) |
+| ``down``, ``configure`` | allowed | refused (``denied``) |
+| ``token-get``/``-put``/``-drop`` | their own slot | their own slot |
+
+The handler knows the agent only through :class:`Controlled` (no import of the agent itself),
+and counts every request by op and outcome, and token lookups by hit or miss.
+
+Example::
+
+    server = AgentSocketServer(path, AgentRequests(agent, metrics, log=log).handle, log=log)
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import msgspec
 
 from meshssh_agent.control.server import Caller, Send
-from meshssh_agent.settings import Flags
-from meshssh_agent.supervisor import Child
+from meshssh_agent.metrics import AgentMetrics, SocketOutcome, TokenLookup
+from meshssh_agent.tokens import AgentTokenCache
 from meshssh_common.errors import MeshError
+from meshssh_common.logs import BoundLogger
 from meshssh_common.oidc_device import DeviceAuthorization
-from meshssh_common.version import VERSION
+from meshssh_common.wire import PeerFlags
 from meshssh_common.wire.agent import (
     AgentStatus,
-    ChildStatus,
     ConfigureRequest,
     DownRequest,
     ErrorReply,
     OkReply,
-    PeerStatus,
     PromptReply,
     Reply,
     Request,
@@ -36,72 +49,94 @@ from meshssh_common.wire.agent import (
     TokenReply,
 )
 
-if TYPE_CHECKING:
-    from meshssh_agent.agent import Agent
-
-__all__ = ["AgentRequests"]
+__all__ = ["AgentRequests", "Controlled"]
 
 
-def _child(child: Child) -> ChildStatus:
-    return ChildStatus(
-        name=child.name,
-        state=child.state,
-        wanted=child.desired,
-        pid=child.pid or 0,
-        restarts=child.restarts,
-        last_exit=child.last_exit,
-        last_error=child.last_error,
-        ops_url=child.ops_url,
-    )
+class Controlled(Protocol):
+    """What the socket may see and do of the agent."""
+
+    @property
+    def tokens(self) -> AgentTokenCache:
+        """The per-uid JWT cache."""
+        ...
+
+    def status(self, *, detail: bool) -> AgentStatus:
+        """The agent's state; ``detail`` adds children, peers and sessions."""
+        ...
+
+    def request_stop(self) -> None:
+        """Stop the agent (``down``)."""
+        ...
+
+    async def reconfigure(self, flags: PeerFlags) -> int:
+        """Apply new local flags; returns the map serial management reported."""
+        ...
 
 
 class AgentRequests:
-    """The socket handler of one agent."""
+    """The socket handler of one agent (see the module docstring)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Controlled, metrics: AgentMetrics, *, log: BoundLogger) -> None:
         self.agent = agent
+        self.log = log
+        self._requests = metrics.socket_requests
+        self._lookups = metrics.token_lookups
 
     async def handle(self, request: Request, caller: Caller, send: Send) -> Reply:
         """Answer one request from ``caller`` (``send`` writes intermediate lines)."""
+        op = str(type(request).__struct_config__.tag)
+        try:
+            reply = await self._answer(request, caller, send)
+        except asyncio.CancelledError:
+            self._requests.labels(op=op, outcome=SocketOutcome.ABANDONED).inc()
+            raise
+        except Exception:
+            self._requests.labels(op=op, outcome=SocketOutcome.ERROR).inc()
+            raise
+        if not isinstance(reply, ErrorReply):
+            outcome = SocketOutcome.OK
+        elif reply.code == "denied":
+            outcome = SocketOutcome.DENIED
+        else:
+            outcome = SocketOutcome.ERROR
+        self._requests.labels(op=op, outcome=outcome).inc()
+        return reply
+
+    async def _answer(self, request: Request, caller: Caller, send: Send) -> Reply:
         match request:
             case StatusRequest(detail=detail):
-                return StatusReply(status=self.status(detail=detail))
+                status = self.agent.status(detail=detail)
+                if not caller.may_control():
+                    status = msgspec.structs.replace(status, nats_url="")
+                return StatusReply(status=status)
             case DownRequest():
                 if not caller.may_control():
                     return _denied(caller, "stop the agent")
-                self.agent.log.info("down requested", extra={"uid": caller.uid, "pid": caller.pid})
-                self.agent.stop.set()
+                self.log.info("down requested", extra={"uid": caller.uid, "pid": caller.pid})
+                self.agent.request_stop()
                 return OkReply(message="stopping")
             case ConfigureRequest(flags=flags):
                 if not caller.may_control():
                     return _denied(caller, "change the agent's flags")
-                new = Flags(
-                    allow_server_ssh=flags.server_ssh_allowed,
-                    local_port_forwarding=flags.local_port_forwarding,
-                    remote_port_forwarding=flags.remote_port_forwarding,
-                    sftp=flags.sftp,
-                    root_login=flags.root_login,
-                    disable_ssh_auth=flags.disable_ssh_auth,
-                    jwt_cache_ttl=flags.jwt_cache_ttl,
-                    agent_forwarding=flags.agent_forwarding,
-                )
                 try:
-                    serial = await self.agent.reconfigure(self.agent.config.with_flags(new))
+                    serial = await self.agent.reconfigure(flags)
                 except MeshError as e:
                     return ErrorReply(code=e.code, message=f"flags applied locally; {e.public}")
                 return OkReply(message=f"flags updated (map serial {serial})")
             case TokenGetRequest(login=login):
                 entry = self.agent.tokens.peek(caller.uid)
+                result = TokenLookup.HIT if entry is not None else TokenLookup.MISS
+                self._lookups.labels(result=result).inc()
                 if entry is not None:
                     return TokenReply(token=entry.token, expires_at=entry.valid_until, cached=True)
                 if not login:
                     return TokenReply()
                 return await self._login(caller, send)
             case TokenPutRequest(token=token):
-                entry = self.agent.tokens.put(caller.uid, token)
-                if entry is None:
+                put = self.agent.tokens.put(caller.uid, token)
+                if put is None:
                     return TokenReply(cached=False)
-                return TokenReply(expires_at=entry.valid_until, cached=True)
+                return TokenReply(expires_at=put.valid_until, cached=True)
             case TokenDropRequest():
                 self.agent.tokens.invalidate(caller.uid)
                 return OkReply(message="forgotten")
@@ -120,61 +155,18 @@ class AgentRequests:
             )
             prompts.append(asyncio.ensure_future(send(prompt)))
 
-        self.agent.log.info("login requested", extra={"uid": caller.uid, "pid": caller.pid})
+        self.log.info("login requested", extra={"uid": caller.uid, "pid": caller.pid})
+        tokens = self.agent.tokens
         try:
-            token = await self.agent.tokens.get(caller.uid, on_prompt=on_prompt)
+            token = await tokens.get(caller.uid, on_prompt=on_prompt)
         except asyncio.CancelledError:
-            self.agent.log.info("login abandoned by its caller", extra={"uid": caller.uid})
+            self.log.info("login abandoned by its caller", extra={"uid": caller.uid})
             raise
         finally:
             await asyncio.gather(*prompts, return_exceptions=True)
-        entry = self.agent.tokens.peek(caller.uid)
+        entry = tokens.peek(caller.uid)
         return TokenReply(token=token, expires_at=entry.valid_until if entry else 0.0,
                           cached=entry is not None)  # fmt: skip
-
-    def status(self, *, detail: bool) -> AgentStatus:
-        """The agent's state; ``detail`` adds children, peers and sessions."""
-        a = self.agent
-        netmap = a.maps.current
-        peers: tuple[PeerStatus, ...] = ()
-        if detail and netmap is not None:
-            peers = tuple(
-                PeerStatus(
-                    id=p.id,
-                    name=p.name,
-                    mesh_ip=p.mesh_ip,
-                    ssh_enabled=p.ssh_enabled,
-                    online=a.online(p.id),
-                    host_key=p.ssh_host_key,
-                )
-                for p in netmap.remote_peers
-            )
-        return AgentStatus(
-            pid=os.getpid(),
-            version=VERSION,
-            state_dir=str(a.config.state_dir),
-            name=a.config.name,
-            mesh_ip=a.config.mesh_ip,
-            management_url=a.config.management_url,
-            nats_url=a.config.nats_url,
-            nats_connected=bool(a.nc is not None and a.nc.is_connected),
-            registered=a.registered,
-            register_error=a.register_error,
-            peer_id=a.peer_id,
-            serial=a.maps.serial,
-            flags=a.config.flags.wire(),
-            ssh_enabled=a.ssh_enabled,
-            ssh_running=a.sshd.state == "running",
-            ssh_port=a.ssh_port,
-            relay_mode=a.relay_mode.mode,
-            relay_mode_reason=a.relay_mode.reason,
-            relay_port=a.relay_port,
-            relay_running=a.relay.state == "running",
-            native_upstream=a.config.native_upstream,
-            children=(_child(a.sshd), _child(a.relay)),
-            peers=peers,
-            sessions=a.sessions if detail else (),
-        )
 
 
 def _denied(caller: Caller, what: str) -> ErrorReply:

@@ -1,7 +1,8 @@
 """Server markers: the drop-in's ``test -f`` answers "MeshSSH?" without starting Python.
 
 - the Match line tests ``<marks>/%p/%h`` first and runs ``meshssh ssh detect`` only without a
-  marker; real OpenSSH (``ssh -G`` and full connections through the proxy) follows it;
+  marker; real OpenSSH (``ssh -G``) follows it (a full connection through the proxy:
+  ``cli/tests/test_ssh_detect_config.py``);
 - a real agent keeps the markers from its remote peers' heartbeats (the test publishes them on
   the real bus the way a remote agent does), lets them expire, and removes them on ``down``.
 """
@@ -17,18 +18,17 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import PEER_IP, PEER_NAME, Mesh
 from nats.aio.client import Client as NATS
 
 from meshssh_agent.server_marks import ServerMarks, write_marks
-from meshssh_agent.ssh_config import DropIn, install, render
+from meshssh_agent.ssh_config import DropIn, render
 from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer
 from meshssh_testkit import openssh_available, script
+from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory, need_tool
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 SERVER = RemotePeer(id="p2", name="Demo-Server", mesh_ip="127.0.0.2", ssh_host_key=KEY)
@@ -92,29 +92,6 @@ def test_openssh_takes_a_marked_host_without_detect_and_falls_back_without_a_mar
     ]  # fmt: skip
 
 
-async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
-    mesh: Mesh, tmp_path: Path
-) -> None:
-    calls = tmp_path / "calls"
-    logging_launcher = tmp_path / "meshssh-logged"
-    logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')
-    logging_launcher.chmod(0o755)
-    marks = mesh.state_dir / "ssh-servers"
-    dropin = DropIn(str(logging_launcher), mesh.state_dir, marks)
-    install(render([PEER_NAME, PEER_IP], dropin), mesh.dropin)
-
-    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")  # no marker yet: detect runs
-    assert result.returncode == 0, result.err
-    assert calls.read_text().splitlines() == ["ssh detect", "ssh proxy"]
-
-    write_marks(marks, [(mesh.peer.port, PEER_NAME)])
-    calls.unlink()
-    result = await mesh.run("ssh", PEER_NAME, "echo via-proxy")
-    assert result.returncode == 0, result.err
-    assert result.out == "via-proxy\n"
-    assert calls.read_text().splitlines() == ["ssh proxy"]  # the marker answered for detect
-
-
 def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
     tmp_path: Path,
 ) -> None:
@@ -148,11 +125,12 @@ def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
 
 @contextlib.asynccontextmanager
 async def heartbeats(nc: NATS, make: Callable[[], Heartbeat]) -> AsyncIterator[None]:
-    """Publish ``make()`` for p2 every 0.2 s, as p2's agent would (faster, for the test)."""
+    """Publish ``make()`` every 0.2 s, as its peer's agent would (faster, for the test)."""
 
     async def loop() -> None:
         while True:
-            await nc.publish(subjects.heartbeat("p2"), codec.encode(make()))
+            beat = make()
+            await nc.publish(subjects.heartbeat(beat.peer_id), codec.encode(beat))
             await asyncio.sleep(0.2)
 
     task = asyncio.create_task(loop())
@@ -174,30 +152,36 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> No
 
 
 async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_removes_them(
-    nc: NATS, nats_url: str, tmp_path: Path
+    nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
 ) -> None:
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip="127.0.0.3",
-                                       ssh_enabled=False, remote_peers=[SERVER]))  # fmt: skip
+    # The real meshssh-policy; the server registers as its own agent would, and the test
+    # speaks its heartbeats on the real bus.
+    policy = await Management.start(services, nats_url, nc, tmp_path / "policy")
+    server = await policy.register("demo-server", "127.0.0.2", key=SERVER_KEY)
+
+    def server_beat(*, ssh: bool = True) -> Heartbeat:
+        return beat(server.peer_id, ssh=ssh)
+
     state = tmp_path / "state"
     agent = await AgentProcess.start(
         state, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
     )  # fmt: skip
     directory = state / "ssh-servers"
-    everything = {f"{port}/{host}" for port in (22, 22022) for host in NAMES}
+    everything = {f"{port}/{host}" for port in (22, 22022) for host in ("demo-server", "127.0.0.2")}
     try:
         await agent.wait_status(lambda s: s["registered"])
         dropin = Path(f"{state}.ssh_config")
         await until(lambda: dropin.exists() and str(directory) in dropin.read_text(),
                     "the drop-in tests the marker directory")  # fmt: skip
-        async with heartbeats(nc, beat):
+        async with heartbeats(nc, server_beat):
             await until(lambda: listing(directory) == everything, "markers for sshd and relay")
         # The heartbeats stopped: after three intervals (0.5 s each here) the markers go.
         await until(lambda: listing(directory) == set(), "markers of a quiet peer expire")
-        async with heartbeats(nc, lambda: beat(ssh=False)):
+        async with heartbeats(nc, lambda: server_beat(ssh=False)):
             await asyncio.sleep(1.0)
             assert listing(directory) == set()  # "sshd not running" makes none
-        async with heartbeats(nc, beat):
+        async with heartbeats(nc, server_beat):
             await until(lambda: listing(directory) == everything, "markers are back")
             proc = await asyncio.create_subprocess_exec(
                 script("meshssh"), "down", "--state-dir", str(state),
@@ -209,4 +193,3 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
         assert not directory.exists()
     finally:
         await agent.stop()
-        await policy.stop()

@@ -1,53 +1,98 @@
 """The agent's Unix socket: each local user sees only their own token; only root and the
-agent's user may stop or reconfigure it; bad input gets an error, never a crash.
+agent's user may stop or reconfigure it; another user's status has no NATS URL; bad input gets
+an error, never a crash.
 
-Other users are real: as root, the test runs a client process as uid 65534 (nobody).
+Other users are real: as root, the test creates a throwaway account (a unique name, always
+removed) and runs a client process as it (``setpriv``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
 import json
 import os
+import pwd
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_testkit.netmaps import make_map
+from meshssh_common.wire.agent import SOCKET_NAME
+from meshssh_testkit.management import LAPTOP_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess, agent_request
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory, need_tool
 
-NOBODY = 65534
+_ACCOUNTS_LOCK = Path("/run/lock/meshssh-tests-useradd.lock")  # shared with the testkit's
 _CLIENT = """
 import asyncio, json, sys
 from pathlib import Path
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import MeshError
+from meshssh_common.wire import PeerFlags
 
 async def main():
     out = {}
     async with AgentClient.connect(Path(sys.argv[1])) as agent:
+        status = await agent.status()
+        out["nats_url"] = status.nats_url
+        out["registered"] = status.registered
         out["before"] = (await agent.token_get()).token
         out["put"] = (await agent.token_put(sys.argv[2])).cached
         out["after"] = (await agent.token_get()).token
-        try:
-            await agent.down()
-            out["down"] = "allowed"
-        except MeshError as e:
-            out["down"] = e.code + ": " + e.public
+        for name, call in (("configure", lambda: agent.configure(PeerFlags(sftp=True))),
+                           ("down", agent.down)):
+            try:
+                await call()
+                out[name] = "allowed"
+            except MeshError as e:
+                out[name] = e.code + ": " + e.public
     print(json.dumps(out))
 
 asyncio.run(main())
 """
+
+
+@contextlib.contextmanager
+def _accounts_lock() -> Iterator[None]:
+    # useradd/userdel fail at once on a busy /etc/passwd lock: parallel tests take turns.
+    _ACCOUNTS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with _ACCOUNTS_LOCK.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def other_uid() -> Iterator[int]:
+    """A throwaway local account (unique name, removed after the test); its uid."""
+    need_tool(os.geteuid() == 0, "root (to run a client as another user)")
+    name = f"msh{uuid.uuid4().hex[:8]}"
+    with _accounts_lock():
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, timeout=30)
+    try:
+        yield pwd.getpwnam(name).pw_uid
+    finally:
+        with _accounts_lock():
+            subprocess.run(["userdel", name], check=True, timeout=30, capture_output=True)
+
+
+async def scrape(url: str) -> str:
+    async with httpx.AsyncClient(timeout=5) as http:
+        return (await http.get(f"{url}/metrics")).text
 
 
 def jwt(sub: str, lifetime: float = 300) -> str:
@@ -70,11 +115,13 @@ def short_state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def agent(nc: NATS, nats_url: str, short_state_dir: Path) -> AsyncIterator[AgentProcess]:
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, ssh_enabled=False))
+async def agent(
+    nc: NATS, nats_url: str, short_state_dir: Path, tmp_path: Path, services: ServiceFactory
+) -> AsyncIterator[AgentProcess]:
+    await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
     proc = await AgentProcess.start(
-        short_state_dir, "--mesh-ip", "127.0.0.2", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        short_state_dir, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
         "--ssh-jwt-cache-ttl", "120",
     )  # fmt: skip
     try:
@@ -82,15 +129,14 @@ async def agent(nc: NATS, nats_url: str, short_state_dir: Path) -> AsyncIterator
         yield proc
     finally:
         await proc.stop()
-        await policy.stop()
 
 
-async def as_nobody(state_dir: Path, token: str) -> dict[str, object]:
+async def as_user(uid: int, state_dir: Path, token: str) -> dict[str, object]:
     setpriv = shutil.which("setpriv")
     need_tool(setpriv is not None, "setpriv (util-linux)")
     assert setpriv is not None
     proc = await asyncio.create_subprocess_exec(
-        setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         sys.executable, "-c", _CLIENT, str(state_dir), token,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -101,9 +147,10 @@ async def as_nobody(state_dir: Path, token: str) -> dict[str, object]:
     return result
 
 
-async def test_each_local_user_sees_only_their_own_cached_token(agent: AgentProcess) -> None:
-    need_tool(os.geteuid() == 0, "root (to run a client as another uid)")
-    mode = stat.S_IMODE(os.stat(agent.state_dir / "agent.sock").st_mode)
+async def test_another_user_gets_only_their_own_token_no_bus_and_no_control(
+    agent: AgentProcess, other_uid: int
+) -> None:
+    mode = stat.S_IMODE(os.stat(agent.state_dir / SOCKET_NAME).st_mode)
     assert mode == 0o666  # anyone may connect; the agent checks who
     assert stat.S_IMODE(os.stat(agent.state_dir).st_mode) == 0o711
     assert stat.S_IMODE(os.stat(agent.state_dir / "peer.json").st_mode) == 0o600
@@ -112,24 +159,33 @@ async def test_each_local_user_sees_only_their_own_cached_token(agent: AgentProc
     reply = await agent_request(agent.state_dir, {"op": "token-put", "token": root_token})
     assert reply["cached"] is True
 
-    nobody_token = jwt("nobody-user")
-    seen = await as_nobody(agent.state_dir, nobody_token)
-    assert seen["before"] == ""  # root's token is not nobody's
+    other_token = jwt("other-user")
+    seen = await as_user(other_uid, agent.state_dir, other_token)
+    assert seen["registered"] is True
+    assert seen["nats_url"] == ""  # the bus is not theirs to reach
+    assert seen["before"] == ""  # root's token is not theirs
     assert seen["put"] is True
-    assert seen["after"] == nobody_token
-    assert str(seen["down"]).startswith("denied: uid 65534 may not stop the agent")
+    assert seen["after"] == other_token
+    assert str(seen["configure"]).startswith(f"denied: uid {other_uid} may not change the agent")
+    assert str(seen["down"]).startswith(f"denied: uid {other_uid} may not stop the agent")
 
     reply = await agent_request(agent.state_dir, {"op": "token-get"})
     assert reply["token"] == root_token
     status = await agent.status()
-    assert status["registered"]  # nobody's down was refused: still running
+    assert status["registered"]  # their down was refused: still running
+    assert status["nats_url"].startswith("nats://")  # the owner sees it
+    assert not status["flags"].get("sftp", False)  # their configure was refused
+    metrics = await scrape(status["ops_url"])
+    assert 'meshssh_agent_socket_requests_total{op="down",outcome="denied"} 1.0' in metrics
+    assert 'meshssh_agent_socket_requests_total{op="configure",outcome="denied"} 1.0' in metrics
+    assert 'meshssh_agent_token_cache_lookups_total{result="hit"}' in metrics
 
     await agent_request(agent.state_dir, {"op": "token-drop"})
     assert (await agent_request(agent.state_dir, {"op": "token-get"}))["token"] == ""
 
 
 async def test_bad_requests_get_an_error_and_the_agent_keeps_serving(agent: AgentProcess) -> None:
-    path = agent.state_dir / "agent.sock"
+    path = agent.state_dir / SOCKET_NAME
     fd = os.open(agent.state_dir, os.O_RDONLY)
     try:
         reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}/{path.name}")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from meshssh_agent.token_cache import Notify
-from meshssh_agent.tokens import AgentTokenCache
+from meshssh_agent.tokens import AgentTokenCache, Notify
 from meshssh_common.wire import JwtConfig
 
 

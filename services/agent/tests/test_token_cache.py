@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from meshssh_agent.token_cache import Notify, TokenCache, token_times
+from meshssh_agent.tokens import Notify, TokenCache, token_times
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.oidc_device import DeviceAuthorization, DeviceFlowClient
 

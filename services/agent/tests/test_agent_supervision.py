@@ -1,9 +1,8 @@
 """The agent supervises real meshssh-sshd and meshssh-relay processes, driven by its map.
 
-Registration is answered by ``PolicyStandIn`` (the wire contract of meshssh-policy, on the
-test's real NATS) and maps are written into KV as the management plane would; the children
-are the real console scripts. The same behaviour against the real meshssh-policy and meshctl
-is in tests/e2e/test_peer_with_policy.py.
+The management plane is the real meshssh-policy (testkit ``Management``: groups ``servers``
+and ``users``, users reach servers on TCP 22); operators' changes go through its REST API. The
+children are the real console scripts.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,30 +20,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from meshssh_common import codec, subjects
-from meshssh_common.wire import Heartbeat, RemotePeer, SessionInfo, SessionsReport
+from meshssh_common.wire import Heartbeat, SessionInfo, SessionsReport
+from meshssh_common.wire.agent import SOCKET_NAME
+from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
-from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
-from meshssh_testkit.policy_standin import PolicyStandIn
+from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
 
 MESH_IP = "127.0.0.2"
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1, mesh_ip=MESH_IP))
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path / "policy")
 
 
-async def start_agent(tmp_path: Path, nats_url: str, *flags: str) -> AgentProcess:
+async def start_agent(
+    tmp_path: Path, nats_url: str, *flags: str, key: str = SERVER_KEY, name: str = "server",
+    mesh_ip: str = MESH_IP,
+) -> AgentProcess:  # fmt: skip
     return await AgentProcess.start(
         tmp_path / "state",
-        "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
+        "--mesh-ip", mesh_ip, "--name", name, "--nats-url", nats_url,
+        "--setup-key", key, "--ssh-port", "0", "--relay-port", "0",
         "--relay-mode", "proxy", "--sshd-bin", script("meshssh-sshd"), *flags,
     )  # fmt: skip
 
@@ -66,7 +65,7 @@ async def wait_gone(pid: int, timeout: float) -> float:
 
 
 async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
@@ -76,21 +75,22 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
         assert pid_alive(sshd_pid)
         assert status["ssh_running"]
         assert status["relay_mode"] == "proxy"
+        first = status["serial"]
 
-        # meshctl peers ssh disable: the management switch goes off in a new map.
+        # The operator's switch (meshctl peers ssh disable): off in a new map.
         disabled_at = time.monotonic()
-        await policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+        await policy.patch_peer("server", ssh_enabled=False)
         async with asyncio.timeout(10):
             while pid_alive(sshd_pid):
                 await asyncio.sleep(0.02)
         assert time.monotonic() - disabled_at < 2.0
         status = await agent.wait_status(
-            lambda s: s["serial"] == 2 and agent.child(s, "relay")["state"] == "stopped"
+            lambda s: s["serial"] > first and agent.child(s, "relay")["state"] == "stopped"
         )  # no native upstream: the relay has nothing to do either
         assert agent.child(status, "sshd")["state"] == "stopped"
 
         # Back on: a fresh sshd.
-        await policy.publish(make_map(3, mesh_ip=MESH_IP, ssh_enabled=True))
+        await policy.patch_peer("server", ssh_enabled=True)
         status = await agent.wait_status(running("sshd"))
         assert agent.child(status, "sshd")["pid"] != sshd_pid
     finally:
@@ -98,23 +98,24 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
 
 
 async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothing(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url)
     try:
-        status = await agent.wait_status(lambda s: s["registered"] and s["serial"] == 1)
-        assert status["ssh_enabled"]  # management says yes...
+        status = await agent.wait_status(lambda s: s["registered"] and s["serial"] > 0)
+        peer = await policy.peer("server")
+        assert peer["ssh_enabled"]  # the operator's switch says yes...
         assert agent.child(status, "sshd")["state"] == "stopped"  # ...the local flag says no
         assert agent.child(status, "relay")["state"] == "stopped"
-        register = policy.registers[0]
-        assert register.meta.capabilities == ("native_ssh",)
-        assert not register.meta.flags.server_ssh_allowed
+        assert peer["capabilities"] == ["native_ssh"]
+        assert not peer["flags"]["server_ssh_allowed"]
+        assert status["ssh_enabled"]  # and so does its map: the local flag alone keeps it off
     finally:
         await agent.stop()
 
 
 async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children_along(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
@@ -137,7 +138,7 @@ async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children
 
 
 async def test_down_stops_everything_and_leaves_no_process(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
     try:
@@ -155,48 +156,53 @@ async def test_down_stops_everything_and_leaves_no_process(
             assert await agent.proc.wait() == 0
         for pid in pids:
             assert not pid_alive(pid)
-        assert not (tmp_path / "state" / "agent.sock").exists()
+        assert not (tmp_path / "state" / SOCKET_NAME).exists()
     finally:
         await agent.stop()
 
 
 async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_peers_online(
-    tmp_path: Path, nats_url: str, nc: NATS, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, nc: NATS, policy: Management
 ) -> None:
-    laptop = RemotePeer(
-        id="p2", name="laptop", mesh_ip="127.0.0.3", ssh_host_key="ssh-ed25519 AAAA"
-    )
-    idle = RemotePeer(id="p3", name="idle", mesh_ip="127.0.0.4")
-    await policy.publish(make_map(1, mesh_ip=MESH_IP, remote_peers=[laptop, idle]))
+    # The agent is a user's peer that may also serve SSH; its map's remote peers are the two
+    # servers (users reach servers): "server" sends heartbeats, "idle" never does.
+    server = await policy.register("server", "127.0.0.4", key=SERVER_KEY)
+    await policy.register("idle", "127.0.0.5", key=SERVER_KEY)
     beats: asyncio.Queue[Heartbeat] = asyncio.Queue()
 
     async def on_beat(msg: Msg) -> None:
-        await beats.put(codec.decode(msg.data, Heartbeat))
+        beat = codec.decode(msg.data, Heartbeat)
+        if beat.peer_mesh_ip == "127.0.0.3":
+            await beats.put(beat)
 
-    sub = await nc.subscribe(subjects.heartbeat("p1"), cb=on_beat)
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    sub = await nc.subscribe(subjects.HEARTBEAT_ALL, cb=on_beat)
+    agent = await start_agent(
+        tmp_path, nats_url, "--allow-server-ssh", key=LAPTOP_KEY, name="laptop",
+        mesh_ip="127.0.0.3",
+    )  # fmt: skip
     try:
-        await agent.wait_status(running("sshd"))
+        await agent.wait_status(lambda s: s["registered"])
+        await policy.patch_peer("laptop", ssh_enabled=True)
+        peer_id = (await agent.wait_status(running("sshd")))["peer_id"]
         async with asyncio.timeout(10):
             while not (beat := await beats.get()).ssh_running:
                 pass
         assert beat.relay_mode in ("proxy", "off")
-        assert beat.peer_mesh_ip == MESH_IP
+        assert beat.peer_id == peer_id
         session = SessionInfo(
             session_id="s1", local_user="alice", jwt_user="alice@example.com",
             source="127.0.0.3:51000", command="bash", started_at=time.time(),
         )  # fmt: skip
-        report = SessionsReport(peer_id="p1", sent_at=time.time(), sessions=(session,))
-        await nc.publish(subjects.sshd_sessions("p1"), codec.encode(report))
-        await nc.publish(
-            subjects.heartbeat("p2"), codec.encode(Heartbeat(peer_id="p2", sent_at=time.time()))
-        )
+        report = SessionsReport(peer_id=peer_id, sent_at=time.time(), sessions=(session,))
+        await nc.publish(subjects.sshd_sessions(peer_id), codec.encode(report))
+        remote = Heartbeat(peer_id=server.peer_id, sent_at=time.time())
+        await nc.publish(subjects.heartbeat(server.peer_id), codec.encode(remote))
         status = await agent.wait_status(
             lambda s: bool(s["sessions"]) and any(p["online"] for p in s["peers"])
         )
         assert status["sessions"][0]["jwt_user"] == "alice@example.com"
         online = {p["name"]: p["online"] for p in status["peers"]}
-        assert online["laptop"] is True
+        assert online["server"] is True
         async with asyncio.timeout(10):
             while not (beat := await beats.get()).sessions:
                 pass
@@ -211,7 +217,7 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
 
 
 async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
-    tmp_path: Path, nats_server: NatsServer, policy: PolicyStandIn, nc: NATS
+    tmp_path: Path, nats_server: NatsServer, policy: Management, nc: NATS
 ) -> None:
     agent = await start_agent(tmp_path, nats_server.url, "--allow-server-ssh")
     try:
@@ -221,7 +227,8 @@ async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
         async with asyncio.timeout(15):
             while "nats reconnected" not in agent.output() or not nc.is_connected:
                 await asyncio.sleep(0.05)
-        await policy.publish(make_map(2, mesh_ip=MESH_IP, ssh_enabled=False))
+        await policy.process.wait_ready(timeout=15)  # policy is back on the bus too
+        await policy.patch_peer("server", ssh_enabled=False)
         # Without restarting its watch after the reconnect, the agent heard of it ~18 s later.
         await wait_gone(sshd_pid, timeout=8)
     finally:
@@ -245,30 +252,28 @@ def free_port_on(*hosts: str) -> int:
 
 
 async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
-    tmp_path: Path, nats_url: str, nc: NATS
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    maps = [make_map(1, peer_id=p, mesh_ip=ip) for p, ip in (("p1", MESH_IP), ("p2", "127.0.0.3"))]
-    policy = await PolicyStandIn.start(nc, netmap=maps[0], others=(maps[1],))
     ssh_port = free_port_on(MESH_IP, "127.0.0.3")
     relay_port = free_port_on(MESH_IP, "127.0.0.3")
     agents = []
     for name, ip in (("p1", MESH_IP), ("p2", "127.0.0.3")):
         agent = await AgentProcess.start(
             tmp_path / name, "--mesh-ip", ip, "--name", name, "--nats-url", nats_url,
-            "--setup-key", "KEY", "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
+            "--setup-key", SERVER_KEY, "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
             "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", script("meshssh-sshd"),
         )  # fmt: skip
         agents.append(agent)
     try:
         statuses = [await a.wait_status(running("sshd", "relay")) for a in agents]
-        assert [s["peer_id"] for s in statuses] == ["p1", "p2"]
+        assert [s["name"] for s in statuses] == ["p1", "p2"]
+        assert len({s["peer_id"] for s in statuses}) == 2
         assert {s["relay_port"] for s in statuses} == {relay_port}
         assert all(
             a.child(s, "relay")["restarts"] == 0 for a, s in zip(agents, statuses, strict=True)
         )
-        assert (tmp_path / "p1" / "agent.sock").exists()
-        assert (tmp_path / "p2" / "agent.sock").exists()
+        assert (tmp_path / "p1" / SOCKET_NAME).exists()
+        assert (tmp_path / "p2" / SOCKET_NAME).exists()
     finally:
         for agent in agents:
             await agent.stop()
-        await policy.stop()

@@ -1,0 +1,65 @@
+"""The ``meshssh_agent_*`` metrics, beside the runner's own (up, ready, NATS, bad messages).
+
+- ``map_serial``: the serial of the network map the agent holds (0: none);
+- ``map_age_seconds``: since the agent last applied a map (0 before the first);
+- ``child_restarts_total{child}``: sshd or relay restarted after an unexpected exit;
+- ``dropin_writes_total``: OpenSSH drop-in writes that changed the file;
+- ``token_cache_lookups_total{result}``: ``hit`` or ``miss`` on the agent socket;
+- ``socket_requests_total{op,outcome}``: ``ok``, ``denied``, ``error`` or ``abandoned``.
+
+Example::
+
+    m = AgentMetrics(ServiceMetrics("agent"))
+    m.child_restarts.labels(child="sshd").inc()
+"""
+
+from __future__ import annotations
+
+import enum
+
+from meshssh_common.metrics import ServiceMetrics
+
+__all__ = ["AgentMetrics", "SocketOutcome", "TokenLookup"]
+
+
+class SocketOutcome(enum.StrEnum):
+    """How a socket request ended (``socket_requests_total{outcome}``)."""
+
+    OK = "ok"
+    DENIED = "denied"  # a control request from another user
+    ERROR = "error"
+    ABANDONED = "abandoned"  # the caller hung up during a login
+
+
+class TokenLookup(enum.StrEnum):
+    """Whether the caller's token was cached (``token_cache_lookups_total{result}``)."""
+
+    HIT = "hit"
+    MISS = "miss"
+
+
+class AgentMetrics:
+    """Every agent-specific metric, on the service's registry."""
+
+    def __init__(self, base: ServiceMetrics) -> None:
+        self.base = base
+        self.map_serial = base.gauge("map_serial", "Serial of the network map the agent holds")
+        self.map_age = base.gauge(
+            "map_age_seconds", "Seconds since the agent applied a network map (0 before one)"
+        )
+        self.child_restarts = base.counter(
+            "child_restarts", "Children restarted after an unexpected exit", ("child",)
+        )
+        self.dropin_writes = base.counter(
+            "dropin_writes", "OpenSSH drop-in writes that changed the file"
+        )
+        self.token_lookups = base.counter(
+            "token_cache_lookups",
+            "Token lookups on the agent socket by result",
+            ("result",),  # TokenLookup
+        )
+        self.socket_requests = base.counter(
+            "socket_requests",
+            "Agent socket requests by op and outcome",
+            ("op", "outcome"),  # op: the request's tag (status, down...); outcome: SocketOutcome
+        )
