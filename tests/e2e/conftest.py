@@ -18,7 +18,6 @@ import contextlib
 import getpass
 import os
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from meshssh_testkit.dashboard import add_user
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
+from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import ServiceProcess, script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +44,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 DOCS_IMG = ROOT / "docs" / "img"
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mesh_net() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,14 +20,9 @@ import pytest
 from meshssh_policy.web.actions import Actions
 from meshssh_testkit.dashboard import add_user, sign_in
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.ports import free_port
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_routes() -> list[str]:
