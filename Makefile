@@ -9,6 +9,8 @@ B ?=
 WORKERS ?= 3
 T ?=
 PYTEST := $(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup
+FUZZ_RUNS ?= 100000
+export FUZZ_RUNS
 
 help:      ## List targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n",$$1,$$2}' $(MAKEFILE_LIST)
@@ -49,8 +51,11 @@ e2e: sync  ## Whole-system tests only
 bench: sync ## Benchmarks (all, or B=<name> for bench/<name>.py)
 	@if [ -n "$(B)" ]; then $(PY) bench/$(B).py; else for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; fi
 
+fuzz: sync ## Each atheris target in fuzz/ for FUZZ_RUNS runs (default 100000); crashes in .fuzz/
+	$(PY) fuzz/fuzz_all.py
+
 clean:     ## Remove .venv and run state
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .run .fuzz .mypy_cache .ruff_cache .pytest_cache
 
 
-.PHONY: help sync lock images run fmt lint typecheck test e2e bench clean
+.PHONY: help sync lock images run fmt lint typecheck test e2e bench fuzz clean

@@ -45,6 +45,7 @@ from pathlib import Path
 import httpx
 from demo_lock import DemoBusy, DemoLock, port_in_use
 
+from meshssh_common.secret_files import write_secret_file
 from meshssh_testkit import NatsServer, ServiceProcess, script
 from meshssh_testkit.process import terminate
 
@@ -111,8 +112,7 @@ class Demo:
 def secret_file(path: Path, make: str) -> str:
     """Read a secret kept in the run dir, creating it (mode 0600) on the first run."""
     if not path.exists():
-        path.write_text(make)
-        path.chmod(0o600)
+        write_secret_file(path, make)
     return path.read_text().strip()
 
 
@@ -145,8 +145,7 @@ async def demo_passwords(demo: Demo, users_file: Path) -> dict[str, str]:
             "--group", "users", "--users-file", str(users_file),
         )  # fmt: skip
         passwords[user] = out.strip().splitlines()[-1]
-    store.write_text(json.dumps(passwords, indent=2) + "\n")
-    store.chmod(0o600)
+    write_secret_file(store, json.dumps(passwords, indent=2) + "\n")
     return passwords
 
 
@@ -306,11 +305,8 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
             },
             "nats_creds": {},  # the bus runs without credentials until issue 14
         }  # fmt: skip
-        path = demo.run / "endpoints.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)  # readers never see a half-written file
+        path = demo.run / "endpoints.json"  # holds the admin token and passwords: 0600
+        write_secret_file(path, json.dumps(endpoints, indent=2) + "\n")  # atomic
         lock.update(state="running", endpoints=str(path))
         print_guide(demo, nats.url, endpoints, cfg)
         await asyncio.Event().wait()  # until cancelled by a stop signal

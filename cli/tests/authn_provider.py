@@ -45,7 +45,12 @@ class Provider:
         async with httpx.AsyncClient(timeout=10) as http:
             return await http.post(
                 f"{self.issuer}/device",
-                data={"user_code": user_code, "username": username, "password": password},
+                data={
+                    "user_code": user_code,
+                    "username": username,
+                    "password": password,
+                    "confirm": "yes",
+                },
             )
 
     async def metric(self, name: str) -> float:

@@ -128,7 +128,7 @@ def throwaway_user() -> Iterator[str]:
         yield getpass.getuser()
         return
     name = f"msh{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, timeout=30)
+    subprocess.run(["useradd", "-m", "-p", "*", "-s", "/bin/sh", name], check=True, timeout=30)
     try:
         yield name
     finally:

@@ -84,7 +84,7 @@ async def approve(url: str, code: str) -> None:
     """What alice's browser does: post authn's login form for the code."""
     async with httpx.AsyncClient(timeout=10) as http:
         page = await http.post(url, data={"username": "alice", "password": PASSWORD,
-                                          "user_code": code})  # fmt: skip
+                                          "user_code": code, "confirm": "yes"})  # fmt: skip
     assert page.status_code == 200, page.text
 
 

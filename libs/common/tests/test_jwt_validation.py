@@ -201,7 +201,7 @@ def test_no_configured_audience_refuses_everything() -> None:
 
 def test_a_custom_user_id_claim_is_used() -> None:
     config = JwtConfig(issuer=ISS, audiences=("meshssh",), user_id_claim="email")
-    token = JwtValidator(config, KEYS).validate(sign(claims()), now=NOW)
+    token = JwtValidator(config, KEYS).validate(sign(claims(email_verified=True)), now=NOW)
     assert token.user_id == "alice@example.com"
 
 
@@ -285,3 +285,43 @@ def test_a_pinned_alg_in_the_jwk_restricts_the_key_to_it() -> None:
 def test_has_kid_answers_for_usable_keys_only() -> None:
     assert VALIDATOR.has_kid("ec1")
     assert not VALIDATOR.has_kid("rotated")
+
+
+EMAIL_CONFIG = JwtConfig(issuer=ISS, audiences=("meshssh",), user_id_claim="email")
+
+
+@pytest.mark.parametrize(
+    ("verified", "accepted"),
+    [(True, True), ("true", True), (False, False), (None, False), ("yes", False), (1, False)],
+)
+def test_an_email_user_id_needs_email_verified_true(verified: Any, accepted: bool) -> None:
+    validator = JwtValidator(EMAIL_CONFIG, KEYS)
+    token = sign(claims(email_verified=verified))
+    if accepted:
+        assert validator.validate(token, now=NOW).user_id == "alice@example.com"
+        return
+    with pytest.raises(TokenRejected) as info:
+        validator.validate(token, now=NOW)
+    assert info.value.reason is RejectReason.EMAIL_NOT_VERIFIED
+    assert "verif" in info.value.public
+
+
+def test_email_verified_can_be_switched_off_and_never_matters_for_sub() -> None:
+    lenient = JwtConfig(
+        issuer=ISS, audiences=("meshssh",), user_id_claim="email", require_email_verified=False
+    )
+    token = sign(claims(email_verified=False))
+    assert JwtValidator(lenient, KEYS).validate(token, now=NOW).user_id == "alice@example.com"
+    assert VALIDATOR.validate(token, now=NOW).user_id == "alice"  # sub: not checked
+
+
+def test_check_user_claim_applies_where_the_claim_is_chosen_elsewhere() -> None:
+    from meshssh_common.jwt_validation import check_user_claim
+
+    assert check_user_claim({"email": "a@b", "email_verified": True}, "email", CONFIG) == "a@b"
+    with pytest.raises(TokenRejected) as info:
+        check_user_claim({"email": "a@b"}, "email", CONFIG)
+    assert info.value.reason is RejectReason.EMAIL_NOT_VERIFIED
+    with pytest.raises(TokenRejected) as missing:
+        check_user_claim({"sub": "x"}, "email", CONFIG)
+    assert missing.value.reason is RejectReason.MISSING_CLAIM

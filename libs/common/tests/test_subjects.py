@@ -14,7 +14,7 @@ def test_builders_follow_the_grammar() -> None:
     assert subjects.audit_event("session-start", "p1") == "meshssh.audit.v1.evt.session-start.p1"
 
 
-@pytest.mark.parametrize("bad", ["", "a.b", "*", ">", "a b", "x" * 65, "a\nb", "ä"])
+@pytest.mark.parametrize("bad", ["", "a.b", "*", ">", "a b", "x" * 65, "a\nb", "ä", "peer-1\n"])
 def test_tokens_that_would_change_a_subject_are_refused(bad: str) -> None:
     with pytest.raises(BadRequest):
         subjects.heartbeat(bad)

@@ -116,3 +116,27 @@ def test_the_childrens_ops_listeners_follow_the_agent_flags() -> None:
     for bad in ("9103", "host:", ":9103", "127.0.0.1:99999"):
         with pytest.raises(ConfigError, match="--sshd-ops-listen"):
             config("--sshd-ops-listen", bad)
+
+
+def test_ssh_permit_open_is_parsed_reported_in_metadata_and_passed_to_sshd() -> None:
+    from meshssh_cli.commands.up import agent_argv
+    from meshssh_cli.main import build_parser
+    from meshssh_sshd.settings import SshdSettings
+
+    settings = config("--allow-server-ssh", "--ssh-permit-open", "DB:5432",
+                      "--ssh-permit-open", "[::1]:*")  # fmt: skip
+    assert settings.flags.permit_open == ("db:5432", "[::1]:*")
+    argv = sshd_argv(settings, "p1")
+    sshd = parse_settings(SshdSettings, argv[1:], prog="meshssh-sshd")  # argv[0]: the binary
+    assert sshd.permit_open.allows("db", 5432)
+    assert not sshd.permit_open.allows("127.0.0.1", 4222)
+    # `meshssh up` hands the agent the same entries on its command line.
+    up = build_parser("up").parse_args(["up", "--mesh-ip", "127.0.0.2", "--ssh-permit-open",
+                                        "DB:5432", "--ssh-permit-open", "[::1]:*"])  # fmt: skip
+    again = parse(*agent_argv(up))
+    assert again.flags.permit_open == ("db:5432", "[::1]:*")
+    default = config("--allow-server-ssh")
+    assert default.flags.permit_open == ("any",)
+    assert not any(a.startswith("--ssh-permit-open") for a in sshd_argv(default, "p1"))
+    with pytest.raises(ConfigError, match="--ssh-permit-open"):
+        config("--ssh-permit-open", "any", "--ssh-permit-open", "db:1")

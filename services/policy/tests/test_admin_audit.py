@@ -18,7 +18,7 @@ from meshssh_common.wire import Heartbeat, SessionInfo
 from .conftest import TOKEN
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
-ACTOR = "token:" + hashlib.sha256(TOKEN.encode()).hexdigest()[:12]
+ACTOR = "token:sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest()[:12]
 SSH_RULE = {"sources": ["users"], "destinations": ["servers"], "protocol": "ssh",
             "authorized_groups": {"users": ["root"]}}  # fmt: skip
 

@@ -53,11 +53,63 @@ async def test_a_bad_seed_file_exits_2_naming_the_field(
     assert "groups[0].id: required in a seed" in proc.output()
 
 
-async def test_without_an_admin_token_one_is_generated_and_logged_once(
+def _secret(path: Path) -> tuple[str, int, int]:
+    """The token in ``path``, the file's mode and its directory's mode."""
+    import stat
+
+    token = path.read_text().strip()
+    return token, stat.S_IMODE(path.stat().st_mode), stat.S_IMODE(path.parent.stat().st_mode)
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_into_the_log(
+    nats_url: str, services: ServiceFactory, tmp_path: Path
+) -> None:
+    import re
+
+    from meshssh_common.fingerprint import fingerprint
+
+    token_file = tmp_path / "private" / "admin-token"
+    proc = await services.start("meshssh-policy", "--nats-url", nats_url,
+                                "--listen", "127.0.0.1:0",
+                                "--admin-token-file", str(token_file))  # fmt: skip
+    lines = [line for line in proc.log if "generated one for this run" in line]
+    assert len(lines) == 1
+    token, mode, dir_mode = _secret(token_file)
+    assert len(token) >= 32
+    assert (mode, dir_mode) == (0o600, 0o700)
+    assert re.search(r"admin_token_sha256=.?" + re.escape(fingerprint(token)), lines[0])
+    assert token not in proc.output()
+    assert token.encode() not in _cmdline(proc.proc.pid)
+    # A restart reads the same token from the file (and still logs only its fingerprint).
+    await proc.stop()
+    again = await services.start("meshssh-policy", "--nats-url", nats_url,
+                                 "--listen", "127.0.0.1:0",
+                                 "--admin-token-file", str(token_file))  # fmt: skip
+    assert any(fingerprint(token) in line for line in again.log)
+    assert token not in again.output()
+    assert _secret(token_file)[0] == token
+
+
+async def test_without_a_token_or_a_file_the_token_goes_to_a_private_temp_file(
     nats_url: str, services: ServiceFactory
 ) -> None:
+    import re
+    import shutil
+
     proc = await services.start("meshssh-policy", "--nats-url", nats_url,
                                 "--listen", "127.0.0.1:0")  # fmt: skip
-    lines = [line for line in proc.log if "admin_token=" in line]
+    lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
-    assert "generated one for this run" in lines[0]
+    found = re.search(r"path=.?(/\S+?/admin-token)", lines[0])
+    assert found is not None, lines[0]
+    path = Path(found[1])
+    try:
+        token, mode, dir_mode = _secret(path)
+        assert token not in proc.output()
+        assert (mode, dir_mode) == (0o600, 0o700)
+    finally:
+        shutil.rmtree(path.parent)

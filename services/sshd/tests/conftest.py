@@ -128,6 +128,7 @@ class Mesh:
         mesh_ip: str = MESH_IP,
         peer_id: str = PEER_ID,
         source_peers: Sequence[SourcePeer] = (),
+        claim: str = "sub",
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -141,7 +142,7 @@ class Mesh:
                 jwt=(jwt or jwt_config()) if with_jwt else None,
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
-            ssh_auth=build_table("sub", grants, any_validated_user=open_to),
+            ssh_auth=build_table(claim, grants, any_validated_user=open_to),
             source_peers=tuple(source_peers),
         )
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
@@ -440,12 +441,24 @@ class Authn:
         assert self.snapshot.client is not None
         return self.snapshot.client.issuer
 
+    async def page(self, user_code: str) -> str:
+        """The device page's confirm step for ``user_code`` (what the code approves)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.get(f"{self.issuer}/device", params={"user_code": user_code})
+        assert reply.status_code == 200, reply.text
+        return reply.text
+
     async def approve(self, user_code: str, username: str = "alice") -> int:
         """Log in on the provider's device page, as the user's browser would."""
         async with httpx.AsyncClient(timeout=10) as http:
             reply = await http.post(
                 f"{self.issuer}/device",
-                data={"user_code": user_code, "username": username, "password": AUTHN_PASSWORD},
+                data={
+                    "user_code": user_code,
+                    "username": username,
+                    "password": AUTHN_PASSWORD,
+                    "confirm": "yes",
+                },
             )
         return reply.status_code
 

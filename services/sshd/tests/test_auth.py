@@ -180,21 +180,43 @@ async def test_an_unknown_kid_triggers_one_refresh_and_then_succeeds(
     assert sshd.metric("meshssh_sshd_jwks_refreshes_total", result="fetched") == 1
 
 
-async def test_a_source_over_its_failure_limit_is_refused_before_the_banner(
+async def test_a_user_locked_out_from_one_source_still_logs_in_from_another(
     mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
 ) -> None:
     await mesh.publish_map()
-    sshd = await sshd_factory.start(auth_failure_limit=2)
-    client = client_for(sshd)
+    sshd = await sshd_factory.start(auth_failure_limit=2, auth_failure_source_limit=3)
+    attacker = client_for(sshd)
     for _ in range(2):
-        bad = await client.ssh("true", token="not-a-jwt", user=local_user)
+        bad = await attacker.ssh("true", token="not-a-jwt", user=local_user)
         assert bad.returncode == 255
-    assert await banner_of(sshd) == b""
-    good = await client.ssh("true", token=issuer.mint("alice-id"), user=local_user)
+    # The failing source is refused for that user, even with a good token...
+    good = await attacker.ssh("true", token=issuer.mint("alice-id"), user=local_user)
     assert good.returncode == 255
-    assert sshd.metric("meshssh_sshd_connections_total", outcome="rate_limited") == 2
+    assert "too many failed logins" in good.err
+    assert sshd.metric("meshssh_sshd_auth_rejects_total", reason="rate_limited") >= 1
+    # ...while the same user from another source gets in.
     other = client_for(sshd, bind="127.0.0.4")
     assert (await other.ssh("true", token=issuer.mint("alice-id"), user=local_user)).returncode == 0
+    # One more failure (any user) takes the source over its source-wide limit: the gate then
+    # closes its connections before the SSH banner.
+    await attacker.ssh("true", token="not-a-jwt", user="nosuchuser")
+    assert await banner_of(sshd) == b""
+    assert sshd.metric("meshssh_sshd_connections_total", outcome="rate_limited") == 1
+
+
+async def test_an_email_user_id_is_accepted_only_when_the_provider_verified_it(
+    mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, local_user: str
+) -> None:
+    await mesh.publish_map(claim="email", grants=[("alice@example.com", "*")])
+    sshd = await sshd_factory.start()
+    client = client_for(sshd)
+    unverified = issuer.mint("alice-id", email="alice@example.com", email_verified=False)
+    refused = await client.ssh("true", token=unverified, user=local_user)
+    assert refused.returncode == 255
+    assert "has not verified your email" in refused.err
+    assert sshd.metric("meshssh_sshd_auth_rejects_total", reason="email_not_verified") == 1
+    verified = issuer.mint("alice-id", email="alice@example.com", email_verified=True)
+    assert (await client.ssh("true", token=verified, user=local_user)).returncode == 0
 
 
 async def test_openssh_keyboard_interactive_accepts_a_pasted_token(
@@ -287,11 +309,14 @@ async def test_the_browser_check_runs_a_device_flow_through_authn(
     sshd = await sshd_factory.start()
     loop = asyncio.get_running_loop()
     shown: list[str] = []
+    pages: list[str] = []
 
     def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
         shown.append(instructions)
         code = re.search(r"Code: (\S+)", instructions)
         assert code is not None, instructions
+        page = asyncio.run_coroutine_threadsafe(authn.page(code[1]), loop)
+        pages.append(page.result(timeout=15))
         approve = asyncio.run_coroutine_threadsafe(authn.approve(code[1]), loop)
         assert approve.result(timeout=15) == 200
         return ["" for _ in prompts]  # "press Enter once you have logged in"
@@ -301,6 +326,9 @@ async def test_the_browser_check_runs_a_device_flow_through_authn(
     )
     assert (status, out) == (0, b"browser\n")
     assert f"URL: {authn.issuer}" in shown[0]
+    # The provider's page says what the code approves: this server, the local user, the source.
+    for context in ("server-1", local_user, "127.0.0.3:"):
+        assert context in pages[0], context
     event = await mesh.wait_audit(lambda e: e.kind == "auth-accepted")
     assert (event.method, event.jwt_user) == ("keyboard-interactive", "alice")
 

@@ -256,3 +256,50 @@ async def test_a_port_below_1024_is_refused_for_a_non_root_user(
     )
     assert result.returncode == 0
     assert "Cannot bind to port 1000" in result.err
+
+
+async def test_permit_open_limits_local_and_dynamic_forwarding_and_audits_refusals(
+    mesh: Mesh,
+    sshd_factory: SshdFactory,
+    client_for: Any,
+    issuer: Issuer,
+    local_user: str,
+    echo_port: int,
+) -> None:
+    await mesh.publish_map()
+    sshd = await sshd_factory.start(
+        enable_ssh_local_port_forwarding=True, ssh_permit_open=(f"127.0.0.1:{echo_port}",)
+    )
+    client = client_for(sshd)
+    other = free_port()  # nothing listens there; permit-open refuses before any connect
+    allowed, refused, socks = free_port(), free_port(), free_port()
+    proc = await start_ssh(
+        client,
+        issuer.mint("alice-id"),
+        local_user,
+        "-N",
+        "-L",
+        f"127.0.0.1:{allowed}:127.0.0.1:{echo_port}",
+        "-L",
+        f"127.0.0.1:{refused}:127.0.0.1:{other}",
+        "-D",
+        f"127.0.0.1:{socks}",
+    )
+    try:
+        for port in (allowed, refused, socks):
+            await wait_listening(port)
+        assert await exchange(allowed, b"permitted") == b"dettimrep"
+        assert await exchange(refused, b"x") == b""
+        assert await exchange(socks, b"via socks", socks_to=echo_port) == b"skcos aiv"
+        # OpenSSH closes the SOCKS connection (or replies with a failure) on the refusal.
+        with pytest.raises((AssertionError, asyncio.IncompleteReadError)):
+            await exchange(socks, b"x", socks_to=other)
+    finally:
+        err = (await stop(proc)).decode()
+    assert "not allowed by this peer's --ssh-permit-open" in err
+    # The readiness probe and the exchange on `refused`, and one SOCKS request.
+    assert sshd.metric("meshssh_sshd_permit_open_refusals_total") == 3
+    event = await mesh.wait_audit(lambda e: e.kind == "forward-refused")
+    assert event.reason == "permit_open"
+    assert event.forward == f"L 127.0.0.1:{other}"
+    assert event.local_user == local_user

@@ -62,18 +62,51 @@ def test_commands_are_summarized_without_their_arguments(command: str | None, su
     assert summarize(command) == summary
 
 
-def test_the_failure_limiter_blocks_at_the_limit_and_forgets_after_the_window() -> None:
-    limiter = FailureLimiter(limit=3, window=10, max_sources=2)
+def test_the_failure_limiter_backs_off_per_source_and_user() -> None:
+    limiter = FailureLimiter(limit=3, window=10, source_limit=100, base=1.0, max_backoff=8.0)
     for t in (0.0, 1.0):
-        limiter.record("a", now=t)
-    assert not limiter.blocked("a", now=2.0)
-    limiter.record("a", now=2.0)
-    assert limiter.blocked("a", now=2.5)
-    assert not limiter.blocked("b", now=2.5)
-    assert not limiter.blocked("a", now=10.5)  # the first failure aged out
-    limiter.record("b", now=3.0)
-    limiter.record("c", now=3.0)  # over max_sources: the oldest source is forgotten
-    assert limiter.blocked("a", now=3.5) is False
+        limiter.record("a", "alice", now=t)
+    assert not limiter.blocked("a", "alice", now=2.0)
+    limiter.record("a", "alice", now=2.0)  # 3rd: 1 s
+    assert limiter.blocked("a", "alice", now=2.5)
+    assert not limiter.blocked("a", "bob", now=2.5)  # another user from the same source
+    assert not limiter.blocked("b", "alice", now=2.5)  # the same user from another source
+    assert not limiter.source_blocked("a", now=2.5)
+    assert not limiter.blocked("a", "alice", now=3.1)
+    waits = []
+    t = 3.1
+    for _ in range(5):  # each further failure doubles the wait, up to max_backoff
+        limiter.record("a", "alice", now=t)
+        start = t
+        while limiter.blocked("a", "alice", now=t):
+            t += 0.25
+        waits.append(round(t - start, 2))
+    assert waits == [2.0, 4.0, 8.0, 8.0, 8.0]
+    assert not limiter.blocked("a", "alice", now=t + 10.1)  # quiet for the window: forgotten
+    limiter.record("a", "alice", now=t + 10.2)
+    assert not limiter.blocked("a", "alice", now=t + 10.3)
+
+
+def test_a_success_clears_the_key_and_the_source_limit_spans_users() -> None:
+    limiter = FailureLimiter(limit=2, window=60, source_limit=4)
+    limiter.record("a", "alice", now=0.0)
+    limiter.succeeded("a", "alice")
+    limiter.record("a", "alice", now=0.1)
+    assert not limiter.blocked("a", "alice", now=0.2)
+    for i, user in enumerate(("u1", "u2", "u3")):
+        limiter.record("a", user, now=0.3 + i / 10)
+    assert limiter.source_blocked("a", now=0.7)
+    assert limiter.blocked("a", "someone-else", now=0.7)
+    assert not limiter.source_blocked("b", now=0.7)
+
+
+def test_the_failure_limiter_memory_is_bounded() -> None:
+    limiter = FailureLimiter(limit=1, window=60, max_keys=100)
+    for i in range(10_000):
+        limiter.record(f"10.0.{i // 256}.{i % 256}", "root", now=float(i) / 1000)
+    assert len(limiter) == 100
+    assert limiter.blocked("10.0.39.15", "root", now=9.9995)  # the newest is still tracked
+    assert not limiter.blocked("10.0.0.0", "root", now=9.9995)  # the oldest was forgotten
 
 
 class _Closer:

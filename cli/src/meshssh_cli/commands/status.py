@@ -75,6 +75,8 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
     enabled = [name for attr, name in _FLAG_NAMES if getattr(s.flags, attr)]
     lines.append(f"Features:    {', '.join(enabled) or 'none'}; JWT cache "
                  f"{s.flags.jwt_cache_ttl}s")  # fmt: skip
+    if s.flags.local_port_forwarding and s.flags.permit_open != ("any",):
+        lines.append(f"Permit open: {' '.join(s.flags.permit_open)}")
     if not detail:
         return "\n".join(lines)
     lines.append(f"Agent:       pid {s.pid}, ops {s.ops_url or '-'}")

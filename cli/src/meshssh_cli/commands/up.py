@@ -66,6 +66,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="cache each local user's JWT this long (0: never)",
     )
     p.add_argument(
+        "--ssh-permit-open",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="where -L/-D may connect, in OpenSSH PermitOpen syntax: HOST:PORT, [V6]:PORT, "
+        "*:PORT, HOST:*, any (default) or none; repeatable",
+    )
+    p.add_argument(
         "--management-url",
         default=os.environ.get("MESHSSH_MANAGEMENT_URL", ""),
         help="the management REST API [env MESHSSH_MANAGEMENT_URL]",
@@ -175,6 +183,9 @@ def agent_argv(args: argparse.Namespace) -> list[str]:
         if isinstance(action, argparse._StoreTrueAction):
             if value:
                 out.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value or ():
+                out += [flag, str(item)]
         elif isinstance(value, Path):
             out += [flag, str(value.absolute())]
         elif value not in (None, ""):

@@ -134,7 +134,7 @@ class AgentClient:
             raise Unavailable("the agent closed the connection")
         try:
             reply: Reply = _DECODER.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
             raise Unavailable(f"unexpected answer from the agent: {e}") from e
         return reply
 

@@ -58,7 +58,14 @@ def peer_rows(peers: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any
 
 def peer_detail(p: dict[str, Any]) -> str:
     """``peers show``: fields, then live sessions."""
-    flags = [name for name, on in p["flags"].items() if on and name != "jwt_cache_ttl"]
+    flags = [
+        name
+        for name, on in p["flags"].items()
+        if on is True and name not in ("jwt_cache_ttl", "permit_open")
+    ]
+    permit = p["flags"].get("permit_open") or ["any"]
+    if list(permit) != ["any"]:
+        flags.append(f"permit-open {' '.join(permit)}")
     lines = [
         f"name:          {p['name']}",
         f"id:            {p['id']}",

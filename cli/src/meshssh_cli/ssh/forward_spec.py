@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -114,14 +115,14 @@ def _fields(spec: str) -> list[_Field]:
 
 def _port(spec: str, text: str) -> int:
     """OpenSSH's ``a2port``: 0-65535, or a TCP service name."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit() admits it, int() does not
         value = int(text)
         if value <= 65535:
             return value
         raise ForwardSpecError(spec, f"port {text} out of range")
     try:
         return socket.getservbyname(text, "tcp")
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # argv bytes that are not UTF-8, NUL (fuzzed)
         raise ForwardSpecError(spec, f"bad port {text!r}") from None
 
 
@@ -170,6 +171,7 @@ def parse_forward(spec: str, *, remote: bool) -> ForwardSpec:
     if fwd.connect_host is not None and len(fwd.connect_host) >= _MAX_HOST:
         raise ForwardSpecError(spec, "destination host name too long")
     for path in (fwd.listen_path, fwd.connect_path):
-        if path is not None and len(path.encode()) >= _MAX_SUN_PATH:
+        # fsencode: argv bytes that are not UTF-8 arrive as surrogates (found by fuzzing).
+        if path is not None and len(os.fsencode(path)) >= _MAX_SUN_PATH:
             raise ForwardSpecError(spec, "socket path too long")
     return fwd

@@ -45,7 +45,7 @@ def decode(data: bytes | bytearray | memoryview, typ: type[T]) -> T:
         result: T = decoder_for(typ).decode(data)  # type: ignore[arg-type]
     except msgspec.ValidationError as e:
         raise WireError(f"invalid {getattr(typ, '__name__', typ)}: {e}") from e
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
         raise WireError(
             f"undecodable {getattr(typ, '__name__', typ)}: {e}", reason=BadReason.UNDECODABLE
         ) from e

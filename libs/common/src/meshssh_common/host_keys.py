@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshssh_common.errors import ConfigError
+from meshssh_common.secret_files import write_secret_file
 
 __all__ = ["HostKey", "fingerprint", "load_or_create_host_key"]
 
@@ -62,11 +62,7 @@ def load_or_create_host_key(path: Path) -> HostKey:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.replace(tmp, path)
+        write_secret_file(path, pem)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(str(path), f"host key mode is {mode:o}; it must be 600")

@@ -14,7 +14,8 @@ Checks, in order, each failure with its own :class:`RejectReason`:
    the max token age; the clock-skew leeway applies to every time check;
 6. ``iss`` equals the configured issuer; ``aud`` intersects the configured audiences (with none
    configured, every token is refused: fail closed);
-7. the user-id claim is a non-empty string.
+7. the user-id claim is a non-empty string; when it is ``email``, ``email_verified`` must be
+   true (unless the config's ``require_email_verified`` is off): see :func:`check_user_claim`.
 
 Speed: the key set is parsed once per validator into PyJWT's prepared key objects, indexed by
 ``kid`` and algorithm; a token is split and decoded once (strict base64url, msgspec JSON that
@@ -58,6 +59,7 @@ __all__ = [
     "RejectReason",
     "TokenRejected",
     "ValidatedToken",
+    "check_user_claim",
 ]
 
 MAX_TOKEN_BYTES = 16 * 1024
@@ -93,6 +95,7 @@ class RejectReason(enum.StrEnum):
     BAD_ISSUER = "bad_issuer"
     BAD_AUDIENCE = "bad_audience"
     MISSING_CLAIM = "missing_claim"
+    EMAIL_NOT_VERIFIED = "email_not_verified"
 
 
 _LOGIN_AGAIN = "run `meshssh login` to get a fresh token and try again"
@@ -107,6 +110,8 @@ _PUBLIC: dict[RejectReason, str] = {
     RejectReason.BAD_ISSUER: "Authentication failed: token from the wrong identity provider",
     RejectReason.BAD_AUDIENCE: "Authentication failed: token not meant for meshssh "
     "(audience); check the client configuration",
+    RejectReason.EMAIL_NOT_VERIFIED: "Authentication failed: your identity provider has not "
+    "verified your email address, which names you here; verify it there, then log in again",
 }
 _PUBLIC_DEFAULT = f"Authentication failed: invalid token; {_LOGIN_AGAIN}"
 
@@ -184,7 +189,7 @@ def _segment(segment: bytes, name: str) -> bytes:
 def _json_object(data: bytes, name: str) -> dict[str, Any]:
     try:
         value = _JSON.decode(data)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec: bad UTF-8 in a string
         raise TokenRejected(RejectReason.MALFORMED, f"{name} is not JSON: {e}") from e
     if not isinstance(value, dict):
         raise TokenRejected(RejectReason.MALFORMED, f"{name} is not a JSON object")
@@ -201,6 +206,29 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if not math.isfinite(number):
         raise TokenRejected(RejectReason.MALFORMED, f"claim {name} is not finite: {value!r}")
     return number
+
+
+def check_user_claim(claims: Mapping[str, Any], claim: str, config: JwtConfig) -> str:
+    """The user id in ``claim``; for ``email``, only with ``email_verified`` true.
+
+    ``email_verified`` must be the JSON ``true`` (or the string ``"true"``, which some
+    providers send); anything else, missing included, is refused when the config requires it.
+
+    Raises:
+        TokenRejected: the claim is missing or empty (``missing_claim``), or it is ``email``
+            and the address is not verified (``email_not_verified``).
+    """
+    user_id = claims.get(claim)
+    if not isinstance(user_id, str) or not user_id:
+        raise TokenRejected(RejectReason.MISSING_CLAIM, f"user-id claim {claim!r} missing or empty")
+    if claim == "email" and config.require_email_verified:
+        verified = claims.get("email_verified")
+        if verified is not True and verified != "true":
+            raise TokenRejected(
+                RejectReason.EMAIL_NOT_VERIFIED,
+                f"user id is the email claim but email_verified is {verified!r}",
+            )
+    return user_id
 
 
 class JwtValidator:
@@ -340,9 +368,5 @@ class JwtValidator:
                 RejectReason.BAD_AUDIENCE,
                 f"expected aud in {list(cfg.audiences)!r}, got {aud!r}",
             )
-        user_id = claims.get(cfg.user_id_claim)
-        if not isinstance(user_id, str) or not user_id:
-            raise TokenRejected(
-                RejectReason.MISSING_CLAIM, f"user-id claim {cfg.user_id_claim!r} missing or empty"
-            )
+        user_id = check_user_claim(claims, cfg.user_id_claim, cfg)
         return ValidatedToken(user_id, claims, kid, iat, exp)

@@ -138,7 +138,7 @@ async def fetch_client_config(http: httpx.AsyncClient, management_url: str) -> O
         raise Unavailable(f"GET {url}: HTTP {resp.status_code}")
     try:
         return msgspec.json.decode(resp.content, type=OidcClientConfig)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise Unavailable(f"GET {url}: not an OIDC client config: {e}") from e
 
 

@@ -96,7 +96,7 @@ def token(value: str) -> str:
     Raises:
         BadRequest: the value would change the subject's shape (dots, wildcards, spaces...).
     """
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):  # not match: "$" also matches before a final newline
         raise BadRequest(f"invalid subject token {value!r}")
     return value
 

@@ -74,10 +74,11 @@ def remove_user(name: str, uid: int, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_user(shell: str = "/bin/bash", password: str | None = None) -> Iterator[str]:
+def throwaway_user(shell: str = "/bin/bash", password: str | None = "*") -> Iterator[str]:
     """A new account with a home directory, removed on exit.
 
-    ``password``: the ``useradd -p`` field (``"*"``: no password, not locked); None: locked.
+    ``password``: the ``useradd -p`` field (``"*"``, the default: no password, not locked;
+    None: useradd's own ``!``, a locked account, which sshd refuses as OpenSSH does).
     """
     import pwd
 

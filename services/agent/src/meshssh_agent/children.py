@@ -148,7 +148,10 @@ def sshd_args(flags: PeerFlags) -> list[str]:
         (flags.disable_ssh_auth, "--disable-ssh-auth"),
         (flags.agent_forwarding, "--enable-ssh-agent-forwarding"),
     ]
-    return [flag for on, flag in pairs if on]
+    args = [flag for on, flag in pairs if on]
+    if flags.permit_open != ("any",):
+        args += [f"--ssh-permit-open={spec}" for spec in flags.permit_open]
+    return args
 
 
 def _common(config: AgentSettings, ops_listen: str) -> list[str]:

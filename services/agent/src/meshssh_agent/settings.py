@@ -29,6 +29,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshssh_agent.state_dir import StateDir, default_name, default_state_dir
+from meshssh_common.permit_open import PermitOpen, PermitOpenError
 from meshssh_common.settings import HostPort, ServiceSettings
 from meshssh_common.version import VERSION
 from meshssh_common.wire import PeerFlags, PeerMeta
@@ -47,6 +48,7 @@ _FLAG_FIELDS = {
     "disable_ssh_auth": "disable_ssh_auth",
     "jwt_cache_ttl": "ssh_jwt_cache_ttl",
     "agent_forwarding": "enable_ssh_agent_forwarding",
+    "permit_open": "ssh_permit_open",
 }
 
 
@@ -100,6 +102,11 @@ class AgentSettings(ServiceSettings):
     disable_ssh_auth: bool = Field(False, description="no JWT: machine identity, network ACL only")
     enable_ssh_agent_forwarding: bool = Field(False, description="accept ssh -A")
     ssh_jwt_cache_ttl: int = Field(0, ge=0, description="cache each local user's JWT (seconds)")
+    ssh_permit_open: tuple[str, ...] = Field(
+        ("any",),
+        description="repeatable; OpenSSH PermitOpen syntax (HOST:PORT, [V6]:PORT, *:PORT, "
+        "HOST:*, any, none): where -L and -D may connect",
+    )
     ssh_port: int = Field(22022, ge=0, le=65535, description="meshssh-sshd's port (0: pick)")
     relay_port: int = Field(22, ge=0, le=65535, description="the port clients dial (0: pick)")
     relay_mode: RelayModeChoice = Field("auto", description="auto: nftables where it can run")
@@ -118,6 +125,14 @@ class AgentSettings(ServiceSettings):
     )
     sshd_bin: str = Field("", description="the meshssh-sshd executable (default: beside this)")
     relay_bin: str = Field("", description="the meshssh-relay executable (default: beside this)")
+
+    @field_validator("ssh_permit_open")
+    @classmethod
+    def _permit_open_parses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return PermitOpen.parse(value).specs
+        except PermitOpenError as e:
+            raise ValueError(str(e).removeprefix("--ssh-permit-open: ")) from e
 
     @field_validator("relay_port")
     @classmethod

@@ -66,7 +66,9 @@ def is_valid_host(name: str) -> bool:
         return True
     except ValueError:
         pass
-    return all(_DNS_LABEL.match(label) for label in name.rstrip(".").split("."))
+    # fullmatch: "$" in the pattern also matches before a trailing newline, which would have
+    # let "host\n" break the Match line (found by fuzzing).
+    return all(_DNS_LABEL.fullmatch(label) for label in name.rstrip(".").split("."))
 
 
 def _quote(word: str) -> str:

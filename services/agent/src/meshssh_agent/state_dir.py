@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from meshssh_common.errors import ConfigError, MeshError
+from meshssh_common.secret_files import write_secret_file
 from meshssh_common.wire.agent import SOCKET_NAME
 
 __all__ = [
@@ -135,17 +136,13 @@ def load_credential(path: Path) -> PeerCredential | None:
         return msgspec.json.decode(path.read_bytes(), type=PeerCredential)
     except FileNotFoundError:
         return None
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
 
 
 def save_credential(path: Path, cred: PeerCredential) -> None:
-    """Write the credential atomically with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(cred))
-    os.replace(tmp, path)
+    """Write the credential atomically, mode 0600 from creation on."""
+    write_secret_file(path, msgspec.json.encode(cred))
 
 
 def lock_holder(path: Path) -> int | None:

@@ -57,7 +57,7 @@ async def exchange_code(
     provider: EmbeddedProvider, *, code: str, client_id: str, redirect_uri: str, verifier: str
 ) -> JSONResponse:
     """The token endpoint's answer for ``grant_type=authorization_code`` (RFC 6749 §4.1.3)."""
-    codes = provider.codes
+    codes = provider.auth_codes
     if codes is None or not codes.enabled or client_id != codes.client_id:
         return _token_error("invalid_client", "unknown client_id", 401)
     grant = codes.redeem(code, client_id=client_id, redirect_uri=redirect_uri, verifier=verifier)
@@ -77,9 +77,9 @@ def install_authorize_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
     """Add ``/oauth2/authorize`` to ``app`` (the token side is :func:`exchange_code`)."""
 
     def check(params: dict[str, str]) -> AuthRequest:
-        if provider.codes is None:
+        if provider.auth_codes is None:
             raise AuthorizeError("unauthorized_client", "no browser client", redirect=False)
-        return provider.codes.check_request(params)
+        return provider.auth_codes.check_request(params)
 
     @app.get("/oauth2/authorize")
     async def authorize(request: Request) -> Response:
@@ -116,6 +116,6 @@ def install_authorize_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
             error = "Wrong user name or password."
             return _html(authorize_page(checked, username=username, error=error), 401,
                          redirect_uri=checked.redirect_uri)  # fmt: skip
-        assert provider.codes is not None
-        code = provider.codes.issue(checked, username=username)
+        assert provider.auth_codes is not None
+        code = provider.auth_codes.issue(checked, username=username)
         return _back(checked.redirect_uri, code=code, state=checked.state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import httpx
 
 from meshssh_authn.authn_metrics import AuthnMetrics
+from meshssh_authn.device_grants import DeviceContext
 from meshssh_authn.embedded_provider import EmbeddedProvider
 from meshssh_common import subjects
 from meshssh_common.errors import BadRequest, Unavailable
@@ -62,7 +63,17 @@ class DeviceBroker:
         """
         if self._embedded is not None:
             c = self._embedded.config
-            started = await self._embedded.authorize_device(c.client_id, " ".join(c.scopes))
+            context = DeviceContext(  # shown on the confirm page (RFC 8628 §5.4)
+                server_peer=req.peer_id[:64],
+                server_peer_name=req.peer_name[:64],
+                local_user=req.login_hint[:64],
+                source_addr=req.source_addr[:64],
+                source_peer=req.source_peer[:64],
+                source_peer_name=req.source_peer_name[:64],
+            )
+            started = await self._embedded.authorize_device(
+                c.client_id, " ".join(c.scopes), context
+            )
             verify = self._embedded.url("/device")
             return DeviceStartReply(
                 device_code=started.device_code,

@@ -26,6 +26,7 @@ from meshssh_common.errors import BadRequest, Conflict, NotFound
 from meshssh_common.kv import TypedKV
 
 __all__ = [
+    "DeviceContext",
     "DeviceGrant",
     "DeviceGrants",
     "DevicePointer",
@@ -44,6 +45,17 @@ _SLOW_DOWN_STEP = 5
 PollStatus = Literal["ok", "pending", "slow_down", "denied", "expired"]
 
 
+class DeviceContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a grant would approve, as the SSH server that started it described it."""
+
+    server_peer: str = ""
+    server_peer_name: str = ""
+    local_user: str = ""
+    source_addr: str = ""
+    source_peer: str = ""
+    source_peer_name: str = ""
+
+
 class DeviceGrant(msgspec.Struct, frozen=True, kw_only=True):
     """One device authorization, stored under its user code."""
 
@@ -57,6 +69,7 @@ class DeviceGrant(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["pending", "approved", "denied", "consumed"] = "pending"
     username: str = ""
     next_poll_at: float = 0.0
+    context: DeviceContext | None = None  # None: started by `meshssh login` (no server yet)
 
 
 class DevicePointer(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,7 +122,9 @@ class DeviceGrants:
         self._interval = interval
         self._clock = clock
 
-    async def start(self, client_id: str, scope: str) -> StartedGrant:
+    async def start(
+        self, client_id: str, scope: str, context: DeviceContext | None = None
+    ) -> StartedGrant:
         """Create a pending grant with fresh device and user codes."""
         device_code = secrets.token_urlsafe(32)
         device_hash = _hash(device_code)
@@ -124,6 +139,7 @@ class DeviceGrants:
                 created_at=now,
                 expires_at=now + self._ttl,
                 interval=self._interval,
+                context=context,
             )
             try:
                 await self._grants.create(subjects.user_code_key(code), grant)

@@ -17,7 +17,14 @@ from typing import Any, Literal
 
 from meshssh_authn.auth_codes import AuthCodes, CodeGrant
 from meshssh_authn.authn_metrics import AuthnMetrics
-from meshssh_authn.device_grants import DeviceGrants, PollStatus, StartedGrant
+from meshssh_authn.code_attempts import CodeAttempts
+from meshssh_authn.device_grants import (
+    DeviceContext,
+    DeviceGrant,
+    DeviceGrants,
+    PollStatus,
+    StartedGrant,
+)
 from meshssh_authn.key_ring import KeyRing
 from meshssh_authn.login_throttle import LoginThrottle
 from meshssh_authn.token_issuer import IssuedTokens, TokenIssuer
@@ -46,6 +53,7 @@ class ProviderConfig:
     clock_skew: int
     signing_alg: str
     jwks_max_age: int
+    require_email_verified: bool = True
 
 
 LoginResult = Literal["approved", "denied"]
@@ -65,7 +73,8 @@ class EmbeddedProvider:
         metrics: AuthnMetrics,
         log: BoundLogger,
         throttle: LoginThrottle | None = None,
-        codes: AuthCodes | None = None,
+        auth_codes: AuthCodes | None = None,
+        code_attempts: CodeAttempts | None = None,
     ) -> None:
         self.config = config
         self.ring = ring
@@ -75,7 +84,8 @@ class EmbeddedProvider:
         self._metrics = metrics
         self._log = log
         self._throttle = throttle or LoginThrottle()
-        self.codes = codes
+        self.auth_codes = auth_codes
+        self._codes = code_attempts or CodeAttempts()
 
     def url(self, path: str) -> str:
         """An absolute URL under the issuer."""
@@ -110,7 +120,7 @@ class EmbeddedProvider:
                 "groups",
             ],
         }
-        if self.codes is not None and self.codes.enabled:
+        if self.auth_codes is not None and self.auth_codes.enabled:
             doc["authorization_endpoint"] = self.url("/oauth2/authorize")
             doc["grant_types_supported"] = [DEVICE_GRANT, "authorization_code"]
             doc["response_types_supported"] = ["code"]
@@ -141,6 +151,7 @@ class EmbeddedProvider:
             user_id_claim=c.user_id_claim,
             max_token_age=c.max_token_age,
             clock_skew=c.clock_skew,
+            require_email_verified=c.require_email_verified,
         )
 
     def _check_client(self, client_id: str) -> None:
@@ -152,14 +163,16 @@ class EmbeddedProvider:
         granted = [s for s in dict.fromkeys(wanted) if s in _SUPPORTED_SCOPES]
         return " ".join(granted or ["openid"])
 
-    async def authorize_device(self, client_id: str, scope: str) -> StartedGrant:
+    async def authorize_device(
+        self, client_id: str, scope: str, context: DeviceContext | None = None
+    ) -> StartedGrant:
         """Start a device grant (the device authorization endpoint).
 
         Raises:
             BadRequest: ``invalid_client``.
         """
         self._check_client(client_id)
-        started = await self._grants.start(client_id, self._scope(scope))
+        started = await self._grants.start(client_id, self._scope(scope), context)
         self._metrics.device_flows.labels(outcome="started").inc()
         return started
 
@@ -224,9 +237,25 @@ class EmbeddedProvider:
         self._log.info("token issued", extra={"user": grant.username, "client": grant.client_id})
         return issued
 
-    async def check_code(self, user_code: str) -> None:
-        """Raise NotFound unless ``user_code`` names a pending, unexpired grant."""
-        await self._grants.pending(user_code)
+    async def lookup_code(self, user_code: str, address: str) -> DeviceGrant:
+        """The pending, unexpired grant ``user_code`` names, looked up from ``address``.
+
+        Unknown codes count against ``address`` and against everyone (:class:`CodeAttempts`).
+
+        Raises:
+            RateLimited: too many unknown codes lately, from ``address`` or overall.
+            NotFound: no pending, unexpired grant has that code.
+        """
+        if self._codes.blocked(address):
+            self._metrics.login_failures.labels(reason="code_throttled").inc()
+            raise RateLimited("too many unknown codes were tried; wait a few minutes")
+        try:
+            return await self._grants.pending(user_code)
+        except NotFound:
+            self._codes.missed(address)
+            self._metrics.login_failures.labels(reason="unknown_code").inc()
+            self._log.info("unknown device code tried", extra={"address": address})
+            raise
 
     async def login(
         self, *, user_code: str, username: str, password: str, address: str, approve: bool
@@ -235,17 +264,14 @@ class EmbeddedProvider:
 
         Raises:
             NotFound: the code is unknown, expired or used.
-            RateLimited: too many recent failures for this name or address.
+            RateLimited: too many recent failures for this name or address, or too many
+                unknown codes.
             Denied: wrong user name or password (``public`` says so, without which).
         """
         if self._throttle.blocked(username, address):
             self._metrics.login_failures.labels(reason="throttled").inc()
             raise RateLimited("too many failed sign-ins; wait a few minutes")
-        try:
-            await self._grants.pending(user_code)
-        except NotFound:
-            self._metrics.login_failures.labels(reason="unknown_code").inc()
-            raise
+        await self.lookup_code(user_code, address)
         # scrypt takes tens of milliseconds: keep it off the event loop.
         users = self._users
         user = await asyncio.to_thread(users.authenticate, username, password) if users else None

@@ -57,6 +57,7 @@ class ExternalConfig:
     audiences: tuple[str, ...]
     use_id_token: bool
     user_id_claim: str
+    require_email_verified: bool
     max_token_age: int
     clock_skew: int
 
@@ -93,6 +94,7 @@ class ExternalSource:
             audiences=c.audiences,
             keys_location=jwks.url,
             user_id_claim=c.user_id_claim,
+            require_email_verified=c.require_email_verified,
             max_token_age=c.max_token_age,
             clock_skew=c.clock_skew,
         )

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from meshssh_authn.authorize_app import exchange_code, install_authorize_routes
 from meshssh_authn.device_grants import PollStatus
 from meshssh_authn.embedded_provider import DEVICE_GRANT, EmbeddedProvider
-from meshssh_authn.login_page import SECURITY_HEADERS, done_page, login_page
+from meshssh_authn.login_page import SECURITY_HEADERS, code_page, done_page, login_page
 from meshssh_common.errors import BadRequest, Denied, NotFound, RateLimited, Unavailable
 
 __all__ = ["install_routes"]
@@ -127,9 +127,34 @@ def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
     async def root() -> Response:
         return RedirectResponse(provider.url("/device"), status_code=303)
 
+    def _address(request: Request) -> str:
+        return request.client.host if request.client else ""
+
+    async def _confirm_page(
+        request: Request, user_code: str, *, username: str = "", error: str = "", status: int = 200
+    ) -> HTMLResponse:
+        """The confirm step for ``user_code``, or the code page with why it cannot be shown."""
+        try:
+            grant = await provider.lookup_code(user_code, _address(request))
+        except RateLimited as e:
+            return _html(code_page(error=str(e).capitalize() + "."), 429)
+        except NotFound:
+            error = "That code is unknown, expired or already used. Start again in your terminal."
+            return _html(code_page(error=error), 400)
+        page = login_page(
+            user_code=user_code,
+            context=grant.context,
+            created_at=grant.created_at,
+            username=username,
+            error=error,
+        )
+        return _html(page, status)
+
     @app.get("/device")
-    async def device_page(user_code: str = "") -> HTMLResponse:
-        return _html(login_page(user_code=user_code[:64]))
+    async def device_page(request: Request, user_code: str = "") -> HTMLResponse:
+        if not user_code:
+            return _html(code_page())
+        return await _confirm_page(request, user_code[:64])
 
     @app.post("/device")
     async def device_submit(
@@ -138,31 +163,37 @@ def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
         username: Annotated[str, Form(max_length=256)] = "",
         password: Annotated[str, Form(max_length=1024)] = "",
         action: Annotated[str, Form(max_length=16)] = "approve",
+        confirm: Annotated[str, Form(max_length=16)] = "",
     ) -> HTMLResponse:
-        if not (user_code and username and password):
-            return _html(
-                login_page(
-                    user_code=user_code,
-                    username=username,
-                    error="Enter the code, your user name and your password.",
-                ),
-                400,
+        if not user_code:
+            return _html(code_page(error="Enter the code your terminal shows."), 400)
+        approve = action != "deny"
+        if not (username and password):
+            error = "Enter your user name and your password."
+            return await _confirm_page(
+                request, user_code, username=username, error=error, status=400
             )
-        address = request.client.host if request.client else ""
+        if approve and confirm != "yes":
+            error = "Check the server, user and source above, then tick the box to approve."
+            return await _confirm_page(
+                request, user_code, username=username, error=error, status=400
+            )
         try:
             outcome = await provider.login(
                 user_code=user_code,
                 username=username,
                 password=password,
-                address=address,
-                approve=action != "deny",
+                address=_address(request),
+                approve=approve,
             )
         except NotFound:
             error = "That code is unknown, expired or already used. Start again in your terminal."
-            return _html(login_page(username=username, error=error), 400)
+            return _html(code_page(error=error), 400)
         except RateLimited as e:
-            return _html(login_page(user_code=user_code, error=str(e).capitalize() + "."), 429)
+            return _html(code_page(error=str(e).capitalize() + "."), 429)
         except Denied:
             error = "Wrong user name or password."
-            return _html(login_page(user_code=user_code, username=username, error=error), 401)
+            return await _confirm_page(
+                request, user_code, username=username, error=error, status=401
+            )
         return _html(done_page(approved=outcome == "approved", username=username))

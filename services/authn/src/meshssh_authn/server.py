@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from meshssh_authn.auth_codes import AuthCodes
 from meshssh_authn.authn_metrics import AuthnMetrics
+from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_broker import DeviceBroker
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
@@ -100,6 +101,7 @@ async def _embedded(
         scopes=settings.scope,
         use_id_token=settings.use_id_token,
         user_id_claim=settings.user_id_claim,
+        require_email_verified=settings.require_email_verified,
         max_token_age=settings.max_token_age,
         clock_skew=settings.clock_skew,
         signing_alg=settings.signing_alg,
@@ -113,8 +115,12 @@ async def _embedded(
         users=UsersFile(settings.users_file) if settings.users_file else None,
         metrics=metrics,
         log=ctx.log,
-        codes=AuthCodes(
+        auth_codes=AuthCodes(
             client_id=settings.dashboard_client_id, redirect_uris=settings.dashboard_redirect_uri
+        ),
+        code_attempts=CodeAttempts(
+            per_source=settings.device_code_misses_per_source,
+            overall=settings.device_code_misses,
         ),
     )
     install_routes(app, provider)
@@ -155,6 +161,7 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
                     audiences=settings.audience,
                     use_id_token=settings.use_id_token,
                     user_id_claim=settings.user_id_claim,
+                    require_email_verified=settings.require_email_verified,
                     max_token_age=settings.max_token_age,
                     clock_skew=settings.clock_skew,
                 ),

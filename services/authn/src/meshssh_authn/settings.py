@@ -53,6 +53,10 @@ class AuthnSettings(ServiceSettings):
         "with --use-id-token, ID tokens carry the client id)",
     )
     user_id_claim: str = Field("sub", description="claim that names the user")
+    require_email_verified: bool = Field(
+        True,
+        description="with --user-id-claim email, refuse tokens whose email_verified is not true",
+    )
     max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
     clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
     client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
@@ -82,6 +86,12 @@ class AuthnSettings(ServiceSettings):
     )
     device_code_ttl: int = Field(600, ge=30, description="seconds a device code stays valid")
     device_poll_interval: int = Field(5, ge=0, description="seconds between device-flow polls")
+    device_code_misses_per_source: int = Field(
+        10, ge=1, description="unknown user codes one address may try per 5 minutes"
+    )
+    device_code_misses: int = Field(
+        200, ge=1, description="unknown user codes all addresses together may try per 5 minutes"
+    )
     jwks_refresh_interval: float = Field(
         300.0,
         gt=0,

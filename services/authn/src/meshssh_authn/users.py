@@ -11,18 +11,16 @@ The user name is the token's ``sub``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 
 import msgspec
 
 from meshssh_authn.passwords import hash_password, verify_password
 from meshssh_common.errors import BadRequest, ConfigError, NotFound
+from meshssh_common.secret_files import write_secret_file
 
 __all__ = ["USERNAME", "User", "UsersFile"]
 
@@ -73,7 +71,7 @@ class UsersFile:
         if stamp != self._stamp:
             try:
                 doc = msgspec.json.decode(self.path.read_bytes(), type=_Doc)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                 raise ConfigError("--users-file", f"{self.path}: {e}") from e
             self._users, self._stamp = dict(doc.users), stamp
         return dict(self._users)
@@ -98,7 +96,7 @@ class UsersFile:
         Raises:
             BadRequest: the name is not acceptable, or it exists and ``replace`` is False.
         """
-        if not USERNAME.match(username):
+        if not USERNAME.fullmatch(username):  # "$" alone would admit a final newline
             raise BadRequest(f"invalid user name {username!r}: use [a-z0-9._@-], up to 64")
         users = self.load()
         if username in users and not replace:
@@ -118,18 +116,6 @@ class UsersFile:
         self._write(users)
 
     def _write(self, users: dict[str, User]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = msgspec.json.format(msgspec.json.encode(_Doc(users=dict(sorted(users.items())))))
-        fd, tmp = tempfile.mkstemp(prefix=".users-", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_secret_file(self.path, data + b"\n")
         self._stamp = None

@@ -9,8 +9,8 @@ HTTP status as ``result``. The dashboard records its writes with the same action
 that reads the log after its write sees the write; a store that fails is logged and counted
 (``meshssh_policy_admin_audit_total{result="error"}``), never turned into a failed write.
 
-``actor`` says who: ``token:<fingerprint>`` (the first 12 hex digits of the admin token's
-SHA-256: never the token) or ``user:<id>`` for a dashboard sign-in.
+``actor`` says who: ``token:sha256:<12 hex>`` (the admin token's fingerprint, as the logs
+show it: never the token) or ``user:<id>`` for a dashboard sign-in.
 
 Example::
 
@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from nats.js import JetStreamContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshssh_common import codec, subjects
+from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import AuditEvent
@@ -46,8 +46,8 @@ _MAX_BODY = 64 * 1024
 
 
 def token_actor(token: str) -> str:
-    """``token:<fingerprint>`` for a bearer token (never the token itself)."""
-    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+    """``token:sha256:<12 hex>`` for a bearer token: its fingerprint as logs show it."""
+    return "token:" + fingerprint(token)
 
 
 def _detail(body: Any) -> str:

@@ -10,15 +10,20 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from meshssh_common.errors import NotFound
+from meshssh_common.errors import ConfigError, NotFound
+from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.secret_files import write_secret_file
 from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
@@ -64,13 +69,7 @@ class Management:
         """Open the buckets and build every part (nothing runs yet)."""
         metrics = PolicyMetrics(base)
         state = State()
-        token = settings.admin_token
-        if not token:
-            token = secrets.token_urlsafe(32)
-            log.warning(
-                "no admin token configured (MESHSSH_ADMIN_TOKEN); generated one for this run",
-                extra={"admin_token": token},
-            )
+        token = await asyncio.to_thread(_admin_token, settings, log)
         js = nc.jetstream(timeout=settings.nats_request_timeout)
         store = await open_store(js, state, bad_value_reporter(metrics.bad_state, log))
         publisher = Publisher(store.netmaps, metrics, log)
@@ -128,3 +127,35 @@ class Management:
             NotFound: no such group.
         """
         return await remove_member(self.store, group_id, peer=peer, user=user)
+
+
+def _admin_token(settings: PolicySettings, log: BoundLogger) -> str:
+    """The configured admin token, or one generated into a 0600 file (logged: path, fingerprint).
+
+    The token itself never reaches a log line: only ``fingerprint`` (a SHA-256 prefix).
+
+    Raises:
+        ConfigError: ``--admin-token-file`` exists but holds no usable token.
+    """
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.admin_token_file
+    if path is not None and path.exists():
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise ConfigError("--admin-token-file", f"{path} holds no token of 16+ characters")
+        log.info(
+            "admin token read from its file",
+            extra={"path": str(path), "admin_token_sha256": fingerprint(token)},
+        )
+        return token
+    token = secrets.token_urlsafe(32)
+    if path is None:
+        path = Path(tempfile.mkdtemp(prefix="meshssh-policy-")) / "admin-token"  # 0700 dir
+    write_secret_file(path, token + "\n")
+    log.warning(
+        "no admin token configured (MESHSSH_ADMIN_TOKEN); generated one for this run "
+        "and wrote it to a file only its owner can read",
+        extra={"path": str(path), "admin_token_sha256": fingerprint(token)},
+    )
+    return token

@@ -46,7 +46,13 @@ class PolicySettings(ServiceSettings):
         None,
         min_length=16,
         validation_alias="MESHSSH_ADMIN_TOKEN",
-        description="bearer token for the REST API; generated and logged once when unset",
+        description="bearer token for the REST API; when unset (and no --admin-token-file), "
+        "one is generated and written to a new 0600 file whose path is logged",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="file holding the admin token (read when it exists; a generated token is "
+        "written there, mode 0600, when it does not)",
     )
     mesh_prefix: MeshPrefix = Field(
         "100.64.0.0/10", description="the mesh prefix every peer address must be inside"

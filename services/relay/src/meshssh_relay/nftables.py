@@ -53,7 +53,7 @@ class NftRedirect:
     """
 
     def __init__(self, table: str, interface: str, mesh_ip: str, port: int, to_port: int) -> None:
-        if not _IFNAME.match(interface):
+        if not _IFNAME.fullmatch(interface):  # "$" alone would admit a final newline
             raise ConfigError("--mesh-interface", f"not an interface name: {interface!r}")
         try:
             address = ipaddress.ip_address(mesh_ip)

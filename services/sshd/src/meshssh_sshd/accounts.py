@@ -7,6 +7,11 @@ root it cannot switch: every session runs as the service account, and this is lo
 per login. ``root`` (any uid 0 account) is refused unless ``--enable-ssh-root``. Names are
 validated first: POSIX portable characters, at most 32, no leading ``-``.
 
+As OpenSSH does, a locked or expired account (:mod:`meshssh_sshd.shadow`) is refused at
+authentication, so it gets no session of any kind (shell, exec, SFTP, forwarding); an account
+whose shell is ``nologin`` or ``false`` authenticates (forwarding works, as with OpenSSH) but
+its shell, exec and SFTP sessions get OpenSSH's "This account is currently not available."
+
 Example::
 
     accounts = Accounts(allow_root=False, log=log)
@@ -23,8 +28,20 @@ from dataclasses import dataclass
 
 from meshssh_common.logs import BoundLogger
 from meshssh_sshd.refusal import Refused
+from meshssh_sshd.shadow import account_status, read_shadow, today
 
-__all__ = ["Account", "Accounts", "validate_user_name"]
+__all__ = ["NOT_AVAILABLE", "Account", "Accounts", "validate_user_name"]
+
+NOT_AVAILABLE = "This account is currently not available."
+_NO_LOGIN_SHELLS = frozenset({"nologin", "false"})
+_STATUS_PUBLIC = {
+    "locked": "Permission denied: the local account {user} is locked on this peer; "
+    "ask its admin to unlock it",
+    "expired": "Permission denied: the local account {user} has expired on this peer; "
+    "ask its admin to extend it",
+    "inactive": "Permission denied: the password of the local account {user} expired long "
+    "ago and the account is now inactive on this peer; ask its admin",
+}
 
 _NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")
 _ROOT_PUBLIC = (
@@ -45,6 +62,11 @@ class Account:
     shell: str
     switch: bool
     requested: str = ""  # the name the client asked for, when it differs (no switching)
+
+    @property
+    def no_login(self) -> bool:
+        """The shell is ``nologin`` or ``false``: no shell, exec or SFTP (forwarding only)."""
+        return os.path.basename(self.shell) in _NO_LOGIN_SHELLS
 
 
 def validate_user_name(name: str) -> None:
@@ -82,8 +104,9 @@ def _from_passwd(pw: pwd.struct_passwd, *, switch: bool, requested: str = "") ->
 class Accounts:
     """Resolves requested user names into the account a session runs as."""
 
-    def __init__(self, *, allow_root: bool, log: BoundLogger) -> None:
+    def __init__(self, *, allow_root: bool, log: BoundLogger, accept_locked: bool = False) -> None:
         self.allow_root = allow_root
+        self.accept_locked = accept_locked
         self.switching = os.geteuid() == 0
         self._log = log
         if not self.switching:
@@ -96,8 +119,9 @@ class Accounts:
         """The account a login as ``requested`` runs as (blocking: NSS may do network I/O).
 
         Raises:
-            Refused: invalid name (``bad_user``), root refused (``root_disabled``), or no such
-                user (``unknown_user``); ``public`` says what to check next.
+            Refused: invalid name (``bad_user``), root refused (``root_disabled``), no such
+                user (``unknown_user``), or a locked or expired account (``account_locked``,
+                ``account_expired``, ``account_inactive``); ``public`` says what to check next.
         """
         validate_user_name(requested)
         if requested == "root" and not self.allow_root:
@@ -120,4 +144,13 @@ class Accounts:
             ) from None
         if pw.pw_uid == 0 and not self.allow_root:
             raise Refused("root_disabled", f"{requested!r} has uid 0", public=_ROOT_PUBLIC)
+        status = account_status(read_shadow(pw.pw_name), today())
+        if status == "locked" and self.accept_locked:
+            status = ""
+        if status:
+            raise Refused(
+                f"account_{status}",
+                f"local account {requested!r} is {status}",
+                public=_STATUS_PUBLIC[status].format(user=requested),
+            )
         return _from_passwd(pw, switch=pw.pw_uid != os.geteuid())

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 import jwt
 
-from meshssh_common.jwt_validation import RejectReason, TokenRejected, ValidatedToken
+from meshssh_common.jwt_validation import (
+    RejectReason,
+    TokenRejected,
+    ValidatedToken,
+    check_user_claim,
+)
 from meshssh_common.logs import BoundLogger
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.ssh_auth import authorize
@@ -135,9 +140,12 @@ class Authenticator:
             TokenRejected: the token failed a check.
         """
         netmap, tok = await self.validate(token)
-        fallback = netmap.peer.jwt.user_id_claim if netmap.peer.jwt is not None else "sub"
+        config = netmap.peer.jwt
+        fallback = config.user_id_claim if config is not None else "sub"
         claim = netmap.ssh_auth.user_id_claim or fallback
         user_id = tok.claims.get(claim)
+        if config is not None and isinstance(user_id, str) and user_id:
+            check_user_claim(tok.claims, claim, config)  # email: email_verified must be true
         if not isinstance(user_id, str) or not user_id:
             raise Refused(
                 "missing_claim",

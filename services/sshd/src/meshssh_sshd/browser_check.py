@@ -11,7 +11,7 @@ offers pasting a token.
 Example::
 
     check = BrowserCheck(ctx.nc, "p1", wait=45, log=log)
-    flow = await check.start("alice")                 # None when authn is unavailable
+    flow = await check.start("alice", origin)         # None when authn is unavailable
     name, instructions, lang, prompts = check.challenge(flow)
     token = await check.wait_for_token(flow)          # None: still pending
 """
@@ -34,6 +34,7 @@ from meshssh_common.wire import (
     DeviceStartReply,
     DeviceStartRequest,
 )
+from meshssh_sshd.origin import Origin
 from meshssh_sshd.refusal import Refused
 
 __all__ = ["BrowserCheck", "Challenge", "DeviceFlow"]
@@ -63,13 +64,27 @@ class BrowserCheck:
         self._wait = wait
         self._log = log
 
-    async def start(self, local_user: str) -> DeviceFlow | None:
-        """Start a device flow; None when authn cannot (the user may still paste a token)."""
+    async def start(
+        self, local_user: str, origin: Origin, *, peer_name: str = ""
+    ) -> DeviceFlow | None:
+        """Start a device flow; None when authn cannot (the user may still paste a token).
+
+        The request carries what the login is for (this peer, ``local_user``, the source peer
+        and address) so the provider's page can show it before the user approves.
+        """
+        started = DeviceStartRequest(
+            peer_id=self._peer_id,
+            peer_name=peer_name,
+            login_hint=local_user[:64],
+            source_addr=origin.label,
+            source_peer=origin.peer_id,
+            source_peer_name=origin.peer_name,
+        )
         try:
             reply = await request(
                 self._nc,
                 subjects.AUTHN_DEVICE_START,
-                DeviceStartRequest(peer_id=self._peer_id, login_hint=local_user[:64]),
+                started,
                 DeviceStartReply,
                 timeout=5.0,
             )

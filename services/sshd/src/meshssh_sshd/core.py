@@ -57,6 +57,7 @@ class SshdCore:
     children: set[ChildProcess] = field(default_factory=set)  # running session processes
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
     startups: int = 0  # connections past the gate, not yet authenticated (max-startups)
+    startups_by_source: dict[str, int] = field(default_factory=dict)  # the same, per source
     draining: bool = False  # set at shutdown: no new connections or sessions
 
     def __post_init__(self) -> None:
@@ -74,6 +75,20 @@ class SshdCore:
         self.metrics.active_sessions.dec()
         if self.open_sessions <= 0:
             self.idle.set()
+
+    def startup_began(self, source: str) -> None:
+        """A connection from ``source`` passed the gate and is not authenticated yet."""
+        self.startups += 1
+        self.startups_by_source[source] = self.startups_by_source.get(source, 0) + 1
+
+    def startup_ended(self, source: str) -> None:
+        """That connection authenticated or closed."""
+        self.startups -= 1
+        left = self.startups_by_source.get(source, 0) - 1
+        if left > 0:
+            self.startups_by_source[source] = left
+        else:
+            self.startups_by_source.pop(source, None)
 
     @property
     def peer_id(self) -> str:

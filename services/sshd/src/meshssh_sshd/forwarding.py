@@ -6,6 +6,10 @@ control both ways (a full side pauses the other), half-close (EOF travels on; th
 closes when both directions ended), byte counts, and one audit record when it opens and one
 when it closes.
 
+``--ssh-permit-open`` (OpenSSH ``PermitOpen``, :mod:`meshssh_common.permit_open`) limits where
+``-L``/``-D`` may connect; a refusal says so (``open failed: administratively prohibited``),
+is counted (``meshssh_sshd_permit_open_refusals_total``) and audited (``forward-refused``).
+
 Remote listeners bind loopback only, whatever address the client asked for (OpenSSH's
 ``GatewayPorts no``), and announce connections under the address the client asked for, so the
 client finds its forward. Port 0 lets the OS choose (the reply carries it); ports below 1024
@@ -36,7 +40,14 @@ from meshssh_sshd.sessions import LiveConnection
 if TYPE_CHECKING:
     from meshssh_sshd.core import SshdCore
 
-__all__ = ["LOCAL_REFUSED", "REMOTE_REFUSED", "Bridge", "Forwarding", "RemoteListener"]
+__all__ = [
+    "LOCAL_REFUSED",
+    "PERMIT_OPEN_REFUSED",
+    "REMOTE_REFUSED",
+    "Bridge",
+    "Forwarding",
+    "RemoteListener",
+]
 
 LOCAL_REFUSED = (
     "Port forwarding not available: local forwarding (-L, -D) is off on this peer; "
@@ -45,6 +56,9 @@ LOCAL_REFUSED = (
 REMOTE_REFUSED = (
     "Port forwarding not available: remote forwarding (-R) is off on this peer; "
     "start the peer with --enable-ssh-remote-port-forwarding"
+)
+PERMIT_OPEN_REFUSED = (
+    "Port forwarding not available: {dest} is not allowed by this peer's --ssh-permit-open"
 )
 _CONNECT_TIMEOUT = 30.0
 _LOOPBACK = {"127.0.0.1", "::1"}
@@ -179,6 +193,7 @@ class Forwarding:
         self._record = record
         self._account = account
         self._log = log
+        self._permit = core.settings.permit_open
 
     def _audit_bridge(self, spec: str, kind: str) -> Callable[[Bridge], None]:
         core = self._core
@@ -214,13 +229,29 @@ class Forwarding:
         """Decide on a ``direct-tcpip`` channel; returns what connects it.
 
         Raises:
-            asyncssh.ChannelOpenError: local forwarding is off (the SPEC §9 text).
+            asyncssh.ChannelOpenError: local forwarding is off (the SPEC §9 text), or
+                ``--ssh-permit-open`` does not allow the destination.
         """
         if not self._core.settings.enable_ssh_local_port_forwarding:
             self._core.metrics.forwards.labels(kind="local", result="refused").inc()
             self._log.info("local forward refused: flag off", extra={"dest": dest_host})
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, LOCAL_REFUSED
+            )
+        if not self._permit.allows(dest_host, dest_port):
+            dest = f"{dest_host[:255]}:{dest_port}"
+            self._core.metrics.forwards.labels(kind="local", result="refused").inc()
+            self._core.metrics.permit_open_refusals.inc()
+            self._core.audit.emit(
+                "forward-refused",
+                **self._audit_fields(),
+                forward=f"L {dest}",
+                reason="permit_open",
+                result="refused",
+            )
+            self._log.info("local forward refused: --ssh-permit-open", extra={"dest": dest})
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, PERMIT_OPEN_REFUSED.format(dest=dest)
             )
         return self._connect(dest_host, dest_port)
 

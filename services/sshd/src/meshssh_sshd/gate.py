@@ -6,8 +6,12 @@ The gate owns the listening socket. For each accepted connection, before a singl
    ``--proxy-header-timeout``; a malformed or missing header refuses the connection) and take
    the original client and port 22 from it; from anyone else a header is never read, the TCP
    peer is the client and the port is 22022;
-2. refuse while draining, when the source is over its auth-failure limit, or when too many
-   connections are still authenticating (``--max-startups``);
+2. refuse while draining, when the source is over its source-wide auth-failure limit (one
+   user's failures only refuse that user, at auth), or when too many
+   connections are still authenticating (``--max-startups``), or too many from this source
+   (``--max-startups-per-source``, OpenSSH's ``PerSourceMaxStartups``); a source whose
+   connections keep failing before authentication (garbage, bad versions, login timeouts)
+   is refused like one whose logins fail (:mod:`meshssh_sshd.rate_limit`);
 3. name the source: the peer at the client's address in the current map (``source_peers``,
    then ``remote_peers``), kept on the :class:`Origin` for every audit event of the connection;
 4. check the current map: inside the mesh prefix, not the peer itself, an ``accept`` rule for
@@ -112,7 +116,18 @@ class Gate:
                 self._core.log.warning("accept failed", extra={"error": str(e)})
                 await asyncio.sleep(0.1)
                 continue
+            if self._blocked_fast(conn, peer):
+                continue
             self._core.tasks.spawn(self._admit(conn, peer), "admit")
+
+    def _blocked_fast(self, sock: socket.socket, peer: tuple[str, int]) -> bool:
+        """Refuse a source in backoff right at accept, without a task (flood fast path)."""
+        tcp_ip = _normal(str(peer[0]))
+        if tcp_ip in self._trusted or not self._core.limiter.source_blocked(tcp_ip):
+            return False
+        origin = Origin(tcp_ip, int(peer[1]), "", 0, self._core.settings.acl_port)
+        self._refuse(sock, origin, "rate_limited", "")
+        return True
 
     async def _admit(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         core = self._core
@@ -156,7 +171,7 @@ class Gate:
             self._refuse(sock, origin, reason, "")
             return
         core.metrics.connections.labels(outcome="accepted").inc()
-        core.startups += 1
+        core.startup_began(origin.client_ip)
         await self._hand_over(sock, origin)
 
     def _named(self, origin: Origin) -> Origin:
@@ -170,10 +185,15 @@ class Gate:
         core = self._core
         if core.draining:
             return "draining"
-        if core.limiter.blocked(origin.client_ip):
+        if core.limiter.source_blocked(origin.client_ip):
             return "rate_limited"
         if core.startups >= core.settings.max_startups:
             return "too_many_startups"
+        if (
+            core.startups_by_source.get(origin.client_ip, 0)
+            >= core.settings.max_startups_per_source
+        ):
+            return "too_many_startups_from_source"
         netmap = core.maps.current
         decision = check_inbound(netmap, origin.client_ip, origin.acl_port)
         if decision is not AclDecision.ACCEPT:

@@ -71,6 +71,20 @@ class SshdMetrics:
             "SFTP subsystem requests by result",
             ("result",),  # started | refused | unavailable
         )
+        self.session_refusals = base.counter(
+            "session_refusals",
+            "Session channels refused before a process started, by reason",
+            ("reason",),  # no_login_shell
+        )
+        self.permit_open_refusals = base.counter(
+            "permit_open_refusals",
+            "direct-tcpip channels (-L, -D) refused by --ssh-permit-open",
+        )
+        self.preauth_failures = base.counter(
+            "preauth_failures",
+            "Connections that failed before authentication, by error (each penalizes its source)",
+            ("reason",),  # ProtocolNotSupported | ProtocolError | ConnectionLost | ...
+        )
         self.policy_kicks = base.counter(
             "policy_kicks",
             "Connections closed because a new network map revoked them",

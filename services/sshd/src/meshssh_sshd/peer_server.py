@@ -46,6 +46,22 @@ from meshssh_sshd.sessions import LiveConnection
 __all__ = ["REVOKED", "PeerServer"]
 
 REVOKED = "access revoked"
+_PREAUTH_ABUSE = (
+    asyncssh.ProtocolError,
+    asyncssh.ProtocolNotSupported,
+    asyncssh.KeyExchangeFailed,
+    asyncssh.MACError,
+)
+_LOGIN_TIMEOUT = "Login timeout expired"  # asyncssh's ConnectionLost text
+
+
+def _preauth_abuse(exc: Exception | None) -> bool:
+    """A pre-auth failure that is the client's doing (not a clean close, e.g. a banner probe)."""
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return str(exc) == _LOGIN_TIMEOUT
+    return isinstance(exc, _PREAUTH_ABUSE)
+
+
 _NO_POLICY = frozenset({"no_map", "no_jwt_config", "no_keys"})
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -105,6 +121,12 @@ class PeerServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection (last hook; its channels closed before)."""
         self._core.live.remove(self._id)
+        if self._startup and _preauth_abuse(exc):
+            # Garbage, a wrong protocol or a login that timed out: penalize the source (the
+            # gate refuses it with backoff once it has too many), as OpenSSH's
+            # PerSourcePenalties do. A clean close (a banner probe) is not penalized.
+            self._core.limiter.penalize(self._origin.client_ip)
+            self._core.metrics.preauth_failures.labels(reason=type(exc).__name__).inc()
         self._end_startup()
         if self._agent is not None:
             self._agent.close()  # after asyncssh closed the channels: nothing uses it now
@@ -115,7 +137,7 @@ class PeerServer(asyncssh.SSHServer):
     def _end_startup(self) -> None:
         if self._startup:
             self._startup = False
-            self._core.startups -= 1
+            self._core.startup_ended(self._origin.client_ip)
 
     def revoke(self, reason: str) -> None:
         """Close this connection with ``access revoked`` (shown on each session's stderr)."""
@@ -137,7 +159,7 @@ class PeerServer(asyncssh.SSHServer):
         """Resolve the account; False (no auth needed) only in machine-identity mode."""
         core = self._core
         self._username, self._account, self._refusal = username, None, None
-        if core.limiter.blocked(self._origin.client_ip):
+        if core.limiter.blocked(self._origin.client_ip, username[:64]):
             self._reject(_rate_limited(), "none")
             self._refusal = _rate_limited()
             return True
@@ -172,7 +194,10 @@ class PeerServer(asyncssh.SSHServer):
         """Start the browser check and show its URL and code (False: refused outright)."""
         if self._refusal is not None:
             return False
-        self._flow = await self._core.browser.start(username)
+        netmap = self._core.maps.current
+        self._flow = await self._core.browser.start(
+            username, self._origin, peer_name=netmap.peer.name if netmap is not None else ""
+        )
         return self._core.browser.challenge(self._flow)
 
     async def validate_kbdint_response(
@@ -214,7 +239,7 @@ class PeerServer(asyncssh.SSHServer):
 
     async def _check_token(self, token: str, method: str) -> bool:
         core = self._core
-        if core.limiter.blocked(self._origin.client_ip):
+        if core.limiter.blocked(self._origin.client_ip, self._username[:64]):
             self._reject(_rate_limited(), method)
             return False
         try:
@@ -242,6 +267,7 @@ class PeerServer(asyncssh.SSHServer):
         assert account is not None
         record.local_user = account.name
         record.jwt_user = identity.user_id
+        core.limiter.succeeded(self._origin.client_ip, self._username[:64])
         core.metrics.auth.labels(method=identity.method, result="accept").inc()
         core.audit.emit(
             "auth-accepted",
@@ -272,7 +298,7 @@ class PeerServer(asyncssh.SSHServer):
         core.metrics.auth.labels(method=method, result=result).inc()
         core.metrics.auth_rejects.labels(reason=label).inc()
         if result == "reject" and label != "rate_limited":
-            core.limiter.record(self._origin.client_ip)
+            core.limiter.record(self._origin.client_ip, self._username[:64])
         core.audit.emit(
             "auth-rejected",
             local_user=self._username[:64],
@@ -393,6 +419,6 @@ def _rate_limited() -> Refused:
     return Refused(
         "rate_limited",
         "too many failed logins from this source",
-        public="Permission denied: too many failed logins from your address; "
-        "wait a minute and try again",
+        public="Permission denied: too many failed logins from your address for this user; "
+        "wait a minute and try again (each further failure doubles the wait)",
     )

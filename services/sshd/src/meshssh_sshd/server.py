@@ -113,9 +113,16 @@ class SshServer:
             browser=BrowserCheck(
                 ctx.nc, settings.peer_id, wait=settings.browser_check_wait, log=log
             ),
-            accounts=Accounts(allow_root=settings.enable_ssh_root, log=log),
+            accounts=Accounts(
+                allow_root=settings.enable_ssh_root,
+                log=log,
+                accept_locked=settings.accept_locked_accounts,
+            ),
             limiter=FailureLimiter(
-                limit=settings.auth_failure_limit, window=settings.auth_failure_window
+                limit=settings.auth_failure_limit,
+                window=settings.auth_failure_window,
+                source_limit=settings.auth_failure_source_limit,
+                max_backoff=settings.auth_backoff_max,
             ),
             live=LiveRegistry(),
             tasks=TaskSet(log),
@@ -195,6 +202,7 @@ class SshServer:
                 "remote_forwarding": core.settings.enable_ssh_remote_port_forwarding,
                 "root": core.settings.enable_ssh_root,
                 "agent_forwarding": core.settings.enable_ssh_agent_forwarding,
+                "permit_open": list(core.settings.ssh_permit_open),
             },
         )
         self.listening.set()
@@ -229,7 +237,7 @@ class SshServer:
             with contextlib.suppress(OSError):
                 sock.close()
             if not created:
-                core.startups -= 1
+                core.startup_ended(origin.client_ip)
 
     async def _drain(self, core: SshdCore, gate: Gate, reporter: SessionsReporter) -> None:
         settings = self.settings

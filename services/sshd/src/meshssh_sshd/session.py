@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from meshssh_common.wire import AuditKind, SessionInfo
-from meshssh_sshd.accounts import Account
+from meshssh_sshd.accounts import NOT_AVAILABLE, Account
 from meshssh_sshd.login_env import session_env, shell_argv
 from meshssh_sshd.process_launch import ChildProcess, LaunchSpec, PtySpec, exit_signal_name
 from meshssh_sshd.sessions import LiveConnection
@@ -230,8 +230,10 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self._kind == "sftp":
             if self._core.sftp_server is None:
                 return None
-            path = self._core.sftp_server
-            return LaunchSpec(path, (os.path.basename(path),), env, cwd, acct)
+            # As OpenSSH runs a subsystem: through the user's shell, as the user, so a
+            # restricted shell applies to SFTP too.
+            executable, argv = shell_argv(acct, shlex.quote(self._core.sftp_server))
+            return LaunchSpec(executable, argv, env, cwd, acct)
         if self._record.agent_path:  # ssh -A was accepted on this connection
             env["SSH_AUTH_SOCK"] = self._record.agent_path
         executable, argv = shell_argv(acct, self._command)
@@ -246,6 +248,17 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             core.metrics.sftp_sessions.labels(result="refused").inc()
             self._log.info("sftp refused: flag off")
             self.notify(SFTP_REFUSED)
+            self._finish(1)
+            return
+        if self._account.no_login:  # OpenSSH: nologin prints this; /bin/false says nothing
+            core.metrics.session_refusals.labels(reason="no_login_shell").inc()
+            if self._kind == "sftp":
+                core.metrics.sftp_sessions.labels(result="refused").inc()
+            self._log.info(
+                "session refused: the account's shell is nologin/false",
+                extra={"kind": self._kind, "user": self._account.name},
+            )
+            self.notify(NOT_AVAILABLE)
             self._finish(1)
             return
         spec = self._spec()

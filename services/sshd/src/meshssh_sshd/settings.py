@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshssh_common.errors import BadRequest
+from meshssh_common.permit_open import PermitOpen, PermitOpenError
 from meshssh_common.settings import HostPort, ServiceSettings
 from meshssh_common.subjects import token
 
@@ -47,10 +48,20 @@ class SshdSettings(ServiceSettings):
     )
     enable_ssh_sftp: bool = Field(False, description="serve the sftp subsystem (scp uses it)")
     enable_ssh_root: bool = Field(False, description="allow login as root")
+    accept_locked_accounts: bool = Field(
+        False,
+        description="let accounts whose shadow password starts with '!' log in with a token, "
+        "as OpenSSH does with UsePAM yes (expired accounts are still refused)",
+    )
     enable_ssh_agent_forwarding: bool = Field(
         False,
         description="accept auth-agent-req (ssh -A): sessions get an agent socket that only "
         "the target user can use",
+    )
+    ssh_permit_open: tuple[str, ...] = Field(
+        ("any",),
+        description="repeatable; OpenSSH PermitOpen syntax (HOST:PORT, [V6]:PORT, *:PORT, "
+        "HOST:*, any, none): where -L and -D may connect",
     )
     disable_ssh_auth: bool = Field(
         False, description="no JWT: machine identity, access by network ACL only"
@@ -76,11 +87,26 @@ class SshdSettings(ServiceSettings):
     max_startups: int = Field(
         1024, ge=1, description="most connections not yet authenticated at once"
     )
+    max_startups_per_source: int = Field(
+        64, ge=1, description="most connections not yet authenticated at once from one source"
+    )
     auth_failure_limit: int = Field(
-        10, ge=1, description="auth failures one source may have per window before refusal"
+        10,
+        ge=1,
+        description="auth failures one source may have for one user before it is refused for "
+        "that user (1 s, then doubling with each further failure)",
+    )
+    auth_failure_source_limit: int = Field(
+        50,
+        ge=1,
+        description="auth failures one source may have for all users together before it is "
+        "refused at the gate (same backoff)",
     )
     auth_failure_window: float = Field(
-        60.0, gt=0, description="seconds over which auth failures are counted per source"
+        60.0, gt=0, description="seconds of quiet after which a source's failures are forgotten"
+    )
+    auth_backoff_max: float = Field(
+        900.0, gt=0, description="longest refusal after repeated auth failures, in seconds"
     )
     browser_check_wait: float = Field(
         45.0, gt=0, description="seconds the browser check polls after the user presses Enter"
@@ -103,6 +129,19 @@ class SshdSettings(ServiceSettings):
         except BadRequest as e:
             raise ValueError(f"{value!r} is not a valid peer id") from e
         return value
+
+    @field_validator("ssh_permit_open")
+    @classmethod
+    def _permit_open_parses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return PermitOpen.parse(value).specs
+        except PermitOpenError as e:
+            raise ValueError(str(e)) from e
+
+    @property
+    def permit_open(self) -> PermitOpen:
+        """``ssh_permit_open`` parsed (validated when the settings were built)."""
+        return PermitOpen.parse(self.ssh_permit_open)
 
     @field_validator("trusted_relay")
     @classmethod

@@ -16,6 +16,7 @@ AuditKind = Literal[
     "session-end",
     "forward-open",
     "forward-close",
+    "forward-refused",
     "sftp-start",
     "sftp-end",
     "access-revoked",
@@ -32,7 +33,7 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     ``jwt_user`` id.
 
     ``admin-change`` events come from policy, one per management write (REST, dashboard):
-    ``actor`` says who (``token:<fingerprint>`` for the admin token, ``user:<id>`` for a
+    ``actor`` says who (``token:sha256:<12 hex>`` for the admin token, ``user:<id>`` for a
     dashboard sign-in), ``action`` what (``PATCH /api/v1/peers/{peer_id}``), ``targets`` which
     ids, ``detail`` the body's fields (secrets left out), ``result`` the HTTP status, and
     ``peer_id`` the peer concerned ("" when none).

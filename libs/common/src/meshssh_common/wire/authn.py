@@ -83,10 +83,19 @@ class JwksMissed(Wire, tag="authn.jwks-missed.v1", frozen=True, kw_only=True):
 
 
 class DeviceStartRequest(Wire, tag="authn.device-start.v1", frozen=True, kw_only=True):
-    """An SSH server starts a browser check on behalf of a connecting user."""
+    """An SSH server starts a browser check on behalf of a connecting user.
+
+    The context (which server, which local user, which source) is shown on the embedded
+    provider's confirm page (RFC 8628 §5.4), so a user cannot be phished into approving a login
+    they did not start without seeing whose it is.
+    """
 
     peer_id: str = ""
-    login_hint: str = ""
+    login_hint: str = ""  # the local user the connection asks for
+    peer_name: str = ""  # the server peer's name
+    source_addr: str = ""  # the connecting client's mesh address and port
+    source_peer: str = ""  # the source peer's id, when the map names one
+    source_peer_name: str = ""
 
 
 class DeviceStartReply(Wire, tag="authn.device-started.v1", frozen=True, kw_only=True):

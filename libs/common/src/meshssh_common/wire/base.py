@@ -17,7 +17,8 @@ class Part(msgspec.Struct, frozen=True, omit_defaults=True):
     """Untagged nested value inside a Wire message."""
 
 
-PeerId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+# \Z, not $: "$" also matches before a trailing newline (found by fuzzing).
+PeerId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z")]
 """A peer id: a lowercase DNS-label-like token, safe in subjects and KV keys."""
 
 MeshIp = Annotated[str, msgspec.Meta(max_length=45)]

@@ -60,6 +60,9 @@ class JwtConfig(Part, frozen=True, kw_only=True):
     user_id_claim: str = "sub"
     max_token_age: Annotated[int, msgspec.Meta(ge=1)] = 600
     clock_skew: Annotated[int, msgspec.Meta(ge=0)] = 60
+    # When the user id is the ``email`` claim, the token must say ``email_verified: true``
+    # (anyone can put an unverified address in their profile at many providers).
+    require_email_verified: bool = True
 
 
 class PeerConfig(Part, frozen=True, kw_only=True):

@@ -21,7 +21,7 @@ __all__ = [
     "SessionsReport",
 ]
 
-PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+PeerName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")]
 
 
 class PeerFlags(Part, frozen=True, kw_only=True):
@@ -35,6 +35,9 @@ class PeerFlags(Part, frozen=True, kw_only=True):
     disable_ssh_auth: bool = False
     jwt_cache_ttl: Count = 0
     agent_forwarding: bool = False
+    # --ssh-permit-open, canonical (meshssh_common.permit_open): ("any",), ("none",) or
+    # HOST:PORT entries.
+    permit_open: tuple[str, ...] = ("any",)
 
 
 class PeerMeta(Part, frozen=True, kw_only=True):

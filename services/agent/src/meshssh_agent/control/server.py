@@ -172,7 +172,7 @@ class AgentSocketServer:
                 return
             try:
                 request = _DECODER.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                 await self._send(
                     writer, ErrorReply(code="bad_request", message=f"bad request: {e}")
                 )
