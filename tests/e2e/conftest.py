@@ -124,7 +124,8 @@ class DashSystem:
             async with httpx.AsyncClient(timeout=10) as http:
                 page = await http.post(url, data={"username": "alice",
                                                   "password": PASSWORDS["alice"],
-                                                  "user_code": code})  # fmt: skip
+                                                  "user_code": code,
+                                                  "confirm": "yes"})  # fmt: skip
             assert page.status_code == 200, page.text
             async with asyncio.timeout(30):
                 _, err = await proc.communicate()
