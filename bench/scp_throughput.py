@@ -45,7 +45,7 @@ from typing import Any
 import asyncssh
 import ssh_throughput as sshb  # the sibling bench: servers, user, token
 
-from meshssh_testkit import NatsServer
+from meshssh_testkit import NatsServer, os_users
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cli" / "tests"))
@@ -133,10 +133,7 @@ async def main() -> int:
         setup = sshb.Setup(tmp)
         sshb.write_client_files(setup)
         natsd = await NatsServer.start(tmp / "nats")
-        await asyncio.to_thread(
-            subprocess.run, ["useradd", "-m", "-p", "*", "-s", "/bin/bash", setup.user], check=True
-        )
-        setup.uid = pwd.getpwnam(setup.user).pw_uid
+        setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
         try:
             await sshb.publish_state(natsd.url, setup)
             sshb.start_meshssh(setup, natsd.url, "--enable-ssh-sftp")

@@ -31,10 +31,8 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -55,7 +53,7 @@ from meshssh_common import subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import FirewallRule, JwksSnapshot, JwtConfig, NetworkMap, PeerConfig
-from meshssh_testkit import NatsServer, script
+from meshssh_testkit import CommandFailed, CommandTimeout, NatsServer, os_users, script
 
 GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "1024")) << 20
@@ -325,25 +323,10 @@ def remove_user(setup: Setup) -> None:
     """Delete the throwaway user; first stop what still runs as it (OpenSSH may leave a
     session's ``sleep`` behind for a moment after its connection closed, and ``userdel``
     refuses a user with processes)."""
-    deadline = time.monotonic() + 10
-    while setup.uid >= 0 and time.monotonic() < deadline:
-        left = [int(d.name) for d in Path("/proc").glob("[0-9]*") if _owner(d) == setup.uid]
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    result = subprocess.run(["userdel", "-r", setup.user], check=False, capture_output=True)
-    if result.returncode not in (0, 12):  # 12: the mail spool was missing, the rest is gone
-        print(f"userdel {setup.user} failed: {result.stderr.decode().strip()}", file=sys.stderr)
-
-
-def _owner(proc_dir: Path) -> int:
     try:
-        return proc_dir.stat().st_uid
-    except OSError:
-        return -1
+        os_users.remove_user(setup.user, setup.uid)
+    except (CommandFailed, CommandTimeout) as e:
+        print(f"userdel {setup.user} failed: {e}", file=sys.stderr)
 
 
 def write_client_files(setup: Setup) -> None:
@@ -364,10 +347,7 @@ async def main() -> None:
         write_client_files(setup)
         natsd = await NatsServer.start(tmp / "nats")
         # "*": no password, but not locked (sshd without PAM refuses locked accounts).
-        await asyncio.to_thread(
-            subprocess.run, ["useradd", "-m", "-p", "*", "-s", "/bin/bash", setup.user], check=True
-        )
-        setup.uid = pwd.getpwnam(setup.user).pw_uid
+        setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
         try:
             await publish_state(natsd.url, setup)
             start_meshssh(setup, natsd.url)

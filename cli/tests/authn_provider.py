@@ -3,25 +3,26 @@
 ``provider`` starts ``meshssh-authn`` (nats-server from the testkit, users made with
 ``meshssh-authn users add``) and reads its client config from the JWKS snapshot in KV, the
 way the management plane does. ``approve`` posts the login form as a browser does.
+``management`` adds the real meshssh-policy, whose ``/api/v1/auth/config`` serves that
+config (``meshssh login --management-url``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.wire import JwksSnapshot, OidcClientConfig
-from meshssh_testkit import ServiceProcess, script
+from meshssh_testkit import ServiceProcess, run_command, script
+from meshssh_testkit.management import Management
 from meshssh_testkit.plugin import ServiceFactory
 
 PASSWORD = "alice-password-1"
@@ -65,13 +66,11 @@ class Provider:
 @pytest.fixture
 async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> Provider:
     users = tmp_path / "users.json"
-    added = await asyncio.to_thread(
-        subprocess.run,
-        [script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-         "--password-stdin", "--users-file", str(users)],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=30, check=False,
+    await run_command(
+        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
+        "--password-stdin", "--users-file", str(users),
+        input=PASSWORD + "\n", timeout=30, check=True,
     )  # fmt: skip
-    assert added.returncode == 0, added.stderr
     proc = await services.start(
         "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
         "--users-file", str(users), "--device-poll-interval", "1",
@@ -88,34 +87,13 @@ async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> P
     return Provider(proc, entry.value.client, entry.value, nats_url)
 
 
-@dataclass
-class ConfigServer:
-    """Serves ``GET /api/v1/auth/config`` from the KV snapshot.
-
-    A stand-in for meshssh-policy's endpoint (issue 3), which reads the same KV field; it is
-    here so ``meshssh login --management-url`` is tested before policy lands.
-    """
-
-    url: str
-
-
 @pytest.fixture
-async def config_server(provider: Provider) -> AsyncIterator[ConfigServer]:
-    from fastapi import FastAPI, Response
-
-    from meshssh_common.http_server import HttpServer
-
-    app = FastAPI()
-
-    @app.get("/api/v1/auth/config")
-    async def auth_config() -> Response:
-        return Response(msgspec.json.encode(provider.client), media_type="application/json")
-
-    server = HttpServer(app, "127.0.0.1:0")
-    task = asyncio.create_task(server.serve())
-    try:
-        yield ConfigServer(server.url)
-    finally:
-        server.stop()
-        async with asyncio.timeout(10):
-            await task
+async def management(
+    provider: Provider, services: ServiceFactory, nc: NATS, tmp_path: Path
+) -> Management:
+    """The real meshssh-policy on the provider's NATS, once it serves the provider's config."""
+    policy = await Management.start(services, provider.nats_url, nc, tmp_path / "policy")
+    async with asyncio.timeout(15), httpx.AsyncClient(timeout=5) as http:
+        while (await http.get(f"{policy.api}/api/v1/auth/config")).status_code != 200:
+            await asyncio.sleep(0.05)
+    return policy

@@ -2,6 +2,11 @@
 with the generated drop-in, the way a user's ssh_config includes it.
 
 The mesh: the remote peer ``demo-server`` on 127.0.0.2, this peer on 127.0.0.3.
+
+Stand-ins (``ssh_peer``: an asyncssh peer; ``static_link``: the agent's link from a file),
+because these tests switch single server features off per test and count every token the
+link hands out, which the real meshssh-sshd and agent do not expose; the same client paths
+against the real agent and meshssh-sshd run in test_proxy_meshssh_sshd.py and tests/e2e.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from authn_provider import ConfigServer, Provider, config_server, provider
+from authn_provider import Provider, management, provider
 from ssh_peer import MeshPeer, PeerFeatures, start_peer
 from static_link import write_launcher, write_link
 
@@ -26,7 +31,7 @@ from meshssh_testkit.openssh import OpenSSH, RunResult
 PEER_NAME = "demo-server"
 PEER_IP = "127.0.0.2"
 LOCAL_IP = "127.0.0.3"
-__all__ = ["ConfigServer", "Provider", "config_server", "provider"]  # login-test fixtures
+__all__ = ["Provider", "management", "provider"]  # login-test fixtures
 
 TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 

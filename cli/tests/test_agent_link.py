@@ -1,7 +1,7 @@
 """The client side of the agent socket: ``meshssh login`` through a running agent, and the
 link ``meshssh ssh`` and the proxy use (token, peers, local mesh address), against a real
-agent process and a real meshssh-authn provider. The management plane is the stand-in of
-``meshssh_testkit.policy_standin`` here (meshssh-policy itself runs in tests/e2e)."""
+agent process, a real meshssh-authn provider and the real meshssh-policy (demo-server is
+registered there without an agent of its own, so that the laptop's map lists it)."""
 
 from __future__ import annotations
 
@@ -12,41 +12,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from nats.aio.client import Client as NATS
 
 from meshssh_cli.link.opener import open_agent
 from meshssh_cli.ssh.errors import LinkError
 from meshssh_common.jwt_validation import JwtValidator
-from meshssh_common.wire import RemotePeer
 from meshssh_testkit import script
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
-from meshssh_testkit.policy_standin import PolicyStandIn
 
 if TYPE_CHECKING:
-    from conftest import ConfigServer, Provider
+    from conftest import Provider
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
-SERVER = RemotePeer(id="p2", name="demo-server", mesh_ip="127.0.0.2", ssh_host_key=HOST_KEY)
 
 
 @pytest.fixture
 async def agent(
-    nc: NATS, nats_url: str, tmp_path: Path, config_server: ConfigServer
+    nats_url: str, tmp_path: Path, management: Management
 ) -> AsyncIterator[AgentProcess]:
-    netmap = make_map(1, mesh_ip="127.0.0.3", ssh_enabled=False, remote_peers=[SERVER])
-    policy = await PolicyStandIn.start(nc, netmap=netmap)
+    # demo-server runs no agent here: registered so that the laptop's map lists it.
+    await management.register("demo-server", "127.0.0.2", SERVER_KEY, host_key=HOST_KEY)
     proc = await AgentProcess.start(
         tmp_path / "state", "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
-        "--management-url", config_server.url, "--ssh-jwt-cache-ttl", "300",
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
+        "--management-url", management.api, "--ssh-jwt-cache-ttl", "300",
     )  # fmt: skip
     try:
         await proc.wait_status(lambda s: s["registered"])
         yield proc
     finally:
         await proc.stop()
-        await policy.stop()
 
 
 async def meshssh_login(*args: str) -> asyncio.subprocess.Process:

@@ -1,7 +1,7 @@
 """The agent hosts the token cache: callers of one uid share one device flow (against a real
 meshssh-authn provider), a caller that hangs up leaves it, and the token is cached for the
-uid afterwards. The management plane's ``/api/v1/auth/config`` is the ``config_server``
-stand-in of this directory's conftest until meshssh-policy serves it."""
+uid afterwards. The management plane is the real meshssh-policy (the agent registers with it
+and finds the provider through its ``/api/v1/auth/config``)."""
 
 from __future__ import annotations
 
@@ -11,35 +11,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from nats.aio.client import Client as NATS
 
 from meshssh_agent.tokens import token_times
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.wire.agent import PromptReply
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import LAPTOP_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
-from meshssh_testkit.policy_standin import PolicyStandIn
 
 if TYPE_CHECKING:
-    from conftest import ConfigServer, Provider
+    from conftest import Provider
 
 
 @pytest.fixture
 async def agent(
-    nc: NATS, nats_url: str, tmp_path: Path, config_server: ConfigServer
+    nats_url: str, tmp_path: Path, management: Management
 ) -> AsyncIterator[AgentProcess]:
-    policy = await PolicyStandIn.start(nc, netmap=make_map(1, ssh_enabled=False))
     proc = await AgentProcess.start(
         tmp_path / "state", "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", "KEY", "--ssh-port", "0", "--relay-port", "0",
-        "--management-url", config_server.url, "--ssh-jwt-cache-ttl", "300",
+        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
+        "--management-url", management.api, "--ssh-jwt-cache-ttl", "300",
     )  # fmt: skip
     try:
         await proc.wait_status(lambda s: s["registered"])
         yield proc
     finally:
         await proc.stop()
-        await policy.stop()
 
 
 async def login(state: Path, prompts: asyncio.Queue[PromptReply]) -> str:

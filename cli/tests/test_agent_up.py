@@ -1,41 +1,29 @@
 """``meshssh up`` as users type it: daemonized, registered once with the setup key and then
-with the stored credential, flags reported as metadata, refusals reported."""
+with the stored credential, flags reported as metadata, refusals reported. The management
+plane is the real meshssh-policy: what reached it is read back through its API."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_testkit.netmaps import make_map
+from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import agent_request, pid_alive
-from meshssh_testkit.policy_standin import PolicyStandIn
-from meshssh_testkit.process import script
+from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.process import run_command, script
 
 
 @pytest.fixture
-async def policy(nc: NATS) -> AsyncIterator[PolicyStandIn]:
-    standin = await PolicyStandIn.start(nc, netmap=make_map(1))
-    try:
-        yield standin
-    finally:
-        await standin.stop()
+async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
+    return await Management.start(services, nats_url, nc, tmp_path / "policy")
 
 
-async def meshssh(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+async def meshssh(*args: str) -> tuple[int, str, str]:
+    result = await run_command(script("meshssh"), *args, timeout=60)
+    return result.returncode, result.out, result.err
 
 
 def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]:
@@ -48,28 +36,31 @@ def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]
 
 
 async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credential(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     state = tmp_path / "state"
     sshd_bin = script("meshssh-sshd")
     try:
-        code, out, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--setup-key", "KEY"))
+        code, out, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--setup-key",
+                                                SERVER_KEY))  # fmt: skip
         assert code == 0, err
-        assert "server is up as p1" in out
         status = (await agent_request(state, {"op": "status"}))["status"]
+        assert f"server is up as {status['peer_id']}" in out
         assert status["registered"]
-        assert policy.registers[0].setup_key == "KEY"
+        peer = await policy.peer("server")  # registered with the setup key
+        assert peer["id"] == status["peer_id"]
         assert (state / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
-        assert policy.registers[0].ssh_host_key.startswith("ssh-ed25519 ")
+        assert peer["ssh_host_key"].startswith("ssh-ed25519 ")
 
         # A flag change on a running agent is reported to management as metadata.
         code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--enable-ssh-sftp",
                                               "--enable-ssh-agent-forwarding"))  # fmt: skip
         assert code == 0, err
         assert "flags updated" in err
-        assert policy.metas[-1].meta.flags.sftp
-        assert policy.metas[-1].meta.flags.agent_forwarding
-        assert policy.metas[-1].meta.capabilities == ("native_ssh",)
+        peer = await policy.peer("server")
+        assert peer["flags"]["sftp"]
+        assert peer["flags"]["agent_forwarding"]
+        assert peer["capabilities"] == ["native_ssh"]
 
         code, text, err = await meshssh("status", "-d", "--state-dir", str(state))
         assert code == 0, err
@@ -84,29 +75,30 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         # Again, without the setup key: the stored credential logs the peer in.
         code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin))
         assert code == 0, err
-        assert policy.registers[-1].setup_key == ""
-        assert policy.registers[-1].peer_id == "p1"
-        assert policy.registers[-1].credential == policy.credential
+        again = (await agent_request(state, {"op": "status"}))["status"]
+        assert again["registered"]
+        assert again["peer_id"] == status["peer_id"]  # the same peer, not a second one
+        assert [p["id"] for p in await policy.call("GET", "/peers")] == [status["peer_id"]]
     finally:
         await meshssh("down", "--state-dir", str(state))
 
 
 async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     state = tmp_path / "state"
     code, _, err = await meshssh(
         *up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "WRONG")
     )
     assert code == 1
-    assert "invalid setup key" in err
+    assert "registration refused: setup key not recognised" in err
     code, _, err = await meshssh("status", "--state-dir", str(state))
     assert code == 1
     assert "no agent is running" in err
 
 
 async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, script("meshssh-sshd")))
     assert code == 2, err
@@ -114,13 +106,13 @@ async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
 
 
 async def test_up_warns_when_a_child_cannot_start_and_says_why(
-    tmp_path: Path, nats_url: str, policy: PolicyStandIn
+    tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
     state = tmp_path / "state"
     taken = socket.socket()
     taken.bind(("127.0.0.2", 0))
     taken.listen(1)
-    args = up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "KEY",
+    args = up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", SERVER_KEY,
                    "--allow-server-ssh")  # fmt: skip
     args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
     try:

@@ -13,7 +13,9 @@ from meshssh_common.jwt_validation import JwtValidator
 from meshssh_testkit import script
 
 if TYPE_CHECKING:
-    from conftest import ConfigServer, Provider
+    from conftest import Provider
+
+    from meshssh_testkit.management import Management
 
 
 async def start_login(*args: str) -> asyncio.subprocess.Process:
@@ -64,9 +66,9 @@ async def test_login_without_a_browser_prints_url_and_code_and_gets_a_valid_toke
 
 
 async def test_login_finds_the_provider_through_the_management_url(
-    provider: Provider, config_server: ConfigServer
+    provider: Provider, management: Management
 ) -> None:
-    proc = await start_login("--no-browser", "--management-url", config_server.url,
+    proc = await start_login("--no-browser", "--management-url", management.api,
                              "--print-token", "--ssh-jwt-cache-ttl", "300")  # fmt: skip
     _, code = await read_prompt(proc)
     await provider.approve(code)

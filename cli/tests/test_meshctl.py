@@ -25,6 +25,7 @@ from meshssh_common.wire import (
 )
 from meshssh_testkit import script
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.process import run_command
 
 TOKEN = "meshctl-test-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -49,14 +50,9 @@ class Meshctl:
         env["MESHSSH_API_URL"] = api or self.api
         if token is not None:
             env["MESHSSH_ADMIN_TOKEN"] = token
-        proc = await asyncio.create_subprocess_exec(
-            script("meshctl"), *args, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return Ran(proc.returncode, out.decode(), err.decode())
+        result = await run_command(script("meshctl"), *args, env=env, replace_env=True,
+                                   timeout=30)  # fmt: skip
+        return Ran(result.returncode, result.out, result.err)
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ import json
 import os
 import pwd
 import re
-import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +48,11 @@ from meshssh_common.wire import (
     PeerConfig,
     SourcePeer,
 )
+from meshssh_testkit import os_users
 from meshssh_testkit.netmaps import put_map
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import ServiceFactory, need_tool
-from meshssh_testkit.process import script
+from meshssh_testkit.process import run_command, script
 from meshssh_testkit.ssh_agent import ssh_agent, ssh_agent_available
 
 ISSUER = "https://idp.example.test"
@@ -106,20 +105,10 @@ class Peer:
 
     async def meshssh(self, *args: str, env: dict[str, str] | None = None) -> RunResult:
         """``meshssh ssh`` with the stand-in agent."""
-        proc = await asyncio.create_subprocess_exec(
+        return await run_command(
             str(self.launcher), "ssh", "--state-dir", str(self.state_dir), "-p", str(self.port),
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+            *args, env=env or {}, timeout=60,
         )  # fmt: skip
-        try:
-            async with asyncio.timeout(60):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        assert proc.returncode is not None
-        return RunResult(proc.returncode, out, err)
 
 
 def throwaway_user() -> Iterator[str]:
@@ -127,12 +116,8 @@ def throwaway_user() -> Iterator[str]:
     if not IS_ROOT:
         yield getpass.getuser()
         return
-    name = f"msh{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "-m", "-p", "*", "-s", "/bin/sh", name], check=True, timeout=30)
-    try:
+    with os_users.throwaway_user(shell="/bin/sh") as name:  # password "*": not locked
         yield name
-    finally:
-        subprocess.run(["userdel", "-r", name], check=False, timeout=30, capture_output=True)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from meshssh_agent.ssh_config import MAX_LINE, DropIn, install, is_valid_host, render, uninstall
 from meshssh_testkit import openssh_available
 from meshssh_testkit.plugin import need_tool
+from meshssh_testkit.process import run_command_sync
 
 HOSTILE = [
     'evil"host',
@@ -56,8 +56,7 @@ def test_a_thousand_peers_give_lines_under_1024_characters_with_no_peer_dropped(
 
 
 def run_ssh_g(config: Path, host: str) -> dict[str, str]:
-    out = subprocess.run(["ssh", "-F", str(config), "-G", host], capture_output=True, text=True,
-                         timeout=30, check=True).stdout  # fmt: skip
+    out = run_command_sync("ssh", "-F", str(config), "-G", host, timeout=30, check=True).out
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,18 +17,13 @@ from meshssh_agent.peers import PeerEntry, find_peer
 from meshssh_agent.server_marks import write_marks
 from meshssh_agent.ssh_config import DropIn, install, render
 from meshssh_common.wire.agent import SOCKET_NAME
+from meshssh_testkit.process import run_command
 
 
 async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,
                        timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        str(launcher), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    async with asyncio.timeout(timeout):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    result = await run_command(str(launcher), *args, env=env or {}, timeout=timeout)
+    return result.returncode, result.out, result.err
 
 
 async def detect(mesh: Mesh, host: str, port: int) -> int:

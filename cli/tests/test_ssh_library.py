@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from meshssh_cli.ssh.library import library_absent
+from meshssh_testkit.process import run_command_sync
 
 ALGS = (
     "import asyncssh.kex as k, asyncssh.public_key as p\n"
@@ -22,8 +22,7 @@ WATCH = (
 
 
 def python(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True).stdout  # fmt: skip
+    return run_command_sync(sys.executable, "-c", code, check=True).out
 
 
 def test_a_library_that_exists_is_never_called_absent_and_a_made_up_one_is() -> None:

@@ -102,11 +102,22 @@ class Management:
         patched: dict[str, Any] = await self.call("PATCH", f"/peers/{peer_id}", changes)
         return patched
 
-    async def register(self, name: str, mesh_ip: str, key: str = LAPTOP_KEY) -> RegisterReply:
-        """Register a peer that runs no agent (a client address the policy should know)."""
-        host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
+    async def delete_peer(self, name: str) -> None:
+        """Remove a peer as an operator does."""
+        await self.call("DELETE", f"/peers/{(await self.peer(name))['id']}")
+
+    async def register(
+        self, name: str, mesh_ip: str, key: str = LAPTOP_KEY, *, host_key: str | None = None
+    ) -> RegisterReply:
+        """Register a peer that runs no agent (a client address, or a server other peers see).
+
+        ``host_key``: its SSH host key line (None: a fresh one; ``""``: none).
+        """
+        if host_key is None:
+            fresh = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
+            host_key = fresh.decode().strip()
         meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                        flags=PeerFlags(server_ssh_allowed=False))  # fmt: skip
+                        flags=PeerFlags(server_ssh_allowed=key == SERVER_KEY))  # fmt: skip
         req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key,
-                              ssh_host_key=host_key.decode().strip())  # fmt: skip
+                              ssh_host_key=host_key)  # fmt: skip
         return await request(self.nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)

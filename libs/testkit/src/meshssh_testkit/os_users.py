@@ -26,7 +26,7 @@ from pathlib import Path
 
 from meshssh_testkit.process import run_command_sync
 
-__all__ = ["remove_user", "throwaway_user"]
+__all__ = ["add_user", "remove_user", "throwaway_user"]
 
 _LOCK = Path("/run/lock/meshssh-tests-useradd.lock")
 
@@ -73,20 +73,25 @@ def remove_user(name: str, uid: int, timeout: float = 10.0) -> None:
     result.check(0, 12)  # 12: the mail spool was missing; the account and home are gone
 
 
-@contextlib.contextmanager
-def throwaway_user(shell: str = "/bin/bash", password: str | None = "*") -> Iterator[str]:
-    """A new account with a home directory, removed on exit.
+def add_user(name: str, shell: str = "/bin/bash", password: str | None = "*") -> int:
+    """``useradd -m name``; returns the new uid.
 
     ``password``: the ``useradd -p`` field (``"*"``, the default: no password, not locked;
     None: useradd's own ``!``, a locked account, which sshd refuses as OpenSSH does).
     """
     import pwd
 
-    name = f"msh{uuid.uuid4().hex[:8]}"
     argv = ["useradd", "-m", "-s", shell, *(["-p", password] if password is not None else [])]
     with _accounts_lock():
         run_command_sync(*argv, name, timeout=30, check=True)
-    uid = pwd.getpwnam(name).pw_uid
+    return pwd.getpwnam(name).pw_uid
+
+
+@contextlib.contextmanager
+def throwaway_user(shell: str = "/bin/bash", password: str | None = "*") -> Iterator[str]:
+    """A new account (see :func:`add_user`) with a random name, removed on exit."""
+    name = f"msh{uuid.uuid4().hex[:8]}"
+    uid = add_user(name, shell, password)
     try:
         yield name
     finally:
