@@ -40,8 +40,14 @@ PASSWORDS = {"alice": "alice-dash-password-42", "bob": "bob-dash-password-42"}
 USER = getpass.getuser()
 IS_ROOT = os.geteuid() == 0
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DOCS_IMG = ROOT / "docs" / "img"
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 
@@ -55,9 +61,11 @@ def mesh_net() -> str:
 
 async def run(*argv: str, timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
@@ -84,13 +92,19 @@ class DashSystem:
 
     def ssh(self, *args: str, user: str = USER) -> list[str]:
         """OpenSSH through the laptop's drop-in, to the server's relay."""
-        return ["ssh", "-F", str(self.ssh_config), "-p", str(self.relay_port),
-                f"{user}@{self.server_name}", *args]  # fmt: skip
+        return [
+            "ssh",
+            "-F",
+            str(self.ssh_config),
+            "-p",
+            str(self.relay_port),
+            f"{user}@{self.server_name}",
+            *args,
+        ]
 
     async def api(self, path: str) -> object:
         async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.get(self.base + path,
-                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+            r = await http.get(self.base + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         r.raise_for_status()
         return r.json()
 
@@ -106,10 +120,15 @@ class DashSystem:
     async def login(self) -> None:
         """``meshssh login`` on the laptop as alice (the test posts the device page)."""
         proc = await asyncio.create_subprocess_exec(
-            script("meshssh"), "login", "--state-dir", str(self.laptop.state_dir),
-            "--no-browser", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            script("meshssh"),
+            "login",
+            "--state-dir",
+            str(self.laptop.state_dir),
+            "--no-browser",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         assert proc.stderr is not None
         url = code = ""
         try:
@@ -122,10 +141,15 @@ class DashSystem:
                     elif line.startswith("Code: "):
                         code = line.removeprefix("Code: ").strip()
             async with httpx.AsyncClient(timeout=10) as http:
-                page = await http.post(url, data={"username": "alice",
-                                                  "password": PASSWORDS["alice"],
-                                                  "user_code": code,
-                                                  "confirm": "yes"})  # fmt: skip
+                page = await http.post(
+                    url,
+                    data={
+                        "username": "alice",
+                        "password": PASSWORDS["alice"],
+                        "user_code": code,
+                        "confirm": "yes",
+                    },
+                )
             assert page.status_code == 200, page.text
             async with asyncio.timeout(30):
                 _, err = await proc.communicate()
@@ -135,49 +159,88 @@ class DashSystem:
                 proc.kill()
 
 
-async def _agent(tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str,
-                 *flags: str) -> AgentProcess:  # fmt: skip
+async def _agent(
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+) -> AgentProcess:
     agent = await AgentProcess.start(
-        tmp / name, "--mesh-ip", ip, "--name", name, "--setup-key", key, "--nats-url", nats_url,
-        "--management-url", api, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
+        tmp / name,
+        "--mesh-ip",
+        ip,
+        "--name",
+        name,
+        "--setup-key",
+        key,
+        "--nats-url",
+        nats_url,
+        "--management-url",
+        api,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
         *flags,
-    )  # fmt: skip
+    )
     await agent.wait_status(lambda s: s["registered"], timeout=60)
     return agent
 
 
 @pytest.fixture
-async def dash(nats_url: str, services: ServiceFactory,
-               tmp_path: Path) -> AsyncIterator[DashSystem]:  # fmt: skip
+async def dash(
+    nats_url: str, services: ServiceFactory, tmp_path: Path
+) -> AsyncIterator[DashSystem]:
     """Start everything; stop the agents after the test (``services`` stops the rest)."""
     need_tool(openssh_available(), "OpenSSH (ssh)")
     tmp = tmp_path
     users = tmp / "users.json"
-    await add_user(users, "alice", PASSWORDS["alice"], email="alice@example.com",
-                   groups=("users",))  # fmt: skip
+    await add_user(users, "alice", PASSWORDS["alice"], email="alice@example.com", groups=("users",))
     await add_user(users, "bob", PASSWORDS["bob"], email="bob@example.com")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--device-poll-interval", "1",
-        "--dashboard-redirect-uri", f"{base}/auth/callback",
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--device-poll-interval",
+        "1",
+        "--dashboard-redirect-uri",
+        f"{base}/auth/callback",
+    )
     policy = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", f"127.0.0.1:{port}",
-        "--seed", str(SEED), "--mesh-prefix", "127.0.0.0/8", "--admin-users", "alice",
-        "--peer-offline-timeout", "6", env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--seed",
+        str(SEED),
+        "--mesh-prefix",
+        "127.0.0.0/8",
+        "--admin-users",
+        "alice",
+        "--peer-offline-timeout",
+        "6",
+        env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     async with asyncio.timeout(30), httpx.AsyncClient(timeout=5) as http:
         while (await http.get(f"{base}/api/v1/auth/config")).status_code != 200:
             await asyncio.sleep(0.1)  # until authn has published the provider
     net = mesh_net()
     suffix = re.sub(r"[^a-z0-9]", "", net.split(".")[-1])
     server_name, laptop_name = f"dash{suffix}-server", f"dash{suffix}-laptop"
-    flags = ["--allow-server-ssh", *(["--enable-ssh-root"] if IS_ROOT else []),
-             "--disable-ssh-config"]  # fmt: skip
-    server = await _agent(tmp, server_name, f"{net}.2", "meshssh-demo-server-key-0001", base,
-                          nats_url, *flags)  # fmt: skip
+    flags = [
+        "--allow-server-ssh",
+        *(["--enable-ssh-root"] if IS_ROOT else []),
+        "--disable-ssh-config",
+    ]
+    server = await _agent(
+        tmp, server_name, f"{net}.2", "meshssh-demo-server-key-0001", base, nats_url, *flags
+    )
     laptop = None
     try:
         status = await server.wait_status(
@@ -188,16 +251,26 @@ async def dash(nats_url: str, services: ServiceFactory,
             timeout=60,
         )
         dropin = tmp / "ssh_config.d" / "99-meshssh.conf"
-        laptop = await _agent(tmp, laptop_name, f"{net}.3", "meshssh-demo-laptop-key-0001",
-                              base, nats_url, "--ssh-jwt-cache-ttl", "600",
-                              "--ssh-config-file", str(dropin))  # fmt: skip
+        laptop = await _agent(
+            tmp,
+            laptop_name,
+            f"{net}.3",
+            "meshssh-demo-laptop-key-0001",
+            base,
+            nats_url,
+            "--ssh-jwt-cache-ttl",
+            "600",
+            "--ssh-config-file",
+            str(dropin),
+        )
         async with asyncio.timeout(30):
             while server_name not in (dropin.read_text() if dropin.exists() else ""):
                 await asyncio.sleep(0.05)
         config = tmp / "ssh_config"
         config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
-        yield DashSystem(tmp, base, policy, server, laptop, server_name, config,
-                         int(status["relay_port"]))  # fmt: skip
+        yield DashSystem(
+            tmp, base, policy, server, laptop, server_name, config, int(status["relay_port"])
+        )
     finally:
         if laptop is not None:
             await laptop.stop()

@@ -41,9 +41,11 @@ async def sign_in(page: Page, base: str, user: str, shot: Any = None) -> None:
 
 async def ssh_result(dash: DashSystem, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *dash.ssh(*args), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *dash.ssh(*args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -102,8 +104,9 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
     # ...which she disables: refused.
     await page.get_by_role("link", name="Policies").click()
     await page.get_by_role("button", name="Disable policy users reach servers on TCP 22").click()
-    await expect(page.get_by_role("button", name="Enable policy users reach servers on TCP 22")
-                 ).to_be_visible()  # fmt: skip
+    await expect(
+        page.get_by_role("button", name="Enable policy users reach servers on TCP 22")
+    ).to_be_visible()
     await until_ssh(dash, ok=False)
     # An ssh policy that names her local account lets her in again.
     await page.get_by_role("link", name="New policy").click()
@@ -129,9 +132,11 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
     await page.goto(f"{base}/peers/{await dash.server_id()}")
     await expect(page.locator("[data-live=sessions]")).to_have_text("0", timeout=30_000)
     live = await asyncio.create_subprocess_exec(
-        *dash.ssh("echo started; exec sleep 120"), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *dash.ssh("echo started; exec sleep 120"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         assert live.stdout is not None
         async with asyncio.timeout(30):
@@ -193,9 +198,12 @@ async def test_an_admin_signs_in_and_works_the_mesh_from_the_browser(
     kinds = set(await rows.evaluate_all("rs => rs.map(r => r.dataset.kind)"))
     assert kinds == {"admin-change"}
     text = await page.locator("#audit").inner_text()
-    for action in ("PATCH /api/v1/peers/{peer_id}", "POST /api/v1/policies",
-                   "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}",
-                   "POST /api/v1/setup-keys"):  # fmt: skip
+    for action in (
+        "PATCH /api/v1/peers/{peer_id}",
+        "POST /api/v1/policies",
+        "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}",
+        "POST /api/v1/setup-keys",
+    ):
         assert action in text
     assert "user:alice" in text
     await docs_shot("audit")

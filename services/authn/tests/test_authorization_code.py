@@ -34,19 +34,37 @@ def pkce() -> tuple[str, str]:
 
 
 def params(challenge: str, **over: str) -> dict[str, str]:
-    return {"response_type": "code", "client_id": CLIENT, "redirect_uri": REDIRECT,
-            "state": "st-1", "code_challenge": challenge, "code_challenge_method": "S256",
-            "scope": "openid email", "nonce": "n-0S6", **over}  # fmt: skip
+    return {
+        "response_type": "code",
+        "client_id": CLIENT,
+        "redirect_uri": REDIRECT,
+        "state": "st-1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "scope": "openid email",
+        "nonce": "n-0S6",
+        **over,
+    }
 
 
 async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
-    nats_url: str, services: ServiceFactory, users_file: Path, kv: Kv,
+    nats_url: str,
+    services: ServiceFactory,
+    users_file: Path,
+    kv: Kv,
     passwords: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users_file), "--dashboard-redirect-uri", REDIRECT,
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users_file),
+        "--dashboard-redirect-uri",
+        REDIRECT,
+    )
     snap = await kv.wait_snapshot()
     assert snap.client is not None
     issuer = snap.client.issuer
@@ -73,35 +91,46 @@ async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
         assert query["state"] == ["st-1"]
         code = query["code"][0]
 
-        exchange = {"grant_type": "authorization_code", "code": code, "client_id": CLIENT,
-                    "redirect_uri": REDIRECT, "code_verifier": verifier}  # fmt: skip
+        exchange = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": CLIENT,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        }
         wrong = await http.post(token, data={**exchange, "code_verifier": pkce()[0]})
         assert wrong.json()["error"] == "invalid_grant"  # and the code is now spent
         assert (await http.post(token, data=exchange)).json()["error"] == "invalid_grant"
 
         async def fresh_code() -> tuple[str, str]:
             v, c = pkce()
-            r = await http.post(authorize, data={**params(c), "username": "alice",
-                                                 "password": passwords["alice"]})  # fmt: skip
+            r = await http.post(
+                authorize, data={**params(c), "username": "alice", "password": passwords["alice"]}
+            )
             return v, parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
 
         v, c = await fresh_code()
-        other = await http.post(token, data={**exchange, "code": c, "code_verifier": v,
-                                             "redirect_uri": REDIRECT + "x"})  # fmt: skip
+        other = await http.post(
+            token, data={**exchange, "code": c, "code_verifier": v, "redirect_uri": REDIRECT + "x"}
+        )
         assert other.json()["error"] == "invalid_grant"
         v, c = await fresh_code()
         ok = await http.post(token, data={**exchange, "code": c, "code_verifier": v})
         assert ok.status_code == 200, ok.text
         assert ok.headers["cache-control"] == "no-store"
         assert (await http.post(token, data={**exchange, "code": c, "code_verifier": v})).json()[
-            "error"] == "invalid_grant"  # fmt: skip
+            "error"
+        ] == "invalid_grant"
 
         # Requests the provider refuses: never redirected to an unregistered URI.
         bad_uri = await http.get(authorize, params=params(challenge, redirect_uri="http://evil/"))
         assert bad_uri.status_code == 400
         assert "evil" not in bad_uri.headers.get("location", "")
-        plain = await http.get(authorize, params=params(challenge, code_challenge_method="plain"),
-                               follow_redirects=False)  # fmt: skip
+        plain = await http.get(
+            authorize,
+            params=params(challenge, code_challenge_method="plain"),
+            follow_redirects=False,
+        )
         assert plain.status_code == 303
         assert "error=invalid_request" in plain.headers["location"]
         unknown = await http.get(authorize, params=params(challenge, client_id="meshssh"))
@@ -109,8 +138,13 @@ async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
 
     claims = jwt.decode(ok.json()["id_token"], options={"verify_signature": False})
     assert (claims["aud"], claims["azp"], claims["nonce"], claims["sub"]) == (
-        CLIENT, CLIENT, "n-0S6", "alice")  # fmt: skip
+        CLIENT,
+        CLIENT,
+        "n-0S6",
+        "alice",
+    )
     config = JwtConfig(issuer=issuer, audiences=(CLIENT,))
     validated = JwtValidator(config, (await kv.wait_snapshot()).keys).validate(
-        ok.json()["id_token"])  # fmt: skip
+        ok.json()["id_token"]
+    )
     assert validated.user_id == "alice"

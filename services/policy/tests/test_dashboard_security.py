@@ -39,9 +39,16 @@ class Site:
     peer: str
 
 
-async def start_site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
-                     nats_url: str, tmp_path: Path, public_url: str = "",
-                     **settings: Any) -> Site:  # fmt: skip
+async def start_site(
+    policy: Any,
+    seed_file: Path,
+    register: Any,
+    services: ServiceFactory,
+    nats_url: str,
+    tmp_path: Path,
+    public_url: str = "",
+    **settings: Any,
+) -> Site:
     users = tmp_path / "users.json"
     await add_user(users, "alice", "alice-password-0123", groups=("users",))
     await add_user(users, "bob", "bob-password-0123")
@@ -49,13 +56,20 @@ async def start_site(policy: Any, seed_file: Path, register: Any, services: Serv
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--dashboard-redirect-uri",
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--dashboard-redirect-uri",
         f"{public_url or base}/auth/callback",
-    )  # fmt: skip
+    )
     settings = settings or {"admin_users": ("alice",)}
-    replica = await policy.start(seed=seed_file, listen=f"127.0.0.1:{port}",
-                                 public_url=public_url, **settings)  # fmt: skip
+    replica = await policy.start(
+        seed=seed_file, listen=f"127.0.0.1:{port}", public_url=public_url, **settings
+    )
     peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
     async with replica.client() as api, asyncio.timeout(30):
         while (await api.get("/api/v1/auth/config")).status_code != 200:
@@ -64,15 +78,25 @@ async def start_site(policy: Any, seed_file: Path, register: Any, services: Serv
 
 
 @pytest.fixture
-async def site(policy: Any, seed_file: Path, register: Any, services: ServiceFactory,
-               nats_url: str, tmp_path: Path) -> Site:  # fmt: skip
+async def site(
+    policy: Any,
+    seed_file: Path,
+    register: Any,
+    services: ServiceFactory,
+    nats_url: str,
+    tmp_path: Path,
+) -> Site:
     return await start_site(policy, seed_file, register, services, nats_url, tmp_path)
 
 
 async def test_behind_https_the_session_cookie_is_secure(
-    policy: Any, seed_file: Path, register: Any, services: ServiceFactory, nats_url: str,
+    policy: Any,
+    seed_file: Path,
+    register: Any,
+    services: ServiceFactory,
+    nats_url: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     public = "https://dash.example.test"  # a TLS proxy in front; the test talks to policy
     site = await start_site(policy, seed_file, register, services, nats_url, tmp_path, public)
     async with httpx.AsyncClient(timeout=15) as http:
@@ -81,12 +105,16 @@ async def test_behind_https_the_session_cookie_is_secure(
         assert login_cookie.startswith("meshssh_login=")
         for attribute in ("httponly", "secure", "samesite=lax", "path=/auth/callback"):
             assert attribute in login_cookie, login_cookie
-        assert "redirect_uri=https%3A%2F%2Fdash.example.test%2Fauth%2Fcallback" in \
-            login.headers["location"]  # fmt: skip
+        assert (
+            "redirect_uri=https%3A%2F%2Fdash.example.test%2Fauth%2Fcallback"
+            in login.headers["location"]
+        )
         page = await http.get(login.headers["location"])
         fields = dict(re.findall(r'type="hidden" name="([a-z_]+)" value="([^"]*)"', page.text))
-        back = await http.post(login.headers["location"].split("?")[0], data={
-            **fields, "username": "alice", "password": "alice-password-0123"})  # fmt: skip
+        back = await http.post(
+            login.headers["location"].split("?")[0],
+            data={**fields, "username": "alice", "password": "alice-password-0123"},
+        )
         callback = back.headers["location"]
         assert callback.startswith(f"{public}/auth/callback?")
         # Another browser (no sign-in cookie) cannot use this code and state: login CSRF.
@@ -97,8 +125,9 @@ async def test_behind_https_the_session_cookie_is_secure(
         # The sign-in cookie is Secure too, so httpx keeps it off plain http: send it as the
         # browser would over https.
         state = parse_qs(urlsplit(callback).query)["state"][0]
-        done = await http.get(site.base + callback.removeprefix(public),
-                              headers={"Cookie": f"meshssh_login={state}"})  # fmt: skip
+        done = await http.get(
+            site.base + callback.removeprefix(public), headers={"Cookie": f"meshssh_login={state}"}
+        )
     assert done.status_code == 303
     cookies = done.headers.get_list("set-cookie")
     cookie = next(c for c in cookies if c.startswith("meshssh_session="))
@@ -125,9 +154,19 @@ async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cook
         cookie = next(c for c in alice.cookies.jar if c.name == "meshssh_session")
         assert cookie.has_nonstandard_attr("HttpOnly")
         assert not cookie.secure  # http: no Secure
-        pages = ("/peers", f"/peers/{peer}", "/users", "/groups", "/policies", "/policies/new",
-                 "/policies/users-to-servers-ssh", "/setup-keys", "/audit",
-                 "/audit?kind=admin-change&user=alice&peer=srv", "/live")  # fmt: skip
+        pages = (
+            "/peers",
+            f"/peers/{peer}",
+            "/users",
+            "/groups",
+            "/policies",
+            "/policies/new",
+            "/policies/users-to-servers-ssh",
+            "/setup-keys",
+            "/audit",
+            "/audit?kind=admin-change&user=alice&peer=srv",
+            "/live",
+        )
         for path in pages:
             shown = await alice.get(base + path)
             assert shown.status_code == 200, (path, shown.text)
@@ -138,12 +177,19 @@ async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cook
 
         routes = write_routes()
         assert len(routes) >= 9, routes
-        ids = {"peer_id": peer, "session_id": "s0", "group_id": "users",
-               "policy_id": "users-to-servers-ssh", "key_id": "k"}  # fmt: skip
+        ids = {
+            "peer_id": peer,
+            "session_id": "s0",
+            "group_id": "users",
+            "policy_id": "users-to-servers-ssh",
+            "key_id": "k",
+        }
         for route in routes:
             path = route.format(**ids)
-            r = await bob.post(base + path, data={"csrf": bob_csrf, "on": "0", "kind": "user",
-                                                  "member": "bob", "name": "x"})  # fmt: skip
+            r = await bob.post(
+                base + path,
+                data={"csrf": bob_csrf, "on": "0", "kind": "user", "member": "bob", "name": "x"},
+            )
             assert r.status_code == 403, (route, r.status_code, r.text)
             r = await alice.post(base + path, data={"on": "0", "kind": "user", "member": "bob"})
             assert r.status_code == 403, (route, "no CSRF token", r.text)
@@ -154,8 +200,9 @@ async def test_read_only_users_get_403_writes_need_csrf_and_logout_ends_the_cook
         ok = await alice.post(f"{base}/peers/{peer}/ssh", data={"csrf": csrf, "on": "0"})
         assert ok.status_code == 303
         assert await ssh_switch(replica, peer) is False
-        by_header = await alice.post(f"{base}/peers/{peer}/ssh", data={"on": "1"},
-                                     headers={"X-CSRF-Token": csrf})  # fmt: skip
+        by_header = await alice.post(
+            f"{base}/peers/{peer}/ssh", data={"on": "1"}, headers={"X-CSRF-Token": csrf}
+        )
         assert by_header.status_code == 303
         assert await ssh_switch(replica, peer) is True
 
@@ -208,9 +255,11 @@ def unlabelled(page: str) -> list[dict[str, str | None]]:
     """Controls with neither a <label for> nor an aria-label (checkboxes sit inside theirs)."""
     found = _Controls()
     found.feed(page)
-    return [c for c in found.controls
-            if not c.get("aria-label") and c.get("id") not in found.labelled
-            and not c.get("checkbox")]  # fmt: skip
+    return [
+        c
+        for c in found.controls
+        if not c.get("aria-label") and c.get("id") not in found.labelled and not c.get("checkbox")
+    ]
 
 
 async def test_admin_actions_change_state_through_the_rest_operations_and_are_audited(
@@ -219,8 +268,15 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
     base, replica, peer = site.base, site.replica, site.peer
     alice, csrf = await sign_in(base, "alice", "alice-password-0123")
     try:
-        for path in ("/peers", f"/peers/{peer}", "/groups", "/policies/new",
-                     "/policies/users-to-servers-ssh", "/setup-keys", "/audit"):  # fmt: skip
+        for path in (
+            "/peers",
+            f"/peers/{peer}",
+            "/groups",
+            "/policies/new",
+            "/policies/users-to-servers-ssh",
+            "/setup-keys",
+            "/audit",
+        ):
             page = (await alice.get(base + path)).text
             assert unlabelled(page) == [], path  # every control has an accessible name
             assert '<html lang="en">' in page
@@ -233,21 +289,42 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
         assert bad.status_code == 422
         assert "id: String should match pattern" in bad.text
         assert (await post("/groups/ops/members/add", kind="peer", member=peer)).status_code == 303
-        assert (await post("/groups/ops/members/add", kind="user", member="alice")).status_code \
-            == 303  # fmt: skip
-        edited = await post("/policies/users-to-servers-ssh", name="users reach servers",
-                            enabled="1", r0_sources="users", r0_destinations="ops, servers",
-                            r0_protocol="ssh", r0_ports="22", r0_action="accept",
-                            r0_authorized="users: deploy\nops:")  # fmt: skip
+        assert (
+            await post("/groups/ops/members/add", kind="user", member="alice")
+        ).status_code == 303
+        edited = await post(
+            "/policies/users-to-servers-ssh",
+            name="users reach servers",
+            enabled="1",
+            r0_sources="users",
+            r0_destinations="ops, servers",
+            r0_protocol="ssh",
+            r0_ports="22",
+            r0_action="accept",
+            r0_authorized="users: deploy\nops:",
+        )
         assert edited.status_code == 303, edited.text
-        invalid = await post("/policies/users-to-servers-ssh", name="x", r0_sources="users",
-                             r0_destinations="servers", r0_protocol="icmp", r0_ports="22",
-                             r0_action="accept", r0_authorized="")  # fmt: skip
+        invalid = await post(
+            "/policies/users-to-servers-ssh",
+            name="x",
+            r0_sources="users",
+            r0_destinations="servers",
+            r0_protocol="icmp",
+            r0_ports="22",
+            r0_action="accept",
+            r0_authorized="",
+        )
         assert invalid.status_code == 422
         shown = 'id="err-r0_ports">rules[0].ports: protocol &#39;icmp&#39; takes no'
         assert shown in invalid.text
-        created = await post("/setup-keys", name="ci", type="one-off", expires_days="1",
-                             usage_limit="1", auto_groups="ops")  # fmt: skip
+        created = await post(
+            "/setup-keys",
+            name="ci",
+            type="one-off",
+            expires_days="1",
+            usage_limit="1",
+            auto_groups="ops",
+        )
         assert created.status_code == 200
         key_id = re.search(r'id="key-(k[0-9a-f]+)"><td>ci<', created.text)
         assert key_id
@@ -266,7 +343,11 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
     assert policy["rules"][0]["authorized_groups"] == {"users": ["deploy"], "ops": []}
     assert (group["peers"], group["users"]) == ([peer], ["alice"])
     assert (key["type"], key["usage_limit"], key["auto_groups"], key["revoked"]) == (
-        "one-off", 1, ["ops"], True)  # fmt: skip
+        "one-off",
+        1,
+        ["ops"],
+        True,
+    )
     assert [(e["action"], e["result"]) for e in reversed(events)] == [
         ("POST /api/v1/groups", "200"),
         ("PUT /api/v1/groups/{group_id}/peers/{peer_id}", "200"),
@@ -280,12 +361,17 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
 
 
 async def test_admins_by_group_membership_or_the_tokens_groups_claim(
-    policy: Any, seed_file: Path, register: Any, services: ServiceFactory, nats_url: str,
+    policy: Any,
+    seed_file: Path,
+    register: Any,
+    services: ServiceFactory,
+    nats_url: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     # The seed puts alice and bob in the meshssh group "users"; carol's token says ["ops"].
-    site = await start_site(policy, seed_file, register, services, nats_url, tmp_path,
-                            admin_group="users")  # fmt: skip
+    site = await start_site(
+        policy, seed_file, register, services, nats_url, tmp_path, admin_group="users"
+    )
     for user, admin in (("alice", True), ("bob", True), ("carol", False)):
         client, _ = await sign_in(site.base, user, f"{user}-password-0123")
         try:
@@ -294,8 +380,9 @@ async def test_admins_by_group_membership_or_the_tokens_groups_claim(
             await client.aclose()
         assert ("(admin)" in page, "(read-only)" in page) == (admin, not admin), user
     await site.replica.stop()
-    by_claim = await policy.start("r2", seed=seed_file, listen=site.base.removeprefix("http://"),
-                                  admin_group="ops")  # fmt: skip
+    by_claim = await policy.start(
+        "r2", seed=seed_file, listen=site.base.removeprefix("http://"), admin_group="ops"
+    )
     assert by_claim.url
     for user, admin in (("carol", True), ("alice", False)):
         client, _ = await sign_in(site.base, user, f"{user}-password-0123")

@@ -69,9 +69,16 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     async with OidcIssuer() as idp:
         await services.start(
-            "meshssh-authn", "--nats-url", nats_url, "--issuer", idp.issuer,
-            "--audience", "meshssh", "--instance", "authn-rotation",
-        )  # fmt: skip
+            "meshssh-authn",
+            "--nats-url",
+            nats_url,
+            "--issuer",
+            idp.issuer,
+            "--audience",
+            "meshssh",
+            "--instance",
+            "authn-rotation",
+        )
         kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
         async with asyncio.timeout(15):
             while (entry := await kv.get(subjects.JWKS_KEY)) is None:

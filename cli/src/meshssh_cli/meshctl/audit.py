@@ -46,18 +46,22 @@ def _who(e: dict[str, Any]) -> str:
 def audit_rows(events: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """One line per event."""
     rows = [
-        [e["seq"], when(e.get("at")), e["kind"], _who(e),
-         (e.get("peer_id") or "-") + (f" <- {e['source_addr']}" if e.get("source_addr") else ""),
-         _what(e)]
+        [
+            e["seq"],
+            when(e.get("at")),
+            e["kind"],
+            _who(e),
+            (e.get("peer_id") or "-") + (f" <- {e['source_addr']}" if e.get("source_addr") else ""),
+            _what(e),
+        ]
         for e in events
-    ]  # fmt: skip
+    ]
     return AUDIT_HEADERS, rows
 
 
 def audit(args: argparse.Namespace, api: AdminApi) -> tuple[Any, str]:
     """``audit [--user U] [--peer P] [--kind K] [--limit N] [--before SEQ]``."""
-    query = {k: v for k, v in (("user", args.user), ("peer", args.peer), ("kind", args.kind))
-             if v}  # fmt: skip
+    query = {k: v for k, v in (("user", args.user), ("peer", args.peer), ("kind", args.kind)) if v}
     query["limit"] = str(args.limit)
     if args.before:
         query["before"] = str(args.before)

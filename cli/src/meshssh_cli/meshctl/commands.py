@@ -178,12 +178,14 @@ def groups_ls(args: argparse.Namespace, api: AdminApi) -> Result:
 def groups_show(args: argparse.Namespace, api: AdminApi) -> Result:
     """``groups show ID``: one group's members."""
     group = api.get(f"/groups/{args.id}")
-    text = "\n".join([
-        f"id:     {group['id']}",
-        f"name:   {group['name']}",
-        f"peers:  {', '.join(group['peers']) or '-'}",
-        f"users:  {', '.join(group['users']) or '-'}",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"id:     {group['id']}",
+            f"name:   {group['name']}",
+            f"peers:  {', '.join(group['peers']) or '-'}",
+            f"users:  {', '.join(group['users']) or '-'}",
+        ]
+    )
     return group, text
 
 
@@ -244,14 +246,21 @@ def policies_create(args: argparse.Namespace, api: AdminApi) -> Result:
         if not args.name or not args.source or not args.destination:
             raise AdminError("policies create: give NAME, --source and --destination (or --file)")
         rule: dict[str, Any] = {
-            "sources": args.source, "destinations": args.destination,
-            "protocol": args.protocol, "action": args.action, "ports": args.port,
+            "sources": args.source,
+            "destinations": args.destination,
+            "protocol": args.protocol,
+            "action": args.action,
+            "ports": args.port,
             "port_ranges": args.port_range,
-        }  # fmt: skip
+        }
         if args.authorized_group:
             rule["authorized_groups"] = _authorized(args.authorized_group)
-        body = {"name": args.name, "description": args.description,
-                "enabled": not args.disabled, "rules": [rule]}  # fmt: skip
+        body = {
+            "name": args.name,
+            "description": args.description,
+            "enabled": not args.disabled,
+            "rules": [rule],
+        }
         if args.id:
             body["id"] = args.id
     policy = api.call("POST", "/policies", body)
@@ -282,12 +291,16 @@ def keys_ls(args: argparse.Namespace, api: AdminApi) -> Result:
 
 def keys_create(args: argparse.Namespace, api: AdminApi) -> Result:
     """``setup-keys create NAME``: create a key; its value is shown once."""
-    body = {"name": args.name, "type": "one-off" if args.one_off else "reusable",
-            "expires_in": args.expires_in, "usage_limit": args.usage_limit,
-            "auto_groups": args.auto_group, "ssh_enabled": args.ssh_enabled}  # fmt: skip
+    body = {
+        "name": args.name,
+        "type": "one-off" if args.one_off else "reusable",
+        "expires_in": args.expires_in,
+        "usage_limit": args.usage_limit,
+        "auto_groups": args.auto_group,
+        "ssh_enabled": args.ssh_enabled,
+    }
     key = api.call("POST", "/setup-keys", body)
-    text = (f"created setup key {key['id']} ({key['name']})\n"
-            f"key (shown only now): {key['key']}")  # fmt: skip
+    text = f"created setup key {key['id']} ({key['name']})\nkey (shown only now): {key['key']}"
     return key, text
 
 
@@ -306,7 +319,9 @@ def keys_rm(args: argparse.Namespace, api: AdminApi) -> Result:
 def status(args: argparse.Namespace, api: AdminApi) -> Result:
     """``status``: the replica behind the API."""
     body = api.get("/status")
-    text = (f"api:      {api.url}\ninstance: {body['instance']}\n"
-            f"peers:    {body['peers']} ({body['peers_online']} online)\n"
-            f"mesh:     {body['mesh_prefix']}")  # fmt: skip
+    text = (
+        f"api:      {api.url}\ninstance: {body['instance']}\n"
+        f"peers:    {body['peers']} ({body['peers_online']} online)\n"
+        f"mesh:     {body['mesh_prefix']}"
+    )
     return body, text

@@ -26,8 +26,9 @@ __all__ = ["add_user", "csrf_of", "sign_in"]
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-async def add_user(users_file: Path, name: str, password: str, *, email: str = "",
-                   groups: tuple[str, ...] = ()) -> None:  # fmt: skip
+async def add_user(
+    users_file: Path, name: str, password: str, *, email: str = "", groups: tuple[str, ...] = ()
+) -> None:
     """``meshssh-authn users add`` (the real command, password on stdin)."""
     args = ["users", "add", name, "--password-stdin", "--users-file", str(users_file)]
     if email:
@@ -35,9 +36,12 @@ async def add_user(users_file: Path, name: str, password: str, *, email: str = "
     for group in groups:
         args += ["--group", group]
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh-authn"), *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        script("meshssh-authn"),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(30):
         _, err = await proc.communicate(password.encode() + b"\n")
     if proc.returncode != 0:
@@ -63,8 +67,9 @@ async def sign_in(base: str, username: str, password: str) -> tuple[httpx.AsyncC
         fields = dict(re.findall(r'type="hidden" name="([a-z_]+)" value="([^"]*)"', page.text))
         fields = {k: v.replace("&amp;", "&") for k, v in fields.items()}
         authorize = login.headers["location"].split("?")[0]
-        back = await client.post(authorize, data={**fields, "username": username,
-                                                  "password": password})  # fmt: skip
+        back = await client.post(
+            authorize, data={**fields, "username": username, "password": password}
+        )
         assert back.status_code == 303, back.text
         done = await client.get(back.headers["location"])
         assert done.status_code == 303, done.text

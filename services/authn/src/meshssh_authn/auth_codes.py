@@ -121,16 +121,21 @@ class AuthCodes:
         challenge = params.get("code_challenge", "")
         if params.get("code_challenge_method", "") != "S256" or not _CHALLENGE.match(challenge):
             raise AuthorizeError(
-                "invalid_request", "PKCE with code_challenge_method=S256 is required",
+                "invalid_request",
+                "PKCE with code_challenge_method=S256 is required",
                 redirect=True,
-            )  # fmt: skip
+            )
         nonce = params.get("nonce", "")
         if len(nonce) > 256 or not _STATE.match(nonce):
             raise AuthorizeError("invalid_request", "nonce is malformed", redirect=True)
         return AuthRequest(
-            client_id=client_id, redirect_uri=redirect_uri, state=state,
-            code_challenge=challenge, scope=params.get("scope", "")[:512], nonce=nonce,
-        )  # fmt: skip
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            state=state,
+            code_challenge=challenge,
+            scope=params.get("scope", "")[:512],
+            nonce=nonce,
+        )
 
     def issue(self, request: AuthRequest, *, username: str) -> str:
         """A fresh single-use code for ``username`` signed in on ``request``."""
@@ -163,5 +168,6 @@ class AuthCodes:
         expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
         if not hmac.compare_digest(expected, req.code_challenge):
             return None
-        return CodeGrant(username=found.username, scope=req.scope, nonce=req.nonce,
-                         client_id=req.client_id)  # fmt: skip
+        return CodeGrant(
+            username=found.username, scope=req.scope, nonce=req.nonce, client_id=req.client_id
+        )

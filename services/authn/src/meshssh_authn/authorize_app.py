@@ -37,20 +37,26 @@ def _html(text: str, status: int = 200, *, redirect_uri: str = "") -> HTMLRespon
 
 def _back(redirect_uri: str, **params: str) -> Response:
     sep = "&" if "?" in redirect_uri else "?"
-    return RedirectResponse(redirect_uri + sep + urlencode(params), status_code=303,
-                            headers=SECURITY_HEADERS)  # fmt: skip
+    return RedirectResponse(
+        redirect_uri + sep + urlencode(params), status_code=303, headers=SECURITY_HEADERS
+    )
 
 
 def _refused(e: AuthorizeError, params: dict[str, str]) -> Response:
     if not e.redirect:
         return _html(error_page(e.description), 400)
-    return _back(params["redirect_uri"], error=e.error, error_description=e.description,
-                 state=params.get("state", ""))  # fmt: skip
+    return _back(
+        params["redirect_uri"],
+        error=e.error,
+        error_description=e.description,
+        state=params.get("state", ""),
+    )
 
 
 def _token_error(error: str, description: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description},
-                        status_code=status, headers=_NO_STORE)  # fmt: skip
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=_NO_STORE
+    )
 
 
 async def exchange_code(
@@ -67,10 +73,15 @@ async def exchange_code(
     if issued is None:
         return _token_error("invalid_grant", "the user no longer exists")
     return JSONResponse(
-        {"access_token": issued.access_token, "id_token": issued.id_token,
-         "token_type": "Bearer", "expires_in": issued.expires_in, "scope": issued.scope},
+        {
+            "access_token": issued.access_token,
+            "id_token": issued.id_token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "scope": issued.scope,
+        },
         headers=_NO_STORE,
-    )  # fmt: skip
+    )
 
 
 def install_authorize_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
@@ -104,18 +115,27 @@ def install_authorize_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
             return _refused(e, params)
         if not (username and password):
             error = "Enter your user name and your password."
-            return _html(authorize_page(checked, username=username, error=error), 400,
-                         redirect_uri=checked.redirect_uri)  # fmt: skip
+            return _html(
+                authorize_page(checked, username=username, error=error),
+                400,
+                redirect_uri=checked.redirect_uri,
+            )
         address = request.client.host if request.client else ""
         try:
             await provider.check_password(username, password, address)
         except RateLimited as e:
-            return _html(authorize_page(checked, error=str(e).capitalize() + "."), 429,
-                         redirect_uri=checked.redirect_uri)  # fmt: skip
+            return _html(
+                authorize_page(checked, error=str(e).capitalize() + "."),
+                429,
+                redirect_uri=checked.redirect_uri,
+            )
         except Denied:
             error = "Wrong user name or password."
-            return _html(authorize_page(checked, username=username, error=error), 401,
-                         redirect_uri=checked.redirect_uri)  # fmt: skip
+            return _html(
+                authorize_page(checked, username=username, error=error),
+                401,
+                redirect_uri=checked.redirect_uri,
+            )
         assert provider.auth_codes is not None
         code = provider.auth_codes.issue(checked, username=username)
         return _back(checked.redirect_uri, code=code, state=checked.state)

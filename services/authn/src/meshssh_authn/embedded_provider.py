@@ -230,9 +230,12 @@ class EmbeddedProvider:
         if user is None:
             return None
         issued = await self._tokens.issue(
-            grant.username, user, self._scope(grant.scope), client_id=grant.client_id,
+            grant.username,
+            user,
+            self._scope(grant.scope),
+            client_id=grant.client_id,
             nonce=grant.nonce,
-        )  # fmt: skip
+        )
         self._metrics.tokens_issued.inc()
         self._log.info("token issued", extra={"user": grant.username, "client": grant.client_id})
         return issued

@@ -99,9 +99,12 @@ def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
     ) -> JSONResponse:
         if grant_type == "authorization_code":
             return await exchange_code(
-                provider, code=code, client_id=client_id, redirect_uri=redirect_uri,
+                provider,
+                code=code,
+                client_id=client_id,
+                redirect_uri=redirect_uri,
                 verifier=code_verifier,
-            )  # fmt: skip
+            )
         if grant_type != DEVICE_GRANT:
             return _oauth_error("unsupported_grant_type", "only the device code grant")
         if not device_code:

@@ -200,25 +200,46 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
 
         refresher.on_missed = announce_missed
         await subscribe_typed(
-            ctx.nc, subjects.AUTHN_JWKS_MISSED, JwksMissed, on_missed,
-            name="jwks-missed", metrics=ctx.metrics, log=ctx.log,
-        )  # fmt: skip
+            ctx.nc,
+            subjects.AUTHN_JWKS_MISSED,
+            JwksMissed,
+            on_missed,
+            name="jwks-missed",
+            metrics=ctx.metrics,
+            log=ctx.log,
+        )
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
         # concurrency: a request waiting for the fetch slot must not hold up the others.
         await add_endpoint(
-            svc, "jwks-refresh", subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest,
-            refresher.refresh, metrics=m, log=log, concurrency=64,
-        )  # fmt: skip
+            svc,
+            "jwks-refresh",
+            subjects.AUTHN_JWKS_REFRESH,
+            JwksRefreshRequest,
+            refresher.refresh,
+            metrics=m,
+            log=log,
+            concurrency=64,
+        )
         await add_endpoint(
-            svc, "device-start", subjects.AUTHN_DEVICE_START, DeviceStartRequest,
-            broker.start, metrics=m, log=log,
-        )  # fmt: skip
+            svc,
+            "device-start",
+            subjects.AUTHN_DEVICE_START,
+            DeviceStartRequest,
+            broker.start,
+            metrics=m,
+            log=log,
+        )
         await add_endpoint(
-            svc, "device-poll", subjects.AUTHN_DEVICE_POLL, DevicePollRequest,
-            broker.poll, metrics=m, log=log,
-        )  # fmt: skip
+            svc,
+            "device-poll",
+            subjects.AUTHN_DEVICE_POLL,
+            DevicePollRequest,
+            broker.poll,
+            metrics=m,
+            log=log,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 http_task = tg.create_task(server.serve()) if server is not None else None

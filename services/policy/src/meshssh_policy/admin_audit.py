@@ -85,9 +85,15 @@ class AdminAudit:
     ) -> None:
         """Store one event (a failure is logged and counted, never raised)."""
         event = AuditEvent(
-            kind="admin-change", peer_id=peer_id, at=time.time(), actor=actor, action=action,
-            targets=targets, detail=_detail(detail), result=result,
-        )  # fmt: skip
+            kind="admin-change",
+            peer_id=peer_id,
+            at=time.time(),
+            actor=actor,
+            action=action,
+            targets=targets,
+            detail=_detail(detail),
+            result=result,
+        )
         try:
             await self._js.publish(subjects.AUDIT_ADMIN, codec.encode(event))
         except (nats.errors.Error, TimeoutError) as e:
@@ -159,6 +165,10 @@ class AuditWrites:
         except ValueError:
             parsed = "<not JSON>"
         await self.audit.record(
-            actor=actor, action=f"{scope['method']} {template}", targets=targets,
-            peer_id=str(params.get("peer_id", "")), detail=parsed, result=str(status),
-        )  # fmt: skip
+            actor=actor,
+            action=f"{scope['method']} {template}",
+            targets=targets,
+            peer_id=str(params.get("peer_id", "")),
+            detail=parsed,
+            result=str(status),
+        )

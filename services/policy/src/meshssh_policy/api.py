@@ -96,8 +96,11 @@ def create_app(mgmt: Management) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/") or request.headers.get("hx-request"):
             return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-        return PlainTextResponse(f"{exc.status_code}: {exc.detail}\n", status_code=exc.status_code,
-                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+        return PlainTextResponse(
+            f"{exc.status_code}: {exc.detail}\n",
+            status_code=exc.status_code,
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_: Request, exc: _Unauthorized) -> JSONResponse:
@@ -125,17 +128,22 @@ def create_app(mgmt: Management) -> FastAPI:
         snapshot = mgmt.state.jwks
         if snapshot is None:
             return JSONResponse(
-                {"error": "authentication is not configured yet: meshssh-authn has not "
-                 "published its settings to NATS (is meshssh-authn running?)",
-                 "code": "unavailable"},
+                {
+                    "error": "authentication is not configured yet: meshssh-authn has not "
+                    "published its settings to NATS (is meshssh-authn running?)",
+                    "code": "unavailable",
+                },
                 status_code=503,
-            )  # fmt: skip
+            )
         if snapshot.client is None:
             return JSONResponse(
-                {"error": "the identity provider has no client configured for meshssh login "
-                 "(configure a client in meshssh-authn)", "code": "unavailable"},
+                {
+                    "error": "the identity provider has no client configured for meshssh login "
+                    "(configure a client in meshssh-authn)",
+                    "code": "unavailable",
+                },
                 status_code=503,
-            )  # fmt: skip
+            )
         client = snapshot.client
         body: dict[str, Any] = {
             f: msgspec.to_builtins(getattr(client, f)) for f in client.__struct_fields__
@@ -143,10 +151,12 @@ def create_app(mgmt: Management) -> FastAPI:
         jwt = snapshot.jwt
         # The servers validate with the JWT config: its limits are the ones that count.
         body.update(
-            token_issuer=jwt.issuer, audiences=list(jwt.audiences),
-            user_id_claim=jwt.user_id_claim, max_token_age=jwt.max_token_age,
+            token_issuer=jwt.issuer,
+            audiences=list(jwt.audiences),
+            user_id_claim=jwt.user_id_claim,
+            max_token_age=jwt.max_token_age,
             clock_skew=jwt.clock_skew,
-        )  # fmt: skip
+        )
         return JSONResponse(body)
 
     app.state.web = install_dashboard(app, mgmt)

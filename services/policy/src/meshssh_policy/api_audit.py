@@ -36,8 +36,9 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> dict[str, Any]:
     """Audit events, newest first: ``{"events": [...], "next_before": N}`` (0: no more)."""
-    query = AuditQuery(user=user, peer=peer_filter(mgmt, peer), kind=kind, before=before,
-                       limit=limit)  # fmt: skip
+    query = AuditQuery(
+        user=user, peer=peer_filter(mgmt, peer), kind=kind, before=before, limit=limit
+    )
     page = await read_audit(mgmt.js, query)
     return {
         "events": [event_view(seq, e) for seq, e in page.events],

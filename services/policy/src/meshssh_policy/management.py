@@ -74,20 +74,35 @@ class Management:
         store = await open_store(js, state, bad_value_reporter(metrics.bad_state, log))
         publisher = Publisher(store.netmaps, metrics, log)
         engine = Engine(
-            state, store.watched(), publisher, mesh_prefix=settings.mesh_prefix,
-            concurrency=settings.publish_concurrency, metrics=metrics, log=log,
+            state,
+            store.watched(),
+            publisher,
+            mesh_prefix=settings.mesh_prefix,
+            concurrency=settings.publish_concurrency,
+            metrics=metrics,
+            log=log,
             nc=nc,
-        )  # fmt: skip
+        )
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
         registrar = Registrar(
             store, engine, mesh_prefix=settings.mesh_prefix, metrics=metrics, log=log
         )
         return cls(
-            settings=settings, admin_token=token, state=state, store=store, engine=engine,
-            presence=presence, resources=Resources(store), peer_ops=PeerOps(store),
-            registrar=registrar, logins=Logins(js, store, metrics, base, log), metrics=metrics,
-            log=log, js=js, audit=AdminAudit(js, base, log),
-        )  # fmt: skip
+            settings=settings,
+            admin_token=token,
+            state=state,
+            store=store,
+            engine=engine,
+            presence=presence,
+            resources=Resources(store),
+            peer_ops=PeerOps(store),
+            registrar=registrar,
+            logins=Logins(js, store, metrics, base, log),
+            metrics=metrics,
+            log=log,
+            js=js,
+            audit=AdminAudit(js, base, log),
+        )
 
     def compiler(self) -> Compiler:
         """A compiler over the current state (for views: SSH state, groups of a peer)."""

@@ -47,20 +47,37 @@ class Actions:
         self.pages = pages
 
     async def audited(
-        self, session: Session, action: str, op: Callable[[], Awaitable[T]], *,
-        targets: tuple[str, ...] = (), peer_id: str = "", detail: Any = None,
-    ) -> T:  # fmt: skip
+        self,
+        session: Session,
+        action: str,
+        op: Callable[[], Awaitable[T]],
+        *,
+        targets: tuple[str, ...] = (),
+        peer_id: str = "",
+        detail: Any = None,
+    ) -> T:
         """Run ``op`` and record it as ``action`` (a refusal with its status, then re-raised)."""
         audit = self.mgmt.audit
         try:
             result = await op()
         except MeshError as e:
-            await audit.record(actor=actor_of(session), action=action, targets=targets,
-                               peer_id=peer_id, detail=detail,
-                               result=str(http_status(e)))  # fmt: skip
+            await audit.record(
+                actor=actor_of(session),
+                action=action,
+                targets=targets,
+                peer_id=peer_id,
+                detail=detail,
+                result=str(http_status(e)),
+            )
             raise
-        await audit.record(actor=actor_of(session), action=action, targets=targets,
-                           peer_id=peer_id, detail=detail, result="200")  # fmt: skip
+        await audit.record(
+            actor=actor_of(session),
+            action=action,
+            targets=targets,
+            peer_id=peer_id,
+            detail=detail,
+            result="200",
+        )
         return result
 
     def router(self) -> APIRouter:
@@ -73,38 +90,56 @@ class Actions:
             session = await auth.writer(request)
             on = str((await request.form()).get("on", "")) == "1"
             await self.audited(
-                session, "PATCH /api/v1/peers/{peer_id}",
+                session,
+                "PATCH /api/v1/peers/{peer_id}",
                 lambda: mgmt.peer_ops.update(peer_id, PeerPatch(ssh_enabled=on)),
-                targets=(peer_id,), peer_id=peer_id, detail={"ssh_enabled": on},
-            )  # fmt: skip
+                targets=(peer_id,),
+                peer_id=peer_id,
+                detail={"ssh_enabled": on},
+            )
             return _back("/peers")
 
         @router.post("/peers/{peer_id}/sessions/{session_id}/end")
         async def end_session(request: Request, peer_id: str, session_id: str) -> Response:
             session = await auth.writer(request)
             await self.audited(
-                session, "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}",
+                session,
+                "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}",
                 lambda: mgmt.end_session(peer_id, session_id),
-                targets=(peer_id, session_id), peer_id=peer_id,
-            )  # fmt: skip
+                targets=(peer_id, session_id),
+                peer_id=peer_id,
+            )
             return _back(f"/peers/{peer_id}")
 
         @router.post("/groups")
         async def create_group(request: Request) -> Response:
             session = await auth.writer(request)
             form = await request.form()
-            fields = {"id": str(form.get("id", "")).strip(),
-                      "name": str(form.get("name", "")).strip()}  # fmt: skip
+            fields = {
+                "id": str(form.get("id", "")).strip(),
+                "name": str(form.get("name", "")).strip(),
+            }
             try:
                 body = GroupIn.model_validate(fields)
             except ValidationError as e:
-                return pages.groups_page(request, session, validation_message(
-                    [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")}
-                     for x in e.errors()]), 422)  # fmt: skip
+                return pages.groups_page(
+                    request,
+                    session,
+                    validation_message(
+                        [
+                            {"loc": list(x.get("loc", ())), "msg": x.get("msg", "")}
+                            for x in e.errors()
+                        ]
+                    ),
+                    422,
+                )
             try:
-                await self.audited(session, "POST /api/v1/groups",
-                                   lambda: mgmt.resources.create_group(body),
-                                   detail=fields)  # fmt: skip
+                await self.audited(
+                    session,
+                    "POST /api/v1/groups",
+                    lambda: mgmt.resources.create_group(body),
+                    detail=fields,
+                )
             except MeshError as e:
                 return pages.groups_page(request, session, e.public, 422)
             return _back("/groups")
@@ -121,9 +156,13 @@ class Actions:
             op = mgmt.add_to_group if add else mgmt.remove_from_group
             who = {kind: value}
             try:
-                await self.audited(session, action, lambda: op(group_id, **who),
-                                   targets=(group_id, value),
-                                   peer_id=value if kind == "peer" else "")  # fmt: skip
+                await self.audited(
+                    session,
+                    action,
+                    lambda: op(group_id, **who),
+                    targets=(group_id, value),
+                    peer_id=value if kind == "peer" else "",
+                )
             except MeshError as e:
                 return pages.groups_page(request, session, e.public, 422)
             return _back("/groups")
@@ -141,22 +180,31 @@ class Actions:
             form = PolicyForm.from_fields(await request.form())
             body, errors = form.parse()
             if body is None:
-                return pages.policy_form_page(request, session, form, policy_id=policy_id,
-                                              errors=errors, status=422)  # fmt: skip
+                return pages.policy_form_page(
+                    request, session, form, policy_id=policy_id, errors=errors, status=422
+                )
             detail = body.model_dump(exclude_none=True)
             try:
                 if policy_id:
-                    await self.audited(session, "PUT /api/v1/policies/{policy_id}",
-                                       lambda: mgmt.resources.replace_policy(policy_id, body),
-                                       targets=(policy_id,), detail=detail)  # fmt: skip
+                    await self.audited(
+                        session,
+                        "PUT /api/v1/policies/{policy_id}",
+                        lambda: mgmt.resources.replace_policy(policy_id, body),
+                        targets=(policy_id,),
+                        detail=detail,
+                    )
                 else:
-                    await self.audited(session, "POST /api/v1/policies",
-                                       lambda: mgmt.resources.create_policy(body),
-                                       detail=detail)  # fmt: skip
+                    await self.audited(
+                        session,
+                        "POST /api/v1/policies",
+                        lambda: mgmt.resources.create_policy(body),
+                        detail=detail,
+                    )
             except MeshError as e:
                 errors = {form.error_field(e.public): e.public}
-                return pages.policy_form_page(request, session, form, policy_id=policy_id,
-                                              errors=errors, status=422)  # fmt: skip
+                return pages.policy_form_page(
+                    request, session, form, policy_id=policy_id, errors=errors, status=422
+                )
             return _back("/policies")
 
         @router.post("/policies")
@@ -175,10 +223,12 @@ class Actions:
             session = await auth.writer(request)
             on = str((await request.form()).get("on", "")) == "1"
             await self.audited(
-                session, "PATCH /api/v1/policies/{policy_id}",
+                session,
+                "PATCH /api/v1/policies/{policy_id}",
                 lambda: mgmt.resources.update_policy(policy_id, PolicyPatch(enabled=on)),
-                targets=(policy_id,), detail={"enabled": on},
-            )  # fmt: skip
+                targets=(policy_id,),
+                detail={"enabled": on},
+            )
             return _back("/policies")
 
         @router.post("/setup-keys")
@@ -189,22 +239,30 @@ class Actions:
                 days = int(str(form.get("expires_days", "30")) or 0)
                 limit = int(str(form.get("usage_limit", "0")) or 0)
                 body = SetupKeyIn(
-                    name=str(form.get("name", "")).strip(), type=str(form.get("type", "")),
-                    expires_in=days * 86400, usage_limit=limit,
+                    name=str(form.get("name", "")).strip(),
+                    type=str(form.get("type", "")),
+                    expires_in=days * 86400,
+                    usage_limit=limit,
                     auto_groups=[str(g) for g in form.getlist("auto_groups")],
                     ssh_enabled=bool(form.get("ssh_enabled")),
-                )  # fmt: skip
+                )
             except ValueError as e:
                 errors = e.errors() if isinstance(e, ValidationError) else [{"msg": str(e)}]
-                return pages.keys_page(request, session, status=422, error=validation_message(
-                    [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")}
-                     for x in errors]))  # fmt: skip
+                return pages.keys_page(
+                    request,
+                    session,
+                    status=422,
+                    error=validation_message(
+                        [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in errors]
+                    ),
+                )
             try:
                 record, secret = await self.audited(
-                    session, "POST /api/v1/setup-keys",
+                    session,
+                    "POST /api/v1/setup-keys",
                     lambda: mgmt.resources.create_setup_key(body),
                     detail=body.model_dump(exclude={"key"}),
-                )  # fmt: skip
+                )
             except MeshError as e:
                 return pages.keys_page(request, session, error=e.public, status=422)
             created = {**setup_key_view(record, time.time()), "key": secret}
@@ -214,10 +272,12 @@ class Actions:
         async def revoke_key(request: Request, key_id: str) -> Response:
             session = await auth.writer(request)
             await self.audited(
-                session, "PATCH /api/v1/setup-keys/{key_id}",
+                session,
+                "PATCH /api/v1/setup-keys/{key_id}",
                 lambda: mgmt.resources.update_setup_key(key_id, SetupKeyPatch(revoked=True)),
-                targets=(key_id,), detail={"revoked": True},
-            )  # fmt: skip
+                targets=(key_id,),
+                detail={"revoked": True},
+            )
             return _back("/setup-keys")
 
         return router

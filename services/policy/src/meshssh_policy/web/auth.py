@@ -107,18 +107,25 @@ class WebAuth:
             # Binds the sign-in to this browser: a callback carrying someone else's code and
             # state (login CSRF) lacks the cookie and is refused.
             response.set_cookie(
-                LOGIN_COOKIE, state, httponly=True, samesite="lax", secure=self.secure(request),
-                max_age=600, path="/auth/callback",
-            )  # fmt: skip
+                LOGIN_COOKIE,
+                state,
+                httponly=True,
+                samesite="lax",
+                secure=self.secure(request),
+                max_age=600,
+                path="/auth/callback",
+            )
             return response
 
         @router.get("/auth/callback")
-        async def callback(request: Request, state: str = "", code: str = "",
-                           error: str = "") -> Response:  # fmt: skip
+        async def callback(
+            request: Request, state: str = "", code: str = "", error: str = ""
+        ) -> Response:
             if error or not state or not code:
                 raise HTTPException(400, f"sign-in failed: {error or 'no code'}")
-            if not hmac.compare_digest(request.cookies.get(LOGIN_COOKIE, "").encode(),
-                                       state.encode()):  # fmt: skip
+            if not hmac.compare_digest(
+                request.cookies.get(LOGIN_COOKIE, "").encode(), state.encode()
+            ):
                 raise HTTPException(403, "sign-in refused: it was not started in this browser")
             try:
                 token, next_path = await self.oidc.finish(state[:256], code[:2048])
@@ -127,14 +134,18 @@ class WebAuth:
             admin = self.is_admin(token)
             name = str(token.claims.get("name") or token.claims.get("email") or "")
             sid, _ = self.sessions.create(user=token.user_id, admin=admin, name=name[:128])
-            self.mgmt.log.info("dashboard sign-in", extra={"user": token.user_id,
-                                                           "admin": admin})  # fmt: skip
+            self.mgmt.log.info("dashboard sign-in", extra={"user": token.user_id, "admin": admin})
             response = RedirectResponse(_safe_next(next_path), status_code=303)
             response.delete_cookie(LOGIN_COOKIE, path="/auth/callback")
             response.set_cookie(
-                COOKIE, sid, httponly=True, samesite="lax", secure=self.secure(request),
-                max_age=int(self.mgmt.settings.session_ttl), path="/",
-            )  # fmt: skip
+                COOKIE,
+                sid,
+                httponly=True,
+                samesite="lax",
+                secure=self.secure(request),
+                max_age=int(self.mgmt.settings.session_ttl),
+                path="/",
+            )
             return response
 
         @router.post("/auth/logout")
@@ -147,8 +158,9 @@ class WebAuth:
                     raise HTTPException(403, "missing or wrong CSRF token: reload the page")
                 self.sessions.drop(request.cookies.get(COOKIE, ""))
             response = RedirectResponse("/signed-out", status_code=303)
-            response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax",
-                                   secure=self.secure(request))  # fmt: skip
+            response.delete_cookie(
+                COOKIE, path="/", httponly=True, samesite="lax", secure=self.secure(request)
+            )
             return response
 
         return router

@@ -119,14 +119,21 @@ class OidcSignIn:
         state = secrets.token_urlsafe(24)
         verifier = secrets.token_urlsafe(48)
         nonce = secrets.token_urlsafe(16)
-        self._pending[state] = _Pending(verifier, nonce, next_path, redirect_uri,
-                                        now + _PENDING_TTL)  # fmt: skip
-        query = urlencode({
-            "response_type": "code", "client_id": self._mgmt.settings.dashboard_client_id,
-            "redirect_uri": redirect_uri, "scope": "openid email profile groups",
-            "state": state, "nonce": nonce, "code_challenge": _challenge(verifier),
-            "code_challenge_method": "S256",
-        })  # fmt: skip
+        self._pending[state] = _Pending(
+            verifier, nonce, next_path, redirect_uri, now + _PENDING_TTL
+        )
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self._mgmt.settings.dashboard_client_id,
+                "redirect_uri": redirect_uri,
+                "scope": "openid email profile groups",
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": _challenge(verifier),
+                "code_challenge_method": "S256",
+            }
+        )
         endpoint = str(meta["authorization_endpoint"])
         return endpoint + ("&" if "?" in endpoint else "?") + query, state
 
@@ -142,9 +149,13 @@ class OidcSignIn:
             raise Denied("unknown or expired sign-in", public="this sign-in expired; start again")
         meta = await self.metadata()
         settings = self._mgmt.settings
-        form = {"grant_type": "authorization_code", "code": code,
-                "redirect_uri": pending.redirect_uri, "client_id": settings.dashboard_client_id,
-                "code_verifier": pending.verifier}  # fmt: skip
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": pending.redirect_uri,
+            "client_id": settings.dashboard_client_id,
+            "code_verifier": pending.verifier,
+        }
         try:
             async with httpx.AsyncClient(timeout=_TIMEOUT) as http:
                 resp = await http.post(str(meta.get("token_endpoint", "")), data=form)
@@ -168,8 +179,9 @@ class OidcSignIn:
             keys: Any = snapshot.keys
         else:
             keys = (await self._get(str(meta.get("jwks_uri", "")))).get("keys", [])
-        config = JwtConfig(issuer=issuer, audiences=(self._mgmt.settings.dashboard_client_id,),
-                           user_id_claim=claim)  # fmt: skip
+        config = JwtConfig(
+            issuer=issuer, audiences=(self._mgmt.settings.dashboard_client_id,), user_id_claim=claim
+        )
         try:
             return JwtValidator(config, keys).validate(id_token)
         except TokenRejected as e:

@@ -68,8 +68,9 @@ class Pages:
         env = self.templates.env
         env.globals.update(ago=ago, when=_when, expires=_expires)
 
-    def render(self, request: Request, session: Session | None, name: str,
-               status: int = 200, **values: Any) -> HTMLResponse:  # fmt: skip
+    def render(
+        self, request: Request, session: Session | None, name: str, status: int = 200, **values: Any
+    ) -> HTMLResponse:
         """A page for ``session`` (the live strip included)."""
         context = {"session": session, "live": live_counts(self.mgmt), **values}
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -80,39 +81,69 @@ class Pages:
         """Peer id -> name."""
         return {p.id: p.name for p in self.mgmt.state.peers.values()}
 
-    def groups_page(self, request: Request, session: Session, error: str = "",
-                    status: int = 200) -> HTMLResponse:  # fmt: skip
+    def groups_page(
+        self, request: Request, session: Session, error: str = "", status: int = 200
+    ) -> HTMLResponse:
         """The Groups page (also after a refused change, with ``error``)."""
         state = self.mgmt.state
         peers = sorted(state.peers.values(), key=lambda p: p.name)
         return self.render(
-            request, session, "groups.html", status,
+            request,
+            session,
+            "groups.html",
+            status,
             groups=[state.groups[g] for g in sorted(state.groups)],
             peer_names=self.peer_names(),
             user_choices=[(u, u) for u in sorted(state.users)],
-            peer_choices=[(p.id, p.name) for p in peers], error=error,
-        )  # fmt: skip
+            peer_choices=[(p.id, p.name) for p in peers],
+            error=error,
+        )
 
-    def policy_form_page(self, request: Request, session: Session, form: PolicyForm, *,
-                         policy_id: str = "", errors: dict[str, str] | None = None,
-                         status: int = 200) -> HTMLResponse:  # fmt: skip
+    def policy_form_page(
+        self,
+        request: Request,
+        session: Session,
+        form: PolicyForm,
+        *,
+        policy_id: str = "",
+        errors: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
         """The policy form, with its errors inline."""
         errors = errors or {}
         return self.render(
-            request, session, "policy_form.html", status, form=form.with_blank_rule(),
-            policy_id=policy_id, field_errors=errors, errors=list(errors.values()),
-        )  # fmt: skip
+            request,
+            session,
+            "policy_form.html",
+            status,
+            form=form.with_blank_rule(),
+            policy_id=policy_id,
+            field_errors=errors,
+            errors=list(errors.values()),
+        )
 
-    def keys_page(self, request: Request, session: Session, *, created: Any = None,
-                  error: str = "", status: int = 200) -> HTMLResponse:  # fmt: skip
+    def keys_page(
+        self,
+        request: Request,
+        session: Session,
+        *,
+        created: Any = None,
+        error: str = "",
+        status: int = 200,
+    ) -> HTMLResponse:
         """The Setup keys page (with a new key shown once)."""
         now = time.time()
         keys = sorted(self.mgmt.state.setup_keys.values(), key=lambda k: (k.name, k.id))
         return self.render(
-            request, session, "setup_keys.html", status,
-            keys=[setup_key_view(k, now) for k in keys], created=created, error=error,
+            request,
+            session,
+            "setup_keys.html",
+            status,
+            keys=[setup_key_view(k, now) for k in keys],
+            created=created,
+            error=error,
             group_ids=sorted(self.mgmt.state.groups),
-        )  # fmt: skip
+        )
 
     def router(self) -> APIRouter:
         """The GET routes."""
@@ -128,8 +159,9 @@ class Pages:
             if (session := auth.session(request)) is None:
                 return login_redirect(request)
             ids = sorted(mgmt.state.peers, key=lambda p: (mgmt.state.peers[p].name, p))
-            return self.render(request, session, "peers.html",
-                               peers=[peer_row(mgmt, p) for p in ids])  # fmt: skip
+            return self.render(
+                request, session, "peers.html", peers=[peer_row(mgmt, p) for p in ids]
+            )
 
         @router.get("/peers/{peer_id}")
         async def peer(request: Request, peer_id: str) -> Response:
@@ -140,10 +172,14 @@ class Pages:
             netmap = await mgmt.engine.publisher.current(peer_id)
             row = peer_row(mgmt, peer_id)
             return self.render(
-                request, session, "peer.html", p=row, rules=rules_of_map(netmap),
+                request,
+                session,
+                "peer.html",
+                p=row,
+                rules=rules_of_map(netmap),
                 published_serial=netmap.serial if netmap is not None else None,
                 fingerprint=host_key_fingerprint(row["ssh_host_key"]),
-            )  # fmt: skip
+            )
 
         @router.get("/users")
         async def users(request: Request) -> Response:
@@ -177,8 +213,9 @@ class Pages:
             record = mgmt.state.policies.get(policy_id)
             if record is None:
                 raise HTTPException(404, f"policy {policy_id[:80]!r} does not exist")
-            return self.policy_form_page(request, session, PolicyForm.from_record(record),
-                                         policy_id=policy_id)  # fmt: skip
+            return self.policy_form_page(
+                request, session, PolicyForm.from_record(record), policy_id=policy_id
+            )
 
         @router.get("/setup-keys")
         async def setup_keys(request: Request) -> Response:
@@ -187,22 +224,30 @@ class Pages:
             return self.keys_page(request, session)
 
         @router.get("/audit")
-        async def audit(request: Request, user: str = "", peer: str = "", kind: str = "",
-                        before: int = 0) -> Response:  # fmt: skip
+        async def audit(
+            request: Request, user: str = "", peer: str = "", kind: str = "", before: int = 0
+        ) -> Response:
             if (session := auth.session(request)) is None:
                 return login_redirect(request)
             user, peer, kind = user[:255], peer[:255], kind[:64]
-            query = AuditQuery(user=user, peer=peer_filter(mgmt, peer), kind=kind,
-                               before=max(0, before), limit=50)  # fmt: skip
+            query = AuditQuery(
+                user=user, peer=peer_filter(mgmt, peer), kind=kind, before=max(0, before), limit=50
+            )
             page = await read_audit(mgmt.js, query)
-            older = urlencode({"user": user, "peer": peer, "kind": kind,
-                               "before": page.next_before})  # fmt: skip
+            older = urlencode(
+                {"user": user, "peer": peer, "kind": kind, "before": page.next_before}
+            )
             return self.render(
-                request, session, "audit.html",
+                request,
+                session,
+                "audit.html",
                 events=[event_view(seq, e) for seq, e in page.events],
-                q={"user": user, "peer": peer, "kind": kind}, kinds=get_args(AuditKind),
-                next_before=page.next_before, older=older, peer_names=self.peer_names(),
-            )  # fmt: skip
+                q={"user": user, "peer": peer, "kind": kind},
+                kinds=get_args(AuditKind),
+                next_before=page.next_before,
+                older=older,
+                peer_names=self.peer_names(),
+            )
 
         @router.get("/live")
         async def live(request: Request) -> Response:
@@ -212,8 +257,14 @@ class Pages:
 
         @router.get("/signed-out")
         async def signed_out(request: Request) -> Response:
-            return self.render(request, None, "message.html", title="Signed out",
-                               text="You are signed out.", link="/auth/login?next=/peers",
-                               link_text="Sign in again")  # fmt: skip
+            return self.render(
+                request,
+                None,
+                "message.html",
+                title="Signed out",
+                text="You are signed out.",
+                link="/auth/login?next=/peers",
+                link_text="Sign in again",
+            )
 
         return router

@@ -30,9 +30,15 @@ __all__ = ["MAX_RULES", "PolicyForm", "RuleFields", "field_of"]
 
 MAX_RULES = 20
 _SPLIT = re.compile(r"[\s,]+")
-_RULE_FIELD = {"sources": "sources", "destinations": "destinations", "protocol": "protocol",
-               "ports": "ports", "port_ranges": "ports", "action": "action",
-               "authorized_groups": "authorized"}  # fmt: skip
+_RULE_FIELD = {
+    "sources": "sources",
+    "destinations": "destinations",
+    "protocol": "protocol",
+    "ports": "ports",
+    "port_ranges": "ports",
+    "action": "action",
+    "authorized_groups": "authorized",
+}
 
 
 @dataclass
@@ -97,35 +103,52 @@ class PolicyForm:
         for i in range(MAX_RULES):
             if f"r{i}_sources" not in fields:
                 break
-            rules.append(RuleFields(
-                sources=get(f"r{i}_sources"), destinations=get(f"r{i}_destinations"),
-                protocol=get(f"r{i}_protocol") or "ssh", ports=get(f"r{i}_ports"),
-                action=get(f"r{i}_action") or "accept", authorized=get(f"r{i}_authorized"),
-            ))  # fmt: skip
-        return cls(id=get("id").strip(), name=get("name").strip(),
-                   description=get("description").strip(), enabled=bool(fields.get("enabled")),
-                   rules=rules)  # fmt: skip
+            rules.append(
+                RuleFields(
+                    sources=get(f"r{i}_sources"),
+                    destinations=get(f"r{i}_destinations"),
+                    protocol=get(f"r{i}_protocol") or "ssh",
+                    ports=get(f"r{i}_ports"),
+                    action=get(f"r{i}_action") or "accept",
+                    authorized=get(f"r{i}_authorized"),
+                )
+            )
+        return cls(
+            id=get("id").strip(),
+            name=get("name").strip(),
+            description=get("description").strip(),
+            enabled=bool(fields.get("enabled")),
+            rules=rules,
+        )
 
     @classmethod
     def from_record(cls, policy: PolicyRecord) -> PolicyForm:
         """The form of a stored policy."""
         rules = [
             RuleFields(
-                sources=", ".join(r.sources), destinations=", ".join(r.destinations),
+                sources=", ".join(r.sources),
+                destinations=", ".join(r.destinations),
                 protocol=r.protocol,
                 ports=", ".join([*r.ports, *(f"{x.start}-{x.end}" for x in r.port_ranges)]),
-                action=r.action, authorized=authorized_text(dict(r.authorized_groups)),
+                action=r.action,
+                authorized=authorized_text(dict(r.authorized_groups)),
             )
             for r in policy.rules
-        ]  # fmt: skip
-        return cls(id=policy.id, name=policy.name, description=policy.description,
-                   enabled=policy.enabled, rules=rules)  # fmt: skip
+        ]
+        return cls(
+            id=policy.id,
+            name=policy.name,
+            description=policy.description,
+            enabled=policy.enabled,
+            rules=rules,
+        )
 
     def with_blank_rule(self) -> PolicyForm:
         """The form with one empty rule row at the end (to add a rule)."""
         rules = [r for r in self.rules if not r.empty()]
-        return PolicyForm(self.id, self.name, self.description, self.enabled,
-                          [*rules, RuleFields()][:MAX_RULES])  # fmt: skip
+        return PolicyForm(
+            self.id, self.name, self.description, self.enabled, [*rules, RuleFields()][:MAX_RULES]
+        )
 
     def parse(self) -> tuple[PolicyIn | None, dict[str, str]]:
         """The REST body, or the errors by field (``""``: not about one field)."""
@@ -145,15 +168,23 @@ class PolicyForm:
             if isinstance(authorized, str):
                 errors[f"r{i}_authorized"] = authorized
                 authorized = {}
-            rule: dict[str, Any] = {"sources": _words(r.sources),
-                                    "destinations": _words(r.destinations),
-                                    "protocol": r.protocol, "ports": ports,
-                                    "port_ranges": ranges, "action": r.action}  # fmt: skip
+            rule: dict[str, Any] = {
+                "sources": _words(r.sources),
+                "destinations": _words(r.destinations),
+                "protocol": r.protocol,
+                "ports": ports,
+                "port_ranges": ranges,
+                "action": r.action,
+            }
             if authorized:
                 rule["authorized_groups"] = authorized
             rules.append(rule)
-        body = {"name": self.name, "description": self.description, "enabled": self.enabled,
-                "rules": rules}  # fmt: skip
+        body = {
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "rules": rules,
+        }
         if self.id:
             body["id"] = self.id
         try:

@@ -60,8 +60,13 @@ class SessionStore:
             while len(self._sessions) >= _MAX_SESSIONS:
                 del self._sessions[next(iter(self._sessions))]
         sid = secrets.token_urlsafe(32)
-        session = Session(user=user, admin=admin, csrf=secrets.token_urlsafe(32),
-                          expires=now + self._ttl, name=name)  # fmt: skip
+        session = Session(
+            user=user,
+            admin=admin,
+            csrf=secrets.token_urlsafe(32),
+            expires=now + self._ttl,
+            name=name,
+        )
         self._sessions[sid] = session
         return sid, session
 

@@ -124,8 +124,9 @@ def rules_of_map(netmap: NetworkMap | None) -> list[dict[str, Any]]:
 
 def _firewall_view(rule: FirewallRule) -> dict[str, Any]:
     view: dict[str, Any] = msgspec.to_builtins(rule)
-    ports = rule.port or (f"{rule.port_range.start}-{rule.port_range.end}"
-                          if rule.port_range else "all")  # fmt: skip
+    ports = rule.port or (
+        f"{rule.port_range.start}-{rule.port_range.end}" if rule.port_range else "all"
+    )
     view["ports_text"] = ports
     view["sources_text"] = ", ".join(rule.sources)
     return view
@@ -144,8 +145,7 @@ def live_counts(mgmt: Management) -> dict[str, Any]:
             continue
         running += int(hb.ssh_running)
         sessions.extend((peers[peer_id].name, s) for s in hb.sessions)
-    return {"peers": len(peers), "online": len(online), "running": running,
-            "sessions": sessions}  # fmt: skip
+    return {"peers": len(peers), "online": len(online), "running": running, "sessions": sessions}
 
 
 def policy_rows(mgmt: Management) -> list[tuple[PolicyRecord, list[str]]]:
