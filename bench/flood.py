@@ -197,10 +197,15 @@ async def auth_tries(port: int, user: str, stop: asyncio.Event, stats: dict[str,
         try:
             async with asyncio.timeout(20):
                 conn = await asyncssh.connect(
-                    MESH_IP, port, local_addr=("127.0.3.1", 0),
-                    username=user, password="not-a-token", known_hosts=None,
-                    client_keys=None, preferred_auth="password",
-                )  # fmt: skip
+                    MESH_IP,
+                    port,
+                    local_addr=("127.0.3.1", 0),
+                    username=user,
+                    password="not-a-token",
+                    known_hosts=None,
+                    client_keys=None,
+                    preferred_auth="password",
+                )
             conn.close()
         except asyncssh.PermissionDenied:
             stats["rejected"] += 1
@@ -244,10 +249,18 @@ async def phase(setup: Setup, name: str) -> dict[str, Any]:
     proc = None
     if name != "idle":
         proc = await asyncio.create_subprocess_exec(
-            "nice", "-n", "19", sys.executable, __file__, "--flood", name,
-            str(setup.meshssh_port), setup.user,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            "nice",
+            "-n",
+            "19",
+            sys.executable,
+            __file__,
+            "--flood",
+            name,
+            str(setup.meshssh_port),
+            setup.user,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         assert proc.stdout is not None
         async with asyncio.timeout(60):
             assert (await proc.stdout.readline()).strip() == b"ready"
@@ -259,9 +272,11 @@ async def phase(setup: Setup, name: str) -> dict[str, Any]:
         # Garbage: go on until all GARBAGE connections were made (at most 3 minutes).
         deadline = time.monotonic() + 180
         while len(times) < SAMPLES or (
-            name == "garbage" and proc is not None and proc.returncode is None
+            name == "garbage"
+            and proc is not None
+            and proc.returncode is None
             and time.monotonic() < deadline
-        ):  # fmt: skip
+        ):
             ms, ok = await real_login(setup)
             times.append(ms)
             failures += not ok

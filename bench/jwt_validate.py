@@ -74,14 +74,23 @@ def measure(alg: str) -> dict[str, float]:
     public = private.public_key()
     to_jwk = get_default_algorithms()[alg].to_jwk  # type: ignore[attr-defined]
     # A realistic JWKS: the signing key among two others (rotation keeps several published).
-    others = [{**to_jwk(make_key(alg).public_key(), as_dict=True), "kid": f"old-{i}", "use": "sig"}
-              for i in range(2)]  # fmt: skip
+    others = [
+        {**to_jwk(make_key(alg).public_key(), as_dict=True), "kid": f"old-{i}", "use": "sig"}
+        for i in range(2)
+    ]
     keys = [*others, {**to_jwk(public, as_dict=True), "kid": "current", "use": "sig"}]
     config = JwtConfig(issuer=ISSUER, audiences=("meshssh",), max_token_age=600, clock_skew=60)
     validator = JwtValidator(config, keys)
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": "meshssh", "sub": "alice", "iat": now, "exp": now + 600,
-              "email": "alice@example.com", "groups": ["dev"]}  # fmt: skip
+    claims = {
+        "iss": ISSUER,
+        "aud": "meshssh",
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 600,
+        "email": "alice@example.com",
+        "groups": ["dev"],
+    }
     token = jwt.encode(claims, private, algorithm=alg, headers={"kid": "current"})
     assert validator.validate(token).user_id == "alice"
 
@@ -89,8 +98,15 @@ def measure(alg: str) -> dict[str, float]:
         return validator.validate(token)
 
     def reference() -> object:
-        return jwt.decode(token, public, algorithms=[alg], audience="meshssh", issuer=ISSUER,
-                          options={"require": ["exp", "iat"]}, leeway=60)  # fmt: skip
+        return jwt.decode(
+            token,
+            public,
+            algorithms=[alg],
+            audience="meshssh",
+            issuer=ISSUER,
+            options={"require": ["exp", "iat"]},
+            leeway=60,
+        )
 
     one_round(ours, reference)  # warm up both
     ratios, ours_rates, ref_rates = [], [], []

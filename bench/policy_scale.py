@@ -80,26 +80,46 @@ async def put_all(kv: KeyValue, items: list[tuple[str, bytes]]) -> None:
 
 
 async def seed_state(js: Any) -> None:
-    meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                    flags=PeerFlags(server_ssh_allowed=True))  # fmt: skip
+    meta = PeerMeta(
+        version="0.1.0", capabilities=("native_ssh",), flags=PeerFlags(server_ssh_allowed=True)
+    )
     peers = [
-        (peer_key(peer_id(i)), codec.encode(PeerRecord(
-            id=peer_id(i), name=f"peer-{i}", mesh_ip=f"100.64.{i // 250}.{i % 250 + 1}",
-            meta=meta, credential_hash="x" * 64, ssh_host_key=HOST_KEY, ssh_enabled=i % 2 == 0)))
+        (
+            peer_key(peer_id(i)),
+            codec.encode(
+                PeerRecord(
+                    id=peer_id(i),
+                    name=f"peer-{i}",
+                    mesh_ip=f"100.64.{i // 250}.{i % 250 + 1}",
+                    meta=meta,
+                    credential_hash="x" * 64,
+                    ssh_host_key=HOST_KEY,
+                    ssh_enabled=i % 2 == 0,
+                )
+            ),
+        )
         for i in range(PEERS)
-    ]  # fmt: skip
+    ]
     users = [(user_key(f"user{u}"), codec.encode(UserRecord(id=f"user{u}"))) for u in range(USERS)]
     groups = [
-        (group_key(f"g{g}"), codec.encode(GroupRecord(
-            id=f"g{g}", peers=tuple(peer_id(i) for i in range(g * PER_GROUP, (g + 1) * PER_GROUP)),
-            users=tuple(f"user{u}" for u in range(g % 10 * 20, g % 10 * 20 + 20)))))
+        (
+            group_key(f"g{g}"),
+            codec.encode(
+                GroupRecord(
+                    id=f"g{g}",
+                    peers=tuple(peer_id(i) for i in range(g * PER_GROUP, (g + 1) * PER_GROUP)),
+                    users=tuple(f"user{u}" for u in range(g % 10 * 20, g % 10 * 20 + 20)),
+                )
+            ),
+        )
         for g in range(GROUPS)
-    ]  # fmt: skip
+    ]
     policies = []
     for p in range(GROUPS * REACH):
         src, dst = policy_of(p)
-        rule = RuleRecord(sources=(f"g{src}",), destinations=(f"g{dst}",), protocol="tcp",
-                          ports=("22",))  # fmt: skip
+        rule = RuleRecord(
+            sources=(f"g{src}",), destinations=(f"g{dst}",), protocol="tcp", ports=("22",)
+        )
         record = PolicyRecord(id=f"pol{p}", name=f"pol{p}", rules=(rule,))
         policies.append((policy_key(f"pol{p}"), codec.encode(record)))
     for bucket, items in [
@@ -113,10 +133,18 @@ async def seed_state(js: Any) -> None:
 
 async def start_policy(url: str, tmp: Path) -> tuple[ServiceProcess, str]:
     proc = await ServiceProcess.start(
-        "meshssh-policy", "--nats-url", url, "--listen", "127.0.0.1:0",
-        "--mesh-prefix", "100.64.0.0/10", "--admin-token", TOKEN,
-        "--publish-concurrency", str(CONCURRENCY),
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--mesh-prefix",
+        "100.64.0.0/10",
+        "--admin-token",
+        TOKEN,
+        "--publish-concurrency",
+        str(CONCURRENCY),
+    )
     await proc.wait_ready(timeout=180)
     match = _API.search(proc.output())
     assert match, proc.output()
@@ -231,13 +259,19 @@ async def main() -> int:
             for i in range(CHANGES):
                 p = (i * 37) % (GROUPS * REACH)
                 _, dst = policy_of(p)
-                targets = [subjects.netmap_key(peer_id(j))
-                           for j in range(dst * PER_GROUP, (dst + 1) * PER_GROUP)]  # fmt: skip
+                targets = [
+                    subjects.netmap_key(peer_id(j))
+                    for j in range(dst * PER_GROUP, (dst + 1) * PER_GROUP)
+                ]
                 before = {k: seen.revisions[k] for k in targets}
                 ports = ["22", str(8000 + i)]
                 started = time.perf_counter()
-                rule = {"sources": [f"g{p // REACH}"], "destinations": [f"g{dst}"],
-                        "protocol": "tcp", "ports": ports}  # fmt: skip
+                rule = {
+                    "sources": [f"g{p // REACH}"],
+                    "destinations": [f"g{dst}"],
+                    "protocol": "tcp",
+                    "ports": ports,
+                }
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
                 assert r.status_code == 200, r.text
                 change.append(await seen.wait_past(before) - started)
@@ -277,25 +311,51 @@ async def main() -> int:
     }
     ms = 1000
     rows = [
-        ("full compute (compile only)", f"{med(compute):.3f} s",
-         f"{min(compute):.3f}-{max(compute):.3f}", "", ""),
-        ("full compute + publish 5,000 maps", f"{med(full):.3f} s",
-         f"{min(full):.3f}-{max(full):.3f}", f"{med(floor):.3f} s", f"{figures['full_ratio']}x"),
-        ("change -> last affected map seen, p50", f"{figures['change_p50_ms']} ms",
-         f"{min(change) * ms:.1f}-{max(change) * ms:.1f}",
-         f"{figures['change_floor_p50_ms']} ms", f"{figures['change_ratio_p50']}x"),
-        ("change -> last affected map seen, p99", f"{figures['change_p99_ms']} ms", "",
-         f"{figures['change_floor_p99_ms']} ms", f"{figures['change_ratio_p99']}x"),
-        ("peak RSS of meshssh-policy", f"{rss_peak:.1f} MB", "", f"{rss_idle:.1f} MB idle",
-         f"{figures['rss_ratio']}x"),
-    ]  # fmt: skip
+        (
+            "full compute (compile only)",
+            f"{med(compute):.3f} s",
+            f"{min(compute):.3f}-{max(compute):.3f}",
+            "",
+            "",
+        ),
+        (
+            "full compute + publish 5,000 maps",
+            f"{med(full):.3f} s",
+            f"{min(full):.3f}-{max(full):.3f}",
+            f"{med(floor):.3f} s",
+            f"{figures['full_ratio']}x",
+        ),
+        (
+            "change -> last affected map seen, p50",
+            f"{figures['change_p50_ms']} ms",
+            f"{min(change) * ms:.1f}-{max(change) * ms:.1f}",
+            f"{figures['change_floor_p50_ms']} ms",
+            f"{figures['change_ratio_p50']}x",
+        ),
+        (
+            "change -> last affected map seen, p99",
+            f"{figures['change_p99_ms']} ms",
+            "",
+            f"{figures['change_floor_p99_ms']} ms",
+            f"{figures['change_ratio_p99']}x",
+        ),
+        (
+            "peak RSS of meshssh-policy",
+            f"{rss_peak:.1f} MB",
+            "",
+            f"{rss_idle:.1f} MB idle",
+            f"{figures['rss_ratio']}x",
+        ),
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     header = ("figure", "median", "min-max", "floor", "ratio")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
     for row in (header, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(f"({PEERS} peers, {GROUPS} groups, {GROUPS * REACH} policies; "
-          f"avg map {figures['map_kb_avg']} KiB; {CHANGES} changes)")  # fmt: skip
+    print(
+        f"({PEERS} peers, {GROUPS} groups, {GROUPS * REACH} policies; "
+        f"avg map {figures['map_kb_avg']} KiB; {CHANGES} changes)"
+    )
     print(json.dumps(figures))
     return 0
 

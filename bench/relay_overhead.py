@@ -150,8 +150,17 @@ async def compare(
 
 def ssh_runner(client: OpenSSH, prefix: Sequence[str] = (), bind: str = "") -> Runner:
     def run(host: str, port: int, command: str) -> Sequence[str]:
-        argv = [*prefix, "ssh", *client.base_options(), "-c", "aes128-gcm@openssh.com",
-                "-o", "Compression=no", "-p", str(port)]  # fmt: skip
+        argv = [
+            *prefix,
+            "ssh",
+            *client.base_options(),
+            "-c",
+            "aes128-gcm@openssh.com",
+            "-o",
+            "Compression=no",
+            "-p",
+            str(port),
+        ]
         if bind:
             argv += ["-b", bind]
         return [*argv, f"{USER}@{host}", command]
@@ -194,9 +203,16 @@ async def bench_proxy(root: Path, client: OpenSSH) -> dict[str, object]:
         sshd = ProxySshServer("127.0.0.2", trusted="127.0.0.2", client_key=client.public_key)
         await sshd.start()
         relay = await ServiceProcess.start(
-            "meshssh-relay", "--nats-url", server.url, "--peer-id", "p1",
-            "--listen", "127.0.0.2:0", "--sshd", f"127.0.0.2:{sshd.port}",
-        )  # fmt: skip
+            "meshssh-relay",
+            "--nats-url",
+            server.url,
+            "--peer-id",
+            "p1",
+            "--listen",
+            "127.0.0.2:0",
+            "--sshd",
+            f"127.0.0.2:{sshd.port}",
+        )
         try:
             await relay.wait_ready()
             port = int((await wait_log(relay, r"relay listening .*address=\S+:(\d+)"))[1])
@@ -221,19 +237,34 @@ async def bench_nftables(root: Path, client: OpenSSH) -> dict[str, object] | str
         try:
             if_a, _ = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
             forward = await PortForward.start(a, ("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
-            await put_map(nc, make_map(1, mesh_ip=A_IP, mesh_prefix="100.64.0.0/10",
-                                       sources=[f"{B_IP}/32"]))  # fmt: skip
-            sshd = ProxySshServer(A_IP, client_key=client.public_key,
-                                  sock=a.listener(A_IP, 22022))  # fmt: skip
+            await put_map(
+                nc, make_map(1, mesh_ip=A_IP, mesh_prefix="100.64.0.0/10", sources=[f"{B_IP}/32"])
+            )
+            sshd = ProxySshServer(A_IP, client_key=client.public_key, sock=a.listener(A_IP, 22022))
             await sshd.start()
             proc = await asyncio.create_subprocess_exec(
-                *a.argv(script("meshssh-relay"), "--mode", "nftables", "--mesh-interface", if_a,
-                        "--peer-id", "p1", "--listen", f"{A_IP}:22", "--sshd", f"{A_IP}:22022",
-                        "--nats-url", f"nats://127.0.0.1:{forward.port}",
-                        "--ops-listen", "127.0.0.1:0"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )  # fmt: skip
+                *a.argv(
+                    script("meshssh-relay"),
+                    "--mode",
+                    "nftables",
+                    "--mesh-interface",
+                    if_a,
+                    "--peer-id",
+                    "p1",
+                    "--listen",
+                    f"{A_IP}:22",
+                    "--sshd",
+                    f"{A_IP}:22022",
+                    "--nats-url",
+                    f"nats://127.0.0.1:{forward.port}",
+                    "--ops-listen",
+                    "127.0.0.1:0",
+                ),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
             relay = ServiceProcess(proc, "meshssh-relay")
             await wait_log(relay, "redirect installed")
             trust(client, A_IP, [22, 22022], sshd.public_line)
@@ -250,8 +281,10 @@ async def bench_nftables(root: Path, client: OpenSSH) -> dict[str, object] | str
 
 
 def row(label: str, values: list[float], unit: str) -> str:
-    return (f"  {label:<28} median {statistics.median(values):9.1f} {unit:<5} "
-            f"min {min(values):9.1f}  max {max(values):9.1f}")  # fmt: skip
+    return (
+        f"  {label:<28} median {statistics.median(values):9.1f} {unit:<5} "
+        f"min {min(values):9.1f}  max {max(values):9.1f}"
+    )
 
 
 def report(name: str, result: dict[str, object] | str) -> None:
@@ -267,16 +300,21 @@ def report(name: str, result: dict[str, object] | str) -> None:
     print(row("throughput via port 22", thr["path"], "MB/s"))
     print(row("setup direct (22022)", setup["direct"], "ms"))
     print(row("setup via port 22", setup["path"], "ms"))
-    print(f"  ratios (1.0 = as fast as direct): throughput {result['throughput_ratio']:.3f}, "
-          f"setup {result['setup_ratio']:.3f} (median of per-pair ratios)")  # fmt: skip
+    print(
+        f"  ratios (1.0 = as fast as direct): throughput {result['throughput_ratio']:.3f}, "
+        f"setup {result['setup_ratio']:.3f} (median of per-pair ratios)"
+    )
     if result.get("relay_cpu_s_per_gib") is not None:
         print(f"  relay process CPU: {result['relay_cpu_s_per_gib']:.2f} s per GiB relayed")
 
 
 def figures(prefix: str, result: dict[str, object] | str) -> dict[str, object]:
     if isinstance(result, str):
-        return {f"{prefix}_throughput_ratio": None, f"{prefix}_setup_ratio": None,
-                f"{prefix}_skipped": result}  # fmt: skip
+        return {
+            f"{prefix}_throughput_ratio": None,
+            f"{prefix}_setup_ratio": None,
+            f"{prefix}_skipped": result,
+        }
     thr, setup = result["throughput"], result["setup"]
     assert isinstance(thr, dict)
     assert isinstance(setup, dict)
@@ -305,14 +343,19 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         root = Path(tmp)
         client = OpenSSH(root / "client")
-        print(f"relay overhead: {SIZE // (1024 * 1024)} MiB x {ROUNDS} rounds, "
-              f"{SETUP_ROUNDS} setup rounds, aes128-gcm, alternating direct/path")  # fmt: skip
+        print(
+            f"relay overhead: {SIZE // (1024 * 1024)} MiB x {ROUNDS} rounds, "
+            f"{SETUP_ROUNDS} setup rounds, aes128-gcm, alternating direct/path"
+        )
         proxy = await bench_proxy(root / "proxy", client)
         report("proxy mode (userspace relay)", proxy)
         kernel = await bench_nftables(root / "nft", client)
         report("nftables mode (kernel redirect, namespaces)", kernel)
-    print(json.dumps({"bench": "relay_overhead", **figures("proxy", proxy),
-                      **figures("nftables", kernel)}))  # fmt: skip
+    print(
+        json.dumps(
+            {"bench": "relay_overhead", **figures("proxy", proxy), **figures("nftables", kernel)}
+        )
+    )
     return 0
 
 

@@ -91,26 +91,71 @@ class Setup:
 
     def token(self, lifetime: int = 600) -> str:
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "iat": now,
-                  "exp": now + lifetime}  # fmt: skip
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "bench-user",
+            "iat": now,
+            "exp": now + lifetime,
+        }
         return jwt.encode(claims, self.signing, algorithm="EdDSA", headers={"kid": KID})
 
     def ssh_argv(self, target: str, *extra: str, command: str) -> list[str]:
         """ssh to ``meshssh`` (JWT password) or ``openssh`` (public key), running ``command``."""
-        common = ["ssh", "-F", "none", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                  "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-                  "-o", "Compression=no", "-o", f"BindAddress={CLIENT_IP}", *extra]  # fmt: skip
+        common = [
+            "ssh",
+            "-F",
+            "none",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "Compression=no",
+            "-o",
+            f"BindAddress={CLIENT_IP}",
+            *extra,
+        ]
         if target == "meshssh":
-            return [*common, "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
-                    "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
-                    "-p", str(self.meshssh_port), f"{self.user}@{MESH_IP}", command]  # fmt: skip
-        return [*common, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-                "-i", str(self.client_key), "-p", str(self.openssh_port),
-                f"{self.user}@{OPENSSH_IP}", command]  # fmt: skip
+            return [
+                *common,
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-p",
+                str(self.meshssh_port),
+                f"{self.user}@{MESH_IP}",
+                command,
+            ]
+        return [
+            *common,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(self.client_key),
+            "-p",
+            str(self.openssh_port),
+            f"{self.user}@{OPENSSH_IP}",
+            command,
+        ]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SSH_ASKPASS": str(self.askpass), "SSH_ASKPASS_REQUIRE": "force",
-                "DISPLAY": ":0", "BENCH_TOKEN": self.token()}  # fmt: skip
+        return {
+            **os.environ,
+            "SSH_ASKPASS": str(self.askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0",
+            "BENCH_TOKEN": self.token(),
+        }
 
 
 async def publish_state(nats_url: str, setup: Setup) -> None:
@@ -126,12 +171,25 @@ async def publish_state(nats_url: str, setup: Setup) -> None:
         )
         netmap = NetworkMap(
             serial=1,
-            peer=PeerConfig(id="bench", name="bench", mesh_ip=MESH_IP, mesh_prefix="127.0.0.0/8",
-                            ssh_enabled=True, jwt=config),
-            firewall_rules=(FirewallRule(sources=("127.0.0.0/8",), protocol="tcp",
-                                         action="accept", policy_id="bench", port="22022"),),
+            peer=PeerConfig(
+                id="bench",
+                name="bench",
+                mesh_ip=MESH_IP,
+                mesh_prefix="127.0.0.0/8",
+                ssh_enabled=True,
+                jwt=config,
+            ),
+            firewall_rules=(
+                FirewallRule(
+                    sources=("127.0.0.0/8",),
+                    protocol="tcp",
+                    action="accept",
+                    policy_id="bench",
+                    port="22022",
+                ),
+            ),
             ssh_auth=build_table("sub", [("bench-user", "*")]),
-        )  # fmt: skip
+        )
         maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
         await maps.put(subjects.netmap_key("bench"), netmap)
     finally:
@@ -141,11 +199,25 @@ async def publish_state(nats_url: str, setup: Setup) -> None:
 def start_meshssh(setup: Setup, nats_url: str, *extra: str) -> None:
     log = (setup.tmp / "meshssh-sshd.log").open("wb")
     proc = subprocess.Popen(
-        [script("meshssh-sshd"), "--nats-url", nats_url, "--peer-id", "bench",
-         "--listen", f"{MESH_IP}:0", "--host-key", str(setup.tmp / "meshssh_host_key"),
-         "--ops-listen", "127.0.0.1:0", "--max-sessions", "512", *extra],
-        stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
+        [
+            script("meshssh-sshd"),
+            "--nats-url",
+            nats_url,
+            "--peer-id",
+            "bench",
+            "--listen",
+            f"{MESH_IP}:0",
+            "--host-key",
+            str(setup.tmp / "meshssh_host_key"),
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--max-sessions",
+            "512",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     setup.procs.append(proc)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -169,8 +241,7 @@ def start_openssh(setup: Setup) -> None:
         sys.exit("OpenSSH sshd not found: install openssh-server (scripts/os-packages.txt)")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     host_key = setup.tmp / "openssh_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
-                   check=True)  # fmt: skip
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     authorized = setup.tmp / "authorized_keys"
     authorized.write_text(Path(f"{setup.client_key}.pub").read_text())
     # sshd reads it as the user: the file and the directory must be readable by them.
@@ -210,8 +281,9 @@ def timed(
     ``expect`` >= 0 its output goes to ``wc -c`` and must be that many bytes (a download)."""
     started = time.perf_counter()
     if stdin_cmd is None and expect < 0:
-        result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                timeout=120)  # fmt: skip
+        result = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120
+        )
     else:
         line = " ".join(_quote(a) for a in argv)
         line = f"{stdin_cmd} | {line}" if stdin_cmd else f"{line} < /dev/null"
@@ -516,9 +588,12 @@ async def run(setup: Setup) -> dict[str, Any]:
     if "throughput" in PARTS:
         print(
             "throughput ratios (meshssh/openssh, median of pairs): "
-            + ", ".join(f"{k.removeprefix('throughput_ratio_')} {v}" for k, v in out.items()
-                        if "throughput_ratio_" in k and not k.endswith(("_min", "_max")))
-        )  # fmt: skip
+            + ", ".join(
+                f"{k.removeprefix('throughput_ratio_')} {v}"
+                for k, v in out.items()
+                if "throughput_ratio_" in k and not k.endswith(("_min", "_max"))
+            )
+        )
     return out
 
 
@@ -527,10 +602,11 @@ async def setup_time(setup: Setup, out: dict[str, Any], rows: list[str]) -> None
     env = setup.env
     kex = ("-o", "KexAlgorithms=curve25519-sha256")
     mine, ref = await asyncio.to_thread(
-        alternate, SETUP_RUNS,
+        alternate,
+        SETUP_RUNS,
         lambda: timed(setup.ssh_argv("meshssh", *kex, command="true"), env()) * 1000,
         lambda: timed(setup.ssh_argv("openssh", *kex, command="true"), env()) * 1000,
-    )  # fmt: skip
+    )
     out["setup_p50_ms"] = round(statistics.median(mine), 1)
     out["openssh_setup_p50_ms"] = round(statistics.median(ref), 1)
     out["setup_ratio_p50"] = round(statistics.median(mine) / statistics.median(ref), 3)
@@ -548,9 +624,11 @@ async def memory(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
     out["rss_mib_idle"] = round(idle / 1024, 1)
     out["rss_mib_200_sessions"] = round(with_sessions / 1024, 1)
     out["openssh_rss_mib_200_sessions"] = round(openssh_total / 1024, 1)
-    rows.append(f"RSS MiB             meshssh idle {idle / 1024:.1f}, with {IDLE_SESSIONS} "
-                f"sessions {with_sessions / 1024:.1f}; openssh (all sshd processes) "
-                f"{openssh_total / 1024:.1f}")  # fmt: skip
+    rows.append(
+        f"RSS MiB             meshssh idle {idle / 1024:.1f}, with {IDLE_SESSIONS} "
+        f"sessions {with_sessions / 1024:.1f}; openssh (all sshd processes) "
+        f"{openssh_total / 1024:.1f}"
+    )
     print(rows[-1], flush=True)
 
 

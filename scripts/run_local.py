@@ -7,7 +7,9 @@ terminal closed), also while still starting:
 2. meshssh-authn with its embedded OIDC provider and the demo users alice and bob (passwords
    generated once, kept in <run>/demo-passwords.json, mode 0600);
 3. meshssh-policy with the demo seed (setup keys, groups `servers` and `users`, a policy that
-   lets users reach servers on TCP 22) on the loopback mesh 127.0.0.0/8;
+   lets users reach servers on TCP 22) on the loopback mesh 127.0.0.0/8; its dashboard signs
+   users in at authn's embedded provider (authn registers `<API>/auth/callback` as the
+   dashboard's redirect URI) and alice is its admin (`--admin-users alice`);
 4. two peers: `demo-server` on 127.0.0.2 (`--allow-server-ssh --enable-ssh-sftp` and local
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
    account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
@@ -57,9 +59,14 @@ PEERS = {
     "demo-server": {
         "mesh_ip": "127.0.0.2",
         "setup_key": "meshssh-demo-server-key-0001",
-        "flags": ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
-                  "--enable-ssh-agent-forwarding", *(["--enable-ssh-root"] if IS_ROOT else []),
-                  "--disable-ssh-config"],
+        "flags": [
+            "--allow-server-ssh",
+            "--enable-ssh-sftp",
+            "--enable-ssh-local-port-forwarding",
+            "--enable-ssh-agent-forwarding",
+            *(["--enable-ssh-root"] if IS_ROOT else []),
+            "--disable-ssh-config",
+        ],
         "children": ["sshd", "relay"],  # the processes its agent runs (ops: these and "agent")
     },
     "demo-laptop": {
@@ -68,7 +75,7 @@ PEERS = {
         "flags": ["--ssh-jwt-cache-ttl", "600"],  # its drop-in path is added per run dir
         "children": [],
     },
-}  # fmt: skip
+}
 
 
 def say(text: str, *, err: bool = False) -> None:
@@ -117,9 +124,11 @@ def secret_file(path: Path, make: str) -> str:
 async def command(*argv: str, timeout: float = 60) -> str:
     """Run ``argv`` to completion (stopped if we are); returns stdout, raises on failure."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
@@ -138,10 +147,21 @@ async def demo_passwords(demo: Demo, users_file: Path) -> dict[str, str]:
         if user in passwords and users_file.exists() and user in users_file.read_text():
             continue
         out = await command(
-            script("meshssh-authn"), "users", "add", user, "--generate-password", "--replace",
-            "--email", f"{user}@example.com", "--name", f"{user.title()} Demo",
-            "--group", "users", "--users-file", str(users_file),
-        )  # fmt: skip
+            script("meshssh-authn"),
+            "users",
+            "add",
+            user,
+            "--generate-password",
+            "--replace",
+            "--email",
+            f"{user}@example.com",
+            "--name",
+            f"{user.title()} Demo",
+            "--group",
+            "users",
+            "--users-file",
+            str(users_file),
+        )
         passwords[user] = out.strip().splitlines()[-1]
     write_secret_file(store, json.dumps(passwords, indent=2) + "\n")
     return passwords
@@ -169,9 +189,12 @@ async def start_nats(store: Path) -> NatsServer:
 
 
 async def start_peer(
-    demo: Demo, name: str, nats_url: str, ops: dict[str, str],
+    demo: Demo,
+    name: str,
+    nats_url: str,
+    ops: dict[str, str],
     started: list[asyncio.subprocess.Process],
-) -> None:  # fmt: skip
+) -> None:
     """Start one demo peer's agent in the foreground (its own session) and wait for it.
 
     The process goes into ``started`` as soon as it exists, so a stop request during the
@@ -187,21 +210,43 @@ async def start_peer(
         extra += ["--ssh-config-file", str(demo.dropin)]
     log = (demo.run / f"{name}.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), "up", "--foreground", *peer["flags"], *extra,
-        "--mesh-ip", str(peer["mesh_ip"]), "--name", name,
-        "--management-url", f"http://{demo.api}", "--nats-url", nats_url,
-        "--state-dir", str(state), "--relay-port", str(RELAY_PORT), "--relay-mode", "proxy",
-        stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        script("meshssh"),
+        "up",
+        "--foreground",
+        *peer["flags"],
+        *extra,
+        "--mesh-ip",
+        str(peer["mesh_ip"]),
+        "--name",
+        name,
+        "--management-url",
+        f"http://{demo.api}",
+        "--nats-url",
+        nats_url,
+        "--state-dir",
+        str(state),
+        "--relay-port",
+        str(RELAY_PORT),
+        "--relay-mode",
+        "proxy",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
         env={**os.environ, "MESHSSH_SETUP_KEY": str(peer["setup_key"])},
-    )  # fmt: skip
+    )
     log.close()
     started.append(proc)
     async with asyncio.timeout(60):
         while True:
             status = await asyncio.create_subprocess_exec(
-                script("meshssh"), "status", "--state-dir", str(state),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                script("meshssh"),
+                "status",
+                "--state-dir",
+                str(state),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             if await status.wait() == 0:
                 break
             if proc.returncode is not None:
@@ -214,9 +259,14 @@ async def start_peer(
 async def ssh_config(demo: Demo) -> Path:
     """An ssh_config for the demo that includes demo-laptop's drop-in."""
     await command(
-        script("meshssh"), "config", "install", "--file", str(demo.dropin),
-        "--state-dir", str(demo.state("demo-laptop")),
-    )  # fmt: skip
+        script("meshssh"),
+        "config",
+        "install",
+        "--file",
+        str(demo.dropin),
+        "--state-dir",
+        str(demo.state("demo-laptop")),
+    )
     config = demo.run / "ssh_config"
     config.write_text(f"Include {demo.dropin}\n")
     return config
@@ -237,7 +287,8 @@ def print_guide(demo: Demo, nats_url: str, endpoints: dict[str, object], cfg: Pa
     say(f"""
 meshssh is running (state in {demo.run}; endpoints in {demo.run / "endpoints.json"})
   nats-server       {nats_url}
-  API and dashboard http://{demo.api}/  (OpenAPI docs at http://{demo.api}/docs)
+  dashboard         http://{demo.api}/  (sign in as alice, an admin; bob reads only)
+  API               http://{demo.api}/api/v1  (OpenAPI docs at http://{demo.api}/docs)
   OIDC provider     http://{demo.provider}/.well-known/openid-configuration
   metrics           {metrics_lines}
   demo users        {"  ".join(f"{u} / {p}" for u, p in passwords.items())}
@@ -265,15 +316,39 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
     nats: NatsServer | None = None
     try:
         nats = await start_nats(demo.run / "nats")
-        services.append(await ServiceProcess.start(
-            "meshssh-authn", "--nats-url", nats.url, "--listen", demo.provider,
-            "--users-file", str(users_file), "--log-format", "json",
-        ))  # fmt: skip
-        services.append(await ServiceProcess.start(
-            "meshssh-policy", "--nats-url", nats.url, "--listen", demo.api, "--seed", str(SEED),
-            "--mesh-prefix", "127.0.0.0/8", "--log-format", "json",
-            env={"MESHSSH_ADMIN_TOKEN": admin_token},
-        ))  # fmt: skip
+        services.append(
+            await ServiceProcess.start(
+                "meshssh-authn",
+                "--nats-url",
+                nats.url,
+                "--listen",
+                demo.provider,
+                "--users-file",
+                str(users_file),
+                "--log-format",
+                "json",
+                "--dashboard-redirect-uri",
+                f"http://{demo.api}/auth/callback",
+            )
+        )
+        services.append(
+            await ServiceProcess.start(
+                "meshssh-policy",
+                "--nats-url",
+                nats.url,
+                "--listen",
+                demo.api,
+                "--seed",
+                str(SEED),
+                "--mesh-prefix",
+                "127.0.0.0/8",
+                "--log-format",
+                "json",
+                "--admin-users",
+                "alice",
+                env={"MESHSSH_ADMIN_TOKEN": admin_token},
+            )
+        )
         for proc in services:
             await proc.wait_ready(timeout=60)
         await wait_http(f"http://{demo.api}/api/v1/auth/config")  # authn published its keys
@@ -294,13 +369,18 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
             "users": passwords,
             "ssh_config": str(cfg),
             "peers": {
-                name: {"name": name, "mesh_ip": peer["mesh_ip"], "relay_port": RELAY_PORT,
-                       "ssh_port": SSH_PORT, "state_dir": str(demo.state(name)),
-                       "ops": peer_ops[name]}
+                name: {
+                    "name": name,
+                    "mesh_ip": peer["mesh_ip"],
+                    "relay_port": RELAY_PORT,
+                    "ssh_port": SSH_PORT,
+                    "state_dir": str(demo.state(name)),
+                    "ops": peer_ops[name],
+                }
                 for name, peer in PEERS.items()
             },
             "nats_creds": {},  # the bus runs without credentials until issue 14
-        }  # fmt: skip
+        }
         path = demo.run / "endpoints.json"  # holds the admin token and passwords: 0600
         write_secret_file(path, json.dumps(endpoints, indent=2) + "\n")  # atomic
         lock.update(state="running", endpoints=str(path))
@@ -321,8 +401,9 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
 async def main_async(demo: Demo) -> int:
     """Hold the demo lock, run the demo until a signal, and stop it all."""
     try:
-        lock = await DemoLock.acquire(pid=os.getpid(), run_dir=str(demo.run),
-                                      api_url=f"http://{demo.api}")  # fmt: skip
+        lock = await DemoLock.acquire(
+            pid=os.getpid(), run_dir=str(demo.run), api_url=f"http://{demo.api}"
+        )
     except DemoBusy as e:
         say(f"make run: {e}", err=True)
         return 1
@@ -360,11 +441,13 @@ def parse_args(argv: list[str]) -> Demo:
     p = argparse.ArgumentParser(prog="run_local.py", description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", type=Path, default=Path(env("MESHSSH_RUN_DIR") or ROOT / ".run"))
     p.add_argument("--api-listen", default=env("MESHSSH_DEMO_API_LISTEN") or "127.0.0.1:8080")
-    p.add_argument("--provider-listen",
-                   default=env("MESHSSH_DEMO_PROVIDER_LISTEN") or "127.0.0.1:8081")  # fmt: skip
+    p.add_argument(
+        "--provider-listen", default=env("MESHSSH_DEMO_PROVIDER_LISTEN") or "127.0.0.1:8081"
+    )
     args = p.parse_args(argv)
-    return Demo(args.run_dir.absolute(), free_listen(args.api_listen),
-                free_listen(args.provider_listen))  # fmt: skip
+    return Demo(
+        args.run_dir.absolute(), free_listen(args.api_listen), free_listen(args.provider_listen)
+    )
 
 
 if __name__ == "__main__":

@@ -6,15 +6,23 @@ import asyncio
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
 from meshssh_common.rpc import request
-from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
+from meshssh_common.wire import (
+    Heartbeat,
+    PeerFlags,
+    PeerMeta,
+    RegisterReply,
+    RegisterRequest,
+    SessionInfo,
+)
 from meshssh_testkit import script
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command
@@ -159,3 +167,51 @@ async def test_failures_are_one_clear_line_with_a_nonzero_exit(meshctl: Meshctl)
         assert ran.out == "", args
         assert len(ran.err.strip().splitlines()) == 1, (args, ran.err)
         assert ran.err.startswith(message), (args, ran.err)
+
+
+async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
+    meshctl: Meshctl, nc: NATS
+) -> None:
+    await ok(meshctl, "groups", "create", "servers")
+    key = (await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group",
+                    "servers")).json()  # fmt: skip
+    srv = await register(nc, "web1", "127.0.0.2", key["key"])
+    await ok(meshctl, "peers", "ssh", "disable", "web1")
+    beat = Heartbeat(peer_id=srv, sent_at=time.time(), sessions=(
+        SessionInfo(session_id="a1b2c3d4e5f6", local_user="root", jwt_user="alice"),))  # fmt: skip
+    for _ in range(100):
+        await nc.publish(subjects.heartbeat(srv), codec.encode(beat))
+        if "a1b2c3d4e5f6" in (await ok(meshctl, "peers", "show", "web1")).out:
+            break
+        await asyncio.sleep(0.05)
+    ended = await ok(meshctl, "peers", "end-session", "web1", "a1b2c3d4e5f6")
+    assert f"ended session a1b2c3d4e5f6 on web1 ({srv})" in ended.out
+    gone = await meshctl("peers", "end-session", "web1", "nosuchsession")
+    assert gone.code == 1
+    assert "is not live on peer" in gone.err
+    netmap = (await ok(meshctl, "--json", "peers", "netmap", "web1")).json()
+    for _ in range(100):
+        if "a1b2c3d4e5f6" in netmap["peer"].get("ended_sessions", []):
+            break
+        await asyncio.sleep(0.05)
+        netmap = (await ok(meshctl, "--json", "peers", "netmap", "web1")).json()
+    assert netmap["peer"]["ended_sessions"] == ["a1b2c3d4e5f6"]
+
+    log = (await ok(meshctl, "audit", "--kind", "admin-change")).out.splitlines()
+    assert log[0].split() == ["SEQ", "WHEN", "KIND", "WHO", "PEER", "WHAT"]
+    actions = [" ".join(line.split()[6:]) for line in log[1:]]  # newest first
+    assert actions[0] == "DELETE /api/v1/peers/{peer_id}/sessions/{session_id} " \
+        f"{srv},nosuchsession -> 404"  # fmt: skip
+    assert actions[1] == f"DELETE /api/v1/peers/{{peer_id}}/sessions/{{session_id}} " \
+        f"{srv},a1b2c3d4e5f6 -> 204"  # fmt: skip
+    assert any(a.startswith(f"PATCH /api/v1/peers/{{peer_id}} {srv} -> 200") for a in actions)
+    assert actions[-1] == "POST /api/v1/groups -> 201"
+    page = (await ok(meshctl, "--json", "audit", "--peer", "web1", "--limit", "2")).json()
+    assert [e["action"] for e in page["events"]] == [
+        "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}"] * 2  # fmt: skip
+    assert page["next_before"] > 0
+    older = (await ok(meshctl, "--json", "audit", "--peer", "web1", "--before",
+                      str(page["next_before"]))).json()  # fmt: skip
+    assert [e["action"] for e in older["events"]] == ["PATCH /api/v1/peers/{peer_id}"]
+    assert all(e["actor"].startswith("token:") for e in older["events"])
+    assert TOKEN not in (await ok(meshctl, "--json", "audit")).out

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MEMBERS = {"policy": "services/policy", "authn": "services/authn", "sshd": "services/sshd",
-           "relay": "services/relay", "cli": "cli", "peer": "services/agent"}  # fmt: skip
+MEMBERS = {
+    "policy": "services/policy",
+    "authn": "services/authn",
+    "sshd": "services/sshd",
+    "relay": "services/relay",
+    "cli": "cli",
+    "peer": "services/agent",
+}
 
 
 @pytest.mark.parametrize("member", sorted(MEMBERS))

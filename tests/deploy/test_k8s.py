@@ -27,8 +27,9 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 def build(overlay: str) -> list[dict[str, Any]]:
     need_tool(shutil.which("kubectl") is not None, "kubectl (kustomize)")
-    out = run_command_sync("kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay),
-                           check=True)  # fmt: skip
+    out = run_command_sync(
+        "kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay), check=True
+    )
     return [d for d in yaml.safe_load_all(out.out) if d]
 
 

@@ -44,9 +44,15 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
         "policy": ["--listen", "127.0.0.1:0"],
         "authn": ["--listen", "127.0.0.1:0"],
         "relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
-        "sshd": ["--peer-id", "p1", "--listen", "127.0.0.1:0",
-                 "--host-key", str(tmp_path / "ssh_host_ed25519_key")],
-    }  # fmt: skip
+        "sshd": [
+            "--peer-id",
+            "p1",
+            "--listen",
+            "127.0.0.1:0",
+            "--host-key",
+            str(tmp_path / "ssh_host_ed25519_key"),
+        ],
+    }
     procs = {
         s: await services.start(f"meshssh-{s}", "--nats-url", nats_url, *listen.get(s, []))
         for s in SERVICES

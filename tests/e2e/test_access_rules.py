@@ -64,8 +64,9 @@ CASEY = {"sub": "idp|casey-7f3a9c", "email": "casey@example.org", "name": "Casey
 class ThirdPartyIssuer:
     """A third-party OIDC provider whose signing key the test holds."""
 
-    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(
-        ec.SECP256R1()))  # fmt: skip
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
     kid: str = "third-party-k1"
     url: str = ""
     approved: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -82,13 +83,17 @@ class ThirdPartyIssuer:
 
     def app(self) -> Starlette:
         async def discovery(_: Request) -> JSONResponse:
-            return JSONResponse({
-                "issuer": self.url, "jwks_uri": f"{self.url}/jwks",
-                "device_authorization_endpoint": f"{self.url}/device",
-                "token_endpoint": f"{self.url}/token",
-                "response_types_supported": ["code"], "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["ES256"],
-            })  # fmt: skip
+            return JSONResponse(
+                {
+                    "issuer": self.url,
+                    "jwks_uri": f"{self.url}/jwks",
+                    "device_authorization_endpoint": f"{self.url}/device",
+                    "token_endpoint": f"{self.url}/token",
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }
+            )
 
         async def jwks(_: Request) -> JSONResponse:
             return JSONResponse(self.jwks())
@@ -96,9 +101,15 @@ class ThirdPartyIssuer:
         async def device(_: Request) -> JSONResponse:
             code = secrets.token_urlsafe(16)
             self.approved[code] = CASEY  # Casey's browser approves at once
-            return JSONResponse({"device_code": code, "user_code": "CASE-Y123",
-                                 "verification_uri": f"{self.url}/activate",
-                                 "expires_in": 600, "interval": 1})  # fmt: skip
+            return JSONResponse(
+                {
+                    "device_code": code,
+                    "user_code": "CASE-Y123",
+                    "verification_uri": f"{self.url}/activate",
+                    "expires_in": 600,
+                    "interval": 1,
+                }
+            )
 
         async def token(request: Request) -> JSONResponse:
             form = parse_qs((await request.body()).decode())
@@ -107,28 +118,55 @@ class ThirdPartyIssuer:
                 return JSONResponse({"error": "invalid_grant"}, status_code=400)
             self.tokens_issued += 1
             signed = self.token(user)
-            return JSONResponse({"access_token": signed, "id_token": signed,
-                                 "token_type": "Bearer", "expires_in": 600})  # fmt: skip
+            return JSONResponse(
+                {
+                    "access_token": signed,
+                    "id_token": signed,
+                    "token_type": "Bearer",
+                    "expires_in": 600,
+                }
+            )
 
-        return Starlette(routes=[
-            Route("/.well-known/openid-configuration", discovery), Route("/jwks", jwks),
-            Route("/device", device, methods=["POST"]), Route("/token", token, methods=["POST"]),
-        ])  # fmt: skip
+        return Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", discovery),
+                Route("/jwks", jwks),
+                Route("/device", device, methods=["POST"]),
+                Route("/token", token, methods=["POST"]),
+            ]
+        )
 
 
-async def run(*argv: str, env: dict[str, str] | None = None,
-              timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
+async def run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
     result = await run_command(*argv, env=env or {}, timeout=timeout)
     return result.returncode, result.out, result.err
 
 
-async def start_agent(tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str,
-                      *flags: str) -> AgentProcess:  # fmt: skip
+async def start_agent(
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+) -> AgentProcess:
     agent = await AgentProcess.start(
-        tmp / name, "--mesh-ip", ip, "--name", name, "--setup-key", key, "--nats-url", nats_url,
-        "--management-url", api, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
+        tmp / name,
+        "--mesh-ip",
+        ip,
+        "--name",
+        name,
+        "--setup-key",
+        key,
+        "--nats-url",
+        nats_url,
+        "--management-url",
+        api,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
         *flags,
-    )  # fmt: skip
+    )
     await agent.wait_status(lambda s: s["registered"], timeout=60)
     return agent
 
@@ -144,14 +182,23 @@ class Mesh:
 
     async def ssh(self, command: str) -> tuple[int, str, str]:
         """Plain OpenSSH through the agent-written drop-in, as the local user."""
-        argv = ["ssh", "-F", str(self.ssh_config), "-p", str(self.relay_port),
-                f"{USER}@demo-server", command]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(self.ssh_config),
+            "-p",
+            str(self.relay_port),
+            f"{USER}@demo-server",
+            command,
+        ]
         return await run(*argv, timeout=90)
 
     async def meshctl(self, *args: str) -> str:
-        code, out, err = await run(script("meshctl"), *args,
-                                   env={"MESHSSH_API_URL": self.api,
-                                        "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
+        code, out, err = await run(
+            script("meshctl"),
+            *args,
+            env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert code == 0, (args, err)
         return out
 
@@ -185,12 +232,29 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
     serving = asyncio.create_task(http.serve())
     agents: list[AgentProcess] = []
     try:
-        await services.start("meshssh-authn", "--nats-url", nats_url, "--issuer", issuer.url,
-                             "--audience", "meshssh", "--client-id", "meshssh")  # fmt: skip
+        await services.start(
+            "meshssh-authn",
+            "--nats-url",
+            nats_url,
+            "--issuer",
+            issuer.url,
+            "--audience",
+            "meshssh",
+            "--client-id",
+            "meshssh",
+        )
         policy = await services.start(
-            "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", "--seed",
-            str(SEED), "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-        )  # fmt: skip
+            "meshssh-policy",
+            "--nats-url",
+            nats_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            str(SEED),
+            "--mesh-prefix",
+            "127.0.0.0/8",
+            env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         found = re.search(r"api listening.*url=(http://\S+)", policy.output())
         assert found, policy.output()
         api = found[1]
@@ -199,20 +263,38 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
                 await asyncio.sleep(0.1)  # until authn has mirrored the third-party provider
         sshd_ops = f"127.0.0.1:{free_port('127.0.0.1')}"
         server = await start_agent(
-            tmp_path, "demo-server", "127.0.0.2", "meshssh-demo-server-key-0001", api, nats_url,
-            "--allow-server-ssh", *(["--enable-ssh-root"] if IS_ROOT else []),
-            "--sshd-ops-listen", sshd_ops, "--disable-ssh-config",
-        )  # fmt: skip
+            tmp_path,
+            "demo-server",
+            "127.0.0.2",
+            "meshssh-demo-server-key-0001",
+            api,
+            nats_url,
+            "--allow-server-ssh",
+            *(["--enable-ssh-root"] if IS_ROOT else []),
+            "--sshd-ops-listen",
+            sshd_ops,
+            "--disable-ssh-config",
+        )
         agents.append(server)
         status = await server.wait_status(
             lambda s: all(server.child(s, c)["state"] == "running" for c in ("sshd", "relay")),
             timeout=60,
         )
         dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
-        agents.append(await start_agent(
-            tmp_path, "demo-laptop", "127.0.0.3", "meshssh-demo-laptop-key-0001", api, nats_url,
-            "--ssh-jwt-cache-ttl", "600", "--ssh-config-file", str(dropin),
-        ))  # fmt: skip
+        agents.append(
+            await start_agent(
+                tmp_path,
+                "demo-laptop",
+                "127.0.0.3",
+                "meshssh-demo-laptop-key-0001",
+                api,
+                nats_url,
+                "--ssh-jwt-cache-ttl",
+                "600",
+                "--ssh-config-file",
+                str(dropin),
+            )
+        )
         async with asyncio.timeout(30):
             while "demo-server" not in (dropin.read_text() if dropin.exists() else ""):
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
@@ -233,8 +315,10 @@ async def audit_events(nc: NATS) -> list[AuditEvent]:
     info = await js.stream_info(subjects.AUDIT_STREAM)
     sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
     try:
-        return [codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
-                for _ in range(info.state.messages)]  # fmt: skip
+        return [
+            codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
+            for _ in range(info.state.messages)
+        ]
     finally:
         await sub.unsubscribe()
 
@@ -284,9 +368,21 @@ async def test_under_an_ssh_rule_the_user_is_refused_until_an_admin_adds_them_to
 
     # The admin replaces the legacy rule by an ssh rule for the group "admins" only.
     await mesh.meshctl("groups", "create", "admins", "--name", "Admins")
-    await mesh.meshctl("policies", "create", "admins ssh", "--id", "admins-ssh",
-                       "--source", "users", "--destination", "servers", "--protocol", "ssh",
-                       "--authorized-group", "admins")  # fmt: skip
+    await mesh.meshctl(
+        "policies",
+        "create",
+        "admins ssh",
+        "--id",
+        "admins-ssh",
+        "--source",
+        "users",
+        "--destination",
+        "servers",
+        "--protocol",
+        "ssh",
+        "--authorized-group",
+        "admins",
+    )
     await mesh.meshctl("policies", "rm", "users-to-servers-ssh")
     await mesh.sshd_applies(allowed=False)
 

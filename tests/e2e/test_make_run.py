@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meshssh_testkit.dashboard import sign_in
 from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.process import terminate
 
@@ -161,15 +162,25 @@ async def demo(tmp_path: Path) -> AsyncIterator[DemoRun]:
     need_tool(shutil.which("make") is not None, "make")
     async with demo_turn():
         output = tmp_path / "make-run.out"
-        env = {**os.environ, "MESHSSH_RUN_DIR": str(tmp_path / "run"),
-               "MESHSSH_DEMO_API_LISTEN": "127.0.0.1:0",
-               "MESHSSH_DEMO_PROVIDER_LISTEN": "127.0.0.1:0"}  # fmt: skip
+        env = {
+            **os.environ,
+            "MESHSSH_RUN_DIR": str(tmp_path / "run"),
+            "MESHSSH_DEMO_API_LISTEN": "127.0.0.1:0",
+            "MESHSSH_DEMO_PROVIDER_LISTEN": "127.0.0.1:0",
+        }
         with output.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                "make", "--no-print-directory", "-C", str(ROOT), "run", env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                "make",
+                "--no-print-directory",
+                "-C",
+                str(ROOT),
+                "run",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,  # a terminal's job: its own process group
-            )  # fmt: skip
+            )
         run = DemoRun(proc, tmp_path / "run", output)
         try:
             await run.wait_up()
@@ -197,8 +208,19 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
 ) -> None:
     e = demo.endpoints
     # SPEC §11: everything a script may rely on is there.
-    for key in ("nats_url", "api_url", "provider_url", "ops", "admin_token", "setup_key",
-                "setup_keys", "users", "ssh_config", "peers", "nats_creds"):  # fmt: skip
+    for key in (
+        "nats_url",
+        "api_url",
+        "provider_url",
+        "ops",
+        "admin_token",
+        "setup_key",
+        "setup_keys",
+        "users",
+        "ssh_config",
+        "peers",
+        "nats_creds",
+    ):
         assert key in e, key
     assert set(e["ops"]) == {"policy", "authn"}  # type: ignore[arg-type]
     peers: dict[str, dict[str, object]] = e["peers"]  # type: ignore[assignment]
@@ -220,6 +242,15 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
         assert r.status_code == 200
         r = await client.get(f"{e['provider_url']}/.well-known/openid-configuration")
         assert r.status_code == 200
+    # The dashboard signs alice in at the embedded provider, out of the box, as its admin.
+    passwords: dict[str, str] = e["users"]  # type: ignore[assignment]
+    dash, _ = await sign_in(str(e["api_url"]), "alice", passwords["alice"])
+    try:
+        page = (await dash.get(f"{e['api_url']}/peers")).text
+    finally:
+        await dash.aclose()
+    assert "(admin)" in page
+    assert "demo-server" in page
 
     # demo-laptop's agent marks demo-server as a MeshSSH server for its drop-in (`test -f`).
     marks = Path(str(peers["demo-laptop"]["state_dir"])) / "ssh-servers"
@@ -232,12 +263,18 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
 
     # A second `make run` (another checkout, another run dir) says where the first one is.
     second = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "scripts/run_local.py"),
-        "--run-dir", str(demo.run_dir.parent / "second-run"),
-        "--api-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0",
+        sys.executable,
+        str(ROOT / "scripts/run_local.py"),
+        "--run-dir",
+        str(demo.run_dir.parent / "second-run"),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--provider-listen",
+        "127.0.0.1:0",
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         async with asyncio.timeout(30):
             _, err = await second.communicate()

@@ -79,10 +79,22 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
     await policy.register("laptop", B_IP)
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
-        state, "--mesh-ip", A_IP, "--name", "server", "--nats-url", mesh.nats_url,
-        "--setup-key", SERVER_KEY, "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
-        "--sshd-bin", script("meshssh-sshd"), prefix=tuple(mesh.a.argv()),
-    )  # fmt: skip
+        state,
+        "--mesh-ip",
+        A_IP,
+        "--name",
+        "server",
+        "--nats-url",
+        mesh.nats_url,
+        "--setup-key",
+        SERVER_KEY,
+        "--allow-server-ssh",
+        "--disable-ssh-auth",
+        "--enable-ssh-root",
+        "--sshd-bin",
+        script("meshssh-sshd"),
+        prefix=tuple(mesh.a.argv()),
+    )
     try:
         status = await agent.wait_status(
             lambda s: (

@@ -61,11 +61,29 @@ async def peer(
     policy = await Management.start(services, nats_url, nc, tmp_path)
     await policy.register("laptop", CLIENT_IP)
     agent = await AgentProcess.start(
-        tmp_path / "state", "--mesh-ip", MESH_IP, "--name", "server", "--nats-url", nats_url,
-        "--setup-key", SERVER_KEY, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
-        "--allow-server-ssh", "--disable-ssh-auth", "--enable-ssh-root",
-        "--native-upstream", f"{MESH_IP}:{native.port}", "--sshd-bin", script("meshssh-sshd"),
-    )  # fmt: skip
+        tmp_path / "state",
+        "--mesh-ip",
+        MESH_IP,
+        "--name",
+        "server",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        SERVER_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--allow-server-ssh",
+        "--disable-ssh-auth",
+        "--enable-ssh-root",
+        "--native-upstream",
+        f"{MESH_IP}:{native.port}",
+        "--sshd-bin",
+        script("meshssh-sshd"),
+    )
     try:
         status = await agent.wait_status(lambda s: s["ssh_running"] and s["relay_running"])
         host_key = load_or_create_host_key(tmp_path / "state" / "ssh_host_ed25519_key")

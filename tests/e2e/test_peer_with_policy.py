@@ -23,8 +23,9 @@ TOKEN = "relay-e2e-admin-token-0123456789"
 MESH_IP = "127.0.0.2"
 
 
-async def run(*argv: str, env: dict[str, str] | None = None,
-              timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
+async def run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
     result = await run_command(*argv, env=env or {}, timeout=timeout)
     return result.returncode, result.out, result.err
 
@@ -47,22 +48,43 @@ async def test_the_agent_follows_the_real_management_plane(
     nats_url: str, services: ServiceFactory, tmp_path: Path
 ) -> None:
     policy = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": TOKEN},
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--mesh-prefix",
+        "127.0.0.0/8",
+        env={"MESHSSH_ADMIN_TOKEN": TOKEN},
+    )
     api = re.search(r"api listening.*url=(http://\S+)", policy.output())
     assert api, policy.output()
     meshctl = Meshctl(api[1])
     await meshctl("groups", "create", "servers")
-    key = (await meshctl("setup-keys", "create", "srv", "--auto-group", "servers",
-                         "--ssh-enabled"))["key"]  # fmt: skip
+    key = (
+        await meshctl("setup-keys", "create", "srv", "--auto-group", "servers", "--ssh-enabled")
+    )["key"]
 
     state = tmp_path / "state"
     args = (
-        "--mesh-ip", MESH_IP, "--name", "web1", "--nats-url", nats_url, "--management-url", api[1],
-        "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy", "--allow-server-ssh",
-        "--sshd-bin", script("meshssh-sshd"),
-    )  # fmt: skip
+        "--mesh-ip",
+        MESH_IP,
+        "--name",
+        "web1",
+        "--nats-url",
+        nats_url,
+        "--management-url",
+        api[1],
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--allow-server-ssh",
+        "--sshd-bin",
+        script("meshssh-sshd"),
+    )
     agent = await AgentProcess.start(state, *args, "--setup-key", key)
     try:
         status = await agent.wait_status(lambda s: sshd_of(agent, s)["state"] == "running")
@@ -95,8 +117,9 @@ async def test_the_agent_follows_the_real_management_plane(
         )
 
         # A flag change on the running agent reaches management as metadata.
-        code, _, err = await run(script("meshssh"), "up", "--state-dir", str(state), *args,
-                                 "--enable-ssh-sftp")  # fmt: skip
+        code, _, err = await run(
+            script("meshssh"), "up", "--state-dir", str(state), *args, "--enable-ssh-sftp"
+        )
         assert code == 0, err
         assert (await meshctl("peers", "show", "web1"))["flags"]["sftp"] is True
 

@@ -42,8 +42,9 @@ USER = getpass.getuser()
 IS_ROOT = os.geteuid() == 0
 
 
-async def run(*argv: str, env: dict[str, str] | None = None,
-              timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
+async def run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
     result = await run_command(*argv, env=env or {}, timeout=timeout)
     return result.returncode, result.out, result.err
 
@@ -66,9 +67,11 @@ class System:
         return [tool, "-F", str(self.ssh_config), *port, *args]
 
     async def meshctl(self, *args: str) -> str:
-        code, out, err = await run(script("meshctl"), *args,
-                                   env={"MESHSSH_API_URL": self.api,
-                                        "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
+        code, out, err = await run(
+            script("meshctl"),
+            *args,
+            env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert code == 0, (args, err)
         return out
 
@@ -83,18 +86,36 @@ class System:
 async def approve(url: str, code: str) -> None:
     """What alice's browser does: post authn's login form for the code."""
     async with httpx.AsyncClient(timeout=10) as http:
-        page = await http.post(url, data={"username": "alice", "password": PASSWORD,
-                                          "user_code": code, "confirm": "yes"})  # fmt: skip
+        page = await http.post(
+            url,
+            data={"username": "alice", "password": PASSWORD, "user_code": code, "confirm": "yes"},
+        )
     assert page.status_code == 200, page.text
 
 
-async def start_agent(tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str,
-                      *flags: str) -> AgentProcess:  # fmt: skip
+async def start_agent(
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+) -> AgentProcess:
     agent = await AgentProcess.start(
-        tmp / name, "--mesh-ip", ip, "--name", name, "--setup-key", key, "--nats-url", nats_url,
-        "--management-url", api, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
+        tmp / name,
+        "--mesh-ip",
+        ip,
+        "--name",
+        name,
+        "--setup-key",
+        key,
+        "--nats-url",
+        nats_url,
+        "--management-url",
+        api,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
         *flags,
-    )  # fmt: skip
+    )
     await agent.wait_status(lambda s: s["registered"], timeout=60)
     return agent
 
@@ -104,22 +125,47 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
     need_tool(openssh_available(), "OpenSSH (ssh, scp, sftp)")
     users = tmp_path / "users.json"
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-        "--group", "users", "--password-stdin", "--users-file", str(users),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        script("meshssh-authn"),
+        "users",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--group",
+        "users",
+        "--password-stdin",
+        "--users-file",
+        str(users),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     async with asyncio.timeout(30):
         _, errb = await proc.communicate(PASSWORD.encode() + b"\n")
     assert proc.returncode == 0, errb
     authn = await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--device-poll-interval", "1",
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--device-poll-interval",
+        "1",
+    )
     policy = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", "--seed", str(SEED),
-        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--seed",
+        str(SEED),
+        "--mesh-prefix",
+        "127.0.0.0/8",
+        env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     found = re.search(r"api listening.*url=(http://\S+)", policy.output())
     assert found, policy.output()
     api = found[1]
@@ -128,11 +174,24 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
             await asyncio.sleep(0.1)  # until authn has published the provider
 
     sshd_ops = f"127.0.0.1:{free_port('127.0.0.1')}"
-    server_flags = ["--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding",
-                    *(["--enable-ssh-root"] if IS_ROOT else []),
-                    "--sshd-ops-listen", sshd_ops, "--disable-ssh-config"]  # fmt: skip
-    server = await start_agent(tmp_path, "demo-server", "127.0.0.2", "meshssh-demo-server-key-0001",
-                               api, nats_url, *server_flags)  # fmt: skip
+    server_flags = [
+        "--allow-server-ssh",
+        "--enable-ssh-sftp",
+        "--enable-ssh-local-port-forwarding",
+        *(["--enable-ssh-root"] if IS_ROOT else []),
+        "--sshd-ops-listen",
+        sshd_ops,
+        "--disable-ssh-config",
+    ]
+    server = await start_agent(
+        tmp_path,
+        "demo-server",
+        "127.0.0.2",
+        "meshssh-demo-server-key-0001",
+        api,
+        nats_url,
+        *server_flags,
+    )
     dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
     laptop = None
     try:
@@ -143,17 +202,26 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
             ),
             timeout=60,
         )
-        laptop = await start_agent(tmp_path, "demo-laptop", "127.0.0.3",
-                                   "meshssh-demo-laptop-key-0001", api, nats_url,
-                                   "--ssh-jwt-cache-ttl", "600",
-                                   "--ssh-config-file", str(dropin))  # fmt: skip
+        laptop = await start_agent(
+            tmp_path,
+            "demo-laptop",
+            "127.0.0.3",
+            "meshssh-demo-laptop-key-0001",
+            api,
+            nats_url,
+            "--ssh-jwt-cache-ttl",
+            "600",
+            "--ssh-config-file",
+            str(dropin),
+        )
         async with asyncio.timeout(30):
             while "demo-server" not in (dropin.read_text() if dropin.exists() else ""):
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
         config = tmp_path / "ssh_config"
         config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
-        yield System(tmp_path, api, authn, server, laptop, status["relay_port"], sshd_ops,
-                     config, dropin)  # fmt: skip
+        yield System(
+            tmp_path, api, authn, server, laptop, status["relay_port"], sshd_ops, config, dropin
+        )
     finally:
         if laptop is not None:
             await laptop.stop()
@@ -195,10 +263,15 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
         assert (await http.get(f"http://{system.sshd_ops}/metrics")).status_code == 200
 
     login = await asyncio.create_subprocess_exec(
-        script("meshssh"), "login", "--state-dir", str(system.laptop.state_dir), "--no-browser",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        script("meshssh"),
+        "login",
+        "--state-dir",
+        str(system.laptop.state_dir),
+        "--no-browser",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert login.stderr is not None
     url, code = await read_code(login.stderr)
     await approve(url, code)
@@ -238,9 +311,10 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
     # The dashboard switch ends the live session and refuses new connections.
     live = await asyncio.create_subprocess_exec(
         *system.tool("ssh", f"{USER}@demo-server", "echo started; exec sleep 60"),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert live.stdout is not None
     async with asyncio.timeout(30):
         assert (await live.stdout.readline()).strip() == b"started"

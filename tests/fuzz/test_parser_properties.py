@@ -48,12 +48,16 @@ def test_wire_decoding_raises_only_wire_errors(kind: int, data: bytes) -> None:
 
 
 @BOUNDED
-@given(st.integers(0, 255), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                  max_size=6),
-    max_leaves=20,
-))  # fmt: skip
+@given(
+    st.integers(0, 255),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+        ),
+        max_leaves=20,
+    ),
+)
 def test_wire_decoding_of_any_json_raises_only_wire_errors(kind: int, value: object) -> None:
     T.wire(bytes([kind]) + json.dumps(value).encode())
 
@@ -90,9 +94,14 @@ _json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=16)
 
 
 @BOUNDED
-@given(st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64", "x"]) | st.text(),
-                       _json_values | st.lists(_json_values, max_size=3), max_size=5),
-       st.binary(max_size=64))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from(["alg", "kid", "typ", "crit", "b64", "x"]) | st.text(),
+        _json_values | st.lists(_json_values, max_size=3),
+        max_size=5,
+    ),
+    st.binary(max_size=64),
+)
 @example({"alg": "EdDSA"}, b"\x89")
 def test_jwt_headers_raise_only_token_rejections(header: dict[str, object], junk: bytes) -> None:
     T.jwt(b"\x01" + json.dumps(header).encode() + b"\0" + junk)

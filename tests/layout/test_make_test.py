@@ -18,8 +18,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make_test(*args: str) -> tuple[int, str]:
     need_tool(shutil.which("make") is not None, "make")
-    result = run_command_sync("make", "--no-print-directory", "-C", str(ROOT), "-o", "lint",
-                              "-o", "typecheck", "test", *args, timeout=120)  # fmt: skip
+    result = run_command_sync(
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(ROOT),
+        "-o",
+        "lint",
+        "-o",
+        "typecheck",
+        "test",
+        *args,
+        timeout=120,
+    )
     return result.returncode, result.out + result.err
 
 

@@ -16,10 +16,21 @@ def netmap(*rules: FirewallRule) -> NetworkMap:
     )
 
 
-def tcp(port: str = "", sources: tuple[str, ...] = ("100.64.0.7/32",), action: str = "accept",
-        rng: PortRange | None = None, protocol: str = "tcp") -> FirewallRule:  # fmt: skip
-    return FirewallRule(sources=sources, protocol=protocol, action=action,  # type: ignore[arg-type]
-                        policy_id="pol", port=port, port_range=rng)  # fmt: skip
+def tcp(
+    port: str = "",
+    sources: tuple[str, ...] = ("100.64.0.7/32",),
+    action: str = "accept",
+    rng: PortRange | None = None,
+    protocol: str = "tcp",
+) -> FirewallRule:
+    return FirewallRule(
+        sources=sources,
+        protocol=protocol,
+        action=action,  # type: ignore[arg-type]
+        policy_id="pol",
+        port=port,
+        port_range=rng,
+    )
 
 
 @pytest.mark.parametrize(
@@ -36,13 +47,17 @@ def tcp(port: str = "", sources: tuple[str, ...] = ("100.64.0.7/32",), action: s
         ((tcp(),), "100.64.0.7", 22022, AclDecision.ACCEPT),  # all ports
         ((tcp(protocol="all"),), "100.64.0.7", 22, AclDecision.ACCEPT),
         ((tcp("22", protocol="udp"),), "100.64.0.7", 22, AclDecision.NO_RULE),
-        ((tcp("22", ("100.64.0.0/10",)), tcp("22", action="drop")), "100.64.0.7", 22,
-         AclDecision.DROPPED),
+        (
+            (tcp("22", ("100.64.0.0/10",)), tcp("22", action="drop")),
+            "100.64.0.7",
+            22,
+            AclDecision.DROPPED,
+        ),
         ((tcp("22"),), "::ffff:100.64.0.7", 22, AclDecision.ACCEPT),
         ((tcp("22"),), "not-an-ip", 22, AclDecision.BAD_SOURCE),
         ((tcp("22", ("garbage",)),), "100.64.0.7", 22, AclDecision.NO_RULE),
     ],
-)  # fmt: skip
+)
 def test_inbound_decisions(
     rules: tuple[FirewallRule, ...], source: str, port: int, expected: AclDecision
 ) -> None:

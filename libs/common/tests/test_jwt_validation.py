@@ -24,8 +24,9 @@ from meshssh_common.wire import JwksSnapshot, JwtConfig
 
 NOW = 1_800_000_000.0
 ISS = "https://idp.example"
-CONFIG = JwtConfig(issuer=ISS, audiences=("meshssh", "meshssh-cli"), max_token_age=600,
-                   clock_skew=60)  # fmt: skip
+CONFIG = JwtConfig(
+    issuer=ISS, audiences=("meshssh", "meshssh-cli"), max_token_age=600, clock_skew=60
+)
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -40,20 +41,30 @@ def jwk(alg: type, key: Any, kid: str) -> dict[str, Any]:
     return out
 
 
-KEYS = [jwk(RSAAlgorithm, RSA_KEY, "rsa1"), jwk(ECAlgorithm, EC_KEY, "ec1"),
-        jwk(OKPAlgorithm, ED_KEY, "ed1")]  # fmt: skip
+KEYS = [
+    jwk(RSAAlgorithm, RSA_KEY, "rsa1"),
+    jwk(ECAlgorithm, EC_KEY, "ec1"),
+    jwk(OKPAlgorithm, ED_KEY, "ed1"),
+]
 VALIDATOR = JwtValidator(CONFIG, KEYS)
 
 
 def claims(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"iss": ISS, "aud": "meshssh", "sub": "alice", "iat": NOW - 10,
-                            "exp": NOW + 300, "email": "alice@example.com"}  # fmt: skip
+    base: dict[str, Any] = {
+        "iss": ISS,
+        "aud": "meshssh",
+        "sub": "alice",
+        "iat": NOW - 10,
+        "exp": NOW + 300,
+        "email": "alice@example.com",
+    }
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
 
 
-def sign(payload: dict[str, Any], alg: str = "RS256", kid: str | None = "rsa1",
-         key: Any = None) -> str:  # fmt: skip
+def sign(
+    payload: dict[str, Any], alg: str = "RS256", kid: str | None = "rsa1", key: Any = None
+) -> str:
     if key is None:
         key = {"RS256": RSA_KEY, "PS256": RSA_KEY, "ES256": EC_KEY, "EdDSA": ED_KEY}[alg]
     headers = {"kid": kid} if kid else {}
@@ -73,8 +84,10 @@ def hs256_with_rsa_public_key() -> str:
     pem = RSA_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    signing_input = (f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa1'}).encode())}."
-                     f"{b64(json.dumps(claims()).encode())}")  # fmt: skip
+    signing_input = (
+        f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa1'}).encode())}."
+        f"{b64(json.dumps(claims()).encode())}"
+    )
     mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(mac)}"
 
@@ -109,14 +122,18 @@ REJECTIONS: list[tuple[str, str, RejectReason]] = [
     ("16 KiB token", sign(claims(pad="x" * 16_384)), RejectReason.TOO_LARGE),
     ("unknown kid", sign(claims(), kid="rotated"), RejectReason.UNKNOWN_KID),
     ("RSA token presented with the EC key id", sign(claims(), kid="ec1"), RejectReason.BAD_ALG),
-    ("signed by a key not in the set", sign(claims(), "EdDSA", "ed1", NEW_KEY),
-     RejectReason.BAD_SIGNATURE),
+    (
+        "signed by a key not in the set",
+        sign(claims(), "EdDSA", "ed1", NEW_KEY),
+        RejectReason.BAD_SIGNATURE,
+    ),
     ("exp that is not a number", sign(claims(exp="tomorrow")), RejectReason.MALFORMED),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("token", "reason"), [(t, r) for _, t, r in REJECTIONS],
-                         ids=[n for n, _, _ in REJECTIONS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("token", "reason"), [(t, r) for _, t, r in REJECTIONS], ids=[n for n, _, _ in REJECTIONS]
+)
 def test_each_bad_token_is_refused_with_its_own_reason(token: str, reason: RejectReason) -> None:
     with pytest.raises(TokenRejected) as info:
         VALIDATOR.validate(token, now=NOW)
@@ -124,10 +141,19 @@ def test_each_bad_token_is_refused_with_its_own_reason(token: str, reason: Rejec
 
 
 def test_the_reasons_in_the_table_are_distinct_per_check() -> None:
-    required = {RejectReason.BAD_ALG, RejectReason.EXPIRED, RejectReason.NOT_YET_VALID,
-                RejectReason.ISSUED_IN_FUTURE, RejectReason.TOO_OLD, RejectReason.BAD_ISSUER,
-                RejectReason.BAD_AUDIENCE, RejectReason.MISSING_CLAIM, RejectReason.BAD_SIGNATURE,
-                RejectReason.MALFORMED, RejectReason.TOO_LARGE}  # fmt: skip
+    required = {
+        RejectReason.BAD_ALG,
+        RejectReason.EXPIRED,
+        RejectReason.NOT_YET_VALID,
+        RejectReason.ISSUED_IN_FUTURE,
+        RejectReason.TOO_OLD,
+        RejectReason.BAD_ISSUER,
+        RejectReason.BAD_AUDIENCE,
+        RejectReason.MISSING_CLAIM,
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.MALFORMED,
+        RejectReason.TOO_LARGE,
+    }
     assert required <= {r for _, _, r in REJECTIONS}
 
 
@@ -229,32 +255,52 @@ RSA_HEADER = b'{"alg":"RS256","kid":"rsa1"}'
 
 # Shapes the faster parser must refuse as firmly as PyJWT did (or more firmly).
 STRICT_REJECTIONS: list[tuple[str, str, RejectReason]] = [
-    ("exp is Infinity", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
-        str(NOW + 300).encode(), b"Infinity")), RejectReason.MALFORMED),
-    ("iat is NaN", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
-        str(NOW - 10).encode(), b"NaN")), RejectReason.MALFORMED),
-    ("exp out of float range", sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(
-        str(NOW + 300).encode(), b"1e999")), RejectReason.MALFORMED),
+    (
+        "exp is Infinity",
+        sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(str(NOW + 300).encode(), b"Infinity")),
+        RejectReason.MALFORMED,
+    ),
+    (
+        "iat is NaN",
+        sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(str(NOW - 10).encode(), b"NaN")),
+        RejectReason.MALFORMED,
+    ),
+    (
+        "exp out of float range",
+        sign_raw(RSA_HEADER, GOOD_PAYLOAD.replace(str(NOW + 300).encode(), b"1e999")),
+        RejectReason.MALFORMED,
+    ),
     ("payload is a JSON list", sign_raw(RSA_HEADER, b"[1,2]"), RejectReason.MALFORMED),
-    ("kid is a number", sign_raw(b'{"alg":"RS256","kid":7}', GOOD_PAYLOAD),
-     RejectReason.MALFORMED),
-    ("alg is a list", sign_raw(b'{"alg":["RS256"],"kid":"rsa1"}', GOOD_PAYLOAD),
-     RejectReason.BAD_ALG),
-    ("crit header", sign_raw(b'{"alg":"RS256","kid":"rsa1","crit":["exp"],"exp":1}',
-     GOOD_PAYLOAD), RejectReason.MALFORMED),
-    ("unencoded payload (b64 false)", sign_raw(b'{"alg":"RS256","kid":"rsa1","b64":false,'
-     b'"crit":["b64"]}', GOOD_PAYLOAD), RejectReason.MALFORMED),
+    ("kid is a number", sign_raw(b'{"alg":"RS256","kid":7}', GOOD_PAYLOAD), RejectReason.MALFORMED),
+    (
+        "alg is a list",
+        sign_raw(b'{"alg":["RS256"],"kid":"rsa1"}', GOOD_PAYLOAD),
+        RejectReason.BAD_ALG,
+    ),
+    (
+        "crit header",
+        sign_raw(b'{"alg":"RS256","kid":"rsa1","crit":["exp"],"exp":1}', GOOD_PAYLOAD),
+        RejectReason.MALFORMED,
+    ),
+    (
+        "unencoded payload (b64 false)",
+        sign_raw(b'{"alg":"RS256","kid":"rsa1","b64":false,"crit":["b64"]}', GOOD_PAYLOAD),
+        RejectReason.MALFORMED,
+    ),
     ("four segments", sign(claims()) + ".AAAA", RejectReason.MALFORMED),
     ("non-ASCII", sign(claims())[:-2] + "é", RejectReason.MALFORMED),
     ("non-canonical base64 (trailing bits)", sign(claims())[:-1] + "_", RejectReason.MALFORMED),
     ("three padding characters", sign(claims()) + "===", RejectReason.MALFORMED),
     ("aud list of non-strings", sign(claims(aud=[1, None])), RejectReason.BAD_AUDIENCE),
     ("ES256 token naming a P-384 key", sign(claims(), "ES256", "p384"), RejectReason.BAD_ALG),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("token", "reason"), [(t, r) for _, t, r in STRICT_REJECTIONS],
-                         ids=[n for n, _, _ in STRICT_REJECTIONS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [(t, r) for _, t, r in STRICT_REJECTIONS],
+    ids=[n for n, _, _ in STRICT_REJECTIONS],
+)
 def test_the_parser_refuses_every_odd_shape(token: str, reason: RejectReason) -> None:
     p384 = jwk(ECAlgorithm, ec.generate_private_key(ec.SECP384R1()), "p384")
     validator = JwtValidator(CONFIG, [*KEYS, p384])

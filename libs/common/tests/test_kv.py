@@ -45,8 +45,9 @@ async def test_concurrent_increments_never_lose_an_update(nc: NATS) -> None:
             entry = await kv.get("n")
             assert entry is not None
             try:
-                await kv.update("n", wire.MetaReply(serial=entry.value.serial + 1),
-                                last=entry.revision)  # fmt: skip
+                await kv.update(
+                    "n", wire.MetaReply(serial=entry.value.serial + 1), last=entry.revision
+                )
                 return
             except Conflict:
                 continue

@@ -48,14 +48,24 @@ async def provider() -> AsyncIterator[Provider]:
 
     async def discovery(request: Request) -> JSONResponse:
         p = state["p"]
-        return JSONResponse({"issuer": p.url, "token_endpoint": f"{p.url}/token",
-                             "device_authorization_endpoint": f"{p.url}/device"})  # fmt: skip
+        return JSONResponse(
+            {
+                "issuer": p.url,
+                "token_endpoint": f"{p.url}/token",
+                "device_authorization_endpoint": f"{p.url}/device",
+            }
+        )
 
     async def config(request: Request) -> JSONResponse:
         p = state["p"]
-        return JSONResponse({"issuer": p.url, "client_id": "meshssh",
-                             "device_authorization_endpoint": f"{p.url}/device",
-                             "token_endpoint": f"{p.url}/token"})  # fmt: skip
+        return JSONResponse(
+            {
+                "issuer": p.url,
+                "client_id": "meshssh",
+                "device_authorization_endpoint": f"{p.url}/device",
+                "token_endpoint": f"{p.url}/token",
+            }
+        )
 
     async def device(request: Request) -> JSONResponse:
         p = state["p"]
@@ -69,12 +79,14 @@ async def provider() -> AsyncIterator[Provider]:
         status, body = p.answers.pop(0)
         return JSONResponse(body, status_code=status)
 
-    app = Starlette(routes=[
-        Route("/.well-known/openid-configuration", discovery),
-        Route("/api/v1/auth/config", config),
-        Route("/device", device, methods=["POST"]),
-        Route("/token", token, methods=["POST"]),
-    ])  # fmt: skip
+    app = Starlette(
+        routes=[
+            Route("/.well-known/openid-configuration", discovery),
+            Route("/api/v1/auth/config", config),
+            Route("/device", device, methods=["POST"]),
+            Route("/token", token, methods=["POST"]),
+        ]
+    )
     server = HttpServer(app, "127.0.0.1:0")
     state["p"] = Provider(server.url)
     task = asyncio.create_task(server.serve())
@@ -87,8 +99,13 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 def started(**extra: Any) -> tuple[int, dict[str, Any]]:
-    return 200, {"device_code": "dc", "user_code": "BCDF-GHJK",
-                 "verification_uri": "https://idp/device", "interval": 2, **extra}  # fmt: skip
+    return 200, {
+        "device_code": "dc",
+        "user_code": "BCDF-GHJK",
+        "verification_uri": "https://idp/device",
+        "interval": 2,
+        **extra,
+    }
 
 
 async def run_flow(
@@ -119,8 +136,11 @@ async def test_discovery_then_pending_and_slow_down_then_the_token(provider: Pro
     ]
     tokens, slept = await run_flow(provider)
     assert (tokens.token, tokens.access_token, tokens.id_token, tokens.expires_in) == (
-        "at", "at", "it", 300
-    )  # fmt: skip
+        "at",
+        "at",
+        "it",
+        300,
+    )
     assert slept == [2, 7, 7]  # slow_down adds 5 s for the rest of the flow
     device_form, *polls = provider.forms
     assert device_form == {"client_id": "meshssh", "scope": "openid email profile"}

@@ -34,7 +34,7 @@ def test_headers_round_trip(src: tuple[str, int], dst: tuple[str, int]) -> None:
         b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\xff\xff",
         b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x01",
     ],
-)  # fmt: skip
+)
 def test_bad_headers_are_refused(data: bytes) -> None:
     with pytest.raises(ProxyProtocolError):
         parse_v2(data)

@@ -22,9 +22,15 @@ def test_line_breaks_in_the_public_text_cannot_forge_a_reason_line() -> None:
 
 @pytest.mark.parametrize(
     "banner",
-    ["", "Welcome\r\n", "MeshSSH-Refusal: \r\n", "MeshSSH-Refusal: Bad Label\r\n",
-     "MeshSSH-Refusal: " + "a" * 41 + "\r\n", "xMeshSSH-Refusal: expired\r\n"],
-)  # fmt: skip
+    [
+        "",
+        "Welcome\r\n",
+        "MeshSSH-Refusal: \r\n",
+        "MeshSSH-Refusal: Bad Label\r\n",
+        "MeshSSH-Refusal: " + "a" * 41 + "\r\n",
+        "xMeshSSH-Refusal: expired\r\n",
+    ],
+)
 def test_anything_else_gives_no_reason(banner: str) -> None:
     assert parse_refusal(banner) is None
 

@@ -30,15 +30,23 @@ async def serve_echo(nc: NATS, metrics: ServiceMetrics) -> object:
             raise RuntimeError("bug")
         return wire.DevicePollReply(status="ok", token=req.device_code.upper())
 
-    await add_endpoint(svc, "echo", SUBJECT, wire.DevicePollRequest, handle,
-                       metrics=metrics, log=service_logger("test"))  # fmt: skip
+    await add_endpoint(
+        svc,
+        "echo",
+        SUBJECT,
+        wire.DevicePollRequest,
+        handle,
+        metrics=metrics,
+        log=service_logger("test"),
+    )
     return svc
 
 
 async def test_a_reply_decodes_into_its_type(nc: NATS) -> None:
     await serve_echo(nc, ServiceMetrics("test"))
-    reply = await request(nc, SUBJECT, wire.DevicePollRequest(device_code="abc"),
-                          wire.DevicePollReply)  # fmt: skip
+    reply = await request(
+        nc, SUBJECT, wire.DevicePollRequest(device_code="abc"), wire.DevicePollReply
+    )
     assert reply == wire.DevicePollReply(status="ok", token="ABC")
 
 
@@ -46,12 +54,12 @@ async def test_an_error_raised_in_a_handler_reaches_the_requester_typed(nc: NATS
     metrics = ServiceMetrics("test")
     await serve_echo(nc, metrics)
     with pytest.raises(NotFound, match="device code missing unknown") as info:
-        await request(nc, SUBJECT, wire.DevicePollRequest(device_code="missing"),
-                      wire.DevicePollReply)  # fmt: skip
+        await request(
+            nc, SUBJECT, wire.DevicePollRequest(device_code="missing"), wire.DevicePollReply
+        )
     assert info.value.code == "not_found"
     with pytest.raises(Denied) as denied:
-        await request(nc, SUBJECT, wire.DevicePollRequest(device_code="deny"),
-                      wire.DevicePollReply)  # fmt: skip
+        await request(nc, SUBJECT, wire.DevicePollRequest(device_code="deny"), wire.DevicePollReply)
     assert denied.value.public == "access denied"  # the logged reason never travels
     assert "bob" not in str(denied.value)
     assert metrics.requests.labels(endpoint="echo", result="not_found")._value.get() == 1
@@ -63,8 +71,7 @@ async def test_an_unexpected_exception_is_reported_as_internal_and_the_service_s
     metrics = ServiceMetrics("test")
     await serve_echo(nc, metrics)
     with caplog.at_level(logging.ERROR), pytest.raises(RemoteError) as info:
-        await request(nc, SUBJECT, wire.DevicePollRequest(device_code="boom"),
-                      wire.DevicePollReply)  # fmt: skip
+        await request(nc, SUBJECT, wire.DevicePollRequest(device_code="boom"), wire.DevicePollReply)
     assert getattr(info.value, "remote_code", None) == "internal"
     assert "bug" not in str(info.value)
     assert "request handler failed" in caplog.text
@@ -115,8 +122,15 @@ async def test_subscriber_drops_bad_events_and_keeps_going(
         seen.set()
 
     log = service_logger("test")
-    await subscribe_typed(nc, "meshssh.policy.v1.evt.heartbeat.*", wire.Heartbeat, on_hb,
-                          name="heartbeat", metrics=metrics, log=log)  # fmt: skip
+    await subscribe_typed(
+        nc,
+        "meshssh.policy.v1.evt.heartbeat.*",
+        wire.Heartbeat,
+        on_hb,
+        name="heartbeat",
+        metrics=metrics,
+        log=log,
+    )
     with caplog.at_level(logging.WARNING):
         await nc.publish("meshssh.policy.v1.evt.heartbeat.p1", b"{{{")
         await nc.publish("meshssh.policy.v1.evt.heartbeat.p1", b'{"type":"policy.heartbeat.v1"}')
@@ -141,9 +155,16 @@ async def test_a_concurrent_endpoint_answers_behind_a_request_that_waits(nc: NAT
             await release.wait()  # a handler waiting for a rate limit or an upstream
         return wire.DevicePollReply(status="ok", token=req.device_code)
 
-    await add_endpoint(svc, "echo", SUBJECT, wire.DevicePollRequest, handle,
-                       metrics=ServiceMetrics("test"), log=service_logger("test"),
-                       concurrency=4)  # fmt: skip
+    await add_endpoint(
+        svc,
+        "echo",
+        SUBJECT,
+        wire.DevicePollRequest,
+        handle,
+        metrics=ServiceMetrics("test"),
+        log=service_logger("test"),
+        concurrency=4,
+    )
     try:
         slow_req = wire.DevicePollRequest(device_code="slow")
         slow = asyncio.create_task(request(nc, SUBJECT, slow_req, wire.DevicePollReply, timeout=5))

@@ -29,8 +29,14 @@ def required_args(name: str, tmp_path: Path) -> list[str]:
     if name == "meshssh-relay":
         return ["--peer-id", "p1", "--listen", "127.0.0.1:0"]
     if name == "meshssh-sshd":
-        return ["--peer-id", "t1", "--listen", "127.0.0.1:0",
-                "--host-key", str(tmp_path / "ssh_host_ed25519_key")]  # fmt: skip
+        return [
+            "--peer-id",
+            "t1",
+            "--listen",
+            "127.0.0.1:0",
+            "--host-key",
+            str(tmp_path / "ssh_host_ed25519_key"),
+        ]
     return []
 
 
@@ -128,8 +134,9 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(args: list[str], names: s
 
 
 def test_a_bad_env_setting_names_its_variable() -> None:
-    result = run_command_sync(script("meshssh-sshd"), env={"MESHSSH_LOG_FORMAT": "yaml"},
-                              timeout=30)  # fmt: skip
+    result = run_command_sync(
+        script("meshssh-sshd"), env={"MESHSSH_LOG_FORMAT": "yaml"}, timeout=30
+    )
     assert result.returncode == 2, result.describe()
     assert "MESHSSH_LOG_FORMAT" in result.err
 
@@ -138,9 +145,13 @@ def test_a_bad_env_setting_names_its_variable() -> None:
 def test_help_lists_every_setting_with_its_env_variable(name: str) -> None:
     result = run_command_sync(script(name), "--help", timeout=30, check=True)
     text = " ".join(result.out.split())
-    for flag, env in [("--nats-url", "MESHSSH_NATS_URL"), ("--nats-creds", "MESHSSH_NATS_CREDS"),
-                      ("--ops-listen", "_OPS_LISTEN"), ("--log-level", "MESHSSH_LOG_LEVEL"),
-                      ("--log-format", "MESHSSH_LOG_FORMAT")]:  # fmt: skip
+    for flag, env in [
+        ("--nats-url", "MESHSSH_NATS_URL"),
+        ("--nats-creds", "MESHSSH_NATS_CREDS"),
+        ("--ops-listen", "_OPS_LISTEN"),
+        ("--log-level", "MESHSSH_LOG_LEVEL"),
+        ("--log-format", "MESHSSH_LOG_FORMAT"),
+    ]:
         assert flag in text
         assert env in text
 

@@ -16,8 +16,9 @@ def test_hash_is_unkeyed_blake2b_128() -> None:
     assert len(hash_user_id("x")) == 32
 
 
-TABLE = build_table("sub", [("alice", "*"), ("bob", "deploy"), ("carol", "deploy"),
-                            ("carol", "carol")])  # fmt: skip
+TABLE = build_table(
+    "sub", [("alice", "*"), ("bob", "deploy"), ("carol", "deploy"), ("carol", "carol")]
+)
 
 
 @pytest.mark.parametrize(
@@ -87,10 +88,11 @@ def test_a_table_open_for_one_local_user_opens_only_that_one() -> None:
 def test_a_map_without_the_open_field_stays_closed_to_strangers() -> None:
     # What a map from before the field existed decodes to: nobody gets in that way.
     old = codec.decode(
-        b'{"user_id_claim":"sub","authorized_users":["' + hash_user_id("bob").encode()
+        b'{"user_id_claim":"sub","authorized_users":["'
+        + hash_user_id("bob").encode()
         + b'"],"machine_users":{"*":[0]}}',
         SshAuth,
-    )  # fmt: skip
+    )
     assert old.any_validated_user == ()
     assert authorize(old, "bob", "deploy")
     assert not authorize(old, "stranger", "deploy")

@@ -136,9 +136,17 @@ async def test_openssh_client_keeps_every_byte(
     port, _, client = server
     payload = os.urandom(5_000_000)
     result = await client.ssh(
-        "-c", cipher, "-o", "RekeyLimit=1M", "-p", str(port), "tester@127.0.0.1", "x",
-        input=payload, timeout=60,
-    )  # fmt: skip
+        "-c",
+        cipher,
+        "-o",
+        "RekeyLimit=1M",
+        "-p",
+        str(port),
+        "tester@127.0.0.1",
+        "x",
+        input=payload,
+        timeout=60,
+    )
     assert result.returncode == 0, result.err
     line, _, rest = result.stdout.partition(b"\n")
     assert line.decode().split() == [str(len(payload)), _sha(payload)]

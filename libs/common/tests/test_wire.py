@@ -12,32 +12,51 @@ JWT = wire.JwtConfig(issuer="http://127.0.0.1:8081", audiences=("meshssh",))
 NETMAP = wire.NetworkMap(
     serial=3,
     peer=wire.PeerConfig(
-        id="p1", name="srv", mesh_ip="100.64.0.1", mesh_prefix="100.64.0.0/10",
-        ssh_enabled=True, jwt=JWT,
+        id="p1",
+        name="srv",
+        mesh_ip="100.64.0.1",
+        mesh_prefix="100.64.0.0/10",
+        ssh_enabled=True,
+        jwt=JWT,
     ),
     firewall_rules=(
-        wire.FirewallRule(sources=("100.64.0.2/32",), protocol="tcp", action="accept",
-                          policy_id="pol1", port="22"),
-        wire.FirewallRule(sources=("100.64.0.0/10",), protocol="tcp", action="accept",
-                          policy_id="pol1", port_range=wire.PortRange(start=20, end=30)),
+        wire.FirewallRule(
+            sources=("100.64.0.2/32",), protocol="tcp", action="accept", policy_id="pol1", port="22"
+        ),
+        wire.FirewallRule(
+            sources=("100.64.0.0/10",),
+            protocol="tcp",
+            action="accept",
+            policy_id="pol1",
+            port_range=wire.PortRange(start=20, end=30),
+        ),
     ),
-    remote_peers=(wire.RemotePeer(id="p2", name="laptop", mesh_ip="100.64.0.2",
-                                  ssh_host_key="ssh-ed25519 AAAA"),),
+    remote_peers=(
+        wire.RemotePeer(
+            id="p2", name="laptop", mesh_ip="100.64.0.2", ssh_host_key="ssh-ed25519 AAAA"
+        ),
+    ),
     ssh_auth=wire.SshAuth(authorized_users=("00" * 16,), machine_users={"*": (0,)}),
-)  # fmt: skip
+)
 
 EXAMPLES: list[wire.Wire] = [
     NETMAP,
     wire.RegisterRequest(
-        name="srv", mesh_ip="100.64.0.1", setup_key="k",
-        meta=wire.PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                           flags=wire.PeerFlags(server_ssh_allowed=True)),
+        name="srv",
+        mesh_ip="100.64.0.1",
+        setup_key="k",
+        meta=wire.PeerMeta(
+            version="0.1.0",
+            capabilities=("native_ssh",),
+            flags=wire.PeerFlags(server_ssh_allowed=True),
+        ),
     ),
     wire.RegisterReply(peer_id="p1", credential="c", netmap=NETMAP),
     wire.MetaUpdate(peer_id="p1", credential="c", meta=wire.PeerMeta(version="0.60.0-rc1")),
     wire.MetaReply(serial=4),
-    wire.Heartbeat(peer_id="p1", sent_at=1.5, sessions=(wire.SessionInfo(session_id="s",
-                                                                          local_user="u"),)),
+    wire.Heartbeat(
+        peer_id="p1", sent_at=1.5, sessions=(wire.SessionInfo(session_id="s", local_user="u"),)
+    ),
     wire.JwksSnapshot(jwt=JWT, keys=({"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "k1"},)),
     wire.JwksRefreshRequest(kid="k9"),
     wire.JwksRefreshReply(fetched=True, key_ids=("k1",)),
@@ -46,7 +65,7 @@ EXAMPLES: list[wire.Wire] = [
     wire.DevicePollRequest(device_code="d"),
     wire.DevicePollReply(status="ok", token="t"),
     wire.AuditEvent(kind="session-start", peer_id="p1", at=1.0, local_user="alice"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)

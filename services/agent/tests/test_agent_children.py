@@ -41,8 +41,13 @@ def test_sshd_runs_only_when_both_switches_are_on_and_the_relay_also_for_a_nativ
 
 
 def test_sshd_gets_the_contract_flags_and_listens_on_the_mesh_address() -> None:
-    settings = config("--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-root",
-                      "--disable-ssh-auth", "--enable-ssh-agent-forwarding")  # fmt: skip
+    settings = config(
+        "--allow-server-ssh",
+        "--enable-ssh-sftp",
+        "--enable-ssh-root",
+        "--disable-ssh-auth",
+        "--enable-ssh-agent-forwarding",
+    )
     assert settings.flags.sftp
     assert settings.flags.server_ssh_allowed
     argv = sshd_argv(settings, "p1")
@@ -51,8 +56,12 @@ def test_sshd_gets_the_contract_flags_and_listens_on_the_mesh_address() -> None:
     assert value(argv, "--trusted-relay") == "127.0.0.2"
     assert value(argv, "--host-key") == "/tmp/x/ssh_host_ed25519_key"
     assert value(argv, "--ops-listen") == "127.0.0.1:0"
-    assert {"--enable-ssh-sftp", "--enable-ssh-root", "--disable-ssh-auth",
-            "--enable-ssh-agent-forwarding"} <= set(argv)  # fmt: skip
+    assert {
+        "--enable-ssh-sftp",
+        "--enable-ssh-root",
+        "--disable-ssh-auth",
+        "--enable-ssh-agent-forwarding",
+    } <= set(argv)
     assert "--enable-ssh-local-port-forwarding" not in argv
 
 
@@ -123,16 +132,26 @@ def test_ssh_permit_open_is_parsed_reported_in_metadata_and_passed_to_sshd() -> 
     from meshssh_cli.main import build_parser
     from meshssh_sshd.settings import SshdSettings
 
-    settings = config("--allow-server-ssh", "--ssh-permit-open", "DB:5432",
-                      "--ssh-permit-open", "[::1]:*")  # fmt: skip
+    settings = config(
+        "--allow-server-ssh", "--ssh-permit-open", "DB:5432", "--ssh-permit-open", "[::1]:*"
+    )
     assert settings.flags.permit_open == ("db:5432", "[::1]:*")
     argv = sshd_argv(settings, "p1")
     sshd = parse_settings(SshdSettings, argv[1:], prog="meshssh-sshd")  # argv[0]: the binary
     assert sshd.permit_open.allows("db", 5432)
     assert not sshd.permit_open.allows("127.0.0.1", 4222)
     # `meshssh up` hands the agent the same entries on its command line.
-    up = build_parser("up").parse_args(["up", "--mesh-ip", "127.0.0.2", "--ssh-permit-open",
-                                        "DB:5432", "--ssh-permit-open", "[::1]:*"])  # fmt: skip
+    up = build_parser("up").parse_args(
+        [
+            "up",
+            "--mesh-ip",
+            "127.0.0.2",
+            "--ssh-permit-open",
+            "DB:5432",
+            "--ssh-permit-open",
+            "[::1]:*",
+        ]
+    )
     again = parse(*agent_argv(up))
     assert again.flags.permit_open == ("db:5432", "[::1]:*")
     default = config("--allow-server-ssh")

@@ -30,17 +30,36 @@ async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFacto
 
 async def register_keyless(nc: NATS, name: str, mesh_ip: str) -> None:
     """A server that reported no SSH host key (nothing for the drop-in to pin)."""
-    req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=PeerMeta(version="0.1.0"),
-                          setup_key=SERVER_KEY, ssh_host_key="")  # fmt: skip
+    req = RegisterRequest(
+        name=name,
+        mesh_ip=mesh_ip,
+        meta=PeerMeta(version="0.1.0"),
+        setup_key=SERVER_KEY,
+        ssh_host_key="",
+    )
     await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
 
 
-async def start_agent(state: Path, nats_url: str, *args: str,
-                      env: dict[str, str] | None = None) -> AgentProcess:  # fmt: skip
+async def start_agent(
+    state: Path, nats_url: str, *args: str, env: dict[str, str] | None = None
+) -> AgentProcess:
     agent = await AgentProcess.start(
-        state, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0", *args, env=env,
-    )  # fmt: skip
+        state,
+        "--mesh-ip",
+        "127.0.0.3",
+        "--name",
+        "laptop",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        LAPTOP_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        *args,
+        env=env,
+    )
     await agent.wait_status(lambda s: s["registered"])
     return agent
 
@@ -86,9 +105,13 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
         assert "127.0.0.4" in text(dropin)
 
         proc = await asyncio.create_subprocess_exec(
-            script("meshssh"), "down", "--state-dir", str(state),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            script("meshssh"),
+            "down",
+            "--state-dir",
+            str(state),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         async with asyncio.timeout(30):
             _, err = await proc.communicate()
         assert proc.returncode == 0, err
@@ -105,8 +128,9 @@ async def test_with_the_opt_out_the_agent_keeps_no_dropin(
     ):
         dropin = tmp_path / f"dropin-{n}.conf"
         dropin.write_text("# left from before\n")
-        agent = await start_agent(tmp_path / "state", nats_url, *args,
-                                  "--ssh-config-file", str(dropin), env=env)  # fmt: skip
+        agent = await start_agent(
+            tmp_path / "state", nats_url, *args, "--ssh-config-file", str(dropin), env=env
+        )
         try:
             await until(dropin_gone(dropin), "the opted-out agent removes the file")
             await asyncio.sleep(0.3)  # a late write would show up here

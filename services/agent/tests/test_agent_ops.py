@@ -51,18 +51,37 @@ async def test_ready_when_registered_with_a_map_and_children_up_and_metrics_foll
     with tempfile.TemporaryDirectory(prefix="mso-") as root:
         state = Path(root) / "state"
         agent = await AgentProcess.start(
-            state, "--mesh-ip", "127.0.0.2", "--name", "server", "--nats-url", nats_url,
-            "--setup-key", SERVER_KEY, "--ssh-port", "0", "--relay-port", "0",
-            "--relay-mode", "proxy", "--allow-server-ssh", "--agent-ops-listen", "127.0.0.1:0",
-        )  # fmt: skip
+            state,
+            "--mesh-ip",
+            "127.0.0.2",
+            "--name",
+            "server",
+            "--nats-url",
+            nats_url,
+            "--setup-key",
+            SERVER_KEY,
+            "--ssh-port",
+            "0",
+            "--relay-port",
+            "0",
+            "--relay-mode",
+            "proxy",
+            "--allow-server-ssh",
+            "--agent-ops-listen",
+            "127.0.0.1:0",
+        )
         try:
             status = await agent.wait_status(lambda s: s.get("ops_url", "") != "")
             url = status["ops_url"]
             assert (await get(f"{url}/healthz")).status_code == 200
             ready = await wait_ready(url, True)
             assert ready["checks"] == {
-                "nats": True, "serving": True, "registered": True, "map": True, "children": True,
-            }  # fmt: skip
+                "nats": True,
+                "serving": True,
+                "registered": True,
+                "map": True,
+                "children": True,
+            }
             status = await agent.status()
             text = (await get(f"{url}/metrics")).text
             assert metric(text, "meshssh_agent_map_serial") == status["serial"] > 0

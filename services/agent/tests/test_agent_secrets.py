@@ -31,9 +31,13 @@ async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFacto
 
 async def meshssh(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        script("meshssh"),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -60,10 +64,26 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
     else:
         extra = ["--setup-key", KEY]
     args = [
-        "up", "--state-dir", str(state), "--mesh-ip", "127.0.0.2", "--name", "server",
-        "--nats-url", nats_url, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
-        "--allow-server-ssh", "--ssh-config-file", f"{state}.ssh_config", *extra,
-    ]  # fmt: skip
+        "up",
+        "--state-dir",
+        str(state),
+        "--mesh-ip",
+        "127.0.0.2",
+        "--name",
+        "server",
+        "--nats-url",
+        nats_url,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--allow-server-ssh",
+        "--ssh-config-file",
+        f"{state}.ssh_config",
+        *extra,
+    ]
     try:
         code, _, err = await meshssh(*args, env=env)
         assert code == 0, err
@@ -91,9 +111,16 @@ async def test_an_unreadable_key_file_is_a_bad_setting_named_by_its_flag(
     tmp_path: Path, nats_url: str
 ) -> None:
     code, _, err = await meshssh(
-        "up", "--state-dir", str(tmp_path / "state"), "--mesh-ip", "127.0.0.2",
-        "--nats-url", nats_url, "--setup-key-file", str(tmp_path / "missing"),
+        "up",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--mesh-ip",
+        "127.0.0.2",
+        "--nats-url",
+        nats_url,
+        "--setup-key-file",
+        str(tmp_path / "missing"),
         env=dict(os.environ),
-    )  # fmt: skip
+    )
     assert code == 2
     assert "--setup-key-file" in err

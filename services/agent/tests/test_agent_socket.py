@@ -120,10 +120,22 @@ async def agent(
 ) -> AsyncIterator[AgentProcess]:
     await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
     proc = await AgentProcess.start(
-        short_state_dir, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
-        "--ssh-jwt-cache-ttl", "120",
-    )  # fmt: skip
+        short_state_dir,
+        "--mesh-ip",
+        "127.0.0.3",
+        "--name",
+        "laptop",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        LAPTOP_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--ssh-jwt-cache-ttl",
+        "120",
+    )
     try:
         await proc.wait_status(lambda s: s["registered"])
         yield proc
@@ -136,10 +148,18 @@ async def as_user(uid: int, state_dir: Path, token: str) -> dict[str, object]:
     need_tool(setpriv is not None, "setpriv (util-linux)")
     assert setpriv is not None
     proc = await asyncio.create_subprocess_exec(
-        setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        sys.executable, "-c", _CLIENT, str(state_dir), token,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        _CLIENT,
+        str(state_dir),
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(30):
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()

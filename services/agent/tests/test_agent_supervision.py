@@ -37,15 +37,33 @@ async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFacto
 
 
 async def start_agent(
-    tmp_path: Path, nats_url: str, *flags: str, key: str = SERVER_KEY, name: str = "server",
+    tmp_path: Path,
+    nats_url: str,
+    *flags: str,
+    key: str = SERVER_KEY,
+    name: str = "server",
     mesh_ip: str = MESH_IP,
-) -> AgentProcess:  # fmt: skip
+) -> AgentProcess:
     return await AgentProcess.start(
         tmp_path / "state",
-        "--mesh-ip", mesh_ip, "--name", name, "--nats-url", nats_url,
-        "--setup-key", key, "--ssh-port", "0", "--relay-port", "0",
-        "--relay-mode", "proxy", "--sshd-bin", script("meshssh-sshd"), *flags,
-    )  # fmt: skip
+        "--mesh-ip",
+        mesh_ip,
+        "--name",
+        name,
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        key,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--sshd-bin",
+        script("meshssh-sshd"),
+        *flags,
+    )
 
 
 def running(*names: str) -> Callable[[Status], bool]:
@@ -145,9 +163,12 @@ async def test_down_stops_everything_and_leaves_no_process(
         status = await agent.wait_status(running("sshd", "relay"))
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
         down = await asyncio.create_subprocess_exec(
-            script("meshssh"), "down", "--state-dir", str(tmp_path / "state"),
+            script("meshssh"),
+            "down",
+            "--state-dir",
+            str(tmp_path / "state"),
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         async with asyncio.timeout(30):
             _, err = await down.communicate()
         assert down.returncode == 0, err
@@ -177,9 +198,13 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
 
     sub = await nc.subscribe(subjects.HEARTBEAT_ALL, cb=on_beat)
     agent = await start_agent(
-        tmp_path, nats_url, "--allow-server-ssh", key=LAPTOP_KEY, name="laptop",
+        tmp_path,
+        nats_url,
+        "--allow-server-ssh",
+        key=LAPTOP_KEY,
+        name="laptop",
         mesh_ip="127.0.0.3",
-    )  # fmt: skip
+    )
     try:
         await agent.wait_status(lambda s: s["registered"])
         await policy.patch_peer("laptop", ssh_enabled=True)
@@ -190,9 +215,13 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
         assert beat.relay_mode in ("proxy", "off")
         assert beat.peer_id == peer_id
         session = SessionInfo(
-            session_id="s1", local_user="alice", jwt_user="alice@example.com",
-            source="127.0.0.3:51000", command="bash", started_at=time.time(),
-        )  # fmt: skip
+            session_id="s1",
+            local_user="alice",
+            jwt_user="alice@example.com",
+            source="127.0.0.3:51000",
+            command="bash",
+            started_at=time.time(),
+        )
         report = SessionsReport(peer_id=peer_id, sent_at=time.time(), sessions=(session,))
         await nc.publish(subjects.sshd_sessions(peer_id), codec.encode(report))
         remote = Heartbeat(peer_id=server.peer_id, sent_at=time.time())
@@ -259,10 +288,25 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
     agents = []
     for name, ip in (("p1", MESH_IP), ("p2", "127.0.0.3")):
         agent = await AgentProcess.start(
-            tmp_path / name, "--mesh-ip", ip, "--name", name, "--nats-url", nats_url,
-            "--setup-key", SERVER_KEY, "--ssh-port", str(ssh_port), "--relay-port", str(relay_port),
-            "--relay-mode", "proxy", "--allow-server-ssh", "--sshd-bin", script("meshssh-sshd"),
-        )  # fmt: skip
+            tmp_path / name,
+            "--mesh-ip",
+            ip,
+            "--name",
+            name,
+            "--nats-url",
+            nats_url,
+            "--setup-key",
+            SERVER_KEY,
+            "--ssh-port",
+            str(ssh_port),
+            "--relay-port",
+            str(relay_port),
+            "--relay-mode",
+            "proxy",
+            "--allow-server-ssh",
+            "--sshd-bin",
+            script("meshssh-sshd"),
+        )
         agents.append(agent)
     try:
         statuses = [await a.wait_status(running("sshd", "relay")) for a in agents]

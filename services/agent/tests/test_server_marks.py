@@ -37,9 +37,14 @@ NAMES = ("Demo-Server", "demo-server", "127.0.0.2")  # as the map spells it, low
 
 
 def beat(peer_id: str = "p2", *, ssh: bool = True, relay: bool = True) -> Heartbeat:
-    return Heartbeat(peer_id=peer_id, sent_at=time.time(), ssh_running=ssh,
-                     relay_mode="proxy" if relay else "off", ssh_port=22022,
-                     relay_port=22)  # fmt: skip
+    return Heartbeat(
+        peer_id=peer_id,
+        sent_at=time.time(),
+        ssh_running=ssh,
+        relay_mode="proxy" if relay else "off",
+        ssh_port=22022,
+        relay_port=22,
+    )
 
 
 def listing(directory: Path) -> set[str]:
@@ -60,8 +65,14 @@ def test_the_match_line_tests_the_marker_before_it_starts_detect(tmp_path: Path)
 
 
 def ssh_g(config: Path, *args: str, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(["ssh", "-F", str(config), "-G", *args], capture_output=True,
-                         text=True, timeout=30, check=True, env=env).stdout  # fmt: skip
+    out = subprocess.run(
+        ["ssh", "-F", str(config), "-G", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env=env,
+    ).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
@@ -88,8 +99,10 @@ def test_openssh_takes_a_marked_host_without_detect_and_falls_back_without_a_mar
     assert "proxycommand" in ssh_g(config, "-p", "2222", "peer-1", env=env)  # marked for 22 only
     assert "proxycommand" in ssh_g(config, "PEER-1", env=env)  # %h keeps the user's spelling
     assert probes.read_text().splitlines() == [
-        "ssh detect peer-2 22", "ssh detect peer-1 2222", "ssh detect PEER-1 22",
-    ]  # fmt: skip
+        "ssh detect peer-2 22",
+        "ssh detect peer-1 2222",
+        "ssh detect PEER-1 22",
+    ]
 
 
 def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
@@ -164,16 +177,29 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
 
     state = tmp_path / "state"
     agent = await AgentProcess.start(
-        state, "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
-    )  # fmt: skip
+        state,
+        "--mesh-ip",
+        "127.0.0.3",
+        "--name",
+        "laptop",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        LAPTOP_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+    )
     directory = state / "ssh-servers"
     everything = {f"{port}/{host}" for port in (22, 22022) for host in ("demo-server", "127.0.0.2")}
     try:
         await agent.wait_status(lambda s: s["registered"])
         dropin = Path(f"{state}.ssh_config")
-        await until(lambda: dropin.exists() and str(directory) in dropin.read_text(),
-                    "the drop-in tests the marker directory")  # fmt: skip
+        await until(
+            lambda: dropin.exists() and str(directory) in dropin.read_text(),
+            "the drop-in tests the marker directory",
+        )
         async with heartbeats(nc, server_beat):
             await until(lambda: listing(directory) == everything, "markers for sshd and relay")
         # The heartbeats stopped: after three intervals (0.5 s each here) the markers go.
@@ -184,9 +210,13 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
         async with heartbeats(nc, server_beat):
             await until(lambda: listing(directory) == everything, "markers are back")
             proc = await asyncio.create_subprocess_exec(
-                script("meshssh"), "down", "--state-dir", str(state),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                script("meshssh"),
+                "down",
+                "--state-dir",
+                str(state),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             async with asyncio.timeout(30):
                 _, err = await proc.communicate()
             assert proc.returncode == 0, err

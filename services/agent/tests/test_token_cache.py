@@ -161,8 +161,12 @@ async def test_many_ssh_connections_at_once_run_one_real_browser_flow(provider: 
             notify(auth)
             return (await flow.wait(auth)).token
 
-        cache = TokenCache(device_flow, ttl=120, max_token_age=provider.client.max_token_age,
-                           clock_skew=provider.client.clock_skew)  # fmt: skip
+        cache = TokenCache(
+            device_flow,
+            ttl=120,
+            max_token_age=provider.client.max_token_age,
+            clock_skew=provider.client.clock_skew,
+        )
         shown: list[list[str]] = [[] for _ in range(5)]
         connections = [
             asyncio.create_task(

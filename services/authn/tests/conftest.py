@@ -47,10 +47,24 @@ def users_file(tmp_path: Path) -> Path:
     """A users file with alice (group dev) and bob (groups dev, ops)."""
     path = tmp_path / "users.json"
     users = UsersFile(path)
-    users.add("alice", User(email="alice@example.com", name="Alice", groups=("dev",),
-                            password=hash_password(PASSWORDS["alice"], log2_n=10)))  # fmt: skip
-    users.add("bob", User(email="bob@example.com", name="Bob", groups=("dev", "ops"),
-                          password=hash_password(PASSWORDS["bob"], log2_n=10)))  # fmt: skip
+    users.add(
+        "alice",
+        User(
+            email="alice@example.com",
+            name="Alice",
+            groups=("dev",),
+            password=hash_password(PASSWORDS["alice"], log2_n=10),
+        ),
+    )
+    users.add(
+        "bob",
+        User(
+            email="bob@example.com",
+            name="Bob",
+            groups=("dev", "ops"),
+            password=hash_password(PASSWORDS["bob"], log2_n=10),
+        ),
+    )
     return path
 
 
@@ -81,8 +95,9 @@ class AuthnFactory:
         argv = ["--nats-url", self.nats_url, "--ops-listen", "127.0.0.1:0"]
         if "--listen" not in args:
             argv += ["--listen", "127.0.0.1:0"]
-        settings = parse_settings(AuthnSettings, [*argv, *args, "--instance", instance],
-                                  prog="meshssh-authn")  # fmt: skip
+        settings = parse_settings(
+            AuthnSettings, [*argv, *args, "--instance", instance], prog="meshssh-authn"
+        )
         metrics = ServiceMetrics("authn")
         stop = asyncio.Event()
         contexts: list[ServiceContext] = []
@@ -91,8 +106,7 @@ class AuthnFactory:
             contexts.append(ctx)
             await serve(ctx)
 
-        task = asyncio.create_task(run_service("authn", settings, body, metrics=metrics,
-                                               stop=stop))  # fmt: skip
+        task = asyncio.create_task(run_service("authn", settings, body, metrics=metrics, stop=stop))
         running = RunningAuthn(metrics, stop, task)
         self.running.append(running)
         async with asyncio.timeout(20):
@@ -156,9 +170,13 @@ class Browser:
     """Posts the embedded provider's login form as a browser does (form-encoded, no JS)."""
 
     async def sign_in(
-        self, verification_uri: str, user_code: str, username: str, password: str,
+        self,
+        verification_uri: str,
+        user_code: str,
+        username: str,
+        password: str,
         action: str = "approve",
-    ) -> httpx.Response:  # fmt: skip
+    ) -> httpx.Response:
         async with httpx.AsyncClient(timeout=10) as http:
             page = await http.get(verification_uri, params={"user_code": user_code})
             if page.status_code == 200:  # the confirm step: what the code approves
@@ -166,9 +184,14 @@ class Browser:
                     assert name in page.text
             return await http.post(
                 verification_uri,
-                data={"user_code": user_code, "username": username, "password": password,
-                      "action": action, "confirm": "yes"},
-            )  # fmt: skip
+                data={
+                    "user_code": user_code,
+                    "username": username,
+                    "password": password,
+                    "action": action,
+                    "confirm": "yes",
+                },
+            )
 
 
 @pytest.fixture
@@ -200,11 +223,14 @@ class FakeIdp:
         async def discovery() -> JSONResponse:
             if not self.healthy:
                 return JSONResponse({"error": "down"}, status_code=503)
-            return JSONResponse({
-                "issuer": self.issuer, "jwks_uri": f"{self.issuer}/keys",
-                "token_endpoint": f"{self.issuer}/token",
-                "device_authorization_endpoint": f"{self.issuer}/device",
-            })  # fmt: skip
+            return JSONResponse(
+                {
+                    "issuer": self.issuer,
+                    "jwks_uri": f"{self.issuer}/keys",
+                    "token_endpoint": f"{self.issuer}/token",
+                    "device_authorization_endpoint": f"{self.issuer}/device",
+                }
+            )
 
         @app.get("/keys")
         async def keys() -> JSONResponse:

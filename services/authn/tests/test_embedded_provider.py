@@ -46,9 +46,16 @@ async def test_device_flow_through_the_login_form_gives_a_token_the_validator_ac
     passwords: dict[str, str],
 ) -> None:
     await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users_file), "--device-poll-interval", "0",
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users_file),
+        "--device-poll-interval",
+        "0",
+    )
     snap = await kv.wait_snapshot()
     assert snap.client is not None
     issuer = snap.client.issuer
@@ -97,9 +104,10 @@ async def test_a_wrong_password_is_refused_counted_and_leaves_the_code_usable(
     assert snap.client is not None
     async with httpx.AsyncClient(timeout=10) as http:
         started = (
-            await http.post(snap.client.device_authorization_endpoint,
-                            data={"client_id": "meshssh"})
-        ).json()  # fmt: skip
+            await http.post(
+                snap.client.device_authorization_endpoint, data={"client_id": "meshssh"}
+            )
+        ).json()
         wrong = await browser.sign_in(
             started["verification_uri"], started["user_code"], "alice", "not-her-password"
         )
@@ -118,13 +126,17 @@ async def test_a_wrong_password_is_refused_counted_and_leaves_the_code_usable(
         assert still.json()["error"] == "authorization_pending"
         # The user code is accepted in any case and without its dash.
         ok = await browser.sign_in(
-            started["verification_uri"], started["user_code"].lower().replace("-", ""),
-            "bob", passwords["bob"],
-        )  # fmt: skip
+            started["verification_uri"],
+            started["user_code"].lower().replace("-", ""),
+            "bob",
+            passwords["bob"],
+        )
         assert ok.status_code == 200
         done = await poll(http, snap.client.token_endpoint, started["device_code"])
-        assert jwt.decode(done.json()["access_token"],
-                          options={"verify_signature": False})["sub"] == "bob"  # fmt: skip
+        assert (
+            jwt.decode(done.json()["access_token"], options={"verify_signature": False})["sub"]
+            == "bob"
+        )
     failures = "meshssh_authn_login_failures_total"
     assert replica.sample(failures, {"reason": "bad_credentials"}) == 2
     # The bad code was looked up twice: by the confirm page and by the form.
@@ -140,11 +152,17 @@ async def test_deny_on_the_login_page_makes_the_poll_answer_access_denied(
     assert snap.client is not None
     async with httpx.AsyncClient(timeout=10) as http:
         started = (
-            await http.post(snap.client.device_authorization_endpoint,
-                            data={"client_id": "meshssh"})
-        ).json()  # fmt: skip
-        page = await browser.sign_in(started["verification_uri"], started["user_code"],
-                                     "alice", passwords["alice"], action="deny")  # fmt: skip
+            await http.post(
+                snap.client.device_authorization_endpoint, data={"client_id": "meshssh"}
+            )
+        ).json()
+        page = await browser.sign_in(
+            started["verification_uri"],
+            started["user_code"],
+            "alice",
+            passwords["alice"],
+            action="deny",
+        )
         assert "denied" in page.text
         denied = await poll(http, snap.client.token_endpoint, started["device_code"])
         assert denied.json()["error"] == "access_denied"
@@ -153,15 +171,24 @@ async def test_deny_on_the_login_page_makes_the_poll_answer_access_denied(
 @pytest.mark.parametrize(
     ("data", "status", "error"),
     [
-        ({"grant_type": "password", "device_code": "x", "client_id": "meshssh"}, 400,
-         "unsupported_grant_type"),
+        (
+            {"grant_type": "password", "device_code": "x", "client_id": "meshssh"},
+            400,
+            "unsupported_grant_type",
+        ),
         ({"grant_type": DEVICE_GRANT, "client_id": "meshssh"}, 400, "invalid_request"),
-        ({"grant_type": DEVICE_GRANT, "device_code": "x", "client_id": "other"}, 401,
-         "invalid_client"),
-        ({"grant_type": DEVICE_GRANT, "device_code": "garbage", "client_id": "meshssh"}, 400,
-         "expired_token"),
+        (
+            {"grant_type": DEVICE_GRANT, "device_code": "x", "client_id": "other"},
+            401,
+            "invalid_client",
+        ),
+        (
+            {"grant_type": DEVICE_GRANT, "device_code": "garbage", "client_id": "meshssh"},
+            400,
+            "expired_token",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_the_token_endpoint_answers_bad_requests_with_oauth_errors(
     authn: AuthnFactory, kv: Kv, data: dict[str, str], status: int, error: str
 ) -> None:
@@ -170,8 +197,9 @@ async def test_the_token_endpoint_answers_bad_requests_with_oauth_errors(
     assert snap.client is not None
     async with httpx.AsyncClient(timeout=10) as http:
         resp = await http.post(snap.client.token_endpoint, data=data)
-        unknown = await http.post(snap.client.device_authorization_endpoint,
-                                  data={"client_id": "intruder"})  # fmt: skip
+        unknown = await http.post(
+            snap.client.device_authorization_endpoint, data={"client_id": "intruder"}
+        )
     assert (resp.status_code, resp.json()["error"]) == (status, error)
     assert (unknown.status_code, unknown.json()["error"]) == (401, "invalid_client")
 
@@ -194,13 +222,13 @@ async def test_the_nats_device_broker_runs_a_browser_check_for_an_ssh_server(
         first = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
         assert first.status == "pending"
         assert started.verification_uri_complete.endswith(started.user_code)
-        await browser.sign_in(started.verification_uri, started.user_code, "bob",
-                              passwords["bob"])  # fmt: skip
+        await browser.sign_in(started.verification_uri, started.user_code, "bob", passwords["bob"])
         done = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
         after = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
         with pytest.raises(BadRequest):
-            await request(nc, subjects.AUTHN_DEVICE_POLL, DevicePollRequest(device_code=""),
-                          DevicePollReply)  # fmt: skip
+            await request(
+                nc, subjects.AUTHN_DEVICE_POLL, DevicePollRequest(device_code=""), DevicePollReply
+            )
     finally:
         await nc.close()
     assert done.status == "ok"
@@ -216,9 +244,10 @@ async def test_polling_faster_than_the_interval_is_told_to_slow_down(
     assert snap.client is not None
     async with httpx.AsyncClient(timeout=10) as http:
         started = (
-            await http.post(snap.client.device_authorization_endpoint,
-                            data={"client_id": "meshssh"})
-        ).json()  # fmt: skip
+            await http.post(
+                snap.client.device_authorization_endpoint, data={"client_id": "meshssh"}
+            )
+        ).json()
         assert started["interval"] == 5
         first = await poll(http, snap.client.token_endpoint, started["device_code"])
         second = await poll(http, snap.client.token_endpoint, started["device_code"])
@@ -229,21 +258,32 @@ async def test_polling_faster_than_the_interval_is_told_to_slow_down(
 async def test_a_token_for_another_audience_or_issuer_is_refused_by_the_kv_validator(
     authn: AuthnFactory, users_file: Path, kv: Kv, browser: Browser, passwords: dict[str, str]
 ) -> None:
-    await authn.start("--users-file", str(users_file), "--device-poll-interval", "0",
-                      "--audience", "meshssh", "--audience", "meshssh-cli")  # fmt: skip
+    await authn.start(
+        "--users-file",
+        str(users_file),
+        "--device-poll-interval",
+        "0",
+        "--audience",
+        "meshssh",
+        "--audience",
+        "meshssh-cli",
+    )
     snap = await kv.wait_snapshot()
     assert snap.jwt.audiences == ("meshssh", "meshssh-cli")
     validator = await kv.validator()
     assert snap.client is not None
     async with httpx.AsyncClient(timeout=10) as http:
         started = (
-            await http.post(snap.client.device_authorization_endpoint,
-                            data={"client_id": "meshssh"})
-        ).json()  # fmt: skip
-        await browser.sign_in(started["verification_uri"], started["user_code"], "alice",
-                              passwords["alice"])  # fmt: skip
-        body: dict[str, Any] = (await poll(http, snap.client.token_endpoint,
-                                           started["device_code"])).json()  # fmt: skip
+            await http.post(
+                snap.client.device_authorization_endpoint, data={"client_id": "meshssh"}
+            )
+        ).json()
+        await browser.sign_in(
+            started["verification_uri"], started["user_code"], "alice", passwords["alice"]
+        )
+        body: dict[str, Any] = (
+            await poll(http, snap.client.token_endpoint, started["device_code"])
+        ).json()
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["aud"] == ["meshssh", "meshssh-cli"]
     assert validator.validate(body["access_token"]).user_id == "alice"
@@ -260,9 +300,19 @@ async def test_live_rotation_publishes_each_key_in_kv_before_any_token_carries_i
     authn: AuthnFactory, users_file: Path, kv: Kv, browser: Browser, passwords: dict[str, str]
 ) -> None:
     replica = await authn.start(
-        "--users-file", str(users_file), "--device-poll-interval", "0", "--signing-alg", "ES256",
-        "--key-rotation", "1.5", "--key-publish-lead", "0.7", "--clock-skew", "0",
-    )  # fmt: skip
+        "--users-file",
+        str(users_file),
+        "--device-poll-interval",
+        "0",
+        "--signing-alg",
+        "ES256",
+        "--key-rotation",
+        "1.5",
+        "--key-publish-lead",
+        "0.7",
+        "--clock-skew",
+        "0",
+    )
     snap = await kv.wait_snapshot()
     assert snap.client is not None
     seen_kids: list[str] = []
@@ -270,11 +320,13 @@ async def test_live_rotation_publishes_each_key_in_kv_before_any_token_carries_i
     async with httpx.AsyncClient(timeout=10) as http, asyncio.timeout(30):
         while len(set(seen_kids)) < 3:  # three keys have signed: two rotations
             started = (
-                await http.post(snap.client.device_authorization_endpoint,
-                                data={"client_id": "meshssh"})
-            ).json()  # fmt: skip
-            await browser.sign_in(started["verification_uri"], started["user_code"], "alice",
-                                  passwords["alice"])  # fmt: skip
+                await http.post(
+                    snap.client.device_authorization_endpoint, data={"client_id": "meshssh"}
+                )
+            ).json()
+            await browser.sign_in(
+                started["verification_uri"], started["user_code"], "alice", passwords["alice"]
+            )
             published = {str(k["kid"]) for k in (await kv.wait_snapshot()).keys}
             body = (await poll(http, snap.client.token_endpoint, started["device_code"])).json()
             kid = jwt.get_unverified_header(body["access_token"])["kid"]

@@ -71,8 +71,14 @@ async def test_scheduled_fetches_follow_the_providers_cache_control(
     authn: AuthnFactory, fake_idp: FakeIdp, kv: Kv, nc: NATS
 ) -> None:
     fake_idp.cache_control = "public, max-age=120"
-    await authn.start("--issuer", fake_idp.issuer, "--jwks-refresh-interval", "1",
-                      "--jwks-refresh-min-interval", "0")  # fmt: skip
+    await authn.start(
+        "--issuer",
+        fake_idp.issuer,
+        "--jwks-refresh-interval",
+        "1",
+        "--jwks-refresh-min-interval",
+        "0",
+    )
     await kv.wait_snapshot()
     first = await lease(nc)
     assert first.next_due - first.success_at == pytest.approx(120)

@@ -32,12 +32,14 @@ NOW = 1_800_000_000.0
         ({"cache-control": "no-store"}, 0.0),
         ({"cache-control": "no-cache, max-age=3600"}, 0.0),
         ({"cache-control": "private"}, None),
-        ({"expires": "Fri, 15 Jan 2027 08:00:00 GMT", "date": "Fri, 15 Jan 2027 07:00:00 GMT"},
-         3600.0),
+        (
+            {"expires": "Fri, 15 Jan 2027 08:00:00 GMT", "date": "Fri, 15 Jan 2027 07:00:00 GMT"},
+            3600.0,
+        ),
         ({"expires": "0"}, 0.0),
         ({}, None),
     ],
-)  # fmt: skip
+)
 def test_the_cache_lifetime_follows_cache_control_then_expires(
     headers: dict[str, str], lifetime: float | None
 ) -> None:
@@ -67,8 +69,13 @@ def test_user_codes_are_accepted_in_any_case_and_with_or_without_the_dash() -> N
 
 async def grants_on(nc: NATS, clock: list[float], interval: int = 0) -> DeviceGrants:
     bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_AUTHN_DEVICES)
-    return DeviceGrants(TypedKV(bucket, DeviceGrant), TypedKV(bucket, DevicePointer),
-                        ttl=60, interval=interval, clock=lambda: clock[0])  # fmt: skip
+    return DeviceGrants(
+        TypedKV(bucket, DeviceGrant),
+        TypedKV(bucket, DevicePointer),
+        ttl=60,
+        interval=interval,
+        clock=lambda: clock[0],
+    )
 
 
 async def test_a_grant_started_on_one_replica_is_approved_on_another_and_paid_out_once(
@@ -150,8 +157,9 @@ async def test_an_approval_that_races_the_clients_poll_still_approves(nc: NATS) 
         assert (await client.poll(started.device_code, "meshssh"))[0] == "pending"
 
     racing = PollingBetweenReadAndWrite(TypedKV(bucket, DeviceGrant), poll, times=2)
-    approver = DeviceGrants(racing, TypedKV(bucket, DevicePointer), ttl=60, interval=0,
-                            clock=lambda: clock[0])  # fmt: skip
+    approver = DeviceGrants(
+        racing, TypedKV(bucket, DevicePointer), ttl=60, interval=0, clock=lambda: clock[0]
+    )
     decided = await approver.decide(started.user_code, "alice", approve=True)
     assert decided.status == "approved"
     status, grant = await client.poll(started.device_code, "meshssh")

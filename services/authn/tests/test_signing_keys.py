@@ -36,8 +36,13 @@ LOG = BoundLogger(logging.getLogger("test"), {})
 def token_at(keys: KeySet, now: float) -> str:
     key = keys.signer(now)
     assert key is not None
-    claims = {"iss": "https://idp", "aud": "meshssh", "sub": "alice", "iat": int(now),
-              "exp": int(now) + POLICY.token_ttl}  # fmt: skip
+    claims = {
+        "iss": "https://idp",
+        "aud": "meshssh",
+        "sub": "alice",
+        "iat": int(now),
+        "exp": int(now) + POLICY.token_ttl,
+    }
     return sign(key, load_private_key(key.private_pem), claims)
 
 

@@ -64,8 +64,14 @@ class MockProvider:
     async def id_token(self, sub: str, client_id: str) -> str:
         """An ID token from the authorization-code flow, driven as a browser would."""
         redirect = "http://localhost/callback"
-        params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect,
-                  "scope": "openid email", "state": "s1", "nonce": "n1"}  # fmt: skip
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect,
+            "scope": "openid email",
+            "state": "s1",
+            "nonce": "n1",
+        }
         async with httpx.AsyncClient(timeout=10) as http:
             url = f"{self.issuer}/oauth2/authorize"
             consent = await http.post(url, params=params, data={"sub": sub})
@@ -85,10 +91,15 @@ async def mock_provider() -> AsyncIterator[MockProvider]:
     """oidc-provider-mock (PyPI, Flask + Authlib) as its own process on a port it picked."""
     claims = '{"sub": "alice", "email": "alice@example.com"}'
     proc = await asyncio.create_subprocess_exec(
-        script("oidc-provider-mock"), "-p", "0", "--user-claims", claims,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        script("oidc-provider-mock"),
+        "-p",
+        "0",
+        "--user-claims",
+        claims,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert proc.stderr is not None
     try:
         async with asyncio.timeout(20):
@@ -108,8 +119,18 @@ async def mock_provider() -> AsyncIterator[MockProvider]:
 async def test_tokens_of_oidc_provider_mock_validate_and_keep_validating_when_it_stops(
     nats_url: str, services: ServiceFactory, mock_provider: MockProvider, kv: Kv, nc: NATS
 ) -> None:
-    args = ("--nats-url", nats_url, "--issuer", mock_provider.issuer, "--audience", "test-rp",
-            "--jwks-refresh-min-interval", "0", "--jwks-retry-interval", "1")  # fmt: skip
+    args = (
+        "--nats-url",
+        nats_url,
+        "--issuer",
+        mock_provider.issuer,
+        "--audience",
+        "test-rp",
+        "--jwks-refresh-min-interval",
+        "0",
+        "--jwks-retry-interval",
+        "1",
+    )
     first = await services.start("meshssh-authn", *args)
     snap = await kv.wait_snapshot()
     assert snap.jwt.issuer == mock_provider.issuer
@@ -120,8 +141,9 @@ async def test_tokens_of_oidc_provider_mock_validate_and_keep_validating_when_it
 
     await stop_process(mock_provider.proc)  # the provider goes away
     with pytest.raises(Unavailable):
-        await request(nc, subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest(kid="new"),
-                      JwksRefreshReply)  # fmt: skip
+        await request(
+            nc, subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest(kid="new"), JwksRefreshReply
+        )
     assert await kv.snapshot() == snap
     assert (await kv.validator()).validate(token).user_id == "alice"
 
@@ -152,31 +174,59 @@ class Glewlwyd:
         """OIDC plugin (RS256, device flow), a public client and a user, over its admin API."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         enc = serialization.Encoding.PEM
-        pem = key.private_bytes(enc, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()  # fmt: skip
+        pem = key.private_bytes(
+            enc, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
         pub = key.public_key().public_bytes(enc, serialization.PublicFormat.SubjectPublicKeyInfo)
         async with httpx.AsyncClient(base_url=f"{self.base}/api", timeout=10) as admin:
             ok = await admin.post("/auth/", json={"username": "admin", "password": "password"})
             assert ok.status_code == 200
-            plugin = {"module": "oidc", "name": "oidc", "display_name": "oidc", "enabled": True,
-                      "parameters": {"iss": self.issuer, "jwt-type": "rsa", "jwt-key-size": "256",
-                                     "key": pem, "cert": pub.decode(),
-                                     "access-token-duration": 3600,
-                                     "refresh-token-duration": 86400, "code-duration": 600,
-                                     "allow-non-oidc": False, "auth-type-code-enabled": True,
-                                     "auth-type-refresh-enabled": True,
-                                     "auth-type-device-enabled": True,
-                                     "device-authorization-expiration": 600,
-                                     "device-authorization-interval": 1}}  # fmt: skip
+            plugin = {
+                "module": "oidc",
+                "name": "oidc",
+                "display_name": "oidc",
+                "enabled": True,
+                "parameters": {
+                    "iss": self.issuer,
+                    "jwt-type": "rsa",
+                    "jwt-key-size": "256",
+                    "key": pem,
+                    "cert": pub.decode(),
+                    "access-token-duration": 3600,
+                    "refresh-token-duration": 86400,
+                    "code-duration": 600,
+                    "allow-non-oidc": False,
+                    "auth-type-code-enabled": True,
+                    "auth-type-refresh-enabled": True,
+                    "auth-type-device-enabled": True,
+                    "device-authorization-expiration": 600,
+                    "device-authorization-interval": 1,
+                },
+            }
             for path, body in (
                 ("/mod/plugin/", plugin),
-                ("/client/", {"client_id": client_id, "client_name": client_id,
-                              "confidential": False, "enabled": True,
-                              "authorization_type": ["device_authorization"]}),
-                ("/user/", {"username": user, "password": password, "name": "Alice",
-                            "email": "alice@example.com", "scope": ["openid"],
-                            "enabled": True}),
-            ):  # fmt: skip
+                (
+                    "/client/",
+                    {
+                        "client_id": client_id,
+                        "client_name": client_id,
+                        "confidential": False,
+                        "enabled": True,
+                        "authorization_type": ["device_authorization"],
+                    },
+                ),
+                (
+                    "/user/",
+                    {
+                        "username": user,
+                        "password": password,
+                        "name": "Alice",
+                        "email": "alice@example.com",
+                        "scope": ["openid"],
+                        "enabled": True,
+                    },
+                ),
+            ):
                 resp = await admin.post(path, json=body)
                 assert resp.status_code == 200, (path, resp.text)
 
@@ -189,7 +239,7 @@ class Glewlwyd:
             granted = await browser.put(f"/auth/grant/{client_id}", json={"scope": "openid"})
             assert granted.status_code == 200
             done = await browser.get("/oidc/device", params={"code": user_code, "g_continue": ""})
-            assert "prompt=deviceComplete" in done.headers.get("location", "")  # fmt: skip
+            assert "prompt=deviceComplete" in done.headers.get("location", "")
 
 
 @pytest.fixture
@@ -200,18 +250,28 @@ async def glewlwyd(tmp_path: Path) -> AsyncIterator[Glewlwyd]:
     schema, conf = await asyncio.to_thread(lambda: (_SCHEMA.read_bytes(), _CONF.read_text()))
     await run_command("sqlite3", str(db), input=schema, timeout=30, check=True)
     port = free_port()  # glewlwyd must know its URL before it binds
-    for name, value in (("port", str(port)), ("external_url", f'"http://127.0.0.1:{port}"'),
-                        ("log_mode", '"console"'), ("log_level", '"WARNING"')):  # fmt: skip
+    for name, value in (
+        ("port", str(port)),
+        ("external_url", f'"http://127.0.0.1:{port}"'),
+        ("log_mode", '"console"'),
+        ("log_level", '"WARNING"'),
+    ):
         conf = re.sub(rf"^{name}\s*=.*$", f"{name}={value}", conf, flags=re.M)
-    conf = conf.replace('@include "/etc/glewlwyd/glewlwyd-db.conf"',
-                        f'database = {{ type = "sqlite3"; path = "{db}"; }};')  # fmt: skip
+    conf = conf.replace(
+        '@include "/etc/glewlwyd/glewlwyd-db.conf"',
+        f'database = {{ type = "sqlite3"; path = "{db}"; }};',
+    )
     await asyncio.to_thread(
         (tmp_path / "glewlwyd.conf").write_text, conf + '\nbind_address="127.0.0.1"\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        "glewlwyd", "-c", str(tmp_path / "glewlwyd.conf"), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        "glewlwyd",
+        "-c",
+        str(tmp_path / "glewlwyd.conf"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=1) as http, asyncio.timeout(20):
@@ -230,21 +290,35 @@ async def test_a_glewlwyd_device_flow_through_the_broker_yields_a_token_valid_fr
     glewlwyd: Glewlwyd, authn: AuthnFactory, kv: Kv, nc: NATS
 ) -> None:
     await glewlwyd.configure(client_id="meshssh", user="alice", password="alice-pw-123")
-    await authn.start("--issuer", glewlwyd.issuer, "--client-id", "meshssh", "--audience",
-                      "meshssh", "--use-id-token", "--scope", "openid")  # fmt: skip
+    await authn.start(
+        "--issuer",
+        glewlwyd.issuer,
+        "--client-id",
+        "meshssh",
+        "--audience",
+        "meshssh",
+        "--use-id-token",
+        "--scope",
+        "openid",
+    )
     snap = await kv.wait_snapshot()
     assert snap.client is not None
     assert snap.client.device_authorization_endpoint == f"{glewlwyd.issuer}/device_authorization"
-    started = await request(nc, subjects.AUTHN_DEVICE_START, DeviceStartRequest(peer_id="p1"),
-                            DeviceStartReply)  # fmt: skip
+    started = await request(
+        nc, subjects.AUTHN_DEVICE_START, DeviceStartRequest(peer_id="p1"), DeviceStartReply
+    )
     poll = DevicePollRequest(device_code=started.device_code)
     assert (await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)).status in (
-        "pending", "slow_down")  # fmt: skip
-    await glewlwyd.approve(started.user_code, client_id="meshssh", user="alice",
-                           password="alice-pw-123")  # fmt: skip
+        "pending",
+        "slow_down",
+    )
+    await glewlwyd.approve(
+        started.user_code, client_id="meshssh", user="alice", password="alice-pw-123"
+    )
     async with asyncio.timeout(20):
-        while (done := await request(nc, subjects.AUTHN_DEVICE_POLL, poll,
-                                     DevicePollReply)).status != "ok":  # fmt: skip
+        while (
+            done := await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)
+        ).status != "ok":
             assert done.status in ("pending", "slow_down")
             await asyncio.sleep(1)
     header = jwt.get_unverified_header(done.token)

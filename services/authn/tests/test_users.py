@@ -27,9 +27,16 @@ def test_a_password_hash_is_salted_and_verifies_only_the_right_password() -> Non
 
 @pytest.mark.parametrize(
     "stored",
-    ["", "plain", "scrypt$10$8$1$salt", "bcrypt$10$8$1$AAAA$AAAA", "scrypt$99$8$1$AAAA$AAAA",
-     "scrypt$x$8$1$AAAA$AAAA", "scrypt$10$8$1$!!!!$AAAA"],
-)  # fmt: skip
+    [
+        "",
+        "plain",
+        "scrypt$10$8$1$salt",
+        "bcrypt$10$8$1$AAAA$AAAA",
+        "scrypt$99$8$1$AAAA$AAAA",
+        "scrypt$x$8$1$AAAA$AAAA",
+        "scrypt$10$8$1$!!!!$AAAA",
+    ],
+)
 def test_a_malformed_stored_hash_never_matches(stored: str) -> None:
     assert not verify_password("anything", stored)
 
@@ -70,15 +77,28 @@ def run_users(*args: str, stdin: str = "", env_file: Path | None = None) -> RunR
     env.pop("MESHSSH_AUTHN_USERS_FILE", None)
     if env_file is not None:
         env["MESHSSH_AUTHN_USERS_FILE"] = str(env_file)
-    return run_command_sync(script("meshssh-authn"), "users", *args, input=stdin, env=env,
-                            replace_env=True, timeout=30)  # fmt: skip
+    return run_command_sync(
+        script("meshssh-authn"), "users", *args, input=stdin, env=env, replace_env=True, timeout=30
+    )
 
 
 def test_the_users_command_adds_lists_and_removes_users_from_scripts(tmp_path: Path) -> None:
     path = tmp_path / "users.json"
-    added = run_users("add", "alice", "--email", "alice@example.com", "--name", "Alice",
-                      "--group", "dev", "--group", "ops", "--generate-password",
-                      "--users-file", str(path))  # fmt: skip
+    added = run_users(
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--name",
+        "Alice",
+        "--group",
+        "dev",
+        "--group",
+        "ops",
+        "--generate-password",
+        "--users-file",
+        str(path),
+    )
     assert added.returncode == 0, added.describe()
     generated = added.out.strip()
     assert len(generated) >= 16

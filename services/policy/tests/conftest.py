@@ -78,16 +78,24 @@ class PolicyFactory:
     started: list[Replica] = field(default_factory=list)
 
     async def start(self, instance: str = "r1", **overrides: Any) -> Replica:
-        settings = PolicySettings(**{
-            "nats_url": self.nats_url, "listen": "127.0.0.1:0", "ops_listen": "127.0.0.1:0",
-            "admin_token": TOKEN, "mesh_prefix": "127.0.0.0/8", "instance": instance,
-            "shutdown_grace": 5.0, **overrides,
-        })  # fmt: skip
+        settings = PolicySettings(
+            **{
+                "nats_url": self.nats_url,
+                "listen": "127.0.0.1:0",
+                "ops_listen": "127.0.0.1:0",
+                "admin_token": TOKEN,
+                "mesh_prefix": "127.0.0.0/8",
+                "instance": instance,
+                "shutdown_grace": 5.0,
+                **overrides,
+            }
+        )
         metrics = ServiceMetrics("policy")
         stop = asyncio.Event()
         self.catcher.urls.pop(instance, None)
-        task = asyncio.create_task(run_service("policy", settings, serve, metrics=metrics,
-                                               stop=stop))  # fmt: skip
+        task = asyncio.create_task(
+            run_service("policy", settings, serve, metrics=metrics, stop=stop)
+        )
         async with asyncio.timeout(20):
             while instance not in self.catcher.urls:
                 if task.done():
@@ -127,14 +135,32 @@ Register = Callable[..., Any]
 def register(nc: NATS) -> Register:
     """``await register(name, ip, key=..., version=..., server=True)`` -> RegisterReply."""
 
-    async def do(name: str, mesh_ip: str, key: str = "", *, version: str = "0.1.0",
-                 server: bool = True, native: bool = True, peer_id: str = "",
-                 credential: str = "", host_key: str = HOST_KEY) -> RegisterReply:  # fmt: skip
-        meta = PeerMeta(version=version, capabilities=("native_ssh",) if native else (),
-                        flags=PeerFlags(server_ssh_allowed=server))  # fmt: skip
-        req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key,
-                              peer_id=peer_id, credential=credential,
-                              ssh_host_key=host_key)  # fmt: skip
+    async def do(
+        name: str,
+        mesh_ip: str,
+        key: str = "",
+        *,
+        version: str = "0.1.0",
+        server: bool = True,
+        native: bool = True,
+        peer_id: str = "",
+        credential: str = "",
+        host_key: str = HOST_KEY,
+    ) -> RegisterReply:
+        meta = PeerMeta(
+            version=version,
+            capabilities=("native_ssh",) if native else (),
+            flags=PeerFlags(server_ssh_allowed=server),
+        )
+        req = RegisterRequest(
+            name=name,
+            mesh_ip=mesh_ip,
+            meta=meta,
+            setup_key=key,
+            peer_id=peer_id,
+            credential=credential,
+            ssh_host_key=host_key,
+        )
         return await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
 
     return do

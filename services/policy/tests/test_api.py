@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import msgspec
@@ -19,37 +18,86 @@ RULE = {"sources": ["users"], "destinations": ["servers"], "protocol": "tcp", "p
 
 
 INVALID = [
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "protocol": "sctp"}]}, 422,
-     "rules[0].protocol: Input should be 'all', 'tcp', 'udp', 'icmp' or 'ssh'"),
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "ports": ["70000"]}]}, 422,
-     "rules[0].ports: 70000 is not a port (1-65535)"),
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "ports": ["ssh"]}]}, 422,
-     "rules[0].ports[0]: String should match pattern"),
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "protocol": "icmp"}]}, 422,
-     "rules[0].ports: protocol 'icmp' takes no ports or port_ranges"),
-    ("/api/v1/policies",
-     {"name": "x", "rules": [{**RULE, "port_ranges": [{"start": 30, "end": 20}]}]}, 422,
-     "rules[0].port_ranges[0]: start 30 is after end 20"),
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "authorized_groups": {"users": []}}]},
-     422, "rules[0].authorized_groups: only rules with protocol 'ssh' take them"),
-    ("/api/v1/policies",
-     {"name": "x", "rules": [{**RULE, "protocol": "ssh", "authorized_groups": {"users": ["-x"]}}]},
-     422, "rules[0].authorized_groups.users[0]: String should match pattern"),
-    ("/api/v1/policies", {"name": "x", "rules": [{**RULE, "destinations": ["nope"]}]}, 400,
-     "rules[0].destinations: unknown group 'nope'"),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "protocol": "sctp"}]},
+        422,
+        "rules[0].protocol: Input should be 'all', 'tcp', 'udp', 'icmp' or 'ssh'",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "ports": ["70000"]}]},
+        422,
+        "rules[0].ports: 70000 is not a port (1-65535)",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "ports": ["ssh"]}]},
+        422,
+        "rules[0].ports[0]: String should match pattern",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "protocol": "icmp"}]},
+        422,
+        "rules[0].ports: protocol 'icmp' takes no ports or port_ranges",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "port_ranges": [{"start": 30, "end": 20}]}]},
+        422,
+        "rules[0].port_ranges[0]: start 30 is after end 20",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "authorized_groups": {"users": []}}]},
+        422,
+        "rules[0].authorized_groups: only rules with protocol 'ssh' take them",
+    ),
+    (
+        "/api/v1/policies",
+        {
+            "name": "x",
+            "rules": [{**RULE, "protocol": "ssh", "authorized_groups": {"users": ["-x"]}}],
+        },
+        422,
+        "rules[0].authorized_groups.users[0]: String should match pattern",
+    ),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [{**RULE, "destinations": ["nope"]}]},
+        400,
+        "rules[0].destinations: unknown group 'nope'",
+    ),
     ("/api/v1/policies", {"name": "x", "rules": []}, 422, "rules: List should have at least 1"),
-    ("/api/v1/policies", {"name": "x", "rules": [RULE], "colour": 1}, 422,
-     "colour: Extra inputs are not permitted"),
+    (
+        "/api/v1/policies",
+        {"name": "x", "rules": [RULE], "colour": 1},
+        422,
+        "colour: Extra inputs are not permitted",
+    ),
     ("/api/v1/groups", {"id": "Bad Id"}, 422, "id: String should match pattern"),
-    ("/api/v1/groups", {"id": "g", "peers": ["nosuchpeer"]}, 400,
-     "peers: unknown peer 'nosuchpeer'"),
+    (
+        "/api/v1/groups",
+        {"id": "g", "peers": ["nosuchpeer"]},
+        400,
+        "peers: unknown peer 'nosuchpeer'",
+    ),
     ("/api/v1/groups", {"id": "servers"}, 409, "group 'servers' already exists"),
     ("/api/v1/users", {"email": "a@b"}, 422, "id: Field required"),
-    ("/api/v1/setup-keys", {"name": "k", "auto_groups": ["nope"]}, 400,
-     "auto_groups: unknown group 'nope'"),
-    ("/api/v1/setup-keys", {"name": "k", "usage_limit": -1}, 422,
-     "usage_limit: Input should be greater than or equal to 0"),
-]  # fmt: skip
+    (
+        "/api/v1/setup-keys",
+        {"name": "k", "auto_groups": ["nope"]},
+        400,
+        "auto_groups: unknown group 'nope'",
+    ),
+    (
+        "/api/v1/setup-keys",
+        {"name": "k", "usage_limit": -1},
+        422,
+        "usage_limit: Input should be greater than or equal to 0",
+    ),
+]
 
 
 async def test_invalid_writes_get_a_4xx_naming_the_field(policy: Any, seed_file: Any) -> None:
@@ -67,8 +115,11 @@ async def test_the_api_needs_the_admin_token_except_its_public_endpoints(policy:
     replica = await policy.start()
     for token in (None, "wrong-token-0123456789"):
         async with replica.client(token) as api:
-            for method, path in [("GET", "/api/v1/peers"), ("POST", "/api/v1/groups"),
-                                 ("DELETE", "/api/v1/policies/x"), ("GET", "/")]:  # fmt: skip
+            for method, path in [
+                ("GET", "/api/v1/peers"),
+                ("POST", "/api/v1/groups"),
+                ("DELETE", "/api/v1/policies/x"),
+            ]:
                 r = await api.request(method, path, json={"id": "g"})
                 assert r.status_code == 401, (method, path)
                 assert r.json()["error"] == "missing or wrong admin token"
@@ -140,10 +191,11 @@ async def test_auth_config_comes_from_authn_and_its_jwt_config_reaches_ssh_peers
 
     jwt = JwtConfig(issuer="http://127.0.0.1:8081", audiences=("meshssh",), max_token_age=300)
     client = OidcClientConfig(
-        issuer="http://127.0.0.1:8081", client_id="meshssh-cli",
+        issuer="http://127.0.0.1:8081",
+        client_id="meshssh-cli",
         device_authorization_endpoint="http://127.0.0.1:8081/device",
         token_endpoint="http://127.0.0.1:8081/token",
-    )  # fmt: skip
+    )
     kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
     await kv.put(subjects.JWKS_KEY, encode(JwksSnapshot(jwt=jwt, client=client)))
     await map_watch.wait(lambda: map_watch.latest(srv).peer.jwt == jwt)
@@ -156,28 +208,27 @@ async def test_auth_config_comes_from_authn_and_its_jwt_config_reaches_ssh_peers
         client, max_token_age=300
     )
     assert body == {
-        "issuer": "http://127.0.0.1:8081", "client_id": "meshssh-cli",
+        "issuer": "http://127.0.0.1:8081",
+        "client_id": "meshssh-cli",
         "device_authorization_endpoint": "http://127.0.0.1:8081/device",
         "token_endpoint": "http://127.0.0.1:8081/token",
-        "scopes": ["openid", "email", "profile"], "audience": "", "use_id_token": False,
-        "token_issuer": "http://127.0.0.1:8081", "audiences": ["meshssh"],
-        "user_id_claim": "sub", "max_token_age": 300, "clock_skew": 60,
-    }  # fmt: skip
+        "scopes": ["openid", "email", "profile"],
+        "audience": "",
+        "use_id_token": False,
+        "token_issuer": "http://127.0.0.1:8081",
+        "audiences": ["meshssh"],
+        "user_id_claim": "sub",
+        "max_token_age": 300,
+        "clock_skew": 60,
+    }
 
 
-async def test_the_dashboard_shows_peers_groups_and_policies_behind_basic_auth(
-    policy: Any, register: Any, seed_file: Any
+async def test_the_dashboard_needs_a_sign_in_and_the_admin_token_does_not_open_it(
+    policy: Any, seed_file: Any
 ) -> None:
     replica = await policy.start(seed=seed_file)
-    await register("srv1", "127.0.0.2", SERVER_KEY)
-    basic = base64.b64encode(b"admin:test-admin-token-0123456789").decode()
-    async with replica.client(None) as api:
-        r = await api.get("/")
-        assert r.status_code == 401
-        assert r.headers["www-authenticate"].startswith("Basic")
-        r = await api.get("/", headers={"Authorization": f"Basic {basic}"})
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/html")
-    for text in ("srv1", "127.0.0.2", "offline", "servers", "users reach servers on TCP 22"):
-        assert text in r.text
-    assert "<script" not in r.text
+    async with replica.client() as api:  # the admin token is for the API, not the browser
+        assert (await api.get("/")).headers["location"] == "/peers"
+        r = await api.get("/peers")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/auth/login?next=/peers"

@@ -33,12 +33,19 @@ def make_state(*rules: RuleRecord, enabled: bool = True, switch: bool = True) ->
     """Peers: srv (servers, 100.64.0.1), lap (laptops, .2), ops (admins-peers, .3);
     users: alice (devs), bob (admins), carol (no group), dave (devs, but no user record)."""
     state = State()
-    meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                    flags=PeerFlags(server_ssh_allowed=True))  # fmt: skip
+    meta = PeerMeta(
+        version="0.1.0", capabilities=("native_ssh",), flags=PeerFlags(server_ssh_allowed=True)
+    )
     for pid, ip in (("srv", "100.64.0.1"), ("lap", "100.64.0.2"), ("ops", "100.64.0.3")):
-        state.peers[pid] = PeerRecord(id=pid, name=pid, mesh_ip=ip, meta=meta,
-                                      credential_hash="x", ssh_enabled=switch and pid == "srv",
-                                      ssh_host_key=f"ssh-ed25519 KEY{pid}")  # fmt: skip
+        state.peers[pid] = PeerRecord(
+            id=pid,
+            name=pid,
+            mesh_ip=ip,
+            meta=meta,
+            credential_hash="x",
+            ssh_enabled=switch and pid == "srv",
+            ssh_host_key=f"ssh-ed25519 KEY{pid}",
+        )
     for uid in ("alice", "bob", "carol"):
         state.users[uid] = UserRecord(id=uid)
     state.groups = {
@@ -57,13 +64,18 @@ def compile_map(state: State, peer: str = "srv") -> NetworkMap:
 
 
 def tcp22(src: str = "laptops", action: str = "accept") -> RuleRecord:
-    return RuleRecord(sources=(src,), destinations=("servers",), protocol="tcp", ports=("22",),
-                      action=action)  # type: ignore[arg-type]  # fmt: skip
+    return RuleRecord(
+        sources=(src,), destinations=("servers",), protocol="tcp", ports=("22",), action=action
+    )  # type: ignore[arg-type]
 
 
 def ssh_rule(**authorized: tuple[str, ...]) -> RuleRecord:
-    return RuleRecord(sources=("laptops",), destinations=("servers",), protocol="ssh",
-                      authorized_groups=dict(authorized))  # fmt: skip
+    return RuleRecord(
+        sources=("laptops",),
+        destinations=("servers",),
+        protocol="ssh",
+        authorized_groups=dict(authorized),
+    )
 
 
 # -- authorization table ---------------------------------------------------------------------
@@ -81,28 +93,73 @@ def test_a_legacy_tcp22_rule_lets_every_validated_user_in_as_any_local_user() ->
 @pytest.mark.parametrize(
     ("rule", "opened"),
     [
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    ports=("22",)), True),
+        (
+            RuleRecord(
+                sources=("laptops",), destinations=("servers",), protocol="tcp", ports=("22",)
+            ),
+            True,
+        ),
         (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="all"), True),
         (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp"), True),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    port_ranges=(PortRange(start=20, end=30),)), True),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    ports=("22022",)), True),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    ports=("80", "443")), False),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    port_ranges=(PortRange(start=23, end=1000),)), False),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="udp",
-                    ports=("22",)), False),
+        (
+            RuleRecord(
+                sources=("laptops",),
+                destinations=("servers",),
+                protocol="tcp",
+                port_ranges=(PortRange(start=20, end=30),),
+            ),
+            True,
+        ),
+        (
+            RuleRecord(
+                sources=("laptops",), destinations=("servers",), protocol="tcp", ports=("22022",)
+            ),
+            True,
+        ),
+        (
+            RuleRecord(
+                sources=("laptops",), destinations=("servers",), protocol="tcp", ports=("80", "443")
+            ),
+            False,
+        ),
+        (
+            RuleRecord(
+                sources=("laptops",),
+                destinations=("servers",),
+                protocol="tcp",
+                port_ranges=(PortRange(start=23, end=1000),),
+            ),
+            False,
+        ),
+        (
+            RuleRecord(
+                sources=("laptops",), destinations=("servers",), protocol="udp", ports=("22",)
+            ),
+            False,
+        ),
         (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="icmp"), False),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="tcp",
-                    ports=("22",), action="drop"), False),
+        (
+            RuleRecord(
+                sources=("laptops",),
+                destinations=("servers",),
+                protocol="tcp",
+                ports=("22",),
+                action="drop",
+            ),
+            False,
+        ),
         (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="ssh"), False),
-        (RuleRecord(sources=("laptops",), destinations=("servers",), protocol="ssh",
-                    authorized_groups={"admins": ()}), False),
+        (
+            RuleRecord(
+                sources=("laptops",),
+                destinations=("servers",),
+                protocol="ssh",
+                authorized_groups={"admins": ()},
+            ),
+            False,
+        ),
     ],
-)  # fmt: skip
+)
 def test_only_accept_tcp_or_all_rules_covering_22_open_to_every_validated_user(
     rule: RuleRecord, opened: bool
 ) -> None:
@@ -219,9 +276,13 @@ def test_the_table_uses_the_user_id_claim_and_the_jwt_config_from_authn() -> Non
 
 @pytest.mark.parametrize(
     ("rule", "switch", "enabled"),
-    [(tcp22(), True, True), (tcp22(), False, False), (ssh_rule(), False, True),
-     (ssh_rule(), True, True)],
-)  # fmt: skip
+    [
+        (tcp22(), True, True),
+        (tcp22(), False, False),
+        (ssh_rule(), False, True),
+        (ssh_rule(), True, True),
+    ],
+)
 def test_ssh_is_enabled_by_the_switch_or_an_ssh_rule(
     rule: RuleRecord, switch: bool, enabled: bool
 ) -> None:

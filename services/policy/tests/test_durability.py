@@ -28,10 +28,12 @@ async def test_concurrent_writers_on_two_replicas_never_lose_a_member(
         for i, user in enumerate(users):
             api = api_a if i % 2 else api_b
             assert (await api.post("/api/v1/users", json={"id": user})).status_code == 201
-        results = await asyncio.gather(*(
-            (api_a if i % 2 else api_b).put(f"/api/v1/groups/crowd/users/{u}")
-            for i, u in enumerate(users)
-        ))  # fmt: skip
+        results = await asyncio.gather(
+            *(
+                (api_a if i % 2 else api_b).put(f"/api/v1/groups/crowd/users/{u}")
+                for i, u in enumerate(users)
+            )
+        )
         assert all(r.status_code == 200 for r in results)
         # peers registering at the same time all land in the key's auto-group too
         regs = await asyncio.gather(
@@ -67,9 +69,15 @@ async def test_state_maps_and_credentials_survive_policy_and_nats_restarts(
         r = await api.patch("/api/v1/policies/users-to-servers-ssh", json={"enabled": True})
         assert r.status_code == 200
         await api.post("/api/v1/groups", json={"id": "extra", "users": ["alice"]})
-        before = {path: (await api.get(path)).json()
-                  for path in ("/api/v1/groups", "/api/v1/policies", "/api/v1/users",
-                               "/api/v1/setup-keys")}  # fmt: skip
+        before = {
+            path: (await api.get(path)).json()
+            for path in (
+                "/api/v1/groups",
+                "/api/v1/policies",
+                "/api/v1/users",
+                "/api/v1/setup-keys",
+            )
+        }
         peers_before = (await api.get("/api/v1/peers")).json()
         map_before = (await api.get(f"/api/v1/peers/{srv.peer_id}/netmap")).json()
     maps = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)

@@ -19,8 +19,9 @@ SERVER_KEY = "meshssh-demo-server-key-0001"
 
 def accepted(peer_id: str, user: str, **fields: Any) -> AuditEvent:
     base: dict[str, Any] = {"local_user": "deploy", "method": "password", "result": "accept"}
-    return AuditEvent(kind="auth-accepted", peer_id=peer_id, at=time.time(), jwt_user=user,
-                      **{**base, **fields})  # fmt: skip
+    return AuditEvent(
+        kind="auth-accepted", peer_id=peer_id, at=time.time(), jwt_user=user, **{**base, **fields}
+    )
 
 
 async def publish(nc: NATS, event: AuditEvent, *, subject: str = "", data: bytes = b"") -> None:
@@ -93,10 +94,14 @@ async def test_bad_events_from_the_bus_are_counted_and_skipped_and_good_ones_sti
     await poll(lambda: handled([replica], "added") == 1)
     assert handled([replica], "bad") == len(bad)
     assert handled([replica], "ignored") == len(ignored)
-    assert replica.metric("meshssh_policy_bad_messages_total", endpoint="logins",
-                          reason="bad_token") == 1  # fmt: skip
-    assert replica.metric("meshssh_policy_bad_messages_total", endpoint="logins",
-                          reason="undecodable") == 1  # fmt: skip
+    assert (
+        replica.metric("meshssh_policy_bad_messages_total", endpoint="logins", reason="bad_token")
+        == 1
+    )
+    assert (
+        replica.metric("meshssh_policy_bad_messages_total", endpoint="logins", reason="undecodable")
+        == 1
+    )
     assert set(await users(replica)) == {"alice", "bob", "frank"}
     async with replica.client() as api:
         assert (await api.get("/api/v1/status")).status_code == 200  # still serving

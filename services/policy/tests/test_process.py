@@ -9,8 +9,9 @@ from meshssh_testkit.plugin import ServiceFactory
 
 
 def run(*args: str) -> RunResult:
-    return run_command_sync(script("meshssh-policy"), *args, env={"PATH": "/usr/bin:/bin"},
-                            replace_env=True, timeout=30)  # fmt: skip
+    return run_command_sync(
+        script("meshssh-policy"), *args, env={"PATH": "/usr/bin:/bin"}, replace_env=True, timeout=30
+    )
 
 
 def test_help_lists_every_policy_setting_with_its_env_variable() -> None:
@@ -47,8 +48,16 @@ async def test_a_bad_seed_file_exits_2_naming_the_field(
 ) -> None:
     seed = tmp_path / "seed.json"
     seed.write_text('{"groups": [{"name": "no id"}]}')
-    proc = await services.start("meshssh-policy", "--nats-url", nats_url, "--seed", str(seed),
-                                "--listen", "127.0.0.1:0", ready=False)  # fmt: skip
+    proc = await services.start(
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--seed",
+        str(seed),
+        "--listen",
+        "127.0.0.1:0",
+        ready=False,
+    )
     assert await proc.proc.wait() == 2
     assert "groups[0].id: required in a seed" in proc.output()
 
@@ -73,9 +82,15 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     from meshssh_common.fingerprint import fingerprint
 
     token_file = tmp_path / "private" / "admin-token"
-    proc = await services.start("meshssh-policy", "--nats-url", nats_url,
-                                "--listen", "127.0.0.1:0",
-                                "--admin-token-file", str(token_file))  # fmt: skip
+    proc = await services.start(
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        str(token_file),
+    )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
     token, mode, dir_mode = _secret(token_file)
@@ -86,9 +101,15 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     assert token.encode() not in _cmdline(proc.proc.pid)
     # A restart reads the same token from the file (and still logs only its fingerprint).
     await proc.stop()
-    again = await services.start("meshssh-policy", "--nats-url", nats_url,
-                                 "--listen", "127.0.0.1:0",
-                                 "--admin-token-file", str(token_file))  # fmt: skip
+    again = await services.start(
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        str(token_file),
+    )
     assert any(fingerprint(token) in line for line in again.log)
     assert token not in again.output()
     assert _secret(token_file)[0] == token
@@ -100,8 +121,7 @@ async def test_without_a_token_or_a_file_the_token_goes_to_a_private_temp_file(
     import re
     import shutil
 
-    proc = await services.start("meshssh-policy", "--nats-url", nats_url,
-                                "--listen", "127.0.0.1:0")  # fmt: skip
+    proc = await services.start("meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0")
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
     found = re.search(r"path=.?(/\S+?/admin-token)", lines[0])

@@ -127,8 +127,9 @@ async def test_a_registration_and_an_ssh_switch_reach_exactly_the_peers_involved
     await map_watch.wait(lambda: map_watch.latest(srv).firewall_rules != ())
     mark = len(map_watch.events)
     lap2 = (await register("lap2", "127.0.0.5", LAPTOP_KEY)).peer_id
-    await map_watch.wait(lambda: any("127.0.0.5/32" in r.sources
-                                     for r in map_watch.latest(srv).firewall_rules))  # fmt: skip
+    await map_watch.wait(
+        lambda: any("127.0.0.5/32" in r.sources for r in map_watch.latest(srv).firewall_rules)
+    )
     await caught_up([replica], map_watch.latest(srv).state_revisions, poll)
     assert sorted(map_watch.keys_after(mark)) == sorted(
         [subjects.netmap_key(srv), subjects.netmap_key(lap2)]
@@ -156,10 +157,15 @@ async def test_ssh_rule_authorizations_follow_group_and_user_changes(
     (replica,), srv, lap, other = await demo_mesh(policy, register, seed_file)
     async with replica.client() as api:
         assert (await api.post("/api/v1/groups", json={"id": "admins"})).status_code == 201
-        ssh = {"sources": ["users"], "destinations": ["servers"], "protocol": "ssh",
-               "authorized_groups": {"admins": ["root"], "users": ["deploy"]}}  # fmt: skip
-        r = await api.put("/api/v1/policies/users-to-servers-ssh",
-                          json={"name": "ssh", "rules": [ssh]})  # fmt: skip
+        ssh = {
+            "sources": ["users"],
+            "destinations": ["servers"],
+            "protocol": "ssh",
+            "authorized_groups": {"admins": ["root"], "users": ["deploy"]},
+        }
+        r = await api.put(
+            "/api/v1/policies/users-to-servers-ssh", json={"name": "ssh", "rules": [ssh]}
+        )
         assert r.status_code == 200, r.text
     await map_watch.wait(lambda: "deploy" in map_watch.latest(srv).ssh_auth.machine_users)
     table = map_watch.latest(srv).ssh_auth
@@ -167,14 +173,26 @@ async def test_ssh_rule_authorizations_follow_group_and_user_changes(
     assert not authorize(table, "alice", "root")
 
     steps = [
-        ("POST", "/api/v1/users", {"id": "carol", "groups": ["admins"]},
-         lambda t: authorize(t, "carol", "root") and not authorize(t, "carol", "deploy")),
-        ("PUT", "/api/v1/groups/admins/users/alice", None,
-         lambda t: authorize(t, "alice", "root") and authorize(t, "alice", "deploy")),
-        ("DELETE", "/api/v1/groups/users/users/alice", None,
-         lambda t: authorize(t, "alice", "root") and not authorize(t, "alice", "deploy")),
+        (
+            "POST",
+            "/api/v1/users",
+            {"id": "carol", "groups": ["admins"]},
+            lambda t: authorize(t, "carol", "root") and not authorize(t, "carol", "deploy"),
+        ),
+        (
+            "PUT",
+            "/api/v1/groups/admins/users/alice",
+            None,
+            lambda t: authorize(t, "alice", "root") and authorize(t, "alice", "deploy"),
+        ),
+        (
+            "DELETE",
+            "/api/v1/groups/users/users/alice",
+            None,
+            lambda t: authorize(t, "alice", "root") and not authorize(t, "alice", "deploy"),
+        ),
         ("DELETE", "/api/v1/users/carol", None, lambda t: not authorize(t, "carol", "root")),
-    ]  # fmt: skip
+    ]
     async with replica.client() as api:
         for method, path, body, check in steps:
             mark = len(map_watch.events)

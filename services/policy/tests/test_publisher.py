@@ -62,9 +62,9 @@ async def test_a_replica_behind_never_overwrites_a_map_from_newer_state(nc: NATS
 
 async def test_concurrent_writers_of_one_key_never_reuse_or_skip_a_serial(nc: NATS) -> None:
     writers = [await replica(nc) for _ in range(4)]
-    outcomes = await asyncio.gather(*(
-        w.publish("p1", content(f"r{i}"), {"b": i + 1}) for i, w in enumerate(writers)
-    ))  # fmt: skip
+    outcomes = await asyncio.gather(
+        *(w.publish("p1", content(f"r{i}"), {"b": i + 1}) for i, w in enumerate(writers))
+    )
     published = outcomes.count(Outcome.PUBLISHED)
     assert published >= 1
     assert set(outcomes) <= {Outcome.PUBLISHED, Outcome.STALE}

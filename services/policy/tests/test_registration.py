@@ -97,8 +97,12 @@ async def test_addresses_outside_the_prefix_taken_or_malformed_are_refused(
         await register("srv2", "127.0.0.0", SERVER_KEY)
     with pytest.raises(Denied, match="not an OpenSSH public key"):
         await register("srv2", "127.0.0.7", SERVER_KEY, host_key="ssh-ed25519 bm90IGEga2V5")
-    for reason, count in [("outside_prefix", 1), ("address_taken", 1), ("bad_address", 2),
-                          ("bad_host_key", 1)]:  # fmt: skip
+    for reason, count in [
+        ("outside_prefix", 1),
+        ("address_taken", 1),
+        ("bad_address", 2),
+        ("bad_host_key", 1),
+    ]:
         assert replica.metric("meshssh_policy_registrations_rejected_total", reason=reason) == count
     async with replica.client() as api:
         keys = {k["name"]: k["used"] for k in (await api.get("/api/v1/setup-keys")).json()}
@@ -113,8 +117,7 @@ async def test_a_peer_logs_in_again_with_its_credential_and_a_wrong_one_is_refus
     again = await register("srv1", "127.0.0.2", peer_id=first.peer_id, credential=first.credential)
     assert again.peer_id == first.peer_id
     assert again.credential == first.credential
-    moved = await register("srv1", "127.0.0.22", peer_id=first.peer_id,
-                           credential=first.credential)  # fmt: skip
+    moved = await register("srv1", "127.0.0.22", peer_id=first.peer_id, credential=first.credential)
     assert moved.netmap.peer.mesh_ip == "127.0.0.22"
     await register("srv9", "127.0.0.2", SERVER_KEY)  # the old address was released
     with pytest.raises(Denied, match="peer credential not accepted"):
@@ -165,8 +168,9 @@ async def test_a_meta_update_changes_the_map_and_heartbeats_make_a_peer_online(
         m = (await api.get(f"/api/v1/peers/{srv.peer_id}/netmap")).json()
     assert [r.get("port") for r in m["firewall_rules"]] == ["22"]  # no 22022: not allowed
 
-    meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                    flags=PeerFlags(server_ssh_allowed=True))  # fmt: skip
+    meta = PeerMeta(
+        version="0.1.0", capabilities=("native_ssh",), flags=PeerFlags(server_ssh_allowed=True)
+    )
     update = MetaUpdate(peer_id=srv.peer_id, credential=srv.credential, meta=meta)
     ack = await request(nc, subjects.POLICY_META, update, MetaReply, timeout=10)
     async with replica.client() as api:
@@ -177,8 +181,7 @@ async def test_a_meta_update_changes_the_map_and_heartbeats_make_a_peer_online(
     with pytest.raises(Denied):
         await request(nc, subjects.POLICY_META, bad, MetaReply, timeout=10)
 
-    hb = Heartbeat(peer_id=srv.peer_id, sent_at=time.time(), ssh_running=True,
-                   relay_mode="proxy")  # fmt: skip
+    hb = Heartbeat(peer_id=srv.peer_id, sent_at=time.time(), ssh_running=True, relay_mode="proxy")
     await nc.publish(subjects.heartbeat(srv.peer_id), encode(hb))
     await nc.publish(subjects.heartbeat(lap.peer_id), encode(hb))  # subject/peer mismatch
     async with replica.client() as api:
@@ -202,5 +205,9 @@ async def test_a_meta_update_changes_the_map_and_heartbeats_make_a_peer_online(
         peer = (await api.get(f"/api/v1/peers/{srv.peer_id}")).json()
         assert (peer["relay_mode"], peer["ssh_running"]) == ("proxy", True)
         await check(False)  # no heartbeat for longer than the 1 s timeout
-    assert replica.metric("meshssh_policy_bad_messages_total", endpoint="heartbeat",
-                          reason="bad_token") == 1  # fmt: skip
+    assert (
+        replica.metric(
+            "meshssh_policy_bad_messages_total", endpoint="heartbeat", reason="bad_token"
+        )
+        == 1
+    )

@@ -65,10 +65,23 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
 
 async def start_relay(mesh: Mesh, *extra: str) -> ServiceProcess:
     argv = mesh.a.argv(
-        script("meshssh-relay"), "--mode", "nftables", "--mesh-interface", mesh.if_a,
-        "--peer-id", "p1", "--listen", f"{A_IP}:22", "--sshd", f"{A_IP}:22022",
-        "--nats-url", mesh.nats_url, "--ops-listen", "127.0.0.1:0", *extra,
-    )  # fmt: skip
+        script("meshssh-relay"),
+        "--mode",
+        "nftables",
+        "--mesh-interface",
+        mesh.if_a,
+        "--peer-id",
+        "p1",
+        "--listen",
+        f"{A_IP}:22",
+        "--sshd",
+        f"{A_IP}:22022",
+        "--nats-url",
+        mesh.nats_url,
+        "--ops-listen",
+        "127.0.0.1:0",
+        *extra,
+    )
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -125,8 +138,9 @@ async def test_ssh_to_port_22_lands_on_22022_with_the_original_source_and_the_ru
         assert result.out.strip() == f"source={B_IP} command=through-the-kernel"
 
         # SSH off for this peer: the rule goes, and port 22 is closed again.
-        await put_map(mesh.nc, make_map(2, mesh_ip=A_IP, mesh_prefix="100.64.0.0/10",
-                                        ssh_enabled=False))  # fmt: skip
+        await put_map(
+            mesh.nc, make_map(2, mesh_ip=A_IP, mesh_prefix="100.64.0.0/10", ssh_enabled=False)
+        )
         await wait_log(relay, "redirect removed")
         assert await rules(mesh.a) is None
         result = await ssh_from_b(mesh, openssh)
@@ -162,10 +176,20 @@ async def test_cleanup_removes_the_rule_a_killed_relay_left_behind(mesh: Mesh) -
         await relay.stop()
         assert len(await rules(mesh.a) or []) == 1
         code, _, err = await mesh.a.run(
-            script("meshssh-relay"), "--cleanup", "--mode", "nftables",
-            "--mesh-interface", mesh.if_a, "--peer-id", "p1", "--listen", f"{A_IP}:22",
-            "--sshd", f"{A_IP}:22022", check=False,
-        )  # fmt: skip
+            script("meshssh-relay"),
+            "--cleanup",
+            "--mode",
+            "nftables",
+            "--mesh-interface",
+            mesh.if_a,
+            "--peer-id",
+            "p1",
+            "--listen",
+            f"{A_IP}:22",
+            "--sshd",
+            f"{A_IP}:22022",
+            check=False,
+        )
         assert code == 0, err
         assert await rules(mesh.a) is None
     finally:

@@ -122,9 +122,13 @@ async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
     try:
         await put_map(netmaps, make_map(1, ssh_enabled=False))
         relay, port = await start_relay(
-            services, nats_url,
-            "--sshd", f"127.0.0.2:{sshd.port}", "--native-upstream", f"127.0.0.2:{native.port}",
-        )  # fmt: skip
+            services,
+            nats_url,
+            "--sshd",
+            f"127.0.0.2:{sshd.port}",
+            "--native-upstream",
+            f"127.0.0.2:{native.port}",
+        )
         await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
         openssh.trust("127.0.0.2", port, native.public_line)
         code, out, err = await ssh_from(openssh, "127.0.0.3", port, "echo native $((6*7))")
@@ -151,9 +155,15 @@ async def test_a_taken_port_exits_2_with_a_message_that_says_what_to_do(
     taken.listen(1)
     try:
         proc = await services.start(
-            "meshssh-relay", "--nats-url", nats_url, "--peer-id", "p1",
-            "--listen", f"127.0.0.2:{taken.getsockname()[1]}", ready=False,
-        )  # fmt: skip
+            "meshssh-relay",
+            "--nats-url",
+            nats_url,
+            "--peer-id",
+            "p1",
+            "--listen",
+            f"127.0.0.2:{taken.getsockname()[1]}",
+            ready=False,
+        )
         async with asyncio.timeout(15):
             code = await proc.proc.wait()
         await proc.stop()

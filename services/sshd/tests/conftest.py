@@ -467,10 +467,19 @@ class Authn:
 async def authn(tmp_path: Path, nats_url: str, nc: NATS, services: ServiceFactory) -> Authn:
     users = tmp_path / "users.json"
     await run_command(
-        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-        "--password-stdin", "--users-file", str(users),
-        input=AUTHN_PASSWORD + "\n", timeout=30, check=True,
-    )  # fmt: skip
+        script("meshssh-authn"),
+        "users",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--password-stdin",
+        "--users-file",
+        str(users),
+        input=AUTHN_PASSWORD + "\n",
+        timeout=30,
+        check=True,
+    )
     proc = await services.start(
         "meshssh-authn",
         "--nats-url",

@@ -115,12 +115,14 @@ async def test_another_local_user_cannot_use_the_forwarded_agent(
     async with ssh_agent(tmp_path / "agent", openssh.key_path) as agent:
         monkeypatch.setenv("SSH_AUTH_SOCK", agent.socket)
         session = await asyncio.create_subprocess_exec(
-            *client.spawn_args('echo "sock=$SSH_AUTH_SOCK"; exec sleep 30', user=local_user,
-                               opts=["-A"]),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *client.spawn_args(
+                'echo "sock=$SSH_AUTH_SOCK"; exec sleep 30', user=local_user, opts=["-A"]
+            ),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **client.env(issuer.mint("alice-id"))},
-        )  # fmt: skip
+        )
         try:
             assert session.stdout is not None
             async with asyncio.timeout(15):
@@ -129,10 +131,15 @@ async def test_another_local_user_cannot_use_the_forwarded_agent(
             assert path, line
             other = pwd.getpwnam(other_user)
             probe = await run_command(
-                "ssh-add", "-l", env={"SSH_AUTH_SOCK": path, "PATH": os.environ["PATH"]},
-                replace_env=True, timeout=15, user=other.pw_uid, group=other.pw_gid,
+                "ssh-add",
+                "-l",
+                env={"SSH_AUTH_SOCK": path, "PATH": os.environ["PATH"]},
+                replace_env=True,
+                timeout=15,
+                user=other.pw_uid,
+                group=other.pw_gid,
                 extra_groups=[],
-            )  # fmt: skip
+            )
             probe.check(2)  # cannot connect to the agent
             assert agent.fingerprint not in probe.out
         finally:

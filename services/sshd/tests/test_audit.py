@@ -61,8 +61,16 @@ async def test_auth_session_forward_and_sftp_events_carry_the_source_peer_and_bo
     sftp = await client.tool("sftp", "-b", str(batch), f"{local_user}@{sshd.host}", token=token)
     assert sftp.returncode == 0, sftp.err
 
-    kinds = ("auth-accepted", "auth-rejected", "session-start", "session-end", "forward-open",
-             "forward-close", "sftp-start", "sftp-end")  # fmt: skip
+    kinds = (
+        "auth-accepted",
+        "auth-rejected",
+        "session-start",
+        "session-end",
+        "forward-open",
+        "forward-close",
+        "sftp-start",
+        "sftp-end",
+    )
     events: list[AuditEvent] = []
     async with asyncio.timeout(10):
         while not all(any(e.kind == k for e in events) for k in kinds):

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 async def live_session(client: Client, token: str, user: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         *client.spawn_args("echo up; exec sleep 30", user=user),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **client.env(token)},
-    )  # fmt: skip
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **client.env(token)},
+    )
     assert proc.stdout is not None
     try:
         assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"up\n"
@@ -46,9 +48,13 @@ async def test_a_user_the_table_never_names_logs_in_when_it_is_open_to_validated
 
 
 async def test_an_open_table_still_needs_a_valid_token_and_the_root_flag(
-    mesh: Mesh, sshd_factory: SshdFactory, client_for: Any, issuer: Issuer, new_issuer: Any,
+    mesh: Mesh,
+    sshd_factory: SshdFactory,
+    client_for: Any,
+    issuer: Issuer,
+    new_issuer: Any,
     local_user: str,
-) -> None:  # fmt: skip
+) -> None:
     await mesh.publish_map(grants=[], open_to=["*"])
     sshd = await sshd_factory.start()
     client = client_for(sshd)

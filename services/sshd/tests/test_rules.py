@@ -33,9 +33,18 @@ def test_other_user_names_are_refused(name: str) -> None:
 
 
 def test_only_allow_listed_client_env_passes() -> None:
-    sent = {"LANG": "C.UTF-8", "LC_ALL": "C", "LC_": "x", "LC_X-Y": "x", "TZ": "UTC",
-            "PATH": "/evil", "LD_PRELOAD": "/x.so", "BASH_ENV": "/x", "PAGER": "less",
-            "EDITOR": "v" * 5000}  # fmt: skip
+    sent = {
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "LC_": "x",
+        "LC_X-Y": "x",
+        "TZ": "UTC",
+        "PATH": "/evil",
+        "LD_PRELOAD": "/x.so",
+        "BASH_ENV": "/x",
+        "PAGER": "less",
+        "EDITOR": "v" * 5000,
+    }
     assert allowed_env(sent) == {"LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PAGER": "less"}
 
 
@@ -123,12 +132,16 @@ def _map(
 ) -> NetworkMap:
     return NetworkMap(
         serial=1,
-        peer=PeerConfig(id="p", name="p", mesh_ip="10.0.0.1", mesh_prefix="10.0.0.0/8",
-                        ssh_enabled=enabled),
-        firewall_rules=(FirewallRule(sources=(sources,), protocol="tcp", action="accept",
-                                     policy_id="x", port="22022"),),
+        peer=PeerConfig(
+            id="p", name="p", mesh_ip="10.0.0.1", mesh_prefix="10.0.0.0/8", ssh_enabled=enabled
+        ),
+        firewall_rules=(
+            FirewallRule(
+                sources=(sources,), protocol="tcp", action="accept", policy_id="x", port="22022"
+            ),
+        ),
         ssh_auth=build_table("sub", grants),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,8 +156,14 @@ def _map(
     ],
 )
 def test_revocation_reasons(netmap: NetworkMap | None, reason: str | None) -> None:
-    record = LiveConnection("c", Origin("10.0.0.7", 5000, "10.0.0.1", 22022, 22022), _Closer(),
-                            local_user="bob", jwt_user="u", authenticated=True)  # fmt: skip
+    record = LiveConnection(
+        "c",
+        Origin("10.0.0.7", 5000, "10.0.0.1", 22022, 22022),
+        _Closer(),
+        local_user="bob",
+        jwt_user="u",
+        authenticated=True,
+    )
     assert revocation_reason(netmap, record, jwt_mode=True) == reason
     if reason == "user":
         assert revocation_reason(netmap, record, jwt_mode=False) is None

@@ -53,8 +53,9 @@ async def _install(ns: argparse.Namespace, open_link: LinkOpener, path: Path) ->
         sys.stderr.write(f"meshssh: {e.render()}\n")
         return e.exit_code
     marks = marks_dir((ns.state_dir or default_state_dir()).absolute())
-    sync_dropin(peers, path=path, executable=meshssh_executable(), state_dir=ns.state_dir,
-                marks=marks)  # fmt: skip
+    sync_dropin(
+        peers, path=path, executable=meshssh_executable(), state_dir=ns.state_dir, marks=marks
+    )
     sys.stdout.write(f"meshssh: OpenSSH drop-in for {len(peers)} peers written to {path}\n")
     return 0
 

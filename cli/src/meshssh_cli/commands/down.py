@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"the agent's state dir (default: {default_state_dir()})",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to stop")
-    p.set_defaults(run=run)  # fmt: skip
+    p.set_defaults(run=run)
 
 
 def process_start(pid: int) -> int | None:
@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     except MeshError as e:
         sys.stderr.write(f"meshssh down: {e.public}\n")
         return 1
-    sys.stderr.write("meshssh: agent stopped\n" if stopped else
-                     f"meshssh: no agent was running for {state_dir}\n")  # fmt: skip
+    sys.stderr.write(
+        "meshssh: agent stopped\n"
+        if stopped
+        else f"meshssh: no agent was running for {state_dir}\n"
+    )
     return 0

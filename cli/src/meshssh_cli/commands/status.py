@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help=f"the agent's state dir (default: {default_state_dir()})",
     )
-    p.set_defaults(run=run)  # fmt: skip
+    p.set_defaults(run=run)
 
 
 def _onoff(value: bool) -> str:
@@ -73,8 +73,7 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
     if s.native_upstream:
         lines.append(f"Native SSH:  {s.native_upstream} (while SSH is off)")
     enabled = [name for attr, name in _FLAG_NAMES if getattr(s.flags, attr)]
-    lines.append(f"Features:    {', '.join(enabled) or 'none'}; JWT cache "
-                 f"{s.flags.jwt_cache_ttl}s")  # fmt: skip
+    lines.append(f"Features:    {', '.join(enabled) or 'none'}; JWT cache {s.flags.jwt_cache_ttl}s")
     if s.flags.local_port_forwarding and s.flags.permit_open != ("any",):
         lines.append(f"Permit open: {' '.join(s.flags.permit_open)}")
     if not detail:
@@ -83,8 +82,9 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
     lines.append("Children:")
     for c in s.children:
         extra = f", last error: {c.last_error}" if c.last_error and c.state != "running" else ""
-        lines.append(f"  {c.name:<6} {c.state:<9} pid {c.pid or '-':<8} restarts {c.restarts}"
-                     f"{extra}")  # fmt: skip
+        lines.append(
+            f"  {c.name:<6} {c.state:<9} pid {c.pid or '-':<8} restarts {c.restarts}{extra}"
+        )
     lines.append(f"Peers ({len(s.peers)}):")
     for p in s.peers:
         online = {True: "online", False: "offline", None: "unknown"}[p.online]

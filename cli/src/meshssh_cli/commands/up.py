@@ -169,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--relay-bin", default="", help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
     p.add_argument("--log-format", choices=["json", "text"], default="text")
-    p.set_defaults(run=run, up_parser=p)  # fmt: skip
+    p.set_defaults(run=run, up_parser=p)
 
 
 def agent_argv(args: argparse.Namespace) -> list[str]:
@@ -255,9 +255,13 @@ def _launch(files: StateDir, argv: list[str], env: dict[str, str], wait: float) 
     offset = os.lseek(fd, 0, os.SEEK_END)
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
     finally:
         os.close(fd)
     return asyncio.run(_await_registration(files, proc, offset, wait))

@@ -36,6 +36,7 @@ __all__ = [
     "keys_rm",
     "parse_duration",
     "parse_port_range",
+    "peers_end_session",
     "peers_ls",
     "peers_netmap",
     "peers_rm",
@@ -121,6 +122,14 @@ def peers_ssh(args: argparse.Namespace, api: AdminApi) -> Result:
     )
 
 
+def peers_end_session(args: argparse.Namespace, api: AdminApi) -> Result:
+    """``peers end-session PEER SESSION``: the peer's sshd closes that session's connection."""
+    peer = api.find_peer(args.peer)
+    api.call("DELETE", f"/peers/{peer['id']}/sessions/{args.session}")
+    done = {"peer": peer["id"], "session": args.session, "ended": True}
+    return done, f"ended session {args.session} on {peer['name']} ({peer['id']})"
+
+
 def peers_rm(args: argparse.Namespace, api: AdminApi) -> Result:
     """``peers rm PEER``: remove a peer."""
     peer = api.find_peer(args.peer)
@@ -169,12 +178,14 @@ def groups_ls(args: argparse.Namespace, api: AdminApi) -> Result:
 def groups_show(args: argparse.Namespace, api: AdminApi) -> Result:
     """``groups show ID``: one group's members."""
     group = api.get(f"/groups/{args.id}")
-    text = "\n".join([
-        f"id:     {group['id']}",
-        f"name:   {group['name']}",
-        f"peers:  {', '.join(group['peers']) or '-'}",
-        f"users:  {', '.join(group['users']) or '-'}",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"id:     {group['id']}",
+            f"name:   {group['name']}",
+            f"peers:  {', '.join(group['peers']) or '-'}",
+            f"users:  {', '.join(group['users']) or '-'}",
+        ]
+    )
     return group, text
 
 
@@ -235,14 +246,21 @@ def policies_create(args: argparse.Namespace, api: AdminApi) -> Result:
         if not args.name or not args.source or not args.destination:
             raise AdminError("policies create: give NAME, --source and --destination (or --file)")
         rule: dict[str, Any] = {
-            "sources": args.source, "destinations": args.destination,
-            "protocol": args.protocol, "action": args.action, "ports": args.port,
+            "sources": args.source,
+            "destinations": args.destination,
+            "protocol": args.protocol,
+            "action": args.action,
+            "ports": args.port,
             "port_ranges": args.port_range,
-        }  # fmt: skip
+        }
         if args.authorized_group:
             rule["authorized_groups"] = _authorized(args.authorized_group)
-        body = {"name": args.name, "description": args.description,
-                "enabled": not args.disabled, "rules": [rule]}  # fmt: skip
+        body = {
+            "name": args.name,
+            "description": args.description,
+            "enabled": not args.disabled,
+            "rules": [rule],
+        }
         if args.id:
             body["id"] = args.id
     policy = api.call("POST", "/policies", body)
@@ -273,12 +291,16 @@ def keys_ls(args: argparse.Namespace, api: AdminApi) -> Result:
 
 def keys_create(args: argparse.Namespace, api: AdminApi) -> Result:
     """``setup-keys create NAME``: create a key; its value is shown once."""
-    body = {"name": args.name, "type": "one-off" if args.one_off else "reusable",
-            "expires_in": args.expires_in, "usage_limit": args.usage_limit,
-            "auto_groups": args.auto_group, "ssh_enabled": args.ssh_enabled}  # fmt: skip
+    body = {
+        "name": args.name,
+        "type": "one-off" if args.one_off else "reusable",
+        "expires_in": args.expires_in,
+        "usage_limit": args.usage_limit,
+        "auto_groups": args.auto_group,
+        "ssh_enabled": args.ssh_enabled,
+    }
     key = api.call("POST", "/setup-keys", body)
-    text = (f"created setup key {key['id']} ({key['name']})\n"
-            f"key (shown only now): {key['key']}")  # fmt: skip
+    text = f"created setup key {key['id']} ({key['name']})\nkey (shown only now): {key['key']}"
     return key, text
 
 
@@ -297,7 +319,9 @@ def keys_rm(args: argparse.Namespace, api: AdminApi) -> Result:
 def status(args: argparse.Namespace, api: AdminApi) -> Result:
     """``status``: the replica behind the API."""
     body = api.get("/status")
-    text = (f"api:      {api.url}\ninstance: {body['instance']}\n"
-            f"peers:    {body['peers']} ({body['peers_online']} online)\n"
-            f"mesh:     {body['mesh_prefix']}")  # fmt: skip
+    text = (
+        f"api:      {api.url}\ninstance: {body['instance']}\n"
+        f"peers:    {body['peers']} ({body['peers_online']} online)\n"
+        f"mesh:     {body['mesh_prefix']}"
+    )
     return body, text

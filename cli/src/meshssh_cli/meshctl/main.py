@@ -12,6 +12,7 @@ Example::
     meshctl policies create "ops ssh" --source ops --destination servers --protocol ssh \\
         --authorized-group ops=root,deploy
     meshctl --json setup-keys create laptops --auto-group users --expires-in 7d
+    meshctl audit --kind admin-change
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, NoReturn
 
 from meshssh_cli.meshctl import commands as cmd
 from meshssh_cli.meshctl.api import AdminApi, AdminError, resolve_settings
+from meshssh_cli.meshctl.audit import audit
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -66,6 +68,14 @@ def _peers(sub: Any) -> None:
     ssh.add_argument("switch", choices=["enable", "disable"])
     ssh.add_argument("peer", help="peer id or name")
     _leaf(peers, "rm", "remove a peer", cmd.peers_rm).add_argument("peer")
+    end = _leaf(
+        peers,
+        "end-session",
+        "end a live SSH session (its client sees it close)",
+        cmd.peers_end_session,
+    )
+    end.add_argument("peer", help="peer id or name")
+    end.add_argument("session", help="session id (peers show lists them)")
     _leaf(peers, "netmap", "the network map published for a peer", cmd.peers_netmap).add_argument(
         "peer"
     )
@@ -112,13 +122,21 @@ def _policies(sub: Any) -> None:
     create.add_argument("--destination", action="append", default=[], help="destination group")
     create.add_argument("--protocol", default="all", choices=["all", "tcp", "udp", "icmp", "ssh"])
     create.add_argument("--port", action="append", default=[], help="port (repeatable)")
-    create.add_argument("--port-range", action="append", default=[], type=cmd.parse_port_range,
-                        help="START-END (repeatable)")  # fmt: skip
+    create.add_argument(
+        "--port-range",
+        action="append",
+        default=[],
+        type=cmd.parse_port_range,
+        help="START-END (repeatable)",
+    )
     create.add_argument("--action", default="accept", choices=["accept", "drop"])
     create.add_argument(
-        "--authorized-group", action="append", default=[], metavar="GROUP[=USER,...]",
+        "--authorized-group",
+        action="append",
+        default=[],
+        metavar="GROUP[=USER,...]",
         help="ssh rules: users of GROUP may log in as USERs (none = any)",
-    )  # fmt: skip
+    )
     create.add_argument("--disabled", action="store_true", help="create it switched off")
     create.add_argument("--file", help="a JSON policy body (as POST /api/v1/policies)")
     _leaf(policies, "rm", "remove a policy", cmd.policies_rm).add_argument("id")
@@ -135,9 +153,12 @@ def _setup_keys(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--one-off", action="store_true", help="usable once")
     create.add_argument(
-        "--expires-in", type=cmd.parse_duration, default=30 * 86400, metavar="DURATION",
+        "--expires-in",
+        type=cmd.parse_duration,
+        default=30 * 86400,
+        metavar="DURATION",
         help="30d, 12h, 90m or never (default 30d)",
-    )  # fmt: skip
+    )
     create.add_argument("--usage-limit", type=int, default=0, help="0 = unlimited")
     create.add_argument("--auto-group", action="append", default=[], help="group peers join")
     create.add_argument("--ssh-enabled", action="store_true", help="peers start with SSH on")
@@ -156,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     _policies(sub)
     _setup_keys(sub)
     _leaf(sub, "status", "the API replica's state", cmd.status)
+    log = _leaf(sub, "audit", "the audit log, newest first (admin changes, SSH events)", audit)
+    log.add_argument("--user", default="", help="a user id (JWT user or dashboard user)")
+    log.add_argument("--peer", default="", help="peer id or name")
+    log.add_argument("--kind", default="", help="admin-change, session-start, auth-rejected...")
+    log.add_argument("--limit", type=int, default=50, help="events a page (1-500)")
+    log.add_argument("--before", type=int, default=0, help="older than this sequence")
     return parser
 
 

@@ -39,20 +39,36 @@ def _onoff(value: Any, on: str = "on", off: str = "off") -> str:
     return on if value else off
 
 
-PEER_HEADERS = ["NAME", "ID", "MESH IP", "VERSION", "STATE", "SSH SWITCH", "SSH", "SESSIONS",
-                "GROUPS"]  # fmt: skip
+PEER_HEADERS = [
+    "NAME",
+    "ID",
+    "MESH IP",
+    "VERSION",
+    "STATE",
+    "SSH SWITCH",
+    "SSH",
+    "SESSIONS",
+    "GROUPS",
+]
 
 
 def peer_rows(peers: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """``peers ls``: one line per peer."""
     rows = [
-        [p["name"], p["id"], p["mesh_ip"], p["version"] or "-",
-         _onoff(p["online"], "online", "offline"), _onoff(p["ssh_enabled"]),
-         _onoff(p["ssh_active"], "enabled", "disabled")
-         + ("" if p["flags"].get("server_ssh_allowed") else " (not allowed)"),
-         len(p.get("sessions", [])), ",".join(p["groups"]) or "-"]
+        [
+            p["name"],
+            p["id"],
+            p["mesh_ip"],
+            p["version"] or "-",
+            _onoff(p["online"], "online", "offline"),
+            _onoff(p["ssh_enabled"]),
+            _onoff(p["ssh_active"], "enabled", "disabled")
+            + ("" if p["flags"].get("server_ssh_allowed") else " (not allowed)"),
+            len(p.get("sessions", [])),
+            ",".join(p["groups"]) or "-",
+        ]
         for p in peers
-    ]  # fmt: skip
+    ]
     return PEER_HEADERS, rows
 
 
@@ -82,8 +98,11 @@ def peer_detail(p: dict[str, Any]) -> str:
     ]
     for s in p.get("sessions", []):
         who = s.get("jwt_user") or "?"
-        lines.append(f"  {s.get('local_user', '?')} <- {who} from {s.get('source', '?')}"
-                     f" {s.get('command', '')}".rstrip())  # fmt: skip
+        lines.append(
+            f"  {s.get('session_id', '?')}  {s.get('local_user', '?')} <- {who} from "
+            f"{s.get('source', '?')}"
+            f" {s.get('command', '')}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -96,16 +115,25 @@ def when(epoch: Any) -> str:
 
 def user_rows(users: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """``users ls``: first seen and last login come from accepted SSH logins."""
-    rows = [[u["id"], u["email"] or "-", u["name"] or "-", ",".join(u["groups"]) or "-",
-             when(u.get("first_seen")), when(u.get("last_login"))]
-            for u in users]  # fmt: skip
+    rows = [
+        [
+            u["id"],
+            u["email"] or "-",
+            u["name"] or "-",
+            ",".join(u["groups"]) or "-",
+            when(u.get("first_seen")),
+            when(u.get("last_login")),
+        ]
+        for u in users
+    ]
     return ["ID", "EMAIL", "NAME", "GROUPS", "FIRST SEEN", "LAST LOGIN"], rows
 
 
 def group_rows(groups: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """``groups ls``."""
-    rows = [[g["id"], g["name"] or "-", len(g["peers"]), ",".join(g["users"]) or "-"]
-            for g in groups]  # fmt: skip
+    rows = [
+        [g["id"], g["name"] or "-", len(g["peers"]), ",".join(g["users"]) or "-"] for g in groups
+    ]
     return ["ID", "NAME", "PEERS", "USERS"], rows
 
 
@@ -115,8 +143,10 @@ def rule_text(rule: dict[str, Any]) -> str:
         *rule.get("ports", []),
         *(f"{r['start']}-{r['end']}" for r in rule.get("port_ranges", [])),
     ]
-    text = (f"{','.join(rule['sources'])} -> {','.join(rule['destinations'])} "
-            f"{rule.get('action', 'accept')} {rule.get('protocol', 'all')}")  # fmt: skip
+    text = (
+        f"{','.join(rule['sources'])} -> {','.join(rule['destinations'])} "
+        f"{rule.get('action', 'accept')} {rule.get('protocol', 'all')}"
+    )
     if ports:
         text += " " + ",".join(ports)
     authorized = rule.get("authorized_groups") or {}
@@ -131,9 +161,14 @@ def policy_rows(policies: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     for p in policies:
         for i, rule in enumerate(p["rules"]):
             first = i == 0
-            rows.append([p["id"] if first else "", p["name"] if first else "",
-                         _onoff(p["enabled"], "enabled", "disabled") if first else "",
-                         rule_text(rule)])  # fmt: skip
+            rows.append(
+                [
+                    p["id"] if first else "",
+                    p["name"] if first else "",
+                    _onoff(p["enabled"], "enabled", "disabled") if first else "",
+                    rule_text(rule),
+                ]
+            )
     return ["ID", "NAME", "STATE", "RULES"], rows
 
 
@@ -143,6 +178,15 @@ def setup_key_rows(keys: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
     for k in keys:
         limit = k["usage_limit"] or "unlimited"
         state = "revoked" if k["revoked"] else ("valid" if k["valid"] else "expired/used up")
-        rows.append([k["id"], k["name"], k["type"], f"{k['used']}/{limit}", state,
-                     ",".join(k["auto_groups"]) or "-", _onoff(k["ssh_enabled"])])  # fmt: skip
+        rows.append(
+            [
+                k["id"],
+                k["name"],
+                k["type"],
+                f"{k['used']}/{limit}",
+                state,
+                ",".join(k["auto_groups"]) or "-",
+                _onoff(k["ssh_enabled"]),
+            ]
+        )
     return ["ID", "NAME", "TYPE", "USED", "STATE", "AUTO GROUPS", "SSH"], rows

@@ -17,6 +17,7 @@ from typing import Final
 from meshssh_common.errors import BadRequest
 
 __all__ = [
+    "AUDIT_ADMIN",
     "AUDIT_AUTH_ACCEPTED_ALL",
     "AUDIT_STREAM",
     "AUDIT_SUBJECTS",
@@ -64,6 +65,7 @@ AUTHN_JWKS_MISSED: Final = "meshssh.authn.v1.evt.jwks-missed"  # authn replicas 
 AUDIT_STREAM: Final = "MESHSSH_AUDIT"
 AUDIT_SUBJECTS: Final = "meshssh.audit.v1.evt.>"
 AUDIT_AUTH_ACCEPTED_ALL: Final = "meshssh.audit.v1.evt.auth-accepted.*"  # policy's first logins
+AUDIT_ADMIN: Final = "meshssh.audit.v1.evt.admin-change.policy"  # policy's management writes
 
 BUCKET_NETMAPS: Final = "meshssh-netmaps"
 BUCKET_PEERS: Final = "meshssh-peers"

@@ -42,17 +42,38 @@ ADMIN_TOKEN = "meshssh-test-admin-token-0123456789"
 _SEED: dict[str, Any] = {
     "groups": [{"id": "servers", "name": "Servers"}, {"id": "users", "name": "Users"}],
     "setup_keys": [
-        {"key": SERVER_KEY, "name": "servers", "type": "reusable", "expires_in": 0,
-         "auto_groups": ["servers"], "ssh_enabled": True},
-        {"key": LAPTOP_KEY, "name": "laptops", "type": "reusable", "expires_in": 0,
-         "auto_groups": ["users"]},
+        {
+            "key": SERVER_KEY,
+            "name": "servers",
+            "type": "reusable",
+            "expires_in": 0,
+            "auto_groups": ["servers"],
+            "ssh_enabled": True,
+        },
+        {
+            "key": LAPTOP_KEY,
+            "name": "laptops",
+            "type": "reusable",
+            "expires_in": 0,
+            "auto_groups": ["users"],
+        },
     ],
     "policies": [
-        {"id": "users-to-servers-ssh", "name": "users reach servers on TCP 22",
-         "rules": [{"sources": ["users"], "destinations": ["servers"], "protocol": "tcp",
-                    "ports": ["22"], "action": "accept"}]},
+        {
+            "id": "users-to-servers-ssh",
+            "name": "users reach servers on TCP 22",
+            "rules": [
+                {
+                    "sources": ["users"],
+                    "destinations": ["servers"],
+                    "protocol": "tcp",
+                    "ports": ["22"],
+                    "action": "accept",
+                }
+            ],
+        },
     ],
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -65,18 +86,30 @@ class Management:
 
     @classmethod
     async def start(
-        cls, services: ServiceFactory, nats_url: str, nc: NATS, directory: Path, *,
+        cls,
+        services: ServiceFactory,
+        nats_url: str,
+        nc: NATS,
+        directory: Path,
+        *,
         mesh_prefix: str = "127.0.0.0/8",
-    ) -> Management:  # fmt: skip
+    ) -> Management:
         """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``)."""
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
         proc = await services.start(
-            "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-            "--seed", str(seed), "--mesh-prefix", mesh_prefix,
+            "meshssh-policy",
+            "--nats-url",
+            nats_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            str(seed),
+            "--mesh-prefix",
+            mesh_prefix,
             env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-        )  # fmt: skip
+        )
         found = re.search(r"api listening.*url=(http://\S+)", proc.output())
         assert found, proc.output()
         return cls(proc, found[1], nc)
@@ -116,8 +149,12 @@ class Management:
         if host_key is None:
             fresh = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
             host_key = fresh.decode().strip()
-        meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                        flags=PeerFlags(server_ssh_allowed=key == SERVER_KEY))  # fmt: skip
-        req = RegisterRequest(name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key,
-                              ssh_host_key=host_key)  # fmt: skip
+        meta = PeerMeta(
+            version="0.1.0",
+            capabilities=("native_ssh",),
+            flags=PeerFlags(server_ssh_allowed=key == SERVER_KEY),
+        )
+        req = RegisterRequest(
+            name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key, ssh_host_key=host_key
+        )
         return await request(self.nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)

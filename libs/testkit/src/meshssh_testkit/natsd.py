@@ -66,13 +66,20 @@ class NatsServer:
     async def _spawn(self, timeout: float) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
-            "-js", "-sd", str(self.store), *self.extra,
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store),
+            *self.extra,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, not the server
-        )  # fmt: skip
+        )
         assert proc.stderr is not None
         self.proc = proc
         try:

@@ -83,8 +83,14 @@ class OidcIssuer:
     def token(self, kid: str, sub: str = "alice", *, key: Any = None, **claims: Any) -> str:
         """A token signed by key ``kid`` (or by ``key`` under that kid: a made-up kid)."""
         now = int(time.time())
-        body = {"iss": self.issuer, "aud": self.audience, "sub": sub, "iat": now,
-                "exp": now + 300, **claims}  # fmt: skip
+        body = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "iat": now,
+            "exp": now + 300,
+            **claims,
+        }
         signer = key if key is not None else self.keys[kid]
         return jwt.encode(body, signer, algorithm="ES256", headers={"kid": kid})
 

@@ -55,15 +55,23 @@ class OpenSSH:
     def base_options(self) -> list[str]:
         """Options that make a run non-interactive, isolated and strict."""
         return [
-            "-F", str(self.config),
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=10",
-            "-i", str(self.key_path),
-        ]  # fmt: skip
+            "-F",
+            str(self.config),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-i",
+            str(self.key_path),
+        ]
 
     async def run(
         self,
@@ -80,8 +88,7 @@ class OpenSSH:
             CommandTimeout: the tool did not finish within ``timeout`` (it is killed).
         """
         argv = [tool, *(self.base_options() if options is None else options), *args]
-        return await run_command(*argv, input=input, env=env or {}, cwd=self.root,
-                                 timeout=timeout)  # fmt: skip
+        return await run_command(*argv, input=input, env=env or {}, cwd=self.root, timeout=timeout)
 
     async def ssh(self, *args: str, **kw: object) -> RunResult:
         """Run ``ssh`` (see :meth:`run`)."""

@@ -92,8 +92,17 @@ class AgentProcess:
             i = args.index("--setup-key")
             env["MESHSSH_SETUP_KEY"] = args[i + 1]
             args = (*args[:i], *args[i + 2 :])
-        argv = [*prefix, script("meshssh"), "up", "--foreground", "--state-dir", str(state_dir),
-                "--heartbeat-interval", "0.5", *args]  # fmt: skip
+        argv = [
+            *prefix,
+            script("meshssh"),
+            "up",
+            "--foreground",
+            "--state-dir",
+            str(state_dir),
+            "--heartbeat-interval",
+            "0.5",
+            *args,
+        ]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,

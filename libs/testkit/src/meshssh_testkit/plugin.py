@@ -55,8 +55,9 @@ def nats_url(nats_server: NatsServer) -> str:
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[NATS]:
     """A NATS client connected to the test's nats-server."""
-    client = await nats.connect(nats_url, name="test", max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.2)  # fmt: skip
+    client = await nats.connect(
+        nats_url, name="test", max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    )
     try:
         yield client
     finally:

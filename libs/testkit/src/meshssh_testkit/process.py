@@ -152,10 +152,15 @@ def run_command_sync(
     """:func:`run_command` for code without an event loop (same arguments and errors)."""
     try:
         done = subprocess.run(
-            list(argv), input=_input(input), capture_output=True, env=_env(env, replace_env),
-            cwd=cwd, timeout=timeout, check=False,
+            list(argv),
+            input=_input(input),
+            capture_output=True,
+            env=_env(env, replace_env),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
             stdin=subprocess.DEVNULL if input is None else None,
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         raise CommandTimeout(f"`{shlex.join(argv)}` did not finish in {timeout}s") from None
     result = RunResult(done.returncode, done.stdout, done.stderr, tuple(argv))

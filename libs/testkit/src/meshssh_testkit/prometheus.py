@@ -41,20 +41,31 @@ class Prometheus:
     ) -> Prometheus:
         """Start scraping ``jobs`` (job name → ``host:port`` targets) every ``interval``."""
         root.mkdir(parents=True, exist_ok=True)
-        lines = ["global:", f"  scrape_interval: {interval}", f"  evaluation_interval: {interval}",
-                 "scrape_configs:"]  # fmt: skip
+        lines = [
+            "global:",
+            f"  scrape_interval: {interval}",
+            f"  evaluation_interval: {interval}",
+            "scrape_configs:",
+        ]
         for job, targets in jobs.items():
-            lines += [f"  - job_name: {job}", "    static_configs:",
-                      f"      - targets: [{', '.join(repr(t) for t in targets)}]"]  # fmt: skip
+            lines += [
+                f"  - job_name: {job}",
+                "    static_configs:",
+                f"      - targets: [{', '.join(repr(t) for t in targets)}]",
+            ]
         config = root / "prometheus.yml"
         config.write_text("\n".join(lines) + "\n")
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         prom = cls(proc, f"http://127.0.0.1:{port}")
         try:
             async with asyncio.timeout(timeout), httpx.AsyncClient() as client:

@@ -49,10 +49,14 @@ async def ssh_agent(directory: Path, key_path: Path) -> AsyncIterator[SshAgent]:
     directory.mkdir(parents=True, exist_ok=True)
     socket = str(directory / "agent.sock")
     proc = await asyncio.create_subprocess_exec(
-        "ssh-agent", "-D", "-a", socket,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        "ssh-agent",
+        "-D",
+        "-a",
+        socket,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         async with asyncio.timeout(10):
             while not os.path.exists(socket):

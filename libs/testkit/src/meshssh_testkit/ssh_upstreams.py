@@ -203,10 +203,16 @@ class NativeSshd:
             self.accepted += 1
             conn.setblocking(True)
             proc = await asyncio.create_subprocess_exec(
-                sshd, "-i", "-f", str(self.root / "sshd_config"),
-                "-E", str(self.root / "sshd.log"),
-                stdin=conn.fileno(), stdout=conn.fileno(), stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                sshd,
+                "-i",
+                "-f",
+                str(self.root / "sshd_config"),
+                "-E",
+                str(self.root / "sshd.log"),
+                stdin=conn.fileno(),
+                stdout=conn.fileno(),
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             conn.close()
             self._procs.append(proc)
 

@@ -156,14 +156,20 @@ def sshd_args(flags: PeerFlags) -> list[str]:
 
 def _common(config: AgentSettings, ops_listen: str) -> list[str]:
     args = [
-        "--nats-url", config.nats_url,
-        "--ops-listen", ops_listen,
-        "--log-level", config.log_level,
-        "--log-format", config.log_format,
-        "--instance", config.name,
+        "--nats-url",
+        config.nats_url,
+        "--ops-listen",
+        ops_listen,
+        "--log-level",
+        config.log_level,
+        "--log-format",
+        config.log_format,
+        "--instance",
+        config.name,
         # Stopping must fit in the agent's SIGTERM-to-SIGKILL window.
-        "--shutdown-grace", f"{max(0.2, config.child_stop_timeout * 0.6):.2f}",
-    ]  # fmt: skip
+        "--shutdown-grace",
+        f"{max(0.2, config.child_stop_timeout * 0.6):.2f}",
+    ]
     if config.nats_creds is not None:
         args += ["--nats-creds", str(config.nats_creds)]
     return args
@@ -173,24 +179,31 @@ def sshd_argv(config: AgentSettings, peer_id: str) -> list[str]:
     """meshssh-sshd on ``<mesh-ip>:<ssh-port>``, trusting PROXY headers from the mesh address."""
     return [
         service_executable("meshssh-sshd", config.sshd_bin),
-        "--peer-id", peer_id,
-        "--listen", config.address(config.ssh_port),
-        "--host-key", str(config.files.host_key),
-        "--trusted-relay", config.mesh_ip,
+        "--peer-id",
+        peer_id,
+        "--listen",
+        config.address(config.ssh_port),
+        "--host-key",
+        str(config.files.host_key),
+        "--trusted-relay",
+        config.mesh_ip,
         *sshd_args(config.flags),
         *_common(config, config.sshd_ops_listen),
-    ]  # fmt: skip
+    ]
 
 
 def relay_argv(config: AgentSettings, peer_id: str, mode: RelayMode) -> list[str]:
     """meshssh-relay on ``<mesh-ip>:<relay-port>`` (``--sshd`` only when sshd may run)."""
     argv = [
         service_executable("meshssh-relay", config.relay_bin),
-        "--peer-id", peer_id,
-        "--listen", config.address(config.relay_port),
-        "--mode", mode.mode,
+        "--peer-id",
+        peer_id,
+        "--listen",
+        config.address(config.relay_port),
+        "--mode",
+        mode.mode,
         *_common(config, config.relay_ops_listen),
-    ]  # fmt: skip
+    ]
     if config.allow_server_ssh:
         argv += ["--sshd", config.address(config.ssh_port)]
     if config.native_upstream:

@@ -118,14 +118,24 @@ class Presence:
         log = self._log
         self._subs = [
             await subscribe_typed(
-                nc, subjects.sshd_sessions(peer_id), SessionsReport, self._on_sessions,
-                name="sessions", metrics=self._metrics, log=log,
+                nc,
+                subjects.sshd_sessions(peer_id),
+                SessionsReport,
+                self._on_sessions,
+                name="sessions",
+                metrics=self._metrics,
+                log=log,
             ),
             await subscribe_typed(
-                nc, subjects.HEARTBEAT_ALL, Heartbeat, self._on_heartbeat,
-                name="presence", metrics=self._metrics, log=log,
+                nc,
+                subjects.HEARTBEAT_ALL,
+                Heartbeat,
+                self._on_heartbeat,
+                name="presence",
+                metrics=self._metrics,
+                log=log,
             ),
-        ]  # fmt: skip
+        ]
 
     async def unsubscribe(self) -> None:
         """Stop listening."""

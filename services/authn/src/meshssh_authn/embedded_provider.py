@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from meshssh_authn.auth_codes import AuthCodes, CodeGrant
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_grants import (
@@ -27,7 +28,7 @@ from meshssh_authn.device_grants import (
 from meshssh_authn.key_ring import KeyRing
 from meshssh_authn.login_throttle import LoginThrottle
 from meshssh_authn.token_issuer import IssuedTokens, TokenIssuer
-from meshssh_authn.users import UsersFile
+from meshssh_authn.users import User, UsersFile
 from meshssh_common.errors import BadRequest, Conflict, Denied, NotFound, RateLimited
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import JwtConfig, OidcClientConfig
@@ -72,6 +73,7 @@ class EmbeddedProvider:
         metrics: AuthnMetrics,
         log: BoundLogger,
         throttle: LoginThrottle | None = None,
+        auth_codes: AuthCodes | None = None,
         code_attempts: CodeAttempts | None = None,
     ) -> None:
         self.config = config
@@ -82,6 +84,7 @@ class EmbeddedProvider:
         self._metrics = metrics
         self._log = log
         self._throttle = throttle or LoginThrottle()
+        self.auth_codes = auth_codes
         self._codes = code_attempts or CodeAttempts()
 
     def url(self, path: str) -> str:
@@ -89,9 +92,9 @@ class EmbeddedProvider:
         return self.config.issuer + path
 
     def metadata(self) -> dict[str, Any]:
-        """The OIDC discovery document (there is no authorization endpoint: device flow only)."""
+        """The OIDC discovery document (the authorization endpoint when a browser client is set)."""
         c = self.config
-        return {
+        doc = {
             "issuer": c.issuer,
             "jwks_uri": self.url("/.well-known/jwks.json"),
             "device_authorization_endpoint": self.url("/oauth2/device_authorization"),
@@ -117,6 +120,12 @@ class EmbeddedProvider:
                 "groups",
             ],
         }
+        if self.auth_codes is not None and self.auth_codes.enabled:
+            doc["authorization_endpoint"] = self.url("/oauth2/authorize")
+            doc["grant_types_supported"] = [DEVICE_GRANT, "authorization_code"]
+            doc["response_types_supported"] = ["code"]
+            doc["code_challenge_methods_supported"] = ["S256"]
+        return doc
 
     def client_config(self) -> OidcClientConfig:
         """What ``meshssh login`` needs to run the device flow against this provider."""
@@ -194,6 +203,42 @@ class EmbeddedProvider:
         self._metrics.device_flows.labels(outcome="completed").inc()
         self._log.info("token issued", extra={"user": grant.username, "client": client_id})
         return "ok", issued
+
+    async def check_password(self, username: str, password: str, address: str) -> User:
+        """A user's name and password, behind the same throttle as the device login page.
+
+        Raises:
+            RateLimited: too many recent failures for this name or address.
+            Denied: wrong user name or password.
+        """
+        if self._throttle.blocked(username, address):
+            self._metrics.login_failures.labels(reason="throttled").inc()
+            raise RateLimited("too many failed sign-ins; wait a few minutes")
+        users = self._users
+        user = await asyncio.to_thread(users.authenticate, username, password) if users else None
+        if user is None:
+            self._throttle.failed(username, address)
+            self._metrics.login_failures.labels(reason="bad_credentials").inc()
+            self._log.info("login refused", extra={"user": username, "address": address})
+            raise Denied(f"bad credentials for {username!r}", public="wrong user name or password")
+        self._throttle.succeeded(username)
+        return user
+
+    async def code_tokens(self, grant: CodeGrant) -> IssuedTokens | None:
+        """Tokens for a redeemed authorization code (None: the user was removed since)."""
+        user = self._users.get(grant.username) if self._users is not None else None
+        if user is None:
+            return None
+        issued = await self._tokens.issue(
+            grant.username,
+            user,
+            self._scope(grant.scope),
+            client_id=grant.client_id,
+            nonce=grant.nonce,
+        )
+        self._metrics.tokens_issued.inc()
+        self._log.info("token issued", extra={"user": grant.username, "client": grant.client_id})
+        return issued
 
     async def lookup_code(self, user_code: str, address: str) -> DeviceGrant:
         """The pending, unexpired grant ``user_code`` names, looked up from ``address``.

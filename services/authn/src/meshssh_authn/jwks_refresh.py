@@ -183,6 +183,12 @@ class JwksRefresher:
         done = lease.forced_done
         if done > 0:
             self._settle(lambda w: w.joined <= done, _Answer("covered"))
+        # A request that joined just after another replica's fetch began is not covered by
+        # it on paper, but once that fetch has published its kids it needs no fetch of its own.
+        known = set(await self._mirror.published_kids())
+        self._settle(lambda w: bool(w.kids) and w.kids <= known, _Answer("covered"))
+        if not self._waiters:
+            return
         interval = self._timing.min_forced_interval
         # A lease from a replica whose clock runs ahead holds up one interval at most.
         wait = min(lease.forced_at + interval - self._clock(), interval)

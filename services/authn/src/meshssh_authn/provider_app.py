@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from meshssh_authn.authorize_app import exchange_code, install_authorize_routes
 from meshssh_authn.device_grants import PollStatus
 from meshssh_authn.embedded_provider import DEVICE_GRANT, EmbeddedProvider
 from meshssh_authn.login_page import SECURITY_HEADERS, code_page, done_page, login_page
@@ -50,6 +51,7 @@ def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
         return _oauth_error("temporarily_unavailable", "try again shortly", 503)
 
     app.add_exception_handler(Unavailable, unavailable)
+    install_authorize_routes(app, provider)
 
     @app.get("/.well-known/openid-configuration")
     async def discovery() -> JSONResponse:
@@ -91,7 +93,18 @@ def install_routes(app: FastAPI, provider: EmbeddedProvider) -> None:
         grant_type: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
         device_code: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
         client_id: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
+        code: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
+        redirect_uri: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
+        code_verifier: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
     ) -> JSONResponse:
+        if grant_type == "authorization_code":
+            return await exchange_code(
+                provider,
+                code=code,
+                client_id=client_id,
+                redirect_uri=redirect_uri,
+                verifier=code_verifier,
+            )
         if grant_type != DEVICE_GRANT:
             return _oauth_error("unsupported_grant_type", "only the device code grant")
         if not device_code:

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from meshssh_authn.auth_codes import AuthCodes
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_broker import DeviceBroker
@@ -114,6 +115,9 @@ async def _embedded(
         users=UsersFile(settings.users_file) if settings.users_file else None,
         metrics=metrics,
         log=ctx.log,
+        auth_codes=AuthCodes(
+            client_id=settings.dashboard_client_id, redirect_uris=settings.dashboard_redirect_uri
+        ),
         code_attempts=CodeAttempts(
             per_source=settings.device_code_misses_per_source,
             overall=settings.device_code_misses,
@@ -196,25 +200,46 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
 
         refresher.on_missed = announce_missed
         await subscribe_typed(
-            ctx.nc, subjects.AUTHN_JWKS_MISSED, JwksMissed, on_missed,
-            name="jwks-missed", metrics=ctx.metrics, log=ctx.log,
-        )  # fmt: skip
+            ctx.nc,
+            subjects.AUTHN_JWKS_MISSED,
+            JwksMissed,
+            on_missed,
+            name="jwks-missed",
+            metrics=ctx.metrics,
+            log=ctx.log,
+        )
         await mirror.startup()
         svc = await start_micro(ctx.nc, "authn", description="meshssh identity")
         log, m = ctx.log, ctx.metrics
         # concurrency: a request waiting for the fetch slot must not hold up the others.
         await add_endpoint(
-            svc, "jwks-refresh", subjects.AUTHN_JWKS_REFRESH, JwksRefreshRequest,
-            refresher.refresh, metrics=m, log=log, concurrency=64,
-        )  # fmt: skip
+            svc,
+            "jwks-refresh",
+            subjects.AUTHN_JWKS_REFRESH,
+            JwksRefreshRequest,
+            refresher.refresh,
+            metrics=m,
+            log=log,
+            concurrency=64,
+        )
         await add_endpoint(
-            svc, "device-start", subjects.AUTHN_DEVICE_START, DeviceStartRequest,
-            broker.start, metrics=m, log=log,
-        )  # fmt: skip
+            svc,
+            "device-start",
+            subjects.AUTHN_DEVICE_START,
+            DeviceStartRequest,
+            broker.start,
+            metrics=m,
+            log=log,
+        )
         await add_endpoint(
-            svc, "device-poll", subjects.AUTHN_DEVICE_POLL, DevicePollRequest,
-            broker.poll, metrics=m, log=log,
-        )  # fmt: skip
+            svc,
+            "device-poll",
+            subjects.AUTHN_DEVICE_POLL,
+            DevicePollRequest,
+            broker.poll,
+            metrics=m,
+            log=log,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 http_task = tg.create_task(server.serve()) if server is not None else None

@@ -60,6 +60,15 @@ class AuthnSettings(ServiceSettings):
     max_token_age: int = Field(600, ge=1, description="seconds a token is accepted after its iat")
     clock_skew: int = Field(60, ge=0, description="seconds of leeway on every time check")
     client_id: str = Field("meshssh", description="OIDC client id of `meshssh login` and sshd")
+    dashboard_client_id: str = Field(
+        "meshssh-dashboard",
+        description="OIDC client id of the policy dashboard (authorization code with PKCE)",
+    )
+    dashboard_redirect_uri: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="the dashboard's redirect URI, <policy URL>/auth/callback (repeatable; env: "
+        "comma-separated); none: the embedded provider has no authorization endpoint",
+    )
     scope: Annotated[tuple[str, ...], NoDecode] = Field(
         ("openid", "email", "profile"),
         description="scopes the device flow asks for (env: comma-separated)",
@@ -108,7 +117,7 @@ class AuthnSettings(ServiceSettings):
         5.0, gt=0, description="seconds to wait for the external provider's HTTP answers"
     )
 
-    @field_validator("audience", "scope", mode="before")
+    @field_validator("audience", "scope", "dashboard_redirect_uri", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         # Env variables hold a comma-separated list ("meshssh,meshssh-cli"); flags repeat.
@@ -122,7 +131,7 @@ class AuthnSettings(ServiceSettings):
             raise ValueError("--audience needs at least one value")
         if not self.issuer and self.key_publish_lead >= self.key_rotation:
             raise ValueError("--key-publish-lead must be shorter than --key-rotation")
-        for url in (self.issuer, self.public_url, self.jwks_url):
+        for url in (self.issuer, self.public_url, self.jwks_url, *self.dashboard_redirect_uri):
             if url and not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return self

@@ -50,14 +50,20 @@ class TokenIssuer:
         self._ttl = ttl
         self._clock = clock
 
-    async def issue(self, username: str, user: User, scope: str) -> IssuedTokens:
+    async def issue(
+        self, username: str, user: User, scope: str, *, client_id: str = "", nonce: str = ""
+    ) -> IssuedTokens:
         """Sign an access token and an ID token for ``username`` now.
+
+        ``client_id`` names another registered client (the ID token's ``aud`` and ``azp``);
+        ``nonce`` is echoed in the ID token (authorization code grant).
 
         Raises:
             Unavailable: no signing key could be established.
         """
         key, private = await self._ring.signing_key()
         now = int(self._clock())
+        client = client_id or self._client_id
         common = {
             "iss": self.issuer,
             "sub": username,
@@ -65,7 +71,7 @@ class TokenIssuer:
             "nbf": now,
             "exp": now + self._ttl,
             "auth_time": now,
-            "azp": self._client_id,
+            "azp": client,
         }
         profile: dict[str, object] = {"preferred_username": username, "groups": list(user.groups)}
         if user.email:
@@ -78,11 +84,13 @@ class TokenIssuer:
             **common,
             **profile,
             "aud": self._audiences[0] if len(self._audiences) == 1 else self._audiences,
-            "client_id": self._client_id,
+            "client_id": client,
             "scope": scope,
             "jti": secrets.token_urlsafe(16),
         }
-        ident = {**common, **profile, "aud": self._client_id, "jti": secrets.token_urlsafe(16)}
+        ident = {**common, **profile, "aud": client, "jti": secrets.token_urlsafe(16)}
+        if nonce:
+            ident["nonce"] = nonce
         return IssuedTokens(
             access_token=sign(key, private, access, typ="at+jwt"),
             id_token=sign(key, private, ident),

@@ -1,8 +1,9 @@
 """The REST API (``/api/v1``, OpenAPI at ``/docs``) and the dashboard at ``/`` (SPEC §4, §9).
 
 Every call needs ``Authorization: Bearer <admin token>`` except the public
-``GET /api/v1/ssh/known_hosts`` and ``GET /api/v1/auth/config``; the dashboard also accepts
-the token as the password of HTTP Basic auth, so a browser can open it. Errors are JSON
+``GET /api/v1/ssh/known_hosts`` and ``GET /api/v1/auth/config``. The dashboard
+(:mod:`meshssh_policy.web`) signs its users in with the identity provider instead. Every
+write is audited (:mod:`meshssh_policy.admin_audit`). Errors are JSON
 ``{"error": "<one line>"}``: 422 names the invalid field (``rules[0].protocol: ...``), 400 an
 invalid reference, 401 a missing or wrong token, 404 an unknown id, 409 a conflict, 503 a
 dependency that is not there yet.
@@ -15,44 +16,35 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import hmac
-import re
 from typing import Any
 
 import msgspec
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meshssh_common.errors import MeshError
 from meshssh_common.version import VERSION
+from meshssh_policy.admin_audit import AuditWrites, token_actor
+from meshssh_policy.api_audit import router as audit_router
 from meshssh_policy.api_deps import MgmtDep
 from meshssh_policy.api_peers import router as peers_router
 from meshssh_policy.api_resources import router as resources_router
-from meshssh_policy.dashboard import render_dashboard
+from meshssh_policy.http_errors import http_status
 from meshssh_policy.management import Management
+from meshssh_policy.validation import validation_message
+from meshssh_policy.web import install_dashboard
 
 __all__ = ["admin_only", "create_app", "known_hosts", "validation_message"]
-
-_STATUS = {
-    "bad_request": 400,
-    "bad_message": 400,
-    "denied": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "rate_limited": 429,
-    "unavailable": 503,
-}
 
 
 class _Unauthorized(Exception):
     """Raised by the auth dependencies; turned into 401."""
 
-    def __init__(self, basic: bool) -> None:
+    def __init__(self) -> None:
         super().__init__("missing or wrong admin token")
-        self.basic = basic
 
 
 def _token_ok(mgmt: Management, presented: str) -> bool:
@@ -60,40 +52,11 @@ def _token_ok(mgmt: Management, presented: str) -> bool:
 
 
 def admin_only(request: Request, mgmt: MgmtDep) -> None:
-    """Dependency: the request carries the admin bearer token."""
+    """Dependency: the request carries the admin bearer token (the actor of its audit)."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not _token_ok(mgmt, value.strip()):
-        raise _Unauthorized(basic=False)
-
-
-def _browser_admin(request: Request, mgmt: MgmtDep) -> None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and _token_ok(mgmt, value.strip()):
-        return
-    if scheme.lower() == "basic":
-        try:
-            _, _, password = base64.b64decode(value.strip()).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            password = ""
-        if _token_ok(mgmt, password):
-            return
-    raise _Unauthorized(basic=True)
-
-
-def validation_message(errors: list[Any]) -> str:
-    """``rules[0].protocol: Input should be ...`` for the first validation error."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    path = ""
-    for part in first.get("loc", ()):
-        if part in ("body", "query", "path") and not path:
-            continue
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    named = re.match(r"^([a-z_]+): (.*)$", msg, re.DOTALL)
-    if named:  # a model validator naming the field inside the located object
-        path = f"{path}.{named[1]}" if path else named[1]
-        msg = named[2]
-    return f"{path}: {msg}" if path else msg
+        raise _Unauthorized()
+    request.state.actor = token_actor(value.strip())
 
 
 def known_hosts(mgmt: Management) -> str:
@@ -118,7 +81,7 @@ def create_app(mgmt: Management) -> FastAPI:
 
     @app.exception_handler(MeshError)
     async def mesh_error(_: Request, exc: MeshError) -> JSONResponse:
-        status = _STATUS.get(exc.code, 500)
+        status = http_status(exc)
         return JSONResponse({"error": exc.public, "code": exc.code}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -130,12 +93,18 @@ def create_app(mgmt: Management) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/") or request.headers.get("hx-request"):
+            return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        return PlainTextResponse(
+            f"{exc.status_code}: {exc.detail}\n",
+            status_code=exc.status_code,
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_: Request, exc: _Unauthorized) -> JSONResponse:
-        challenge = 'Basic realm="meshssh"' if exc.basic else 'Bearer realm="meshssh"'
+        challenge = 'Bearer realm="meshssh"'
         return JSONResponse(
             {"error": "missing or wrong admin token", "code": "unauthorized"},
             status_code=401,
@@ -143,8 +112,10 @@ def create_app(mgmt: Management) -> FastAPI:
         )
 
     admin = [Depends(admin_only)]
-    app.include_router(peers_router, prefix="/api/v1", dependencies=admin)
-    app.include_router(resources_router, prefix="/api/v1", dependencies=admin)
+    app.include_router(peers_router, dependencies=admin)
+    app.include_router(resources_router, dependencies=admin)
+    app.include_router(audit_router, dependencies=admin)
+    app.add_middleware(AuditWrites, audit=mgmt.audit)
 
     @app.get("/api/v1/ssh/known_hosts", response_class=PlainTextResponse, tags=["public"])
     async def ssh_known_hosts(mgmt: MgmtDep) -> PlainTextResponse:
@@ -157,17 +128,22 @@ def create_app(mgmt: Management) -> FastAPI:
         snapshot = mgmt.state.jwks
         if snapshot is None:
             return JSONResponse(
-                {"error": "authentication is not configured yet: meshssh-authn has not "
-                 "published its settings to NATS (is meshssh-authn running?)",
-                 "code": "unavailable"},
+                {
+                    "error": "authentication is not configured yet: meshssh-authn has not "
+                    "published its settings to NATS (is meshssh-authn running?)",
+                    "code": "unavailable",
+                },
                 status_code=503,
-            )  # fmt: skip
+            )
         if snapshot.client is None:
             return JSONResponse(
-                {"error": "the identity provider has no client configured for meshssh login "
-                 "(configure a client in meshssh-authn)", "code": "unavailable"},
+                {
+                    "error": "the identity provider has no client configured for meshssh login "
+                    "(configure a client in meshssh-authn)",
+                    "code": "unavailable",
+                },
                 status_code=503,
-            )  # fmt: skip
+            )
         client = snapshot.client
         body: dict[str, Any] = {
             f: msgspec.to_builtins(getattr(client, f)) for f in client.__struct_fields__
@@ -175,15 +151,13 @@ def create_app(mgmt: Management) -> FastAPI:
         jwt = snapshot.jwt
         # The servers validate with the JWT config: its limits are the ones that count.
         body.update(
-            token_issuer=jwt.issuer, audiences=list(jwt.audiences),
-            user_id_claim=jwt.user_id_claim, max_token_age=jwt.max_token_age,
+            token_issuer=jwt.issuer,
+            audiences=list(jwt.audiences),
+            user_id_claim=jwt.user_id_claim,
+            max_token_age=jwt.max_token_age,
             clock_skew=jwt.clock_skew,
-        )  # fmt: skip
+        )
         return JSONResponse(body)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False,
-             dependencies=[Depends(_browser_admin)])  # fmt: skip
-    async def dashboard(mgmt: MgmtDep) -> Response:
-        return HTMLResponse(render_dashboard(mgmt))
-
+    app.state.web = install_dashboard(app, mgmt)
     return app

@@ -14,7 +14,7 @@ from meshssh_policy.peers import peer_view
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["peers"])
+router = APIRouter(prefix="/api/v1", tags=["peers"])
 
 
 @router.get("/status", tags=["status"])
@@ -57,6 +57,13 @@ async def patch_peer(peer_id: str, body: PeerPatch, mgmt: MgmtDep) -> dict[str, 
 async def delete_peer(peer_id: str, mgmt: MgmtDep) -> Response:
     """Remove a peer: its map empties, so it refuses everything and its SSH server stops."""
     await mgmt.peer_ops.delete(peer_id)
+    return Response(status_code=204)
+
+
+@router.delete("/peers/{peer_id}/sessions/{session_id}", status_code=204)
+async def end_session(peer_id: str, session_id: str, mgmt: MgmtDep) -> Response:
+    """End a live session: the peer's sshd closes its connection ("access revoked")."""
+    await mgmt.end_session(peer_id, session_id)
     return Response(status_code=204)
 
 

@@ -24,12 +24,12 @@ from meshssh_policy.api_models import (
     UserIn,
     UserPatch,
 )
-from meshssh_policy.memberships import add_member, remove_member
+from meshssh_policy.management import Management
 from meshssh_policy.peers import record_view, setup_key_view
 
-__all__ = ["router"]
+__all__ = ["router", "user_view"]
 
-router = APIRouter()
+router = APIRouter(prefix="/api/v1")
 _NO_CONTENT = 204
 
 
@@ -39,7 +39,8 @@ def _found(value: Any, what: str) -> Any:
     return value
 
 
-def _user_view(mgmt: MgmtDep, user_id: str) -> dict[str, Any]:
+def user_view(mgmt: Management, user_id: str) -> dict[str, Any]:
+    """A user with its groups (the API's and the dashboard's view)."""
     user = _found(mgmt.state.users.get(user_id), f"user {user_id!r}")
     out = record_view(user)
     out["groups"] = sorted(g.id for g in mgmt.state.groups.values() if user_id in g.users)
@@ -52,27 +53,27 @@ def _user_view(mgmt: MgmtDep, user_id: str) -> dict[str, Any]:
 @router.get("/users", tags=["users"])
 async def list_users(mgmt: MgmtDep) -> list[dict[str, Any]]:
     """Every user with its groups."""
-    return [_user_view(mgmt, uid) for uid in sorted(mgmt.state.users)]
+    return [user_view(mgmt, uid) for uid in sorted(mgmt.state.users)]
 
 
 @router.post("/users", status_code=201, tags=["users"])
 async def create_user(body: UserIn, mgmt: MgmtDep) -> dict[str, Any]:
     """Create a user (``id`` = the user-id claim's value, ``sub`` by default)."""
     user = await mgmt.resources.create_user(body)
-    return _user_view(mgmt, user.id)
+    return user_view(mgmt, user.id)
 
 
 @router.get("/users/{user_id}", tags=["users"])
 async def get_user(user_id: str, mgmt: MgmtDep) -> dict[str, Any]:
     """One user."""
-    return _user_view(mgmt, user_id)
+    return user_view(mgmt, user_id)
 
 
 @router.patch("/users/{user_id}", tags=["users"])
 async def patch_user(user_id: str, body: UserPatch, mgmt: MgmtDep) -> dict[str, Any]:
     """Change a user's email or name."""
     await mgmt.resources.update_user(user_id, body)
-    return _user_view(mgmt, user_id)
+    return user_view(mgmt, user_id)
 
 
 @router.delete("/users/{user_id}", status_code=_NO_CONTENT, tags=["users"])
@@ -119,27 +120,25 @@ async def delete_group(group_id: str, mgmt: MgmtDep) -> Response:
 @router.put("/groups/{group_id}/peers/{peer_id}", tags=["groups"])
 async def add_group_peer(group_id: str, peer_id: str, mgmt: MgmtDep) -> dict[str, Any]:
     """Add a peer to a group (idempotent)."""
-    mgmt.peer_ops.get(peer_id)
-    return record_view(await add_member(mgmt.store, group_id, peer=peer_id))
+    return record_view(await mgmt.add_to_group(group_id, peer=peer_id))
 
 
 @router.delete("/groups/{group_id}/peers/{peer_id}", tags=["groups"])
 async def remove_group_peer(group_id: str, peer_id: str, mgmt: MgmtDep) -> dict[str, Any]:
     """Remove a peer from a group (idempotent)."""
-    return record_view(await remove_member(mgmt.store, group_id, peer=peer_id))
+    return record_view(await mgmt.remove_from_group(group_id, peer=peer_id))
 
 
 @router.put("/groups/{group_id}/users/{user_id}", tags=["groups"])
 async def add_group_user(group_id: str, user_id: str, mgmt: MgmtDep) -> dict[str, Any]:
     """Add a user to a group (idempotent)."""
-    _found(mgmt.state.users.get(user_id), f"user {user_id!r}")
-    return record_view(await add_member(mgmt.store, group_id, user=user_id))
+    return record_view(await mgmt.add_to_group(group_id, user=user_id))
 
 
 @router.delete("/groups/{group_id}/users/{user_id}", tags=["groups"])
 async def remove_group_user(group_id: str, user_id: str, mgmt: MgmtDep) -> dict[str, Any]:
     """Remove a user from a group (idempotent)."""
-    return record_view(await remove_member(mgmt.store, group_id, user=user_id))
+    return record_view(await mgmt.remove_from_group(group_id, user=user_id))
 
 
 # -- policies -------------------------------------------------------------------------------

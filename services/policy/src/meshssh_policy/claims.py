@@ -59,8 +59,9 @@ class Claims:
             if time.time() - entry.value.at < ORPHAN_AFTER:
                 return False  # maybe a registration in flight
             try:
-                await claims.update(key, Claim(peer_id=peer_id, at=time.time()),
-                                    last=entry.revision)  # fmt: skip
+                await claims.update(
+                    key, Claim(peer_id=peer_id, at=time.time()), last=entry.revision
+                )
                 return True
             except Conflict:
                 continue

@@ -222,6 +222,7 @@ class Compiler:
                 mesh_prefix=self.mesh_prefix,
                 ssh_enabled=ssh,
                 jwt=jwt,
+                ended_sessions=peer.ended_sessions,
             ),
             firewall_rules=tuple(self.firewall_rules(peer, refs)),
             remote_peers=tuple(self.remote_entry(t) for t in targets if t != peer_id),

@@ -115,8 +115,9 @@ class Engine:
         pattern = "peer.*" if bucket == subjects.BUCKET_PEERS else ">"
 
         def retrying(error: Exception) -> None:
-            self.log.warning("state watch failed; retrying",
-                             extra={"bucket": bucket, "error": repr(error)})  # fmt: skip
+            self.log.warning(
+                "state watch failed; retrying", extra={"bucket": bucket, "error": repr(error)}
+            )
 
         async for ev in kv.follow(pattern, self.nc, check_every=_RECONNECT_POLL, on_retry=retrying):
             await self._queue.put((bucket, ev))
@@ -174,9 +175,12 @@ class Engine:
             )
             self.log.info(
                 "initial maps published",
-                extra={"peers": len(self.state.peers), "compute_s": round(compute_s, 4),
-                       "total_s": round(total_s, 4)},
-            )  # fmt: skip
+                extra={
+                    "peers": len(self.state.peers),
+                    "compute_s": round(compute_s, 4),
+                    "total_s": round(total_s, 4),
+                },
+            )
             self.loaded.set()
             await self._mark_processed()
             return
@@ -214,8 +218,10 @@ class Engine:
         out: asyncio.Queue[tuple[str, NetworkMap] | None] = asyncio.Queue(self.concurrency * 4)
         compute_time = 0.0
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(self._publish_worker(out, view)) for _ in range(
-                min(self.concurrency, max(1, len(affected) + len(removed))))]  # fmt: skip
+            workers = [
+                tg.create_task(self._publish_worker(out, view))
+                for _ in range(min(self.concurrency, max(1, len(affected) + len(removed))))
+            ]
             for peer_id, record in removed.items():
                 self._projections.pop(peer_id, None)
                 await out.put((peer_id, tombstone(record, self.mesh_prefix)))
@@ -252,9 +258,13 @@ class Engine:
         self.metrics.compute_seconds.observe(compute_time)
         self.log.debug(
             "maps recomputed",
-            extra={"peers": len(done), "removed": len(removed),
-                   "compute_s": round(compute_time, 4), "total_s": round(total, 4)},
-        )  # fmt: skip
+            extra={
+                "peers": len(done),
+                "removed": len(removed),
+                "compute_s": round(compute_time, 4),
+                "total_s": round(total, 4),
+            },
+        )
         return compute_time, total
 
     async def _orphaned_maps(self) -> dict[str, PeerRecord]:
@@ -270,9 +280,12 @@ class Engine:
             stored = await self.publisher.current(peer_id)
             if stored is not None:
                 out[peer_id] = PeerRecord(
-                    id=peer_id, name=stored.peer.name, mesh_ip=stored.peer.mesh_ip,
-                    meta=PeerMeta(version=""), credential_hash="",
-                )  # fmt: skip
+                    id=peer_id,
+                    name=stored.peer.name,
+                    mesh_ip=stored.peer.mesh_ip,
+                    meta=PeerMeta(version=""),
+                    credential_hash="",
+                )
         return out
 
     def _valid(self, bucket: str, key: str, value: Any) -> bool:
@@ -280,8 +293,10 @@ class Engine:
             check_record(value)
         except ValueError as e:
             self.metrics.bad_state.labels(bucket=bucket).inc()
-            self.log.error("ignored invalid stored value",
-                           extra={"bucket": bucket, "key": key, "error": str(e)})  # fmt: skip
+            self.log.error(
+                "ignored invalid stored value",
+                extra={"bucket": bucket, "key": key, "error": str(e)},
+            )
             return False
         return True
 

@@ -79,11 +79,23 @@ def expand_rule(
     if not ports and not ranges:
         return (base,)  # every port: nothing to add
     expanded = [
-        *(FirewallRule(sources=sources, protocol=protocol, action=rule.action,
-                       policy_id=policy_id, port=p) for p in ports),
-        *(FirewallRule(sources=sources, protocol=protocol, action=rule.action,
-                       policy_id=policy_id, port_range=r) for r in ranges),
-    ]  # fmt: skip
+        *(
+            FirewallRule(
+                sources=sources, protocol=protocol, action=rule.action, policy_id=policy_id, port=p
+            )
+            for p in ports
+        ),
+        *(
+            FirewallRule(
+                sources=sources,
+                protocol=protocol,
+                action=rule.action,
+                policy_id=policy_id,
+                port_range=r,
+            )
+            for r in ranges
+        ),
+    ]
     wants_copy = rule.protocol == "ssh" or (rule.protocol == "tcp" and peer_ssh_ready)
     if (
         wants_copy
@@ -91,7 +103,12 @@ def expand_rule(
         and not any(covers_port(r, SSH_SERVER_PORT) for r in expanded)
     ):
         expanded.append(
-            FirewallRule(sources=sources, protocol=protocol, action=rule.action,
-                         policy_id=policy_id, port=str(SSH_SERVER_PORT))
-        )  # fmt: skip
+            FirewallRule(
+                sources=sources,
+                protocol=protocol,
+                action=rule.action,
+                policy_id=policy_id,
+                port=str(SSH_SERVER_PORT),
+            )
+        )
     return tuple(expanded)

@@ -96,8 +96,14 @@ def _clean(value: str, what: str, *, required: bool = False) -> str:
 def _seen(current: UserRecord | None, event: AuditEvent, at: float) -> UserRecord:
     """The record after a login at ``at`` (only times, email and name ever change)."""
     if current is None:
-        return UserRecord(id=event.jwt_user, email=event.email, name=event.name,
-                          created_at=at, first_seen=at, last_login=at)  # fmt: skip
+        return UserRecord(
+            id=event.jwt_user,
+            email=event.email,
+            name=event.name,
+            created_at=at,
+            first_seen=at,
+            last_login=at,
+        )
     first = min(current.first_seen, at) if current.first_seen else at
     return msgspec.structs.replace(
         current,
@@ -144,9 +150,11 @@ class Logins:
                 max_ack_pending=1000,
             )
             self._sub = await self._js.pull_subscribe(
-                subjects.AUDIT_AUTH_ACCEPTED_ALL, durable=DURABLE,
-                stream=subjects.AUDIT_STREAM, config=config,
-            )  # fmt: skip
+                subjects.AUDIT_AUTH_ACCEPTED_ALL,
+                durable=DURABLE,
+                stream=subjects.AUDIT_STREAM,
+                config=config,
+            )
         except (nats.errors.Error, TimeoutError) as e:
             self._log.warning(
                 "cannot bind the first-login consumer; retrying",

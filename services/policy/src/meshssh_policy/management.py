@@ -17,19 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
-from meshssh_common.errors import ConfigError
+from meshssh_common.errors import ConfigError, NotFound
 from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.secret_files import write_secret_file
+from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
 from meshssh_policy.logins import Logins
+from meshssh_policy.memberships import add_member, remove_member
 from meshssh_policy.metrics import PolicyMetrics
-from meshssh_policy.peers import PeerOps
+from meshssh_policy.peers import PeerOps, live_session
 from meshssh_policy.presence import Presence
 from meshssh_policy.publisher import Publisher
+from meshssh_policy.records import GroupRecord, PeerRecord
 from meshssh_policy.registration import Registrar
 from meshssh_policy.resources import Resources
 from meshssh_policy.settings import PolicySettings
@@ -55,6 +59,8 @@ class Management:
     logins: Logins
     metrics: PolicyMetrics
     log: BoundLogger
+    js: JetStreamContext
+    audit: AdminAudit
 
     @classmethod
     async def open(
@@ -68,24 +74,74 @@ class Management:
         store = await open_store(js, state, bad_value_reporter(metrics.bad_state, log))
         publisher = Publisher(store.netmaps, metrics, log)
         engine = Engine(
-            state, store.watched(), publisher, mesh_prefix=settings.mesh_prefix,
-            concurrency=settings.publish_concurrency, metrics=metrics, log=log,
+            state,
+            store.watched(),
+            publisher,
+            mesh_prefix=settings.mesh_prefix,
+            concurrency=settings.publish_concurrency,
+            metrics=metrics,
+            log=log,
             nc=nc,
-        )  # fmt: skip
+        )
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
         registrar = Registrar(
             store, engine, mesh_prefix=settings.mesh_prefix, metrics=metrics, log=log
         )
         return cls(
-            settings=settings, admin_token=token, state=state, store=store, engine=engine,
-            presence=presence, resources=Resources(store), peer_ops=PeerOps(store),
-            registrar=registrar, logins=Logins(js, store, metrics, base, log), metrics=metrics,
+            settings=settings,
+            admin_token=token,
+            state=state,
+            store=store,
+            engine=engine,
+            presence=presence,
+            resources=Resources(store),
+            peer_ops=PeerOps(store),
+            registrar=registrar,
+            logins=Logins(js, store, metrics, base, log),
+            metrics=metrics,
             log=log,
-        )  # fmt: skip
+            js=js,
+            audit=AdminAudit(js, base, log),
+        )
 
     def compiler(self) -> Compiler:
         """A compiler over the current state (for views: SSH state, groups of a peer)."""
         return Compiler(self.state, self.engine.index, self.settings.mesh_prefix)
+
+    async def end_session(self, peer_id: str, session_id: str) -> PeerRecord:
+        """End a session the peer reports live (REST, meshctl and the dashboard).
+
+        Raises:
+            NotFound: no such peer, or its last heartbeat lists no such session.
+        """
+        self.peer_ops.get(peer_id)
+        if not live_session(self.presence, peer_id, session_id):
+            raise NotFound(f"session {session_id[:80]!r} is not live on peer {peer_id!r}")
+        return await self.peer_ops.end_session(peer_id, session_id)
+
+    async def add_to_group(
+        self, group_id: str, *, peer: str | None = None, user: str | None = None
+    ) -> GroupRecord:
+        """Add a known peer or user to a group (idempotent; REST and the dashboard).
+
+        Raises:
+            NotFound: no such group, peer or user.
+        """
+        if peer is not None:
+            self.peer_ops.get(peer)
+        if user is not None and user not in self.state.users:
+            raise NotFound(f"user {user!r} does not exist")
+        return await add_member(self.store, group_id, peer=peer, user=user)
+
+    async def remove_from_group(
+        self, group_id: str, *, peer: str | None = None, user: str | None = None
+    ) -> GroupRecord:
+        """Remove a peer or user from a group (idempotent; REST and the dashboard).
+
+        Raises:
+            NotFound: no such group.
+        """
+        return await remove_member(self.store, group_id, peer=peer, user=user)
 
 
 def _admin_token(settings: PolicySettings, log: BoundLogger) -> str:

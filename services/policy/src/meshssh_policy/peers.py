@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -21,7 +22,10 @@ from meshssh_policy.presence import Presence
 from meshssh_policy.records import PeerRecord, SetupKeyRecord, name_key, peer_key
 from meshssh_policy.store import Store
 
-__all__ = ["PeerOps", "peer_view", "record_view", "setup_key_view"]
+__all__ = ["ENDED_KEPT", "PeerOps", "live_session", "peer_view", "record_view", "setup_key_view"]
+
+ENDED_KEPT = 32
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 def record_view(record: msgspec.Struct) -> dict[str, Any]:
@@ -70,6 +74,13 @@ def peer_view(peer: PeerRecord, presence: Presence, compiler: Compiler) -> dict[
     }
 
 
+def live_session(presence: Presence, peer_id: str, session_id: str) -> bool:
+    """True when the peer's last heartbeat lists ``session_id``."""
+    seen = presence.seen.get(peer_id)
+    hb = seen.heartbeat if seen is not None else None
+    return hb is not None and any(s.session_id == session_id for s in hb.sessions)
+
+
 class PeerOps:
     """Switch SSH, rename and remove peers."""
 
@@ -111,6 +122,31 @@ class PeerOps:
         assert result is not None
         if name != current.name:
             await self.claims.release(name_key(current.name), peer_id)
+        return result
+
+    async def end_session(self, peer_id: str, session_id: str) -> PeerRecord:
+        """End a live session: its map lists the id and the peer's sshd closes it.
+
+        The connection carrying the session closes, as when access is revoked. The last
+        :data:`ENDED_KEPT` ids stay listed (a session id is never reused).
+
+        Raises:
+            NotFound: no such peer, or the peer reports no such live session.
+        """
+        self.get(peer_id)
+        if not _SESSION_ID.match(session_id):
+            raise NotFound(f"session {session_id[:80]!r} is not live on peer {peer_id!r}")
+
+        def change(peer: PeerRecord | None) -> PeerRecord:
+            if peer is None:
+                raise NotFound(f"peer {peer_id!r} does not exist")
+            if session_id in peer.ended_sessions:
+                return peer
+            ended = (*peer.ended_sessions, session_id)[-ENDED_KEPT:]
+            return msgspec.structs.replace(peer, ended_sessions=ended)
+
+        result = await self.store.mutate(self.store.peers, peer_key(peer_id), change)
+        assert result is not None
         return result
 
     async def delete(self, peer_id: str) -> None:

@@ -75,6 +75,7 @@ class PeerRecord(Record, frozen=True, kw_only=True):
     setup_key_id: str = ""
     created_at: float = 0.0
     last_login: float = 0.0
+    ended_sessions: tuple[str, ...] = ()  # sessions an admin ended, newest last (bounded)
 
 
 class Claim(Record, frozen=True, kw_only=True):

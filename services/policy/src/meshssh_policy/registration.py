@@ -216,9 +216,13 @@ class Registrar:
             self._verify(peer, req.credential, req.peer_id)
             assert peer is not None
             return msgspec.structs.replace(
-                peer, name=name, mesh_ip=mesh_ip, meta=req.meta,
-                ssh_host_key=host_key or peer.ssh_host_key, last_login=time.time(),
-            )  # fmt: skip
+                peer,
+                name=name,
+                mesh_ip=mesh_ip,
+                meta=req.meta,
+                ssh_host_key=host_key or peer.ssh_host_key,
+                last_login=time.time(),
+            )
 
         peer = await self.store.mutate(self.store.peers, peer_key(current.id), change)
         assert peer is not None
@@ -248,10 +252,17 @@ class Registrar:
         credential = secrets.token_urlsafe(32)
         now = time.time()
         peer = PeerRecord(
-            id=peer_id, name=name, mesh_ip=mesh_ip, meta=req.meta,
-            credential_hash=secret_hash(credential), ssh_host_key=host_key,
-            ssh_enabled=key.ssh_enabled, setup_key_id=key.id, created_at=now, last_login=now,
-        )  # fmt: skip
+            id=peer_id,
+            name=name,
+            mesh_ip=mesh_ip,
+            meta=req.meta,
+            credential_hash=secret_hash(credential),
+            ssh_host_key=host_key,
+            ssh_enabled=key.ssh_enabled,
+            setup_key_id=key.id,
+            created_at=now,
+            last_login=now,
+        )
         # Groups first: a member id without a peer record counts for nothing, so the peer's
         # first map (computed when its record appears) already has its groups' rules.
         for group in key.auto_groups:

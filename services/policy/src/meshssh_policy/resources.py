@@ -202,9 +202,12 @@ class Resources:
         rules = tuple(self._rule(i, r) for i, r in enumerate(body.rules))
         pid = body.id or new_id(body.name)
         record = PolicyRecord(
-            id=pid, name=body.name, description=body.description, enabled=body.enabled,
+            id=pid,
+            name=body.name,
+            description=body.description,
+            enabled=body.enabled,
             rules=rules,
-        )  # fmt: skip
+        )
 
         def change(current: PolicyRecord | None) -> PolicyRecord:
             _exists_or_conflict(current, f"policy {pid!r}")
@@ -252,11 +255,16 @@ class Resources:
         secret = body.key or "mssh-" + secrets.token_urlsafe(24)
         now = time.time()
         record = SetupKeyRecord(
-            id=setup_key_id(secret), name=body.name, key_hash=secret_hash(secret),
-            type=body.type, expires_at=now + body.expires_in if body.expires_in else 0.0,
+            id=setup_key_id(secret),
+            name=body.name,
+            key_hash=secret_hash(secret),
+            type=body.type,
+            expires_at=now + body.expires_in if body.expires_in else 0.0,
             usage_limit=1 if body.type == "one-off" else body.usage_limit,
-            auto_groups=_dedupe(body.auto_groups), ssh_enabled=body.ssh_enabled, created_at=now,
-        )  # fmt: skip
+            auto_groups=_dedupe(body.auto_groups),
+            ssh_enabled=body.ssh_enabled,
+            created_at=now,
+        )
 
         def change(current: SetupKeyRecord | None) -> SetupKeyRecord:
             _exists_or_conflict(current, f"setup key {record.id!r}")

@@ -40,13 +40,27 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
             await apply_seed(seed, mgmt.resources, ctx.log)
         svc = await start_micro(ctx.nc, "policy", description="meshssh management plane")
         m, log = ctx.metrics, ctx.log
-        await add_endpoint(svc, "register", subjects.POLICY_REGISTER, RegisterRequest,
-                           mgmt.registrar.register, metrics=m, log=log)  # fmt: skip
-        await add_endpoint(svc, "meta", subjects.POLICY_META, MetaUpdate,
-                           mgmt.registrar.meta, metrics=m, log=log)  # fmt: skip
-        sub = await subscribe_typed(ctx.nc, subjects.HEARTBEAT_ALL, Heartbeat,
-                                    mgmt.presence.on_heartbeat, name="heartbeat",
-                                    metrics=m, log=log)  # fmt: skip
+        await add_endpoint(
+            svc,
+            "register",
+            subjects.POLICY_REGISTER,
+            RegisterRequest,
+            mgmt.registrar.register,
+            metrics=m,
+            log=log,
+        )
+        await add_endpoint(
+            svc, "meta", subjects.POLICY_META, MetaUpdate, mgmt.registrar.meta, metrics=m, log=log
+        )
+        sub = await subscribe_typed(
+            ctx.nc,
+            subjects.HEARTBEAT_ALL,
+            Heartbeat,
+            mgmt.presence.on_heartbeat,
+            name="heartbeat",
+            metrics=m,
+            log=log,
+        )
         # The server must know our subscriptions before we say we are ready. nats-py's flush()
         # writes its PING straight to the socket, ahead of SUBs still queued for its flusher
         # task, so one flush proves nothing; by the time its PONG is back the SUBs are written.

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import AfterValidator, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshssh_common.settings import HostPort, ServiceSettings
 
@@ -67,3 +67,41 @@ class PolicySettings(ServiceSettings):
     publish_concurrency: int = Field(
         64, ge=1, le=1024, description="network maps written to KV at the same time"
     )
+    public_url: str = Field(
+        "",
+        description="URL browsers reach the dashboard at (its OIDC redirect is <this>/auth/"
+        "callback); empty: http://<the bound --listen address>",
+    )
+    oidc_issuer: str = Field(
+        "",
+        description="issuer the dashboard signs users in with (authorization code + PKCE); "
+        "empty: the issuer meshssh-authn publishes",
+    )
+    dashboard_client_id: str = Field(
+        "meshssh-dashboard", description="OIDC client id of the dashboard at the issuer"
+    )
+    admin_group: str = Field(
+        "",
+        description="users in this group (a meshssh group id, or a value of the token's "
+        "groups claim) are dashboard admins",
+    )
+    admin_users: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="user ids that are dashboard admins (repeatable; env: comma-separated); "
+        "everyone else who signs in gets read-only pages",
+    )
+    session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a dashboard sign-in lasts")
+
+    @field_validator("public_url", "oidc_issuer")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("admin_users", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value

@@ -88,7 +88,7 @@ class SshdMetrics:
         self.policy_kicks = base.counter(
             "policy_kicks",
             "Connections closed because a new network map revoked them",
-            ("reason",),  # source | user | ssh_disabled | no_map
+            ("reason",),  # source | user | ssh_disabled | no_map | ended
         )
         self.netmap_serial = base.gauge("netmap_serial", "Serial of the network map in use")
         self.audit = base.counter(

@@ -35,6 +35,7 @@ class Revoked(enum.StrEnum):
     SSH_DISABLED = "ssh_disabled"
     SOURCE = "source"
     USER = "user"
+    ENDED = "ended"  # an administrator ended the session (the map lists it)
 
 
 def revocation_reason(
@@ -45,6 +46,10 @@ def revocation_reason(
         return Revoked.NO_MAP
     if not netmap.peer.ssh_enabled:
         return Revoked.SSH_DISABLED
+    if netmap.peer.ended_sessions and not record.sessions.keys().isdisjoint(
+        netmap.peer.ended_sessions
+    ):
+        return Revoked.ENDED
     origin = record.origin
     if check_inbound(netmap, origin.client_ip, origin.acl_port) is not AclDecision.ACCEPT:
         return Revoked.SOURCE
@@ -94,6 +99,7 @@ class Revoker:
 _REASON_TEXT = {
     "no_map": "this peer was removed from the mesh",
     "ssh_disabled": "SSH was disabled for this peer",
+    "ended": "an administrator ended this session",
     "source": "your machine may no longer reach this peer",
     "user": "you are no longer authorized for this user",
 }

@@ -20,6 +20,7 @@ AuditKind = Literal[
     "sftp-start",
     "sftp-end",
     "access-revoked",
+    "admin-change",
 ]
 
 
@@ -30,6 +31,12 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     and, when the map names the peer at that address, ``source_peer`` (id) and
     ``source_peer_name``; events after authentication also carry ``local_user`` and the
     ``jwt_user`` id.
+
+    ``admin-change`` events come from policy, one per management write (REST, dashboard):
+    ``actor`` says who (``token:sha256:<12 hex>`` for the admin token, ``user:<id>`` for a
+    dashboard sign-in), ``action`` what (``PATCH /api/v1/peers/{peer_id}``), ``targets`` which
+    ids, ``detail`` the body's fields (secrets left out), ``result`` the HTTP status, and
+    ``peer_id`` the peer concerned ("" when none).
     """
 
     kind: AuditKind
@@ -53,3 +60,8 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     # add a user on first login (SPEC §6).
     email: str = ""
     name: str = ""
+    # admin-change (policy): who changed what, and which ids.
+    actor: str = ""
+    action: str = ""
+    targets: tuple[str, ...] = ()
+    detail: str = ""

@@ -74,6 +74,9 @@ class PeerConfig(Part, frozen=True, kw_only=True):
     mesh_prefix: str
     ssh_enabled: bool = False
     jwt: JwtConfig | None = None
+    # Sessions an administrator ended (``meshctl peers end-session``, the dashboard): sshd
+    # closes a connection carrying one of them, as it does when access is revoked.
+    ended_sessions: tuple[str, ...] = ()
 
 
 class RemotePeer(Part, frozen=True, kw_only=True):

@@ -165,8 +165,9 @@ class AgentRequests:
         finally:
             await asyncio.gather(*prompts, return_exceptions=True)
         entry = tokens.peek(caller.uid)
-        return TokenReply(token=token, expires_at=entry.valid_until if entry else 0.0,
-                          cached=entry is not None)  # fmt: skip
+        return TokenReply(
+            token=token, expires_at=entry.valid_until if entry else 0.0, cached=entry is not None
+        )
 
 
 def _denied(caller: Caller, what: str) -> ErrorReply:
