@@ -1,8 +1,9 @@
 """How fast does the client start, and what does the OpenSSH proxy cost?
 
-Against a real meshssh-sshd on the loopback mesh (started as the client tests start it, with
-its own nats-server, map and JWKS, on 127.0.0.2, with this peer on 127.0.0.3; logins as
-root), in interleaved rounds (the order rotates each round,
+Against the real system on the loopback mesh, started as the client tests start it
+(``cli/tests/agent_mesh.py``: a nats-server, meshssh-authn, meshssh-policy, demo-server's
+agent running meshssh-sshd on 127.0.0.2, the laptop's agent on 127.0.0.3, alice signed in with
+``meshssh login``; logins as root), in interleaved rounds (the order rotates each round,
 after one warm-up of each; min, median and max printed):
 
 - ``proxy_first_byte``: from starting ``meshssh ssh proxy`` to its first byte on stdout (its
@@ -15,8 +16,9 @@ after one warm-up of each; min, median and max printed):
 - scp upload of 256 MiB (BENCH_SCP_MB) through the proxy, against piping the same file through
   ``meshssh ssh host 'cat > file'`` directly: throughput ratio.
 
-The agent is stood in for by the tests' static link (peers, a token of the test issuer), and
-the bench writes the marker the agent would keep; everything else is real. The project's
+The client is the real ``meshssh`` with the laptop agent's state (its token cache serves every
+run); the bench writes its own drop-ins (with and without the marker) for the test port. The
+project's
 modules are byte-compiled first, as ``pip install`` does: with ``PYTHONDONTWRITEBYTECODE`` set
 (as on the machines these figures come from) an editable checkout would otherwise compile some
 25 modules from source in every process, about 30 ms a start that no installed meshssh pays.
@@ -40,15 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cli" / "tests"))
 
-from mesh_sshd import LOCAL_IP, PeerFeatures, start_sshd  # noqa: E402
+from agent_mesh import running_system  # noqa: E402
+from mesh_sshd import PeerFeatures  # noqa: E402
 from nats.aio.client import Client as NATS  # noqa: E402
-from static_link import write_launcher, write_link  # noqa: E402
 
-from meshssh_agent.peers import PeerEntry  # noqa: E402
 from meshssh_agent.server_marks import write_marks  # noqa: E402
 from meshssh_agent.ssh_config import DropIn, install, render  # noqa: E402
 from meshssh_testkit import NatsServer  # noqa: E402
 from meshssh_testkit.plugin import ServiceFactory  # noqa: E402
+from meshssh_testkit.process import script  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 SCP_ROUNDS = int(os.environ.get("BENCH_SCP_ROUNDS", "5"))
@@ -123,56 +125,57 @@ async def bench(work: Path) -> dict[str, object]:
     services = ServiceFactory()
     try:
         await nc.connect(natsd.url)
-        peer = await start_sshd(nc, natsd.url, services, work, PeerFeatures(),
-                                sources=(f"{LOCAL_IP}/32",))  # fmt: skip
-        state = work / "state"
-        write_link(state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)],
-                   LOCAL_IP, peer.issuer.mint("alice-id", ttl=3600))  # fmt: skip
-        launcher = str(write_launcher(work / "meshssh"))
-        marks = state / "ssh-servers"
-        write_marks(marks, [(peer.port, "demo-server")])  # what the agent keeps
-        hosts = ["demo-server", "127.0.0.2"]
-        config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
-        for conf, dropin in ((config, DropIn(launcher, state, marks)),
-                             (plain_config, DropIn(launcher, state))):  # fmt: skip
-            install(render(hosts, dropin), conf.with_suffix(".dropin"))
-            conf.write_text(f"Port {peer.port}\nBatchMode yes\nInclude {conf}.dropin\n")
-        direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(peer.port), "demo-server"]
-        proxy = [launcher, "ssh", "proxy", "--state-dir", str(state), "demo-server", str(peer.port)]
-
-        proxy_fb, python_fb = await interleave(
-            [
-                lambda: first_byte(*proxy),
-                lambda: first_byte(sys.executable, "-c", "import sys; sys.stdout.write('x')"),
-            ],
-            ROUNDS,
-        )
-        via_proxy, direct_true, via_detect = await interleave(
-            [
-                lambda: run("ssh", "-F", str(config), "demo-server", "true"),
-                lambda: run(*direct, "true"),
-                lambda: run("ssh", "-F", str(plain_config), "demo-server", "true"),
-            ],
-            ROUNDS,
-        )
-
-        src = work / "payload.bin"
-        src.write_bytes(os.urandom(SCP_BYTES))
-        dest = work / "dest.bin"
-
-        async def scp() -> float:
-            return await run("scp", "-q", "-F", str(config), str(src), f"demo-server:{dest}")
-
-        async def pipe() -> float:
-            with src.open("rb") as f:
-                return await run(*direct, f"cat > {dest}", stdin=f.fileno())
-
-        scp_times, pipe_times = await interleave([scp, pipe], SCP_ROUNDS)
+        async with running_system(nc, natsd.url, services, work, PeerFeatures()) as system:
+            return await measure(work, system.laptop.state_dir, system.peer.port)
     finally:
         for proc in services.started:
             await proc.stop()
         await nc.close()
         await natsd.stop()
+
+
+async def measure(work: Path, state: Path, port: int) -> dict[str, object]:
+    """The rounds, with the laptop agent's ``state`` and demo-server's sshd on ``port``."""
+    launcher = script("meshssh")
+    marks = work / "ssh-servers"  # the bench's own, for the test port (the agent keeps its own)
+    write_marks(marks, [(port, "demo-server")])
+    hosts = ["demo-server", "127.0.0.2"]
+    config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
+    for conf, dropin in ((config, DropIn(launcher, state, marks)),
+                         (plain_config, DropIn(launcher, state))):  # fmt: skip
+        install(render(hosts, dropin), conf.with_suffix(".dropin"))
+        conf.write_text(f"Port {port}\nBatchMode yes\nInclude {conf}.dropin\n")
+    direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(port), "demo-server"]
+    proxy = [launcher, "ssh", "proxy", "--state-dir", str(state), "demo-server", str(port)]
+
+    proxy_fb, python_fb = await interleave(
+        [
+            lambda: first_byte(*proxy),
+            lambda: first_byte(sys.executable, "-c", "import sys; sys.stdout.write('x')"),
+        ],
+        ROUNDS,
+    )
+    via_proxy, direct_true, via_detect = await interleave(
+        [
+            lambda: run("ssh", "-F", str(config), "demo-server", "true"),
+            lambda: run(*direct, "true"),
+            lambda: run("ssh", "-F", str(plain_config), "demo-server", "true"),
+        ],
+        ROUNDS,
+    )
+
+    src = work / "payload.bin"
+    src.write_bytes(os.urandom(SCP_BYTES))
+    dest = work / "dest.bin"
+
+    async def scp() -> float:
+        return await run("scp", "-q", "-F", str(config), str(src), f"demo-server:{dest}")
+
+    async def pipe() -> float:
+        with src.open("rb") as f:
+            return await run(*direct, f"cat > {dest}", stdin=f.fileno())
+
+    scp_times, pipe_times = await interleave([scp, pipe], SCP_ROUNDS)
 
     mb = SCP_BYTES / 1e6
     scp_rates = [mb / t for t in scp_times]

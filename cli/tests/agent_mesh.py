@@ -11,6 +11,7 @@ serves every ``ssh`` after it. Nothing is stood in for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
@@ -102,14 +103,23 @@ async def _sign_in(state_dir: Path) -> None:
     assert login.returncode == 0, err
 
 
-@pytest.fixture
-async def agent_mesh(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
-    peer_features: PeerFeatures,
-) -> AsyncIterator[AgentMesh]:  # fmt: skip
-    """The real system, demo-server's sshd with ``peer_features``, alice signed in on the
-    laptop (unless the peer is a machine-identity one); every process stops after the test."""
-    users = tmp_path / "users.json"
+@dataclass
+class RunningSystem:
+    """What :func:`running_system` started: demo-server's sshd, both agents, the drop-in."""
+
+    peer: AgentPeer
+    server: AgentProcess
+    laptop: AgentProcess
+    dropin: Path
+
+
+@contextlib.asynccontextmanager
+async def running_system(
+    nc: NATS, nats_url: str, services: ServiceFactory, workdir: Path, features: PeerFeatures,
+) -> AsyncIterator[RunningSystem]:  # fmt: skip
+    """authn, policy and both agents (``services`` stops authn and policy; this, the agents),
+    alice signed in on the laptop unless the peer is a machine-identity one."""
+    users = workdir / "users.json"
     await run_command(
         script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
         "--group", "users", "--password-stdin", "--users-file", str(users),
@@ -130,26 +140,39 @@ async def agent_mesh(
         while (await http.get(f"{api}/api/v1/auth/config")).status_code != 200:
             await asyncio.sleep(0.1)  # until authn has published the provider
     port = free_port(PEER_IP)
-    server = await _agent(tmp_path, PEER_NAME, PEER_IP, "meshssh-demo-server-key-0001", api,
+    server = await _agent(workdir, PEER_NAME, PEER_IP, "meshssh-demo-server-key-0001", api,
                           nats_url, "--allow-server-ssh", "--ssh-port", str(port),
-                          "--disable-ssh-config", *peer_features.flags())  # fmt: skip
+                          "--disable-ssh-config", *features.flags())  # fmt: skip
     laptop = None
     try:
         await server.wait_status(lambda s: server.child(s, "sshd")["state"] == "running", 60)
-        dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
-        laptop = await _agent(tmp_path, "demo-laptop", LOCAL_IP, "meshssh-demo-laptop-key-0001",
+        dropin = workdir / "ssh_config.d" / "99-meshssh.conf"
+        laptop = await _agent(workdir, "demo-laptop", LOCAL_IP, "meshssh-demo-laptop-key-0001",
                               api, nats_url, "--ssh-port", "0", "--ssh-jwt-cache-ttl", "600",
                               "--ssh-config-file", str(dropin))  # fmt: skip
         async with asyncio.timeout(30):
             while PEER_NAME not in (dropin.read_text() if dropin.exists() else ""):
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
-        config = tmp_path / "ssh_config"
-        config.write_text(f"Port {port}\nBatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
-        if peer_features.jwt:
+        if features.jwt:
             await _sign_in(laptop.state_dir)
-        yield AgentMesh(AgentPeer(port, nc, api), server, laptop, laptop.state_dir,
-                        Path(script("meshssh")), config, openssh)  # fmt: skip
+        yield RunningSystem(AgentPeer(port, nc, api), server, laptop, dropin)
     finally:
         if laptop is not None:
             await laptop.stop()
         await server.stop()
+
+
+@pytest.fixture
+async def agent_mesh(
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    peer_features: PeerFeatures,
+) -> AsyncIterator[AgentMesh]:  # fmt: skip
+    """The real system, demo-server's sshd with ``peer_features``, alice signed in on the
+    laptop (unless the peer is a machine-identity one); every process stops after the test."""
+    async with running_system(nc, nats_url, services, tmp_path, peer_features) as system:
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Port {system.peer.port}\nBatchMode yes\nConnectTimeout 20\nInclude {system.dropin}\n"
+        )
+        yield AgentMesh(system.peer, system.server, system.laptop, system.laptop.state_dir,
+                        Path(script("meshssh")), config, openssh)  # fmt: skip
