@@ -3,7 +3,9 @@
 Starts, on loopback, what ``bench/ssh_throughput.py`` starts for meshssh (a nats-server, a
 real ``meshssh-sshd`` with JWT auth and SFTP on, a throwaway local user), a client state
 directory with the tests' static link (the peer, this peer's mesh address, a valid JWT) and
-the drop-in, as ``meshssh config install`` writes it. Then copies SIZE bytes of random data
+the drop-in, as ``meshssh config install`` writes it (the static link, not the real agent:
+the third variant needs the JWT itself, and the server's CPU is read from the sshd this bench
+started). Then copies SIZE bytes of random data
 to a file in the user's home, interleaved (ABCCBA...), ROUNDS times each:
 
 - ``scp`` through the drop-in (OpenSSH's scp in its default SFTP mode → ssh → the proxy →

@@ -1,11 +1,14 @@
-"""Fixtures for the client tests: the real meshssh-sshd as the remote peer on the loopback
-mesh, and OpenSSH set up with the generated drop-in, the way a user's ssh_config includes it.
+"""Fixtures for the client tests, on the loopback mesh: the remote peer ``demo-server`` on
+127.0.0.2, this peer on 127.0.0.3, and OpenSSH set up with a drop-in the way a user's
+ssh_config includes it.
 
-The mesh: the remote peer ``demo-server`` on 127.0.0.2 (meshssh-sshd, see mesh_sshd.py), this
-peer on 127.0.0.3; the peer's map lets in only 127.0.0.3, so every login that works came from
-the mesh address. The peer agent is stood in for by ``static_link`` (a file of peers and
-tokens), because these tests hand the client fixed tokens (stale, refused, fresh) and count
-every token the link hands out, which the real agent's cache does not allow.
+- ``agent_mesh`` (agent_mesh.py): the real system, nothing stood in for: meshssh-authn,
+  meshssh-policy, demo-server's agent running meshssh-sshd, the laptop's agent writing the
+  drop-in, alice signed in with ``meshssh login``. ``peer_features`` sets the sshd switches.
+- ``mesh`` / ``static_mesh``: the real meshssh-sshd (mesh_sshd.py: its map lets in only
+  127.0.0.3) with the agent stood in for by ``static_link`` (a file of peers and tokens), for
+  the tests that hand the client a fixed key or token (stale, refused, wrong audience) or
+  count the tokens handed out, which the real agent does not allow; each says why.
 """
 
 from __future__ import annotations
