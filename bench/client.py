@@ -141,8 +141,10 @@ async def measure(work: Path, state: Path, port: int) -> dict[str, object]:
     write_marks(marks, [(port, "demo-server")])
     hosts = ["demo-server", "127.0.0.2"]
     config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
-    for conf, dropin in ((config, DropIn(launcher, state, marks)),
-                         (plain_config, DropIn(launcher, state))):  # fmt: skip
+    for conf, dropin in (
+        (config, DropIn(launcher, state, marks)),
+        (plain_config, DropIn(launcher, state)),
+    ):
         install(render(hosts, dropin), conf.with_suffix(".dropin"))
         conf.write_text(f"Port {port}\nBatchMode yes\nInclude {conf}.dropin\n")
     direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(port), "demo-server"]

@@ -45,9 +45,16 @@ class AgentPeer:
 
     async def revoke(self) -> None:
         """The dashboard switch: ``meshctl peers ssh disable demo-server`` (live sessions end)."""
-        await run_command(script("meshctl"), "peers", "ssh", "disable", PEER_NAME,
-                          env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-                          timeout=60, check=True)  # fmt: skip
+        await run_command(
+            script("meshctl"),
+            "peers",
+            "ssh",
+            "disable",
+            PEER_NAME,
+            env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+            timeout=60,
+            check=True,
+        )
 
 
 @dataclass
@@ -67,12 +74,27 @@ class AgentMesh:
         return await self.openssh.run(tool, *args, options=["-F", str(self.config)], **kw)  # type: ignore[arg-type]
 
 
-async def _agent(tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str,
-                 *flags: str) -> AgentProcess:  # fmt: skip
+async def _agent(
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+) -> AgentProcess:
     agent = await AgentProcess.start(
-        tmp / name, "--mesh-ip", ip, "--name", name, "--setup-key", key, "--nats-url", nats_url,
-        "--management-url", api, "--relay-port", "0", "--relay-mode", "proxy", *flags,
-    )  # fmt: skip
+        tmp / name,
+        "--mesh-ip",
+        ip,
+        "--name",
+        name,
+        "--setup-key",
+        key,
+        "--nats-url",
+        nats_url,
+        "--management-url",
+        api,
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        *flags,
+    )
     await agent.wait_status(lambda s: s["registered"], timeout=60)
     return agent
 
@@ -81,10 +103,16 @@ async def _sign_in(state_dir: Path) -> None:
     """``meshssh login`` through the laptop agent; alice approves it in "her browser"."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     login = await asyncio.create_subprocess_exec(
-        script("meshssh"), "login", "--state-dir", str(state_dir), "--no-browser",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        script("meshssh"),
+        "login",
+        "--state-dir",
+        str(state_dir),
+        "--no-browser",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
     assert login.stderr is not None
     url = code = ""
     async with asyncio.timeout(45):
@@ -96,8 +124,15 @@ async def _sign_in(state_dir: Path) -> None:
             elif line.startswith("Code: "):
                 code = line.removeprefix("Code: ").strip()
         async with httpx.AsyncClient(timeout=10) as http:
-            page = await http.post(url, data={"username": "alice", "password": PASSWORD,
-                                              "user_code": code, "confirm": "yes"})  # fmt: skip
+            page = await http.post(
+                url,
+                data={
+                    "username": "alice",
+                    "password": PASSWORD,
+                    "user_code": code,
+                    "confirm": "yes",
+                },
+            )
         assert page.status_code == 200, page.text
         _, err = await login.communicate()
     assert login.returncode == 0, err
@@ -115,24 +150,54 @@ class RunningSystem:
 
 @contextlib.asynccontextmanager
 async def running_system(
-    nc: NATS, nats_url: str, services: ServiceFactory, workdir: Path, features: PeerFeatures,
-) -> AsyncIterator[RunningSystem]:  # fmt: skip
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    workdir: Path,
+    features: PeerFeatures,
+) -> AsyncIterator[RunningSystem]:
     """authn, policy and both agents (``services`` stops authn and policy; this, the agents),
     alice signed in on the laptop unless the peer is a machine-identity one."""
     users = workdir / "users.json"
     await run_command(
-        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-        "--group", "users", "--password-stdin", "--users-file", str(users),
-        input=PASSWORD + "\n", timeout=30, check=True,
-    )  # fmt: skip
+        script("meshssh-authn"),
+        "users",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--group",
+        "users",
+        "--password-stdin",
+        "--users-file",
+        str(users),
+        input=PASSWORD + "\n",
+        timeout=30,
+        check=True,
+    )
     await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--device-poll-interval", "1",
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--device-poll-interval",
+        "1",
+    )
     policy = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", "--seed", str(SEED),
-        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--seed",
+        str(SEED),
+        "--mesh-prefix",
+        "127.0.0.0/8",
+        env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     found = re.search(r"api listening.*url=(http://\S+)", policy.output())
     assert found, policy.output()
     api = found[1]
@@ -140,16 +205,37 @@ async def running_system(
         while (await http.get(f"{api}/api/v1/auth/config")).status_code != 200:
             await asyncio.sleep(0.1)  # until authn has published the provider
     port = free_port(PEER_IP)
-    server = await _agent(workdir, PEER_NAME, PEER_IP, "meshssh-demo-server-key-0001", api,
-                          nats_url, "--allow-server-ssh", "--ssh-port", str(port),
-                          "--disable-ssh-config", *features.flags())  # fmt: skip
+    server = await _agent(
+        workdir,
+        PEER_NAME,
+        PEER_IP,
+        "meshssh-demo-server-key-0001",
+        api,
+        nats_url,
+        "--allow-server-ssh",
+        "--ssh-port",
+        str(port),
+        "--disable-ssh-config",
+        *features.flags(),
+    )
     laptop = None
     try:
         await server.wait_status(lambda s: server.child(s, "sshd")["state"] == "running", 60)
         dropin = workdir / "ssh_config.d" / "99-meshssh.conf"
-        laptop = await _agent(workdir, "demo-laptop", LOCAL_IP, "meshssh-demo-laptop-key-0001",
-                              api, nats_url, "--ssh-port", "0", "--ssh-jwt-cache-ttl", "600",
-                              "--ssh-config-file", str(dropin))  # fmt: skip
+        laptop = await _agent(
+            workdir,
+            "demo-laptop",
+            LOCAL_IP,
+            "meshssh-demo-laptop-key-0001",
+            api,
+            nats_url,
+            "--ssh-port",
+            "0",
+            "--ssh-jwt-cache-ttl",
+            "600",
+            "--ssh-config-file",
+            str(dropin),
+        )
         async with asyncio.timeout(30):
             while PEER_NAME not in (dropin.read_text() if dropin.exists() else ""):
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
@@ -164,9 +250,13 @@ async def running_system(
 
 @pytest.fixture
 async def agent_mesh(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     peer_features: PeerFeatures,
-) -> AsyncIterator[AgentMesh]:  # fmt: skip
+) -> AsyncIterator[AgentMesh]:
     """The real system, demo-server's sshd with ``peer_features``, alice signed in on the
     laptop (unless the peer is a machine-identity one); every process stops after the test."""
     async with running_system(nc, nats_url, services, tmp_path, peer_features) as system:
@@ -174,5 +264,12 @@ async def agent_mesh(
         config.write_text(
             f"Port {system.peer.port}\nBatchMode yes\nConnectTimeout 20\nInclude {system.dropin}\n"
         )
-        yield AgentMesh(system.peer, system.server, system.laptop, system.laptop.state_dir,
-                        Path(script("meshssh")), config, openssh)  # fmt: skip
+        yield AgentMesh(
+            system.peer,
+            system.server,
+            system.laptop,
+            system.laptop.state_dir,
+            Path(script("meshssh")),
+            config,
+            openssh,
+        )

@@ -41,8 +41,9 @@ class Provider:
     def issuer(self) -> str:
         return self.client.issuer
 
-    async def approve(self, user_code: str, username: str = "alice",
-                      password: str = PASSWORD) -> httpx.Response:  # fmt: skip
+    async def approve(
+        self, user_code: str, username: str = "alice", password: str = PASSWORD
+    ) -> httpx.Response:
         async with httpx.AsyncClient(timeout=10) as http:
             return await http.post(
                 f"{self.issuer}/device",
@@ -67,14 +68,30 @@ class Provider:
 async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> Provider:
     users = tmp_path / "users.json"
     await run_command(
-        script("meshssh-authn"), "users", "add", "alice", "--email", "alice@example.com",
-        "--password-stdin", "--users-file", str(users),
-        input=PASSWORD + "\n", timeout=30, check=True,
-    )  # fmt: skip
+        script("meshssh-authn"),
+        "users",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--password-stdin",
+        "--users-file",
+        str(users),
+        input=PASSWORD + "\n",
+        timeout=30,
+        check=True,
+    )
     proc = await services.start(
-        "meshssh-authn", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--users-file", str(users), "--device-poll-interval", "1",
-    )  # fmt: skip
+        "meshssh-authn",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        str(users),
+        "--device-poll-interval",
+        "1",
+    )
     nc = await nats.connect(nats_url)
     try:
         kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)

@@ -76,14 +76,25 @@ class Mesh:
 
 
 async def make_mesh(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     features: PeerFeatures,
-) -> Mesh:  # fmt: skip
+) -> Mesh:
     peer = await start_sshd(nc, nats_url, services, tmp_path, features, sources=(f"{LOCAL_IP}/32",))
     state_dir = tmp_path / "state"
     launcher = write_launcher(tmp_path / "meshssh")
-    mesh = Mesh(peer, peer.issuer.mint("alice-id"), state_dir, launcher,
-                tmp_path / "meshssh.conf", tmp_path / "ssh_config", openssh)  # fmt: skip
+    mesh = Mesh(
+        peer,
+        peer.issuer.mint("alice-id"),
+        state_dir,
+        launcher,
+        tmp_path / "meshssh.conf",
+        tmp_path / "ssh_config",
+        openssh,
+    )
     mesh.relink()
     install(render([PEER_NAME, PEER_IP], DropIn(str(launcher), state_dir)), mesh.dropin)
     mesh.config.write_text(
@@ -101,17 +112,25 @@ def peer_features(request: pytest.FixtureRequest) -> PeerFeatures:
 
 @pytest.fixture
 async def mesh(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     peer_features: PeerFeatures,
-) -> Mesh:  # fmt: skip
+) -> Mesh:
     """A running meshssh-sshd and OpenSSH with the drop-in (``services`` stops the server)."""
     return await make_mesh(nc, nats_url, services, tmp_path, openssh, peer_features)
 
 
 @pytest.fixture
 async def static_mesh(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
-) -> Mesh:  # fmt: skip
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
+) -> Mesh:
     """``mesh`` (meshssh-sshd and the static link) where a module's ``mesh`` is the real agent."""
     return await make_mesh(nc, nats_url, services, tmp_path, openssh, PeerFeatures())
 

@@ -89,8 +89,9 @@ class PeerFeatures:
         return [flag for on, flag in given if on]
 
 
-NO_FEATURES = PeerFeatures(sftp=False, local_forwarding=False, remote_forwarding=False,
-                           agent_forwarding=False, root=False)  # fmt: skip
+NO_FEATURES = PeerFeatures(
+    sftp=False, local_forwarding=False, remote_forwarding=False, agent_forwarding=False, root=False
+)
 
 
 def server_map(*, sources: tuple[str, ...] = ("127.0.0.0/8",), jwt: bool = True) -> NetworkMap:
@@ -98,14 +99,22 @@ def server_map(*, sources: tuple[str, ...] = ("127.0.0.0/8",), jwt: bool = True)
     log in as any local user."""
     return NetworkMap(
         serial=time.time_ns() // 1000,
-        peer=PeerConfig(id=SERVER_ID, name=PEER_NAME, mesh_ip=PEER_IP, mesh_prefix="127.0.0.0/8",
-                        ssh_enabled=True,
-                        jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)) if jwt else None),
-        firewall_rules=(FirewallRule(sources=sources, protocol="tcp", action="accept",
-                                     policy_id="pol-1", port="22022"),),
+        peer=PeerConfig(
+            id=SERVER_ID,
+            name=PEER_NAME,
+            mesh_ip=PEER_IP,
+            mesh_prefix="127.0.0.0/8",
+            ssh_enabled=True,
+            jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)) if jwt else None,
+        ),
+        firewall_rules=(
+            FirewallRule(
+                sources=sources, protocol="tcp", action="accept", policy_id="pol-1", port="22022"
+            ),
+        ),
         ssh_auth=build_table("sub", [("alice-id", "*")]),
         source_peers=(LAPTOP,),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -130,22 +139,41 @@ class RealPeer:
 
 
 async def start_sshd(
-    nc: NATS, nats_url: str, services: ServiceFactory, workdir: Path,
-    features: PeerFeatures = PeerFeatures(), *, sources: tuple[str, ...] = ("127.0.0.0/8",),
-) -> RealPeer:  # fmt: skip
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    workdir: Path,
+    features: PeerFeatures = PeerFeatures(),
+    *,
+    sources: tuple[str, ...] = ("127.0.0.0/8",),
+) -> RealPeer:
     """Put the JWKS and the map in KV, start meshssh-sshd on 127.0.0.2:0, return it ready."""
     issuer = Issuer(Ed25519PrivateKey.generate())
     kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
-    await kv.put(subjects.JWKS_KEY, JwksSnapshot(
-        jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)), keys=issuer.jwks(),
-        fetched_at=time.time(), source="test"))  # fmt: skip
+    await kv.put(
+        subjects.JWKS_KEY,
+        JwksSnapshot(
+            jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)),
+            keys=issuer.jwks(),
+            fetched_at=time.time(),
+            source="test",
+        ),
+    )
     await put_map(nc, server_map(sources=sources, jwt=features.jwt))
     key_path = workdir / "sshd" / "ssh_host_ed25519_key"
     host_key = load_or_create_host_key(key_path)
     sshd = await services.start(
-        script("meshssh-sshd"), "--peer-id", SERVER_ID, "--listen", f"{PEER_IP}:0",
-        "--host-key", str(key_path), "--nats-url", nats_url, *features.flags(),
-    )  # fmt: skip
+        script("meshssh-sshd"),
+        "--peer-id",
+        SERVER_ID,
+        "--listen",
+        f"{PEER_IP}:0",
+        "--host-key",
+        str(key_path),
+        "--nats-url",
+        nats_url,
+        *features.flags(),
+    )
     found = re.search(r"ssh listening.*address=[\d.]+:(\d+)", sshd.output())
     assert found, sshd.output()
     return RealPeer(sshd, int(found[1]), host_key.public_line, issuer, nc, features.jwt)
@@ -166,8 +194,10 @@ async def audit_events(
                 continue
             sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
             try:
-                events = [codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
-                          for _ in range(info.state.messages)]  # fmt: skip
+                events = [
+                    codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
+                    for _ in range(info.state.messages)
+                ]
             finally:
                 await sub.unsubscribe()
             if until(events):

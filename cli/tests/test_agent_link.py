@@ -33,10 +33,24 @@ async def agent(
     # demo-server runs no agent here: registered so that the laptop's map lists it.
     await management.register("demo-server", "127.0.0.2", SERVER_KEY, host_key=HOST_KEY)
     proc = await AgentProcess.start(
-        tmp_path / "state", "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
-        "--management-url", management.api, "--ssh-jwt-cache-ttl", "300",
-    )  # fmt: skip
+        tmp_path / "state",
+        "--mesh-ip",
+        "127.0.0.3",
+        "--name",
+        "laptop",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        LAPTOP_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--management-url",
+        management.api,
+        "--ssh-jwt-cache-ttl",
+        "300",
+    )
     try:
         await proc.wait_status(lambda s: s["registered"])
         yield proc
@@ -48,9 +62,15 @@ async def meshssh_login(*args: str) -> asyncio.subprocess.Process:
     drop = ("DISPLAY", "WAYLAND_DISPLAY", "MESHSSH_MANAGEMENT_URL")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return await asyncio.create_subprocess_exec(
-        script("meshssh"), "login", "--no-browser", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        script("meshssh"),
+        "login",
+        "--no-browser",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
 
 
 async def user_code(proc: asyncio.subprocess.Process) -> str:
@@ -126,8 +146,11 @@ async def test_the_link_answers_from_the_agents_current_map(agent: AgentProcess)
     assert await link.local_mesh_ip() == "127.0.0.3"
     found = await link.lookup("Demo-Server.")
     assert found is not None
-    assert (found.name, found.mesh_ip, found.host_key_line) == ("demo-server", "127.0.0.2",
-                                                                HOST_KEY)  # fmt: skip
+    assert (found.name, found.mesh_ip, found.host_key_line) == (
+        "demo-server",
+        "127.0.0.2",
+        HOST_KEY,
+    )
     assert await link.lookup("127.0.0.2") == found
     assert await link.lookup("elsewhere") is None
     assert [p.name for p in await link.peers()] == ["demo-server"]

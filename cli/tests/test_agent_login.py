@@ -27,10 +27,24 @@ async def agent(
     nats_url: str, tmp_path: Path, management: Management
 ) -> AsyncIterator[AgentProcess]:
     proc = await AgentProcess.start(
-        tmp_path / "state", "--mesh-ip", "127.0.0.3", "--name", "laptop", "--nats-url", nats_url,
-        "--setup-key", LAPTOP_KEY, "--ssh-port", "0", "--relay-port", "0",
-        "--management-url", management.api, "--ssh-jwt-cache-ttl", "300",
-    )  # fmt: skip
+        tmp_path / "state",
+        "--mesh-ip",
+        "127.0.0.3",
+        "--name",
+        "laptop",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        LAPTOP_KEY,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--management-url",
+        management.api,
+        "--ssh-jwt-cache-ttl",
+        "300",
+    )
     try:
         await proc.wait_status(lambda s: s["registered"])
         yield proc

@@ -28,11 +28,27 @@ async def meshssh(*args: str) -> tuple[int, str, str]:
 
 def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]:
     return [
-        "up", "--state-dir", str(state), "--mesh-ip", "127.0.0.2", "--name", "server",
-        "--nats-url", nats_url, "--ssh-port", "0", "--relay-port", "0",
-        "--relay-mode", "proxy", "--sshd-bin", sshd_bin,
-        "--ssh-config-file", f"{state}.ssh_config", *flags,
-    ]  # fmt: skip
+        "up",
+        "--state-dir",
+        str(state),
+        "--mesh-ip",
+        "127.0.0.2",
+        "--name",
+        "server",
+        "--nats-url",
+        nats_url,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--sshd-bin",
+        sshd_bin,
+        "--ssh-config-file",
+        f"{state}.ssh_config",
+        *flags,
+    ]
 
 
 async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credential(
@@ -41,8 +57,9 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
     state = tmp_path / "state"
     sshd_bin = script("meshssh-sshd")
     try:
-        code, out, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--setup-key",
-                                                SERVER_KEY))  # fmt: skip
+        code, out, err = await meshssh(
+            *up_args(state, nats_url, sshd_bin, "--setup-key", SERVER_KEY)
+        )
         assert code == 0, err
         status = (await agent_request(state, {"op": "status"}))["status"]
         assert f"server is up as {status['peer_id']}" in out
@@ -53,8 +70,11 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         assert peer["ssh_host_key"].startswith("ssh-ed25519 ")
 
         # A flag change on a running agent is reported to management as metadata.
-        code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin, "--enable-ssh-sftp",
-                                              "--enable-ssh-agent-forwarding"))  # fmt: skip
+        code, _, err = await meshssh(
+            *up_args(
+                state, nats_url, sshd_bin, "--enable-ssh-sftp", "--enable-ssh-agent-forwarding"
+            )
+        )
         assert code == 0, err
         assert "flags updated" in err
         peer = await policy.peer("server")
@@ -112,8 +132,9 @@ async def test_up_warns_when_a_child_cannot_start_and_says_why(
     taken = socket.socket()
     taken.bind(("127.0.0.2", 0))
     taken.listen(1)
-    args = up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", SERVER_KEY,
-                   "--allow-server-ssh")  # fmt: skip
+    args = up_args(
+        state, nats_url, script("meshssh-sshd"), "--setup-key", SERVER_KEY, "--allow-server-ssh"
+    )
     args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
     try:
         code, _, err = await meshssh(*args)

@@ -37,8 +37,9 @@ async def ssh_server() -> AsyncIterator[Server]:
     key = asyncssh.generate_private_key("ssh-ed25519")
 
     async def start(version: str) -> int:
-        server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key],
-                                       server_version=version)  # fmt: skip
+        server = await asyncssh.listen(
+            "127.0.0.1", 0, server_host_keys=[key], server_version=version
+        )
         servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -82,11 +83,13 @@ async def test_a_closed_port_a_non_ssh_and_a_silent_server_are_not_meshssh() -> 
     await closed.wait_closed()
     try:
         started = time.monotonic()
-        assert (await probe("127.0.0.1", quiet.sockets[0].getsockname()[1], timeout=0.5)).kind \
-            is BannerKind.UNREACHABLE  # fmt: skip
+        assert (
+            await probe("127.0.0.1", quiet.sockets[0].getsockname()[1], timeout=0.5)
+        ).kind is BannerKind.UNREACHABLE
         assert time.monotonic() - started < 3
-        assert (await probe("127.0.0.1", web.sockets[0].getsockname()[1])).kind \
-            is BannerKind.NOT_SSH  # fmt: skip
+        assert (
+            await probe("127.0.0.1", web.sockets[0].getsockname()[1])
+        ).kind is BannerKind.NOT_SSH
         assert (await probe("127.0.0.1", closed_port)).kind is BannerKind.UNREACHABLE
     finally:
         for w in held:

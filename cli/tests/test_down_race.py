@@ -77,10 +77,26 @@ async def test_down_returns_only_after_the_agent_and_its_children_exit_under_loa
 ) -> None:
     state = tmp_path / "state"
     up = [
-        "up", "--state-dir", str(state), "--mesh-ip", "127.0.0.2", "--name", "server",
-        "--nats-url", nats_url, "--ssh-port", "0", "--relay-port", "0", "--relay-mode", "proxy",
-        "--ssh-config-file", f"{state}.ssh_config", "--setup-key", SERVER_KEY,
-    ]  # fmt: skip
+        "up",
+        "--state-dir",
+        str(state),
+        "--mesh-ip",
+        "127.0.0.2",
+        "--name",
+        "server",
+        "--nats-url",
+        nats_url,
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--ssh-config-file",
+        f"{state}.ssh_config",
+        "--setup-key",
+        SERVER_KEY,
+    ]
     try:
         for round_ in range(ROUNDS):
             children = ["--allow-server-ssh"] if round_ % CHILDREN_EVERY == 0 else []
@@ -110,11 +126,29 @@ async def test_down_fails_after_its_timeout_naming_what_still_runs(
     stuck.chmod(0o755)
     state = tmp_path / "state"
     agent = await AgentProcess.start(
-        state, "--mesh-ip", "127.0.0.2", "--name", "server", "--nats-url", nats_url,
-        "--setup-key", SERVER_KEY, "--allow-server-ssh", "--ssh-port", "0", "--relay-port", "0",
-        "--relay-mode", "proxy", "--sshd-bin", str(stuck), "--relay-bin", str(stuck),
-        "--child-stop-timeout", "30",
-    )  # fmt: skip
+        state,
+        "--mesh-ip",
+        "127.0.0.2",
+        "--name",
+        "server",
+        "--nats-url",
+        nats_url,
+        "--setup-key",
+        SERVER_KEY,
+        "--allow-server-ssh",
+        "--ssh-port",
+        "0",
+        "--relay-port",
+        "0",
+        "--relay-mode",
+        "proxy",
+        "--sshd-bin",
+        str(stuck),
+        "--relay-bin",
+        str(stuck),
+        "--child-stop-timeout",
+        "30",
+    )
     children: list[int] = []
     try:
         status = await agent.wait_status(lambda s: all(c["pid"] for c in s["children"]))

@@ -21,9 +21,14 @@ if TYPE_CHECKING:
 async def start_login(*args: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     return await asyncio.create_subprocess_exec(
-        script("meshssh"), "login", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        script("meshssh"),
+        "login",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
 
 
 async def read_prompt(proc: asyncio.subprocess.Process) -> tuple[str, str]:
@@ -68,8 +73,14 @@ async def test_login_without_a_browser_prints_url_and_code_and_gets_a_valid_toke
 async def test_login_finds_the_provider_through_the_management_url(
     provider: Provider, management: Management
 ) -> None:
-    proc = await start_login("--no-browser", "--management-url", management.api,
-                             "--print-token", "--ssh-jwt-cache-ttl", "300")  # fmt: skip
+    proc = await start_login(
+        "--no-browser",
+        "--management-url",
+        management.api,
+        "--print-token",
+        "--ssh-jwt-cache-ttl",
+        "300",
+    )
     _, code = await read_prompt(proc)
     await provider.approve(code)
     rc, out, err = await finish(proc)
@@ -81,9 +92,15 @@ async def test_a_refused_sign_in_ends_the_login_with_a_clear_error(provider: Pro
     proc = await start_login("--no-browser", "--issuer", provider.issuer, "--print-token")
     _, code = await read_prompt(proc)
     async with httpx.AsyncClient(timeout=10) as http:
-        await http.post(f"{provider.issuer}/device", data={
-            "user_code": code, "username": "alice", "password": "alice-password-1",
-            "action": "deny"})  # fmt: skip
+        await http.post(
+            f"{provider.issuer}/device",
+            data={
+                "user_code": code,
+                "username": "alice",
+                "password": "alice-password-1",
+                "action": "deny",
+            },
+        )
     rc, out, err = await finish(proc)
     assert rc == 1
     assert out == ""
@@ -103,9 +120,15 @@ async def test_login_without_a_reachable_provider_says_what_is_wrong(
 ) -> None:
     env_free = {k: v for k, v in os.environ.items() if k != "MESHSSH_MANAGEMENT_URL"}
     proc = await asyncio.create_subprocess_exec(
-        script("meshssh"), "login", "--no-browser", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env_free,
-    )  # fmt: skip
+        script("meshssh"),
+        "login",
+        "--no-browser",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env_free,
+    )
     code, _, err = await finish(proc)
     assert code == rc
     assert message in err

@@ -50,25 +50,31 @@ class Meshctl:
         env["MESHSSH_API_URL"] = api or self.api
         if token is not None:
             env["MESHSSH_ADMIN_TOKEN"] = token
-        result = await run_command(script("meshctl"), *args, env=env, replace_env=True,
-                                   timeout=30)  # fmt: skip
+        result = await run_command(script("meshctl"), *args, env=env, replace_env=True, timeout=30)
         return Ran(result.returncode, result.out, result.err)
 
 
 @pytest.fixture
 async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
     proc = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0",
-        "--mesh-prefix", "127.0.0.0/8", env={"MESHSSH_ADMIN_TOKEN": TOKEN},
-    )  # fmt: skip
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--mesh-prefix",
+        "127.0.0.0/8",
+        env={"MESHSSH_ADMIN_TOKEN": TOKEN},
+    )
     match = re.search(r"api listening.*url=(http://\S+)", proc.output())
     assert match, proc.output()
     return Meshctl(match[1])
 
 
 async def register(nc: NATS, name: str, ip: str, key: str) -> str:
-    meta = PeerMeta(version="0.1.0", capabilities=("native_ssh",),
-                    flags=PeerFlags(server_ssh_allowed=True))  # fmt: skip
+    meta = PeerMeta(
+        version="0.1.0", capabilities=("native_ssh",), flags=PeerFlags(server_ssh_allowed=True)
+    )
     req = RegisterRequest(name=name, mesh_ip=ip, meta=meta, setup_key=key, ssh_host_key=HOST_KEY)
     return (await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)).peer_id
 
@@ -84,11 +90,23 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     await ok(meshctl, "groups", "create", "servers", "--name", "Servers")
     await ok(meshctl, "groups", "create", "laptops")
     await ok(meshctl, "users", "add", "alice", "--email", "alice@example.com", "--group", "laptops")
-    key = (await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group", "servers",
-                    "--expires-in", "1d")).json()  # fmt: skip
+    key = (
+        await ok(
+            meshctl,
+            "--json",
+            "setup-keys",
+            "create",
+            "srv",
+            "--auto-group",
+            "servers",
+            "--expires-in",
+            "1d",
+        )
+    ).json()
     assert key["key"]
-    human = await ok(meshctl, "setup-keys", "create", "laptops", "--one-off", "--auto-group",
-                     "laptops")  # fmt: skip
+    human = await ok(
+        meshctl, "setup-keys", "create", "laptops", "--one-off", "--auto-group", "laptops"
+    )
     laptop_key = re.search(r"key \(shown only now\): (\S+)", human.out)
     assert laptop_key
     srv = await register(nc, "web1", "127.0.0.2", key["key"])
@@ -107,9 +125,27 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     enabled = (await ok(meshctl, "--json", "peers", "ssh", "enable", "web1")).json()
     assert (enabled["ssh_enabled"], enabled["ssh_active"]) == (True, True)
 
-    created = (await ok(meshctl, "--json", "policies", "create", "laptops ssh", "--id", "lap-ssh",
-                        "--source", "laptops", "--destination", "servers", "--protocol", "tcp",
-                        "--port", "22", "--port-range", "8000-8100")).json()  # fmt: skip
+    created = (
+        await ok(
+            meshctl,
+            "--json",
+            "policies",
+            "create",
+            "laptops ssh",
+            "--id",
+            "lap-ssh",
+            "--source",
+            "laptops",
+            "--destination",
+            "servers",
+            "--protocol",
+            "tcp",
+            "--port",
+            "22",
+            "--port-range",
+            "8000-8100",
+        )
+    ).json()
     assert created["rules"][0]["port_ranges"] == [{"start": 8000, "end": 8100}]
     listed = (await ok(meshctl, "policies", "ls")).out
     assert "laptops -> servers accept tcp 22,8000-8100" in listed
@@ -121,9 +157,22 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
         netmap = (await ok(meshctl, "--json", "peers", "netmap", "web1")).json()
     assert [r.get("port") for r in netmap["firewall_rules"] if r.get("port")] == ["22", "22022"]
 
-    await ok(meshctl, "policies", "create", "ops", "--id", "ops", "--source", "laptops",
-             "--destination", "servers", "--protocol", "ssh",
-             "--authorized-group", "laptops=root,deploy")  # fmt: skip
+    await ok(
+        meshctl,
+        "policies",
+        "create",
+        "ops",
+        "--id",
+        "ops",
+        "--source",
+        "laptops",
+        "--destination",
+        "servers",
+        "--protocol",
+        "ssh",
+        "--authorized-group",
+        "laptops=root,deploy",
+    )
     ops = (await ok(meshctl, "--json", "policies", "show", "ops")).json()
     assert ops["rules"][0]["authorized_groups"] == {"laptops": ["root", "deploy"]}
     await ok(meshctl, "policies", "disable", "ops")
@@ -145,22 +194,46 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
 
 async def test_failures_are_one_clear_line_with_a_nonzero_exit(meshctl: Meshctl) -> None:
     cases = [
-        (("peers", "ls"), {"token": "wrong-token-0123456789"}, 1,
-         "meshctl: the management API refused the admin token"),
-        (("peers", "ls"), {"token": None}, 1,
-         "meshctl: no admin token: pass --token or set MESHSSH_ADMIN_TOKEN"),
-        (("peers", "ls"), {"api": "http://127.0.0.1:9"}, 1,
-         "meshctl: cannot reach the management API at http://127.0.0.1:9"),
+        (
+            ("peers", "ls"),
+            {"token": "wrong-token-0123456789"},
+            1,
+            "meshctl: the management API refused the admin token",
+        ),
+        (
+            ("peers", "ls"),
+            {"token": None},
+            1,
+            "meshctl: no admin token: pass --token or set MESHSSH_ADMIN_TOKEN",
+        ),
+        (
+            ("peers", "ls"),
+            {"api": "http://127.0.0.1:9"},
+            1,
+            "meshctl: cannot reach the management API at http://127.0.0.1:9",
+        ),
         (("peers", "show", "nope"), {}, 1, "meshctl: no peer with id or name 'nope'"),
         (("groups", "rm", "nope"), {}, 1, "meshctl: group 'nope' does not exist"),
-        (("policies", "create", "x", "--source", "a", "--destination", "b"), {}, 1,
-         "meshctl: rules[0].sources: unknown group 'a'"),
-        (("policies", "create", "x", "--source", "Bad!", "--destination", "b"), {}, 1,
-         "meshctl: rules[0].sources[0]: String should match pattern"),
-        (("setup-keys", "create", "k", "--expires-in", "soon"), {}, 2,
-         "meshctl setup-keys create: error: argument --expires-in: not a duration like 30d"),
+        (
+            ("policies", "create", "x", "--source", "a", "--destination", "b"),
+            {},
+            1,
+            "meshctl: rules[0].sources: unknown group 'a'",
+        ),
+        (
+            ("policies", "create", "x", "--source", "Bad!", "--destination", "b"),
+            {},
+            1,
+            "meshctl: rules[0].sources[0]: String should match pattern",
+        ),
+        (
+            ("setup-keys", "create", "k", "--expires-in", "soon"),
+            {},
+            2,
+            "meshctl setup-keys create: error: argument --expires-in: not a duration like 30d",
+        ),
         (("peers", "fly"), {}, 2, "meshctl peers: error: argument ACTION: invalid choice"),
-    ]  # fmt: skip
+    ]
     for args, kw, code, message in cases:
         ran = await meshctl(*args, **kw)
         assert ran.code == code, (args, ran)
@@ -173,12 +246,16 @@ async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
     meshctl: Meshctl, nc: NATS
 ) -> None:
     await ok(meshctl, "groups", "create", "servers")
-    key = (await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group",
-                    "servers")).json()  # fmt: skip
+    key = (
+        await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group", "servers")
+    ).json()
     srv = await register(nc, "web1", "127.0.0.2", key["key"])
     await ok(meshctl, "peers", "ssh", "disable", "web1")
-    beat = Heartbeat(peer_id=srv, sent_at=time.time(), sessions=(
-        SessionInfo(session_id="a1b2c3d4e5f6", local_user="root", jwt_user="alice"),))  # fmt: skip
+    beat = Heartbeat(
+        peer_id=srv,
+        sent_at=time.time(),
+        sessions=(SessionInfo(session_id="a1b2c3d4e5f6", local_user="root", jwt_user="alice"),),
+    )
     for _ in range(100):
         await nc.publish(subjects.heartbeat(srv), codec.encode(beat))
         if "a1b2c3d4e5f6" in (await ok(meshctl, "peers", "show", "web1")).out:
@@ -200,18 +277,24 @@ async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
     log = (await ok(meshctl, "audit", "--kind", "admin-change")).out.splitlines()
     assert log[0].split() == ["SEQ", "WHEN", "KIND", "WHO", "PEER", "WHAT"]
     actions = [" ".join(line.split()[6:]) for line in log[1:]]  # newest first
-    assert actions[0] == "DELETE /api/v1/peers/{peer_id}/sessions/{session_id} " \
-        f"{srv},nosuchsession -> 404"  # fmt: skip
-    assert actions[1] == f"DELETE /api/v1/peers/{{peer_id}}/sessions/{{session_id}} " \
-        f"{srv},a1b2c3d4e5f6 -> 204"  # fmt: skip
+    assert (
+        actions[0] == "DELETE /api/v1/peers/{peer_id}/sessions/{session_id} "
+        f"{srv},nosuchsession -> 404"
+    )
+    assert (
+        actions[1] == f"DELETE /api/v1/peers/{{peer_id}}/sessions/{{session_id}} "
+        f"{srv},a1b2c3d4e5f6 -> 204"
+    )
     assert any(a.startswith(f"PATCH /api/v1/peers/{{peer_id}} {srv} -> 200") for a in actions)
     assert actions[-1] == "POST /api/v1/groups -> 201"
     page = (await ok(meshctl, "--json", "audit", "--peer", "web1", "--limit", "2")).json()
     assert [e["action"] for e in page["events"]] == [
-        "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}"] * 2  # fmt: skip
+        "DELETE /api/v1/peers/{peer_id}/sessions/{session_id}"
+    ] * 2
     assert page["next_before"] > 0
-    older = (await ok(meshctl, "--json", "audit", "--peer", "web1", "--before",
-                      str(page["next_before"]))).json()  # fmt: skip
+    older = (
+        await ok(meshctl, "--json", "audit", "--peer", "web1", "--before", str(page["next_before"]))
+    ).json()
     assert [e["action"] for e in older["events"]] == ["PATCH /api/v1/peers/{peer_id}"]
     assert all(e["actor"].startswith("token:") for e in older["events"])
     assert TOKEN not in (await ok(meshctl, "--json", "audit")).out

@@ -20,8 +20,15 @@ async def via_proxy(
     agent_mesh: AgentMesh, local_user: str
 ) -> AsyncIterator[asyncssh.SSHClientConnection]:
     mesh = agent_mesh
-    command = [str(mesh.launcher), "ssh", "proxy", "--state-dir", str(mesh.state_dir),
-               "demo-server", str(mesh.peer.port)]  # fmt: skip
+    command = [
+        str(mesh.launcher),
+        "ssh",
+        "proxy",
+        "--state-dir",
+        str(mesh.state_dir),
+        "demo-server",
+        str(mesh.peer.port),
+    ]
     async with asyncssh.connect(
         "demo-server",
         proxy_command=command,

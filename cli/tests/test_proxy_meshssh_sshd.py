@@ -67,15 +67,28 @@ class Peer:
     async def meshssh(self, *args: str, env: dict[str, str] | None = None) -> RunResult:
         """``meshssh ssh`` with the stand-in agent."""
         return await run_command(
-            str(self.launcher), "ssh", "--state-dir", str(self.state_dir), "-p", str(self.port),
-            *args, env=env or {}, timeout=60,
-        )  # fmt: skip
+            str(self.launcher),
+            "ssh",
+            "--state-dir",
+            str(self.state_dir),
+            "-p",
+            str(self.port),
+            *args,
+            env=env or {},
+            timeout=60,
+        )
 
 
 async def start_peer(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
-    user: str, features: PeerFeatures = NO_FEATURES, sources: tuple[str, ...] = ("127.0.0.0/8",),
-) -> Peer:  # fmt: skip
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
+    user: str,
+    features: PeerFeatures = NO_FEATURES,
+    sources: tuple[str, ...] = ("127.0.0.0/8",),
+) -> Peer:
     sshd = await start_sshd(nc, nats_url, services, tmp_path, features, sources=sources)
     state_dir = tmp_path / "state"
     launcher = write_launcher(tmp_path / "meshssh")
@@ -85,28 +98,42 @@ async def start_peer(
     config.write_text(
         f"Port {sshd.port}\nBatchMode yes\nConnectTimeout 20\nLogLevel ERROR\nInclude {dropin}\n"
     )
-    peer = Peer(sshd.port, sshd.host_key_line, user, state_dir, launcher, config, openssh,
-                sshd.issuer)  # fmt: skip
+    peer = Peer(
+        sshd.port, sshd.host_key_line, user, state_dir, launcher, config, openssh, sshd.issuer
+    )
     peer.give(sshd.issuer.mint("alice-id"))
     return peer
 
 
 @pytest.fixture
 async def peer(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     local_user: str,
-) -> Peer:  # fmt: skip
+) -> Peer:
     return await start_peer(nc, nats_url, services, tmp_path, openssh, local_user)
 
 
 REFUSED: dict[str, tuple[Callable[[Issuer], str], str, str]] = {
-    "expired": (lambda i: i.mint("alice-id", age=400, ttl=300), "your login token has expired",
-                "meshssh login"),
-    "bad_audience": (lambda i: i.mint("alice-id", aud="another-app"),
-                     "your login token is not meant for demo-server (audience)", "--audience"),
-    "not_authorized": (lambda i: i.mint("mallory-id"), "you are not authorized to log in as",
-                       "meshctl policies ls"),
-}  # fmt: skip
+    "expired": (
+        lambda i: i.mint("alice-id", age=400, ttl=300),
+        "your login token has expired",
+        "meshssh login",
+    ),
+    "bad_audience": (
+        lambda i: i.mint("alice-id", aud="another-app"),
+        "your login token is not meant for demo-server (audience)",
+        "--audience",
+    ),
+    "not_authorized": (
+        lambda i: i.mint("mallory-id"),
+        "you are not authorized to log in as",
+        "meshctl policies ls",
+    ),
+}
 
 
 @pytest.mark.parametrize("reason", list(REFUSED))
@@ -162,15 +189,33 @@ async def test_an_expired_cached_token_is_dropped_so_the_next_ssh_signs_in_afres
 
 
 async def test_a_source_the_peer_refuses_at_its_gate_gets_permission_denied(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     local_user: str,
-) -> None:  # fmt: skip
-    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
-                            sources=("127.0.0.9/32",))  # fmt: skip
+) -> None:
+    peer = await start_peer(
+        nc, nats_url, services, tmp_path, openssh, local_user, sources=("127.0.0.9/32",)
+    )
     proxy = f"{peer.launcher} ssh proxy --state-dir {peer.state_dir} %h %p"
-    options = ["-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-p", str(peer.port)]  # fmt: skip
+    options = [
+        "-F",
+        "/dev/null",
+        "-o",
+        f"ProxyCommand={proxy}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(peer.port),
+    ]
     results = [
         await openssh.run("ssh", f"{local_user}@{PEER_NAME}", "true", options=options),
         await peer.meshssh(f"{local_user}@{PEER_NAME}", "true"),
@@ -209,9 +254,18 @@ async def both_clients(mesh: AgentMesh, *args: str, env: dict[str, str]) -> list
     """OpenSSH through the agent's drop-in, then ``meshssh ssh``, with the same arguments."""
     return [
         await mesh.run("ssh", *args, env=env, timeout=60),
-        await run_command(str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir),
-                          "-p", str(mesh.peer.port), *args, env=env, timeout=60),
-    ]  # fmt: skip
+        await run_command(
+            str(mesh.launcher),
+            "ssh",
+            "--state-dir",
+            str(mesh.state_dir),
+            "-p",
+            str(mesh.peer.port),
+            *args,
+            env=env,
+            timeout=60,
+        ),
+    ]
 
 
 async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent(

@@ -83,7 +83,8 @@ async def test_a_machine_identity_peer_is_reached_without_any_token(agent_mesh: 
     assert result.out == "machine\n"
     accepted = await audit_events(mesh.peer.nc, kinds("auth-accepted"))
     assert [(e.method, e.source_addr.split(":")[0]) for e in logins(accepted)] == [
-        ("none", LOCAL_IP)]  # fmt: skip
+        ("none", LOCAL_IP)
+    ]
 
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(sftp=False)], indirect=True)
@@ -110,8 +111,17 @@ async def test_local_forwarding_refused_by_the_peer_says_port_forwarding_not_ava
     mesh = agent_mesh
     async with echo_server() as echo:
         local = free_port()
-        argv = ["ssh", "-F", str(mesh.config), "-N", "-o", "ExitOnForwardFailure=yes",
-                "-L", f"127.0.0.1:{local}:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(mesh.config),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv) as proc:
             assert await echo_through("127.0.0.1", local, b"refused") == b""
             proc.kill()  # the proxy then sees EOF on stdin and exits, closing stderr
@@ -127,8 +137,9 @@ async def test_remote_forwarding_refused_by_the_peer_says_cannot_bind(
     agent_mesh: AgentMesh,
 ) -> None:
     mesh = agent_mesh
-    result = await mesh.run("ssh", "-N", "-o", "ExitOnForwardFailure=yes",
-                            "-R", "0:127.0.0.1:9", "demo-server")  # fmt: skip
+    result = await mesh.run(
+        "ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "demo-server"
+    )
     assert result.returncode == 255
     assert "Cannot bind to port: 0 on demo-server" in result.err
     assert "--enable-ssh-remote-port-forwarding" in result.err
@@ -137,9 +148,22 @@ async def test_remote_forwarding_refused_by_the_peer_says_cannot_bind(
 async def _ssh_via_proxy(mesh: AgentMesh, host: str, port: int) -> RunResult:
     """OpenSSH with the ProxyCommand set directly (no drop-in, so no detect probe first)."""
     proxy = f"{mesh.launcher} ssh proxy --state-dir {mesh.state_dir} %h %p"
-    options = ["-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-p", str(port)]  # fmt: skip
+    options = [
+        "-F",
+        "/dev/null",
+        "-o",
+        f"ProxyCommand={proxy}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(port),
+    ]
     return await mesh.openssh.run("ssh", host, "true", options=options)
 
 

@@ -12,11 +12,25 @@ from meshssh_cli.ssh.forward_spec import ForwardSpec
 
 
 def test_options_host_and_command_words() -> None:
-    args = parse_ssh_args(["-p", "2222", "-L", "8080:db:5432", "-L9090:[::1]:80", "-R", "0:lo:22",
-                           "alice@web", "uptime", "-a"])  # fmt: skip
+    args = parse_ssh_args(
+        [
+            "-p",
+            "2222",
+            "-L",
+            "8080:db:5432",
+            "-L9090:[::1]:80",
+            "-R",
+            "0:lo:22",
+            "alice@web",
+            "uptime",
+            "-a",
+        ]
+    )
     assert (args.user, args.host, args.port, args.command) == ("alice", "web", 2222, "uptime -a")
-    assert args.local == [ForwardSpec(None, 8080, None, "db", 5432),
-                          ForwardSpec(None, 9090, None, "::1", 80)]  # fmt: skip
+    assert args.local == [
+        ForwardSpec(None, 8080, None, "db", 5432),
+        ForwardSpec(None, 9090, None, "::1", 80),
+    ]
     assert args.remote == [ForwardSpec(None, 0, None, "lo", 22)]
 
 
@@ -55,9 +69,20 @@ def test_state_dir_in_both_spellings() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["-p"], ["-p", "x", "web"], ["-p", "70000", "web"], ["-Z", "web"], ["--bogus", "web"],
-     ["-L", "nope", "web"], ["@web"], ["user@"], ["-N", "web", "cmd"], ["--state-dir"]],
-)  # fmt: skip
+    [
+        [],
+        ["-p"],
+        ["-p", "x", "web"],
+        ["-p", "70000", "web"],
+        ["-Z", "web"],
+        ["--bogus", "web"],
+        ["-L", "nope", "web"],
+        ["@web"],
+        ["user@"],
+        ["-N", "web", "cmd"],
+        ["--state-dir"],
+    ],
+)
 def test_bad_command_lines_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SshUsageError):
         parse_ssh_args(argv)

@@ -21,12 +21,15 @@ from meshssh_cli.ssh.forward_spec import ForwardSpec, ForwardSpecError, parse_fo
         ("8080:/run/app.sock", False, ForwardSpec(None, 8080, None, None, None, "/run/app.sock")),
         ("lo:8080:/run/a.sock", False, ForwardSpec("lo", 8080, None, None, None, "/run/a.sock")),
         ("/tmp/l.sock:db:5432", False, ForwardSpec(None, None, "/tmp/l.sock", "db", 5432)),
-        ("/tmp/l.sock:/run/r.sock", True, ForwardSpec(None, None, "/tmp/l.sock", None, None,
-                                                      "/run/r.sock")),
+        (
+            "/tmp/l.sock:/run/r.sock",
+            True,
+            ForwardSpec(None, None, "/tmp/l.sock", None, None, "/run/r.sock"),
+        ),
         ("  8080:db:5432", False, ForwardSpec(None, 8080, None, "db", 5432)),
         (r"8080:we\:ird:80", False, ForwardSpec(None, 8080, None, "we:ird", 80)),
     ],
-)  # fmt: skip
+)
 def test_valid_specs_parse_like_openssh(spec: str, remote: bool, expected: ForwardSpec) -> None:
     assert parse_forward(spec, remote=remote) == expected
 
