@@ -37,7 +37,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from demo_lock import DemoBusy, DemoLock, port_in_use
 
 from meshssh_common.secret_files import write_secret_file
 from meshssh_testkit import NatsServer, ServiceProcess, script
+from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,13 +87,15 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 def free_listen(hostport: str) -> str:
-    """``hostport`` with port 0 replaced by a port that is free now."""
+    """``hostport`` with port 0 replaced by a port that is free now.
+
+    The port comes from below the kernel's ephemeral range (``free_port``), so nothing else
+    takes it between this pick and the service's bind.
+    """
     host, _, port = hostport.rpartition(":")
     if port != "0":
         return hostport
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return f"{host}:{s.getsockname()[1]}"
+    return f"{host}:{free_port(host)}"
 
 
 @dataclass(frozen=True)
