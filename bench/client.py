@@ -1,9 +1,7 @@
 """How fast does the client start, and what does the OpenSSH proxy cost?
 
-Against the real system on the loopback mesh, started as the client tests start it
-(``cli/tests/agent_mesh.py``: a nats-server, meshssh-authn, meshssh-policy, demo-server's
-agent running meshssh-sshd on 127.0.0.2, the laptop's agent on 127.0.0.3, alice signed in with
-``meshssh login``; logins as root), in interleaved rounds (the order rotates each round,
+Against a real SSH peer on the loopback mesh (the asyncssh peer of the client tests, on
+127.0.0.2, with this peer on 127.0.0.3), in interleaved rounds (the order rotates each round,
 after one warm-up of each; min, median and max printed):
 
 - ``proxy_first_byte``: from starting ``meshssh ssh proxy`` to its first byte on stdout (its
@@ -13,17 +11,15 @@ after one warm-up of each; min, median and max printed):
   ``test -f`` answers the Match line, then the proxy): wall time, and its ratio to
   ``meshssh ssh host true`` in the same round (issue 12 aims at a p50 of 250 ms);
 - the same without a marker (``meshssh ssh detect`` runs first, as before issue 12);
-- scp upload of 256 MiB (BENCH_SCP_MB) through the proxy, against piping the same file through
+- scp upload of 256 MiB through the proxy, against piping the same file through
   ``meshssh ssh host 'cat > file'`` directly: throughput ratio.
 
-The client is the real ``meshssh`` with the laptop agent's state (its token cache serves every
-run); the bench writes its own drop-ins (with and without the marker) for the test port. The
-project's
-modules are byte-compiled first, as ``pip install`` does: with ``PYTHONDONTWRITEBYTECODE`` set
-(as on the machines these figures come from) an editable checkout would otherwise compile some
-25 modules from source in every process, about 30 ms a start that no installed meshssh pays.
-Run as root: ``.venv/bin/python bench/client.py`` (a minute or two). Knobs: BENCH_ROUNDS (9),
-BENCH_SCP_ROUNDS (5), BENCH_SCP_MB (256).
+The agent is stood in for by the tests' static link (peers, token), and the bench writes the
+marker the agent would keep; everything else is real. The project's modules are byte-compiled
+first, as ``pip install`` does: with ``PYTHONDONTWRITEBYTECODE`` set (as on the machines these
+figures come from) an editable checkout would otherwise compile some 25 modules from source in
+every process, about 30 ms a start that no installed meshssh pays.
+Run: ``.venv/bin/python bench/client.py`` (a minute or two).
 """
 
 from __future__ import annotations
@@ -42,19 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cli" / "tests"))
 
-from agent_mesh import running_system  # noqa: E402
-from mesh_sshd import PeerFeatures  # noqa: E402
-from nats.aio.client import Client as NATS  # noqa: E402
+from ssh_peer import start_peer  # noqa: E402
+from static_link import write_launcher, write_link  # noqa: E402
 
+from meshssh_agent.peers import PeerEntry  # noqa: E402
 from meshssh_agent.server_marks import write_marks  # noqa: E402
 from meshssh_agent.ssh_config import DropIn, install, render  # noqa: E402
-from meshssh_testkit import NatsServer  # noqa: E402
-from meshssh_testkit.plugin import ServiceFactory  # noqa: E402
-from meshssh_testkit.process import script  # noqa: E402
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
-SCP_ROUNDS = int(os.environ.get("BENCH_SCP_ROUNDS", "5"))
-SCP_BYTES = int(os.environ.get("BENCH_SCP_MB", "256")) << 20
+ROUNDS = 9
+SCP_ROUNDS = 5
+SCP_BYTES = 256 * 1024 * 1024
+TOKEN = "bench-token"
 
 
 async def run(*argv: str, stdin: int | None = None) -> float:
@@ -120,64 +114,53 @@ def row(name: str, values: list[float], unit: str, scale: float) -> str:
 
 
 async def bench(work: Path) -> dict[str, object]:
-    natsd = await NatsServer.start(work / "nats-store")
-    nc = NATS()
-    services = ServiceFactory()
+    peer = await start_peer(TOKEN, host="127.0.0.2")
     try:
-        await nc.connect(natsd.url)
-        async with running_system(nc, natsd.url, services, work, PeerFeatures()) as system:
-            return await measure(work, system.laptop.state_dir, system.peer.port)
+        state = work / "state"
+        write_link(state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)],
+                   "127.0.0.3", TOKEN)  # fmt: skip
+        launcher = str(write_launcher(work / "meshssh"))
+        marks = state / "ssh-servers"
+        write_marks(marks, [(peer.port, "demo-server")])  # what the agent keeps
+        hosts = ["demo-server", "127.0.0.2"]
+        config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
+        for conf, dropin in ((config, DropIn(launcher, state, marks)),
+                             (plain_config, DropIn(launcher, state))):  # fmt: skip
+            install(render(hosts, dropin), conf.with_suffix(".dropin"))
+            conf.write_text(f"Port {peer.port}\nBatchMode yes\nInclude {conf}.dropin\n")
+        direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(peer.port), "demo-server"]
+        proxy = [launcher, "ssh", "proxy", "--state-dir", str(state), "demo-server", str(peer.port)]
+
+        proxy_fb, python_fb = await interleave(
+            [
+                lambda: first_byte(*proxy),
+                lambda: first_byte(sys.executable, "-c", "import sys; sys.stdout.write('x')"),
+            ],
+            ROUNDS,
+        )
+        via_proxy, direct_true, via_detect = await interleave(
+            [
+                lambda: run("ssh", "-F", str(config), "demo-server", "true"),
+                lambda: run(*direct, "true"),
+                lambda: run("ssh", "-F", str(plain_config), "demo-server", "true"),
+            ],
+            ROUNDS,
+        )
+
+        src = work / "payload.bin"
+        src.write_bytes(os.urandom(SCP_BYTES))
+        dest = work / "dest.bin"
+
+        async def scp() -> float:
+            return await run("scp", "-q", "-F", str(config), str(src), f"demo-server:{dest}")
+
+        async def pipe() -> float:
+            with src.open("rb") as f:
+                return await run(*direct, f"cat > {dest}", stdin=f.fileno())
+
+        scp_times, pipe_times = await interleave([scp, pipe], SCP_ROUNDS)
     finally:
-        for proc in services.started:
-            await proc.stop()
-        await nc.close()
-        await natsd.stop()
-
-
-async def measure(work: Path, state: Path, port: int) -> dict[str, object]:
-    """The rounds, with the laptop agent's ``state`` and demo-server's sshd on ``port``."""
-    launcher = script("meshssh")
-    marks = work / "ssh-servers"  # the bench's own, for the test port (the agent keeps its own)
-    write_marks(marks, [(port, "demo-server")])
-    hosts = ["demo-server", "127.0.0.2"]
-    config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
-    for conf, dropin in (
-        (config, DropIn(launcher, state, marks)),
-        (plain_config, DropIn(launcher, state)),
-    ):
-        install(render(hosts, dropin), conf.with_suffix(".dropin"))
-        conf.write_text(f"Port {port}\nBatchMode yes\nInclude {conf}.dropin\n")
-    direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(port), "demo-server"]
-    proxy = [launcher, "ssh", "proxy", "--state-dir", str(state), "demo-server", str(port)]
-
-    proxy_fb, python_fb = await interleave(
-        [
-            lambda: first_byte(*proxy),
-            lambda: first_byte(sys.executable, "-c", "import sys; sys.stdout.write('x')"),
-        ],
-        ROUNDS,
-    )
-    via_proxy, direct_true, via_detect = await interleave(
-        [
-            lambda: run("ssh", "-F", str(config), "demo-server", "true"),
-            lambda: run(*direct, "true"),
-            lambda: run("ssh", "-F", str(plain_config), "demo-server", "true"),
-        ],
-        ROUNDS,
-    )
-
-    src = work / "payload.bin"
-    src.write_bytes(os.urandom(SCP_BYTES))
-    dest = work / "dest.bin"
-
-    async def scp() -> float:
-        return await run("scp", "-q", "-F", str(config), str(src), f"demo-server:{dest}")
-
-    async def pipe() -> float:
-        with src.open("rb") as f:
-            return await run(*direct, f"cat > {dest}", stdin=f.fileno())
-
-    scp_times, pipe_times = await interleave([scp, pipe], SCP_ROUNDS)
+        await peer.stop()
 
     mb = SCP_BYTES / 1e6
     scp_rates = [mb / t for t in scp_times]
@@ -194,7 +177,7 @@ async def measure(work: Path, state: Path, port: int) -> dict[str, object]:
     out.write(row("  drop-in / direct (same round)", true_ratios, "x", 1))
     out.write(row("  proxy overhead (ssh - meshssh ssh)", overheads, "ms", 1000))
     out.write(row("ssh host true (drop-in, no marker: detect)", via_detect, "ms", 1000))
-    out.write(row(f"scp {SCP_BYTES >> 20} MiB through the proxy", scp_rates, "MB/s", 1))
+    out.write(row("scp 256 MiB through the proxy", scp_rates, "MB/s", 1))
     out.write(row("meshssh ssh 'cat > file' direct", pipe_rates, "MB/s", 1))
     out.write(row("  scp via proxy / direct", ratios, "x", 1))
     out.write(

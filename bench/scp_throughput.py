@@ -3,9 +3,7 @@
 Starts, on loopback, what ``bench/ssh_throughput.py`` starts for meshssh (a nats-server, a
 real ``meshssh-sshd`` with JWT auth and SFTP on, a throwaway local user), a client state
 directory with the tests' static link (the peer, this peer's mesh address, a valid JWT) and
-the drop-in, as ``meshssh config install`` writes it (the static link, not the real agent:
-the third variant needs the JWT itself, and the server's CPU is read from the sshd this bench
-started). Then copies SIZE bytes of random data
+the drop-in, as ``meshssh config install`` writes it. Then copies SIZE bytes of random data
 to a file in the user's home, interleaved (ABCCBA...), ROUNDS times each:
 
 - ``scp`` through the drop-in (OpenSSH's scp in its default SFTP mode → ssh → the proxy →
@@ -174,45 +172,19 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
     env = setup.env()
     user_host = f"{setup.user}@{PEER}"
     scp_openssh = [
-        "scp",
-        "-q",
-        "-F",
-        "none",
-        "-o",
-        f"UserKnownHostsFile={setup.known_hosts}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=no",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        f"BindAddress={sshb.CLIENT_IP}",
-        "-P",
-        str(setup.meshssh_port),
-        str(src),
-        f"{setup.user}@{sshb.MESH_IP}:{dest}",
-    ]
+        "scp", "-q", "-F", "none", "-o", f"UserKnownHostsFile={setup.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+        "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
+        "-o", f"BindAddress={sshb.CLIENT_IP}", "-P", str(setup.meshssh_port),
+        str(src), f"{setup.user}@{sshb.MESH_IP}:{dest}",
+    ]  # fmt: skip
     variants = {
         "dropin": ["scp", "-q", "-F", str(config), str(src), f"{user_host}:{dest}"],
-        "direct": [
-            launcher,
-            "ssh",
-            "--state-dir",
-            str(state),
-            "-p",
-            str(setup.meshssh_port),
-            user_host,
-            f"cat > {shlex.quote(str(dest))}",
-        ],
+        "direct": [launcher, "ssh", "--state-dir", str(state), "-p", str(setup.meshssh_port),
+                   user_host, f"cat > {shlex.quote(str(dest))}"],
         "openssh": scp_openssh,
-    }
+    }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in variants}
     server: dict[str, list[float]] = {name: [] for name in variants}
     gib = SIZE / sshb.GIB

@@ -1,22 +1,18 @@
-"""Fixtures for the client tests, on the loopback mesh: the remote peer ``demo-server`` on
-127.0.0.2, this peer on 127.0.0.3, and OpenSSH set up with a drop-in the way a user's
-ssh_config includes it.
+"""Fixtures for the client tests: a real SSH peer on the loopback mesh, and OpenSSH set up
+with the generated drop-in, the way a user's ssh_config includes it.
 
-- ``agent_mesh`` (agent_mesh.py): the real system, nothing stood in for: meshssh-authn,
-  meshssh-policy, demo-server's agent running meshssh-sshd, the laptop's agent writing the
-  drop-in, alice signed in with ``meshssh login``. ``peer_features`` sets the sshd switches.
-- ``mesh`` / ``static_mesh``: the real meshssh-sshd (mesh_sshd.py: its map lets in only
-  127.0.0.3) with the agent stood in for by ``static_link`` (a file of peers and tokens), for
-  the tests that hand the client a fixed key or token (stale, refused, wrong audience) or
-  count the tokens handed out, which the real agent does not allow; each says why.
+The mesh: the remote peer ``demo-server`` on 127.0.0.2, this peer on 127.0.0.3.
+
+Stand-ins (``ssh_peer``: an asyncssh peer; ``static_link``: the agent's link from a file),
+because these tests switch single server features off per test and count every token the
+link hands out, which the real meshssh-sshd and agent do not expose; the same client paths
+against the real agent and meshssh-sshd run in test_proxy_meshssh_sshd.py and tests/e2e.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,27 +20,27 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_mesh import agent_mesh
 from authn_provider import Provider, management, provider
-from mesh_sshd import LOCAL_IP, PEER_IP, PEER_NAME, PeerFeatures, RealPeer, start_sshd
-from nats.aio.client import Client as NATS
+from ssh_peer import MeshPeer, PeerFeatures, start_peer
 from static_link import write_launcher, write_link
 
 from meshssh_agent.peers import PeerEntry
 from meshssh_agent.ssh_config import DropIn, install, render
-from meshssh_testkit import os_users
 from meshssh_testkit.openssh import OpenSSH, RunResult
-from meshssh_testkit.plugin import ServiceFactory
 
-__all__ = ["LOCAL_IP", "PEER_IP", "PEER_NAME", "Provider", "agent_mesh", "management", "provider"]
+PEER_NAME = "demo-server"
+PEER_IP = "127.0.0.2"
+LOCAL_IP = "127.0.0.3"
+__all__ = ["Provider", "management", "provider"]  # login-test fixtures
+
+TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.test-token.signature"
 
 
 @dataclass
 class Mesh:
     """OpenSSH configured with the meshssh drop-in, pointed at one running peer."""
 
-    peer: RealPeer
-    token: str
+    peer: MeshPeer
     state_dir: Path
     launcher: Path
     dropin: Path
@@ -58,7 +54,7 @@ class Mesh:
         self,
         *,
         host_key_line: str | None = None,
-        token: str | None = None,
+        token: str = TOKEN,
         cached_token: str | None = None,
     ) -> None:
         """Change what the link says (the pinned key, the fresh and the cached token)."""
@@ -66,7 +62,7 @@ class Mesh:
             self.state_dir,
             [self.entry(host_key_line)],
             LOCAL_IP,
-            token if token is not None else self.token,
+            token,
             cached_token=cached_token,
         )
 
@@ -75,26 +71,12 @@ class Mesh:
         return await self.openssh.run(tool, *args, options=["-F", str(self.config)], **kw)  # type: ignore[arg-type]
 
 
-async def make_mesh(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
-    features: PeerFeatures,
-) -> Mesh:
-    peer = await start_sshd(nc, nats_url, services, tmp_path, features, sources=(f"{LOCAL_IP}/32",))
+async def make_mesh(tmp_path: Path, openssh: OpenSSH, features: PeerFeatures) -> Mesh:
+    peer = await start_peer(TOKEN, features=features, host=PEER_IP)
     state_dir = tmp_path / "state"
     launcher = write_launcher(tmp_path / "meshssh")
-    mesh = Mesh(
-        peer,
-        peer.issuer.mint("alice-id"),
-        state_dir,
-        launcher,
-        tmp_path / "meshssh.conf",
-        tmp_path / "ssh_config",
-        openssh,
-    )
+    mesh = Mesh(peer, state_dir, launcher, tmp_path / "meshssh.conf", tmp_path / "ssh_config",
+                openssh)  # fmt: skip
     mesh.relink()
     install(render([PEER_NAME, PEER_IP], DropIn(str(launcher), state_dir)), mesh.dropin)
     mesh.config.write_text(
@@ -112,34 +94,11 @@ def peer_features(request: pytest.FixtureRequest) -> PeerFeatures:
 
 @pytest.fixture
 async def mesh(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
-    peer_features: PeerFeatures,
-) -> Mesh:
-    """A running meshssh-sshd and OpenSSH with the drop-in (``services`` stops the server)."""
-    return await make_mesh(nc, nats_url, services, tmp_path, openssh, peer_features)
-
-
-@pytest.fixture
-async def static_mesh(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
-) -> Mesh:
-    """``mesh`` (meshssh-sshd and the static link) where a module's ``mesh`` is the real agent."""
-    return await make_mesh(nc, nats_url, services, tmp_path, openssh, PeerFeatures())
-
-
-@pytest.fixture(scope="module")
-def local_user() -> Iterator[str]:
-    """A local account the sessions switch to (made as root, removed after); else ours."""
-    if os.geteuid() != 0:
-        yield getpass.getuser()
-        return
-    with os_users.throwaway_user(shell="/bin/sh") as name:  # password "*": not locked
-        yield name
+    tmp_path: Path, openssh: OpenSSH, peer_features: PeerFeatures
+) -> AsyncIterator[Mesh]:
+    """A running peer and OpenSSH with the drop-in; the peer stops after the test."""
+    built = await make_mesh(tmp_path, openssh, peer_features)
+    try:
+        yield built
+    finally:
+        await built.peer.stop()

@@ -1,9 +1,8 @@
-"""The test seam for the client: an in-test ``ClientLink`` (a file of peers and fixed tokens).
+"""The test seam for the client: an in-test ``ClientLink`` (a dict of peers and fixed tokens).
 
-The real agent (``meshssh up``) serves the client tests through ``agent_mesh``; this stands in
-for it only where a test must hand the client a fixed key or token (a wrong pinned key, an
-expired or refused token) or count every token handed out, which the real agent's cache
-does not allow. The peers, the local mesh address and the tokens come from
+The peer agent (``meshssh up``) and its token cache are built separately; until they are
+merged, tests stand in for them here with the narrow protocols of
+``meshssh_cli.ssh.peer_directory``: the peers, the local mesh address and the tokens come from
 ``<state-dir>/test-link.json``, and every token handed out is logged to
 ``<state-dir>/tokens.log``. Everything on the SSH side stays real.
 

@@ -1,8 +1,7 @@
 """Session details through ``meshssh ssh proxy`` that OpenSSH's ssh cannot produce on demand.
 
 An asyncssh client runs the proxy as its ProxyCommand (as OpenSSH does) to send signals and
-env, and to see exit signals, EOF and flow control end to end, against the real system
-(``agent_mesh``: the laptop agent serves alice's token, demo-server's agent runs meshssh-sshd).
+env, and to see exit signals, EOF and flow control end to end.
 """
 
 from __future__ import annotations
@@ -12,27 +11,17 @@ from collections.abc import AsyncIterator
 
 import asyncssh
 import pytest
-from agent_mesh import AgentMesh
+from conftest import Mesh
 
 
 @pytest.fixture
-async def via_proxy(
-    agent_mesh: AgentMesh, local_user: str
-) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    mesh = agent_mesh
-    command = [
-        str(mesh.launcher),
-        "ssh",
-        "proxy",
-        "--state-dir",
-        str(mesh.state_dir),
-        "demo-server",
-        str(mesh.peer.port),
-    ]
+async def via_proxy(mesh: Mesh) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    command = [str(mesh.launcher), "ssh", "proxy", "--state-dir", str(mesh.state_dir),
+               "demo-server", str(mesh.peer.port)]  # fmt: skip
     async with asyncssh.connect(
         "demo-server",
         proxy_command=command,
-        username=local_user,
+        username="alice",
         known_hosts=None,
         client_keys=None,
         agent_path=None,
@@ -61,13 +50,14 @@ async def test_an_exit_signal_comes_back_as_a_signal(
 
 
 async def test_env_stdin_eof_and_exit_status_pass_through(
-    via_proxy: asyncssh.SSHClientConnection,
+    via_proxy: asyncssh.SSHClientConnection, mesh: Mesh
 ) -> None:
     result = await asyncio.wait_for(
         via_proxy.run("cat; echo $LANG; exit 4", input="from stdin\n", env={"LANG": "C.UTF-8"}), 15
     )
     assert result.stdout == "from stdin\nC.UTF-8\n"
-    assert result.exit_status == 4  # and the env request reached the command (its $LANG)
+    assert result.exit_status == 4
+    assert {"LANG": "C.UTF-8"} in mesh.peer.record.env
 
 
 async def test_large_output_arrives_whole_under_flow_control(

@@ -6,38 +6,77 @@ tokens end ``ssh`` within 5 s with "Permission denied" and the server's reason; 
 and ``meshssh ssh -A`` give the session the client's agent when the peer allows it, and say
 "Agent forwarding not available" when it does not; audit events name the source peer.
 
-The refusal tests stand in for the peer agent with ``static_link``: they must hand the client
-an expired or wrong-audience token, which the real agent's cache never hands out (the
-identity provider is a signing key the test holds, a third-party issuer). The ``-A`` and audit
-tests run the real system (``agent_mesh``: agents, meshssh-policy, meshssh-authn, login).
+The peer agent is stood in for by ``static_link`` (as in the other client tests): the test
+must hand the client an expired or wrong-audience token, which the real agent's cache never
+hands out. The identity provider is a signing key the test holds (a third-party issuer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import json
 import os
 import pwd
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
-from agent_mesh import AgentMesh
 from conftest import LOCAL_IP, PEER_IP, PEER_NAME
-from mesh_sshd import NO_FEATURES, Issuer, PeerFeatures, audit_events, kinds, start_sshd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from static_link import issued, write_launcher, write_link
 
 from meshssh_agent.peers import PeerEntry
 from meshssh_agent.ssh_config import DropIn, install, render
+from meshssh_common import codec, subjects
+from meshssh_common.host_keys import load_or_create_host_key
+from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.ssh_auth import build_table
+from meshssh_common.wire import (
+    AuditEvent,
+    FirewallRule,
+    JwksSnapshot,
+    JwtConfig,
+    NetworkMap,
+    PeerConfig,
+    SourcePeer,
+)
+from meshssh_testkit import os_users
+from meshssh_testkit.netmaps import put_map
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import ServiceFactory, need_tool
-from meshssh_testkit.process import run_command
+from meshssh_testkit.process import run_command, script
 from meshssh_testkit.ssh_agent import ssh_agent, ssh_agent_available
 
+ISSUER = "https://idp.example.test"
+AUDIENCE = "meshssh"
+SERVER_ID = "server-1"
+LAPTOP = SourcePeer(id="laptop-1", name="demo-laptop", mesh_ip=LOCAL_IP)
 IS_ROOT = os.geteuid() == 0
+
+
+@dataclass
+class Issuer:
+    """The third-party identity provider: its signing key and its tokens."""
+
+    key: Ed25519PrivateKey
+    kid: str = "test-k1"
+
+    def jwks(self) -> tuple[dict[str, Any], ...]:
+        jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key()))
+        return ({**jwk, "kid": self.kid, "use": "sig", "alg": "EdDSA"},)
+
+    def mint(self, sub: str, *, age: float = 0, ttl: float = 300, aud: str = AUDIENCE) -> str:
+        now = time.time() - age
+        claims = {"iss": ISSUER, "aud": aud, "sub": sub, "iat": int(now), "exp": int(now + ttl)}
+        return jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})
 
 
 @dataclass
@@ -67,73 +106,85 @@ class Peer:
     async def meshssh(self, *args: str, env: dict[str, str] | None = None) -> RunResult:
         """``meshssh ssh`` with the stand-in agent."""
         return await run_command(
-            str(self.launcher),
-            "ssh",
-            "--state-dir",
-            str(self.state_dir),
-            "-p",
-            str(self.port),
-            *args,
-            env=env or {},
-            timeout=60,
-        )
+            str(self.launcher), "ssh", "--state-dir", str(self.state_dir), "-p", str(self.port),
+            *args, env=env or {}, timeout=60,
+        )  # fmt: skip
+
+
+def throwaway_user() -> Iterator[str]:
+    """A local account the sessions switch to (made as root, removed after); else ours."""
+    if not IS_ROOT:
+        yield getpass.getuser()
+        return
+    with os_users.throwaway_user(shell="/bin/sh") as name:  # password "*": not locked
+        yield name
+
+
+@pytest.fixture(scope="module")
+def local_user() -> Iterator[str]:
+    yield from throwaway_user()
+
+
+def server_map(*, sources: tuple[str, ...] = ("127.0.0.0/8",)) -> NetworkMap:
+    return NetworkMap(
+        serial=int(time.time() * 1000),
+        peer=PeerConfig(id=SERVER_ID, name=PEER_NAME, mesh_ip=PEER_IP, mesh_prefix="127.0.0.0/8",
+                        ssh_enabled=True, jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))),
+        firewall_rules=(FirewallRule(sources=sources, protocol="tcp", action="accept",
+                                     policy_id="pol-1", port="22022"),),
+        ssh_auth=build_table("sub", [("alice-id", "*")]),
+        source_peers=(LAPTOP,),
+    )  # fmt: skip
 
 
 async def start_peer(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
-    user: str,
-    features: PeerFeatures = NO_FEATURES,
-    sources: tuple[str, ...] = ("127.0.0.0/8",),
-) -> Peer:
-    sshd = await start_sshd(nc, nats_url, services, tmp_path, features, sources=sources)
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    user: str, *flags: str, sources: tuple[str, ...] = ("127.0.0.0/8",),
+) -> Peer:  # fmt: skip
+    issuer = Issuer(Ed25519PrivateKey.generate())
+    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    await kv.put(subjects.JWKS_KEY, JwksSnapshot(
+        jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)), keys=issuer.jwks(),
+        fetched_at=time.time(), source="test"))  # fmt: skip
+    await put_map(nc, server_map(sources=sources))
+    host_key = load_or_create_host_key(tmp_path / "sshd" / "ssh_host_ed25519_key")
+    sshd = await services.start(
+        script("meshssh-sshd"), "--peer-id", SERVER_ID, "--listen", f"{PEER_IP}:0",
+        "--host-key", str(tmp_path / "sshd" / "ssh_host_ed25519_key"), "--nats-url", nats_url,
+        *flags,
+    )  # fmt: skip
+    found = re.search(r"ssh listening.*address=[\d.]+:(\d+)", sshd.output())
+    assert found, sshd.output()
     state_dir = tmp_path / "state"
     launcher = write_launcher(tmp_path / "meshssh")
     dropin = tmp_path / "meshssh.conf"
     install(render([PEER_NAME, PEER_IP], DropIn(str(launcher), state_dir)), dropin)
     config = tmp_path / "ssh_config"
     config.write_text(
-        f"Port {sshd.port}\nBatchMode yes\nConnectTimeout 20\nLogLevel ERROR\nInclude {dropin}\n"
+        f"Port {found[1]}\nBatchMode yes\nConnectTimeout 20\nLogLevel ERROR\nInclude {dropin}\n"
     )
-    peer = Peer(
-        sshd.port, sshd.host_key_line, user, state_dir, launcher, config, openssh, sshd.issuer
-    )
-    peer.give(sshd.issuer.mint("alice-id"))
+    peer = Peer(int(found[1]), host_key.public_line, user, state_dir, launcher, config, openssh,
+                issuer)  # fmt: skip
+    peer.give(issuer.mint("alice-id"))
     return peer
 
 
 @pytest.fixture
 async def peer(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
     local_user: str,
-) -> Peer:
+) -> Peer:  # fmt: skip
     return await start_peer(nc, nats_url, services, tmp_path, openssh, local_user)
 
 
-REFUSED: dict[str, tuple[Callable[[Issuer], str], str, str]] = {
-    "expired": (
-        lambda i: i.mint("alice-id", age=400, ttl=300),
-        "your login token has expired",
-        "meshssh login",
-    ),
-    "bad_audience": (
-        lambda i: i.mint("alice-id", aud="another-app"),
-        "your login token is not meant for demo-server (audience)",
-        "--audience",
-    ),
-    "not_authorized": (
-        lambda i: i.mint("mallory-id"),
-        "you are not authorized to log in as",
-        "meshctl policies ls",
-    ),
-}
+REFUSED = {
+    "expired": (lambda i: i.mint("alice-id", age=400, ttl=300), "your login token has expired",
+                "meshssh login"),
+    "bad_audience": (lambda i: i.mint("alice-id", aud="another-app"),
+                     "your login token is not meant for demo-server (audience)", "--audience"),
+    "not_authorized": (lambda i: i.mint("mallory-id"), "you are not authorized to log in as",
+                       "meshctl policies ls"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("reason", list(REFUSED))
@@ -189,33 +240,15 @@ async def test_an_expired_cached_token_is_dropped_so_the_next_ssh_signs_in_afres
 
 
 async def test_a_source_the_peer_refuses_at_its_gate_gets_permission_denied(
-    nc: NATS,
-    nats_url: str,
-    services: ServiceFactory,
-    tmp_path: Path,
-    openssh: OpenSSH,
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
     local_user: str,
-) -> None:
-    peer = await start_peer(
-        nc, nats_url, services, tmp_path, openssh, local_user, sources=("127.0.0.9/32",)
-    )
+) -> None:  # fmt: skip
+    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
+                            sources=("127.0.0.9/32",))  # fmt: skip
     proxy = f"{peer.launcher} ssh proxy --state-dir {peer.state_dir} %h %p"
-    options = [
-        "-F",
-        "/dev/null",
-        "-o",
-        f"ProxyCommand={proxy}",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        str(peer.port),
-    ]
+    options = ["-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
+               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-p", str(peer.port)]  # fmt: skip
     results = [
         await openssh.run("ssh", f"{local_user}@{PEER_NAME}", "true", options=options),
         await peer.meshssh(f"{local_user}@{PEER_NAME}", "true"),
@@ -250,29 +283,17 @@ async def agent_env(tmp_path: Path, openssh: OpenSSH) -> AsyncIterator[tuple[dic
 PROBE = 'ssh-add -l; s="$SSH_AUTH_SOCK"; stat -c "%U %a" "$s" "$(dirname "$s")"; echo "sock=$s"'
 
 
-async def both_clients(mesh: AgentMesh, *args: str, env: dict[str, str]) -> list[RunResult]:
-    """OpenSSH through the agent's drop-in, then ``meshssh ssh``, with the same arguments."""
-    return [
-        await mesh.run("ssh", *args, env=env, timeout=60),
-        await run_command(
-            str(mesh.launcher),
-            "ssh",
-            "--state-dir",
-            str(mesh.state_dir),
-            "-p",
-            str(mesh.peer.port),
-            *args,
-            env=env,
-            timeout=60,
-        ),
-    ]
-
-
 async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent(
-    agent_mesh: AgentMesh, tmp_path: Path, openssh: OpenSSH, local_user: str
-) -> None:
+    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    local_user: str,
+) -> None:  # fmt: skip
+    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
+                            "--enable-ssh-agent-forwarding")  # fmt: skip
     async with agent_env(tmp_path, openssh) as (env, key):
-        results = await both_clients(agent_mesh, "-A", f"{local_user}@{PEER_NAME}", PROBE, env=env)
+        results = [
+            await peer.ssh("-A", f"{local_user}@{PEER_NAME}", PROBE, env=env),
+            await peer.meshssh("-A", f"{local_user}@{PEER_NAME}", PROBE, env=env),
+        ]
     for result in results:
         assert result.returncode == 0, result.err
         lines = result.out.splitlines()
@@ -283,13 +304,12 @@ async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent
         assert await socket_gone(path)  # removed when the session (connection) ended
 
 
-@pytest.mark.parametrize("peer_features", [PeerFeatures(agent_forwarding=False)], indirect=True)
 async def test_without_the_flag_ssh_A_is_told_agent_forwarding_is_not_available(
-    agent_mesh: AgentMesh, tmp_path: Path, openssh: OpenSSH, local_user: str
+    peer: Peer, tmp_path: Path, openssh: OpenSSH
 ) -> None:
     async with agent_env(tmp_path, openssh) as (env, _):
-        probe = ("-A", f"{local_user}@{PEER_NAME}", 'echo "sock=$SSH_AUTH_SOCK"')
-        results = await both_clients(agent_mesh, *probe, env=env)
+        probe = ("-A", f"{peer.user}@{PEER_NAME}", 'echo "sock=$SSH_AUTH_SOCK"')
+        results = [await peer.ssh(*probe, env=env), await peer.meshssh(*probe, env=env)]
     for result in results:
         assert result.returncode == 0, result.err
         assert result.out == "sock=\n"
@@ -297,16 +317,24 @@ async def test_without_the_flag_ssh_A_is_told_agent_forwarding_is_not_available(
         assert "--enable-ssh-agent-forwarding" in result.err
 
 
-async def test_audit_events_of_a_drop_in_session_name_the_source_peer(
-    agent_mesh: AgentMesh, local_user: str
-) -> None:
-    result = await agent_mesh.run("ssh", f"{local_user}@{PEER_NAME}", "true")
+async def test_audit_events_of_a_drop_in_session_name_the_source_peer(peer: Peer, nc: NATS) -> None:
+    result = await peer.ssh(f"{peer.user}@{PEER_NAME}", "true")
     assert result.returncode == 0, result.err
+    js = nc.jetstream()
     wanted = {"auth-accepted", "session-start", "session-end"}
-    events = await audit_events(agent_mesh.peer.nc, kinds(*wanted))
+    events: list[AuditEvent] = []
+    async with asyncio.timeout(10):
+        while not wanted <= {e.kind for e in events}:
+            await asyncio.sleep(0.1)
+            info = await js.stream_info(subjects.AUDIT_STREAM)
+            sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
+            try:
+                events = [codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
+                          for _ in range(info.state.messages)]  # fmt: skip
+            finally:
+                await sub.unsubscribe()
     for event in (e for e in events if e.kind in wanted):
-        assert event.source_peer, event  # the laptop's id in the map
-        assert event.source_peer_name == "demo-laptop", event
+        assert (event.source_peer, event.source_peer_name) == ("laptop-1", "demo-laptop"), event
         assert event.source_addr.startswith(f"{LOCAL_IP}:"), event
-        assert (event.jwt_user, event.local_user) == ("alice", local_user), event
-    assert pwd.getpwnam(local_user)  # the session ran as that local account
+        assert (event.jwt_user, event.local_user) == ("alice-id", peer.user), event
+    assert pwd.getpwnam(peer.user)  # the session ran as that local account

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_mesh import AgentMesh
-from conftest import LOCAL_IP, PEER_IP, PEER_NAME, Mesh
-from mesh_sshd import PeerFeatures
+from conftest import LOCAL_IP, PEER_IP, PEER_NAME, TOKEN, Mesh
+from ssh_peer import PeerFeatures
 from static_link import write_launcher, write_link
 
 from meshssh_agent.dropin import dropin_enabled, sync_dropin
@@ -21,55 +20,42 @@ from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.process import run_command
 
 
-async def run_launcher(
-    launcher: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> tuple[int, str, str]:
+async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,
+                       timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
     result = await run_command(str(launcher), *args, env=env or {}, timeout=timeout)
     return result.returncode, result.out, result.err
 
 
-async def detect(mesh: AgentMesh, host: str, port: int) -> int:
-    rc, _, _ = await run_launcher(
-        mesh.launcher, "ssh", "detect", "--state-dir", str(mesh.state_dir), host, str(port)
-    )
+async def detect(mesh: Mesh, host: str, port: int) -> int:
+    rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
+                                  str(mesh.state_dir), host, str(port))  # fmt: skip
     return rc
 
 
-async def test_detect_says_yes_for_a_jwt_peer_by_name_or_address(agent_mesh: AgentMesh) -> None:
-    mesh = agent_mesh
+async def test_detect_says_yes_for_a_jwt_peer_by_name_or_address(mesh: Mesh) -> None:
     assert await detect(mesh, PEER_NAME, mesh.peer.port) == 0
     assert await detect(mesh, PEER_IP, mesh.peer.port) == 0
-    # the policy lets in only registered laptops (LOCAL_IP), so both probes came from it
+    assert mesh.peer.record.sources == [LOCAL_IP, LOCAL_IP]  # probed from the mesh address
 
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(jwt=False)], indirect=True)
-async def test_detect_says_yes_for_a_machine_identity_peer(agent_mesh: AgentMesh) -> None:
-    mesh = agent_mesh
+async def test_detect_says_yes_for_a_machine_identity_peer(mesh: Mesh) -> None:
     assert await detect(mesh, PEER_NAME, mesh.peer.port) == 0
 
 
 async def test_detect_says_no_for_strangers_closed_ports_and_a_missing_agent(
-    agent_mesh: AgentMesh, tmp_path: Path
+    mesh: Mesh, tmp_path: Path
 ) -> None:
-    mesh = agent_mesh
     assert await detect(mesh, "stranger", mesh.peer.port) == 2
     port = mesh.peer.port
-    await mesh.server.stop()  # its agent, and so its sshd
+    await mesh.peer.stop()
     assert await detect(mesh, PEER_NAME, port) == 2
-    rc, _, _ = await run_launcher(
-        mesh.launcher,
-        "ssh",
-        "detect",
-        "--state-dir",
-        str(tmp_path / "no-agent"),
-        PEER_NAME,
-        str(port),
-    )
+    rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
+                                  str(tmp_path / "no-agent"), PEER_NAME, str(port))  # fmt: skip
     assert rc == 2
 
 
-async def test_detect_gives_up_on_a_silent_server_within_5_seconds(agent_mesh: AgentMesh) -> None:
-    mesh = agent_mesh
+async def test_detect_gives_up_on_a_silent_server_within_5_seconds(mesh: Mesh) -> None:
     held: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -88,18 +74,16 @@ async def test_detect_gives_up_on_a_silent_server_within_5_seconds(agent_mesh: A
 
 
 async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: Path) -> None:
-    # static link: a map with a keyless peer, which the real policy does not hand out
     launcher = write_launcher(tmp_path / "meshssh")
     state = tmp_path / "state"
     peers = [
         PeerEntry(PEER_NAME, PEER_IP, "ssh-ed25519 AAAA"),
         PeerEntry("keyless", "127.0.0.9", ""),
     ]
-    write_link(state, peers, LOCAL_IP, "unused-token")  # config never asks for a token
+    write_link(state, peers, LOCAL_IP, TOKEN)
     dropin = tmp_path / "99-meshssh.conf"
-    rc, _, err = await run_launcher(
-        launcher, "config", "install", "--file", str(dropin), "--state-dir", str(state)
-    )
+    rc, _, err = await run_launcher(launcher, "config", "install", "--file", str(dropin),
+                                      "--state-dir", str(state))  # fmt: skip
     assert rc == 0, err
     text = dropin.read_text()
     assert (
@@ -114,20 +98,12 @@ async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: 
 
 
 async def test_the_opt_out_setting_stops_install(tmp_path: Path) -> None:
-    launcher = (
-        Path(sys.executable).parent / "meshssh"
-    )  # the real command; it stops before any agent
+    launcher = write_launcher(tmp_path / "meshssh")
+    write_link(tmp_path / "state", [], LOCAL_IP, TOKEN)
     dropin = tmp_path / "99-meshssh.conf"
-    rc, _, err = await run_launcher(
-        launcher,
-        "config",
-        "install",
-        "--file",
-        str(dropin),
-        "--state-dir",
-        str(tmp_path / "state"),
-        env={"MESHSSH_DISABLE_SSH_CONFIG": "1"},
-    )
+    rc, _, err = await run_launcher(launcher, "config", "install", "--file", str(dropin),
+                                    "--state-dir", str(tmp_path / "state"),
+                                    env={"MESHSSH_DISABLE_SSH_CONFIG": "1"})  # fmt: skip
     assert rc == 1
     assert "disabled by MESHSSH_DISABLE_SSH_CONFIG" in err
     assert not dropin.exists()
@@ -150,17 +126,9 @@ def test_the_agent_keeps_the_drop_in_current_and_removes_it_when_opted_out(tmp_p
 
 @pytest.mark.parametrize(
     ("host", "found"),
-    [
-        ("demo-server", "demo-server"),
-        ("DEMO-Server.", "demo-server"),
-        ("127.0.0.2", "demo-server"),
-        ("fd00::7", "v6"),
-        ("[fd00:0::7]", "v6"),
-        ("demo", None),
-        ("127.0.0.22", None),
-        ("", None),
-    ],
-)
+    [("demo-server", "demo-server"), ("DEMO-Server.", "demo-server"), ("127.0.0.2", "demo-server"),
+     ("fd00::7", "v6"), ("[fd00:0::7]", "v6"), ("demo", None), ("127.0.0.22", None), ("", None)],
+)  # fmt: skip
 def test_peers_are_found_by_name_or_any_spelling_of_their_address(
     host: str, found: str | None
 ) -> None:
@@ -171,9 +139,8 @@ def test_peers_are_found_by_name_or_any_spelling_of_their_address(
 
 async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_path: Path) -> None:
     meshssh = Path(sys.executable).parent / "meshssh"
-    rc, _, _ = await run_launcher(
-        meshssh, "ssh", "detect", "--state-dir", str(tmp_path), PEER_NAME, "22"
-    )
+    rc, _, _ = await run_launcher(meshssh, "ssh", "detect", "--state-dir", str(tmp_path),
+                                  PEER_NAME, "22")  # fmt: skip
     assert rc == 2
     rc, _, err = await run_launcher(meshssh, "ssh", "--state-dir", str(tmp_path), PEER_NAME, "true")
     assert rc == 255
@@ -184,7 +151,6 @@ async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_
 async def test_ssh_through_the_drop_in_uses_the_marker_and_starts_no_detect(
     mesh: Mesh, tmp_path: Path
 ) -> None:
-    # static link: the test installs its own drop-in (a logging launcher) the agent would rewrite
     calls = tmp_path / "calls"
     logging_launcher = tmp_path / "meshssh-logged"
     logging_launcher.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec {mesh.launcher} "$@"\n')

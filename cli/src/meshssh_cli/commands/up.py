@@ -300,7 +300,9 @@ async def _await_registration(
     while time.monotonic() < deadline:
         if (code := proc.poll()) is not None:
             tail = files.log.read_text(errors="replace")[offset:].strip().splitlines()
-            sys.stderr.write("\n".join(tail[-15:]) + "\n")
+            # The agent's own one-line reasons ("meshssh-agent: bad setting ...") say it best.
+            reasons = [line for line in tail if line.startswith("meshssh-agent:")]
+            sys.stderr.write("\n".join(reasons or tail[-15:]) + "\n")
             sys.stderr.write(f"meshssh up: the agent exited ({code}); log: {files.log}\n")
             return code or 1
         try:

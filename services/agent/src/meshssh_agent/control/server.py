@@ -152,6 +152,11 @@ class AgentSocketServer:
                 await self._loop(reader, writer, caller)
             except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
                 pass
+            except asyncio.CancelledError:
+                # The agent is stopping. Ending normally keeps asyncio's stream callback from
+                # logging a traceback for the cancelled handler (Python 3.11), which used to
+                # push the agent's one-line reason out of what `meshssh up` shows.
+                pass
             finally:
                 self._writers.discard(writer)
                 writer.close()
