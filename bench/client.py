@@ -117,15 +117,18 @@ async def bench(work: Path) -> dict[str, object]:
     peer = await start_peer(TOKEN, host="127.0.0.2")
     try:
         state = work / "state"
-        write_link(state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)],
-                   "127.0.0.3", TOKEN)  # fmt: skip
+        write_link(
+            state, [PeerEntry("demo-server", "127.0.0.2", peer.host_key_line)], "127.0.0.3", TOKEN
+        )
         launcher = str(write_launcher(work / "meshssh"))
         marks = state / "ssh-servers"
         write_marks(marks, [(peer.port, "demo-server")])  # what the agent keeps
         hosts = ["demo-server", "127.0.0.2"]
         config, plain_config = work / "ssh_config", work / "ssh_config_no_marker"
-        for conf, dropin in ((config, DropIn(launcher, state, marks)),
-                             (plain_config, DropIn(launcher, state))):  # fmt: skip
+        for conf, dropin in (
+            (config, DropIn(launcher, state, marks)),
+            (plain_config, DropIn(launcher, state)),
+        ):
             install(render(hosts, dropin), conf.with_suffix(".dropin"))
             conf.write_text(f"Port {peer.port}\nBatchMode yes\nInclude {conf}.dropin\n")
         direct = [launcher, "ssh", "--state-dir", str(state), "-p", str(peer.port), "demo-server"]

@@ -172,19 +172,45 @@ def bench(setup: sshb.Setup, tmp: Path) -> dict[str, Any]:
     env = setup.env()
     user_host = f"{setup.user}@{PEER}"
     scp_openssh = [
-        "scp", "-q", "-F", "none", "-o", f"UserKnownHostsFile={setup.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
-        "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
-        "-o", f"BindAddress={sshb.CLIENT_IP}", "-P", str(setup.meshssh_port),
-        str(src), f"{setup.user}@{sshb.MESH_IP}:{dest}",
-    ]  # fmt: skip
+        "scp",
+        "-q",
+        "-F",
+        "none",
+        "-o",
+        f"UserKnownHostsFile={setup.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=no",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "-o",
+        f"BindAddress={sshb.CLIENT_IP}",
+        "-P",
+        str(setup.meshssh_port),
+        str(src),
+        f"{setup.user}@{sshb.MESH_IP}:{dest}",
+    ]
     variants = {
         "dropin": ["scp", "-q", "-F", str(config), str(src), f"{user_host}:{dest}"],
-        "direct": [launcher, "ssh", "--state-dir", str(state), "-p", str(setup.meshssh_port),
-                   user_host, f"cat > {shlex.quote(str(dest))}"],
+        "direct": [
+            launcher,
+            "ssh",
+            "--state-dir",
+            str(state),
+            "-p",
+            str(setup.meshssh_port),
+            user_host,
+            f"cat > {shlex.quote(str(dest))}",
+        ],
         "openssh": scp_openssh,
-    }  # fmt: skip
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     server: dict[str, list[float]] = {name: [] for name in variants}
     gib = SIZE / sshb.GIB

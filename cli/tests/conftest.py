@@ -75,8 +75,9 @@ async def make_mesh(tmp_path: Path, openssh: OpenSSH, features: PeerFeatures) ->
     peer = await start_peer(TOKEN, features=features, host=PEER_IP)
     state_dir = tmp_path / "state"
     launcher = write_launcher(tmp_path / "meshssh")
-    mesh = Mesh(peer, state_dir, launcher, tmp_path / "meshssh.conf", tmp_path / "ssh_config",
-                openssh)  # fmt: skip
+    mesh = Mesh(
+        peer, state_dir, launcher, tmp_path / "meshssh.conf", tmp_path / "ssh_config", openssh
+    )
     mesh.relink()
     install(render([PEER_NAME, PEER_IP], DropIn(str(launcher), state_dir)), mesh.dropin)
     mesh.config.write_text(

@@ -16,8 +16,15 @@ from conftest import Mesh
 
 @pytest.fixture
 async def via_proxy(mesh: Mesh) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    command = [str(mesh.launcher), "ssh", "proxy", "--state-dir", str(mesh.state_dir),
-               "demo-server", str(mesh.peer.port)]  # fmt: skip
+    command = [
+        str(mesh.launcher),
+        "ssh",
+        "proxy",
+        "--state-dir",
+        str(mesh.state_dir),
+        "demo-server",
+        str(mesh.peer.port),
+    ]
     async with asyncssh.connect(
         "demo-server",
         proxy_command=command,

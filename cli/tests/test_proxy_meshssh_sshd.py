@@ -106,9 +106,16 @@ class Peer:
     async def meshssh(self, *args: str, env: dict[str, str] | None = None) -> RunResult:
         """``meshssh ssh`` with the stand-in agent."""
         return await run_command(
-            str(self.launcher), "ssh", "--state-dir", str(self.state_dir), "-p", str(self.port),
-            *args, env=env or {}, timeout=60,
-        )  # fmt: skip
+            str(self.launcher),
+            "ssh",
+            "--state-dir",
+            str(self.state_dir),
+            "-p",
+            str(self.port),
+            *args,
+            env=env or {},
+            timeout=60,
+        )
 
 
 def throwaway_user() -> Iterator[str]:
@@ -128,31 +135,59 @@ def local_user() -> Iterator[str]:
 def server_map(*, sources: tuple[str, ...] = ("127.0.0.0/8",)) -> NetworkMap:
     return NetworkMap(
         serial=int(time.time() * 1000),
-        peer=PeerConfig(id=SERVER_ID, name=PEER_NAME, mesh_ip=PEER_IP, mesh_prefix="127.0.0.0/8",
-                        ssh_enabled=True, jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))),
-        firewall_rules=(FirewallRule(sources=sources, protocol="tcp", action="accept",
-                                     policy_id="pol-1", port="22022"),),
+        peer=PeerConfig(
+            id=SERVER_ID,
+            name=PEER_NAME,
+            mesh_ip=PEER_IP,
+            mesh_prefix="127.0.0.0/8",
+            ssh_enabled=True,
+            jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)),
+        ),
+        firewall_rules=(
+            FirewallRule(
+                sources=sources, protocol="tcp", action="accept", policy_id="pol-1", port="22022"
+            ),
+        ),
         ssh_auth=build_table("sub", [("alice-id", "*")]),
         source_peers=(LAPTOP,),
-    )  # fmt: skip
+    )
 
 
 async def start_peer(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
-    user: str, *flags: str, sources: tuple[str, ...] = ("127.0.0.0/8",),
-) -> Peer:  # fmt: skip
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
+    user: str,
+    *flags: str,
+    sources: tuple[str, ...] = ("127.0.0.0/8",),
+) -> Peer:
     issuer = Issuer(Ed25519PrivateKey.generate())
     kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
-    await kv.put(subjects.JWKS_KEY, JwksSnapshot(
-        jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)), keys=issuer.jwks(),
-        fetched_at=time.time(), source="test"))  # fmt: skip
+    await kv.put(
+        subjects.JWKS_KEY,
+        JwksSnapshot(
+            jwt=JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,)),
+            keys=issuer.jwks(),
+            fetched_at=time.time(),
+            source="test",
+        ),
+    )
     await put_map(nc, server_map(sources=sources))
     host_key = load_or_create_host_key(tmp_path / "sshd" / "ssh_host_ed25519_key")
     sshd = await services.start(
-        script("meshssh-sshd"), "--peer-id", SERVER_ID, "--listen", f"{PEER_IP}:0",
-        "--host-key", str(tmp_path / "sshd" / "ssh_host_ed25519_key"), "--nats-url", nats_url,
+        script("meshssh-sshd"),
+        "--peer-id",
+        SERVER_ID,
+        "--listen",
+        f"{PEER_IP}:0",
+        "--host-key",
+        str(tmp_path / "sshd" / "ssh_host_ed25519_key"),
+        "--nats-url",
+        nats_url,
         *flags,
-    )  # fmt: skip
+    )
     found = re.search(r"ssh listening.*address=[\d.]+:(\d+)", sshd.output())
     assert found, sshd.output()
     state_dir = tmp_path / "state"
@@ -163,28 +198,42 @@ async def start_peer(
     config.write_text(
         f"Port {found[1]}\nBatchMode yes\nConnectTimeout 20\nLogLevel ERROR\nInclude {dropin}\n"
     )
-    peer = Peer(int(found[1]), host_key.public_line, user, state_dir, launcher, config, openssh,
-                issuer)  # fmt: skip
+    peer = Peer(
+        int(found[1]), host_key.public_line, user, state_dir, launcher, config, openssh, issuer
+    )
     peer.give(issuer.mint("alice-id"))
     return peer
 
 
 @pytest.fixture
 async def peer(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     local_user: str,
-) -> Peer:  # fmt: skip
+) -> Peer:
     return await start_peer(nc, nats_url, services, tmp_path, openssh, local_user)
 
 
 REFUSED = {
-    "expired": (lambda i: i.mint("alice-id", age=400, ttl=300), "your login token has expired",
-                "meshssh login"),
-    "bad_audience": (lambda i: i.mint("alice-id", aud="another-app"),
-                     "your login token is not meant for demo-server (audience)", "--audience"),
-    "not_authorized": (lambda i: i.mint("mallory-id"), "you are not authorized to log in as",
-                       "meshctl policies ls"),
-}  # fmt: skip
+    "expired": (
+        lambda i: i.mint("alice-id", age=400, ttl=300),
+        "your login token has expired",
+        "meshssh login",
+    ),
+    "bad_audience": (
+        lambda i: i.mint("alice-id", aud="another-app"),
+        "your login token is not meant for demo-server (audience)",
+        "--audience",
+    ),
+    "not_authorized": (
+        lambda i: i.mint("mallory-id"),
+        "you are not authorized to log in as",
+        "meshctl policies ls",
+    ),
+}
 
 
 @pytest.mark.parametrize("reason", list(REFUSED))
@@ -240,15 +289,33 @@ async def test_an_expired_cached_token_is_dropped_so_the_next_ssh_signs_in_afres
 
 
 async def test_a_source_the_peer_refuses_at_its_gate_gets_permission_denied(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     local_user: str,
-) -> None:  # fmt: skip
-    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
-                            sources=("127.0.0.9/32",))  # fmt: skip
+) -> None:
+    peer = await start_peer(
+        nc, nats_url, services, tmp_path, openssh, local_user, sources=("127.0.0.9/32",)
+    )
     proxy = f"{peer.launcher} ssh proxy --state-dir {peer.state_dir} %h %p"
-    options = ["-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-p", str(peer.port)]  # fmt: skip
+    options = [
+        "-F",
+        "/dev/null",
+        "-o",
+        f"ProxyCommand={proxy}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(peer.port),
+    ]
     results = [
         await openssh.run("ssh", f"{local_user}@{PEER_NAME}", "true", options=options),
         await peer.meshssh(f"{local_user}@{PEER_NAME}", "true"),
@@ -284,11 +351,16 @@ PROBE = 'ssh-add -l; s="$SSH_AUTH_SOCK"; stat -c "%U %a" "$s" "$(dirname "$s")";
 
 
 async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent(
-    nc: NATS, nats_url: str, services: ServiceFactory, tmp_path: Path, openssh: OpenSSH,
+    nc: NATS,
+    nats_url: str,
+    services: ServiceFactory,
+    tmp_path: Path,
+    openssh: OpenSSH,
     local_user: str,
-) -> None:  # fmt: skip
-    peer = await start_peer(nc, nats_url, services, tmp_path, openssh, local_user,
-                            "--enable-ssh-agent-forwarding")  # fmt: skip
+) -> None:
+    peer = await start_peer(
+        nc, nats_url, services, tmp_path, openssh, local_user, "--enable-ssh-agent-forwarding"
+    )
     async with agent_env(tmp_path, openssh) as (env, key):
         results = [
             await peer.ssh("-A", f"{local_user}@{PEER_NAME}", PROBE, env=env),
@@ -329,8 +401,10 @@ async def test_audit_events_of_a_drop_in_session_name_the_source_peer(peer: Peer
             info = await js.stream_info(subjects.AUDIT_STREAM)
             sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
             try:
-                events = [codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
-                          for _ in range(info.state.messages)]  # fmt: skip
+                events = [
+                    codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
+                    for _ in range(info.state.messages)
+                ]
             finally:
                 await sub.unsubscribe()
     for event in (e for e in events if e.kind in wanted):

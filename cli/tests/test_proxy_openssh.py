@@ -61,8 +61,9 @@ async def test_plain_ssh_from_a_terminal_gets_an_interactive_shell(mesh: Mesh) -
 
 
 async def test_environment_requests_reach_the_remote_command(mesh: Mesh) -> None:
-    result = await mesh.run("ssh", "-o", "SetEnv=LC_MESHTEST=hello", "demo-server",
-                            "echo $LC_MESHTEST")  # fmt: skip
+    result = await mesh.run(
+        "ssh", "-o", "SetEnv=LC_MESHTEST=hello", "demo-server", "echo $LC_MESHTEST"
+    )
     assert result.returncode == 0, result.err
     assert result.out == "hello\n"
 
@@ -141,8 +142,17 @@ async def test_sftp_puts_lists_and_gets(mesh: Mesh, tmp_path: Path) -> None:
 async def test_local_forwarding_reaches_a_service_beside_the_peer(mesh: Mesh) -> None:
     async with echo_server() as echo:
         local = free_port()
-        argv = ["ssh", "-F", str(mesh.config), "-N", "-o", "ExitOnForwardFailure=yes",
-                "-L", f"127.0.0.1:{local}:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(mesh.config),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv):
             assert await echo_through("127.0.0.1", local, b"through -L") == b"THROUGH -L"
             assert await echo_through("127.0.0.1", local, b"again") == b"AGAIN"
@@ -152,8 +162,19 @@ async def test_remote_forwarding_with_port_0_reaches_a_service_beside_the_client
     mesh: Mesh,
 ) -> None:
     async with echo_server() as echo:
-        argv = ["ssh", "-F", str(mesh.config), "-N", "-o", "ExitOnForwardFailure=yes",
-                "-o", "LogLevel=INFO", "-R", f"0:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(mesh.config),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "LogLevel=INFO",
+            "-R",
+            f"0:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv) as proc:
             assert proc.stderr is not None
             port = int(await read_line_matching(proc.stderr, r"Allocated port (\d+)", 20))
@@ -163,8 +184,17 @@ async def test_remote_forwarding_with_port_0_reaches_a_service_beside_the_client
 async def test_dynamic_forwarding_serves_a_socks_client(mesh: Mesh) -> None:
     async with echo_server() as echo:
         local = free_port()
-        argv = ["ssh", "-F", str(mesh.config), "-N", "-o", "ExitOnForwardFailure=yes",
-                "-D", f"127.0.0.1:{local}", "demo-server"]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(mesh.config),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-D",
+            f"127.0.0.1:{local}",
+            "demo-server",
+        ]
         async with background(argv):
             await echo_through("127.0.0.1", local, b"")  # wait for the SOCKS port
 
@@ -195,9 +225,11 @@ async def test_agent_forwarding_lists_the_local_agents_keys_remotely(
     try:
         env = {"SSH_AUTH_SOCK": str(sock)}
         added = await asyncio.create_subprocess_exec(
-            "ssh-add", str(mesh.openssh.key_path), env={**os.environ, **env},
+            "ssh-add",
+            str(mesh.openssh.key_path),
+            env={**os.environ, **env},
             stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         assert await added.wait() == 0
         forwarded = await mesh.run("ssh", "-A", "demo-server", "ssh-add -l", env=env)
         assert forwarded.returncode == 0, forwarded.err

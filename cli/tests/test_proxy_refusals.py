@@ -80,8 +80,17 @@ async def test_local_forwarding_refused_by_the_peer_says_port_forwarding_not_ava
 ) -> None:
     async with echo_server() as echo:
         local = free_port()
-        argv = ["ssh", "-F", str(mesh.config), "-N", "-o", "ExitOnForwardFailure=yes",
-                "-L", f"127.0.0.1:{local}:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
+        argv = [
+            "ssh",
+            "-F",
+            str(mesh.config),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv) as proc:
             assert await echo_through("127.0.0.1", local, b"refused") == b""
             proc.kill()  # the proxy then sees EOF on stdin and exits, closing stderr
@@ -94,8 +103,9 @@ async def test_local_forwarding_refused_by_the_peer_says_port_forwarding_not_ava
 
 @pytest.mark.parametrize("peer_features", [PeerFeatures(remote_forwarding=False)], indirect=True)
 async def test_remote_forwarding_refused_by_the_peer_says_cannot_bind(mesh: Mesh) -> None:
-    result = await mesh.run("ssh", "-N", "-o", "ExitOnForwardFailure=yes",
-                            "-R", "0:127.0.0.1:9", "demo-server")  # fmt: skip
+    result = await mesh.run(
+        "ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "demo-server"
+    )
     assert result.returncode == 255
     assert "Cannot bind to port: 0 on demo-server" in result.err
     assert "--enable-ssh-remote-port-forwarding" in result.err
@@ -104,9 +114,22 @@ async def test_remote_forwarding_refused_by_the_peer_says_cannot_bind(mesh: Mesh
 async def _ssh_via_proxy(mesh: Mesh, host: str, port: int) -> RunResult:
     """OpenSSH with the ProxyCommand set directly (no drop-in, so no detect probe first)."""
     proxy = f"{mesh.launcher} ssh proxy --state-dir {mesh.state_dir} %h %p"
-    options = ["-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-p", str(port)]  # fmt: skip
+    options = [
+        "-F",
+        "/dev/null",
+        "-o",
+        f"ProxyCommand={proxy}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        str(port),
+    ]
     return await mesh.openssh.run("ssh", host, "true", options=options)
 
 

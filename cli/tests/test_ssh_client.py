@@ -28,16 +28,28 @@ from meshssh_cli.ssh.errors import ClientError
 from meshssh_common.host_keys import fingerprint
 
 
-async def meshssh(mesh: Mesh, *args: str, input: bytes | None = None, stdin: int | None = None,
-                  timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
+async def meshssh(
+    mesh: Mesh,
+    *args: str,
+    input: bytes | None = None,
+    stdin: int | None = None,
+    timeout: float = 30,
+) -> tuple[int, str, str]:
     """Run ``meshssh ssh --state-dir ... -p <peer port> <args>``."""
     proc = await asyncio.create_subprocess_exec(
-        str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p", str(mesh.peer.port),
+        str(mesh.launcher),
+        "ssh",
+        "--state-dir",
+        str(mesh.state_dir),
+        "-p",
+        str(mesh.peer.port),
         *args,
-        stdin=stdin if stdin is not None else (asyncio.subprocess.PIPE if input is not None
-                                               else asyncio.subprocess.DEVNULL),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        stdin=stdin
+        if stdin is not None
+        else (asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(timeout):
         out, err = await proc.communicate(input)
     assert proc.returncode is not None
@@ -70,8 +82,17 @@ async def test_input_from_a_regular_file_is_sent_whole(mesh: Mesh, tmp_path: Pat
 
 async def test_t_gives_a_terminal_that_follows_resizes(mesh: Mesh) -> None:
     remote = "stty size; trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.1; done"
-    argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
-            str(mesh.peer.port), "-t", "demo-server", remote]  # fmt: skip
+    argv = [
+        str(mesh.launcher),
+        "ssh",
+        "--state-dir",
+        str(mesh.state_dir),
+        "-p",
+        str(mesh.peer.port),
+        "-t",
+        "demo-server",
+        remote,
+    ]
     async with in_pty(argv, rows=30, cols=90) as (proc, pty):
         await pty.wait_for("ready")
         assert "30 90" in pty.text
@@ -83,8 +104,15 @@ async def test_t_gives_a_terminal_that_follows_resizes(mesh: Mesh) -> None:
 
 
 async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: Mesh) -> None:
-    argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
-            str(mesh.peer.port), "demo-server"]  # fmt: skip
+    argv = [
+        str(mesh.launcher),
+        "ssh",
+        "--state-dir",
+        str(mesh.state_dir),
+        "-p",
+        str(mesh.peer.port),
+        "demo-server",
+    ]
     async with in_pty(argv) as (proc, pty):
         # raw mode: the remote terminal echoes and answers; Ctrl-C goes to the remote shell
         os.write(pty.master, b"sleep 30\r")
@@ -100,17 +128,36 @@ async def test_an_interactive_login_from_a_terminal_runs_in_raw_mode(mesh: Mesh)
 async def test_local_forward_reaches_a_service_beside_the_peer(mesh: Mesh) -> None:
     async with echo_server() as echo:
         local = free_port()
-        argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
-                str(mesh.peer.port), "-N", "-L", f"{local}:127.0.0.1:{echo}",
-                "demo-server"]  # fmt: skip
+        argv = [
+            str(mesh.launcher),
+            "ssh",
+            "--state-dir",
+            str(mesh.state_dir),
+            "-p",
+            str(mesh.peer.port),
+            "-N",
+            "-L",
+            f"{local}:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv):
             assert await echo_through("127.0.0.1", local, b"direct -L") == b"DIRECT -L"
 
 
 async def test_remote_forward_on_port_0_reports_the_allocated_port(mesh: Mesh) -> None:
     async with echo_server() as echo:
-        argv = [str(mesh.launcher), "ssh", "--state-dir", str(mesh.state_dir), "-p",
-                str(mesh.peer.port), "-N", "-R", f"0:127.0.0.1:{echo}", "demo-server"]  # fmt: skip
+        argv = [
+            str(mesh.launcher),
+            "ssh",
+            "--state-dir",
+            str(mesh.state_dir),
+            "-p",
+            str(mesh.peer.port),
+            "-N",
+            "-R",
+            f"0:127.0.0.1:{echo}",
+            "demo-server",
+        ]
         async with background(argv) as proc:
             assert proc.stderr is not None
             port = int(await read_line_matching(proc.stderr, r"Allocated port (\d+)", 20))
@@ -149,9 +196,12 @@ async def test_an_unknown_host_is_not_detected(mesh: Mesh) -> None:
 )
 async def test_bad_command_lines_exit_2_with_usage(mesh: Mesh, argv: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
-        str(mesh.launcher), "ssh", *argv, stdout=asyncio.subprocess.PIPE,
+        str(mesh.launcher),
+        "ssh",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"usage: meshssh ssh" in err
@@ -169,8 +219,14 @@ async def test_a_server_that_never_answers_is_a_connection_timeout(tmp_path: Pat
     write_link(tmp_path, [peer], LOCAL_IP, TOKEN)
     try:
         with pytest.raises(ClientError) as caught:
-            await dial(peer, server.sockets[0].getsockname()[1], "alice",
-                       StaticLink(tmp_path), source=LOCAL_IP, timeout=0.5)  # fmt: skip
+            await dial(
+                peer,
+                server.sockets[0].getsockname()[1],
+                "alice",
+                StaticLink(tmp_path),
+                source=LOCAL_IP,
+                timeout=0.5,
+            )
     finally:
         for w in held:
             w.close()
@@ -202,8 +258,14 @@ async def test_a_server_without_the_meshssh_banner_never_gets_the_token(tmp_path
     write_link(tmp_path, [peer], LOCAL_IP, TOKEN)
     try:
         with pytest.raises(ClientError) as caught:
-            await dial(peer, server.sockets[0].getsockname()[1], "alice", StaticLink(tmp_path),
-                       source=LOCAL_IP, timeout=10)  # fmt: skip
+            await dial(
+                peer,
+                server.sockets[0].getsockname()[1],
+                "alice",
+                StaticLink(tmp_path),
+                source=LOCAL_IP,
+                timeout=10,
+            )
     finally:
         server.close()
         await server.wait_closed()

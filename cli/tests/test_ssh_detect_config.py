@@ -20,15 +20,17 @@ from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.process import run_command
 
 
-async def run_launcher(launcher: Path, *args: str, env: dict[str, str] | None = None,
-                       timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
+async def run_launcher(
+    launcher: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, str, str]:
     result = await run_command(str(launcher), *args, env=env or {}, timeout=timeout)
     return result.returncode, result.out, result.err
 
 
 async def detect(mesh: Mesh, host: str, port: int) -> int:
-    rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
-                                  str(mesh.state_dir), host, str(port))  # fmt: skip
+    rc, _, _ = await run_launcher(
+        mesh.launcher, "ssh", "detect", "--state-dir", str(mesh.state_dir), host, str(port)
+    )
     return rc
 
 
@@ -50,8 +52,15 @@ async def test_detect_says_no_for_strangers_closed_ports_and_a_missing_agent(
     port = mesh.peer.port
     await mesh.peer.stop()
     assert await detect(mesh, PEER_NAME, port) == 2
-    rc, _, _ = await run_launcher(mesh.launcher, "ssh", "detect", "--state-dir",
-                                  str(tmp_path / "no-agent"), PEER_NAME, str(port))  # fmt: skip
+    rc, _, _ = await run_launcher(
+        mesh.launcher,
+        "ssh",
+        "detect",
+        "--state-dir",
+        str(tmp_path / "no-agent"),
+        PEER_NAME,
+        str(port),
+    )
     assert rc == 2
 
 
@@ -82,8 +91,9 @@ async def test_config_install_writes_the_map_and_uninstall_removes_it(tmp_path: 
     ]
     write_link(state, peers, LOCAL_IP, TOKEN)
     dropin = tmp_path / "99-meshssh.conf"
-    rc, _, err = await run_launcher(launcher, "config", "install", "--file", str(dropin),
-                                      "--state-dir", str(state))  # fmt: skip
+    rc, _, err = await run_launcher(
+        launcher, "config", "install", "--file", str(dropin), "--state-dir", str(state)
+    )
     assert rc == 0, err
     text = dropin.read_text()
     assert (
@@ -101,9 +111,16 @@ async def test_the_opt_out_setting_stops_install(tmp_path: Path) -> None:
     launcher = write_launcher(tmp_path / "meshssh")
     write_link(tmp_path / "state", [], LOCAL_IP, TOKEN)
     dropin = tmp_path / "99-meshssh.conf"
-    rc, _, err = await run_launcher(launcher, "config", "install", "--file", str(dropin),
-                                    "--state-dir", str(tmp_path / "state"),
-                                    env={"MESHSSH_DISABLE_SSH_CONFIG": "1"})  # fmt: skip
+    rc, _, err = await run_launcher(
+        launcher,
+        "config",
+        "install",
+        "--file",
+        str(dropin),
+        "--state-dir",
+        str(tmp_path / "state"),
+        env={"MESHSSH_DISABLE_SSH_CONFIG": "1"},
+    )
     assert rc == 1
     assert "disabled by MESHSSH_DISABLE_SSH_CONFIG" in err
     assert not dropin.exists()
@@ -126,9 +143,17 @@ def test_the_agent_keeps_the_drop_in_current_and_removes_it_when_opted_out(tmp_p
 
 @pytest.mark.parametrize(
     ("host", "found"),
-    [("demo-server", "demo-server"), ("DEMO-Server.", "demo-server"), ("127.0.0.2", "demo-server"),
-     ("fd00::7", "v6"), ("[fd00:0::7]", "v6"), ("demo", None), ("127.0.0.22", None), ("", None)],
-)  # fmt: skip
+    [
+        ("demo-server", "demo-server"),
+        ("DEMO-Server.", "demo-server"),
+        ("127.0.0.2", "demo-server"),
+        ("fd00::7", "v6"),
+        ("[fd00:0::7]", "v6"),
+        ("demo", None),
+        ("127.0.0.22", None),
+        ("", None),
+    ],
+)
 def test_peers_are_found_by_name_or_any_spelling_of_their_address(
     host: str, found: str | None
 ) -> None:
@@ -139,8 +164,9 @@ def test_peers_are_found_by_name_or_any_spelling_of_their_address(
 
 async def test_the_real_command_without_an_agent_says_so_and_detect_says_no(tmp_path: Path) -> None:
     meshssh = Path(sys.executable).parent / "meshssh"
-    rc, _, _ = await run_launcher(meshssh, "ssh", "detect", "--state-dir", str(tmp_path),
-                                  PEER_NAME, "22")  # fmt: skip
+    rc, _, _ = await run_launcher(
+        meshssh, "ssh", "detect", "--state-dir", str(tmp_path), PEER_NAME, "22"
+    )
     assert rc == 2
     rc, _, err = await run_launcher(meshssh, "ssh", "--state-dir", str(tmp_path), PEER_NAME, "true")
     assert rc == 255
