@@ -4,9 +4,9 @@ with the generated drop-in, the way a user's ssh_config includes it.
 The mesh: the remote peer ``demo-server`` on 127.0.0.2, this peer on 127.0.0.3.
 
 Stand-ins (``ssh_peer``: an asyncssh peer; ``static_link``: the agent's link from a file),
-because these tests switch single server features off per test and count every token the
-link hands out, which the real meshssh-sshd and agent do not expose; the same client paths
-against the real agent and meshssh-sshd run in test_proxy_meshssh_sshd.py and tests/e2e.
+because the real system per test (authn, policy, two agents, sshd; tried) doubles the suite's
+time past its limit until one system can be shared per module; the same client paths against
+the real agent and meshssh-sshd run in test_proxy_meshssh_sshd.py and tests/e2e.
 """
 
 from __future__ import annotations

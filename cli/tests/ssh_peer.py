@@ -1,4 +1,4 @@
-"""A real SSH server standing in for a remote mesh peer, until meshssh-sshd is merged.
+"""A real SSH server standing in for a remote mesh peer (why not meshssh-sshd: conftest).
 
 asyncssh on 127.0.0.2 (the loopback mesh), banner ``MeshSSH-0.1.0 MeshSSH-JWT-Required``,
 password auth that accepts exactly the test's token (or ``none`` for a machine-identity peer),
