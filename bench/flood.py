@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import socket
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ from ssh_throughput import (
     write_client_files,
 )
 
-from meshssh_testkit import NatsServer
+from meshssh_testkit import NatsServer, os_users
 
 ROUNDS = int(os.environ.get("FLOOD_ROUNDS", "5"))
 SAMPLES = int(os.environ.get("FLOOD_SAMPLES", "20"))
@@ -366,10 +365,7 @@ async def main() -> None:
         setup = Setup(tmp)
         write_client_files(setup)
         natsd = await NatsServer.start(tmp / "nats")
-        await asyncio.to_thread(
-            subprocess.run, ["useradd", "-m", "-p", "*", "-s", "/bin/sh", setup.user], check=True
-        )
-        setup.uid = pwd.getpwnam(setup.user).pw_uid
+        setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, "/bin/sh")
         try:
             await publish_state(natsd.url, setup)
             start_meshssh(setup, natsd.url, *os.environ.get("FLOOD_SSHD_ARGS", "").split())

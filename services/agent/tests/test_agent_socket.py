@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import fcntl
 import json
 import os
 import pwd
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,10 +27,10 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.management import LAPTOP_KEY, Management
+from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.peer_agent import AgentProcess, agent_request
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 
-_ACCOUNTS_LOCK = Path("/run/lock/meshssh-tests-useradd.lock")  # shared with the testkit's
 _CLIENT = """
 import asyncio, json, sys
 from pathlib import Path
@@ -64,30 +60,12 @@ asyncio.run(main())
 """
 
 
-@contextlib.contextmanager
-def _accounts_lock() -> Iterator[None]:
-    # useradd/userdel fail at once on a busy /etc/passwd lock: parallel tests take turns.
-    _ACCOUNTS_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with _ACCOUNTS_LOCK.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @pytest.fixture
 def other_uid() -> Iterator[int]:
     """A throwaway local account (unique name, removed after the test); its uid."""
     need_tool(os.geteuid() == 0, "root (to run a client as another user)")
-    name = f"msh{uuid.uuid4().hex[:8]}"
-    with _accounts_lock():
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, timeout=30)
-    try:
+    with throwaway_user("/bin/sh") as name:
         yield pwd.getpwnam(name).pw_uid
-    finally:
-        with _accounts_lock():
-            subprocess.run(["userdel", name], check=True, timeout=30, capture_output=True)
 
 
 async def scrape(url: str) -> str:

@@ -7,7 +7,6 @@ Each test makes its own throwaway account (as root; unique name; always removed)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import subprocess
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from meshssh_sshd.shadow import ShadowEntry, account_status, read_shadow, today
+from meshssh_testkit.os_users import throwaway_user
+from meshssh_testkit.plugin import need_tool
 
 if TYPE_CHECKING:
     from conftest import Issuer, Mesh, Sshd, SshdFactory
@@ -53,38 +54,6 @@ def test_account_status_follows_openssh(entry: ShadowEntry | None, status: str) 
     assert account_status(entry, 20000) == status
 
 
-def _stop_processes_of(uid: int) -> None:
-    """SIGKILL, by pid, what still runs as the throwaway account (sessions this test began)."""
-    import signal
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-
-
-def _make_user(shell: str = "/bin/bash", *args: str) -> Iterator[str]:
-    name = f"mshacct{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "-m", "-p", "*", "-s", shell, *args, name], check=True, timeout=30)
-    try:
-        yield name
-    finally:
-        _stop_processes_of(pwd.getpwnam(name).pw_uid)
-        subprocess.run(["userdel", "-r", name], check=False, timeout=30, capture_output=True)
-
-
 async def _admin(*argv: str) -> None:
     proc = await asyncio.create_subprocess_exec(*argv)
     assert await asyncio.wait_for(proc.wait(), 30) == 0, argv
@@ -92,16 +61,16 @@ async def _admin(*argv: str) -> None:
 
 @pytest.fixture
 def fresh_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create accounts")
-    yield from _make_user()
+    need_tool(os.geteuid() == 0, "root (to create accounts)")
+    with throwaway_user() as name:
+        yield name
 
 
 @pytest.fixture
 def nologin_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create accounts")
-    yield from _make_user("/usr/sbin/nologin")
+    need_tool(os.geteuid() == 0, "root (to create accounts)")
+    with throwaway_user("/usr/sbin/nologin") as name:
+        yield name
 
 
 @pytest.fixture
