@@ -59,7 +59,7 @@ def init_main(argv: Sequence[str]) -> int:
         for role in args.rotate:
             old = read_creds(keys.creds(role)).public_key
             keys.issue_service(role)
-            print(f"rotated {role}: revoke {old}")
+            sys.stdout.write(f"rotated {role}: revoke {old}\n")
         return 0
     try:
         keys = BusKeys.create(directory, tls_hosts=args.tls_host)
@@ -69,5 +69,5 @@ def init_main(argv: Sequence[str]) -> int:
     except ValueError as e:
         sys.stderr.write(f"meshssh-policy init: {e}\n")
         return 2
-    print(f"bus keys in {directory}: account {keys.account}")
+    sys.stdout.write(f"bus keys in {directory}: account {keys.account}\n")
     return 0
