@@ -1,4 +1,4 @@
-"""``meshssh-policy init``: makes the bus keys once, refuses to overwrite them, rotates a service."""
+"""``meshssh-policy init``: makes the bus keys once, never overwrites them, rotates a service."""
 
 from __future__ import annotations
 
@@ -52,4 +52,5 @@ async def test_init_writes_the_keys_once_and_rotate_gives_a_service_a_new_key(
         "authn",
         timeout=30,
     )
-    assert bad.returncode == 2 and "cannot load" in bad.err
+    assert bad.returncode == 2
+    assert "cannot load" in bad.err
