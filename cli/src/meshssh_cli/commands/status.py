@@ -1,8 +1,9 @@
 """``meshssh status [-d]``: what the local agent is doing.
 
 Always: the peer, the management link, the SSH server and relay state and mode, the features.
-With ``-d``: the supervised children, the remote peers with their online and SSH state, and the
-live SSH sessions on this peer.
+With ``-d``: the supervised children, the remote peers with their SSH state as the map says
+(peers do not hear each other, so whether one is up right now is shown only when the agent
+knows it), and the live SSH sessions on this peer.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
         )
     lines.append(f"Peers ({len(s.peers)}):")
     for p in s.peers:
-        online = {True: "online", False: "offline", None: "unknown"}[p.online]
-        lines.append(f"  {p.name:<20} {p.mesh_ip:<16} {online:<8} ssh {_onoff(p.ssh_enabled)}")
+        online = {True: " online", False: " offline", None: ""}[p.online]
+        lines.append(f"  {p.name:<20} {p.mesh_ip:<16} ssh {_onoff(p.ssh_enabled)}{online}")
     lines.append(f"Sessions ({len(s.sessions)}):")
     for x in s.sessions:
         since = time.strftime("%H:%M:%S", time.localtime(x.started_at)) if x.started_at else "?"

@@ -7,6 +7,9 @@ nothing running, and exits non-zero. With ``--foreground`` this process becomes 
 (``exec``). If an agent already runs for the state dir, ``up`` hands it the new local flags
 instead (they are reported to management as metadata).
 
+The agent registers over REST (``--management-url``) and gets its NATS credentials there
+(``<state-dir>/nats.creds``); ``up`` takes no ``--nats-creds``.
+
 The agent's settings carry the same flag names as ``up`` (``meshssh_agent.settings``), so
 ``up`` hands them on unchanged and the agent validates them. The setup key comes from
 ``MESHSSH_SETUP_KEY`` or ``--setup-key-file``; ``--setup-key KEY`` still works but warns, as
@@ -84,10 +87,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="NATS server URL(s) [env MESHSSH_NATS_URL]",
     )
     p.add_argument(
-        "--nats-creds",
+        "--nats-ca",
         type=Path,
-        default=os.environ.get("MESHSSH_NATS_CREDS"),
-        help="NATS credentials file [env MESHSSH_NATS_CREDS]",
+        default=os.environ.get("MESHSSH_NATS_CA"),
+        help="CA certificate that signed the NATS server's TLS certificate [env MESHSSH_NATS_CA]"
+        " (the peer's NATS credentials come from registration: <state-dir>/nats.creds)",
     )
     p.add_argument(
         "--setup-key",
@@ -108,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--state-dir",
         type=Path,
         default=None,
-        help=f"host key, credential, socket (default: {default_state_dir()})",
+        help=f"host key, credential, NATS identity, socket (default: {default_state_dir()})",
     )
     p.add_argument("--ssh-port", type=int, default=22022, help="meshssh-sshd's port (0: pick)")
     p.add_argument("--relay-port", type=int, default=22, help="the port clients dial (0: pick)")

@@ -9,8 +9,10 @@ Example::
     nc = await connect_nats(settings.nats_url, name="sshd/node-1", metrics=m, log=log)
 
 With a creds file, replies arrive under the identity's own inbox prefix
-(``_INBOX_<user public key>``, the only inbox its permissions let it subscribe to). With a CA,
-``tls://`` servers are verified against it.
+(``_INBOX_<user public key>``, the only inbox its permissions let it subscribe to), and the
+connection follows the file: a renewed JWT written there is taken up at once
+(:mod:`meshssh_common.creds_follower`; a live connection is closed when its JWT expires). With
+a CA, ``tls://`` servers are verified against it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import asyncio
 import enum
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
 
 from meshssh_common.bus_permissions import inbox_prefix
+from meshssh_common.creds_follower import follow_creds
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.nats_jwt import read_creds
+from meshssh_common.nats_jwt import Creds, read_creds
 
 __all__ = ["NATS", "NatsEvent", "connect_nats"]
 
@@ -71,11 +75,13 @@ async def connect_nats(
         ConfigError: the creds file or the CA cannot be used.
     """
     options: dict[str, object] = {}
+    identity: Creds | None = None
     if creds is not None:
         try:
-            options["inbox_prefix"] = inbox_prefix(read_creds(creds).public_key)
+            identity = read_creds(creds)
         except ValueError as e:
             raise ConfigError("--nats-creds", str(e)) from e
+        options["inbox_prefix"] = inbox_prefix(identity.public_key)
         options["user_credentials"] = str(creds)
     if ca is not None:
         try:
@@ -94,6 +100,11 @@ async def connect_nats(
             log.warning("nats %s", what, extra={"detail": detail} if detail else {})
 
     holder: list[NATS] = []
+    closed: list[Callable[[], object]] = []
+
+    async def on_closed() -> None:
+        for stop in closed:
+            stop()
 
     async def disconnected() -> None:
         if metrics is not None:
@@ -127,6 +138,7 @@ async def connect_nats(
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
+                closed_cb=on_closed,
             )
         except (OSError, nats.errors.Error, TimeoutError) as e:
             if "authorization violation" in str(e).lower():
@@ -144,4 +156,10 @@ async def connect_nats(
         holder.append(nc)
         if metrics is not None:
             metrics.nats_connected.set(1)
+        if creds is not None and identity is not None:
+            lifetime = None if identity.expires_at is None else identity.expires_at - time.time()
+            follower = follow_creds(
+                nc, creds, public_key=identity.public_key, lifetime=lifetime, log=log
+            )
+            closed.append(follower.cancel)
         return nc

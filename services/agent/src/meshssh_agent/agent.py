@@ -4,18 +4,26 @@ Lifecycle of :meth:`Agent.run`, in order:
 1. take the state dir's lock (one agent per state dir), create the host key, resolve the relay
    mode and the ports (port 0: a free one picked once), serve the local socket (``status``
    works from here on, showing registration progress);
-2. run on the service runner (:func:`meshssh_common.service.run_service`): the ops server
-   (``/healthz``, ``/readyz``, ``/metrics``), NATS, then :meth:`Agent.serve`;
-3. register (retrying while management does not answer), apply the registration's map, then
-   follow the peer's KV key (:class:`~meshssh_common.peer_map.PeerMap`); after every applied
-   map the children are started or stopped (SPEC §2) and the map listeners run
+2. register over REST (:mod:`meshssh_agent.registration`; retried while management does not
+   answer): the peer has no NATS identity before. The reply's JWT for the peer's own NATS key
+   becomes ``<state-dir>/nats.creds`` (:mod:`meshssh_agent.bus_identity`);
+3. run on the service runner (:func:`meshssh_common.service.run_service`) with that creds file:
+   the ops server (``/healthz``, ``/readyz``, ``/metrics``), NATS, then :meth:`Agent.serve`;
+4. apply the registration's map, then follow the peer's KV key
+   (:class:`~meshssh_common.peer_map.PeerMap`); after every applied map the children are
+   started or stopped (SPEC §2) with the same creds file, and the map listeners run
    (:attr:`Agent.map_listeners`; the first keeps the OpenSSH drop-in current);
-4. heartbeats out and in (:mod:`meshssh_agent.presence`);
-5. on ``down`` or SIGTERM/SIGINT (drain): stop both children (SIGTERM, then SIGKILL) and wait
+5. the heartbeat out and sshd's sessions in (:mod:`meshssh_agent.presence`); the JWT renewed at
+   half-life (:mod:`meshssh_agent.renewal`);
+6. on ``down`` or SIGTERM/SIGINT (drain): stop both children (SIGTERM, then SIGKILL) and wait
    for them, publish a last heartbeat, drain NATS, remove the OpenSSH drop-in and the socket.
-   Exit 0; 1 when registration was refused; 2 on a bad setting. The lock is never released by
-   hand: it stays held until the process exits and the kernel drops it, so a held lock always
-   means a live agent (``meshssh down`` also waits for the pids themselves).
+   Exit 0; 1 when registration or a renewal was refused, or the JWT expired unrenewed; 2 on a
+   bad setting. The lock is never released by hand: it stays held until the process exits
+   and the kernel drops it, so a held lock always means a live agent (``meshssh down`` also
+   waits for the pids themselves).
+
+The agent's own ``--nats-creds`` is ignored (with a warning): the peer's identity comes from
+registration. ``--nats-ca`` is used by the agent and handed to its children.
 
 ``/readyz`` is 200 while NATS is connected, the peer is registered, its map is held and the
 watch has caught up with KV, and every child that should run is running.
@@ -26,13 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import httpx
 from nats.aio.client import Client as NATS
 
+from meshssh_agent.bus_identity import BusIdentity
 from meshssh_agent.children import Children
 from meshssh_agent.control.requests import AgentRequests
 from meshssh_agent.control.server import AgentSocketServer
@@ -40,6 +51,7 @@ from meshssh_agent.dropin import DropinKeeper, meshssh_executable
 from meshssh_agent.metrics import AgentMetrics
 from meshssh_agent.presence import Presence
 from meshssh_agent.registration import register
+from meshssh_agent.renewal import keep_renewed
 from meshssh_agent.settings import AgentSettings
 from meshssh_agent.state_dir import AgentLock, prepare_state_dir
 from meshssh_agent.tokens import AgentTokenCache, device_flow_fetch
@@ -53,7 +65,7 @@ from meshssh_common.rpc import request
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
-from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags
+from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags, RegisterReply
 from meshssh_common.wire.agent import AgentStatus, PeerStatus, TokenGetRequest
 
 __all__ = ["Agent", "MapListener"]
@@ -84,10 +96,17 @@ class Agent:
     """
 
     def __init__(self, settings: AgentSettings, *, setup_key: str, log: BoundLogger) -> None:
+        if settings.nats_creds is not None:
+            log.warning(
+                "--nats-creds / MESHSSH_NATS_CREDS ignored: the peer's NATS identity comes "
+                "from registration (<state-dir>/nats.creds)",
+                extra={"ignored": str(settings.nats_creds)},
+            )
         self.settings = settings.model_copy(
             update={
                 "ssh_port": settings.ssh_port or _free_port(settings.mesh_ip),
                 "relay_port": settings.relay_port or _free_port(settings.mesh_ip),
+                "nats_creds": None,  # set from registration
             }
         )
         self.log = log
@@ -104,31 +123,26 @@ class Agent:
             on_restart=lambda name: self.m.child_restarts.labels(child=name).inc(),
         )
         self.dropin = DropinKeeper(
-            _executable(),
-            state_dir=settings.state_dir,
-            window=3 * settings.heartbeat_interval,
-            on_write=self.m.dropin_writes.inc,
+            _executable(), state_dir=settings.state_dir, on_write=self.m.dropin_writes.inc
         )
         self.map_listeners: list[MapListener] = [self.dropin]
         self._tokens = AgentTokenCache(
             device_flow_fetch(settings.management_url), ttl=settings.ssh_jwt_cache_ttl
         )
         self.presence = Presence(
-            lambda: self.settings,
-            self.children,
-            self.maps,
-            log=log,
-            metrics=self.metrics,
-            on_remote=lambda beat: self.dropin.heartbeat(beat, self.maps.current, self.settings),
-            on_tick=lambda: self.dropin.refresh(self.maps.current, self.settings),
+            lambda: self.settings, self.children, self.maps, log=log, metrics=self.metrics
         )
+        self.identity = BusIdentity(settings.files, log=log)
+        self._http: httpx.AsyncClient | None = None
+        self._lost = asyncio.Event()  # the bus identity is gone: serve() ends, exit 1
+        self._expires_at: float | None = None
         self.tasks = TaskSet(log)
         self.nc: NATS | None = None
         self.host_key: HostKey | None = None
         self.peer_id = ""
         self.credential = ""
         self.registered = False
-        self.register_error = "connecting to NATS"
+        self.register_error = "registering"
         self.exit_code = 0
         self.ops_url = ""
         self.stop = asyncio.Event()
@@ -171,6 +185,7 @@ class Agent:
             log=self.log,
             long_running=lambda r: isinstance(r, TokenGetRequest) and r.login,
         )
+        self._http = httpx.AsyncClient()
         try:
             self.host_key = load_or_create_host_key(files.host_key)
             await server.start()
@@ -178,6 +193,8 @@ class Agent:
                 "agent serving",
                 extra={"socket": str(files.socket), "relay_mode": self.children.relay_mode.mode},
             )
+            if not await self._login_until_stopped():
+                return self.exit_code
             code = await run_service(
                 "agent",
                 self.settings,
@@ -197,32 +214,64 @@ class Agent:
                     await self.dropin.remove(self.settings)
             await server.stop()
             await self._tokens.aclose()
+            await self._http.aclose()
             self._lock = lock  # held until the process exits (see the module docstring)
             self.log.info("agent stopped")
 
-    async def serve(self, ctx: ServiceContext[AgentSettings]) -> None:
-        """The runner's body: register, then follow the map until cancelled (then drain)."""
-        self.nc, self.ops_url = ctx.nc, ctx.ops_url
+    async def _login_until_stopped(self) -> bool:
+        """Register (before NATS: the peer has no bus identity yet), or stop on a signal.
+
+        Returns:
+            True once registered; False when stopped (exit 0) or refused (exit 1).
+
+        Raises:
+            ConfigError: a missing management URL or setup key.
+        """
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop.set)
+                installed.append(sig)
+        login = asyncio.create_task(self._login())
+        stopper = asyncio.create_task(self.stop.wait())
         try:
-            await self._login(ctx.nc)
+            await asyncio.wait({login, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if not login.done():
+            login.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MeshError):
+                await login
+            return False
+        try:
+            login.result()
         except ConfigError:
             raise
         except MeshError as e:
             self.log.error("registration refused", extra={"error": str(e)})
             sys.stderr.write(f"meshssh up: registration refused: {e.public}\n")
             self.exit_code = 1
-            return
+            return False
+        return not self.stop.is_set()
+
+    async def serve(self, ctx: ServiceContext[AgentSettings]) -> None:
+        """The runner's body: follow the map and renew the JWT until cancelled (then drain)."""
+        self.nc, self.ops_url = ctx.nc, ctx.ops_url
         log = self.log.bind(peer=self.peer_id)
         await self.presence.subscribe(ctx.nc, self.peer_id)
         for child in self.children.all:
             self.tasks.spawn(child.run(), child.name)
         self.tasks.spawn(self.maps.follow(ctx.nc, self.peer_id), "map")
         self.tasks.spawn(self.presence.beat(ctx.nc), "heartbeat")
+        self.tasks.spawn(self._keep_renewed(), "renewal")
         self.children.enabled = True
         self.children.evaluate(self.maps.ssh_enabled)
         ctx.ready.set()
         try:
-            await asyncio.Event().wait()  # until the runner cancels us
+            await self._lost.wait()  # until the runner cancels us, or the bus identity is lost
         finally:
             log.info("stopping: children first")
             await self.children.shutdown()
@@ -230,24 +279,58 @@ class Agent:
             await self.presence.unsubscribe()
             await self.tasks.close(timeout=2.0)
 
-    async def _login(self, nc: NATS) -> None:
+    async def _register(self, setup_key: str, deadline: float | None = None) -> RegisterReply:
         assert self.host_key is not None
-        self.register_error = ""
-
-        def progress(text: str) -> None:
-            self.register_error = text
-
+        assert self._http is not None
         reply = await register(
-            nc,
+            self._http,
             self.settings,
-            self._setup_key,
+            setup_key,
             self.host_key.public_line,
+            identity=self.identity,
             log=self.log,
-            progress=progress,
+            progress=self._progress,
+            deadline=deadline,
         )
         self.peer_id, self.credential = reply.peer_id, reply.credential
+        if reply.nats_jwt:
+            expires_at = self.identity.store(reply.nats_jwt)
+        else:
+            # Management issued no bus identity: only an open nats-server will take us.
+            self.log.warning("management issued no NATS credentials; connecting without")
+            self.identity.forget()
+            expires_at = None
+        self._expires_at = expires_at
+        self.m.creds_expiry.set(expires_at or 0)
+        creds = self.identity.creds_path if reply.nats_jwt else None
+        if creds != self.settings.nats_creds:
+            self.settings = self.settings.model_copy(update={"nats_creds": creds})
+        return reply
+
+    def _progress(self, text: str) -> None:
+        if not self.registered:
+            self.register_error = text
+
+    async def _login(self) -> None:
+        reply = await self._register(self._setup_key)
         self.registered, self.register_error = True, ""
         self.maps.offer(reply.netmap)
+
+    async def _keep_renewed(self) -> None:
+        async def renew(deadline: float) -> float | None:
+            await self._register("", deadline)
+            return self._expires_at
+
+        reason = await keep_renewed(
+            renew,
+            self._expires_at,
+            log=self.log,
+            count=lambda outcome: self.m.renewals.labels(outcome=outcome).inc(),
+        )
+        self.log.error("bus identity lost; stopping", extra={"reason": reason})
+        sys.stderr.write(f"meshssh-agent: {reason}\n")
+        self.exit_code = 1
+        self._lost.set()
 
     def _map_changed(self, _old: NetworkMap | None, netmap: NetworkMap | None) -> None:
         self._map_applied = time.monotonic()
@@ -300,7 +383,7 @@ class Agent:
                     name=p.name,
                     mesh_ip=p.mesh_ip,
                     ssh_enabled=p.ssh_enabled,
-                    online=self.presence.online(p.id),
+                    online=None,  # peers do not hear each other: the map cannot say
                     host_key=p.ssh_host_key,
                 )
                 for p in netmap.remote_peers

@@ -170,8 +170,10 @@ def _common(config: AgentSettings, ops_listen: str) -> list[str]:
         "--shutdown-grace",
         f"{max(0.2, config.child_stop_timeout * 0.6):.2f}",
     ]
-    if config.nats_creds is not None:
+    if config.nats_creds is not None:  # the peer's own identity, from registration
         args += ["--nats-creds", str(config.nats_creds)]
+    if config.nats_ca is not None:
+        args += ["--nats-ca", str(config.nats_ca)]
     return args
 
 

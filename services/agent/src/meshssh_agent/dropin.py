@@ -10,16 +10,14 @@ removes it when the peer was removed or the user opted out (``--disable-ssh-conf
 the file away again, so no stale ``ProxyCommand`` points at a socket nobody serves.
 
 It also keeps the drop-in's server markers (:mod:`meshssh_agent.server_marks`, in
-``<state-dir>/ssh-servers``): the agent hands it every remote peer's heartbeat
-(:meth:`DropinKeeper.heartbeat`) and calls :meth:`DropinKeeper.refresh` after each map and
-each of its own heartbeats, so markers of peers gone quiet expire. With the drop-in disabled
-there are no markers either; :meth:`remove` removes them too.
+``<state-dir>/ssh-servers``) in line with each map (which remote peers run SSH, on which
+ports). With the drop-in disabled there are no markers either; :meth:`remove` removes them
+too.
 
 Example::
 
-    keeper = DropinKeeper(executable="/usr/bin/meshssh", state_dir=state, window=15.0)
+    keeper = DropinKeeper(executable="/usr/bin/meshssh", state_dir=state)
     agent.map_listeners.append(keeper)
-    keeper.heartbeat(beat, netmap, agent.settings)
     ...
     await keeper.remove(agent.settings)
 """
@@ -37,7 +35,7 @@ from meshssh_agent import ssh_config
 from meshssh_agent.peers import PeerEntry
 from meshssh_agent.server_marks import ServerMarks, marks_dir
 from meshssh_agent.settings import AgentSettings
-from meshssh_common.wire import Heartbeat, NetworkMap
+from meshssh_common.wire import NetworkMap
 
 __all__ = [
     "OPT_OUT_ENV",
@@ -120,13 +118,12 @@ class DropinKeeper:
         executable: str,
         *,
         state_dir: Path,
-        window: float,
         on_write: Callable[[], None] | None = None,
     ) -> None:
         self.executable = executable
         self.writes = 0
         self._on_write = on_write
-        self.marks = ServerMarks(marks_dir(state_dir), window=window)
+        self.marks = ServerMarks(marks_dir(state_dir))
         self._lock = asyncio.Lock()  # FIFO: maps are written in the order they were applied
 
     async def __call__(self, netmap: NetworkMap | None, config: AgentSettings) -> None:
@@ -148,13 +145,8 @@ class DropinKeeper:
             if changed and self._on_write is not None:
                 self._on_write()
 
-    def heartbeat(self, beat: Heartbeat, netmap: NetworkMap | None, config: AgentSettings) -> None:
-        """A remote peer's heartbeat: its markers follow what it says."""
-        self.marks.seen(beat)
-        self.refresh(netmap, config)
-
     def refresh(self, netmap: NetworkMap | None, config: AgentSettings) -> None:
-        """Bring the markers in line with ``netmap`` and the recent heartbeats.
+        """Bring the markers in line with ``netmap``.
 
         A few small files at most, and only when something changed: done in place.
         """

@@ -5,7 +5,10 @@
 - ``child_restarts_total{child}``: sshd or relay restarted after an unexpected exit;
 - ``dropin_writes_total``: OpenSSH drop-in writes that changed the file;
 - ``token_cache_lookups_total{result}``: ``hit`` or ``miss`` on the agent socket;
-- ``socket_requests_total{op,outcome}``: ``ok``, ``denied``, ``error`` or ``abandoned``.
+- ``socket_requests_total{op,outcome}``: ``ok``, ``denied``, ``error`` or ``abandoned``;
+- ``creds_renewals_total{outcome}``: renewals of the peer's NATS JWT, ``ok``, ``unavailable``,
+  ``refused`` or ``expired`` (:class:`~meshssh_agent.renewal.RenewalOutcome`);
+- ``creds_expiry_seconds``: when the peer's NATS JWT expires (unix time; 0: never or none).
 
 Example::
 
@@ -62,4 +65,12 @@ class AgentMetrics:
             "socket_requests",
             "Agent socket requests by op and outcome",
             ("op", "outcome"),  # op: the request's tag (status, down...); outcome: SocketOutcome
+        )
+        self.renewals = base.counter(
+            "creds_renewals",
+            "Renewals of the peer's NATS JWT by outcome",
+            ("outcome",),  # RenewalOutcome
+        )
+        self.creds_expiry = base.gauge(
+            "creds_expiry_seconds", "When the peer's NATS JWT expires (unix time; 0: never)"
         )

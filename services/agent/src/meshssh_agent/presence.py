@@ -1,20 +1,18 @@
-"""Presence: this peer's heartbeat out, the other peers' heartbeats and sshd's sessions in.
+"""Presence: this peer's heartbeat out, sshd's sessions in.
 
-- The agent publishes a :class:`~meshssh_common.wire.Heartbeat` on
-  ``meshssh.peer.v1.<id>.heartbeat`` every ``--heartbeat-interval`` seconds and at once when a
-  child changes state (:meth:`Presence.poke`), and a last one when it stops (SSH no longer
-  running).
-- It listens to every peer's heartbeat (``meshssh.peer.v1.*.heartbeat``); a remote peer of the
-  map is online while it was heard within three intervals (``meshssh status``), and its
-  heartbeat keeps the drop-in's server markers current.
-- It folds meshssh-sshd's session reports (``meshssh.sshd.v1.<id>.sessions``) into its own
+- The agent publishes a :class:`~meshssh_common.wire.Heartbeat` on its own heartbeat subject
+  every ``--heartbeat-interval`` seconds and at once when a child changes state
+  (:meth:`Presence.poke`), and a last one when it stops (SSH no longer running). Management
+  hears it; other peers do not (their permissions forbid it): what they need of this peer
+  (SSH running, its ports) reaches them in their maps.
+- It folds meshssh-sshd's session reports (``meshssh.sshd.v1.evt.sessions.<id>``) into its own
   heartbeat while sshd runs.
 
 Example::
 
-    presence = Presence(settings, children, maps, log=log, metrics=metrics, on_remote=keeper)
+    presence = Presence(settings, children, maps, log=log, metrics=metrics)
     await presence.subscribe(nc, peer_id)
-    tasks.spawn(presence.beat(nc, peer_id), "heartbeat")
+    tasks.spawn(presence.beat(nc), "heartbeat")
 """
 
 from __future__ import annotations
@@ -41,14 +39,12 @@ __all__ = ["Presence"]
 
 
 class Presence:
-    """Heartbeats out and in, and sshd's sessions (see the module docstring).
+    """The heartbeat out and sshd's sessions in (see the module docstring).
 
     Args:
         settings: the agent's current settings (ports resolved).
         children: the agent's children (what the heartbeat reports).
-        maps: the peer's map (serial; which peers are remote).
-        on_remote: told each remote peer's heartbeat (the drop-in's markers).
-        on_tick: called after each own heartbeat (markers of quiet peers expire).
+        maps: the peer's map (its serial).
     """
 
     def __init__(
@@ -59,42 +55,22 @@ class Presence:
         *,
         log: BoundLogger,
         metrics: ServiceMetrics,
-        on_remote: Callable[[Heartbeat], None],
-        on_tick: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._children = children
         self._maps = maps
         self._log = log
         self._metrics = metrics
-        self._on_remote = on_remote
-        self._on_tick = on_tick
         self.peer_id = ""
         self.sessions: tuple[SessionInfo, ...] = ()
-        self.last_seen: dict[str, float] = {}
-        self.started = time.monotonic()
         self._poke = asyncio.Event()
         self._subs: list[Subscription] = []
-
-    @property
-    def window(self) -> float:
-        """How long a heartbeat counts (three intervals)."""
-        return 3 * self._settings().heartbeat_interval
 
     def poke(self) -> None:
         """Something changed: publish the heartbeat now; sessions end with a stopped sshd."""
         if self._children.sshd.state != "running":
             self.sessions = ()
         self._poke.set()
-
-    def online(self, peer_id: str) -> bool | None:
-        """Whether a remote peer sent a heartbeat lately (None: too early to say)."""
-        seen = self.last_seen.get(peer_id)
-        if seen is not None and time.monotonic() - seen <= self.window:
-            return True
-        if time.monotonic() - self.started < self.window:
-            return None
-        return False
 
     def heartbeat(self) -> Heartbeat:
         """The heartbeat as it would be sent now."""
@@ -113,7 +89,7 @@ class Presence:
         )
 
     async def subscribe(self, nc: NATS, peer_id: str) -> None:
-        """Listen to sshd's session reports and to every peer's heartbeat."""
+        """Listen to this peer's sshd's session reports."""
         self.peer_id = peer_id
         log = self._log
         self._subs = [
@@ -123,15 +99,6 @@ class Presence:
                 SessionsReport,
                 self._on_sessions,
                 name="sessions",
-                metrics=self._metrics,
-                log=log,
-            ),
-            await subscribe_typed(
-                nc,
-                subjects.HEARTBEAT_ALL,
-                Heartbeat,
-                self._on_heartbeat,
-                name="presence",
                 metrics=self._metrics,
                 log=log,
             ),
@@ -148,7 +115,6 @@ class Presence:
         """Publish the heartbeat every interval and on :meth:`poke`, until cancelled."""
         while True:
             await self.publish(nc)
-            self._on_tick()
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings().heartbeat_interval):
@@ -164,9 +130,3 @@ class Presence:
     async def _on_sessions(self, report: SessionsReport, _msg: Msg) -> None:
         if report.peer_id == self.peer_id and self._children.sshd.state == "running":
             self.sessions = report.sessions
-
-    async def _on_heartbeat(self, beat: Heartbeat, _msg: Msg) -> None:
-        netmap = self._maps.current
-        if netmap is not None and any(p.id == beat.peer_id for p in netmap.remote_peers):
-            self.last_seen[beat.peer_id] = time.monotonic()
-            self._on_remote(beat)

@@ -1,38 +1,59 @@
-"""Registering the peer with the management plane (``meshssh.policy.v1.req.register``).
+"""Registering the peer with the management plane over REST (SPEC §5, BUS design).
+
+``POST <--management-url>/api/v1/peers/register`` with a msgspec-JSON
+:class:`~meshssh_common.wire.RegisterRequest`; the answer is a
+:class:`~meshssh_common.wire.RegisterReply`. An unregistered peer has no NATS identity, so this
+happens before the agent connects to NATS. The request carries the peer's NATS public key
+(``nats_key``; the seed stays in the state dir) and the reply a user JWT for it, which
+:class:`~meshssh_agent.bus_identity.BusIdentity` writes as ``nats.creds``.
 
 The first time, the peer logs in with its setup key (``MESHSSH_SETUP_KEY`` or
-``--setup-key-file``); the reply's peer id and credential are
-stored (0600) and used for every later login, so a restart needs no setup key. If the stored
+``--setup-key-file``); the reply's peer id and credential are stored (0600) and used for every
+later login and for every renewal of the JWT, so a restart needs no setup key. If the stored
 credential is refused (the peer was removed) and a setup key was given, the peer registers
-afresh. While the management plane does not answer, registration is retried with backoff;
-a refusal is final.
+afresh with a new NATS key pair (the old one was revoked). While the management plane does not
+answer (no connection, a timeout, 5xx or 429), the call is retried with backoff; any other
+refusal is final.
 
 Example::
 
-    reply = await register(nc, settings, setup_key, host_key.public_line, log=log, progress=print)
+    async with httpx.AsyncClient() as http:
+        reply = await register(http, settings, setup_key, host_key.public_line,
+                               identity=identity, log=log, progress=print)
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
-from nats.aio.client import Client as NATS
+import httpx
 
+from meshssh_agent.bus_identity import BusIdentity
 from meshssh_agent.settings import AgentSettings
 from meshssh_agent.state_dir import PeerCredential, load_credential, save_credential
-from meshssh_common import subjects
-from meshssh_common.errors import ConfigError, Denied, NotFound, Unavailable
+from meshssh_common import codec
+from meshssh_common.errors import (
+    ConfigError,
+    Denied,
+    MeshError,
+    NotFound,
+    RateLimited,
+    RemoteError,
+    Unavailable,
+    error_for_code,
+)
 from meshssh_common.logs import BoundLogger
-from meshssh_common.rpc import request
 from meshssh_common.wire import RegisterReply, RegisterRequest
 
-__all__ = ["SETUP_KEY_ENV", "register", "take_setup_key"]
+__all__ = ["REGISTER_PATH", "SETUP_KEY_ENV", "post_register", "register", "take_setup_key"]
 
 _BACKOFF_MAX = 5.0
 SETUP_KEY_ENV = "MESHSSH_SETUP_KEY"
+REGISTER_PATH = "/api/v1/peers/register"
 
 
 def take_setup_key(path: Path | None, env: MutableMapping[str, str] = os.environ) -> str:
@@ -56,7 +77,11 @@ def take_setup_key(path: Path | None, env: MutableMapping[str, str] = os.environ
 
 
 def _request(
-    settings: AgentSettings, setup_key: str, host_key: str, cred: PeerCredential | None
+    settings: AgentSettings,
+    setup_key: str,
+    host_key: str,
+    cred: PeerCredential | None,
+    nats_key: str,
 ) -> RegisterRequest:
     return RegisterRequest(
         name=settings.name,
@@ -66,35 +91,83 @@ def _request(
         setup_key="" if cred is not None else setup_key,
         peer_id=cred.peer_id if cred is not None else "",
         credential=cred.credential if cred is not None else "",
+        nats_key=nats_key,
     )
 
 
+def _refusal(reply: httpx.Response) -> MeshError:
+    """The error of a non-2xx answer (policy's ``{"error", "code"}`` body when there is one)."""
+    try:
+        body = reply.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        code = body.get("code")
+        if isinstance(code, str) and code:
+            return error_for_code(code, body["error"])
+        return RemoteError(f"http_{reply.status_code}", body["error"])
+    return RemoteError(f"http_{reply.status_code}", reply.text[:200].strip() or reply.reason_phrase)
+
+
+async def post_register(
+    http: httpx.AsyncClient, url: str, req: RegisterRequest, *, timeout: float
+) -> RegisterReply:
+    """One registration call.
+
+    Raises:
+        Unavailable: no answer, a timeout, 5xx or 429 (worth retrying).
+        WireError: a 2xx answer that is not a ``RegisterReply``.
+        MeshError: the refusal management sent (``Denied``, ``NotFound``, ``BadRequest``...).
+    """
+    try:
+        reply = await http.post(
+            url,
+            content=codec.encode(req),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as e:
+        raise Unavailable(f"POST {url}: {type(e).__name__}: {e}") from e
+    if reply.status_code >= 500 or reply.status_code == 429:
+        raise Unavailable(f"POST {url}: {reply.status_code} {_refusal(reply)}")
+    if not reply.is_success:
+        raise _refusal(reply)
+    return codec.decode(reply.content, RegisterReply)
+
+
 async def register(
-    nc: NATS,
+    http: httpx.AsyncClient,
     settings: AgentSettings,
     setup_key: str,
     host_key: str,
     *,
+    identity: BusIdentity,
     log: BoundLogger,
     progress: Callable[[str], None],
     timeout: float = 5.0,
+    deadline: float | None = None,
 ) -> RegisterReply:
     """Log in and return the reply (the stored credential is updated).
 
     Args:
-        nc: a connected NATS client.
-        settings: the agent's settings (name, mesh address, flags, state dir).
-        setup_key: the one-time setup key ("" when none was given).
+        http: the client the agent keeps for management.
+        settings: the agent's settings (name, mesh address, flags, ports, state dir).
+        setup_key: the one-time setup key ("": none; a renewal passes none).
         host_key: the peer's SSH host public key line.
+        identity: the peer's NATS key pair (its public key is sent).
         log: the agent's logger.
         progress: told the last problem while retrying (shown by ``meshssh status``).
         timeout: seconds per attempt.
+        deadline: give up retrying at this ``time.time()`` (None: never).
 
     Raises:
-        ConfigError: no stored credential and no setup key.
-        Denied: the management plane refused the setup key.
-        MeshError: any other refusal.
+        ConfigError: no ``--management-url``, or no stored credential and no setup key.
+        Unavailable: management did not answer before ``deadline``.
+        MeshError: the refusal (``Denied``: setup key or credential refused).
     """
+    if not settings.management_url:
+        raise ConfigError("--management-url / MESHSSH_MANAGEMENT_URL", "required to register")
+    url = settings.management_url.rstrip("/") + REGISTER_PATH
     path = settings.files.credential
     cred = load_credential(path)
     if cred is None and not setup_key:
@@ -103,10 +176,12 @@ async def register(
         )
     delay = 0.2
     while True:
-        req = _request(settings, setup_key, host_key, cred)
+        req = _request(settings, setup_key, host_key, cred, identity.key.public)
         try:
-            reply = await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=timeout)
-        except Unavailable as e:
+            reply = await post_register(http, url, req, timeout=timeout)
+        except (Unavailable, RateLimited) as e:
+            if deadline is not None and time.time() + delay >= deadline:
+                raise Unavailable(f"management plane not answering: {e}") from e
             progress(f"management plane not answering ({e}); retrying")
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
@@ -118,6 +193,7 @@ async def register(
                     extra={"peer_id": cred.peer_id, "error": str(e)},
                 )
                 cred = None
+                identity.replace()  # management revoked the old key with the old peer
                 continue
             raise
         save_credential(
@@ -128,5 +204,12 @@ async def register(
                 management_url=settings.management_url,
             ),
         )
-        log.info("registered", extra={"peer_id": reply.peer_id, "serial": reply.netmap.serial})
+        log.info(
+            "registered",
+            extra={
+                "peer_id": reply.peer_id,
+                "serial": reply.netmap.serial,
+                "nats_expires_at": reply.nats_expires_at,
+            },
+        )
         return reply

@@ -6,24 +6,26 @@ connection itself. So the agent keeps one empty file per server it knows to be M
 ``<state-dir>/ssh-servers/<port>/<host>``, and the Match line tries ``test -f`` on it first (a
 shell builtin); a host without a marker still gets ``meshssh ssh detect`` (SPEC §9).
 
-What the agent knows comes from the remote peers' heartbeats: a peer of the current map, with
-a pinned host key (the drop-in lists no other), whose latest heartbeat (no older than three
-heartbeat intervals) says sshd runs gets a marker for its SSH port, and for its relay port too
-when its relay runs (a relay without sshd leads to a native daemon: no marker), under its
-name as the map spells it, that name in lower case, and its mesh address (OpenSSH passes
-``%h`` as the user typed it: other spellings fall back to ``meshssh ssh detect``).
-Markers go when the heartbeats say otherwise or stop coming, when the peer leaves the map,
-and when the agent stops. Host names are validated as for the drop-in, so a name can never
-name another path. A stale marker costs little: the proxy then reports why it cannot connect.
+What the agent knows comes from its map (peers do not hear each other's heartbeats): a
+remote peer with a pinned host key (the drop-in lists no other) whose entry says SSH is on
+(``RemotePeer.ssh_enabled``: its operator's switch and its own ``--allow-server-ssh``, so its
+sshd runs, and its relay with it) gets a marker for its SSH port and its relay port
+(``ssh_port``/``relay_port``, which management copies from the peer's own report; 0, unknown,
+makes none), under its name as the map spells it, that name in lower case, and its mesh
+address (OpenSSH passes ``%h`` as the user typed it: other spellings fall back to
+``meshssh ssh detect``). A relay without sshd leads to a native daemon: no marker. Markers go
+when a map says otherwise, when the peer leaves the map, and when the agent stops. Host names
+are validated as for the drop-in, so a name can never name another path. The map cannot say
+whether the peer is up right now: a marker for a peer that is down costs little, as the proxy
+then reports why it cannot connect.
 
 The directory is 0755 and the files 0644: any local user's ``ssh`` may test them (the state
 dir itself is 0711: reachable, not listable).
 
 Example::
 
-    marks = ServerMarks(marks_dir(state_dir), window=15.0)
-    marks.seen(heartbeat)              # from the presence subscription
-    marks.sync(netmap)                 # after maps and heartbeats; writes only on change
+    marks = ServerMarks(marks_dir(state_dir))
+    marks.sync(netmap)                 # after every map; writes only on change
     marks.clear()                      # the agent stops
 """
 
@@ -32,12 +34,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from meshssh_agent.ssh_config import is_valid_host
-from meshssh_common.wire import Heartbeat, NetworkMap
+from meshssh_common.wire import NetworkMap
 
 __all__ = ["MARKS_DIR", "ServerMarks", "marks_dir", "write_marks"]
 
@@ -77,33 +78,23 @@ class ServerMarks:
 
     Args:
         directory: ``<state-dir>/ssh-servers``.
-        window: seconds after which a peer's last heartbeat no longer counts.
     """
 
-    def __init__(self, directory: Path, *, window: float) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.window = window
-        self._beats: dict[str, tuple[Heartbeat, float]] = {}
         self._written: frozenset[Mark] | None = None
 
-    def seen(self, beat: Heartbeat) -> None:
-        """Record a remote peer's heartbeat (the newest one counts)."""
-        self._beats[beat.peer_id] = (beat, time.monotonic())
-
-    def wanted(self, netmap: NetworkMap | None) -> frozenset[Mark]:
-        """The markers the map and the recent heartbeats call for."""
+    @staticmethod
+    def wanted(netmap: NetworkMap | None) -> frozenset[Mark]:
+        """The markers the map calls for."""
         if netmap is None:
             return frozenset()
-        now = time.monotonic()
         marks: set[Mark] = set()
         for peer in netmap.remote_peers:
-            beat, at = self._beats.get(peer.id, (None, 0.0))
-            if beat is None or now - at > self.window or not peer.ssh_host_key.strip():
+            if not peer.ssh_enabled or not peer.ssh_host_key.strip():
                 continue
-            if not beat.ssh_running:
-                continue
-            ports = [beat.ssh_port] + ([beat.relay_port] if beat.relay_mode != "off" else [])
             hosts = (peer.name, peer.name.lower(), peer.mesh_ip)
+            ports = (peer.ssh_port, peer.relay_port)
             marks |= {(port, host) for port in ports if port for host in hosts}
         return frozenset(marks)
 

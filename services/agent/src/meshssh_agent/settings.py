@@ -73,8 +73,8 @@ class AgentSettings(ServiceSettings):
     )
     state_dir: Annotated[Path, AfterValidator(_absolute)] = Field(
         default_factory=default_state_dir,
-        description="host key, peer credential, agent socket (default: /var/lib/meshssh as "
-        "root, else $XDG_STATE_HOME/meshssh)",
+        description="host key, peer credential, NATS identity, agent socket (default: "
+        "/var/lib/meshssh as root, else $XDG_STATE_HOME/meshssh)",
     )
     mesh_ip: Annotated[str, AfterValidator(_ip)] = Field(
         ..., description="this peer's mesh address"
@@ -163,11 +163,16 @@ class AgentSettings(ServiceSettings):
         return f"{host}:{port}"
 
     def meta(self) -> PeerMeta:
-        """What the peer reports about itself; meshssh's agent always supports native SSH."""
+        """What the peer reports about itself; meshssh's agent always supports native SSH.
+
+        The ports are as resolved (the agent picks port 0 once): other peers' maps carry them.
+        """
         return PeerMeta(
             version=VERSION,
             capabilities=("native_ssh",),
             flags=self.flags,
             hostname=socket.gethostname()[:255],
             os=platform.system().lower(),
+            ssh_port=self.ssh_port,
+            relay_port=self.relay_port,
         )

@@ -1,11 +1,14 @@
 """The agent's files in its state dir: the directory itself, the peer credential, the lock.
 
+The peer's NATS identity lives here too (``nats.nk``, ``nats.creds``: see
+:mod:`meshssh_agent.bus_identity`).
+
 :class:`StateDir` names every file (the socket's name is the protocol's, ``SOCKET_NAME``); this
 module stays light, as ``meshssh ssh proxy`` and ``meshssh down`` import it.
 
 Modes: the state dir is 0711 (other local users may reach the socket inside but cannot list the
-dir), the credential and the host key are 0600, the socket is 0666 (every local user may talk to
-the agent; the agent checks each caller's uid itself).
+dir), the credential, the host key and the NATS files are 0600, the socket is 0666 (every
+local user may talk to the agent; the agent checks each caller's uid itself).
 
 The lock file is held with ``flock`` for the agent's whole life and records its pid: a second
 agent on the same state dir is refused, and the kernel drops the lock when the agent exits, so
@@ -79,6 +82,16 @@ class StateDir:
     def credential(self) -> Path:
         """The peer id and credential the management plane issued (0600)."""
         return self.path / "peer.json"
+
+    @property
+    def nats_seed(self) -> Path:
+        """The seed of the peer's NATS user key (0600; it never leaves this file)."""
+        return self.path / "nats.nk"
+
+    @property
+    def nats_creds(self) -> Path:
+        """The peer's NATS creds file: its JWT from registration and its seed (0600)."""
+        return self.path / "nats.creds"
 
     @property
     def socket(self) -> Path:
