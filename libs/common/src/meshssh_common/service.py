@@ -66,6 +66,7 @@ class ServiceContext(Generic[S]):
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ops_url: str = ""
+    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)  # more /readyz checks
 
     @property
     def js(self) -> JetStreamContext:
@@ -117,6 +118,8 @@ async def run_service(
             "nats": bool(ctx and ctx.nc.is_connected),
             "serving": bool(ctx and ctx.ready.is_set() and not ctx.stopping.is_set()),
         }
+        if ctx is not None:
+            result.update({name: check() for name, check in ctx.checks.items()})
         if checks is not None:
             result.update(checks())
         metrics.ready.set(1 if all(result.values()) else 0)

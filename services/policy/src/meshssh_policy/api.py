@@ -1,7 +1,9 @@
 """The REST API (``/api/v1``, OpenAPI at ``/docs``) and the dashboard at ``/`` (SPEC §4, §9).
 
 Every call needs ``Authorization: Bearer <admin token>`` except the public
-``GET /api/v1/ssh/known_hosts`` and ``GET /api/v1/auth/config``. The dashboard
+``GET /api/v1/ssh/known_hosts``, ``GET /api/v1/auth/config`` and
+``POST /api/v1/peers/register`` (the setup key or peer credential in its body authenticates
+it; :mod:`meshssh_policy.api_bus`). The dashboard
 (:mod:`meshssh_policy.web`) signs its users in with the identity provider instead. Every
 write is audited (:mod:`meshssh_policy.admin_audit`). Errors are JSON
 ``{"error": "<one line>"}``: 422 names the invalid field (``rules[0].protocol: ...``), 400 an
@@ -29,6 +31,8 @@ from meshssh_common.errors import MeshError
 from meshssh_common.version import VERSION
 from meshssh_policy.admin_audit import AuditWrites, token_actor
 from meshssh_policy.api_audit import router as audit_router
+from meshssh_policy.api_bus import admin_router as bus_router
+from meshssh_policy.api_bus import public_router as register_router
 from meshssh_policy.api_deps import MgmtDep
 from meshssh_policy.api_peers import router as peers_router
 from meshssh_policy.api_resources import router as resources_router
@@ -112,7 +116,9 @@ def create_app(mgmt: Management) -> FastAPI:
         )
 
     admin = [Depends(admin_only)]
+    app.include_router(register_router)  # before /peers/{peer_id}: no token, body authenticates
     app.include_router(peers_router, dependencies=admin)
+    app.include_router(bus_router, dependencies=admin)
     app.include_router(resources_router, dependencies=admin)
     app.include_router(audit_router, dependencies=admin)
     app.add_middleware(AuditWrites, audit=mgmt.audit)

@@ -10,7 +10,8 @@ What a map holds for receiving peer P:
 - firewall rules: every rule of an enabled policy whose destinations hold P, sources
   expanded to the ``/32`` (``/128``) prefixes of the source groups' peers other than P,
   with the 22022 copy of :mod:`meshssh_policy.firewall`;
-- remote peers: the peers P may reach (destinations of accept rules whose sources hold P);
+- remote peers: the peers P may reach (destinations of accept rules whose sources hold P),
+  with the SSH and relay ports each reports in its metadata;
 - source peers: the peers P's accept rules let in (id, name, address; sshd names the source
   of each connection with them in audit events);
 - ``ssh_enabled``: P's admin switch, or an accept ``ssh`` rule to P;
@@ -111,6 +112,8 @@ class Compiler:
                 mesh_ip=peer.mesh_ip,
                 ssh_host_key=peer.ssh_host_key,
                 ssh_enabled=self.ssh_enabled(peer_id) and peer.meta.flags.server_ssh_allowed,
+                ssh_port=peer.meta.ssh_port,
+                relay_port=peer.meta.relay_port,
             )
             self._remote[peer_id] = entry
         return entry

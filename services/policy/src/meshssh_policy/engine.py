@@ -10,6 +10,9 @@ changes costs one recomputation. Per batch, in order:
    a peer whose public projection changed pulls in the peers that reach or list it;
 5. record the processed view (registration replies wait for it).
 
+A removed peer's record goes to ``on_removed`` (its bus key is revoked, whichever path
+removed it).
+
 The first batch after every watch finished its initial values computes every peer once.
 Removed peers get an empty map (everything refused) instead of a deleted key, so a replica
 that is behind cannot bring an old map back.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +97,7 @@ class Engine:
         self._initial = set(buckets)
         self._projections: dict[str, tuple[RemotePeer, str]] = {}
         self._failed: set[str] = set()
+        self.on_removed: Callable[[PeerRecord], None] | None = None  # revokes its bus key
 
     async def run(self) -> None:
         """Load the stored maps, watch every bucket and process changes until cancelled."""
@@ -200,6 +205,9 @@ class Engine:
             for c in changes
             if c.bucket == subjects.BUCKET_PEERS and c.new is None and c.old is not None
         }
+        if self.on_removed is not None:
+            for record in removed.values():
+                self.on_removed(record)
         if affected or removed:
             await self._recompute(affected, removed)
         await self._mark_processed()

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from meshssh_common.bus_keys import BusKeys
 from meshssh_common.errors import ConfigError, NotFound
 from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.secret_files import write_secret_file
 from meshssh_policy.admin_audit import AdminAudit
+from meshssh_policy.bus_revocations import BusRevocations
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
 from meshssh_policy.logins import Logins
@@ -36,7 +40,7 @@ from meshssh_policy.publisher import Publisher
 from meshssh_policy.records import GroupRecord, PeerRecord
 from meshssh_policy.registration import Registrar
 from meshssh_policy.resources import Resources
-from meshssh_policy.settings import PolicySettings
+from meshssh_policy.settings import MAX_PEER_CREDS_TTL, PolicySettings
 from meshssh_policy.state import State
 from meshssh_policy.store import Store, bad_value_reporter, open_store
 
@@ -61,6 +65,8 @@ class Management:
     log: BoundLogger
     js: JetStreamContext
     audit: AdminAudit
+    bus: BusKeys | None  # None: no --bus-keys (peers cannot register)
+    revocations: BusRevocations | None
 
     @classmethod
     async def open(
@@ -84,8 +90,31 @@ class Management:
             nc=nc,
         )
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
+        bus = await asyncio.to_thread(_bus_keys, settings)
+        revocations = None
+        if bus is not None:
+            revocations = await BusRevocations.open(
+                js,
+                nc,
+                bus,
+                nats_url=settings.nats_url,
+                ca=settings.nats_ca,
+                timeout=settings.nats_request_timeout,
+                metrics=metrics,
+                log=log,
+            )
+            engine.on_removed = _revoke_removed(revocations)
+        else:
+            log.warning("no --bus-keys: peers cannot register (no NATS credentials can be issued)")
         registrar = Registrar(
-            store, engine, mesh_prefix=settings.mesh_prefix, metrics=metrics, log=log
+            store,
+            engine,
+            mesh_prefix=settings.mesh_prefix,
+            metrics=metrics,
+            log=log,
+            bus=bus,
+            revocations=revocations,
+            creds_ttl=settings.peer_creds_ttl,
         )
         return cls(
             settings=settings,
@@ -95,13 +124,15 @@ class Management:
             engine=engine,
             presence=presence,
             resources=Resources(store),
-            peer_ops=PeerOps(store),
+            peer_ops=PeerOps(store, revocations),
             registrar=registrar,
             logins=Logins(js, store, metrics, base, log),
             metrics=metrics,
             log=log,
             js=js,
             audit=AdminAudit(js, base, log),
+            bus=bus,
+            revocations=revocations,
         )
 
     def compiler(self) -> Compiler:
@@ -142,6 +173,30 @@ class Management:
             NotFound: no such group.
         """
         return await remove_member(self.store, group_id, peer=peer, user=user)
+
+
+def _bus_keys(settings: PolicySettings) -> BusKeys | None:
+    """The signing keys of ``--bus-keys`` (None when unset).
+
+    Raises:
+        ConfigError: the directory lacks a file or holds a malformed one.
+    """
+    if settings.bus_keys is None:
+        return None
+    try:
+        keys = BusKeys.load(settings.bus_keys)
+        keys.creds("system").read_text()
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError("--bus-keys", f"cannot load the bus keys: {e}") from e
+    return keys
+
+
+def _revoke_removed(revocations: BusRevocations) -> Callable[[PeerRecord], None]:
+    def revoke(peer: PeerRecord) -> None:
+        if peer.nats_key:
+            revocations.revoke_soon(peer.nats_key, until=time.time() + MAX_PEER_CREDS_TTL + 60)
+
+    return revoke
 
 
 def _admin_token(settings: PolicySettings, log: BoundLogger) -> str:

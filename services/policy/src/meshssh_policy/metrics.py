@@ -28,6 +28,8 @@ class RejectReason(enum.StrEnum):
     ADDRESS_TAKEN = "address_taken"
     BAD_HOST_KEY = "bad_host_key"
     BAD_REQUEST = "bad_request"
+    BAD_NATS_KEY = "bad_nats_key"
+    NO_BUS_KEYS = "no_bus_keys"
 
 
 class PolicyMetrics:
@@ -63,6 +65,16 @@ class PolicyMetrics:
         )
         self.rejected = base.counter(
             "registrations_rejected", "Refused registrations and meta updates", ("reason",)
+        )
+        self.bus_revocations = base.counter(
+            "bus_revocations", "Bus keys revoked (removed or re-keyed peers, admin revocations)"
+        )
+        self.bus_push_failures = base.counter(
+            "bus_claims_push_failures",
+            "Account JWT pushes (revocations) that nats-server refused or did not answer",
+        )
+        self.peer_creds = base.counter(
+            "peer_creds_issued", "NATS credentials (user JWTs) issued to peers"
         )
         self.meta_updates = base.counter("meta_updates", "Accepted metadata updates")
         self.heartbeats = base.counter("heartbeats", "Heartbeats received")

@@ -9,17 +9,20 @@ Example::
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import msgspec
 
 from meshssh_common.errors import Conflict, NotFound
 from meshssh_policy.api_models import PeerPatch
+from meshssh_policy.bus_revocations import BusRevocations
 from meshssh_policy.claims import Claims
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.memberships import forget_member
 from meshssh_policy.presence import Presence
 from meshssh_policy.records import PeerRecord, SetupKeyRecord, name_key, peer_key
+from meshssh_policy.settings import MAX_PEER_CREDS_TTL
 from meshssh_policy.store import Store
 
 __all__ = ["ENDED_KEPT", "PeerOps", "live_session", "peer_view", "record_view", "setup_key_view"]
@@ -84,9 +87,10 @@ def live_session(presence: Presence, peer_id: str, session_id: str) -> bool:
 class PeerOps:
     """Switch SSH, rename and remove peers."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, revocations: BusRevocations | None = None) -> None:
         self.store = store
         self.claims = Claims(store)
+        self.revocations = revocations
 
     def get(self, peer_id: str) -> PeerRecord:
         """The peer ``peer_id``.
@@ -150,17 +154,24 @@ class PeerOps:
         return result
 
     async def delete(self, peer_id: str) -> None:
-        """Remove a peer: its map becomes empty, its address and name are freed.
+        """Remove a peer: empty map, address and name freed, bus key revoked.
+
+        Its live NATS connections close; its renewal is refused (no record).
 
         Raises:
-            NotFound: no such peer.
+            NotFound: no such peer. Unavailable: KV did not answer.
         """
         current = self.get(peer_id)
+        removed: list[PeerRecord] = []
 
         def change(peer: PeerRecord | None) -> None:
             if peer is None:
                 raise NotFound(f"peer {peer_id!r} does not exist")
+            removed[:] = [peer]
 
         await self.store.mutate(self.store.peers, peer_key(peer_id), change)
+        key = removed[-1].nats_key if removed else ""
+        if key and self.revocations is not None:
+            await self.revocations.revoke(key, until=time.time() + MAX_PEER_CREDS_TTL + 60)
         await self.claims.release_peer(peer_id, current.mesh_ip, current.name)
         await forget_member(self.store, peer=peer_id)

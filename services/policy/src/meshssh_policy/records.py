@@ -63,7 +63,10 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class PeerRecord(Record, frozen=True, kw_only=True):
-    """A registered peer. ``ssh_enabled`` is the admin switch; the credential is only hashed."""
+    """A registered peer. ``ssh_enabled`` is the admin switch; the credential is only hashed.
+
+    ``nats_key`` is the public key its bus credential was issued to (the seed stays on the peer).
+    """
 
     id: Id
     name: str
@@ -76,6 +79,7 @@ class PeerRecord(Record, frozen=True, kw_only=True):
     created_at: float = 0.0
     last_login: float = 0.0
     ended_sessions: tuple[str, ...] = ()  # sessions an admin ended, newest last (bounded)
+    nats_key: str = ""  # its NATS user public key ("U..."); revoked when the peer goes
 
 
 class Claim(Record, frozen=True, kw_only=True):

@@ -1,15 +1,19 @@
-"""Peer registration and metadata updates over NATS (SPEC §4, §5).
+"""Peer registration (REST) and metadata updates (NATS) (SPEC §4, §5).
 
-``meshssh.policy.v1.req.register``: a new peer presents a setup key; a known peer presents
+``POST /api/v1/peers/register``: a new peer presents a setup key; a known peer presents
 its id and the credential it was given the first time (only a hash is stored). Either way it
-sends its metadata, host key, mesh address and name, and gets back its id, its credential
-and its current network map. Refusals, each counted by reason:
+sends its metadata, host key, mesh address, name and NATS user public key (``nats_key``), and
+gets back its id, its credential, its current network map and a NATS user JWT for that key
+(``--peer-creds-ttl``; the same call with the credential is the renewal). A returning peer
+that presents another key has its old key revoked (:mod:`meshssh_policy.bus_revocations`).
+Refusals, each counted by reason:
 
 - setup key unknown, revoked, expired or used up (the use count is raised with
   compare-and-set, so a key with a limit of N admits exactly N peers, even under races);
 - peer id unknown or credential wrong;
 - mesh address unparsable, outside ``--mesh-prefix``, or held by another peer;
-- host key not an OpenSSH public key line.
+- host key not an OpenSSH public key line;
+- ``nats_key`` not a NATS user public key (400), or no ``--bus-keys`` to sign with (503).
 
 A name already used by another peer gets the first free ``-N`` suffix; the map says which.
 """
@@ -27,8 +31,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from meshssh_common import subjects
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, Denied, MeshError, Unavailable
 from meshssh_common.logs import BoundLogger
+from meshssh_common.nats_jwt import decode_claims
 from meshssh_common.wire import (
     MetaReply,
     MetaUpdate,
@@ -36,6 +43,7 @@ from meshssh_common.wire import (
     RegisterReply,
     RegisterRequest,
 )
+from meshssh_policy.bus_revocations import BusRevocations, check_user_key
 from meshssh_policy.claims import Claims
 from meshssh_policy.engine import Engine
 from meshssh_policy.memberships import add_member
@@ -50,6 +58,7 @@ from meshssh_policy.records import (
     setup_key_id,
     setup_key_key,
 )
+from meshssh_policy.settings import MAX_PEER_CREDS_TTL
 from meshssh_policy.store import Store
 
 __all__ = ["Registrar", "check_mesh_ip", "normalize_host_key"]
@@ -64,6 +73,10 @@ class Rejected(Denied):
     def __init__(self, why: RejectReason, reason: str, public: str) -> None:
         super().__init__(reason, public=public)
         self.why = why
+
+
+class _BadNatsKey(BadRequest):
+    """``nats_key`` is not a NATS user public key (its own metric label)."""
 
 
 def normalize_host_key(line: str) -> str:
@@ -114,6 +127,9 @@ class Registrar:
         mesh_prefix: str,
         metrics: PolicyMetrics,
         log: BoundLogger,
+        bus: BusKeys | None = None,
+        revocations: BusRevocations | None = None,
+        creds_ttl: float = MAX_PEER_CREDS_TTL,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -121,22 +137,36 @@ class Registrar:
         self.mesh_prefix = mesh_prefix
         self.metrics = metrics
         self.log = log
+        self.bus = bus
+        self.revocations = revocations
+        self.creds_ttl = creds_ttl
 
     async def register(self, req: RegisterRequest) -> RegisterReply:
-        """Handle one registration; raises a :class:`MeshError` to refuse."""
+        """Handle one registration or renewal; raises a :class:`MeshError` to refuse.
+
+        Raises:
+            BadRequest: a malformed field. Denied: a refused key or credential.
+            Unavailable: no ``--bus-keys``, or the state did not answer.
+        """
         try:
+            bus = self._bus()
+            nats_key = self._nats_key(req.nats_key)
             host_key = self._host_key(req.ssh_host_key)
             mesh_ip = self._mesh_ip(req.mesh_ip)
             if req.peer_id or req.credential:
-                peer, credential = await self._returning(req, mesh_ip, host_key)
+                peer, credential = await self._returning(req, mesh_ip, host_key, nats_key)
                 kind = "returning"
             elif req.setup_key:
-                peer, credential = await self._new(req, mesh_ip, host_key)
+                peer, credential = await self._new(req, mesh_ip, host_key, nats_key)
                 kind = "new"
             else:
                 raise BadRequest("a setup key, or a peer id and credential, is required")
+            jwt, expires_at = await self._mint(bus, peer, credential)
         except Rejected as e:
             self.metrics.rejected.labels(reason=e.why.value).inc()
+            raise
+        except _BadNatsKey:
+            self.metrics.rejected.labels(reason=RejectReason.BAD_NATS_KEY.value).inc()
             raise
         except BadRequest:
             self.metrics.rejected.labels(reason=RejectReason.BAD_REQUEST.value).inc()
@@ -147,7 +177,11 @@ class Registrar:
             extra={"peer": peer.id, "peer_name": peer.name, "mesh_ip": peer.mesh_ip, "kind": kind},
         )
         return RegisterReply(
-            peer_id=peer.id, credential=credential, netmap=await self._map_after_write(peer.id)
+            peer_id=peer.id,
+            credential=credential,
+            netmap=await self._map_after_write(peer.id),
+            nats_jwt=jwt,
+            nats_expires_at=expires_at,
         )
 
     async def meta(self, req: MetaUpdate) -> MetaReply:
@@ -171,6 +205,52 @@ class Registrar:
         return MetaReply(serial=netmap.serial)
 
     # -- steps ---------------------------------------------------------------------------
+
+    def _bus(self) -> BusKeys:
+        if self.bus is None:
+            self.metrics.rejected.labels(reason=RejectReason.NO_BUS_KEYS.value).inc()
+            raise Unavailable(
+                "this policy cannot issue NATS credentials to peers: it was started without "
+                "--bus-keys (the directory of meshssh-policy init)"
+            )
+        return self.bus
+
+    @staticmethod
+    def _nats_key(key: str) -> str:
+        try:
+            return check_user_key(key)
+        except BadRequest as e:
+            raise _BadNatsKey(f"nats_key: {e}") from e
+
+    async def _mint(self, bus: BusKeys, peer: PeerRecord, credential: str) -> tuple[str, float]:
+        """A user JWT for the peer's key, handed out only if the peer is still there with it.
+
+        A removal that lands between the record write and the signature revokes the key at a
+        time this JWT may postdate: reading the record again after signing closes that gap.
+        """
+        jwt = bus.mint(
+            peer.nats_key,
+            name=f"peer-{peer.id}",
+            permissions=peer_permissions(peer.id, inbox_prefix(peer.nats_key)),
+            ttl=self.creds_ttl,
+        )
+        entry = await self.store.peers.get(peer_key(peer.id))
+        now = entry.value if entry is not None else None
+        self._verify(now, credential, peer.id)
+        assert now is not None
+        if now.nats_key != peer.nats_key:
+            raise Rejected(
+                RejectReason.BAD_CREDENTIAL,
+                f"peer {peer.id!r} changed its NATS key while registering",
+                "the peer registered again at the same time; try again",
+            )
+        self.metrics.peer_creds.inc()
+        return jwt, float(decode_claims(jwt)["exp"])
+
+    async def _revoke_replaced(self, old: str, new: str) -> None:
+        """Revoke the key a returning peer no longer uses (its JWTs expire within the TTL cap)."""
+        if old and old != new and self.revocations is not None:
+            await self.revocations.revoke(old, until=time.time() + MAX_PEER_CREDS_TTL + 60)
 
     def _host_key(self, line: str) -> str:
         try:
@@ -200,12 +280,15 @@ class Registrar:
             raise Rejected(RejectReason.ADDRESS_TAKEN, text, text)
 
     async def _returning(
-        self, req: RegisterRequest, mesh_ip: str, host_key: str
+        self, req: RegisterRequest, mesh_ip: str, host_key: str, nats_key: str
     ) -> tuple[PeerRecord, str]:
         entry = await self.store.peers.get(peer_key(req.peer_id)) if req.peer_id else None
         current = entry.value if entry is not None else None
         self._verify(current, req.credential, req.peer_id)
         assert current is not None
+        # Before the record moves to the new key: should the write fail, the old key is gone
+        # anyway (fail closed), and a retry finds nothing left to revoke.
+        await self._revoke_replaced(current.nats_key, nats_key)
         if mesh_ip != current.mesh_ip:
             await self._take_address(mesh_ip, current.id)
         name = current.name
@@ -222,6 +305,7 @@ class Registrar:
                 meta=req.meta,
                 ssh_host_key=host_key or peer.ssh_host_key,
                 last_login=time.time(),
+                nats_key=nats_key,
             )
 
         peer = await self.store.mutate(self.store.peers, peer_key(current.id), change)
@@ -233,7 +317,7 @@ class Registrar:
         return peer, req.credential
 
     async def _new(
-        self, req: RegisterRequest, mesh_ip: str, host_key: str
+        self, req: RegisterRequest, mesh_ip: str, host_key: str, nats_key: str
     ) -> tuple[PeerRecord, str]:
         key_id = setup_key_id(req.setup_key)
         known = self.store.state.setup_keys.get(key_id)
@@ -262,6 +346,7 @@ class Registrar:
             setup_key_id=key.id,
             created_at=now,
             last_login=now,
+            nats_key=nats_key,
         )
         # Groups first: a member id without a peer record counts for nothing, so the peer's
         # first map (computed when its record appears) already has its groups' rules.

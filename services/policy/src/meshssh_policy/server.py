@@ -1,9 +1,10 @@
 """The body of meshssh-policy: state, map engine, NATS endpoints, REST API and dashboard.
 
-Start-up order: open the buckets; start the engine and wait until it has loaded the whole
-state and published every changed map; apply ``--seed``; then serve registrations, meta
-updates and heartbeats on NATS, bind the first-login consumer, serve the API on ``--listen``,
-and declare ready.
+Start-up order: open the buckets (and, with ``--bus-keys``, the system connection that pushes
+revocations); start the engine and wait until it has loaded the whole state and published
+every changed map; apply ``--seed``; then serve meta updates and heartbeats on NATS, bind the
+first-login consumer, serve the API (registration included) on ``--listen``, and declare
+ready. ``/readyz`` also checks ``bus_keys``: without them peers cannot register.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from meshssh_common import subjects
 from meshssh_common.http_server import HttpServer
 from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
-from meshssh_common.wire import Heartbeat, MetaUpdate, RegisterRequest
+from meshssh_common.wire import Heartbeat, MetaUpdate
 from meshssh_policy.api import create_app
 from meshssh_policy.management import Management
 from meshssh_policy.seed import apply_seed, load_seed
@@ -40,15 +41,9 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
             await apply_seed(seed, mgmt.resources, ctx.log)
         svc = await start_micro(ctx.nc, "policy", description="meshssh management plane")
         m, log = ctx.metrics, ctx.log
-        await add_endpoint(
-            svc,
-            "register",
-            subjects.POLICY_REGISTER,
-            RegisterRequest,
-            mgmt.registrar.register,
-            metrics=m,
-            log=log,
-        )
+        if mgmt.revocations is not None:
+            tg.create_task(mgmt.revocations.run())
+        ctx.checks["bus_keys"] = lambda: mgmt.bus is not None
         await add_endpoint(
             svc, "meta", subjects.POLICY_META, MetaUpdate, mgmt.registrar.meta, metrics=m, log=log
         )
@@ -83,3 +78,5 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await svc.stop()
+            if mgmt.revocations is not None:
+                await mgmt.revocations.close()

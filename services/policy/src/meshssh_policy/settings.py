@@ -16,7 +16,10 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshssh_common.settings import HostPort, ServiceSettings
 
-__all__ = ["PolicySettings"]
+__all__ = ["MAX_PEER_CREDS_TTL", "PEER_CREDS_TTL", "PolicySettings"]
+
+PEER_CREDS_TTL = 12 * 3600.0
+MAX_PEER_CREDS_TTL = 24 * 3600.0
 
 
 def _check_prefix(value: str) -> str:
@@ -91,6 +94,19 @@ class PolicySettings(ServiceSettings):
         "everyone else who signs in gets read-only pages",
     )
     session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a dashboard sign-in lasts")
+    bus_keys: Path | None = Field(
+        None,
+        validation_alias="MESHSSH_BUS_KEYS",
+        description="the bus directory of `meshssh-policy init` (or a Secret mount holding "
+        "account-signing.nk, operator-signing.nk, meta.json and system.creds); without it, "
+        "peers cannot register (no NATS credentials can be minted)",
+    )
+    peer_creds_ttl: float = Field(
+        PEER_CREDS_TTL,
+        ge=60,
+        le=MAX_PEER_CREDS_TTL,
+        description="seconds a peer's NATS credential lasts (the agent renews at half-life)",
+    )
 
     @field_validator("public_url", "oidc_issuer")
     @classmethod
