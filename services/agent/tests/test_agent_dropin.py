@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_common import subjects
-from meshssh_common.rpc import request
-from meshssh_common.wire import PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.peer_agent import AgentProcess
@@ -28,20 +25,12 @@ async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFacto
     return management
 
 
-async def register_keyless(nc: NATS, name: str, mesh_ip: str) -> None:
-    """A server that reported no SSH host key (nothing for the drop-in to pin)."""
-    req = RegisterRequest(
-        name=name,
-        mesh_ip=mesh_ip,
-        meta=PeerMeta(version="0.1.0"),
-        setup_key=SERVER_KEY,
-        ssh_host_key="",
-    )
-    await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
-
-
 async def start_agent(
-    state: Path, nats_url: str, *args: str, env: dict[str, str] | None = None
+    state: Path,
+    nats_url: str,
+    policy: Management,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> AgentProcess:
     agent = await AgentProcess.start(
         state,
@@ -51,6 +40,8 @@ async def start_agent(
         "laptop",
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",
@@ -84,7 +75,7 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
 ) -> None:
     dropin = tmp_path / "ssh" / "99-meshssh.conf"
     state = tmp_path / "state"
-    agent = await start_agent(state, nats_url, "--ssh-config-file", str(dropin))
+    agent = await start_agent(state, nats_url, policy, "--ssh-config-file", str(dropin))
     try:
         await until(lambda: "demo-server" in text(dropin), "the first map's peer is listed")
         first = text(dropin)
@@ -92,7 +83,8 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
         assert f"--state-dir {state}" in first
         assert "ssh proxy" in first
 
-        await register_keyless(nc, "printer", "127.0.0.5")
+        # a server that reported no SSH host key (nothing for the drop-in to pin)
+        await policy.register("printer", "127.0.0.5", key=SERVER_KEY, host_key="")
         await policy.register("db", "127.0.0.4", key=SERVER_KEY)
         await until(lambda: "127.0.0.4" in text(dropin), "a new peer is added")
         status = await agent.status()
@@ -129,7 +121,7 @@ async def test_with_the_opt_out_the_agent_keeps_no_dropin(
         dropin = tmp_path / f"dropin-{n}.conf"
         dropin.write_text("# left from before\n")
         agent = await start_agent(
-            tmp_path / "state", nats_url, *args, "--ssh-config-file", str(dropin), env=env
+            tmp_path / "state", nats_url, policy, *args, "--ssh-config-file", str(dropin), env=env
         )
         try:
             await until(dropin_gone(dropin), "the opted-out agent removes the file")

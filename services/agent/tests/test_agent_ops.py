@@ -58,6 +58,8 @@ async def test_ready_when_registered_with_a_map_and_children_up_and_metrics_foll
             "server",
             "--nats-url",
             nats_url,
+            "--management-url",
+            policy.api,
             "--setup-key",
             SERVER_KEY,
             "--ssh-port",

@@ -5,6 +5,10 @@ every local user.
 still works but warns. Whichever way, the agent gets it in its environment (or reads the file)
 and never in its argv, and its children (meshssh-sshd, meshssh-relay) get it in neither. The
 test reads ``/proc/<pid>/cmdline`` (and the children's ``environ``) of the real processes.
+
+The peer's NATS seed (made on the peer, ``nats.nk``) is treated the same way: it is in no
+command line or environment; the children get the path of the creds file
+(``--nats-creds <state-dir>/nats.creds``) and both files are 0600.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
+from meshssh_common.nats_jwt import read_creds
 from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import agent_request
 from meshssh_testkit.plugin import ServiceFactory
@@ -73,6 +78,8 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
         "server",
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--ssh-port",
         "0",
         "--relay-port",
@@ -99,9 +106,18 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
         agent_argv = proc_file(status["pid"], "cmdline")
         assert b"meshssh" in agent_argv
         assert KEY.encode() not in agent_argv
+        seed = read_creds(state / "nats.creds").seed.encode()
+        assert (state / "nats.nk").read_bytes().strip() == seed
+        for name in ("nats.nk", "nats.creds"):
+            assert (state / name).stat().st_mode & 0o777 == 0o600, name
+        assert seed not in agent_argv
         for child in children.values():
-            assert KEY.encode() not in proc_file(child["pid"], "cmdline"), child["name"]
-            assert KEY.encode() not in proc_file(child["pid"], "environ"), child["name"]
+            argv = proc_file(child["pid"], "cmdline")
+            environ = proc_file(child["pid"], "environ")
+            for secret in (KEY.encode(), seed):
+                assert secret not in argv, child["name"]
+                assert secret not in environ, child["name"]
+            assert f"--nats-creds\0{state / 'nats.creds'}\0".encode() in argv, child["name"]
     finally:
         code, _, err = await meshssh("down", "--state-dir", str(state), env=env)
         assert code == 0, err

@@ -96,7 +96,7 @@ def short_state_dir() -> Iterator[Path]:
 async def agent(
     nc: NATS, nats_url: str, short_state_dir: Path, tmp_path: Path, services: ServiceFactory
 ) -> AsyncIterator[AgentProcess]:
-    await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
+    policy = await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
     proc = await AgentProcess.start(
         short_state_dir,
         "--mesh-ip",
@@ -105,6 +105,8 @@ async def agent(
         "laptop",
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",

@@ -39,6 +39,7 @@ async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFacto
 async def start_agent(
     tmp_path: Path,
     nats_url: str,
+    policy: Management,
     *flags: str,
     key: str = SERVER_KEY,
     name: str = "server",
@@ -52,6 +53,8 @@ async def start_agent(
         name,
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--setup-key",
         key,
         "--ssh-port",
@@ -85,7 +88,7 @@ async def wait_gone(pid: int, timeout: float) -> float:
 async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
     tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_url, policy, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd"))
         status = await agent.wait_status(running("relay"))
@@ -93,6 +96,12 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
         assert pid_alive(sshd_pid)
         assert status["ssh_running"]
         assert status["relay_mode"] == "proxy"
+        # A user's peer sees it in its map with the ports the agent resolved (port 0: picked),
+        # which is how its drop-in knows a MeshSSH server there (peers hear no heartbeats).
+        laptop = await policy.register("laptop", "127.0.0.3")
+        remote = {p.name: p for p in laptop.netmap.remote_peers}["server"]
+        assert remote.ssh_enabled
+        assert (remote.ssh_port, remote.relay_port) == (status["ssh_port"], status["relay_port"])
         first = status["serial"]
 
         # The operator's switch (meshctl peers ssh disable): off in a new map.
@@ -118,7 +127,7 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
 async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothing(
     tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url)
+    agent = await start_agent(tmp_path, nats_url, policy)
     try:
         status = await agent.wait_status(lambda s: s["registered"] and s["serial"] > 0)
         peer = await policy.peer("server")
@@ -135,7 +144,7 @@ async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothi
 async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children_along(
     tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_url, policy, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         relay_pid = agent.child(status, "relay")["pid"]
@@ -158,7 +167,7 @@ async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children
 async def test_down_stops_everything_and_leaves_no_process(
     tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_url, policy, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
@@ -182,12 +191,12 @@ async def test_down_stops_everything_and_leaves_no_process(
         await agent.stop()
 
 
-async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_peers_online(
+async def test_heartbeats_carry_ssh_state_and_sessions_and_status_shows_the_maps_peers(
     tmp_path: Path, nats_url: str, nc: NATS, policy: Management
 ) -> None:
     # The agent is a user's peer that may also serve SSH; its map's remote peers are the two
-    # servers (users reach servers): "server" sends heartbeats, "idle" never does.
-    server = await policy.register("server", "127.0.0.4", key=SERVER_KEY)
+    # servers (users reach servers).
+    await policy.register("server", "127.0.0.4", key=SERVER_KEY, ssh_port=22022)
     await policy.register("idle", "127.0.0.5", key=SERVER_KEY)
     beats: asyncio.Queue[Heartbeat] = asyncio.Queue()
 
@@ -200,6 +209,7 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
     agent = await start_agent(
         tmp_path,
         nats_url,
+        policy,
         "--allow-server-ssh",
         key=LAPTOP_KEY,
         name="laptop",
@@ -208,7 +218,8 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
     try:
         await agent.wait_status(lambda s: s["registered"])
         await policy.patch_peer("laptop", ssh_enabled=True)
-        peer_id = (await agent.wait_status(running("sshd")))["peer_id"]
+        status = await agent.wait_status(running("sshd"))
+        peer_id = status["peer_id"]
         async with asyncio.timeout(10):
             while not (beat := await beats.get()).ssh_running:
                 pass
@@ -224,22 +235,16 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
         )
         report = SessionsReport(peer_id=peer_id, sent_at=time.time(), sessions=(session,))
         await nc.publish(subjects.sshd_sessions(peer_id), codec.encode(report))
-        remote = Heartbeat(peer_id=server.peer_id, sent_at=time.time())
-        await nc.publish(subjects.heartbeat(server.peer_id), codec.encode(remote))
-        status = await agent.wait_status(
-            lambda s: bool(s["sessions"]) and any(p["online"] for p in s["peers"])
-        )
+        status = await agent.wait_status(lambda s: bool(s["sessions"]))
         assert status["sessions"][0]["jwt_user"] == "alice@example.com"
-        online = {p["name"]: p["online"] for p in status["peers"]}
-        assert online["server"] is True
+        # Remote peers as the map says: SSH state; whether they are up, nobody here can say.
+        peers = {p["name"]: p for p in status["peers"]}
+        assert peers["server"]["ssh_enabled"]
+        assert {p["online"] for p in peers.values()} == {None}
         async with asyncio.timeout(10):
             while not (beat := await beats.get()).sessions:
                 pass
         assert beat.sessions[0].session_id == "s1"
-        # After the 3-beat window, a peer that never sent one is offline.
-        status = await agent.wait_status(
-            lambda s: {p["name"]: p["online"] for p in s["peers"]}["idle"] is False
-        )
     finally:
         await sub.unsubscribe()
         await agent.stop()
@@ -248,7 +253,7 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
 async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
     tmp_path: Path, nats_server: NatsServer, policy: Management, nc: NATS
 ) -> None:
-    agent = await start_agent(tmp_path, nats_server.url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_server.url, policy, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         sshd_pid = agent.child(status, "sshd")["pid"]
@@ -295,6 +300,8 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
             name,
             "--nats-url",
             nats_url,
+            "--management-url",
+            policy.api,
             "--setup-key",
             SERVER_KEY,
             "--ssh-port",

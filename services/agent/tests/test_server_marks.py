@@ -3,27 +3,26 @@
 - the Match line tests ``<marks>/%p/%h`` first and runs ``meshssh ssh detect`` only without a
   marker; real OpenSSH (``ssh -G``) follows it (a full connection through the proxy:
   ``cli/tests/test_ssh_detect_config.py``);
-- a real agent keeps the markers from its remote peers' heartbeats (the test publishes them on
-  the real bus the way a remote agent does), lets them expire, and removes them on ``down``.
+- a real agent keeps the markers from its map (the real meshssh-policy copies each server's
+  reported ports into it; peers do not hear each other's heartbeats), follows the operator's
+  switch, and removes them on ``down``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_agent.server_marks import ServerMarks, write_marks
 from meshssh_agent.ssh_config import DropIn, render
-from meshssh_common import codec, subjects
-from meshssh_common.wire import Heartbeat, RemotePeer
+from meshssh_common.wire import RemotePeer
 from meshssh_testkit import openssh_available, script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.netmaps import make_map
@@ -31,20 +30,19 @@ from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
-SERVER = RemotePeer(id="p2", name="Demo-Server", mesh_ip="127.0.0.2", ssh_host_key=KEY)
-KEYLESS = RemotePeer(id="p4", name="printer", mesh_ip="127.0.0.5")
+SERVER = RemotePeer(
+    id="p2",
+    name="Demo-Server",
+    mesh_ip="127.0.0.2",
+    ssh_host_key=KEY,
+    ssh_enabled=True,
+    ssh_port=22022,
+    relay_port=22,
+)
+KEYLESS = RemotePeer(
+    id="p4", name="printer", mesh_ip="127.0.0.5", ssh_enabled=True, ssh_port=22022, relay_port=22
+)
 NAMES = ("Demo-Server", "demo-server", "127.0.0.2")  # as the map spells it, lower case, address
-
-
-def beat(peer_id: str = "p2", *, ssh: bool = True, relay: bool = True) -> Heartbeat:
-    return Heartbeat(
-        peer_id=peer_id,
-        sent_at=time.time(),
-        ssh_running=ssh,
-        relay_mode="proxy" if relay else "off",
-        ssh_port=22022,
-        relay_port=22,
-    )
 
 
 def listing(directory: Path) -> set[str]:
@@ -105,54 +103,30 @@ def test_openssh_takes_a_marked_host_without_detect_and_falls_back_without_a_mar
     ]
 
 
-def test_markers_follow_the_heartbeats_and_only_for_peers_with_a_pinned_key(
-    tmp_path: Path,
-) -> None:
+def test_markers_follow_the_map_and_only_for_peers_with_a_pinned_key(tmp_path: Path) -> None:
     directory = tmp_path / "ssh-servers"
-    marks = ServerMarks(directory, window=60)
-    netmap = make_map(1, mesh_ip="127.0.0.3", remote_peers=[SERVER, KEYLESS])
-    marks.seen(beat())
-    marks.seen(beat("p4"))
-    assert marks.sync(netmap)
+    marks = ServerMarks(directory)
+
+    def sync(serial: int, *peers: RemotePeer) -> bool:
+        return marks.sync(make_map(serial, mesh_ip="127.0.0.3", remote_peers=list(peers)))
+
+    assert sync(1, SERVER, KEYLESS)
     assert listing(directory) == {f"{port}/{host}" for port in (22, 22022) for host in NAMES}
-    assert not marks.sync(netmap)  # unchanged: nothing written
+    assert not sync(2, SERVER, KEYLESS)  # unchanged: nothing written
     assert directory.stat().st_mode & 0o777 == 0o755
     assert (directory / "22" / "demo-server").stat().st_mode & 0o777 == 0o644
 
-    marks.seen(beat(relay=False))  # the relay stopped: only sshd's own port stays
-    marks.sync(netmap)
+    # A relay port the peer never reported (0: unknown) makes no marker.
+    sync(3, msgspec.structs.replace(SERVER, relay_port=0))
     assert listing(directory) == {"22022/Demo-Server", "22022/demo-server", "22022/127.0.0.2"}
-    marks.seen(beat(ssh=False))  # a relay alone leads to a native daemon: no marker at all
-    marks.sync(netmap)
+    # SSH off (its operator's switch, or its own --allow-server-ssh): no sshd, no marker.
+    sync(4, msgspec.structs.replace(SERVER, ssh_enabled=False))
     assert listing(directory) == set()
-
-    marks.seen(beat())
-    marks.sync(make_map(2, mesh_ip="127.0.0.3", remote_peers=[KEYLESS]))  # left the map
+    sync(5, SERVER)
+    assert listing(directory)
+    sync(6, KEYLESS)  # left the map
     assert listing(directory) == set()
-    quiet = ServerMarks(directory, window=0.0)  # heartbeats too old count for nothing
-    quiet.seen(beat())
-    time.sleep(0.01)
-    quiet.sync(netmap)
-    assert listing(directory) == set()
-
-
-@contextlib.asynccontextmanager
-async def heartbeats(nc: NATS, make: Callable[[], Heartbeat]) -> AsyncIterator[None]:
-    """Publish ``make()`` every 0.2 s, as its peer's agent would (faster, for the test)."""
-
-    async def loop() -> None:
-        while True:
-            beat = make()
-            await nc.publish(subjects.heartbeat(beat.peer_id), codec.encode(beat))
-            await asyncio.sleep(0.2)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    assert not marks.sync(None)  # the peer was removed: nothing left to remove
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
@@ -164,17 +138,13 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> No
         pytest.fail(f"not within {timeout}s: {what}")
 
 
-async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_removes_them(
+async def test_the_agent_keeps_markers_from_its_map_and_down_removes_them(
     nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
 ) -> None:
-    # The real meshssh-policy; the server registers as its own agent would, and the test
-    # speaks its heartbeats on the real bus.
+    # The real meshssh-policy; the server registers as its own agent would, reporting the
+    # ports its sshd and relay listen on.
     policy = await Management.start(services, nats_url, nc, tmp_path / "policy")
-    server = await policy.register("demo-server", "127.0.0.2", key=SERVER_KEY)
-
-    def server_beat(*, ssh: bool = True) -> Heartbeat:
-        return beat(server.peer_id, ssh=ssh)
-
+    await policy.register("demo-server", "127.0.0.2", key=SERVER_KEY, ssh_port=22022, relay_port=22)
     state = tmp_path / "state"
     agent = await AgentProcess.start(
         state,
@@ -184,6 +154,8 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
         "laptop",
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",
@@ -200,26 +172,22 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
             lambda: dropin.exists() and str(directory) in dropin.read_text(),
             "the drop-in tests the marker directory",
         )
-        async with heartbeats(nc, server_beat):
-            await until(lambda: listing(directory) == everything, "markers for sshd and relay")
-        # The heartbeats stopped: after three intervals (0.5 s each here) the markers go.
-        await until(lambda: listing(directory) == set(), "markers of a quiet peer expire")
-        async with heartbeats(nc, lambda: server_beat(ssh=False)):
-            await asyncio.sleep(1.0)
-            assert listing(directory) == set()  # "sshd not running" makes none
-        async with heartbeats(nc, server_beat):
-            await until(lambda: listing(directory) == everything, "markers are back")
-            proc = await asyncio.create_subprocess_exec(
-                script("meshssh"),
-                "down",
-                "--state-dir",
-                str(state),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            async with asyncio.timeout(30):
-                _, err = await proc.communicate()
-            assert proc.returncode == 0, err
+        await until(lambda: listing(directory) == everything, "markers for sshd and relay")
+        await policy.patch_peer("demo-server", ssh_enabled=False)  # the operator's switch
+        await until(lambda: listing(directory) == set(), "no markers while its SSH is off")
+        await policy.patch_peer("demo-server", ssh_enabled=True)
+        await until(lambda: listing(directory) == everything, "markers are back")
+        proc = await asyncio.create_subprocess_exec(
+            script("meshssh"),
+            "down",
+            "--state-dir",
+            str(state),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err
         assert not directory.exists()
     finally:
         await agent.stop()

@@ -3,9 +3,10 @@
 The seed is the demo's: groups ``servers`` and ``users``, a setup key for each
 (:data:`SERVER_KEY` puts a peer into ``servers`` with SSH enabled, :data:`LAPTOP_KEY` into
 ``users``), and one policy: ``users`` reach ``servers`` on TCP 22 (and so 22022). A test runs
-its agent with ``--setup-key SERVER_KEY``; a client address gets a rule by registering as a
-laptop with :meth:`Management.register` (over NATS, as an agent registers), and an address
-that never registered has none.
+its agent with ``--setup-key SERVER_KEY`` and ``--management-url policy.api``; a client
+address gets a rule by registering as a laptop with :meth:`Management.register` (over REST,
+as an agent registers), and an address that never registered has none. Policy signs peers'
+NATS JWTs with the bus keys made for it (:attr:`Management.bus`, ``--bus-keys``).
 
 Example::
 
@@ -27,8 +28,9 @@ import asyncssh
 import httpx
 from nats.aio.client import Client as NATS
 
-from meshssh_common import subjects
-from meshssh_common.rpc import request
+from meshssh_common import codec
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.nats_jwt import Prefix, new_key
 from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import ServiceProcess
@@ -83,6 +85,7 @@ class Management:
     process: ServiceProcess
     api: str
     nc: NATS
+    bus: BusKeys
 
     @classmethod
     async def start(
@@ -93,11 +96,20 @@ class Management:
         directory: Path,
         *,
         mesh_prefix: str = "127.0.0.0/8",
+        bus: BusKeys | None = None,
+        peer_creds_ttl: float | None = None,
     ) -> Management:
-        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``)."""
+        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``).
+
+        ``bus``: the bus keys policy signs peers' JWTs with (None: fresh ones in
+        ``directory/bus``); ``peer_creds_ttl``: policy's ``--peer-creds-ttl``.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
+        if bus is None:
+            bus = BusKeys.create(directory / "bus")
+        extra = ["--peer-creds-ttl", str(peer_creds_ttl)] if peer_creds_ttl else []
         proc = await services.start(
             "meshssh-policy",
             "--nats-url",
@@ -108,11 +120,14 @@ class Management:
             str(seed),
             "--mesh-prefix",
             mesh_prefix,
+            "--bus-keys",
+            str(bus.dir),
+            *extra,
             env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         found = re.search(r"api listening.*url=(http://\S+)", proc.output())
         assert found, proc.output()
-        return cls(proc, found[1], nc)
+        return cls(proc, found[1], nc, bus)
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One REST call (``path`` below ``/api/v1``); fails the test on a non-2xx answer."""
@@ -140,11 +155,19 @@ class Management:
         await self.call("DELETE", f"/peers/{(await self.peer(name))['id']}")
 
     async def register(
-        self, name: str, mesh_ip: str, key: str = LAPTOP_KEY, *, host_key: str | None = None
+        self,
+        name: str,
+        mesh_ip: str,
+        key: str = LAPTOP_KEY,
+        *,
+        host_key: str | None = None,
+        ssh_port: int = 0,
+        relay_port: int = 0,
     ) -> RegisterReply:
         """Register a peer that runs no agent (a client address, or a server other peers see).
 
-        ``host_key``: its SSH host key line (None: a fresh one; ``""``: none).
+        ``host_key``: its SSH host key line (None: a fresh one; ``""``: none). ``ssh_port``,
+        ``relay_port``: the ports it reports (other peers' maps carry them; 0: unknown).
         """
         if host_key is None:
             fresh = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
@@ -153,8 +176,18 @@ class Management:
             version="0.1.0",
             capabilities=("native_ssh",),
             flags=PeerFlags(server_ssh_allowed=key == SERVER_KEY),
+            ssh_port=ssh_port,
+            relay_port=relay_port,
         )
         req = RegisterRequest(
-            name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key, ssh_host_key=host_key
+            name=name,
+            mesh_ip=mesh_ip,
+            meta=meta,
+            setup_key=key,
+            ssh_host_key=host_key,
+            nats_key=new_key(Prefix.USER).public,
         )
-        return await request(self.nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
+        async with httpx.AsyncClient(base_url=self.api, timeout=10) as http:
+            reply = await http.post("/api/v1/peers/register", content=codec.encode(req))
+        assert reply.is_success, f"register {name}: {reply.status_code} {reply.text}"
+        return codec.decode(reply.content, RegisterReply)
