@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from meshssh_agent.children import (
@@ -159,3 +161,19 @@ def test_ssh_permit_open_is_parsed_reported_in_metadata_and_passed_to_sshd() -> 
     assert not any(a.startswith("--ssh-permit-open") for a in sshd_argv(default, "p1"))
     with pytest.raises(ConfigError, match="--ssh-permit-open"):
         config("--ssh-permit-open", "any", "--ssh-permit-open", "db:1")
+
+
+def test_children_get_the_peers_creds_file_and_the_ca_and_the_ports_are_reported() -> None:
+    # The agent sets nats_creds itself after registration (<state-dir>/nats.creds).
+    settings = config("--allow-server-ssh", "--nats-ca", "/etc/meshssh/ca.crt").model_copy(
+        update={"nats_creds": Path("/tmp/x/nats.creds")}
+    )
+    mode = RelayMode("proxy", "requested")
+    for argv in (sshd_argv(settings, "p1"), relay_argv(settings, "p1", mode)):
+        assert value(argv, "--nats-creds") == "/tmp/x/nats.creds"
+        assert value(argv, "--nats-ca") == "/etc/meshssh/ca.crt"
+    bare = config()  # before registration, or management issued no NATS identity
+    assert "--nats-creds" not in sshd_argv(bare, "p1")
+    assert "--nats-ca" not in sshd_argv(bare, "p1")
+    meta = config("--ssh-port", "2222", "--relay-port", "2200").meta()
+    assert (meta.ssh_port, meta.relay_port) == (2222, 2200)

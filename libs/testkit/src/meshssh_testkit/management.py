@@ -98,11 +98,13 @@ class Management:
         mesh_prefix: str = "127.0.0.0/8",
         bus: BusKeys | None = None,
         peer_creds_ttl: float | None = None,
+        nats_creds: Path | None = None,
     ) -> Management:
         """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``).
 
         ``bus``: the bus keys policy signs peers' JWTs with (None: fresh ones in
-        ``directory/bus``); ``peer_creds_ttl``: policy's ``--peer-creds-ttl``.
+        ``directory/bus``); ``peer_creds_ttl``: policy's ``--peer-creds-ttl``; ``nats_creds``:
+        policy's identity on a nats-server with auth on (``bus.creds("policy")``).
         """
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
@@ -110,6 +112,8 @@ class Management:
         if bus is None:
             bus = BusKeys.create(directory / "bus")
         extra = ["--peer-creds-ttl", str(peer_creds_ttl)] if peer_creds_ttl else []
+        if nats_creds is not None:
+            extra += ["--nats-creds", str(nats_creds)]
         proc = await services.start(
             "meshssh-policy",
             "--nats-url",
