@@ -7,9 +7,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from meshssh_cli.commands.status import format_status
+from meshssh_common.wire.agent import AgentStatus, PeerStatus
 from meshssh_testkit.management import SERVER_KEY, Management
 from meshssh_testkit.peer_agent import agent_request, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
@@ -26,7 +29,9 @@ async def meshssh(*args: str) -> tuple[int, str, str]:
     return result.returncode, result.out, result.err
 
 
-def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]:
+def up_args(
+    state: Path, policy: Management, nats_url: str, sshd_bin: str, *flags: str
+) -> list[str]:
     return [
         "up",
         "--state-dir",
@@ -37,6 +42,8 @@ def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]
         "server",
         "--nats-url",
         nats_url,
+        "--management-url",
+        policy.api,
         "--ssh-port",
         "0",
         "--relay-port",
@@ -58,7 +65,7 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
     sshd_bin = script("meshssh-sshd")
     try:
         code, out, err = await meshssh(
-            *up_args(state, nats_url, sshd_bin, "--setup-key", SERVER_KEY)
+            *up_args(state, policy, nats_url, sshd_bin, "--setup-key", SERVER_KEY)
         )
         assert code == 0, err
         status = (await agent_request(state, {"op": "status"}))["status"]
@@ -72,7 +79,12 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         # A flag change on a running agent is reported to management as metadata.
         code, _, err = await meshssh(
             *up_args(
-                state, nats_url, sshd_bin, "--enable-ssh-sftp", "--enable-ssh-agent-forwarding"
+                state,
+                policy,
+                nats_url,
+                sshd_bin,
+                "--enable-ssh-sftp",
+                "--enable-ssh-agent-forwarding",
             )
         )
         assert code == 0, err
@@ -93,7 +105,7 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         assert not pid_alive(status["pid"])
 
         # Again, without the setup key: the stored credential logs the peer in.
-        code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin))
+        code, _, err = await meshssh(*up_args(state, policy, nats_url, sshd_bin))
         assert code == 0, err
         again = (await agent_request(state, {"op": "status"}))["status"]
         assert again["registered"]
@@ -108,7 +120,7 @@ async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
 ) -> None:
     state = tmp_path / "state"
     code, _, err = await meshssh(
-        *up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "WRONG")
+        *up_args(state, policy, nats_url, script("meshssh-sshd"), "--setup-key", "WRONG")
     )
     assert code == 1
     assert "registration refused: setup key not recognised" in err
@@ -120,7 +132,9 @@ async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
 async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
     tmp_path: Path, nats_url: str, policy: Management
 ) -> None:
-    code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, script("meshssh-sshd")))
+    code, _, err = await meshssh(
+        *up_args(tmp_path / "state", policy, nats_url, script("meshssh-sshd"))
+    )
     assert code == 2, err
     assert "--setup-key" in err
 
@@ -133,7 +147,13 @@ async def test_up_warns_when_a_child_cannot_start_and_says_why(
     taken.bind(("127.0.0.2", 0))
     taken.listen(1)
     args = up_args(
-        state, nats_url, script("meshssh-sshd"), "--setup-key", SERVER_KEY, "--allow-server-ssh"
+        state,
+        policy,
+        nats_url,
+        script("meshssh-sshd"),
+        "--setup-key",
+        SERVER_KEY,
+        "--allow-server-ssh",
     )
     args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
     try:
@@ -144,3 +164,26 @@ async def test_up_warns_when_a_child_cannot_start_and_says_why(
     finally:
         await meshssh("down", "--state-dir", str(state))
         taken.close()
+
+
+def test_status_shows_registration_progress_and_only_what_the_map_says_of_peers() -> None:
+    registering = AgentStatus(
+        pid=1,
+        version="0",
+        state_dir="/s",
+        name="laptop",
+        mesh_ip="127.0.0.3",
+        nats_url="nats://127.0.0.1:4222",
+        register_error="management plane not answering (503); retrying",
+    )
+    text = format_status(registering, detail=False)
+    assert "registering: management plane not answering (503); retrying; bus not yet" in text
+    peers = (
+        PeerStatus(id="p2", name="demo-server", mesh_ip="127.0.0.2", ssh_enabled=True),
+        PeerStatus(id="p3", name="db", mesh_ip="127.0.0.4", online=False),
+    )
+    up = msgspec.structs.replace(registering, registered=True, register_error="", peers=peers)
+    lines = format_status(up, detail=True).splitlines()
+    server = next(line for line in lines if "demo-server" in line)
+    assert server.split()[-2:] == ["ssh", "on"]  # nobody here knows whether it is up: unsaid
+    assert next(line for line in lines if " db " in line).split()[-3:] == ["ssh", "off", "offline"]

@@ -61,8 +61,8 @@ def format_status(s: AgentStatus, *, detail: bool) -> str:
         link += f" ({s.nats_url})"
     if s.registered:
         lines.append(f"Management:  {link}, map serial {s.serial}")
-    else:
-        lines.append(f"Management:  {link}, registering: {s.register_error}")
+    else:  # registration is REST: the bus comes after it (the peer has no NATS identity yet)
+        lines.append(f"Management:  registering: {s.register_error or 'starting'}; bus not yet")
     ssh = f"running on {s.mesh_ip}:{s.ssh_port}" if s.ssh_running else "not running"
     lines.append(
         f"SSH server:  {ssh} (local --allow-server-ssh {_onoff(s.flags.server_ssh_allowed)}, "
