@@ -8,13 +8,18 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
-from meshssh_common.rpc import request
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.connection import connect_nats
+from meshssh_common.kv import open_bucket
+from meshssh_common.nats_jwt import Prefix, new_key, read_creds
 from meshssh_common.wire import (
     Heartbeat,
     PeerFlags,
@@ -24,6 +29,7 @@ from meshssh_common.wire import (
     SessionInfo,
 )
 from meshssh_testkit import script
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command
 
@@ -54,8 +60,7 @@ class Meshctl:
         return Ran(result.returncode, result.out, result.err)
 
 
-@pytest.fixture
-async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
+async def start_policy(services: ServiceFactory, nats_url: str, bus: Path, *more: str) -> Meshctl:
     proc = await services.start(
         "meshssh-policy",
         "--nats-url",
@@ -64,6 +69,9 @@ async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
         "127.0.0.1:0",
         "--mesh-prefix",
         "127.0.0.0/8",
+        "--bus-keys",
+        str(bus),
+        *more,
         env={"MESHSSH_ADMIN_TOKEN": TOKEN},
     )
     match = re.search(r"api listening.*url=(http://\S+)", proc.output())
@@ -71,12 +79,30 @@ async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
     return Meshctl(match[1])
 
 
-async def register(nc: NATS, name: str, ip: str, key: str) -> str:
+@pytest.fixture
+async def meshctl(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Meshctl:
+    """meshctl against a policy with bus keys (peers can register) on the open test server."""
+    keys = BusKeys.create(tmp_path / "bus")
+    return await start_policy(services, nats_url, keys.dir)
+
+
+async def register(api: str, name: str, ip: str, key: str) -> str:
+    """Register a peer over REST, as its agent does."""
     meta = PeerMeta(
         version="0.1.0", capabilities=("native_ssh",), flags=PeerFlags(server_ssh_allowed=True)
     )
-    req = RegisterRequest(name=name, mesh_ip=ip, meta=meta, setup_key=key, ssh_host_key=HOST_KEY)
-    return (await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)).peer_id
+    req = RegisterRequest(
+        name=name,
+        mesh_ip=ip,
+        meta=meta,
+        setup_key=key,
+        ssh_host_key=HOST_KEY,
+        nats_key=new_key(Prefix.USER).public,
+    )
+    async with httpx.AsyncClient(base_url=api, timeout=15) as http:
+        r = await http.post("/api/v1/peers/register", content=codec.encode(req))
+    assert r.status_code == 200, r.text
+    return codec.decode(r.content, RegisterReply).peer_id
 
 
 async def ok(run: Any, *args: str) -> Ran:
@@ -109,8 +135,8 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     )
     laptop_key = re.search(r"key \(shown only now\): (\S+)", human.out)
     assert laptop_key
-    srv = await register(nc, "web1", "127.0.0.2", key["key"])
-    await register(nc, "lap1", "127.0.0.3", laptop_key[1])
+    srv = await register(meshctl.api, "web1", "127.0.0.2", key["key"])
+    await register(meshctl.api, "lap1", "127.0.0.3", laptop_key[1])
 
     table = (await ok(meshctl, "peers", "ls")).out.splitlines()
     assert table[0].split()[:4] == ["NAME", "ID", "MESH", "IP"]
@@ -249,7 +275,7 @@ async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
     key = (
         await ok(meshctl, "--json", "setup-keys", "create", "srv", "--auto-group", "servers")
     ).json()
-    srv = await register(nc, "web1", "127.0.0.2", key["key"])
+    srv = await register(meshctl.api, "web1", "127.0.0.2", key["key"])
     await ok(meshctl, "peers", "ssh", "disable", "web1")
     beat = Heartbeat(
         peer_id=srv,
@@ -298,3 +324,45 @@ async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
     assert [e["action"] for e in older["events"]] == ["PATCH /api/v1/peers/{peer_id}"]
     assert all(e["actor"].startswith("token:") for e in older["events"])
     assert TOKEN not in (await ok(meshctl, "--json", "audit")).out
+
+
+async def test_bus_revoke_cuts_a_rotated_service_key_off(
+    services: ServiceFactory, tmp_path: Path
+) -> None:
+    # nats-server with JWT auth on (the testkit's server has none yet), as init configures it
+    keys = BusKeys.create(tmp_path / "bus")
+    conf = tmp_path / "nats-auth.conf"
+    conf.write_text(
+        keys.auth_config()
+        + f'resolver {{ type: full, dir: "{tmp_path / "jwt"}", allow_delete: false }}\n'
+    )
+    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
+    try:
+        admin = await connect_nats(server.url, name="t", creds=keys.creds("admin"))
+        await open_bucket(admin.jetstream(), subjects.BUCKET_JWKS)  # authn's, as authn makes it
+        await admin.close()
+        run = await start_policy(
+            services, server.url, keys.dir, "--nats-creds", str(keys.creds("policy"))
+        )
+        old = read_creds(keys.creds("authn")).public_key
+        authn = await connect_nats(server.url, name="old-authn", creds=keys.creds("authn"))
+        try:
+            assert (await ok(run, "bus", "ls")).out == "(none)\n"
+            done = await ok(run, "bus", "revoke", old)
+            assert done.out.strip() == f"revoked NATS key {old}"
+            async with asyncio.timeout(5):
+                while not (authn.is_closed or "revoked" in str(authn.last_error)):
+                    await asyncio.sleep(0.02)
+        finally:
+            await authn.close()
+        again = (await ok(run, "--json", "bus", "revoke", old)).json()
+        assert (again["public_key"], again["new"], again["until"]) == (old, False, 0)
+        listed = (await ok(run, "bus", "ls")).out.splitlines()
+        assert listed[0].split() == ["KEY", "REVOKED", "FORGOTTEN"]
+        assert listed[1].split()[0] == old
+        assert listed[1].split()[-1] == "never"
+        bad = await run("bus", "revoke", "not-a-key")
+        assert bad.code == 1
+        assert "is not a NATS user public key" in bad.err
+    finally:
+        await server.stop()

@@ -1,5 +1,9 @@
 """Fixtures for policy tests: real policy replicas (in-process, real NATS, real HTTP) and
-helpers to register peers and watch their map keys."""
+helpers to register peers (REST, as agents do) and watch their map keys.
+
+``auth_nats`` is a nats-server with JWT auth on (the bus keys of ``BusKeys.create``), for the
+tests of peer identities; ``policy_on(auth_nats)`` starts replicas on it with ``policy.creds``.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,15 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
 
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.connection import connect_nats
+from meshssh_common.errors import error_for_code
 from meshssh_common.kv import KvEvent, TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.rpc import request
+from meshssh_common.nats_jwt import Key, Prefix, new_key
 from meshssh_common.service import run_service
 from meshssh_common.wire import (
     NetworkMap,
@@ -30,6 +38,7 @@ from meshssh_common.wire import (
 )
 from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
+from meshssh_testkit.natsd import NatsServer
 
 TOKEN = "test-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -41,7 +50,11 @@ class _UrlCatcher(logging.Handler):
         self.urls: dict[str, str] = {}
         self.found = asyncio.Event()
 
+        self.ops: dict[str, str] = {}
+
     def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "ops listening":
+            self.ops[getattr(record, "instance", "")] = getattr(record, "url", "")
         if record.getMessage() == "api listening":
             self.urls[getattr(record, "instance", "")] = getattr(record, "url", "")
             self.found.set()
@@ -56,6 +69,7 @@ class Replica:
     metrics: ServiceMetrics
     task: asyncio.Task[int]
     stop_event: asyncio.Event
+    ops_url: str = ""
 
     def client(self, token: str | None = TOKEN) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -75,12 +89,24 @@ class Replica:
 class PolicyFactory:
     nats_url: str
     catcher: _UrlCatcher
+    bus_keys: Path | None = None  # --bus-keys of every replica (a test may override it)
+    nats_creds: Path | None = None
     started: list[Replica] = field(default_factory=list)
+    _turn: int = 0
+
+    def live(self) -> Replica:
+        """A running replica, taking turns (as NATS's queue group spread requests)."""
+        running = [r for r in self.started if not r.task.done()]
+        assert running, "no policy replica is running"
+        self._turn += 1
+        return running[self._turn % len(running)]
 
     async def start(self, instance: str = "r1", **overrides: Any) -> Replica:
         settings = PolicySettings(
             **{
                 "nats_url": self.nats_url,
+                "nats_creds": self.nats_creds,
+                "bus_keys": self.bus_keys,
                 "listen": "127.0.0.1:0",
                 "ops_listen": "127.0.0.1:0",
                 "admin_token": TOKEN,
@@ -104,20 +130,29 @@ class PolicyFactory:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.2):
                         await self.catcher.found.wait()
-        replica = Replica(instance, self.catcher.urls[instance], metrics, task, stop)
+        replica = Replica(
+            instance,
+            self.catcher.urls[instance],
+            metrics,
+            task,
+            stop,
+            self.catcher.ops.get(instance, ""),
+        )
         self.started.append(replica)
         return replica
 
 
-@pytest.fixture
-async def policy(nats_url: str) -> AsyncIterator[PolicyFactory]:
-    """Starts policy replicas on the test's nats-server; stops them after the test."""
+@contextlib.asynccontextmanager
+async def policy_factory(
+    nats_url: str, bus_keys: Path | None, nats_creds: Path | None = None
+) -> AsyncIterator[PolicyFactory]:
+    """Replicas on ``nats_url``, all stopped at the end."""
     logger = logging.getLogger("meshssh.policy")
     catcher = _UrlCatcher()
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(catcher)
-    factory = PolicyFactory(nats_url, catcher)
+    factory = PolicyFactory(nats_url, catcher, bus_keys, nats_creds)
     try:
         yield factory
     finally:
@@ -128,40 +163,138 @@ async def policy(nats_url: str) -> AsyncIterator[PolicyFactory]:
         logger.setLevel(old_level)
 
 
-Register = Callable[..., Any]
+@pytest.fixture
+async def policy(nats_url: str, tmp_path: Path) -> AsyncIterator[PolicyFactory]:
+    """Starts policy replicas on the test's nats-server; stops them after the test.
+
+    They hold bus keys (peers can register); the server has no auth, so their revocation
+    pushes find no system account (the identity tests use ``auth_nats``).
+    """
+    keys = await asyncio.to_thread(BusKeys.create, tmp_path / "policy-bus")
+    async with policy_factory(nats_url, keys.dir) as factory:
+        yield factory
+
+
+@dataclass
+class AuthNats:
+    """A nats-server with JWT auth on, and its bus keys."""
+
+    server: NatsServer
+    keys: BusKeys
+    resolver: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def creds(self, role: str) -> Path:
+        """``admin``, ``policy``, ``authn`` or ``system``."""
+        return self.keys.creds(role)
+
+    async def connect(self, creds: Path, **kw: Any) -> NATS:
+        return await connect_nats(self.url, name="test", creds=creds, retry_initial=False, **kw)
 
 
 @pytest.fixture
-def register(nc: NATS) -> Register:
+async def auth_nats(tmp_path: Path) -> AsyncIterator[AuthNats]:
+    """nats-server with the operator, account and resolver of a fresh ``BusKeys`` directory.
+
+    The JWKS bucket is made as authn makes it (policy may not create it), and the map bucket
+    answers direct gets (how peers read their map).
+    """
+    keys = await asyncio.to_thread(BusKeys.create, tmp_path / "bus")
+    resolver = tmp_path / "resolver"
+    conf = tmp_path / "nats-auth.conf"
+    conf.write_text(
+        keys.auth_config()
+        + f'resolver {{ type: full, dir: "{resolver}", allow_delete: false, interval: "2m" }}\n'
+    )
+    server = await NatsServer.start(tmp_path / "js-auth", "-c", str(conf))
+    bus = AuthNats(server, keys, resolver)
+    try:
+        admin = await bus.connect(keys.creds("admin"))
+        try:
+            js = admin.jetstream()
+            await open_bucket(js, subjects.BUCKET_JWKS)
+            await js.create_key_value(
+                KeyValueConfig(bucket=subjects.BUCKET_NETMAPS, history=1, direct=True)
+            )
+        finally:
+            await admin.close()
+        yield bus
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def policy_on(auth_nats: AuthNats) -> AsyncIterator[PolicyFactory]:
+    """Replicas on ``auth_nats`` as the policy identity, with its bus keys."""
+    async with policy_factory(
+        auth_nats.url, auth_nats.keys.dir, auth_nats.creds("policy")
+    ) as factory:
+        yield factory
+
+
+Register = Callable[..., Any]
+
+
+async def register_rest(
+    replica: Replica,
+    name: str,
+    mesh_ip: str,
+    key: str = "",
+    *,
+    version: str = "0.1.0",
+    server: bool = True,
+    native: bool = True,
+    peer_id: str = "",
+    credential: str = "",
+    host_key: str = HOST_KEY,
+    nats_key: Key | str | None = None,
+    ssh_port: int = 0,
+    relay_port: int = 0,
+) -> RegisterReply:
+    """``POST /api/v1/peers/register`` as an agent sends it; a refusal raises its MeshError.
+
+    ``nats_key``: the peer's NATS key (None: a fresh one).
+    """
+    meta = PeerMeta(
+        version=version,
+        capabilities=("native_ssh",) if native else (),
+        flags=PeerFlags(server_ssh_allowed=server),
+        ssh_port=ssh_port,
+        relay_port=relay_port,
+    )
+    if nats_key is None:
+        nats_key = new_key(Prefix.USER)
+    req = RegisterRequest(
+        name=name,
+        mesh_ip=mesh_ip,
+        meta=meta,
+        setup_key=key,
+        peer_id=peer_id,
+        credential=credential,
+        ssh_host_key=host_key,
+        nats_key=nats_key.public if isinstance(nats_key, Key) else nats_key,
+    )
+    async with httpx.AsyncClient(base_url=replica.url, timeout=15) as http:
+        r = await http.post(
+            "/api/v1/peers/register",
+            content=codec.encode(req),
+            headers={"Content-Type": "application/json"},
+        )
+    if r.status_code != 200:
+        body = r.json()
+        raise error_for_code(body["code"], body["error"])
+    return codec.decode(r.content, RegisterReply)
+
+
+@pytest.fixture
+def register(policy: PolicyFactory) -> Register:
     """``await register(name, ip, key=..., version=..., server=True)`` -> RegisterReply."""
 
-    async def do(
-        name: str,
-        mesh_ip: str,
-        key: str = "",
-        *,
-        version: str = "0.1.0",
-        server: bool = True,
-        native: bool = True,
-        peer_id: str = "",
-        credential: str = "",
-        host_key: str = HOST_KEY,
-    ) -> RegisterReply:
-        meta = PeerMeta(
-            version=version,
-            capabilities=("native_ssh",) if native else (),
-            flags=PeerFlags(server_ssh_allowed=server),
-        )
-        req = RegisterRequest(
-            name=name,
-            mesh_ip=mesh_ip,
-            meta=meta,
-            setup_key=key,
-            peer_id=peer_id,
-            credential=credential,
-            ssh_host_key=host_key,
-        )
-        return await request(nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
+    async def do(*args: Any, **kw: Any) -> RegisterReply:
+        return await register_rest(policy.live(), *args, **kw)
 
     return do
 

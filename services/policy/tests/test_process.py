@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
+
+from meshssh_common.bus_keys import BusKeys
 from meshssh_testkit import RunResult, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
 
@@ -22,6 +26,8 @@ def test_help_lists_every_policy_setting_with_its_env_variable() -> None:
         ("--mesh-prefix", "MESHSSH_POLICY_MESH_PREFIX"),
         ("--seed", "MESHSSH_POLICY_SEED"),
         ("--peer-offline-timeout", "MESHSSH_POLICY_PEER_OFFLINE_TIMEOUT"),
+        ("--bus-keys", "MESHSSH_BUS_KEYS"),
+        ("--peer-creds-ttl", "MESHSSH_POLICY_PEER_CREDS_TTL"),
     ]
     for flag, env in settings:
         assert flag in out
@@ -35,6 +41,54 @@ def test_a_bad_mesh_prefix_exits_2_naming_the_setting() -> None:
     assert len(lines) == 1
     assert "--mesh-prefix" in lines[0]
     assert "host bits set" in lines[0]
+
+
+def test_a_peer_creds_ttl_over_a_day_is_refused() -> None:
+    result = run("--peer-creds-ttl", "90000")
+    assert result.returncode == 2
+    assert "--peer-creds-ttl" in result.err
+
+
+def bus_keys(tmp_path: Path) -> str:
+    """A bus directory, as ``meshssh-policy init`` writes it."""
+    return str(BusKeys.create(tmp_path / "bus").dir)
+
+
+async def test_a_bus_directory_without_keys_exits_2_naming_it(
+    tmp_path: Path, nats_url: str, services: ServiceFactory
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = await services.start(
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--bus-keys",
+        str(empty),
+        ready=False,
+    )
+    assert await proc.proc.wait() == 2
+    assert "--bus-keys: cannot load the bus keys" in proc.output()
+
+
+async def test_without_bus_keys_readyz_says_peers_cannot_register(
+    nats_url: str, services: ServiceFactory
+) -> None:
+    proc = await services.start(
+        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", ready=False
+    )
+    await proc.wait_ops()
+    async with httpx.AsyncClient() as http, asyncio.timeout(15):
+        while True:
+            r = await http.get(f"{proc.ops_url}/readyz", timeout=2)
+            if r.json()["checks"].get("serving"):
+                break
+            await asyncio.sleep(0.05)
+    assert r.status_code == 503
+    assert r.json()["checks"] == {"nats": True, "serving": True, "bus_keys": False}
+    assert "no --bus-keys: peers cannot register" in proc.output()
 
 
 def test_a_short_admin_token_is_refused() -> None:
@@ -90,6 +144,8 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
         "127.0.0.1:0",
         "--admin-token-file",
         str(token_file),
+        "--bus-keys",
+        bus_keys(tmp_path),
     )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
@@ -109,6 +165,8 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
         "127.0.0.1:0",
         "--admin-token-file",
         str(token_file),
+        "--bus-keys",
+        str(tmp_path / "bus"),
     )
     assert any(fingerprint(token) in line for line in again.log)
     assert token not in again.output()
@@ -116,12 +174,20 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
 
 
 async def test_without_a_token_or_a_file_the_token_goes_to_a_private_temp_file(
-    nats_url: str, services: ServiceFactory
+    nats_url: str, services: ServiceFactory, tmp_path: Path
 ) -> None:
     import re
     import shutil
 
-    proc = await services.start("meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0")
+    proc = await services.start(
+        "meshssh-policy",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--bus-keys",
+        bus_keys(tmp_path),
+    )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
     found = re.search(r"path=.?(/\S+?/admin-token)", lines[0])

@@ -6,7 +6,9 @@ from typing import Any
 
 from meshssh_common import subjects
 from meshssh_common.acl import AclDecision, check_inbound
+from meshssh_common.rpc import request
 from meshssh_common.ssh_auth import authorize
+from meshssh_common.wire import MetaReply, MetaUpdate, PeerFlags, PeerMeta
 from meshssh_policy.state import dominates
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
@@ -219,3 +221,34 @@ async def test_a_renamed_client_peer_is_renamed_in_the_servers_source_peers(
     await map_watch.wait(
         lambda: [p.name for p in map_watch.latest(srv).source_peers] == ["laptop-renamed"]
     )
+
+
+async def test_remote_peers_carry_the_ports_each_peer_reports_and_only_changes_republish(
+    policy: Any, register: Any, seed_file: Any, nc: Any, map_watch: Any, poll: Any
+) -> None:
+    await policy.start(seed=seed_file)
+    srv = await register("srv1", "127.0.0.2", SERVER_KEY, ssh_port=22022, relay_port=2222)
+    lap = await register("lap1", "127.0.0.3", LAPTOP_KEY)
+    await map_watch.wait(lambda: bool(map_watch.latest(lap.peer_id).remote_peers))
+    (remote,) = map_watch.latest(lap.peer_id).remote_peers
+    assert (remote.id, remote.ssh_port, remote.relay_port) == (srv.peer_id, 22022, 2222)
+
+    async def report(ssh_port: int, relay_port: int) -> None:
+        meta = PeerMeta(
+            version="0.1.0",
+            capabilities=("native_ssh",),
+            flags=PeerFlags(server_ssh_allowed=True),
+            ssh_port=ssh_port,
+            relay_port=relay_port,
+        )
+        update = MetaUpdate(peer_id=srv.peer_id, credential=srv.credential, meta=meta)
+        await request(nc, subjects.POLICY_META, update, MetaReply, timeout=10)
+
+    before = map_watch.latest(lap.peer_id).serial
+    await report(22022, 2222)  # the same ports: nothing for the laptop changes
+    # (the reply comes once this replica has processed the write and published its maps)
+    assert map_watch.latest(lap.peer_id).serial == before
+    await report(40022, 2222)
+    await map_watch.wait(lambda: map_watch.latest(lap.peer_id).serial > before)
+    (remote,) = map_watch.latest(lap.peer_id).remote_peers
+    assert (remote.ssh_port, remote.relay_port) == (40022, 2222)

@@ -21,10 +21,13 @@ from meshssh_cli.meshctl.tables import (
     setup_key_rows,
     table,
     user_rows,
+    when,
 )
 
 __all__ = [
     "Result",
+    "bus_ls",
+    "bus_revoke",
     "groups_create",
     "groups_ls",
     "groups_members",
@@ -314,6 +317,26 @@ def keys_rm(args: argparse.Namespace, api: AdminApi) -> Result:
     """``setup-keys rm ID``."""
     api.call("DELETE", f"/setup-keys/{args.id}")
     return {"removed": args.id}, f"removed setup key {args.id}"
+
+
+# -- bus ------------------------------------------------------------------------------------
+
+
+def bus_revoke(args: argparse.Namespace, api: AdminApi) -> Result:
+    """``bus revoke KEY``: revoke a NATS user key (a rotated service's old key, say)."""
+    done = api.call("POST", "/bus/revocations", {"public_key": args.key})
+    again = "" if done["new"] else " (it was revoked already)"
+    return done, f"revoked NATS key {done['public_key']}{again}"
+
+
+def bus_ls(args: argparse.Namespace, api: AdminApi) -> Result:
+    """``bus ls``: the revoked NATS user keys."""
+    revoked = api.get("/bus/revocations")
+    rows = [
+        [r["public_key"], when(r["at"]), when(r["until"]) if r["until"] else "never"]
+        for r in revoked
+    ]
+    return revoked, table(["KEY", "REVOKED", "FORGOTTEN"], rows)
 
 
 def status(args: argparse.Namespace, api: AdminApi) -> Result:

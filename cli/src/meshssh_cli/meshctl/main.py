@@ -13,6 +13,7 @@ Example::
         --authorized-group ops=root,deploy
     meshctl --json setup-keys create laptops --auto-group users --expires-in 7d
     meshctl audit --kind admin-change
+    meshctl bus revoke UABC...   # the old key `meshssh-policy init --rotate` printed
 """
 
 from __future__ import annotations
@@ -166,6 +167,18 @@ def _setup_keys(sub: Any) -> None:
     _leaf(keys, "rm", "remove a setup key", cmd.keys_rm).add_argument("id")
 
 
+def _bus(sub: Any) -> None:
+    bus = _group(sub, "bus", "NATS identities: revoke a key, list revoked keys", cmd.bus_ls)
+    _leaf(bus, "ls", "revoked NATS user keys (when, and until when kept)", cmd.bus_ls)
+    revoke = _leaf(
+        bus,
+        "revoke",
+        "revoke a NATS user key: its connections close, its JWTs are refused",
+        cmd.bus_revoke,
+    )
+    revoke.add_argument("key", help="the user public key (U...), e.g. printed by init --rotate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level ``meshctl`` parser."""
     parser = _Parser(prog="meshctl", description="meshssh operator CLI", parents=[_common()])
@@ -176,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _groups(sub)
     _policies(sub)
     _setup_keys(sub)
+    _bus(sub)
     _leaf(sub, "status", "the API replica's state", cmd.status)
     log = _leaf(sub, "audit", "the audit log, newest first (admin changes, SSH events)", audit)
     log.add_argument("--user", default="", help="a user id (JWT user or dashboard user)")

@@ -18,6 +18,7 @@ a CA, ``tls://`` servers are verified against it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ssl
 import time
@@ -35,6 +36,10 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.nats_jwt import Creds, read_creds
 
 __all__ = ["NATS", "NatsEvent", "connect_nats"]
+
+
+class _Refused(Exception):
+    """The server refused the identity on the first connection (Authorization Violation)."""
 
 
 class NatsEvent(enum.StrEnum):
@@ -119,13 +124,18 @@ async def connect_nats(
         event(NatsEvent.RECONNECTED)
 
     async def error(e: Exception) -> None:
+        if not holder and "authorization violation" in str(e).lower():
+            # nats-py retries a refused first connection forever when reconnects are on;
+            # raising here ends its connect loop (see below).
+            raise _Refused(str(e)) from e
         event(NatsEvent.ERROR, repr(e))
 
     servers = [s.strip() for s in url.split(",") if s.strip()]
     delay = 0.1
     while True:
+        nc = NATS()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=servers,
                 name=name,
                 **options,
@@ -140,9 +150,13 @@ async def connect_nats(
                 error_cb=error,
                 closed_cb=on_closed,
             )
+        except _Refused as e:
+            # a refused identity is not an outage: say so instead of retrying forever
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ConfigError("--nats-creds", f"the NATS server refused them: {e}") from e
         except (OSError, nats.errors.Error, TimeoutError) as e:
             if "authorization violation" in str(e).lower():
-                # a refused identity is not an outage: say so instead of retrying forever
                 raise ConfigError("--nats-creds", f"the NATS server refused them: {e}") from e
             if not retry_initial:
                 raise
