@@ -21,6 +21,7 @@ import enum
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -75,7 +76,7 @@ async def connect_nats(
     Raises:
         ConfigError: the creds file or the CA cannot be used.
     """
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if creds is not None:
         try:
             options["inbox_prefix"] = inbox_prefix(read_creds(creds).public_key)
@@ -120,24 +121,25 @@ async def connect_nats(
         event(NatsEvent.ERROR, repr(e))
 
     servers = [s.strip() for s in url.split(",") if s.strip()]
+    connect_kw: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        **options,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": connect_timeout,
+        "ping_interval": 5,
+        "max_outstanding_pings": 2,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+    }
     delay = 0.1
     while True:
         nc = NATS()
         try:
-            await nc.connect(
-                servers=servers,
-                name=name,
-                **options,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=connect_timeout,
-                ping_interval=5,
-                max_outstanding_pings=2,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
+            await nc.connect(**connect_kw)
         except _Refused as e:
             # a refused identity is not an outage: say so instead of retrying forever
             with contextlib.suppress(Exception):

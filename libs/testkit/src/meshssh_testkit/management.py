@@ -4,8 +4,9 @@ The seed is the demo's: groups ``servers`` and ``users``, a setup key for each
 (:data:`SERVER_KEY` puts a peer into ``servers`` with SSH enabled, :data:`LAPTOP_KEY` into
 ``users``), and one policy: ``users`` reach ``servers`` on TCP 22 (and so 22022). A test runs
 its agent with ``--setup-key SERVER_KEY``; a client address gets a rule by registering as a
-laptop with :meth:`Management.register` (over NATS, as an agent registers), and an address
-that never registered has none.
+laptop with :meth:`Management.register` (over REST, as an agent registers), and an address
+that never registered has none. Policy holds bus keys made in ``directory`` (``--bus-keys``,
+unless given), so it can issue peers their NATS credentials.
 
 Example::
 
@@ -27,8 +28,9 @@ import asyncssh
 import httpx
 from nats.aio.client import Client as NATS
 
-from meshssh_common import subjects
-from meshssh_common.rpc import request
+from meshssh_common import codec
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.nats_jwt import Prefix, new_key
 from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import ServiceProcess
@@ -93,11 +95,22 @@ class Management:
         directory: Path,
         *,
         mesh_prefix: str = "127.0.0.0/8",
+        bus_keys: Path | None = None,
+        nats_creds: Path | None = None,
     ) -> Management:
-        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``)."""
+        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``).
+
+        ``bus_keys``: the bus directory (None: one made in ``directory``); ``nats_creds``: the
+        identity policy connects with (None: none, for a server without auth).
+        """
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
+        if bus_keys is None:
+            bus_keys = directory / "bus"
+            if not (bus_keys / "meta.json").exists():
+                BusKeys.create(bus_keys)
+        creds = ("--nats-creds", str(nats_creds)) if nats_creds is not None else ()
         proc = await services.start(
             "meshssh-policy",
             "--nats-url",
@@ -108,6 +121,9 @@ class Management:
             str(seed),
             "--mesh-prefix",
             mesh_prefix,
+            "--bus-keys",
+            str(bus_keys),
+            *creds,
             env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         found = re.search(r"api listening.*url=(http://\S+)", proc.output())
@@ -155,6 +171,14 @@ class Management:
             flags=PeerFlags(server_ssh_allowed=key == SERVER_KEY),
         )
         req = RegisterRequest(
-            name=name, mesh_ip=mesh_ip, meta=meta, setup_key=key, ssh_host_key=host_key
+            name=name,
+            mesh_ip=mesh_ip,
+            meta=meta,
+            setup_key=key,
+            ssh_host_key=host_key,
+            nats_key=new_key(Prefix.USER).public,
         )
-        return await request(self.nc, subjects.POLICY_REGISTER, req, RegisterReply, timeout=10)
+        async with httpx.AsyncClient(base_url=self.api, timeout=15) as http:
+            reply = await http.post("/api/v1/peers/register", content=codec.encode(req))
+        assert reply.status_code == 200, f"register {name}: {reply.status_code} {reply.text}"
+        return codec.decode(reply.content, RegisterReply)
