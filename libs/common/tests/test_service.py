@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from meshssh_common import subjects
+from meshssh_common.bus_keys import BusKeys
 from meshssh_common.kv import open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
@@ -24,7 +25,9 @@ SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
 
 def required_args(name: str, tmp_path: Path) -> list[str]:
     """Settings a service needs here: a free port; relay and sshd: a peer id (sshd: a host key)."""
-    if name in ("meshssh-policy", "meshssh-authn"):
+    if name == "meshssh-policy":  # without bus keys it is not ready (peers cannot register)
+        return ["--listen", "127.0.0.1:0", "--bus-keys", str(BusKeys.create(tmp_path / "bus").dir)]
+    if name == "meshssh-authn":
         return ["--listen", "127.0.0.1:0"]
     if name == "meshssh-relay":
         return ["--peer-id", "p1", "--listen", "127.0.0.1:0"]

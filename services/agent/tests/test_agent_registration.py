@@ -70,7 +70,7 @@ async def secure(tmp_path: Path, services: ServiceFactory) -> AsyncIterator[Secu
                 server.url,
                 nc,
                 tmp_path / "policy",
-                bus=bus,
+                bus_keys=bus.dir,
                 # admin until policy's own permissions may create the JWKS bucket (w4-fixtures)
                 nats_creds=bus.creds("admin"),
             )

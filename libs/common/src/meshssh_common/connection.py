@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -79,7 +80,7 @@ async def connect_nats(
     Raises:
         ConfigError: the creds file or the CA cannot be used.
     """
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     identity: Creds | None = None
     if creds is not None:
         try:
@@ -131,25 +132,26 @@ async def connect_nats(
         event(NatsEvent.ERROR, repr(e))
 
     servers = [s.strip() for s in url.split(",") if s.strip()]
+    connect_kw: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        **options,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": connect_timeout,
+        "ping_interval": 5,
+        "max_outstanding_pings": 2,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+        "closed_cb": on_closed,
+    }
     delay = 0.1
     while True:
         nc = NATS()
         try:
-            await nc.connect(
-                servers=servers,
-                name=name,
-                **options,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=connect_timeout,
-                ping_interval=5,
-                max_outstanding_pings=2,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-                closed_cb=on_closed,
-            )
+            await nc.connect(**connect_kw)
         except _Refused as e:
             # a refused identity is not an outage: say so instead of retrying forever
             with contextlib.suppress(Exception):

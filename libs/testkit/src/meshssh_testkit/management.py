@@ -5,8 +5,9 @@ The seed is the demo's: groups ``servers`` and ``users``, a setup key for each
 ``users``), and one policy: ``users`` reach ``servers`` on TCP 22 (and so 22022). A test runs
 its agent with ``--setup-key SERVER_KEY`` and ``--management-url policy.api``; a client
 address gets a rule by registering as a laptop with :meth:`Management.register` (over REST,
-as an agent registers), and an address that never registered has none. Policy signs peers'
-NATS JWTs with the bus keys made for it (:attr:`Management.bus`, ``--bus-keys``).
+as an agent registers), and an address that never registered has none. Policy holds bus keys
+made in ``directory`` (``--bus-keys``, unless given), so it can issue peers their NATS
+credentials (:attr:`Management.bus`).
 
 Example::
 
@@ -85,7 +86,7 @@ class Management:
     process: ServiceProcess
     api: str
     nc: NATS
-    bus: BusKeys
+    bus: BusKeys  # what policy signs peers' JWTs with (``bus.account``, ``bus.mint``)
 
     @classmethod
     async def start(
@@ -96,24 +97,22 @@ class Management:
         directory: Path,
         *,
         mesh_prefix: str = "127.0.0.0/8",
-        bus: BusKeys | None = None,
-        peer_creds_ttl: float | None = None,
+        bus_keys: Path | None = None,
         nats_creds: Path | None = None,
     ) -> Management:
         """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``).
 
-        ``bus``: the bus keys policy signs peers' JWTs with (None: fresh ones in
-        ``directory/bus``); ``peer_creds_ttl``: policy's ``--peer-creds-ttl``; ``nats_creds``:
-        policy's identity on a nats-server with auth on (``bus.creds("policy")``).
+        ``bus_keys``: the bus directory (None: one made in ``directory``); ``nats_creds``: the
+        identity policy connects with (None: none, for a server without auth).
         """
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
-        if bus is None:
-            bus = BusKeys.create(directory / "bus")
-        extra = ["--peer-creds-ttl", str(peer_creds_ttl)] if peer_creds_ttl else []
-        if nats_creds is not None:
-            extra += ["--nats-creds", str(nats_creds)]
+        if bus_keys is None:
+            bus_keys = directory / "bus"
+            if not (bus_keys / "meta.json").exists():
+                BusKeys.create(bus_keys)
+        creds = ("--nats-creds", str(nats_creds)) if nats_creds is not None else ()
         proc = await services.start(
             "meshssh-policy",
             "--nats-url",
@@ -125,13 +124,13 @@ class Management:
             "--mesh-prefix",
             mesh_prefix,
             "--bus-keys",
-            str(bus.dir),
-            *extra,
+            str(bus_keys),
+            *creds,
             env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         found = re.search(r"api listening.*url=(http://\S+)", proc.output())
         assert found, proc.output()
-        return cls(proc, found[1], nc, bus)
+        return cls(proc, found[1], nc, BusKeys.load(bus_keys))
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One REST call (``path`` below ``/api/v1``); fails the test on a non-2xx answer."""
@@ -191,7 +190,7 @@ class Management:
             ssh_host_key=host_key,
             nats_key=new_key(Prefix.USER).public,
         )
-        async with httpx.AsyncClient(base_url=self.api, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=self.api, timeout=15) as http:
             reply = await http.post("/api/v1/peers/register", content=codec.encode(req))
-        assert reply.is_success, f"register {name}: {reply.status_code} {reply.text}"
+        assert reply.status_code == 200, f"register {name}: {reply.status_code} {reply.text}"
         return codec.decode(reply.content, RegisterReply)
