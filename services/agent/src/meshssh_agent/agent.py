@@ -269,6 +269,8 @@ class Agent:
         self.tasks.spawn(self._keep_renewed(), "renewal")
         self.children.enabled = True
         self.children.evaluate(self.maps.ssh_enabled)
+        # `meshssh up` returns once it sees this, then watches the children it now wants.
+        self.registered, self.register_error = True, ""
         ctx.ready.set()
         try:
             await self._lost.wait()  # until the runner cancels us, or the bus identity is lost
@@ -308,12 +310,12 @@ class Agent:
         return reply
 
     def _progress(self, text: str) -> None:
-        if not self.registered:
+        if not self.peer_id:  # renewals say it in the log
             self.register_error = text
 
     async def _login(self) -> None:
         reply = await self._register(self._setup_key)
-        self.registered, self.register_error = True, ""
+        self.register_error = "registered; connecting to NATS"
         self.maps.offer(reply.netmap)
 
     async def _keep_renewed(self) -> None:
