@@ -159,11 +159,14 @@ async def test_the_agent_sends_its_nats_public_key_never_the_seed_and_keeps_it_a
     assert creds.expires_at > time.time() + 3600  # policy's default lifetime: 12 h
 
     # A restart registers with the stored credential and the same key: no setup key needed.
-    agent = await start_agent(state, nats_url, front.url, key="")
+    # A --nats-creds of its own is ignored, and it says so: the identity is registration's.
+    other = tmp_path / "someone-elses.creds"
+    agent = await start_agent(state, nats_url, front.url, "--nats-creds", str(other), key="")
     try:
         again = await agent.wait_status(lambda s: s["registered"] and s["nats_connected"])
     finally:
         assert await agent.stop() == 0
+    assert "--nats-creds / MESHSSH_NATS_CREDS ignored" in agent.output()
     assert again["peer_id"] == first["peer_id"]
     last = front.requests()[-1]
     assert (last.setup_key, last.peer_id, last.nats_key) == ("", first["peer_id"], key.public)

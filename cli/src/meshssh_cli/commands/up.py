@@ -8,7 +8,8 @@ nothing running, and exits non-zero. With ``--foreground`` this process becomes 
 instead (they are reported to management as metadata).
 
 The agent registers over REST (``--management-url``) and gets its NATS credentials there
-(``<state-dir>/nats.creds``); ``up`` takes no ``--nats-creds``.
+(``<state-dir>/nats.creds``); a ``--nats-creds`` given to ``up`` is handed on and ignored
+by the agent, with a warning.
 
 The agent's settings carry the same flag names as ``up`` (``meshssh_agent.settings``), so
 ``up`` hands them on unchanged and the agent validates them. The setup key comes from
@@ -85,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--nats-url",
         default=os.environ.get("MESHSSH_NATS_URL", "nats://127.0.0.1:4222"),
         help="NATS server URL(s) [env MESHSSH_NATS_URL]",
+    )
+    p.add_argument(  # the agent ignores it (and says so): its identity comes from registration
+        "--nats-creds", type=Path, default=None, help=argparse.SUPPRESS
     )
     p.add_argument(
         "--nats-ca",
