@@ -281,3 +281,22 @@ async def test_a_refused_renewal_stops_the_children_and_the_agent_with_exit_1(
             await until(lambda pid=pid: not pid_alive(pid), f"child {pid} gone", timeout=5)
     finally:
         await agent.stop()
+
+
+async def test_renewals_retry_while_management_is_down_and_an_expired_jwt_ends_the_agent(
+    tmp_path: Path, nats_url: str, policy: Management, front: RegistrationFront
+) -> None:
+    front.ttl = 3.0
+    agent = await start_agent(tmp_path / "state", nats_url, front.url)
+    try:
+        status = await agent.wait_status(lambda s: s["registered"] and s["nats_connected"])
+        front.down = True  # management goes away for good
+        registered = len(front.bodies)
+        async with asyncio.timeout(20):
+            code = await agent.proc.wait()
+        assert code == 1
+        assert len(front.bodies) - registered >= 2  # it kept trying until the JWT expired
+        assert "the NATS credentials expired; management did not renew them" in agent.output()
+        assert status["peer_id"]
+    finally:
+        await agent.stop()
