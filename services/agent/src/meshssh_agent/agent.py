@@ -56,7 +56,7 @@ from meshssh_agent.settings import AgentSettings
 from meshssh_agent.state_dir import AgentLock, prepare_state_dir
 from meshssh_agent.tokens import AgentTokenCache, device_flow_fetch
 from meshssh_common import subjects
-from meshssh_common.errors import ConfigError, MeshError
+from meshssh_common.errors import ConfigError, MeshError, WireError
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
@@ -295,6 +295,8 @@ class Agent:
             deadline=deadline,
         )
         self.peer_id, self.credential = reply.peer_id, reply.credential
+        if deadline is not None and not reply.nats_jwt:
+            raise WireError("management renewed the registration without NATS credentials")
         if reply.nats_jwt:
             expires_at = self.identity.store(reply.nats_jwt)
         else:

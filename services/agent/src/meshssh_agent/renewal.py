@@ -72,7 +72,7 @@ async def keep_renewed(
         await asyncio.sleep(max(_MIN_WAIT, renew_at(expires_at, now) - now))
         try:
             new = await renew(expires_at)
-        except Unavailable as e:
+        except (Unavailable, OSError) as e:  # OSError: the creds file could not be written
             if time.time() >= expires_at:
                 count(RenewalOutcome.EXPIRED)
                 return f"the NATS credentials expired; management did not renew them: {e}"
