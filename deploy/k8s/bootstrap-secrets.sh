@@ -13,12 +13,14 @@
 #   meshssh-bus-authn   authn.creds                           meshssh-authn
 #
 # Usage:
-#   deploy/k8s/bootstrap-secrets.sh [-n NAMESPACE] [-d DIR] [--dry-run]
+#   deploy/k8s/bootstrap-secrets.sh [-n NAMESPACE] [-d DIR] [--tls-host NAME ...] [--dry-run]
 #
 #   -n NAMESPACE  where meshssh runs (default meshssh); also names the NATS certificate's hosts
 #   -d DIR        the bus directory: made by `meshssh-policy init` when it has no
 #                 nats-auth.conf yet, else used as it is (to re-apply Secrets after a rotation)
 #                 (default: a new temporary directory)
+#   --tls-host NAME  one more name for the NATS certificate, e.g. the load balancer that
+#                 peers outside the cluster connect to (the in-cluster names are always there)
 #   --dry-run     print the Secrets as YAML instead of applying them (no cluster needed)
 #
 # Environment: MESHSSH_POLICY (default meshssh-policy), KUBECTL (default kubectl); each may be a
@@ -32,12 +34,14 @@ set -eu
 NAMESPACE=meshssh
 DIR=
 DRY_RUN=0
+EXTRA_HOSTS=
 NATS_NODES=3  # the StatefulSet's replicas: nats-0 .. nats-2
 
 while [ $# -gt 0 ]; do
   case "$1" in
     -n|--namespace) NAMESPACE=$2; shift 2 ;;
     -d|--dir) DIR=$2; shift 2 ;;
+    --tls-host) EXTRA_HOSTS="$EXTRA_HOSTS $2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bootstrap-secrets: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -65,6 +69,9 @@ else
       --tls-host "nats-$i.nats-cluster.$NAMESPACE.svc" \
       --tls-host "nats-$i.nats-cluster.$NAMESPACE.svc.cluster.local"
     i=$((i + 1))
+  done
+  for host in $EXTRA_HOSTS; do
+    set -- "$@" --tls-host "$host"
   done
   $POLICY init --dir "$DIR" "$@" >&2
 fi
