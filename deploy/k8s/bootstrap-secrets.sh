@@ -9,7 +9,7 @@
 #   meshssh-nats-tls    ca.crt server.crt server.key          nats-server; ca.crt: every client
 #   meshssh-bus-policy  policy.creds system.creds             meshssh-policy: its identity, the
 #                       operator-signing.nk account-signing.nk  peers' JWTs and revocations
-#                       account.jwt
+#                       account.jwt meta.json
 #   meshssh-bus-authn   authn.creds                           meshssh-authn
 #
 # Usage:
@@ -27,8 +27,8 @@
 # command with arguments (e.g. MESHSSH_POLICY="uv run meshssh-policy").
 #
 # Afterwards DIR holds what must not stay on this machine nor go into the cluster:
-# operator.nk, account.nk, system-account.nk (rotation needs them: keep them offline) and
-# admin.creds (full rights on the bus: for operators' scripts only).
+# operator.nk, account.nk, system-account.nk and ca.key (rotation needs them: keep them
+# offline) and admin.creds (full rights on the bus: for operators' scripts only).
 set -eu
 
 NAMESPACE=meshssh
@@ -94,7 +94,7 @@ render() {
   secret meshssh-nats-auth nats-auth.conf
   secret meshssh-nats-tls ca.crt server.crt server.key
   secret meshssh-bus-policy policy.creds system.creds operator-signing.nk account-signing.nk \
-    account.jwt
+    account.jwt meta.json
   secret meshssh-bus-authn authn.creds
 }
 
@@ -107,6 +107,7 @@ fi
 
 cat >&2 <<EOF
 bootstrap-secrets: the Secrets are $( [ "$DRY_RUN" -eq 1 ] && echo "printed (dry run)" || echo "applied in namespace $NAMESPACE").
-Move $DIR off this machine now (offline storage): operator.nk, account.nk and
-system-account.nk are the bus's root keys (rotation needs them), admin.creds has full rights.
+Move $DIR off this machine now (offline storage): operator.nk, account.nk,
+system-account.nk and ca.key are the bus's root keys (rotation needs them), admin.creds has
+full rights on the bus.
 EOF

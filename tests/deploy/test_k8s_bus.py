@@ -39,7 +39,7 @@ Build = Callable[[str], list[dict[str, Any]]]  # the `kustomize` fixture (confte
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 BOOTSTRAP = K8S / "bootstrap-secrets.sh"
 SERVICES = {"meshssh-policy": "meshssh-bus-policy", "meshssh-authn": "meshssh-bus-authn"}
-ROOT_SECRETS = {"operator.nk", "account.nk", "system-account.nk", "admin.creds"}
+ROOT_SECRETS = {"operator.nk", "account.nk", "system-account.nk", "ca.key", "admin.creds"}
 OPERATOR_PROVIDED = {"meshssh-secrets"}  # admin token and setup key (docs/operations.md)
 _LISTEN = re.compile(r"Listening for client connections on \S+:(\d+)")
 
@@ -266,6 +266,7 @@ def test_the_bootstrap_writes_every_secret_the_manifests_read_and_no_root_key(
         "operator-signing.nk",
         "account-signing.nk",
         "account.jwt",
+        "meta.json",  # the account's and the system account's public keys (BusKeys.load)
     }
     assert set(secrets["meshssh-bus-authn"]) == {"authn.creds"}
 
