@@ -183,6 +183,7 @@ def test_every_bus_client_uses_tls_the_ca_and_only_its_own_identity(
             assert workload == "nats"
             continue
         clients.add(workload)
+        assert not any("nats://" in a for a in container.get("args", [])), workload
         assert all(u.startswith("tls://") for u in url.split(",")), (workload, url)
         ca = env.get("MESHSSH_NATS_CA") or env["NATS_CA"]
         assert secret_file(pod, container, ca) == ("meshssh-nats-tls", "ca.crt"), workload
@@ -204,6 +205,9 @@ def test_every_bus_client_uses_tls_the_ca_and_only_its_own_identity(
         else:
             assert workload == "jetstream-setup"
             setup = by_kind(docs, "ConfigMap")["jetstream-setup"]["data"]["setup.sh"]
+            calls = re.findall(r"^\s*(?:\|\|\s*)?nats (\S+)", setup, re.M)
+            assert calls, setup
+            assert set(calls) == {"$S"}  # every call with creds, the CA and the inbox prefix
             used = set(re.findall(r"opts_for (\S+)\)", setup))
             assert {secret_file(pod, container, p) for p in used} == {
                 ("meshssh-bus-policy", "policy.creds"),
@@ -269,6 +273,33 @@ def test_the_bootstrap_writes_every_secret_the_manifests_read_and_no_root_key(
         "meta.json",  # the account's and the system account's public keys (BusKeys.load)
     }
     assert set(secrets["meshssh-bus-authn"]) == {"authn.creds"}
+
+
+def test_the_bootstrap_applies_what_its_dry_run_prints(
+    bootstrap: tuple[Path, dict[str, dict[str, bytes]]], tmp_path: Path
+) -> None:
+    # No API server here: `kubectl apply` is the one thing faked (it keeps what it is given);
+    # `kubectl create --dry-run=client` is the real one.
+    applied = tmp_path / "applied.yaml"
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(
+        f'#!/bin/sh\nif [ "$1" = apply ]; then cat > {applied}; else exec kubectl "$@"; fi\n'
+    )
+    kubectl.chmod(0o755)
+    run_command_sync(
+        "sh",
+        str(BOOTSTRAP),
+        "-n",
+        "meshssh",
+        "-d",
+        str(bootstrap[0]),
+        env={"KUBECTL": str(kubectl)},
+        check=True,
+    )
+    docs = [d for d in yaml.safe_load_all(applied.read_text()) if d]
+    assert {
+        d["metadata"]["name"]: {k: base64.b64decode(v) for k, v in d["data"].items()} for d in docs
+    } == bootstrap[1]
 
 
 def test_the_certificate_names_every_address_clients_and_routes_dial(
