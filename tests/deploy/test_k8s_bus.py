@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from nats.aio.client import Client as NATS
 
+from meshssh_common.connection import connect_nats
 from meshssh_common.nats_jwt import read_creds
 from meshssh_testkit.natsd import nats_server_binary
 from meshssh_testkit.ports import free_port
@@ -414,17 +415,12 @@ async def nats_cluster(
             await node.stop()
 
 
-async def connect(port: int, ca: Path, creds: Path | None = None, **kw: Any) -> NATS:
-    """A client the way the services connect: tls://, the CA, creds, its own inbox prefix."""
-    ctx = ssl.create_default_context(cafile=str(ca))
-    if creds is not None:
-        kw |= {
-            "user_credentials": str(creds),
-            "inbox_prefix": f"_INBOX_{read_creds(creds).public_key}",
-        }
-    return await nats.connect(
-        f"tls://localhost:{port}", tls=ctx, allow_reconnect=False, connect_timeout=3, **kw
-    )
+async def connect(port: int, ca: Path, creds: Path) -> NATS:
+    """A client the way the services connect (``connect_nats``: tls://, the CA, the creds)."""
+    async with asyncio.timeout(10):
+        return await connect_nats(
+            f"tls://localhost:{port}", name="k8s-test", creds=creds, ca=ca, retry_initial=False
+        )
 
 
 async def test_the_shipped_nats_config_runs_a_tls_cluster_that_refuses_anonymous_and_plaintext(
@@ -433,14 +429,13 @@ async def test_the_shipped_nats_config_runs_a_tls_cluster_that_refuses_anonymous
     bus, secrets = bootstrap
     conf = nats_conf(kustomize("prod"))
     async with nats_cluster(conf, secrets, tmp_path) as nodes:
-        errors: list[Exception] = []
-
-        async def on_error(e: Exception) -> None:
-            errors.append(e)
-
         # anonymous, over TLS: refused by the operator mode
+        ctx = ssl.create_default_context(cafile=str(bus / "ca.crt"))
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await connect(nodes[0].port, bus / "ca.crt", error_cb=on_error)
+            async with asyncio.timeout(10):
+                await nats.connect(
+                    f"tls://localhost:{nodes[0].port}", tls=ctx, allow_reconnect=False
+                )
         # plaintext: the server demands TLS before anything else
         reader, writer = await asyncio.open_connection("localhost", nodes[0].port)
         try:
