@@ -5,44 +5,36 @@ bootstrap's Secret and TLS from the CA's; every process that talks to NATS does 
 ``tls://`` with the CA, and each service with its own creds file; a node (the peer DaemonSet)
 gets no service credential; no Secret key a workload needs is missing from what
 ``bootstrap-secrets.sh`` writes. Then the bootstrap script itself runs (real ``kubectl``, in
-``--dry-run``, with the real ``meshssh-policy init``), and the NATS config the manifests ship runs
-as a real three-node cluster with those Secrets: anonymous and plaintext connections are
-refused, routes join over mutual TLS, and a service's creds work. Only what needs an API server
-is left out (no cluster can run here, platform notes §6).
+``--dry-run``, with the real ``meshssh-policy init``): its Secrets, its certificate, and
+jetstream-setup's reading of a creds file. test_k8s_nats.py runs the NATS config itself. Only
+what needs an API server is left out (no cluster can run here, platform notes §6).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import re
-import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import nats
 import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from nats.aio.client import Client as NATS
 
-from meshssh_common.connection import connect_nats
 from meshssh_common.nats_jwt import read_creds
-from meshssh_testkit.natsd import nats_server_binary
-from meshssh_testkit.ports import free_port
-from meshssh_testkit.process import run_command_sync, script, terminate
+from meshssh_testkit.process import run_command_sync
 
 Build = Callable[[str], list[dict[str, Any]]]  # the `kustomize` fixture (conftest)
+Bootstrap = tuple[Path, dict[str, dict[str, bytes]]]  # the `bootstrap` fixture (conftest)
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 BOOTSTRAP = K8S / "bootstrap-secrets.sh"
 SERVICES = {"meshssh-policy": "meshssh-bus-policy", "meshssh-authn": "meshssh-bus-authn"}
 ROOT_SECRETS = {"operator.nk", "account.nk", "system-account.nk", "ca.key", "admin.creds"}
 OPERATOR_PROVIDED = {"meshssh-secrets"}  # admin token and setup key (docs/operations.md)
-_LISTEN = re.compile(r"Listening for client connections on \S+:(\d+)")
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -225,33 +217,8 @@ def test_every_bus_client_uses_tls_the_ca_and_only_its_own_identity(
 # ---- the bootstrap script, run for real (kubectl --dry-run=client, meshssh-policy init) ----
 
 
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, bytes]]]:
-    """The bus directory and the Secrets (name → key → bytes) of one dry run."""
-    bus = tmp_path_factory.mktemp("bootstrap") / "bus"
-    result = run_command_sync(
-        "sh",
-        str(BOOTSTRAP),
-        "--dir",
-        str(bus),
-        "--tls-host",
-        "localhost",  # the cluster test below reaches its nodes as localhost
-        "--dry-run",
-        env={"MESHSSH_POLICY": script("meshssh-policy")},
-        check=True,
-    )
-    secrets = {}
-    for doc in yaml.safe_load_all(result.out):
-        if doc:
-            assert doc["kind"] == "Secret"
-            assert doc["metadata"]["namespace"] == "meshssh"
-            data = {k: base64.b64decode(v) for k, v in doc["data"].items()}
-            secrets[doc["metadata"]["name"]] = data
-    return bus, secrets
-
-
 def test_the_bootstrap_writes_every_secret_the_manifests_read_and_no_root_key(
-    docs: list[dict[str, Any]], bootstrap: tuple[Path, dict[str, dict[str, bytes]]]
+    docs: list[dict[str, Any]], bootstrap: Bootstrap
 ) -> None:
     bus, secrets = bootstrap
     shipped = {name: set(s.get("data", {})) for name, s in by_kind(docs, "Secret").items()}
@@ -277,7 +244,7 @@ def test_the_bootstrap_writes_every_secret_the_manifests_read_and_no_root_key(
 
 
 def test_the_bootstrap_applies_what_its_dry_run_prints(
-    bootstrap: tuple[Path, dict[str, dict[str, bytes]]], tmp_path: Path
+    bootstrap: Bootstrap, tmp_path: Path
 ) -> None:
     # No API server here: `kubectl apply` is the one thing faked (it keeps what it is given);
     # `kubectl create --dry-run=client` is the real one.
@@ -304,7 +271,7 @@ def test_the_bootstrap_applies_what_its_dry_run_prints(
 
 
 def test_the_certificate_names_every_address_clients_and_routes_dial(
-    docs: list[dict[str, Any]], bootstrap: tuple[Path, dict[str, dict[str, bytes]]]
+    docs: list[dict[str, Any]], bootstrap: Bootstrap
 ) -> None:
     cert = x509.load_pem_x509_certificate(bootstrap[1]["meshssh-nats-tls"]["server.crt"])
     names = set(
@@ -327,7 +294,7 @@ def test_the_certificate_names_every_address_clients_and_routes_dial(
 
 
 def test_jetstream_setup_finds_the_inbox_prefix_of_a_creds_file(
-    kustomize: Build, bootstrap: tuple[Path, dict[str, dict[str, bytes]]], tmp_path: Path
+    kustomize: Build, bootstrap: Bootstrap, tmp_path: Path
 ) -> None:
     setup = by_kind(kustomize("dev"), "ConfigMap")["jetstream-setup"]["data"]["setup.sh"]
     functions = setup[: setup.index("S=$(opts_for")]
@@ -336,138 +303,3 @@ def test_jetstream_setup_finds_the_inbox_prefix_of_a_creds_file(
         sh = f"{functions}\ncreds_user {bus / name}\n"
         out = run_command_sync("sh", "-c", sh, check=True).out
         assert out == read_creds(bus / name).public_key
-
-
-# ---- the shipped nats.conf, run: three real nodes with the bootstrap's Secrets ----
-
-
-def node_conf(conf: str, home: Path, route_ports: list[int], index: int) -> str:
-    """The pod's config with its paths moved under ``home`` and the pod names on localhost."""
-    conf = conf.replace("/etc/nats/", f"{home}/etc/nats/").replace("/data/", f"{home}/data/")
-    conf = conf.replace("/var/run/nats/", f"{home}/")
-    conf = conf.replace("port: 4222", "port: -1").replace(
-        "port: 6222", f"port: {route_ports[index]}"
-    )
-    conf = re.sub(r"^\s*http_port:.*$", "", conf, flags=re.M)  # monitoring: not needed here
-    for j, port in enumerate(route_ports):
-        conf = conf.replace(f"nats://nats-{j}.nats-cluster:6222", f"nats://localhost:{port}")
-    return conf
-
-
-class Node:
-    """One nats-server running a node's config; ``port`` is its client port."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.port = 0
-        self.log: list[str] = []
-        self.listening = asyncio.Event()
-        self.drain = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while line := (await self.proc.stderr.readline()).decode():
-            self.log.append(line)
-            if (m := _LISTEN.search(line)) and not self.port:
-                self.port = int(m[1])
-                self.listening.set()
-        self.listening.set()
-
-    async def stop(self) -> None:
-        await terminate(self.proc)
-        await self.drain
-
-
-@contextlib.asynccontextmanager
-async def nats_cluster(
-    conf: str, secrets: dict[str, dict[str, bytes]], root: Path
-) -> AsyncIterator[list[Node]]:
-    """Three nodes as the StatefulSet runs them (free_port: routes must name each other's port)."""
-    route_ports = [free_port("127.0.0.1") for _ in range(3)]
-    nodes: list[Node] = []
-    try:
-        for i in range(3):
-            home = root / f"nats-{i}"
-            for secret, sub in (("meshssh-nats-auth", "auth"), ("meshssh-nats-tls", "tls")):
-                (home / "etc/nats" / sub).mkdir(parents=True)
-                for key, value in secrets[secret].items():
-                    (home / "etc/nats" / sub / key).write_bytes(value)
-            (home / "etc/nats/config").mkdir()
-            path = home / "etc/nats/config/nats.conf"
-            path.write_text(node_conf(conf, home, route_ports, i))
-            proc = await asyncio.create_subprocess_exec(
-                nats_server_binary(),
-                "--config",
-                str(path),
-                env={"POD_NAME": f"nats-{i}"},
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            nodes.append(Node(proc))
-        for node in nodes:
-            async with asyncio.timeout(15):
-                await node.listening.wait()
-            assert node.port, "".join(node.log)
-        yield nodes
-    finally:
-        for node in nodes:
-            await node.stop()
-
-
-async def connect(port: int, ca: Path, creds: Path) -> NATS:
-    """A client the way the services connect (``connect_nats``: tls://, the CA, the creds)."""
-    async with asyncio.timeout(10):
-        return await connect_nats(
-            f"tls://localhost:{port}", name="k8s-test", creds=creds, ca=ca, retry_initial=False
-        )
-
-
-async def test_the_shipped_nats_config_runs_a_tls_cluster_that_refuses_anonymous_and_plaintext(
-    kustomize: Build, bootstrap: tuple[Path, dict[str, dict[str, bytes]]], tmp_path: Path
-) -> None:
-    bus, secrets = bootstrap
-    conf = nats_conf(kustomize("prod"))
-    async with nats_cluster(conf, secrets, tmp_path) as nodes:
-        # anonymous, over TLS: refused by the operator mode
-        ctx = ssl.create_default_context(cafile=str(bus / "ca.crt"))
-        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            async with asyncio.timeout(10):
-                await nats.connect(
-                    f"tls://localhost:{nodes[0].port}", tls=ctx, allow_reconnect=False
-                )
-        # plaintext: the server demands TLS before anything else
-        reader, writer = await asyncio.open_connection("localhost", nodes[0].port)
-        try:
-            async with asyncio.timeout(5):
-                assert b'"tls_required":true' in await reader.readline()
-                writer.write(b"CONNECT {}\r\nPING\r\n")
-                # no PONG: it is no TLS handshake, so the server hangs up
-                assert await reader.read() in {b"", b"-ERR 'Secure Connection - TLS Required'\r\n"}
-        finally:
-            writer.close()
-        # policy's identity makes an R3 bucket on one node (so the routes carry JetStream over
-        # mutual TLS) and reads it back through another
-        policy = await connect(nodes[0].port, bus / "ca.crt", bus / "policy.creds")
-        other = await connect(nodes[2].port, bus / "ca.crt", bus / "policy.creds")
-        try:
-            async with asyncio.timeout(60):  # the meta leader election of a fresh cluster
-                while True:
-                    try:
-                        kv = await policy.jetstream(timeout=2).create_key_value(
-                            bucket="meshssh-netmaps", replicas=3, history=1
-                        )
-                        break
-                    except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
-                        # a route refused over TLS never heals: say so instead of timing out
-                        refused = [x for n in nodes for x in n.log if "route handshake error" in x]
-                        assert not refused, refused[0]
-                        await asyncio.sleep(0.5)
-            await kv.put("peer.p1", b"map")
-            entry = await (await other.jetstream(timeout=5).key_value("meshssh-netmaps")).get(
-                "peer.p1"
-            )
-            assert entry.value == b"map"
-        finally:
-            await policy.close()
-            await other.close()
