@@ -119,6 +119,9 @@ async def test_a_malformed_body_is_400_and_a_refused_key_403(
         r = await http.post("/api/v1/peers/register", content=b"{not json")
         assert r.status_code == 400
         assert r.json()["code"] == "bad_message"
+        huge = await http.post("/api/v1/peers/register", content=b"{" + b" " * 70_000)
+        assert huge.status_code == 400
+        assert huge.json()["error"] == "a registration is at most 64 KiB"
     with pytest.raises(Denied, match="setup key not recognised"):
         await register_rest(replica, "srv1", "127.0.0.2", "no-such-setup-key-0123")
 
