@@ -30,6 +30,7 @@ from meshssh_common.wire import (
 )
 from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
+from meshssh_testkit import NatsServer
 
 TOKEN = "test-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -73,14 +74,15 @@ class Replica:
 
 @dataclass
 class PolicyFactory:
-    nats_url: str
+    nats: NatsServer
     catcher: _UrlCatcher
     started: list[Replica] = field(default_factory=list)
 
     async def start(self, instance: str = "r1", **overrides: Any) -> Replica:
         settings = PolicySettings(
             **{
-                "nats_url": self.nats_url,
+                "nats_url": self.nats.url,
+                "nats_creds": self.nats.creds("policy"),
                 "listen": "127.0.0.1:0",
                 "ops_listen": "127.0.0.1:0",
                 "admin_token": TOKEN,
@@ -110,14 +112,14 @@ class PolicyFactory:
 
 
 @pytest.fixture
-async def policy(nats_url: str) -> AsyncIterator[PolicyFactory]:
+async def policy(nats_server: NatsServer) -> AsyncIterator[PolicyFactory]:
     """Starts policy replicas on the test's nats-server; stops them after the test."""
     logger = logging.getLogger("meshssh.policy")
     catcher = _UrlCatcher()
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(catcher)
-    factory = PolicyFactory(nats_url, catcher)
+    factory = PolicyFactory(nats_server, catcher)
     try:
         yield factory
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshssh_testkit import RunResult, run_command_sync, script
+from meshssh_testkit import NatsServer, RunResult, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
 
 
@@ -44,14 +44,13 @@ def test_a_short_admin_token_is_refused() -> None:
 
 
 async def test_a_bad_seed_file_exits_2_naming_the_field(
-    tmp_path: Path, nats_url: str, services: ServiceFactory
+    tmp_path: Path, nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     seed = tmp_path / "seed.json"
     seed.write_text('{"groups": [{"name": "no id"}]}')
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--seed",
         str(seed),
         "--listen",
@@ -75,7 +74,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_into_the_log(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     import re
 
@@ -84,8 +83,7 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     token_file = tmp_path / "private" / "admin-token"
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--admin-token-file",
@@ -103,8 +101,7 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     await proc.stop()
     again = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--admin-token-file",
@@ -116,12 +113,14 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
 
 
 async def test_without_a_token_or_a_file_the_token_goes_to_a_private_temp_file(
-    nats_url: str, services: ServiceFactory
+    nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     import re
     import shutil
 
-    proc = await services.start("meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0")
+    proc = await services.start(
+        "meshssh-policy", *nats_server.flags("policy"), "--listen", "127.0.0.1:0"
+    )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
     found = re.search(r"path=.?(/\S+?/admin-token)", lines[0])
