@@ -24,6 +24,7 @@ from meshssh_common.wire import (
     SessionInfo,
 )
 from meshssh_testkit import script
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command
 
@@ -55,11 +56,10 @@ class Meshctl:
 
 
 @pytest.fixture
-async def meshctl(nats_url: str, services: ServiceFactory) -> Meshctl:
+async def meshctl(nats_server: NatsServer, services: ServiceFactory) -> Meshctl:
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--mesh-prefix",

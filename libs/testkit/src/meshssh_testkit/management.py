@@ -9,7 +9,7 @@ that never registered has none.
 
 Example::
 
-    policy = await Management.start(services, nats_url, nc, tmp_path, mesh_prefix="127.0.0.0/8")
+    policy = await Management.start(services, nats_server, nc, tmp_path, mesh_prefix="127.0.0.0/8")
     await policy.register("laptop", "127.0.0.3")
     ...  # meshssh up --setup-key SERVER_KEY --name server ...
     await policy.patch_peer("server", ssh_enabled=False)
@@ -30,6 +30,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import subjects
 from meshssh_common.rpc import request
 from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import ServiceProcess
 
@@ -88,20 +89,19 @@ class Management:
     async def start(
         cls,
         services: ServiceFactory,
-        nats_url: str,
+        nats: NatsServer,
         nc: NATS,
         directory: Path,
         *,
         mesh_prefix: str = "127.0.0.0/8",
     ) -> Management:
-        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``)."""
+        """Start meshssh-policy as the policy identity, with the seed in ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
         proc = await services.start(
             "meshssh-policy",
-            "--nats-url",
-            nats_url,
+            *nats.flags("policy"),
             "--listen",
             "127.0.0.1:0",
             "--seed",
