@@ -11,14 +11,17 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import agent_request, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command, script
 
 
 @pytest.fixture
-async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    services: ServiceFactory, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def meshssh(*args: str) -> tuple[int, str, str]:
@@ -26,7 +29,7 @@ async def meshssh(*args: str) -> tuple[int, str, str]:
     return result.returncode, result.out, result.err
 
 
-def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]:
+def up_args(state: Path, nats_server: NatsServer, sshd_bin: str, *flags: str) -> list[str]:
     return [
         "up",
         "--state-dir",
@@ -35,8 +38,7 @@ def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]
         "127.0.0.2",
         "--name",
         "server",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--ssh-port",
         "0",
         "--relay-port",
@@ -52,13 +54,13 @@ def up_args(state: Path, nats_url: str, sshd_bin: str, *flags: str) -> list[str]
 
 
 async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credential(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
     state = tmp_path / "state"
     sshd_bin = script("meshssh-sshd")
     try:
         code, out, err = await meshssh(
-            *up_args(state, nats_url, sshd_bin, "--setup-key", SERVER_KEY)
+            *up_args(state, nats_server, sshd_bin, "--setup-key", SERVER_KEY)
         )
         assert code == 0, err
         status = (await agent_request(state, {"op": "status"}))["status"]
@@ -72,7 +74,7 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         # A flag change on a running agent is reported to management as metadata.
         code, _, err = await meshssh(
             *up_args(
-                state, nats_url, sshd_bin, "--enable-ssh-sftp", "--enable-ssh-agent-forwarding"
+                state, nats_server, sshd_bin, "--enable-ssh-sftp", "--enable-ssh-agent-forwarding"
             )
         )
         assert code == 0, err
@@ -93,7 +95,7 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
         assert not pid_alive(status["pid"])
 
         # Again, without the setup key: the stored credential logs the peer in.
-        code, _, err = await meshssh(*up_args(state, nats_url, sshd_bin))
+        code, _, err = await meshssh(*up_args(state, nats_server, sshd_bin))
         assert code == 0, err
         again = (await agent_request(state, {"op": "status"}))["status"]
         assert again["registered"]
@@ -104,11 +106,11 @@ async def test_up_daemonizes_registers_once_with_the_key_then_with_its_credentia
 
 
 async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
     state = tmp_path / "state"
     code, _, err = await meshssh(
-        *up_args(state, nats_url, script("meshssh-sshd"), "--setup-key", "WRONG")
+        *up_args(state, nats_server, script("meshssh-sshd"), "--setup-key", "WRONG")
     )
     assert code == 1
     assert "registration refused: setup key not recognised" in err
@@ -118,22 +120,22 @@ async def test_a_refused_setup_key_is_reported_and_nothing_keeps_running(
 
 
 async def test_up_without_a_setup_key_the_first_time_says_which_flag_is_missing(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
-    code, _, err = await meshssh(*up_args(tmp_path / "state", nats_url, script("meshssh-sshd")))
+    code, _, err = await meshssh(*up_args(tmp_path / "state", nats_server, script("meshssh-sshd")))
     assert code == 2, err
     assert "--setup-key" in err
 
 
 async def test_up_warns_when_a_child_cannot_start_and_says_why(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
     state = tmp_path / "state"
     taken = socket.socket()
     taken.bind(("127.0.0.2", 0))
     taken.listen(1)
     args = up_args(
-        state, nats_url, script("meshssh-sshd"), "--setup-key", SERVER_KEY, "--allow-server-ssh"
+        state, nats_server, script("meshssh-sshd"), "--setup-key", SERVER_KEY, "--allow-server-ssh"
     )
     args[args.index("--relay-port") + 1] = str(taken.getsockname()[1])
     try:

@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_agent.state_dir import lock_holder
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess, agent_request, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command, script, terminate
@@ -36,8 +37,10 @@ CHILDREN_EVERY = 4  # rounds with sshd and the relay (slower to start): 0, 4, 8,
 
 
 @pytest.fixture
-async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    services: ServiceFactory, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 def busy_core() -> int:
@@ -73,7 +76,7 @@ async def meshssh(*args: str) -> tuple[int, str]:
 
 @pytest.mark.timeout(600)
 async def test_down_returns_only_after_the_agent_and_its_children_exit_under_load(
-    tmp_path: Path, nats_url: str, policy: Management, busy_machine: None
+    tmp_path: Path, nats_server: NatsServer, policy: Management, busy_machine: None
 ) -> None:
     state = tmp_path / "state"
     up = [
@@ -84,8 +87,7 @@ async def test_down_returns_only_after_the_agent_and_its_children_exit_under_loa
         "127.0.0.2",
         "--name",
         "server",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--ssh-port",
         "0",
         "--relay-port",
@@ -117,7 +119,7 @@ async def test_down_returns_only_after_the_agent_and_its_children_exit_under_loa
 
 
 async def test_down_fails_after_its_timeout_naming_what_still_runs(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
     # Stands in for a child that hangs on shutdown: it ignores SIGTERM, and the agent is told
     # to wait 30 s before it SIGKILLs (so `down --timeout 2` sees it still running).
@@ -131,8 +133,7 @@ async def test_down_fails_after_its_timeout_naming_what_still_runs(
         "127.0.0.2",
         "--name",
         "server",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         SERVER_KEY,
         "--allow-server-ssh",

@@ -17,13 +17,16 @@ from meshssh_common.rpc import request
 from meshssh_common.wire import PeerMeta, RegisterReply, RegisterRequest
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    management = await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    management = await Management.start(services, nats_server, nc, tmp_path / "policy")
     await management.register("demo-server", "127.0.0.2", key=SERVER_KEY)
     return management
 
@@ -41,7 +44,7 @@ async def register_keyless(nc: NATS, name: str, mesh_ip: str) -> None:
 
 
 async def start_agent(
-    state: Path, nats_url: str, *args: str, env: dict[str, str] | None = None
+    state: Path, nats_server: NatsServer, *args: str, env: dict[str, str] | None = None
 ) -> AgentProcess:
     agent = await AgentProcess.start(
         state,
@@ -49,8 +52,7 @@ async def start_agent(
         "127.0.0.3",
         "--name",
         "laptop",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",
@@ -80,11 +82,11 @@ def text(path: Path) -> str:
 
 
 async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
-    nc: NATS, nats_url: str, tmp_path: Path, policy: Management
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, policy: Management
 ) -> None:
     dropin = tmp_path / "ssh" / "99-meshssh.conf"
     state = tmp_path / "state"
-    agent = await start_agent(state, nats_url, "--ssh-config-file", str(dropin))
+    agent = await start_agent(state, nats_server, "--ssh-config-file", str(dropin))
     try:
         await until(lambda: "demo-server" in text(dropin), "the first map's peer is listed")
         first = text(dropin)
@@ -121,7 +123,7 @@ async def test_the_agent_rewrites_the_dropin_on_every_map_and_down_removes_it(
 
 
 async def test_with_the_opt_out_the_agent_keeps_no_dropin(
-    nats_url: str, tmp_path: Path, policy: Management
+    nats_server: NatsServer, tmp_path: Path, policy: Management
 ) -> None:
     for n, (args, env) in enumerate(
         [(("--disable-ssh-config",), {}), ((), {"MESHSSH_DISABLE_SSH_CONFIG": "1"})]
@@ -129,7 +131,7 @@ async def test_with_the_opt_out_the_agent_keeps_no_dropin(
         dropin = tmp_path / f"dropin-{n}.conf"
         dropin.write_text("# left from before\n")
         agent = await start_agent(
-            tmp_path / "state", nats_url, *args, "--ssh-config-file", str(dropin), env=env
+            tmp_path / "state", nats_server, *args, "--ssh-config-file", str(dropin), env=env
         )
         try:
             await until(dropin_gone(dropin), "the opted-out agent removes the file")

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import agent_request
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
@@ -25,8 +26,10 @@ KEY = SERVER_KEY  # the real meshssh-policy's seed: a server with SSH enabled
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def meshssh(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -50,7 +53,7 @@ def proc_file(pid: int, name: str) -> bytes:
 
 @pytest.mark.parametrize("way", ["env", "file", "argv"])
 async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
-    tmp_path: Path, nats_url: str, policy: Management, way: str
+    tmp_path: Path, nats_server: NatsServer, policy: Management, way: str
 ) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if k != "MESHSSH_SETUP_KEY"}
@@ -71,8 +74,7 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
         "127.0.0.2",
         "--name",
         "server",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--ssh-port",
         "0",
         "--relay-port",
@@ -108,7 +110,7 @@ async def test_the_setup_key_is_in_no_command_line_of_the_agent_or_its_children(
 
 
 async def test_an_unreadable_key_file_is_a_bad_setting_named_by_its_flag(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_server: NatsServer
 ) -> None:
     code, _, err = await meshssh(
         "up",
@@ -116,8 +118,7 @@ async def test_an_unreadable_key_file_is_a_bad_setting_named_by_its_flag(
         str(tmp_path / "state"),
         "--mesh-ip",
         "127.0.0.2",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key-file",
         str(tmp_path / "missing"),
         env=dict(os.environ),

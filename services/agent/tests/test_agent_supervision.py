@@ -32,13 +32,15 @@ MESH_IP = "127.0.0.2"
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def start_agent(
     tmp_path: Path,
-    nats_url: str,
+    nats_server: NatsServer,
     *flags: str,
     key: str = SERVER_KEY,
     name: str = "server",
@@ -50,8 +52,7 @@ async def start_agent(
         mesh_ip,
         "--name",
         name,
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         key,
         "--ssh-port",
@@ -83,9 +84,9 @@ async def wait_gone(pid: int, timeout: float) -> float:
 
 
 async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_server, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd"))
         status = await agent.wait_status(running("relay"))
@@ -116,9 +117,9 @@ async def test_sshd_runs_only_with_both_switches_and_stops_within_2s_of_disable(
 
 
 async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothing(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url)
+    agent = await start_agent(tmp_path, nats_server)
     try:
         status = await agent.wait_status(lambda s: s["registered"] and s["serial"] > 0)
         peer = await policy.peer("server")
@@ -133,9 +134,9 @@ async def test_without_allow_server_ssh_the_management_switch_alone_starts_nothi
 
 
 async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children_along(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_server, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         relay_pid = agent.child(status, "relay")["pid"]
@@ -156,9 +157,9 @@ async def test_a_killed_child_is_restarted_and_a_killed_agent_takes_its_children
 
 
 async def test_down_stops_everything_and_leaves_no_process(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
-    agent = await start_agent(tmp_path, nats_url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_server, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         pids = [agent.child(status, name)["pid"] for name in ("sshd", "relay")]
@@ -183,7 +184,7 @@ async def test_down_stops_everything_and_leaves_no_process(
 
 
 async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_peers_online(
-    tmp_path: Path, nats_url: str, nc: NATS, policy: Management
+    tmp_path: Path, nats_server: NatsServer, nc: NATS, policy: Management
 ) -> None:
     # The agent is a user's peer that may also serve SSH; its map's remote peers are the two
     # servers (users reach servers): "server" sends heartbeats, "idle" never does.
@@ -199,7 +200,7 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
     sub = await nc.subscribe(subjects.HEARTBEAT_ALL, cb=on_beat)
     agent = await start_agent(
         tmp_path,
-        nats_url,
+        nats_server,
         "--allow-server-ssh",
         key=LAPTOP_KEY,
         name="laptop",
@@ -248,7 +249,7 @@ async def test_heartbeats_carry_ssh_state_and_sshd_sessions_and_status_shows_pee
 async def test_after_nats_restarts_a_disable_still_stops_sshd_promptly(
     tmp_path: Path, nats_server: NatsServer, policy: Management, nc: NATS
 ) -> None:
-    agent = await start_agent(tmp_path, nats_server.url, "--allow-server-ssh")
+    agent = await start_agent(tmp_path, nats_server, "--allow-server-ssh")
     try:
         status = await agent.wait_status(running("sshd", "relay"))
         sshd_pid = agent.child(status, "sshd")["pid"]
@@ -281,7 +282,7 @@ def free_port_on(*hosts: str) -> int:
 
 
 async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
-    tmp_path: Path, nats_url: str, policy: Management
+    tmp_path: Path, nats_server: NatsServer, policy: Management
 ) -> None:
     ssh_port = free_port_on(MESH_IP, "127.0.0.3")
     relay_port = free_port_on(MESH_IP, "127.0.0.3")
@@ -293,8 +294,7 @@ async def test_two_agents_on_one_machine_share_ports_on_their_own_addresses(
             ip,
             "--name",
             name,
-            "--nats-url",
-            nats_url,
+            *nats_server.flags(),
             "--setup-key",
             SERVER_KEY,
             "--ssh-port",

@@ -26,6 +26,7 @@ from meshssh_common import codec, subjects
 from meshssh_common.wire import Heartbeat, RemotePeer
 from meshssh_testkit import openssh_available, script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -165,11 +166,11 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> No
 
 
 async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_removes_them(
-    nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
 ) -> None:
     # The real meshssh-policy; the server registers as its own agent would, and the test
     # speaks its heartbeats on the real bus.
-    policy = await Management.start(services, nats_url, nc, tmp_path / "policy")
+    policy = await Management.start(services, nats_server, nc, tmp_path / "policy")
     server = await policy.register("demo-server", "127.0.0.2", key=SERVER_KEY)
 
     def server_beat(*, ssh: bool = True) -> Heartbeat:
@@ -182,8 +183,7 @@ async def test_the_agent_keeps_markers_from_heartbeats_expires_them_and_down_rem
         "127.0.0.3",
         "--name",
         "laptop",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",
