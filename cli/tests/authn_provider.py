@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -23,6 +22,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.wire import JwksSnapshot, OidcClientConfig
 from meshssh_testkit import ServiceProcess, run_command, script
 from meshssh_testkit.management import Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 
 PASSWORD = "alice-password-1"
@@ -35,7 +35,7 @@ class Provider:
     process: ServiceProcess
     client: OidcClientConfig
     snapshot: JwksSnapshot
-    nats_url: str
+    nats: NatsServer
 
     @property
     def issuer(self) -> str:
@@ -65,7 +65,7 @@ class Provider:
 
 
 @pytest.fixture
-async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> Provider:
+async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFactory) -> Provider:
     users = tmp_path / "users.json"
     await run_command(
         script("meshssh-authn"),
@@ -83,8 +83,7 @@ async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> P
     )
     proc = await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -92,7 +91,7 @@ async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> P
         "--device-poll-interval",
         "1",
     )
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect()
     try:
         kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
         async with asyncio.timeout(15):
@@ -101,7 +100,7 @@ async def provider(tmp_path: Path, nats_url: str, services: ServiceFactory) -> P
     finally:
         await nc.close()
     assert entry.value.client is not None
-    return Provider(proc, entry.value.client, entry.value, nats_url)
+    return Provider(proc, entry.value.client, entry.value, nats_server)
 
 
 @pytest.fixture
@@ -109,7 +108,7 @@ async def management(
     provider: Provider, services: ServiceFactory, nc: NATS, tmp_path: Path
 ) -> Management:
     """The real meshssh-policy on the provider's NATS, once it serves the provider's config."""
-    policy = await Management.start(services, provider.nats_url, nc, tmp_path / "policy")
+    policy = await Management.start(services, provider.nats, nc, tmp_path / "policy")
     async with asyncio.timeout(15), httpx.AsyncClient(timeout=5) as http:
         while (await http.get(f"{policy.api}/api/v1/auth/config")).status_code != 200:
             await asyncio.sleep(0.05)

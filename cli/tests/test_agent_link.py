@@ -18,6 +18,7 @@ from meshssh_cli.ssh.errors import LinkError
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu
 
 @pytest.fixture
 async def agent(
-    nats_url: str, tmp_path: Path, management: Management
+    nats_server: NatsServer, tmp_path: Path, management: Management
 ) -> AsyncIterator[AgentProcess]:
     # demo-server runs no agent here: registered so that the laptop's map lists it.
     await management.register("demo-server", "127.0.0.2", SERVER_KEY, host_key=HOST_KEY)
@@ -38,8 +39,7 @@ async def agent(
         "127.0.0.3",
         "--name",
         "laptop",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",

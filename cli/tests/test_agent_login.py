@@ -16,6 +16,7 @@ from meshssh_agent.tokens import token_times
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.wire.agent import PromptReply
 from meshssh_testkit.management import LAPTOP_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def agent(
-    nats_url: str, tmp_path: Path, management: Management
+    nats_server: NatsServer, tmp_path: Path, management: Management
 ) -> AsyncIterator[AgentProcess]:
     proc = await AgentProcess.start(
         tmp_path / "state",
@@ -32,8 +33,7 @@ async def agent(
         "127.0.0.3",
         "--name",
         "laptop",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         LAPTOP_KEY,
         "--ssh-port",

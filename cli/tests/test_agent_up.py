@@ -14,14 +14,17 @@ from nats.aio.client import Client as NATS
 from meshssh_cli.commands.status import format_status
 from meshssh_common.wire.agent import AgentStatus, PeerStatus
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import agent_request, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command, script
 
 
 @pytest.fixture
-async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    services: ServiceFactory, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def meshssh(*args: str) -> tuple[int, str, str]:

@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_agent.state_dir import lock_holder
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess, agent_request, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command, script, terminate
@@ -36,8 +37,10 @@ CHILDREN_EVERY = 4  # rounds with sshd and the relay (slower to start): 0, 4, 8,
 
 
 @pytest.fixture
-async def policy(services: ServiceFactory, nats_url: str, nc: NATS, tmp_path: Path) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    services: ServiceFactory, nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 def busy_core() -> int:

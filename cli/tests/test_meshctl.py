@@ -8,7 +8,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,9 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
-from meshssh_common.bus_keys import BusKeys
 from meshssh_common.connection import connect_nats
-from meshssh_common.kv import open_bucket
 from meshssh_common.nats_jwt import Prefix, new_key, read_creds
 from meshssh_common.wire import (
     Heartbeat,
@@ -60,30 +57,24 @@ class Meshctl:
         return Ran(result.returncode, result.out, result.err)
 
 
-async def start_policy(services: ServiceFactory, nats_url: str, bus: Path, *more: str) -> Meshctl:
+@pytest.fixture
+async def meshctl(nats_server: NatsServer, services: ServiceFactory) -> Meshctl:
+    """meshctl against a real policy, which holds the server's bus keys (it mints and revokes)."""
+    assert nats_server.keys is not None
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--mesh-prefix",
         "127.0.0.0/8",
         "--bus-keys",
-        str(bus),
-        *more,
+        str(nats_server.keys.dir),
         env={"MESHSSH_ADMIN_TOKEN": TOKEN},
     )
     match = re.search(r"api listening.*url=(http://\S+)", proc.output())
     assert match, proc.output()
     return Meshctl(match[1])
-
-
-@pytest.fixture
-async def meshctl(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Meshctl:
-    """meshctl against a policy with bus keys (peers can register) on the open test server."""
-    keys = BusKeys.create(tmp_path / "bus")
-    return await start_policy(services, nats_url, keys.dir)
 
 
 async def register(api: str, name: str, ip: str, key: str) -> str:
@@ -327,42 +318,27 @@ async def test_audit_shows_every_change_and_end_session_lists_it_in_the_map(
 
 
 async def test_bus_revoke_cuts_a_rotated_service_key_off(
-    services: ServiceFactory, tmp_path: Path
+    meshctl: Meshctl, nats_server: NatsServer
 ) -> None:
-    # nats-server with JWT auth on (the testkit's server has none yet), as init configures it
-    keys = BusKeys.create(tmp_path / "bus")
-    conf = tmp_path / "nats-auth.conf"
-    conf.write_text(
-        keys.auth_config()
-        + f'resolver {{ type: full, dir: "{tmp_path / "jwt"}", allow_delete: false }}\n'
+    old = read_creds(nats_server.creds("authn")).public_key
+    authn = await connect_nats(
+        nats_server.url, name="old-authn", creds=nats_server.creds("authn"), ca=nats_server.ca
     )
-    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
     try:
-        admin = await connect_nats(server.url, name="t", creds=keys.creds("admin"))
-        await open_bucket(admin.jetstream(), subjects.BUCKET_JWKS)  # authn's, as authn makes it
-        await admin.close()
-        run = await start_policy(
-            services, server.url, keys.dir, "--nats-creds", str(keys.creds("policy"))
-        )
-        old = read_creds(keys.creds("authn")).public_key
-        authn = await connect_nats(server.url, name="old-authn", creds=keys.creds("authn"))
-        try:
-            assert (await ok(run, "bus", "ls")).out == "(none)\n"
-            done = await ok(run, "bus", "revoke", old)
-            assert done.out.strip() == f"revoked NATS key {old}"
-            async with asyncio.timeout(5):
-                while not (authn.is_closed or "revoked" in str(authn.last_error)):
-                    await asyncio.sleep(0.02)
-        finally:
-            await authn.close()
-        again = (await ok(run, "--json", "bus", "revoke", old)).json()
-        assert (again["public_key"], again["new"], again["until"]) == (old, False, 0)
-        listed = (await ok(run, "bus", "ls")).out.splitlines()
-        assert listed[0].split() == ["KEY", "REVOKED", "FORGOTTEN"]
-        assert listed[1].split()[0] == old
-        assert listed[1].split()[-1] == "never"
-        bad = await run("bus", "revoke", "not-a-key")
-        assert bad.code == 1
-        assert "is not a NATS user public key" in bad.err
+        assert (await ok(meshctl, "bus", "ls")).out == "(none)\n"
+        done = await ok(meshctl, "bus", "revoke", old)
+        assert done.out.strip() == f"revoked NATS key {old}"
+        async with asyncio.timeout(5):
+            while not (authn.is_closed or "revoked" in str(authn.last_error)):
+                await asyncio.sleep(0.02)
     finally:
-        await server.stop()
+        await authn.close()
+    again = (await ok(meshctl, "--json", "bus", "revoke", old)).json()
+    assert (again["public_key"], again["new"], again["until"]) == (old, False, 0)
+    listed = (await ok(meshctl, "bus", "ls")).out.splitlines()
+    assert listed[0].split() == ["KEY", "REVOKED", "FORGOTTEN"]
+    assert listed[1].split()[0] == old
+    assert listed[1].split()[-1] == "never"
+    bad = await meshctl("bus", "revoke", "not-a-key")
+    assert bad.code == 1
+    assert "is not a NATS user public key" in bad.err

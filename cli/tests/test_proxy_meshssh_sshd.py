@@ -49,6 +49,7 @@ from meshssh_common.wire import (
     SourcePeer,
 )
 from meshssh_testkit import os_users
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import put_map
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -155,7 +156,7 @@ def server_map(*, sources: tuple[str, ...] = ("127.0.0.0/8",)) -> NetworkMap:
 
 async def start_peer(
     nc: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     tmp_path: Path,
     openssh: OpenSSH,
@@ -184,8 +185,7 @@ async def start_peer(
         f"{PEER_IP}:0",
         "--host-key",
         str(tmp_path / "sshd" / "ssh_host_ed25519_key"),
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         *flags,
     )
     found = re.search(r"ssh listening.*address=[\d.]+:(\d+)", sshd.output())
@@ -208,13 +208,13 @@ async def start_peer(
 @pytest.fixture
 async def peer(
     nc: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     tmp_path: Path,
     openssh: OpenSSH,
     local_user: str,
 ) -> Peer:
-    return await start_peer(nc, nats_url, services, tmp_path, openssh, local_user)
+    return await start_peer(nc, nats_server, services, tmp_path, openssh, local_user)
 
 
 REFUSED = {
@@ -290,14 +290,14 @@ async def test_an_expired_cached_token_is_dropped_so_the_next_ssh_signs_in_afres
 
 async def test_a_source_the_peer_refuses_at_its_gate_gets_permission_denied(
     nc: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     tmp_path: Path,
     openssh: OpenSSH,
     local_user: str,
 ) -> None:
     peer = await start_peer(
-        nc, nats_url, services, tmp_path, openssh, local_user, sources=("127.0.0.9/32",)
+        nc, nats_server, services, tmp_path, openssh, local_user, sources=("127.0.0.9/32",)
     )
     proxy = f"{peer.launcher} ssh proxy --state-dir {peer.state_dir} %h %p"
     options = [
@@ -352,14 +352,14 @@ PROBE = 'ssh-add -l; s="$SSH_AUTH_SOCK"; stat -c "%U %a" "$s" "$(dirname "$s")";
 
 async def test_ssh_A_through_the_drop_in_and_meshssh_ssh_A_get_the_clients_agent(
     nc: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     tmp_path: Path,
     openssh: OpenSSH,
     local_user: str,
 ) -> None:
     peer = await start_peer(
-        nc, nats_url, services, tmp_path, openssh, local_user, "--enable-ssh-agent-forwarding"
+        nc, nats_server, services, tmp_path, openssh, local_user, "--enable-ssh-agent-forwarding"
     )
     async with agent_env(tmp_path, openssh) as (env, key):
         results = [

@@ -12,10 +12,18 @@ from pathlib import Path
 import httpx
 import yaml
 
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.prometheus import Prometheus, prometheus_available
 
 SERVICES = ["policy", "authn", "sshd", "relay"]
+
+
+def role(service: str) -> str:
+    """The bus identity a service runs as here (peers' sshd and relay: admin for now)."""
+    return service if service in ("policy", "authn") else "admin"
+
+
 ROOT = Path(__file__).resolve().parents[2]
 _NAME = re.compile(r"\bmeshssh_[a-z]+_[a-z0-9_]+")
 _SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
@@ -37,7 +45,7 @@ def family(name: str) -> str:
 
 
 async def test_prometheus_scrapes_every_service_and_queries_return_series(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     need_tool(prometheus_available(), "prometheus (Debian package)")
     listen = {
@@ -54,7 +62,7 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
         ],
     }
     procs = {
-        s: await services.start(f"meshssh-{s}", "--nats-url", nats_url, *listen.get(s, []))
+        s: await services.start(f"meshssh-{s}", *nats_server.flags(role(s)), *listen.get(s, []))
         for s in SERVICES
     }
     jobs = {s: [p.ops_url.removeprefix("http://")] for s, p in procs.items()}

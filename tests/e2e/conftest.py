@@ -27,6 +27,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from meshssh_testkit.dashboard import add_user
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -160,7 +161,7 @@ class DashSystem:
 
 
 async def _agent(
-    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: NatsServer, *flags: str
 ) -> AgentProcess:
     agent = await AgentProcess.start(
         tmp / name,
@@ -170,8 +171,7 @@ async def _agent(
         name,
         "--setup-key",
         key,
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--management-url",
         api,
         "--ssh-port",
@@ -188,7 +188,7 @@ async def _agent(
 
 @pytest.fixture
 async def dash(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> AsyncIterator[DashSystem]:
     """Start everything; stop the agents after the test (``services`` stops the rest)."""
     need_tool(openssh_available(), "OpenSSH (ssh)")
@@ -200,8 +200,7 @@ async def dash(
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -213,8 +212,7 @@ async def dash(
     )
     policy = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         f"127.0.0.1:{port}",
         "--seed",
@@ -239,7 +237,7 @@ async def dash(
         "--disable-ssh-config",
     ]
     server = await _agent(
-        tmp, server_name, f"{net}.2", "meshssh-demo-server-key-0001", base, nats_url, *flags
+        tmp, server_name, f"{net}.2", "meshssh-demo-server-key-0001", base, nats_server, *flags
     )
     laptop = None
     try:
@@ -257,7 +255,7 @@ async def dash(
             f"{net}.3",
             "meshssh-demo-laptop-key-0001",
             base,
-            nats_url,
+            nats_server,
             "--ssh-jwt-cache-ttl",
             "600",
             "--ssh-config-file",

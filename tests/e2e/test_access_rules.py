@@ -46,6 +46,7 @@ from meshssh_common import codec, subjects
 from meshssh_common.http_server import HttpServer
 from meshssh_common.ssh_auth import authorize
 from meshssh_common.wire import AuditEvent, SshAuth
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -145,7 +146,7 @@ async def run(
 
 
 async def start_agent(
-    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: NatsServer, *flags: str
 ) -> AgentProcess:
     agent = await AgentProcess.start(
         tmp / name,
@@ -155,8 +156,7 @@ async def start_agent(
         name,
         "--setup-key",
         key,
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--management-url",
         api,
         "--ssh-port",
@@ -224,7 +224,9 @@ class Mesh:
 
 
 @pytest.fixture
-async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> AsyncIterator[Mesh]:
+async def mesh(
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
+) -> AsyncIterator[Mesh]:
     need_tool(openssh_available(), "OpenSSH (ssh)")
     issuer = ThirdPartyIssuer()
     http = HttpServer(issuer.app(), "127.0.0.1:0")
@@ -234,8 +236,7 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
     try:
         await services.start(
             "meshssh-authn",
-            "--nats-url",
-            nats_url,
+            *nats_server.flags("authn"),
             "--issuer",
             issuer.url,
             "--audience",
@@ -245,8 +246,7 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
         )
         policy = await services.start(
             "meshssh-policy",
-            "--nats-url",
-            nats_url,
+            *nats_server.flags("policy"),
             "--listen",
             "127.0.0.1:0",
             "--seed",
@@ -268,7 +268,7 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
             "127.0.0.2",
             "meshssh-demo-server-key-0001",
             api,
-            nats_url,
+            nats_server,
             "--allow-server-ssh",
             *(["--enable-ssh-root"] if IS_ROOT else []),
             "--sshd-ops-listen",
@@ -288,7 +288,7 @@ async def mesh(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Async
                 "127.0.0.3",
                 "meshssh-demo-laptop-key-0001",
                 api,
-                nats_url,
+                nats_server,
                 "--ssh-jwt-cache-ttl",
                 "600",
                 "--ssh-config-file",

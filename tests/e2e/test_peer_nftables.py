@@ -27,6 +27,7 @@ from meshssh_common import subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.kv import open_bucket
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, pid_alive
@@ -43,11 +44,12 @@ class Mesh:
     a: NetNs
     b: NetNs
     if_a: str
-    nats_url: str
+    nats_url: str  # as seen from inside A
+    nats_creds: Path
 
 
 @pytest.fixture
-async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
+async def mesh(nc: NATS, nats_server: NatsServer) -> AsyncIterator[Mesh]:
     reason = netns_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -58,8 +60,9 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
     try:
         if_a, if_b = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
         await b.ip("addr", "add", f"{STRANGER_IP}/10", "dev", if_b)
-        forward = await PortForward.start(a, ("127.0.0.1", int(nats_url.rsplit(":", 1)[1])))
-        yield Mesh(a, b, if_a, f"nats://127.0.0.1:{forward.port}")
+        forward = await PortForward.start(a, ("127.0.0.1", nats_server.port))
+        url = f"nats://127.0.0.1:{forward.port}"
+        yield Mesh(a, b, if_a, url, nats_server.creds("admin"))
     finally:
         if forward is not None:
             await forward.stop()
@@ -73,9 +76,14 @@ async def tables(ns: NetNs) -> list[str]:
 
 
 async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_process(
-    mesh: Mesh, nc: NATS, nats_url: str, openssh: OpenSSH, tmp_path: Path, services: ServiceFactory
+    mesh: Mesh,
+    nc: NATS,
+    nats_server: NatsServer,
+    openssh: OpenSSH,
+    tmp_path: Path,
+    services: ServiceFactory,
 ) -> None:
-    policy = await Management.start(services, nats_url, nc, tmp_path, mesh_prefix=PREFIX)
+    policy = await Management.start(services, nats_server, nc, tmp_path, mesh_prefix=PREFIX)
     await policy.register("laptop", B_IP)
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
@@ -86,6 +94,8 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         "server",
         "--nats-url",
         mesh.nats_url,
+        "--nats-creds",
+        str(mesh.nats_creds),
         "--setup-key",
         SERVER_KEY,
         "--allow-server-ssh",

@@ -25,6 +25,7 @@ from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.wire import AuditEvent
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess, Status
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -46,7 +47,7 @@ class Peer:
 
 @pytest.fixture
 async def peer(
-    nc: NATS, nats_url: str, tmp_path: Path, openssh: OpenSSH, services: ServiceFactory
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, openssh: OpenSSH, services: ServiceFactory
 ) -> AsyncIterator[Peer]:
     need_tool(sshd_binary() is not None, "OpenSSH's sshd (openssh-server)")
     need_tool(USER == "root", "root (sshd -i as the native daemon, login as the current user)")
@@ -58,7 +59,7 @@ async def peer(
     sub = await nc.subscribe(subjects.AUDIT_SUBJECTS, cb=on_audit)
     native = NativeSshd(tmp_path / "native", MESH_IP, client_key=openssh.public_key)
     await native.start()
-    policy = await Management.start(services, nats_url, nc, tmp_path)
+    policy = await Management.start(services, nats_server, nc, tmp_path)
     await policy.register("laptop", CLIENT_IP)
     agent = await AgentProcess.start(
         tmp_path / "state",
@@ -66,8 +67,7 @@ async def peer(
         MESH_IP,
         "--name",
         "server",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--setup-key",
         SERVER_KEY,
         "--ssh-port",

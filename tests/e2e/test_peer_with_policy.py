@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command, script
@@ -45,12 +46,11 @@ def sshd_of(agent: AgentProcess, status: Status) -> Status:
 
 
 async def test_the_agent_follows_the_real_management_plane(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     policy = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--mesh-prefix",
@@ -71,8 +71,7 @@ async def test_the_agent_follows_the_real_management_plane(
         MESH_IP,
         "--name",
         "web1",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--management-url",
         api[1],
         "--ssh-port",

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
 from meshssh_common.wire import AuditEvent
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -94,7 +95,7 @@ async def approve(url: str, code: str) -> None:
 
 
 async def start_agent(
-    tmp: Path, name: str, ip: str, key: str, api: str, nats_url: str, *flags: str
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: NatsServer, *flags: str
 ) -> AgentProcess:
     agent = await AgentProcess.start(
         tmp / name,
@@ -104,8 +105,7 @@ async def start_agent(
         name,
         "--setup-key",
         key,
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--management-url",
         api,
         "--ssh-port",
@@ -121,7 +121,9 @@ async def start_agent(
 
 
 @pytest.fixture
-async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> AsyncIterator[System]:
+async def system(
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
+) -> AsyncIterator[System]:
     need_tool(openssh_available(), "OpenSSH (ssh, scp, sftp)")
     users = tmp_path / "users.json"
     proc = await asyncio.create_subprocess_exec(
@@ -145,8 +147,7 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
     assert proc.returncode == 0, errb
     authn = await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -156,8 +157,7 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
     )
     policy = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--seed",
@@ -189,7 +189,7 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
         "127.0.0.2",
         "meshssh-demo-server-key-0001",
         api,
-        nats_url,
+        nats_server,
         *server_flags,
     )
     dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
@@ -208,7 +208,7 @@ async def system(nats_url: str, services: ServiceFactory, tmp_path: Path) -> Asy
             "127.0.0.3",
             "meshssh-demo-laptop-key-0001",
             api,
-            nats_url,
+            nats_server,
             "--ssh-jwt-cache-ttl",
             "600",
             "--ssh-config-file",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -95,12 +94,12 @@ async def test_watch_yields_initial_values_then_changes_and_skips_bad_values(nc:
 
 
 async def test_state_survives_a_nats_server_restart(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     kv = TypedKV(await open_bucket(nc.jetstream(), "t-durable"), wire.MetaReply)
     await kv.put("k", wire.MetaReply(serial=7))
     await nc.close()
     await nats_server.restart()
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     try:
         kv = TypedKV(await open_bucket(nc.jetstream(), "t-durable"), wire.MetaReply)
         entry = await kv.get("k")
@@ -111,7 +110,7 @@ async def test_state_survives_a_nats_server_restart(nats_server: NatsServer) -> 
 
 
 async def test_follow_resumes_quickly_after_nats_restarts(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    nc = await nats_server.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
         kv = TypedKV(await open_bucket(nc.jetstream(), "t-follow"), wire.MetaReply)
         await kv.put("peer.a", wire.MetaReply(serial=1))
@@ -169,8 +168,8 @@ async def test_follow_raises_what_is_not_an_outage(nc: NATS) -> None:
     assert retried == []
 
 
-async def test_an_outage_is_unavailable_not_a_nats_py_error(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
+async def test_an_outage_is_unavailable_not_a_nats_py_error(nats_server: NatsServer) -> None:
+    nc = await nats_server.connect()
     kv = TypedKV(await open_bucket(nc.jetstream(), "t-outage"), wire.MetaReply)
     await kv.put("k", wire.MetaReply(serial=1))
     await nc.close()

@@ -118,7 +118,7 @@ async def test_follow_applies_changes_deletes_and_counts_bad_values(nc: NATS) ->
 
 
 async def test_follow_resyncs_after_nats_restarts(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    nc = await nats_server.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
         await put_map(nc, make_map(1))
         maps, seen, _ = new_map()

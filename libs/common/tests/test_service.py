@@ -8,11 +8,9 @@ import time
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 
 from meshssh_common import subjects
-from meshssh_common.bus_keys import BusKeys
 from meshssh_common.kv import open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
@@ -23,10 +21,12 @@ from meshssh_testkit.plugin import ServiceFactory
 SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
 
 
-def required_args(name: str, tmp_path: Path) -> list[str]:
-    """Settings a service needs here: a free port; relay and sshd: a peer id (sshd: a host key)."""
-    if name == "meshssh-policy":  # without bus keys it is not ready (peers cannot register)
-        return ["--listen", "127.0.0.1:0", "--bus-keys", str(BusKeys.create(tmp_path / "bus").dir)]
+def required_args(name: str, tmp_path: Path, server: NatsServer) -> list[str]:
+    """Settings a service needs here: a free port; relay and sshd: a peer id (sshd: a host key);
+    policy: the server's bus keys (without them it is not ready: peers cannot register)."""
+    if name == "meshssh-policy":
+        assert server.keys is not None
+        return ["--listen", "127.0.0.1:0", "--bus-keys", str(server.keys.dir)]
     if name == "meshssh-authn":
         return ["--listen", "127.0.0.1:0"]
     if name == "meshssh-relay":
@@ -56,9 +56,12 @@ async def wait_status(url: str, status: int, timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 async def test_each_service_serves_ops_endpoints_and_stops_cleanly_on_sigterm(
-    name: str, nats_url: str, services: ServiceFactory, tmp_path: Path
+    name: str, nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
-    proc = await services.start(name, "--nats-url", nats_url, *required_args(name, tmp_path))
+    role = {"meshssh-policy": "policy", "meshssh-authn": "authn"}.get(name, "admin")
+    proc = await services.start(
+        name, *nats_server.flags(role), *required_args(name, tmp_path, nats_server)
+    )
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{proc.ops_url}/healthz")).status_code == 200
         metrics = await client.get(f"{proc.ops_url}/metrics")
@@ -75,7 +78,7 @@ async def test_readyz_follows_nats_without_the_service_restarting(
     nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     proc = await services.start(
-        "meshssh-relay", "--nats-url", nats_server.url, "--peer-id", "p1", "--listen", "127.0.0.1:0"
+        "meshssh-relay", *nats_server.flags(), "--peer-id", "p1", "--listen", "127.0.0.1:0"
     )
     pid = proc.proc.pid
     assert await readyz(proc.ops_url) == 200
@@ -97,18 +100,17 @@ async def test_a_service_started_before_nats_becomes_ready_when_nats_arrives(
     tmp_path: Path, services: ServiceFactory
 ) -> None:
     server = await NatsServer.start(tmp_path / "js")
-    url = server.url
     await server.stop()
     try:
-        args = required_args("meshssh-sshd", tmp_path)
-        proc = await services.start("meshssh-sshd", "--nats-url", url, *args, ready=False)
+        args = required_args("meshssh-sshd", tmp_path, server)
+        proc = await services.start("meshssh-sshd", *server.flags(), *args, ready=False)
         await proc.wait_ops()
         await asyncio.sleep(0.5)
         assert await readyz(proc.ops_url) == 503
         await server.restart()
         # sshd binds to the buckets policy and authn own and never creates them: make them,
         # as those services do when they start
-        nc = await nats.connect(url)
+        nc = await server.connect()
         try:
             for bucket in (subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS):
                 await open_bucket(nc.jetstream(), bucket)
@@ -159,12 +161,16 @@ def test_help_lists_every_setting_with_its_env_variable(name: str) -> None:
         assert env in text
 
 
-async def test_a_crashing_serve_ends_the_service_with_exit_code_1(nats_url: str) -> None:
+async def test_a_crashing_serve_ends_the_service_with_exit_code_1(
+    nats_server: NatsServer,
+) -> None:
     async def serve(ctx: ServiceContext) -> None:
         ctx.ready.set()
         raise RuntimeError("crash")
 
-    settings = ServiceSettings(nats_url=nats_url, ops_listen="127.0.0.1:0")
+    settings = ServiceSettings(
+        nats_url=nats_server.url, nats_creds=nats_server.creds("admin"), ops_listen="127.0.0.1:0"
+    )
     code = await asyncio.wait_for(
         run_service("t", settings, serve, metrics=ServiceMetrics("t")), 10
     )
@@ -172,7 +178,7 @@ async def test_a_crashing_serve_ends_the_service_with_exit_code_1(nats_url: str)
 
 
 async def test_a_serve_that_ignores_cancellation_is_abandoned_after_the_grace(
-    nats_url: str,
+    nats_server: NatsServer,
 ) -> None:
     stop = asyncio.Event()
 
@@ -186,7 +192,12 @@ async def test_a_serve_that_ignores_cancellation_is_abandoned_after_the_grace(
                 await asyncio.sleep(0.5)  # slow cleanup beyond the 0.2 s grace
                 return
 
-    settings = ServiceSettings(nats_url=nats_url, ops_listen="127.0.0.1:0", shutdown_grace=0.2)
+    settings = ServiceSettings(
+        nats_url=nats_server.url,
+        nats_creds=nats_server.creds("admin"),
+        ops_listen="127.0.0.1:0",
+        shutdown_grace=0.2,
+    )
     started = time.monotonic()
     code = await asyncio.wait_for(
         run_service("t", settings, serve, metrics=ServiceMetrics("t"), stop=stop), 10
@@ -196,7 +207,7 @@ async def test_a_serve_that_ignores_cancellation_is_abandoned_after_the_grace(
 
 
 def test_a_service_whose_serve_ignores_sigterm_still_exits_within_the_grace(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_server: NatsServer
 ) -> None:
     import os
     import signal
@@ -222,7 +233,12 @@ def test_a_service_whose_serve_ignores_sigterm_still_exits_within_the_grace(
         sys.exit(service_main("stubborn", ServiceSettings, serve))
     """)
     )
-    env = dict(os.environ, MESHSSH_NATS_URL=nats_url, MESHSSH_SHUTDOWN_GRACE="0.5")
+    env = dict(
+        os.environ,
+        MESHSSH_NATS_URL=nats_server.url,
+        MESHSSH_NATS_CREDS=str(nats_server.creds("admin")),
+        MESHSSH_SHUTDOWN_GRACE="0.5",
+    )
     proc = subprocess.Popen(
         [sys.executable, str(prog), "--ops-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,

@@ -14,13 +14,16 @@ from nats.aio.client import Client as NATS
 
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    management = await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    management = await Management.start(services, nats_server, nc, tmp_path / "policy")
     await management.register("demo-server", "127.0.0.2", key=SERVER_KEY)
     return management
 

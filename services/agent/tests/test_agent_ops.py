@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
 
@@ -41,8 +42,10 @@ async def wait_ready(url: str, want: bool) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path)  # the real meshssh-policy
 
 
 async def test_ready_when_registered_with_a_map_and_children_up_and_metrics_follow(

@@ -1,8 +1,8 @@
 """Registration over REST, the peer's own NATS key, and renewal of its JWT (issue 14).
 
-The management plane is the real meshssh-policy (testkit ``Management``, with bus keys); the
-agent reaches it through a recording HTTP front (``registration_front``), so each test sees
-exactly what went over the wire. Where a test watches renewals and expiries, the front
+The management plane is the real meshssh-policy (testkit ``Management``, signing with the
+test nats-server's bus keys, auth on); the agent reaches it through a recording HTTP front
+(``registration_front``), so each test sees exactly what went over the wire. Where a test watches renewals and expiries, the front
 shortens the JWTs policy issues to a few seconds (policy's shortest lifetime is 60 s).
 """
 
@@ -12,7 +12,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,8 +19,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from registration_front import RegistrationFront
 
-from meshssh_common.bus_keys import BusKeys
-from meshssh_common.connection import connect_nats
 from meshssh_common.nats_jwt import decode_claims, key_from_seed, read_creds
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
@@ -31,8 +28,10 @@ from meshssh_testkit.process import script
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 @pytest.fixture
@@ -42,44 +41,6 @@ async def front(policy: Management) -> AsyncIterator[RegistrationFront]:
         yield front
     finally:
         await front.stop()
-
-
-@dataclass
-class SecureBus:
-    """A nats-server with auth on (the policy's bus keys), policy on it, an admin client."""
-
-    server: NatsServer
-    policy: Management
-    nc: NATS
-
-
-@pytest.fixture
-async def secure(tmp_path: Path, services: ServiceFactory) -> AsyncIterator[SecureBus]:
-    bus = BusKeys.create(tmp_path / "bus")
-    (tmp_path / "jwt").mkdir()
-    conf = tmp_path / "nats.conf"
-    text = bus.server_config(port=-1, store=tmp_path / "js", resolver=tmp_path / "jwt")
-    # NatsServer gives the store on the command line (-js -sd) and picks the port itself.
-    conf.write_text("\n".join(line for line in text.splitlines() if "store_dir" not in line))
-    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
-    try:
-        nc = await connect_nats(server.url, name="test", creds=bus.creds("admin"))
-        try:
-            policy = await Management.start(
-                services,
-                server.url,
-                nc,
-                tmp_path / "policy",
-                bus_keys=bus.dir,
-                # admin until policy's own permissions may create the JWKS bucket (w4-fixtures)
-                nats_creds=bus.creds("admin"),
-            )
-            yield SecureBus(server, policy, nc)
-            await policy.process.stop()  # before its nats-server goes
-        finally:
-            await nc.close()
-    finally:
-        await server.stop()
 
 
 async def start_agent(
@@ -228,13 +189,13 @@ async def test_an_unanswering_management_is_retried_and_shown_and_a_refusal_is_f
 
 
 async def test_renewals_rewrite_the_creds_and_keep_agent_and_children_on_an_auth_on_bus(
-    tmp_path: Path, secure: SecureBus
+    tmp_path: Path, nats_url: str, policy: Management, front: RegistrationFront
 ) -> None:
-    front = await RegistrationFront.start(secure.policy.api, secure.policy.bus)
+    # The testkit's nats-server has auth on: a connection still on an expired JWT is closed.
     front.ttl = 3.0
     state = tmp_path / "state"
     agent = await start_agent(
-        state, secure.server.url, front.url, "--allow-server-ssh", key=SERVER_KEY, name="server"
+        state, nats_url, front.url, "--allow-server-ssh", key=SERVER_KEY, name="server"
     )
     try:
         status = await agent.wait_status(running("sshd", "relay"))
@@ -258,7 +219,6 @@ async def test_renewals_rewrite_the_creds_and_keep_agent_and_children_on_an_auth
         assert agent.output().count("creds file renewed; reconnecting") >= 3 * 3  # 3 processes
     finally:
         assert await agent.stop() == 0
-        await front.stop()
 
 
 async def test_a_refused_renewal_stops_the_children_and_the_agent_with_exit_1(

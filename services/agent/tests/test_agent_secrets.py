@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common.nats_jwt import read_creds
 from meshssh_testkit.management import SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import agent_request
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
@@ -30,8 +31,10 @@ KEY = SERVER_KEY  # the real meshssh-policy's seed: a server with SSH enabled
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def meshssh(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

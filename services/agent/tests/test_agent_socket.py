@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common.wire.agent import SOCKET_NAME
 from meshssh_testkit.management import LAPTOP_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.peer_agent import AgentProcess, agent_request
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -94,9 +95,14 @@ def short_state_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def agent(
-    nc: NATS, nats_url: str, short_state_dir: Path, tmp_path: Path, services: ServiceFactory
+    nc: NATS,
+    nats_url: str,
+    nats_server: NatsServer,
+    short_state_dir: Path,
+    tmp_path: Path,
+    services: ServiceFactory,
 ) -> AsyncIterator[AgentProcess]:
-    policy = await Management.start(services, nats_url, nc, tmp_path)  # the real meshssh-policy
+    policy = await Management.start(services, nats_server, nc, tmp_path)  # the real meshssh-policy
     proc = await AgentProcess.start(
         short_state_dir,
         "--mesh-ip",

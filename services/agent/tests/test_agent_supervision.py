@@ -32,8 +32,10 @@ MESH_IP = "127.0.0.2"
 
 
 @pytest.fixture
-async def policy(nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory) -> Management:
-    return await Management.start(services, nats_url, nc, tmp_path / "policy")
+async def policy(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
+) -> Management:
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 async def start_agent(

@@ -25,6 +25,7 @@ from meshssh_agent.ssh_config import DropIn, render
 from meshssh_common.wire import RemotePeer
 from meshssh_testkit import openssh_available, script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
@@ -139,11 +140,11 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> No
 
 
 async def test_the_agent_keeps_markers_from_its_map_and_down_removes_them(
-    nc: NATS, nats_url: str, tmp_path: Path, services: ServiceFactory
+    nc: NATS, nats_url: str, nats_server: NatsServer, tmp_path: Path, services: ServiceFactory
 ) -> None:
     # The real meshssh-policy; the server registers as its own agent would, reporting the
     # ports its sshd and relay listen on.
-    policy = await Management.start(services, nats_url, nc, tmp_path / "policy")
+    policy = await Management.start(services, nats_server, nc, tmp_path / "policy")
     await policy.register("demo-server", "127.0.0.2", key=SERVER_KEY, ssh_port=22022, relay_port=22)
     state = tmp_path / "state"
     agent = await AgentProcess.start(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -32,6 +31,7 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.settings import parse_settings
 from meshssh_common.wire import JwksSnapshot
+from meshssh_testkit import NatsServer
 
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
 
@@ -88,11 +88,11 @@ class RunningAuthn:
 
 @dataclass
 class AuthnFactory:
-    nats_url: str
+    nats: NatsServer
     running: list[RunningAuthn] = field(default_factory=list)
 
     async def start(self, *args: str, instance: str = "authn-test") -> RunningAuthn:
-        argv = ["--nats-url", self.nats_url, "--ops-listen", "127.0.0.1:0"]
+        argv = [*self.nats.flags("authn"), "--ops-listen", "127.0.0.1:0"]
         if "--listen" not in args:
             argv += ["--listen", "127.0.0.1:0"]
         settings = parse_settings(
@@ -118,9 +118,9 @@ class AuthnFactory:
 
 
 @pytest.fixture
-async def authn(nats_url: str) -> AsyncIterator[AuthnFactory]:
+async def authn(nats_server: NatsServer) -> AsyncIterator[AuthnFactory]:
     """Start authn replicas in-process; all are stopped after the test."""
-    factory = AuthnFactory(nats_url)
+    factory = AuthnFactory(nats_server)
     try:
         yield factory
     finally:
@@ -158,8 +158,8 @@ class Kv:
 
 
 @pytest.fixture
-async def kv(nats_url: str) -> AsyncIterator[Kv]:
-    client = await nats.connect(nats_url, name="test-kv")
+async def kv(nats_server: NatsServer) -> AsyncIterator[Kv]:
+    client = await nats_server.connect(name="test-kv")
     try:
         yield Kv(client)
     finally:

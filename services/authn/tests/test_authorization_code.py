@@ -18,6 +18,7 @@ import jwt
 
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.wire import JwtConfig
+from meshssh_testkit import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def params(challenge: str, **over: str) -> dict[str, str]:
 
 
 async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     users_file: Path,
     kv: Kv,
@@ -56,8 +57,7 @@ async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
 ) -> None:
     await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

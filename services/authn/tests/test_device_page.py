@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import nats
 
 from meshssh_authn.code_attempts import CodeAttempts
 from meshssh_authn.device_grants import normalize_user_code
@@ -21,6 +20,7 @@ from meshssh_common.wire import (
     DeviceStartReply,
     DeviceStartRequest,
 )
+from meshssh_testkit import NatsServer
 
 if TYPE_CHECKING:
     from conftest import AuthnFactory, Kv
@@ -40,11 +40,15 @@ def _text(page: str) -> str:
 
 
 async def test_the_page_shows_server_user_source_and_time_and_approval_needs_the_box(
-    authn: AuthnFactory, users_file: Path, kv: Kv, passwords: dict[str, str], nats_url: str
+    authn: AuthnFactory,
+    users_file: Path,
+    kv: Kv,
+    passwords: dict[str, str],
+    nats_server: NatsServer,
 ) -> None:
     await authn.start("--users-file", str(users_file), "--device-poll-interval", "0")
     await kv.wait_snapshot()
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect(nats_server.peer_creds("peer-7f3a"))  # as an SSH server
     try:
         started = await request(nc, subjects.AUTHN_DEVICE_START, START, DeviceStartReply)
         poll = DevicePollRequest(device_code=started.device_code)
@@ -85,12 +89,12 @@ async def test_the_page_shows_server_user_source_and_time_and_approval_needs_the
 
 
 async def test_escaped_context_and_a_meshssh_login_flow_says_so(
-    authn: AuthnFactory, users_file: Path, kv: Kv, nats_url: str
+    authn: AuthnFactory, users_file: Path, kv: Kv, nats_server: NatsServer
 ) -> None:
     await authn.start("--users-file", str(users_file))
     snap = await kv.wait_snapshot()
     assert snap.client is not None
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect(nats_server.peer_creds("p1"))
     try:
         hostile = DeviceStartRequest(peer_id="p1", login_hint="<script>x</script>")
         started = await request(nc, subjects.AUTHN_DEVICE_START, hostile, DeviceStartReply)
@@ -110,13 +114,13 @@ async def test_escaped_context_and_a_meshssh_login_flow_says_so(
 
 
 async def test_unknown_codes_are_limited_per_address(
-    authn: AuthnFactory, users_file: Path, kv: Kv, nats_url: str
+    authn: AuthnFactory, users_file: Path, kv: Kv, nats_server: NatsServer
 ) -> None:
     replica = await authn.start(
         "--users-file", str(users_file), "--device-code-misses-per-source", "3"
     )
     await kv.wait_snapshot()
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect(nats_server.peer_creds("peer-7f3a"))
     try:
         started = await request(nc, subjects.AUTHN_DEVICE_START, START, DeviceStartReply)
     finally:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import jwt
 import msgspec
-import nats
 import pytest
 
 from meshssh_common import subjects
@@ -22,6 +21,7 @@ from meshssh_common.wire import (
     DeviceStartReply,
     DeviceStartRequest,
 )
+from meshssh_testkit import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ async def poll(http: httpx.AsyncClient, token_url: str, device_code: str) -> htt
 
 
 async def test_device_flow_through_the_login_form_gives_a_token_the_validator_accepts_from_kv(
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     users_file: Path,
     kv: Kv,
@@ -47,8 +47,7 @@ async def test_device_flow_through_the_login_form_gives_a_token_the_validator_ac
 ) -> None:
     await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -210,11 +209,11 @@ async def test_the_nats_device_broker_runs_a_browser_check_for_an_ssh_server(
     kv: Kv,
     browser: Browser,
     passwords: dict[str, str],
-    nats_url: str,
+    nats_server: NatsServer,
 ) -> None:
     await authn.start("--users-file", str(users_file), "--device-poll-interval", "0")
     await kv.wait_snapshot()
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect(nats_server.peer_creds("server-1"))  # as an SSH server
     try:
         start = DeviceStartRequest(peer_id="server-1")
         started = await request(nc, subjects.AUTHN_DEVICE_START, start, DeviceStartReply)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -15,6 +14,7 @@ from meshssh_common.errors import Unavailable
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.rpc import request
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest
+from meshssh_testkit import NatsServer
 
 if TYPE_CHECKING:
     from conftest import AuthnFactory, FakeIdp, Kv
@@ -125,7 +125,7 @@ async def test_switching_to_another_issuer_withdraws_the_old_keys_until_the_new_
 
 
 async def test_a_restart_during_an_outage_keeps_the_published_keys(
-    authn: AuthnFactory, fake_idp: FakeIdp, kv: Kv, nats_url: str
+    authn: AuthnFactory, fake_idp: FakeIdp, kv: Kv, nats_server: NatsServer
 ) -> None:
     first = await authn.start("--issuer", fake_idp.issuer)
     good = await kv.wait_snapshot()
@@ -139,7 +139,7 @@ async def test_a_restart_during_an_outage_keeps_the_published_keys(
         )
         == 1
     )
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect(nats_server.peer_creds("p1"))  # as an SSH server
     try:
         with pytest.raises(Unavailable):
             await refresh(nc, "whatever")  # served, refused honestly, nothing lost

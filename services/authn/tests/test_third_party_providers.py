@@ -34,7 +34,7 @@ from meshssh_common.wire import (
     JwksRefreshReply,
     JwksRefreshRequest,
 )
-from meshssh_testkit import run_command, script
+from meshssh_testkit import NatsServer, run_command, script
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.ports import free_port
 
@@ -117,11 +117,10 @@ async def mock_provider() -> AsyncIterator[MockProvider]:
 
 
 async def test_tokens_of_oidc_provider_mock_validate_and_keep_validating_when_it_stops(
-    nats_url: str, services: ServiceFactory, mock_provider: MockProvider, kv: Kv, nc: NATS
+    nats_server: NatsServer, services: ServiceFactory, mock_provider: MockProvider, kv: Kv, nc: NATS
 ) -> None:
     args = (
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--issuer",
         mock_provider.issuer,
         "--audience",

@@ -1,8 +1,8 @@
-"""Fixtures for policy tests: real policy replicas (in-process, real NATS, real HTTP) and
-helpers to register peers (REST, as agents do) and watch their map keys.
+"""Fixtures for policy tests: real policy replicas (in-process, real NATS with auth on, real
+HTTP) and helpers to register peers (REST, as agents do) and watch their map keys.
 
-``auth_nats`` is a nats-server with JWT auth on (the bus keys of ``BusKeys.create``), for the
-tests of peer identities; ``policy_on(auth_nats)`` starts replicas on it with ``policy.creds``.
+Replicas connect as the policy identity and hold the server's bus keys (``--bus-keys``), so
+they mint peers' NATS JWTs and push revocations to the test's own nats-server.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig
 
 from meshssh_common import codec, subjects
-from meshssh_common.bus_keys import BusKeys
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import error_for_code
 from meshssh_common.kv import KvEvent, TypedKV, open_bucket
@@ -38,7 +36,7 @@ from meshssh_common.wire import (
 )
 from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
-from meshssh_testkit.natsd import NatsServer
+from meshssh_testkit import NatsServer
 
 TOKEN = "test-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -87,10 +85,9 @@ class Replica:
 
 @dataclass
 class PolicyFactory:
-    nats_url: str
+    nats: NatsServer
     catcher: _UrlCatcher
     bus_keys: Path | None = None  # --bus-keys of every replica (a test may override it)
-    nats_creds: Path | None = None
     started: list[Replica] = field(default_factory=list)
     _turn: int = 0
 
@@ -104,8 +101,8 @@ class PolicyFactory:
     async def start(self, instance: str = "r1", **overrides: Any) -> Replica:
         settings = PolicySettings(
             **{
-                "nats_url": self.nats_url,
-                "nats_creds": self.nats_creds,
+                "nats_url": self.nats.url,
+                "nats_creds": self.nats.creds("policy"),
                 "bus_keys": self.bus_keys,
                 "listen": "127.0.0.1:0",
                 "ops_listen": "127.0.0.1:0",
@@ -142,17 +139,16 @@ class PolicyFactory:
         return replica
 
 
-@contextlib.asynccontextmanager
-async def policy_factory(
-    nats_url: str, bus_keys: Path | None, nats_creds: Path | None = None
-) -> AsyncIterator[PolicyFactory]:
-    """Replicas on ``nats_url``, all stopped at the end."""
+@pytest.fixture
+async def policy(nats_server: NatsServer) -> AsyncIterator[PolicyFactory]:
+    """Starts policy replicas on the test's nats-server; stops them after the test."""
     logger = logging.getLogger("meshssh.policy")
     catcher = _UrlCatcher()
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(catcher)
-    factory = PolicyFactory(nats_url, catcher, bus_keys, nats_creds)
+    keys = nats_server.keys
+    factory = PolicyFactory(nats_server, catcher, keys.dir if keys is not None else None)
     try:
         yield factory
     finally:
@@ -163,76 +159,11 @@ async def policy_factory(
         logger.setLevel(old_level)
 
 
-@pytest.fixture
-async def policy(nats_url: str, tmp_path: Path) -> AsyncIterator[PolicyFactory]:
-    """Starts policy replicas on the test's nats-server; stops them after the test.
-
-    They hold bus keys (peers can register); the server has no auth, so their revocation
-    pushes find no system account (the identity tests use ``auth_nats``).
-    """
-    keys = await asyncio.to_thread(BusKeys.create, tmp_path / "policy-bus")
-    async with policy_factory(nats_url, keys.dir) as factory:
-        yield factory
-
-
-@dataclass
-class AuthNats:
-    """A nats-server with JWT auth on, and its bus keys."""
-
-    server: NatsServer
-    keys: BusKeys
-    resolver: Path
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def creds(self, role: str) -> Path:
-        """``admin``, ``policy``, ``authn`` or ``system``."""
-        return self.keys.creds(role)
-
-    async def connect(self, creds: Path, **kw: Any) -> NATS:
-        return await connect_nats(self.url, name="test", creds=creds, retry_initial=False, **kw)
-
-
-@pytest.fixture
-async def auth_nats(tmp_path: Path) -> AsyncIterator[AuthNats]:
-    """nats-server with the operator, account and resolver of a fresh ``BusKeys`` directory.
-
-    The JWKS bucket is made as authn makes it (policy may not create it), and the map bucket
-    answers direct gets (how peers read their map).
-    """
-    keys = await asyncio.to_thread(BusKeys.create, tmp_path / "bus")
-    resolver = tmp_path / "resolver"
-    conf = tmp_path / "nats-auth.conf"
-    conf.write_text(
-        keys.auth_config()
-        + f'resolver {{ type: full, dir: "{resolver}", allow_delete: false, interval: "2m" }}\n'
+async def connect_as(server: NatsServer, creds: Path) -> NATS:
+    """A client of ``creds`` through meshssh's own ``connect_nats`` (a refusal: ConfigError)."""
+    return await connect_nats(
+        server.url, name="test", creds=creds, ca=server.ca, retry_initial=False
     )
-    server = await NatsServer.start(tmp_path / "js-auth", "-c", str(conf))
-    bus = AuthNats(server, keys, resolver)
-    try:
-        admin = await bus.connect(keys.creds("admin"))
-        try:
-            js = admin.jetstream()
-            await open_bucket(js, subjects.BUCKET_JWKS)
-            await js.create_key_value(
-                KeyValueConfig(bucket=subjects.BUCKET_NETMAPS, history=1, direct=True)
-            )
-        finally:
-            await admin.close()
-        yield bus
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def policy_on(auth_nats: AuthNats) -> AsyncIterator[PolicyFactory]:
-    """Replicas on ``auth_nats`` as the policy identity, with its bus keys."""
-    async with policy_factory(
-        auth_nats.url, auth_nats.keys.dir, auth_nats.creds("policy")
-    ) as factory:
-        yield factory
 
 
 Register = Callable[..., Any]

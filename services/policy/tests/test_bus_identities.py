@@ -1,7 +1,7 @@
 """Peers' bus identities: REST registration mints their NATS JWT, removal revokes it.
 
-Against a real nats-server with JWT auth on (``auth_nats``) and real policy replicas that
-connect as the policy identity and push revocations with ``system.creds``.
+Against a real nats-server with JWT auth on and real policy replicas that connect as the policy
+identity and push revocations with ``system.creds``.
 """
 
 from __future__ import annotations
@@ -15,28 +15,38 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
 
 from meshssh_common import codec, subjects
 from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, ConfigError, Denied, Unavailable
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, new_key, write_creds
 from meshssh_common.wire import NetworkMap, RegisterReply
+from meshssh_testkit import NatsServer
 
-from .conftest import AuthNats, PolicyFactory, Replica, register_rest
+from .conftest import PolicyFactory, Replica, connect_as, register_rest
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
 LAPTOP_KEY = "meshssh-demo-laptop-key-0001"
 
 
-async def start(policy_on: PolicyFactory, seed_file: Path, **kw: Any) -> Replica:
-    return await policy_on.start(seed=seed_file, **kw)
+@pytest.fixture(autouse=True)
+async def direct_maps(nc: NATS) -> None:
+    """The map bucket answers direct gets, as peers read it (made before policy opens it)."""
+    await nc.jetstream().create_key_value(
+        KeyValueConfig(bucket=subjects.BUCKET_NETMAPS, history=1, direct=True)
+    )
 
 
-async def connect_as(bus: AuthNats, tmp_path: Path, key: Key, jwt: str) -> NATS:
+async def start(policy: PolicyFactory, seed_file: Path, **kw: Any) -> Replica:
+    return await policy.start(seed=seed_file, **kw)
+
+
+async def connect_peer(server: NatsServer, tmp_path: Path, key: Key, jwt: str) -> NATS:
     """Connect with a peer's creds file (its seed and the JWT policy minted)."""
     creds = tmp_path / f"{key.public[:12]}.creds"
     write_creds(creds, jwt, key.seed)
-    return await bus.connect(creds)
+    return await connect_as(server, creds)
 
 
 async def direct_get_map(nc: NATS, peer_id: str) -> NetworkMap:
@@ -55,16 +65,18 @@ async def closed_by_revocation(nc: NATS, timeout: float = 5.0) -> None:
 
 
 async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer_permissions(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path, tmp_path: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path, tmp_path: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
+    keys = nats_server.keys
+    assert keys is not None
     key = new_key(Prefix.USER)
     before = time.time()
     reply = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
     claims = decode_claims(reply.nats_jwt)
     assert claims["sub"] == key.public
     assert claims["name"] == f"peer-{reply.peer_id}"
-    assert claims["nats"]["issuer_account"] == auth_nats.keys.account
+    assert claims["nats"]["issuer_account"] == keys.account
     want = peer_permissions(reply.peer_id, inbox_prefix(key.public)).claims()
     assert {k: claims["nats"][k] for k in ("pub", "sub")} == want
     assert "resp" not in claims["nats"]
@@ -72,7 +84,7 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
     assert before + 43200 - 2 <= reply.nats_expires_at <= time.time() + 43200 + 1
     assert replica.metric("meshssh_policy_peer_creds_issued_total") == 1
 
-    nc = await connect_as(auth_nats, tmp_path, key, reply.nats_jwt)
+    nc = await connect_peer(nats_server, tmp_path, key, reply.nats_jwt)
     try:
         netmap = await direct_get_map(nc, reply.peer_id)
         assert netmap.peer.id == reply.peer_id
@@ -81,8 +93,8 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
         await nc.close()
 
 
-async def test_peer_creds_ttl_sets_the_lifetime(policy_on: PolicyFactory, seed_file: Path) -> None:
-    replica = await start(policy_on, seed_file, peer_creds_ttl=600)
+async def test_peer_creds_ttl_sets_the_lifetime(policy: PolicyFactory, seed_file: Path) -> None:
+    replica = await start(policy, seed_file, peer_creds_ttl=600)
     reply = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY)
     assert time.time() + 590 <= reply.nats_expires_at <= time.time() + 601
 
@@ -99,9 +111,9 @@ async def test_peer_creds_ttl_sets_the_lifetime(policy_on: PolicyFactory, seed_f
     ids=["empty", "garbage", "account-key", "bad-checksum", "seed"],
 )
 async def test_a_bad_nats_key_is_refused_with_400(
-    policy_on: PolicyFactory, seed_file: Path, nats_key: str
+    policy: PolicyFactory, seed_file: Path, nats_key: str
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
     with pytest.raises(BadRequest, match=r"nats_key: .* is not a NATS user public key"):
         await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=nats_key)
     assert replica.metric("meshssh_policy_registrations_rejected_total", reason="bad_nats_key") == 1
@@ -112,21 +124,24 @@ async def test_a_bad_nats_key_is_refused_with_400(
 
 
 async def test_a_malformed_body_is_400_and_a_refused_key_403(
-    policy_on: PolicyFactory, seed_file: Path
+    policy: PolicyFactory, seed_file: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
     async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
         r = await http.post("/api/v1/peers/register", content=b"{not json")
         assert r.status_code == 400
         assert r.json()["code"] == "bad_message"
+        huge = await http.post("/api/v1/peers/register", content=b"{" + b" " * 70_000)
+        assert huge.status_code == 400
+        assert huge.json()["error"] == "a registration is at most 64 KiB"
     with pytest.raises(Denied, match="setup key not recognised"):
         await register_rest(replica, "srv1", "127.0.0.2", "no-such-setup-key-0123")
 
 
 async def test_renewal_returns_a_fresh_jwt_and_a_new_key_revokes_the_old_one(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path, tmp_path: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path, tmp_path: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
     key = new_key(Prefix.USER)
     first = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
     await asyncio.sleep(1.1)  # iat has a resolution of one second
@@ -146,7 +161,7 @@ async def test_renewal_returns_a_fresh_jwt_and_a_new_key_revokes_the_old_one(
     assert again.nats_expires_at > first.nats_expires_at
     assert replica.metric("meshssh_policy_registrations_total", kind="returning") == 1
 
-    live = await connect_as(auth_nats, tmp_path, key, again.nats_jwt)
+    live = await connect_peer(nats_server, tmp_path, key, again.nats_jwt)
     try:
         other = new_key(Prefix.USER)
         rekeyed = await register_rest(
@@ -160,25 +175,25 @@ async def test_renewal_returns_a_fresh_jwt_and_a_new_key_revokes_the_old_one(
         await closed_by_revocation(live)
     finally:
         await live.close()
-    fresh = await connect_as(auth_nats, tmp_path, other, rekeyed.nats_jwt)
+    fresh = await connect_peer(nats_server, tmp_path, other, rekeyed.nats_jwt)
     try:
         assert (await direct_get_map(fresh, first.peer_id)).peer.id == first.peer_id
     finally:
         await fresh.close()
     with pytest.raises(ConfigError, match="refused"):
-        await connect_as(auth_nats, tmp_path, key, again.nats_jwt)
+        await connect_peer(nats_server, tmp_path, key, again.nats_jwt)
     async with replica.client() as api:
         listed = (await api.get("/api/v1/bus/revocations")).json()
     assert [r["public_key"] for r in listed] == [key.public]
 
 
 async def test_a_removed_peer_loses_the_bus_within_5s_and_cannot_renew(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path, tmp_path: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path, tmp_path: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
     key = new_key(Prefix.USER)
     reg = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
-    nc = await connect_as(auth_nats, tmp_path, key, reg.nats_jwt)
+    nc = await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
     try:
         await direct_get_map(nc, reg.peer_id)
         async with replica.client() as api:
@@ -196,15 +211,15 @@ async def test_a_removed_peer_loses_the_bus_within_5s_and_cannot_renew(
             nats_key=key,
         )
     with pytest.raises(ConfigError, match="refused"):
-        await connect_as(auth_nats, tmp_path, key, reg.nats_jwt)
+        await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
     assert replica.metric("meshssh_policy_bus_revocations_total") == 1
     assert replica.metric("meshssh_policy_bus_claims_push_failures_total") == 0
 
 
 async def test_revocations_survive_a_policy_restart_and_a_server_that_lost_them(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path, tmp_path: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path, tmp_path: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
+    replica = await start(policy, seed_file)
     key = new_key(Prefix.USER)
     reg = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
     async with replica.client() as api:
@@ -212,18 +227,18 @@ async def test_revocations_survive_a_policy_restart_and_a_server_that_lost_them(
     await replica.stop()
     # A server whose account store is gone (a new node, a lost volume) has only the
     # preloaded account JWT of init, without the revocation: the removed peer gets in again.
-    await auth_nats.server.stop()
-    shutil.rmtree(auth_nats.resolver)
-    await auth_nats.server.restart()
-    back = await connect_as(auth_nats, tmp_path, key, reg.nats_jwt)
+    await nats_server.stop()
+    shutil.rmtree(nats_server.store / "jwt")
+    await nats_server.restart()
+    back = await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
     try:
         # Policy pushes the stored revocations when it starts.
-        again = await policy_on.start("r2", seed=seed_file)
+        again = await policy.start("r2", seed=seed_file)
         await closed_by_revocation(back, timeout=15)
     finally:
         await back.close()
     with pytest.raises(ConfigError, match="refused"):
-        await connect_as(auth_nats, tmp_path, key, reg.nats_jwt)
+        await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
     async with again.client() as api:
         listed = (await api.get("/api/v1/bus/revocations")).json()
     assert [r["public_key"] for r in listed] == [key.public]
@@ -231,11 +246,11 @@ async def test_revocations_survive_a_policy_restart_and_a_server_that_lost_them(
 
 
 async def test_the_admin_revocation_endpoint_needs_the_token_and_cuts_a_service_off(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path
 ) -> None:
-    replica = await start(policy_on, seed_file)
-    old_authn = auth_nats.keys.creds("authn")
-    service = await auth_nats.connect(old_authn)
+    replica = await start(policy, seed_file)
+    old_authn = nats_server.creds("authn")
+    service = await connect_as(nats_server, old_authn)
     from meshssh_common.nats_jwt import read_creds
 
     old_key = read_creds(old_authn).public_key
@@ -260,9 +275,9 @@ async def test_the_admin_revocation_endpoint_needs_the_token_and_cuts_a_service_
 
 
 async def test_without_bus_keys_registration_is_503_with_the_reason(
-    policy_on: PolicyFactory, seed_file: Path
+    policy: PolicyFactory, seed_file: Path
 ) -> None:
-    replica = await start(policy_on, seed_file, bus_keys=None)
+    replica = await start(policy, seed_file, bus_keys=None)
     with pytest.raises(Unavailable, match="started without --bus-keys"):
         await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY)
     assert replica.metric("meshssh_policy_registrations_rejected_total", reason="no_bus_keys") == 1
@@ -273,17 +288,17 @@ async def test_without_bus_keys_registration_is_503_with_the_reason(
 
 
 async def test_two_replicas_revoke_at_once_and_lose_nothing(
-    policy_on: PolicyFactory, auth_nats: AuthNats, seed_file: Path, tmp_path: Path
+    policy: PolicyFactory, nats_server: NatsServer, seed_file: Path, tmp_path: Path
 ) -> None:
-    a = await start(policy_on, seed_file)
-    b = await policy_on.start("r2", seed=seed_file)
+    a = await start(policy, seed_file)
+    b = await policy.start("r2", seed=seed_file)
     keys = [new_key(Prefix.USER) for _ in range(6)]
     regs: list[RegisterReply] = [
         await register_rest(a, f"lap{i}", f"127.0.4.{i + 1}", LAPTOP_KEY, nats_key=k)
         for i, k in enumerate(keys)
     ]
     conns = [
-        await connect_as(auth_nats, tmp_path, k, r.nats_jwt)
+        await connect_peer(nats_server, tmp_path, k, r.nats_jwt)
         for k, r in zip(keys, regs, strict=True)
     ]
     try:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from meshssh_policy.web.actions import Actions
+from meshssh_testkit import NatsServer
 from meshssh_testkit.dashboard import add_user, sign_in
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
@@ -44,7 +45,7 @@ async def start_site(
     seed_file: Path,
     register: Any,
     services: ServiceFactory,
-    nats_url: str,
+    nats_server: NatsServer,
     tmp_path: Path,
     public_url: str = "",
     **settings: Any,
@@ -57,8 +58,7 @@ async def start_site(
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -83,10 +83,10 @@ async def site(
     seed_file: Path,
     register: Any,
     services: ServiceFactory,
-    nats_url: str,
+    nats_server: NatsServer,
     tmp_path: Path,
 ) -> Site:
-    return await start_site(policy, seed_file, register, services, nats_url, tmp_path)
+    return await start_site(policy, seed_file, register, services, nats_server, tmp_path)
 
 
 async def test_behind_https_the_session_cookie_is_secure(
@@ -94,11 +94,11 @@ async def test_behind_https_the_session_cookie_is_secure(
     seed_file: Path,
     register: Any,
     services: ServiceFactory,
-    nats_url: str,
+    nats_server: NatsServer,
     tmp_path: Path,
 ) -> None:
     public = "https://dash.example.test"  # a TLS proxy in front; the test talks to policy
-    site = await start_site(policy, seed_file, register, services, nats_url, tmp_path, public)
+    site = await start_site(policy, seed_file, register, services, nats_server, tmp_path, public)
     async with httpx.AsyncClient(timeout=15) as http:
         login = await http.get(f"{site.base}/auth/login")
         login_cookie = login.headers["set-cookie"].lower()
@@ -365,12 +365,12 @@ async def test_admins_by_group_membership_or_the_tokens_groups_claim(
     seed_file: Path,
     register: Any,
     services: ServiceFactory,
-    nats_url: str,
+    nats_server: NatsServer,
     tmp_path: Path,
 ) -> None:
     # The seed puts alice and bob in the meshssh group "users"; carol's token says ["ops"].
     site = await start_site(
-        policy, seed_file, register, services, nats_url, tmp_path, admin_group="users"
+        policy, seed_file, register, services, nats_server, tmp_path, admin_group="users"
     )
     for user, admin in (("alice", True), ("bob", True), ("carol", False)):
         client, _ = await sign_in(site.base, user, f"{user}-password-0123")

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from meshssh_common.bus_keys import BusKeys
-from meshssh_testkit import RunResult, run_command_sync, script
+from meshssh_testkit import NatsServer, RunResult, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
 
 
@@ -49,20 +48,20 @@ def test_a_peer_creds_ttl_over_a_day_is_refused() -> None:
     assert "--peer-creds-ttl" in result.err
 
 
-def bus_keys(tmp_path: Path) -> str:
-    """A bus directory, as ``meshssh-policy init`` writes it."""
-    return str(BusKeys.create(tmp_path / "bus").dir)
+def bus_keys(server: NatsServer) -> str:
+    """The test server's bus directory (``meshssh-policy init`` made it)."""
+    assert server.keys is not None
+    return str(server.keys.dir)
 
 
 async def test_a_bus_directory_without_keys_exits_2_naming_it(
-    tmp_path: Path, nats_url: str, services: ServiceFactory
+    tmp_path: Path, nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--bus-keys",
@@ -74,10 +73,10 @@ async def test_a_bus_directory_without_keys_exits_2_naming_it(
 
 
 async def test_without_bus_keys_readyz_says_peers_cannot_register(
-    nats_url: str, services: ServiceFactory
+    nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     proc = await services.start(
-        "meshssh-policy", "--nats-url", nats_url, "--listen", "127.0.0.1:0", ready=False
+        "meshssh-policy", *nats_server.flags("policy"), "--listen", "127.0.0.1:0", ready=False
     )
     await proc.wait_ops()
     async with httpx.AsyncClient() as http, asyncio.timeout(15):
@@ -98,14 +97,13 @@ def test_a_short_admin_token_is_refused() -> None:
 
 
 async def test_a_bad_seed_file_exits_2_naming_the_field(
-    tmp_path: Path, nats_url: str, services: ServiceFactory
+    tmp_path: Path, nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     seed = tmp_path / "seed.json"
     seed.write_text('{"groups": [{"name": "no id"}]}')
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--seed",
         str(seed),
         "--listen",
@@ -129,7 +127,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_into_the_log(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     import re
 
@@ -138,14 +136,13 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     token_file = tmp_path / "private" / "admin-token"
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--admin-token-file",
         str(token_file),
         "--bus-keys",
-        bus_keys(tmp_path),
+        bus_keys(nats_server),
     )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1
@@ -159,14 +156,13 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
     await proc.stop()
     again = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--admin-token-file",
         str(token_file),
         "--bus-keys",
-        str(tmp_path / "bus"),
+        bus_keys(nats_server),
     )
     assert any(fingerprint(token) in line for line in again.log)
     assert token not in again.output()
@@ -174,19 +170,18 @@ async def test_without_an_admin_token_one_is_generated_into_a_0600_file_never_in
 
 
 async def test_without_a_token_or_a_file_the_token_goes_to_a_private_temp_file(
-    nats_url: str, services: ServiceFactory, tmp_path: Path
+    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     import re
     import shutil
 
     proc = await services.start(
         "meshssh-policy",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--bus-keys",
-        bus_keys(tmp_path),
+        bus_keys(nats_server),
     )
     lines = [line for line in proc.log if "generated one for this run" in line]
     assert len(lines) == 1

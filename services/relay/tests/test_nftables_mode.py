@@ -15,12 +15,14 @@ import json
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.kv import open_bucket
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH, RunResult
@@ -39,11 +41,12 @@ class Mesh:
     b: NetNs
     if_a: str
     nats_url: str  # as seen from inside A
+    nats_creds: Path
     nc: NATS
 
 
 @pytest.fixture
-async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
+async def mesh(nc: NATS, nats_server: NatsServer) -> AsyncIterator[Mesh]:
     reason = netns_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -53,9 +56,10 @@ async def mesh(nc: NATS, nats_url: str) -> AsyncIterator[Mesh]:
     forward = None
     try:
         if_a, _ = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
-        port = int(nats_url.rsplit(":", 1)[1])
+        port = nats_server.port
         forward = await PortForward.start(a, ("127.0.0.1", port))
-        yield Mesh(a, b, if_a, f"nats://127.0.0.1:{forward.port}", nc)
+        url = f"nats://127.0.0.1:{forward.port}"
+        yield Mesh(a, b, if_a, url, nats_server.creds("admin"), nc)
     finally:
         if forward is not None:
             await forward.stop()
@@ -78,6 +82,8 @@ async def start_relay(mesh: Mesh, *extra: str) -> ServiceProcess:
         f"{A_IP}:22022",
         "--nats-url",
         mesh.nats_url,
+        "--nats-creds",
+        str(mesh.nats_creds),
         "--ops-listen",
         "127.0.0.1:0",
         *extra,

@@ -57,9 +57,11 @@ async def sshd(openssh: OpenSSH) -> AsyncIterator[ProxySshServer]:
         await server.stop()
 
 
-async def start_relay(services: ServiceFactory, url: str, *args: str) -> tuple[ServiceProcess, int]:
+async def start_relay(
+    services: ServiceFactory, nats: NatsServer, *args: str
+) -> tuple[ServiceProcess, int]:
     proc = await services.start(
-        "meshssh-relay", "--nats-url", url, "--peer-id", "p1", "--listen", "127.0.0.2:0", *args
+        "meshssh-relay", *nats.flags(), "--peer-id", "p1", "--listen", "127.0.0.2:0", *args
     )
     return proc, await relay_port(proc)
 
@@ -72,10 +74,14 @@ async def ssh_from(
 
 
 async def test_openssh_reaches_sshd_through_the_relay_and_the_server_sees_the_original_source(
-    netmaps: NATS, nats_url: str, services: ServiceFactory, openssh: OpenSSH, sshd: ProxySshServer
+    netmaps: NATS,
+    nats_server: NatsServer,
+    services: ServiceFactory,
+    openssh: OpenSSH,
+    sshd: ProxySshServer,
 ) -> None:
     await put_map(netmaps, make_map(1))
-    relay, port = await start_relay(services, nats_url, "--sshd", f"127.0.0.2:{sshd.port}")
+    relay, port = await start_relay(services, nats_server, "--sshd", f"127.0.0.2:{sshd.port}")
     await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
     openssh.trust("127.0.0.2", port, sshd.public_line)
     code, out, err = await ssh_from(openssh, "127.0.0.3", port, "whoami-ish")
@@ -87,10 +93,14 @@ async def test_openssh_reaches_sshd_through_the_relay_and_the_server_sees_the_or
 
 
 async def test_a_source_without_a_rule_is_refused_at_the_relay(
-    netmaps: NATS, nats_url: str, services: ServiceFactory, openssh: OpenSSH, sshd: ProxySshServer
+    netmaps: NATS,
+    nats_server: NatsServer,
+    services: ServiceFactory,
+    openssh: OpenSSH,
+    sshd: ProxySshServer,
 ) -> None:
     await put_map(netmaps, make_map(1, sources=["127.0.0.3/32"]))
-    relay, port = await start_relay(services, nats_url, "--sshd", f"127.0.0.2:{sshd.port}")
+    relay, port = await start_relay(services, nats_server, "--sshd", f"127.0.0.2:{sshd.port}")
     await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
     openssh.trust("127.0.0.2", port, sshd.public_line)
     code, _, err = await ssh_from(openssh, "127.0.0.4", port)
@@ -109,7 +119,7 @@ async def test_a_source_without_a_rule_is_refused_at_the_relay(
 
 async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
     netmaps: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     openssh: OpenSSH,
     sshd: ProxySshServer,
@@ -123,7 +133,7 @@ async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
         await put_map(netmaps, make_map(1, ssh_enabled=False))
         relay, port = await start_relay(
             services,
-            nats_url,
+            nats_server,
             "--sshd",
             f"127.0.0.2:{sshd.port}",
             "--native-upstream",
@@ -148,7 +158,7 @@ async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
 
 
 async def test_a_taken_port_exits_2_with_a_message_that_says_what_to_do(
-    nats_url: str, services: ServiceFactory
+    nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.2", 0))
@@ -156,8 +166,7 @@ async def test_a_taken_port_exits_2_with_a_message_that_says_what_to_do(
     try:
         proc = await services.start(
             "meshssh-relay",
-            "--nats-url",
-            nats_url,
+            *nats_server.flags(),
             "--peer-id",
             "p1",
             "--listen",
@@ -178,7 +187,7 @@ async def test_a_map_published_after_nats_restarts_applies_within_seconds(
     nats_server: NatsServer, netmaps: NATS, services: ServiceFactory
 ) -> None:
     await put_map(netmaps, make_map(1))
-    relay, _ = await start_relay(services, nats_server.url)
+    relay, _ = await start_relay(services, nats_server)
     await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
     await nats_server.restart()
     await wait_metric(relay.ops_url, 'meshssh_relay_nats_events_total{event="reconnected"}', 1)

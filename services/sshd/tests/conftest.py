@@ -43,7 +43,7 @@ from meshssh_common.wire import (
 )
 from meshssh_sshd.server import SshServer
 from meshssh_sshd.settings import SshdSettings
-from meshssh_testkit import OpenSSH, RunResult, ServiceProcess, run_command, script
+from meshssh_testkit import NatsServer, OpenSSH, RunResult, ServiceProcess, run_command, script
 from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.plugin import ServiceFactory
 
@@ -197,8 +197,8 @@ class Sshd:
 
 
 class SshdFactory:
-    def __init__(self, nats_url: str, tmp_path: Path) -> None:
-        self.nats_url = nats_url
+    def __init__(self, nats: NatsServer, tmp_path: Path) -> None:
+        self.nats = nats
         self.tmp_path = tmp_path
         self.running: list[Sshd] = []
 
@@ -208,7 +208,8 @@ class SshdFactory:
             "peer_id": PEER_ID,
             "listen": f"{mesh_ip}:0",
             "host_key": key_path,
-            "nats_url": self.nats_url,
+            "nats_url": self.nats.url,
+            "nats_creds": self.nats.creds("admin"),  # map reading needs a consumer for now
             "ops_listen": "127.0.0.1:0",
             "shutdown_grace": 6.0,
             "kill_grace": 0.5,
@@ -389,8 +390,8 @@ def bare_mesh(nc: NATS, issuer: Issuer) -> Mesh:
 
 
 @pytest.fixture
-async def sshd_factory(nats_url: str, tmp_path: Path) -> AsyncIterator[SshdFactory]:
-    factory = SshdFactory(nats_url, tmp_path)
+async def sshd_factory(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[SshdFactory]:
+    factory = SshdFactory(nats_server, tmp_path)
     try:
         yield factory
     finally:
@@ -464,7 +465,9 @@ class Authn:
 
 
 @pytest.fixture
-async def authn(tmp_path: Path, nats_url: str, nc: NATS, services: ServiceFactory) -> Authn:
+async def authn(
+    tmp_path: Path, nats_server: NatsServer, nc: NATS, services: ServiceFactory
+) -> Authn:
     users = tmp_path / "users.json"
     await run_command(
         script("meshssh-authn"),
@@ -482,8 +485,7 @@ async def authn(tmp_path: Path, nats_url: str, nc: NATS, services: ServiceFactor
     )
     proc = await services.start(
         "meshssh-authn",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags("authn"),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

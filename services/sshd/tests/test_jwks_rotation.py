@@ -26,7 +26,7 @@ from meshssh_common.jwt_validation import RejectReason, TokenRejected
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.wire import JwksSnapshot, JwtConfig
 from meshssh_sshd.auth import Authenticator
-from meshssh_testkit import OidcIssuer
+from meshssh_testkit import NatsServer, OidcIssuer
 from meshssh_testkit.plugin import ServiceFactory
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ async def _wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
 async def stack(
     bare_mesh: Mesh,
     nc: NATS,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     sshd_factory: SshdFactory,
     local_user: str,
@@ -70,8 +70,7 @@ async def stack(
     async with OidcIssuer() as idp:
         await services.start(
             "meshssh-authn",
-            "--nats-url",
-            nats_url,
+            *nats_server.flags("authn"),
             "--issuer",
             idp.issuer,
             "--audience",

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.wire import SessionsReport
-from meshssh_testkit import run_command, script
+from meshssh_testkit import NatsServer, run_command, script
 from meshssh_testkit.plugin import ServiceFactory
 
 if TYPE_CHECKING:
@@ -31,13 +31,12 @@ class _Listening:
 
 
 async def start_process(
-    services: ServiceFactory, nats_url: str, tmp_path: Path, *flags: str
+    services: ServiceFactory, nats_server: NatsServer, tmp_path: Path, *flags: str
 ) -> tuple[Any, _Listening]:
     key_path = tmp_path / "host_key"
     proc = await services.start(
         "meshssh-sshd",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--peer-id",
         "server-1",
         "--listen",
@@ -55,7 +54,7 @@ async def start_process(
 
 async def test_sigterm_stops_accepting_lets_sessions_finish_then_exits_0(
     mesh: Mesh,
-    nats_url: str,
+    nats_server: NatsServer,
     services: ServiceFactory,
     tmp_path: Path,
     client_for: Any,
@@ -63,7 +62,7 @@ async def test_sigterm_stops_accepting_lets_sessions_finish_then_exits_0(
     local_user: str,
 ) -> None:
     await mesh.publish_map()
-    proc, sshd = await start_process(services, nats_url, tmp_path)
+    proc, sshd = await start_process(services, nats_server, tmp_path)
     assert oct(os.stat(tmp_path / "host_key").st_mode & 0o777) == "0o600"
     client = client_for(sshd)
     session = await asyncio.create_subprocess_exec(
@@ -107,13 +106,12 @@ async def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
 
 
 async def test_a_taken_listen_address_exits_2(
-    mesh: Mesh, nats_url: str, services: ServiceFactory, tmp_path: Path
+    mesh: Mesh, nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
-    _, first = await start_process(services, nats_url, tmp_path)
+    _, first = await start_process(services, nats_server, tmp_path)
     second = await services.start(
         "meshssh-sshd",
-        "--nats-url",
-        nats_url,
+        *nats_server.flags(),
         "--peer-id",
         "server-1",
         "--listen",

@@ -153,8 +153,8 @@ class BusKeys:
         """Write ``<role>.creds``: a new key and JWT (no expiry) for a service or admin.
 
         Returns:
-            The creds file's path. The previous key of the role, if any, is not revoked here
-            (see :class:`~meshssh_common.bus_revocations.Revocations`).
+            The creds file's path. The previous key of the role, if any, is not revoked here:
+            policy revokes it (``POST /api/v1/bus/revocations``, ``meshctl bus revoke``).
         """
         user = new_key(Prefix.USER)
         jwt = self.mint(user.public, name=role, permissions=_permissions(role, user.public))

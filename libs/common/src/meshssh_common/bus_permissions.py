@@ -144,6 +144,9 @@ def policy_permissions(inbox: str) -> Permissions:
     for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS):
         pub += _kv_write(bucket)
     pub += _kv_read(subjects.BUCKET_JWKS)
+    # policy may start before authn: it creates the (empty) JWKS bucket it watches, as authn
+    # would; it never writes, updates or deletes it
+    pub.append(f"$JS.API.STREAM.CREATE.{kv_stream(subjects.BUCKET_JWKS)}")
     sub = [
         *_service(inbox, "meshssh.policy.v1.req.>"),
         subjects.HEARTBEAT_ALL,

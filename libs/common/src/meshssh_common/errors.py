@@ -6,8 +6,8 @@ on the requesting side, so ``except Denied`` works across a process boundary.
 
 Example::
 
-    with nats_boundary(subjects.POLICY_REGISTER):
-        msg = await nc.request(subjects.POLICY_REGISTER, payload, timeout=2)
+    with nats_boundary(subjects.POLICY_META):
+        msg = await nc.request(subjects.POLICY_META, payload, timeout=2)
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Requesting: :func:`request` encodes, sends, and raises the typed error named by 
 Example::
 
     svc = await start_micro(ctx, "policy")
-    await add_endpoint(ctx, svc, "register", subjects.POLICY_REGISTER, RegisterRequest, handle)
-    reply = await request(nc, subjects.POLICY_REGISTER, req, RegisterReply)
+    await add_endpoint(ctx, svc, "meta", subjects.POLICY_META, MetaUpdate, handle)
+    reply = await request(nc, subjects.POLICY_META, req, MetaReply)
 """
 
 from __future__ import annotations

@@ -3,15 +3,14 @@
 The seed is the demo's: groups ``servers`` and ``users``, a setup key for each
 (:data:`SERVER_KEY` puts a peer into ``servers`` with SSH enabled, :data:`LAPTOP_KEY` into
 ``users``), and one policy: ``users`` reach ``servers`` on TCP 22 (and so 22022). A test runs
-its agent with ``--setup-key SERVER_KEY`` and ``--management-url policy.api``; a client
-address gets a rule by registering as a laptop with :meth:`Management.register` (over REST,
-as an agent registers), and an address that never registered has none. Policy holds bus keys
-made in ``directory`` (``--bus-keys``, unless given), so it can issue peers their NATS
-credentials (:attr:`Management.bus`).
+its agent with ``--setup-key SERVER_KEY``; a client address gets a rule by registering as a
+laptop with :meth:`Management.register` (over REST, as an agent registers), and an address
+that never registered has none. Policy signs peers' NATS JWTs and revocations with the
+server's bus keys (``--bus-keys``).
 
 Example::
 
-    policy = await Management.start(services, nats_url, nc, tmp_path, mesh_prefix="127.0.0.0/8")
+    policy = await Management.start(services, nats_server, nc, tmp_path, mesh_prefix="127.0.0.0/8")
     await policy.register("laptop", "127.0.0.3")
     ...  # meshssh up --setup-key SERVER_KEY --name server ...
     await policy.patch_peer("server", ssh_enabled=False)
@@ -33,6 +32,7 @@ from meshssh_common import codec
 from meshssh_common.bus_keys import BusKeys
 from meshssh_common.nats_jwt import Prefix, new_key
 from meshssh_common.wire import PeerFlags, PeerMeta, RegisterReply, RegisterRequest
+from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import ServiceProcess
 
@@ -92,31 +92,30 @@ class Management:
     async def start(
         cls,
         services: ServiceFactory,
-        nats_url: str,
+        nats: NatsServer,
         nc: NATS,
         directory: Path,
         *,
         mesh_prefix: str = "127.0.0.0/8",
         bus_keys: Path | None = None,
-        nats_creds: Path | None = None,
     ) -> Management:
-        """Start meshssh-policy on ``nats_url`` with the seed (written into ``directory``).
+        """Start meshssh-policy as the policy identity, with the seed in ``directory``.
 
-        ``bus_keys``: the bus directory (None: one made in ``directory``); ``nats_creds``: the
-        identity policy connects with (None: none, for a server without auth).
+        ``bus_keys``: the bus directory policy signs with (None: the server's, or for an open
+        server one made in ``directory``).
         """
         directory.mkdir(parents=True, exist_ok=True)
         seed = directory / "policy-seed.json"
         seed.write_text(json.dumps(_SEED))
+        if bus_keys is None and nats.keys is not None:
+            bus_keys = nats.keys.dir
         if bus_keys is None:
             bus_keys = directory / "bus"
             if not (bus_keys / "meta.json").exists():
                 BusKeys.create(bus_keys)
-        creds = ("--nats-creds", str(nats_creds)) if nats_creds is not None else ()
         proc = await services.start(
             "meshssh-policy",
-            "--nats-url",
-            nats_url,
+            *nats.flags("policy"),
             "--listen",
             "127.0.0.1:0",
             "--seed",
@@ -125,7 +124,6 @@ class Management:
             mesh_prefix,
             "--bus-keys",
             str(bus_keys),
-            *creds,
             env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         found = re.search(r"api listening.*url=(http://\S+)", proc.output())

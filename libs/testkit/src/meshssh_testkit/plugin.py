@@ -3,9 +3,11 @@
 Registered through the ``pytest11`` entry point of meshssh-testkit, so every test in the
 workspace has these fixtures:
 
-- ``nats_server``: a fresh nats-server with JetStream (store in ``tmp_path``), stopped after;
+- ``nats_server``: a fresh nats-server with JetStream and authentication on (store and bus keys
+  in ``tmp_path``), stopped after; services get ``nats_server.flags("policy")`` (URL, creds,
+  CA), peers ``nats_server.peer_creds(peer_id)``;
 - ``nats_url``: its URL;
-- ``nc``: a NATS client connected to it, closed after;
+- ``nc``: a NATS client connected to it as the admin identity, closed after;
 - ``openssh``: an :class:`OpenSSH` helper (skips locally, fails under CI, if ssh is missing);
 - ``services``: a factory that starts service subprocesses and stops them all after.
 """
@@ -16,7 +18,6 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -38,7 +39,7 @@ def need_tool(available: bool, what: str) -> None:
 
 @pytest.fixture
 async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    """A nats-server with JetStream on a port it picked itself."""
+    """A nats-server with JetStream and auth on, on a port it picked itself."""
     server = await NatsServer.start(tmp_path / "nats-store")
     try:
         yield server
@@ -53,10 +54,10 @@ def nats_url(nats_server: NatsServer) -> str:
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    """A NATS client connected to the test's nats-server."""
-    client = await nats.connect(
-        nats_url, name="test", max_reconnect_attempts=-1, reconnect_time_wait=0.2
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A NATS client connected to the test's nats-server (the admin identity: everything)."""
+    client = await nats_server.connect(
+        "admin", name="test", max_reconnect_attempts=-1, reconnect_time_wait=0.2
     )
     try:
         yield client

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from meshssh_common import codec
-from meshssh_common.errors import Unavailable
+from meshssh_common.errors import BadRequest, Unavailable
 from meshssh_common.wire import RegisterRequest
 from meshssh_policy.api_deps import MgmtDep
 from meshssh_policy.bus_revocations import BusRevocations
@@ -54,9 +54,11 @@ async def register(request: Request, mgmt: MgmtDep) -> Response:
 
     The reply holds its id, credential, map and a NATS user JWT for ``nats_key``.
     """
-    body = await request.body()
-    if len(body) > _MAX_BODY:
-        body = body[:_MAX_BODY]  # fails to decode: refused as malformed
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise BadRequest(f"a registration is at most {_MAX_BODY // 1024} KiB")
     req = codec.decode(body, RegisterRequest)
     reply = await mgmt.registrar.register(req)
     return Response(codec.encode(reply), media_type="application/json")
