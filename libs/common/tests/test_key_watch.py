@@ -221,7 +221,7 @@ async def test_a_restart_resyncs_including_a_put_the_subscription_missed(
             servers=[nats_server.url, dead_url],
             dont_randomize=True,
             max_reconnect_attempts=-1,
-            reconnect_to_server_handler=pick,  # type: ignore[arg-type]
+            reconnect_to_server_handler=pick,
         )
         writer = await nats.connect(nats_server.url, max_reconnect_attempts=-1)
         try:
