@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -429,6 +430,7 @@ async def main() -> int:
             await proc.stop()
         await nc.close()
         await server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
     ms = 1000

@@ -245,3 +245,22 @@ async def test_a_restart_resyncs_including_a_put_the_subscription_missed(
         finally:
             await writer.close()
             await follower_nc.close()
+
+
+async def test_followers_cancelled_mid_read_all_end(nc: NATS) -> None:
+    """nats-py's request can swallow a cancellation (3.11's wait_for); the watch raises it."""
+    raw = await open_bucket(nc.jetstream(), "t-kw-cancel")
+    await raw.put("k", b'{"serial": 1}')
+    for _ in range(3):
+        watches = [meta_watch(nc, "t-kw-cancel", resync_every=0.001) for _ in range(200)]
+        runs = [asyncio.create_task(_drain(w)) for w in watches]
+        await asyncio.sleep(0.5)  # reading all the time
+        for run in runs:
+            run.cancel()
+        _, pending = await asyncio.wait(runs, timeout=10)
+        assert not pending, f"{len(pending)} followers did not end"
+
+
+async def _drain(watch: KeyWatch[Meta]) -> None:
+    async for _ in watch.follow():
+        pass

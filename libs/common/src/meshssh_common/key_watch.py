@@ -71,6 +71,7 @@ T = TypeVar("T")
 _DELETE_OPS: Final = ("DEL", "PURGE")
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
+_HANDOVER_YIELDS = 50
 # Failures of a read that mean "NATS is away": follow() retries these and raises the rest.
 _OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 _RECONNECTED: Final = object()  # put on a watch's queue by Reconnects
@@ -153,7 +154,7 @@ class KeyWatch(Generic[T]):
         self._resync_every = resync_every
         self._get_timeout = get_timeout
         self._reconnects = reconnects
-        # What was last reported: None (nothing yet), or (value held?, its version, its bytes).
+        # The value last reported, as (its version, its bytes); None: none held.
         self._held: tuple[float | None, bytes] | None = None
         self._reported = False
         self._bad: bytes | None = None
@@ -185,8 +186,11 @@ class KeyWatch(Generic[T]):
             Exception: anything but an outage (a bug, for example in ``on_bad_value``).
         """
         queue: asyncio.Queue[object] = asyncio.Queue()
+        handed = 0  # messages nats-py has handed to deliver()
 
         async def deliver(msg: Msg) -> None:
+            nonlocal handed
+            handed += 1
             queue.put_nowait(msg)
 
         reconnects = self._reconnects or Reconnects(self._nc)
@@ -201,12 +205,19 @@ class KeyWatch(Generic[T]):
                     try:
                         sub = await self._nc.subscribe(self.subject, cb=deliver)
                     except _OUTAGE as e:
+                        _raise_if_cancelling()
                         failing = _report(e, failing, on_retry)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, _MAX_DELAY)
                         continue
                 if time.monotonic() >= get_at:
-                    # Messages heard before the read are older than what it finds.
+                    # Messages heard before the read are older than what it finds: let
+                    # nats-py hand them over (bounded: one it dropped never comes), report
+                    # them, then read.
+                    for _ in range(_HANDOVER_YIELDS):
+                        if handed >= sub.delivered:
+                            break
+                        await asyncio.sleep(0)
                     while not queue.empty():
                         if (event := self._heard(queue.get_nowait())) is not None:
                             yield event
@@ -214,10 +225,12 @@ class KeyWatch(Generic[T]):
                     try:
                         stored = await self.get()
                     except _OUTAGE as e:
+                        _raise_if_cancelling()
                         failing = _report(e, failing, on_retry)
                         get_at = time.monotonic() + delay
                         delay = min(delay * 2, _MAX_DELAY)
                     else:
+                        _raise_if_cancelling()
                         failing, delay = False, _FIRST_DELAY
                         get_at = time.monotonic() + self._resync_every * random.uniform(0.9, 1.1)
                         # A live message that overtook the read is newer than what it found.
@@ -284,6 +297,17 @@ def _report(error: Exception, failing: bool, on_retry: Callable[[Exception], Non
     if not failing:
         (on_retry or _log_retry)(error)
     return True
+
+
+def _raise_if_cancelling() -> None:
+    """Raise the cancellation that nats-py swallowed.
+
+    3.11's ``wait_for`` in ``request`` and nats-py's flush path can return normally from a
+    cancelled call: a follower cancelled mid-read would carry on and hang a shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _log_retry(error: Exception) -> None:
