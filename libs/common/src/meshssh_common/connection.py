@@ -7,20 +7,28 @@ before nats-server does.
 Example::
 
     nc = await connect_nats(settings.nats_url, name="sshd/node-1", metrics=m, log=log)
+
+With a creds file, replies arrive under the identity's own inbox prefix
+(``_INBOX_<user public key>``, the only inbox its permissions let it subscribe to). With a CA,
+``tls://`` servers are verified against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 import time
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
 
+from meshssh_common.bus_permissions import inbox_prefix
+from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.nats_jwt import read_creds
 
 __all__ = ["NATS", "NatsEvent", "connect_nats"]
 
@@ -40,6 +48,7 @@ async def connect_nats(
     metrics: ServiceMetrics | None = None,
     log: BoundLogger | None = None,
     creds: Path | None = None,
+    ca: Path | None = None,
     retry_initial: bool = True,
     connect_timeout: float = 2.0,
 ) -> NATS:
@@ -50,13 +59,29 @@ async def connect_nats(
         name: the client name shown in NATS monitoring.
         metrics: counts connection events and tracks the connected gauge.
         log: receives a line per connection event.
-        creds: a NATS credentials file (production deployments).
+        creds: a NATS credentials file (the identity; see docs/security.md).
+        ca: the CA certificate that signed the server's TLS certificate.
         retry_initial: keep trying the first connection (with backoff up to 2 s).
         connect_timeout: seconds per connection attempt.
 
     Returns:
         A connected client that reconnects forever.
+
+    Raises:
+        ConfigError: the creds file or the CA cannot be used.
     """
+    options: dict[str, object] = {}
+    if creds is not None:
+        try:
+            options["inbox_prefix"] = inbox_prefix(read_creds(creds).public_key)
+        except ValueError as e:
+            raise ConfigError("--nats-creds", str(e)) from e
+        options["user_credentials"] = str(creds)
+    if ca is not None:
+        try:
+            options["tls"] = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError("--nats-ca", f"cannot use {ca}: {e}") from e
     last_logged: dict[str, float] = {}
 
     def event(what: NatsEvent, detail: str = "") -> None:
@@ -92,7 +117,7 @@ async def connect_nats(
             nc = await nats.connect(
                 servers=servers,
                 name=name,
-                user_credentials=str(creds) if creds else None,
+                **options,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -103,7 +128,10 @@ async def connect_nats(
                 reconnected_cb=reconnected,
                 error_cb=error,
             )
-        except (OSError, nats.errors.NoServersError, TimeoutError) as e:
+        except (OSError, nats.errors.Error, TimeoutError) as e:
+            if "authorization violation" in str(e).lower():
+                # a refused identity is not an outage: say so instead of retrying forever
+                raise ConfigError("--nats-creds", f"the NATS server refused them: {e}") from e
             if not retry_initial:
                 raise
             if log is not None:

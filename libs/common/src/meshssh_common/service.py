@@ -138,6 +138,7 @@ async def run_service(
                     metrics=metrics,
                     log=log,
                     creds=settings.nats_creds,
+                    ca=settings.nats_ca,
                 )
             )
             stopper = tg.create_task(stop.wait())

@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
     nats_creds: Path | None = Field(
         None, validation_alias="MESHSSH_NATS_CREDS", description="NATS credentials file"
     )
+    nats_ca: Path | None = Field(
+        None,
+        validation_alias="MESHSSH_NATS_CA",
+        description="CA certificate (PEM) that signed the NATS server's TLS certificate",
+    )
     ops_listen: HostPort = Field(
         "127.0.0.1:9100", description="HOST:PORT of /healthz, /readyz and /metrics"
     )

@@ -1,23 +1,32 @@
-"""Entry point of meshssh-policy: management plane: peers, groups, policies, network maps."""
+"""Entry point of meshssh-policy: the management plane, or ``meshssh-policy init`` (bus keys)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
-from meshssh_common.service import service_main
-from meshssh_policy.server import serve
-from meshssh_policy.settings import PolicySettings
+from meshssh_policy.bus_init import init_main
 
 __all__ = ["main"]
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run meshssh-policy; exit 0 on a clean stop, 1 on a crash, 2 on a bad setting."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["init"]:
+        return init_main(args[1:])
+    # Imported here so that `init` starts fast (no web or NATS stack).
+    from meshssh_common.service import service_main
+    from meshssh_policy.server import serve
+    from meshssh_policy.settings import PolicySettings
+
     return service_main(
         "policy",
         PolicySettings,
         serve,
-        description="meshssh management plane: peers, groups, policies, network maps",
+        args,
+        description="meshssh management plane: peers, groups, policies, network maps "
+        "(`meshssh-policy init --help` makes the bus's keys)",
     )
 
 

@@ -87,6 +87,8 @@ class RemotePeer(Part, frozen=True, kw_only=True):
     mesh_ip: MeshIp
     ssh_host_key: str = ""  # OpenSSH public key line, "ssh-ed25519 AAAA..."
     ssh_enabled: bool = False
+    ssh_port: Port = 0  # from the peer's metadata (0: unknown)
+    relay_port: Port = 0
 
 
 class SourcePeer(Part, frozen=True, kw_only=True):

@@ -48,6 +48,8 @@ class PeerMeta(Part, frozen=True, kw_only=True):
     flags: PeerFlags = msgspec.field(default_factory=PeerFlags)
     hostname: str = ""
     os: str = ""
+    ssh_port: Port = 0  # where its sshd listens (shown to other peers in their maps)
+    relay_port: Port = 0
 
 
 class RegisterRequest(Wire, tag="policy.register.v1", frozen=True, kw_only=True):
@@ -60,6 +62,7 @@ class RegisterRequest(Wire, tag="policy.register.v1", frozen=True, kw_only=True)
     setup_key: str = ""
     peer_id: str = ""
     credential: str = ""
+    nats_key: str = ""  # the peer's NATS user public key ("U..."); its seed stays on the peer
 
 
 class RegisterReply(Wire, tag="policy.registered.v1", frozen=True, kw_only=True):
@@ -68,6 +71,8 @@ class RegisterReply(Wire, tag="policy.registered.v1", frozen=True, kw_only=True)
     peer_id: PeerId
     credential: str
     netmap: NetworkMap
+    nats_jwt: str = ""  # the peer's NATS user JWT for ``nats_key`` (write it as nats.creds)
+    nats_expires_at: float = 0.0  # when that JWT expires (renew before)
 
 
 class MetaUpdate(Wire, tag="policy.meta.v1", frozen=True, kw_only=True):
