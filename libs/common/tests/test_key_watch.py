@@ -9,6 +9,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -18,12 +19,17 @@ from nats.aio.client import Server
 from nats.js.api import KeyValueConfig
 
 from meshssh_common import subjects, wire
+from meshssh_common.bus_keys import BusKeys
+from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
+from meshssh_common.connection import connect_nats
 from meshssh_common.errors import WireError
 from meshssh_common.key_watch import KeyEvent, KeyWatch
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.nats_jwt import Prefix, new_key, write_creds
 from meshssh_common.peer_map import PeerMap
+from meshssh_common.wire import NetworkMap
 from meshssh_testkit import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
 
@@ -264,3 +270,66 @@ async def test_followers_cancelled_mid_read_all_end(nc: NATS) -> None:
 async def _drain(watch: KeyWatch[Meta]) -> None:
     async for _ in watch.follow():
         pass
+
+
+async def test_a_peer_follows_its_own_map_with_only_its_permissions(tmp_path: Path) -> None:
+    """Auth on (the bus keys, a peer identity minted with ``peer_permissions``): the key watch
+    reads the peer's own map and keys, and nothing but those subjects is needed. The fixture
+    server has no auth yet, so this test starts its own."""
+    keys = BusKeys.create(tmp_path / "bus")
+    conf = tmp_path / "nats.conf"
+    config = keys.server_config(port=-1, store=tmp_path / "js", resolver=tmp_path / "jwt")
+    # NatsServer passes the store on its command line (-js -sd): drop the config's own.
+    conf.write_text("\n".join(x for x in config.splitlines() if not x.startswith("jetstream")))
+    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
+    admin = await connect_nats(server.url, name="admin", creds=keys.creds("admin"))
+    peer_key = new_key(Prefix.USER)
+    peer_creds = tmp_path / "p1.creds"
+    jwt = keys.mint(
+        peer_key.public,
+        name="p1",
+        permissions=peer_permissions("p1", inbox_prefix(peer_key.public)),
+    )
+    write_creds(peer_creds, jwt, peer_key.seed)
+    peer = await connect_nats(server.url, name="p1", creds=peer_creds)
+    try:
+        await put_map(admin, make_map(1, peer_id="p1"))
+        await put_map(admin, make_map(1, peer_id="p2"))
+        await open_bucket(admin.jetstream(), subjects.BUCKET_JWKS)
+        metrics = ServiceMetrics("test")
+        maps = PeerMap(log=service_logger("test"), metrics=metrics)
+        task = asyncio.create_task(maps.follow(peer, "p1"))
+        other = KeyWatch(
+            peer,
+            subjects.BUCKET_NETMAPS,
+            subjects.netmap_key("p2"),
+            NetworkMap,
+            version=lambda m: m.serial,
+            get_timeout=0.5,
+        )
+        try:
+            async with following(other) as refused:  # type: ignore[arg-type]
+                assert await maps.wait_received(5.0)
+                await put_map(admin, make_map(2, peer_id="p1"))
+                await put_map(admin, make_map(2, peer_id="p2"))
+                async with asyncio.timeout(5):
+                    while maps.serial != 2:
+                        await asyncio.sleep(0.02)
+                await asyncio.sleep(1.0)  # the other peer's key: reads time out, nothing heard
+                assert (refused.values, refused.synced) == ([], 0)
+                assert len(refused.retries) == 1
+                assert await consumers(admin, subjects.BUCKET_NETMAPS) == []
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        jwks = KeyWatch(
+            peer, subjects.BUCKET_JWKS, subjects.JWKS_KEY, wire.JwksSnapshot, version=None
+        )
+        async with following(jwks) as f:  # type: ignore[arg-type]
+            await f.until(lambda f: f.synced >= 1)
+            assert f.values == [None]
+            assert f.retries == []
+    finally:
+        await peer.close()
+        await admin.close()
+        await server.stop()
