@@ -8,29 +8,16 @@ budgets, replicated JetStream state in prod) hold in the built output.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from meshssh_testkit.plugin import need_tool
-from meshssh_testkit.process import run_command_sync
-
-ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["dev", "prod"]
 K8S_VERSION = "1.33"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-
-
-def build(overlay: str) -> list[dict[str, Any]]:
-    need_tool(shutil.which("kubectl") is not None, "kubectl (kustomize)")
-    out = run_command_sync(
-        "kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay), check=True
-    )
-    return [d for d in yaml.safe_load_all(out.out) if d]
+Build = Callable[[str], list[dict[str, Any]]]  # the `kustomize` fixture (conftest)
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -38,8 +25,8 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
-    return request.param, build(request.param)
+def overlay(request: pytest.FixtureRequest, kustomize: Build) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, kustomize(request.param)
 
 
 def test_every_object_validates_against_the_kubernetes_schemas_in_strict_mode(
@@ -109,9 +96,11 @@ def test_network_policies_deny_by_default(overlay: tuple[str, list[dict[str, Any
     assert "nats" in policies
 
 
-def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev() -> None:
+def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev(
+    kustomize: Build,
+) -> None:
     for overlay, replicas in (("dev", "1"), ("prod", "3")):
-        docs = build(overlay)
+        docs = kustomize(overlay)
         setup = by_kind(docs, "ConfigMap")["jetstream-setup"]["data"]
         assert setup["REPLICAS"] == replicas
         for bucket in ("meshssh-netmaps", "meshssh-peers", "meshssh-jwks"):
@@ -120,9 +109,9 @@ def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev() -> 
         assert "jetstream-setup" in by_kind(docs, "Job")
 
 
-def test_prod_does_not_ship_generated_secrets() -> None:
-    assert "meshssh-secrets" not in by_kind(build("prod"), "Secret")
-    assert "meshssh-secrets" in by_kind(build("dev"), "Secret")
+def test_prod_does_not_ship_generated_secrets(kustomize: Build) -> None:
+    assert "meshssh-secrets" not in by_kind(kustomize("prod"), "Secret")
+    assert "meshssh-secrets" in by_kind(kustomize("dev"), "Secret")
 
 
 def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs(

@@ -1,8 +1,9 @@
 """A private CA and a server certificate for the bus's TLS (``meshssh-policy init --tls-host``).
 
 Writes ``ca.crt``, ``ca.key``, ``server.crt`` and ``server.key`` (keys 0600) into a directory.
-Hosts that parse as IP addresses become IP SANs, the others DNS SANs. ECDSA P-256, SHA-256;
-the CA lives ten years, the server certificate one (rotate by running init for TLS again).
+Hosts that parse as IP addresses become IP SANs, the others DNS SANs. The certificate serves
+clients and, for a cluster's routes (mutual TLS), is presented as a client certificate too.
+ECDSA P-256, SHA-256; the CA lives ten years, the server certificate one.
 
 Example::
 
@@ -91,7 +92,12 @@ def write_tls_files(directory: Path, hosts: Sequence[str], *, days: int = 365) -
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
