@@ -36,6 +36,7 @@ from static_link import issued, write_launcher, write_link
 from meshssh_agent.peers import PeerEntry
 from meshssh_agent.ssh_config import DropIn, install, render
 from meshssh_common import codec, subjects
+from meshssh_common.audit_stream import ensure_audit_stream
 from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.ssh_auth import build_table
@@ -165,6 +166,7 @@ async def start_peer(
     sources: tuple[str, ...] = ("127.0.0.0/8",),
 ) -> Peer:
     issuer = Issuer(Ed25519PrivateKey.generate())
+    await ensure_audit_stream(nc.jetstream())  # policy's part: sshd only publishes to it
     kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
     await kv.put(
         subjects.JWKS_KEY,

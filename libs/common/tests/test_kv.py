@@ -188,3 +188,13 @@ async def test_an_encoded_value_is_stored_as_is(nc: NATS) -> None:
     entry = await kv.get("k")
     assert entry is not None
     assert (entry.value, entry.revision) == (wire.MetaReply(serial=4), rev)
+
+
+async def test_a_snapshot_leaves_no_consumer_behind(nc: NATS) -> None:
+    kv = TypedKV(await open_bucket(nc.jetstream(), "t-snapshot"), wire.MetaReply)
+    await kv.put("k", wire.MetaReply(serial=1))
+    assert set(await kv.values()) == {"k"}
+    js = nc.jetstream()
+    async with asyncio.timeout(30):  # the server drops it 5 s after the snapshot's end
+        while (await js.stream_info("KV_t-snapshot")).state.consumer_count:
+            await asyncio.sleep(0.5)

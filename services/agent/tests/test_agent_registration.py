@@ -2,8 +2,9 @@
 
 The management plane is the real meshssh-policy (testkit ``Management``, signing with the
 test nats-server's bus keys, auth on); the agent reaches it through a recording HTTP front
-(``registration_front``), so each test sees exactly what went over the wire. Where a test watches renewals and expiries, the front
-shortens the JWTs policy issues to a few seconds (policy's shortest lifetime is 60 s).
+(``registration_front``), so each test sees exactly what went over the wire. Where a test
+watches renewals and expiries, the front shortens the JWTs policy issues to a few seconds
+(policy's shortest lifetime is 60 s).
 """
 
 from __future__ import annotations

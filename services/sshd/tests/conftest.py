@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
+from meshssh_common.audit_stream import ensure_audit_stream
 from meshssh_common.host_keys import HostKey
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
@@ -377,15 +378,20 @@ def new_issuer() -> Any:
 
 @pytest.fixture
 async def mesh(nc: NATS, issuer: Issuer) -> Mesh:
-    """The mesh state with the test issuer's keys in ``meshssh-jwks``."""
+    """The mesh state with the test issuer's keys in ``meshssh-jwks``.
+
+    It stands in for policy, which makes the audit stream (sshd only publishes to it).
+    """
+    await ensure_audit_stream(nc.jetstream())
     m = Mesh(nc, issuer)
     await m.publish_jwks()
     return m
 
 
 @pytest.fixture
-def bare_mesh(nc: NATS, issuer: Issuer) -> Mesh:
-    """The mesh state without keys (authn publishes its own)."""
+async def bare_mesh(nc: NATS, issuer: Issuer) -> Mesh:
+    """The mesh state without keys (authn publishes its own), with the audit stream."""
+    await ensure_audit_stream(nc.jetstream())
     return Mesh(nc, issuer)
 
 

@@ -1,7 +1,8 @@
 """The ``MESHSSH_AUDIT`` JetStream stream: one definition for every process that needs it.
 
-sshd publishes audit events into it and policy consumes accepted logins from it; whichever
-starts first creates it, with the same configuration, and a race between them is harmless.
+policy creates it at start (it consumes accepted logins from it); sshd only publishes into it
+(a peer's credentials cannot create streams). Tests that run sshd without policy call this
+in policy's stead. Creators racing each other is harmless.
 
 Example::
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -27,20 +28,18 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
-from meshssh_common.logs import BoundLogger
 
-__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket", "open_existing_bucket"]
+__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket"]
 
 T = TypeVar("T")
 
 _DELETE_OPS = ("DEL", "PURGE")
-_FIRST_DELAY = 0.2
-_MAX_DELAY = 2.0
+_SNAPSHOT_LINGER = 5.0
 # Failures of a watch that mean "NATS is away": follow() retries these and raises the rest.
 _OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 _log = logging.getLogger(__name__)
@@ -55,10 +54,15 @@ async def open_bucket(
     replicas: int = 1,
     storage: StorageType = StorageType.FILE,
     ttl: float | None = None,
+    direct: bool = True,
 ) -> KeyValue:
     """Open a KV bucket, creating it (file storage) when it does not exist yet.
 
     ``ttl`` (seconds), when given, makes a created bucket forget values that old.
+    ``direct`` makes the bucket answer direct gets (``allow_direct``: what
+    :class:`~meshssh_common.key_watch.KeyWatch` reads with, no consumer needed); an existing
+    bucket made without it is updated to allow them (when this identity may: a refusal is
+    logged, not raised).
 
     Concurrent creators are safe: the server treats an identical create as idempotent.
 
@@ -67,40 +71,44 @@ async def open_bucket(
     """
     try:
         try:
-            return await js.key_value(name)
-        except nats.js.errors.BucketNotFoundError:
+            info = await js.stream_info(_stream(name))
+        except nats.js.errors.NotFoundError:
             return await js.create_key_value(
                 KeyValueConfig(
-                    bucket=name, history=history, replicas=replicas, storage=storage, ttl=ttl
+                    bucket=name,
+                    history=history,
+                    replicas=replicas,
+                    storage=storage,
+                    ttl=ttl,
+                    direct=direct,
                 )
             )
+        if direct and not info.config.allow_direct:
+            await _allow_direct(js, name, info.config)
+        return await js.key_value(name)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
 
 
-async def open_existing_bucket(
-    js: JetStreamContext, name: str, *, log: BoundLogger | None = None
-) -> KeyValue:
-    """Bind to bucket ``name``, waiting (with backoff, until cancelled) until it exists.
+def _stream(bucket: str) -> str:
+    return f"KV_{bucket}"
 
-    Never creates it: the management plane owns its configuration (replicas, history).
+
+async def _allow_direct(js: JetStreamContext, name: str, config: StreamConfig) -> None:
+    """Make an existing bucket answer direct gets; a refusal is logged, not raised.
+
+    Only the bucket's owner may change it (policy reads ``meshssh-jwks`` but authn owns it):
+    the others carry on, and peers' reads fail until the owner has updated it.
     """
-    delay = _FIRST_DELAY
-    warned = False
-    while True:
-        try:
-            return await js.key_value(name)
-        except (
-            nats.js.errors.BucketNotFoundError,
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError,
-        ) as e:
-            if log is not None and not warned:
-                log.warning("waiting for bucket", extra={"bucket": name, "error": repr(e)})
-                warned = True
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _MAX_DELAY)
+    try:
+        await js.update_stream(dataclasses.replace(config, allow_direct=True))
+    except nats.errors.Error as e:
+        _log.warning(
+            "bucket does not answer direct gets and could not be updated",
+            extra={"bucket": name, "error": repr(e)},
+        )
+        return
+    _log.info("bucket now answers direct gets", extra={"bucket": name})
 
 
 class Encoded(bytes):
@@ -258,7 +266,10 @@ class TypedKV(Generic[T]):
             keys: a key or a pattern (``peer.*``, ``>``).
             initial_only: stop after the ``initial_done`` marker (a consistent snapshot).
         """
-        watcher = await self.kv.watch(keys)
+        # A snapshot's consumer goes 5 s after its last use (nats-py's default keeps every
+        # ephemeral watch consumer 5 min: policy's load of the maps stayed on the map bucket).
+        linger = _SNAPSHOT_LINGER if initial_only else None
+        watcher = await self.kv.watch(keys, inactive_threshold=linger)
         try:
             while True:
                 entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]

@@ -7,11 +7,13 @@ replays after a resync are ignored. A deleted key means the peer was removed: th
 None (which refuses everything: fail closed) and the serial goes back to 0, so a re-registered
 peer's fresh maps apply. Listeners run after each applied change with ``(old, new)``.
 
-:meth:`PeerMap.follow` binds to the existing bucket and never creates it (a peer's
-credentials could not, and a creator would pick the wrong replicas): it waits until the
-management plane has made it. The watch starts again after every NATS reconnect (a KV watch
-can stay silent for ~15 s after nats-server came back, and a disabled peer must stop within
-seconds), so the current value is delivered again: a resync.
+:meth:`PeerMap.follow` reads the key with a :class:`~meshssh_common.key_watch.KeyWatch`:
+a direct get plus a plain subscription, no JetStream consumer and nothing a peer's permissions
+must not allow. It never creates the bucket (a peer's credentials could not, and a creator
+would pick the wrong replicas): until the management plane has made it, the reads fail and
+are retried. The key is read again after every NATS reconnect (a disabled peer must stop
+within seconds) and every ``resync_every`` seconds: a resync, whose replayed serial is not
+applied twice.
 
 Example::
 
@@ -34,7 +36,7 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.errors import BadReason, WireError
-from meshssh_common.kv import TypedKV, open_existing_bucket
+from meshssh_common.key_watch import KeyWatch, Reconnects
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
@@ -51,7 +53,7 @@ class PeerMap:
     def __init__(self, *, log: BoundLogger, metrics: ServiceMetrics) -> None:
         self.current: NetworkMap | None = None
         self.serial = 0
-        self.received = asyncio.Event()  # set once the watch has reported what KV holds
+        self.received = asyncio.Event()  # set once a read has reported what KV holds
         self._log = log
         self._metrics = metrics
         self._listeners: list[MapListener] = []
@@ -118,17 +120,37 @@ class PeerMap:
                 return True
         return False
 
-    async def follow(self, nc: NATS, peer_id: str) -> None:
+    async def follow(
+        self,
+        nc: NATS,
+        peer_id: str,
+        *,
+        resync_every: float = 30.0,
+        reconnects: Reconnects | None = None,
+    ) -> None:
         """Feed this map from ``peer_id``'s key in KV until cancelled (see the module docstring).
 
+        Args:
+            nc: the connection to read with (its identity may read only this key).
+            peer_id: whose map to follow.
+            resync_every: seconds between the safety-net reads of the key.
+            reconnects: a shared reconnect poller (many maps on one connection, benches).
+
         Raises:
-            Exception: whatever :meth:`TypedKV.follow` does not retry (a bug, not an outage).
+            Exception: whatever :meth:`KeyWatch.follow` does not retry (a bug, not an outage).
         """
-        bucket = await open_existing_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS, log=self._log)
-        kv = TypedKV(bucket, NetworkMap, on_bad_value=self._bad_value)
-        key = subjects.netmap_key(peer_id)
-        async for event in kv.follow(key, nc, on_retry=self._watch_broke):
-            if event.initial_done:
+        watch = KeyWatch(
+            nc,
+            subjects.BUCKET_NETMAPS,
+            subjects.netmap_key(peer_id),
+            NetworkMap,
+            version=_serial,
+            on_bad_value=self._bad_value,
+            resync_every=resync_every,
+            reconnects=reconnects,
+        )
+        async for event in watch.follow(on_retry=self._watch_broke):
+            if event.synced:
                 self.received.set()
             elif event.value is None:
                 self.drop()
@@ -149,4 +171,8 @@ class PeerMap:
         )
 
     def _watch_broke(self, error: Exception) -> None:
-        self._log.warning("network map watch broke; retrying", extra={"error": repr(error)})
+        self._log.warning("network map read failed; retrying", extra={"error": repr(error)})
+
+
+def _serial(netmap: NetworkMap) -> int:
+    return netmap.serial

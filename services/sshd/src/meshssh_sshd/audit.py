@@ -2,13 +2,13 @@
 
 Recording never blocks an SSH session: :meth:`AuditLog.emit` queues the event (dropping it,
 counted, when the bounded queue is full) and one publisher task sends it to
-``meshssh.audit.v1.evt.<kind>.<peer>`` with a JetStream ack. The stream is created at start
-when missing (file storage); an existing stream is used as it is.
+``meshssh.audit.v1.evt.<kind>.<peer>`` with a JetStream ack. sshd never creates the stream
+(a peer's credentials may only publish its own audit subjects): policy does. While it is
+missing, each publish fails, and is counted (``audit_events{result="failed"}``) and logged.
 
 Example::
 
     audit = AuditLog(ctx.js, "p1", metrics, log)
-    await audit.ensure_stream()
     audit.emit("auth-accepted", local_user="alice", jwt_user="u-1", method="password")
 """
 
@@ -24,7 +24,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from meshssh_common import codec, subjects
-from meshssh_common.audit_stream import ensure_audit_stream
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
 from meshssh_sshd.cancellation import raise_if_cancelling
@@ -46,10 +45,6 @@ class AuditLog:
         self._metrics = metrics
         self._log = log
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(_QUEUE_SIZE)
-
-    async def ensure_stream(self) -> None:
-        """Create the ``MESHSSH_AUDIT`` stream unless it exists (safe to race with others)."""
-        await ensure_audit_stream(self._js)
 
     def emit(self, kind: AuditKind, **fields: Any) -> None:
         """Queue one event of ``kind``; the fields are those of :class:`AuditEvent`."""

@@ -24,7 +24,7 @@ Metric ``jwks_refreshes_total{result}`` per call: ``fetched`` (the kid arrived),
 
 Example::
 
-    keys = JwksWatch(ctx.nc, ctx.js, metrics, log)
+    keys = JwksWatch(ctx.nc, ctx.metrics, metrics, log)
     validator = keys.validator_for(netmap.peer.jwt)   # None until keys arrive
     if await keys.refresh("kid-2"):
         validator = keys.validator_for(netmap.peer.jwt)
@@ -39,13 +39,12 @@ import time
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 from meshssh_common import subjects
 from meshssh_common.errors import BadReason, MeshError, WireError
 from meshssh_common.jwt_validation import JwtValidator
+from meshssh_common.key_watch import KeyWatch
 from meshssh_common.kid_misses import KidMisses
-from meshssh_common.kv import TypedKV, open_existing_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
@@ -90,7 +89,6 @@ class JwksWatch:
     def __init__(
         self,
         nc: NATS,
-        js: JetStreamContext,
         base: ServiceMetrics,
         metrics: SshdMetrics,
         log: BoundLogger,
@@ -101,7 +99,6 @@ class JwksWatch:
         wait: float = 5.0,
     ) -> None:
         self._nc = nc
-        self._js = js
         self._base = base
         self._metrics = metrics
         self._log = log
@@ -111,7 +108,7 @@ class JwksWatch:
         self._wait = wait
         self._changed = asyncio.Condition()
         self._initial = asyncio.Event()
-        self._revision = 0
+        self._revision = 0  # counts applied snapshots: the validator cache's key
         self._cache: tuple[int, JwtConfig, JwtValidator] | None = None
         self._misses = KidMisses(_MAX_KIDS_REMEMBERED)
         self._next: _Batch | None = None  # collecting kids, not sent yet
@@ -250,19 +247,26 @@ class JwksWatch:
             await self._tasks.close()
 
     async def _watch(self) -> None:
-        # Bound, never created: authn owns the bucket's configuration. follow() restarts the
-        # watch after a NATS reconnect, so rotated keys are not held up by a silent watch.
-        kv = await open_existing_bucket(self._js, subjects.BUCKET_JWKS, log=self._log)
-        typed = TypedKV(kv, JwksSnapshot, on_bad_value=self._bad_value)
-        async for event in typed.follow(subjects.JWKS_KEY, self._nc, on_retry=self._broke):
-            if event.initial_done:
+        # A direct get plus a plain subscription (no consumer, nothing beyond a peer's
+        # permissions); read again after every reconnect, so rotated keys are not held up.
+        # Never creates the bucket: authn owns it. No version: the latest stored snapshot
+        # wins (fetched_at is a wall clock of whichever authn replica fetched).
+        watch = KeyWatch(
+            self._nc,
+            subjects.BUCKET_JWKS,
+            subjects.JWKS_KEY,
+            JwksSnapshot,
+            version=None,
+            on_bad_value=self._bad_value,
+        )
+        async for event in watch.follow(on_retry=self._broke):
+            if event.synced:
                 self._initial.set()
                 continue
             async with self._changed:
                 self.snapshot = event.value
-                self._revision = event.revision
+                self._revision += 1
                 self._changed.notify_all()
-            self._initial.set()
             if event.value is None:
                 self._log.warning("JWKS snapshot deleted: JWT logins will fail")
             else:

@@ -95,7 +95,7 @@ class SshServer:
         metrics = SshdMetrics(ctx.metrics)
         js = ctx.js
         maps = PeerMap(log=log, metrics=ctx.metrics)
-        keys = JwksWatch(ctx.nc, js, ctx.metrics, metrics, log, requester=settings.peer_id)
+        keys = JwksWatch(ctx.nc, ctx.metrics, metrics, log, requester=settings.peer_id)
         sftp = find_sftp_server(str(settings.sftp_server) if settings.sftp_server else None)
         if settings.enable_ssh_sftp and sftp is None:
             log.warning(
@@ -160,10 +160,6 @@ class SshServer:
             core.log,
             interval=settings.sessions_report_interval,
         )
-        try:
-            await core.audit.ensure_stream()
-        except Exception as e:  # JetStream down: events fail (counted) until it is back
-            core.log.warning("audit stream not ready", extra={"error": repr(e)})
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(core.maps.follow(self.ctx.nc, settings.peer_id))
