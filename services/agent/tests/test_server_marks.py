@@ -47,9 +47,14 @@ NAMES = ("Demo-Server", "demo-server", "127.0.0.2")  # as the map spells it, low
 
 
 def listing(directory: Path) -> set[str]:
-    if not directory.exists():
-        return set()
-    return {f"{p.parent.name}/{p.name}" for p in directory.glob("*/*")}
+    for _ in range(100):  # the agent may be removing a port directory while this reads it
+        try:
+            if not directory.exists():
+                return set()
+            return {f"{p.parent.name}/{p.name}" for p in directory.glob("*/*")}
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"{directory} kept changing while being listed")
 
 
 def test_the_match_line_tests_the_marker_before_it_starts_detect(tmp_path: Path) -> None:
