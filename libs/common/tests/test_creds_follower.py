@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,10 @@ from meshssh_testkit import NatsServer
 
 
 @pytest.fixture
-async def bus(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, BusKeys]]:
-    keys = BusKeys.create(tmp_path / "bus")
-    (tmp_path / "jwt").mkdir()
-    text = keys.server_config(port=-1, store=tmp_path / "js", resolver=tmp_path / "jwt")
-    conf = tmp_path / "nats.conf"  # NatsServer gives the store on its command line
-    conf.write_text("\n".join(line for line in text.splitlines() if "store_dir" not in line))
-    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
-    try:
-        yield server, keys
-    finally:
-        await server.stop()
+def bus(nats_server: NatsServer) -> tuple[NatsServer, BusKeys]:
+    """The testkit's nats-server (JWT auth on) and the keys its account trusts."""
+    assert nats_server.keys is not None
+    return nats_server, nats_server.keys
 
 
 def issue(keys: BusKeys, path: Path, user: Key, ttl: float) -> None:
