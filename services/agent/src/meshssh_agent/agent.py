@@ -322,7 +322,8 @@ class Agent:
 
     async def _keep_renewed(self) -> None:
         async def renew(deadline: float) -> float | None:
-            await self._register("", deadline)
+            reply = await self._register("", deadline)
+            self.maps.offer(reply.netmap)  # a fresh snapshot; applied only if newer
             return self._expires_at
 
         reason = await keep_renewed(
