@@ -188,6 +188,14 @@ async def test_an_unanswering_management_is_retried_and_shown_and_a_refusal_is_f
     assert front.answers[-1] == 403
     assert not (tmp_path / "other" / "nats.creds").exists()
 
+    # A URL that is no management plane (a 404 page, not policy's JSON error) is no outage.
+    wrong = await start_agent(tmp_path / "third", nats_url, front.url + "/not-policy")
+    async with asyncio.timeout(20):
+        code = await wrong.proc.wait()
+    await wrong.stop()
+    assert code == 1
+    assert "registration refused: http_404: Not Found" in wrong.output()
+
 
 async def test_renewals_rewrite_the_creds_and_keep_agent_and_children_on_an_auth_on_bus(
     tmp_path: Path, nats_url: str, policy: Management, front: RegistrationFront
