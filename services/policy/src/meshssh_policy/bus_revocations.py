@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = ["KEY", "REPUSH_EVERY", "BusRevocations", "Revocation", "check_user_ke
 KEY = "revocations"
 REPUSH_EVERY = 60.0
 _ATTEMPTS = 50
+_JITTER = 0.02  # seconds, at most, before another compare-and-set after losing one
 _RETRY_FIRST, _RETRY_MAX = 0.2, 5.0
 _TICK = 1.0  # how often the pusher looks at the system connection's reconnect count
 _USER_KEY_LEN = 56
@@ -170,6 +172,21 @@ class BusRevocations:
             self.log.warning("bus revocation not pushed yet", extra={"error": str(e)})
         return stored
 
+    async def revoke_removed(self, public_key: str, *, until: float) -> None:
+        """Revoke a removed peer's key now, or, should KV not answer, in the background.
+
+        The peer is gone already, so its removal must not fail for this: :meth:`run` keeps
+        trying (and every replica's engine queues the same revocation when it sees the removal).
+        """
+        try:
+            await self.revoke(public_key, until=until)
+        except Unavailable as e:
+            self.log.warning(
+                "bus revocation not stored yet; retrying in the background",
+                extra={"public_key": public_key, "error": str(e)},
+            )
+            self.revoke_soon(public_key, until=until)
+
     def revoke_soon(self, public_key: str, *, until: float) -> None:
         """Queue a revocation for :meth:`run` (stored and pushed in the background, retried)."""
         at = int(time.time())
@@ -193,6 +210,7 @@ class BusRevocations:
                 else:
                     await self.kv.update(KEY, current, last=entry.revision)
             except Conflict:
+                await asyncio.sleep(random.uniform(0, _JITTER))
                 continue
             self.metrics.bus_revocations.inc()
             self.log.info("bus key revoked", extra={"public_key": public_key, "at": at})

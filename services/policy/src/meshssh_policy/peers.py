@@ -172,6 +172,7 @@ class PeerOps:
         await self.store.mutate(self.store.peers, peer_key(peer_id), change)
         key = removed[-1].nats_key if removed else ""
         if key and self.revocations is not None:
-            await self.revocations.revoke(key, until=time.time() + MAX_PEER_CREDS_TTL + 60)
+            until = time.time() + MAX_PEER_CREDS_TTL + 60
+            await self.revocations.revoke_removed(key, until=until)
         await self.claims.release_peer(peer_id, current.mesh_ip, current.name)
         await forget_member(self.store, peer=peer_id)

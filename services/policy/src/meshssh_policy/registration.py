@@ -286,9 +286,6 @@ class Registrar:
         current = entry.value if entry is not None else None
         self._verify(current, req.credential, req.peer_id)
         assert current is not None
-        # Before the record moves to the new key: should the write fail, the old key is gone
-        # anyway (fail closed), and a retry finds nothing left to revoke.
-        await self._revoke_replaced(current.nats_key, nats_key)
         if mesh_ip != current.mesh_ip:
             await self._take_address(mesh_ip, current.id)
         name = current.name
@@ -308,6 +305,9 @@ class Registrar:
                 nats_key=nats_key,
             )
 
+        # Before the record moves to the new key: should the write fail, the old key is gone
+        # anyway (fail closed), and a retry finds nothing left to revoke.
+        await self._revoke_replaced(current.nats_key, nats_key)
         peer = await self.store.mutate(self.store.peers, peer_key(current.id), change)
         assert peer is not None
         if mesh_ip != current.mesh_ip:
