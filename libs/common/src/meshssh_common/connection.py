@@ -16,10 +16,12 @@ With a creds file, replies arrive under the identity's own inbox prefix
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -31,6 +33,10 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.nats_jwt import read_creds
 
 __all__ = ["NATS", "NatsEvent", "connect_nats"]
+
+
+class _Refused(Exception):
+    """The server refused the identity on the first connection (Authorization Violation)."""
 
 
 class NatsEvent(enum.StrEnum):
@@ -70,7 +76,7 @@ async def connect_nats(
     Raises:
         ConfigError: the creds file or the CA cannot be used.
     """
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if creds is not None:
         try:
             options["inbox_prefix"] = inbox_prefix(read_creds(creds).public_key)
@@ -108,29 +114,39 @@ async def connect_nats(
         event(NatsEvent.RECONNECTED)
 
     async def error(e: Exception) -> None:
+        if not holder and "authorization violation" in str(e).lower():
+            # nats-py retries a refused first connection forever when reconnects are on;
+            # raising here ends its connect loop (see below).
+            raise _Refused(str(e)) from e
         event(NatsEvent.ERROR, repr(e))
 
     servers = [s.strip() for s in url.split(",") if s.strip()]
+    connect_kw: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        **options,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": connect_timeout,
+        "ping_interval": 5,
+        "max_outstanding_pings": 2,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+    }
     delay = 0.1
     while True:
+        nc = NATS()
         try:
-            nc = await nats.connect(
-                servers=servers,
-                name=name,
-                **options,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=connect_timeout,
-                ping_interval=5,
-                max_outstanding_pings=2,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
+            await nc.connect(**connect_kw)
+        except _Refused as e:
+            # a refused identity is not an outage: say so instead of retrying forever
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ConfigError("--nats-creds", f"the NATS server refused them: {e}") from e
         except (OSError, nats.errors.Error, TimeoutError) as e:
             if "authorization violation" in str(e).lower():
-                # a refused identity is not an outage: say so instead of retrying forever
                 raise ConfigError("--nats-creds", f"the NATS server refused them: {e}") from e
             if not retry_initial:
                 raise
