@@ -7,7 +7,9 @@ terminal closed), also while still starting:
    made once into <run>/bus (as `meshssh-policy init --dir <run>/bus` does), the server runs
    from their config on loopback (plaintext), and an anonymous client is refused; policy and
    authn connect with their own creds (`<run>/bus/policy.creds`, `authn.creds`), operators'
-   scripts with `<run>/bus/admin.creds`;
+   scripts with `<run>/bus/admin.creds`; policy signs the peers' JWTs with them
+   (`--bus-keys <run>/bus`), and each peer's agent connects with the identity it registered
+   for (`<state-dir>/nats.creds`);
 2. meshssh-authn with its embedded OIDC provider and the demo users alice and bob (passwords
    generated once, kept in <run>/demo-passwords.json, mode 0600);
 3. meshssh-policy with the demo seed (setup keys, groups `servers` and `users`, a policy that
@@ -247,13 +249,9 @@ async def start_peer(
         stdout=log,
         stderr=log,
         start_new_session=True,
-        env={
-            **os.environ,
-            "MESHSSH_SETUP_KEY": str(peer["setup_key"]),
-            # Until agents register over REST and mint their own identity (nats.creds in the
-            # state dir), they share the admin identity; such an agent ignores this variable.
-            "MESHSSH_NATS_CREDS": str(nats.creds("admin")),
-        },
+        # The agent registers over REST and connects with the identity it gets there
+        # (<state-dir>/nats.creds): it needs no creds from here.
+        env={**os.environ, "MESHSSH_SETUP_KEY": str(peer["setup_key"])},
     )
     log.close()
     started.append(proc)
@@ -361,6 +359,8 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
                 str(SEED),
                 "--mesh-prefix",
                 "127.0.0.0/8",
+                "--bus-keys",  # it signs the peers' JWTs at registration and revokes them
+                str(keys.dir),
                 "--log-format",
                 "json",
                 "--admin-users",
