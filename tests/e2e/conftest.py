@@ -213,6 +213,8 @@ async def dash(
     policy = await services.start(
         "meshssh-policy",
         *nats_server.flags("policy"),
+        "--bus-keys",  # policy signs the peers' JWTs when they register
+        str(nats_server.creds("policy").parent),  # the bus keys directory
         "--listen",
         f"127.0.0.1:{port}",
         "--seed",

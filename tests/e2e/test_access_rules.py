@@ -247,6 +247,8 @@ async def mesh(
         policy = await services.start(
             "meshssh-policy",
             *nats_server.flags("policy"),
+            "--bus-keys",  # policy signs the peers' JWTs when they register
+            str(nats_server.creds("policy").parent),  # the bus keys directory
             "--listen",
             "127.0.0.1:0",
             "--seed",
