@@ -4,8 +4,9 @@ rule and no process behind.
 
 Peer A's agent runs inside A's namespace (NATS is the test's nats-server, forwarded onto A's
 loopback); the management plane is the real meshssh-policy (``Management``, in the root
-namespace on that nats-server): A registers with the server key, B's 100.64.0.2 is a
-registered laptop, so the policy's rule admits it. The SSH server is the agent's meshssh-sshd
+namespace on that nats-server, its REST API forwarded onto A's loopback as NATS is): A
+registers with the server key, B's 100.64.0.2 is a registered laptop, so the policy's rule
+admits it. The SSH server is the agent's meshssh-sshd
 (``--disable-ssh-auth``: machine identity, so the network ACL alone decides); B also holds
 100.64.0.3, a source the map has no rule for (it never registered), which sshd must refuse.
 """
@@ -16,6 +17,7 @@ import asyncio
 import getpass
 import json
 import shutil
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,9 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
 ) -> None:
     policy = await Management.start(services, nats_server, nc, tmp_path, mesh_prefix=PREFIX)
     await policy.register("laptop", B_IP)
+    # The agent registers over REST: policy's API forwarded onto A's loopback too.
+    api = urllib.parse.urlsplit(policy.api)
+    api_forward = await PortForward.start(mesh.a, (api.hostname or "", api.port or 0))
     state = tmp_path / "a-state"
     agent = await AgentProcess.start(
         state,
@@ -94,8 +99,8 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
         "server",
         "--nats-url",
         mesh.nats_url,
-        "--nats-creds",
-        str(mesh.nats_creds),
+        "--management-url",
+        f"http://127.0.0.1:{api_forward.port}",
         "--setup-key",
         SERVER_KEY,
         "--allow-server-ssh",
@@ -146,6 +151,7 @@ async def test_up_uses_the_kernel_redirect_and_down_leaves_no_rule_and_no_proces
             assert not pid_alive(pid)
     finally:
         await agent.stop()
+        await api_forward.stop()
 
 
 def agent_host_key(state: Path) -> str:

@@ -68,6 +68,8 @@ async def peer(
         "--name",
         "server",
         *nats_server.flags(),
+        "--management-url",
+        policy.api,
         "--setup-key",
         SERVER_KEY,
         "--ssh-port",
