@@ -327,3 +327,21 @@ async def test_two_replicas_revoke_at_once_and_lose_nothing(
     finally:
         for nc in conns:
             await nc.close()
+
+
+async def test_a_peer_record_deleted_behind_the_api_is_revoked_too(
+    policy: PolicyFactory, nats_server: NatsServer, nc: NATS, seed_file: Path, tmp_path: Path
+) -> None:
+    replica = await start(policy, seed_file)
+    key = new_key(Prefix.USER)
+    reg = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
+    peer_nc = await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
+    try:
+        peers = await nc.jetstream().key_value(subjects.BUCKET_PEERS)
+        await peers.delete(f"peer.{reg.peer_id}")  # not through policy: its engine sees it
+        await closed_by_revocation(peer_nc)
+    finally:
+        await peer_nc.close()
+    async with replica.client() as api:
+        listed = (await api.get("/api/v1/bus/revocations")).json()
+    assert [r["public_key"] for r in listed] == [key.public]
