@@ -3,7 +3,11 @@
 Starts, each as its own process, stopped in reverse order on Ctrl-C, SIGTERM or SIGHUP (the
 terminal closed), also while still starting:
 
-1. nats-server with JetStream (store in <run>/nats);
+1. nats-server with JetStream (store in <run>/nats) and authentication on: the bus keys are
+   made once into <run>/bus (as `meshssh-policy init --dir <run>/bus` does), the server runs
+   from their config on loopback (plaintext), and an anonymous client is refused; policy and
+   authn connect with their own creds (`<run>/bus/policy.creds`, `authn.creds`), operators'
+   scripts with `<run>/bus/admin.creds`;
 2. meshssh-authn with its embedded OIDC provider and the demo users alice and bob (passwords
    generated once, kept in <run>/demo-passwords.json, mode 0600);
 3. meshssh-policy with the demo seed (setup keys, groups `servers` and `users`, a policy that
@@ -44,6 +48,7 @@ from pathlib import Path
 import httpx
 from demo_lock import DemoBusy, DemoLock, port_in_use
 
+from meshssh_common.bus_keys import BusKeys
 from meshssh_common.secret_files import write_secret_file
 from meshssh_testkit import NatsServer, ServiceProcess, script
 from meshssh_testkit.ports import free_port
@@ -179,9 +184,16 @@ async def wait_http(url: str, timeout: float = 30) -> None:
             await asyncio.sleep(0.2)
 
 
-async def start_nats(store: Path) -> NatsServer:
+def bus_keys(directory: Path) -> BusKeys:
+    """The demo's bus keys: made on the first run (``meshssh-policy init``), kept after."""
+    if (directory / "operator.jwt").exists():
+        return BusKeys.load(directory)
+    return BusKeys.create(directory)
+
+
+async def start_nats(store: Path, keys: BusKeys) -> NatsServer:
     """Start nats-server; a stop request while it starts waits for it, then stops it."""
-    task = asyncio.ensure_future(NatsServer.start(store))
+    task = asyncio.ensure_future(NatsServer.start(store, keys=keys))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -193,7 +205,7 @@ async def start_nats(store: Path) -> NatsServer:
 async def start_peer(
     demo: Demo,
     name: str,
-    nats_url: str,
+    nats: NatsServer,
     ops: dict[str, str],
     started: list[asyncio.subprocess.Process],
 ) -> None:
@@ -224,7 +236,7 @@ async def start_peer(
         "--management-url",
         f"http://{demo.api}",
         "--nats-url",
-        nats_url,
+        nats.url,
         "--state-dir",
         str(state),
         "--relay-port",
@@ -235,7 +247,13 @@ async def start_peer(
         stdout=log,
         stderr=log,
         start_new_session=True,
-        env={**os.environ, "MESHSSH_SETUP_KEY": str(peer["setup_key"])},
+        env={
+            **os.environ,
+            "MESHSSH_SETUP_KEY": str(peer["setup_key"]),
+            # Until agents register over REST and mint their own identity (nats.creds in the
+            # state dir), they share the admin identity; such an agent ignores this variable.
+            "MESHSSH_NATS_CREDS": str(nats.creds("admin")),
+        },
     )
     log.close()
     started.append(proc)
@@ -317,12 +335,12 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
     peers: list[asyncio.subprocess.Process] = []
     nats: NatsServer | None = None
     try:
-        nats = await start_nats(demo.run / "nats")
+        keys = bus_keys(demo.run / "bus")
+        nats = await start_nats(demo.run / "nats", keys)
         services.append(
             await ServiceProcess.start(
                 "meshssh-authn",
-                "--nats-url",
-                nats.url,
+                *nats.flags("authn"),
                 "--listen",
                 demo.provider,
                 "--users-file",
@@ -336,8 +354,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
         services.append(
             await ServiceProcess.start(
                 "meshssh-policy",
-                "--nats-url",
-                nats.url,
+                *nats.flags("policy"),
                 "--listen",
                 demo.api,
                 "--seed",
@@ -357,7 +374,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
         peer_ops: dict[str, dict[str, str]] = {}
         for name, peer in PEERS.items():
             ops = {p: "http://" + free_listen("127.0.0.1:0") for p in ["agent", *peer["children"]]}
-            await start_peer(demo, name, nats.url, ops, peers)
+            await start_peer(demo, name, nats, ops, peers)
             peer_ops[name] = ops
         cfg = await ssh_config(demo)
         endpoints: dict[str, object] = {
@@ -381,7 +398,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
                 }
                 for name, peer in PEERS.items()
             },
-            "nats_creds": {},  # the bus runs without credentials until issue 14
+            "nats_creds": {role: str(keys.creds(role)) for role in ("policy", "authn")},
         }
         path = demo.run / "endpoints.json"  # holds the admin token and passwords: 0600
         write_secret_file(path, json.dumps(endpoints, indent=2) + "\n")  # atomic

@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
+from meshssh_common.nats_jwt import read_creds
 from meshssh_testkit.dashboard import sign_in
 from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.process import terminate
@@ -195,6 +198,10 @@ async def demo(tmp_path: Path) -> AsyncIterator[DemoRun]:
             assert not left, f"left running: {left}\n{run.text()}"
 
 
+async def ignore(error: Exception) -> None:
+    """An error callback for a connection expected to be refused (nats-py logs it otherwise)."""
+
+
 def ops_urls(endpoints: dict[str, object]) -> dict[str, str]:
     """Every ops URL in endpoints.json, named ``service`` or ``peer/process``."""
     urls = {name: str(url) for name, url in endpoints["ops"].items()}  # type: ignore[attr-defined]
@@ -223,6 +230,16 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
     ):
         assert key in e, key
     assert set(e["ops"]) == {"policy", "authn"}  # type: ignore[arg-type]
+    # The bus has authentication on: services have their own creds, strangers are refused.
+    creds: dict[str, str] = e["nats_creds"]  # type: ignore[assignment]
+    assert set(creds) == {"policy", "authn"}
+    assert len({read_creds(Path(p)).public_key for p in creds.values()}) == 2  # two identities
+    anonymous = NATS()
+    try:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await anonymous.connect(str(e["nats_url"]), allow_reconnect=False, error_cb=ignore)
+    finally:
+        await anonymous.close()
     peers: dict[str, dict[str, object]] = e["peers"]  # type: ignore[assignment]
     assert set(peers) == {"demo-server", "demo-laptop"}
     for name, peer in peers.items():

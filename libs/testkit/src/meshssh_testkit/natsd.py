@@ -92,6 +92,7 @@ class NatsServer:
         auth: bool = True,
         tls: bool = False,
         port: int = -1,
+        keys: BusKeys | None = None,
         timeout: float = 10.0,
     ) -> NatsServer:
         """Start a server with JetStream on ``port`` (-1: it picks) storing in ``store``.
@@ -103,12 +104,14 @@ class NatsServer:
             auth: decentralized JWT auth (False: anyone may connect; say why in the test).
             tls: serve ``tls://`` with a certificate from the bus's own CA (:attr:`ca`).
             port: the port (-1: the server picks one).
+            keys: bus keys made before (``make run`` keeps its own); None: fresh ones.
             timeout: seconds to wait for "Server is ready".
         """
         if tls and not auth:
             raise ValueError("tls=True needs auth=True (the CA comes with the bus keys)")
-        keys = None
-        if auth:
+        if keys is not None and not auth:
+            raise ValueError("keys= needs auth=True")
+        if auth and keys is None:
             hosts = TLS_HOSTS if tls else ()
             keys = BusKeys.create(store.with_name(f"{store.name}-bus"), tls_hosts=hosts)
         server = cls(store, port, extra, keys, tls)
