@@ -361,6 +361,8 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
                 str(SEED),
                 "--mesh-prefix",
                 "127.0.0.0/8",
+                "--bus-keys",
+                str(keys.dir),
                 "--log-format",
                 "json",
                 "--admin-users",
