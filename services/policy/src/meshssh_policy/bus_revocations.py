@@ -15,7 +15,10 @@ after its system connection reconnects, and every :data:`REPUSH_EVERY` seconds.
 
 Example::
 
-    revocations = await BusRevocations.open(js, nc, keys, settings, metrics, log)
+    revocations = await BusRevocations.open(
+        js, nc, keys, nats_url=url, ca=None, timeout=2.0, metrics=metrics, log=log
+    )
+    tg.create_task(revocations.run())      # pushes on start, on change, periodically
     await revocations.revoke(old_key, until=time.time() + MAX_PEER_CREDS_TTL)
 """
 
@@ -101,7 +104,6 @@ class BusRevocations:
         self.timeout = timeout
         self.metrics = metrics
         self.log = log
-        self.pushed = asyncio.Event()  # set after the first successful push
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._pending: dict[str, tuple[int, int]] = {}  # key -> (at, until), for run()
@@ -235,7 +237,6 @@ class BusRevocations:
             if error:
                 self.metrics.bus_push_failures.inc()
                 raise Unavailable(f"nats-server refused the account update: {error}")
-            self.pushed.set()
 
     async def run(self) -> None:
         """Push now, whenever the stored key changes, after reconnects and periodically."""
