@@ -139,6 +139,7 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     shown = (await ok(meshctl, "peers", "show", "web1")).out
     assert f"id:            {srv}" in shown
     assert "ssh switch:    off" in shown
+    assert re.search(r"^nats key:      U[A-Z0-9]{55}$", shown, re.M)
     enabled = (await ok(meshctl, "--json", "peers", "ssh", "enable", "web1")).json()
     assert (enabled["ssh_enabled"], enabled["ssh_active"]) == (True, True)
 

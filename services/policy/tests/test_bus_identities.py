@@ -94,6 +94,9 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
     assert claims["exp"] == reply.nats_expires_at
     assert before + 43200 - 2 <= reply.nats_expires_at <= time.time() + 43200 + 1
     assert replica.metric("meshssh_policy_peer_creds_issued_total") == 1
+    async with replica.client() as api:
+        shown = (await api.get(f"/api/v1/peers/{reply.peer_id}")).json()
+    assert shown["nats_key"] == key.public
 
     nc = await connect_peer(nats_server, tmp_path, key, reply.nats_jwt)
     try:
