@@ -17,6 +17,7 @@ from meshssh_common.bus_keys import BusKeys
 from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.nats_jwt import (
     Prefix,
+    check_public_key,
     creds_text,
     decode_claims,
     key_from_seed,
@@ -110,3 +111,20 @@ def test_init_makes_every_file_private_and_load_needs_no_identity_seed(tmp_path:
     assert claims["nats"]["revocations"] == {"UABC": 1}
     with pytest.raises(FileExistsError):
         BusKeys.create(d)
+
+
+def test_check_public_key_takes_only_a_well_formed_key_of_its_kind() -> None:
+    user = new_key(Prefix.USER)
+    assert check_public_key(user.public, Prefix.USER) == user.public
+    bad = [
+        "",
+        "U" * 56,  # a bad checksum
+        user.public[:-1] + ("A" if user.public[-1] != "A" else "B"),
+        user.seed,  # a seed is no public key
+        new_key(Prefix.ACCOUNT).public,
+        user.public + "A",
+        "U\u00e9" + user.public[2:],
+    ]
+    for text in bad:
+        with pytest.raises(ValueError, match="not an nkey public key"):
+            check_public_key(text, Prefix.USER)

@@ -94,6 +94,9 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
     assert claims["exp"] == reply.nats_expires_at
     assert before + 43200 - 2 <= reply.nats_expires_at <= time.time() + 43200 + 1
     assert replica.metric("meshssh_policy_peer_creds_issued_total") == 1
+    async with replica.client() as api:
+        shown = (await api.get(f"/api/v1/peers/{reply.peer_id}")).json()
+    assert shown["nats_key"] == key.public
 
     nc = await connect_peer(nats_server, tmp_path, key, reply.nats_jwt)
     try:
@@ -106,24 +109,30 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
 
 async def test_peer_creds_ttl_sets_the_lifetime(policy: PolicyFactory, seed_file: Path) -> None:
     replica = await start(policy, seed_file, peer_creds_ttl=600)
+    before = time.time()
     reply = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY)
-    assert time.time() + 590 <= reply.nats_expires_at <= time.time() + 601
+    assert before + 599 <= reply.nats_expires_at <= time.time() + 600
 
 
-@pytest.mark.parametrize(
-    "nats_key",
-    [
-        "",
-        "not-a-key",
-        new_key(Prefix.ACCOUNT).public,  # an account key, not a user's
-        new_key(Prefix.USER).public[:-1] + "A",  # a broken checksum
-        new_key(Prefix.USER).seed,  # a seed must never travel
-    ],
-    ids=["empty", "garbage", "account-key", "bad-checksum", "seed"],
-)
+def _broken_checksum() -> str:
+    good = new_key(Prefix.USER).public
+    return good[:-1] + ("B" if good[-1] == "A" else "A")
+
+
+BAD_NATS_KEYS = {
+    "empty": lambda: "",
+    "garbage": lambda: "not-a-key",
+    "account-key": lambda: new_key(Prefix.ACCOUNT).public,  # an account's, not a user's
+    "bad-checksum": _broken_checksum,
+    "seed": lambda: new_key(Prefix.USER).seed,  # a seed must never travel
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_NATS_KEYS))
 async def test_a_bad_nats_key_is_refused_with_400(
-    policy: PolicyFactory, seed_file: Path, nats_key: str
+    policy: PolicyFactory, seed_file: Path, kind: str
 ) -> None:
+    nats_key = BAD_NATS_KEYS[kind]()
     replica = await start(policy, seed_file)
     with pytest.raises(BadRequest, match=r"nats_key: .* is not a NATS user public key"):
         await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=nats_key)
@@ -279,8 +288,10 @@ async def test_the_admin_revocation_endpoint_needs_the_token_and_cuts_a_service_
             body = r.json()
             assert (body["public_key"], body["revoked"], body["until"]) == (old_key, True, 0)
             await closed_by_revocation(service)
-            again = await api.post("/api/v1/bus/revocations", json={"public_key": old_key})
-            assert again.json()["new"] is False
+            again = (await api.post("/api/v1/bus/revocations", json={"public_key": old_key})).json()
+            assert again["new"] is (again["at"] > body["at"])  # it moves on with the clock only
+            listed = (await api.get("/api/v1/bus/revocations")).json()
+            assert [r["public_key"] for r in listed] == [old_key]
     finally:
         await service.close()
 
@@ -327,3 +338,21 @@ async def test_two_replicas_revoke_at_once_and_lose_nothing(
     finally:
         for nc in conns:
             await nc.close()
+
+
+async def test_a_peer_record_deleted_behind_the_api_is_revoked_too(
+    policy: PolicyFactory, nats_server: NatsServer, nc: NATS, seed_file: Path, tmp_path: Path
+) -> None:
+    replica = await start(policy, seed_file)
+    key = new_key(Prefix.USER)
+    reg = await register_rest(replica, "srv1", "127.0.0.2", SERVER_KEY, nats_key=key)
+    peer_nc = await connect_peer(nats_server, tmp_path, key, reg.nats_jwt)
+    try:
+        peers = await nc.jetstream().key_value(subjects.BUCKET_PEERS)
+        await peers.delete(f"peer.{reg.peer_id}")  # not through policy: its engine sees it
+        await closed_by_revocation(peer_nc)
+    finally:
+        await peer_nc.close()
+    async with replica.client() as api:
+        listed = (await api.get("/api/v1/bus/revocations")).json()
+    assert [r["public_key"] for r in listed] == [key.public]

@@ -94,6 +94,7 @@ def peer_detail(p: dict[str, Any]) -> str:
         f"groups:        {', '.join(p['groups']) or '-'}",
         f"relay:         {p.get('relay_mode') or '-'}",
         f"host key:      {p['ssh_host_key'] or '-'}",
+        f"nats key:      {p.get('nats_key') or '-'}",
         f"sessions:      {len(p.get('sessions', []))}",
     ]
     for s in p.get("sessions", []):

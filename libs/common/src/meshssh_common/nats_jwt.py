@@ -36,6 +36,7 @@ __all__ = [
     "Key",
     "Prefix",
     "account_jwt",
+    "check_public_key",
     "creds_text",
     "decode_claims",
     "key_from_seed",
@@ -136,6 +137,27 @@ def _verify_key(public: str) -> Ed25519PublicKey:
     if int.from_bytes(raw[33:], "little") != nkeys.crc16(raw[:33]):
         raise ValueError("bad nkey checksum")
     return Ed25519PublicKey.from_public_bytes(raw[1:33])
+
+
+def check_public_key(text: str, prefix: Prefix) -> str:
+    """``text`` if it is an nkey public key of kind ``prefix`` (``U…`` for a user).
+
+    Raises:
+        ValueError: anything else (another kind, a seed, a bad checksum, garbage).
+    """
+    if len(text) != 56 or not text.isascii() or not text.isalnum():
+        raise ValueError("not an nkey public key")
+    try:
+        raw = base64.b32decode(text)
+    except ValueError as e:
+        raise ValueError("not an nkey public key") from e
+    if raw[0] != int(prefix):
+        raise ValueError(f"not an nkey public key of kind {prefix.name.lower()}")
+    try:
+        _verify_key(text)  # the checksum
+    except ValueError as e:
+        raise ValueError(f"not an nkey public key: {e}") from e
+    return text
 
 
 def decode_claims(jwt: str) -> dict[str, Any]:

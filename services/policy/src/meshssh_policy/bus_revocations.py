@@ -15,14 +15,16 @@ after its system connection reconnects, and every :data:`REPUSH_EVERY` seconds.
 
 Example::
 
-    revocations = await BusRevocations.open(js, nc, keys, settings, metrics, log)
+    revocations = await BusRevocations.open(
+        js, nc, keys, nats_url=url, ca=None, timeout=2.0, metrics=metrics, log=log
+    )
+    tg.create_task(revocations.run())      # pushes on start, on change, periodically
     await revocations.revoke(old_key, until=time.time() + MAX_PEER_CREDS_TTL)
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import random
@@ -31,7 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
-import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -41,6 +42,7 @@ from meshssh_common.connection import connect_nats
 from meshssh_common.errors import BadRequest, Conflict, Unavailable
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
+from meshssh_common.nats_jwt import Prefix, check_public_key
 from meshssh_policy.metrics import PolicyMetrics
 
 __all__ = ["KEY", "REPUSH_EVERY", "BusRevocations", "Revocation", "check_user_key"]
@@ -51,7 +53,6 @@ _ATTEMPTS = 50
 _JITTER = 0.02  # seconds, at most, before another compare-and-set after losing one
 _RETRY_FIRST, _RETRY_MAX = 0.2, 5.0
 _TICK = 1.0  # how often the pusher looks at the system connection's reconnect count
-_USER_KEY_LEN = 56
 
 
 class Revocation(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,18 +71,12 @@ def check_user_key(text: str) -> str:
     Raises:
         BadRequest: anything else.
     """
-    problem = f"{text[:64]!r} is not a NATS user public key (U..., 56 characters)"
-    if len(text) != _USER_KEY_LEN or not text.startswith("U") or not text.isalnum():
-        raise BadRequest(problem)
     try:
-        raw = base64.b32decode(text)
+        return check_public_key(text, Prefix.USER)
     except ValueError as e:
-        raise BadRequest(problem) from e
-    if raw[0] != nkeys.PREFIX_BYTE_USER or int.from_bytes(raw[33:], "little") != nkeys.crc16(
-        raw[:33]
-    ):
-        raise BadRequest(problem)
-    return text
+        raise BadRequest(
+            f"{text[:64]!r} is not a NATS user public key (U..., 56 characters)"
+        ) from e
 
 
 def _prune(revocations: Mapping[str, Revocation], now: float) -> Revocations:
@@ -109,7 +104,6 @@ class BusRevocations:
         self.timeout = timeout
         self.metrics = metrics
         self.log = log
-        self.pushed = asyncio.Event()  # set after the first successful push
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._pending: dict[str, tuple[int, int]] = {}  # key -> (at, until), for run()
@@ -243,7 +237,6 @@ class BusRevocations:
             if error:
                 self.metrics.bus_push_failures.inc()
                 raise Unavailable(f"nats-server refused the account update: {error}")
-            self.pushed.set()
 
     async def run(self) -> None:
         """Push now, whenever the stored key changes, after reconnects and periodically."""

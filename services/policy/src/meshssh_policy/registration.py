@@ -58,7 +58,7 @@ from meshssh_policy.records import (
     setup_key_id,
     setup_key_key,
 )
-from meshssh_policy.settings import MAX_PEER_CREDS_TTL
+from meshssh_policy.settings import MAX_PEER_CREDS_TTL, PEER_CREDS_TTL
 from meshssh_policy.store import Store
 
 __all__ = ["Registrar", "check_mesh_ip", "normalize_host_key"]
@@ -129,7 +129,7 @@ class Registrar:
         log: BoundLogger,
         bus: BusKeys | None = None,
         revocations: BusRevocations | None = None,
-        creds_ttl: float = MAX_PEER_CREDS_TTL,
+        creds_ttl: float = PEER_CREDS_TTL,
     ) -> None:
         self.store = store
         self.engine = engine
