@@ -33,6 +33,7 @@ Run: ``.venv/bin/python bench/policy_scale.py`` (``make bench B=policy_scale``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import re
@@ -188,6 +189,9 @@ class Followers:
         self.serials: dict[str, int] = {}
         self.delivered: dict[str, float] = {}
         self._synced: set[str] = set()
+        self.retries: collections.Counter[str] = (
+            collections.Counter()
+        )  # failing reads, once a streak
         self._expected = 0
         self._all_synced = asyncio.Event()
         self._want: dict[str, int] = {}
@@ -198,6 +202,7 @@ class Followers:
     async def start(self, url: str, keys: list[str]) -> float:
         """Follow ``keys``; returns the seconds until every one has read its stored map."""
         started = time.perf_counter()
+        self._expected = len(keys)
         for i in range(0, len(keys), PEERS_PER_CONN):
             nc = await nats.connect(url, max_reconnect_attempts=-1)
             self._conns.append(nc)
@@ -205,13 +210,12 @@ class Followers:
             for key in keys[i : i + PEERS_PER_CONN]:
                 watch = KeyWatch(nc, self.bucket, key, NetworkMap, version=_serial, reconnects=bell)
                 self._tasks.append(asyncio.create_task(self._follow(key, watch)))
-        self._expected = len(keys)
         async with asyncio.timeout(300):
             await self._all_synced.wait()
         return time.perf_counter() - started
 
     async def _follow(self, key: str, watch: KeyWatch[NetworkMap]) -> None:
-        async for event in watch.follow():
+        async for event in watch.follow(on_retry=self._retried):
             if event.synced:
                 self._synced.add(key)
                 if len(self._synced) >= self._expected:
@@ -224,6 +228,9 @@ class Followers:
                     del self._want[key]
                     if not self._want:
                         self._done.set()
+
+    def _retried(self, error: Exception) -> None:
+        self.retries[type(error).__name__] += 1
 
     async def wait_for(self, want: dict[str, int], timeout: float = 60) -> dict[str, float]:
         """Wait until every key has a serial >= ``want``'s; returns when each arrived."""
@@ -349,7 +356,11 @@ async def main() -> int:
         keys = [subjects.netmap_key(peer_id(i)) for i in range(PEERS)]
         consumers_before = await netmap_consumers(nc, "before the peers follow")
         sync_s = await peers.start(server.url, keys)
-        print(f"{PEERS} peers following, read in {sync_s:.1f}s", file=sys.stderr)
+        print(
+            f"{PEERS} peers following, read in {sync_s:.1f}s "
+            f"(failing reads, once per streak, then retried: {dict(peers.retries)})",
+            file=sys.stderr,
+        )
         floor_keys = sorted({k for i in range(-1, CHANGES) for k in change_targets(i)[1]})
         await floor_peers.start(server.url, floor_keys)
         floor_kv = await open_bucket(js, FLOOR_BUCKET)
@@ -423,6 +434,10 @@ async def main() -> int:
                 file=sys.stderr,
             )
         consumers = max(consumers, await netmap_consumers(nc, "after the fan-out"))
+        print(
+            f"failing reads (once per streak): {dict(peers.retries + floor_peers.retries)}",
+            file=sys.stderr,
+        )
     finally:
         await peers.stop()
         await floor_peers.stop()
