@@ -15,8 +15,9 @@ The subscription is made first, then the key is read: a write published in betwe
 through the subscription. The key is read again after every reconnect (what was published
 while the connection was down is lost to the subscription; nats-py re-subscribes before the
 reconnect counter moves, so the read comes after the new subscription) and every
-``resync_every`` seconds as a safety net. A read that a live message overtook is dropped
-(the message is newer than what the read found, or the newer one is still on its way).
+``resync_every`` seconds (on average, jittered) as a safety net. A read that a live message
+overtook is dropped (the message is newer than what the read found, or the newer one is
+still on its way).
 
 Ordering is by the payload's own ``version`` (a map's ``serial``) when the caller gives one:
 a value whose version is not above the held one is not reported, so replays never go
@@ -72,6 +73,9 @@ _DELETE_OPS: Final = ("DEL", "PURGE")
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
 _HANDOVER_YIELDS = 50
+# The safety-net read comes after resync_every times this: peers that all read at once (after
+# a nats-server restart) spread out within a few periods instead of reading in step.
+_JITTER = (0.5, 1.5)
 # Failures of a read that mean "NATS is away": follow() retries these and raises the rest.
 _OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 _RECONNECTED: Final = object()  # put on a watch's queue by Reconnects
@@ -232,7 +236,7 @@ class KeyWatch(Generic[T]):
                     else:
                         _raise_if_cancelling()
                         failing, delay = False, _FIRST_DELAY
-                        get_at = time.monotonic() + self._resync_every * random.uniform(0.9, 1.1)
+                        get_at = time.monotonic() + self._resync_every * random.uniform(*_JITTER)
                         # A live message that overtook the read is newer than what it found.
                         event = self._consider(stored) if sub.delivered == heard else None
                         if event is not None:
