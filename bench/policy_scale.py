@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 from nats.js.kv import KeyValue
 
 from meshssh_common import codec, subjects
@@ -131,11 +130,10 @@ async def seed_state(js: Any) -> None:
         await put_all(await open_bucket(js, bucket), items)
 
 
-async def start_policy(url: str, tmp: Path) -> tuple[ServiceProcess, str]:
+async def start_policy(server: NatsServer, tmp: Path) -> tuple[ServiceProcess, str]:
     proc = await ServiceProcess.start(
         "meshssh-policy",
-        "--nats-url",
-        url,
+        *server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--mesh-prefix",
@@ -214,11 +212,11 @@ async def floor_full(js: Any, maps: list[NetworkMap]) -> float:
 async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="policy-scale-"))
     server = await NatsServer.start(tmp / "js")
-    nc = await nats.connect(server.url)
+    nc = await server.connect()
     js = nc.jetstream(timeout=30)
     procs: list[ServiceProcess] = []
     try:
-        idle, _ = await start_policy(server.url, tmp)
+        idle, _ = await start_policy(server, tmp)
         rss_idle = peak_rss_mb(idle)
         await idle.stop()
         t0 = time.perf_counter()
@@ -231,7 +229,7 @@ async def main() -> int:
         for run in range(FULL_RUNS):
             with contextlib.suppress(Exception):
                 await js.delete_key_value(subjects.BUCKET_NETMAPS)
-            proc, api_url = await start_policy(server.url, tmp)
+            proc, api_url = await start_policy(server, tmp)
             match = _INITIAL.search(proc.output())
             assert match, proc.output()
             compute.append(float(match[1]))
