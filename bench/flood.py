@@ -367,8 +367,8 @@ async def main() -> None:
         natsd = await NatsServer.start(tmp / "nats")
         setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, "/bin/sh")
         try:
-            await publish_state(natsd.url, setup)
-            start_meshssh(setup, natsd.url, *os.environ.get("FLOOD_SSHD_ARGS", "").split())
+            await publish_state(natsd, setup)
+            start_meshssh(setup, natsd, *os.environ.get("FLOOD_SSHD_ARGS", "").split())
             report = await run(setup)
         finally:
             for proc in setup.procs:

@@ -47,7 +47,6 @@ from typing import Any
 
 import httpx
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
@@ -150,11 +149,10 @@ async def seed_state(js: Any) -> None:
         await put_all(await open_bucket(js, bucket), items)
 
 
-async def start_policy(url: str, tmp: Path) -> tuple[ServiceProcess, str]:
+async def start_policy(server: NatsServer, tmp: Path) -> tuple[ServiceProcess, str]:
     proc = await ServiceProcess.start(
         "meshssh-policy",
-        "--nats-url",
-        url,
+        *server.flags("policy"),
         "--listen",
         "127.0.0.1:0",
         "--mesh-prefix",
@@ -199,12 +197,15 @@ class Followers:
         self._conns: list[NATS] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, url: str, keys: list[str]) -> float:
-        """Follow ``keys``; returns the seconds until every one has read its stored map."""
+    async def start(self, server: NatsServer, keys: list[str]) -> float:
+        """Follow ``keys``; returns the seconds until every one has read its stored map.
+
+        A connection serves 100 followers, so it is the admin identity, not a peer's.
+        """
         started = time.perf_counter()
         self._expected = len(keys)
         for i in range(0, len(keys), PEERS_PER_CONN):
-            nc = await nats.connect(url, max_reconnect_attempts=-1)
+            nc = await server.connect(max_reconnect_attempts=-1)
             self._conns.append(nc)
             bell = Reconnects(nc)
             for key in keys[i : i + PEERS_PER_CONN]:
@@ -314,13 +315,13 @@ def bumped(maps: dict[str, NetworkMap], serials: dict[str, int], keys: list[str]
 async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="policy-scale-"))
     server = await NatsServer.start(tmp / "js")
-    nc = await nats.connect(server.url)
+    nc = await server.connect()
     js = nc.jetstream(timeout=30)
     procs: list[ServiceProcess] = []
     peers = Followers(subjects.BUCKET_NETMAPS)
     floor_peers = Followers(FLOOR_BUCKET)
     try:
-        idle, _ = await start_policy(server.url, tmp)
+        idle, _ = await start_policy(server, tmp)
         rss_idle = peak_rss_mb(idle)
         await idle.stop()
         t0 = time.perf_counter()
@@ -333,7 +334,7 @@ async def main() -> int:
         for run in range(FULL_RUNS):
             with contextlib.suppress(Exception):
                 await js.delete_key_value(subjects.BUCKET_NETMAPS)
-            proc, api_url = await start_policy(server.url, tmp)
+            proc, api_url = await start_policy(server, tmp)
             match = _INITIAL.search(proc.output())
             assert match, proc.output()
             compute.append(float(match[1]))
@@ -355,14 +356,14 @@ async def main() -> int:
 
         keys = [subjects.netmap_key(peer_id(i)) for i in range(PEERS)]
         consumers_before = await netmap_consumers(nc, "before the peers follow")
-        sync_s = await peers.start(server.url, keys)
+        sync_s = await peers.start(server, keys)
         print(
             f"{PEERS} peers following, read in {sync_s:.1f}s "
             f"(failing reads, once per streak, then retried: {dict(peers.retries)})",
             file=sys.stderr,
         )
         floor_keys = sorted({k for i in range(-1, CHANGES) for k in change_targets(i)[1]})
-        await floor_peers.start(server.url, floor_keys)
+        await floor_peers.start(server, floor_keys)
         floor_kv = await open_bucket(js, FLOOR_BUCKET)
         change: list[float] = []
         change_floor: list[float] = []

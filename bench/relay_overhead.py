@@ -188,7 +188,7 @@ async def wait_log(proc: ServiceProcess, pattern: str, timeout: float = 15) -> r
 @contextlib.asynccontextmanager
 async def nats_with_bucket(root: Path) -> AsyncIterator[tuple[NatsServer, nats.NATS]]:
     server = await NatsServer.start(root / "nats")
-    nc = await nats.connect(server.url)
+    nc = await server.connect()
     await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
     try:
         yield server, nc
@@ -204,8 +204,7 @@ async def bench_proxy(root: Path, client: OpenSSH) -> dict[str, object]:
         await sshd.start()
         relay = await ServiceProcess.start(
             "meshssh-relay",
-            "--nats-url",
-            server.url,
+            *server.flags(),  # admin until the relay reads its map by direct get
             "--peer-id",
             "p1",
             "--listen",
@@ -236,7 +235,7 @@ async def bench_nftables(root: Path, client: OpenSSH) -> dict[str, object] | str
         forward = sshd = relay = None
         try:
             if_a, _ = await veth_pair(a, f"{A_IP}/10", b, f"{B_IP}/10")
-            forward = await PortForward.start(a, ("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            forward = await PortForward.start(a, ("127.0.0.1", server.port))
             await put_map(
                 nc, make_map(1, mesh_ip=A_IP, mesh_prefix="100.64.0.0/10", sources=[f"{B_IP}/32"])
             )
@@ -257,6 +256,8 @@ async def bench_nftables(root: Path, client: OpenSSH) -> dict[str, object] | str
                     f"{A_IP}:22022",
                     "--nats-url",
                     f"nats://127.0.0.1:{forward.port}",
+                    "--nats-creds",
+                    str(server.creds("admin")),
                     "--ops-listen",
                     "127.0.0.1:0",
                 ),

@@ -135,8 +135,8 @@ async def main() -> int:
         natsd = await NatsServer.start(tmp / "nats")
         setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
         try:
-            await sshb.publish_state(natsd.url, setup)
-            sshb.start_meshssh(setup, natsd.url, "--enable-ssh-sftp")
+            await sshb.publish_state(natsd, setup)
+            sshb.start_meshssh(setup, natsd, "--enable-ssh-sftp")
             report = await asyncio.to_thread(bench, setup, tmp)
         finally:
             for proc in setup.procs:

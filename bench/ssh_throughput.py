@@ -46,7 +46,6 @@ from typing import Any
 
 import asyncssh
 import jwt
-import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshssh_common import subjects
@@ -158,8 +157,8 @@ class Setup:
         }
 
 
-async def publish_state(nats_url: str, setup: Setup) -> None:
-    nc = await nats.connect(nats_url)
+async def publish_state(natsd: NatsServer, setup: Setup) -> None:
+    nc = await natsd.connect()  # admin: writes what policy and authn would
     try:
         js = nc.jetstream()
         jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
@@ -196,13 +195,12 @@ async def publish_state(nats_url: str, setup: Setup) -> None:
         await nc.close()
 
 
-def start_meshssh(setup: Setup, nats_url: str, *extra: str) -> None:
+def start_meshssh(setup: Setup, natsd: NatsServer, *extra: str) -> None:
     log = (setup.tmp / "meshssh-sshd.log").open("wb")
     proc = subprocess.Popen(
         [
             script("meshssh-sshd"),
-            "--nats-url",
-            nats_url,
+            *natsd.flags(),  # admin until sshd reads its map by direct get
             "--peer-id",
             "bench",
             "--listen",
@@ -421,8 +419,8 @@ async def main() -> None:
         # "*": no password, but not locked (sshd without PAM refuses locked accounts).
         setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
         try:
-            await publish_state(natsd.url, setup)
-            start_meshssh(setup, natsd.url)
+            await publish_state(natsd, setup)
+            start_meshssh(setup, natsd)
             start_openssh(setup)
             report = await run(setup)
         finally:

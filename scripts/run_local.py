@@ -304,7 +304,7 @@ def print_guide(demo: Demo, nats_url: str, endpoints: dict[str, object], cfg: Pa
     metrics_lines = "\n                    ".join(metrics)
     say(f"""
 meshssh is running (state in {demo.run}; endpoints in {demo.run / "endpoints.json"})
-  nats-server       {nats_url}
+  nats-server       {nats_url}  (auth on; scripts connect with {demo.run / "bus" / "admin.creds"})
   dashboard         http://{demo.api}/  (sign in as alice, an admin; bob reads only)
   API               http://{demo.api}/api/v1  (OpenAPI docs at http://{demo.api}/docs)
   OIDC provider     http://{demo.provider}/.well-known/openid-configuration

@@ -11,8 +11,9 @@ Example::
 
     a, b = await NetNs.create("a"), await NetNs.create("b")
     await veth_pair(a, "100.64.0.1/10", b, "100.64.0.2/10")
-    fwd = await PortForward.start(a, ("127.0.0.1", nats_port))
-    proc = await a.spawn("meshssh-relay", "--nats-url", f"nats://127.0.0.1:{fwd.port}", ...)
+    fwd = await PortForward.start(a, ("127.0.0.1", nats_server.port))
+    proc = await a.spawn("meshssh-relay", "--nats-url", f"nats://127.0.0.1:{fwd.port}",
+                         "--nats-creds", str(nats_server.creds("admin")), ...)
     ...
     await fwd.stop(); await a.delete(); await b.delete()
 """

@@ -7,7 +7,8 @@ the test kit independent of the CLI package and checks the wire format too).
 Example::
 
     agent = await AgentProcess.start(tmp_path / "state", "--mesh-ip", "127.0.0.2",
-                                      "--nats-url", url, "--setup-key", "KEY", "--allow-server-ssh")
+                                      *nats_server.flags(), "--setup-key", "KEY",
+                                      "--allow-server-ssh")
     status = await agent.wait_status(lambda s: s["ssh_running"])
     await agent.stop()
 """

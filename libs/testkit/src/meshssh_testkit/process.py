@@ -11,7 +11,7 @@ log line gives the port.
 Example::
 
     result = await run_command("meshctl", "--json", "peers", env=env, check=True)
-    proc = await ServiceProcess.start("meshssh-relay", "--nats-url", url)
+    proc = await ServiceProcess.start("meshssh-relay", *nats_server.flags())
     await proc.wait_ready()
     code = await proc.stop()          # SIGTERM; returns the exit code
 """
