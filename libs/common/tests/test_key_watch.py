@@ -9,7 +9,6 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import nats
 import nats.errors
@@ -19,15 +18,12 @@ from nats.aio.client import Server
 from nats.js.api import KeyValueConfig
 
 from meshssh_common import subjects, wire
-from meshssh_common.bus_keys import BusKeys
-from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import WireError
 from meshssh_common.key_watch import KeyEvent, KeyWatch
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.nats_jwt import Prefix, new_key, write_creds
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.wire import NetworkMap
 from meshssh_testkit import NatsServer
@@ -225,11 +221,12 @@ async def test_a_restart_resyncs_including_a_put_the_subscription_missed(
 
         follower_nc = await nats.connect(
             servers=[nats_server.url, dead_url],
+            **nats_server.client_options(),
             dont_randomize=True,
             max_reconnect_attempts=-1,
             reconnect_to_server_handler=pick,
         )
-        writer = await nats.connect(nats_server.url, max_reconnect_attempts=-1)
+        writer = await nats_server.connect(max_reconnect_attempts=-1)
         try:
             kv = TypedKV(await open_bucket(writer.jetstream(), "t-kw-restart"), Meta)
             await kv.put("k", Meta(serial=1))
@@ -272,26 +269,13 @@ async def _drain(watch: KeyWatch[Meta]) -> None:
         pass
 
 
-async def test_a_peer_follows_its_own_map_with_only_its_permissions(tmp_path: Path) -> None:
-    """Auth on (the bus keys, a peer identity minted with ``peer_permissions``): the key watch
-    reads the peer's own map and keys, and nothing but those subjects is needed. The fixture
-    server has no auth yet, so this test starts its own."""
-    keys = BusKeys.create(tmp_path / "bus")
-    conf = tmp_path / "nats.conf"
-    config = keys.server_config(port=-1, store=tmp_path / "js", resolver=tmp_path / "jwt")
-    # NatsServer passes the store on its command line (-js -sd): drop the config's own.
-    conf.write_text("\n".join(x for x in config.splitlines() if not x.startswith("jetstream")))
-    server = await NatsServer.start(tmp_path / "js", "-c", str(conf))
-    admin = await connect_nats(server.url, name="admin", creds=keys.creds("admin"))
-    peer_key = new_key(Prefix.USER)
-    peer_creds = tmp_path / "p1.creds"
-    jwt = keys.mint(
-        peer_key.public,
-        name="p1",
-        permissions=peer_permissions("p1", inbox_prefix(peer_key.public)),
-    )
-    write_creds(peer_creds, jwt, peer_key.seed)
-    peer = await connect_nats(server.url, name="p1", creds=peer_creds)
+async def test_a_peer_follows_its_own_map_with_only_its_permissions(
+    nats_server: NatsServer,
+) -> None:
+    """Auth on, a peer identity minted with ``peer_permissions``: the key watch reads the
+    peer's own map and the JWKS key, and nothing but those subjects is needed."""
+    admin = await connect_nats(nats_server.url, name="admin", creds=nats_server.creds("admin"))
+    peer = await connect_nats(nats_server.url, name="p1", creds=nats_server.peer_creds("p1"))
     try:
         await put_map(admin, make_map(1, peer_id="p1"))
         await put_map(admin, make_map(1, peer_id="p2"))
@@ -332,4 +316,3 @@ async def test_a_peer_follows_its_own_map_with_only_its_permissions(tmp_path: Pa
     finally:
         await peer.close()
         await admin.close()
-        await server.stop()
