@@ -48,8 +48,9 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
     nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> None:
     need_tool(prometheus_available(), "prometheus (Debian package)")
+    assert nats_server.keys is not None
     listen = {
-        "policy": ["--listen", "127.0.0.1:0"],
+        "policy": ["--listen", "127.0.0.1:0", "--bus-keys", str(nats_server.keys.dir)],
         "authn": ["--listen", "127.0.0.1:0"],
         "relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
         "sshd": [

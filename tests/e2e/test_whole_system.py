@@ -258,12 +258,8 @@ async def audit_events(nc: NATS) -> list[AuditEvent]:
         await sub.unsubscribe()
 
 
-async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_until_revoked(
-    system: System, nc: NATS
-) -> None:
-    async with httpx.AsyncClient(timeout=5) as http:  # sshd's ops port is the one asked for
-        assert (await http.get(f"http://{system.sshd_ops}/metrics")).status_code == 200
-
+async def sign_in(system: System) -> None:
+    """``meshssh login`` on the laptop, approved the way alice's browser would."""
     login = await asyncio.create_subprocess_exec(
         script("meshssh"),
         "login",
@@ -280,6 +276,15 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
     async with asyncio.timeout(30):
         _, err = await login.communicate()
     assert login.returncode == 0, err
+
+
+@pytest.mark.parametrize("nats_server", ["plaintext", "tls"], indirect=True)
+async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_until_revoked(
+    system: System, nc: NATS
+) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:  # sshd's ops port is the one asked for
+        assert (await http.get(f"http://{system.sshd_ops}/metrics")).status_code == 200
+    await sign_in(system)
 
     rc, out, err = await run(*system.tool("ssh", f"{USER}@demo-server", "id -un"))
     assert (rc, out.strip()) == (0, USER), err
@@ -379,3 +384,52 @@ async def test_ten_ssh_runs_at_once_with_an_empty_cache_share_one_device_flow(
     codes = {ln for lines in seen for ln in lines if ln.startswith("Code: ")}
     assert len(codes) == 1, seen  # every run that showed a code showed the same one
     assert await system.device_flows_started() == 1
+
+
+async def test_a_nats_restart_mid_session_drops_nothing_and_maps_resync_within_5_s(
+    system: System, nats_server: NatsServer
+) -> None:
+    await sign_in(system)
+    live = await asyncio.create_subprocess_exec(
+        *system.tool("ssh", f"{USER}@demo-server", "while read l; do echo got-$l; done"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert live.stdin is not None
+    assert live.stdout is not None
+
+    async def echo(n: int) -> None:
+        assert live.stdin is not None
+        assert live.stdout is not None
+        live.stdin.write(f"{n}\n".encode())
+        await live.stdin.drain()
+        async with asyncio.timeout(20):
+            assert (await live.stdout.readline()).strip() == f"got-{n}".encode()
+
+    try:
+        await echo(1)
+        before = (await system.laptop.status())["serial"]
+        await nats_server.restart()
+        for agent in (system.server, system.laptop):  # both back on the bus, on their own creds
+            await agent.wait_status(lambda s: s["nats_connected"], timeout=15)
+        await echo(2)  # the session never noticed
+        async with asyncio.timeout(15):  # until policy is back on the bus and takes the write
+            while True:
+                code, _, _ = await run(
+                    script("meshctl"),
+                    *("peers", "ssh", "enable", "demo-laptop"),  # changes the laptop's map
+                    env={"MESHSSH_API_URL": system.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
+                )
+                if code == 0:
+                    break
+                await asyncio.sleep(0.2)
+        await system.laptop.wait_status(lambda s: s["serial"] > before, timeout=5)
+        await echo(3)
+        live.stdin.close()
+        async with asyncio.timeout(20):
+            _, err = await live.communicate()
+        assert live.returncode == 0, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            live.kill()

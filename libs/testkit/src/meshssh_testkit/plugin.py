@@ -38,9 +38,14 @@ def need_tool(available: bool, what: str) -> None:
 
 
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    """A nats-server with JetStream and auth on, on a port it picked itself."""
-    server = await NatsServer.start(tmp_path / "nats-store")
+async def nats_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A nats-server with JetStream and auth on, on a port it picked itself.
+
+    A test parametrized with ``@pytest.mark.parametrize("nats_server", ["tls"], indirect=True)``
+    gets it with TLS (``tls://``; the services' flags carry the bus CA).
+    """
+    tls = getattr(request, "param", "plaintext") == "tls"
+    server = await NatsServer.start(tmp_path / "nats-store", tls=tls)
     try:
         yield server
     finally:
