@@ -40,7 +40,6 @@ __all__ = [
     "JWKS_KEY",
     "NETMAP_ALL",
     "POLICY_META",
-    "POLICY_REGISTER",
     "STATE_BUCKETS",
     "audit_event",
     "device_code_key",
@@ -53,7 +52,6 @@ __all__ = [
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-POLICY_REGISTER: Final = "meshssh.policy.v1.req.register"
 POLICY_META: Final = "meshssh.policy.v1.req.meta"
 HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
 
