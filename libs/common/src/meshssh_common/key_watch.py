@@ -63,6 +63,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from meshssh_common import codec
+from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.errors import Unavailable, WireError
 
 __all__ = ["KeyEvent", "KeyWatch", "Reconnects"]
@@ -209,7 +210,7 @@ class KeyWatch(Generic[T]):
                     try:
                         sub = await self._nc.subscribe(self.subject, cb=deliver)
                     except _OUTAGE as e:
-                        _raise_if_cancelling()
+                        raise_if_cancelling()
                         failing = _report(e, failing, on_retry)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, _MAX_DELAY)
@@ -229,12 +230,12 @@ class KeyWatch(Generic[T]):
                     try:
                         stored = await self.get()
                     except _OUTAGE as e:
-                        _raise_if_cancelling()
+                        raise_if_cancelling()
                         failing = _report(e, failing, on_retry)
                         get_at = time.monotonic() + delay
                         delay = min(delay * 2, _MAX_DELAY)
                     else:
-                        _raise_if_cancelling()
+                        raise_if_cancelling()
                         failing, delay = False, _FIRST_DELAY
                         get_at = time.monotonic() + self._resync_every * random.uniform(*_JITTER)
                         # A live message that overtook the read is newer than what it found.
@@ -301,17 +302,6 @@ def _report(error: Exception, failing: bool, on_retry: Callable[[Exception], Non
     if not failing:
         (on_retry or _log_retry)(error)
     return True
-
-
-def _raise_if_cancelling() -> None:
-    """Raise the cancellation that nats-py swallowed.
-
-    3.11's ``wait_for`` in ``request`` and nats-py's flush path can return normally from a
-    cancelled call: a follower cancelled mid-read would carry on and hang a shutdown.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _log_retry(error: Exception) -> None:

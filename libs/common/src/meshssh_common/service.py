@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -40,7 +40,7 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.ops_http import ReadinessCheck, ops_app
 from meshssh_common.settings import ServiceSettings, parse_settings
 
-__all__ = ["ServiceContext", "run_service", "service_main"]
+__all__ = ["ServiceContext", "run_service", "service_main", "stop_on_signals"]
 
 # serve() tasks that overran the shutdown grace (see service_main).
 _ABANDONED: set[asyncio.Task[int]] = set()
@@ -103,12 +103,8 @@ async def run_service(
     log = service_logger(name, settings.instance)
     metrics = metrics or ServiceMetrics(name)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    signals = contextlib.ExitStack()
+    signals.enter_context(stop_on_signals(stop))
 
     holder: dict[str, ServiceContext[S]] = {}
 
@@ -179,10 +175,32 @@ async def run_service(
             await ops_task
     finally:
         metrics.up.set(0)
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        signals.close()
     log.info("stopped", extra={"exit_code": exit_code})
     return exit_code
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT while inside; the handlers are removed on the way out.
+
+    ``add_signal_handler`` raises where the loop cannot take signals (not the main thread, as
+    when a test embeds a service, or no signal support): the caller then stops through
+    ``stop`` alone, which is why those errors are skipped.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def _guarded(serve: Serve[S], ctx: ServiceContext[S]) -> int:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -62,7 +61,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.rpc import request
-from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.service import ServiceContext, run_service, stop_on_signals
 from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags, RegisterReply
@@ -227,20 +226,13 @@ class Agent:
         Raises:
             ConfigError: a missing management URL or setup key.
         """
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop.set)
-                installed.append(sig)
         login = asyncio.create_task(self._login())
         stopper = asyncio.create_task(self.stop.wait())
         try:
-            await asyncio.wait({login, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            with stop_on_signals(self.stop):
+                await asyncio.wait({login, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
         if not login.done():
             login.cancel()
             with contextlib.suppress(asyncio.CancelledError, MeshError):

@@ -24,9 +24,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from meshssh_common import codec, subjects
+from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
-from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = ["AuditLog"]

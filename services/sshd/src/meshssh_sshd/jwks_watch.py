@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.errors import BadReason, MeshError, WireError
 from meshssh_common.jwt_validation import JwtValidator
 from meshssh_common.key_watch import KeyWatch
@@ -50,7 +51,6 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.rpc import request
 from meshssh_common.tasks import TaskSet
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
-from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = ["JwksWatch", "Refresh"]

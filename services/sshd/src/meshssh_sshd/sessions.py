@@ -24,9 +24,9 @@ from typing import Protocol
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
+from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import SessionInfo, SessionsReport
-from meshssh_sshd.cancellation import raise_if_cancelling
 from meshssh_sshd.origin import Origin
 
 __all__ = ["Closer", "LiveConnection", "LiveRegistry", "SessionsReporter"]

@@ -1,8 +1,9 @@
 """Cancellation that survives libraries which swallow it.
 
-nats-py's flush path catches ``asyncio.CancelledError`` and returns normally, so a task
-cancelled while publishing carries on as if nothing happened, and a shutdown that waits for
-it hangs. Loops that call NATS call :func:`raise_if_cancelling` after each call.
+nats-py's flush path catches ``asyncio.CancelledError`` and returns normally (so does 3.11's
+``wait_for`` inside ``nc.request``), so a task cancelled while publishing or reading carries on
+as if nothing happened, and a shutdown that waits for it hangs. Loops that call NATS call
+:func:`raise_if_cancelling` after each call.
 
 Example::
 
