@@ -44,6 +44,12 @@ class ServiceMetrics:
             ["endpoint", "reason"],  # reason: errors.BadReason
             registry=r,
         )
+        self.signed_doc_refused = Counter(
+            metric_name(service, "signed_doc_refused"),
+            "Maps and JWKS documents refused because their signature did not verify",
+            ["kind", "reason"],  # kind: map | jwks; reason: signed_doc.Refused.reason
+            registry=r,
+        )
         self.requests = Counter(
             metric_name(service, "requests"),
             "NATS requests served",

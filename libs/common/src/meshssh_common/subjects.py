@@ -23,10 +23,12 @@ __all__ = [
     "AUDIT_SUBJECTS",
     "AUTHN_DEVICE_POLL",
     "AUTHN_DEVICE_START",
+    "AUTHN_EXCHANGE_KEYS_KEY",
     "AUTHN_FETCH_LEASE_KEY",
     "AUTHN_JWKS_MISSED",
     "AUTHN_JWKS_REFRESH",
     "AUTHN_SIGNING_KEYS_KEY",
+    "AUTHN_TOKEN_EXCHANGE_ALL",
     "BUCKET_AUTHN",
     "BUCKET_AUTHN_DEVICES",
     "BUCKET_GROUPS",
@@ -58,6 +60,7 @@ HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
 AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
 AUTHN_DEVICE_START: Final = "meshssh.authn.v1.req.device-start"
 AUTHN_DEVICE_POLL: Final = "meshssh.authn.v1.req.device-poll"
+AUTHN_TOKEN_EXCHANGE_ALL: Final = "meshssh.authn.v1.req.token-exchange.*"  # authn serves
 AUTHN_JWKS_MISSED: Final = "meshssh.authn.v1.evt.jwks-missed"  # authn replicas to each other
 
 AUDIT_STREAM: Final = "MESHSSH_AUDIT"
@@ -76,6 +79,7 @@ BUCKET_AUTHN: Final = "meshssh-authn"  # authn-private: signing keys, JWKS fetch
 BUCKET_AUTHN_DEVICES: Final = "meshssh-authn-devices"  # authn-private: device-flow grants
 AUTHN_SIGNING_KEYS_KEY: Final = "signing-keys"
 AUTHN_FETCH_LEASE_KEY: Final = "jwks-fetch"
+AUTHN_EXCHANGE_KEYS_KEY: Final = "exchange-keys"  # the per-peer token signing keys
 STATE_BUCKETS: Final = (
     BUCKET_PEERS,
     BUCKET_USERS,
@@ -127,3 +131,8 @@ def device_code_key(device_hash: str) -> str:
 def user_code_key(user_code: str) -> str:
     """Key of a device-flow grant, by its normalized user code."""
     return f"uc.{token(user_code)}"
+
+
+def token_exchange(peer_id: str) -> str:
+    """Subject a peer's agent asks authn for a per-peer token on (its own id last)."""
+    return f"meshssh.authn.v1.req.token-exchange.{token(peer_id)}"

@@ -7,6 +7,8 @@ reused; unknown fields are ignored (never ``forbid_unknown_fields``).
 
 from meshssh_common.wire.audit import AuditEvent, AuditKind
 from meshssh_common.wire.authn import (
+    EXCHANGE_AUDIENCE_PREFIX,
+    JWT_TOKEN_TYPE,
     DevicePollReply,
     DevicePollRequest,
     DeviceStartReply,
@@ -16,6 +18,9 @@ from meshssh_common.wire.authn import (
     JwksRefreshRequest,
     JwksSnapshot,
     OidcClientConfig,
+    TokenExchangeReply,
+    TokenExchangeRequest,
+    peer_audience,
 )
 from meshssh_common.wire.base import Part, Wire
 from meshssh_common.wire.netmap import (
@@ -39,14 +44,19 @@ from meshssh_common.wire.peer import (
     SessionInfo,
     SessionsReport,
 )
+from meshssh_common.wire.signed import DocKind, Endorsement, Pins, SignedDoc
 
 __all__ = [
+    "EXCHANGE_AUDIENCE_PREFIX",
+    "JWT_TOKEN_TYPE",
     "AuditEvent",
     "AuditKind",
     "DevicePollReply",
     "DevicePollRequest",
     "DeviceStartReply",
     "DeviceStartRequest",
+    "DocKind",
+    "Endorsement",
     "FirewallRule",
     "Heartbeat",
     "JwksMissed",
@@ -62,13 +72,18 @@ __all__ = [
     "PeerConfig",
     "PeerFlags",
     "PeerMeta",
+    "Pins",
     "PortRange",
     "RegisterReply",
     "RegisterRequest",
     "RemotePeer",
     "SessionInfo",
     "SessionsReport",
+    "SignedDoc",
     "SourcePeer",
     "SshAuth",
+    "TokenExchangeReply",
+    "TokenExchangeRequest",
     "Wire",
+    "peer_audience",
 ]

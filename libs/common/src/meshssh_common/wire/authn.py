@@ -6,10 +6,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from meshssh_common.wire.base import Count, Part, Wire
+from meshssh_common.wire.base import Count, Part, PeerId, Wire
 from meshssh_common.wire.netmap import JwtConfig
 
 __all__ = [
+    "EXCHANGE_AUDIENCE_PREFIX",
+    "JWT_TOKEN_TYPE",
     "DevicePollReply",
     "DevicePollRequest",
     "DeviceStartReply",
@@ -19,7 +21,18 @@ __all__ = [
     "JwksRefreshRequest",
     "JwksSnapshot",
     "OidcClientConfig",
+    "TokenExchangeReply",
+    "TokenExchangeRequest",
+    "peer_audience",
 ]
+
+EXCHANGE_AUDIENCE_PREFIX = "meshssh:peer:"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # RFC 8693 §3
+
+
+def peer_audience(peer_id: str) -> str:
+    """The ``aud`` of a per-peer token for ``peer_id`` (SPEC §6)."""
+    return EXCHANGE_AUDIENCE_PREFIX + peer_id
 
 
 class OidcClientConfig(Part, frozen=True, kw_only=True):
@@ -48,6 +61,11 @@ class JwksSnapshot(Wire, tag="authn.jwks.v1", frozen=True, kw_only=True):
     fetched_at: float = 0.0
     source: str = ""  # the JWKS URL the keys came from
     client: OidcClientConfig | None = None
+    # Per-peer tokens (issue 15): authn's exchange keys (public JWKs, EdDSA) and the ``iss`` of
+    # the tokens they sign. sshd validates a token by one of these keys only as a per-peer
+    # token, and an IdP token never by them.
+    exchange_issuer: str = ""
+    exchange_keys: tuple[dict[str, Any], ...] = ()
 
 
 class JwksRefreshRequest(Wire, tag="authn.jwks-refresh.v1", frozen=True, kw_only=True):
@@ -120,3 +138,24 @@ class DevicePollReply(Wire, tag="authn.device-polled.v1", frozen=True, kw_only=T
 
     status: Literal["ok", "pending", "slow_down", "denied", "expired"]
     token: str = ""
+
+
+class TokenExchangeRequest(Wire, tag="authn.token-exchange.v1", frozen=True, kw_only=True):
+    """An agent trades its user's IdP token for a per-peer token (RFC 8693 shape, SPEC §6).
+
+    Sent on ``meshssh.authn.v1.req.token-exchange.<requesting peer>``; the reply goes to the
+    requester's inbox only.
+    """
+
+    subject_token: Annotated[str, msgspec.Meta(max_length=16384)]
+    target_peer: PeerId
+    subject_token_type: str = JWT_TOKEN_TYPE
+
+
+class TokenExchangeReply(Wire, tag="authn.token-exchanged.v1", frozen=True, kw_only=True):
+    """RFC 8693 §2.2.1: the per-peer token and how long it lives."""
+
+    access_token: str
+    issued_token_type: str = JWT_TOKEN_TYPE
+    token_type: str = "N_A"
+    expires_in: Count = 0

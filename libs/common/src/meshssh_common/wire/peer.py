@@ -8,6 +8,7 @@ import msgspec
 
 from meshssh_common.wire.base import Count, MeshIp, Part, PeerId, Port, Wire
 from meshssh_common.wire.netmap import NetworkMap
+from meshssh_common.wire.signed import Pins
 
 __all__ = [
     "Heartbeat",
@@ -38,6 +39,7 @@ class PeerFlags(Part, frozen=True, kw_only=True):
     # --ssh-permit-open, canonical (meshssh_common.permit_open): ("any",), ("none",) or
     # HOST:PORT entries.
     permit_open: tuple[str, ...] = ("any",)
+    accept_idp_tokens: bool = False  # --accept-idp-tokens: the IdP token works directly too
 
 
 class PeerMeta(Part, frozen=True, kw_only=True):
@@ -73,6 +75,9 @@ class RegisterReply(Wire, tag="policy.registered.v1", frozen=True, kw_only=True)
     netmap: NetworkMap
     nats_jwt: str = ""  # the peer's NATS user JWT for ``nats_key`` (write it as nats.creds)
     nats_expires_at: float = 0.0  # when that JWT expires (renew before)
+    # The keys maps and the JWKS document are signed with (issue 15): the agent writes them to
+    # ``<state-dir>/pins.json`` and replaces them at every renewal.
+    pins: Pins = msgspec.field(default_factory=Pins)
 
 
 class MetaUpdate(Wire, tag="policy.meta.v1", frozen=True, kw_only=True):
