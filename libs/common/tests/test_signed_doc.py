@@ -30,7 +30,7 @@ def _map(serial: int = 1) -> NetworkMap:
 def _refusal(verifier: Verifier, data: bytes) -> str:
     with pytest.raises(Refused) as caught:
         verifier.open_as(data, NetworkMap)
-    return caught.value.reason
+    return caught.value.why
 
 
 def test_a_pinned_signature_opens_to_the_same_map() -> None:

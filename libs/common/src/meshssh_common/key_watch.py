@@ -65,6 +65,7 @@ from nats.aio.msg import Msg
 from meshssh_common import codec
 from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.errors import Unavailable, WireError
+from meshssh_common.signed_doc import Verifier
 
 __all__ = ["KeyEvent", "KeyWatch", "Reconnects"]
 
@@ -148,9 +149,11 @@ class KeyWatch(Generic[T]):
         resync_every: float = 30.0,
         get_timeout: float = 2.0,
         reconnects: Reconnects | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.key = key
         self.typ = typ
+        self._verifier = verifier  # values are signed envelopes: open them (signed_doc)
         self.subject = f"$KV.{bucket}.{key}"
         self.get_subject = f"$JS.API.DIRECT.GET.KV_{bucket}.{self.subject}"
         self._nc = nc
@@ -275,8 +278,11 @@ class KeyWatch(Generic[T]):
         if data == self._bad:
             return None  # counted once already
         try:
-            value = codec.decode(data, self.typ)
-        except WireError as e:
+            if self._verifier is not None:
+                value = self._verifier.open_as(data, self.typ)
+            else:
+                value = codec.decode(data, self.typ)
+        except WireError as e:  # signed_doc.Refused included: the held value stays
             self._bad = data
             if self._on_bad_value is not None:
                 self._on_bad_value(self.key, e)

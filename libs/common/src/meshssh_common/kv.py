@@ -7,7 +7,7 @@ decode is reported as a :class:`WireError` by :meth:`TypedKV.get`, and counted a
 Example::
 
     kv = await open_bucket(js, subjects.BUCKET_NETMAPS)
-    maps = TypedKV(kv, NetworkMap)
+    maps = TypedKV(kv, NetworkMap)                   # or signer=/verifier= for signed values
     entry = await maps.get("peer.p1")
     await maps.update("peer.p1", new_map, last=entry.revision)   # Conflict if it moved
     async for ev in maps.watch("peer.p1"):
@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.signed_doc import Signer, Verifier
 
 __all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket"]
 
@@ -156,14 +157,32 @@ class TypedKV(Generic[T]):
         typ: type[T],
         *,
         on_bad_value: Callable[[str, WireError], None] | None = None,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.kv = kv
         self.typ = typ
         self._on_bad_value = on_bad_value
+        self._signer = signer
+        self._verifier = verifier
 
     def encode(self, value: T) -> Encoded:
-        """``value`` encoded as it is stored (for a writer that needs its size)."""
-        return Encoded(codec.encode(value))
+        """``value`` encoded as it is stored (signed when this view has a signer)."""
+        data = codec.encode(value)
+        if self._signer is not None:
+            data = codec.encode(self._signer.sign(data))
+        return Encoded(data)
+
+    def decode(self, data: bytes) -> T:
+        """A stored value decoded (opened first when this view has a verifier).
+
+        Raises:
+            WireError: it does not decode; :class:`~meshssh_common.signed_doc.Refused` (a
+                WireError) when its signature does not verify.
+        """
+        if self._verifier is not None:
+            return self._verifier.open_as(data, self.typ)
+        return codec.decode(data, self.typ)
 
     async def get(self, key: str) -> KvEntry[T] | None:
         """The current value of ``key``, or None when absent or deleted.
@@ -179,7 +198,7 @@ class TypedKV(Generic[T]):
                 return None
         if entry.value is None or entry.operation in _DELETE_OPS:
             return None
-        return KvEntry(key, codec.decode(entry.value, self.typ), int(entry.revision or 0))
+        return KvEntry(key, self.decode(entry.value), int(entry.revision or 0))
 
     async def put(self, key: str, value: T | Encoded) -> int:
         """Store ``value`` unconditionally; returns the new revision.
@@ -247,7 +266,7 @@ class TypedKV(Generic[T]):
                 return []
 
     def _bytes(self, value: T | Encoded) -> bytes:
-        return value if isinstance(value, Encoded) else codec.encode(value)
+        return value if isinstance(value, Encoded) else self.encode(value)
 
     async def values(self) -> dict[str, KvEntry[T]]:
         """Every current value, decoded; undecodable ones are reported and skipped."""
@@ -282,7 +301,7 @@ class TypedKV(Generic[T]):
                     yield KvEvent(entry.key, None, int(entry.revision or 0))
                     continue
                 try:
-                    value = codec.decode(entry.value, self.typ)
+                    value = self.decode(entry.value)
                 except WireError as e:
                     if self._on_bad_value is not None:
                         self._on_bad_value(entry.key, e)

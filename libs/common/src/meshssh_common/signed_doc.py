@@ -21,7 +21,7 @@ Example::
     signer = Signer.load(bus_dir / "map-signing.pem", kind="map")
     doc = signer.sign(codec.encode(netmap))
     verifier = Verifier("map", pins.map)
-    payload = verifier.open(doc)               # raises Refused(reason) when it does not verify
+    payload = verifier.open(doc)               # raises Refused(why) when it does not verify
     netmap = codec.decode(payload, NetworkMap)
 """
 
@@ -68,12 +68,16 @@ _ENDORSE: Final = b"meshssh-endorse-v1\0"
 T = TypeVar("T")
 
 
-class Refused(Exception):
-    """A document did not verify; ``reason`` is the metric label."""
+class Refused(WireError):
+    """A document did not verify; ``why`` is the ``reason`` label of ``signed_doc_refused``.
 
-    def __init__(self, reason: RefuseReason, message: str) -> None:
+    A :class:`WireError`, so a KV reader's ``on_bad_value`` sees it (and counts it under
+    ``signed_doc_refused`` rather than ``bad_messages``); the old value stays in force.
+    """
+
+    def __init__(self, why: RefuseReason, message: str) -> None:
         super().__init__(message)
-        self.reason: RefuseReason = reason
+        self.why: RefuseReason = why
 
 
 def _b64(raw: bytes) -> str:
