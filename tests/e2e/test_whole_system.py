@@ -15,109 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
-import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from meshssh_common import codec, subjects
-from meshssh_common.wire import AuditEvent
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
-from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
-from meshssh_testkit.ports import free_port
-from meshssh_testkit.process import ServiceProcess, run_command, script
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "services/policy/demo/seed.json"
-ADMIN_TOKEN = "whole-system-admin-token-0123456789"
-PASSWORD = "alice-e2e-password-42"
-USER = getpass.getuser()
-IS_ROOT = os.geteuid() == 0
-
-
-async def run(
-    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> tuple[int, str, str]:
-    result = await run_command(*argv, env=env or {}, timeout=timeout)
-    return result.returncode, result.out, result.err
-
-
-@dataclass
-class System:
-    tmp: Path
-    api: str
-    authn: ServiceProcess
-    server: AgentProcess
-    laptop: AgentProcess
-    relay_port: int
-    sshd_ops: str
-    ssh_config: Path
-    dropin: Path
-
-    def tool(self, tool: str, *args: str) -> list[str]:
-        """``ssh``/``scp``/``sftp`` with the config that includes the agent-written drop-in."""
-        port = ["-p" if tool == "ssh" else "-P", str(self.relay_port)]
-        return [tool, "-F", str(self.ssh_config), *port, *args]
-
-    async def meshctl(self, *args: str) -> str:
-        code, out, err = await run(
-            script("meshctl"),
-            *args,
-            env={"MESHSSH_API_URL": self.api, "MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-        )
-        assert code == 0, (args, err)
-        return out
-
-    async def device_flows_started(self) -> float:
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(f"{self.authn.ops_url}/metrics")).text
-        wanted = 'meshssh_authn_device_flows_total{outcome="started"} '
-        lines = [line for line in text.splitlines() if line.startswith(wanted)]
-        return float(lines[0].split()[-1]) if lines else 0.0
-
-
-async def approve(url: str, code: str) -> None:
-    """What alice's browser does: post authn's login form for the code."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        page = await http.post(
-            url,
-            data={"username": "alice", "password": PASSWORD, "user_code": code, "confirm": "yes"},
-        )
-    assert page.status_code == 200, page.text
-
-
-async def start_agent(
-    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: NatsServer, *flags: str
-) -> AgentProcess:
-    agent = await AgentProcess.start(
-        tmp / name,
-        "--mesh-ip",
-        ip,
-        "--name",
-        name,
-        "--setup-key",
-        key,
-        *nats_server.flags(),
-        "--management-url",
-        api,
-        "--ssh-port",
-        "0",
-        "--relay-port",
-        "0",
-        "--relay-mode",
-        "proxy",
-        *flags,
-    )
-    await agent.wait_status(lambda s: s["registered"], timeout=60)
-    return agent
+from meshssh_testkit.process import script
+from meshssh_testkit.whole_system import (
+    ADMIN_TOKEN,
+    USER,
+    System,
+    approve,
+    audit_events,
+    run,
+    sign_in,
+    whole_system,
+)
 
 
 @pytest.fixture
@@ -125,157 +44,8 @@ async def system(
     nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> AsyncIterator[System]:
     need_tool(openssh_available(), "OpenSSH (ssh, scp, sftp)")
-    users = tmp_path / "users.json"
-    proc = await asyncio.create_subprocess_exec(
-        script("meshssh-authn"),
-        "users",
-        "add",
-        "alice",
-        "--email",
-        "alice@example.com",
-        "--group",
-        "users",
-        "--password-stdin",
-        "--users-file",
-        str(users),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        _, errb = await proc.communicate(PASSWORD.encode() + b"\n")
-    assert proc.returncode == 0, errb
-    authn = await services.start(
-        "meshssh-authn",
-        *nats_server.flags("authn"),
-        "--listen",
-        "127.0.0.1:0",
-        "--users-file",
-        str(users),
-        "--device-poll-interval",
-        "1",
-    )
-    policy = await services.start(
-        "meshssh-policy",
-        *nats_server.flags("policy"),
-        "--bus-keys",  # policy signs the peers' JWTs when they register
-        str(nats_server.creds("policy").parent),  # the bus keys directory
-        "--listen",
-        "127.0.0.1:0",
-        "--seed",
-        str(SEED),
-        "--mesh-prefix",
-        "127.0.0.0/8",
-        env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-    found = re.search(r"api listening.*url=(http://\S+)", policy.output())
-    assert found, policy.output()
-    api = found[1]
-    async with asyncio.timeout(30), httpx.AsyncClient(timeout=5) as http:
-        while (await http.get(f"{api}/api/v1/auth/config")).status_code != 200:
-            await asyncio.sleep(0.1)  # until authn has published the provider
-
-    sshd_ops = f"127.0.0.1:{free_port('127.0.0.1')}"
-    server_flags = [
-        "--allow-server-ssh",
-        "--enable-ssh-sftp",
-        "--enable-ssh-local-port-forwarding",
-        *(["--enable-ssh-root"] if IS_ROOT else []),
-        "--sshd-ops-listen",
-        sshd_ops,
-        "--disable-ssh-config",
-    ]
-    server = await start_agent(
-        tmp_path,
-        "demo-server",
-        "127.0.0.2",
-        "meshssh-demo-server-key-0001",
-        api,
-        nats_server,
-        *server_flags,
-    )
-    dropin = tmp_path / "ssh_config.d" / "99-meshssh.conf"
-    laptop = None
-    try:
-        status = await server.wait_status(
-            lambda s: (
-                server.child(s, "sshd")["state"] == "running"
-                and server.child(s, "relay")["state"] == "running"
-            ),
-            timeout=60,
-        )
-        laptop = await start_agent(
-            tmp_path,
-            "demo-laptop",
-            "127.0.0.3",
-            "meshssh-demo-laptop-key-0001",
-            api,
-            nats_server,
-            "--ssh-jwt-cache-ttl",
-            "600",
-            "--ssh-config-file",
-            str(dropin),
-        )
-        async with asyncio.timeout(30):
-            while "demo-server" not in (dropin.read_text() if dropin.exists() else ""):
-                await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
-        config = tmp_path / "ssh_config"
-        config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
-        yield System(
-            tmp_path, api, authn, server, laptop, status["relay_port"], sshd_ops, config, dropin
-        )
-    finally:
-        if laptop is not None:
-            await laptop.stop()
-        await server.stop()
-
-
-async def read_code(stream: asyncio.StreamReader, seen: list[str] | None = None) -> tuple[str, str]:
-    """The ``URL: `` and ``Code: `` lines a command prints on stderr (all lines go to ``seen``)."""
-    url = ""
-    seen = [] if seen is None else seen
-    async with asyncio.timeout(45):
-        while True:
-            line = (await stream.readline()).decode()
-            assert line, f"ended before printing the URL and code: {seen}"
-            seen.append(line)
-            if line.startswith("URL: "):
-                url = line.removeprefix("URL: ").strip()
-            elif line.startswith("Code: "):
-                return url, line.removeprefix("Code: ").strip()
-
-
-async def audit_events(nc: NATS) -> list[AuditEvent]:
-    js = nc.jetstream()
-    info = await js.stream_info(subjects.AUDIT_STREAM)
-    sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
-    try:
-        return [
-            codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
-            for _ in range(info.state.messages)
-        ]
-    finally:
-        await sub.unsubscribe()
-
-
-async def sign_in(system: System) -> None:
-    """``meshssh login`` on the laptop, approved the way alice's browser would."""
-    login = await asyncio.create_subprocess_exec(
-        script("meshssh"),
-        "login",
-        "--state-dir",
-        str(system.laptop.state_dir),
-        "--no-browser",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert login.stderr is not None
-    url, code = await read_code(login.stderr)
-    await approve(url, code)
-    async with asyncio.timeout(30):
-        _, err = await login.communicate()
-    assert login.returncode == 0, err
+    async with whole_system(nats_server, services, tmp_path) as running:
+        yield running
 
 
 @pytest.mark.parametrize("nats_server", ["plaintext", "tls"], indirect=True)
@@ -283,7 +53,9 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
     system: System, nc: NATS
 ) -> None:
     async with httpx.AsyncClient(timeout=5) as http:  # sshd's ops port is the one asked for
-        assert (await http.get(f"http://{system.sshd_ops}/metrics")).status_code == 200
+        assert (
+            await http.get(f"http://{system.sshd_ops['demo-server']}/metrics")
+        ).status_code == 200
     await sign_in(system)
 
     rc, out, err = await run(*system.tool("ssh", f"{USER}@demo-server", "id -un"))
