@@ -36,6 +36,7 @@ from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.settings import split_host_port
 from meshssh_common.tasks import TaskSet
+from meshssh_common.unix_paths import reachable
 from meshssh_relay.pump import Pipe
 from meshssh_relay.settings import RelaySettings
 
@@ -281,10 +282,9 @@ class ProxyRelay:
 
         Refusals (and a socket file not there yet: sshd restarting) are retried for a while.
         """
-        address: str | tuple[str, int]
-        if isinstance(target, Path):
-            family, address = socket.AF_UNIX, str(target)
-        else:
+        address: str | tuple[str, int] = ""
+        family = socket.AF_UNIX
+        if not isinstance(target, Path):
             host, port = split_host_port(target)
             family, address = (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
         loop = asyncio.get_running_loop()
@@ -294,7 +294,11 @@ class ProxyRelay:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                await loop.sock_connect(sock, address)
+                if isinstance(target, Path):
+                    with reachable(target) as name:  # a long state dir path still works
+                        await loop.sock_connect(sock, name)
+                else:
+                    await loop.sock_connect(sock, address)
             except OSError as e:
                 sock.close()
                 retry = e.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENOENT)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from meshssh_common.errors import ConfigError
 from meshssh_common.proxy_protocol import ProxyProtocolError, read_v2
+from meshssh_common.unix_paths import reachable
 from meshssh_sshd.gate import Gate, normal_ip
 from meshssh_sshd.origin import Origin
 
@@ -97,7 +98,8 @@ class RelaySocket:
                 self.path.unlink()  # left by an earlier run
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.bind(str(self.path))  # inside a 0700 dir: nobody else can race the chmod
+                with reachable(self.path) as name:  # a long state dir path still works
+                    sock.bind(name)  # inside a 0700 dir: nobody else can race the chmod
                 os.chmod(self.path, 0o600)
                 sock.listen(_BACKLOG)
             except OSError:
