@@ -184,6 +184,8 @@ async def system(
         "--sshd-ops-listen",
         sshd_ops,
         "--disable-ssh-config",
+        # issue 15: the client still sends the IdP token; drop once it exchanges tokens
+        "--accept-idp-tokens",
     ]
     server = await start_agent(
         tmp_path,
