@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import jwt
 
 from meshssh_common.jwt_validation import (
+    MAX_TOKEN_BYTES,
     RejectReason,
     TokenRejected,
     ValidatedToken,
@@ -73,8 +74,10 @@ def _unverified_kid(token: str) -> str:
     """The header's ``kid`` ("" when absent); the token is not verified yet.
 
     Raises:
-        TokenRejected: no decodable JWT header (``malformed``).
+        TokenRejected: too large (``too_large``) or no decodable JWT header (``malformed``).
     """
+    if len(token) >= MAX_TOKEN_BYTES:  # checked before any decoding
+        raise TokenRejected(RejectReason.TOO_LARGE, f"token of {len(token)} characters")
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except (jwt.DecodeError, ValueError, TypeError) as e:
