@@ -200,7 +200,8 @@ async def nats_with_bucket(root: Path) -> AsyncIterator[tuple[NatsServer, nats.N
 async def bench_proxy(root: Path, client: OpenSSH) -> dict[str, object]:
     async with nats_with_bucket(root) as (server, nc):
         await put_map(nc, make_map(1))
-        sshd = ProxySshServer("127.0.0.2", trusted="127.0.0.2", client_key=client.public_key)
+        relay_socket = root / "relay.sock"  # root is a short /tmp dir: sun_path fits
+        sshd = ProxySshServer("127.0.0.2", unix_path=relay_socket, client_key=client.public_key)
         await sshd.start()
         relay = await ServiceProcess.start(
             "meshssh-relay",
@@ -211,6 +212,8 @@ async def bench_proxy(root: Path, client: OpenSSH) -> dict[str, object]:
             "127.0.0.2:0",
             "--sshd",
             f"127.0.0.2:{sshd.port}",
+            "--sshd-socket",
+            str(relay_socket),
         )
         try:
             await relay.wait_ready()

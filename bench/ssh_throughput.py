@@ -211,6 +211,9 @@ def start_meshssh(setup: Setup, natsd: NatsServer, *extra: str) -> None:
             "127.0.0.1:0",
             "--max-sessions",
             "512",
+            # These benches present the IdP token directly (no agent to exchange it for a
+            # per-peer token), which sshd refuses unless told otherwise.
+            "--accept-idp-tokens",
             *extra,
         ],
         stdout=subprocess.DEVNULL,

@@ -188,6 +188,8 @@ async def start_peer(
         "--host-key",
         str(tmp_path / "sshd" / "ssh_host_ed25519_key"),
         *nats_server.flags(),
+        # issue 15: the client still sends the IdP token; drop once it exchanges tokens
+        "--accept-idp-tokens",
         *flags,
     )
     found = re.search(r"ssh listening.*address=[\d.]+:(\d+)", sshd.output())

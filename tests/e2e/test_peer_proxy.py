@@ -10,8 +10,10 @@ the network ACL alone decides who gets in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import socket
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ class Peer:
     status: Status
     audit: list[AuditEvent]
     native: NativeSshd
+    state_dir: Path
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ async def peer(
         host_key = load_or_create_host_key(tmp_path / "state" / "ssh_host_ed25519_key")
         openssh.trust(MESH_IP, status["relay_port"], host_key.public_line)
         openssh.trust(MESH_IP, status["ssh_port"], host_key.public_line)
-        yield Peer(agent, policy, status, audit, native)
+        yield Peer(agent, policy, status, audit, native, tmp_path / "state")
     finally:
         await agent.stop()
         await native.stop()
@@ -125,24 +128,30 @@ async def test_openssh_reaches_sshd_through_the_relay_and_sshd_audits_the_origin
 
 
 async def test_a_proxy_header_from_an_untrusted_address_is_refused_by_sshd(peer: Peer) -> None:
-    # 127.0.0.3 may reach 22022 directly, but it is not the relay: its header is not believed.
+    # On TCP 22022 sshd never reads a PROXY header, from a client (127.0.0.3 may reach 22022
+    # directly) or from the mesh address itself (where the relay used to dial from): the relay
+    # reaches sshd only on its Unix socket, which checks the caller's uid.
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setblocking(False)
-    sock.bind((CLIENT_IP, 0))
-    await loop.sock_connect(sock, (MESH_IP, peer.status["ssh_port"]))
-    forged = encode_v2(("127.0.0.9", 4242), (MESH_IP, 22))
-    await loop.sock_sendall(sock, forged + b"SSH-2.0-OpenSSH_9.2p1\r\n")
-    received = b""
-    async with asyncio.timeout(15):
-        while chunk := await loop.sock_recv(sock, 4096):
-            received += chunk
-    sock.close()
-    assert b"MeshSSH-JWT-Required" not in received
-    assert received.count(b"\n") <= 1  # at most the banner: no key exchange ever happened
+    for source in (CLIENT_IP, MESH_IP):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (MESH_IP, peer.status["ssh_port"]))
+        forged = encode_v2(("127.0.0.9", 4242), (MESH_IP, 22))
+        received = b""
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused at once
+            await loop.sock_sendall(sock, forged + b"SSH-2.0-OpenSSH_9.2p1\r\n")
+            async with asyncio.timeout(15):
+                while chunk := await loop.sock_recv(sock, 4096):
+                    received += chunk
+        sock.close()
+        assert received.count(b"\n") <= 1  # at most the banner: no key exchange ever happened
     await asyncio.sleep(0.5)  # audit events are published asynchronously
     assert not any("127.0.0.9" in e.source_addr for e in peer.audit)
     assert not any(e.kind in ("auth-accepted", "session-start") for e in peer.audit)
+    relay_socket = peer.state_dir / "sshd" / "relay.sock"
+    assert stat.S_IMODE(relay_socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(relay_socket.parent.stat().st_mode) == 0o700
 
 
 async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(

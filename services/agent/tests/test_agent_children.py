@@ -55,7 +55,8 @@ def test_sshd_gets_the_contract_flags_and_listens_on_the_mesh_address() -> None:
     argv = sshd_argv(settings, "p1")
     assert value(argv, "--peer-id") == "p1"
     assert value(argv, "--listen") == "127.0.0.2:22022"
-    assert value(argv, "--trusted-relay") == "127.0.0.2"
+    assert value(argv, "--relay-socket") == "/tmp/x/sshd/relay.sock"
+    assert "--trusted-relay" not in argv  # TCP 22022 never takes a PROXY header
     assert value(argv, "--host-key") == "/tmp/x/ssh_host_ed25519_key"
     assert value(argv, "--ops-listen") == "127.0.0.1:0"
     assert {
@@ -71,12 +72,14 @@ def test_the_relay_knows_sshd_only_when_the_peer_may_run_it() -> None:
     mode = RelayMode("nftables", "requested", "eth1")
     allowed = relay_argv(config("--allow-server-ssh"), "p1", mode)
     assert value(allowed, "--sshd") == "127.0.0.2:22022"
+    assert value(allowed, "--sshd-socket") == "/tmp/x/sshd/relay.sock"  # sshd's --relay-socket
     assert value(allowed, "--listen") == "127.0.0.2:22"
     assert value(allowed, "--mesh-interface") == "eth1"
     native_only = relay_argv(
         config("--native-upstream", "127.0.0.1:22"), "p1", RelayMode("proxy", "")
     )
     assert "--sshd" not in native_only
+    assert "--sshd-socket" not in native_only
     assert value(native_only, "--native-upstream") == "127.0.0.1:22"
     v6 = relay_argv(config(mesh_ip="fd00::7"), "p1", mode)
     assert value(v6, "--listen") == "[fd00::7]:22"
@@ -177,3 +180,23 @@ def test_children_get_the_peers_creds_file_and_the_ca_and_the_ports_are_reported
     assert "--nats-ca" not in sshd_argv(bare, "p1")
     meta = config("--ssh-port", "2222", "--relay-port", "2200").meta()
     assert (meta.ssh_port, meta.relay_port) == (2222, 2200)
+
+
+def test_accept_idp_tokens_goes_from_meshssh_up_through_the_agent_to_sshd() -> None:
+    from meshssh_cli.commands.up import agent_argv
+    from meshssh_cli.main import build_parser
+    from meshssh_sshd.settings import SshdSettings
+
+    up = build_parser("up").parse_args(
+        ["up", "--mesh-ip", "127.0.0.2", "--allow-server-ssh", "--accept-idp-tokens"]
+    )
+    settings = parse(*agent_argv(up))
+    assert settings.flags.accept_idp_tokens  # reported to management in the metadata
+    argv = sshd_argv(settings, "p1")
+    assert "--accept-idp-tokens" in argv
+    assert parse_settings(SshdSettings, argv[1:], prog="meshssh-sshd").accept_idp_tokens
+    default = sshd_argv(config("--allow-server-ssh"), "p1")
+    assert "--accept-idp-tokens" not in default
+    assert not parse_settings(SshdSettings, default[1:], prog="meshssh-sshd").accept_idp_tokens
+    changed = config().with_flags(PeerFlags(accept_idp_tokens=True))
+    assert changed.accept_idp_tokens  # `meshssh up` on a running agent

@@ -1,5 +1,6 @@
 """The userspace relay in-process: ACL at the door, PROXY header, early bytes, half-close,
-back-pressure. Upstreams are real TCP servers on loopback; no NATS (the map is set directly)."""
+back-pressure. sshd's side is a real Unix socket (its relay socket), the native upstream a real
+TCP server on loopback; no NATS (the map is set directly)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,27 +65,51 @@ def bound_port(host: str = RELAY_IP) -> socket.socket:
     return sock
 
 
+def bound_unix(path: Path) -> socket.socket:
+    """A bound Unix socket that is not listening yet: connecting to it is refused."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    return sock
+
+
 @pytest.fixture
-async def upstream() -> AsyncIterator[socket.socket]:
-    sock = bound_port()
+def short_dir() -> Iterator[Path]:
+    """A short directory for sockets (sun_path holds 107 bytes; pytest's paths are long)."""
+    with tempfile.TemporaryDirectory(prefix="mshr", dir="/tmp") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+async def upstream(short_dir: Path) -> AsyncIterator[socket.socket]:
+    """sshd's relay socket, bound but not listening yet."""
+    sock = bound_unix(short_dir / "relay.sock")
     try:
         yield sock
     finally:
         sock.close()
 
 
-async def accept(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+def socket_of(upstream: socket.socket) -> Path:
+    return Path(upstream.getsockname())
+
+
+async def accept(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """Accept one connection; its reader, writer and the caller's uid (or -1 over TCP)."""
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
-    conn, peer = await loop.sock_accept(sock)
+    conn, _ = await loop.sock_accept(sock)
+    uid = -1
+    if conn.family == socket.AF_UNIX:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", creds)[1]
     reader, writer = await asyncio.open_connection(sock=conn)
-    return reader, writer, peer[0]
+    return reader, writer, uid
 
 
 async def test_bytes_sent_before_the_upstream_is_up_arrive_after_the_proxy_header(
     upstream: socket.socket,
 ) -> None:
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
+    relay = await start_relay(sshd_socket=socket_of(upstream))
     try:
         reader, writer = await relay.connect()
         payload = b"SSH-2.0-early\r\n" + os.urandom(100_000)
@@ -90,7 +118,7 @@ async def test_bytes_sent_before_the_upstream_is_up_arrive_after_the_proxy_heade
         await asyncio.sleep(0.3)  # the relay is retrying a refused upstream meanwhile
         upstream.listen(8)
         async with asyncio.timeout(10):
-            up_reader, up_writer, up_peer = await accept(upstream)
+            up_reader, up_writer, up_uid = await accept(upstream)
             received = await up_reader.read()  # until EOF: the half-close came through
         header, used = parse_v2(received)
         assert received.startswith(SIGNATURE)
@@ -98,7 +126,7 @@ async def test_bytes_sent_before_the_upstream_is_up_arrive_after_the_proxy_heade
         assert header.source[0] == CLIENT_IP
         assert header.destination == (RELAY_IP, relay.port)
         assert received[used:] == payload
-        assert up_peer == RELAY_IP  # dialled from the mesh address: sshd's trusted relay
+        assert up_uid == os.geteuid()  # sshd checks the relay's uid on its socket
         up_writer.write(b"reply after half-close")
         up_writer.close()
         async with asyncio.timeout(10):
@@ -113,7 +141,7 @@ async def test_a_source_without_a_rule_is_refused_before_any_byte_is_read(
     upstream: socket.socket,
 ) -> None:
     upstream.listen(8)
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
+    relay = await start_relay(sshd_socket=socket_of(upstream))
     try:
         reader, writer = await relay.connect(source=STRANGER_IP)
         async with asyncio.timeout(5):
@@ -133,7 +161,7 @@ async def test_a_source_without_a_rule_is_refused_before_any_byte_is_read(
 
 
 async def test_without_a_map_every_connection_is_refused(upstream: socket.socket) -> None:
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
+    relay = await start_relay(sshd_socket=socket_of(upstream))
     relay.holder.drop()
     try:
         reader, writer = await relay.connect()
@@ -148,12 +176,13 @@ async def test_without_a_map_every_connection_is_refused(upstream: socket.socket
 async def test_with_ssh_off_connections_go_to_the_native_upstream_without_a_header(
     upstream: socket.socket,
 ) -> None:
-    sshd = bound_port()
+    sshd = upstream
     sshd.listen(8)
-    upstream.listen(8)
+    native = bound_port()
+    native.listen(8)
     relay = await start_relay(
-        sshd=f"{RELAY_IP}:{sshd.getsockname()[1]}",
-        native_upstream=f"{RELAY_IP}:{upstream.getsockname()[1]}",
+        sshd_socket=socket_of(sshd),
+        native_upstream=f"{RELAY_IP}:{native.getsockname()[1]}",
     )
     relay.holder.offer(make_map(2, ssh_enabled=False))
     try:
@@ -161,7 +190,7 @@ async def test_with_ssh_off_connections_go_to_the_native_upstream_without_a_head
         writer.write(b"SSH-2.0-client\r\n")
         writer.write_eof()
         async with asyncio.timeout(10):
-            up_reader, up_writer, _ = await accept(upstream)
+            up_reader, up_writer, _ = await accept(native)
             assert await up_reader.read() == b"SSH-2.0-client\r\n"
         up_writer.close()
         writer.close()
@@ -170,7 +199,7 @@ async def test_with_ssh_off_connections_go_to_the_native_upstream_without_a_head
         with pytest.raises(BlockingIOError):
             sshd.accept()
     finally:
-        sshd.close()
+        native.close()
         await relay.relay.stop()
 
 
@@ -178,7 +207,7 @@ async def test_with_ssh_off_and_no_native_upstream_connections_are_closed(
     upstream: socket.socket,
 ) -> None:
     upstream.listen(8)
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
+    relay = await start_relay(sshd_socket=socket_of(upstream))
     relay.holder.offer(make_map(2, ssh_enabled=False))
     try:
         reader, writer = await relay.connect()
@@ -194,7 +223,7 @@ async def test_a_slow_upstream_pauses_the_client_and_nothing_is_lost(
     upstream: socket.socket,
 ) -> None:
     upstream.listen(8)
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}")
+    relay = await start_relay(sshd_socket=socket_of(upstream))
     total = 48 * 1024 * 1024
     chunk = os.urandom(1024 * 1024)
     digest = hashlib.sha256(chunk * (total // len(chunk))).hexdigest()
@@ -237,7 +266,7 @@ async def test_a_slow_upstream_pauses_the_client_and_nothing_is_lost(
 
 async def test_past_max_connections_new_clients_are_refused(upstream: socket.socket) -> None:
     upstream.listen(8)
-    relay = await start_relay(sshd=f"{RELAY_IP}:{upstream.getsockname()[1]}", max_connections=1)
+    relay = await start_relay(sshd_socket=socket_of(upstream), max_connections=1)
     try:
         _reader, writer = await relay.connect()
         async with asyncio.timeout(10):

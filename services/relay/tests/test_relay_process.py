@@ -1,8 +1,8 @@
 """meshssh-relay as a real process in proxy mode, driven by the real OpenSSH client.
 
-The map comes from KV exactly as the management plane publishes it. Until meshssh-sshd lands,
-the SSH server behind the relay is a real asyncssh server that reads the PROXY header the way
-sshd does (``meshssh_testkit.ssh_upstreams.ProxySshServer``).
+The map comes from KV exactly as the management plane publishes it. The SSH server behind the
+relay is a real asyncssh server that reads the PROXY header the way sshd does, on its relay
+Unix socket (``meshssh_testkit.ssh_upstreams.ProxySshServer``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import re
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,12 +50,20 @@ async def netmaps(nc: NATS) -> NATS:
 
 @pytest.fixture
 async def sshd(openssh: OpenSSH) -> AsyncIterator[ProxySshServer]:
-    server = ProxySshServer("127.0.0.2", trusted="127.0.0.2", client_key=openssh.public_key)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+    with tempfile.TemporaryDirectory(prefix="mshr", dir="/tmp") as short:  # sun_path: 107 bytes
+        server = ProxySshServer(
+            "127.0.0.2", unix_path=Path(short) / "relay.sock", client_key=openssh.public_key
+        )
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+
+def upstream_flags(sshd: ProxySshServer) -> list[str]:
+    """How the agent points the relay at sshd: its TCP address and its relay socket."""
+    return ["--sshd", f"127.0.0.2:{sshd.port}", "--sshd-socket", str(sshd.unix_path)]
 
 
 async def start_relay(
@@ -81,7 +90,7 @@ async def test_openssh_reaches_sshd_through_the_relay_and_the_server_sees_the_or
     sshd: ProxySshServer,
 ) -> None:
     await put_map(netmaps, make_map(1))
-    relay, port = await start_relay(services, nats_server, "--sshd", f"127.0.0.2:{sshd.port}")
+    relay, port = await start_relay(services, nats_server, *upstream_flags(sshd))
     await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
     openssh.trust("127.0.0.2", port, sshd.public_line)
     code, out, err = await ssh_from(openssh, "127.0.0.3", port, "whoami-ish")
@@ -100,7 +109,7 @@ async def test_a_source_without_a_rule_is_refused_at_the_relay(
     sshd: ProxySshServer,
 ) -> None:
     await put_map(netmaps, make_map(1, sources=["127.0.0.3/32"]))
-    relay, port = await start_relay(services, nats_server, "--sshd", f"127.0.0.2:{sshd.port}")
+    relay, port = await start_relay(services, nats_server, *upstream_flags(sshd))
     await wait_metric(relay.ops_url, "meshssh_relay_map_serial", 1)
     openssh.trust("127.0.0.2", port, sshd.public_line)
     code, _, err = await ssh_from(openssh, "127.0.0.4", port)
@@ -134,8 +143,7 @@ async def test_with_ssh_disabled_for_the_peer_connections_go_to_the_native_sshd(
         relay, port = await start_relay(
             services,
             nats_server,
-            "--sshd",
-            f"127.0.0.2:{sshd.port}",
+            *upstream_flags(sshd),
             "--native-upstream",
             f"127.0.0.2:{native.port}",
         )
@@ -181,6 +189,28 @@ async def test_a_taken_port_exits_2_with_a_message_that_says_what_to_do(
         assert "--native-upstream" in proc.output()
     finally:
         taken.close()
+
+
+async def test_proxy_mode_with_sshd_but_no_sshd_socket_exits_2(
+    nats_server: NatsServer, services: ServiceFactory
+) -> None:
+    proc = await services.start(
+        "meshssh-relay",
+        *nats_server.flags(),
+        "--peer-id",
+        "p1",
+        "--listen",
+        "127.0.0.2:0",
+        "--sshd",
+        "127.0.0.2:22022",
+        ready=False,
+    )
+    async with asyncio.timeout(15):
+        code = await proc.proc.wait()
+    await proc.stop()
+    assert code == 2
+    assert "--sshd-socket" in proc.output()
+    assert "never on TCP" in proc.output()
 
 
 async def test_a_map_published_after_nats_restarts_applies_within_seconds(

@@ -5,6 +5,12 @@ Everything is real: nats-server with JetStream (testkit), the sshd service run b
 runner in this event loop, OpenSSH's ssh/scp/sftp. The identity provider is replaced by a
 signing key made here; the tokens are real JWTs and the keys reach sshd as a real
 ``JwksSnapshot`` in KV ``meshssh-jwks``, as authn would put them.
+
+Per-peer tokens are minted here too (:class:`Exchange`, standing in for authn's exchange key:
+its public JWK goes into the snapshot's ``exchange_keys``), so these tests do not depend on
+authn's token-exchange service. Most suites predate per-peer tokens and log in with the IdP's
+own token, so the factory starts sshd with ``accept_idp_tokens=True`` unless a test says
+otherwise; ``test_peer_tokens.py`` covers sshd's default (off).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -42,6 +49,7 @@ from meshssh_common.wire import (
     PeerConfig,
     SourcePeer,
 )
+from meshssh_common.wire.authn import peer_audience
 from meshssh_sshd.server import SshServer
 from meshssh_sshd.settings import SshdSettings
 from meshssh_testkit import NatsServer, OpenSSH, RunResult, ServiceProcess, run_command, script
@@ -50,6 +58,7 @@ from meshssh_testkit.plugin import ServiceFactory
 
 ISSUER = "https://idp.test"
 AUDIENCE = "meshssh"
+EXCHANGE_ISSUER = "urn:meshssh:authn"
 PEER_ID = "server-1"
 MESH_IP = "127.0.0.2"
 CLIENT_IP = "127.0.0.3"
@@ -79,6 +88,45 @@ class Issuer:
         return jwt.encode(body, self.key, algorithm="EdDSA", headers={"kid": self.kid})
 
 
+@dataclass
+class Exchange:
+    """authn's exchange key, minting per-peer tokens as authn's token exchange does."""
+
+    kid: str = field(default_factory=lambda: f"x-{uuid.uuid4().hex[:16]}")
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    def jwks(self) -> tuple[dict[str, Any], ...]:
+        jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key()))
+        return ({**jwk, "kid": self.kid, "use": "sig", "alg": "EdDSA"},)
+
+    def mint(
+        self,
+        sub: str,
+        *,
+        peer: str = PEER_ID,
+        iss: str = EXCHANGE_ISSUER,
+        age: float = 0,
+        ttl: float = 120,
+        jti: str | None = None,
+        **claims: Any,
+    ) -> str:
+        """A per-peer token for ``peer``; ``age`` backdates the (original) ``iat``."""
+        now = time.time()
+        body = {
+            "iss": iss,
+            "aud": peer_audience(peer),
+            "sub": sub,
+            "iat": int(now - age),
+            "exp": int(now + ttl),
+            "jti": jti if jti is not None else secrets.token_urlsafe(16),
+            "idp_iss": ISSUER,
+            **claims,
+        }
+        return jwt.encode(
+            body, self.key, algorithm="EdDSA", headers={"kid": self.kid, "typ": "JWT"}
+        )
+
+
 def jwt_config() -> JwtConfig:
     return JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
 
@@ -102,18 +150,27 @@ class Mesh:
     rule = staticmethod(accept_rule)
     jwt_config = staticmethod(jwt_config)
 
-    def __init__(self, nc: NATS, issuer: Issuer) -> None:
+    def __init__(self, nc: NATS, issuer: Issuer, exchange: Exchange | None = None) -> None:
         self.nc = nc
         self.issuer = issuer
+        self.exchange = exchange or Exchange()
         self.serial = 0
 
-    async def publish_jwks(self, issuer: Issuer | None = None) -> None:
+    async def publish_jwks(
+        self,
+        issuer: Issuer | None = None,
+        *,
+        exchange_keys: tuple[dict[str, Any], ...] | None = None,
+        idp_keys: tuple[dict[str, Any], ...] | None = None,
+    ) -> None:
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
         snap = JwksSnapshot(
             jwt=jwt_config(),
-            keys=(issuer or self.issuer).jwks(),
+            keys=idp_keys if idp_keys is not None else (issuer or self.issuer).jwks(),
             fetched_at=time.time(),
             source="test",
+            exchange_issuer=EXCHANGE_ISSUER,
+            exchange_keys=exchange_keys if exchange_keys is not None else self.exchange.jwks(),
         )
         await kv.put(subjects.JWKS_KEY, snap)
 
@@ -214,6 +271,7 @@ class SshdFactory:
             "ops_listen": "127.0.0.1:0",
             "shutdown_grace": 6.0,
             "kill_grace": 0.5,
+            "accept_idp_tokens": True,  # see the module docstring
             **settings,
         }
         config = SshdSettings(**values)

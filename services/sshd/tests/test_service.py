@@ -70,7 +70,7 @@ async def test_sigterm_stops_accepting_lets_sessions_finish_then_exits_0(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **client.env(issuer.mint("alice-id"))},
+        env={**os.environ, **client.env(mesh.exchange.mint("alice-id"))},  # sshd's default
     )
     assert session.stdout is not None
     assert await asyncio.wait_for(session.stdout.readline(), 10) == b"started\n"
@@ -80,7 +80,7 @@ async def test_sigterm_stops_accepting_lets_sessions_finish_then_exits_0(
     assert 'meshssh_sshd_connections_total{outcome="accepted"} 1.0' in text
     proc.proc.terminate()
     await asyncio.sleep(0.3)
-    refused = await client.ssh("true", token=issuer.mint("alice-id"), user=local_user)
+    refused = await client.ssh("true", token=mesh.exchange.mint("alice-id"), user=local_user)
     assert refused.returncode == 255  # no longer accepting
     rest, _ = await asyncio.wait_for(session.communicate(), 10)
     assert rest == b"finished\n"
@@ -92,8 +92,9 @@ async def test_sigterm_stops_accepting_lets_sessions_finish_then_exits_0(
 async def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
     cases = [
         (["--listen", "127.0.0.2:0", "--peer-id", "a.b"], "--peer-id"),
-        (
-            ["--listen", "127.0.0.2:0", "--peer-id", "p", "--trusted-relay", "nowhere"],
+        (["--listen", "127.0.0.2:0", "--peer-id", "p", "--relay-uid", "-1"], "--relay-uid"),
+        (  # removed: TCP never takes a PROXY header (the relay uses --relay-socket)
+            ["--listen", "127.0.0.2:0", "--peer-id", "p", "--trusted-relay", "127.0.0.1"],
             "--trusted-relay",
         ),
         (["--peer-id", "p"], "--listen"),

@@ -30,6 +30,7 @@ _FLAG_NAMES = [
     ("root_login", "root"),
     ("disable_ssh_auth", "no-auth"),
     ("agent_forwarding", "agent-forwarding"),
+    ("accept_idp_tokens", "idp-tokens"),
 ]
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import msgspec
 
-from meshssh_agent.control.server import reachable
 from meshssh_common.errors import (
     BadRequest,
     ConfigError,
@@ -28,6 +27,7 @@ from meshssh_common.errors import (
     RemoteError,
     Unavailable,
 )
+from meshssh_common.unix_paths import reachable
 from meshssh_common.wire import PeerFlags
 from meshssh_common.wire.agent import (
     MAX_LINE,

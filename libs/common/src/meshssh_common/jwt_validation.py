@@ -96,6 +96,12 @@ class RejectReason(enum.StrEnum):
     BAD_AUDIENCE = "bad_audience"
     MISSING_CLAIM = "missing_claim"
     EMAIL_NOT_VERIFIED = "email_not_verified"
+    # Per-peer tokens (meshssh_common.peer_tokens; sshd's replay cache):
+    WRONG_AUDIENCE = "wrong_audience"
+    TOO_LONG_LIVED = "too_long_lived"
+    REPLAYED = "replayed"
+    REPLAY_CACHE_FULL = "replay_cache_full"
+    IDP_TOKEN_REFUSED = "idp_token_refused"
 
 
 _LOGIN_AGAIN = "run `meshssh login` to get a fresh token and try again"
@@ -112,6 +118,15 @@ _PUBLIC: dict[RejectReason, str] = {
     "(audience); check the client configuration",
     RejectReason.EMAIL_NOT_VERIFIED: "Authentication failed: your identity provider has not "
     "verified your email address, which names you here; verify it there, then log in again",
+    RejectReason.WRONG_AUDIENCE: "Authentication failed: this login token was issued for "
+    "another peer; connect with `meshssh ssh` (it gets a token for each server)",
+    RejectReason.REPLAYED: "Authentication failed: this login token was already used; "
+    "connect again with `meshssh ssh` (it gets a fresh token for each connection)",
+    RejectReason.REPLAY_CACHE_FULL: "Authentication failed: this server is taking too many "
+    "logins right now; try again in a minute",
+    RejectReason.IDP_TOKEN_REFUSED: "Authentication failed: this peer accepts only per-peer "
+    "tokens, not your identity provider's token; connect with `meshssh ssh` (with the meshssh "
+    "agent running), or ask an admin to start the peer with --accept-idp-tokens",
 }
 _PUBLIC_DEFAULT = f"Authentication failed: invalid token; {_LOGIN_AGAIN}"
 

@@ -1,10 +1,10 @@
 """Real SSH servers for relay tests: a PROXY-aware asyncssh server and OpenSSH's ``sshd -i``.
 
 :class:`ProxySshServer` reads the PROXY v2 header exactly as meshssh-sshd does (``read_v2`` on
-the raw socket, accepted only from the trusted relay address), then serves SSH on the same
-socket with asyncssh. Its exec handler prints the source it was told, so an OpenSSH client's
-output proves which address the server saw. It stands in for meshssh-sshd where a test is
-about the relay alone.
+the raw socket, only on its relay Unix socket; its TCP port never reads one), then serves SSH
+on the same socket with asyncssh. Its exec handler prints the source it was told, so an
+OpenSSH client's output proves which address the server saw. It stands in for meshssh-sshd
+where a test is about the relay alone.
 
 :class:`NativeSshd` is the "native SSH daemon" a relay hands connections to when meshssh SSH
 is off: OpenSSH's own ``sshd`` in inetd mode, one process per connection, on a socket the
@@ -12,7 +12,7 @@ test owns (so the port is chosen by the OS).
 
 Example::
 
-    server = ProxySshServer("127.0.0.2", trusted="127.0.0.2", client_key=client.public_key)
+    server = ProxySshServer("127.0.0.2", unix_path=tmp / "relay.sock", client_key=client.public_key)
     await server.start()
     ...
     await server.stop()
@@ -48,13 +48,13 @@ class ProxySshServer:
 
     Args:
         host: the address to listen on (port chosen by the OS).
-        trusted: the only peer address whose PROXY header is believed.
+        unix_path: the relay socket (like meshssh-sshd's ``--relay-socket``), if any.
         client_key: the OpenSSH public key line every user may log in with.
         sock: an already-bound listening socket to use instead (e.g. one made in a namespace).
 
-    Like meshssh-sshd, a connection from ``trusted`` must start with a PROXY header; any
-    other connection is plain SSH and its TCP source is what the server reports (a PROXY
-    header from there is not SSH, so that handshake fails). Commands: ``sink`` reads stdin to
+    Like meshssh-sshd, a connection on ``unix_path`` must start with a PROXY header; a TCP
+    connection is plain SSH and its TCP source is what the server reports (a PROXY header
+    there is not SSH, so that handshake fails). Commands: ``sink`` reads stdin to
     the end and prints the byte count; ``true`` does nothing; anything else prints
     ``source=<ip> command=<command>``.
     """
@@ -63,12 +63,13 @@ class ProxySshServer:
         self,
         host: str,
         *,
-        trusted: str = "",
+        unix_path: Path | None = None,
         client_key: str,
         sock: socket.socket | None = None,
     ) -> None:
         self.host = host
-        self.trusted = trusted
+        self.unix_path = unix_path
+        self._unix: socket.socket | None = None
         self.client_key = client_key
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.headers: list[ProxyHeader] = []
@@ -89,22 +90,30 @@ class ProxySshServer:
             self._sock = _listener(self.host)
         self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
-        task = asyncio.create_task(self._accept_loop(self._sock))
+        task = asyncio.create_task(self._accept_loop(self._sock, relayed=False))
         self._tasks.add(task)
+        if self.unix_path is not None:
+            self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._unix.bind(str(self.unix_path))
+            self._unix.listen(128)
+            self._unix.setblocking(False)
+            task = asyncio.create_task(self._accept_loop(self._unix, relayed=True))
+            self._tasks.add(task)
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, *, relayed: bool) -> None:
         loop = asyncio.get_running_loop()
         while True:
             conn, peer = await loop.sock_accept(listener)
             self.accepted += 1
-            task = asyncio.create_task(self._serve(conn, str(peer[0])))
+            peer_ip = "relay" if relayed else str(peer[0])
+            task = asyncio.create_task(self._serve(conn, peer_ip, relayed))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: socket.socket, peer_ip: str) -> None:
+    async def _serve(self, conn: socket.socket, peer_ip: str, relayed: bool) -> None:
         loop = asyncio.get_running_loop()
         source = peer_ip
-        if peer_ip == self.trusted:
+        if relayed:
             try:
                 header = await read_v2(loop, conn, timeout=5)
             except ProxyProtocolError as e:
@@ -143,6 +152,11 @@ class ProxySshServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sock is not None:
             self._sock.close()
+        if self._unix is not None:
+            self._unix.close()
+            with contextlib.suppress(OSError):
+                assert self.unix_path is not None
+                self.unix_path.unlink()
 
 
 def sshd_binary() -> str | None:

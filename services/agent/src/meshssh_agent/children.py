@@ -147,6 +147,7 @@ def sshd_args(flags: PeerFlags) -> list[str]:
         (flags.root_login, "--enable-ssh-root"),
         (flags.disable_ssh_auth, "--disable-ssh-auth"),
         (flags.agent_forwarding, "--enable-ssh-agent-forwarding"),
+        (flags.accept_idp_tokens, "--accept-idp-tokens"),
     ]
     args = [flag for on, flag in pairs if on]
     if flags.permit_open != ("any",):
@@ -178,7 +179,7 @@ def _common(config: AgentSettings, ops_listen: str) -> list[str]:
 
 
 def sshd_argv(config: AgentSettings, peer_id: str) -> list[str]:
-    """meshssh-sshd on ``<mesh-ip>:<ssh-port>``, trusting PROXY headers from the mesh address."""
+    """meshssh-sshd on ``<mesh-ip>:<ssh-port>``; the relay reaches it on its relay socket."""
     return [
         service_executable("meshssh-sshd", config.sshd_bin),
         "--peer-id",
@@ -187,8 +188,8 @@ def sshd_argv(config: AgentSettings, peer_id: str) -> list[str]:
         config.address(config.ssh_port),
         "--host-key",
         str(config.files.host_key),
-        "--trusted-relay",
-        config.mesh_ip,
+        "--relay-socket",
+        str(config.files.sshd_relay_socket),
         *sshd_args(config.flags),
         *_common(config, config.sshd_ops_listen),
     ]
@@ -208,6 +209,7 @@ def relay_argv(config: AgentSettings, peer_id: str, mode: RelayMode) -> list[str
     ]
     if config.allow_server_ssh:
         argv += ["--sshd", config.address(config.ssh_port)]
+        argv += ["--sshd-socket", str(config.files.sshd_relay_socket)]
     if config.native_upstream:
         argv += ["--native-upstream", config.native_upstream]
     if mode.interface:

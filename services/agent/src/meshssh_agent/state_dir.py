@@ -99,6 +99,11 @@ class StateDir:
         return self.path / SOCKET_NAME
 
     @property
+    def sshd_relay_socket(self) -> Path:
+        """meshssh-sshd's relay socket (sshd makes its dir 0700 and the socket 0600)."""
+        return self.path / "sshd" / "relay.sock"
+
+    @property
     def lock(self) -> Path:
         """Held (flock) by the running agent; records its pid."""
         return self.path / "agent.lock"

@@ -4,15 +4,17 @@ For every accepted connection, in order:
 
 1. the source is checked against the current map for TCP on ``acl_port`` (22); a refused
    source is closed before a single byte is read and counted by reason;
-2. SSH on for this peer (sshd configured and the map's ``ssh_enabled``): dial meshssh-sshd
-   from the mesh address (sshd trusts PROXY headers from it) and send a PROXY v2 header
-   carrying the original source and destination first; SSH off: dial the native SSH daemon
-   when one is configured (no header: it would not understand one), else close;
+2. SSH on for this peer (``--sshd-socket`` set and the map's ``ssh_enabled``): connect to
+   meshssh-sshd's relay socket (a Unix socket; sshd checks that the caller is the relay's
+   uid) and send a PROXY v2 header carrying the original source and destination first; SSH
+   off: dial the native SSH daemon when one is configured (no header: it would not
+   understand one), else close;
 3. the PROXY header is written, then both sockets go to a :class:`~meshssh_relay.pump.Pipe`
    (one thread per direction) until both sides are done.
 
-A refused upstream is retried for ``upstream_connect_timeout`` seconds, which covers sshd
-being started or restarted by the agent while a client dials.
+A refused upstream (or a relay socket not there yet) is retried for
+``upstream_connect_timeout`` seconds, which covers sshd being started or restarted by the agent
+while a client dials.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import errno
 import ipaddress
 import socket
 import time
+from pathlib import Path
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
@@ -33,6 +36,7 @@ from meshssh_common.peer_map import PeerMap
 from meshssh_common.proxy_protocol import encode_v2
 from meshssh_common.settings import split_host_port
 from meshssh_common.tasks import TaskSet
+from meshssh_common.unix_paths import reachable
 from meshssh_relay.pump import Pipe
 from meshssh_relay.settings import RelaySettings
 
@@ -131,8 +135,6 @@ class ProxyRelay:
         self._dialing = 0
         self._drained: asyncio.Event | None = None  # set by stop(): the last pipe ended
         self._loop: asyncio.AbstractEventLoop | None = None
-        host, _ = split_host_port(settings.listen)
-        self._source_ip = "" if ipaddress.ip_address(host).is_unspecified else host
 
     @property
     def pipes(self) -> frozenset[Pipe]:
@@ -206,8 +208,9 @@ class ProxyRelay:
             self._refuse(client, ConnectionResult.TOO_MANY, source)
             return
         prefix = b""
-        if self.settings.sshd and self.holder.ssh_enabled:
-            target, kind = self.settings.sshd, Upstream.SSHD
+        target: str | Path
+        if self.settings.sshd_socket is not None and self.holder.ssh_enabled:
+            target, kind = self.settings.sshd_socket, Upstream.SSHD
             prefix = encode_v2(_unmap(source), _unmap(destination))
         elif self.settings.native_upstream:
             target, kind = self.settings.native_upstream, Upstream.NATIVE
@@ -230,7 +233,7 @@ class ProxyRelay:
         self,
         client: socket.socket,
         prefix: bytes,
-        target: str,
+        target: str | Path,
         kind: Upstream,
         source: tuple[str, int],
     ) -> None:
@@ -244,7 +247,7 @@ class ProxyRelay:
         self,
         client: socket.socket,
         prefix: bytes,
-        target: str,
+        target: str | Path,
         kind: Upstream,
         source: tuple[str, int],
     ) -> None:
@@ -274,22 +277,31 @@ class ProxyRelay:
         self.log.info("connection relayed", extra={"source": source[0], "upstream": kind})
         pipe.start()
 
-    async def _connect(self, target: str, kind: Upstream) -> socket.socket:
-        """A connected non-blocking socket to ``target``; retries refusals for a while."""
-        host, port = split_host_port(target)
+    async def _connect(self, target: str | Path, kind: Upstream) -> socket.socket:
+        """A connected non-blocking socket to ``target`` (a Unix socket path or ``HOST:PORT``).
+
+        Refusals (and a socket file not there yet: sshd restarting) are retried for a while.
+        """
+        address: str | tuple[str, int] = ""
+        family = socket.AF_UNIX
+        if not isinstance(target, Path):
+            host, port = split_host_port(target)
+            family, address = (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.upstream_connect_timeout
         while True:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                if kind is Upstream.SSHD and self._source_ip:
-                    sock.bind((self._source_ip, 0))  # sshd trusts PROXY headers from here
-                await loop.sock_connect(sock, (host, port))
+                if isinstance(target, Path):
+                    with reachable(target) as name:  # a long state dir path still works
+                        await loop.sock_connect(sock, name)
+                else:
+                    await loop.sock_connect(sock, address)
             except OSError as e:
                 sock.close()
-                retry = e.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL)
+                retry = e.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENOENT)
                 if not retry or time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(_RETRY_EVERY)

@@ -3,7 +3,9 @@
 Modes (``--mode``):
 
 - ``proxy``: :class:`~meshssh_relay.proxy.ProxyRelay` listens on ``--listen`` and enforces the
-  ACL itself (SSH on: to sshd with a PROXY header; SSH off: to ``--native-upstream`` or closed).
+  ACL itself (SSH on: to sshd's relay socket, ``--sshd-socket``, with a PROXY header; SSH off:
+  to ``--native-upstream`` or closed). sshd's TCP port takes no PROXY header, so a proxy-mode
+  relay given ``--sshd`` without ``--sshd-socket`` is a config error (exit 2).
 - ``nftables``: :class:`~meshssh_relay.nftables.NftRedirect` keeps a kernel rule in place while
   SSH is on for this peer, so clients reach sshd directly and sshd applies the ACL. A userspace
   listener runs too only when ``--native-upstream`` is set, to serve SSH-off connections.
@@ -30,7 +32,7 @@ from meshssh_relay.nftables import NftRedirect
 from meshssh_relay.proxy import ProxyRelay, RelayMetrics
 from meshssh_relay.settings import RelaySettings
 
-__all__ = ["build_redirect", "serve"]
+__all__ = ["build_redirect", "check_upstreams", "serve"]
 
 _FIRST_MAP_WAIT = 2.0
 
@@ -48,6 +50,20 @@ def build_redirect(settings: RelaySettings) -> NftRedirect | None:
     host, port = split_host_port(settings.listen)
     _, to_port = split_host_port(settings.sshd)
     return NftRedirect(settings.table, settings.mesh_interface, host, port, to_port)
+
+
+def check_upstreams(settings: RelaySettings) -> None:
+    """Refuse a proxy-mode relay that could reach sshd only over TCP.
+
+    Raises:
+        ConfigError: ``--sshd`` without ``--sshd-socket`` in proxy mode.
+    """
+    if settings.mode == "proxy" and settings.sshd is not None and settings.sshd_socket is None:
+        raise ConfigError(
+            "--sshd-socket",
+            "required in proxy mode: sshd takes the relay's PROXY header only on its relay "
+            "socket (--relay-socket), never on TCP",
+        )
 
 
 async def _reconcile(
@@ -96,6 +112,7 @@ async def serve(ctx: ServiceContext[RelaySettings]) -> None:
         changed.set()
 
     holder.on_change(on_change)
+    check_upstreams(settings)
     redirect = build_redirect(settings)
     proxy = None
     if settings.mode == "proxy" or settings.native_upstream:
@@ -109,7 +126,14 @@ async def serve(ctx: ServiceContext[RelaySettings]) -> None:
                 tg.create_task(_reconcile(ctx, redirect, holder, changed, metrics))
             else:
                 ctx.ready.set()
-            log.info("relay serving", extra={"listen": settings.listen, "sshd": settings.sshd})
+            log.info(
+                "relay serving",
+                extra={
+                    "listen": settings.listen,
+                    "sshd": settings.sshd,
+                    "sshd_socket": str(settings.sshd_socket or ""),
+                },
+            )
     except* ConfigError as group:
         raise group.exceptions[0] from None  # the runner turns it into exit 2 and one line
     finally:

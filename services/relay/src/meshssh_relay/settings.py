@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -30,14 +31,22 @@ class RelaySettings(ServiceSettings):
     )
     sshd: HostPort | None = Field(
         None,
-        description="meshssh-sshd's address (MESH-IP:22022); unset when the peer may not run it",
+        description="meshssh-sshd's address (MESH-IP:22022), where the nftables mode redirects; "
+        "unset when the peer may not run it",
+    )
+    sshd_socket: Path | None = Field(
+        None,
+        description="meshssh-sshd's relay socket (its --relay-socket): the proxy mode hands "
+        "connections there with a PROXY v2 header; unset when the peer may not run sshd",
     )
     native_upstream: HostPort | None = Field(
         None,
         description="a native SSH daemon for when SSH is off for this peer (e.g. 127.0.0.1:22)",
     )
     mode: Literal["proxy", "nftables"] = Field(
-        "proxy", description="proxy: relay in userspace; nftables: kernel redirect to --sshd"
+        "proxy",
+        description="proxy: relay in userspace to --sshd-socket; nftables: kernel redirect to "
+        "--sshd",
     )
     mesh_interface: str = Field(
         "", max_length=15, description="the mesh network interface (required in nftables mode)"

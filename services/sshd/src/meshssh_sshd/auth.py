@@ -1,16 +1,26 @@
 """JWT authentication and authorization of one login (SPEC §6).
 
-A token (sent as the SSH password, pasted into the browser check, or obtained by it) is
-validated with the common :class:`JwtValidator`: config from this peer's map
-(``netmap.peer.jwt``), keys from ``meshssh-jwks``. An unknown ``kid`` triggers one refresh
-through authn and one retry. The user id is the claim the map's authorization table names
-(``ssh_auth.user_id_claim``), and the login is allowed only if the table grants that user the
-requested local user (directly or through ``*``). Anything missing fails closed: no map, no
-JWT config in it, no keys.
+A token (sent as the SSH password, pasted into the browser check, or obtained by it) is one
+of two kinds, told apart by its header ``kid`` alone:
+
+- a **per-peer token** (``kid`` is one of authn's exchange keys in ``meshssh-jwks``): validated
+  only by :class:`~meshssh_common.peer_tokens.PeerTokenValidator` (authn's issuer, ``aud``
+  exactly this peer's, the map's max age on the original ``iat``) and then its ``jti`` must be
+  new to the :class:`~meshssh_sshd.replay_cache.ReplayCache` (``replayed``; a full cache
+  refuses: ``replay_cache_full``);
+- any other token is the **IdP's own**: refused (``idp_token_refused``) unless the peer runs
+  with ``--accept-idp-tokens``, and then validated with the common :class:`JwtValidator`:
+  config from this peer's map (``netmap.peer.jwt``), the IdP keys from ``meshssh-jwks`` (never
+  an exchange key). An unknown ``kid`` triggers one refresh through authn and one retry.
+
+The user id is the claim the map's authorization table names (``ssh_auth.user_id_claim``),
+and the login is allowed only if the table grants that user the requested local user
+(directly or through ``*``). Anything missing fails closed: no map, no JWT config in it, no
+keys.
 
 Example::
 
-    auth = Authenticator(maps, keys, metrics, log)
+    auth = Authenticator(maps, keys, metrics, log, peer_id="p1", replays=ReplayCache(4096))
     identity = await auth.check_token(password, local_user="alice")   # raises Denied
 """
 
@@ -23,6 +33,7 @@ from dataclasses import dataclass
 import jwt
 
 from meshssh_common.jwt_validation import (
+    MAX_TOKEN_BYTES,
     RejectReason,
     TokenRejected,
     ValidatedToken,
@@ -35,6 +46,7 @@ from meshssh_common.wire import JwtConfig, NetworkMap
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
 from meshssh_sshd.refusal import Refused
+from meshssh_sshd.replay_cache import ReplayCache, Use
 
 __all__ = ["Authenticator", "Identity"]
 
@@ -59,22 +71,41 @@ def _profile_claim(claims: Mapping[str, object], name: str) -> str:
 
 
 def _unverified_kid(token: str) -> str:
+    """The header's ``kid`` ("" when absent); the token is not verified yet.
+
+    Raises:
+        TokenRejected: too large (``too_large``) or no decodable JWT header (``malformed``).
+    """
+    if len(token) >= MAX_TOKEN_BYTES:  # checked before any decoding
+        raise TokenRejected(RejectReason.TOO_LARGE, f"token of {len(token)} characters")
     try:
-        return str(jwt.get_unverified_header(token).get("kid") or "")
-    except (jwt.DecodeError, ValueError):
-        return ""
+        kid = jwt.get_unverified_header(token).get("kid")
+    except (jwt.DecodeError, ValueError, TypeError) as e:
+        raise TokenRejected(RejectReason.MALFORMED, "no decodable JWT header") from e
+    return kid if isinstance(kid, str) else ""
 
 
 class Authenticator:
     """Checks tokens against this peer's map and the mirrored signing keys."""
 
     def __init__(
-        self, maps: PeerMap, keys: JwksWatch, metrics: SshdMetrics, log: BoundLogger
+        self,
+        maps: PeerMap,
+        keys: JwksWatch,
+        metrics: SshdMetrics,
+        log: BoundLogger,
+        *,
+        peer_id: str,
+        replays: ReplayCache,
+        accept_idp_tokens: bool = False,
     ) -> None:
         self._maps = maps
         self._keys = keys
         self._metrics = metrics
         self._log = log
+        self._peer_id = peer_id
+        self._replays = replays
+        self._accept_idp = accept_idp_tokens
 
     def _jwt_config(self) -> tuple[NetworkMap, JwtConfig]:
         netmap = self._maps.current
@@ -99,37 +130,78 @@ class Authenticator:
             )
         return netmap, config
 
+    def _no_keys(self) -> Refused:
+        return Refused(
+            "no_keys",
+            "no JWKS snapshot in meshssh-jwks",
+            public=f"Permission denied: this peer has no signing keys yet; {_TRY_AGAIN}",
+        )
+
     def _validate(self, config: JwtConfig, token: str) -> ValidatedToken:
         validator = self._keys.validator_for(config)
         if validator is None:
-            raise Refused(
-                "no_keys",
-                "no JWKS snapshot in meshssh-jwks",
-                public=f"Permission denied: this peer has no signing keys yet; {_TRY_AGAIN}",
-            )
+            raise self._no_keys()
         started = time.perf_counter()
         try:
             return validator.validate(token)
         finally:
             self._metrics.jwt_validation.observe(time.perf_counter() - started)
 
+    def _validate_peer_token(self, config: JwtConfig, token: str) -> ValidatedToken:
+        validator = self._keys.peer_validator_for(config, self._peer_id)
+        if validator is None:
+            raise self._no_keys()
+        started = time.perf_counter()
+        try:
+            checked = validator.validate(token)
+        finally:
+            self._metrics.jwt_validation.observe(time.perf_counter() - started)
+        # Only a token that passed every other check spends its jti: garbage cannot fill the
+        # cache, and a forged token cannot burn someone else's jti.
+        use = self._replays.use(checked.jti, checked.token.expires_at, skew=config.clock_skew)
+        self._metrics.replay_cache_entries.set(len(self._replays))
+        if use is Use.REPLAYED:
+            raise TokenRejected(RejectReason.REPLAYED, f"jti {checked.jti[:40]!r} was used before")
+        if use is Use.FULL:
+            self._log.warning(
+                "replay cache full: refusing per-peer tokens until entries expire "
+                "(raise --replay-cache-size if this is legitimate load)",
+                extra={"capacity": self._replays.capacity},
+            )
+            raise TokenRejected(
+                RejectReason.REPLAY_CACHE_FULL,
+                f"replay cache holds {self._replays.capacity} live tokens",
+            )
+        return checked.token
+
     async def validate(self, token: str) -> tuple[NetworkMap, ValidatedToken]:
-        """Validate ``token`` alone (no authorization), refreshing keys once on an unknown kid.
+        """Validate ``token`` alone (no authorization): a per-peer token or an IdP token.
+
+        An IdP token gets one key refresh on an unknown kid; a per-peer token's jti is spent.
 
         Raises:
             Refused: no map, no JWT config, or no keys.
             TokenRejected: the token failed a check (``public`` says what to do).
         """
         netmap, config = self._jwt_config()
+        kid = _unverified_kid(token)
+        if kid and kid in self._keys.exchange_kids:
+            return netmap, self._validate_peer_token(config, token)
+        if not self._accept_idp:
+            raise TokenRejected(
+                RejectReason.IDP_TOKEN_REFUSED,
+                f"kid {kid!r} is no exchange key: an IdP token, and --accept-idp-tokens is off",
+            )
         try:
             return netmap, self._validate(config, token)
         except TokenRejected as e:
             if e.reason is not RejectReason.UNKNOWN_KID:
                 raise
-            kid = _unverified_kid(token)
             if not kid or not await self._keys.refresh(kid):
                 raise
         netmap, config = self._jwt_config()
+        if kid in self._keys.exchange_kids:  # the refresh brought it as an exchange key
+            return netmap, self._validate_peer_token(config, token)
         return netmap, self._validate(config, token)
 
     async def check_token(self, token: str, local_user: str, *, method: str) -> Identity:

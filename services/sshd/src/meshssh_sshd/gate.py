@@ -2,10 +2,10 @@
 
 The gate owns the listening socket. For each accepted connection, before a single SSH byte:
 
-1. if the TCP peer is a trusted relay, read exactly one PROXY v2 header (bounded by
-   ``--proxy-header-timeout``; a malformed or missing header refuses the connection) and take
-   the original client and port 22 from it; from anyone else a header is never read, the TCP
-   peer is the client and the port is 22022;
+1. the TCP peer is the client and the ACL port is 22022: a PROXY header is never read here
+   (the relay's connections arrive on the Unix socket of :mod:`meshssh_sshd.relay_socket`,
+   which checks the caller's uid, reads the header and hands over to :meth:`Gate.admit` with
+   the original client and port 22);
 2. refuse while draining, when the source is over its source-wide auth-failure limit (one
    user's failures only refuse that user, at auth), or when too many
    connections are still authenticating (``--max-startups``), or too many from this source
@@ -41,21 +41,21 @@ from typing import TYPE_CHECKING
 
 from meshssh_common.acl import AclDecision, check_inbound
 from meshssh_common.errors import ConfigError
-from meshssh_common.proxy_protocol import ProxyProtocolError, read_v2
 from meshssh_common.settings import split_host_port
 from meshssh_sshd.origin import Origin
 
 if TYPE_CHECKING:
     from meshssh_sshd.core import SshdCore
 
-__all__ = ["Gate", "HandOver"]
+__all__ = ["Gate", "HandOver", "normal_ip"]
 
 HandOver = Callable[[socket.socket, Origin], Awaitable[None]]
 _AUDIT_PER_SECOND = 20  # refused-connection audit records (and log lines) per second, at most
 _BACKLOG = 1024
 
 
-def _normal(ip: str) -> str:
+def normal_ip(ip: str) -> str:
+    """``ip`` without a zone, and ``::ffff:a.b.c.d`` as ``a.b.c.d``."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
@@ -72,7 +72,6 @@ class Gate:
         self._core = core
         self._listen = listen
         self._hand_over = hand_over
-        self._trusted = frozenset(_normal(a) for a in core.settings.trusted_relay)
         self._sock: socket.socket | None = None
         self._window = (0, 0)  # (second, refusals recorded in it): the audit throttle
 
@@ -122,11 +121,11 @@ class Gate:
 
     def _blocked_fast(self, sock: socket.socket, peer: tuple[str, int]) -> bool:
         """Refuse a source in backoff right at accept, without a task (flood fast path)."""
-        tcp_ip = _normal(str(peer[0]))
-        if tcp_ip in self._trusted or not self._core.limiter.source_blocked(tcp_ip):
+        tcp_ip = normal_ip(str(peer[0]))
+        if not self._core.limiter.source_blocked(tcp_ip):
             return False
         origin = Origin(tcp_ip, int(peer[1]), "", 0, self._core.settings.acl_port)
-        self._refuse(sock, origin, "rate_limited", "")
+        self.refuse(sock, origin, "rate_limited", "")
         return True
 
     async def _admit(self, sock: socket.socket, peer: tuple[str, int]) -> None:
@@ -139,36 +138,19 @@ class Gate:
             sock.close()
             core.metrics.connections.labels(outcome="reset").inc()
             return
-        tcp_ip = _normal(str(peer[0]))
+        tcp_ip = normal_ip(str(peer[0]))
         origin = Origin(
-            tcp_ip, int(peer[1]), _normal(str(local[0])), int(local[1]), settings.acl_port
+            tcp_ip, int(peer[1]), normal_ip(str(local[0])), int(local[1]), settings.acl_port
         )
-        if tcp_ip in self._trusted:
-            try:
-                header = await read_v2(
-                    asyncio.get_running_loop(), sock, timeout=settings.proxy_header_timeout
-                )
-            except ProxyProtocolError as e:
-                self._refuse(sock, origin, "bad_proxy_header", str(e))
-                return
-            except OSError as e:
-                self._refuse(sock, origin, "bad_proxy_header", repr(e))
-                return
-            if header.local or header.source is None or header.destination is None:
-                self._refuse(sock, origin, "proxy_health_check", "PROXY LOCAL (health check)")
-                return
-            origin = Origin(
-                _normal(header.source[0]),
-                header.source[1],
-                _normal(header.destination[0]),
-                header.destination[1],
-                settings.relay_acl_port,
-                via_relay=True,
-            )
+        await self.admit(sock, origin)
+
+    async def admit(self, sock: socket.socket, origin: Origin) -> None:
+        """Decide on a connection from ``origin`` (steps 2-4); refuse it or hand it over."""
+        core = self._core
         origin = self._named(origin)
         reason = self._decide(origin)
         if reason is not None:
-            self._refuse(sock, origin, reason, "")
+            self.refuse(sock, origin, reason, "")
             return
         core.metrics.connections.labels(outcome="accepted").inc()
         core.startup_began(origin.client_ip)
@@ -202,7 +184,8 @@ class Gate:
             return "ssh_disabled"
         return None
 
-    def _refuse(self, sock: socket.socket, origin: Origin, reason: str, detail: str) -> None:
+    def refuse(self, sock: socket.socket, origin: Origin, reason: str, detail: str) -> None:
+        """Close ``sock`` unanswered; count, audit and log why (audit and log throttled)."""
         core = self._core
         with contextlib.suppress(OSError):
             sock.close()

@@ -2,7 +2,9 @@
 
 The map says how to validate (issuer, audiences, max age: ``netmap.peer.jwt``); this watcher
 holds the keys. :meth:`JwksWatch.validator_for` builds a :class:`JwtValidator` for a config
-and caches it until the keys or the config change.
+from the IdP's keys (never an exchange key, even one listed among them), and
+:meth:`JwksWatch.peer_validator_for` a :class:`PeerTokenValidator` from authn's exchange keys
+(SPEC §6, per-peer tokens); each is cached until the keys or the config change.
 
 On an unknown ``kid`` the caller asks :meth:`JwksWatch.refresh`, throttled per ``kid`` and
 globally, so that one made-up ``kid`` never holds up another one's refresh:
@@ -48,6 +50,7 @@ from meshssh_common.key_watch import KeyWatch
 from meshssh_common.kid_misses import KidMisses
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.peer_tokens import PeerTokenValidator, exchange_kids
 from meshssh_common.rpc import request
 from meshssh_common.tasks import TaskSet
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
@@ -110,6 +113,8 @@ class JwksWatch:
         self._initial = asyncio.Event()
         self._revision = 0  # counts applied snapshots: the validator cache's key
         self._cache: tuple[int, JwtConfig, JwtValidator] | None = None
+        self._peer_cache: tuple[int, JwtConfig, str, PeerTokenValidator] | None = None
+        self._exchange_kids: tuple[int, frozenset[str]] = (-1, frozenset())
         self._misses = KidMisses(_MAX_KIDS_REMEMBERED)
         self._next: _Batch | None = None  # collecting kids, not sent yet
         self._send_lock = asyncio.Lock()
@@ -132,9 +137,36 @@ class JwksWatch:
         cached = self._cache
         if cached is not None and cached[0] == self._revision and cached[1] == config:
             return cached[2]
-        validator = JwtValidator(config, self.snapshot.keys)
+        exchange = self.exchange_kids
+        idp_keys = [k for k in self.snapshot.keys if str(k.get("kid", "")) not in exchange]
+        validator = JwtValidator(config, idp_keys)
         self._cache = (self._revision, config, validator)
         return validator
+
+    def peer_validator_for(self, config: JwtConfig, peer_id: str) -> PeerTokenValidator | None:
+        """A per-peer token validator for ``config`` and ``peer_id``; None without a snapshot."""
+        if self.snapshot is None:
+            return None
+        cached = self._peer_cache
+        if (
+            cached is not None
+            and cached[0] == self._revision
+            and cached[1] == config
+            and cached[2] == peer_id
+        ):
+            return cached[3]
+        validator = PeerTokenValidator(config, self.snapshot, peer_id=peer_id)
+        self._peer_cache = (self._revision, config, peer_id, validator)
+        return validator
+
+    @property
+    def exchange_kids(self) -> frozenset[str]:
+        """The ``kid`` of authn's exchange keys in the current snapshot."""
+        revision, kids = self._exchange_kids
+        if revision != self._revision:
+            kids = exchange_kids(self.snapshot)
+            self._exchange_kids = (self._revision, kids)
+        return kids
 
     async def refresh(self, kid: str) -> bool:
         """Ask authn to refetch the keys because ``kid`` is unknown; True if ``kid`` arrived.

@@ -34,7 +34,9 @@ class SshdMetrics:
         self.auth_rejects = base.counter(
             "auth_rejects",
             "Rejected authentication attempts by reason",
-            ("reason",),  # expired | not_authorized | no_jwt_config | rate_limited | ...
+            # expired | not_authorized | no_jwt_config | rate_limited | wrong_audience |
+            # replayed | replay_cache_full | idp_token_refused | ...
+            ("reason",),
         )
         self.jwt_validation = base.histogram(
             "jwt_validation_seconds", "Time to validate one JWT", buckets=_SECONDS
@@ -43,6 +45,9 @@ class SshdMetrics:
             "jwks_refreshes",
             "JWKS refreshes asked of authn after an unknown kid",
             ("result",),  # fetched|missed|throttled_kid|throttled_global|throttled_authn|error
+        )
+        self.replay_cache_entries = base.gauge(
+            "replay_cache_entries", "Per-peer token ids remembered until their tokens expire"
         )
         self.active_sessions = base.gauge("active_sessions", "Session channels running now")
         self.active_connections = base.gauge(

@@ -1,10 +1,11 @@
 """The body of meshssh-sshd: build the server, serve, and drain on shutdown.
 
-Start-up, in order: load (or create) the host key; open the listening socket (a bad
-``--listen`` exits 2); make sure the ``MESHSSH_AUDIT`` stream exists; follow this peer's map
-and the signing keys; once both are known (bounded waits), accept connections and report
-ready. The identification banner is ``SSH-2.0-MeshSSH-<version>``, plus
-`` MeshSSH-JWT-Required`` when JWT auth is on (SPEC §6).
+Start-up, in order: load (or create) the host key; open the listening socket and, with
+``--relay-socket``, the relay's Unix socket (a bad ``--listen`` or socket path exits 2); make
+sure the ``MESHSSH_AUDIT`` stream exists; follow this peer's map and the signing keys; once
+both are known (bounded waits), accept connections and report ready. The identification
+banner is ``SSH-2.0-MeshSSH-<version>``, plus `` MeshSSH-JWT-Required`` when JWT auth is on
+(SPEC §6).
 
 Shutdown (the runner cancels :func:`serve` on SIGTERM): stop accepting, let running sessions
 finish for most of the shutdown grace, then close what is left ("server shutting down"),
@@ -45,6 +46,8 @@ from meshssh_sshd.metrics import SshdMetrics
 from meshssh_sshd.origin import Origin
 from meshssh_sshd.peer_server import PeerServer
 from meshssh_sshd.rate_limit import FailureLimiter
+from meshssh_sshd.relay_socket import RelaySocket
+from meshssh_sshd.replay_cache import ReplayCache
 from meshssh_sshd.revocation import Revoker
 from meshssh_sshd.sessions import LiveRegistry, SessionsReporter
 from meshssh_sshd.settings import SshdSettings
@@ -109,7 +112,15 @@ class SshServer:
             audit=AuditLog(js, settings.peer_id, metrics, log),
             maps=maps,
             keys=keys,
-            auth=Authenticator(maps, keys, metrics, log),
+            auth=Authenticator(
+                maps,
+                keys,
+                metrics,
+                log,
+                peer_id=settings.peer_id,
+                replays=ReplayCache(settings.replay_cache_size),
+                accept_idp_tokens=settings.accept_idp_tokens,
+            ),
             browser=BrowserCheck(
                 ctx.nc, settings.peer_id, wait=settings.browser_check_wait, log=log
             ),
@@ -153,6 +164,14 @@ class SshServer:
         )
         gate = Gate(core, settings.listen, self._serve_connection)
         self.address = gate.open()
+        relay = None
+        if settings.relay_socket is not None:
+            relay = RelaySocket(core, gate, settings.relay_socket)
+            try:
+                relay.open()
+            except BaseException:
+                gate.close()
+                raise
         reporter = SessionsReporter(
             self.ctx.nc,
             settings.peer_id,
@@ -171,14 +190,20 @@ class SshServer:
                 if core.jwt_mode and not await core.keys.wait_initial(_INITIAL_WAIT):
                     core.log.warning("no JWKS snapshot yet: JWT logins fail until one comes")
                 tg.create_task(gate.run())
+                if relay is not None:
+                    tg.create_task(relay.run())
                 self._announce(core)
                 try:
                     await asyncio.Future()
                 except asyncio.CancelledError:
+                    if relay is not None:
+                        relay.close()
                     await self._drain(core, gate, reporter)
                     raise
         finally:
             gate.close()
+            if relay is not None:
+                relay.close()
             await core.tasks.close(timeout=settings.shutdown_grace)
             core.agents.close()
 
@@ -199,6 +224,8 @@ class SshServer:
                 "root": core.settings.enable_ssh_root,
                 "agent_forwarding": core.settings.enable_ssh_agent_forwarding,
                 "permit_open": list(core.settings.ssh_permit_open),
+                "accept_idp_tokens": core.settings.accept_idp_tokens,
+                "relay_socket": str(core.settings.relay_socket or ""),
             },
         )
         self.listening.set()

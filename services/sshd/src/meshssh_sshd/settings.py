@@ -3,12 +3,11 @@
 The feature flags mirror the local flags of ``meshssh up`` (SPEC §3); the agent passes them
 through. Every setting is also an env variable (``--enable-ssh-sftp`` is
 ``MESHSSH_SSHD_ENABLE_SSH_SFTP=true``; repeatable ones take a JSON list, e.g.
-``MESHSSH_SSHD_TRUSTED_RELAY='["100.64.0.1"]'``).
+``MESHSSH_SSHD_SSH_PERMIT_OPEN='["127.0.0.1:5432"]'``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -66,8 +65,24 @@ class SshdSettings(ServiceSettings):
     disable_ssh_auth: bool = Field(
         False, description="no JWT: machine identity, access by network ACL only"
     )
-    trusted_relay: tuple[str, ...] = Field(
-        (), description="source address of the relay; only it may send a PROXY v2 header"
+    accept_idp_tokens: bool = Field(
+        False,
+        description="also accept the identity provider's own token as the password, besides "
+        "per-peer tokens (NetBird's behaviour; off: only tokens authn issued for this peer)",
+    )
+    replay_cache_size: int = Field(
+        100_000,
+        ge=1,
+        description="most per-peer token ids remembered at once (each until its token "
+        "expires); when full, new per-peer tokens are refused",
+    )
+    relay_socket: Path | None = Field(
+        None,
+        description="Unix socket for the relay (mode 0600 in a 0700 directory): connections "
+        "there start with a PROXY v2 header naming the real client; TCP never takes one",
+    )
+    relay_uid: int | None = Field(
+        None, ge=0, description="the only uid that may connect to --relay-socket (default: ours)"
     )
     acl_port: int = Field(
         22022, ge=1, le=65535, description="port direct connections are checked against"
@@ -142,8 +157,3 @@ class SshdSettings(ServiceSettings):
     def permit_open(self) -> PermitOpen:
         """``ssh_permit_open`` parsed (validated when the settings were built)."""
         return PermitOpen.parse(self.ssh_permit_open)
-
-    @field_validator("trusted_relay")
-    @classmethod
-    def _relays_are_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(str(ipaddress.ip_address(v.strip())) for v in value)

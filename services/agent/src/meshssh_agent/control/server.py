@@ -23,13 +23,14 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
 from meshssh_common.errors import ConfigError, MeshError
 from meshssh_common.logs import BoundLogger
+from meshssh_common.unix_paths import reachable
 from meshssh_common.wire.agent import MAX_LINE, ErrorReply, Reply, Request
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "Caller",
     "Handler",
     "Send",
-    "reachable",
 ]
 
 IDLE_TIMEOUT = 60.0
@@ -63,23 +63,6 @@ class Caller(msgspec.Struct, frozen=True):
 Send = Callable[[Reply], Awaitable[None]]
 Handler = Callable[[Request, Caller, Send], Awaitable[Reply]]
 """Answers one request; ``send`` writes intermediate lines before the returned final one."""
-
-
-@contextlib.contextmanager
-def reachable(path: Path) -> Iterator[str]:
-    """A name a Unix socket at ``path`` can be bound or reached at (sun_path: 107 bytes).
-
-    A long path is reached through ``/proc/self/fd/<dir fd>/<name>`` while the block runs.
-    """
-    text = str(path)
-    if len(text.encode()) < 100:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def _peer(sock: socket.socket) -> Caller:
