@@ -29,6 +29,7 @@ from meshssh_common.wire.authn import peer_audience
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
+from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess
 
 
@@ -73,7 +74,7 @@ async def mesh(
         if password not in authn.minted or password in seen:
             return False
         seen.add(password)
-        return claims(password).get("aud") == peer_audience(server_id[0])
+        return bool(claims(password).get("aud") == peer_audience(server_id[0]))
 
     peer = await start_peer("never-the-idp-token", host="127.0.0.2", accept=accept)
     registered = await management.register(
@@ -186,6 +187,41 @@ async def test_each_ssh_connection_sends_its_own_per_peer_token_never_the_idp_to
         rc, out, err = await meshssh_ssh(mesh, "demo-server", "echo ok")
         assert (rc, out) == (0, "ok\n"), err
     assert len(authn.requests) == 2  # two connections, two exchanges
+    assert mesh.peer.record.passwords == authn.minted
+    assert token not in mesh.peer.record.passwords
+
+
+async def test_openssh_through_the_proxy_gets_a_per_peer_token_per_connection(
+    mesh: Mesh, authn: ExchangeResponder, openssh: OpenSSH, tmp_path: Path
+) -> None:
+    token = idp_token()
+    async with AgentClient.connect(mesh.agent.state_dir) as agent:
+        await agent.token_put(token)
+    proxy = (
+        f"{script('meshssh')} ssh proxy --state-dir {mesh.agent.state_dir} "
+        f"demo-server {mesh.peer.port}"
+    )
+    options = [
+        "-F",
+        "none",
+        "-T",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ProxyCommand={proxy}",
+        "-o",
+        "StrictHostKeyChecking=no",  # the proxy's throwaway key, as the drop-in sets it
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    for _ in range(2):
+        result = await openssh.run(
+            "ssh", "alice@demo-server", "echo ok", options=options, env={"MESHSSH_NO_BROWSER": "1"}
+        )
+        assert (result.returncode, result.stdout) == (0, b"ok\n"), result.stderr
+    assert len(authn.requests) == 2
     assert mesh.peer.record.passwords == authn.minted
     assert token not in mesh.peer.record.passwords
 
