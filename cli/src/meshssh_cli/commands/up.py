@@ -50,6 +50,7 @@ _SSH_FLAGS = [
     ("--enable-ssh-root", "allow login as root"),
     ("--disable-ssh-auth", "no JWT: machine identity, network ACL only"),
     ("--enable-ssh-agent-forwarding", "accept ssh -A: sessions get an agent socket"),
+    ("--accept-idp-tokens", "also accept users' IdP tokens sent directly (not only per-peer)"),
 ]
 
 

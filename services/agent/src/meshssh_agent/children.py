@@ -147,6 +147,7 @@ def sshd_args(flags: PeerFlags) -> list[str]:
         (flags.root_login, "--enable-ssh-root"),
         (flags.disable_ssh_auth, "--disable-ssh-auth"),
         (flags.agent_forwarding, "--enable-ssh-agent-forwarding"),
+        (flags.accept_idp_tokens, "--accept-idp-tokens"),
     ]
     args = [flag for on, flag in pairs if on]
     if flags.permit_open != ("any",):

@@ -49,6 +49,7 @@ _FLAG_FIELDS = {
     "jwt_cache_ttl": "ssh_jwt_cache_ttl",
     "agent_forwarding": "enable_ssh_agent_forwarding",
     "permit_open": "ssh_permit_open",
+    "accept_idp_tokens": "accept_idp_tokens",
 }
 
 
@@ -101,6 +102,9 @@ class AgentSettings(ServiceSettings):
     enable_ssh_root: bool = Field(False, description="allow login as root")
     disable_ssh_auth: bool = Field(False, description="no JWT: machine identity, network ACL only")
     enable_ssh_agent_forwarding: bool = Field(False, description="accept ssh -A")
+    accept_idp_tokens: bool = Field(
+        False, description="sshd also accepts IdP tokens sent directly (not only per-peer)"
+    )
     ssh_jwt_cache_ttl: int = Field(0, ge=0, description="cache each local user's JWT (seconds)")
     ssh_permit_open: tuple[str, ...] = Field(
         ("any",),
