@@ -22,9 +22,11 @@ from exchange_responder import ExchangeResponder, claims
 from nats.aio.client import Client as NATS
 from ssh_peer import MeshPeer, start_peer
 
+from meshssh_agent.peers import PeerEntry
 from meshssh_cli.link.client import AgentClient
+from meshssh_cli.link.opener import open_agent
 from meshssh_common import subjects
-from meshssh_common.errors import MeshError
+from meshssh_common.errors import BadRequest, MeshError
 from meshssh_common.wire.authn import peer_audience
 from meshssh_testkit import script
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
@@ -237,3 +239,20 @@ async def test_a_refused_exchange_fails_the_connection_and_sends_nothing(
     assert "no per-peer token for demo-server" in err
     assert "too many token exchanges" in err
     assert mesh.peer.record.passwords == []  # fail closed: no IdP token instead
+
+
+async def test_a_target_without_a_peer_id_gets_no_token_and_a_bad_id_is_refused(
+    mesh: Mesh, authn: ExchangeResponder
+) -> None:
+    async with AgentClient.connect(mesh.agent.state_dir) as agent:
+        await agent.token_put(idp_token())
+        with pytest.raises(BadRequest):
+            await agent.token_exchange("Not A Peer")
+    link = await open_agent(mesh.agent.state_dir)
+    listed = await link.lookup("demo-server")
+    assert listed is not None
+    assert listed.peer_id == mesh.server_id  # the map's id reaches the client
+    anonymous = PeerEntry("old-peer", "127.0.0.9", mesh.peer.host_key_line)
+    with pytest.raises(RuntimeError, match="names no peer id for old-peer"):
+        await link.peer_token(anonymous)
+    assert authn.requests == []  # nothing was exchanged for either
