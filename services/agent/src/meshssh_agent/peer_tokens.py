@@ -79,7 +79,7 @@ async def exchange_token(
         reply = await request(nc, subject, ask, TokenExchangeReply, timeout=timeout)
     except Unavailable as e:
         raise Unavailable(
-            f"authn did not answer the token exchange within {timeout:g} s ({e}); "
+            f"no authn answered the token exchange ({e}; the wait is {timeout:g} s); "
             "is meshssh-authn running?"
         ) from e
     except Denied as e:
