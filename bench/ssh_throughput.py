@@ -8,9 +8,22 @@ OpenSSH ``sshd`` from Debian's openssh-server with its own config, host key and 
    ``ssh host 'head -c 1G /dev/zero' > /dev/null`` (download), with aes128-gcm@openssh.com and
    with chacha20-poly1305@openssh.com, A and B interleaved (ABBA...), 5 rounds of each side;
 2. connection setup: ``ssh host true``, 30 runs each, alternating, both with the key exchange
-   ``curve25519-sha256`` (meshssh with the JWT as the password, OpenSSH with a public key);
+   ``curve25519-sha256`` (OpenSSH with a public key; meshssh with a per-peer token as the
+   password, and its setup time includes the token exchange that made it, SPEC §6: one
+   ``TokenExchangeRequest`` on ``meshssh.authn.v1.req.token-exchange.<client peer>`` per
+   connection, timed on its own too);
 3. memory: the RSS of the meshssh-sshd process with 200 concurrent idle sessions (and, for
    reference, the summed RSS of this bench's OpenSSH sshd processes holding 200 sessions).
+
+The exchange is answered by :class:`ExchangeStandIn`, a minimal stand-in for meshssh-authn's
+exchange on the real subject with the real messages: it signs, as the DESIGN of issue 15 says
+authn does, an EdDSA token (kid ``x-…``, ``aud`` ``meshssh:peer:bench``, ``exp`` ≤ 120 s, a
+``jti``) with an exchange key the bench publishes in the JWKS snapshot's ``exchange_keys``.
+Its figures are provisional until the bench starts the real authn. An sshd without
+``--accept-idp-tokens`` (before issue 15) does not know exchange keys: the stand-in then signs
+the same claims with the IdP key and audience, which costs the same. sshd runs with
+``--accept-idp-tokens`` when it has it, for the throughput and memory parts, which log in with
+the IdP token directly.
 
 Figures are ratios meshssh / OpenSSH (throughput: higher is better; setup: lower is better),
 each the median of the ratios of adjacent A/B pairs (so slow drifts of a busy machine cancel),
@@ -28,6 +41,7 @@ memory``), BENCH_DIRECTIONS (``upload,download``), BENCH_CIPHERS (``aes128,chach
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -47,11 +61,14 @@ from typing import Any
 import asyncssh
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import FirewallRule, JwksSnapshot, JwtConfig, NetworkMap, PeerConfig
+from meshssh_common.wire.authn import TokenExchangeReply, TokenExchangeRequest, peer_audience
 from meshssh_testkit import CommandFailed, CommandTimeout, NatsServer, os_users, script
 
 GIB = 1 << 30
@@ -69,6 +86,8 @@ CIPHERS = {
 }
 MESH_IP, OPENSSH_IP, CLIENT_IP = "127.0.0.2", "127.0.0.6", "127.0.0.3"
 ISSUER, AUDIENCE, KID = "https://idp.bench", "meshssh", "bench-1"
+EXCHANGE_ISSUER, EXCHANGE_KID = "urn:meshssh:authn", "x-0123456789abcdef"
+SERVER_PEER, CLIENT_PEER = "bench", "bench-client"
 
 
 class Setup:
@@ -78,6 +97,9 @@ class Setup:
         self.tmp = tmp
         self.user = f"bench{os.getpid()}"
         self.signing = Ed25519PrivateKey.generate()
+        self.exchange_key = Ed25519PrivateKey.generate()
+        self.per_peer_keys = False  # sshd knows exchange keys (issue 15): set at start
+        self.exchange: ExchangeStandIn | None = None
         self.client_key = tmp / "id_ed25519"
         self.known_hosts = tmp / "known_hosts"
         self.askpass = tmp / "askpass.sh"
@@ -147,14 +169,57 @@ class Setup:
             command,
         ]
 
-    def env(self) -> dict[str, str]:
+    def env(self, token: str | None = None) -> dict[str, str]:
+        """The ssh environment; askpass answers ``token`` (default: a fresh IdP token)."""
         return {
             **os.environ,
             "SSH_ASKPASS": str(self.askpass),
             "SSH_ASKPASS_REQUIRE": "force",
             "DISPLAY": ":0",
-            "BENCH_TOKEN": self.token(),
+            "BENCH_TOKEN": token or self.token(),
         }
+
+
+class ExchangeStandIn:
+    """Answers token exchanges on the bus as the DESIGN of issue 15 says authn does.
+
+    A stand-in (see the module docstring): it does not validate the IdP token beyond reading
+    its ``sub`` (authn's validation is the same JwtValidator sshd runs, measured by
+    bench/jwt_validate.py), then signs one per-peer token.
+    """
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    def mint(self, request: TokenExchangeRequest) -> TokenExchangeReply:
+        original = jwt.decode(request.subject_token, options={"verify_signature": False})
+        now = int(time.time())
+        claims = {
+            "sub": original["sub"],
+            "iat": original["iat"],
+            "exp": min(now + 120, int(original["exp"])),
+            "jti": base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(),
+            "idp_iss": original["iss"],
+        }
+        if self.setup.per_peer_keys:
+            claims |= {"iss": EXCHANGE_ISSUER, "aud": peer_audience(request.target_peer)}
+            key, kid = self.setup.exchange_key, EXCHANGE_KID
+        else:  # an sshd before issue 15: same work, the IdP's key and audience
+            claims |= {"iss": ISSUER, "aud": AUDIENCE}
+            key, kid = self.setup.signing, KID
+        token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "typ": "JWT"})
+        return TokenExchangeReply(access_token=token, expires_in=claims["exp"] - now)
+
+    async def handle(self, msg: Msg) -> None:
+        reply = self.mint(codec.decode(msg.data, TokenExchangeRequest))
+        await msg.respond(codec.encode(reply))
+
+
+async def exchange_once(nc: NATS, idp_token: str) -> str:
+    """One exchange as the client's agent does it; the per-peer token."""
+    request = TokenExchangeRequest(subject_token=idp_token, target_peer=SERVER_PEER)
+    msg = await nc.request(subjects.token_exchange(CLIENT_PEER), codec.encode(request), timeout=5)
+    return codec.decode(msg.data, TokenExchangeReply).access_token
 
 
 async def publish_state(natsd: NatsServer, setup: Setup) -> None:
@@ -162,16 +227,22 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
     try:
         js = nc.jetstream()
         jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
+        xjwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.exchange_key.public_key()))
         config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
         keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
         await keys.put(
             subjects.JWKS_KEY,
-            JwksSnapshot(jwt=config, keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},)),
+            JwksSnapshot(
+                jwt=config,
+                keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},),
+                exchange_issuer=EXCHANGE_ISSUER,
+                exchange_keys=({**xjwk, "kid": EXCHANGE_KID, "use": "sig", "alg": "EdDSA"},),
+            ),
         )
         netmap = NetworkMap(
             serial=1,
             peer=PeerConfig(
-                id="bench",
+                id=SERVER_PEER,
                 name="bench",
                 mesh_ip=MESH_IP,
                 mesh_prefix="127.0.0.0/8",
@@ -190,19 +261,25 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
             ssh_auth=build_table("sub", [("bench-user", "*")]),
         )
         maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
-        await maps.put(subjects.netmap_key("bench"), netmap)
+        await maps.put(subjects.netmap_key(SERVER_PEER), netmap)
     finally:
         await nc.close()
 
 
 def start_meshssh(setup: Setup, natsd: NatsServer, *extra: str) -> None:
     log = (setup.tmp / "meshssh-sshd.log").open("wb")
+    usage = subprocess.run(
+        [script("meshssh-sshd"), "--help"], capture_output=True, text=True, timeout=30
+    )
+    setup.per_peer_keys = "--accept-idp-tokens" in usage.stdout
+    if setup.per_peer_keys:  # the throughput and memory parts log in with the IdP token
+        extra = (*extra, "--accept-idp-tokens")
     proc = subprocess.Popen(
         [
             script("meshssh-sshd"),
             *natsd.flags(),  # admin until sshd reads its map by direct get
             "--peer-id",
-            "bench",
+            SERVER_PEER,
             "--listen",
             f"{MESH_IP}:0",
             "--host-key",
@@ -421,12 +498,16 @@ async def main() -> None:
         natsd = await NatsServer.start(tmp / "nats")
         # "*": no password, but not locked (sshd without PAM refuses locked accounts).
         setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
+        bus = await natsd.connect()  # admin: stands in for authn and for the client's agent
         try:
             await publish_state(natsd, setup)
             start_meshssh(setup, natsd)
             start_openssh(setup)
-            report = await run(setup)
+            setup.exchange = ExchangeStandIn(setup)
+            await bus.subscribe(subjects.AUTHN_TOKEN_EXCHANGE_ALL, cb=setup.exchange.handle)
+            report = await run(setup, bus)
         finally:
+            await bus.close()
             for proc in setup.procs:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -577,13 +658,13 @@ async def throughput(setup: Setup, out: dict[str, Any], rows: list[str]) -> None
             print(*rows[-3:], sep="\n", flush=True)
 
 
-async def run(setup: Setup) -> dict[str, Any]:
+async def run(setup: Setup, bus: NATS) -> dict[str, Any]:
     out: dict[str, Any] = {"bench": "ssh_throughput", "rounds": ROUNDS, "size_mb": SIZE >> 20}
     rows: list[str] = []
     if "throughput" in PARTS:
         await throughput(setup, out, rows)
     if "setup" in PARTS:
-        await setup_time(setup, out, rows)
+        await setup_time(setup, bus, out, rows)
     if "memory" in PARTS:
         await memory(setup, out, rows)
     if "throughput" in PARTS:
@@ -598,21 +679,44 @@ async def run(setup: Setup) -> dict[str, Any]:
     return out
 
 
-async def setup_time(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:
-    """``ssh host true``, SETUP_RUNS of each, interleaved."""
+async def setup_time(setup: Setup, bus: NATS, out: dict[str, Any], rows: list[str]) -> None:
+    """``ssh host true``, SETUP_RUNS of each, interleaved; meshssh's includes its exchange."""
     env = setup.env
     kex = ("-o", "KexAlgorithms=curve25519-sha256")
+    loop = asyncio.get_running_loop()
+    idp_token = setup.token()  # the agent's cached IdP token: one login, many exchanges
+    exchanges: list[float] = []
+
+    def meshssh_once() -> float:
+        started = time.perf_counter()
+        future = asyncio.run_coroutine_threadsafe(exchange_once(bus, idp_token), loop)
+        token = future.result(timeout=10)
+        exchanges.append((time.perf_counter() - started) * 1000)
+        argv = setup.ssh_argv("meshssh", *kex, command="true")
+        return (time.perf_counter() - started) * 1000 + timed(argv, env(token)) * 1000
+
     mine, ref = await asyncio.to_thread(
         alternate,
         SETUP_RUNS,
-        lambda: timed(setup.ssh_argv("meshssh", *kex, command="true"), env()) * 1000,
+        meshssh_once,
         lambda: timed(setup.ssh_argv("openssh", *kex, command="true"), env()) * 1000,
     )
-    out["setup_p50_ms"] = round(statistics.median(mine), 1)
+    ratios = [a / b for a, b in zip(mine, ref, strict=True)]
+    out["setup_p50_ms"] = round(statistics.median(mine), 1)  # exchange included
     out["openssh_setup_p50_ms"] = round(statistics.median(ref), 1)
     out["setup_ratio_p50"] = round(statistics.median(mine) / statistics.median(ref), 3)
+    out["setup_ratio_min"] = round(min(ratios), 3)
+    out["setup_ratio_max"] = round(max(ratios), 3)
+    out["exchange_p50_ms"] = round(statistics.median(exchanges), 2)
+    out["exchange_min_ms"] = round(min(exchanges), 2)
+    out["exchange_max_ms"] = round(max(exchanges), 2)
+    out["exchange_stand_in"] = True  # provisional: not yet meshssh-authn's own exchange
+    out["exchange_per_peer_keys"] = setup.per_peer_keys
     rows.append(f"ssh true ms (p50)   meshssh {fmt(mine)}   openssh {fmt(ref)}")
-    print(rows[-1], flush=True)
+    rows.append(
+        f"  incl. exchange ms {fmt(exchanges, 2)} (stand-in authn); ratio of pairs {fmt(ratios, 3)}"
+    )
+    print(*rows[-2:], sep="\n", flush=True)
 
 
 async def memory(setup: Setup, out: dict[str, Any], rows: list[str]) -> None:

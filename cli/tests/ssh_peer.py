@@ -19,6 +19,7 @@ import pty
 import signal
 import struct
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -51,8 +52,15 @@ class _Sftp(asyncssh.SFTPServer):
 
 
 class _Server(asyncssh.SSHServer):
-    def __init__(self, token: str, features: PeerFeatures, record: PeerRecord) -> None:
+    def __init__(
+        self,
+        token: str,
+        features: PeerFeatures,
+        record: PeerRecord,
+        accept: Callable[[str], bool] | None = None,
+    ) -> None:
         self._token = token
+        self._accept = accept
         self._features = features
         self._record = record
 
@@ -69,6 +77,8 @@ class _Server(asyncssh.SSHServer):
 
     def validate_password(self, username: str, password: str) -> bool:
         self._record.passwords.append(password)
+        if self._accept is not None:
+            return self._accept(password)
         return password == self._token
 
     def _local_forwarding(self) -> bool:
@@ -237,9 +247,16 @@ class MeshPeer:
 
 
 async def start_peer(
-    token: str, *, features: PeerFeatures | None = None, host: str = "127.0.0.2"
+    token: str,
+    *,
+    features: PeerFeatures | None = None,
+    host: str = "127.0.0.2",
+    accept: Callable[[str], bool] | None = None,
 ) -> MeshPeer:
-    """Start the peer server on ``host`` (port chosen by the OS)."""
+    """Start the peer server on ``host`` (port chosen by the OS).
+
+    ``accept`` decides which passwords log in (default: exactly ``token``).
+    """
     features = features or PeerFeatures()
     record = PeerRecord()
     key = asyncssh.generate_private_key("ssh-ed25519")
@@ -254,7 +271,7 @@ async def start_peer(
     server = await asyncssh.listen(
         host,
         0,
-        server_factory=lambda: _Server(token, features, record),
+        server_factory=lambda: _Server(token, features, record, accept),
         server_host_keys=[key],
         server_version=JWT_BANNER if features.jwt else MACHINE_BANNER,
         process_factory=handle,

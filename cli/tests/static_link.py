@@ -82,6 +82,10 @@ class StaticLink:
             f.write(f"{'cached' if token.cached else 'fresh'}:{token.value}\n")
         return token
 
+    async def peer_token(self, peer: PeerEntry) -> IssuedToken | None:
+        """No agent here to exchange through: the client falls back to the IdP token."""
+        return None
+
     async def forget_token(self) -> None:
         """Empty the "cache" (the next get_token is a fresh one) and log ``forgotten``."""
         data = json.loads((self._dir / LINK_FILE).read_text())

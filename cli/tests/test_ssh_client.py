@@ -271,3 +271,22 @@ async def test_a_server_without_the_meshssh_banner_never_gets_the_token(tmp_path
         await server.wait_closed()
     assert caught.value.headline == "Permission denied (publickey)"
     assert passwords == []
+
+
+async def test_without_an_agent_the_idp_token_is_sent_and_a_refusal_names_accept_idp_tokens(
+    mesh: Mesh,
+) -> None:
+    mesh.relink(token="another-idp-token", cached_token="another-idp-token")
+    with pytest.raises(ClientError) as caught:
+        await dial(
+            mesh.entry(),
+            mesh.peer.port,
+            "alice",
+            StaticLink(mesh.state_dir),
+            source=LOCAL_IP,
+            timeout=10,
+        )
+    assert caught.value.headline == "Permission denied"
+    assert "no agent here to exchange it" in caught.value.render()
+    assert "--accept-idp-tokens" in caught.value.render()
+    assert mesh.peer.record.passwords == ["another-idp-token"]

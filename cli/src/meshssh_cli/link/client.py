@@ -8,6 +8,7 @@ Example::
     async with AgentClient.connect(state_dir) as agent:
         status = await agent.status(detail=True)
         cached = await agent.token_get()
+        per_peer = await agent.token_exchange("server-7")
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 import msgspec
 
 from meshssh_common.errors import (
-    BadRequest,
     ConfigError,
     Denied,
     MeshError,
-    RemoteError,
     Unavailable,
+    error_for_code,
 )
 from meshssh_common.unix_paths import reachable
 from meshssh_common.wire import PeerFlags
@@ -37,6 +37,7 @@ from meshssh_common.wire.agent import (
     DownRequest,
     ErrorReply,
     OkReply,
+    PeerTokenRequest,
     PromptReply,
     Reply,
     Request,
@@ -108,6 +109,8 @@ class AgentClient:
         Raises:
             Denied: the agent refused the caller.
             BadRequest: the agent did not understand the request.
+            Unavailable: the agent could not reach what it needed (authn for an exchange).
+            RateLimited: authn refused an exchange as too frequent.
             RemoteError: any other error reply.
             Unavailable: the connection broke or the agent did not answer in time.
         """
@@ -174,6 +177,25 @@ class AgentClient:
         assert isinstance(reply, TokenReply)
         return reply
 
+    async def token_exchange(
+        self,
+        target_peer: str,
+        *,
+        on_prompt: Callable[[PromptReply], None] | None = None,
+        timeout: float = 10.0,
+    ) -> TokenReply:
+        """A per-peer token for one connection to ``target_peer`` (the agent signs in if needed).
+
+        Args:
+            target_peer: the target's peer id (from the map).
+            on_prompt: shows the URL and code of a login to the user.
+            timeout: seconds to wait (a login needs as long as the user takes).
+        """
+        request = PeerTokenRequest(target_peer=target_peer)
+        reply = await self.call(request, timeout=timeout, on_prompt=on_prompt)
+        assert isinstance(reply, TokenReply)
+        return reply
+
     async def token_put(self, token: str) -> TokenReply:
         """Cache the caller's token; ``cached`` says whether it was kept."""
         reply = await self.call(TokenPutRequest(token=token))
@@ -190,6 +212,4 @@ def _error(reply: ErrorReply) -> MeshError:
         return Denied(reply.message, public=reply.message)
     if reply.code == ConfigError.code:
         return ConfigError("agent", reply.message)
-    if reply.code == BadRequest.code:
-        return BadRequest(reply.message)
-    return RemoteError(reply.code, reply.message)
+    return error_for_code(reply.code, reply.message)  # bad_request, unavailable, rate_limited...

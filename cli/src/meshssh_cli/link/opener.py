@@ -8,7 +8,10 @@ the :class:`~meshssh_cli.ssh.peer_directory.LinkOpener` the CLI uses.
   the agent runs (or joins) the caller's device flow and sends the URL and code first, which
   go to stderr as ``URL: `` and ``Code: `` lines (SPEC §11); a browser opens unless
   ``MESHSSH_NO_BROWSER`` is set or there is no graphical session;
-- the peers and this peer's mesh address come from one detailed ``status`` per link.
+- :meth:`AgentLink.peer_token` asks the agent for a per-peer token for one connection
+  (``token-exchange``: the same login when nothing is cached, then the exchange at authn);
+- the peers (with their ids) and this peer's mesh address come from one detailed ``status``
+  per link.
 
 Example::
 
@@ -123,6 +126,30 @@ class AgentLink:
             raise RuntimeError("the agent returned no token")
         return IssuedToken(reply.token, cached=len(self.prompts.shown) == shown)
 
+    async def peer_token(self, peer: PeerEntry) -> IssuedToken:
+        """A per-peer token for one connection to ``peer``, exchanged by the agent at authn.
+
+        Raises:
+            RuntimeError: the map names no id for ``peer``, or the agent or authn refused,
+                failed or did not answer.
+        """
+        if not peer.peer_id:
+            raise RuntimeError(
+                f"the network map names no peer id for {peer.name}: no per-peer token can be "
+                "made for it, so none is sent (update the agent and the management plane)"
+            )
+        shown = len(self.prompts.shown)
+        try:
+            async with AgentClient.connect(self.state_dir) as agent:
+                reply = await agent.token_exchange(
+                    peer.peer_id, on_prompt=self.prompts, timeout=LOGIN_TIMEOUT
+                )
+        except MeshError as e:
+            raise RuntimeError(f"no per-peer token for {peer.name}: {e.public}") from e
+        if not reply.token:
+            raise RuntimeError("the agent returned no per-peer token")
+        return IssuedToken(reply.token, cached=len(self.prompts.shown) == shown, per_peer=True)
+
     async def forget_token(self) -> None:
         """Drop this OS user's cached token in the agent.
 
@@ -146,7 +173,7 @@ class AgentLink:
     async def peers(self) -> Sequence[PeerEntry]:
         """Every remote peer of the agent's current map."""
         return [
-            PeerEntry(name=p.name, mesh_ip=p.mesh_ip, host_key_line=p.host_key)
+            PeerEntry(name=p.name, mesh_ip=p.mesh_ip, host_key_line=p.host_key, peer_id=p.id)
             for p in (await self.status()).peers
         ]
 

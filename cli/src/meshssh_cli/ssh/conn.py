@@ -9,9 +9,13 @@ Used by both ``meshssh ssh`` and ``meshssh ssh proxy``. Order of a dial:
 3. key exchange accepting exactly the host key the management plane pinned (no trust on first
    use); a different key fails with both fingerprints before any credential is sent;
 4. ``none`` authentication (machine-identity peers accept it); otherwise, only if the server's
-   banner says ``MeshSSH-JWT-Required``, the JWT as password: the cached one, or one from a
-   device flow when there is none (waiting for the user's browser does not count against
-   the connect timeout). A refused token is final: the server's auth banner says why
+   banner says ``MeshSSH-JWT-Required``, a JWT as password: a per-peer token for this peer,
+   made for this one connection (the agent exchanges the user's IdP token at authn, signing
+   in first when nothing is cached; SPEC §6). A peer whose id the map does not give gets no
+   token at all (fail closed). Only where no agent can exchange (a token source without
+   one) the IdP token itself is sent, which only servers run with ``--accept-idp-tokens``
+   accept. Waiting for the user's browser does not count against the connect timeout.
+   A refused token is final: the server's auth banner says why
    (``MeshSSH-Refusal: <reason>``, :mod:`meshssh_common.refusal_banner`) and the dial fails
    at once with "Permission denied", that reason and what to check; no browser check
    follows. A token the server calls expired is dropped from the agent's cache, so the
@@ -79,6 +83,7 @@ class _Backend(asyncssh.SSHClient):
     server explains a refusal, ``connection_lost`` whenever the connection ends.
     """
 
+    peer: PeerEntry
     pinned: asyncssh.SSHKey
     tokens: TokenSource
     deadline: asyncio.Timeout
@@ -88,6 +93,7 @@ class _Backend(asyncssh.SSHClient):
     banner: BannerKind | None = None  # password_auth_requested
     tries: int = 0  # password_auth_requested
     last_cached: bool = False  # password_auth_requested
+    sent_idp: bool = False  # password_auth_requested: the IdP token, not a per-peer one
     token_error: str | None = None  # password_auth_requested
     refusal: str | None = None  # auth_banner_received: the server's reason label
     closing: list[Exception | None] = field(default_factory=list)  # connection_lost
@@ -123,7 +129,10 @@ class _Backend(asyncssh.SSHClient):
         loop = asyncio.get_running_loop()
         self.deadline.reschedule(None)  # a device flow may wait for the user's browser
         try:
-            token = await self.tokens.get_token()
+            token = await self.tokens.peer_token(self.peer)
+            if token is None:  # no agent to exchange through: the IdP token itself
+                token = await self.tokens.get_token()
+                self.sent_idp = True
         except (OSError, TimeoutError, RuntimeError) as e:
             self.token_error = str(e) or type(e).__name__
             return None
@@ -184,7 +193,7 @@ async def dial(
     try:
         async with asyncio.timeout(timeout) as deadline:
             sock = await _open_socket(peer.mesh_ip, port, source)
-            backend = _Backend(pinned, tokens, deadline, on_lost)
+            backend = _Backend(peer, pinned, tokens, deadline, on_lost)
             made = backend
             conn = await asyncssh.run_client(
                 sock,
@@ -217,6 +226,8 @@ async def dial(
     except asyncssh.HostKeyNotVerifiable:
         raise _key_error(peer, backend) from None
     except asyncssh.PermissionDenied:
+        # a per-peer token carries the IdP token's iat: too old or expired means the cached
+        # IdP token is, too
         if backend is not None and backend.refusal in _STALE and backend.last_cached:
             await _forget(tokens)
         raise _auth_error(peer, username, backend) from None
@@ -268,6 +279,13 @@ def _auth_error(peer: PeerEntry, username: str, backend: _Backend | None) -> Cli
         return client_errors.permission_denied_publickey(username, peer.name)
     if backend.refusal is not None:
         return client_errors.refused(username, peer.name, backend.refusal)
+    if backend.sent_idp:
+        return client_errors.permission_denied(
+            username,
+            peer.name,
+            "the server refused your IdP token (no agent here to exchange it for a per-peer "
+            "token; only a server run with --accept-idp-tokens accepts the IdP token)",
+        )
     return client_errors.permission_denied(
-        username, peer.name, "the server refused your login token"
+        username, peer.name, "the server refused your per-peer login token"
     )

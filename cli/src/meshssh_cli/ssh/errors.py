@@ -177,6 +177,22 @@ _REFUSALS: dict[str, tuple[str, str]] = {
     "no_map": ("{host} has no access policy yet", _NOT_READY),
     "no_jwt_config": ("{host} has no identity-provider configuration", _NOT_READY),
     "no_keys": ("{host} has no signing keys yet", _NOT_READY),
+    # per-peer tokens (SPEC §6): one audience, one use, and no IdP token unless allowed
+    "wrong_audience": (
+        "your per-peer token was made for another peer, not {host} (audience)",
+        "that the map's peer id for {host} is current (meshssh status -d), then connect "
+        "again: each connection gets a token for its own target.",
+    ),
+    "replayed": (
+        "your per-peer token was already used once ({host} refuses a token it has seen)",
+        "nothing on your side if this was a retry: connect again for a fresh token; if you "
+        "did not reuse it, someone else did (tell an admin).",
+    ),
+    "idp_token_refused": (
+        "{host} accepts only per-peer tokens, and was sent the identity provider's token",
+        "that `meshssh up` runs here (its agent exchanges your login for a per-peer token "
+        "at meshssh-authn); only a peer run with --accept-idp-tokens takes the IdP token.",
+    ),
 }
 
 

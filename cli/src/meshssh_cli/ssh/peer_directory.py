@@ -3,8 +3,10 @@
 ``meshssh ssh``, ``meshssh ssh proxy`` and ``meshssh ssh detect`` depend only on the two narrow
 protocols here (the test seam, after tailssh's interface to its host agent):
 
-- :class:`TokenSource` gives the caller's JWT from the agent's per-user cache, or runs one
-  device flow that every parallel caller shares (the agent does the single-flight);
+- :class:`TokenSource` gives, for each connection, a per-peer token for the target (the agent
+  exchanges the user's IdP token at authn, SPEC §6), and the caller's IdP token itself from
+  the agent's per-user cache, or from one device flow that every parallel caller shares (the
+  agent does the single-flight) where no exchange is possible;
 - :class:`PeerDirectory` resolves a host name or mesh address from the current network map to
   its mesh address and the SSH host key the management plane pinned for it, and knows this
   peer's own mesh address (the client binds it as its source address).
@@ -36,10 +38,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
-    """A JWT for the SSH password; ``cached`` says whether it came from the agent's cache."""
+    """A JWT for the SSH password; ``cached`` says whether it came from the agent's cache.
+
+    ``per_peer`` says it is a per-peer token (audience: one peer, one use) rather than the
+    user's IdP token.
+    """
 
     value: str
     cached: bool
+    per_peer: bool = False
 
 
 class TokenSource(Protocol):
@@ -58,6 +65,21 @@ class TokenSource(Protocol):
 
         Raises:
             OSError, TimeoutError, RuntimeError: the agent is unreachable or refused.
+        """
+        ...
+
+    async def peer_token(self, peer: PeerEntry) -> IssuedToken | None:
+        """A fresh per-peer token for one connection to ``peer`` (never cached, never reused).
+
+        Returns:
+            None when this source has no agent to exchange through: the caller then sends the
+            IdP token from :meth:`get_token`, which only servers run with
+            ``--accept-idp-tokens`` accept.
+
+        Raises:
+            RuntimeError: the exchange failed, or the map names no peer id for ``peer``
+                (fail closed: no token is sent to a peer of unknown identity).
+            OSError, TimeoutError: the agent is unreachable.
         """
         ...
 

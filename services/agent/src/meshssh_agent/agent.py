@@ -48,6 +48,7 @@ from meshssh_agent.control.requests import AgentRequests
 from meshssh_agent.control.server import AgentSocketServer
 from meshssh_agent.dropin import DropinKeeper, meshssh_executable
 from meshssh_agent.metrics import AgentMetrics
+from meshssh_agent.peer_tokens import exchange_token
 from meshssh_agent.presence import Presence
 from meshssh_agent.registration import register
 from meshssh_agent.renewal import keep_renewed
@@ -65,7 +66,8 @@ from meshssh_common.service import ServiceContext, run_service, stop_on_signals
 from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags, RegisterReply
-from meshssh_common.wire.agent import AgentStatus, PeerStatus, TokenGetRequest
+from meshssh_common.wire.agent import AgentStatus, PeerStatus, PeerTokenRequest, TokenGetRequest
+from meshssh_common.wire.authn import TokenExchangeReply
 
 __all__ = ["Agent", "MapListener"]
 
@@ -156,6 +158,14 @@ class Agent:
         """The per-uid JWT cache behind the socket."""
         return self._tokens
 
+    async def exchange(self, idp_token: str, target_peer: str) -> TokenExchangeReply:
+        """Trade the user's IdP token at authn for a per-peer token (never cached).
+
+        Raises:
+            MeshError: see :func:`meshssh_agent.peer_tokens.exchange_token`.
+        """
+        return await exchange_token(self.nc, self.peer_id, idp_token, target_peer)
+
     def request_stop(self) -> None:
         """Stop the agent (``down``): the runner drains as for SIGTERM."""
         self.stop.set()
@@ -182,7 +192,9 @@ class Agent:
             files.socket,
             AgentRequests(self, self.m, log=self.log).handle,
             log=self.log,
-            long_running=lambda r: isinstance(r, TokenGetRequest) and r.login,
+            long_running=lambda r: (
+                isinstance(r, PeerTokenRequest) or (isinstance(r, TokenGetRequest) and r.login)
+            ),
         )
         self._http = httpx.AsyncClient()
         try:

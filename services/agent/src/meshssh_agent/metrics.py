@@ -6,6 +6,9 @@
 - ``dropin_writes_total``: OpenSSH drop-in writes that changed the file;
 - ``token_cache_lookups_total{result}``: ``hit`` or ``miss`` on the agent socket;
 - ``socket_requests_total{op,outcome}``: ``ok``, ``denied``, ``error`` or ``abandoned``;
+- ``token_exchanges_total{outcome}``: per-peer token exchanges at authn, ``ok``, ``refused``,
+  ``unavailable`` or ``error`` (:class:`ExchangeOutcome`);
+- ``token_exchange_seconds``: how long an exchange took on the bus (successful ones);
 - ``creds_renewals_total{outcome}``: renewals of the peer's NATS JWT, ``ok``, ``unavailable``,
   ``refused`` or ``expired`` (:class:`~meshssh_agent.renewal.RenewalOutcome`);
 - ``creds_expiry_seconds``: when the peer's NATS JWT expires (unix time; 0: never or none).
@@ -22,7 +25,7 @@ import enum
 
 from meshssh_common.metrics import ServiceMetrics
 
-__all__ = ["AgentMetrics", "SocketOutcome", "TokenLookup"]
+__all__ = ["AgentMetrics", "ExchangeOutcome", "SocketOutcome", "TokenLookup"]
 
 
 class SocketOutcome(enum.StrEnum):
@@ -39,6 +42,15 @@ class TokenLookup(enum.StrEnum):
 
     HIT = "hit"
     MISS = "miss"
+
+
+class ExchangeOutcome(enum.StrEnum):
+    """How a per-peer token exchange ended (``token_exchanges_total{outcome}``)."""
+
+    OK = "ok"
+    REFUSED = "refused"  # authn refused the IdP token or the request (denied, bad, rate limit)
+    UNAVAILABLE = "unavailable"  # no authn answered in time
+    ERROR = "error"  # anything else (a reply that does not decode)
 
 
 class AgentMetrics:
@@ -65,6 +77,16 @@ class AgentMetrics:
             "socket_requests",
             "Agent socket requests by op and outcome",
             ("op", "outcome"),  # op: the request's tag (status, down...); outcome: SocketOutcome
+        )
+        self.exchanges = base.counter(
+            "token_exchanges",
+            "Per-peer token exchanges at authn by outcome",
+            ("outcome",),  # ExchangeOutcome
+        )
+        self.exchange_seconds = base.histogram(
+            "token_exchange_seconds",
+            "Duration of successful per-peer token exchanges on the bus",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self.renewals = base.counter(
             "creds_renewals",

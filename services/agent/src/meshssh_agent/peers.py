@@ -24,6 +24,7 @@ class PeerEntry:
     name: str
     mesh_ip: str
     host_key_line: str  # OpenSSH public key line; empty when the map carries none
+    peer_id: str = ""  # the map's id: the audience of per-peer tokens (empty: unknown)
 
     def hosts(self) -> tuple[str, ...]:
         """The names OpenSSH may be given for this peer: its name and its mesh address."""
@@ -32,7 +33,12 @@ class PeerEntry:
     @classmethod
     def from_remote(cls, peer: RemotePeer) -> PeerEntry:
         """The entry for a remote peer of a network map."""
-        return cls(name=peer.name, mesh_ip=peer.mesh_ip, host_key_line=peer.ssh_host_key)
+        return cls(
+            name=peer.name,
+            mesh_ip=peer.mesh_ip,
+            host_key_line=peer.ssh_host_key,
+            peer_id=peer.id,
+        )
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -19,9 +19,14 @@ Requests (``op``):
   leaves it, and the flow stops when nobody waits any more);
 - ``token-put`` (``token``): cache the caller's JWT → :class:`TokenReply` (``cached`` false
   when the TTL is 0 or the token is already too old);
-- ``token-drop``: forget the caller's JWT → :class:`OkReply`.
+- ``token-drop``: forget the caller's JWT → :class:`OkReply`;
+- ``token-exchange`` (``target_peer``): a per-peer token for one connection to that peer
+  (SPEC §6): first as ``token-get`` with ``login`` (same prompt lines, same single flight),
+  then the IdP token is exchanged at authn over the bus → :class:`TokenReply` holding the
+  per-peer token (``cached`` always false: it is never kept, one exchange per connection).
 
-Any failure → :class:`ErrorReply` with a ``code`` (``bad_request``, ``denied``, ``internal``).
+Any failure → :class:`ErrorReply` with a ``code`` (``bad_request``, ``denied``, ``internal``;
+``unavailable`` and ``rate_limited`` from the exchange).
 
 Example (with ``socat``)::
 
@@ -36,6 +41,7 @@ from typing import Annotated
 import msgspec
 
 from meshssh_common.wire import PeerFlags, SessionInfo
+from meshssh_common.wire.base import PeerId
 
 __all__ = [
     "MAX_LINE",
@@ -47,6 +53,7 @@ __all__ = [
     "ErrorReply",
     "OkReply",
     "PeerStatus",
+    "PeerTokenRequest",
     "PromptReply",
     "Reply",
     "Request",
@@ -98,6 +105,12 @@ class TokenDropRequest(_Request, frozen=True, tag="token-drop"):
     """Forget the caller's JWT."""
 
 
+class PeerTokenRequest(_Request, frozen=True, tag="token-exchange"):
+    """A per-peer token for one connection to ``target_peer`` (signs in when needed)."""
+
+    target_peer: PeerId
+
+
 Request = (
     StatusRequest
     | DownRequest
@@ -105,6 +118,7 @@ Request = (
     | TokenGetRequest
     | TokenPutRequest
     | TokenDropRequest
+    | PeerTokenRequest
 )
 
 
@@ -179,7 +193,7 @@ class OkReply(_Reply, frozen=True, tag="ok"):
 
 
 class TokenReply(_Reply, frozen=True, tag="token"):
-    """Answer to ``token-get`` and ``token-put``."""
+    """Answer to ``token-get``, ``token-put`` and ``token-exchange`` (the per-peer token)."""
 
     token: str = ""
     expires_at: float = 0.0
@@ -187,7 +201,7 @@ class TokenReply(_Reply, frozen=True, tag="token"):
 
 
 class PromptReply(_Reply, frozen=True, tag="prompt"):
-    """An intermediate line of ``token-get`` with ``login``: what the user must do."""
+    """An intermediate line of a login (``token-get``, ``token-exchange``): what to do."""
 
     url: str
     code: str

@@ -1,4 +1,4 @@
-"""What the agent answers on its socket: status, down, configure and the per-uid tokens.
+"""What the agent answers on its socket: status, down, configure, the per-uid tokens, exchanges.
 
 Each request is checked against the kernel-reported caller (``SO_PEERCRED``, see
 :mod:`meshssh_agent.control.server`):
@@ -8,9 +8,15 @@ Each request is checked against the kernel-reported caller (``SO_PEERCRED``, see
 | ``status`` | everything | everything but ``nats_url`` (the bus is not theirs to reach) |
 | ``down``, ``configure`` | allowed | refused (``denied``) |
 | ``token-get``/``-put``/``-drop`` | their own slot | their own slot |
+| ``token-exchange`` | their own IdP token, exchanged | their own IdP token, exchanged |
+
+``token-exchange`` gets the caller's IdP token as ``token-get`` with ``login`` does, then trades
+it at authn (:mod:`meshssh_agent.peer_tokens`) for a per-peer token, which is never cached. A
+refusal of the IdP token by authn drops it from the cache (the next call signs in afresh).
 
 The handler knows the agent only through :class:`Controlled` (no import of the agent itself),
-and counts every request by op and outcome, and token lookups by hit or miss.
+and counts every request by op and outcome, token lookups by hit or miss, and exchanges by
+outcome (with their duration).
 
 Example::
 
@@ -21,14 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Protocol
 
 import msgspec
 
 from meshssh_agent.control.server import Caller, Send
-from meshssh_agent.metrics import AgentMetrics, SocketOutcome, TokenLookup
+from meshssh_agent.metrics import AgentMetrics, ExchangeOutcome, SocketOutcome, TokenLookup
 from meshssh_agent.tokens import AgentTokenCache
-from meshssh_common.errors import MeshError
+from meshssh_common.errors import BadRequest, Denied, MeshError, RateLimited, Unavailable
 from meshssh_common.logs import BoundLogger
 from meshssh_common.oidc_device import DeviceAuthorization
 from meshssh_common.wire import PeerFlags
@@ -38,6 +45,7 @@ from meshssh_common.wire.agent import (
     DownRequest,
     ErrorReply,
     OkReply,
+    PeerTokenRequest,
     PromptReply,
     Reply,
     Request,
@@ -48,6 +56,7 @@ from meshssh_common.wire.agent import (
     TokenPutRequest,
     TokenReply,
 )
+from meshssh_common.wire.authn import TokenExchangeReply
 
 __all__ = ["AgentRequests", "Controlled"]
 
@@ -72,6 +81,10 @@ class Controlled(Protocol):
         """Apply new local flags; returns the map serial management reported."""
         ...
 
+    async def exchange(self, idp_token: str, target_peer: str) -> TokenExchangeReply:
+        """Trade ``idp_token`` at authn for a per-peer token (:mod:`meshssh_agent.peer_tokens`)."""
+        ...
+
 
 class AgentRequests:
     """The socket handler of one agent (see the module docstring)."""
@@ -81,6 +94,8 @@ class AgentRequests:
         self.log = log
         self._requests = metrics.socket_requests
         self._lookups = metrics.token_lookups
+        self._exchanges = metrics.exchanges
+        self._exchange_seconds = metrics.exchange_seconds
 
     async def handle(self, request: Request, caller: Caller, send: Send) -> Reply:
         """Answer one request from ``caller`` (``send`` writes intermediate lines)."""
@@ -132,6 +147,8 @@ class AgentRequests:
                 if not login:
                     return TokenReply()
                 return await self._login(caller, send)
+            case PeerTokenRequest(target_peer=target):
+                return await self._exchange(caller, send, target)
             case TokenPutRequest(token=token):
                 put = self.agent.tokens.put(caller.uid, token)
                 if put is None:
@@ -141,6 +158,39 @@ class AgentRequests:
                 self.agent.tokens.invalidate(caller.uid)
                 return OkReply(message="forgotten")
         return ErrorReply(code="bad_request", message="unknown request")
+
+    async def _exchange(self, caller: Caller, send: Send, target: str) -> Reply:
+        """The caller's IdP token (cached, or from a login), traded for a per-peer token."""
+        entry = self.agent.tokens.peek(caller.uid)
+        self._lookups.labels(result=TokenLookup.HIT if entry else TokenLookup.MISS).inc()
+        if entry is not None:
+            idp_token = entry.token
+        else:
+            login = await self._login(caller, send)
+            if not isinstance(login, TokenReply) or not login.token:
+                return login
+            idp_token = login.token
+        started = time.perf_counter()
+        try:
+            reply = await self.agent.exchange(idp_token, target)
+        except MeshError as e:
+            outcome = ExchangeOutcome.ERROR
+            if isinstance(e, Denied | BadRequest | RateLimited):
+                outcome = ExchangeOutcome.REFUSED
+            elif isinstance(e, Unavailable):
+                outcome = ExchangeOutcome.UNAVAILABLE
+            self._exchanges.labels(outcome=outcome).inc()
+            if isinstance(e, Denied):
+                self.agent.tokens.invalidate(caller.uid)  # useless now: sign in afresh
+            self.log.warning(
+                "token exchange failed",
+                extra={"uid": caller.uid, "target": target, "error": str(e)},
+            )
+            return ErrorReply(code=e.code, message=f"token exchange for {target}: {e.public}")
+        self._exchange_seconds.observe(time.perf_counter() - started)
+        self._exchanges.labels(outcome=ExchangeOutcome.OK).inc()
+        expires_at = time.time() + reply.expires_in if reply.expires_in else 0.0
+        return TokenReply(token=reply.access_token, expires_at=expires_at, cached=False)
 
     async def _login(self, caller: Caller, send: Send) -> Reply:
         """Run or join the caller's device flow; the prompt goes out before the token."""
