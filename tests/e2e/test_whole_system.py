@@ -147,7 +147,7 @@ async def system(
     assert proc.returncode == 0, errb
     authn = await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

@@ -126,6 +126,7 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
             subjects.AUTHN_JWKS_REFRESH,
             subjects.AUTHN_DEVICE_START,
             subjects.AUTHN_DEVICE_POLL,
+            subjects.token_exchange(pid),  # its own id only: authn reads the requester here
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_NETMAPS)}.{netmap}",
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_JWKS)}.{jwks}",
         ],
