@@ -338,7 +338,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
         services.append(
             await ServiceProcess.start(
                 "meshssh-authn",
-                *nats.flags("authn"),
+                *nats.authn_flags(),
                 "--listen",
                 demo.provider,
                 "--users-file",

@@ -83,7 +83,7 @@ async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFac
     )
     proc = await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -93,7 +93,11 @@ async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFac
     )
     nc = await nats_server.connect()
     try:
-        kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        kv = TypedKV(
+            await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
+            JwksSnapshot,
+            verifier=nats_server.jwks_verifier(),
+        )
         async with asyncio.timeout(15):
             while (entry := await kv.get(subjects.JWKS_KEY)) is None:
                 await asyncio.sleep(0.05)

@@ -200,7 +200,7 @@ async def dash(
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

@@ -236,7 +236,7 @@ async def mesh(
     try:
         await services.start(
             "meshssh-authn",
-            *nats_server.flags("authn"),
+            *nats_server.authn_flags(),
             "--issuer",
             issuer.url,
             "--audience",

@@ -370,3 +370,24 @@ async def test_tls_needs_the_bus_ca_and_refuses_plaintext(tmp_path: Path) -> Non
             writer.close()
     finally:
         await server.stop()
+
+
+async def test_a_peer_requests_token_exchange_for_its_own_id_only(bus: NatsServer) -> None:
+    async with connected(bus, "authn") as authn, connected(bus, bus.peer_creds("p1")) as peer:
+        seen: list[str] = []
+
+        async def answer(msg: Msg) -> None:
+            seen.append(msg.subject)
+            await msg.respond(b"per-peer token")
+
+        await authn.nc.subscribe(subjects.AUTHN_TOKEN_EXCHANGE_ALL, queue="authn", cb=answer)
+        await authn.nc.flush()
+        got = await peer.nc.request(subjects.token_exchange("p1"), b"exchange", timeout=5)
+        assert got.data == b"per-peer token"
+        assert seen == [subjects.token_exchange("p1")]  # authn reads the requester from it
+        peer.clean()
+        await peer.nc.publish(subjects.token_exchange("p2"), b"exchange as p2")
+        await peer.refused("publish", subjects.token_exchange("p2"))
+        await authn.nc.flush()
+        assert seen == [subjects.token_exchange("p1")]
+        authn.clean()

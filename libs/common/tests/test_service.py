@@ -28,7 +28,7 @@ def required_args(name: str, tmp_path: Path, server: NatsServer) -> list[str]:
         assert server.keys is not None
         return ["--listen", "127.0.0.1:0", "--bus-keys", str(server.keys.dir)]
     if name == "meshssh-authn":
-        return ["--listen", "127.0.0.1:0"]
+        return ["--listen", "127.0.0.1:0", "--jwks-signing-key", str(server.jwks_signing_key())]
     if name == "meshssh-relay":
         return ["--peer-id", "p1", "--listen", "127.0.0.1:0"]
     if name == "meshssh-sshd":

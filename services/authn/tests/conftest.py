@@ -30,6 +30,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.settings import parse_settings
+from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import JwksSnapshot
 from meshssh_testkit import NatsServer
 
@@ -89,10 +90,13 @@ class RunningAuthn:
 @dataclass
 class AuthnFactory:
     nats: NatsServer
+    jwks_key: Path  # the JWKS signing key every replica of the test shares
     running: list[RunningAuthn] = field(default_factory=list)
 
     async def start(self, *args: str, instance: str = "authn-test") -> RunningAuthn:
         argv = [*self.nats.flags("authn"), "--ops-listen", "127.0.0.1:0"]
+        if "--jwks-signing-key" not in args:
+            argv += ["--jwks-signing-key", str(self.jwks_key)]
         if "--listen" not in args:
             argv += ["--listen", "127.0.0.1:0"]
         settings = parse_settings(
@@ -118,9 +122,16 @@ class AuthnFactory:
 
 
 @pytest.fixture
-async def authn(nats_server: NatsServer) -> AsyncIterator[AuthnFactory]:
+def jwks_key(nats_server: NatsServer) -> Path:
+    """The test's JWKS signing key (Ed25519 PEM, made with ``new_signing_key``) that every
+    authn of the test signs with: ``<bus keys>/jwks-signing.pem``."""
+    return nats_server.jwks_signing_key()
+
+
+@pytest.fixture
+async def authn(nats_server: NatsServer, jwks_key: Path) -> AsyncIterator[AuthnFactory]:
     """Start authn replicas in-process; all are stopped after the test."""
-    factory = AuthnFactory(nats_server)
+    factory = AuthnFactory(nats_server, jwks_key)
     try:
         yield factory
     finally:
@@ -131,13 +142,15 @@ async def authn(nats_server: NatsServer) -> AsyncIterator[AuthnFactory]:
 
 
 class Kv:
-    """Reads of what authn publishes."""
+    """Reads of what authn publishes (the JWKS document opened with the test key's pins)."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, jwks_key: Path) -> None:
         self.nc = nc
+        self.verifier = Verifier("jwks", Signer.load(jwks_key, kind="jwks").pins)
 
     async def snapshot(self) -> JwksSnapshot | None:
-        kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS)
+        kv = TypedKV(bucket, JwksSnapshot, verifier=self.verifier)
         entry = await kv.get(subjects.JWKS_KEY)
         return entry.value if entry is not None else None
 
@@ -158,10 +171,10 @@ class Kv:
 
 
 @pytest.fixture
-async def kv(nats_server: NatsServer) -> AsyncIterator[Kv]:
+async def kv(nats_server: NatsServer, jwks_key: Path) -> AsyncIterator[Kv]:
     client = await nats_server.connect(name="test-kv")
     try:
-        yield Kv(client)
+        yield Kv(client, jwks_key)
     finally:
         await client.close()
 
@@ -251,14 +264,17 @@ class FakeIdp:
         jwk: dict[str, Any] = ECAlgorithm.to_jwk(self.keys[kid].public_key(), as_dict=True)
         return {**jwk, "kid": kid, "alg": "ES256", "use": "sig"}
 
-    def token(self, kid: str, sub: str = "alice", aud: str = "meshssh") -> str:
+    def token(self, kid: str, sub: str = "alice", aud: str = "meshssh", **more: Any) -> str:
+        """A token signed by ``kid``; ``more`` adds or overrides claims (iat, exp, iss...)."""
         import time
 
         import jwt
 
         now = int(time.time())
         claims = {"iss": self.issuer, "aud": aud, "sub": sub, "iat": now, "exp": now + 300}
-        return jwt.encode(claims, self.keys[kid], algorithm="ES256", headers={"kid": kid})
+        return jwt.encode(
+            {**claims, **more}, self.keys[kid], algorithm="ES256", headers={"kid": kid}
+        )
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ async def test_code_flow_signs_in_and_every_misuse_of_a_code_fails(
 ) -> None:
     await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

@@ -47,7 +47,7 @@ async def test_device_flow_through_the_login_form_gives_a_token_the_validator_ac
 ) -> None:
     await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -228,11 +228,27 @@ async def test_the_nats_device_broker_runs_a_browser_check_for_an_ssh_server(
             await request(
                 nc, subjects.AUTHN_DEVICE_POLL, DevicePollRequest(device_code=""), DevicePollReply
             )
+        bad = DeviceStartRequest(peer_id="Not a peer")
+        with pytest.raises(BadRequest, match="peer id"):
+            await request(nc, subjects.AUTHN_DEVICE_START, bad, DeviceStartReply)
     finally:
         await nc.close()
     assert done.status == "ok"
     assert after.status == "expired"
-    assert (await kv.validator()).validate(done.token).user_id == "bob"
+    # the browser-checked token is a per-peer token for the server that started the check
+    snap = await kv.wait_snapshot()
+    (exchange_key,) = snap.exchange_keys
+    assert jwt.get_unverified_header(done.token)["kid"] == exchange_key["kid"]
+    claims = jwt.decode(
+        done.token,
+        jwt.PyJWK(exchange_key).key,
+        algorithms=["EdDSA"],
+        audience="meshssh:peer:server-1",
+        issuer=snap.exchange_issuer,
+    )
+    assert claims["sub"] == "bob"
+    assert claims["exp"] - claims["iat"] <= 120 + 5
+    assert len(claims["jti"]) == 22
 
 
 async def test_polling_faster_than_the_interval_is_told_to_slow_down(

@@ -58,7 +58,7 @@ async def start_site(
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",

@@ -549,7 +549,7 @@ async def authn(
     )
     proc = await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -557,7 +557,11 @@ async def authn(
         "--device-poll-interval",
         "1",
     )
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    kv = TypedKV(
+        await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
+        JwksSnapshot,
+        verifier=nats_server.jwks_verifier(),
+    )
     async with asyncio.timeout(15):
         while (entry := await kv.get(subjects.JWKS_KEY)) is None or entry.value.client is None:
             await asyncio.sleep(0.05)

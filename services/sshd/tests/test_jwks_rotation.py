@@ -70,7 +70,7 @@ async def stack(
     async with OidcIssuer() as idp:
         await services.start(
             "meshssh-authn",
-            *nats_server.flags("authn"),
+            *nats_server.authn_flags(),
             "--issuer",
             idp.issuer,
             "--audience",
@@ -78,7 +78,11 @@ async def stack(
             "--instance",
             "authn-rotation",
         )
-        kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        kv = TypedKV(
+            await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
+            JwksSnapshot,
+            verifier=nats_server.jwks_verifier(),
+        )
         async with asyncio.timeout(15):
             while (entry := await kv.get(subjects.JWKS_KEY)) is None:
                 await asyncio.sleep(0.05)

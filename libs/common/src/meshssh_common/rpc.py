@@ -37,7 +37,7 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 
-__all__ = ["add_endpoint", "request", "start_micro", "subscribe_typed"]
+__all__ = ["add_endpoint", "add_subject_endpoint", "request", "start_micro", "subscribe_typed"]
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
@@ -99,6 +99,31 @@ async def add_endpoint(
             busy the subscription waits.
     """
 
+    async def call(payload: Req, _subject: str) -> Any:
+        return await handler(payload)
+
+    await add_subject_endpoint(
+        svc, name, subject, req_type, call, metrics=metrics, log=log, concurrency=concurrency
+    )
+
+
+async def add_subject_endpoint(
+    svc: Service,
+    name: str,
+    subject: str,
+    req_type: type[Req],
+    handler: Callable[[Req, str], Awaitable[Any]],
+    *,
+    metrics: ServiceMetrics,
+    log: BoundLogger,
+    concurrency: int = 1,
+) -> None:
+    """:func:`add_endpoint` for a wildcard ``subject``: the handler also gets the subject.
+
+    The subject a request came in on is where the bus's permissions vouch for the sender
+    (``...token-exchange.<requesting peer>``), so handlers read the requester from it.
+    """
+
     async def handle(req: Request) -> None:
         started = time.perf_counter()
         try:
@@ -108,7 +133,7 @@ async def add_endpoint(
                 metrics.bad_messages.labels(endpoint=name, reason=e.reason).inc()
                 log.warning("rejected bad payload", extra={"endpoint": name, "error": str(e)})
                 raise
-            result = await handler(payload)
+            result = await handler(payload, req.subject)
             await req.respond(codec.encode(result))
             metrics.requests.labels(endpoint=name, result="ok").inc()
         except MeshError as e:

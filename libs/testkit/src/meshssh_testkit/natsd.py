@@ -40,6 +40,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common.bus_keys import BusKeys
 from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.nats_jwt import Prefix, new_key, read_creds, write_creds
+from meshssh_common.signed_doc import Signer, Verifier, new_signing_key
 
 __all__ = ["TLS_HOSTS", "NatsServer", "NatsServerError", "nats_server_binary"]
 
@@ -156,6 +157,32 @@ class NatsServer:
 
     def _creds_path(self, identity: str | Path) -> Path:
         return identity if isinstance(identity, Path) else self.creds(identity)
+
+    def jwks_signing_key(self) -> Path:
+        """``<bus keys>/jwks-signing.pem``, the key authn signs the JWKS document with.
+
+        ``meshssh-policy init`` writes it in a deployment; here it is made on first use (so
+        every authn of one test shares it).
+        """
+        base = (
+            self.keys.dir
+            if self.keys is not None
+            else self.store.with_name(f"{self.store.name}-bus")
+        )
+        path = base / "jwks-signing.pem"
+        if not path.exists():
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                new_signing_key(path)
+        return path
+
+    def jwks_verifier(self) -> Verifier:
+        """Opens the JWKS document authn signs with :meth:`jwks_signing_key`."""
+        return Verifier("jwks", Signer.load(self.jwks_signing_key(), kind="jwks").pins)
+
+    def authn_flags(self) -> list[str]:
+        """Authn's :meth:`flags` and its ``--jwks-signing-key``."""
+        return [*self.flags("authn"), "--jwks-signing-key", str(self.jwks_signing_key())]
 
     def flags(self, identity: str | Path = "admin") -> list[str]:
         """A service's ``--nats-url``, ``--nats-creds`` (a role or a file) and ``--nats-ca``."""

@@ -212,7 +212,7 @@ async def whole_system(
     await _add_alice(users)
     authn = await services.start(
         "meshssh-authn",
-        *nats_server.flags("authn"),
+        *nats_server.authn_flags(),
         *("--listen", "127.0.0.1:0", "--users-file", str(users), "--device-poll-interval", "1"),
     )
     policy = await services.start(

@@ -10,11 +10,13 @@
 - ``tokens_issued_total``; ``login_failures_total{reason}``:
   ``bad_credentials|unknown_code|throttled|bad_request``.
 - ``signing_key_rotations_total``.
+- ``token_exchanges_total{result}``: ``ok|rate_limited|refused|bad_request|reexchange|
+  unavailable``; ``token_exchange_seconds``: time to answer one exchange.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from meshssh_common.metrics import ServiceMetrics
 
@@ -46,4 +48,10 @@ class AuthnMetrics:
         )
         self.key_rotations: Counter = metrics.counter(
             "signing_key_rotations", "Changes to the embedded provider's signing key set"
+        )
+        self.exchanges: Counter = metrics.counter(
+            "token_exchanges", "Token exchanges (per-peer tokens) by result", ("result",)
+        )
+        self.exchange_seconds: Histogram = metrics.histogram(
+            "token_exchange_seconds", "Seconds to answer one token exchange"
         )

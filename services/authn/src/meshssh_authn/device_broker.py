@@ -4,19 +4,25 @@ An SSH server whose client cannot send a token (keyboard-interactive "browser ch
 §6) asks authn to start a device flow, shows the user the URL and code, and polls. With the
 embedded provider the broker calls it directly; with an external provider it speaks RFC 8628
 over HTTP (:mod:`meshssh_common.oidc_device`) to the endpoints in the published client config.
-The token handed back is the one SSH servers validate (the access token, or the ID token with
-``--use-id-token``).
+The token handed back is a per-peer token (issue 15) for the ``peer_id`` the device-start
+request named, minted from the provider's token by :class:`TokenExchanger`; that peer id is
+self-claimed by the requester (the bus only lets a peer call device-start, not name itself
+there), so a server can get a browser-checked token only for the audience it asked for.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
+import msgspec
 
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.device_grants import DeviceContext
 from meshssh_authn.embedded_provider import EmbeddedProvider
+from meshssh_authn.token_exchange import TokenExchanger, check_peer_id
 from meshssh_common import subjects
-from meshssh_common.errors import BadRequest, Unavailable
+from meshssh_common.errors import BadRequest, Denied, Unavailable
 from meshssh_common.kv import TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.oidc_device import DeviceFlowClient
@@ -28,7 +34,17 @@ from meshssh_common.wire import (
     JwksSnapshot,
 )
 
-__all__ = ["DeviceBroker"]
+__all__ = ["DeviceBroker", "DevicePeer"]
+
+
+class DevicePeer(msgspec.Struct, frozen=True, kw_only=True):
+    """The peer a device flow's token is for (KV ``meshssh-authn-devices``)."""
+
+    peer_id: str
+
+
+def _peer_key(device_code: str) -> str:
+    return "peer." + hashlib.sha256(device_code.encode()).hexdigest()
 
 
 class DeviceBroker:
@@ -39,12 +55,16 @@ class DeviceBroker:
         *,
         embedded: EmbeddedProvider | None,
         snapshots: TypedKV[JwksSnapshot],
+        peers: TypedKV[DevicePeer],
+        exchanger: TokenExchanger,
         http: httpx.AsyncClient,
         metrics: AuthnMetrics,
         log: BoundLogger,
     ) -> None:
         self._embedded = embedded
         self._snapshots = snapshots
+        self._peers = peers
+        self._exchanger = exchanger
         self._http = http
         self._metrics = metrics
         self._log = log
@@ -56,11 +76,18 @@ class DeviceBroker:
         return DeviceFlowClient(entry.value.client, self._http)
 
     async def start(self, req: DeviceStartRequest) -> DeviceStartReply:
-        """Start a device flow on behalf of an SSH server.
+        """Start a device flow on behalf of an SSH server (its token will be for ``peer_id``).
 
         Raises:
+            BadRequest: ``peer_id`` is not a peer id.
             Unavailable: the provider could not be reached or refused.
         """
+        reply = await self._start(req)
+        await self._peers.put(_peer_key(reply.device_code), DevicePeer(peer_id=req.peer_id))
+        return reply
+
+    async def _start(self, req: DeviceStartRequest) -> DeviceStartReply:
+        check_peer_id(req.peer_id)
         if self._embedded is not None:
             c = self._embedded.config
             context = DeviceContext(  # shown on the confirm page (RFC 8628 §5.4)
@@ -101,12 +128,24 @@ class DeviceBroker:
         )
 
     async def poll(self, req: DevicePollRequest) -> DevicePollReply:
-        """Poll a flow started with :meth:`start`; ``ok`` carries the token.
+        """Poll a flow started with :meth:`start`; ``ok`` carries a per-peer token.
 
         Raises:
             BadRequest: the device code is empty or too long.
+            Denied: the provider's token does not validate (or the flow names no peer).
             Unavailable: the provider could not be reached.
         """
+        polled = await self._poll(req)
+        if polled.status != "ok":
+            return polled
+        entry = await self._peers.get(_peer_key(req.device_code))
+        if entry is None:
+            raise Denied("device flow started without a peer", public="start the check again")
+        exchanged = await self._exchanger.exchange(polled.token, entry.value.peer_id)
+        await self._peers.delete(_peer_key(req.device_code))
+        return DevicePollReply(status="ok", token=exchanged.access_token)
+
+    async def _poll(self, req: DevicePollRequest) -> DevicePollReply:
         if not req.device_code or len(req.device_code) > 4096:
             raise BadRequest("device_code must be 1..4096 characters")
         if self._embedded is not None:

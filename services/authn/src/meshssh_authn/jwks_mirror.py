@@ -10,6 +10,9 @@ SSH servers validate tokens only with what this writes, so it must never make th
   paces them on the same lease (``forced_at`` when one starts, ``forced_done`` when it has
   published).
 
+Every snapshot also carries authn's exchange keys (public JWKs) and the exchange issuer, so
+servers can validate per-peer tokens; a change of the exchange keys republishes it.
+
 When the configured issuer differs from the one in KV (the operator switched providers), the
 old snapshot is deleted at startup: servers fail closed until the new provider answers.
 """
@@ -23,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
+import nats.js.errors
 
 from meshssh_authn.authn_metrics import AuthnMetrics
+from meshssh_authn.exchange_keys import ExchangeKeys
 from meshssh_authn.key_sources import Fetched, KeySource
 from meshssh_authn.provider_http import FetchError
 from meshssh_common import subjects
-from meshssh_common.errors import Conflict, Unavailable
+from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.kv import KvEntry, TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import JwksSnapshot
@@ -82,9 +87,13 @@ class JwksMirror:
         metrics: AuthnMetrics,
         log: BoundLogger,
         instance: str,
+        exchange: ExchangeKeys,
+        exchange_issuer: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
+        self._exchange = exchange
+        self._exchange_issuer = exchange_issuer
         self._snapshots = snapshots
         self._leases = leases
         self._timing = timing
@@ -96,7 +105,7 @@ class JwksMirror:
 
     async def startup(self) -> None:
         """Drop another issuer's snapshot, then fetch once (failure keeps what KV holds)."""
-        entry = await self._snapshots.get(_SNAPSHOT)
+        _, entry = await self._current()
         if entry is not None and not _same_issuer(entry.value.jwt.issuer, self._source.issuer):
             self._log.warning(
                 "issuer changed: withdrawing the old provider's keys",
@@ -137,7 +146,7 @@ class JwksMirror:
         return lease.next_due - now
 
     async def keys_changed(self) -> None:
-        """The embedded key ring changed: publish at once (idempotent across replicas)."""
+        """The embedded key ring or the exchange keys changed: publish at once (idempotent)."""
         await self.fetch_and_publish("keys_changed")
 
     async def fetch_and_publish(
@@ -199,8 +208,25 @@ class JwksMirror:
 
     async def published_kids(self) -> tuple[str, ...]:
         """The ``kid`` of every key in the published snapshot."""
-        entry = await self._snapshots.get(_SNAPSHOT)
+        _, entry = await self._current()
         return key_ids(entry.value.keys) if entry is not None else ()
+
+    async def _current(self) -> tuple[int | None, KvEntry[JwksSnapshot] | None]:
+        """The stored snapshot's revision and entry.
+
+        A value that does not open (unsigned, or signed by a key this replica does not trust)
+        has a revision but no entry, so the next publish replaces it.
+        """
+        try:
+            entry = await self._snapshots.get(_SNAPSHOT)
+        except WireError as e:
+            self._log.warning("stored JWKS document refused; replacing it", extra={"error": str(e)})
+            try:
+                raw = await self._snapshots.kv.get(_SNAPSHOT)
+            except nats.js.errors.KeyNotFoundError:
+                return None, None
+            return int(raw.revision or 0), None
+        return (entry.revision if entry is not None else None), entry
 
     async def _write_lease(self, entry: KvEntry[FetchLease] | None, lease: FetchLease) -> bool:
         try:
@@ -220,7 +246,7 @@ class JwksMirror:
 
     async def _publish(self, fetched: Fetched) -> bool:
         for _ in range(5):
-            entry = await self._snapshots.get(_SNAPSHOT)
+            revision, entry = await self._current()
             prev = entry.value if entry is not None else None
             client = fetched.client
             if client is None and prev is not None and prev.client is not None:
@@ -232,14 +258,16 @@ class JwksMirror:
                 fetched_at=self._clock(),
                 source=fetched.source,
                 client=client,
+                exchange_issuer=self._exchange_issuer,
+                exchange_keys=self._exchange.public_jwks(),
             )
             if prev is not None and _same_content(prev, snap):
                 return False
             try:
-                if entry is None:
+                if revision is None:
                     await self._snapshots.create(_SNAPSHOT, snap)
                 else:
-                    await self._snapshots.update(_SNAPSHOT, snap, last=entry.revision)
+                    await self._snapshots.update(_SNAPSHOT, snap, last=revision)
             except Conflict:
                 continue
             return True
@@ -261,4 +289,11 @@ def _same_issuer(a: str, b: str) -> bool:
 
 
 def _same_content(a: JwksSnapshot, b: JwksSnapshot) -> bool:
-    return (a.jwt, a.keys, a.source, a.client) == (b.jwt, b.keys, b.source, b.client)
+    return (a.jwt, a.keys, a.source, a.client, a.exchange_issuer, a.exchange_keys) == (
+        b.jwt,
+        b.keys,
+        b.source,
+        b.client,
+        b.exchange_issuer,
+        b.exchange_keys,
+    )

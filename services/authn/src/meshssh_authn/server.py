@@ -1,6 +1,7 @@
 """The body of meshssh-authn: wire the provider (embedded or external), mirror and broker.
 
-Startup order: open the buckets; with the embedded provider, bind its HTTP port (so the issuer
+Startup order: load the JWKS signing key (a bad one exits 2); open the buckets; load (or
+create) the exchange key; with the embedded provider, bind its HTTP port (so the issuer
 URL is known) and build it; fetch and publish the keys once; register the NATS endpoints;
 then run the HTTP server, the scheduled mirror and the key ring watcher until cancelled.
 """
@@ -19,9 +20,10 @@ from nats.js.kv import KeyValue
 from meshssh_authn.auth_codes import AuthCodes
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.code_attempts import CodeAttempts
-from meshssh_authn.device_broker import DeviceBroker
+from meshssh_authn.device_broker import DeviceBroker, DevicePeer
 from meshssh_authn.device_grants import DeviceGrant, DeviceGrants, DevicePointer
 from meshssh_authn.embedded_provider import EmbeddedProvider, ProviderConfig
+from meshssh_authn.exchange_keys import ExchangeKeys, ExchangeKeySet
 from meshssh_authn.jwks_mirror import FetchLease, JwksMirror, MirrorTiming
 from meshssh_authn.jwks_refresh import JwksRefresher
 from meshssh_authn.key_ring import KeyRing
@@ -29,20 +31,23 @@ from meshssh_authn.key_sources import EmbeddedSource, ExternalConfig, ExternalSo
 from meshssh_authn.provider_app import install_routes
 from meshssh_authn.settings import AuthnSettings
 from meshssh_authn.signing_keys import KeySet, RotationPolicy
+from meshssh_authn.token_exchange import PeerBuckets, TokenExchanger
 from meshssh_authn.token_issuer import TokenIssuer
 from meshssh_authn.users import UsersFile
 from meshssh_common import codec, subjects
 from meshssh_common.errors import WireError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
+from meshssh_common.rpc import add_endpoint, add_subject_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
+from meshssh_common.signed_doc import Refused, Signer, Verifier
 from meshssh_common.wire import (
     DevicePollRequest,
     DeviceStartRequest,
     JwksMissed,
     JwksRefreshRequest,
     JwksSnapshot,
+    TokenExchangeRequest,
 )
 
 __all__ = ["serve"]
@@ -133,14 +138,28 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
     settings = ctx.settings
     metrics = AuthnMetrics(ctx.metrics)
 
+    assert settings.jwks_signing_key is not None  # the settings refuse to start without it
+    signer = Signer.load(settings.jwks_signing_key, kind="jwks")  # ConfigError: exit 2
+
     def bad_value(key: str, e: WireError) -> None:
-        ctx.metrics.bad_messages.labels(endpoint="kv", reason="invalid").inc()
+        if isinstance(e, Refused):
+            ctx.metrics.signed_doc_refused.labels(kind="jwks", reason=e.why).inc()
+        else:
+            ctx.metrics.bad_messages.labels(endpoint="kv", reason="invalid").inc()
         ctx.log.warning("bad KV value ignored", extra={"key": key, "error": str(e)})
 
     snapshots = TypedKV(
-        await open_bucket(ctx.js, subjects.BUCKET_JWKS), JwksSnapshot, on_bad_value=bad_value
+        await open_bucket(ctx.js, subjects.BUCKET_JWKS),
+        JwksSnapshot,
+        on_bad_value=bad_value,
+        signer=signer,
+        verifier=Verifier("jwks", signer.pins),
     )
     state = await open_bucket(ctx.js, subjects.BUCKET_AUTHN)
+    exchange_keys = ExchangeKeys(
+        TypedKV(state, ExchangeKeySet, on_bad_value=bad_value), log=ctx.log
+    )
+    await exchange_keys.ensure()
     timeout = httpx.Timeout(settings.provider_timeout)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
         server: HttpServer | None = None
@@ -182,10 +201,29 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
             metrics=metrics,
             log=ctx.log,
             instance=settings.instance,
+            exchange=exchange_keys,
+            exchange_issuer=settings.exchange_issuer,
+        )
+        exchange_keys.on_change = mirror.keys_changed
+        exchanger = TokenExchanger(
+            snapshots,
+            exchange_keys,
+            issuer=settings.exchange_issuer,
+            buckets=PeerBuckets(settings.exchange_rate, settings.exchange_burst),
+            metrics=metrics,
+            log=ctx.log,
         )
         refresher = JwksRefresher(mirror, timing, metrics=metrics, log=ctx.log)
         broker = DeviceBroker(
-            embedded=provider, snapshots=snapshots, http=http, metrics=metrics, log=ctx.log
+            embedded=provider,
+            snapshots=snapshots,
+            peers=TypedKV(
+                await _devices_bucket(ctx.js, settings.device_code_ttl * 2.0), DevicePeer
+            ),
+            exchanger=exchanger,
+            http=http,
+            metrics=metrics,
+            log=ctx.log,
         )
         if provider is not None:
             provider.ring.on_change = mirror.keys_changed
@@ -240,8 +278,19 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
             metrics=m,
             log=log,
         )
+        await add_subject_endpoint(
+            svc,
+            "token-exchange",
+            subjects.AUTHN_TOKEN_EXCHANGE_ALL,
+            TokenExchangeRequest,
+            exchanger.handle,
+            metrics=m,
+            log=log,
+            concurrency=64,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(exchange_keys.run(ctx.nc))
                 http_task = tg.create_task(server.serve()) if server is not None else None
                 tg.create_task(mirror.run())
                 if provider is not None:

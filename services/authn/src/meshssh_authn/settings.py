@@ -113,6 +113,21 @@ class AuthnSettings(ServiceSettings):
     jwks_retry_interval: float = Field(
         10.0, gt=0, description="seconds before a failed JWKS fetch is retried"
     )
+    jwks_signing_key: Path | None = Field(
+        None,
+        description="Ed25519 key (PKCS#8 PEM) that signs the JWKS document in KV (required; "
+        "meshssh-policy init writes <bus keys>/jwks-signing.pem; PATH.previous endorses it "
+        "after a rotation)",
+    )
+    exchange_issuer: str = Field(
+        "urn:meshssh:authn", min_length=1, description="iss of the per-peer tokens authn signs"
+    )
+    exchange_rate: float = Field(
+        50.0, gt=0, description="token exchanges one requesting peer may make per second"
+    )
+    exchange_burst: int = Field(
+        100, ge=1, description="token exchanges one requesting peer may make in a burst"
+    )
     provider_timeout: float = Field(
         5.0, gt=0, description="seconds to wait for the external provider's HTTP answers"
     )
@@ -127,6 +142,8 @@ class AuthnSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _check(self) -> AuthnSettings:
+        if self.jwks_signing_key is None:
+            raise ValueError("--jwks-signing-key: required")
         if not self.audience:
             raise ValueError("--audience needs at least one value")
         if not self.issuer and self.key_publish_lead >= self.key_rotation:
