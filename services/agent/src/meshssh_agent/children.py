@@ -36,6 +36,7 @@ from meshssh_agent.settings import AgentSettings
 from meshssh_agent.supervisor import Child
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
+from meshssh_common.signed_doc import PINS_FILE
 from meshssh_common.wire import PeerFlags
 
 __all__ = [
@@ -187,6 +188,8 @@ def sshd_argv(config: AgentSettings, peer_id: str) -> list[str]:
         config.address(config.ssh_port),
         "--host-key",
         str(config.files.host_key),
+        "--pins",  # written from each registration reply before children start
+        str(config.state_dir / PINS_FILE),
         "--trusted-relay",
         config.mesh_ip,
         *sshd_args(config.flags),
@@ -204,6 +207,8 @@ def relay_argv(config: AgentSettings, peer_id: str, mode: RelayMode) -> list[str
         config.address(config.relay_port),
         "--mode",
         mode.mode,
+        "--pins",
+        str(config.state_dir / PINS_FILE),
         *_common(config, config.relay_ops_listen),
     ]
     if config.allow_server_ssh:
