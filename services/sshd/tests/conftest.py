@@ -47,6 +47,7 @@ from meshssh_sshd.settings import SshdSettings
 from meshssh_testkit import NatsServer, OpenSSH, RunResult, ServiceProcess, run_command, script
 from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import jwks_signer, map_signer, write_test_pins
 
 ISSUER = "https://idp.test"
 AUDIENCE = "meshssh"
@@ -108,7 +109,8 @@ class Mesh:
         self.serial = 0
 
     async def publish_jwks(self, issuer: Issuer | None = None) -> None:
-        kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS)
+        kv = TypedKV(bucket, JwksSnapshot, signer=jwks_signer())
         snap = JwksSnapshot(
             jwt=jwt_config(),
             keys=(issuer or self.issuer).jwks(),
@@ -146,7 +148,8 @@ class Mesh:
             ssh_auth=build_table(claim, grants, any_validated_user=open_to),
             source_peers=tuple(source_peers),
         )
-        kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+        bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS)
+        kv = TypedKV(bucket, NetworkMap, signer=map_signer())
         await kv.put(subjects.netmap_key(peer_id), netmap)
         return netmap
 
@@ -209,6 +212,7 @@ class SshdFactory:
             "peer_id": PEER_ID,
             "listen": f"{mesh_ip}:0",
             "host_key": key_path,
+            "pins": write_test_pins(self.tmp_path),
             "nats_url": self.nats.url,
             "nats_creds": self.nats.creds("admin"),  # map reading needs a consumer for now
             "ops_listen": "127.0.0.1:0",

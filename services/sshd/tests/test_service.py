@@ -18,6 +18,7 @@ from meshssh_common.host_keys import load_or_create_host_key
 from meshssh_common.wire import SessionsReport
 from meshssh_testkit import NatsServer, run_command, script
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import write_test_pins
 
 if TYPE_CHECKING:
     from conftest import Issuer, Mesh, SshdFactory
@@ -43,6 +44,8 @@ async def start_process(
         "127.0.0.2:0",
         "--host-key",
         str(key_path),
+        "--pins",
+        str(write_test_pins(tmp_path)),
         "--kill-grace",
         "0.5",
         *flags,
