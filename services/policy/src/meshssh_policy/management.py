@@ -78,6 +78,7 @@ class Management:
         state = State()
         token = await asyncio.to_thread(_admin_token, settings, log)
         js = nc.jetstream(timeout=settings.nats_request_timeout)
+        bus = await asyncio.to_thread(_bus_keys, settings)
         map_signer, jwks_pins = await asyncio.to_thread(_doc_keys, settings)
         store = await open_store(
             js,
@@ -98,7 +99,6 @@ class Management:
             nc=nc,
         )
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
-        bus = await asyncio.to_thread(_bus_keys, settings)
         revocations = None
         if bus is not None:
             revocations = await BusRevocations.open(
