@@ -21,7 +21,7 @@ from meshssh_common import codec, subjects
 from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, ConfigError, Denied
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, new_key, write_creds
-from meshssh_common.wire import NetworkMap, RegisterReply
+from meshssh_common.wire import NetworkMap, RegisterReply, SignedDoc
 from meshssh_testkit import NatsServer
 
 from .conftest import PolicyFactory, Replica, connect_as, register_rest
@@ -54,7 +54,7 @@ async def direct_get_map(nc: NATS, peer_id: str) -> NetworkMap:
     key = subjects.netmap_key(peer_id)
     subject = f"$JS.API.DIRECT.GET.KV_{subjects.BUCKET_NETMAPS}.$KV.{subjects.BUCKET_NETMAPS}.{key}"
     msg = await nc.request(subject, b"", timeout=5)
-    return codec.decode(msg.data, NetworkMap)
+    return codec.decode(codec.decode(msg.data, SignedDoc).payload, NetworkMap)  # signed
 
 
 def _cut_off(nc: NATS) -> bool:

@@ -32,6 +32,7 @@ from meshssh_common.host_keys import HostKey
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.signed_doc import Signer
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import (
     AuditEvent,
@@ -108,9 +109,11 @@ class Mesh:
         self.issuer = issuer
         self.serial = 0
 
-    async def publish_jwks(self, issuer: Issuer | None = None) -> None:
+    async def publish_jwks(
+        self, issuer: Issuer | None = None, signer: Signer | None = None
+    ) -> None:
         bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS)
-        kv = TypedKV(bucket, JwksSnapshot, signer=jwks_signer())
+        kv = TypedKV(bucket, JwksSnapshot, signer=signer or jwks_signer())
         snap = JwksSnapshot(
             jwt=jwt_config(),
             keys=(issuer or self.issuer).jwks(),
@@ -132,6 +135,7 @@ class Mesh:
         peer_id: str = PEER_ID,
         source_peers: Sequence[SourcePeer] = (),
         claim: str = "sub",
+        signer: Signer | None = None,
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -149,7 +153,7 @@ class Mesh:
             source_peers=tuple(source_peers),
         )
         bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS)
-        kv = TypedKV(bucket, NetworkMap, signer=map_signer())
+        kv = TypedKV(bucket, NetworkMap, signer=signer or map_signer())
         await kv.put(subjects.netmap_key(peer_id), netmap)
         return netmap
 
