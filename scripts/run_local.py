@@ -50,11 +50,12 @@ from pathlib import Path
 import httpx
 from demo_lock import DemoBusy, DemoLock, port_in_use
 
-from meshssh_common.bus_keys import BusKeys
+from meshssh_common.bus_keys import SIGNING_KEYS, BusKeys, make_signing_key
 from meshssh_common.secret_files import write_secret_file
 from meshssh_testkit import NatsServer, ServiceProcess, script
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import terminate
+from meshssh_testkit.signing import authn_signing_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "services/policy/demo/seed.json"
@@ -189,6 +190,9 @@ async def wait_http(url: str, timeout: float = 30) -> None:
 def bus_keys(directory: Path) -> BusKeys:
     """The demo's bus keys: made on the first run (``meshssh-policy init``), kept after."""
     if (directory / "operator.jwt").exists():
+        for name in SIGNING_KEYS:  # a run directory made before signed maps
+            if not (directory / f"{name}.pem").exists():
+                make_signing_key(directory, name)
         return BusKeys.load(directory)
     return BusKeys.create(directory)
 
@@ -339,6 +343,7 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
             await ServiceProcess.start(
                 "meshssh-authn",
                 *nats.flags("authn"),
+                *authn_signing_flags(keys.dir),  # authn signs the JWKS document
                 "--listen",
                 demo.provider,
                 "--users-file",

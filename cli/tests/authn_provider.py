@@ -24,6 +24,7 @@ from meshssh_testkit import ServiceProcess, run_command, script
 from meshssh_testkit.management import Management
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import authn_signing_flags
 
 PASSWORD = "alice-password-1"
 
@@ -84,6 +85,7 @@ async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFac
     proc = await services.start(
         "meshssh-authn",
         *nats_server.flags("authn"),
+        *authn_signing_flags(nats_server.creds("policy").parent),  # bus dir
         "--listen",
         "127.0.0.1:0",
         "--users-file",

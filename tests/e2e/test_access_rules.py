@@ -52,6 +52,7 @@ from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import run_command, script
+from meshssh_testkit.signing import authn_signing_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "services/policy/demo/seed.json"
@@ -237,6 +238,7 @@ async def mesh(
         await services.start(
             "meshssh-authn",
             *nats_server.flags("authn"),
+            *authn_signing_flags(nats_server.creds("policy").parent),  # bus dir
             "--issuer",
             issuer.url,
             "--audience",

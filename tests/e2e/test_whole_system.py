@@ -34,6 +34,7 @@ from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import ServiceProcess, run_command, script
+from meshssh_testkit.signing import authn_signing_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "services/policy/demo/seed.json"
@@ -148,6 +149,7 @@ async def system(
     authn = await services.start(
         "meshssh-authn",
         *nats_server.flags("authn"),
+        *authn_signing_flags(nats_server.creds("policy").parent),  # bus dir
         "--listen",
         "127.0.0.1:0",
         "--users-file",

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,7 +23,15 @@ from meshssh_common import codec
 from meshssh_common.signed_doc import PINS_FILE, Signer, write_pins
 from meshssh_common.wire import JwksSnapshot, NetworkMap, Pins
 
-__all__ = ["jwks_signer", "map_signer", "signed_jwks", "signed_map", "test_pins", "write_test_pins"]
+__all__ = [
+    "authn_signing_flags",
+    "jwks_signer",
+    "map_signer",
+    "signed_jwks",
+    "signed_map",
+    "test_pins",
+    "write_test_pins",
+]
 
 
 @functools.cache
@@ -58,3 +67,19 @@ def signed_map(netmap: NetworkMap, signer: Signer | None = None) -> bytes:
 def signed_jwks(snapshot: JwksSnapshot, signer: Signer | None = None) -> bytes:
     """``snapshot`` as authn stores it in KV: a signed envelope, encoded."""
     return codec.encode((signer or jwks_signer()).sign(codec.encode(snapshot)))
+
+
+def authn_signing_flags(bus_dir: Path) -> list[str]:
+    """The flags that make a meshssh-authn sign with the bus directory's JWKS key.
+
+    ``--jwks-signing-key <bus_dir>/jwks-signing.pem``, or nothing while the installed authn
+    does not know the setting yet.
+    """
+    try:
+        settings = importlib.import_module("meshssh_authn.settings")
+    except ImportError:
+        return []
+    fields = getattr(getattr(settings, "AuthnSettings", None), "model_fields", {})
+    if "jwks_signing_key" not in fields:
+        return []
+    return ["--jwks-signing-key", str(bus_dir / "jwks-signing.pem")]
