@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import jwt
+import nats.js.errors
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
@@ -48,7 +49,14 @@ from meshssh_sshd.settings import SshdSettings
 from meshssh_testkit import NatsServer, OpenSSH, RunResult, ServiceProcess, run_command, script
 from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.plugin import ServiceFactory
-from meshssh_testkit.signing import jwks_signer, map_signer, write_test_pins
+from meshssh_testkit.signing import (
+    authn_signing_flags,
+    authn_test_key,
+    jwks_signer,
+    map_signer,
+    read_jwks,
+    write_test_pins,
+)
 
 ISSUER = "https://idp.test"
 AUDIENCE = "meshssh"
@@ -216,7 +224,10 @@ class SshdFactory:
             "peer_id": PEER_ID,
             "listen": f"{mesh_ip}:0",
             "host_key": key_path,
-            "pins": write_test_pins(self.tmp_path),
+            # an authn fixture may have written pins that also trust its own JWKS key
+            "pins": self.tmp_path / "pins.json"
+            if (self.tmp_path / "pins.json").exists()
+            else write_test_pins(self.tmp_path),
             "nats_url": self.nats.url,
             "nats_creds": self.nats.creds("admin"),  # map reading needs a consumer for now
             "ops_listen": "127.0.0.1:0",
@@ -497,9 +508,11 @@ async def authn(
         timeout=30,
         check=True,
     )
+    key, _ = authn_test_key(tmp_path)  # sshd's pins trust it (SshdFactory reads them)
     proc = await services.start(
         "meshssh-authn",
         *nats_server.flags("authn"),
+        *authn_signing_flags(tmp_path, key=key),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -507,11 +520,15 @@ async def authn(
         "--device-poll-interval",
         "1",
     )
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
     async with asyncio.timeout(15):
-        while (entry := await kv.get(subjects.JWKS_KEY)) is None or entry.value.client is None:
+        while True:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await kv.get(subjects.JWKS_KEY)
+                if entry.value and (snapshot := read_jwks(entry.value)).client is not None:
+                    break
             await asyncio.sleep(0.05)
-    return Authn(proc, entry.value)
+    return Authn(proc, snapshot)
 
 
 @pytest.fixture

@@ -20,13 +20,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshssh_common import codec
-from meshssh_common.signed_doc import PINS_FILE, Signer, write_pins
-from meshssh_common.wire import JwksSnapshot, NetworkMap, Pins
+from meshssh_common.errors import WireError
+from meshssh_common.signed_doc import PINS_FILE, Signer, new_signing_key, write_pins
+from meshssh_common.wire import JwksSnapshot, NetworkMap, Pins, SignedDoc
 
 __all__ = [
     "authn_signing_flags",
+    "authn_test_key",
     "jwks_signer",
     "map_signer",
+    "read_jwks",
     "signed_jwks",
     "signed_map",
     "test_pins",
@@ -69,11 +72,11 @@ def signed_jwks(snapshot: JwksSnapshot, signer: Signer | None = None) -> bytes:
     return codec.encode((signer or jwks_signer()).sign(codec.encode(snapshot)))
 
 
-def authn_signing_flags(bus_dir: Path) -> list[str]:
+def authn_signing_flags(bus_dir: Path, *, key: Path | None = None) -> list[str]:
     """The flags that make a meshssh-authn sign with the bus directory's JWKS key.
 
-    ``--jwks-signing-key <bus_dir>/jwks-signing.pem``, or nothing while the installed authn
-    does not know the setting yet.
+    ``--jwks-signing-key <bus_dir>/jwks-signing.pem`` (or ``key``), or nothing while the
+    installed authn does not know the setting yet.
     """
     try:
         settings = importlib.import_module("meshssh_authn.settings")
@@ -82,4 +85,26 @@ def authn_signing_flags(bus_dir: Path) -> list[str]:
     fields = getattr(getattr(settings, "AuthnSettings", None), "model_fields", {})
     if "jwks_signing_key" not in fields:
         return []
-    return ["--jwks-signing-key", str(bus_dir / "jwks-signing.pem")]
+    return ["--jwks-signing-key", str(key or bus_dir / "jwks-signing.pem")]
+
+
+def authn_test_key(directory: Path) -> tuple[Path, Path]:
+    """A JWKS signing key for a meshssh-authn a test starts, and a pins file that trusts it.
+
+    Returns ``(key, pins)``: ``directory/authn-jwks.pem`` and ``directory/pins.json`` (the
+    test signers' pins plus this key for JWKS), for the sshd the test points at that authn.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / "authn-jwks.pem"
+    public = new_signing_key(key, rotate=True)
+    pins = directory / PINS_FILE
+    write_pins(pins, Pins(map=map_signer().pins, jwks=(*jwks_signer().pins, public)))
+    return key, pins
+
+
+def read_jwks(data: bytes) -> JwksSnapshot:
+    """The snapshot in a ``meshssh-jwks`` value, signed or not (tests that only look)."""
+    try:
+        return codec.decode(codec.decode(data, SignedDoc).payload, JwksSnapshot)
+    except WireError:
+        return codec.decode(data, JwksSnapshot)
