@@ -10,21 +10,23 @@ config (``meshssh login --management-url``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
-from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.kv import open_bucket
 from meshssh_common.wire import JwksSnapshot, OidcClientConfig
 from meshssh_testkit import ServiceProcess, run_command, script
 from meshssh_testkit.management import Management
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
-from meshssh_testkit.signing import authn_signing_flags
+from meshssh_testkit.signing import authn_signing_flags, read_jwks
 
 PASSWORD = "alice-password-1"
 
@@ -95,14 +97,19 @@ async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFac
     )
     nc = await nats_server.connect()
     try:
-        kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
         async with asyncio.timeout(15):
-            while (entry := await kv.get(subjects.JWKS_KEY)) is None:
+            while True:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await kv.get(subjects.JWKS_KEY)
+                    if entry.value:
+                        break
                 await asyncio.sleep(0.05)
     finally:
         await nc.close()
-    assert entry.value.client is not None
-    return Provider(proc, entry.value.client, entry.value, nats_server)
+    snapshot = read_jwks(entry.value)  # signed by authn (or not, before it signed)
+    assert snapshot.client is not None
+    return Provider(proc, snapshot.client, snapshot, nats_server)
 
 
 @pytest.fixture
