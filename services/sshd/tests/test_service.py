@@ -194,9 +194,10 @@ async def test_a_map_or_jwks_signed_with_a_wrong_key_is_refused_counted_and_the_
         'meshssh_sshd_signed_doc_refused_total{kind="jwks",reason="unknown_key"} 1.0',
     )
     async with httpx.AsyncClient() as http, asyncio.timeout(10):
-        while not all(
-            w in (text := (await http.get(f"{proc.ops_url}/metrics")).text) for w in want
-        ):
+        while True:
+            text = (await http.get(f"{proc.ops_url}/metrics")).text
+            if all(w in text for w in want):
+                break
             await asyncio.sleep(0.05)
     assert "refused a network map" in proc.output()
     still = await client.ssh("echo still", token=issuer.mint("alice-id"), user=local_user)
