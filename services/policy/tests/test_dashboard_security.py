@@ -22,6 +22,7 @@ from meshssh_testkit import NatsServer
 from meshssh_testkit.dashboard import add_user, sign_in
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
+from meshssh_testkit.signing import authn_signing_flags
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
 
@@ -59,6 +60,7 @@ async def start_site(
     await services.start(
         "meshssh-authn",
         *nats_server.flags("authn"),
+        *authn_signing_flags(nats_server.creds("policy").parent),  # the bus dir's JWKS key
         "--listen",
         "127.0.0.1:0",
         "--users-file",
