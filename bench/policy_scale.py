@@ -53,6 +53,7 @@ from nats.js.kv import KeyValue
 from meshssh_common import codec, subjects
 from meshssh_common.key_watch import KeyWatch, Reconnects
 from meshssh_common.kv import open_bucket
+from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import NetworkMap, PeerFlags, PeerMeta
 from meshssh_policy.records import (
     GroupRecord,
@@ -204,12 +205,24 @@ class Followers:
         """
         started = time.perf_counter()
         self._expected = len(keys)
+        verifier = None
+        if self.bucket == subjects.BUCKET_NETMAPS and server.keys is not None:  # policy signs
+            signer = Signer.load(server.keys.dir / "map-signing.pem", kind="map")
+            verifier = Verifier("map", signer.pins)
         for i in range(0, len(keys), PEERS_PER_CONN):
             nc = await server.connect(max_reconnect_attempts=-1)
             self._conns.append(nc)
             bell = Reconnects(nc)
             for key in keys[i : i + PEERS_PER_CONN]:
-                watch = KeyWatch(nc, self.bucket, key, NetworkMap, version=_serial, reconnects=bell)
+                watch = KeyWatch(
+                    nc,
+                    self.bucket,
+                    key,
+                    NetworkMap,
+                    version=_serial,
+                    reconnects=bell,
+                    verifier=verifier,
+                )
                 self._tasks.append(asyncio.create_task(self._follow(key, watch)))
         async with asyncio.timeout(300):
             await self._all_synced.wait()

@@ -58,6 +58,7 @@ from meshssh_testkit.netmaps import make_map, put_map
 from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, veth_pair
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.process import ServiceProcess, script
+from meshssh_testkit.signing import write_test_pins
 from meshssh_testkit.ssh_upstreams import ProxySshServer
 
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "256")) * 1024 * 1024
@@ -214,6 +215,8 @@ async def bench_proxy(root: Path, client: OpenSSH) -> dict[str, object]:
             f"127.0.0.2:{sshd.port}",
             "--sshd-socket",
             str(relay_socket),
+            "--pins",
+            str(write_test_pins(root / "pins")),
         )
         try:
             await relay.wait_ready()
@@ -257,6 +260,8 @@ async def bench_nftables(root: Path, client: OpenSSH) -> dict[str, object] | str
                     f"{A_IP}:22",
                     "--sshd",
                     f"{A_IP}:22022",
+                    "--pins",
+                    str(write_test_pins(root / "pins")),
                     "--nats-url",
                     f"nats://127.0.0.1:{forward.port}",
                     "--nats-creds",

@@ -70,6 +70,7 @@ from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import FirewallRule, JwksSnapshot, JwtConfig, NetworkMap, PeerConfig
 from meshssh_common.wire.authn import TokenExchangeReply, TokenExchangeRequest, peer_audience
 from meshssh_testkit import CommandFailed, CommandTimeout, NatsServer, os_users, script
+from meshssh_testkit.signing import jwks_signer, map_signer, write_test_pins
 
 GIB = 1 << 30
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "1024")) << 20
@@ -229,7 +230,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
         jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
         xjwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.exchange_key.public_key()))
         config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
-        keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
+        keys = TypedKV(
+            await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot, signer=jwks_signer()
+        )
         await keys.put(
             subjects.JWKS_KEY,
             JwksSnapshot(
@@ -260,7 +263,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
             ),
             ssh_auth=build_table("sub", [("bench-user", "*")]),
         )
-        maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
+        maps = TypedKV(
+            await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap, signer=map_signer()
+        )
         await maps.put(subjects.netmap_key(SERVER_PEER), netmap)
     finally:
         await nc.close()
@@ -284,6 +289,8 @@ def start_meshssh(setup: Setup, natsd: NatsServer, *extra: str) -> None:
             f"{MESH_IP}:0",
             "--host-key",
             str(setup.tmp / "meshssh_host_key"),
+            "--pins",
+            str(write_test_pins(setup.tmp)),
             "--ops-listen",
             "127.0.0.1:0",
             "--max-sessions",

@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 from demo_lock import DemoBusy, DemoLock, port_in_use
 
-from meshssh_common.bus_keys import BusKeys
+from meshssh_common.bus_keys import SIGNING_KEYS, BusKeys, make_signing_key
 from meshssh_common.secret_files import write_secret_file
 from meshssh_testkit import NatsServer, ServiceProcess, script
 from meshssh_testkit.ports import free_port
@@ -189,6 +189,9 @@ async def wait_http(url: str, timeout: float = 30) -> None:
 def bus_keys(directory: Path) -> BusKeys:
     """The demo's bus keys: made on the first run (``meshssh-policy init``), kept after."""
     if (directory / "operator.jwt").exists():
+        for name in SIGNING_KEYS:  # a run directory made before signed maps
+            if not (directory / f"{name}.pem").exists():
+                make_signing_key(directory, name)
         return BusKeys.load(directory)
     return BusKeys.create(directory)
 

@@ -10,10 +10,12 @@ config (``meshssh login --management-url``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -99,12 +101,17 @@ async def provider(tmp_path: Path, nats_server: NatsServer, services: ServiceFac
             verifier=nats_server.jwks_verifier(),
         )
         async with asyncio.timeout(15):
-            while (entry := await kv.get(subjects.JWKS_KEY)) is None:
+            while True:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await kv.get(subjects.JWKS_KEY)
+                    if entry.value:
+                        break
                 await asyncio.sleep(0.05)
     finally:
         await nc.close()
-    assert entry.value.client is not None
-    return Provider(proc, entry.value.client, entry.value, nats_server)
+    snapshot = entry.value
+    assert snapshot.client is not None
+    return Provider(proc, snapshot.client, snapshot, nats_server)
 
 
 @pytest.fixture

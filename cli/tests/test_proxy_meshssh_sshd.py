@@ -55,6 +55,7 @@ from meshssh_testkit.netmaps import put_map
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.process import run_command, script
+from meshssh_testkit.signing import jwks_signer, write_test_pins
 from meshssh_testkit.ssh_agent import ssh_agent, ssh_agent_available
 
 ISSUER = "https://idp.example.test"
@@ -167,7 +168,8 @@ async def start_peer(
 ) -> Peer:
     issuer = Issuer(Ed25519PrivateKey.generate())
     await ensure_audit_stream(nc.jetstream())  # policy's part: sshd only publishes to it
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
+    kv = TypedKV(bucket, JwksSnapshot, signer=jwks_signer())  # as authn signs it
     await kv.put(
         subjects.JWKS_KEY,
         JwksSnapshot(
@@ -187,6 +189,8 @@ async def start_peer(
         f"{PEER_IP}:0",
         "--host-key",
         str(tmp_path / "sshd" / "ssh_host_ed25519_key"),
+        "--pins",
+        str(write_test_pins(tmp_path / "sshd")),
         *nats_server.flags(),
         # issue 15: the client still sends the IdP token; drop once it exchanges tokens
         "--accept-idp-tokens",

@@ -8,9 +8,13 @@
 #   meshssh-nats-auth   nats-auth.conf                        nats-server (operator, accounts)
 #   meshssh-nats-tls    ca.crt server.crt server.key          nats-server; ca.crt: every client
 #   meshssh-bus-policy  policy.creds system.creds             meshssh-policy: its identity, the
-#                       operator-signing.nk account-signing.nk  peers' JWTs and revocations
-#                       account.jwt meta.json
-#   meshssh-bus-authn   authn.creds                           meshssh-authn
+#                       operator-signing.nk account-signing.nk  peers' JWTs and revocations,
+#                       account.jwt meta.json                   the map signing key and the
+#                       map-signing.pem jwks-signing.pub        JWKS pins (public)
+#   meshssh-bus-authn   authn.creds jwks-signing.pem          meshssh-authn: its identity and
+#                                                             the JWKS signing key
+#   (after `init --rotate map-signing|jwks-signing`, the key's .previous goes along, so the
+#   old key endorses the new one until every peer has renewed: docs/security.md)
 #
 # Usage:
 #   deploy/k8s/bootstrap-secrets.sh [-n NAMESPACE] [-d DIR] [--tls-host NAME ...] [--dry-run]
@@ -90,12 +94,19 @@ secret() {
   $KUBECTL -n "$NAMESPACE" create secret generic "$name" "$@" --dry-run=client -o yaml
 }
 
+# previous KEY: KEY.previous when a rotation left one (it endorses the new key)
+previous() {
+  if [ -f "$DIR/$1.previous" ]; then echo "$1.previous"; fi
+}
+
 render() {
   secret meshssh-nats-auth nats-auth.conf
   secret meshssh-nats-tls ca.crt server.crt server.key
+  # shellcheck disable=SC2046  # previous prints one file name or nothing
   secret meshssh-bus-policy policy.creds system.creds operator-signing.nk account-signing.nk \
-    account.jwt meta.json
-  secret meshssh-bus-authn authn.creds
+    account.jwt meta.json map-signing.pem jwks-signing.pub $(previous map-signing.pem)
+  # shellcheck disable=SC2046
+  secret meshssh-bus-authn authn.creds jwks-signing.pem $(previous jwks-signing.pem)
 }
 
 if [ "$DRY_RUN" -eq 1 ]; then

@@ -239,8 +239,10 @@ def test_the_bootstrap_writes_every_secret_the_manifests_read_and_no_root_key(
         "account-signing.nk",
         "account.jwt",
         "meta.json",  # the account's and the system account's public keys (BusKeys.load)
+        "map-signing.pem",  # policy signs the maps; the JWKS key is authn's alone
+        "jwks-signing.pub",  # the JWKS pins policy hands to peers
     }
-    assert set(secrets["meshssh-bus-authn"]) == {"authn.creds"}
+    assert set(secrets["meshssh-bus-authn"]) == {"authn.creds", "jwks-signing.pem"}
 
 
 def test_the_bootstrap_applies_what_its_dry_run_prints(

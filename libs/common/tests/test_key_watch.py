@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import json
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -28,6 +30,7 @@ from meshssh_common.peer_map import PeerMap
 from meshssh_common.wire import NetworkMap
 from meshssh_testkit import NatsServer
 from meshssh_testkit.netmaps import make_map, put_map
+from meshssh_testkit.signing import write_test_pins
 
 Meta = wire.MetaReply
 
@@ -175,7 +178,8 @@ async def test_following_maps_and_keys_makes_no_consumer(nc: NATS) -> None:
         await put_map(nc, make_map(1, peer_id=f"p{i}"))
     await jwks.put(subjects.JWKS_KEY, b"{}")
     metrics = ServiceMetrics("test")
-    maps = [PeerMap(log=service_logger("test"), metrics=metrics) for _ in range(3)]
+    pins = write_test_pins(Path(tempfile.mkdtemp(prefix="pins-")))
+    maps = [PeerMap(log=service_logger("test"), metrics=metrics, pins=pins) for _ in range(3)]
     tasks = [asyncio.create_task(m.follow(nc, f"p{i}")) for i, m in enumerate(maps)]
     keys = KeyWatch(nc, subjects.BUCKET_JWKS, subjects.JWKS_KEY, wire.JwksSnapshot, version=None)
     try:
@@ -281,7 +285,8 @@ async def test_a_peer_follows_its_own_map_with_only_its_permissions(
         await put_map(admin, make_map(1, peer_id="p2"))
         await open_bucket(admin.jetstream(), subjects.BUCKET_JWKS)
         metrics = ServiceMetrics("test")
-        maps = PeerMap(log=service_logger("test"), metrics=metrics)
+        pins = write_test_pins(Path(tempfile.mkdtemp(prefix="pins-")))
+        maps = PeerMap(log=service_logger("test"), metrics=metrics, pins=pins)
         task = asyncio.create_task(maps.follow(peer, "p1"))
         other = KeyWatch(
             peer,

@@ -99,7 +99,7 @@ def test_init_makes_every_file_private_and_load_needs_no_identity_seed(tmp_path:
     d = keys.dir
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     for f in d.iterdir():
-        if f.suffix != ".crt":
+        if f.suffix not in (".crt", ".pub"):  # certificates and the JWKS pins are public
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     for seed in ("operator.nk", "account.nk", "system-account.nk"):
         (d / seed).unlink()  # kept offline in production

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from registration_front import RegistrationFront
 
 from meshssh_common.nats_jwt import decode_claims, key_from_seed, read_creds
+from meshssh_common.signed_doc import PINS_FILE, Signer, read_pins
 from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
+from meshssh_testkit.netmaps import make_map, put_map
 from meshssh_testkit.peer_agent import AgentProcess, Status, pid_alive
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import script
@@ -269,3 +272,31 @@ async def test_renewals_retry_while_management_is_down_and_an_expired_jwt_ends_t
         assert status["peer_id"]
     finally:
         await agent.stop()
+
+
+async def test_the_agent_pins_policys_keys_and_keeps_its_map_when_a_forged_one_arrives(
+    tmp_path: Path, nats_url: str, policy: Management, front: RegistrationFront, nc: NATS
+) -> None:
+    state = tmp_path / "state"
+    agent = await start_agent(
+        state, nats_url, front.url, "--allow-server-ssh", key=SERVER_KEY, name="server"
+    )
+    try:
+        status = await agent.wait_status(running("sshd", "relay"))
+        pins = read_pins(state / PINS_FILE)
+        assert pins.map == Signer.load(policy.bus.dir / "map-signing.pem", kind="map").pins
+        assert pins.jwks == tuple((policy.bus.dir / "jwks-signing.pub").read_text().split())
+        assert oct((state / PINS_FILE).stat().st_mode & 0o777) == "0o644"
+        serial = await metric(status["ops_url"], "meshssh_agent_map_serial")
+        assert serial >= 1
+        forged = make_map(int(serial) + 5, peer_id=status["peer_id"], ssh_enabled=False)
+        await put_map(nc, forged, signer=Signer(Ed25519PrivateKey.generate(), kind="map"))
+        name = 'meshssh_agent_signed_doc_refused_total{kind="map",reason="unknown_key"}'
+        async with asyncio.timeout(10):
+            while await metric(status["ops_url"], name) != 1:
+                await asyncio.sleep(0.05)
+        assert await metric(status["ops_url"], "meshssh_agent_map_serial") == serial
+        status = await agent.wait_status(running("sshd", "relay"))  # SSH stays on
+        assert "refused a network map" in agent.output()
+    finally:
+        assert await agent.stop() == 0

@@ -27,6 +27,7 @@ from meshssh_common.kv import KvEvent, TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.nats_jwt import Key, Prefix, new_key
 from meshssh_common.service import run_service
+from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import (
     NetworkMap,
     PeerFlags,
@@ -254,10 +255,27 @@ class MapWatch:
             await self.changed.wait_for(predicate)
 
 
+def bus_map_signer(nats_server: NatsServer) -> Signer:
+    """The map signer of the server's bus directory (the one policy signs with)."""
+    assert nats_server.keys is not None
+    return Signer.load(nats_server.keys.dir / "map-signing.pem", kind="map")
+
+
+def bus_jwks_signer(nats_server: NatsServer) -> Signer:
+    """The JWKS signer of the server's bus directory (authn's key; policy pins it)."""
+    assert nats_server.keys is not None
+    return Signer.load(nats_server.keys.dir / "jwks-signing.pem", kind="jwks")
+
+
 @pytest.fixture
-async def map_watch(nc: NATS) -> AsyncIterator[MapWatch]:
-    """A watch on every peer's map key (``peer.*`` of ``meshssh-netmaps``)."""
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+async def map_watch(nc: NATS, nats_server: NatsServer) -> AsyncIterator[MapWatch]:
+    """A watch on every peer's map key (``peer.*`` of ``meshssh-netmaps``), verified as a peer
+    does, with the pins of the bus directory's map signing key."""
+    kv = TypedKV(
+        await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS),
+        NetworkMap,
+        verifier=Verifier("map", bus_map_signer(nats_server).pins),
+    )
     watch = MapWatch()
 
     async def run() -> None:

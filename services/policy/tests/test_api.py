@@ -8,9 +8,12 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
-from meshssh_common.codec import encode
 from meshssh_common.kv import open_bucket
 from meshssh_common.wire import JwksSnapshot, JwtConfig, OidcClientConfig
+from meshssh_testkit import NatsServer
+from meshssh_testkit.signing import signed_jwks
+
+from .conftest import bus_jwks_signer
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
 LAPTOP_KEY = "meshssh-demo-laptop-key-0001"
@@ -179,7 +182,12 @@ async def test_known_hosts_lists_every_host_key_for_ports_22_and_22022(
 
 
 async def test_auth_config_comes_from_authn_and_its_jwt_config_reaches_ssh_peers(
-    policy: Any, register: Any, seed_file: Any, nc: NATS, map_watch: Any
+    policy: Any,
+    register: Any,
+    seed_file: Any,
+    nc: NATS,
+    map_watch: Any,
+    nats_server: NatsServer,
 ) -> None:
     replica = await policy.start(seed=seed_file)
     srv = (await register("srv1", "127.0.0.2", SERVER_KEY)).peer_id
@@ -197,7 +205,8 @@ async def test_auth_config_comes_from_authn_and_its_jwt_config_reaches_ssh_peers
         token_endpoint="http://127.0.0.1:8081/token",
     )
     kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
-    await kv.put(subjects.JWKS_KEY, encode(JwksSnapshot(jwt=jwt, client=client)))
+    snapshot = JwksSnapshot(jwt=jwt, client=client)
+    await kv.put(subjects.JWKS_KEY, signed_jwks(snapshot, bus_jwks_signer(nats_server)))
     await map_watch.wait(lambda: map_watch.latest(srv).peer.jwt == jwt)
     assert map_watch.latest(lap).peer.jwt is None  # no SSH there
     async with replica.client(None) as api:

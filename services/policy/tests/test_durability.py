@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import subjects
 from meshssh_common.codec import decode
 from meshssh_common.kv import open_bucket
-from meshssh_common.wire import NetworkMap
+from meshssh_common.wire import NetworkMap, SignedDoc
 from meshssh_testkit import NatsServer
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
@@ -169,7 +169,7 @@ async def test_a_peer_removed_while_no_replica_ran_gets_the_empty_map_at_start(
 
 def map_of(data: bytes | None) -> NetworkMap:
     assert data is not None
-    return decode(data, NetworkMap)
+    return decode(decode(data, SignedDoc).payload, NetworkMap)  # policy signs every map
 
 
 async def test_the_seed_creates_only_what_is_missing_and_keeps_admin_changes(

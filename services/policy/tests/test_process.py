@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import shutil
 from pathlib import Path
-
-import httpx
 
 from meshssh_testkit import NatsServer, RunResult, run_command_sync, script
 from meshssh_testkit.plugin import ServiceFactory
@@ -72,22 +70,42 @@ async def test_a_bus_directory_without_keys_exits_2_naming_it(
     assert "--bus-keys: cannot load the bus keys" in proc.output()
 
 
-async def test_without_bus_keys_readyz_says_peers_cannot_register(
+async def test_without_bus_keys_policy_exits_2_as_it_could_not_sign_maps(
     nats_server: NatsServer, services: ServiceFactory
 ) -> None:
     proc = await services.start(
         "meshssh-policy", *nats_server.flags("policy"), "--listen", "127.0.0.1:0", ready=False
     )
-    await proc.wait_ops()
-    async with httpx.AsyncClient() as http, asyncio.timeout(15):
-        while True:
-            r = await http.get(f"{proc.ops_url}/readyz", timeout=2)
-            if r.json()["checks"].get("serving"):
-                break
-            await asyncio.sleep(0.05)
-    assert r.status_code == 503
-    assert r.json()["checks"] == {"nats": True, "serving": True, "bus_keys": False}
-    assert "no --bus-keys: peers cannot register" in proc.output()
+    assert await proc.proc.wait() == 2
+    assert "--bus-keys: required: policy signs every network map" in proc.output()
+
+
+async def test_an_older_bus_directory_exits_2_saying_what_to_run_and_init_fixes_it(
+    tmp_path: Path, nats_server: NatsServer, services: ServiceFactory
+) -> None:
+    bus = tmp_path / "bus"
+    shutil.copytree(bus_keys(nats_server), bus)
+    for name in ("map-signing.pem", "jwks-signing.pem", "jwks-signing.pub"):
+        (bus / name).unlink()
+    flags = [*nats_server.flags("policy"), "--listen", "127.0.0.1:0", "--bus-keys", str(bus)]
+    proc = await services.start("meshssh-policy", *flags, ready=False)
+    assert await proc.proc.wait() == 2
+    hint = f"run `meshssh-policy init --dir {bus} --rotate map-signing --rotate jwks-signing`"
+    assert hint in proc.output()
+    init = run_command_sync(
+        script("meshssh-policy"),
+        "init",
+        "--dir",
+        str(bus),
+        "--rotate",
+        "map-signing",
+        "--rotate",
+        "jwks-signing",
+        timeout=30,
+    )
+    assert init.returncode == 0, init.err
+    assert not (bus / "map-signing.pem.previous").exists()  # created, not rotated
+    await services.start("meshssh-policy", *flags)  # ready
 
 
 def test_a_short_admin_token_is_refused() -> None:

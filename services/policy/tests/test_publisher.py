@@ -10,9 +10,11 @@ from meshssh_common import subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.signed_doc import Verifier
 from meshssh_common.wire import NetworkMap, PeerConfig, RemotePeer
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.publisher import Outcome, Publisher
+from meshssh_testkit.signing import map_signer
 
 
 def content(*remotes: str) -> NetworkMap:
@@ -24,7 +26,12 @@ def content(*remotes: str) -> NetworkMap:
 
 
 async def replica(nc: NATS) -> Publisher:
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+    kv = TypedKV(
+        await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS),
+        NetworkMap,
+        signer=map_signer(),
+        verifier=Verifier("map", map_signer().pins),
+    )
     publisher = Publisher(kv, PolicyMetrics(ServiceMetrics("policy")), service_logger("policy"))
     await publisher.load()
     return publisher

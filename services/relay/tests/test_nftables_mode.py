@@ -28,6 +28,7 @@ from meshssh_testkit.netns import NetNs, PortForward, netns_unavailable_reason, 
 from meshssh_testkit.openssh import OpenSSH, RunResult
 from meshssh_testkit.plugin import need_tool
 from meshssh_testkit.process import ServiceProcess, script
+from meshssh_testkit.signing import write_test_pins
 from meshssh_testkit.ssh_upstreams import ProxySshServer
 
 USER = getpass.getuser()
@@ -74,6 +75,8 @@ async def start_relay(mesh: Mesh, *extra: str) -> ServiceProcess:
         "nftables",
         "--mesh-interface",
         mesh.if_a,
+        "--pins",
+        str(write_test_pins(mesh.nats_creds.parent.parent / "pins")),
         "--peer-id",
         "p1",
         "--listen",

@@ -49,7 +49,7 @@ class Relay:
 
 async def start_relay(**settings: object) -> Relay:
     metrics = ServiceMetrics("relay")
-    holder = PeerMap(log=service_logger("relay"), metrics=metrics)
+    holder = PeerMap(log=service_logger("relay"), metrics=metrics, pins=None)  # offer() only
     holder.offer(make_map(1))
     config = RelaySettings(peer_id="p1", listen=f"{RELAY_IP}:0", **settings)  # type: ignore[arg-type]
     relay = ProxyRelay(config, holder, RelayMetrics(metrics), service_logger("relay"))

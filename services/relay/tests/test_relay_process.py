@@ -26,6 +26,7 @@ from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.process import ServiceProcess
 from meshssh_testkit.scrape import read_metric, wait_metric
+from meshssh_testkit.signing import write_test_pins
 from meshssh_testkit.ssh_upstreams import NativeSshd, ProxySshServer, sshd_binary
 
 USER = getpass.getuser()
@@ -70,7 +71,15 @@ async def start_relay(
     services: ServiceFactory, nats: NatsServer, *args: str
 ) -> tuple[ServiceProcess, int]:
     proc = await services.start(
-        "meshssh-relay", *nats.flags(), "--peer-id", "p1", "--listen", "127.0.0.2:0", *args
+        "meshssh-relay",
+        *nats.flags(),
+        "--peer-id",
+        "p1",
+        "--listen",
+        "127.0.0.2:0",
+        "--pins",
+        str(write_test_pins(nats.store.parent / "pins")),
+        *args,
     )
     return proc, await relay_port(proc)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import jwt
+import nats.js.errors
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
@@ -39,6 +40,7 @@ from meshssh_common.host_keys import HostKey
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.signed_doc import Signer
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import (
     AuditEvent,
@@ -55,6 +57,13 @@ from meshssh_sshd.settings import SshdSettings
 from meshssh_testkit import NatsServer, OpenSSH, RunResult, ServiceProcess, run_command, script
 from meshssh_testkit.os_users import throwaway_user
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import (
+    authn_test_key,
+    jwks_signer,
+    map_signer,
+    read_jwks,
+    write_test_pins,
+)
 
 ISSUER = "https://idp.test"
 AUDIENCE = "meshssh"
@@ -162,8 +171,10 @@ class Mesh:
         *,
         exchange_keys: tuple[dict[str, Any], ...] | None = None,
         idp_keys: tuple[dict[str, Any], ...] | None = None,
+        signer: Signer | None = None,
     ) -> None:
-        kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+        bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_JWKS)
+        kv = TypedKV(bucket, JwksSnapshot, signer=signer or jwks_signer())
         snap = JwksSnapshot(
             jwt=jwt_config(),
             keys=idp_keys if idp_keys is not None else (issuer or self.issuer).jwks(),
@@ -187,6 +198,7 @@ class Mesh:
         peer_id: str = PEER_ID,
         source_peers: Sequence[SourcePeer] = (),
         claim: str = "sub",
+        signer: Signer | None = None,
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -203,7 +215,8 @@ class Mesh:
             ssh_auth=build_table(claim, grants, any_validated_user=open_to),
             source_peers=tuple(source_peers),
         )
-        kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+        bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS)
+        kv = TypedKV(bucket, NetworkMap, signer=signer or map_signer())
         await kv.put(subjects.netmap_key(peer_id), netmap)
         return netmap
 
@@ -266,6 +279,10 @@ class SshdFactory:
             "peer_id": PEER_ID,
             "listen": f"{mesh_ip}:0",
             "host_key": key_path,
+            # an authn fixture may have written pins that also trust its own JWKS key
+            "pins": self.tmp_path / "pins.json"
+            if (self.tmp_path / "pins.json").exists()
+            else write_test_pins(self.tmp_path),
             "nats_url": self.nats.url,
             "nats_creds": self.nats.creds("admin"),  # map reading needs a consumer for now
             "ops_listen": "127.0.0.1:0",
@@ -547,9 +564,12 @@ async def authn(
         timeout=30,
         check=True,
     )
+    key, _ = authn_test_key(tmp_path)  # sshd's pins trust it (SshdFactory reads them)
     proc = await services.start(
         "meshssh-authn",
-        *nats_server.authn_flags(),
+        *nats_server.flags("authn"),
+        "--jwks-signing-key",
+        str(key),
         "--listen",
         "127.0.0.1:0",
         "--users-file",
@@ -557,15 +577,15 @@ async def authn(
         "--device-poll-interval",
         "1",
     )
-    kv = TypedKV(
-        await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
-        JwksSnapshot,
-        verifier=nats_server.jwks_verifier(),
-    )
+    kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
     async with asyncio.timeout(15):
-        while (entry := await kv.get(subjects.JWKS_KEY)) is None or entry.value.client is None:
+        while True:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await kv.get(subjects.JWKS_KEY)
+                if entry.value and (snapshot := read_jwks(entry.value)).client is not None:
+                    break
             await asyncio.sleep(0.05)
-    return Authn(proc, entry.value)
+    return Authn(proc, snapshot)
 
 
 @pytest.fixture

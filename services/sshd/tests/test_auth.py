@@ -16,8 +16,10 @@ from nats.aio.msg import Msg
 
 from meshssh_common import codec, subjects
 from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.signed_doc import Verifier
 from meshssh_common.version import VERSION
 from meshssh_common.wire import AuditEvent, JwksRefreshReply, JwksSnapshot
+from meshssh_testkit.signing import jwks_signer
 
 if TYPE_CHECKING:
     from conftest import Authn, Issuer, Mesh, Sshd, SshdFactory
@@ -154,7 +156,12 @@ async def test_an_unknown_kid_triggers_one_refresh_and_then_succeeds(
     await mesh.publish_map()
     sshd = await sshd_factory.start()
     rotated = new_issuer(kid="k2")
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS), JwksSnapshot)
+    kv = TypedKV(
+        await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
+        JwksSnapshot,
+        signer=jwks_signer(),
+        verifier=Verifier("jwks", jwks_signer().pins),
+    )
     requests: list[str] = []
 
     # Stands in for authn's refresh endpoint: the test owns the signing keys, so it is the

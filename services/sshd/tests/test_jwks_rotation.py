@@ -10,24 +10,28 @@ token exactly as it does for an SSH login; one OpenSSH login closes the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nats.js.errors
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.jwt_validation import RejectReason, TokenRejected
-from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.wire import JwksSnapshot, JwtConfig
+from meshssh_common.kv import open_bucket
+from meshssh_common.wire import JwtConfig
 from meshssh_sshd.auth import Authenticator
 from meshssh_testkit import NatsServer, OidcIssuer
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import authn_test_key, read_jwks
 
 if TYPE_CHECKING:
     from conftest import Mesh, Sshd, SshdFactory
@@ -66,11 +70,15 @@ async def stack(
     services: ServiceFactory,
     sshd_factory: SshdFactory,
     local_user: str,
+    tmp_path: Path,
 ) -> AsyncIterator[Stack]:
     async with OidcIssuer() as idp:
+        key, _ = authn_test_key(tmp_path)  # sshd's pins trust it (SshdFactory reads them)
         await services.start(
             "meshssh-authn",
-            *nats_server.authn_flags(),
+            *nats_server.flags("authn"),
+            "--jwks-signing-key",
+            str(key),
             "--issuer",
             idp.issuer,
             "--audience",
@@ -78,15 +86,15 @@ async def stack(
             "--instance",
             "authn-rotation",
         )
-        kv = TypedKV(
-            await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS),
-            JwksSnapshot,
-            verifier=nats_server.jwks_verifier(),
-        )
+        kv = await open_bucket(nc.jetstream(), subjects.BUCKET_JWKS)
         async with asyncio.timeout(15):
-            while (entry := await kv.get(subjects.JWKS_KEY)) is None:
+            while True:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await kv.get(subjects.JWKS_KEY)
+                    if entry.value:
+                        break
                 await asyncio.sleep(0.05)
-        assert entry.value.jwt.issuer == idp.issuer
+        assert read_jwks(entry.value).jwt.issuer == idp.issuer
         config = JwtConfig(issuer=idp.issuer, audiences=("meshssh",))
         await bare_mesh.publish_map(jwt=config, grants=(("alice", "*"),))
         sshd = await sshd_factory.start()

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
 from meshssh_common.host_keys import load_or_create_host_key
+from meshssh_common.signed_doc import Signer
 from meshssh_common.wire import SessionsReport
 from meshssh_testkit import NatsServer, run_command, script
 from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.signing import write_test_pins
 
 if TYPE_CHECKING:
     from conftest import Issuer, Mesh, SshdFactory
@@ -43,6 +46,8 @@ async def start_process(
         "127.0.0.2:0",
         "--host-key",
         str(key_path),
+        "--pins",
+        str(write_test_pins(tmp_path)),
         "--kill-grace",
         "0.5",
         *flags,
@@ -166,3 +171,37 @@ async def test_live_sessions_are_reported_for_the_agents_heartbeat(
         while (await reports.get()).sessions:
             pass
     await sub.unsubscribe()
+
+
+async def test_a_map_or_jwks_signed_with_a_wrong_key_is_refused_counted_and_the_old_one_stays(
+    mesh: Mesh,
+    nats_server: NatsServer,
+    services: ServiceFactory,
+    tmp_path: Path,
+    client_for: Any,
+    issuer: Issuer,
+    local_user: str,
+) -> None:
+    await mesh.publish_map()
+    proc, sshd = await start_process(services, nats_server, tmp_path)
+    client = client_for(sshd)
+    ok = await client.ssh("echo in", token=issuer.mint("alice-id"), user=local_user)
+    assert ok.returncode == 0, ok.err
+    forger = Signer(Ed25519PrivateKey.generate(), kind="map")
+    await mesh.publish_map(ssh_enabled=False, grants=(), signer=forger)  # would shut SSH off
+    await mesh.publish_jwks(signer=Signer(Ed25519PrivateKey.generate(), kind="jwks"))
+    want = (
+        'meshssh_sshd_signed_doc_refused_total{kind="map",reason="unknown_key"} 1.0',
+        'meshssh_sshd_signed_doc_refused_total{kind="jwks",reason="unknown_key"} 1.0',
+    )
+    async with httpx.AsyncClient() as http, asyncio.timeout(10):
+        while True:
+            text = (await http.get(f"{proc.ops_url}/metrics")).text
+            if all(w in text for w in want):
+                break
+            await asyncio.sleep(0.05)
+    assert "refused a network map" in proc.output()
+    still = await client.ssh("echo still", token=issuer.mint("alice-id"), user=local_user)
+    assert still.returncode == 0, still.err  # the old map and the old keys stay in force
+    assert still.out.strip() == "still"
+    assert "meshssh_sshd_netmap_serial 1.0" in text

@@ -10,6 +10,10 @@ and the tests' nats-server fixture do too. The directory holds (mode 0700, files
 - ``system.creds`` (a system-account user: claim updates), ``policy.creds``, ``authn.creds``,
   ``admin.creds`` (everything in MESHSSH: operators and tests);
 - ``nats-auth.conf`` (operator, system account, preloaded account JWTs: include it);
+- ``map-signing.pem`` (policy signs every network map with it), ``jwks-signing.pem`` (authn
+  signs the JWKS document) and ``jwks-signing.pub`` (the JWKS pins policy hands to peers: one
+  base64url public key a line, current first); after a rotation also ``<key>.previous``, which
+  endorses the new key (:mod:`meshssh_common.signed_doc`);
 - with ``tls_hosts``: ``ca.crt``, ``ca.key``, ``server.crt``, ``server.key``.
 
 Example::
@@ -32,6 +36,7 @@ from meshssh_common.bus_permissions import (
     inbox_prefix,
     policy_permissions,
 )
+from meshssh_common.errors import ConfigError
 from meshssh_common.nats_jwt import (
     Key,
     Prefix,
@@ -43,12 +48,25 @@ from meshssh_common.nats_jwt import (
     write_creds,
 )
 from meshssh_common.secret_files import write_secret_file
+from meshssh_common.signed_doc import Signer, new_signing_key
 from meshssh_common.tls_files import write_tls_files
 
-__all__ = ["ACCOUNT_NAME", "SERVICE_ROLES", "BusKeys", "claims_update_subject"]
+__all__ = [
+    "ACCOUNT_NAME",
+    "JWKS_PUB",
+    "SERVICE_ROLES",
+    "SIGNING_KEYS",
+    "BusKeys",
+    "claims_update_subject",
+    "make_signing_key",
+    "read_jwks_pins",
+]
 
 ACCOUNT_NAME = "MESHSSH"
 SERVICE_ROLES = ("policy", "authn", "admin")
+SIGNING_KEYS = ("map-signing", "jwks-signing")
+"""The document signing keys of a bus directory (``<name>.pem``; ``--rotate <name>``)."""
+JWKS_PUB = "jwks-signing.pub"
 _ROLE_PERMISSIONS = {
     "policy": policy_permissions,
     "authn": authn_permissions,
@@ -63,6 +81,49 @@ def claims_update_subject(account: str) -> str:
 def _permissions(role: str, public: str) -> Permissions:
     make = _ROLE_PERMISSIONS.get(role)
     return make(inbox_prefix(public)) if make is not None else admin_permissions()
+
+
+def make_signing_key(directory: Path, name: str, *, rotate: bool = False) -> str:
+    """Write ``<name>.pem`` (new, or rotated: the old one becomes ``.previous``).
+
+    Rewrites ``jwks-signing.pub`` (current key, then the previous one) for ``jwks-signing``.
+    Returns the new public key (base64url). Also used on an older bus directory that has no
+    signing keys yet (``meshssh-policy init --rotate map-signing`` creates the first one).
+
+    Raises:
+        FileExistsError: the key exists and ``rotate`` is false.
+        ValueError: ``name`` is not one of :data:`SIGNING_KEYS`.
+    """
+    if name not in SIGNING_KEYS:
+        raise ValueError(f"{name!r} is not a signing key ({', '.join(SIGNING_KEYS)})")
+    path = directory / f"{name}.pem"
+    public = new_signing_key(path, rotate=rotate and path.exists())
+    if name == "jwks-signing":
+        pins = Signer.load(path, kind="jwks").pins
+        tmp = directory / f".{JWKS_PUB}.tmp"
+        tmp.write_text("".join(f"{pin}\n" for pin in pins))
+        tmp.chmod(0o644)
+        tmp.replace(directory / JWKS_PUB)
+    return public
+
+
+def read_jwks_pins(path: Path) -> tuple[str, ...]:
+    """The JWKS pins in ``jwks-signing.pub`` (one key a line; blank lines ignored).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or holds no key.
+    """
+    try:
+        lines = path.read_text().split()
+    except OSError as e:
+        raise ConfigError(
+            str(path),
+            f"cannot read the JWKS pins ({e}); an older bus directory: run "
+            f"`meshssh-policy init --dir {path.parent} --rotate jwks-signing`",
+        ) from e
+    if not lines:
+        raise ConfigError(str(path), "holds no public key")
+    return tuple(lines)
 
 
 def _seed(path: Path) -> Key:
@@ -126,6 +187,8 @@ class BusKeys:
         for role in SERVICE_ROLES:
             keys.issue_service(role)
         write_secret_file(directory / "nats-auth.conf", keys.auth_config())
+        for name in SIGNING_KEYS:
+            make_signing_key(directory, name)
         hosts = tuple(tls_hosts)
         if hosts:
             write_tls_files(directory, hosts)

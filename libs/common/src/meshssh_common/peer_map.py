@@ -15,9 +15,16 @@ are retried. The key is read again after every NATS reconnect (a disabled peer m
 within seconds) and every ``resync_every`` seconds: a resync, whose replayed serial is not
 applied twice.
 
+The KV value is a signed document (:mod:`meshssh_common.signed_doc`): it applies only when its
+signature verifies with a key pinned in ``pins`` (``<state-dir>/pins.json``, re-read when it
+changes). A refused map is counted in ``signed_doc_refused{kind="map"}`` and logged, and the
+old map stays in force. Without a pins file nothing verifies: no map from KV ever applies
+(fail closed), which is said once at start. :meth:`offer` takes the registration reply's map
+as is: it came over the management plane's authenticated REST channel, not the bus.
+
 Example::
 
-    maps = PeerMap(log=log, metrics=metrics)
+    maps = PeerMap(log=log, metrics=metrics, pins=state_dir / "pins.json")
     maps.on_change(lambda old, new: revoker.on_map(old, new))
     maps.offer(reply.netmap)                 # e.g. the registration reply, before the watch
     tg.create_task(maps.follow(nc, "p1"))    # the peer id may be learnt after construction
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
@@ -39,6 +47,7 @@ from meshssh_common.errors import BadReason, WireError
 from meshssh_common.key_watch import KeyWatch, Reconnects
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.signed_doc import PinnedVerifier, Refused
 from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
 
 __all__ = ["MapListener", "PeerMap"]
@@ -50,7 +59,7 @@ MapListener = Callable[[NetworkMap | None, NetworkMap | None], None]
 class PeerMap:
     """The current map of one peer, its serial, and the listeners of its changes."""
 
-    def __init__(self, *, log: BoundLogger, metrics: ServiceMetrics) -> None:
+    def __init__(self, *, log: BoundLogger, metrics: ServiceMetrics, pins: Path | None) -> None:
         self.current: NetworkMap | None = None
         self.serial = 0
         self.received = asyncio.Event()  # set once a read has reported what KV holds
@@ -58,6 +67,7 @@ class PeerMap:
         self._metrics = metrics
         self._listeners: list[MapListener] = []
         self._by_address: tuple[NetworkMap, dict[str, SourcePeer | RemotePeer]] | None = None
+        self.pins = pins
 
     @property
     def ssh_enabled(self) -> bool:
@@ -139,6 +149,13 @@ class PeerMap:
         Raises:
             Exception: whatever :meth:`KeyWatch.follow` does not retry (a bug, not an outage).
         """
+        verifier = PinnedVerifier("map", self.pins or Path("/nonexistent/pins.json"))
+        if not verifier.pinned:
+            self._log.error(
+                "no map signing key pinned (--pins unset or its file missing): no network map "
+                "from the bus will be applied until the pins file holds one",
+                extra={"pins": str(self.pins) if self.pins else ""},
+            )
         watch = KeyWatch(
             nc,
             subjects.BUCKET_NETMAPS,
@@ -148,6 +165,7 @@ class PeerMap:
             on_bad_value=self._bad_value,
             resync_every=resync_every,
             reconnects=reconnects,
+            verifier=verifier,
         )
         async for event in watch.follow(on_retry=self._watch_broke):
             if event.synced:
@@ -165,6 +183,14 @@ class PeerMap:
                 self._log.exception("network map listener failed")
 
     def _bad_value(self, key: str, error: WireError) -> None:
+        if isinstance(error, Refused):
+            self._metrics.signed_doc_refused.labels(kind="map", reason=error.why).inc()
+            self._log.warning(
+                "refused a network map: its signature does not verify with the pinned keys; "
+                "the old map stays in force",
+                extra={"key": key, "reason": error.why, "error": str(error)},
+            )
+            return
         self._metrics.bad_messages.labels(endpoint="netmap", reason=BadReason.INVALID).inc()
         self._log.warning(
             "ignored an undecodable network map", extra={"key": key, "error": str(error)}

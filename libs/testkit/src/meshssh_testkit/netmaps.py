@@ -1,7 +1,9 @@
 """Network maps for tests: build one with a few rules, store it where peers watch it.
 
 Tests that exercise a peer before (or without) the management plane write the peer's map into
-the ``meshssh-netmaps`` bucket themselves, exactly as meshssh-policy publishes it.
+the ``meshssh-netmaps`` bucket themselves, exactly as meshssh-policy publishes it: signed (by
+:func:`meshssh_testkit.signing.map_signer` unless told otherwise), so the peer processes need
+``--pins`` (:func:`meshssh_testkit.signing.write_test_pins`).
 
 Example::
 
@@ -16,7 +18,9 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.signed_doc import Signer
 from meshssh_common.wire import FirewallRule, NetworkMap, PeerConfig, RemotePeer
+from meshssh_testkit.signing import map_signer
 
 __all__ = ["make_map", "put_map"]
 
@@ -48,7 +52,8 @@ def make_map(
     )
 
 
-async def put_map(nc: NATS, netmap: NetworkMap) -> None:
-    """Store ``netmap`` under its peer's key (creating the bucket if needed)."""
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+async def put_map(nc: NATS, netmap: NetworkMap, signer: Signer | None = None) -> None:
+    """Store ``netmap`` signed under its peer's key (creating the bucket if needed)."""
+    bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
+    kv = TypedKV(bucket, NetworkMap, signer=signer or map_signer())
     await kv.put(subjects.netmap_key(netmap.peer.id), netmap)

@@ -19,10 +19,20 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshssh_common import codec
-from meshssh_common.signed_doc import PINS_FILE, Signer, write_pins
-from meshssh_common.wire import JwksSnapshot, NetworkMap, Pins
+from meshssh_common.errors import WireError
+from meshssh_common.signed_doc import PINS_FILE, Signer, new_signing_key, write_pins
+from meshssh_common.wire import JwksSnapshot, NetworkMap, Pins, SignedDoc
 
-__all__ = ["jwks_signer", "map_signer", "signed_jwks", "signed_map", "test_pins", "write_test_pins"]
+__all__ = [
+    "authn_test_key",
+    "jwks_signer",
+    "map_signer",
+    "read_jwks",
+    "signed_jwks",
+    "signed_map",
+    "test_pins",
+    "write_test_pins",
+]
 
 
 @functools.cache
@@ -58,3 +68,25 @@ def signed_map(netmap: NetworkMap, signer: Signer | None = None) -> bytes:
 def signed_jwks(snapshot: JwksSnapshot, signer: Signer | None = None) -> bytes:
     """``snapshot`` as authn stores it in KV: a signed envelope, encoded."""
     return codec.encode((signer or jwks_signer()).sign(codec.encode(snapshot)))
+
+
+def authn_test_key(directory: Path) -> tuple[Path, Path]:
+    """A JWKS signing key for a meshssh-authn a test starts, and a pins file that trusts it.
+
+    Returns ``(key, pins)``: ``directory/authn-jwks.pem`` and ``directory/pins.json`` (the
+    test signers' pins plus this key for JWKS), for the sshd the test points at that authn.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / "authn-jwks.pem"
+    public = new_signing_key(key, rotate=True)
+    pins = directory / PINS_FILE
+    write_pins(pins, Pins(map=map_signer().pins, jwks=(*jwks_signer().pins, public)))
+    return key, pins
+
+
+def read_jwks(data: bytes) -> JwksSnapshot:
+    """The snapshot in a ``meshssh-jwks`` value, signed or not (tests that only look)."""
+    try:
+        return codec.decode(codec.decode(data, SignedDoc).payload, JwksSnapshot)
+    except WireError:
+        return codec.decode(data, JwksSnapshot)

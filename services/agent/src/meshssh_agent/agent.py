@@ -63,6 +63,7 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.rpc import request
 from meshssh_common.service import ServiceContext, run_service, stop_on_signals
+from meshssh_common.signed_doc import PINS_FILE, write_pins
 from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags, RegisterReply
@@ -114,7 +115,7 @@ class Agent:
         self.metrics = ServiceMetrics("agent")
         self.m = AgentMetrics(self.metrics)
         self._setup_key = setup_key
-        self.maps = PeerMap(log=log, metrics=self.metrics)
+        self.maps = PeerMap(log=log, metrics=self.metrics, pins=settings.state_dir / PINS_FILE)
         self.maps.on_change(self._map_changed)
         self.children = Children(
             lambda: self.settings,
@@ -299,6 +300,8 @@ class Agent:
             deadline=deadline,
         )
         self.peer_id, self.credential = reply.peer_id, reply.credential
+        # The pins first: sshd, the relay and our own map follower verify with them.
+        write_pins(self.settings.state_dir / PINS_FILE, reply.pins)
         if deadline is not None and not reply.nats_jwt:
             raise WireError("management renewed the registration without NATS credentials")
         if reply.nats_jwt:

@@ -36,6 +36,7 @@ from meshssh_agent.settings import AgentSettings
 from meshssh_agent.supervisor import Child
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import BoundLogger
+from meshssh_common.signed_doc import PINS_FILE
 from meshssh_common.wire import PeerFlags
 
 __all__ = [
@@ -190,6 +191,8 @@ def sshd_argv(config: AgentSettings, peer_id: str) -> list[str]:
         str(config.files.host_key),
         "--relay-socket",
         str(config.files.sshd_relay_socket),
+        "--pins",  # written from each registration reply before children start
+        str(config.state_dir / PINS_FILE),
         *sshd_args(config.flags),
         *_common(config, config.sshd_ops_listen),
     ]
@@ -205,6 +208,8 @@ def relay_argv(config: AgentSettings, peer_id: str, mode: RelayMode) -> list[str
         config.address(config.relay_port),
         "--mode",
         mode.mode,
+        "--pins",
+        str(config.state_dir / PINS_FILE),
         *_common(config, config.relay_ops_listen),
     ]
     if config.allow_server_ssh:

@@ -21,12 +21,13 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from meshssh_common.bus_keys import BusKeys
+from meshssh_common.bus_keys import JWKS_PUB, BusKeys, read_jwks_pins
 from meshssh_common.errors import ConfigError, NotFound
 from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.secret_files import write_secret_file
+from meshssh_common.signed_doc import Signer
 from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.bus_revocations import BusRevocations
 from meshssh_policy.compiler import Compiler
@@ -77,7 +78,15 @@ class Management:
         state = State()
         token = await asyncio.to_thread(_admin_token, settings, log)
         js = nc.jetstream(timeout=settings.nats_request_timeout)
-        store = await open_store(js, state, bad_value_reporter(metrics.bad_state, log))
+        bus = await asyncio.to_thread(_bus_keys, settings)
+        map_signer, jwks_pins = await asyncio.to_thread(_doc_keys, settings)
+        store = await open_store(
+            js,
+            state,
+            bad_value_reporter(metrics.bad_state, log, base.signed_doc_refused),
+            map_signer=map_signer,
+            jwks_pins=jwks_pins,
+        )
         publisher = Publisher(store.netmaps, metrics, log)
         engine = Engine(
             state,
@@ -90,7 +99,6 @@ class Management:
             nc=nc,
         )
         presence = Presence(settings.peer_offline_timeout, metrics=metrics, base=base, log=log)
-        bus = await asyncio.to_thread(_bus_keys, settings)
         revocations = None
         if bus is not None:
             revocations = await BusRevocations.open(
@@ -189,6 +197,31 @@ def _bus_keys(settings: PolicySettings) -> BusKeys | None:
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError("--bus-keys", f"cannot load the bus keys: {e}") from e
     return keys
+
+
+def _doc_keys(settings: PolicySettings) -> tuple[Signer, tuple[str, ...]]:
+    """The map signer and the JWKS pins, from the ``--bus-keys`` directory.
+
+    Policy never writes an unsigned map, so without them it does not start (fail closed).
+
+    Raises:
+        ConfigError: no ``--bus-keys``, or it lacks ``map-signing.pem``/``jwks-signing.pub``.
+    """
+    if settings.bus_keys is None:
+        raise ConfigError(
+            "--bus-keys",
+            "required: policy signs every network map with <bus-keys>/map-signing.pem "
+            "(make the directory with `meshssh-policy init --dir DIR`)",
+        )
+    directory = settings.bus_keys
+    path = directory / "map-signing.pem"
+    if not path.exists():
+        raise ConfigError(
+            "--bus-keys",
+            f"{path} is missing (a bus directory made before signed maps): run "
+            f"`meshssh-policy init --dir {directory} --rotate map-signing --rotate jwks-signing`",
+        )
+    return Signer.load(path, kind="map"), read_jwks_pins(directory / JWKS_PUB)
 
 
 def _revoke_removed(revocations: BusRevocations) -> Callable[[PeerRecord], None]:

@@ -40,6 +40,7 @@ from meshssh_common.wire import (
     MetaReply,
     MetaUpdate,
     NetworkMap,
+    Pins,
     RegisterReply,
     RegisterRequest,
 )
@@ -182,6 +183,7 @@ class Registrar:
             netmap=await self._map_after_write(peer.id),
             nats_jwt=jwt,
             nats_expires_at=expires_at,
+            pins=Pins(map=self.store.map_signer.pins, jwks=self.store.jwks_pins),
         )
 
     async def meta(self, req: MetaUpdate) -> MetaReply:

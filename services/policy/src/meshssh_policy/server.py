@@ -4,7 +4,8 @@ Start-up order: open the buckets (and, with ``--bus-keys``, the system connectio
 revocations); start the engine and wait until it has loaded the whole state and published
 every changed map; apply ``--seed``; then serve meta updates and heartbeats on NATS, bind the
 first-login consumer, serve the API (registration included) on ``--listen``, and declare
-ready. ``/readyz`` also checks ``bus_keys``: without them peers cannot register.
+ready. ``/readyz`` also checks ``bus_keys`` (policy does not start without them: it signs
+every map with ``<bus-keys>/map-signing.pem``).
 """
 
 from __future__ import annotations

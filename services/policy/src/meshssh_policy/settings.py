@@ -98,8 +98,8 @@ class PolicySettings(ServiceSettings):
         None,
         validation_alias="MESHSSH_BUS_KEYS",
         description="the bus directory of `meshssh-policy init` (or a Secret mount holding "
-        "account-signing.nk, operator-signing.nk, meta.json and system.creds); without it, "
-        "peers cannot register (no NATS credentials can be minted)",
+        "account-signing.nk, operator-signing.nk, meta.json, system.creds, map-signing.pem "
+        "and jwks-signing.pub); required: policy signs every network map with it",
     )
     peer_creds_ttl: float = Field(
         PEER_CREDS_TTL,

@@ -12,6 +12,11 @@ Example::
     def add_peer(group: GroupRecord | None) -> GroupRecord:
         ...
     await store.mutate(store.groups, group_key("servers"), add_peer)
+
+The two signed buckets: maps are written signed with ``map_signer`` and read back with a
+verifier of its own pins; the JWKS document is opened with the JWKS pins (``jwks-signing.pub``)
+that policy also hands to peers, so policy computes maps only from a JWKS snapshot authn signed
+(a refused one is counted in ``signed_doc_refused`` and the old one stays).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from meshssh_common import subjects
 from meshssh_common.errors import Conflict, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
+from meshssh_common.signed_doc import Refused, Signer, Verifier
 from meshssh_common.wire import JwksSnapshot, NetworkMap
 from meshssh_policy.records import (
     Claim,
@@ -54,10 +60,18 @@ class Store:
         raw: dict[str, KeyValue],
         state: State,
         on_bad_value: BadValueReporter | None = None,
+        *,
+        map_signer: Signer,
+        jwks_pins: tuple[str, ...],
     ) -> None:
-        def typed(bucket: str, typ: type[T]) -> TypedKV[T]:
+        def typed(
+            bucket: str,
+            typ: type[T],
+            signer: Signer | None = None,
+            verifier: Verifier | None = None,
+        ) -> TypedKV[T]:
             report = on_bad_value(bucket) if on_bad_value else None
-            return TypedKV(raw[bucket], typ, on_bad_value=report)
+            return TypedKV(raw[bucket], typ, on_bad_value=report, signer=signer, verifier=verifier)
 
         self.state = state
         self.peers = typed(subjects.BUCKET_PEERS, PeerRecord)
@@ -66,8 +80,15 @@ class Store:
         self.groups = typed(subjects.BUCKET_GROUPS, GroupRecord)
         self.policies = typed(subjects.BUCKET_POLICIES, PolicyRecord)
         self.setup_keys = typed(subjects.BUCKET_SETUP_KEYS, SetupKeyRecord)
-        self.jwks = typed(subjects.BUCKET_JWKS, JwksSnapshot)
-        self.netmaps = typed(subjects.BUCKET_NETMAPS, NetworkMap)
+        self.map_signer = map_signer
+        self.jwks_pins = jwks_pins
+        self.jwks = typed(subjects.BUCKET_JWKS, JwksSnapshot, verifier=Verifier("jwks", jwks_pins))
+        self.netmaps = typed(
+            subjects.BUCKET_NETMAPS,
+            NetworkMap,
+            signer=map_signer,
+            verifier=Verifier("map", map_signer.pins),
+        )
         self.bucket_of: dict[int, str] = {
             id(self.peers): subjects.BUCKET_PEERS,
             id(self.users): subjects.BUCKET_USERS,
@@ -143,11 +164,25 @@ class Store:
         await self.state.wait_for(lambda: not self.state.holds(bucket, key))
 
 
-def bad_value_reporter(counter: Counter, log: BoundLogger) -> BadValueReporter:
-    """Count (``bucket`` label) and log stored values that do not decode; they are skipped."""
+def bad_value_reporter(
+    counter: Counter, log: BoundLogger, refused: Counter | None = None
+) -> BadValueReporter:
+    """Count (``bucket`` label) and log stored values that do not decode; they are skipped.
+
+    A signed value whose signature is refused counts in ``refused`` (``kind``, ``reason``)
+    instead, when given.
+    """
 
     def for_bucket(bucket: str) -> Callable[[str, WireError], None]:
         def report(key: str, error: WireError) -> None:
+            if isinstance(error, Refused) and refused is not None:
+                kind = "jwks" if bucket == subjects.BUCKET_JWKS else "map"
+                refused.labels(kind=kind, reason=error.why).inc()
+                log.warning(
+                    "refused a signed document; the old one stays in force",
+                    extra={"bucket": bucket, "key": key, "reason": error.why, "error": str(error)},
+                )
+                return
             counter.labels(bucket=bucket).inc()
             log.error(
                 "ignored undecodable stored value",
@@ -163,8 +198,11 @@ async def open_store(
     js: JetStreamContext,
     state: State,
     on_bad_value: BadValueReporter | None = None,
+    *,
+    map_signer: Signer,
+    jwks_pins: tuple[str, ...],
 ) -> Store:
     """Open (creating with file storage if needed) every bucket policy uses."""
     names = (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS)
     raw = {name: await open_bucket(js, name) for name in names}
-    return Store(raw, state, on_bad_value)
+    return Store(raw, state, on_bad_value, map_signer=map_signer, jwks_pins=jwks_pins)

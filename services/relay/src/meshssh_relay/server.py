@@ -103,7 +103,7 @@ async def serve(ctx: ServiceContext[RelaySettings]) -> None:
     sys.setswitchinterval(0.0005)
     metrics = RelayMetrics(ctx.metrics)
     log = ctx.log.bind(mode=settings.mode, peer=settings.peer_id)
-    holder = PeerMap(log=log, metrics=ctx.metrics)
+    holder = PeerMap(log=log, metrics=ctx.metrics, pins=settings.pins)
     changed = asyncio.Event()
 
     def on_change(_old: NetworkMap | None, netmap: NetworkMap | None) -> None:

@@ -23,6 +23,12 @@ class RelaySettings(ServiceSettings):
     ops_listen: HostPort = Field(
         "127.0.0.1:9104", description="HOST:PORT of /healthz, /readyz and /metrics"
     )
+    pins: Path | None = Field(
+        None,
+        description="the pins file (pins.json: the map and JWKS signing keys) the agent writes "
+        "from its registration; unset or missing: no map or JWKS from the bus applies "
+        "(fail closed)",
+    )
     peer_id: str = Field(
         ..., pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="this peer's id (whose map to watch)"
     )

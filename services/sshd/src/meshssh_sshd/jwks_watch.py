@@ -24,9 +24,14 @@ Metric ``jwks_refreshes_total{result}`` per call: ``fetched`` (the kid arrived),
 (a fresh fetch did not have it), ``throttled_kid``, ``throttled_global``, ``throttled_authn``
 (authn paced it) or ``error``.
 
+The KV value is a signed document (kind ``jwks``, :mod:`meshssh_common.signed_doc`) opened
+with the keys pinned in ``pins`` (``--pins``, re-read when it changes); a refused one is
+counted in ``signed_doc_refused{kind="jwks"}`` and logged, and the old snapshot stays. Without
+pins nothing applies (fail closed: JWT logins fail), said once at start.
+
 Example::
 
-    keys = JwksWatch(ctx.nc, ctx.metrics, metrics, log)
+    keys = JwksWatch(ctx.nc, ctx.metrics, metrics, log, pins=settings.pins)
     validator = keys.validator_for(netmap.peer.jwt)   # None until keys arrive
     if await keys.refresh("kid-2"):
         validator = keys.validator_for(netmap.peer.jwt)
@@ -39,6 +44,7 @@ import contextlib
 import enum
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
@@ -52,6 +58,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.peer_tokens import PeerTokenValidator, exchange_kids
 from meshssh_common.rpc import request
+from meshssh_common.signed_doc import PinnedVerifier, Refused
 from meshssh_common.tasks import TaskSet
 from meshssh_common.wire import JwksRefreshReply, JwksRefreshRequest, JwksSnapshot, JwtConfig
 from meshssh_sshd.metrics import SshdMetrics
@@ -100,8 +107,10 @@ class JwksWatch:
         min_interval: float = 0.5,
         kid_interval: float = 30.0,
         wait: float = 5.0,
+        pins: Path | None = None,
     ) -> None:
         self._nc = nc
+        self._pins = pins
         self._base = base
         self._metrics = metrics
         self._log = log
@@ -257,6 +266,14 @@ class JwksWatch:
                 results[kid] = Refresh.FETCHED if self._has_kid(kid) else Refresh.ERROR
 
     def _bad_value(self, key: str, error: WireError) -> None:
+        if isinstance(error, Refused):
+            self._base.signed_doc_refused.labels(kind="jwks", reason=error.why).inc()
+            self._log.warning(
+                "refused a JWKS snapshot: its signature does not verify with the pinned keys; "
+                "the old one stays in force",
+                extra={"key": key, "reason": error.why, "error": str(error)},
+            )
+            return
         self._base.bad_messages.labels(endpoint="jwks", reason=BadReason.INVALID).inc()
         self._log.warning("ignored invalid JWKS snapshot", extra={"key": key, "error": str(error)})
 
@@ -283,6 +300,13 @@ class JwksWatch:
         # permissions); read again after every reconnect, so rotated keys are not held up.
         # Never creates the bucket: authn owns it. No version: the latest stored snapshot
         # wins (fetched_at is a wall clock of whichever authn replica fetched).
+        verifier = PinnedVerifier("jwks", self._pins or Path("/nonexistent/pins.json"))
+        if not verifier.pinned:
+            self._log.error(
+                "no JWKS signing key pinned (--pins unset or its file missing): no JWKS "
+                "snapshot will be applied, JWT logins fail until the pins file holds one",
+                extra={"pins": str(self._pins) if self._pins else ""},
+            )
         watch = KeyWatch(
             self._nc,
             subjects.BUCKET_JWKS,
@@ -290,6 +314,7 @@ class JwksWatch:
             JwksSnapshot,
             version=None,
             on_bad_value=self._bad_value,
+            verifier=verifier,
         )
         async for event in watch.follow(on_retry=self._broke):
             if event.synced:

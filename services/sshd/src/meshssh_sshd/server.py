@@ -97,8 +97,10 @@ class SshServer:
         log = ctx.log.bind(peer=settings.peer_id)
         metrics = SshdMetrics(ctx.metrics)
         js = ctx.js
-        maps = PeerMap(log=log, metrics=ctx.metrics)
-        keys = JwksWatch(ctx.nc, ctx.metrics, metrics, log, requester=settings.peer_id)
+        maps = PeerMap(log=log, metrics=ctx.metrics, pins=settings.pins)
+        keys = JwksWatch(
+            ctx.nc, ctx.metrics, metrics, log, requester=settings.peer_id, pins=settings.pins
+        )
         sftp = find_sftp_server(str(settings.sftp_server) if settings.sftp_server else None)
         if settings.enable_ssh_sftp and sftp is None:
             log.warning(

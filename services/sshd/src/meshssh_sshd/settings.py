@@ -31,6 +31,12 @@ class SshdSettings(ServiceSettings):
     ops_listen: HostPort = Field(
         "127.0.0.1:9103", description="HOST:PORT of /healthz, /readyz and /metrics"
     )
+    pins: Path | None = Field(
+        None,
+        description="the pins file (pins.json: the map and JWKS signing keys) the agent writes "
+        "from its registration; unset or missing: no map or JWKS from the bus applies "
+        "(fail closed)",
+    )
     peer_id: str = Field(description="this peer's id: the key of its network map")
     listen: HostPort = Field(
         description="HOST:PORT the SSH server listens on: the mesh address and 22022"
