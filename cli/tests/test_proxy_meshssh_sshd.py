@@ -192,7 +192,8 @@ async def start_peer(
         "--pins",
         str(write_test_pins(tmp_path / "sshd")),
         *nats_server.flags(),
-        # issue 15: the client still sends the IdP token; drop once it exchanges tokens
+        # The stand-in agent hands out IdP tokens the test mints (expired, wrong audience...):
+        # this server takes them directly, as NetBird's does.
         "--accept-idp-tokens",
         *flags,
     )

@@ -237,8 +237,6 @@ async def dash(
         "--allow-server-ssh",
         *(["--enable-ssh-root"] if IS_ROOT else []),
         "--disable-ssh-config",
-        # issue 15: the client still sends the IdP token; drop once it exchanges tokens
-        "--accept-idp-tokens",
     ]
     server = await _agent(
         tmp, server_name, f"{net}.2", "meshssh-demo-server-key-0001", base, nats_server, *flags

@@ -276,8 +276,6 @@ async def mesh(
             "--sshd-ops-listen",
             sshd_ops,
             "--disable-ssh-config",
-            # issue 15: the client still sends the IdP token; drop once it exchanges tokens
-            "--accept-idp-tokens",
         )
         agents.append(server)
         status = await server.wait_status(
