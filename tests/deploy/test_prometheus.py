@@ -51,7 +51,12 @@ async def test_prometheus_scrapes_every_service_and_queries_return_series(
     assert nats_server.keys is not None
     listen = {
         "policy": ["--listen", "127.0.0.1:0", "--bus-keys", str(nats_server.keys.dir)],
-        "authn": ["--listen", "127.0.0.1:0"],
+        "authn": [
+            "--listen",
+            "127.0.0.1:0",
+            "--jwks-signing-key",
+            str(nats_server.jwks_signing_key()),
+        ],
         "relay": ["--peer-id", "p1", "--listen", "127.0.0.1:0"],
         "sshd": [
             "--peer-id",

@@ -234,7 +234,7 @@ class TokenExchanger:
         }
         user_claim = self._validator_claim()
         claims[user_claim] = original.get(user_claim, token.user_id)
-        for name in ("email_verified", "auth_time"):
+        for name in ("email", "email_verified", "name", "preferred_username", "auth_time"):
             if name in original:
                 claims[name] = original[name]
         signed = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "typ": "JWT"})
