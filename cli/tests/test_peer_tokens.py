@@ -1,7 +1,7 @@
 """Per-peer tokens on the client side (SPEC §6): the agent's ``token-exchange`` op and
 ``meshssh ssh`` using it for every connection.
 
-Real: nats-server, meshssh-policy, the meshssh-authn provider, the agent process, the CLI
+Real: nats-server, meshssh-policy, the agent process, the CLI
 process and an asyncssh peer. The exchange itself is answered by
 :mod:`exchange_responder`, which stands in for meshssh-authn's exchange service (built
 separately for issue 15) on the real subject with the real messages.
@@ -33,6 +33,7 @@ from meshssh_testkit.management import LAPTOP_KEY, SERVER_KEY, Management
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import OpenSSH
 from meshssh_testkit.peer_agent import AgentProcess
+from meshssh_testkit.plugin import ServiceFactory
 
 
 def idp_token(sub: str = "alice", lifetime: float = 300) -> str:
@@ -53,6 +54,14 @@ class Mesh:
         self.peer = peer
         self.server_id = server_id
         self.seen: set[str] = set()
+
+
+@pytest.fixture
+async def management(
+    nats_server: NatsServer, services: ServiceFactory, nc: NATS, tmp_path: Path
+) -> Management:
+    """meshssh-policy alone: no real meshssh-authn runs, so only the stand-in answers."""
+    return await Management.start(services, nats_server, nc, tmp_path / "policy")
 
 
 @pytest.fixture

@@ -183,7 +183,8 @@ async def test_a_map_or_jwks_signed_with_a_wrong_key_is_refused_counted_and_the_
     local_user: str,
 ) -> None:
     await mesh.publish_map()
-    proc, sshd = await start_process(services, nats_server, tmp_path)
+    # IdP tokens here: this test is about the documents, not the token kind.
+    proc, sshd = await start_process(services, nats_server, tmp_path, "--accept-idp-tokens")
     client = client_for(sshd)
     ok = await client.ssh("echo in", token=issuer.mint("alice-id"), user=local_user)
     assert ok.returncode == 0, ok.err
