@@ -5,7 +5,9 @@ pure function compute the new value from the current one, and writes it only if 
 is still at the revision it read; on a conflict it reads again and re-applies the function.
 So two writers (two REST calls, two replicas, a registration and an admin) never lose an
 update. After a write the caller waits until this replica's state has applied it, so a
-following read sees it.
+following read sees it. While JetStream does not answer (a NATS node died and its streams
+elect new leaders, 4 to 9 s) a write is retried, reading again first, for up to
+``_OUTAGE_S`` seconds: a write whose ack was lost is then found in place and ``change`` sees it.
 
 Example::
 
@@ -16,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +28,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from meshssh_common import subjects
-from meshssh_common.errors import Conflict, WireError
+from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import JwksSnapshot, NetworkMap
@@ -44,6 +48,7 @@ T = TypeVar("T")
 BadValueReporter = Callable[[str], Callable[[str, WireError], None]]
 """Given a bucket name, the callback its :class:`TypedKV` calls for an undecodable value."""
 _ATTEMPTS = 50
+_OUTAGE_S = 15.0  # how long a write rides out JetStream not answering (a leader election)
 
 
 class Store:
@@ -109,29 +114,45 @@ class Store:
 
         Raises:
             Conflict: still conflicting after many attempts.
-            Unavailable: KV did not answer.
+            Unavailable: KV did not answer for ``_OUTAGE_S`` seconds.
         """
-        for _ in range(_ATTEMPTS):
-            entry = await kv.get(key)
-            current = entry.value if entry is not None else None
-            new = change(current)
-            if new is None and entry is None:
-                return None
+        deadline = time.monotonic() + _OUTAGE_S
+        attempts = 0
+        while attempts < _ATTEMPTS:
             try:
-                if new is None:
-                    assert entry is not None
-                    await kv.delete(key, last=entry.revision)
-                    revision = 0
-                elif entry is None:
-                    revision = await kv.create(key, new)
-                else:
-                    revision = await kv.update(key, new, last=entry.revision)
+                written, revision = await self._write_once(kv, key, change)
             except Conflict:
+                attempts += 1
                 continue
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)  # a leader election: read again and retry
+                continue
+            if revision is None:  # nothing to delete
+                return None
             if wait:
                 await self._wait(kv, key, revision)
-            return new
+            return written
         raise Conflict(f"{key}: too many concurrent writers; try again")
+
+    @staticmethod
+    async def _write_once(
+        kv: TypedKV[T], key: str, change: Callable[[T | None], T | None]
+    ) -> tuple[T | None, int | None]:
+        """One read and compare-and-set; (value written, revision: 0 deleted, None no-op)."""
+        entry = await kv.get(key)
+        current = entry.value if entry is not None else None
+        new = change(current)
+        if new is None and entry is None:
+            return None, None
+        if new is None:
+            assert entry is not None
+            await kv.delete(key, last=entry.revision)
+            return None, 0
+        if entry is None:
+            return new, await kv.create(key, new)
+        return new, await kv.update(key, new, last=entry.revision)
 
     async def _wait(self, kv: TypedKV[Any], key: str, revision: int) -> None:
         bucket = self.bucket_of.get(id(kv))
