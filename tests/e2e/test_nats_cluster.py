@@ -40,7 +40,7 @@ from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.ports import free_port
-from meshssh_testkit.process import ServiceProcess, run_command, script
+from meshssh_testkit.process import run_command, script
 from meshssh_testkit.scrape import read_metric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,7 +237,8 @@ class Session:
 async def stream_leader(nc: NATS, stream: str) -> int:
     """The index of the node that leads ``stream`` (node names are n0, n1, n2)."""
     info = await nc.jetstream().stream_info(stream)
-    assert info.cluster is not None and info.cluster.leader, info
+    assert info.cluster is not None, info
+    assert info.cluster.leader, info
     assert info.config.num_replicas == 3, info.config
     return int(info.cluster.leader.removeprefix("n"))
 

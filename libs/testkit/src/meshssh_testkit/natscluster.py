@@ -69,7 +69,9 @@ class NatsCluster:
         routes = [free_port("127.0.0.1") for _ in range(size)]
         nodes = [NatsServer(base / f"n{i}", -1, (), keys, tls) for i in range(size)]
         for i, node in enumerate(nodes):
-            others = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i)
+            others = ", ".join(
+                f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i
+            )
             node.config_extra = (
                 f'server_name: "n{i}"\n'
                 f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{routes[i]}",'
@@ -177,7 +179,7 @@ class NatsCluster:
             raise TimeoutError(f"JetStream cluster not ready: {last}") from None
 
     async def _meta_state(self) -> str:
-        """"ok", or why not yet: the meta leader as each running node sees it.
+        """Why not yet ("ok" when ready): the meta leader as each running node sees it.
 
         Ok when every running node names the same leader and the leader counts every other
         running node as current.

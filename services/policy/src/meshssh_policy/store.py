@@ -119,6 +119,7 @@ class Store:
         deadline = time.monotonic() + _OUTAGE_S
         attempts = 0
         while attempts < _ATTEMPTS:
+            written: T | None
             try:
                 written, revision = await self._write_once(kv, key, change)
             except Conflict:
@@ -138,8 +139,8 @@ class Store:
 
     @staticmethod
     async def _write_once(
-        kv: TypedKV[T], key: str, change: Callable[[T | None], T | None]
-    ) -> tuple[T | None, int | None]:
+        kv: TypedKV[Any], key: str, change: Callable[[Any], Any]
+    ) -> tuple[Any, int | None]:
         """One read and compare-and-set; (value written, revision: 0 deleted, None no-op)."""
         entry = await kv.get(key)
         current = entry.value if entry is not None else None

@@ -102,6 +102,8 @@ class AuditLog:
             )
         except nats.errors.Error as e:  # a refusal JetStream answered with
             self._metrics.audit.labels(result="failed").inc()
-            self._log.warning("audit event not stored", extra={"kind": event.kind, "error": repr(e)})
+            self._log.warning(
+                "audit event not stored", extra={"kind": event.kind, "error": repr(e)}
+            )
             return
         self._metrics.audit.labels(result="published").inc()
