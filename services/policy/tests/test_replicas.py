@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest

@@ -51,6 +51,10 @@ _ATTEMPTS = 50
 _OUTAGE_S = 15.0  # how long a write rides out JetStream not answering (a leader election)
 
 
+class _Raced(Exception):
+    """A compare-and-set lost to another writer: read again and re-apply."""
+
+
 class Store:
     """Typed views of the state buckets, and compare-and-set writes that wait for the watch."""
 
@@ -122,7 +126,7 @@ class Store:
             written: T | None
             try:
                 written, revision = await self._write_once(kv, key, change)
-            except Conflict:
+            except _Raced:
                 attempts += 1
                 continue
             except Unavailable:
@@ -141,19 +145,26 @@ class Store:
     async def _write_once(
         kv: TypedKV[Any], key: str, change: Callable[[Any], Any]
     ) -> tuple[Any, int | None]:
-        """One read and compare-and-set; (value written, revision: 0 deleted, None no-op)."""
+        """One read and compare-and-set; (value written, revision: 0 deleted, None no-op).
+
+        Raises:
+            _Raced: another writer moved the entry (a refusal by ``change`` passes through).
+        """
         entry = await kv.get(key)
         current = entry.value if entry is not None else None
         new = change(current)
         if new is None and entry is None:
             return None, None
-        if new is None:
-            assert entry is not None
-            await kv.delete(key, last=entry.revision)
-            return None, 0
-        if entry is None:
-            return new, await kv.create(key, new)
-        return new, await kv.update(key, new, last=entry.revision)
+        try:
+            if new is None:
+                assert entry is not None
+                await kv.delete(key, last=entry.revision)
+                return None, 0
+            if entry is None:
+                return new, await kv.create(key, new)
+            return new, await kv.update(key, new, last=entry.revision)
+        except Conflict as e:
+            raise _Raced from e
 
     async def _wait(self, kv: TypedKV[Any], key: str, revision: int) -> None:
         bucket = self.bucket_of.get(id(kv))
