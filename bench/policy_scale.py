@@ -46,6 +46,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import re
 import shutil
 import statistics
@@ -486,6 +487,8 @@ async def main() -> int:
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
                 assert r.status_code == 200, r.text
                 arrived = await waiter
+                if i % 10 == 9:
+                    print(f"change {i + 1}/{CHANGES}", file=sys.stderr)
                 if i < 0:
                     first_change = max(arrived.values()) - started
                 else:
@@ -534,6 +537,8 @@ async def main() -> int:
                 f"(reference {ref_total[-1]:.2f}s)",
                 file=sys.stderr,
             )
+        if not fan:  # --fanout-runs 0: the figures are null
+            fan = fan_total = ref = ref_total = [math.nan]
         consumers = max(consumers, await netmap_consumers(nc, "after the fan-out"))
         print(
             f"failing reads (once per streak): {dict(peers.retries + floor_peers.retries)}",
@@ -687,7 +692,7 @@ async def main() -> int:
         f"change; avg map {figures['map_kb_avg']} KiB; "
         f"{CHANGES} changes, {FULL_RUNS} full runs, {FANOUT_RUNS} fan-out runs)"
     )
-    print(json.dumps(figures))
+    print(json.dumps({k: None if v != v else v for k, v in figures.items()}))  # NaN: null
     return 0
 
 
