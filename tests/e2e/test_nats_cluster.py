@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -243,6 +244,18 @@ async def stream_leader(nc: NATS, stream: str) -> int:
     return int(info.cluster.leader.removeprefix("n"))
 
 
+async def js_answers(nc: NATS, timeout: float = 30) -> None:
+    """Until JetStream answers after a restart (streams recover their raft state first)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await nc.jetstream(timeout=2).stream_info(f"KV_{subjects.BUCKET_NETMAPS}")
+                await nc.jetstream(timeout=2).stream_info(subjects.AUDIT_STREAM)
+                return
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(0.2)
+
+
 async def audit_events(nc: NATS) -> list[AuditEvent]:
     js = nc.jetstream()
     info = await js.stream_info(subjects.AUDIT_STREAM)
@@ -381,6 +394,7 @@ async def test_every_node_restarted_keeps_all_state(
 
     nc = await nats_cluster.connect()
     try:
+        await js_answers(nc)
         for agent in (system.server, system.laptop):
             await agent.wait_status(lambda s: s["nats_connected"], timeout=20)
         async with asyncio.timeout(20):  # until policy is back and answers from its state

@@ -134,7 +134,12 @@ async def test_logins_go_on_through_the_other_replica_when_one_is_killed(
                 served_before = await _started(survivor)
             hook = kill if i == KILL_AFTER else None
             tokens.append(await login(nc, browser, passwords["alice"], before_approval=hook))
-        assert await _started(survivor) == served_before + (LOGINS - KILL_AFTER)
+        # the logins started after the kill all went to the survivor (the one started just
+        # before it may have gone to either)
+        assert await _started(survivor) - served_before in (
+            LOGINS - KILL_AFTER - 1,
+            LOGINS - KILL_AFTER,
+        )
         validator = await kv.validator()
         assert {validator.validate(t).user_id for t in tokens} == {"alice"}
         assert len(set(tokens)) == LOGINS

@@ -81,6 +81,7 @@ async def open_bucket(
     storage: StorageType = StorageType.FILE,
     ttl: float | None = None,
     direct: bool = True,
+    consistent: bool = False,
 ) -> KeyValue:
     """Open a KV bucket, creating it (file storage) when it does not exist yet.
 
@@ -92,6 +93,11 @@ async def open_bucket(
     replication of a created bucket; an existing bucket with fewer is raised to it the same
     way (R1 to R3 when a single server became a cluster), never lowered.
 
+    ``consistent``: this handle reads from the stream's leader, never with a direct get. On a
+    replicated bucket a direct get may be answered by a follower that has not applied the
+    latest write yet; a writer that reads its own writes (compare-and-set, then verify) needs
+    the leader. Peers' direct gets are unaffected (they are a property of the bucket).
+
     Concurrent creators are safe: the server treats an identical create as idempotent.
 
     Raises:
@@ -102,7 +108,7 @@ async def open_bucket(
         try:
             info = await js.stream_info(_stream(name))
         except nats.js.errors.NotFoundError:
-            return await js.create_key_value(
+            created = await js.create_key_value(
                 KeyValueConfig(
                     bucket=name,
                     history=history,
@@ -112,6 +118,11 @@ async def open_bucket(
                     direct=direct,
                 )
             )
+            if not consistent:
+                return created
+            return KeyValue(
+                name=name, stream=_stream(name), pre=f"$KV.{name}.", js=js, direct=False
+            )
         wanted = info.config
         if direct and not wanted.allow_direct:
             wanted = dataclasses.replace(wanted, allow_direct=True)
@@ -119,7 +130,10 @@ async def open_bucket(
             wanted = dataclasses.replace(wanted, num_replicas=replicas)
         if wanted != info.config:
             await _update_stream(js, name, wanted)
-        return await js.key_value(name)
+        kv = await js.key_value(name)
+        if consistent:
+            kv = KeyValue(name=name, stream=_stream(name), pre=f"$KV.{name}.", js=js, direct=False)
+        return kv
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
 

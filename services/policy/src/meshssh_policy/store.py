@@ -197,7 +197,11 @@ async def open_store(
     state: State,
     on_bad_value: BadValueReporter | None = None,
 ) -> Store:
-    """Open (creating with file storage if needed) every bucket policy uses."""
+    """Open (creating with file storage if needed) every bucket policy uses.
+
+    Its reads go to each stream's leader (``consistent``): a replica verifies what it just
+    wrote (registration), which a lagging follower's direct get could not show yet.
+    """
     names = (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS)
-    raw = {name: await open_bucket(js, name) for name in names}
+    raw = {name: await open_bucket(js, name, consistent=True) for name in names}
     return Store(raw, state, on_bad_value)
