@@ -27,15 +27,26 @@ Figures, each against a reference measured in the same run, runs interleaved:
   (goal: 0; a KV watch per peer made one each);
 - peak RSS of the policy process; floor: the peak RSS of the same process on an empty state.
 
-Run: ``.venv/bin/python bench/policy_scale.py`` (``make bench B=policy_scale``).
+Flags scale it (defaults: the figures above): ``--peers`` (in groups of ``--per-group``),
+``--policies`` (policy p: group p mod G reaches group p mod G + 1 + p div G), ``--wide N``
+(the policies the changes edit reach N groups, so a change touches N x per-group peers),
+``--changes``, ``--full-runs``, ``--fanout-runs``, and ``--cluster`` (a 3-node NATS cluster
+with R3 buckets instead of one server). It also reports policy's memory per 1,000 peers
+(peak RSS over the idle RSS), the subscriptions the server holds per following peer (from
+``$SYS.REQ.SERVER.PING.SUBSZ``), and nats-server's resident memory.
+
+Run: ``.venv/bin/python bench/policy_scale.py`` (``make bench B=policy_scale``); the issue's
+scale: ``--peers 20000 --policies 1000 --wide 20 --cluster``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
 import json
+import math
 import re
 import shutil
 import statistics
@@ -66,9 +77,10 @@ from meshssh_policy.records import (
     policy_key,
     user_key,
 )
-from meshssh_testkit import NatsServer, ServiceProcess
+from meshssh_testkit import NatsCluster, NatsServer, ServiceProcess
 
 PEERS, GROUPS, PER_GROUP, REACH, USERS = 5000, 100, 50, 5, 200
+POLICIES, WIDE = GROUPS * REACH, 1
 CHANGES, FULL_RUNS, FANOUT_RUNS, CONCURRENCY = 40, 5, 5, 64
 PEERS_PER_CONN = 100
 FLOOR_BUCKET, REF_BUCKET = "bench-floor", "bench-fanout-ref"
@@ -82,10 +94,44 @@ def peer_id(i: int) -> str:
     return f"p{i:05d}"
 
 
-def policy_of(p: int) -> tuple[int, int]:
-    """Policy p: source group, destination group."""
-    src = p // REACH
-    return src, (src + 1 + p % REACH) % GROUPS
+def configure(argv: list[str]) -> argparse.Namespace:
+    """Scale the bench from its flags (module constants; defaults: the 5,000-peer figures)."""
+    global PEERS, GROUPS, PER_GROUP, POLICIES, WIDE, CHANGES, FULL_RUNS, FANOUT_RUNS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", type=int, default=PEERS)
+    parser.add_argument("--per-group", type=int, default=PER_GROUP)
+    parser.add_argument("--policies", type=int, default=None, help="default: 5 per group")
+    parser.add_argument("--wide", type=int, default=WIDE, help="groups an edited policy reaches")
+    parser.add_argument("--changes", type=int, default=CHANGES)
+    parser.add_argument("--full-runs", type=int, default=FULL_RUNS)
+    parser.add_argument("--fanout-runs", type=int, default=FANOUT_RUNS)
+    parser.add_argument("--cluster", action="store_true", help="3-node NATS cluster, R3")
+    args = parser.parse_args(argv)
+    PEERS, PER_GROUP = args.peers, args.per_group
+    GROUPS = PEERS // PER_GROUP
+    POLICIES = args.policies if args.policies is not None else GROUPS * REACH
+    WIDE, CHANGES = args.wide, args.changes
+    FULL_RUNS, FANOUT_RUNS = args.full_runs, args.fanout_runs
+    if PEERS % PER_GROUP or WIDE > GROUPS or POLICIES < 1:
+        parser.error("--peers must be a multiple of --per-group, --wide at most the groups")
+    return args
+
+
+def edited(p: int) -> bool:
+    """Whether the changes edit policy ``p`` (those reach ``WIDE`` groups)."""
+    return WIDE > 1 and p in {(i * 37) % POLICIES for i in range(-1, CHANGES)}
+
+
+def policy_of(p: int) -> tuple[int, list[int]]:
+    """Policy p: source group, destination groups."""
+    if POLICIES == GROUPS * REACH:  # the original layout: group g reaches g+1..g+5
+        src, first = p // REACH, p // REACH + 1 + p % REACH
+    else:
+        src = p % GROUPS
+        first = src + 1 + p // GROUPS
+    if edited(p):  # every change touches the same WIDE groups (one set of floor followers)
+        return src, list(range(WIDE))
+    return src, [first % GROUPS]
 
 
 async def put_all(kv: KeyValue, items: list[tuple[str, bytes]]) -> None:
@@ -134,10 +180,13 @@ async def seed_state(js: Any) -> None:
         for g in range(GROUPS)
     ]
     policies = []
-    for p in range(GROUPS * REACH):
+    for p in range(POLICIES):
         src, dst = policy_of(p)
         rule = RuleRecord(
-            sources=(f"g{src}",), destinations=(f"g{dst}",), protocol="tcp", ports=("22",)
+            sources=(f"g{src}",),
+            destinations=tuple(f"g{d}" for d in dst),
+            protocol="tcp",
+            ports=("22",),
         )
         record = PolicyRecord(id=f"pol{p}", name=f"pol{p}", rules=(rule,))
         policies.append((policy_key(f"pol{p}"), codec.encode(record)))
@@ -150,7 +199,10 @@ async def seed_state(js: Any) -> None:
         await put_all(await open_bucket(js, bucket), items)
 
 
-async def start_policy(server: NatsServer, tmp: Path) -> tuple[ServiceProcess, str]:
+Bus = NatsServer | NatsCluster
+
+
+async def start_policy(server: Bus, tmp: Path) -> tuple[ServiceProcess, str]:
     proc = await ServiceProcess.start(
         "meshssh-policy",
         *server.flags("policy"),
@@ -162,8 +214,14 @@ async def start_policy(server: NatsServer, tmp: Path) -> tuple[ServiceProcess, s
         TOKEN,
         "--publish-concurrency",
         str(CONCURRENCY),
+        "--bus-keys",  # without them policy is not ready (peers could not register)
+        str(server.creds("policy").parent),
     )
-    await proc.wait_ready(timeout=180)
+    try:
+        await proc.wait_ready(timeout=180)
+    except BaseException:
+        await proc.stop()
+        raise
     match = _API.search(proc.output())
     assert match, proc.output()
     return proc, match[1]
@@ -198,7 +256,7 @@ class Followers:
         self._conns: list[NATS] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, server: NatsServer, keys: list[str]) -> float:
+    async def start(self, server: Bus, keys: list[str]) -> float:
         """Follow ``keys``; returns the seconds until every one has read its stored map.
 
         A connection serves 100 followers, so it is the admin identity, not a peer's.
@@ -312,10 +370,43 @@ async def floor_full(js: Any, maps: list[NetworkMap]) -> float:
 
 def change_targets(i: int) -> tuple[int, list[str]]:
     """Change ``i``: the policy it edits and the map keys of the peers it affects."""
-    p = (i * 37) % (GROUPS * REACH)
+    p = (i * 37) % POLICIES
     _, dst = policy_of(p)
-    keys = [subjects.netmap_key(peer_id(j)) for j in range(dst * PER_GROUP, (dst + 1) * PER_GROUP)]
+    keys = [
+        subjects.netmap_key(peer_id(j))
+        for d in dst
+        for j in range(d * PER_GROUP, (d + 1) * PER_GROUP)
+    ]
     return p, keys
+
+
+def rss_mb(pid: int, field: str = "VmRSS:") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field}")
+
+
+def nats_pids(server: Bus) -> list[int]:
+    nodes = server.nodes if isinstance(server, NatsCluster) else [server]
+    return [node.proc.pid for node in nodes if node.proc is not None]
+
+
+async def subscriptions(server: Bus) -> int:
+    """Subscriptions the servers hold (each node's count, summed)."""
+    nc = await server.connect("system")
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SYS.REQ.SERVER.PING.SUBSZ", b"{}", reply=inbox)
+        total, nodes = 0, len(nats_pids(server))
+        for _ in range(nodes):
+            msg = await sub.next_msg(timeout=5)
+            total += int(json.loads(msg.data)["data"]["num_subscriptions"])
+        await sub.unsubscribe()
+        return total
+    finally:
+        await nc.close()
 
 
 def bumped(maps: dict[str, NetworkMap], serials: dict[str, int], keys: list[str]) -> list[Any]:
@@ -326,8 +417,13 @@ def bumped(maps: dict[str, NetworkMap], serials: dict[str, int], keys: list[str]
 
 
 async def main() -> int:
+    args = configure(sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="policy-scale-"))
-    server = await NatsServer.start(tmp / "js")
+    server: Bus = (
+        await NatsCluster.start(tmp / "nats")
+        if args.cluster
+        else await NatsServer.start(tmp / "js")
+    )
     nc = await server.connect()
     js = nc.jetstream(timeout=30)
     procs: list[ServiceProcess] = []
@@ -369,7 +465,10 @@ async def main() -> int:
 
         keys = [subjects.netmap_key(peer_id(i)) for i in range(PEERS)]
         consumers_before = await netmap_consumers(nc, "before the peers follow")
+        subs_before = await subscriptions(server)
+        nats_idle = sum(rss_mb(pid) for pid in nats_pids(server))
         sync_s = await peers.start(server, keys)
+        subs_per_peer = (await subscriptions(server) - subs_before) / PEERS
         print(
             f"{PEERS} peers following, read in {sync_s:.1f}s "
             f"(failing reads, once per streak, then retried: {dict(peers.retries)})",
@@ -387,13 +486,13 @@ async def main() -> int:
         async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=auth) as api:
             for i in range(-1, CHANGES):  # change -1 warms up (HTTP connection), not counted
                 p, targets = change_targets(i)
-                _, dst = policy_of(p)
+                src, dst = policy_of(p)
                 waiter = asyncio.create_task(
                     peers.wait_for({k: peers.serials[k] + 1 for k in targets})
                 )
                 rule = {
-                    "sources": [f"g{p // REACH}"],
-                    "destinations": [f"g{dst}"],
+                    "sources": [f"g{src}"],
+                    "destinations": [f"g{d}" for d in dst],
                     "protocol": "tcp",
                     "ports": ["22", str(8000 + i)],
                 }
@@ -401,6 +500,8 @@ async def main() -> int:
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
                 assert r.status_code == 200, r.text
                 arrived = await waiter
+                if i % 10 == 9:
+                    print(f"change {i + 1}/{CHANGES}", file=sys.stderr)
                 if i < 0:
                     first_change = max(arrived.values()) - started
                 else:
@@ -419,6 +520,8 @@ async def main() -> int:
                     each_floor.extend(t - started for t in arrived.values())
         consumers = await netmap_consumers(nc, f"while {PEERS} peers follow")
         rss_peak = peak_rss_mb(procs[0])
+        nats_rss = sum(rss_mb(pid) for pid in nats_pids(server))
+        nats_hwm = sum(rss_mb(pid, "VmHWM:") for pid in nats_pids(server))
         await procs.pop().stop()  # fan-out: the bench is the only writer
 
         ref_kv = await open_bucket(js, REF_BUCKET)
@@ -447,6 +550,8 @@ async def main() -> int:
                 f"(reference {ref_total[-1]:.2f}s)",
                 file=sys.stderr,
             )
+        if not fan:  # --fanout-runs 0: the figures are null
+            fan = fan_total = ref = ref_total = [math.nan]
         consumers = max(consumers, await netmap_consumers(nc, "after the fan-out"))
         print(
             f"failing reads (once per streak): {dict(peers.retries + floor_peers.retries)}",
@@ -466,6 +571,9 @@ async def main() -> int:
     figures = {
         "bench": "policy_scale",
         "peers": PEERS,
+        "policies": POLICIES,
+        "nats": "cluster-3-R3" if args.cluster else "single",
+        "affected_per_change": len(change_targets(0)[1]),
         "full_compute_s": round(med(compute), 3),
         "full_publish_s": round(med(full), 3),
         "full_floor_s": round(med(floor), 3),
@@ -493,6 +601,12 @@ async def main() -> int:
         "idle_rss_mb": round(rss_idle, 1),
         "rss_ratio": round(rss_peak / rss_idle, 2),
         "map_kb_avg": round(statistics.mean(sizes) / 1024, 1),
+        "map_kb_max": round(max(sizes) / 1024, 1),
+        "policy_mb_per_1000_peers": round((rss_peak - rss_idle) / (PEERS / 1000), 2),
+        "subscriptions_per_peer": round(subs_per_peer, 2),
+        "nats_rss_mb": round(nats_rss, 1),
+        "nats_peak_rss_mb": round(nats_hwm, 1),
+        "nats_idle_rss_mb": round(nats_idle, 1),
     }
     rows = [
         (
@@ -503,7 +617,7 @@ async def main() -> int:
             "",
         ),
         (
-            "full compute + publish 5,000 maps",
+            f"full compute + publish {PEERS:,} maps",
             f"{med(full):.3f} s",
             f"{min(full):.3f}-{max(full):.3f}",
             f"{med(floor):.3f} s",
@@ -545,7 +659,7 @@ async def main() -> int:
             f"{figures['fanout_ratio_p99']}x",
         ),
         (
-            "fan-out: all 5,000 peers have it",
+            f"fan-out: all {PEERS:,} peers have it",
             f"{med(fan_total):.3f} s",
             f"{min(fan_total):.3f}-{max(fan_total):.3f}",
             f"{med(ref_total):.3f} s acked",
@@ -556,6 +670,20 @@ async def main() -> int:
             str(consumers),
             "",
             f"{consumers_before} before they followed",
+            "",
+        ),
+        (
+            "subscriptions on the servers per following peer",
+            str(figures["subscriptions_per_peer"]),
+            "",
+            "",
+            "",
+        ),
+        (
+            "nats-server RSS (all nodes), peers following",
+            f"{nats_rss:.1f} MB",
+            "",
+            f"{nats_idle:.1f} MB before they followed",
             "",
         ),
         (
@@ -573,10 +701,11 @@ async def main() -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     print(
         f"({PEERS} peers following by key watch, {PEERS_PER_CONN} per connection; "
-        f"{GROUPS} groups, {GROUPS * REACH} policies; avg map {figures['map_kb_avg']} KiB; "
+        f"{GROUPS} groups, {POLICIES} policies, {figures['affected_per_change']} peers per "
+        f"change; avg map {figures['map_kb_avg']} KiB; "
         f"{CHANGES} changes, {FULL_RUNS} full runs, {FANOUT_RUNS} fan-out runs)"
     )
-    print(json.dumps(figures))
+    print(json.dumps({k: None if v != v else v for k, v in figures.items()}))  # NaN: null
     return 0
 
 

@@ -107,6 +107,31 @@ def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev(
             assert bucket in setup["setup.sh"]
         assert "MESHSSH_AUDIT" in setup["setup.sh"]
         assert "jetstream-setup" in by_kind(docs, "Job")
+        # what the services create themselves (meshssh-bus, meshssh-authn...) gets as many
+        config = by_kind(docs, "ConfigMap")["meshssh-config"]["data"]
+        assert config["MESHSSH_NATS_REPLICAS"] == replicas
+
+
+@pytest.mark.parametrize("service", ["policy", "authn"])
+def test_replicated_services_keep_replicas_apart_and_some_always_up(
+    kustomize: Build, service: str
+) -> None:
+    for overlay, least, spread in (("dev", 1, "ScheduleAnyway"), ("prod", 3, "DoNotSchedule")):
+        docs = kustomize(overlay)
+        name = f"meshssh-{service}"
+        deployment = by_kind(docs, "Deployment")[name]
+        assert deployment["spec"]["replicas"] >= least
+        pod = deployment["spec"]["template"]["spec"]
+        (node_spread,) = pod["topologySpreadConstraints"]
+        assert node_spread["topologyKey"] == "kubernetes.io/hostname"
+        assert node_spread["whenUnsatisfiable"] == spread
+        anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": name
+        }
+        budget = by_kind(docs, "PodDisruptionBudget")[name]["spec"]["minAvailable"]
+        assert budget == (0 if overlay == "dev" else 2)
+        assert by_kind(docs, "HorizontalPodAutoscaler")[name]["spec"]["minReplicas"] >= least
 
 
 def test_prod_does_not_ship_generated_secrets(kustomize: Build) -> None:

@@ -284,6 +284,8 @@ class BusKeys:
         parts = [
             f'host: "{host}"',
             f"port: {port}",
+            # a CONNECT carries the user JWT; policy's, with all its permissions, is near 4 KB
+            "max_control_line: 16KB",
             f'jetstream {{ store_dir: "{store}" }}',
             self.auth_config(),
             f'resolver {{ type: full, dir: "{resolver}", allow_delete: false, interval: "2m" }}',

@@ -142,6 +142,7 @@ def _service(inbox: str, requests: str) -> list[str]:
 def policy_permissions(inbox: str) -> Permissions:
     """The management plane: its state, the maps, the audit stream, heartbeats; not authn's keys."""
     pub = [*_JS_COMMON, subjects.AUDIT_ADMIN, *js_stream_write(subjects.AUDIT_STREAM)]
+    pub.append(subjects.POLICY_MEMBERS)  # replicas share out the maps (ownership.py)
     for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS):
         pub += _kv_write(bucket)
     pub += _kv_read(subjects.BUCKET_JWKS)
@@ -151,6 +152,7 @@ def policy_permissions(inbox: str) -> Permissions:
     sub = [
         *_service(inbox, "meshssh.policy.v1.req.>"),
         subjects.HEARTBEAT_ALL,
+        subjects.POLICY_MEMBERS,
         "meshssh.sshd.v1.evt.sessions.*",
     ]
     return Permissions(pub=pub, sub=sub, responds=True)

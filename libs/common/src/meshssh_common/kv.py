@@ -35,7 +35,15 @@ from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.signed_doc import Signer, Verifier
 
-__all__ = ["Encoded", "KvEntry", "KvEvent", "TypedKV", "open_bucket"]
+__all__ = [
+    "Encoded",
+    "KvEntry",
+    "KvEvent",
+    "TypedKV",
+    "default_replicas",
+    "open_bucket",
+    "set_default_replicas",
+]
 
 T = TypeVar("T")
 
@@ -45,6 +53,23 @@ _SNAPSHOT_LINGER = 5.0
 _OUTAGE = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 _log = logging.getLogger(__name__)
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+_replicas = [1]  # what open_bucket and ensure_audit_stream create with (--nats-replicas)
+
+
+def set_default_replicas(replicas: int) -> None:
+    """The JetStream replicas of what this process creates from now on (``--nats-replicas``).
+
+    One setting per process, set by the service runner from ``ServiceSettings.nats_replicas``
+    before ``serve`` runs, so no call site has to pass it along. 3 on a 3-node cluster.
+    """
+    if not 1 <= replicas <= 5:
+        raise ValueError(f"replicas must be 1..5, got {replicas}")
+    _replicas[0] = replicas
+
+
+def default_replicas() -> int:
+    """The replicas :func:`set_default_replicas` set (1 unless told)."""
+    return _replicas[0]
 
 
 async def open_bucket(
@@ -52,10 +77,11 @@ async def open_bucket(
     name: str,
     *,
     history: int = 1,
-    replicas: int = 1,
+    replicas: int | None = None,
     storage: StorageType = StorageType.FILE,
     ttl: float | None = None,
     direct: bool = True,
+    consistent: bool = False,
 ) -> KeyValue:
     """Open a KV bucket, creating it (file storage) when it does not exist yet.
 
@@ -63,18 +89,26 @@ async def open_bucket(
     ``direct`` makes the bucket answer direct gets (``allow_direct``: what
     :class:`~meshssh_common.key_watch.KeyWatch` reads with, no consumer needed); an existing
     bucket made without it is updated to allow them (when this identity may: a refusal is
-    logged, not raised).
+    logged, not raised). ``replicas`` (None: :func:`default_replicas`) is the JetStream
+    replication of a created bucket; an existing bucket with fewer is raised to it the same
+    way (R1 to R3 when a single server became a cluster), never lowered.
+
+    ``consistent``: this handle reads from the stream's leader, never with a direct get. On a
+    replicated bucket a direct get may be answered by a follower that has not applied the
+    latest write yet; a writer that reads its own writes (compare-and-set, then verify) needs
+    the leader. Peers' direct gets are unaffected (they are a property of the bucket).
 
     Concurrent creators are safe: the server treats an identical create as idempotent.
 
     Raises:
         Unavailable: JetStream did not answer.
     """
+    replicas = default_replicas() if replicas is None else replicas
     try:
         try:
             info = await js.stream_info(_stream(name))
         except nats.js.errors.NotFoundError:
-            return await js.create_key_value(
+            created = await js.create_key_value(
                 KeyValueConfig(
                     bucket=name,
                     history=history,
@@ -84,9 +118,22 @@ async def open_bucket(
                     direct=direct,
                 )
             )
-        if direct and not info.config.allow_direct:
-            await _allow_direct(js, name, info.config)
-        return await js.key_value(name)
+            if not consistent:
+                return created
+            return KeyValue(
+                name=name, stream=_stream(name), pre=f"$KV.{name}.", js=js, direct=False
+            )
+        wanted = info.config
+        if direct and not wanted.allow_direct:
+            wanted = dataclasses.replace(wanted, allow_direct=True)
+        if (wanted.num_replicas or 1) < replicas:
+            wanted = dataclasses.replace(wanted, num_replicas=replicas)
+        if wanted != info.config:
+            await _update_stream(js, name, wanted)
+        kv = await js.key_value(name)
+        if consistent:
+            kv = KeyValue(name=name, stream=_stream(name), pre=f"$KV.{name}.", js=js, direct=False)
+        return kv
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
         raise Unavailable(f"JetStream did not answer opening bucket {name}") from e
 
@@ -95,21 +142,28 @@ def _stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-async def _allow_direct(js: JetStreamContext, name: str, config: StreamConfig) -> None:
-    """Make an existing bucket answer direct gets; a refusal is logged, not raised.
+async def _update_stream(js: JetStreamContext, name: str, config: StreamConfig) -> None:
+    """Give an existing bucket direct gets or more replicas; a refusal is logged, not raised.
 
     Only the bucket's owner may change it (policy reads ``meshssh-jwks`` but authn owns it):
     the others carry on, and peers' reads fail until the owner has updated it.
     """
     try:
-        await js.update_stream(dataclasses.replace(config, allow_direct=True))
+        await js.update_stream(config)
     except nats.errors.Error as e:
         _log.warning(
-            "bucket does not answer direct gets and could not be updated",
+            "bucket settings could not be updated",
             extra={"bucket": name, "error": repr(e)},
         )
         return
-    _log.info("bucket now answers direct gets", extra={"bucket": name})
+    _log.info(
+        "bucket updated",
+        extra={
+            "bucket": name,
+            "allow_direct": config.allow_direct,
+            "replicas": config.num_replicas,
+        },
+    )
 
 
 class Encoded(bytes):

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import ConfigError
 from meshssh_common.http_server import HttpServer
+from meshssh_common.kv import set_default_replicas
 from meshssh_common.logs import BoundLogger, configure_logging, service_logger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.ops_http import ReadinessCheck, ops_app
@@ -101,6 +102,7 @@ async def run_service(
         2 when ``serve`` raised :class:`ConfigError` (e.g. its listen port is taken).
     """
     log = service_logger(name, settings.instance)
+    set_default_replicas(settings.nats_replicas)  # what open_bucket creates with
     metrics = metrics or ServiceMetrics(name)
     stop = stop or asyncio.Event()
     signals = contextlib.ExitStack()

@@ -108,6 +108,14 @@ class ServiceSettings(BaseSettings):
         validation_alias="MESHSSH_SHUTDOWN_GRACE",
         description="seconds to drain on SIGTERM before giving up",
     )
+    nats_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        validation_alias="MESHSSH_NATS_REPLICAS",
+        description="JetStream replicas of every bucket and stream this service creates "
+        "(3 on a 3-node cluster)",
+    )
     nats_request_timeout: float = Field(
         2.0,
         gt=0,

@@ -41,6 +41,7 @@ __all__ = [
     "HEARTBEAT_ALL",
     "JWKS_KEY",
     "NETMAP_ALL",
+    "POLICY_MEMBERS",
     "POLICY_META",
     "STATE_BUCKETS",
     "audit_event",
@@ -56,6 +57,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 POLICY_META: Final = "meshssh.policy.v1.req.meta"
 HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
+POLICY_MEMBERS: Final = "meshssh.policy.v1.evt.members"  # policy replicas to each other
 
 AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
 AUTHN_DEVICE_START: Final = "meshssh.authn.v1.req.device-start"

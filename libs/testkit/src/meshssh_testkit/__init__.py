@@ -1,5 +1,6 @@
 """meshssh test kit (dev only): real nats-server, OpenSSH client helpers, service processes."""
 
+from meshssh_testkit.natscluster import NatsCluster
 from meshssh_testkit.natsd import NatsServer, NatsServerError, nats_server_binary
 from meshssh_testkit.oidc_issuer import OidcIssuer
 from meshssh_testkit.openssh import OpenSSH, openssh_available
@@ -16,6 +17,7 @@ from meshssh_testkit.process import (
 __all__ = [
     "CommandFailed",
     "CommandTimeout",
+    "NatsCluster",
     "NatsServer",
     "NatsServerError",
     "OidcIssuer",

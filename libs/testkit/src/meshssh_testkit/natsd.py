@@ -79,6 +79,7 @@ class NatsServer:
         self.extra = extra
         self.keys = keys  # None: an open server (auth=False)
         self.tls = tls
+        self.config_extra = ""  # more config lines (a cluster node's name and routes)
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=400)
@@ -214,7 +215,13 @@ class NatsServer:
         resolver.mkdir(parents=True, exist_ok=True)
         path = self.store.with_name(f"{self.store.name}.conf")
         path.write_text(
-            keys.server_config(port=self.port, store=self.store, resolver=resolver, tls=self.tls)
+            keys.server_config(
+                port=self.port,
+                store=self.store,
+                resolver=resolver,
+                tls=self.tls,
+                extra=self.config_extra,
+            )
         )
         return path
 
@@ -222,6 +229,20 @@ class NatsServer:
         if self.keys is None:
             return ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
         return ["-c", str(self._config())]
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is up (started and not exited)."""
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash or a lost machine (no goodbye to clients or routes)."""
+        await self._kill()
+        if self._drain is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                async with asyncio.timeout(1):
+                    await self._drain
+            self._drain = None
 
     async def _spawn(self, timeout: float) -> None:
         self.store.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,9 @@ workspace has these fixtures:
 - ``nats_server``: a fresh nats-server with JetStream and authentication on (store and bus keys
   in ``tmp_path``), stopped after; services get ``nats_server.flags("policy")`` (URL, creds,
   CA), peers ``nats_server.peer_creds(peer_id)``;
+- ``nats_cluster``: a 3-node :class:`~meshssh_testkit.natscluster.NatsCluster` (routes,
+  JetStream R3, the same auth), which stands in for ``nats_server`` (``flags``, ``connect``,
+  ``peer_creds``), stopped after;
 - ``nats_url``: its URL;
 - ``nc``: a NATS client connected to it as the admin identity, closed after;
 - ``openssh``: an :class:`OpenSSH` helper (skips locally, fails under CI, if ssh is missing);
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
+from meshssh_testkit.natscluster import NatsCluster
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import OpenSSH, openssh_available
 from meshssh_testkit.process import ServiceProcess
@@ -50,6 +54,16 @@ async def nats_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    """Three nats-server nodes routed together, JetStream R3 and auth on, every port fresh."""
+    cluster = await NatsCluster.start(tmp_path / "nats-cluster")
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@ route can forget it: one event per authenticated ``POST``/``PUT``/``PATCH``/``DE
 path ids as ``targets``, the body's fields as ``detail`` (secrets left out, bounded), and the
 HTTP status as ``result``. The dashboard records its writes with the same actions through
 :meth:`AdminAudit.record`. The event is stored before the response is sent, so a client
-that reads the log after its write sees the write; a store that fails is logged and counted
+that reads the log after its write sees the write. While JetStream does not answer (a NATS
+node died, the stream elects a leader) the store is retried for up to ``_OUTAGE_S`` seconds
+(:func:`~meshssh_common.audit_stream.store_audit_event`, deduplicated by ``Nats-Msg-Id``;
+``result="retried"`` counts retries); a store that still fails is logged and counted
 (``meshssh_policy_admin_audit_total{result="error"}``), never turned into a failed write.
 
 ``actor`` says who: ``token:sha256:<12 hex>`` (the admin token's fingerprint, as the logs
@@ -22,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,12 +37,15 @@ from nats.js import JetStreamContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshssh_common import codec, subjects
+from meshssh_common.audit_stream import store_audit_event
 from meshssh_common.fingerprint import fingerprint
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.wire import AuditEvent
 
 __all__ = ["SECRET_FIELDS", "WRITE_METHODS", "AdminAudit", "AuditWrites", "token_actor"]
+
+_OUTAGE_S = 15.0  # how long a store rides out JetStream not answering (a leader election)
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SECRET_FIELDS = frozenset({"key", "password", "token", "secret"})
@@ -68,10 +76,12 @@ class AdminAudit:
         self._counter = base.counter(
             "admin_audit",
             "Admin-change audit events stored",
-            ("result",),  # ok | error
+            ("result",),  # ok | retried | error
         )
-        for result in ("ok", "error"):
+        for result in ("ok", "retried", "error"):
             self._counter.labels(result=result)
+        self._ids = itertools.count(1)
+        self._boot = f"policy-{os.getpid()}-{time.time_ns():x}"
 
     async def record(
         self,
@@ -95,7 +105,14 @@ class AdminAudit:
             result=result,
         )
         try:
-            await self._js.publish(subjects.AUDIT_ADMIN, codec.encode(event))
+            await store_audit_event(
+                self._js,
+                subjects.AUDIT_ADMIN,
+                codec.encode(event),
+                msg_id=f"{self._boot}-{next(self._ids)}",
+                within=_OUTAGE_S,
+                on_retry=lambda _: self._counter.labels(result="retried").inc(),
+            )
         except (nats.errors.Error, TimeoutError) as e:
             self._counter.labels(result="error").inc()
             self._log.error(

@@ -98,6 +98,12 @@ class Engine:
         self._projections: dict[str, tuple[RemotePeer, str]] = {}
         self._failed: set[str] = set()
         self.on_removed: Callable[[PeerRecord], None] | None = None  # revokes its bus key
+        self.owns: Callable[[str], bool] = lambda _peer_id: True  # see ownership.py
+
+    def recompute_soon(self, peers: set[str]) -> None:
+        """Compute and publish ``peers`` in the next batch (this replica just gained them)."""
+        self._failed |= peers
+        self._queue.put_nowait(_Retry())
 
     async def run(self) -> None:
         """Load the stored maps, watch every bucket and process changes until cancelled."""
@@ -232,7 +238,8 @@ class Engine:
             ]
             for peer_id, record in removed.items():
                 self._projections.pop(peer_id, None)
-                await out.put((peer_id, tombstone(record, self.mesh_prefix)))
+                if self.owns(peer_id):
+                    await out.put((peer_id, tombstone(record, self.mesh_prefix)))
             done: set[str] = set()
             todo = set(affected) - set(removed)
             while todo:
@@ -244,6 +251,10 @@ class Engine:
                     compiled = []
                     for peer_id in wave[i : i + _CHUNK]:
                         if peer_id not in self.state.peers:
+                            continue
+                        if not self.owns(peer_id):  # another replica publishes it
+                            if not full:
+                                todo |= self._propagate(peer_id, compiler)
                             continue
                         netmap = self._compile(compiler, peer_id)
                         if netmap is None:

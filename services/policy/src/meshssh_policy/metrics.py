@@ -58,6 +58,8 @@ class PolicyMetrics:
         )
         self.peers = base.gauge("peers", "Registered peers")
         self.peers_online = base.gauge("peers_online", "Peers with a recent heartbeat")
+        self.replicas = base.gauge("replicas", "Live policy replicas sharing out the maps")
+        self.owned = base.gauge("owned_peers", "Peers whose maps this replica publishes")
         self.registrations = base.counter(
             "registrations",
             "Accepted registrations",

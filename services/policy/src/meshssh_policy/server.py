@@ -2,7 +2,8 @@
 
 Start-up order: open the buckets (and, with ``--bus-keys``, the system connection that pushes
 revocations); start the engine and wait until it has loaded the whole state and published
-every changed map; apply ``--seed``; then serve meta updates and heartbeats on NATS, bind the
+every changed map; apply ``--seed``; join the replicas that share out the maps
+(:mod:`meshssh_policy.ownership`); then serve meta updates and heartbeats on NATS, bind the
 first-login consumer, serve the API (registration included) on ``--listen``, and declare
 ready. ``/readyz`` also checks ``bus_keys`` (policy does not start without them: it signs
 every map with ``<bus-keys>/map-signing.pem``).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 
 from meshssh_common import subjects
 from meshssh_common.http_server import HttpServer
@@ -20,10 +23,23 @@ from meshssh_common.service import ServiceContext
 from meshssh_common.wire import Heartbeat, MetaUpdate
 from meshssh_policy.api import create_app
 from meshssh_policy.management import Management
+from meshssh_policy.ownership import Ownership
 from meshssh_policy.seed import apply_seed, load_seed
 from meshssh_policy.settings import PolicySettings
 
 __all__ = ["serve"]
+
+
+async def _share_maps(ctx: ServiceContext[PolicySettings], mgmt: Management) -> None:
+    """Join the replicas that share out the maps (ownership.py), once the state is loaded."""
+    lease = ctx.settings.replica_lease
+    member = f"{ctx.settings.instance}-{os.getpid()}-{secrets.token_hex(3)}"
+    ownership = Ownership(
+        ctx.nc, member, log=ctx.log, metrics=mgmt.metrics, lease=lease, interval=lease / 3
+    )
+    mgmt.engine.owns = ownership.owns
+    ownership.on_gained = mgmt.engine.recompute_soon
+    await ownership.run(peers=lambda: set(mgmt.state.peers))
 
 
 async def serve(ctx: ServiceContext[PolicySettings]) -> None:
@@ -40,6 +56,7 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
             engine.result()  # the engine failed before loading: raise its error
         if seed is not None:
             await apply_seed(seed, mgmt.resources, ctx.log)
+        tg.create_task(_share_maps(ctx, mgmt))
         svc = await start_micro(ctx.nc, "policy", description="meshssh management plane")
         m, log = ctx.metrics, ctx.log
         if mgmt.revocations is not None:

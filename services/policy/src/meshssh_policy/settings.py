@@ -70,6 +70,13 @@ class PolicySettings(ServiceSettings):
     publish_concurrency: int = Field(
         64, ge=1, le=1024, description="network maps written to KV at the same time"
     )
+    replica_lease: float = Field(
+        3.0,
+        gt=1.0,
+        le=60.0,
+        description="seconds without a heartbeat before the other policy replicas take over "
+        "a replica's maps (heartbeats every lease/3)",
+    )
     public_url: str = Field(
         "",
         description="URL browsers reach the dashboard at (its OIDC redirect is <this>/auth/"

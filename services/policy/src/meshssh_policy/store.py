@@ -5,7 +5,9 @@ pure function compute the new value from the current one, and writes it only if 
 is still at the revision it read; on a conflict it reads again and re-applies the function.
 So two writers (two REST calls, two replicas, a registration and an admin) never lose an
 update. After a write the caller waits until this replica's state has applied it, so a
-following read sees it.
+following read sees it. While JetStream does not answer (a NATS node died and its streams
+elect new leaders, 4 to 9 s) a write is retried, reading again first, for up to
+``_OUTAGE_S`` seconds: a write whose ack was lost is then found in place and ``change`` sees it.
 
 Example::
 
@@ -21,6 +23,8 @@ that policy also hands to peers, so policy computes maps only from a JWKS snapsh
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,7 +33,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from meshssh_common import subjects
-from meshssh_common.errors import Conflict, WireError
+from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
 from meshssh_common.signed_doc import Refused, Signer, Verifier
@@ -50,6 +54,11 @@ T = TypeVar("T")
 BadValueReporter = Callable[[str], Callable[[str, WireError], None]]
 """Given a bucket name, the callback its :class:`TypedKV` calls for an undecodable value."""
 _ATTEMPTS = 50
+_OUTAGE_S = 15.0  # how long a write rides out JetStream not answering (a leader election)
+
+
+class _Raced(Exception):
+    """A compare-and-set lost to another writer: read again and re-apply."""
 
 
 class Store:
@@ -130,29 +139,53 @@ class Store:
 
         Raises:
             Conflict: still conflicting after many attempts.
-            Unavailable: KV did not answer.
+            Unavailable: KV did not answer for ``_OUTAGE_S`` seconds.
         """
-        for _ in range(_ATTEMPTS):
-            entry = await kv.get(key)
-            current = entry.value if entry is not None else None
-            new = change(current)
-            if new is None and entry is None:
-                return None
+        deadline = time.monotonic() + _OUTAGE_S
+        attempts = 0
+        while attempts < _ATTEMPTS:
+            written: T | None
             try:
-                if new is None:
-                    assert entry is not None
-                    await kv.delete(key, last=entry.revision)
-                    revision = 0
-                elif entry is None:
-                    revision = await kv.create(key, new)
-                else:
-                    revision = await kv.update(key, new, last=entry.revision)
-            except Conflict:
+                written, revision = await self._write_once(kv, key, change)
+            except _Raced:
+                attempts += 1
                 continue
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)  # a leader election: read again and retry
+                continue
+            if revision is None:  # nothing to delete
+                return None
             if wait:
                 await self._wait(kv, key, revision)
-            return new
+            return written
         raise Conflict(f"{key}: too many concurrent writers; try again")
+
+    @staticmethod
+    async def _write_once(
+        kv: TypedKV[Any], key: str, change: Callable[[Any], Any]
+    ) -> tuple[Any, int | None]:
+        """One read and compare-and-set; (value written, revision: 0 deleted, None no-op).
+
+        Raises:
+            _Raced: another writer moved the entry (a refusal by ``change`` passes through).
+        """
+        entry = await kv.get(key)
+        current = entry.value if entry is not None else None
+        new = change(current)
+        if new is None and entry is None:
+            return None, None
+        try:
+            if new is None:
+                assert entry is not None
+                await kv.delete(key, last=entry.revision)
+                return None, 0
+            if entry is None:
+                return new, await kv.create(key, new)
+            return new, await kv.update(key, new, last=entry.revision)
+        except Conflict as e:
+            raise _Raced from e
 
     async def _wait(self, kv: TypedKV[Any], key: str, revision: int) -> None:
         bucket = self.bucket_of.get(id(kv))
@@ -202,7 +235,11 @@ async def open_store(
     map_signer: Signer,
     jwks_pins: tuple[str, ...],
 ) -> Store:
-    """Open (creating with file storage if needed) every bucket policy uses."""
+    """Open (creating with file storage if needed) every bucket policy uses.
+
+    Its reads go to each stream's leader (``consistent``): a replica verifies what it just
+    wrote (registration), which a lagging follower's direct get could not show yet.
+    """
     names = (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, subjects.BUCKET_JWKS)
-    raw = {name: await open_bucket(js, name) for name in names}
+    raw = {name: await open_bucket(js, name, consistent=True) for name in names}
     return Store(raw, state, on_bad_value, map_signer=map_signer, jwks_pins=jwks_pins)

@@ -3,8 +3,13 @@
 Recording never blocks an SSH session: :meth:`AuditLog.emit` queues the event (dropping it,
 counted, when the bounded queue is full) and one publisher task sends it to
 ``meshssh.audit.v1.evt.<kind>.<peer>`` with a JetStream ack. sshd never creates the stream
-(a peer's credentials may only publish its own audit subjects): policy does. While it is
-missing, each publish fails, and is counted (``audit_events{result="failed"}``) and logged.
+(a peer's credentials may only publish its own audit subjects): policy does.
+
+A publish that JetStream does not acknowledge (no stream leader while a NATS node is down,
+a reconnect, a missing stream) is retried until it is stored, ahead of the events queued
+behind it (:func:`~meshssh_common.audit_stream.store_audit_event`, with a ``Nats-Msg-Id``
+unique to this process; ``audit_events{result="retried"}`` counts each retry). A refusal
+JetStream answers with drops the event (``audit_events{result="failed"}``).
 
 Example::
 
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import time
 from typing import Any
 
@@ -24,6 +31,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from meshssh_common import codec, subjects
+from meshssh_common.audit_stream import store_audit_event
 from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
@@ -45,6 +53,8 @@ class AuditLog:
         self._metrics = metrics
         self._log = log
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(_QUEUE_SIZE)
+        self._ids = itertools.count(1)
+        self._boot = f"{peer_id}-{os.getpid()}-{time.time_ns():x}"
 
     def emit(self, kind: AuditKind, **fields: Any) -> None:
         """Queue one event of ``kind``; the fields are those of :class:`AuditEvent`."""
@@ -71,9 +81,26 @@ class AuditLog:
 
     async def _publish(self, event: AuditEvent) -> None:
         subject = subjects.audit_event(event.kind, self._peer_id)
+        streak: list[Exception] = []
+
+        def retried(error: Exception) -> None:
+            self._metrics.audit.labels(result="retried").inc()
+            if not streak:  # once a streak
+                self._log.warning(
+                    "audit event not acknowledged; retrying",
+                    extra={"kind": event.kind, "error": repr(error)},
+                )
+            streak.append(error)
+
         try:
-            await self._js.publish(subject, codec.encode(event), timeout=2.0)
-        except (nats.errors.Error, TimeoutError) as e:
+            await store_audit_event(
+                self._js,
+                subject,
+                codec.encode(event),
+                msg_id=f"{self._boot}-{next(self._ids)}",
+                on_retry=retried,
+            )
+        except nats.errors.Error as e:  # a refusal JetStream answered with
             self._metrics.audit.labels(result="failed").inc()
             self._log.warning(
                 "audit event not stored", extra={"kind": event.kind, "error": repr(e)}

@@ -99,5 +99,5 @@ class SshdMetrics:
         self.audit = base.counter(
             "audit_events",
             "Audit events by result",
-            ("result",),  # published | failed | dropped
+            ("result",),  # published | retried | failed | dropped
         )
