@@ -103,7 +103,7 @@ async def system(
     )
     await services.start(
         "meshssh-authn",
-        *nats_cluster.flags("authn"),
+        *nats_cluster.authn_flags(),
         *("--listen", "127.0.0.1:0", "--users-file", str(users), "--device-poll-interval", "1"),
     )
     policy = await services.start(

@@ -113,7 +113,7 @@ async def test_logins_go_on_through_the_other_replica_when_one_is_killed(
             replicas.append(
                 await ServiceProcess.start(
                     "meshssh-authn",
-                    *nats_server.flags("authn"),
+                    *nats_server.authn_flags(),
                     *("--listen", f"127.0.0.1:{port}", "--instance", f"authn-{i}"),
                     *("--public-url", f"http://127.0.0.1:{front.port}"),
                     *("--users-file", str(users_file), "--device-poll-interval", "0"),

@@ -124,6 +124,10 @@ class NatsCluster:
             replicas = identity in ("policy", "authn")
         return [*flags, "--nats-replicas", str(len(self.nodes))] if replicas else flags
 
+    def authn_flags(self) -> list[str]:
+        """Authn's :meth:`flags` and its ``--jwks-signing-key`` (the bus directory's)."""
+        return [*self.flags("authn"), "--jwks-signing-key", str(self.nodes[0].jwks_signing_key())]
+
     def client_options(self, identity: str | Path = "admin") -> dict[str, Any]:
         """``nats.connect`` keyword arguments for an identity (creds, inbox prefix, TLS)."""
         return self.nodes[0].client_options(identity)
