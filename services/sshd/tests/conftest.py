@@ -15,7 +15,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from meshssh_common.host_keys import HostKey
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.session_rules import attach
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import (
     AuditEvent,
@@ -40,6 +41,7 @@ from meshssh_common.wire import (
     JwtConfig,
     NetworkMap,
     PeerConfig,
+    SessionRules,
     SourcePeer,
 )
 from meshssh_sshd.server import SshServer
@@ -130,6 +132,7 @@ class Mesh:
         peer_id: str = PEER_ID,
         source_peers: Sequence[SourcePeer] = (),
         claim: str = "sub",
+        session_rules: Mapping[tuple[str, str], SessionRules] | None = None,
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -143,7 +146,9 @@ class Mesh:
                 jwt=(jwt or jwt_config()) if with_jwt else None,
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
-            ssh_auth=build_table(claim, grants, any_validated_user=open_to),
+            ssh_auth=attach(
+                build_table(claim, grants, any_validated_user=open_to), session_rules or {}
+            ),
             source_peers=tuple(source_peers),
         )
         kv = TypedKV(await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)

@@ -90,6 +90,11 @@ class SshdMetrics:
             "Connections closed because a new network map revoked them",
             ("reason",),  # source | user | ssh_disabled | no_map | ended
         )
+        self.session_limits = base.counter(
+            "session_limits",
+            "Sessions a session rule ended, by limit",
+            ("reason",),  # idle_timeout | max_session
+        )
         self.netmap_serial = base.gauge("netmap_serial", "Serial of the network map in use")
         self.audit = base.counter(
             "audit_events",

@@ -34,6 +34,7 @@ from meshssh_common.wire import AuditKind, SessionInfo
 from meshssh_sshd.accounts import NOT_AVAILABLE, Account
 from meshssh_sshd.login_env import session_env, shell_argv
 from meshssh_sshd.process_launch import ChildProcess, LaunchSpec, PtySpec, exit_signal_name
+from meshssh_sshd.session_clock import SessionClock
 from meshssh_sshd.sessions import LiveConnection
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._bytes_in = 0
         self._bytes_out = 0
         self._started = time.monotonic()
+        self._ended_by = ""  # a session rule's limit that ended the session
+        self._clock = SessionClock(record.rules, expired=self._limit_reached)
 
     # -- requests (return True to accept) -----------------------------------------------------
 
@@ -135,6 +138,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Client input: to the process, or held until it started."""
         self._bytes_in += len(data)
+        self._clock.touch()
         if self._child is not None:
             self._child.write(data)
         else:
@@ -175,6 +179,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel closed: stop the process if it still runs."""
         self._lost = True
+        self._clock.stop()
         self._core.session_closed()
         child = self._child
         if child is not None and not child.exited.is_set():
@@ -189,6 +194,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if chan is None or self._lost:
             return
         self._bytes_out += len(data)
+        self._clock.touch()
         if stderr:
             chan.write_stderr(data)
         else:
@@ -209,6 +215,17 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self._chan is not None and not self._lost:
             line = f"\r\n{text}\r\n" if self._pty is not None else f"{text}\n"
             self._chan.write_stderr(line.encode())
+
+    def _limit_reached(self, reason: str, text: str) -> None:
+        """A session rule's limit (idle timeout, maximum length) ends the session."""
+        core = self._core
+        self._ended_by = reason
+        core.metrics.session_limits.labels(reason=reason).inc()
+        core.audit.emit("session-limit", **self._fields(summarize(self._command)), reason=reason)
+        self._log.info("session ended by a session rule", extra={"reason": reason})
+        self.notify(text)
+        if self._chan is not None and not self._lost:
+            self._chan.exit(255)
 
     # -- the session itself ---------------------------------------------------------------------
 
@@ -317,6 +334,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         core = self._core
         kind: AuditKind = "sftp-start" if self._kind == "sftp" else "session-start"
         core.live.session_started(self._record, info)
+        self._clock.start()
         core.metrics.sessions.labels(kind=self._kind).inc()
         if self._kind == "sftp":
             core.metrics.sftp_sessions.labels(result="started").inc()
@@ -334,6 +352,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def _end(self, info: SessionInfo) -> None:
         core = self._core
+        self._clock.stop()
         duration = time.monotonic() - self._started
         core.live.session_ended(self._record, self._id)
         core.metrics.session_duration.observe(duration)
@@ -348,6 +367,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
             result="" if status is None else str(status),
+            reason=self._ended_by,
         )
         self._log.info(
             "session ended",

@@ -30,6 +30,7 @@ from meshssh_common.wire.netmap import (
     PeerConfig,
     PortRange,
     RemotePeer,
+    SessionRules,
     SourcePeer,
     SshAuth,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "SessionInfo",
     "SessionsReport",
     "SignedDoc",
+    "SessionRules",
     "SourcePeer",
     "SshAuth",
     "TokenExchangeReply",

@@ -20,6 +20,7 @@ AuditKind = Literal[
     "sftp-start",
     "sftp-end",
     "access-revoked",
+    "session-limit",
     "admin-change",
 ]
 
