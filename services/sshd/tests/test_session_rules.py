@@ -34,9 +34,7 @@ async def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 
 
 
 async def _server(mesh: Mesh, factory: SshdFactory, rules: SessionRules) -> Sshd:
-    await mesh.publish_map(
-        grants=[("alice-id", "*")], session_rules={("alice-id", "*"): rules}
-    )
+    await mesh.publish_map(grants=[("alice-id", "*")], session_rules={("alice-id", "*"): rules})
     return await factory.start()
 
 
@@ -75,7 +73,11 @@ async def test_an_idle_pty_session_ends_within_a_second_of_its_limit_and_output_
     assert b"never" not in seen
     assert status == 255
     event = await mesh.wait_audit(lambda e: e.kind == "session-limit")
-    assert (event.reason, event.jwt_user, event.local_user) == ("idle_timeout", "alice-id", local_user)
+    assert (event.reason, event.jwt_user, event.local_user) == (
+        "idle_timeout",
+        "alice-id",
+        local_user,
+    )
     end = await mesh.wait_audit(lambda e: e.kind == "session-end")
     assert end.reason == "idle_timeout"
     assert server.metric("meshssh_sshd_session_limits_total", reason="idle_timeout") == 1
@@ -112,7 +114,9 @@ async def test_sessions_without_rules_have_no_limits(
     )
     server = await sshd_factory.start()
     client = client_for(server)
-    result = await client.ssh("sleep 1.6; echo done", token=issuer.mint("alice-id"), user=local_user)
+    result = await client.ssh(
+        "sleep 1.6; echo done", token=issuer.mint("alice-id"), user=local_user
+    )
     assert (result.returncode, result.out) == (0, "done\n"), result.err
     result = await client.ssh("sleep 1.6; echo done", token=issuer.mint("bob-id"), user=local_user)
     assert result.returncode == 255

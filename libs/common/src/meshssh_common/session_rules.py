@@ -112,5 +112,6 @@ def login_age_refusal(
         return "the token says nothing of when you signed in"
     age = now - float(login)
     if age > rules.check_period + skew:
-        return f"you signed in {int(age)} s ago; this peer wants a login at most {rules.check_period} s old"
+        wanted = rules.check_period
+        return f"you signed in {int(age)} s ago; this peer wants a login at most {wanted} s old"
     return ""
