@@ -95,6 +95,16 @@ class SshdMetrics:
             "Sessions a session rule ended, by limit",
             ("reason",),  # idle_timeout | max_session
         )
+        self.recordings = base.counter(
+            "recordings",
+            "Session recordings by mode and what happened",
+            ("mode", "result"),  # required | best_effort; started | unavailable | lost | backlog
+        )
+        self.recording_bytes = base.counter(
+            "recording_bytes",
+            "Bytes of recordings by result",
+            ("result",),  # stored | failed | dropped
+        )
         self.netmap_serial = base.gauge("netmap_serial", "Serial of the network map in use")
         self.audit = base.counter(
             "audit_events",

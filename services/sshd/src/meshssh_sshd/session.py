@@ -34,7 +34,9 @@ from meshssh_common.wire import AuditKind, SessionInfo
 from meshssh_sshd.accounts import NOT_AVAILABLE, Account
 from meshssh_sshd.login_env import session_env, shell_argv
 from meshssh_sshd.process_launch import ChildProcess, LaunchSpec, PtySpec, exit_signal_name
+from meshssh_sshd.recorder import LOST_TEXT, UNAVAILABLE_TEXT, Recorder
 from meshssh_sshd.session_clock import SessionClock
+from meshssh_sshd.session_recording import open_recorder
 from meshssh_sshd.sessions import LiveConnection
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._started = time.monotonic()
         self._ended_by = ""  # a session rule's limit that ended the session
         self._clock = SessionClock(record.rules, expired=self._limit_reached)
+        self._recorder: Recorder | None = None  # _run, when the login's rules say so
 
     # -- requests (return True to accept) -----------------------------------------------------
 
@@ -108,6 +111,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self._pty is None:
             return
         self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
+        if self._recorder is not None:
+            self._recorder.resize(width, height)
         if self._child is not None:
             self._child.resize(self._pty)
 
@@ -139,6 +144,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         """Client input: to the process, or held until it started."""
         self._bytes_in += len(data)
         self._clock.touch()
+        if self._recorder is not None:
+            self._recorder.input(data)
         if self._child is not None:
             self._child.write(data)
         else:
@@ -195,6 +202,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             return
         self._bytes_out += len(data)
         self._clock.touch()
+        if self._recorder is not None:
+            self._recorder.output(data)
         if stderr:
             chan.write_stderr(data)
         else:
@@ -224,6 +233,16 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         core.audit.emit("session-limit", **self._fields(summarize(self._command)), reason=reason)
         self._log.info("session ended by a session rule", extra={"reason": reason})
         self.notify(text)
+        if self._chan is not None and not self._lost:
+            self._chan.exit(255)
+
+    def _recording_lost(self, reason: str) -> None:
+        """A ``required`` recording stopped being stored: the session ends (fail closed)."""
+        core = self._core
+        self._ended_by = "recording_" + reason
+        core.audit.emit("recording-failed", **self._fields(summarize(self._command)), reason=reason)
+        self._log.warning("session ended: its required recording failed", extra={"reason": reason})
+        self.notify(LOST_TEXT)
         if self._chan is not None and not self._lost:
             self._chan.exit(255)
 
@@ -294,12 +313,29 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             command=summary,
             started_at=time.time(),
         )
+        may_start, self._recorder = await open_recorder(
+            core,
+            record,
+            session_id=self._id,
+            local_user=self._account.name,
+            pty=self._pty,
+            kind=self._kind,
+            command=summary,
+            log=self._log,
+            failed=self._recording_lost,
+        )
+        if not may_start:
+            self.notify(UNAVAILABLE_TEXT)
+            self._finish(1)
+            return
         try:
             self._child = await ChildProcess.start(spec, self)
         except OSError as e:
             self._log.warning("session process did not start", extra={"error": str(e)})
             self.notify(f"meshssh: cannot start the session: {e.strerror or e}")
             self._finish(1)
+            if self._recorder is not None:
+                core.tasks.spawn(self._recorder.close(), f"recorder-{self._id}")
             return
         self._begin(info)
         self._core.children.add(self._child)
@@ -317,6 +353,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             if not self._child.exited.is_set():  # cancelled at shutdown: do not leave it running
                 self._child.send_signal(signal.SIGKILL)
             self._child.close()
+            if self._recorder is not None:
+                core.tasks.spawn(self._recorder.close(), f"recorder-{self._id}")
             self._end(info)
 
     def _fields(self, summary: str) -> dict[str, Any]:

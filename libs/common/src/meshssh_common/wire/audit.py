@@ -21,6 +21,7 @@ AuditKind = Literal[
     "sftp-end",
     "access-revoked",
     "session-limit",
+    "recording-failed",
     "admin-change",
 ]
 
