@@ -221,6 +221,8 @@ class BusKeys:
         parts = [
             f'host: "{host}"',
             f"port: {port}",
+            # service JWTs carry their permission lists in CONNECT: above the 4 KiB default
+            "max_control_line: 16KB",
             f'jetstream {{ store_dir: "{store}" }}',
             self.auth_config(),
             f'resolver {{ type: full, dir: "{resolver}", allow_delete: false, interval: "2m" }}',

@@ -142,7 +142,10 @@ def _service(inbox: str, requests: str) -> list[str]:
 def policy_permissions(inbox: str) -> Permissions:
     """The management plane: its state, the maps, the audit stream, heartbeats; not authn's keys."""
     pub = [*_JS_COMMON, subjects.AUDIT_ADMIN, *js_stream_write(subjects.AUDIT_STREAM)]
-    pub += js_stream_write(subjects.RECORDINGS_STREAM)
+    pub += [
+        f"$JS.API.STREAM.*.{subjects.RECORDINGS_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{subjects.RECORDINGS_STREAM}",
+    ]  # create, info, read
     for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS):
         pub += _kv_write(bucket)
     pub += _kv_read(subjects.BUCKET_JWKS)
