@@ -409,3 +409,47 @@ async def test_sessions_ls_export_and_play_read_the_recordings_stream_policy_mad
     assert "no recording of session 'nosuchsession'" in missing.err
     bad = await meshctl("sessions", "play", "abc123def456", "--speed", "0")
     assert (bad.code, bad.err.strip()) == (1, "meshctl: --speed must be above 0")
+
+
+async def test_policies_create_takes_the_ssh_rules_session_options(meshctl: Meshctl) -> None:
+    await ok(meshctl, "groups", "create", "servers")
+    await ok(meshctl, "groups", "create", "ops")
+    created = await ok(
+        meshctl,
+        "policies",
+        "create",
+        "ops ssh",
+        "--id",
+        "ops-ssh",
+        "--source",
+        "ops",
+        "--destination",
+        "servers",
+        "--protocol",
+        "ssh",
+        "--recording",
+        "required",
+        "--idle-timeout",
+        "15m",
+        "--max-session",
+        "8h",
+        "--check-period",
+        "12h",
+        "--record-exec",
+    )
+    assert (
+        "(recording=required idle_timeout=900s max_session=28800s check_period=43200s "
+        "record_exec)" in created.out
+    )
+    rule = (await ok(meshctl, "--json", "policies", "show", "ops-ssh")).json()["rules"][0]
+    assert (rule["recording"], rule["idle_timeout"], rule["record_input"]) == (
+        "required",
+        900,
+        False,
+    )
+    bad = await meshctl(
+        "policies", "create", "x", "--source", "ops", "--destination", "servers",
+        "--idle-timeout", "5m",
+    )  # fmt: skip
+    assert bad.code == 1
+    assert "idle_timeout: only accept rules with protocol 'ssh' take it" in bad.err

@@ -139,6 +139,21 @@ def _policies(sub: Any) -> None:
         metavar="GROUP[=USER,...]",
         help="ssh rules: users of GROUP may log in as USERs (none = any)",
     )
+    create.add_argument(
+        "--recording",
+        choices=["off", "best_effort", "required"],
+        help="ssh rules: record sessions (required: no session without its recording)",
+    )
+    for flag, what in (
+        ("--idle-timeout", "end sessions idle (no input or output) this long"),
+        ("--max-session", "end sessions this long"),
+        ("--check-period", "refuse logins older than this (re-authenticate)"),
+    ):
+        create.add_argument(
+            flag, type=cmd.parse_duration, metavar="DURATION", help=f"ssh rules: {what}"
+        )
+    create.add_argument("--record-input", action="store_true", help="record keystrokes too")
+    create.add_argument("--record-exec", action="store_true", help="record non-PTY commands")
     create.add_argument("--disabled", action="store_true", help="create it switched off")
     create.add_argument("--file", help="a JSON policy body (as POST /api/v1/policies)")
     _leaf(policies, "rm", "remove a policy", cmd.policies_rm).add_argument("id")
