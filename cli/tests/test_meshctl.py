@@ -442,11 +442,8 @@ async def test_policies_create_takes_the_ssh_rules_session_options(meshctl: Mesh
         "record_exec)" in created.out
     )
     rule = (await ok(meshctl, "--json", "policies", "show", "ops-ssh")).json()["rules"][0]
-    assert (rule["recording"], rule["idle_timeout"], rule["record_input"]) == (
-        "required",
-        900,
-        False,
-    )
+    assert (rule["recording"], rule["idle_timeout"], rule["record_exec"]) == ("required", 900, True)
+    assert "record_input" not in rule  # defaults are left out
     bad = await meshctl(
         "policies", "create", "x", "--source", "ops", "--destination", "servers",
         "--idle-timeout", "5m",
