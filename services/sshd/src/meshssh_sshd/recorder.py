@@ -9,8 +9,11 @@ when the rule says ``record_input``). Concatenating the messages in order gives 
 Events are buffered and published by one task, a chunk at a time (each awaits the stream's
 ack), so the session never waits on the stream. With ``required`` the session starts only once
 the header is acked, and it ends (``failed`` is called once) when a publish is not acked or the
-backlog outgrows :data:`MAX_BACKLOG`. With ``best_effort`` failures are counted and logged,
-and events are dropped rather than held without bound.
+backlog outgrows :data:`MAX_BACKLOG`; above :data:`HIGH_WATER` unacked bytes it asks the
+session to stop reading the program's output (``pressure(True)``) until the stream caught up,
+so a fast program runs at the stream's pace instead of losing its recording. With
+``best_effort`` nothing slows the session: failures are counted and logged, and events are
+dropped rather than held without bound.
 
 Example::
 
@@ -39,12 +42,22 @@ from meshssh_common.logs import BoundLogger
 from meshssh_common.recording_stream import MAX_CHUNK
 from meshssh_sshd.metrics import SshdMetrics
 
-__all__ = ["LOST_TEXT", "MAX_BACKLOG", "UNAVAILABLE_TEXT", "Recorder", "asciicast_header"]
+__all__ = [
+    "HIGH_WATER",
+    "LOST_TEXT",
+    "MAX_BACKLOG",
+    "UNAVAILABLE_TEXT",
+    "Recorder",
+    "asciicast_header",
+]
 
 MAX_BACKLOG = 8 * 2**20  # bytes of events not yet acked before the recorder gives up
+HIGH_WATER = 2 * 2**20  # required: above this backlog the program's output is paused...
+LOW_WATER = 512 * 1024  # ...until it is below this
 _PIECE = 16 * 1024  # output is cut into pieces of at most this many bytes per event
 _FLUSH_EVERY = 0.2  # seconds between chunks while output trickles
 _ACK_TIMEOUT = 2.0
+_WINDOW = 4  # chunks awaiting their acks at once
 
 UNAVAILABLE_TEXT = (
     "meshssh: this session must be recorded, and the recording service did not answer; "
@@ -69,8 +82,11 @@ class Recorder:
         metrics: SshdMetrics,
         log: BoundLogger,
         failed: Callable[[str], None],
+        pressure: Callable[[bool], None] | None = None,
     ) -> None:
         self._js = js
+        self._pressure = pressure
+        self._pressing = False
         self._subject = subject
         self._header = header
         self._required = required
@@ -145,6 +161,13 @@ class Recorder:
         self._size += len(line)
         if self._size >= MAX_CHUNK // 2:
             self._wake.set()
+        if self._required and self._size > HIGH_WATER and not self._pressing:
+            self._press(True)
+
+    def _press(self, on: bool) -> None:
+        self._pressing = on
+        if self._pressure is not None:
+            self._pressure(on)
 
     def _overflow(self, size: int) -> None:
         self._dropped += size
@@ -179,19 +202,36 @@ class Recorder:
         return b"".join(out)
 
     async def _run(self) -> None:
-        while not self._broken:
-            if not self._lines:
-                if self._closing:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_FLUSH_EVERY):
-                        await self._wake.wait()
-                self._wake.clear()
+        """Publish chunks in order, up to :data:`_WINDOW` awaiting their acks at once."""
+        inflight: deque[asyncio.Task[bool]] = deque()
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._broken:
                 if not self._lines:
+                    if inflight:
+                        await self._settle(inflight.popleft())
+                        continue
+                    if self._closing:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_FLUSH_EVERY):
+                            await self._wake.wait()
+                    self._wake.clear()
                     continue
-            chunk = self._take()
-            if not await self._publish(chunk):
-                self._fail("lost")
+                # Tasks write their message as they start, so the stream gets them in order.
+                inflight.append(loop.create_task(self._publish(self._take())))
+                await asyncio.sleep(0)
+                if len(inflight) >= _WINDOW:
+                    await self._settle(inflight.popleft())
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    async def _settle(self, task: asyncio.Task[bool]) -> None:
+        if not await task:
+            self._fail("lost")
+        elif self._pressing and self._size < LOW_WATER:
+            self._press(False)
 
     def _fail(self, reason: str) -> None:
         if self._broken:

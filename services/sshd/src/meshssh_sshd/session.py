@@ -90,6 +90,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._ended_by = ""  # a session rule's limit that ended the session
         self._clock = SessionClock(record.rules, expired=self._limit_reached)
         self._recorder: Recorder | None = None  # _run, when the login's rules say so
+        self._paused_by: set[str] = set()  # who paused the program's output: client, recorder
 
     # -- requests (return True to accept) -----------------------------------------------------
 
@@ -175,12 +176,24 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def pause_writing(self) -> None:
         """The client's window is full: stop reading the process's output."""
-        if self._child is not None:
-            self._child.pause_output()
+        self._pause_output("client", True)
 
     def resume_writing(self) -> None:
         """The client's window opened again."""
-        if self._child is not None:
+        self._pause_output("client", False)
+
+    def _pause_output(self, by: str, on: bool) -> None:
+        """Output is read only while neither the client nor a required recording holds it."""
+        was = bool(self._paused_by)
+        if on:
+            self._paused_by.add(by)
+        else:
+            self._paused_by.discard(by)
+        if self._child is None or was == bool(self._paused_by):
+            return
+        if self._paused_by:
+            self._child.pause_output()
+        else:
             self._child.resume_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -323,6 +336,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             command=summary,
             log=self._log,
             failed=self._recording_lost,
+            pressure=lambda on: self._pause_output("recorder", on),
         )
         if not may_start:
             self.notify(UNAVAILABLE_TEXT)

@@ -49,6 +49,7 @@ async def open_recorder(
     command: str,
     log: BoundLogger,
     failed: Callable[[str], None],
+    pressure: Callable[[bool], None],
 ) -> tuple[bool, Recorder | None]:
     """``(may the session start, its recorder or None)``; audits a recording that failed."""
     if not wanted(record, pty, kind):
@@ -84,6 +85,7 @@ async def open_recorder(
             metrics=core.metrics,
             log=log,
             failed=failed,
+            pressure=pressure,
         )
         if await recorder.open():
             return True, recorder
