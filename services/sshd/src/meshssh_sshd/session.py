@@ -240,22 +240,18 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def _limit_reached(self, reason: str, text: str) -> None:
         """A session rule's limit (idle timeout, maximum length) ends the session."""
-        core = self._core
-        self._ended_by = reason
-        core.metrics.session_limits.labels(reason=reason).inc()
-        core.audit.emit("session-limit", **self._fields(summarize(self._command)), reason=reason)
-        self._log.info("session ended by a session rule", extra={"reason": reason})
-        self.notify(text)
-        if self._chan is not None and not self._lost:
-            self._chan.exit(255)
+        self._core.metrics.session_limits.labels(reason=reason).inc()
+        self._end_by_rule("session-limit", reason, reason, text)
 
     def _recording_lost(self, reason: str) -> None:
         """A ``required`` recording stopped being stored: the session ends (fail closed)."""
-        core = self._core
-        self._ended_by = "recording_" + reason
-        core.audit.emit("recording-failed", **self._fields(summarize(self._command)), reason=reason)
-        self._log.warning("session ended: its required recording failed", extra={"reason": reason})
-        self.notify(LOST_TEXT)
+        self._end_by_rule("recording-failed", reason, "recording_" + reason, LOST_TEXT)
+
+    def _end_by_rule(self, kind: AuditKind, reason: str, ended_by: str, text: str) -> None:
+        self._ended_by = ended_by
+        self._core.audit.emit(kind, **self._fields(summarize(self._command)), reason=reason)
+        self._log.info("session ended by a session rule", extra={"kind": kind, "reason": reason})
+        self.notify(text)
         if self._chan is not None and not self._lost:
             self._chan.exit(255)
 
