@@ -16,11 +16,13 @@ from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
 from meshssh_common.recording_stream import (
+    MAX_CHUNK,
     ensure_recordings_stream,
     list_recordings,
     read_recording,
 )
 from meshssh_common.wire import SessionRules
+from meshssh_sshd import recorder
 from meshssh_sshd.recorder import LOST_TEXT, UNAVAILABLE_TEXT
 from meshssh_testkit.asciicast import Cast, parse_asciicast
 
@@ -276,3 +278,34 @@ async def test_a_required_recording_whose_acks_stop_ends_the_session(
     event = await mesh.wait_audit(lambda e: e.kind == "recording-failed")
     assert event.reason == "lost"
     assert server.metric("meshssh_sshd_recordings_total", mode="required", result="lost") == 1
+
+
+async def test_a_required_recording_paces_a_fast_program_instead_of_losing_output(
+    recordings: NATS,
+    mesh: Mesh,
+    sshd_factory: SshdFactory,
+    client_for: Any,
+    issuer: Issuer,
+    local_user: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A backlog limit of two chunks, so that 24 MiB of output would overflow it many times
+    # over if the recorder did not pause the program's output.
+    monkeypatch.setattr(recorder, "MAX_BACKLOG", 2 * MAX_CHUNK)
+    monkeypatch.setattr(recorder, "HIGH_WATER", MAX_CHUNK)
+    monkeypatch.setattr(recorder, "LOW_WATER", MAX_CHUNK // 2)
+    size = 24 * 2**20
+    rules = SessionRules(recording="required", record_exec=True)
+    await mesh.publish_map(session_rules={("alice-id", "*"): rules})
+    server = await sshd_factory.start()
+    result = await client_for(server).ssh(
+        f"head -c {size} /dev/zero | tr '\\0' a",
+        token=issuer.mint("alice-id"),
+        user=local_user,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.err
+    assert len(result.stdout) == size
+    (cast,) = await _recording(recordings, timeout=60)
+    assert cast.output() == "a" * size
+    assert server.metric("meshssh_sshd_recording_bytes_total", result="dropped") == 0
