@@ -148,7 +148,7 @@ def permit_open(data: bytes) -> None:
         return
     assert PermitOpen.parse(rule.specs) == rule
     host, _, port = dest.rpartition(":")
-    rule.allows(host, int(port) if port.isdigit() and len(port) < 6 else 22)
+    rule.allows(host, int(port) if port.isascii() and port.isdigit() and len(port) < 6 else 22)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -26,6 +26,7 @@ from meshssh_common.wire import (
     SessionInfo,
 )
 from meshssh_testkit import script
+from meshssh_testkit.asciicast import parse_asciicast
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.process import run_command
@@ -347,3 +348,105 @@ async def test_bus_revoke_cuts_a_rotated_service_key_off(
     bad = await meshctl("bus", "revoke", "not-a-key")
     assert bad.code == 1
     assert "is not a NATS user public key" in bad.err
+
+
+# -- recorded sessions -------------------------------------------------------------------------
+
+
+async def _store_recording(nc: NATS, peer: str, session: str) -> bytes:
+    """A recording as sshd stores it: the header, then chunks of event lines."""
+    header = {
+        "version": 2,
+        "width": 100,
+        "height": 30,
+        "timestamp": 1_700_000_000,
+        "env": {"TERM": "xterm"},
+        "meshssh": {"user": "alice-id", "local_user": "deploy", "source": "127.0.0.3:5000"},
+    }
+    chunks = [
+        json.dumps(header).encode() + b"\n",
+        b'[0.1, "o", "hello \\u001b[1mbold\\u001b[0m\\r\\n"]\n[0.2, "r", "80x24"]\n',
+        b'[1.5, "o", "caf\\u00e9 \\u2713\\r\\n"]\n',
+    ]
+    js = nc.jetstream()
+    for chunk in chunks:
+        await js.publish(subjects.recording(peer, session), chunk, timeout=5)
+    return b"".join(chunks)
+
+
+async def test_sessions_ls_export_and_play_read_the_recordings_stream_policy_made(
+    meshctl: Meshctl, nc: NATS
+) -> None:
+    info = await nc.jetstream().stream_info(subjects.RECORDINGS_STREAM)  # made by policy
+    assert (info.config.max_bytes, info.config.max_age) == (10 * 2**30, 90 * 86400.0)
+    stored = await _store_recording(nc, "web1", "abc123def456")
+    listed = (await ok(meshctl, "--json", "sessions", "ls")).json()
+    assert [(r["session"], r["peer"], r["user"], r["chunks"]) for r in listed] == [
+        ("abc123def456", "web1", "alice-id", 3)
+    ]
+    human = await ok(meshctl, "sessions", "ls")
+    assert "abc123def456" in human.out
+    assert "alice-id as deploy" in human.out
+    exported = await run_command(
+        script("meshctl"),
+        "sessions",
+        "export",
+        "abc123def456",
+        env={"MESHSSH_API_URL": meshctl.api, "MESHSSH_ADMIN_TOKEN": TOKEN},
+        timeout=30,
+    )
+    assert exported.returncode == 0, exported.err
+    assert exported.stdout == stored
+    cast = parse_asciicast(exported.stdout)
+    assert cast.output() == "hello \x1b[1mbold\x1b[0m\r\ncaf\u00e9 \u2713\r\n"
+    started = time.monotonic()
+    played = await ok(meshctl, "sessions", "play", "abc123def456", "--speed", "5")
+    elapsed = time.monotonic() - started
+    assert played.out == cast.output()
+    assert elapsed >= 1.5 / 5  # the 1.4 s between the two outputs, 5 times faster
+    missing = await meshctl("sessions", "export", "nosuchsession")
+    assert missing.code == 1
+    assert "no recording of session 'nosuchsession'" in missing.err
+    bad = await meshctl("sessions", "play", "abc123def456", "--speed", "0")
+    assert (bad.code, bad.err.strip()) == (1, "meshctl: --speed must be above 0")
+
+
+async def test_policies_create_takes_the_ssh_rules_session_options(meshctl: Meshctl) -> None:
+    await ok(meshctl, "groups", "create", "servers")
+    await ok(meshctl, "groups", "create", "ops")
+    created = await ok(
+        meshctl,
+        "policies",
+        "create",
+        "ops ssh",
+        "--id",
+        "ops-ssh",
+        "--source",
+        "ops",
+        "--destination",
+        "servers",
+        "--protocol",
+        "ssh",
+        "--recording",
+        "required",
+        "--idle-timeout",
+        "15m",
+        "--max-session",
+        "8h",
+        "--check-period",
+        "12h",
+        "--record-exec",
+    )
+    assert (
+        "(recording=required idle_timeout=900s max_session=28800s check_period=43200s "
+        "record_exec)" in created.out
+    )
+    rule = (await ok(meshctl, "--json", "policies", "show", "ops-ssh")).json()["rules"][0]
+    assert (rule["recording"], rule["idle_timeout"], rule["record_exec"]) == ("required", 900, True)
+    assert "record_input" not in rule  # defaults are left out
+    bad = await meshctl(
+        "policies", "create", "x", "--source", "ops", "--destination", "servers",
+        "--idle-timeout", "5m",
+    )  # fmt: skip
+    assert bad.code == 1
+    assert "idle_timeout: only accept rules with protocol 'ssh' take it" in bad.err

@@ -27,6 +27,7 @@ from meshssh_common.bus_permissions import admin_permissions, inbox_prefix
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import ConfigError
 from meshssh_common.nats_jwt import Prefix, new_key, read_creds, user_jwt, write_creds
+from meshssh_common.recording_stream import ensure_recordings_stream
 from meshssh_testkit import NatsServer
 
 NETMAPS = subjects.BUCKET_NETMAPS
@@ -298,6 +299,23 @@ async def test_a_peer_cannot_speak_for_another_peer(bus: NatsServer, nc: NATS) -
             await peer.refused("publish", subject)
     with pytest.raises(nats.errors.TimeoutError):
         await heard.next_msg(timeout=0.5)  # nothing got through
+
+
+async def test_a_peer_stores_recordings_on_its_own_subjects_only(bus: NatsServer, nc: NATS) -> None:
+    await ensure_recordings_stream(nc.jetstream())
+    async with connected(bus, bus.peer_creds("p1")) as peer:
+        ack = await peer.nc.jetstream().publish(subjects.recording("p1", "s1"), b"cast", timeout=5)
+        assert ack.stream == subjects.RECORDINGS_STREAM
+        peer.clean()
+        forged = subjects.recording("p2", "s1")
+        await peer.nc.publish(forged, b"forged")
+        await peer.refused("publish", forged)
+        # nor read other recordings back
+        read = f"$JS.API.STREAM.MSG.GET.{subjects.RECORDINGS_STREAM}"
+        await peer.nc.publish(read, b"{}", reply=peer.nc.new_inbox())
+        await peer.refused("publish", read)
+    info = await nc.jetstream().stream_info(subjects.RECORDINGS_STREAM, subjects_filter=">")
+    assert info.state.subjects == {subjects.recording("p1", "s1"): 1}
 
 
 async def test_a_peer_cannot_create_a_stream(bus: NatsServer) -> None:

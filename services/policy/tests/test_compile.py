@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
 from meshssh_common.acl import AclDecision, check_inbound
+from meshssh_common.session_rules import rules_for
 from meshssh_common.ssh_auth import authorize
 from meshssh_common.wire import (
     JwksSnapshot,
@@ -14,6 +17,7 @@ from meshssh_common.wire import (
     PeerFlags,
     PeerMeta,
     PortRange,
+    SessionRules,
 )
 from meshssh_policy.compiler import Compiler, tombstone
 from meshssh_policy.index import Index
@@ -352,3 +356,50 @@ def test_a_removed_peer_gets_an_empty_map() -> None:
 def test_two_compilations_of_one_state_are_equal() -> None:
     state = make_state(ssh_rule(admins=("root",), devs=()), tcp22())
     assert compile_map(state) == compile_map(state)
+
+
+# -- session rules ---------------------------------------------------------------------------
+
+
+def _ssh(groups: dict[str, tuple[str, ...]], **options: Any) -> RuleRecord:
+    return RuleRecord(
+        sources=("laptops",),
+        destinations=("servers",),
+        protocol="ssh",
+        authorized_groups=groups,
+        **options,
+    )
+
+
+def test_each_grant_carries_the_strictest_rules_of_the_rules_that_grant_it() -> None:
+    state = make_state(
+        _ssh({"devs": ()}, recording="best_effort", idle_timeout=900, check_period=3600),
+        _ssh({"devs": ("deploy",)}, recording="required", idle_timeout=300, max_session=7200),
+        _ssh({"admins": ()}),  # no options: bob has no rules
+    )
+    table = Compiler(state, Index.build(state), PREFIX).compile("srv").ssh_auth
+    assert authorize(table, "alice", "deploy")
+    assert rules_for(table, "alice", "deploy") == SessionRules(
+        recording="required", idle_timeout=300, max_session=7200, check_period=3600
+    )
+    assert rules_for(table, "alice", "web") == SessionRules(
+        recording="best_effort", idle_timeout=900, check_period=3600
+    )
+    assert rules_for(table, "bob", "deploy") == SessionRules()
+    assert "alice" not in str(table)  # keyed by the user's index, never the id
+
+
+def test_a_map_without_session_options_is_unchanged() -> None:
+    table = Compiler(*_built(make_state(_ssh({"devs": ()})))).compile("srv").ssh_auth
+    assert (table.session_rules, table.session_grants) == ((), {})
+
+
+def _built(state: State) -> tuple[State, Index, str]:
+    return state, Index.build(state), PREFIX
+
+
+def test_an_ssh_rule_for_every_known_user_applies_its_rules_to_each() -> None:
+    state = make_state(_ssh({}, max_session=60), switch=False)
+    table = Compiler(*_built(state)).compile("srv").ssh_auth
+    assert rules_for(table, "carol", "x").max_session == 60
+    assert rules_for(table, "dave", "x") == SessionRules()  # no user record: not let in either

@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
 from meshssh_common.signed_doc import Signer
+from meshssh_common.session_rules import attach
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import (
     AuditEvent,
@@ -49,6 +50,7 @@ from meshssh_common.wire import (
     JwtConfig,
     NetworkMap,
     PeerConfig,
+    SessionRules,
     SourcePeer,
 )
 from meshssh_common.wire.authn import peer_audience
@@ -199,6 +201,7 @@ class Mesh:
         source_peers: Sequence[SourcePeer] = (),
         claim: str = "sub",
         signer: Signer | None = None,
+        session_rules: Mapping[tuple[str, str], SessionRules] | None = None,
     ) -> NetworkMap:
         self.serial += 1
         netmap = NetworkMap(
@@ -212,7 +215,9 @@ class Mesh:
                 jwt=(jwt or jwt_config()) if with_jwt else None,
             ),
             firewall_rules=tuple(rules) if rules is not None else (accept_rule("127.0.0.0/8"),),
-            ssh_auth=build_table(claim, grants, any_validated_user=open_to),
+            ssh_auth=attach(
+                build_table(claim, grants, any_validated_user=open_to), session_rules or {}
+            ),
             source_peers=tuple(source_peers),
         )
         bucket = await open_bucket(self.nc.jetstream(), subjects.BUCKET_NETMAPS)

@@ -86,6 +86,24 @@ class AdminApi:
         except ValueError as e:
             raise AdminError(f"the management API sent a reply that is not JSON: {e}") from e
 
+    def get_bytes(self, path: str) -> bytes:
+        """GET ``path`` and return the body as it came (files, not JSON).
+
+        Raises:
+            AdminError: unreachable, refused, or an error reply.
+        """
+        try:
+            r = self._client.get(path)
+        except httpx.HTTPError as e:
+            raise AdminError(f"request to {self.url} failed: {e}") from e
+        if r.status_code >= 400:
+            try:
+                message = str(r.json().get("error") or r.text)
+            except ValueError:
+                message = r.text.strip() or r.reason_phrase
+            raise AdminError(" ".join(message.split()) or f"HTTP {r.status_code}")
+        return r.content
+
     def get(self, path: str) -> Any:
         """GET ``path``."""
         return self.call("GET", path)

@@ -258,6 +258,7 @@ def policies_create(args: argparse.Namespace, api: AdminApi) -> Result:
         }
         if args.authorized_group:
             rule["authorized_groups"] = _authorized(args.authorized_group)
+        rule.update(_session_options(args))
         body = {
             "name": args.name,
             "description": args.description,
@@ -268,6 +269,20 @@ def policies_create(args: argparse.Namespace, api: AdminApi) -> Result:
             body["id"] = args.id
     policy = api.call("POST", "/policies", body)
     return policy, f"created policy {policy['id']}\n" + table(*policy_rows([policy]))
+
+
+def _session_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ssh`` rule's session options that were given (the API checks them)."""
+    out: dict[str, Any] = {}
+    if args.recording is not None:
+        out["recording"] = args.recording
+    for name in ("idle_timeout", "max_session", "check_period"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
+    for name in ("record_input", "record_exec"):
+        if getattr(args, name):
+            out[name] = True
+    return out
 
 
 def policies_rm(args: argparse.Namespace, api: AdminApi) -> Result:

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from meshssh_cli.meshctl import commands as cmd
 from meshssh_cli.meshctl.api import AdminApi, AdminError, resolve_settings
 from meshssh_cli.meshctl.audit import audit
+from meshssh_cli.meshctl.sessions import sessions_export, sessions_ls, sessions_play
 from meshssh_common.version import VERSION
 
 __all__ = ["build_parser", "main"]
@@ -138,6 +139,21 @@ def _policies(sub: Any) -> None:
         metavar="GROUP[=USER,...]",
         help="ssh rules: users of GROUP may log in as USERs (none = any)",
     )
+    create.add_argument(
+        "--recording",
+        choices=["off", "best_effort", "required"],
+        help="ssh rules: record sessions (required: no session without its recording)",
+    )
+    for flag, what in (
+        ("--idle-timeout", "end sessions idle (no input or output) this long"),
+        ("--max-session", "end sessions this long"),
+        ("--check-period", "refuse logins older than this (re-authenticate)"),
+    ):
+        create.add_argument(
+            flag, type=cmd.parse_duration, metavar="DURATION", help=f"ssh rules: {what}"
+        )
+    create.add_argument("--record-input", action="store_true", help="record keystrokes too")
+    create.add_argument("--record-exec", action="store_true", help="record non-PTY commands")
     create.add_argument("--disabled", action="store_true", help="create it switched off")
     create.add_argument("--file", help="a JSON policy body (as POST /api/v1/policies)")
     _leaf(policies, "rm", "remove a policy", cmd.policies_rm).add_argument("id")
@@ -179,6 +195,23 @@ def _bus(sub: Any) -> None:
     revoke.add_argument("key", help="the user public key (U...), e.g. printed by init --rotate")
 
 
+def _sessions(sub: Any) -> None:
+    sessions = _group(sub, "sessions", "recorded SSH sessions: list, play, export", sessions_ls)
+    _leaf(sessions, "ls", "recorded sessions, newest first", sessions_ls)
+    play = _leaf(sessions, "play", "replay a recorded session on this terminal", sessions_play)
+    play.add_argument("id", help="the session id (meshctl sessions ls)")
+    play.add_argument("--speed", type=float, default=1.0, help="times faster (default 1)")
+    play.add_argument(
+        "--idle-limit", type=float, default=0.0, help="cut pauses to this many seconds"
+    )
+    play.set_defaults(raw_output=True)
+    export = _leaf(
+        sessions, "export", "write a recording (asciicast v2) to stdout", sessions_export
+    )
+    export.add_argument("id", help="the session id (meshctl sessions ls)")
+    export.set_defaults(raw_output=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level ``meshctl`` parser."""
     parser = _Parser(prog="meshctl", description="meshssh operator CLI", parents=[_common()])
@@ -190,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policies(sub)
     _setup_keys(sub)
     _bus(sub)
+    _sessions(sub)
     _leaf(sub, "status", "the API replica's state", cmd.status)
     log = _leaf(sub, "audit", "the audit log, newest first (admin changes, SSH events)", audit)
     log.add_argument("--user", default="", help="a user id (JWT user or dashboard user)")
@@ -217,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdminError as e:
         sys.stderr.write(f"meshctl: {e}\n")
         return 1
+    if getattr(args, "raw_output", False):
+        return 0  # the handler wrote its output (a recording) itself
     out = json.dumps(data, indent=2) if getattr(args, "json", False) else text
     sys.stdout.write(out + "\n")
     return 0

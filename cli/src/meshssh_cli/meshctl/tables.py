@@ -153,6 +153,13 @@ def rule_text(rule: dict[str, Any]) -> str:
     authorized = rule.get("authorized_groups") or {}
     if authorized:
         text += " as " + ";".join(f"{g}={','.join(u) or '*'}" for g, u in authorized.items())
+    options = [f"recording={rule['recording']}"] if rule.get("recording", "off") != "off" else []
+    options += [
+        f"{k}={rule[k]}s" for k in ("idle_timeout", "max_session", "check_period") if rule.get(k)
+    ]
+    options += [k for k in ("record_input", "record_exec") if rule.get(k)]
+    if options:
+        text += " (" + " ".join(options) + ")"
     return text
 
 

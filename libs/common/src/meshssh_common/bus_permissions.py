@@ -121,6 +121,7 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
         pub=[
             subjects.heartbeat(pid),
             f"meshssh.audit.v1.evt.*.{pid}",
+            subjects.recordings_of(pid),
             subjects.sshd_sessions(pid),
             subjects.POLICY_META,
             subjects.AUTHN_JWKS_REFRESH,
@@ -143,6 +144,10 @@ def policy_permissions(inbox: str) -> Permissions:
     """The management plane: its state, the maps, the audit stream, heartbeats; not authn's keys."""
     pub = [*_JS_COMMON, subjects.AUDIT_ADMIN, *js_stream_write(subjects.AUDIT_STREAM)]
     pub.append(subjects.POLICY_MEMBERS)  # replicas share out the maps (ownership.py)
+    pub += [
+        f"$JS.API.STREAM.*.{subjects.RECORDINGS_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{subjects.RECORDINGS_STREAM}",
+    ]  # create, info, read
     for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS):
         pub += _kv_write(bucket)
     pub += _kv_read(subjects.BUCKET_JWKS)

@@ -43,11 +43,16 @@ __all__ = [
     "NETMAP_ALL",
     "POLICY_MEMBERS",
     "POLICY_META",
+    "RECORDINGS_STREAM",
+    "RECORDINGS_SUBJECTS",
     "STATE_BUCKETS",
     "audit_event",
     "device_code_key",
     "heartbeat",
     "netmap_key",
+    "recording",
+    "recording_any_peer",
+    "recordings_of",
     "sshd_sessions",
     "token",
     "user_code_key",
@@ -69,6 +74,9 @@ AUDIT_STREAM: Final = "MESHSSH_AUDIT"
 AUDIT_SUBJECTS: Final = "meshssh.audit.v1.evt.>"
 AUDIT_AUTH_ACCEPTED_ALL: Final = "meshssh.audit.v1.evt.auth-accepted.*"  # policy's first logins
 AUDIT_ADMIN: Final = "meshssh.audit.v1.evt.admin-change.policy"  # policy's management writes
+
+RECORDINGS_STREAM: Final = "MESHSSH_RECORDINGS"
+RECORDINGS_SUBJECTS: Final = "meshssh.rec.v1.>"
 
 BUCKET_NETMAPS: Final = "meshssh-netmaps"
 BUCKET_PEERS: Final = "meshssh-peers"
@@ -118,6 +126,21 @@ def netmap_key(peer_id: str) -> str:
 def audit_event(kind: str, peer_id: str) -> str:
     """Subject of one audit event: ``meshssh.audit.v1.evt.<kind>.<peer>``."""
     return f"meshssh.audit.v1.evt.{token(kind)}.{token(peer_id)}"
+
+
+def recording(peer_id: str, session_id: str) -> str:
+    """Subject of one session's recording chunks: ``meshssh.rec.v1.<peer>.<session>``."""
+    return f"meshssh.rec.v1.{token(peer_id)}.{token(session_id)}"
+
+
+def recordings_of(peer_id: str) -> str:
+    """Every recording subject of one peer (what the peer may publish)."""
+    return f"meshssh.rec.v1.{token(peer_id)}.*"
+
+
+def recording_any_peer(session_id: str) -> str:
+    """A session's recording subject, whichever peer recorded it."""
+    return f"meshssh.rec.v1.*.{token(session_id)}"
 
 
 def sshd_sessions(peer_id: str) -> str:

@@ -35,6 +35,7 @@ from meshssh_policy.api_bus import admin_router as bus_router
 from meshssh_policy.api_bus import public_router as register_router
 from meshssh_policy.api_deps import MgmtDep
 from meshssh_policy.api_peers import router as peers_router
+from meshssh_policy.api_recordings import router as recordings_router
 from meshssh_policy.api_resources import router as resources_router
 from meshssh_policy.http_errors import http_status
 from meshssh_policy.management import Management
@@ -121,6 +122,7 @@ def create_app(mgmt: Management) -> FastAPI:
     app.include_router(bus_router, dependencies=admin)
     app.include_router(resources_router, dependencies=admin)
     app.include_router(audit_router, dependencies=admin)
+    app.include_router(recordings_router, dependencies=admin)
     app.add_middleware(AuditWrites, audit=mgmt.audit)
 
     @app.get("/api/v1/ssh/known_hosts", response_class=PlainTextResponse, tags=["public"])

@@ -56,6 +56,17 @@ class PortRangeIn(Body):
         return self
 
 
+_DAY = 86400
+_SESSION_FIELDS = (
+    "recording",
+    "idle_timeout",
+    "max_session",
+    "check_period",
+    "record_input",
+    "record_exec",
+)
+
+
 class RuleIn(Body):
     """One directional rule: ``sources`` may reach ``destinations``."""
 
@@ -66,6 +77,13 @@ class RuleIn(Body):
     port_ranges: list[PortRangeIn] = Field(default_factory=list)
     action: Literal["accept", "drop"] = "accept"
     authorized_groups: dict[Id, list[LocalUser]] = Field(default_factory=dict)
+    # Session rules (``ssh`` rules only; 0 means no limit), see docs/access-rules.md.
+    recording: Literal["off", "best_effort", "required"] = "off"
+    idle_timeout: int = Field(0, ge=0, le=_DAY * 30)
+    max_session: int = Field(0, ge=0, le=_DAY * 30)
+    check_period: int = Field(0, ge=0, le=_DAY * 365)
+    record_input: bool = False
+    record_exec: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleIn:
@@ -76,6 +94,11 @@ class RuleIn(Body):
             raise ValueError(f"ports: protocol {self.protocol!r} takes no ports or port_ranges")
         if self.protocol != "ssh" and self.authorized_groups:
             raise ValueError("authorized_groups: only rules with protocol 'ssh' take them")
+        session = [n for n in _SESSION_FIELDS if getattr(self, n) != RuleIn.model_fields[n].default]
+        if session and (self.protocol != "ssh" or self.action != "accept"):
+            raise ValueError(f"{session[0]}: only accept rules with protocol 'ssh' take it")
+        if (self.record_input or self.record_exec) and self.recording == "off":
+            raise ValueError("record_input/record_exec: set recording to best_effort or required")
         return self
 
 

@@ -28,18 +28,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from meshssh_common.session_rules import NONE, attach, strictest
 from meshssh_common.ssh_auth import WILDCARD, build_table
 from meshssh_common.wire import (
     FirewallRule,
     NetworkMap,
     PeerConfig,
     RemotePeer,
+    SessionRules,
     SourcePeer,
     SshAuth,
 )
 from meshssh_policy.firewall import expand_rule, peer_ssh_ready
 from meshssh_policy.index import Index, RuleRef, grants_known_users, opens_to_validated_users
-from meshssh_policy.records import PeerRecord
+from meshssh_policy.records import PeerRecord, RuleRecord
 from meshssh_policy.state import State
 
 __all__ = ["Compiler", "host_prefix", "tombstone"]
@@ -58,6 +60,17 @@ def tombstone(peer: PeerRecord, mesh_prefix: str) -> NetworkMap:
     return NetworkMap(
         serial=1,
         peer=PeerConfig(id=peer.id, name=peer.name, mesh_ip=peer.mesh_ip, mesh_prefix=mesh_prefix),
+    )
+
+
+def _session_of(rule: RuleRecord) -> SessionRules:
+    return SessionRules(
+        recording=rule.recording,
+        idle_timeout=rule.idle_timeout,
+        max_session=rule.max_session,
+        check_period=rule.check_period,
+        record_input=rule.record_input,
+        record_exec=rule.record_exec,
     )
 
 
@@ -209,6 +222,26 @@ class Compiler:
                     out.update((user, local) for local in (local_users or (WILDCARD,)))
         return frozenset(out)
 
+    def session_rules(self, refs: Iterable[RuleRef]) -> dict[Grant, SessionRules]:
+        """The strictest session rules per ``(user id, local user)`` grant of ``ssh`` rules."""
+        found: dict[Grant, list[SessionRules]] = {}
+        for ref in refs:
+            rule = ref.rule
+            if rule.action != "accept" or rule.protocol != "ssh":
+                continue
+            value = _session_of(rule)
+            if value == NONE:
+                continue
+            if grants_known_users(rule):
+                for grant in self._every_user():
+                    found.setdefault(grant, []).append(value)
+                continue
+            for gid, local_users in rule.authorized_groups.items():
+                for user in self.index.group_users.get(gid, ()):
+                    for local in local_users or (WILDCARD,):
+                        found.setdefault((user, local), []).append(value)
+        return {grant: strictest(values) for grant, values in found.items()}
+
     def compile(self, peer_id: str) -> NetworkMap:
         """The full map of an existing peer (``serial`` 1; the publisher sets it)."""
         peer = self.state.peers[peer_id]
@@ -229,7 +262,10 @@ class Compiler:
             ),
             firewall_rules=tuple(self.firewall_rules(peer, refs)),
             remote_peers=tuple(self.remote_entry(t) for t in targets if t != peer_id),
-            ssh_auth=self._table(self.grants(peer, refs), self.opened(peer, refs))
+            ssh_auth=attach(
+                self._table(self.grants(peer, refs), self.opened(peer, refs)),
+                self.session_rules(refs),
+            )
             if ssh
             else SshAuth(),
             source_peers=self.source_peers(peer_id, refs),

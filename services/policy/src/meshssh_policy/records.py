@@ -24,6 +24,7 @@ import msgspec
 
 from meshssh_common.ssh_auth import hash_user_id
 from meshssh_common.wire import PeerMeta, PortRange
+from meshssh_common.wire.netmap import Recording
 
 __all__ = [
     "ID_PATTERN",
@@ -123,6 +124,12 @@ class RuleRecord(Record, frozen=True, kw_only=True):
     port_ranges: tuple[PortRange, ...] = ()
     action: RuleAction = "accept"
     authorized_groups: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+    recording: Recording = "off"  # session rules (``ssh`` rules only; 0: no limit)
+    idle_timeout: int = 0
+    max_session: int = 0
+    check_period: int = 0
+    record_input: bool = False
+    record_exec: bool = False
 
 
 class PolicyRecord(Record, frozen=True, kw_only=True):

@@ -93,6 +93,12 @@ class Resources:
             port_ranges=tuple(PortRange(start=r.start, end=r.end) for r in rule.port_ranges),
             action=rule.action,
             authorized_groups={g: _dedupe(users) for g, users in rule.authorized_groups.items()},
+            recording=rule.recording,
+            idle_timeout=rule.idle_timeout,
+            max_session=rule.max_session,
+            check_period=rule.check_period,
+            record_input=rule.record_input,
+            record_exec=rule.record_exec,
         )
 
     # -- users ---------------------------------------------------------------------------

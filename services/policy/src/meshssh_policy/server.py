@@ -24,6 +24,7 @@ from meshssh_common.wire import Heartbeat, MetaUpdate
 from meshssh_policy.api import create_app
 from meshssh_policy.management import Management
 from meshssh_policy.ownership import Ownership
+from meshssh_policy.recordings import open_recordings_stream
 from meshssh_policy.seed import apply_seed, load_seed
 from meshssh_policy.settings import PolicySettings
 
@@ -81,6 +82,7 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
         await ctx.nc.flush()
         tg.create_task(mgmt.presence.run(lambda: set(mgmt.state.peers)))
         await mgmt.logins.open()  # a failure is logged; run() keeps trying
+        await open_recordings_stream(mgmt.js, settings, ctx.log)
         tg.create_task(mgmt.logins.run())
         api = tg.create_task(http.serve())
         ctx.log.info("api listening", extra={"url": http.url})

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from meshssh_common.recording_stream import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
 from meshssh_common.settings import HostPort, ServiceSettings
 
 __all__ = ["MAX_PEER_CREDS_TTL", "PEER_CREDS_TTL", "PolicySettings"]
@@ -113,6 +114,15 @@ class PolicySettings(ServiceSettings):
         ge=60,
         le=MAX_PEER_CREDS_TTL,
         description="seconds a peer's NATS credential lasts (the agent renews at half-life)",
+    )
+
+    recordings_max_bytes: int = Field(
+        DEFAULT_MAX_BYTES,
+        ge=2**20,
+        description="bytes the session recordings stream keeps (the oldest go first)",
+    )
+    recordings_max_age: float = Field(
+        DEFAULT_MAX_AGE, ge=60, description="seconds a session recording is kept"
     )
 
     @field_validator("public_url", "oidc_issuer")

@@ -41,8 +41,9 @@ from meshssh_common.jwt_validation import (
 )
 from meshssh_common.logs import BoundLogger
 from meshssh_common.peer_map import PeerMap
+from meshssh_common.session_rules import NONE, login_age_refusal, rules_for
 from meshssh_common.ssh_auth import authorize
-from meshssh_common.wire import JwtConfig, NetworkMap
+from meshssh_common.wire import JwtConfig, NetworkMap, SessionRules
 from meshssh_sshd.jwks_watch import JwksWatch
 from meshssh_sshd.metrics import SshdMetrics
 from meshssh_sshd.refusal import Refused
@@ -63,6 +64,7 @@ class Identity:
     expires_at: float = 0.0
     email: str = ""  # the token's claims, for the auth-accepted audit event
     name: str = ""
+    rules: SessionRules = NONE  # the session rules of the ssh rules that let the user in
 
 
 def _profile_claim(claims: Mapping[str, object], name: str) -> str:
@@ -233,5 +235,22 @@ class Authenticator:
                 "on this peer; ask an admin for a policy that grants it",
                 user_id=user_id,
             )
+        rules = _session_rules(netmap, tok.claims, user_id, local_user)
         email, name = _profile_claim(tok.claims, "email"), _profile_claim(tok.claims, "name")
-        return Identity(user_id, method, tok.kid, tok.expires_at, email, name)
+        return Identity(user_id, method, tok.kid, tok.expires_at, email, name, rules)
+
+
+def _session_rules(
+    netmap: NetworkMap, claims: Mapping[str, object], user_id: str, local_user: str
+) -> SessionRules:
+    """The login's session rules; a login older than their check period is refused."""
+    rules = rules_for(netmap.ssh_auth, user_id, local_user)
+    why = login_age_refusal(rules, claims, now=time.time())
+    if why:
+        raise Refused(
+            "check_period",
+            f"user {user_id!r}: {why}",
+            public=f"Permission denied: {why}; re-authenticate (meshssh login) and try again",
+            user_id=user_id,
+        )
+    return rules

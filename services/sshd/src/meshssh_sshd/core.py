@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from nats.js import JetStreamContext
+
 from meshssh_common.logs import BoundLogger
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.tasks import TaskSet
@@ -53,6 +55,7 @@ class SshdCore:
     tasks: TaskSet
     sftp_server: str | None
     agents: AgentSockets  # the agent sockets of ssh -A (--enable-ssh-agent-forwarding)
+    js: JetStreamContext | None = None  # where session recordings go
     open_sessions: int = 0  # session channels open now (the max-sessions limit)
     children: set[ChildProcess] = field(default_factory=set)  # running session processes
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open

@@ -95,6 +95,21 @@ class SshdMetrics:
             "Connections closed because a new network map revoked them",
             ("reason",),  # source | user | ssh_disabled | no_map | ended
         )
+        self.session_limits = base.counter(
+            "session_limits",
+            "Sessions a session rule ended, by limit",
+            ("reason",),  # idle_timeout | max_session
+        )
+        self.recordings = base.counter(
+            "recordings",
+            "Session recordings by mode and what happened",
+            ("mode", "result"),  # required | best_effort; started | unavailable | lost | backlog
+        )
+        self.recording_bytes = base.counter(
+            "recording_bytes",
+            "Bytes of recordings by result",
+            ("result",),  # stored | failed | dropped
+        )
         self.netmap_serial = base.gauge("netmap_serial", "Serial of the network map in use")
         self.audit = base.counter(
             "audit_events",

@@ -267,6 +267,7 @@ class PeerServer(asyncssh.SSHServer):
         assert account is not None
         record.local_user = account.name
         record.jwt_user = identity.user_id
+        record.rules = identity.rules
         core.limiter.succeeded(self._origin.client_ip, self._username[:64])
         core.metrics.auth.labels(method=identity.method, result="accept").inc()
         core.audit.emit(

@@ -112,6 +112,7 @@ class SshServer:
             log=log,
             metrics=metrics,
             audit=AuditLog(js, settings.peer_id, metrics, log),
+            js=js,
             maps=maps,
             keys=keys,
             auth=Authenticator(

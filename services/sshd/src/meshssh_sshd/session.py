@@ -34,6 +34,9 @@ from meshssh_common.wire import AuditKind, SessionInfo
 from meshssh_sshd.accounts import NOT_AVAILABLE, Account
 from meshssh_sshd.login_env import session_env, shell_argv
 from meshssh_sshd.process_launch import ChildProcess, LaunchSpec, PtySpec, exit_signal_name
+from meshssh_sshd.recorder import LOST_TEXT, UNAVAILABLE_TEXT, Recorder
+from meshssh_sshd.session_clock import SessionClock
+from meshssh_sshd.session_recording import open_recorder
 from meshssh_sshd.sessions import LiveConnection
 
 if TYPE_CHECKING:
@@ -84,6 +87,10 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._bytes_in = 0
         self._bytes_out = 0
         self._started = time.monotonic()
+        self._ended_by = ""  # a session rule's limit that ended the session
+        self._clock = SessionClock(record.rules, expired=self._limit_reached)
+        self._recorder: Recorder | None = None  # _run, when the login's rules say so
+        self._paused_by: set[str] = set()  # who paused the program's output: client, recorder
 
     # -- requests (return True to accept) -----------------------------------------------------
 
@@ -105,6 +112,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self._pty is None:
             return
         self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
+        if self._recorder is not None:
+            self._recorder.resize(width, height)
         if self._child is not None:
             self._child.resize(self._pty)
 
@@ -135,6 +144,9 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Client input: to the process, or held until it started."""
         self._bytes_in += len(data)
+        self._clock.touch()
+        if self._recorder is not None:
+            self._recorder.input(data)
         if self._child is not None:
             self._child.write(data)
         else:
@@ -164,17 +176,30 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def pause_writing(self) -> None:
         """The client's window is full: stop reading the process's output."""
-        if self._child is not None:
-            self._child.pause_output()
+        self._pause_output("client", True)
 
     def resume_writing(self) -> None:
         """The client's window opened again."""
-        if self._child is not None:
+        self._pause_output("client", False)
+
+    def _pause_output(self, by: str, on: bool) -> None:
+        """Output is read only while neither the client nor a required recording holds it."""
+        was = bool(self._paused_by)
+        if on:
+            self._paused_by.add(by)
+        else:
+            self._paused_by.discard(by)
+        if self._child is None or was == bool(self._paused_by):
+            return
+        if self._paused_by:
+            self._child.pause_output()
+        else:
             self._child.resume_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel closed: stop the process if it still runs."""
         self._lost = True
+        self._clock.stop()
         self._core.session_closed()
         child = self._child
         if child is not None and not child.exited.is_set():
@@ -189,6 +214,9 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if chan is None or self._lost:
             return
         self._bytes_out += len(data)
+        self._clock.touch()
+        if self._recorder is not None:
+            self._recorder.output(data)
         if stderr:
             chan.write_stderr(data)
         else:
@@ -209,6 +237,23 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self._chan is not None and not self._lost:
             line = f"\r\n{text}\r\n" if self._pty is not None else f"{text}\n"
             self._chan.write_stderr(line.encode())
+
+    def _limit_reached(self, reason: str, text: str) -> None:
+        """A session rule's limit (idle timeout, maximum length) ends the session."""
+        self._core.metrics.session_limits.labels(reason=reason).inc()
+        self._end_by_rule("session-limit", reason, reason, text)
+
+    def _recording_lost(self, reason: str) -> None:
+        """A ``required`` recording stopped being stored: the session ends (fail closed)."""
+        self._end_by_rule("recording-failed", reason, "recording_" + reason, LOST_TEXT)
+
+    def _end_by_rule(self, kind: AuditKind, reason: str, ended_by: str, text: str) -> None:
+        self._ended_by = ended_by
+        self._core.audit.emit(kind, **self._fields(summarize(self._command)), reason=reason)
+        self._log.info("session ended by a session rule", extra={"kind": kind, "reason": reason})
+        self.notify(text)
+        if self._chan is not None and not self._lost:
+            self._chan.exit(255)
 
     # -- the session itself ---------------------------------------------------------------------
 
@@ -277,12 +322,30 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             command=summary,
             started_at=time.time(),
         )
+        may_start, self._recorder = await open_recorder(
+            core,
+            record,
+            session_id=self._id,
+            local_user=self._account.name,
+            pty=self._pty,
+            kind=self._kind,
+            command=summary,
+            log=self._log,
+            failed=self._recording_lost,
+            pressure=lambda on: self._pause_output("recorder", on),
+        )
+        if not may_start:
+            self.notify(UNAVAILABLE_TEXT)
+            self._finish(1)
+            return
         try:
             self._child = await ChildProcess.start(spec, self)
         except OSError as e:
             self._log.warning("session process did not start", extra={"error": str(e)})
             self.notify(f"meshssh: cannot start the session: {e.strerror or e}")
             self._finish(1)
+            if self._recorder is not None:
+                core.tasks.spawn(self._recorder.close(), f"recorder-{self._id}")
             return
         self._begin(info)
         self._core.children.add(self._child)
@@ -300,6 +363,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             if not self._child.exited.is_set():  # cancelled at shutdown: do not leave it running
                 self._child.send_signal(signal.SIGKILL)
             self._child.close()
+            if self._recorder is not None:
+                core.tasks.spawn(self._recorder.close(), f"recorder-{self._id}")
             self._end(info)
 
     def _fields(self, summary: str) -> dict[str, Any]:
@@ -317,6 +382,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         core = self._core
         kind: AuditKind = "sftp-start" if self._kind == "sftp" else "session-start"
         core.live.session_started(self._record, info)
+        self._clock.start()
         core.metrics.sessions.labels(kind=self._kind).inc()
         if self._kind == "sftp":
             core.metrics.sftp_sessions.labels(result="started").inc()
@@ -334,6 +400,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def _end(self, info: SessionInfo) -> None:
         core = self._core
+        self._clock.stop()
         duration = time.monotonic() - self._started
         core.live.session_ended(self._record, self._id)
         core.metrics.session_duration.observe(duration)
@@ -348,6 +415,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
             result="" if status is None else str(status),
+            reason=self._ended_by,
         )
         self._log.info(
             "session ended",

@@ -26,7 +26,8 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.logs import BoundLogger
-from meshssh_common.wire import SessionInfo, SessionsReport
+from meshssh_common.session_rules import NONE
+from meshssh_common.wire import SessionInfo, SessionRules, SessionsReport
 from meshssh_sshd.origin import Origin
 
 __all__ = ["Closer", "LiveConnection", "LiveRegistry", "SessionsReporter"]
@@ -54,6 +55,7 @@ class LiveConnection:
     local_user: str = ""  # set by auth: the local account the client asked for
     jwt_user: str = ""  # set by auth: the user id from the token ("" in machine mode)
     authenticated: bool = False
+    rules: SessionRules = NONE  # set by auth: recording and time limits of the login's rules
     agent_path: str = ""  # set by agent forwarding: the socket sessions get as SSH_AUTH_SOCK
     sessions: dict[str, SessionInfo] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # shown on the next session's stderr

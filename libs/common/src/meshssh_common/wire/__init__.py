@@ -30,6 +30,7 @@ from meshssh_common.wire.netmap import (
     PeerConfig,
     PortRange,
     RemotePeer,
+    SessionRules,
     SourcePeer,
     SshAuth,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "RegisterRequest",
     "RemotePeer",
     "SessionInfo",
+    "SessionRules",
     "SessionsReport",
     "SignedDoc",
     "SourcePeer",

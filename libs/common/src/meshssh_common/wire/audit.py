@@ -20,6 +20,8 @@ AuditKind = Literal[
     "sftp-start",
     "sftp-end",
     "access-revoked",
+    "session-limit",
+    "recording-failed",
     "admin-change",
 ]
 

@@ -20,13 +20,16 @@ __all__ = [
     "PeerConfig",
     "PortRange",
     "Protocol",
+    "Recording",
     "RemotePeer",
+    "SessionRules",
     "SourcePeer",
     "SshAuth",
 ]
 
 Protocol = Literal["all", "tcp", "udp", "icmp"]
 Action = Literal["accept", "drop"]
+Recording = Literal["off", "best_effort", "required"]
 
 
 class PortRange(Part, frozen=True, kw_only=True):
@@ -102,6 +105,24 @@ class SourcePeer(Part, frozen=True, kw_only=True):
     mesh_ip: MeshIp
 
 
+class SessionRules(Part, frozen=True, kw_only=True):
+    """What an ``ssh`` rule asks of the sessions it lets in (0 means no limit).
+
+    ``recording``: ``off``, ``best_effort`` (never blocks a session) or ``required`` (no
+    session without the recording stream's ack). ``idle_timeout`` and ``max_session`` end a
+    session; ``check_period`` refuses a login whose token's ``auth_time`` (or ``iat``) is
+    older. ``record_input`` adds keystrokes to recordings; ``record_exec`` records non-PTY
+    sessions' stdout and stderr.
+    """
+
+    recording: Recording = "off"
+    idle_timeout: Count = 0
+    max_session: Count = 0
+    check_period: Count = 0
+    record_input: bool = False
+    record_exec: bool = False
+
+
 class SshAuth(Part, frozen=True, kw_only=True):
     """The SSH authorization table: who may log in as which local user (fail closed).
 
@@ -116,6 +137,10 @@ class SshAuth(Part, frozen=True, kw_only=True):
     authorized_users: tuple[str, ...] = ()
     machine_users: dict[str, tuple[Count, ...]] = msgspec.field(default_factory=dict)
     any_validated_user: tuple[str, ...] = ()
+    # Session rules of ``ssh`` rules: ``session_grants`` maps "<index>/<local user or *>"
+    # (index into ``authorized_users``) to an index into ``session_rules``; absent: none.
+    session_rules: tuple[SessionRules, ...] = ()
+    session_grants: dict[str, Count] = msgspec.field(default_factory=dict)
 
 
 class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):

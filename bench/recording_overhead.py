@@ -1,0 +1,232 @@
+"""What does session recording cost meshssh-sshd: throughput, and memory per recorded session?
+
+Starts, on loopback: a nats-server with JetStream and the ``MESHSSH_RECORDINGS`` stream, and
+``meshssh-sshd`` with a map in which two users log in as the same throwaway account: ``plain``
+(no session rules) and ``rec`` (``recording: required`` and ``record_exec``, so non-PTY
+commands are recorded too, each chunk acked by JetStream before the next). Then:
+
+1. throughput: ``yes <text> | head -c SIZE`` read by an asyncssh client, ``plain`` and ``rec``
+   interleaved (ABBA...), BENCH_ROUNDS rounds each; the figure is the median of the ratios of
+   adjacent pairs (recording on / off; the issue's bar is 0.9), next to both MB/s, and the
+   recording's stored bytes per output byte (asciicast's JSON framing);
+2. memory: the RSS of the meshssh-sshd process with BENCH_SESSIONS idle sessions open
+   (``sleep``), once as ``plain`` and once as ``rec``; the difference divided by the number of
+   sessions is the memory one recorded session adds.
+
+Run as root (it creates a user): ``.venv/bin/python bench/recording_overhead.py`` (about a
+minute). Knobs: BENCH_ROUNDS (5), BENCH_SIZE_MB (256), BENCH_SESSIONS (100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncssh
+import jwt
+
+from meshssh_common import subjects
+from meshssh_common.kv import TypedKV, open_bucket
+from meshssh_common.recording_stream import ensure_recordings_stream
+from meshssh_common.session_rules import attach
+from meshssh_common.ssh_auth import build_table
+from meshssh_common.wire import (
+    FirewallRule,
+    JwksSnapshot,
+    JwtConfig,
+    NetworkMap,
+    PeerConfig,
+    SessionRules,
+)
+from meshssh_testkit import NatsServer, os_users
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ssh_throughput import (
+    AUDIENCE,
+    CLIENT_IP,
+    ISSUER,
+    KID,
+    MESH_IP,
+    Setup,
+    remove_user,
+    rss_kib,
+    start_meshssh,
+)
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SIZE = int(os.environ.get("BENCH_SIZE_MB", "256")) << 20
+SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100"))
+TEXT = "the quick brown fox jumps over the lazy dog 0123456789 ~!@#$%^&*()"
+RECORDED = SessionRules(recording="required", record_exec=True)
+
+
+def token(setup: Setup, sub: str) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 600}
+    return jwt.encode(claims, setup.signing, algorithm="EdDSA", headers={"kid": KID})
+
+
+async def publish_state(natsd: NatsServer, setup: Setup) -> None:
+    nc = await natsd.connect()
+    try:
+        js = nc.jetstream()
+        await ensure_recordings_stream(js, max_bytes=8 * 2**30)
+        jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
+        config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
+        keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
+        await keys.put(
+            subjects.JWKS_KEY,
+            JwksSnapshot(jwt=config, keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},)),
+        )
+        table = attach(build_table("sub", [("plain", "*"), ("rec", "*")]), {("rec", "*"): RECORDED})
+        netmap = NetworkMap(
+            serial=1,
+            peer=PeerConfig(
+                id="bench",
+                name="bench",
+                mesh_ip=MESH_IP,
+                mesh_prefix="127.0.0.0/8",
+                ssh_enabled=True,
+                jwt=config,
+            ),
+            firewall_rules=(
+                FirewallRule(
+                    sources=("127.0.0.0/8",),
+                    protocol="tcp",
+                    action="accept",
+                    policy_id="bench",
+                    port="22022",
+                ),
+            ),
+            ssh_auth=table,
+        )
+        maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
+        await maps.put(subjects.netmap_key("bench"), netmap)
+    finally:
+        await nc.close()
+
+
+async def connect(setup: Setup, sub: str) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        MESH_IP,
+        setup.meshssh_port,
+        username=setup.user,
+        password=token(setup, sub),
+        known_hosts=None,
+        preferred_auth="password",
+        local_addr=(CLIENT_IP, 0),
+        encryption_algs=["aes128-gcm@openssh.com"],
+    )
+
+
+async def download(setup: Setup, sub: str) -> float:
+    """MB/s of SIZE bytes of text out of one exec session."""
+    async with await connect(setup, sub) as conn:
+        started = time.perf_counter()
+        proc = await conn.create_process(
+            f"yes '{TEXT}' | head -c {SIZE}", encoding=None, stderr=asyncssh.DEVNULL
+        )
+        got = 0
+        while chunk := await proc.stdout.read(1 << 20):
+            got += len(chunk)
+        await proc.wait()
+        elapsed = time.perf_counter() - started
+    if got != SIZE:
+        sys.exit(f"{sub}: got {got} bytes, expected {SIZE}")
+    return SIZE / elapsed / 1e6
+
+
+async def stored_bytes(natsd: NatsServer) -> int:
+    nc = await natsd.connect()
+    try:
+        info = await nc.jetstream().stream_info(subjects.RECORDINGS_STREAM)
+        return int(info.state.bytes)
+    finally:
+        await nc.close()
+
+
+async def held_rss(setup: Setup, sub: str) -> int:
+    """The sshd's RSS (KiB) with SESSIONS idle sessions of ``sub`` open."""
+    conns = []
+    try:
+        for _ in range(SESSIONS):
+            conn = await connect(setup, sub)
+            conns.append(conn)
+            await conn.create_process("sleep 600")
+        await asyncio.sleep(1.5)
+        return rss_kib([setup.meshssh_pid])
+    finally:
+        for conn in conns:
+            conn.close()
+        await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+        await asyncio.sleep(1.5)
+
+
+async def run(setup: Setup, natsd: NatsServer) -> dict[str, object]:
+    await download(setup, "plain")  # warm up both paths
+    await download(setup, "rec")
+    before = await stored_bytes(natsd)
+    plain: list[float] = []
+    rec: list[float] = []
+    for i in range(ROUNDS):
+        order = ("plain", "rec") if i % 2 == 0 else ("rec", "plain")
+        for sub in order:
+            (plain if sub == "plain" else rec).append(await download(setup, sub))
+    stored = await stored_bytes(natsd) - before
+    ratios = [r / p for r, p in zip(rec, plain, strict=True)]
+    idle = rss_kib([setup.meshssh_pid])
+    plain_rss = await held_rss(setup, "plain")
+    rec_rss = await held_rss(setup, "rec")
+    return {
+        "size_mb": SIZE >> 20,
+        "rounds": ROUNDS,
+        "plain_mb_s": round(statistics.median(plain), 1),
+        "recorded_mb_s": round(statistics.median(rec), 1),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "stored_bytes_per_output_byte": round(stored / (SIZE * ROUNDS), 3),
+        "sessions": SESSIONS,
+        "rss_idle_kib": idle,
+        "rss_plain_sessions_kib": plain_rss,
+        "rss_recorded_sessions_kib": rec_rss,
+        "kib_per_session_plain": round((plain_rss - idle) / SESSIONS, 1),
+        "kib_per_session_recorded": round((rec_rss - idle) / SESSIONS, 1),
+        "kib_added_by_recording": round((rec_rss - plain_rss) / SESSIONS, 1),
+    }
+
+
+async def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("run as root: the bench creates a user")
+    with tempfile.TemporaryDirectory(prefix="rec-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        setup = Setup(tmp)
+        natsd = await NatsServer.start(tmp / "nats")
+        setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
+        try:
+            await publish_state(natsd, setup)
+            start_meshssh(setup, natsd)
+            report = await run(setup, natsd)
+        finally:
+            for proc in setup.procs:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(15)
+                if proc.poll() is None:
+                    proc.kill()
+            await natsd.stop()
+            await asyncio.to_thread(remove_user, setup)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
