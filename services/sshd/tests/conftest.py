@@ -40,8 +40,8 @@ from meshssh_common.host_keys import HostKey
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.service import ServiceContext, run_service
-from meshssh_common.signed_doc import Signer
 from meshssh_common.session_rules import attach
+from meshssh_common.signed_doc import Signer
 from meshssh_common.ssh_auth import build_table
 from meshssh_common.wire import (
     AuditEvent,
