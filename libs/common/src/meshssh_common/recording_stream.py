@@ -25,6 +25,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from meshssh_common import subjects
 from meshssh_common.errors import NotFound
+from meshssh_common.kv import default_replicas
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -65,6 +66,7 @@ async def ensure_recordings_stream(
         max_age=max_age,
         max_msg_size=MAX_CHUNK + 4096,
         discard=DiscardPolicy.OLD,
+        num_replicas=default_replicas(),  # R3 on a cluster, as every stream and bucket
     )
     try:
         await js.add_stream(config)
