@@ -18,6 +18,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.peer_tokens import PeerTokenValidator
 from meshssh_common.rpc import request
 from meshssh_common.wire import (
     DevicePollReply,
@@ -140,8 +141,11 @@ async def test_logins_go_on_through_the_other_replica_when_one_is_killed(
             LOGINS - KILL_AFTER - 1,
             LOGINS - KILL_AFTER,
         )
-        validator = await kv.validator()
-        assert {validator.validate(t).user_id for t in tokens} == {"alice"}
+        snap = await kv.snapshot()
+        assert snap is not None
+        # the browser check hands out per-peer tokens for the server that started it
+        validator = PeerTokenValidator(snap.jwt, snap, peer_id="server-1")
+        assert {validator.validate(t).token.user_id for t in tokens} == {"alice"}
         assert len(set(tokens)) == LOGINS
     finally:
         await nc.close()

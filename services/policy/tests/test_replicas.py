@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
+from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import NetworkMap, PeerFlags, PeerMeta
 from meshssh_policy.ownership import Ownership, owner_of
 from meshssh_policy.records import (
@@ -164,9 +165,14 @@ def has_port(netmap: NetworkMap, port: str) -> bool:
     return any(rule.port == port for rule in netmap.firewall_rules)
 
 
-async def wait_maps(nc: NATS, peers: list[str], port: str, timeout: float) -> float:
+async def wait_maps(
+    nc: NATS, nats_server: NatsServer, peers: list[str], port: str, timeout: float
+) -> float:
     """Seconds until every peer's stored map accepts ``port`` (fails after ``timeout``)."""
-    kv = TypedKV(await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS), NetworkMap)
+    signing = nats_server.creds("policy").parent / "map-signing.pem"  # the replicas' key
+    verifier = Verifier("map", Signer.load(signing, kind="map").pins)
+    bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
+    kv = TypedKV(bucket, NetworkMap, verifier=verifier)
     started = time.monotonic()
     missing = set(peers)
     try:
@@ -195,7 +201,7 @@ async def test_a_replica_killed_during_a_500_peer_change_leaves_no_peer_behind(
     try:
         for proc in (a, b):  # each counts both as live: the maps are shared out
             await wait_metric(proc.ops_url, "meshssh_policy_replicas", 2, timeout=10)
-        await wait_maps(nc, dst, "22", timeout=30)
+        await wait_maps(nc, nats_server, dst, "22", timeout=30)
         owned = [await read_metric(p.ops_url, "meshssh_policy_owned_peers") for p in (a, b)]
         assert sum(o or 0 for o in owned) == len(dst) + 1, owned  # each peer owned once
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -215,7 +221,9 @@ async def test_a_replica_killed_during_a_500_peer_change_leaves_no_peer_behind(
                 b.proc.kill()
                 reply = await change
                 assert reply.status_code == 200, reply.text
-        took = await wait_maps(nc, dst, "2222", timeout=FINAL_WITHIN_S + 5)  # from the kill
+        took = await wait_maps(
+            nc, nats_server, dst, "2222", timeout=FINAL_WITHIN_S + 5
+        )  # from the kill
         print(f"{victim} killed; all {len(dst)} final maps {took:.2f}s later (owned {owned})")
         assert took <= FINAL_WITHIN_S
     finally:
