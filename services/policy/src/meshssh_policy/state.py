@@ -29,6 +29,8 @@ from meshssh_policy.records import (
     user_key,
 )
 
+APPLY_WAIT_S = 15.0  # read-your-writes through a stream leader election (store._OUTAGE_S)
+
 __all__ = ["BUCKET_TYPES", "State", "dominates"]
 
 BUCKET_TYPES: dict[str, type[Any]] = {
@@ -112,8 +114,11 @@ class State:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_applied(self, bucket: str, revision: int, timeout: float = 5.0) -> None:
+    async def wait_applied(self, bucket: str, revision: int, timeout: float = APPLY_WAIT_S) -> None:
         """Wait until this replica has applied ``revision`` of ``bucket`` (read-your-writes).
+
+        The default rides out a JetStream leader election (about 5 s when a NATS node dies),
+        as the write before it does: the watch resumes on the new leader.
 
         Raises:
             Unavailable: not applied within ``timeout`` (the KV watch is behind or stopped).
