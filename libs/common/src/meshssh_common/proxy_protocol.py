@@ -2,7 +2,8 @@
 
 The relay writes one header before any client byte; sshd reads exactly the header's bytes from
 the raw socket (never more, so the SSH identification string that follows stays unread) and then
-hands the socket to asyncssh. sshd accepts a header only from its trusted relay address.
+hands the socket to asyncssh. sshd reads a header only on its relay Unix socket, from the
+relay's uid (SO_PEERCRED); its TCP port never parses one (SPEC §6).
 
 Example::
 

@@ -1,7 +1,8 @@
 """Where an SSH connection came from, after the gate resolved any PROXY v2 header.
 
 For a direct connection the origin is the TCP peer and the ACL port is 22022; for one the
-trusted relay forwarded it is the original client from the header and the ACL port is 22
+relay forwarded (on sshd's relay socket) it is the original client from the header and the
+ACL port is 22
 (SPEC §2). Revocation re-checks every live connection against the same pair. The gate also
 names the source peer (id and name, from the map at admission) for the audit events.
 """
