@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -57,8 +58,12 @@ async def echo_through(host: str, port: int, payload: bytes, timeout: float = 10
             await writer.drain()
             writer.write_eof()
             return await reader.read()
-        except ConnectionResetError:
-            return b""  # the forwarder refused and reset the connection
+        except OSError as e:
+            # The forwarder refused and closed the connection: a reset, a broken pipe, or
+            # (when it closed before our half-close) "not connected".
+            if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                return b""
+            raise
         finally:
             writer.close()
 
