@@ -207,7 +207,31 @@ class NatsCluster:
             return f"meta leader {leader} is not running"
         current = {r["name"] for r in views[leader].get("replicas") or [] if r.get("current")}
         missing = set(views) - current - {leader}
-        return f"{leader} does not count {sorted(missing)} as current" if missing else "ok"
+        if missing:
+            return f"{leader} does not count {sorted(missing)} as current"
+        for i, node in enumerate(self.nodes):  # the account's JetStream, not only the meta layer
+            if node.running and (why := await _account_state(node)):
+                return f"n{i}: {why}"
+        return "ok"
+
+
+async def _account_state(node: NatsServer) -> str:
+    """Why the services' account has no JetStream on ``node`` yet ("" once it answers).
+
+    Right after the meta leader is elected a node can still answer "account not found"
+    (10035) to the account's first stream create: a service started then would crash.
+    """
+    try:
+        nc = await nats.connect(node.url, allow_reconnect=False, **node.client_options("admin"))
+    except (OSError, nats.errors.Error, TimeoutError) as e:
+        return repr(e)
+    try:
+        await nc.jetstream().account_info()
+    except (nats.errors.Error, TimeoutError) as e:
+        return repr(e)
+    finally:
+        await nc.close()
+    return ""
 
 
 async def _meta_view(node: NatsServer) -> dict[str, Any]:

@@ -210,6 +210,12 @@ class TokenExchanger:
             entry = await self._snapshots.get(subjects.JWKS_KEY)
         except WireError as e:  # not signed by this replica's key: nothing to trust
             raise Unavailable(f"the published JWKS document does not verify: {e}") from e
+        except Unavailable:
+            if self._cached is None:
+                raise
+            # JetStream is away (a stream leader election): the document authn itself
+            # published last stays good; logins go on through the outage.
+            return self._cached[2]
         if entry is None:
             raise Unavailable("no JWKS snapshot published yet")
         if self._cached is not None and self._cached[1] == entry.revision:
