@@ -42,16 +42,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meshssh_common import codec, subjects
 from meshssh_common.http_server import HttpServer
 from meshssh_common.ssh_auth import authorize
-from meshssh_common.wire import AuditEvent, SshAuth
+from meshssh_common.wire import SshAuth
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory, need_tool
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import run_command, script
+from meshssh_testkit.whole_system import audit_events
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "services/policy/demo/seed.json"
@@ -311,20 +311,6 @@ async def mesh(
             await serving
 
 
-async def audit_events(nc: NATS) -> list[AuditEvent]:
-    """Every event in MESHSSH_AUDIT so far."""
-    js = nc.jetstream()
-    info = await js.stream_info(subjects.AUDIT_STREAM)
-    sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
-    try:
-        return [
-            codec.decode((await sub.next_msg(timeout=5)).data, AuditEvent)
-            for _ in range(info.state.messages)
-        ]
-    finally:
-        await sub.unsubscribe()
-
-
 async def test_a_user_management_never_saw_logs_in_under_a_tcp22_rule_and_is_then_listed(
     mesh: Mesh, nc: NATS
 ) -> None:
@@ -334,7 +320,9 @@ async def test_a_user_management_never_saw_logs_in_under_a_tcp22_rule_and_is_the
     rc, out, err = await mesh.ssh("id -un")
     assert (rc, out.strip()) == (0, USER), err
     assert mesh.issuer.tokens_issued == 1  # the third-party provider signed Casey's token
-    accepted = [e for e in await audit_events(nc) if e.kind == "auth-accepted"]
+    accepted = [
+        e for e in await audit_events(nc, wait_for="auth-accepted") if e.kind == "auth-accepted"
+    ]
     assert [(e.jwt_user, e.email, e.name) for e in accepted] == [tuple(CASEY.values())]
 
     async with asyncio.timeout(20):  # policy adds Casey from sshd's auth-accepted event
@@ -391,7 +379,9 @@ async def test_under_an_ssh_rule_the_user_is_refused_until_an_admin_adds_them_to
     rc, out, err = await mesh.ssh("id -un")
     assert (rc, out) == (255, "")
     assert "Permission denied" in err, err
-    refused = [e for e in await audit_events(nc) if e.kind == "auth-rejected"]
+    refused = [
+        e for e in await audit_events(nc, wait_for="auth-rejected") if e.kind == "auth-rejected"
+    ]
     assert refused, err
     assert {(e.reason, e.local_user) for e in refused} == {("not_authorized", USER)}
 

@@ -78,7 +78,7 @@ async def test_a_user_signs_in_once_and_openssh_reaches_the_server_as_alice_unti
     assert (system.tmp / "sftp.txt").read_text() == "hello from the laptop\n"
     assert not await asyncio.to_thread(Path(remote).exists)
 
-    events = await audit_events(nc)
+    events = await audit_events(nc, wait_for="auth-accepted")
     accepted = [e for e in events if e.kind == "auth-accepted"]
     assert accepted, events
     assert {e.jwt_user for e in accepted} == {"alice"}

@@ -279,8 +279,26 @@ async def read_code(stream: asyncio.StreamReader, seen: list[str] | None = None)
                 return url, line.removeprefix("Code: ").strip()
 
 
-async def audit_events(nc: NATS) -> list[AuditEvent]:
-    """Every event in the audit stream so far."""
+async def audit_events(
+    nc: NATS, *, wait_for: str | None = None, timeout: float = 15
+) -> list[AuditEvent]:
+    """Every event in the audit stream so far.
+
+    sshd audits after it has answered the client, so a test that just saw a login (or a refusal)
+    passes the event kind it expects as ``wait_for``: the stream is read again until an event of
+    that kind is in it, or ``timeout`` passes (then what is there is returned, for the assertion
+    to show).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        events = await _audit_snapshot(nc)
+        if wait_for is None or any(e.kind == wait_for for e in events) or loop.time() > deadline:
+            return events
+        await asyncio.sleep(0.1)
+
+
+async def _audit_snapshot(nc: NATS) -> list[AuditEvent]:
     js = nc.jetstream()
     info = await js.stream_info(subjects.AUDIT_STREAM)
     sub = await js.subscribe(subjects.AUDIT_SUBJECTS, ordered_consumer=True)
