@@ -294,7 +294,7 @@ async def test_a_peer_cannot_subscribe_to_everything_or_to_another_inbox(
             await peer.refused("subscription", subject)
 
 
-@pytest.mark.parametrize("subject", [subjects.AUTHN_DEVICE_POLL, subjects.POLICY_META])
+@pytest.mark.parametrize("subject", [subjects.AUTHN_DEVICE_POLL_ALL, subjects.POLICY_META])
 async def test_a_peer_cannot_join_a_services_queue_group(bus: NatsServer, subject: str) -> None:
     async with connected(bus, bus.peer_creds("p1")) as peer:
         await peer.nc.subscribe(subject, queue="authn")
@@ -307,6 +307,8 @@ async def test_a_peer_cannot_speak_for_another_peer(bus: NatsServer, nc: NATS) -
     async with connected(bus, bus.peer_creds("p1")) as peer:
         for subject in (
             subjects.heartbeat("p2"),
+            subjects.device_start("p2"),  # a browser check whose token would be for p2
+            subjects.device_poll("p2"),
             subjects.audit_event("auth-accepted", "p2"),
             subjects.sshd_sessions("p2"),
         ):

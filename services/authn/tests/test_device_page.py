@@ -50,7 +50,7 @@ async def test_the_page_shows_server_user_source_and_time_and_approval_needs_the
     await kv.wait_snapshot()
     nc = await nats_server.connect(nats_server.peer_creds("peer-7f3a"))  # as an SSH server
     try:
-        started = await request(nc, subjects.AUTHN_DEVICE_START, START, DeviceStartReply)
+        started = await request(nc, subjects.device_start("peer-7f3a"), START, DeviceStartReply)
         poll = DevicePollRequest(device_code=started.device_code)
         async with httpx.AsyncClient(timeout=10) as http:
             first = await http.get(started.verification_uri)
@@ -77,12 +77,12 @@ async def test_the_page_shows_server_user_source_and_time_and_approval_needs_the
             assert unconfirmed.status_code == 400
             assert "tick the box" in unconfirmed.text
             assert "db-prod-1" in unconfirmed.text  # the context is shown again
-            pending = await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)
+            pending = await request(nc, subjects.device_poll("peer-7f3a"), poll, DevicePollReply)
             assert pending.status == "pending"
             done = await http.post(started.verification_uri, data={**form, "confirm": "yes"})
             assert done.status_code == 200
             assert "You are signed in" in done.text
-        approved = await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)
+        approved = await request(nc, subjects.device_poll("peer-7f3a"), poll, DevicePollReply)
         assert approved.status == "ok"
     finally:
         await nc.close()
@@ -97,7 +97,7 @@ async def test_escaped_context_and_a_meshssh_login_flow_says_so(
     nc = await nats_server.connect(nats_server.peer_creds("p1"))
     try:
         hostile = DeviceStartRequest(peer_id="p1", login_hint="<script>x</script>")
-        started = await request(nc, subjects.AUTHN_DEVICE_START, hostile, DeviceStartReply)
+        started = await request(nc, subjects.device_start("p1"), hostile, DeviceStartReply)
     finally:
         await nc.close()
     async with httpx.AsyncClient(timeout=10) as http:
@@ -122,7 +122,7 @@ async def test_unknown_codes_are_limited_per_address(
     await kv.wait_snapshot()
     nc = await nats_server.connect(nats_server.peer_creds("peer-7f3a"))
     try:
-        started = await request(nc, subjects.AUTHN_DEVICE_START, START, DeviceStartReply)
+        started = await request(nc, subjects.device_start("peer-7f3a"), START, DeviceStartReply)
     finally:
         await nc.close()
     async with httpx.AsyncClient(timeout=10) as http:

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from meshssh_common import subjects
-from meshssh_common.errors import BadRequest
+from meshssh_common.errors import BadRequest, Denied
 from meshssh_common.jwt_validation import JwtValidator, RejectReason, TokenRejected
 from meshssh_common.rpc import request
 from meshssh_common.wire import (
@@ -216,21 +216,30 @@ async def test_the_nats_device_broker_runs_a_browser_check_for_an_ssh_server(
     nc = await nats_server.connect(nats_server.peer_creds("server-1"))  # as an SSH server
     try:
         start = DeviceStartRequest(peer_id="server-1")
-        started = await request(nc, subjects.AUTHN_DEVICE_START, start, DeviceStartReply)
+        started = await request(nc, subjects.device_start("server-1"), start, DeviceStartReply)
         poll_req = DevicePollRequest(device_code=started.device_code)
-        first = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
+        first = await request(nc, subjects.device_poll("server-1"), poll_req, DevicePollReply)
         assert first.status == "pending"
         assert started.verification_uri_complete.endswith(started.user_code)
         await browser.sign_in(started.verification_uri, started.user_code, "bob", passwords["bob"])
-        done = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
-        after = await request(nc, subjects.AUTHN_DEVICE_POLL, poll_req, DevicePollReply)
+        other = await nats_server.connect(nats_server.peer_creds("server-2"))
+        try:  # a peer that learnt the code cannot collect bob's approval (nor a token for itself)
+            with pytest.raises(Denied, match="no browser check of this server"):
+                await request(other, subjects.device_poll("server-2"), poll_req, DevicePollReply)
+        finally:
+            await other.close()
+        done = await request(nc, subjects.device_poll("server-1"), poll_req, DevicePollReply)
+        after = await request(nc, subjects.device_poll("server-1"), poll_req, DevicePollReply)
         with pytest.raises(BadRequest):
             await request(
-                nc, subjects.AUTHN_DEVICE_POLL, DevicePollRequest(device_code=""), DevicePollReply
+                nc,
+                subjects.device_poll("server-1"),
+                DevicePollRequest(device_code=""),
+                DevicePollReply,
             )
-        bad = DeviceStartRequest(peer_id="Not a peer")
-        with pytest.raises(BadRequest, match="peer id"):
-            await request(nc, subjects.AUTHN_DEVICE_START, bad, DeviceStartReply)
+        foreign = DeviceStartRequest(peer_id="server-2")  # a token that would work elsewhere
+        with pytest.raises(Denied, match="only for itself"):
+            await request(nc, subjects.device_start("server-1"), foreign, DeviceStartReply)
     finally:
         await nc.close()
     assert done.status == "ok"

@@ -81,7 +81,10 @@ async def login(
 ) -> str:
     """One browser check as an SSH server runs it; returns the token."""
     started = await request(
-        nc, subjects.AUTHN_DEVICE_START, DeviceStartRequest(peer_id="server-1"), DeviceStartReply
+        nc,
+        subjects.device_start("server-1"),
+        DeviceStartRequest(peer_id="server-1"),
+        DeviceStartReply,
     )
     if before_approval is not None:
         await before_approval()
@@ -90,7 +93,7 @@ async def login(
     poll = DevicePollRequest(device_code=started.device_code)
     async with asyncio.timeout(20):
         while (
-            done := await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)
+            done := await request(nc, subjects.device_poll("server-1"), poll, DevicePollReply)
         ).status == "pending":
             await asyncio.sleep(0.1)
     assert done.status == "ok", done

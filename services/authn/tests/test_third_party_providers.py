@@ -304,10 +304,10 @@ async def test_a_glewlwyd_device_flow_through_the_broker_yields_a_token_valid_fr
     assert snap.client is not None
     assert snap.client.device_authorization_endpoint == f"{glewlwyd.issuer}/device_authorization"
     started = await request(
-        nc, subjects.AUTHN_DEVICE_START, DeviceStartRequest(peer_id="p1"), DeviceStartReply
+        nc, subjects.device_start("p1"), DeviceStartRequest(peer_id="p1"), DeviceStartReply
     )
     poll = DevicePollRequest(device_code=started.device_code)
-    assert (await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)).status in (
+    assert (await request(nc, subjects.device_poll("p1"), poll, DevicePollReply)).status in (
         "pending",
         "slow_down",
     )
@@ -316,7 +316,7 @@ async def test_a_glewlwyd_device_flow_through_the_broker_yields_a_token_valid_fr
     )
     async with asyncio.timeout(20):
         while (
-            done := await request(nc, subjects.AUTHN_DEVICE_POLL, poll, DevicePollReply)
+            done := await request(nc, subjects.device_poll("p1"), poll, DevicePollReply)
         ).status != "ok":
             assert done.status in ("pending", "slow_down")
             await asyncio.sleep(1)

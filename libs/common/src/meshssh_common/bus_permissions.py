@@ -125,8 +125,8 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
             subjects.sshd_sessions(pid),
             subjects.POLICY_META,
             subjects.AUTHN_JWKS_REFRESH,
-            subjects.AUTHN_DEVICE_START,
-            subjects.AUTHN_DEVICE_POLL,
+            subjects.device_start(pid),  # its own only: the browser check's token is for it
+            subjects.device_poll(pid),
             subjects.token_exchange(pid),  # its own only: authn reads the requester from it
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_NETMAPS)}.{netmap}",
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_JWKS)}.{jwks}",

@@ -21,8 +21,8 @@ __all__ = [
     "AUDIT_AUTH_ACCEPTED_ALL",
     "AUDIT_STREAM",
     "AUDIT_SUBJECTS",
-    "AUTHN_DEVICE_POLL",
-    "AUTHN_DEVICE_START",
+    "AUTHN_DEVICE_POLL_ALL",
+    "AUTHN_DEVICE_START_ALL",
     "AUTHN_EXCHANGE_KEYS_KEY",
     "AUTHN_FETCH_LEASE_KEY",
     "AUTHN_JWKS_MISSED",
@@ -48,6 +48,8 @@ __all__ = [
     "STATE_BUCKETS",
     "audit_event",
     "device_code_key",
+    "device_poll",
+    "device_start",
     "heartbeat",
     "netmap_key",
     "recording",
@@ -65,8 +67,8 @@ HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
 POLICY_MEMBERS: Final = "meshssh.policy.v1.evt.members"  # policy replicas to each other
 
 AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
-AUTHN_DEVICE_START: Final = "meshssh.authn.v1.req.device-start"
-AUTHN_DEVICE_POLL: Final = "meshssh.authn.v1.req.device-poll"
+AUTHN_DEVICE_START_ALL: Final = "meshssh.authn.v1.req.device-start.*"  # authn serves
+AUTHN_DEVICE_POLL_ALL: Final = "meshssh.authn.v1.req.device-poll.*"  # authn serves
 AUTHN_TOKEN_EXCHANGE_ALL: Final = "meshssh.authn.v1.req.token-exchange.*"  # authn serves
 AUTHN_JWKS_MISSED: Final = "meshssh.authn.v1.evt.jwks-missed"  # authn replicas to each other
 
@@ -156,6 +158,16 @@ def device_code_key(device_hash: str) -> str:
 def user_code_key(user_code: str) -> str:
     """Key of a device-flow grant, by its normalized user code."""
     return f"uc.{token(user_code)}"
+
+
+def device_start(peer_id: str) -> str:
+    """Subject an SSH server starts a browser check on (its own id last: the token is for it)."""
+    return f"meshssh.authn.v1.req.device-start.{token(peer_id)}"
+
+
+def device_poll(peer_id: str) -> str:
+    """Subject an SSH server polls its browser check on (only the peer that started it may)."""
+    return f"meshssh.authn.v1.req.device-poll.{token(peer_id)}"
 
 
 def token_exchange(peer_id: str) -> str:

@@ -6,7 +6,9 @@
   ``throttled_global`` (no fetch slot in time).
 - ``jwks_errors_total{kind}``: ``unreachable|http_status|bad_document|issuer_mismatch|empty``.
 - ``jwks_keys``: keys in the published snapshot; ``jwks_last_success_timestamp_seconds``.
-- ``device_flows_total{outcome}``: ``started|approved|denied|completed|expired|error``.
+- ``device_flows_total{outcome}``: ``started|approved|denied|completed|expired|error``, and the
+  refusals ``foreign_peer`` (a start for another peer) and ``foreign_poll`` (a poll by a peer
+  that did not start the flow).
 - ``tokens_issued_total``; ``login_failures_total{reason}``:
   ``bad_credentials|unknown_code|throttled|bad_request``.
 - ``signing_key_rotations_total``.

@@ -4,15 +4,17 @@ An SSH server whose client cannot send a token (keyboard-interactive "browser ch
 §6) asks authn to start a device flow, shows the user the URL and code, and polls. With the
 embedded provider the broker calls it directly; with an external provider it speaks RFC 8628
 over HTTP (:mod:`meshssh_common.oidc_device`) to the endpoints in the published client config.
-The token handed back is a per-peer token (issue 15) for the ``peer_id`` the device-start
-request named, minted from the provider's token by :class:`TokenExchanger`; that peer id is
-self-claimed by the requester (the bus only lets a peer call device-start, not name itself
-there), so a server can get a browser-checked token only for the audience it asked for.
+The token handed back is a per-peer token (issue 15) for the server that asked, minted from
+the provider's token by :class:`TokenExchanger`. The server is the last token of the subject
+(``device-start.<peer>``, ``device-poll.<peer>``), the only ones the bus lets it publish: a
+hostile server cannot have a user approve a login whose token works at another peer, nor poll
+a flow another server started.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 import httpx
 import msgspec
@@ -41,6 +43,17 @@ class DevicePeer(msgspec.Struct, frozen=True, kw_only=True):
     """The peer a device flow's token is for (KV ``meshssh-authn-devices``)."""
 
     peer_id: str
+
+
+_START_PREFIX: Final = subjects.AUTHN_DEVICE_START_ALL[:-1]  # "...device-start."
+_POLL_PREFIX: Final = subjects.AUTHN_DEVICE_POLL_ALL[:-1]
+
+
+def _requester(subject: str, prefix: str) -> str:
+    requester = subject[len(prefix) :] if subject.startswith(prefix) else ""
+    if not requester:
+        raise BadRequest("the subject names no requesting peer")
+    return check_peer_id(requester)
 
 
 def _peer_key(device_code: str) -> str:
@@ -75,19 +88,34 @@ class DeviceBroker:
             raise Unavailable("the identity provider offers no device flow (not discovered yet)")
         return DeviceFlowClient(entry.value.client, self._http)
 
-    async def start(self, req: DeviceStartRequest) -> DeviceStartReply:
-        """Start a device flow on behalf of an SSH server (its token will be for ``peer_id``).
+    async def start(self, req: DeviceStartRequest, subject: str) -> DeviceStartReply:
+        """Start a device flow on behalf of the SSH server that asked on ``subject``.
+
+        The requester is the last token of the subject (``device-start.<peer>``), the only one
+        the bus lets that peer publish: the token the flow ends with is for it, whatever the
+        payload says, so a server cannot have a user approve a login for another peer.
 
         Raises:
-            BadRequest: ``peer_id`` is not a peer id.
+            BadRequest: the subject names no peer.
+            Denied: the payload's ``peer_id`` names another peer than the requester.
             Unavailable: the provider could not be reached or refused.
         """
-        reply = await self._start(req)
-        await self._peers.put(_peer_key(reply.device_code), DevicePeer(peer_id=req.peer_id))
+        requester = _requester(subject, _START_PREFIX)
+        if req.peer_id and req.peer_id != requester:
+            self._metrics.device_flows.labels(outcome="foreign_peer").inc()
+            self._log.warning(
+                "device flow for another peer refused",
+                extra={"peer": requester, "claimed": req.peer_id[:64]},
+            )
+            raise Denied(
+                f"peer {requester} asked for a device flow for {req.peer_id[:64]}",
+                public="a server may start a browser check only for itself",
+            )
+        reply = await self._start(msgspec.structs.replace(req, peer_id=requester))
+        await self._peers.put(_peer_key(reply.device_code), DevicePeer(peer_id=requester))
         return reply
 
     async def _start(self, req: DeviceStartRequest) -> DeviceStartReply:
-        check_peer_id(req.peer_id)
         if self._embedded is not None:
             c = self._embedded.config
             context = DeviceContext(  # shown on the confirm page (RFC 8628 §5.4)
@@ -127,18 +155,31 @@ class DeviceBroker:
             interval=auth.interval,
         )
 
-    async def poll(self, req: DevicePollRequest) -> DevicePollReply:
+    async def poll(self, req: DevicePollRequest, subject: str) -> DevicePollReply:
         """Poll a flow started with :meth:`start`; ``ok`` carries a per-peer token.
 
+        Only the peer that started the flow may poll it (``device-poll.<peer>``): another
+        peer that learnt the device code gets a refusal, and the provider is not asked.
+
         Raises:
-            BadRequest: the device code is empty or too long.
-            Denied: the provider's token does not validate (or the flow names no peer).
+            BadRequest: the device code is empty or too long, or the subject names no peer.
+            Denied: the flow was started by another peer (or by none), or the provider's token
+                does not validate.
             Unavailable: the provider could not be reached.
         """
+        requester = _requester(subject, _POLL_PREFIX)
+        if not req.device_code or len(req.device_code) > 4096:
+            raise BadRequest("device_code must be 1..4096 characters")
+        entry = await self._peers.get(_peer_key(req.device_code))
+        if entry is not None and entry.value.peer_id != requester:
+            self._metrics.device_flows.labels(outcome="foreign_poll").inc()
+            raise Denied(
+                f"peer {requester} polled a device flow it did not start",
+                public="no browser check of this server has that code; start the check again",
+            )
         polled = await self._poll(req)
         if polled.status != "ok":
-            return polled
-        entry = await self._peers.get(_peer_key(req.device_code))
+            return polled  # a finished flow's entry is gone: its code polls as expired
         if entry is None:
             raise Denied("device flow started without a peer", public="start the check again")
         exchanged = await self._exchanger.exchange(polled.token, entry.value.peer_id)

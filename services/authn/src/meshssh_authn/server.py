@@ -260,19 +260,19 @@ async def serve(ctx: ServiceContext[AuthnSettings]) -> None:
             log=log,
             concurrency=64,
         )
-        await add_endpoint(
+        await add_subject_endpoint(
             svc,
             "device-start",
-            subjects.AUTHN_DEVICE_START,
+            subjects.AUTHN_DEVICE_START_ALL,
             DeviceStartRequest,
             broker.start,
             metrics=m,
             log=log,
         )
-        await add_endpoint(
+        await add_subject_endpoint(
             svc,
             "device-poll",
-            subjects.AUTHN_DEVICE_POLL,
+            subjects.AUTHN_DEVICE_POLL_ALL,
             DevicePollRequest,
             broker.poll,
             metrics=m,

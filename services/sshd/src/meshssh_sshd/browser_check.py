@@ -1,12 +1,12 @@
 """The keyboard-interactive browser check: a device flow brokered by authn (SPEC §6).
 
 For clients that cannot send a token (plain OpenSSH, PuTTY, paramiko, IDEs), the server
-starts an OIDC device flow through authn (``AUTHN_DEVICE_START``) and shows the verification
-URL and the user code in the challenge; the user logs in in a browser and presses Enter; the
-server then polls (``AUTHN_DEVICE_POLL``, honouring ``interval`` and ``slow_down``) for at most
-``wait`` seconds, and the token it gets is validated exactly like a password token. A token
-pasted as the answer is accepted too. When authn cannot start a flow, the challenge still
-offers pasting a token.
+starts an OIDC device flow through authn (``device-start.<its peer id>``) and shows the
+verification URL and the user code in the challenge; the user logs in in a browser and presses
+Enter; the server then polls (``device-poll.<its peer id>``, honouring ``interval`` and
+``slow_down``) for at most ``wait`` seconds, and the token it gets is validated exactly like a
+password token. A token pasted as the answer is accepted too. When authn cannot start a flow,
+the challenge still offers pasting a token.
 
 Example::
 
@@ -83,7 +83,7 @@ class BrowserCheck:
         try:
             reply = await request(
                 self._nc,
-                subjects.AUTHN_DEVICE_START,
+                subjects.device_start(self._peer_id),
                 started,
                 DeviceStartReply,
                 timeout=5.0,
@@ -152,7 +152,7 @@ class BrowserCheck:
         try:
             return await request(
                 self._nc,
-                subjects.AUTHN_DEVICE_POLL,
+                subjects.device_poll(self._peer_id),
                 DevicePollRequest(device_code=flow.device_code),
                 DevicePollReply,
                 timeout=5.0,
