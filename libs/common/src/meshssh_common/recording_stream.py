@@ -194,9 +194,7 @@ async def recording_info(js: JetStreamContext, session_id: str) -> RecordingInfo
     except nats.js.errors.NotFoundError as e:
         raise NotFound(f"no recording of session {session_id!r}") from e  # just aged out
     _, _, _, peer, session = subject.split(".", 4)
-    return dataclasses.replace(
-        _header(data, session, peer, chunks), duration=duration, size=size
-    )
+    return dataclasses.replace(_header(data, session, peer, chunks), duration=duration, size=size)
 
 
 async def recorded_sessions(js: JetStreamContext) -> set[str]:

@@ -1,10 +1,11 @@
 """The web dashboard at ``/``: operators sign in with the identity provider.
 
 Pages: Peers (the SSH switch), a peer's detail (end live sessions), Users, Groups, Policies,
-Setup keys, the Audit log and (admins only) Recordings with a player, with a live strip. Server-rendered Jinja2 templates; htmx (vendored in
-``static/``, version in its file name, licence beside it) only polls the live strip: links
-and forms are plain HTML (post, then redirect), so every page works without JavaScript except
-the recording player (asciinema-player, vendored the same way).
+Setup keys, the Audit log and, for admins, Recordings with a player; a live strip on each.
+Server-rendered Jinja2 templates; htmx (vendored in ``static/``, version in its file name,
+licence beside it) only polls the live strip: links and forms are plain HTML (post, then
+redirect), so every page works without JavaScript but the recording player (asciinema-player,
+vendored the same way).
 
 Example::
 

@@ -86,8 +86,10 @@ class Pages:
         return {p.id: p.name for p in self.mgmt.state.peers.values()}
 
     async def recorded(self, session: Session) -> set[str]:
-        """The session ids with a recording, for links to the player (admins only; a stream
-        that does not answer means no links, logged)."""
+        """The session ids with a recording, for links to the player (admins only).
+
+        A stream that does not answer means no links (logged).
+        """
         if not session.admin:
             return set()
         try:

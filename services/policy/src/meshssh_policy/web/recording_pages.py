@@ -83,7 +83,9 @@ class RecordingPages:
     def _admin(self, session: Session) -> None:
         if not session.admin:
             self.reads.labels(result="denied").inc()
-            raise HTTPException(403, f"{session.user} may not see recordings: not a dashboard admin")
+            raise HTTPException(
+                403, f"{session.user} may not see recordings: not a dashboard admin"
+            )
 
     def _row(self, info: RecordingInfo, names: dict[str, str]) -> dict[str, Any]:
         return {
