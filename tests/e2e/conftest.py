@@ -109,6 +109,18 @@ class DashSystem:
         r.raise_for_status()
         return r.json()
 
+    async def api_write(self, method: str, path: str, body: dict[str, object]) -> object:
+        """A REST write with the admin token (as ``meshctl`` makes it)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.request(
+                method,
+                self.base + path,
+                json=body,
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+        r.raise_for_status()
+        return r.json() if r.content else None
+
     async def server_id(self) -> str:
         peers = await self.api("/api/v1/peers")
         assert isinstance(peers, list)

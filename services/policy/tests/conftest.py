@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ from meshssh_common.wire import (
 from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
 from meshssh_testkit import NatsServer
+from meshssh_testkit.dashboard import add_user
+from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.ports import free_port
 
 TOKEN = "test-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -315,3 +318,68 @@ def poll() -> Callable[..., Any]:
 def seed_file(tmp_path: Path) -> Path:
     """The demo seed shipped with policy (used by ``make run``)."""
     return Path(__file__).resolve().parents[1] / "demo" / "seed.json"
+
+
+SERVER_KEY = "meshssh-demo-server-key-0001"
+
+
+@dataclass
+class Site:
+    """authn (embedded provider) and a policy replica whose dashboard signs users in there."""
+
+    base: str
+    replica: Replica
+    peer: str
+
+
+SiteStarter = Callable[..., Awaitable[Site]]
+
+
+@pytest.fixture
+def start_site(
+    policy: PolicyFactory,
+    seed_file: Path,
+    register: Register,
+    services: ServiceFactory,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> SiteStarter:
+    """``await start_site(public_url="", **settings)``: authn with alice, bob and carol
+    (``<name>-password-0123``; alice and bob in the group users, carol's token says ops), a
+    policy replica (demo seed; alice an admin unless ``settings`` say otherwise), and one
+    registered peer ``srv``."""
+
+    async def start(public_url: str = "", **settings: Any) -> Site:
+        users = tmp_path / "users.json"
+        await add_user(users, "alice", "alice-password-0123", groups=("users",))
+        await add_user(users, "bob", "bob-password-0123")
+        await add_user(users, "carol", "carol-password-0123", groups=("ops",))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        await services.start(
+            "meshssh-authn",
+            *nats_server.authn_flags(),
+            "--listen",
+            "127.0.0.1:0",
+            "--users-file",
+            str(users),
+            "--dashboard-redirect-uri",
+            f"{public_url or base}/auth/callback",
+        )
+        settings = settings or {"admin_users": ("alice",)}
+        replica = await policy.start(
+            seed=seed_file, listen=f"127.0.0.1:{port}", public_url=public_url, **settings
+        )
+        peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
+        async with replica.client() as api, asyncio.timeout(30):
+            while (await api.get("/api/v1/auth/config")).status_code != 200:
+                await asyncio.sleep(0.05)  # until authn has published its issuer
+        return Site(base, replica, peer)
+
+    return start
+
+
+@pytest.fixture
+async def site(start_site: SiteStarter) -> Site:
+    """The dashboard site with its default settings (alice the admin)."""
+    return await start_site()

@@ -6,24 +6,19 @@ The list of writes comes from the dashboard's own router, so a new write route i
 
 from __future__ import annotations
 
-import asyncio
 import re
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
 from meshssh_policy.web.actions import Actions
-from meshssh_testkit import NatsServer
-from meshssh_testkit.dashboard import add_user, sign_in
-from meshssh_testkit.plugin import ServiceFactory
-from meshssh_testkit.ports import free_port
+from meshssh_testkit.dashboard import sign_in
 
-SERVER_KEY = "meshssh-demo-server-key-0001"
+if TYPE_CHECKING:
+    from conftest import Site, SiteStarter
 
 
 def write_routes() -> list[str]:
@@ -31,74 +26,9 @@ def write_routes() -> list[str]:
     return sorted(r.path for r in router.routes if "POST" in getattr(r, "methods", ()))
 
 
-@dataclass
-class Site:
-    """authn (embedded provider) and a policy replica whose dashboard signs users in there."""
-
-    base: str
-    replica: Any
-    peer: str
-
-
-async def start_site(
-    policy: Any,
-    seed_file: Path,
-    register: Any,
-    services: ServiceFactory,
-    nats_server: NatsServer,
-    tmp_path: Path,
-    public_url: str = "",
-    **settings: Any,
-) -> Site:
-    users = tmp_path / "users.json"
-    await add_user(users, "alice", "alice-password-0123", groups=("users",))
-    await add_user(users, "bob", "bob-password-0123")
-    await add_user(users, "carol", "carol-password-0123", groups=("ops",))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    await services.start(
-        "meshssh-authn",
-        *nats_server.authn_flags(),
-        "--listen",
-        "127.0.0.1:0",
-        "--users-file",
-        str(users),
-        "--dashboard-redirect-uri",
-        f"{public_url or base}/auth/callback",
-    )
-    settings = settings or {"admin_users": ("alice",)}
-    replica = await policy.start(
-        seed=seed_file, listen=f"127.0.0.1:{port}", public_url=public_url, **settings
-    )
-    peer = (await register("srv", "127.0.0.9", SERVER_KEY)).peer_id
-    async with replica.client() as api, asyncio.timeout(30):
-        while (await api.get("/api/v1/auth/config")).status_code != 200:
-            await asyncio.sleep(0.05)  # until authn has published its issuer
-    return Site(base, replica, peer)
-
-
-@pytest.fixture
-async def site(
-    policy: Any,
-    seed_file: Path,
-    register: Any,
-    services: ServiceFactory,
-    nats_server: NatsServer,
-    tmp_path: Path,
-) -> Site:
-    return await start_site(policy, seed_file, register, services, nats_server, tmp_path)
-
-
-async def test_behind_https_the_session_cookie_is_secure(
-    policy: Any,
-    seed_file: Path,
-    register: Any,
-    services: ServiceFactory,
-    nats_server: NatsServer,
-    tmp_path: Path,
-) -> None:
+async def test_behind_https_the_session_cookie_is_secure(start_site: SiteStarter) -> None:
     public = "https://dash.example.test"  # a TLS proxy in front; the test talks to policy
-    site = await start_site(policy, seed_file, register, services, nats_server, tmp_path, public)
+    site = await start_site(public)
     async with httpx.AsyncClient(timeout=15) as http:
         login = await http.get(f"{site.base}/auth/login")
         login_cookie = login.headers["set-cookie"].lower()
@@ -361,17 +291,10 @@ async def test_admin_actions_change_state_through_the_rest_operations_and_are_au
 
 
 async def test_admins_by_group_membership_or_the_tokens_groups_claim(
-    policy: Any,
-    seed_file: Path,
-    register: Any,
-    services: ServiceFactory,
-    nats_server: NatsServer,
-    tmp_path: Path,
+    policy: Any, seed_file: Path, start_site: SiteStarter
 ) -> None:
     # The seed puts alice and bob in the meshssh group "users"; carol's token says ["ops"].
-    site = await start_site(
-        policy, seed_file, register, services, nats_server, tmp_path, admin_group="users"
-    )
+    site = await start_site(admin_group="users")
     for user, admin in (("alice", True), ("bob", True), ("carol", False)):
         client, _ = await sign_in(site.base, user, f"{user}-password-0123")
         try:

@@ -161,6 +161,11 @@ async def test_a_pty_recording_holds_what_the_client_saw_and_no_typed_input(
     assert head["timestamp"] > 0
     assert server.metric("meshssh_sshd_recordings_total", mode="required", result="started") == 1
     assert server.metric("meshssh_sshd_recording_bytes_total", result="stored") > 0
+    # Each chunk's size header lets a reader size a recording from its last message.
+    js = recordings.jetstream()
+    (info,) = await list_recordings(js)
+    assert info.size == len(await read_recording(js, info.session))
+    assert info.duration == cast.events[-1][0]
 
 
 async def test_record_input_adds_keystrokes(

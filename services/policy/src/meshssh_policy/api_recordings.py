@@ -1,10 +1,10 @@
-"""REST routes for session recordings (``meshctl sessions``, the dashboard's player).
+"""REST routes for session recordings (``meshctl sessions``; the dashboard has its own).
 
 ``GET /api/v1/recordings`` lists the recordings in ``MESHSSH_RECORDINGS``, newest first (who,
-where, when, terminal size, chunks). ``GET /api/v1/recordings/{session_id}`` returns one
-recording as an asciicast v2 file (``application/x-asciicast``), as ``asciinema play`` and
-asciinema-player read it. Both need the admin token (recordings are as sensitive as the
-sessions themselves).
+where, when, terminal size, chunks, duration, size). ``GET /api/v1/recordings/{session_id}``
+returns one recording as an asciicast v2 file (``application/x-asciicast``), as
+``asciinema play`` and asciinema-player read it. Both need the admin token (recordings are as
+sensitive as the sessions themselves).
 
 Example::
 

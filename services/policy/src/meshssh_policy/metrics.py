@@ -89,9 +89,16 @@ class PolicyMetrics:
             "Accepted-login audit events handled (users added on first login)",
             ("result",),  # added | updated | ignored | bad | retry
         )
+        self.recording_reads = base.counter(
+            "recording_reads",
+            "Recordings asked for by the dashboard's player",
+            ("result",),  # served | not_found | unauthenticated | denied | error
+        )
         for reason in RejectReason:
             self.rejected.labels(reason=reason.value)
         for result in ("published", "unchanged", "stale", "error"):
             self.maps.labels(result=result)
         for result in ("added", "updated", "ignored", "bad", "retry"):
             self.login_events.labels(result=result)
+        for result in ("served", "not_found", "unauthenticated", "denied", "error"):
+            self.recording_reads.labels(result=result)

@@ -5,6 +5,8 @@ A recording is the asciicast v2 file itself, cut into messages on the session's 
 user, peer, source, start time and terminal size), the next ones carry event lines
 (``[t, "o", text]`` output, ``[t, "r", "COLSxROWS"]`` resizes, ``[t, "i", text]`` input only
 when the rule says ``record_input``). Concatenating the messages in order gives the file.
+Each message carries the header ``Meshssh-Rec-Bytes``, the file's size up to and including it,
+so a reader learns the size of a recording from its last message.
 
 Events are buffered and published by one task, a chunk at a time (each awaits the stream's
 ack), so the session never waits on the stream. With ``required`` the session starts only once
@@ -39,7 +41,7 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from meshssh_common.logs import BoundLogger
-from meshssh_common.recording_stream import MAX_CHUNK
+from meshssh_common.recording_stream import MAX_CHUNK, SIZE_HEADER
 from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = [
@@ -105,6 +107,7 @@ class Recorder:
         self._out = codecs.getincrementaldecoder("utf-8")("replace")
         self._in = codecs.getincrementaldecoder("utf-8")("replace")
         self.bytes_stored = 0
+        self._offset = 0  # bytes handed to the stream so far (SIZE_HEADER)
 
     @property
     def mode(self) -> str:
@@ -178,8 +181,11 @@ class Recorder:
     # -- publishing --------------------------------------------------------------------------
 
     async def _publish(self, chunk: bytes) -> bool:
+        # Runs up to the first await as its task starts, so offsets follow the chunks' order.
+        self._offset += len(chunk)
+        headers = {SIZE_HEADER: str(self._offset)}
         try:
-            await self._js.publish(self._subject, chunk, timeout=_ACK_TIMEOUT)
+            await self._js.publish(self._subject, chunk, timeout=_ACK_TIMEOUT, headers=headers)
         except (nats.errors.Error, TimeoutError) as e:
             self._metrics.recording_bytes.labels(result="failed").inc(len(chunk))
             self._log.warning(

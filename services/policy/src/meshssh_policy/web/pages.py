@@ -2,6 +2,8 @@
 
 Peers, a peer, Users, Groups, Policies, Setup keys, Audit and the live strip. Every page
 needs a sign-in; read-only users see the same pages with the write controls disabled.
+(Recordings, for admins only, are in ``recording_pages.py``; a peer's live sessions and the
+audit log link to the ones that exist.)
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlencode
 
+import nats.errors
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
+from meshssh_common.recording_stream import recorded_sessions
 from meshssh_common.wire import AuditKind
 from meshssh_policy.api_audit import peer_filter
 from meshssh_policy.api_resources import user_view
@@ -80,6 +84,19 @@ class Pages:
     def peer_names(self) -> dict[str, str]:
         """Peer id -> name."""
         return {p.id: p.name for p in self.mgmt.state.peers.values()}
+
+    async def recorded(self, session: Session) -> set[str]:
+        """The session ids with a recording, for links to the player (admins only).
+
+        A stream that does not answer means no links (logged).
+        """
+        if not session.admin:
+            return set()
+        try:
+            return await recorded_sessions(self.mgmt.js)
+        except (nats.errors.Error, TimeoutError) as e:
+            self.mgmt.log.warning("recordings stream did not answer", extra={"error": repr(e)})
+            return set()
 
     def groups_page(
         self, request: Request, session: Session, error: str = "", status: int = 200
@@ -179,6 +196,7 @@ class Pages:
                 rules=rules_of_map(netmap),
                 published_serial=netmap.serial if netmap is not None else None,
                 fingerprint=host_key_fingerprint(row["ssh_host_key"]),
+                recorded=await self.recorded(session),
             )
 
         @router.get("/users")
@@ -247,6 +265,7 @@ class Pages:
                 next_before=page.next_before,
                 older=older,
                 peer_names=self.peer_names(),
+                recorded=await self.recorded(session),
             )
 
         @router.get("/live")
