@@ -22,6 +22,17 @@ from meshssh_testkit.natscluster import NatsCluster
 RESUMED_WITHIN_S = 4.0  # after JetStream answers again; heartbeats of 0.5 s, checked every 1 s
 
 
+async def _put(kv: KeyValue, value: bytes) -> None:
+    """Put ``k``, waiting out the stream's leader election (a new stream, a dead leader)."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await kv.put("k", value)
+                return
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(0.1)
+
+
 async def _watch_away_from(kv: KeyValue, client_node: str) -> tuple[KvWatcher, str]:
     """A watch of ``k`` whose consumer is on another node than the client's (and that node)."""
     for _ in range(20):  # the server places the consumer: try until it lands elsewhere
@@ -43,7 +54,7 @@ async def test_a_watch_resumes_soon_after_the_node_holding_its_consumer_dies(
     try:
         js = nc.jetstream(timeout=2)
         kv = await js.create_key_value(KeyValueConfig(bucket="t-watch", replicas=3))
-        await kv.put("k", b"0")
+        await _put(kv, b"0")
         watcher, node = await _watch_away_from(kv, "n0")
         entries = aiter(watcher)
         first = await anext(entries)
@@ -59,13 +70,7 @@ async def test_a_watch_resumes_soon_after_the_node_holding_its_consumer_dies(
             return time.monotonic()
 
         recovered = asyncio.create_task(answering_again())
-        async with asyncio.timeout(30):
-            while True:  # the write waits out the stream's election if its leader died
-                try:
-                    await kv.put("k", b"1")
-                    break
-                except (nats.errors.Error, TimeoutError):
-                    await asyncio.sleep(0.1)
+        await _put(kv, b"1")
         written = time.monotonic()
         async with asyncio.timeout(30):
             seen = await anext(entries)
