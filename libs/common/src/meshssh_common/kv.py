@@ -379,10 +379,12 @@ class TypedKV(Generic[T]):
     ) -> AsyncIterator[KvEvent[T]]:
         """Like :meth:`watch`, forever, restarting the watch after every NATS reconnect.
 
-        After nats-server restarts, a JetStream watch can stay silent for ~15 s until its
-        ordered consumer notices. This restarts it as soon as the client has reconnected, so
-        the current values and an ``initial_done`` marker are yielded again: consumers must
-        treat events idempotently (maps: apply only a higher serial).
+        After nats-server restarts, a JetStream watch stays silent until its ordered consumer
+        notices (two missed heartbeats: ~1 s here, 10 to 20 s with nats-py's own watch). This
+        restarts it as soon as the client has reconnected, so the current values and an
+        ``initial_done`` marker are yielded again: consumers must treat events idempotently
+        (maps: apply only a higher serial). A consumer lost while the client stayed connected
+        (its node died) is remade by the heartbeat check (:mod:`meshssh_common.kv_watcher`).
 
         A watch that fails because NATS is away (a NATS or JetStream error, a timeout, a
         socket error) is reported to ``on_retry`` (a warning in this module's log when None)
