@@ -37,10 +37,14 @@ async def _watch_away_from(kv: KeyValue, client_node: str) -> tuple[KvWatcher, s
     """A watch of ``k`` whose consumer is on another node than the client's (and that node)."""
     for _ in range(20):  # the server places the consumer: try until it lands elsewhere
         watcher = await KvWatcher.start(kv, "k")
-        info = await watcher._sub.consumer_info()
-        assert info.cluster is not None
-        if info.cluster.leader != client_node:
-            return watcher, str(info.cluster.leader)
+        node = ""
+        async with asyncio.timeout(10):
+            while not node:  # the info names the consumer's node once it is placed
+                info = await watcher._sub.consumer_info()
+                node = info.cluster.leader if info.cluster is not None else ""
+                await asyncio.sleep(0 if node else 0.1)
+        if node != client_node:
+            return watcher, str(node)
         await watcher.stop()
     raise AssertionError("every watch consumer was placed on the client's node")
 

@@ -14,14 +14,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections import Counter
 
 import httpx
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from meshssh_common import codec, subjects
 from meshssh_common.kv import TypedKV, open_bucket
@@ -132,18 +136,30 @@ def _rule(*ports: str) -> RuleRecord:
     return RuleRecord(sources=("src",), destinations=("dst",), protocol="tcp", ports=ports)
 
 
+async def _open(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+    """``bucket``, once its stream has a leader (a new R3 stream elects one first)."""
+    kv = await open_bucket(js, bucket, replicas=replicas)
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(nats.errors.Error):
+                info = await js.stream_info(f"KV_{bucket}")
+                if info.cluster is None or info.cluster.leader:
+                    return kv
+            await asyncio.sleep(0.1)
+
+
 async def seed(nc: NATS, replicas: int) -> list[str]:
     """501 peers: one in group ``src``, 500 in ``dst``; policy ``wide``: src -> dst on 22."""
     js = nc.jetstream(timeout=20)
-    peers = await open_bucket(js, subjects.BUCKET_PEERS, replicas=replicas)
+    peers = await _open(js, subjects.BUCKET_PEERS, replicas)
     records = [_peer(i) for i in range(DESTINATIONS + 1)]
     for record in records:
         await peers.put(peer_key(record.id), codec.encode(record))
-    groups = await open_bucket(js, subjects.BUCKET_GROUPS, replicas=replicas)
+    groups = await _open(js, subjects.BUCKET_GROUPS, replicas)
     dst = tuple(r.id for r in records[1:])
     await groups.put(group_key("src"), codec.encode(GroupRecord(id="src", peers=(records[0].id,))))
     await groups.put(group_key("dst"), codec.encode(GroupRecord(id="dst", peers=dst)))
-    policies = await open_bucket(js, subjects.BUCKET_POLICIES, replicas=replicas)
+    policies = await _open(js, subjects.BUCKET_POLICIES, replicas)
     wide = PolicyRecord(id="wide", name="wide", rules=(_rule("22"),))
     await policies.put(policy_key("wide"), codec.encode(wide))
     return list(dst)
@@ -157,7 +173,11 @@ async def start_replica(cluster: NatsCluster, name: str) -> tuple[ServiceProcess
         *("--admin-token", TOKEN, "--instance", name, "--replica-lease", "2"),
         *("--bus-keys", str(cluster.creds("policy").parent)),
     )
-    await proc.wait_ready(timeout=30)
+    try:
+        await proc.wait_ready(timeout=30)
+    except BaseException:
+        await proc.stop()
+        raise
     found = re.search(r"api listening.*url=(http://\S+)", proc.output())
     assert found, proc.output()
     return proc, found[1]
@@ -198,10 +218,13 @@ async def test_a_replica_killed_during_a_500_peer_change_leaves_no_peer_behind(
 ) -> None:
     logging.getLogger("meshssh").setLevel(logging.WARNING)
     nc = await nats_cluster.connect()
-    dst = await seed(nc, replicas=len(nats_cluster.nodes))
-    a, api_a = await start_replica(nats_cluster, "policy-a")
-    b, _ = await start_replica(nats_cluster, "policy-b")
+    procs: list[ServiceProcess] = []
     try:
+        dst = await seed(nc, replicas=len(nats_cluster.nodes))
+        a, api_a = await start_replica(nats_cluster, "policy-a")
+        procs.append(a)
+        b, _ = await start_replica(nats_cluster, "policy-b")
+        procs.append(b)
         for proc in (a, b):  # each counts both as live: the maps are shared out
             await wait_metric(proc.ops_url, "meshssh_policy_replicas", 2, timeout=10)
         await wait_maps(nc, nats_cluster, dst, "22", timeout=30)
@@ -230,6 +253,6 @@ async def test_a_replica_killed_during_a_500_peer_change_leaves_no_peer_behind(
         print(f"{victim} killed; all {len(dst)} final maps {took:.2f}s later (owned {owned})")
         assert took <= FINAL_WITHIN_S
     finally:
-        for proc in (a, b):
+        for proc in procs:
             await proc.stop()
         await nc.close()
