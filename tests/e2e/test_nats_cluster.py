@@ -115,15 +115,19 @@ async def stream_leader(nc: NATS, stream: str) -> str:
 async def peers_watch_node(nc: NATS) -> str:
     """The node holding policy's watch of ``peer.*`` (its ordered consumer, R1)."""
     stream = f"KV_{subjects.BUCKET_PEERS}"
-    consumers = await nc.jetstream()._jsm.consumers_info(stream)
-    found = [
-        c
-        for c in consumers
-        if (c.config.filter_subject or "").endswith(".peer.*") and c.cluster is not None
-    ]
-    assert len(found) == 1, consumers
-    assert found[0].cluster is not None
-    return str(found[0].cluster.leader)
+    nodes: list[str] = []
+    async with asyncio.timeout(10):
+        while len(nodes) != 1:  # exactly one such watch, once placed on a node
+            consumers = await nc.jetstream()._jsm.consumers_info(stream)
+            nodes = [
+                c.cluster.leader
+                for c in consumers
+                if (c.config.filter_subject or "").endswith(".peer.*")
+                and c.cluster is not None
+                and c.cluster.leader
+            ]
+            await asyncio.sleep(0 if len(nodes) == 1 else 0.1)
+    return nodes[0]
 
 
 async def js_answers(cluster: NatsCluster, nc: NATS, timeout: float = 30) -> None:
