@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import httpx
+import nats.js.errors
 import pytest
 
 from meshssh_common import subjects
+from meshssh_common.errors import Unavailable
 from meshssh_common.kv import open_bucket
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.service import ServiceContext, run_service
+from meshssh_common.service import ServiceContext, jetstream_not_ready, run_service
 from meshssh_common.settings import ServiceSettings
 from meshssh_testkit import NatsServer, run_command_sync, script
+from meshssh_testkit.natscluster import NatsCluster
 from meshssh_testkit.plugin import ServiceFactory
 
 SERVICES = ["meshssh-policy", "meshssh-authn", "meshssh-sshd", "meshssh-relay"]
@@ -259,3 +262,90 @@ def test_a_service_whose_serve_ignores_sigterm_still_exits_within_the_grace(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def test_a_service_started_before_jetstream_is_ready_starts_again_until_it_is(
+    tmp_path: Path,
+) -> None:
+    # One node of three: no JetStream quorum, so JetStream answers nothing ("not ready"),
+    # until the other two join after a while. Then the start goes through.
+    cluster = await NatsCluster.start(tmp_path / "cluster", only=[0])
+    failures: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def serve(ctx: ServiceContext) -> None:
+        try:
+            await open_bucket(ctx.js, "t-start", replicas=3)
+        except Exception as e:
+            failures.append(e)
+            raise
+        ctx.ready.set()
+        stop.set()
+
+    async def join_later() -> None:
+        await asyncio.sleep(5)  # two or more starts time out (2 s each) meanwhile
+        await asyncio.gather(cluster.revive(1), cluster.revive(2))
+
+    settings = ServiceSettings(
+        nats_url=cluster.nodes[0].url,
+        nats_creds=cluster.creds("admin"),
+        ops_listen="127.0.0.1:0",
+    )
+    try:
+        code, _ = await asyncio.wait_for(
+            asyncio.gather(
+                run_service("t", settings, serve, metrics=ServiceMetrics("t"), stop=stop),
+                join_later(),
+            ),
+            60,
+        )
+    finally:
+        await cluster.stop()
+    assert code == 0, failures[-3:]
+    assert len(failures) >= 2, failures  # failed while JetStream was not ready, then retried
+    assert all(jetstream_not_ready(e) for e in failures), failures
+
+
+async def test_a_service_gives_up_when_jetstream_is_not_ready_within_its_start_timeout(
+    nats_server: NatsServer,
+) -> None:
+    attempts: list[BaseException] = []
+
+    async def serve(ctx: ServiceContext) -> None:
+        try:
+            await ctx.js.account_info()  # the system account has no JetStream: never ready
+        except Exception as e:
+            attempts.append(e)
+            raise
+
+    settings = ServiceSettings(
+        nats_url=nats_server.url,
+        nats_creds=nats_server.creds("system"),
+        ops_listen="127.0.0.1:0",
+        nats_start_timeout=1.5,
+        nats_request_timeout=0.5,
+    )
+    started = time.monotonic()
+    code = await asyncio.wait_for(
+        run_service("t", settings, serve, metrics=ServiceMetrics("t")), 20
+    )
+    assert code == 1
+    # it stops retrying once the next wait would end past the 1.5 s
+    assert 0.5 < time.monotonic() - started < 8, time.monotonic() - started
+    assert len(attempts) >= 3, attempts  # 0.2 s, then 0.4 s apart
+    assert all(jetstream_not_ready(e) for e in attempts), attempts
+
+
+def test_only_jetstream_not_being_ready_counts_as_not_ready() -> None:
+    account = nats.js.errors.APIError.from_error  # what nats-py makes of a JetStream error
+    with pytest.raises(nats.js.errors.ServiceUnavailableError) as not_found:
+        account({"code": 503, "err_code": 10035, "description": "account not found"})
+    assert jetstream_not_ready(not_found.value)
+    wrapped = Unavailable("JetStream did not answer")
+    wrapped.__cause__ = not_found.value
+    assert not jetstream_not_ready(ExceptionGroup("serve", [RuntimeError("a bug"), wrapped]))
+    assert jetstream_not_ready(ExceptionGroup("serve", [wrapped]))
+    with pytest.raises(nats.js.errors.BadRequestError) as bad:
+        account({"code": 400, "err_code": 10058, "description": "stream name already in use"})
+    assert not jetstream_not_ready(bad.value)
+    assert not jetstream_not_ready(RuntimeError("a bug"))

@@ -1,11 +1,12 @@
 """Two authn replicas, active-active: one is SIGKILLed during logins, the other carries on.
 
-Real ``meshssh-authn`` processes on one nats-server, sharing the signing keys and device
-grants through KV, behind one public URL (a loopback TCP balancer that skips a dead backend,
-as a Kubernetes Service does). SSH servers' browser checks go over NATS (device-start and
-device-poll, served in the ``authn`` queue group); the user approves in the browser through
-the public URL. A replica killed between a login's start and its approval loses nothing: the
-other approves, answers the poll and signs a token every server accepts.
+Real ``meshssh-authn`` processes on a 3-node NATS cluster (every bucket R3), sharing the
+signing keys and device grants through KV, behind one public URL (a loopback TCP balancer
+that skips a dead backend, as a Kubernetes Service does). SSH servers' browser checks go
+over NATS (device-start and device-poll, served in the ``authn`` queue group); the user
+approves in the browser through the public URL. A replica killed between a login's start
+and its approval loses nothing: the other approves, answers the poll and signs a token every
+server accepts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from meshssh_common.wire import (
     DeviceStartReply,
     DeviceStartRequest,
 )
-from meshssh_testkit import NatsServer, ServiceProcess
+from meshssh_testkit import ServiceProcess
+from meshssh_testkit.natscluster import NatsCluster
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.scrape import read_metric
 
@@ -101,17 +103,18 @@ async def login(
 
 
 async def test_logins_go_on_through_the_other_replica_when_one_is_killed(
-    nats_server: NatsServer,
+    nats_cluster: NatsCluster,
     users_file: Path,
     passwords: dict[str, str],
     browser: Browser,
-    kv: Kv,
 ) -> None:
     ports = [free_port("127.0.0.1") for _ in range(2)]
     front = Balancer(ports)
     await front.start()
     replicas: list[ServiceProcess] = []
+    nats_server = nats_cluster
     nc = await nats_server.connect(nats_server.peer_creds("server-1"))  # as an SSH server
+    kv = Kv(await nats_server.connect(), nats_server.nodes[0].jwks_signing_key())
     try:
         for i, port in enumerate(ports):
             replicas.append(
@@ -144,14 +147,14 @@ async def test_logins_go_on_through_the_other_replica_when_one_is_killed(
             LOGINS - KILL_AFTER - 1,
             LOGINS - KILL_AFTER,
         )
-        snap = await kv.snapshot()
-        assert snap is not None
+        snap = await kv.wait_snapshot()  # a follower's direct get may lag: read until there
         # the browser check hands out per-peer tokens for the server that started it
         validator = PeerTokenValidator(snap.jwt, snap, peer_id="server-1")
         assert {validator.validate(t).token.user_id for t in tokens} == {"alice"}
         assert len(set(tokens)) == LOGINS
     finally:
         await nc.close()
+        await kv.nc.close()
         for proc in replicas:
             await proc.stop()
         await front.stop()

@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from meshssh_common import codec
 from meshssh_common.errors import Conflict, Unavailable, WireError
+from meshssh_common.kv_watcher import KvWatcher
 from meshssh_common.signed_doc import Signer, Verifier
 
 __all__ = [
@@ -341,11 +342,12 @@ class TypedKV(Generic[T]):
         """
         # A snapshot's consumer goes 5 s after its last use (nats-py's default keeps every
         # ephemeral watch consumer 5 min: policy's load of the maps stayed on the map bucket).
+        # KvWatcher, not nats-py's KeyValue.watch: its consumer heartbeats every 0.5 s, so a
+        # watch whose NATS node died resumes within seconds instead of 20 (kv_watcher.py).
         linger = _SNAPSHOT_LINGER if initial_only else None
-        watcher = await self.kv.watch(keys, inactive_threshold=linger)
+        watcher = await KvWatcher.start(self.kv, keys, inactive_threshold=linger)
         try:
-            while True:
-                entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
+            async for entry in watcher:
                 if entry is None:
                     yield KvEvent("", None, 0, initial_done=True)
                     if initial_only:
@@ -365,8 +367,7 @@ class TypedKV(Generic[T]):
             # Shield the unsubscribe so a cancelled watcher still releases its consumer, and
             # bound it: during an outage the server may never answer.
             with contextlib.suppress(Exception):
-                stop = asyncio.shield(watcher.stop())  # type: ignore[no-untyped-call]
-                await asyncio.wait_for(stop, 2)
+                await asyncio.wait_for(asyncio.shield(watcher.stop()), 2)
 
     async def follow(
         self,
@@ -378,10 +379,12 @@ class TypedKV(Generic[T]):
     ) -> AsyncIterator[KvEvent[T]]:
         """Like :meth:`watch`, forever, restarting the watch after every NATS reconnect.
 
-        After nats-server restarts, a JetStream watch can stay silent for ~15 s until its
-        ordered consumer notices. This restarts it as soon as the client has reconnected, so
-        the current values and an ``initial_done`` marker are yielded again: consumers must
-        treat events idempotently (maps: apply only a higher serial).
+        After nats-server restarts, a JetStream watch stays silent until its ordered consumer
+        notices (two missed heartbeats: ~1 s here, 10 to 20 s with nats-py's own watch). This
+        restarts it as soon as the client has reconnected, so the current values and an
+        ``initial_done`` marker are yielded again: consumers must treat events idempotently
+        (maps: apply only a higher serial). A consumer lost while the client stayed connected
+        (its node died) is remade by the heartbeat check (:mod:`meshssh_common.kv_watcher`).
 
         A watch that fails because NATS is away (a NATS or JetStream error, a timeout, a
         socket error) is reported to ``on_retry`` (a warning in this module's log when None)

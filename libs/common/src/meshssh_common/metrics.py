@@ -10,9 +10,14 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServiceMetrics", "metric_name"]
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 def metric_name(service: str, what: str) -> str:
@@ -26,6 +31,7 @@ class ServiceMetrics:
     def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
         self.service = service
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._own: dict[str, Counter | Gauge | Histogram] = {}  # counter(), gauge(), histogram()
         r = self.registry
         self.up = Gauge(metric_name(service, "up"), "1 while the service runs", registry=r)
         self.ready = Gauge(metric_name(service, "ready"), "1 while /readyz is 200", registry=r)
@@ -64,13 +70,27 @@ class ServiceMetrics:
             registry=r,
         )
 
+    def _made(self, what: str, kind: type[M], make: Callable[[str], M]) -> M:
+        # A serve() started again (JetStream was not ready: see service.py) asks for its
+        # metrics again: it gets the same ones, counts kept, instead of a duplicate.
+        made = self._own.get(what)
+        if made is None:
+            made = self._own[what] = make(metric_name(self.service, what))
+        if not isinstance(made, kind):
+            raise TypeError(f"metric {what} is a {type(made).__name__}, not a {kind.__name__}")
+        return made
+
     def counter(self, what: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-        """A service-specific counter on this registry."""
-        return Counter(metric_name(self.service, what), doc, list(labels), registry=self.registry)
+        """A service-specific counter on this registry (the same one when asked again)."""
+        return self._made(
+            what, Counter, lambda name: Counter(name, doc, list(labels), registry=self.registry)
+        )
 
     def gauge(self, what: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        """A service-specific gauge on this registry."""
-        return Gauge(metric_name(self.service, what), doc, list(labels), registry=self.registry)
+        """A service-specific gauge on this registry (the same one when asked again)."""
+        return self._made(
+            what, Gauge, lambda name: Gauge(name, doc, list(labels), registry=self.registry)
+        )
 
     def histogram(
         self,
@@ -79,11 +99,11 @@ class ServiceMetrics:
         labels: tuple[str, ...] = (),
         buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS,
     ) -> Histogram:
-        """A service-specific histogram on this registry."""
-        return Histogram(
-            metric_name(self.service, what),
-            doc,
-            list(labels),
-            buckets=buckets,
-            registry=self.registry,
+        """A service-specific histogram on this registry (the same one when asked again)."""
+        return self._made(
+            what,
+            Histogram,
+            lambda name: Histogram(
+                name, doc, list(labels), buckets=buckets, registry=self.registry
+            ),
         )

@@ -6,7 +6,12 @@ its subscriptions and listeners are up. The runner owns everything else.
 Lifecycle, in order:
 1. the ops server starts (``/healthz`` answers at once; ``/readyz`` is 503);
 2. NATS connects (retried until it succeeds, or until a signal);
-3. ``serve(ctx)`` runs; ``/readyz`` is 200 while NATS is connected and ``ctx.ready`` is set;
+3. ``serve(ctx)`` runs; ``/readyz`` is 200 while NATS is connected and ``ctx.ready`` is set.
+   A ``serve`` that fails before it is ready because JetStream is not ready yet (a 503 such as
+   "account not found" from a cluster node that has not loaded the account, no responders,
+   a timeout) is started again, on a new connection so nothing of the failed start lingers,
+   with backoff (0.2 s doubling to 5 s) for up to ``nats_start_timeout`` seconds; then it
+   exits 1. Any other failure ends the service at once;
 4. on SIGTERM/SIGINT: ``ctx.stopping`` is set and ``ctx.ready`` cleared, ``serve`` is cancelled
    and given ``shutdown_grace`` seconds to finish its cleanup, NATS is drained, the ops server
    stops. Exit code 0; 1 if ``serve`` crashed or overran the grace.
@@ -25,15 +30,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshssh_common.connection import connect_nats
-from meshssh_common.errors import ConfigError
+from meshssh_common.errors import ConfigError, Unavailable
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import set_default_replicas
 from meshssh_common.logs import BoundLogger, configure_logging, service_logger
@@ -41,10 +49,26 @@ from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.ops_http import ReadinessCheck, ops_app
 from meshssh_common.settings import ServiceSettings, parse_settings
 
-__all__ = ["ServiceContext", "run_service", "service_main", "stop_on_signals"]
+__all__ = [
+    "ServiceContext",
+    "jetstream_not_ready",
+    "run_service",
+    "service_main",
+    "stop_on_signals",
+]
 
 # serve() tasks that overran the shutdown grace (see service_main).
 _ABANDONED: set[asyncio.Task[int]] = set()
+_NOT_READY = -1  # _guarded: serve failed before ready because JetStream was not ready
+# nats-py raises ServiceUnavailableError for every JetStream 503 and for no responders.
+_NOT_READY_ERRORS = (
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    Unavailable,
+)
+_FIRST_RETRY = 0.2
+_MAX_RETRY = 5.0
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -132,33 +156,51 @@ async def run_service(
     try:
         async with asyncio.TaskGroup() as tg:
             ops_task = tg.create_task(ops.serve())
-            connect = tg.create_task(
-                connect_nats(
-                    settings.nats_url,
-                    name=f"{name}/{settings.instance}",
-                    metrics=metrics,
-                    log=log,
-                    creds=settings.nats_creds,
-                    ca=settings.nats_ca,
-                )
-            )
             stopper = tg.create_task(stop.wait())
-            await asyncio.wait({connect, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not connect.done():
-                connect.cancel()
-                ops.stop()
-                return 0
-            nc = connect.result()
-            ctx = ServiceContext(name, settings, nc, metrics, log, ops_url=ops.url)
-            holder["ctx"] = ctx
-            # Not in the TaskGroup: a serve() that ignores cancellation must not hold the
-            # shutdown past the grace (the TaskGroup would wait for it forever).
-            main = asyncio.create_task(_guarded(serve, ctx))
-            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            deadline = time.monotonic() + settings.nats_start_timeout
+            delay = _FIRST_RETRY
+            while True:
+                connect = tg.create_task(
+                    connect_nats(
+                        settings.nats_url,
+                        name=f"{name}/{settings.instance}",
+                        metrics=metrics,
+                        log=log,
+                        creds=settings.nats_creds,
+                        ca=settings.nats_ca,
+                    )
+                )
+                await asyncio.wait({connect, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not connect.done():
+                    connect.cancel()
+                    ops.stop()
+                    return 0
+                nc = connect.result()
+                ctx = ServiceContext(name, settings, nc, metrics, log, ops_url=ops.url)
+                holder["ctx"] = ctx
+                # Not in the TaskGroup: a serve() that ignores cancellation must not hold the
+                # shutdown past the grace (the TaskGroup would wait for it forever).
+                main = asyncio.create_task(_guarded(serve, ctx))
+                await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not (main.done() and main.result() == _NOT_READY) or stop.is_set():
+                    break
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "JetStream not ready; giving up",
+                        extra={"nats_start_timeout": settings.nats_start_timeout},
+                    )
+                    break
+                log.warning("JetStream not ready; starting again", extra={"retry_in": delay})
+                with contextlib.suppress(Exception):
+                    await nc.close()  # what the failed start subscribed goes with it
+                await asyncio.wait({stopper}, timeout=delay)
+                delay = min(delay * 2, _MAX_RETRY)
             ctx.stopping.set()
             ctx.ready.clear()
             if main.done():
                 exit_code = main.result()
+                if exit_code == _NOT_READY:  # gave up, or stopped while it was not ready
+                    exit_code = 0 if stop.is_set() else 1
             else:
                 log.info("shutting down", extra={"grace": settings.shutdown_grace})
                 main.cancel()
@@ -205,8 +247,37 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def jetstream_not_ready(error: BaseException) -> bool:
+    """Whether ``error`` says JetStream is not ready yet, so a start may be tried again.
+
+    That is a JetStream 503 (10035 "account not found" from a node that has not loaded the
+    account yet, 10008 "temporarily unavailable", no responders), a timeout, or
+    :class:`Unavailable`, possibly wrapped (``raise ... from``) or in an exception group whose
+    every other member is a cancellation.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [e for e in error.exceptions if not isinstance(e, asyncio.CancelledError)]
+        return bool(leaves) and all(jetstream_not_ready(e) for e in leaves)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, nats.js.errors.APIError) and current.code == 503:
+            return True
+        if isinstance(
+            current, Unavailable | nats.errors.TimeoutError | nats.errors.NoRespondersError
+        ):
+            return True
+        current = current.__cause__
+    return False
+
+
 async def _guarded(serve: Serve[S], ctx: ServiceContext[S]) -> int:
-    """Run ``serve``; return its exit code: 0 ended or cancelled, 1 crashed, 2 bad setting."""
+    """Run ``serve``; its exit code: 0 ended or cancelled, 1 crashed, 2 bad setting.
+
+    ``_NOT_READY`` when it failed before it was ready because JetStream was not (the runner
+    starts it again).
+    """
     try:
         await serve(ctx)
     except asyncio.CancelledError:
@@ -215,7 +286,10 @@ async def _guarded(serve: Serve[S], ctx: ServiceContext[S]) -> int:
         ctx.log.error("bad setting", extra={"setting": e.setting, "problem": e.problem})
         sys.stderr.write(f"meshssh-{ctx.name}: bad setting {e}\n")
         return 2
-    except Exception:
+    except Exception as e:
+        if not ctx.ready.is_set() and jetstream_not_ready(e):
+            ctx.log.warning("JetStream not ready at start", extra={"error": repr(e)})
+            return _NOT_READY
         ctx.log.exception("service crashed")
         return 1
     return 0

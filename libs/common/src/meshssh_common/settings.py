@@ -122,6 +122,13 @@ class ServiceSettings(BaseSettings):
         validation_alias="MESHSSH_NATS_REQUEST_TIMEOUT",
         description="seconds to wait for a NATS reply",
     )
+    nats_start_timeout: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="MESHSSH_NATS_START_TIMEOUT",
+        description="seconds a starting service keeps starting again, with backoff, while "
+        "JetStream is not ready (account not found, no leader yet) before it exits 1",
+    )
 
 
 def flag_name(name: str) -> str:

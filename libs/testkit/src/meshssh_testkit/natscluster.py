@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,13 @@ class NatsCluster:
 
     @classmethod
     async def start(
-        cls, base: Path, *, size: int = 3, tls: bool = False, timeout: float = 30.0
+        cls,
+        base: Path,
+        *,
+        size: int = 3,
+        tls: bool = False,
+        timeout: float = 30.0,
+        only: Sequence[int] | None = None,
     ) -> NatsCluster:
         """Start ``size`` nodes storing under ``base`` and wait until JetStream answers.
 
@@ -63,6 +70,9 @@ class NatsCluster:
             size: how many nodes (3: what R3 needs).
             tls: every node serves ``tls://`` with a certificate from the bus CA.
             timeout: seconds for the whole start, JetStream's meta leader included.
+            only: start just these nodes and do not wait for JetStream (a cluster still
+                forming, without a quorum: JetStream answers nothing); :meth:`revive` starts
+                the others.
         """
         base.mkdir(parents=True, exist_ok=True)
         keys = BusKeys.create(base / "bus", tls_hosts=TLS_HOSTS if tls else ())
@@ -80,8 +90,10 @@ class NatsCluster:
         cluster = cls(nodes, keys, tls)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*(node.restart(timeout) for node in nodes))
-                await cluster.wait_jetstream()
+                starting = nodes if only is None else [nodes[i] for i in only]
+                await asyncio.gather(*(node.restart(timeout) for node in starting))
+                if only is None:
+                    await cluster.wait_jetstream()
         except BaseException:
             await cluster.stop()
             raise

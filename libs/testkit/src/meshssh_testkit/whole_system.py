@@ -1,6 +1,8 @@
 """The whole system with real processes, as a user meets it: for end-to-end tests.
 
-nats-server (the test's), ``meshssh-authn`` (embedded provider; alice added with
+nats-server (the test's: one :class:`~meshssh_testkit.natsd.NatsServer`, or a 3-node
+:class:`~meshssh_testkit.natscluster.NatsCluster` whose services create everything with three
+replicas), ``meshssh-authn`` (embedded provider; alice added with
 ``meshssh-authn users add``), ``meshssh-policy`` with the demo seed, one or more server agents
 (sshd and the relay in proxy mode; setup key ``meshssh-demo-server-key-0001``) and the laptop
 agent ``demo-laptop`` on 127.0.0.3 (JWT cache 600 s, its OpenSSH drop-in written to a temp
@@ -25,12 +27,14 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
 from meshssh_common.wire import AuditEvent
+from meshssh_testkit.natscluster import NatsCluster
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
@@ -42,6 +46,7 @@ __all__ = [
     "PASSWORD",
     "SEED",
     "USER",
+    "Bus",
     "Server",
     "System",
     "approve",
@@ -61,6 +66,9 @@ USER = getpass.getuser()
 IS_ROOT = os.geteuid() == 0
 SERVER_KEY = "meshssh-demo-server-key-0001"
 LAPTOP_KEY = "meshssh-demo-laptop-key-0001"
+
+Bus = NatsServer | NatsCluster
+"""What the system runs on: one nats-server, or a cluster (every URL, R3 buckets)."""
 
 
 async def run(
@@ -111,6 +119,12 @@ class System:
         flag = "-p" if tool == "ssh" else "-P"
         return [tool, "-F", str(self.ssh_config), flag, str(port), *args]
 
+    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """One admin REST call to policy (``path`` under ``/api/v1``)."""
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=self.api, headers=headers, timeout=30) as http:
+            return await http.request(method, f"/api/v1{path}", json=body)
+
     async def meshctl(self, *args: str) -> str:
         """Run ``meshctl`` with the admin token; its stdout (asserts exit 0)."""
         code, out, err = await run(
@@ -141,7 +155,7 @@ async def approve(url: str, code: str) -> None:
 
 
 async def start_agent(
-    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: NatsServer, *flags: str
+    tmp: Path, name: str, ip: str, key: str, api: str, nats_server: Bus, *flags: str
 ) -> AgentProcess:
     """``meshssh up`` for one peer (proxy relay, OS-picked ports), once registered."""
     agent = await AgentProcess.start(
@@ -171,7 +185,7 @@ async def _add_alice(users: Path) -> None:
 
 
 async def _start_server(
-    tmp: Path, api: str, nats_server: NatsServer, server: Server
+    tmp: Path, api: str, nats_server: Bus, server: Server
 ) -> tuple[AgentProcess, int, str]:
     """One server agent, once its sshd and relay run: (agent, relay port, sshd ops address)."""
     ops = f"127.0.0.1:{free_port('127.0.0.1')}"
@@ -198,7 +212,7 @@ async def _start_server(
 
 @contextlib.asynccontextmanager
 async def whole_system(
-    nats_server: NatsServer,
+    nats_server: Bus,
     services: ServiceFactory,
     tmp: Path,
     *,
