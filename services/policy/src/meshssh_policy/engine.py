@@ -64,6 +64,7 @@ class _Retry:
 
 
 Item = tuple[str, KvEvent[Any]] | _Retry
+_Compiled = tuple[str, NetworkMap, bytes]  # peer id, map, content digest
 
 
 class Engine:
@@ -229,7 +230,7 @@ class Engine:
         started = time.perf_counter()
         compiler = Compiler(self.state, self.index, self.mesh_prefix)
         view = dict(self.state.view)
-        out: asyncio.Queue[tuple[str, NetworkMap] | None] = asyncio.Queue(self.concurrency * 4)
+        out: asyncio.Queue[_Compiled | None] = asyncio.Queue(self.concurrency * 4)
         compute_time = 0.0
         async with asyncio.TaskGroup() as tg:
             workers = [
@@ -239,7 +240,8 @@ class Engine:
             for peer_id, record in removed.items():
                 self._projections.pop(peer_id, None)
                 if self.owns(peer_id):
-                    await out.put((peer_id, tombstone(record, self.mesh_prefix)))
+                    dead = tombstone(record, self.mesh_prefix)
+                    await out.put((peer_id, dead, compiler.digester.digest(dead)))
             done: set[str] = set()
             todo = set(affected) - set(removed)
             while todo:
@@ -259,7 +261,7 @@ class Engine:
                         netmap = self._compile(compiler, peer_id)
                         if netmap is None:
                             continue
-                        compiled.append((peer_id, netmap))
+                        compiled.append((peer_id, netmap, compiler.digester.digest(netmap)))
                         if not full:
                             todo |= self._propagate(peer_id, compiler)
                     compute_time += time.perf_counter() - t0
@@ -348,11 +350,12 @@ class Engine:
         return more
 
     async def _publish_worker(
-        self, queue: asyncio.Queue[tuple[str, NetworkMap] | None], view: dict[str, int]
+        self, queue: asyncio.Queue[_Compiled | None], view: dict[str, int]
     ) -> None:
         while (item := await queue.get()) is not None:
-            peer_id, netmap = item
-            if await self.publisher.publish(peer_id, netmap, view) is Outcome.ERROR:
+            peer_id, netmap, digest = item
+            outcome = await self.publisher.publish(peer_id, netmap, view, digest=digest)
+            if outcome is Outcome.ERROR:
                 self._failed.add(peer_id)
 
     async def _mark_processed(self) -> None:
