@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
@@ -43,7 +44,8 @@ from meshssh_common.nats_jwt import read_creds
 from meshssh_common.signed_doc import Verifier
 from meshssh_common.wire import NetworkMap
 
-CONNECT_AT_ONCE = 32
+CONNECT_AT_ONCE = 8
+BATCH = 50  # own-connection peers started together
 
 
 def _serial(netmap: NetworkMap) -> int:
@@ -56,9 +58,8 @@ class Peers:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.verifier = Verifier("map", cfg["pins"])
-        self.expected = len(cfg["own"]) + len(cfg["shared"])
         self.synced: set[str] = set()
-        self.all_synced = asyncio.Event()
+        self.progress = asyncio.Event()
         self.conns: list[NATS] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.out: list[str] = []
@@ -68,15 +69,28 @@ class Peers:
             "user_credentials": creds,
             "inbox_prefix": inbox_prefix(read_creds(Path(creds)).public_key),
             "max_reconnect_attempts": -1,
+            "error_cb": self._error,
         }
         if self.cfg["ca"]:
             options["tls"] = ssl.create_default_context(cafile=self.cfg["ca"])
         return options
 
+    async def _error(self, error: Exception) -> None:
+        self._emit(f"R nats-{type(error).__name__}")
+
     async def _connect(self, creds: str) -> NATS:
-        nc = await nats.connect(servers=self.cfg["urls"], **self._options(creds))
-        self.conns.append(nc)
-        return nc
+        for attempt in range(5):  # a starved client can miss the server's auth timeout
+            try:
+                nc = await nats.connect(
+                    servers=self.cfg["urls"], connect_timeout=10, **self._options(creds)
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                self._emit(f"R connect-{type(e).__name__}")
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            self.conns.append(nc)
+            return nc
+        raise RuntimeError(f"could not connect with {creds}")
 
     def _watch(self, nc: NATS, peer_id: str, bell: Reconnects) -> None:
         watch = KeyWatch(
@@ -94,8 +108,7 @@ class Peers:
         async for event in watch.follow(on_retry=lambda e: self._emit(f"R {type(e).__name__}")):
             if event.synced:
                 self.synced.add(peer_id)
-                if len(self.synced) >= self.expected:
-                    self.all_synced.set()
+                self.progress.set()
             elif event.value is not None:
                 self._emit(f"D {peer_id} {event.value.serial} {time.monotonic():.6f}")
 
@@ -110,6 +123,27 @@ class Peers:
         self.out.clear()
 
     async def run(self) -> None:
+        """Follow every peer until stdin ends (the parent closes it to stop us)."""
+        loop = asyncio.get_running_loop()
+        stdin_done = loop.run_in_executor(None, sys.stdin.read)
+        work = asyncio.create_task(self._start())
+        await asyncio.wait({work, stdin_done}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            work.result()  # a failure to start ends the process, visibly
+            await stdin_done
+        work.cancel()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(work, *self.tasks, return_exceptions=True)
+        for nc in self.conns:
+            await nc.close()
+
+    async def _start(self) -> None:
+        """Connect and follow in batches, each read before the next starts.
+
+        All at once, 20,000 first reads on a loaded 2-core machine starved the clients until
+        the server closed them (authentication timeouts, slow consumers).
+        """
         started = time.monotonic()
         sem = asyncio.Semaphore(CONNECT_AT_ONCE)
 
@@ -118,7 +152,10 @@ class Peers:
                 nc = await self._connect(creds)
             self._watch(nc, peer_id, Reconnects(nc))
 
-        await asyncio.gather(*(own(p, c) for p, c in self.cfg["own"]))
+        mine: list[list[str]] = self.cfg["own"]
+        for i in range(0, len(mine), BATCH):
+            await asyncio.gather(*(own(p, c) for p, c in mine[i : i + BATCH]))
+            await self._synced_up_to(len(self.tasks))
         shared: list[str] = self.cfg["shared"]
         per_conn = int(self.cfg["per_conn"])
         for i in range(0, len(shared), per_conn):
@@ -126,15 +163,14 @@ class Peers:
             bell = Reconnects(nc)
             for peer_id in shared[i : i + per_conn]:
                 self._watch(nc, peer_id, bell)
-        if self.expected:
-            await self.all_synced.wait()
+            await self._synced_up_to(len(self.tasks))
         self._emit(f"SYNCED {time.monotonic() - started:.3f}")
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for nc in self.conns:
-            await nc.close()
+        await asyncio.Future()  # follow until cancelled
+
+    async def _synced_up_to(self, count: int) -> None:
+        while len(self.synced) < count:
+            self.progress.clear()
+            await self.progress.wait()
 
 
 def main() -> int:

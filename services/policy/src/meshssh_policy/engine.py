@@ -4,7 +4,8 @@ One task per watched bucket feeds a queue; one loop drains it in batches, so a b
 changes costs one recomputation. Per batch, in order:
 
 1. apply every event to :class:`State` (then wake REST writers waiting for their write);
-2. rebuild the :class:`Index` when peers, groups or policies changed, or a user came or went;
+2. rebuild the :class:`Index` when peers, groups or policies changed, or a user came or went
+   (only its rules when only policies changed);
 3. collect the affected peers (:mod:`meshssh_policy.impact`, with the old and new index);
 4. compile their maps and publish them (pipelined, ``publish_concurrency`` writes at once);
    a peer whose public projection changed pulls in the peers that reach or list it;
@@ -197,8 +198,11 @@ class Engine:
             await self._mark_processed()
             return
         old_index = self.index
-        if any(_structural(c) for c in changes):
+        structural = [c for c in changes if _structural(c)]
+        if any(c.bucket != subjects.BUCKET_POLICIES for c in structural):
             self.index = Index.build(self.state)
+        elif structural:  # policies only: the memberships stay
+            self.index = self.index.with_rules(self.state)
         all_peers = set(self.state.peers)
         affected: set[str] = set()
         for change in changes:
