@@ -12,10 +12,13 @@ pinned map key. Two kinds:
   change latency is timed;
 - *shared*: the other registered peers, ``per_conn`` to a connection under the admin
   identity (20,000 connections would not fit beside everything else on the bench machine);
-  they load the server with the same subscriptions and reads.
+  they hold the same subscriptions and make the same first read, but their safety-net
+  re-read comes every ``shared_resync`` seconds instead of 30: at 30 s, 19,000 re-reads of
+  30 KiB maps every 30 s in three Python processes on a loaded 2-core machine fell behind,
+  and nats-server buffered up to 12 GB for them (slow consumers), which timed nothing real.
 
 It reads one JSON line on stdin (``urls``, ``ca``, ``pins``, ``own`` [[peer id, creds
-path], ...], ``shared`` [peer id, ...], ``admin_creds``, ``per_conn``), and writes lines to
+path], ...], ``shared`` [peer id, ...], ``admin_creds``, ``per_conn``, ``shared_resync``), and writes lines to
 stdout: ``SYNCED <seconds>`` once every peer read its stored map, then ``D <peer id> <serial>
 <time.monotonic()>`` for every newer map (``CLOCK_MONOTONIC`` is machine-wide on Linux, so the
 parent compares it with its own clock), and ``R <error type>`` for a failing read.
@@ -92,7 +95,7 @@ class Peers:
             return nc
         raise RuntimeError(f"could not connect with {creds}")
 
-    def _watch(self, nc: NATS, peer_id: str, bell: Reconnects) -> None:
+    def _watch(self, nc: NATS, peer_id: str, bell: Reconnects, *, resync: float = 30.0) -> None:
         watch = KeyWatch(
             nc,
             subjects.BUCKET_NETMAPS,
@@ -101,6 +104,7 @@ class Peers:
             version=_serial,
             reconnects=bell,
             verifier=self.verifier,
+            resync_every=resync,
         )
         self.tasks.append(asyncio.create_task(self._follow(peer_id, watch)))
 
@@ -162,7 +166,7 @@ class Peers:
             nc = await self._connect(self.cfg["admin_creds"])
             bell = Reconnects(nc)
             for peer_id in shared[i : i + per_conn]:
-                self._watch(nc, peer_id, bell)
+                self._watch(nc, peer_id, bell, resync=float(self.cfg["shared_resync"]))
             await self._synced_up_to(len(self.tasks))
         self._emit(f"SYNCED {time.monotonic() - started:.3f}")
         await asyncio.Future()  # follow until cancelled
