@@ -18,10 +18,11 @@ pinned map key. Two kinds:
   and nats-server buffered up to 12 GB for them (slow consumers), which timed nothing real.
 
 It reads one JSON line on stdin (``urls``, ``ca``, ``pins``, ``own`` [[peer id, creds
-path], ...], ``shared`` [peer id, ...], ``admin_creds``, ``per_conn``, ``shared_resync``), and writes lines to
-stdout: ``SYNCED <seconds>`` once every peer read its stored map, then ``D <peer id> <serial>
-<time.monotonic()>`` for every newer map (``CLOCK_MONOTONIC`` is machine-wide on Linux, so the
-parent compares it with its own clock), and ``R <error type>`` for a failing read.
+path], ...], ``shared`` [peer id, ...], ``admin_creds``, ``per_conn``, ``shared_resync``),
+and writes lines to stdout: ``SYNCED <seconds>`` once every peer read its stored map, then
+``D <peer id> <serial> <time.monotonic()>`` for every newer map (``CLOCK_MONOTONIC`` is
+machine-wide on Linux, so the parent compares it with its own clock), and ``R <error type>``
+for a failing read.
 
 Run: by ``policy_scale.py`` only.
 """
