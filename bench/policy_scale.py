@@ -47,6 +47,7 @@ import collections
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -89,6 +90,7 @@ TOKEN = "bench-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 _INITIAL = re.compile(r"initial maps published .*compute_s=([\d.]+) total_s=([\d.]+)")
 _API = re.compile(r"api listening .*url=(http://\S+)")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def peer_id(i: int) -> str:
@@ -320,7 +322,7 @@ class Followers:
     def _retried(self, error: Exception) -> None:
         self.retries[type(error).__name__] += 1
 
-    async def wait_for(self, want: dict[str, int], timeout: float = 60) -> dict[str, float]:
+    async def wait_for(self, want: dict[str, int], timeout: float = 300) -> dict[str, float]:
         """Wait until every key has a serial >= ``want``'s; returns when each arrived."""
         self._want = {k: s for k, s in want.items() if self.serials.get(k, 0) < s}
         self._done.clear()
@@ -414,7 +416,7 @@ class PeerProcs:
         if not self._all_synced.is_set():
             raise RuntimeError(f"a fake-peer process ended early: {proc.returncode}")
 
-    async def wait_for(self, want: dict[str, int], timeout: float = 60) -> dict[str, float]:
+    async def wait_for(self, want: dict[str, int], timeout: float = 300) -> dict[str, float]:
         """Wait until every key has a serial >= ``want``'s; returns when each arrived."""
         self._want = {k: s for k, s in want.items() if self.serials.get(k, 0) < s}
         self._done.clear()
@@ -524,6 +526,15 @@ def rss_mb(pid: int, field: str = "VmRSS:") -> float:
         if line.startswith(field):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field}")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / CLOCK_TICKS
 
 
 def nats_pids(server: Bus) -> list[int]:
@@ -640,6 +651,10 @@ async def main() -> int:
         each: list[float] = []
         each_floor: list[float] = []
         first_change = 0.0
+        # CPU per change of policy, nats-server and the fake peers: what the latency is on
+        # a machine where they do not wait for a core (this one is shared and loaded)
+        cpu_pids = [[procs[0].proc.pid], nats_pids(server), peers.pids()]
+        cpu: list[list[float]] = [[], [], []]
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=auth) as api:
             for i in range(-1, CHANGES):  # change -1 warms up (HTTP connection), not counted
@@ -654,10 +669,14 @@ async def main() -> int:
                     "protocol": "tcp",
                     "ports": ["22", str(8000 + i)],
                 }
+                cpu0 = [cpu_s(pids) for pids in cpu_pids]
                 started = time.monotonic()
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
                 assert r.status_code == 200, r.text
                 arrived = await waiter
+                if i >= 0:
+                    for n, pids in enumerate(cpu_pids):
+                        cpu[n].append(cpu_s(pids) - cpu0[n])
                 last = max(arrived.values()) - started
                 print(f"change {i + 1}/{CHANGES}: last peer {last * 1000:.0f} ms", file=sys.stderr)
                 if i < 0:
@@ -746,6 +765,10 @@ async def main() -> int:
         "change_ratio_p50": round(pct(change, 0.5) / pct(change_floor, 0.5), 2),
         "change_ratio_p99": round(pct(change, 0.99) / pct(change_floor, 0.99), 2),
         "change_first_ms": round(first_change * ms, 1),
+        "change_cpu_policy_ms": round(med(cpu[0]) * ms, 1),
+        "change_cpu_nats_ms": round(med(cpu[1]) * ms, 1),
+        "change_cpu_peers_ms": round(med(cpu[2]) * ms, 1),
+        "load_average": os.getloadavg()[0],
         "change_each_p99_ms": round(pct(each, 0.99) * ms, 1),
         "change_each_floor_p99_ms": round(pct(each_floor, 0.99) * ms, 1),
         "fanout_p50_ms": round(pct(fan, 0.5) * ms, 1),
@@ -814,6 +837,14 @@ async def main() -> int:
             f"{figures['change_each_p99_ms']} ms",
             "",
             f"{figures['change_each_floor_p99_ms']} ms",
+            "",
+        ),
+        (
+            "CPU per change: policy / nats-server / fake peers (median)",
+            f"{figures['change_cpu_policy_ms']} / {figures['change_cpu_nats_ms']} / "
+            f"{figures['change_cpu_peers_ms']} ms",
+            "",
+            "",
             "",
         ),
         (
