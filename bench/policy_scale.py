@@ -47,6 +47,7 @@ import collections
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -80,14 +81,16 @@ from meshssh_policy.records import (
 from meshssh_testkit import NatsCluster, NatsServer, ServiceProcess
 
 PEERS, GROUPS, PER_GROUP, REACH, USERS = 5000, 100, 50, 5, 200
-POLICIES, WIDE = GROUPS * REACH, 1
-CHANGES, FULL_RUNS, FANOUT_RUNS, CONCURRENCY = 40, 5, 5, 64
-PEERS_PER_CONN = 100
+POLICIES, WIDE, EDITED = GROUPS * REACH, 1, 1
+CHANGES, FULL_RUNS, WARM_RUNS, FANOUT_RUNS, CONCURRENCY = 40, 5, 3, 5, 64
+PEERS_PER_CONN, PEER_PROCS = 100, 3
+SHARED_RESYNC = 600.0  # the untimed peers' safety-net re-read (scale_peers.py says why)
 FLOOR_BUCKET, REF_BUCKET = "bench-floor", "bench-fanout-ref"
 TOKEN = "bench-admin-token-0123456789"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 _INITIAL = re.compile(r"initial maps published .*compute_s=([\d.]+) total_s=([\d.]+)")
 _API = re.compile(r"api listening .*url=(http://\S+)")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def peer_id(i: int) -> str:
@@ -96,30 +99,45 @@ def peer_id(i: int) -> str:
 
 def configure(argv: list[str]) -> argparse.Namespace:
     """Scale the bench from its flags (module constants; defaults: the 5,000-peer figures)."""
-    global PEERS, GROUPS, PER_GROUP, POLICIES, WIDE, CHANGES, FULL_RUNS, FANOUT_RUNS
+    global PEERS, GROUPS, PER_GROUP, POLICIES, WIDE, EDITED, CHANGES, FULL_RUNS, FANOUT_RUNS
+    global WARM_RUNS, PEER_PROCS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=PEERS)
     parser.add_argument("--per-group", type=int, default=PER_GROUP)
     parser.add_argument("--policies", type=int, default=None, help="default: 5 per group")
     parser.add_argument("--wide", type=int, default=WIDE, help="groups an edited policy reaches")
+    parser.add_argument(
+        "--edited",
+        type=int,
+        default=EDITED,
+        help="wide policies the changes edit in turn (41 with 40 changes: the old layout)",
+    )
     parser.add_argument("--changes", type=int, default=CHANGES)
     parser.add_argument("--full-runs", type=int, default=FULL_RUNS)
+    parser.add_argument("--warm-runs", type=int, default=WARM_RUNS, help="restarts, maps stored")
+    parser.add_argument("--peer-procs", type=int, default=PEER_PROCS, help="fake-peer processes")
     parser.add_argument("--fanout-runs", type=int, default=FANOUT_RUNS)
     parser.add_argument("--cluster", action="store_true", help="3-node NATS cluster, R3")
     args = parser.parse_args(argv)
     PEERS, PER_GROUP = args.peers, args.per_group
     GROUPS = PEERS // PER_GROUP
     POLICIES = args.policies if args.policies is not None else GROUPS * REACH
-    WIDE, CHANGES = args.wide, args.changes
-    FULL_RUNS, FANOUT_RUNS = args.full_runs, args.fanout_runs
-    if PEERS % PER_GROUP or WIDE > GROUPS or POLICIES < 1:
+    WIDE, EDITED, CHANGES = args.wide, args.edited, args.changes
+    FULL_RUNS, WARM_RUNS, FANOUT_RUNS = args.full_runs, args.warm_runs, args.fanout_runs
+    PEER_PROCS = args.peer_procs
+    if PEERS % PER_GROUP or WIDE > GROUPS or POLICIES < 1 or FULL_RUNS < 1 or EDITED < 1:
         parser.error("--peers must be a multiple of --per-group, --wide at most the groups")
     return args
 
 
+def edited_policies() -> list[int]:
+    """The policies the changes edit, in turn (each reaches ``WIDE`` groups)."""
+    return [(j - 1) * 37 % POLICIES for j in range(EDITED)]
+
+
 def edited(p: int) -> bool:
     """Whether the changes edit policy ``p`` (those reach ``WIDE`` groups)."""
-    return WIDE > 1 and p in {(i * 37) % POLICIES for i in range(-1, CHANGES)}
+    return WIDE > 1 and p in edited_policies()
 
 
 def policy_of(p: int) -> tuple[int, list[int]]:
@@ -237,7 +255,7 @@ def peak_rss_mb(proc: ServiceProcess) -> float:
 class Followers:
     """Peers that each follow their own map key with a :class:`KeyWatch` (as PeerMap does).
 
-    ``delivered[key]`` is when the newest map of ``key`` arrived (perf_counter), ``serials``
+    ``delivered[key]`` is when the newest map of ``key`` arrived (time.monotonic), ``serials``
     its serial.
     """
 
@@ -261,10 +279,10 @@ class Followers:
 
         A connection serves 100 followers, so it is the admin identity, not a peer's.
         """
-        started = time.perf_counter()
+        started = time.monotonic()
         self._expected = len(keys)
         verifier = None
-        if self.bucket == subjects.BUCKET_NETMAPS and server.keys is not None:  # policy signs
+        if server.keys is not None:  # maps are signed (the floor's by the bench, same key)
             signer = Signer.load(server.keys.dir / "map-signing.pem", kind="map")
             verifier = Verifier("map", signer.pins)
         for i in range(0, len(keys), PEERS_PER_CONN):
@@ -284,7 +302,7 @@ class Followers:
                 self._tasks.append(asyncio.create_task(self._follow(key, watch)))
         async with asyncio.timeout(300):
             await self._all_synced.wait()
-        return time.perf_counter() - started
+        return time.monotonic() - started
 
     async def _follow(self, key: str, watch: KeyWatch[NetworkMap]) -> None:
         async for event in watch.follow(on_retry=self._retried):
@@ -294,7 +312,7 @@ class Followers:
                     self._all_synced.set()
             elif event.value is not None:
                 self.serials[key] = event.value.serial
-                self.delivered[key] = time.perf_counter()
+                self.delivered[key] = time.monotonic()
                 want = self._want.get(key)
                 if want is not None and event.value.serial >= want:
                     del self._want[key]
@@ -304,7 +322,7 @@ class Followers:
     def _retried(self, error: Exception) -> None:
         self.retries[type(error).__name__] += 1
 
-    async def wait_for(self, want: dict[str, int], timeout: float = 60) -> dict[str, float]:
+    async def wait_for(self, want: dict[str, int], timeout: float = 300) -> dict[str, float]:
         """Wait until every key has a serial >= ``want``'s; returns when each arrived."""
         self._want = {k: s for k, s in want.items() if self.serials.get(k, 0) < s}
         self._done.clear()
@@ -319,6 +337,110 @@ class Followers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for nc in self._conns:
             await nc.close()
+
+
+class PeerProcs:
+    """Fake peers in ``PEER_PROCS`` processes (``scale_peers.py``), with :class:`Followers`'
+    interface: ``serials`` and ``delivered`` by map key, :meth:`wait_for`.
+
+    The peers in ``own`` connect each with its own peer credentials (minted as registration
+    does); the others follow ``PEERS_PER_CONN`` to an admin connection.
+    """
+
+    def __init__(self) -> None:
+        self.serials: dict[str, int] = {}
+        self.delivered: dict[str, float] = {}
+        self.retries: collections.Counter[str] = collections.Counter()
+        self._want: dict[str, int] = {}
+        self._done = asyncio.Event()
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._synced: list[float] = []
+        self._all_synced = asyncio.Event()
+
+    async def start(self, server: Bus, own: list[str], shared: list[str]) -> float:
+        """Start the processes; returns the seconds until every peer read its stored map."""
+        assert server.keys is not None
+        started = time.monotonic()
+        pins = Signer.load(server.keys.dir / "map-signing.pem", kind="map").pins
+        urls = server.urls if isinstance(server, NatsCluster) else [server.url]
+        script = Path(__file__).with_name("scale_peers.py")
+        for n in range(PEER_PROCS):
+            cfg = {
+                "urls": urls,
+                "ca": str(server.ca) if server.ca else "",
+                "pins": list(pins),
+                "own": [[p, str(server.peer_creds(p))] for p in own[n::PEER_PROCS]],
+                "shared": shared[n::PEER_PROCS],
+                "admin_creds": str(server.creds("admin")),
+                "per_conn": PEERS_PER_CONN,
+                "shared_resync": SHARED_RESYNC,
+            }
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(script),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 20,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+            await proc.stdin.drain()
+            self._procs.append(proc)
+            self._readers.append(asyncio.create_task(self._read(proc)))
+        async with asyncio.timeout(900):
+            await self._all_synced.wait()
+        return time.monotonic() - started
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            kind, *rest = line.decode().split()
+            if kind == "D":
+                key, serial, at = subjects.netmap_key(rest[0]), int(rest[1]), float(rest[2])
+                if serial <= self.serials.get(key, 0):
+                    continue
+                self.serials[key] = serial
+                self.delivered[key] = at
+                want = self._want.get(key)
+                if want is not None and serial >= want:
+                    del self._want[key]
+                    if not self._want:
+                        self._done.set()
+            elif kind == "R":
+                self.retries[rest[0]] += 1
+            elif kind == "SYNCED":
+                self._synced.append(float(rest[0]))
+                if len(self._synced) == len(self._procs) == PEER_PROCS:
+                    self._all_synced.set()
+        if not self._all_synced.is_set():
+            raise RuntimeError(f"a fake-peer process ended early: {proc.returncode}")
+
+    async def wait_for(self, want: dict[str, int], timeout: float = 300) -> dict[str, float]:
+        """Wait until every key has a serial >= ``want``'s; returns when each arrived."""
+        self._want = {k: s for k, s in want.items() if self.serials.get(k, 0) < s}
+        self._done.clear()
+        if self._want:
+            async with asyncio.timeout(timeout):
+                await self._done.wait()
+        return {k: self.delivered[k] for k in want}
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    async def stop(self) -> None:
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
 
 
 def _serial(netmap: NetworkMap) -> int:
@@ -346,9 +468,9 @@ async def put_timed(
 
     async def put(key: str, data: bytes) -> None:
         async with sem:
-            started[key] = time.perf_counter()
+            started[key] = time.monotonic()
             await kv.put(key, data)
-            acked[key] = time.perf_counter()
+            acked[key] = time.monotonic()
 
     await asyncio.gather(*(put(k, d) for k, d in items))
     return acked
@@ -359,18 +481,37 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def floor_full(js: Any, maps: list[NetworkMap]) -> float:
+async def floor_full(js: Any, maps: list[NetworkMap], signer: Signer) -> float:
+    """Encoding, signing and putting ``maps`` (nothing computed), timed."""
     with contextlib.suppress(Exception):
         await js.delete_key_value("bench-floor")
     kv = await open_bucket(js, "bench-floor")
-    started = time.perf_counter()
-    await put_all(kv, [(f"peer.{m.peer.id}", codec.encode(m)) for m in maps])
-    return time.perf_counter() - started
+    started = time.monotonic()
+    await put_all(kv, [(f"peer.{m.peer.id}", signed(signer, m)) for m in maps])
+    return time.monotonic() - started
+
+
+def signed(signer: Signer, netmap: NetworkMap) -> bytes:
+    """``netmap`` as policy stores it: a SignedDoc."""
+    return codec.encode(signer.sign(codec.encode(netmap)))
+
+
+async def read_maps(kv: KeyValue, verifier: Verifier) -> list[NetworkMap]:
+    """Every peer's stored map (64 reads in flight)."""
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int) -> NetworkMap:
+        async with sem:
+            entry = await kv.get(subjects.netmap_key(peer_id(i)))
+        assert entry.value is not None
+        return verifier.open_as(entry.value, NetworkMap)
+
+    return list(await asyncio.gather(*(one(i) for i in range(PEERS))))
 
 
 def change_targets(i: int) -> tuple[int, list[str]]:
-    """Change ``i``: the policy it edits and the map keys of the peers it affects."""
-    p = (i * 37) % POLICIES
+    """Change ``i`` (from -1): the policy it edits and the map keys of the peers it affects."""
+    p = edited_policies()[(i + 1) % EDITED]
     _, dst = policy_of(p)
     keys = [
         subjects.netmap_key(peer_id(j))
@@ -385,6 +526,15 @@ def rss_mb(pid: int, field: str = "VmRSS:") -> float:
         if line.startswith(field):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field}")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / CLOCK_TICKS
 
 
 def nats_pids(server: Bus) -> list[int]:
@@ -409,10 +559,12 @@ async def subscriptions(server: Bus) -> int:
         await nc.close()
 
 
-def bumped(maps: dict[str, NetworkMap], serials: dict[str, int], keys: list[str]) -> list[Any]:
-    """Each key's map with the serial after the one its follower holds, encoded."""
+def bumped(
+    maps: dict[str, NetworkMap], serials: dict[str, int], keys: list[str], signer: Signer
+) -> list[Any]:
+    """Each key's map with the serial after the one its follower holds, signed."""
     return [
-        (k, codec.encode(msgspec.structs.replace(maps[k], serial=serials[k] + 1))) for k in keys
+        (k, signed(signer, msgspec.structs.replace(maps[k], serial=serials[k] + 1))) for k in keys
     ]
 
 
@@ -427,15 +579,17 @@ async def main() -> int:
     nc = await server.connect()
     js = nc.jetstream(timeout=30)
     procs: list[ServiceProcess] = []
-    peers = Followers(subjects.BUCKET_NETMAPS)
+    peers = PeerProcs()
     floor_peers = Followers(FLOOR_BUCKET)
     try:
         idle, _ = await start_policy(server, tmp)
         rss_idle = peak_rss_mb(idle)
         await idle.stop()
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         await seed_state(js)
-        print(f"state written to KV in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(f"state written to KV in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        assert server.keys is not None
+        signer = Signer.load(server.keys.dir / "map-signing.pem", kind="map")
 
         compute, full, floor = [], [], []
         maps_kv = await open_bucket(js, subjects.BUCKET_NETMAPS)
@@ -450,13 +604,22 @@ async def main() -> int:
             full.append(float(match[2]))
             maps_kv = await open_bucket(js, subjects.BUCKET_NETMAPS)
             if not maps:
-                for i in range(PEERS):
-                    entry = await maps_kv.get(subjects.netmap_key(peer_id(i)))
-                    assert entry.value is not None
-                    maps.append(codec.decode(entry.value, NetworkMap))
-            floor.append(await floor_full(js, maps))
-            print(f"full run {run + 1}/{FULL_RUNS}: {full[-1]:.2f}s", file=sys.stderr)
-            if run < FULL_RUNS - 1:
+                maps = await read_maps(maps_kv, Verifier("map", signer.pins))
+            floor.append(await floor_full(js, maps, signer))
+            print(
+                f"cold run {run + 1}/{FULL_RUNS}: {full[-1]:.2f}s (compile {compute[-1]:.2f}s)",
+                file=sys.stderr,
+            )
+            await proc.stop()
+        warm, warm_compute = [], []
+        for run in range(WARM_RUNS + 1):  # the last one stays up for the changes
+            proc, api_url = await start_policy(server, tmp)
+            match = _INITIAL.search(proc.output())
+            assert match, proc.output()
+            if run < WARM_RUNS:
+                warm_compute.append(float(match[1]))
+                warm.append(float(match[2]))
+                print(f"warm run {run + 1}/{WARM_RUNS}: {warm[-1]:.2f}s", file=sys.stderr)
                 await proc.stop()
             else:
                 procs.append(proc)
@@ -464,17 +627,23 @@ async def main() -> int:
         by_key = {subjects.netmap_key(m.peer.id): m for m in maps}
 
         keys = [subjects.netmap_key(peer_id(i)) for i in range(PEERS)]
+        floor_keys = sorted({k for i in range(-1, CHANGES) for k in change_targets(i)[1]})
         consumers_before = await netmap_consumers(nc, "before the peers follow")
         subs_before = await subscriptions(server)
         nats_idle = sum(rss_mb(pid) for pid in nats_pids(server))
-        sync_s = await peers.start(server, keys)
+        own = set(floor_keys)
+        sync_s = await peers.start(
+            server,
+            [k.split(".", 1)[1] for k in floor_keys],
+            [k.split(".", 1)[1] for k in keys if k not in own],
+        )
         subs_per_peer = (await subscriptions(server) - subs_before) / PEERS
         print(
-            f"{PEERS} peers following, read in {sync_s:.1f}s "
+            f"{PEERS} peers following ({len(own)} with their own connection and peer "
+            f"credentials), read in {sync_s:.1f}s "
             f"(failing reads, once per streak, then retried: {dict(peers.retries)})",
             file=sys.stderr,
         )
-        floor_keys = sorted({k for i in range(-1, CHANGES) for k in change_targets(i)[1]})
         await floor_peers.start(server, floor_keys)
         floor_kv = await open_bucket(js, FLOOR_BUCKET)
         change: list[float] = []
@@ -482,6 +651,10 @@ async def main() -> int:
         each: list[float] = []
         each_floor: list[float] = []
         first_change = 0.0
+        # CPU per change of policy, nats-server and the fake peers: what the latency is on
+        # a machine where they do not wait for a core (this one is shared and loaded)
+        cpu_pids = [[procs[0].proc.pid], nats_pids(server), peers.pids()]
+        cpu: list[list[float]] = [[], [], []]
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=auth) as api:
             for i in range(-1, CHANGES):  # change -1 warms up (HTTP connection), not counted
@@ -496,23 +669,27 @@ async def main() -> int:
                     "protocol": "tcp",
                     "ports": ["22", str(8000 + i)],
                 }
-                started = time.perf_counter()
+                cpu0 = [cpu_s(pids) for pids in cpu_pids]
+                started = time.monotonic()
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
                 assert r.status_code == 200, r.text
                 arrived = await waiter
-                if i % 10 == 9:
-                    print(f"change {i + 1}/{CHANGES}", file=sys.stderr)
+                if i >= 0:
+                    for n, pids in enumerate(cpu_pids):
+                        cpu[n].append(cpu_s(pids) - cpu0[n])
+                last = max(arrived.values()) - started
+                print(f"change {i + 1}/{CHANGES}: last peer {last * 1000:.0f} ms", file=sys.stderr)
                 if i < 0:
                     first_change = max(arrived.values()) - started
                 else:
                     change.append(max(arrived.values()) - started)
                     each.extend(t - started for t in arrived.values())
                 # floor: the same 50 maps put and delivered the same way, nothing computed
-                payload = bumped(by_key, floor_peers.serials, targets)
+                payload = bumped(by_key, floor_peers.serials, targets, signer)
                 waiter = asyncio.create_task(
                     floor_peers.wait_for({k: floor_peers.serials[k] + 1 for k in targets})
                 )
-                started = time.perf_counter()
+                started = time.monotonic()
                 await put_all(floor_kv, payload)
                 arrived = await waiter
                 if i >= 0:
@@ -520,6 +697,7 @@ async def main() -> int:
                     each_floor.extend(t - started for t in arrived.values())
         consumers = await netmap_consumers(nc, f"while {PEERS} peers follow")
         rss_peak = peak_rss_mb(procs[0])
+        rss_now = rss_mb(procs[0].proc.pid)
         nats_rss = sum(rss_mb(pid) for pid in nats_pids(server))
         nats_hwm = sum(rss_mb(pid, "VmHWM:") for pid in nats_pids(server))
         await procs.pop().stop()  # fan-out: the bench is the only writer
@@ -530,18 +708,18 @@ async def main() -> int:
         ref: list[float] = []
         ref_total: list[float] = []
         for run in range(FANOUT_RUNS):
-            items = bumped(by_key, peers.serials, keys)
+            items = bumped(by_key, peers.serials, keys, signer)
             waiter = asyncio.create_task(
                 peers.wait_for({k: peers.serials[k] + 1 for k in keys}, timeout=300)
             )
             put_at: dict[str, float] = {}
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             await put_timed(maps_kv, items, put_at)
             arrived = await waiter
             fan.extend(arrived[k] - put_at[k] for k in keys)
             fan_total.append(max(arrived.values()) - t0)
             put_at = {}
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             acked = await put_timed(ref_kv, items, put_at)
             ref.extend(acked[k] - put_at[k] for k in keys)
             ref_total.append(max(acked.values()) - t0)
@@ -578,6 +756,8 @@ async def main() -> int:
         "full_publish_s": round(med(full), 3),
         "full_floor_s": round(med(floor), 3),
         "full_ratio": round(med(full) / med(floor), 2),
+        "warm_compute_s": round(med(warm_compute), 3) if warm else None,
+        "warm_total_s": round(med(warm), 3) if warm else None,
         "change_p50_ms": round(pct(change, 0.5) * ms, 1),
         "change_p99_ms": round(pct(change, 0.99) * ms, 1),
         "change_floor_p50_ms": round(pct(change_floor, 0.5) * ms, 1),
@@ -585,6 +765,10 @@ async def main() -> int:
         "change_ratio_p50": round(pct(change, 0.5) / pct(change_floor, 0.5), 2),
         "change_ratio_p99": round(pct(change, 0.99) / pct(change_floor, 0.99), 2),
         "change_first_ms": round(first_change * ms, 1),
+        "change_cpu_policy_ms": round(med(cpu[0]) * ms, 1),
+        "change_cpu_nats_ms": round(med(cpu[1]) * ms, 1),
+        "change_cpu_peers_ms": round(med(cpu[2]) * ms, 1),
+        "load_average": os.getloadavg()[0],
         "change_each_p99_ms": round(pct(each, 0.99) * ms, 1),
         "change_each_floor_p99_ms": round(pct(each_floor, 0.99) * ms, 1),
         "fanout_p50_ms": round(pct(fan, 0.5) * ms, 1),
@@ -598,11 +782,15 @@ async def main() -> int:
         "netmap_consumers": consumers,
         "netmap_consumers_before_peers": consumers_before,
         "peak_rss_mb": round(rss_peak, 1),
+        "rss_after_changes_mb": round(rss_now, 1),
+        "own_connection_peers": len(own),
+        "peer_procs": PEER_PROCS,
         "idle_rss_mb": round(rss_idle, 1),
         "rss_ratio": round(rss_peak / rss_idle, 2),
         "map_kb_avg": round(statistics.mean(sizes) / 1024, 1),
         "map_kb_max": round(max(sizes) / 1024, 1),
-        "policy_mb_per_1000_peers": round((rss_peak - rss_idle) / (PEERS / 1000), 2),
+        "policy_mb_per_1000_peers": round((rss_now - rss_idle) / (PEERS / 1000), 2),
+        "policy_peak_mb_per_1000_peers": round((rss_peak - rss_idle) / (PEERS / 1000), 2),
         "subscriptions_per_peer": round(subs_per_peer, 2),
         "nats_rss_mb": round(nats_rss, 1),
         "nats_peak_rss_mb": round(nats_hwm, 1),
@@ -610,14 +798,21 @@ async def main() -> int:
     }
     rows = [
         (
-            "full compute (compile only)",
+            "full compute, bucket empty (compile + digest)",
             f"{med(compute):.3f} s",
             f"{min(compute):.3f}-{max(compute):.3f}",
             "",
             "",
         ),
         (
-            f"full compute + publish {PEERS:,} maps",
+            "full compute, maps stored (restart): compile+digest / total",
+            f"{med(warm_compute):.3f} / {med(warm):.3f} s" if warm else "-",
+            f"{min(warm):.3f}-{max(warm):.3f}" if warm else "",
+            "",
+            "",
+        ),
+        (
+            f"full compute + sign + publish {PEERS:,} maps (bucket empty)",
             f"{med(full):.3f} s",
             f"{min(full):.3f}-{max(full):.3f}",
             f"{med(floor):.3f} s",
@@ -642,6 +837,14 @@ async def main() -> int:
             f"{figures['change_each_p99_ms']} ms",
             "",
             f"{figures['change_each_floor_p99_ms']} ms",
+            "",
+        ),
+        (
+            "CPU per change: policy / nats-server / fake peers (median)",
+            f"{figures['change_cpu_policy_ms']} / {figures['change_cpu_nats_ms']} / "
+            f"{figures['change_cpu_peers_ms']} ms",
+            "",
+            "",
             "",
         ),
         (
@@ -687,6 +890,13 @@ async def main() -> int:
             "",
         ),
         (
+            "RSS of meshssh-policy after the changes",
+            f"{rss_now:.1f} MB",
+            "",
+            f"{rss_idle:.1f} MB idle",
+            f"{figures['policy_mb_per_1000_peers']} MB per 1,000 peers",
+        ),
+        (
             "peak RSS of meshssh-policy",
             f"{rss_peak:.1f} MB",
             "",
@@ -700,7 +910,8 @@ async def main() -> int:
     for row in (header, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     print(
-        f"({PEERS} peers following by key watch, {PEERS_PER_CONN} per connection; "
+        f"({PEERS} peers following by key watch in {PEER_PROCS} processes, {len(own)} with "
+        f"their own connection and credentials, the others {PEERS_PER_CONN} per connection; "
         f"{GROUPS} groups, {POLICIES} policies, {figures['affected_per_change']} peers per "
         f"change; avg map {figures['map_kb_avg']} KiB; "
         f"{CHANGES} changes, {FULL_RUNS} full runs, {FANOUT_RUNS} fan-out runs)"

@@ -25,8 +25,10 @@ What a map holds for receiving peer P:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from meshssh_common.session_rules import NONE, attach, strictest
 from meshssh_common.ssh_auth import WILDCARD, build_table
@@ -39,6 +41,7 @@ from meshssh_common.wire import (
     SourcePeer,
     SshAuth,
 )
+from meshssh_policy.digest import Digester
 from meshssh_policy.firewall import expand_rule, peer_ssh_ready
 from meshssh_policy.index import Index, RuleRef, grants_known_users, opens_to_validated_users
 from meshssh_policy.records import PeerRecord, RuleRecord
@@ -47,10 +50,26 @@ from meshssh_policy.state import State
 __all__ = ["Compiler", "host_prefix", "tombstone"]
 
 Grant = tuple[str, str]
+_NO_SSH = SshAuth()  # SSH off: nobody may log in
 
 
+@dataclass(slots=True)
+class _Shape:
+    """What the maps of every peer in the same groups share (see :meth:`Compiler.compile`)."""
+
+    refs: tuple[RuleRef, ...]  # inbound rules, in (policy, position) order
+    remote_peers: tuple[RemotePeer, ...]
+    target_ids: frozenset[str]
+    source_peers: tuple[SourcePeer, ...]
+    source_ids: frozenset[str]
+    rule_members: frozenset[str]  # peers in the sources of any of refs (own firewall rules)
+    firewall: dict[bool, tuple[FirewallRule, ...]] = field(default_factory=dict)  # by ready
+    ssh_auth: dict[bool, SshAuth] = field(default_factory=dict)  # by the admin switch
+
+
+@functools.lru_cache(maxsize=1 << 18)
 def host_prefix(mesh_ip: str) -> str:
-    """``100.64.0.7`` → ``100.64.0.7/32`` (``/128`` for IPv6)."""
+    """``100.64.0.7`` → ``100.64.0.7/32`` (``/128`` for IPv6); remembered (one per peer)."""
     addr = ipaddress.ip_address(mesh_ip)
     return f"{addr}/{addr.max_prefixlen}"
 
@@ -90,6 +109,9 @@ class Compiler:
         self._ssh: dict[str, bool] = {}
         self._tables: dict[tuple[frozenset[Grant], frozenset[str]], SshAuth] = {}
         self._all_users: frozenset[Grant] | None = None
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
+        self._inbound_refs: dict[tuple[str, ...], tuple[RuleRef, ...]] = {}
+        self.digester = Digester()  # knows the shared parts: a batch hashes each once
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -109,7 +131,7 @@ class Compiler:
             peer = self.state.peers[peer_id]
             cached = peer.ssh_enabled or any(
                 ref.rule.protocol == "ssh" and ref.rule.action == "accept"
-                for ref in self.index.inbound_rules(peer_id)
+                for ref in self._inbound(self.index.peer_groups.get(peer_id, ()))
             )
             self._ssh[peer_id] = cached
         return cached
@@ -242,13 +264,87 @@ class Compiler:
                         found.setdefault((user, local), []).append(value)
         return {grant: strictest(values) for grant, values in found.items()}
 
+    def _inbound(self, groups: tuple[str, ...]) -> tuple[RuleRef, ...]:
+        """The rules whose destinations hold a peer in ``groups``, in (policy, position) order."""
+        cached = self._inbound_refs.get(groups)
+        if cached is None:
+            refs: dict[tuple[str, int], RuleRef] = {}
+            for g in groups:
+                for ref in self.index.dest_rules.get(g, ()):
+                    refs.setdefault(ref.key, ref)
+            cached = tuple(refs[k] for k in sorted(refs))
+            self._inbound_refs[groups] = cached
+        return cached
+
+    def _shape(self, groups: tuple[str, ...]) -> _Shape:
+        """What every peer in exactly ``groups`` shares (built once per batch)."""
+        shape = self._shapes.get(groups)
+        if shape is None:
+            inbound = self._inbound(groups)
+            targets = self._targets_of(groups)
+            sources: set[str] = set()
+            members: set[str] = set()
+            for ref in inbound:
+                in_sources = self._rule_sources(ref)[1]
+                members |= in_sources
+                if ref.rule.action == "accept":
+                    sources |= in_sources
+            shape = _Shape(
+                refs=inbound,
+                remote_peers=tuple(self.remote_entry(t) for t in targets),
+                target_ids=frozenset(targets),
+                source_peers=tuple(self.source_entry(p) for p in sorted(sources)),
+                source_ids=frozenset(sources),
+                rule_members=frozenset(members),
+            )
+            self.digester.share(shape.remote_peers)
+            self.digester.share(shape.source_peers)
+            self._shapes[groups] = shape
+        return shape
+
+    def _shared_firewall(self, shape: _Shape, peer: PeerRecord) -> tuple[FirewallRule, ...]:
+        """The firewall rules of a peer that is a source of none of ``shape``'s rules."""
+        ready = peer_ssh_ready(peer)
+        rules = shape.firewall.get(ready)
+        if rules is None:
+            rules = tuple(self.firewall_rules(peer, shape.refs))
+            shape.firewall[ready] = rules
+            self.digester.share(rules)
+        return rules
+
+    def _shared_ssh_auth(self, shape: _Shape, peer: PeerRecord) -> SshAuth:
+        """The authorization table of an SSH-enabled peer (it depends on its rules only)."""
+        table = shape.ssh_auth.get(peer.ssh_enabled)
+        if table is None:
+            table = attach(
+                self._table(self.grants(peer, shape.refs), self.opened(peer, shape.refs)),
+                self.session_rules(shape.refs),
+            )
+            shape.ssh_auth[peer.ssh_enabled] = table
+            self.digester.share(table)
+        return table
+
     def compile(self, peer_id: str) -> NetworkMap:
-        """The full map of an existing peer (``serial`` 1; the publisher sets it)."""
+        """The full map of an existing peer (``serial`` 1; the publisher sets it).
+
+        The parts every peer in the same groups shares (remote peers, source peers, firewall
+        rules, the authorization table) are the same objects in each of their maps; a peer
+        that is itself among them gets its own copy without itself.
+        """
         peer = self.state.peers[peer_id]
-        refs = self.index.inbound_rules(peer_id)
+        shape = self._shape(self.index.peer_groups.get(peer_id, ()))
         ssh = self.ssh_enabled(peer_id)
-        targets = self._targets_of(self.index.peer_groups.get(peer_id, ()))
         jwt = self.state.jwks.jwt if ssh and self.state.jwks is not None else None
+        if peer_id in shape.rule_members:
+            firewall = tuple(self.firewall_rules(peer, shape.refs))
+        else:
+            firewall = self._shared_firewall(shape, peer)
+        remote = shape.remote_peers
+        if peer_id in shape.target_ids:
+            remote = tuple(e for e in remote if e.id != peer_id)
+        source = shape.source_peers
+        if peer_id in shape.source_ids:
+            source = tuple(e for e in source if e.id != peer_id)
         return NetworkMap(
             serial=1,
             peer=PeerConfig(
@@ -260,13 +356,8 @@ class Compiler:
                 jwt=jwt,
                 ended_sessions=peer.ended_sessions,
             ),
-            firewall_rules=tuple(self.firewall_rules(peer, refs)),
-            remote_peers=tuple(self.remote_entry(t) for t in targets if t != peer_id),
-            ssh_auth=attach(
-                self._table(self.grants(peer, refs), self.opened(peer, refs)),
-                self.session_rules(refs),
-            )
-            if ssh
-            else SshAuth(),
-            source_peers=self.source_peers(peer_id, refs),
+            firewall_rules=firewall,
+            remote_peers=remote,
+            ssh_auth=self._shared_ssh_auth(shape, peer) if ssh else _NO_SSH,
+            source_peers=source,
         )

@@ -4,7 +4,8 @@ One task per watched bucket feeds a queue; one loop drains it in batches, so a b
 changes costs one recomputation. Per batch, in order:
 
 1. apply every event to :class:`State` (then wake REST writers waiting for their write);
-2. rebuild the :class:`Index` when peers, groups or policies changed, or a user came or went;
+2. rebuild the :class:`Index` when peers, groups or policies changed, or a user came or went
+   (only its rules when only policies changed);
 3. collect the affected peers (:mod:`meshssh_policy.impact`, with the old and new index);
 4. compile their maps and publish them (pipelined, ``publish_concurrency`` writes at once);
    a peer whose public projection changed pulls in the peers that reach or list it;
@@ -64,6 +65,7 @@ class _Retry:
 
 
 Item = tuple[str, KvEvent[Any]] | _Retry
+_Compiled = tuple[str, NetworkMap, bytes]  # peer id, map, content digest
 
 
 class Engine:
@@ -196,8 +198,11 @@ class Engine:
             await self._mark_processed()
             return
         old_index = self.index
-        if any(_structural(c) for c in changes):
+        structural = [c for c in changes if _structural(c)]
+        if any(c.bucket != subjects.BUCKET_POLICIES for c in structural):
             self.index = Index.build(self.state)
+        elif structural:  # policies only: the memberships stay
+            self.index = self.index.with_rules(self.state)
         all_peers = set(self.state.peers)
         affected: set[str] = set()
         for change in changes:
@@ -229,7 +234,7 @@ class Engine:
         started = time.perf_counter()
         compiler = Compiler(self.state, self.index, self.mesh_prefix)
         view = dict(self.state.view)
-        out: asyncio.Queue[tuple[str, NetworkMap] | None] = asyncio.Queue(self.concurrency * 4)
+        out: asyncio.Queue[_Compiled | None] = asyncio.Queue(self.concurrency * 4)
         compute_time = 0.0
         async with asyncio.TaskGroup() as tg:
             workers = [
@@ -239,7 +244,8 @@ class Engine:
             for peer_id, record in removed.items():
                 self._projections.pop(peer_id, None)
                 if self.owns(peer_id):
-                    await out.put((peer_id, tombstone(record, self.mesh_prefix)))
+                    dead = tombstone(record, self.mesh_prefix)
+                    await out.put((peer_id, dead, compiler.digester.digest(dead)))
             done: set[str] = set()
             todo = set(affected) - set(removed)
             while todo:
@@ -259,7 +265,7 @@ class Engine:
                         netmap = self._compile(compiler, peer_id)
                         if netmap is None:
                             continue
-                        compiled.append((peer_id, netmap))
+                        compiled.append((peer_id, netmap, compiler.digester.digest(netmap)))
                         if not full:
                             todo |= self._propagate(peer_id, compiler)
                     compute_time += time.perf_counter() - t0
@@ -348,11 +354,12 @@ class Engine:
         return more
 
     async def _publish_worker(
-        self, queue: asyncio.Queue[tuple[str, NetworkMap] | None], view: dict[str, int]
+        self, queue: asyncio.Queue[_Compiled | None], view: dict[str, int]
     ) -> None:
         while (item := await queue.get()) is not None:
-            peer_id, netmap = item
-            if await self.publisher.publish(peer_id, netmap, view) is Outcome.ERROR:
+            peer_id, netmap, digest = item
+            outcome = await self.publisher.publish(peer_id, netmap, view, digest=digest)
+            if outcome is Outcome.ERROR:
                 self._failed.add(peer_id)
 
     async def _mark_processed(self) -> None:

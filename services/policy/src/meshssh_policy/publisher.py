@@ -16,17 +16,17 @@ Example::
 from __future__ import annotations
 
 import enum
-import hashlib
 import time
 from dataclasses import dataclass
 
 import msgspec
 
-from meshssh_common import codec, subjects
+from meshssh_common import subjects
 from meshssh_common.errors import Conflict, MeshError, Unavailable
 from meshssh_common.kv import TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import NetworkMap
+from meshssh_policy.digest import content_digest
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.state import dominates
 
@@ -52,13 +52,6 @@ class Known:
     serial: int
     digest: bytes
     view: dict[str, int]
-
-
-def content_digest(netmap: NetworkMap) -> bytes:
-    """A digest of the map's content, ignoring ``serial`` and ``state_revisions``."""
-    if netmap.serial != 1 or netmap.state_revisions:
-        netmap = msgspec.structs.replace(netmap, serial=1, state_revisions={})
-    return hashlib.blake2b(codec.encode(netmap), digest_size=16).digest()
 
 
 class Publisher:
@@ -94,19 +87,31 @@ class Publisher:
         entry = await self.maps.get(subjects.netmap_key(peer_id))
         return entry.value if entry is not None else None
 
-    async def publish(self, peer_id: str, content: NetworkMap, view: dict[str, int]) -> Outcome:
-        """Write ``content`` (computed from state ``view``) unless unchanged or stale."""
+    async def publish(
+        self,
+        peer_id: str,
+        content: NetworkMap,
+        view: dict[str, int],
+        *,
+        digest: bytes | None = None,
+    ) -> Outcome:
+        """Write ``content`` (computed from state ``view``) unless unchanged or stale.
+
+        ``digest``: its :func:`content_digest`, when the caller has it (a batch's
+        :class:`~meshssh_policy.digest.Digester` hashes shared parts once).
+        """
         try:
-            outcome = await self._publish(peer_id, content, view)
+            outcome = await self._publish(peer_id, content, view, digest or content_digest(content))
         except MeshError as e:
             self.log.warning("network map read failed", extra={"peer": peer_id, "error": repr(e)})
             outcome = Outcome.ERROR
         self.metrics.maps.labels(result=outcome.value).inc()
         return outcome
 
-    async def _publish(self, peer_id: str, content: NetworkMap, view: dict[str, int]) -> Outcome:
+    async def _publish(
+        self, peer_id: str, content: NetworkMap, view: dict[str, int], digest: bytes
+    ) -> Outcome:
         key = subjects.netmap_key(peer_id)
-        digest = content_digest(content)
         known = self.known.get(key)
         for _ in range(_ATTEMPTS):
             if known is not None and known.digest == digest:
