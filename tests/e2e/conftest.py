@@ -191,12 +191,25 @@ async def dash(
     nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> AsyncIterator[DashSystem]:
     """Start everything; stop the agents after the test (``services`` stops the rest)."""
+    async with dash_system(nats_server, services, tmp_path) as system:
+        yield system
+
+
+@contextlib.asynccontextmanager
+async def dash_system(
+    nats_server: NatsServer,
+    services: ServiceFactory,
+    tmp_path: Path,
+    *policy_flags: str,
+    port: int = 0,
+) -> AsyncIterator[DashSystem]:
+    """The system of :func:`dash`; ``policy_flags`` added to policy's, ``port`` its port."""
     need_tool(openssh_available(), "OpenSSH (ssh)")
     tmp = tmp_path
     users = tmp / "users.json"
     await add_user(users, "alice", PASSWORDS["alice"], email="alice@example.com", groups=("users",))
     await add_user(users, "bob", PASSWORDS["bob"], email="bob@example.com")
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
@@ -225,6 +238,7 @@ async def dash(
         "alice",
         "--peer-offline-timeout",
         "6",
+        *policy_flags,
         env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     async with asyncio.timeout(30), httpx.AsyncClient(timeout=5) as http:
