@@ -90,6 +90,7 @@ class DashSystem:
     server_name: str
     ssh_config: Path
     relay_port: int
+    net: str = ""  # the 127.0.<n> prefix of this test's peer addresses
 
     def ssh(self, *args: str, user: str = USER) -> list[str]:
         """OpenSSH through the laptop's drop-in, to the server's relay."""
@@ -195,6 +196,22 @@ async def dash(
         yield system
 
 
+DashFactory = Callable[..., contextlib.AbstractAsyncContextManager[DashSystem]]
+
+
+@pytest.fixture
+def dash_factory(nats_server: NatsServer, services: ServiceFactory, tmp_path: Path) -> DashFactory:
+    """``async with dash_factory("--gateway-url", url, port=p) as dash``: :func:`dash` with
+    more policy flags (test modules cannot import this conftest: importlib mode)."""
+
+    def make(
+        *policy_flags: str, port: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[DashSystem]:
+        return dash_system(nats_server, services, tmp_path, *policy_flags, port=port)
+
+    return make
+
+
 @contextlib.asynccontextmanager
 async def dash_system(
     nats_server: NatsServer,
@@ -283,7 +300,7 @@ async def dash_system(
         config = tmp / "ssh_config"
         config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
         yield DashSystem(
-            tmp, base, policy, server, laptop, server_name, config, int(status["relay_port"])
+            tmp, base, policy, server, laptop, server_name, config, int(status["relay_port"]), net
         )
     finally:
         if laptop is not None:

@@ -14,29 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
-from conftest import (
-    ADMIN_TOKEN,
-    PASSWORDS,
-    USER,
-    DashSystem,
-    dash_system,
-    mesh_net,
-)
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import ServiceProcess
 
+if TYPE_CHECKING:
+    from conftest import DashFactory, DashSystem
+
+pytestmark = pytest.mark.timeout(300)  # the whole system starts for each test
+ADMIN_TOKEN = "dashboard-e2e-admin-token-0123456789"  # conftest's
+PASSWORDS = {"alice": "alice-dash-password-42", "bob": "bob-dash-password-42"}
+USER = getpass.getuser()
 GATEWAY_KEY = "meshssh-e2e-gateway-key-0001"
 BUFFER_JS = """() => {
   const t = window.meshsshTerminal;
@@ -79,14 +79,12 @@ async def admin(system: DashSystem, method: str, path: str, body: Any = None) ->
 
 @pytest.fixture
 async def terminals(
-    nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
+    dash_factory: DashFactory, nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> AsyncIterator[TerminalSystem]:
     """The dashboard system with a gateway, and alice's ssh policy in place of the legacy one."""
     port, gateway_port = free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
-    async with dash_system(
-        nats_server, services, tmp_path, "--gateway-url", gateway_url, port=port
-    ) as dash:
+    async with dash_factory("--gateway-url", gateway_url, port=port) as dash:
         await admin(dash, "POST", "/groups", {"id": "terminal"})
         await admin(dash, "PUT", "/groups/terminal/users/alice")
         await admin(dash, "POST", "/groups", {"id": "gateways"})
@@ -119,7 +117,7 @@ async def terminals(
             "meshssh-gateway",
             *nats,
             "--mesh-ip",
-            f"{mesh_net()}.4",
+            f"{dash.net}.4",
             "--name",
             f"{dash.server_name.removesuffix('-server')}-gw",
             "--management-url",
@@ -237,7 +235,7 @@ async def test_bob_whose_rules_do_not_allow_the_peer_gets_a_refusal_and_no_termi
 
 
 async def test_websockets_from_a_foreign_origin_or_without_a_valid_ticket_are_refused(
-    terminals: TerminalSystem, page: Page, browser: Browser
+    terminals: TerminalSystem, page: Page
 ) -> None:
     system = terminals
     await sign_in(page, system.dash.base, "alice")
