@@ -46,6 +46,7 @@ RefusalReason = Literal[
     "unknown_ticket",  # no such ticket: never issued, already used, or aged out of the bucket
     "expired",  # found, but past its expires_at
     "wrong_session",  # the session cookie is not the one that asked for the ticket
+    "peer_gone",  # the target peer was removed (or reports no SSH port) since the ticket
     "unavailable",  # policy could not read or delete the ticket (bus trouble); try again
 ]
 

@@ -1,9 +1,11 @@
 """The web dashboard at ``/``: operators sign in with the identity provider.
 
 Pages: Peers (the SSH switch), a peer's detail (end live sessions), Users, Groups, Policies,
-Setup keys and the Audit log, with a live strip. Server-rendered Jinja2 templates; htmx (vendored in
-``static/``, version in its file name, licence beside it) only polls the live strip: links
-and forms are plain HTML (post, then redirect), so every page works without JavaScript.
+Setup keys and the Audit log, with a live strip; with ``--gateway-url``, a terminal in the
+browser to each peer the user may log in to (:mod:`meshssh_policy.web.terminal`).
+Server-rendered Jinja2 templates; htmx (vendored in ``static/``, version in its file name,
+licence beside it) only polls the live strip: links and forms are plain HTML (post, then
+redirect), so every page works without JavaScript (but for the terminal, which is xterm.js).
 
 Example::
 
@@ -21,6 +23,7 @@ from meshssh_policy.management import Management
 from meshssh_policy.web.actions import Actions
 from meshssh_policy.web.auth import WebAuth
 from meshssh_policy.web.pages import Pages
+from meshssh_policy.web.terminal import Terminals
 
 __all__ = ["install_dashboard"]
 
@@ -32,5 +35,6 @@ def install_dashboard(app: FastAPI, mgmt: Management) -> WebAuth:
     app.include_router(auth.router())
     app.include_router(pages.router())
     app.include_router(Actions(mgmt, auth, pages).router())
+    app.include_router(Terminals(mgmt, auth, pages).router())
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return auth

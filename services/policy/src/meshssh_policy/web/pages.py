@@ -1,7 +1,9 @@
 """The dashboard's pages (GET).
 
 Peers, a peer, Users, Groups, Policies, Setup keys, Audit and the live strip. Every page
-needs a sign-in; read-only users see the same pages with the write controls disabled.
+needs a sign-in; read-only users see the same pages with the write controls disabled. With
+``--gateway-url``, Peers and a peer's page show a Connect form (a browser terminal) on each
+peer the signed-in user's rules let them log in to (:mod:`meshssh_policy.web.terminal`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from meshssh_policy.api_resources import user_view
 from meshssh_policy.audit_log import AuditQuery, event_view, read_audit
 from meshssh_policy.management import Management
 from meshssh_policy.peers import setup_key_view
+from meshssh_policy.terminal_access import Access, terminal_access
 from meshssh_policy.web.auth import WebAuth, login_redirect
 from meshssh_policy.web.policy_form import PolicyForm
 from meshssh_policy.web.sessions import Session
@@ -76,6 +79,13 @@ class Pages:
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+    def terminals(self, session: Session, peer_ids: list[str]) -> dict[str, Access] | None:
+        """Which of ``peer_ids`` the user may open a browser terminal to (None: terminals off)."""
+        if not self.mgmt.settings.gateway_url:
+            return None
+        compiler = self.mgmt.compiler()
+        return {p: terminal_access(self.mgmt, p, session.user, compiler) for p in peer_ids}
 
     def peer_names(self) -> dict[str, str]:
         """Peer id -> name."""
@@ -160,7 +170,11 @@ class Pages:
                 return login_redirect(request)
             ids = sorted(mgmt.state.peers, key=lambda p: (mgmt.state.peers[p].name, p))
             return self.render(
-                request, session, "peers.html", peers=[peer_row(mgmt, p) for p in ids]
+                request,
+                session,
+                "peers.html",
+                peers=[peer_row(mgmt, p) for p in ids],
+                terminals=self.terminals(session, ids),
             )
 
         @router.get("/peers/{peer_id}")
@@ -179,6 +193,7 @@ class Pages:
                 rules=rules_of_map(netmap),
                 published_serial=netmap.serial if netmap is not None else None,
                 fingerprint=host_key_fingerprint(row["ssh_host_key"]),
+                terminals=self.terminals(session, [peer_id]),
             )
 
         @router.get("/users")
