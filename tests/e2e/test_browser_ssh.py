@@ -13,7 +13,6 @@ terminal. WebSockets from a foreign origin, or without a valid ticket, are refus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import re
 from collections.abc import AsyncIterator
@@ -295,5 +294,10 @@ async def test_websockets_from_a_foreign_origin_or_without_a_valid_ticket_are_re
     seen = await page.evaluate(OPEN_WS_JS, ws_url)
     assert "binary" not in seen, seen
     assert seen[-1].startswith("close"), seen
-    with contextlib.suppress(Exception):
-        await page.close()
+    # The shell's exit status is shown when it ends.
+    await page.keyboard.type("exit 3")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#term-ended")).to_have_text(
+        "Session ended, exit status 3", timeout=20_000
+    )
+    await expect(page.locator("#term-status")).to_have_text("Ended")

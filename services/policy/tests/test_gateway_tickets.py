@@ -101,6 +101,22 @@ async def site(
     nc: NATS,
     tmp_path: Path,
 ) -> AsyncIterator[Site]:
+    started = await start_site(policy, services, nats_server, nc, tmp_path)
+    try:
+        yield started
+    finally:
+        await started.gateway_nc.close()
+
+
+async def start_site(
+    policy: PolicyFactory,
+    services: ServiceFactory,
+    nats_server: NatsServer,
+    nc: NATS,
+    tmp_path: Path,
+    *authn_flags: str,
+) -> Site:
+    """authn (embedded provider, ``authn_flags`` added), policy, the peers; the server online."""
     users = tmp_path / "users.json"
     await add_user(users, "alice", "alice-password-0123", email="alice@example.com")
     await add_user(users, "bob", "bob-password-0123")
@@ -117,6 +133,7 @@ async def site(
         str(users),
         "--dashboard-redirect-uri",
         f"{base}/auth/callback",
+        *authn_flags,
     )
     replica = await policy.start(
         seed=seed, listen=f"127.0.0.1:{port}", gateway_url=GATEWAY_URL, admin_users=("alice",)
@@ -136,10 +153,7 @@ async def site(
             beat = Heartbeat(peer_id=server.peer_id, sent_at=time.time(), ssh_running=True)
             await nc.publish(subjects.heartbeat(server.peer_id), codec.encode(beat))
             await asyncio.sleep(0.05)
-    try:
-        yield Site(replica, base, server.peer_id, gateway.peer_id, gateway_nc, laptop.peer_id)
-    finally:
-        await gateway_nc.close()
+    return Site(replica, base, server.peer_id, gateway.peer_id, gateway_nc, laptop.peer_id)
 
 
 def session_of(client: httpx.AsyncClient) -> str:
@@ -341,3 +355,28 @@ async def test_only_a_gateway_peer_may_redeem(site: Site, nc: NATS) -> None:
         assert metric == 3
     finally:
         await alice.aclose()
+
+
+async def test_a_sign_in_older_than_the_mesh_accepts_tokens_must_be_renewed_first(
+    policy: PolicyFactory,
+    services: ServiceFactory,
+    nats_server: NatsServer,
+    nc: NATS,
+    tmp_path: Path,
+) -> None:
+    # The mesh accepts tokens 20 s after their iat: too little left for a ticket's journey.
+    site = await start_site(policy, services, nats_server, nc, tmp_path, "--max-token-age", "20")
+    alice, csrf = await sign_in(site.base, "alice", "alice-password-0123")
+    try:
+        r = await connect(site, alice, csrf, "deploy")
+        assert r.status_code == 403
+        assert "Your sign-in is too old for a terminal" in r.text
+        assert f'href="/auth/login?next=/peers/{site.server}"' in r.text
+        assert await stored(nc) == {}
+        metric = site.replica.metric(
+            "meshssh_policy_terminal_tickets_total", result="sign_in_again"
+        )
+        assert metric == 1
+    finally:
+        await alice.aclose()
+        await site.gateway_nc.close()
