@@ -29,11 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = parse_settings(
             GatewaySettings, argv, prog="meshssh-gateway", description=_DESCRIPTION
         )
-        if settings.nats_creds is not None:
-            raise ConfigError(
-                "--nats-creds / MESHSSH_NATS_CREDS",
-                "not used: the gateway's bus identity comes from its registration",
-            )
         setup_key = take_setup_key(settings.setup_key_file)
     except ConfigError as e:
         sys.stderr.write(f"meshssh-gateway: bad setting {e}\n")
@@ -42,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # a line per WebSocket
     log = service_logger("gateway", settings.instance)
+    if settings.nats_creds is not None:
+        log.warning(
+            "--nats-creds / MESHSSH_NATS_CREDS ignored: the gateway's NATS identity comes from "
+            "its registration (<state-dir>/nats.creds)",
+            extra={"ignored": str(settings.nats_creds)},
+        )
     try:
         return asyncio.run(run_gateway(settings, setup_key=setup_key, log=log))
     except KeyboardInterrupt:

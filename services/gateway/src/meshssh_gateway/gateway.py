@@ -82,6 +82,9 @@ class Gateway:
             ws_max_size=_WS_MAX_FRAME,
             ws_ping_interval=20.0,
             ws_ping_timeout=20.0,
+            # No permessage-deflate: its compressor state costs ~300 KiB per terminal, and its
+            # ratio on repetitive output would hide a slow browser from the back-pressure.
+            ws_per_message_deflate=False,
             proxy_headers=bool(s.forwarded_allow_ips),
             forwarded_allow_ips=s.forwarded_allow_ips or None,
         )

@@ -20,7 +20,7 @@ The idle timeout counts from the last byte either way; resizes do not count.
 Example::
 
     outcome = await Terminal(ws, idle_timeout=900, send_buffer=262144, m=m, log=log).run(
-        conn, cols=120, rows=40, stop=stopping)
+        conn, watch, cols=120, rows=40, stop=stopping)
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshssh_common.logs import BoundLogger
 from meshssh_gateway.metrics import GatewayMetrics, SessionResult
+from meshssh_gateway.ssh_target import ConnectionWatch
 
 __all__ = ["REVOKED", "Outcome", "Terminal", "error_frame", "exit_frame"]
 
@@ -45,6 +46,8 @@ REVOKED = "access revoked"  # sshd's disconnect reason when policy took the acce
 _FRAME = 64 * 1024  # output chunks are joined into frames up to this size
 _DRAIN = 5.0  # seconds to send the output left when the session ended
 _MAX_SIZE = 1000  # columns or rows
+_NOTICE = b"meshssh: "  # how sshd's own notices on a session's stderr start
+_REASON_WAIT = 2.0  # seconds to wait for sshd's disconnect reason after the channel closed
 
 
 def exit_frame(status: int, message: str = "") -> str:
@@ -76,6 +79,8 @@ class _Channel(asyncssh.SSHClientSession[bytes]):
         self._term = term
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self._term.stderr(data)
         self._term.output(data)
 
     def pause_writing(self) -> None:
@@ -110,6 +115,7 @@ class Terminal:
         self.bytes_in = 0
         self.bytes_out = 0
         self.buffered = 0  # output bytes queued, not yet handed to the WebSocket
+        self.notice = ""  # stderr: sshd's last "meshssh: ..." line (why it closes the session)
         self._queue: collections.deque[bytes] = collections.deque()
         self._have_output = asyncio.Event()
         self._drained = asyncio.Event()  # set while nothing waits to be sent
@@ -135,6 +141,12 @@ class Terminal:
             self._chan.pause_reading()
             self.m.backpressure_pauses.inc()
 
+    def stderr(self, data: bytes) -> None:
+        """Keep sshd's last notice (``meshssh: access revoked: ...``) for the last frame."""
+        for line in data.splitlines():
+            if line.startswith(_NOTICE):
+                self.notice = line[len(_NOTICE) :].decode(errors="replace").strip()[:300]
+
     def channel_closed(self, exc: Exception | None) -> None:
         """The channel ended (the shell exited, or the connection went)."""
         if not self._closed.done():
@@ -143,7 +155,13 @@ class Terminal:
     # -- the session ------------------------------------------------------------------------------
 
     async def run(
-        self, conn: asyncssh.SSHClientConnection, *, cols: int, rows: int, stop: asyncio.Event
+        self,
+        conn: asyncssh.SSHClientConnection,
+        watch: ConnectionWatch,
+        *,
+        cols: int,
+        rows: int,
+        stop: asyncio.Event,
     ) -> Outcome:
         """Open the PTY shell, bridge until it ends, send the last frame and close."""
         started = time.monotonic()
@@ -165,6 +183,9 @@ class Terminal:
             done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             first = next(iter(done))
             result = ends[first]
+            if not first.cancelled() and (error := first.exception()) is not None:
+                self.log.error("terminal part failed", exc_info=error)
+                result = SessionResult.CLOSED
         finally:
             for task in ends:
                 if not task.done():
@@ -175,7 +196,7 @@ class Terminal:
         status: int | None = None
         message = ""
         if result is SessionResult.EXITED:
-            result, status, message = self._ending(chan, self._closed.result())
+            result, status, message = await self._ending(chan, watch, self._closed.result())
         elif result is SessionResult.IDLE:
             message = f"closed after {self.idle_timeout:g} s without input or output (idle timeout)"
         elif result is SessionResult.SHUTDOWN:
@@ -190,8 +211,11 @@ class Terminal:
             result, status, message, self.bytes_in, self.bytes_out, time.monotonic() - started
         )
 
-    def _ending(
-        self, chan: asyncssh.SSHClientChannel[bytes], exc: Exception | None
+    async def _ending(
+        self,
+        chan: asyncssh.SSHClientChannel[bytes],
+        watch: ConnectionWatch,
+        exc: Exception | None,
     ) -> tuple[SessionResult, int | None, str]:
         """Why the channel ended: an exit status, a signal, or sshd's disconnect reason."""
         code = chan.get_exit_status()
@@ -203,10 +227,18 @@ class Terminal:
             number = getattr(signal, f"SIG{name}", None)
             status = 128 + int(number) if number is not None else 255
             return SessionResult.EXITED, status, f"killed by signal {name}"
+        # No exit status: sshd ended the session. It says why on the session's stderr first
+        # (asyncssh reports a disconnect "by application" without its reason), then in the
+        # disconnect, which may still be on its way.
         reason = exc.reason if isinstance(exc, asyncssh.DisconnectError) else ""
-        if REVOKED in reason:
+        if not reason and not self.notice:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_REASON_WAIT):
+                    await watch.lost.wait()
+            reason = watch.reason
+        if REVOKED in reason or self.notice.startswith(REVOKED):
             return SessionResult.REVOKED, None, REVOKED
-        return SessionResult.CLOSED, None, reason or "the SSH connection closed"
+        return SessionResult.CLOSED, None, reason or self.notice or "the SSH connection closed"
 
     async def _finish(self, sender: asyncio.Task[None], status: int | None, message: str) -> None:
         """Send the output left (bounded), then the last frame, then close."""

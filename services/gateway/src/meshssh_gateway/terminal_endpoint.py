@@ -91,7 +91,7 @@ class TerminalEndpoint:
         self._nc = nc
         self.stopping = asyncio.Event()  # set at shutdown: every terminal ends
 
-    async def __call__(self, ws: WebSocket) -> None:
+    async def handle(self, ws: WebSocket) -> None:
         """One WebSocket, from the handshake to the close."""
         browser = ws.client.host if ws.client else ""
         origin = ws.headers.get("origin", "")
@@ -181,7 +181,7 @@ class TerminalEndpoint:
             ) from e
         port = remote.ssh_port or grant.ssh_port
         try:
-            conn, _watch = await dial_target(
+            conn, watch = await dial_target(
                 remote,
                 port,
                 grant.local_user,
@@ -218,7 +218,11 @@ class TerminalEndpoint:
         try:
             async with conn:
                 outcome = await terminal.run(
-                    conn, cols=_size(ws, "cols", 80), rows=_size(ws, "rows", 24), stop=self.stopping
+                    conn,
+                    watch,
+                    cols=_size(ws, "cols", 80),
+                    rows=_size(ws, "rows", 24),
+                    stop=self.stopping,
                 )
             result, status, message = outcome.result, outcome.status, outcome.message
         except (asyncssh.Error, OSError) as e:  # e.g. sshd refused the PTY session
@@ -259,5 +263,5 @@ async def _not_found(_request: object) -> PlainTextResponse:
 def terminal_app(endpoint: TerminalEndpoint) -> Starlette:
     """The gateway's ASGI app: ``/v1/terminal`` and a plain answer elsewhere."""
     return Starlette(
-        routes=[WebSocketRoute(PATH, endpoint), Route("/", _not_found)],
+        routes=[WebSocketRoute(PATH, endpoint.handle), Route("/", _not_found)],
     )
