@@ -200,6 +200,9 @@ async def test_a_user_gets_a_ticket_only_for_a_login_their_rules_allow(
         )
         assert "root" not in re.findall(r'<option value="([^"]+)"', peers)  # no --enable-ssh-root
         assert 'aria-label="Connect to gw"' not in peers  # runs no SSH server
+        rows = {r.split('"', 1)[0]: r for r in peers.split('<tr id="peer-')[1:]}
+        assert '<span class="chip">gateway</span>' in rows["gw"]
+        assert '<span class="chip">gateway</span>' not in rows["srv"]
         page = (await alice.get(f"{site.base}/peers/{site.server}")).text
         assert 'aria-label="Connect to srv"' in page
         bobs = (await bob.get(f"{site.base}/peers/{site.server}")).text
