@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-SERVICES := policy authn sshd relay
+SERVICES := policy authn sshd relay gateway
 B ?=
 # pytest-xdist workers: the tests mostly wait on processes and sockets, so more workers than the
 # two cores of a small machine pay (figures in docs/testing.md). T: extra pytest arguments.

@@ -18,6 +18,7 @@ MEMBERS = {
     "relay": "services/relay",
     "cli": "cli",
     "peer": "services/agent",
+    "gateway": "services/gateway",
 }
 
 
@@ -36,7 +37,7 @@ def test_each_image_builds_from_files_that_exist_and_runs_its_console_script(mem
     assert entry in project["scripts"]
 
 
-@pytest.mark.parametrize("member", ["policy", "authn"])
+@pytest.mark.parametrize("member", ["policy", "authn", "gateway"])
 def test_the_stateless_services_run_as_non_root(member: str) -> None:
     assert "USER 10001" in (ROOT / "deploy/docker" / f"{member}.Dockerfile").read_text()
 

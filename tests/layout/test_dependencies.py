@@ -23,6 +23,7 @@ MEMBERS = {
     "services/sshd": "meshssh_sshd",
     "services/relay": "meshssh_relay",
     "services/agent": "meshssh_agent",
+    "services/gateway": "meshssh_gateway",
     "cli": "meshssh_cli",
 }
 WORKSPACE = {

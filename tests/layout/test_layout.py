@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["policy", "authn", "sshd", "relay", "agent"]
+SERVICES = ["policy", "authn", "sshd", "relay", "agent", "gateway"]
 PACKAGES = {
     "meshssh_common": ROOT / "libs/common/src/meshssh_common",
     "meshssh_testkit": ROOT / "libs/testkit/src/meshssh_testkit",

@@ -16,6 +16,7 @@ from meshssh_common.bus_permissions import (
     Permissions,
     admin_permissions,
     authn_permissions,
+    gateway_permissions,
     inbox_prefix,
     js_stream_read,
     js_stream_write,
@@ -62,6 +63,7 @@ def subjects_of(cell: str) -> set[str]:
     ("identity", "permissions"),
     [
         ("peer", peer_permissions(PEER, INBOX)),
+        ("gateway peer", gateway_permissions(PEER, INBOX)),
         ("policy", policy_permissions(INBOX)),
         ("authn", authn_permissions(INBOX)),
         ("admin", admin_permissions()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshssh_common import codec
-from meshssh_common.ssh_auth import authorize, build_table, hash_user_id
+from meshssh_common.ssh_auth import authorize, build_table, hash_user_id, local_users_of
 from meshssh_common.wire import SshAuth
 
 
@@ -104,3 +104,17 @@ def test_the_open_field_is_canonical_and_round_trips() -> None:
     assert a == build_table("sub", [], any_validated_user=["deploy", "*"])
     assert codec.decode(codec.encode(a), SshAuth) == a
     assert b"any_validated_user" not in codec.encode(build_table("sub", [("x", "*")]))
+
+
+def test_local_users_of_lists_exactly_what_authorize_allows() -> None:
+    table = build_table(
+        "sub", [("alice", "*"), ("bob", "deploy"), ("bob", "web")], any_validated_user=["ops"]
+    )
+    assert local_users_of(table, "alice") == ("*", "ops")
+    assert local_users_of(table, "bob") == ("deploy", "ops", "web")
+    assert local_users_of(table, "carol") == ("ops",)
+    assert local_users_of(build_table("sub", [("bob", "deploy")]), "carol") == ()
+    assert local_users_of(None, "bob") == ()
+    for user in ("alice", "bob", "carol"):
+        for local in local_users_of(table, user):
+            assert authorize(table, user, "root" if local == "*" else local)

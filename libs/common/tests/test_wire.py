@@ -65,6 +65,25 @@ EXAMPLES: list[wire.Wire] = [
     wire.DevicePollRequest(device_code="d"),
     wire.DevicePollReply(status="ok", token="t"),
     wire.AuditEvent(kind="session-start", peer_id="p1", at=1.0, local_user="alice"),
+    wire.GatewayTicket(
+        sub="u1",
+        idp_token="eyJ",
+        peer_id="p1",
+        local_user="alice",
+        session_hash="0" * 64,
+        issued_at=1.0,
+        expires_at=61.0,
+    ),
+    wire.TicketRedeem(ticket="t", session="s", browser_addr="127.0.0.1"),
+    wire.TicketGrant(
+        sub="u1",
+        idp_token="eyJ",
+        peer_id="p1",
+        mesh_ip="100.64.0.1",
+        ssh_port=22022,
+        local_user="alice",
+    ),
+    wire.TicketRefusal(reason="expired", message="the ticket has expired"),
 ]
 
 

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 from meshssh_agent.children import service_executable
-from meshssh_agent.registration import SETUP_KEY_ENV
 from meshssh_agent.settings import AgentSettings
 from meshssh_agent.state_dir import StateDir, default_state_dir, lock_holder, prepare_state_dir
 from meshssh_cli.link.client import AgentClient
 from meshssh_common.errors import ConfigError, MeshError
+from meshssh_common.registration import SETUP_KEY_ENV
 from meshssh_common.settings import parse_settings
 
 __all__ = ["agent_argv", "register", "run"]

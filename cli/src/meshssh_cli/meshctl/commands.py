@@ -316,6 +316,7 @@ def keys_create(args: argparse.Namespace, api: AdminApi) -> Result:
         "usage_limit": args.usage_limit,
         "auto_groups": args.auto_group,
         "ssh_enabled": args.ssh_enabled,
+        "kind": "gateway" if args.gateway else "peer",
     }
     key = api.call("POST", "/setup-keys", body)
     text = f"created setup key {key['id']} ({key['name']})\nkey (shown only now): {key['key']}"

@@ -179,6 +179,9 @@ def _setup_keys(sub: Any) -> None:
     create.add_argument("--usage-limit", type=int, default=0, help="0 = unlimited")
     create.add_argument("--auto-group", action="append", default=[], help="group peers join")
     create.add_argument("--ssh-enabled", action="store_true", help="peers start with SSH on")
+    create.add_argument(
+        "--gateway", action="store_true", help="peers are browser-terminal gateways (issue 20)"
+    )
     _leaf(keys, "revoke", "revoke a setup key", cmd.keys_revoke).add_argument("id")
     _leaf(keys, "rm", "remove a setup key", cmd.keys_rm).add_argument("id")
 

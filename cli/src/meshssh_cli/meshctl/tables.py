@@ -190,7 +190,7 @@ def setup_key_rows(keys: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
             [
                 k["id"],
                 k["name"],
-                k["type"],
+                k["type"] if k.get("kind", "peer") == "peer" else f"{k['type']},{k['kind']}",
                 f"{k['used']}/{limit}",
                 state,
                 ",".join(k["auto_groups"]) or "-",

@@ -24,6 +24,7 @@ __all__ = [
     "Permissions",
     "admin_permissions",
     "authn_permissions",
+    "gateway_permissions",
     "inbox_prefix",
     "js_stream_read",
     "js_stream_write",
@@ -135,6 +136,15 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
     )
 
 
+def gateway_permissions(peer_id: str, inbox: str) -> Permissions:
+    """A gateway peer (issue 20): a peer's permissions, plus redeeming browser tickets.
+
+    It redeems on its own ``gateway-ticket`` subject only: policy reads the requester from it.
+    """
+    base = peer_permissions(peer_id, inbox)
+    return Permissions(pub=[*base.pub, subjects.gateway_ticket(peer_id)], sub=base.sub)
+
+
 def _service(inbox: str, requests: str) -> list[str]:
     # micro: its request subjects (queue groups) and the $SRV discovery subjects
     return [requests, "$SRV.>", f"{subjects.token(inbox)}.>"]
@@ -148,7 +158,8 @@ def policy_permissions(inbox: str) -> Permissions:
         f"$JS.API.STREAM.*.{subjects.RECORDINGS_STREAM}",
         f"$JS.API.STREAM.MSG.GET.{subjects.RECORDINGS_STREAM}",
     ]  # create, info, read
-    for bucket in (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS):
+    buckets = (*subjects.STATE_BUCKETS, subjects.BUCKET_NETMAPS, BUCKET_BUS)
+    for bucket in (*buckets, subjects.BUCKET_GATEWAY_TICKETS):
         pub += _kv_write(bucket)
     pub += _kv_read(subjects.BUCKET_JWKS)
     # policy may start before authn: it creates the (empty) JWKS bucket it watches, as authn

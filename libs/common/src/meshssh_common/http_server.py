@@ -63,10 +63,15 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """One uvicorn server on a socket bound at construction."""
 
-    def __init__(self, app: Any, listen: str, *, setting: str = "listen") -> None:
+    def __init__(self, app: Any, listen: str, *, setting: str = "listen", **options: Any) -> None:
         self.sock = bind_tcp(listen, setting=setting)
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=3
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            **options,  # more uvicorn.Config settings (WebSocket protocol, proxy headers...)
         )
         self._server = _Server(config)
 

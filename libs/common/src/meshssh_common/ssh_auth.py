@@ -19,6 +19,7 @@ Example::
     authorize(table, "bob", "root")     # False
     open_table = build_table("sub", [], any_validated_user=["*"])
     authorize(open_table, "anyone-the-idp-vouched-for", "deploy")   # True
+    local_users_of(table, "bob")        # ("deploy",): what a login form may offer bob
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 
 from meshssh_common.wire.netmap import SshAuth
 
-__all__ = ["WILDCARD", "authorize", "build_table", "hash_user_id"]
+__all__ = ["WILDCARD", "authorize", "build_table", "hash_user_id", "local_users_of"]
 
 WILDCARD = "*"
 
@@ -88,3 +89,19 @@ def authorize(table: SshAuth | None, user_id: str, local_user: str) -> bool:
         table.machine_users.get(local_user, ())
     )
     return position in allowed
+
+
+def local_users_of(table: SshAuth | None, user_id: str) -> tuple[str, ...]:
+    """The local users (``*`` for any) ``table`` names for ``user_id``, sorted; () when none.
+
+    What a form may offer (the dashboard's terminal); each choice is still checked with
+    :func:`authorize`, the one decision.
+    """
+    if table is None or not user_id:
+        return ()
+    named = set(table.any_validated_user)
+    wanted = hash_user_id(user_id)
+    if wanted in table.authorized_users:
+        position = table.authorized_users.index(wanted)
+        named |= {local for local, ix in table.machine_users.items() if position in ix}
+    return tuple(sorted(local for local in named if authorize(table, user_id, local)))

@@ -31,6 +31,7 @@ __all__ = [
     "AUTHN_TOKEN_EXCHANGE_ALL",
     "BUCKET_AUTHN",
     "BUCKET_AUTHN_DEVICES",
+    "BUCKET_GATEWAY_TICKETS",
     "BUCKET_GROUPS",
     "BUCKET_JWKS",
     "BUCKET_NETMAPS",
@@ -38,6 +39,7 @@ __all__ = [
     "BUCKET_POLICIES",
     "BUCKET_SETUP_KEYS",
     "BUCKET_USERS",
+    "GATEWAY_TICKET_ALL",
     "HEARTBEAT_ALL",
     "JWKS_KEY",
     "NETMAP_ALL",
@@ -50,6 +52,8 @@ __all__ = [
     "device_code_key",
     "device_poll",
     "device_start",
+    "gateway_ticket",
+    "gateway_ticket_key",
     "heartbeat",
     "netmap_key",
     "recording",
@@ -65,6 +69,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 POLICY_META: Final = "meshssh.policy.v1.req.meta"
 HEARTBEAT_ALL: Final = "meshssh.policy.v1.evt.heartbeat.*"
 POLICY_MEMBERS: Final = "meshssh.policy.v1.evt.members"  # policy replicas to each other
+GATEWAY_TICKET_ALL: Final = "meshssh.policy.v1.req.gateway-ticket.*"  # policy serves (issue 20)
 
 AUTHN_JWKS_REFRESH: Final = "meshssh.authn.v1.req.jwks-refresh"
 AUTHN_DEVICE_START_ALL: Final = "meshssh.authn.v1.req.device-start.*"  # authn serves
@@ -89,6 +94,7 @@ BUCKET_SETUP_KEYS: Final = "meshssh-setup-keys"
 BUCKET_JWKS: Final = "meshssh-jwks"
 BUCKET_AUTHN: Final = "meshssh-authn"  # authn-private: signing keys, JWKS fetch lease
 BUCKET_AUTHN_DEVICES: Final = "meshssh-authn-devices"  # authn-private: device-flow grants
+BUCKET_GATEWAY_TICKETS: Final = "meshssh-gateway-tickets"  # policy-private: browser tickets
 AUTHN_SIGNING_KEYS_KEY: Final = "signing-keys"
 AUTHN_FETCH_LEASE_KEY: Final = "jwks-fetch"
 AUTHN_EXCHANGE_KEYS_KEY: Final = "exchange-keys"  # the per-peer token signing keys
@@ -173,3 +179,13 @@ def device_poll(peer_id: str) -> str:
 def token_exchange(peer_id: str) -> str:
     """Subject a peer's agent asks authn for a per-peer token on (its own id last)."""
     return f"meshssh.authn.v1.req.token-exchange.{token(peer_id)}"
+
+
+def gateway_ticket(peer_id: str) -> str:
+    """Subject a gateway peer redeems a browser terminal ticket on (its own id last)."""
+    return f"meshssh.policy.v1.req.gateway-ticket.{token(peer_id)}"
+
+
+def gateway_ticket_key(ticket_hash: str) -> str:
+    """Key of a browser terminal ticket in ``meshssh-gateway-tickets``, by its hash (hex)."""
+    return f"t.{token(ticket_hash)}"

@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from meshssh_agent.registration import take_setup_key
 from meshssh_agent.settings import AgentSettings
 from meshssh_common.errors import ConfigError
 from meshssh_common.logs import configure_logging, service_logger
+from meshssh_common.registration import take_setup_key
 from meshssh_common.settings import parse_settings
 
 __all__ = ["main"]

@@ -4,9 +4,9 @@ Lifecycle of :meth:`Agent.run`, in order:
 1. take the state dir's lock (one agent per state dir), create the host key, resolve the relay
    mode and the ports (port 0: a free one picked once), serve the local socket (``status``
    works from here on, showing registration progress);
-2. register over REST (:mod:`meshssh_agent.registration`; retried while management does not
+2. register over REST (:mod:`meshssh_common.registration`; retried while management does not
    answer): the peer has no NATS identity before. The reply's JWT for the peer's own NATS key
-   becomes ``<state-dir>/nats.creds`` (:mod:`meshssh_agent.bus_identity`);
+   becomes ``<state-dir>/nats.creds`` (:mod:`meshssh_common.bus_identity`);
 3. run on the service runner (:func:`meshssh_common.service.run_service`) with that creds file:
    the ops server (``/healthz``, ``/readyz``, ``/metrics``), NATS, then :meth:`Agent.serve`;
 4. apply the registration's map, then follow the peer's KV key
@@ -14,7 +14,7 @@ Lifecycle of :meth:`Agent.run`, in order:
    started or stopped (SPEC §2) with the same creds file, and the map listeners run
    (:attr:`Agent.map_listeners`; the first keeps the OpenSSH drop-in current);
 5. the heartbeat out and sshd's sessions in (:mod:`meshssh_agent.presence`); the JWT renewed at
-   half-life (:mod:`meshssh_agent.renewal`);
+   half-life (:mod:`meshssh_common.renewal`);
 6. on ``down`` or SIGTERM/SIGINT (drain): stop both children (SIGTERM, then SIGKILL) and wait
    for them, publish a last heartbeat, drain NATS, remove the OpenSSH drop-in and the socket.
    Exit 0; 1 when registration or a renewal was refused, or the JWT expired unrenewed; 2 on a
@@ -42,29 +42,29 @@ from collections.abc import Awaitable, Callable
 import httpx
 from nats.aio.client import Client as NATS
 
-from meshssh_agent.bus_identity import BusIdentity
 from meshssh_agent.children import Children
 from meshssh_agent.control.requests import AgentRequests
 from meshssh_agent.control.server import AgentSocketServer
 from meshssh_agent.dropin import DropinKeeper, meshssh_executable
 from meshssh_agent.metrics import AgentMetrics
-from meshssh_agent.peer_tokens import exchange_token
 from meshssh_agent.presence import Presence
-from meshssh_agent.registration import register
-from meshssh_agent.renewal import keep_renewed
 from meshssh_agent.settings import AgentSettings
 from meshssh_agent.state_dir import AgentLock, prepare_state_dir
 from meshssh_agent.tokens import AgentTokenCache, device_flow_fetch
 from meshssh_common import subjects
+from meshssh_common.bus_identity import BusIdentity
 from meshssh_common.errors import ConfigError, MeshError, WireError
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.peer_map import PeerMap
+from meshssh_common.registration import PeerLogin, register
+from meshssh_common.renewal import keep_renewed
 from meshssh_common.rpc import request
 from meshssh_common.service import ServiceContext, run_service, stop_on_signals
 from meshssh_common.signed_doc import PINS_FILE, write_pins
 from meshssh_common.tasks import TaskSet
+from meshssh_common.token_exchange import exchange_token
 from meshssh_common.version import VERSION
 from meshssh_common.wire import MetaReply, MetaUpdate, NetworkMap, PeerFlags, RegisterReply
 from meshssh_common.wire.agent import AgentStatus, PeerStatus, PeerTokenRequest, TokenGetRequest
@@ -134,7 +134,7 @@ class Agent:
         self.presence = Presence(
             lambda: self.settings, self.children, self.maps, log=log, metrics=self.metrics
         )
-        self.identity = BusIdentity(settings.files, log=log)
+        self.identity = BusIdentity(settings.files.nats_seed, settings.files.nats_creds, log=log)
         self._http: httpx.AsyncClient | None = None
         self._lost = asyncio.Event()  # the bus identity is gone: serve() ends, exit 1
         self._expires_at: float | None = None
@@ -163,7 +163,7 @@ class Agent:
         """Trade the user's IdP token at authn for a per-peer token (never cached).
 
         Raises:
-            MeshError: see :func:`meshssh_agent.peer_tokens.exchange_token`.
+            MeshError: see :func:`meshssh_common.token_exchange.exchange_token`.
         """
         return await exchange_token(self.nc, self.peer_id, idp_token, target_peer)
 
@@ -289,11 +289,19 @@ class Agent:
     async def _register(self, setup_key: str, deadline: float | None = None) -> RegisterReply:
         assert self.host_key is not None
         assert self._http is not None
+        s = self.settings
+        login = PeerLogin(
+            management_url=s.management_url,
+            name=s.name,
+            mesh_ip=s.mesh_ip,
+            meta=s.meta(),
+            host_key=self.host_key.public_line,
+            credential_path=s.files.credential,
+        )
         reply = await register(
             self._http,
-            self.settings,
+            login,
             setup_key,
-            self.host_key.public_line,
             identity=self.identity,
             log=self.log,
             progress=self._progress,

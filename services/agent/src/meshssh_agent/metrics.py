@@ -10,7 +10,7 @@
   ``unavailable`` or ``error`` (:class:`ExchangeOutcome`);
 - ``token_exchange_seconds``: how long an exchange took on the bus (successful ones);
 - ``creds_renewals_total{outcome}``: renewals of the peer's NATS JWT, ``ok``, ``unavailable``,
-  ``refused`` or ``expired`` (:class:`~meshssh_agent.renewal.RenewalOutcome`);
+  ``refused`` or ``expired`` (:class:`~meshssh_common.renewal.RenewalOutcome`);
 - ``creds_expiry_seconds``: when the peer's NATS JWT expires (unix time; 0: never or none).
 
 Example::

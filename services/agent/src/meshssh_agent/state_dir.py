@@ -1,7 +1,7 @@
 """The agent's files in its state dir: the directory itself, the peer credential, the lock.
 
-The peer's NATS identity lives here too (``nats.nk``, ``nats.creds``: see
-:mod:`meshssh_agent.bus_identity`).
+The peer's credential (``peer.json``: :mod:`meshssh_common.peer_credential`) and NATS identity
+(``nats.nk``, ``nats.creds``: :mod:`meshssh_common.bus_identity`) live here too.
 
 :class:`StateDir` names every file (the socket's name is the protocol's, ``SOCKET_NAME``); this
 module stays light, as ``meshssh ssh proxy`` and ``meshssh down`` import it.
@@ -18,8 +18,7 @@ Example::
 
     files = StateDir(Path("/var/lib/meshssh"))
     lock = AgentLock.acquire(files.lock)   # raises AlreadyRunning(pid)
-    cred = load_credential(files.credential)
-    save_credential(files.credential, PeerCredential("p-1a2b", "secret"))
+    identity = BusIdentity(files.nats_seed, files.nats_creds)
 """
 
 from __future__ import annotations
@@ -32,23 +31,17 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
 from meshssh_common.errors import ConfigError, MeshError
-from meshssh_common.secret_files import write_secret_file
 from meshssh_common.wire.agent import SOCKET_NAME
 
 __all__ = [
     "AgentLock",
     "AlreadyRunning",
-    "PeerCredential",
     "StateDir",
     "default_name",
     "default_state_dir",
-    "load_credential",
     "lock_holder",
     "prepare_state_dir",
-    "save_credential",
 ]
 
 
@@ -114,14 +107,6 @@ class StateDir:
         return self.path / "agent.log"
 
 
-class PeerCredential(msgspec.Struct, frozen=True, kw_only=True):
-    """The peer id and the secret that re-registers it without a setup key."""
-
-    peer_id: str
-    credential: str
-    management_url: str = ""
-
-
 class AlreadyRunning(MeshError):
     """Another agent holds this state dir."""
 
@@ -146,21 +131,6 @@ def prepare_state_dir(path: Path) -> None:
     mode = path.stat().st_mode & 0o777
     if mode & 0o022:
         raise ConfigError("--state-dir", f"{path} is writable by others (mode {mode:o})")
-
-
-def load_credential(path: Path) -> PeerCredential | None:
-    """The stored credential, or None when the peer never registered (or the file is bad)."""
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=PeerCredential)
-    except FileNotFoundError:
-        return None
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        return None
-
-
-def save_credential(path: Path, cred: PeerCredential) -> None:
-    """Write the credential atomically, mode 0600 from creation on."""
-    write_secret_file(path, msgspec.json.encode(cred))
 
 
 def lock_holder(path: Path) -> int | None:

@@ -162,6 +162,9 @@ class SetupKeyIn(Body):
 
     name: Name
     type: Literal["reusable", "one-off"] = "reusable"
+    kind: Literal["peer", "gateway"] = Field(
+        "peer", description="gateway: peers registered with it may redeem browser tickets"
+    )
     expires_in: int = Field(30 * 86400, ge=0)
     usage_limit: int = Field(0, ge=0)
     auto_groups: list[Id] = Field(default_factory=list)

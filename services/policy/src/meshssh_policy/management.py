@@ -32,6 +32,7 @@ from meshssh_policy.admin_audit import AdminAudit
 from meshssh_policy.bus_revocations import BusRevocations
 from meshssh_policy.compiler import Compiler
 from meshssh_policy.engine import Engine
+from meshssh_policy.gateway_tickets import GatewayTickets
 from meshssh_policy.logins import Logins
 from meshssh_policy.memberships import add_member, remove_member
 from meshssh_policy.metrics import PolicyMetrics
@@ -68,6 +69,7 @@ class Management:
     audit: AdminAudit
     bus: BusKeys | None  # None: no --bus-keys (peers cannot register)
     revocations: BusRevocations | None
+    tickets: GatewayTickets  # browser terminal tickets (issue 20)
 
     @classmethod
     async def open(
@@ -141,6 +143,7 @@ class Management:
             audit=AdminAudit(js, base, log),
             bus=bus,
             revocations=revocations,
+            tickets=await GatewayTickets.open(js, state, metrics, log),
         )
 
     def compiler(self) -> Compiler:

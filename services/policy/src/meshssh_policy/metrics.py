@@ -6,8 +6,10 @@ Label values are bounded and named by outcome.
 from __future__ import annotations
 
 import enum
+from typing import get_args
 
 from meshssh_common.metrics import ServiceMetrics
+from meshssh_common.wire import RefusalReason
 
 __all__ = ["PolicyMetrics", "RejectReason"]
 
@@ -94,6 +96,20 @@ class PolicyMetrics:
             "Recordings asked for by the dashboard's player",
             ("result",),  # served | not_found | unauthenticated | denied | error
         )
+        self.terminal_tickets = base.counter(
+            "terminal_tickets",
+            "Browser terminal requests from the dashboard",
+            ("result",),  # issued | refused | sign_in_again
+        )
+        self.ticket_redemptions = base.counter(
+            "ticket_redemptions",
+            "Browser terminal tickets gateways presented (granted, or the refusal reason)",
+            ("result",),
+        )
+        for result in ("issued", "refused", "sign_in_again"):
+            self.terminal_tickets.labels(result=result)
+        for result in ("granted", *get_args(RefusalReason)):
+            self.ticket_redemptions.labels(result=result)
         for reason in RejectReason:
             self.rejected.labels(reason=reason.value)
         for result in ("published", "unchanged", "stale", "error"):

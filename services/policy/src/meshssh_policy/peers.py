@@ -66,6 +66,7 @@ def peer_view(peer: PeerRecord, presence: Presence, compiler: Compiler) -> dict[
         "ssh_active": compiler.ssh_enabled(peer.id),
         "groups": list(compiler.index.peer_groups.get(peer.id, ())),
         "setup_key_id": peer.setup_key_id,
+        "kind": peer.kind,
         "nats_key": peer.nats_key,  # public: what `meshctl bus revoke` takes
         "created_at": peer.created_at,
         "last_login": peer.last_login,

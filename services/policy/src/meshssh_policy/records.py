@@ -30,6 +30,7 @@ __all__ = [
     "ID_PATTERN",
     "Claim",
     "GroupRecord",
+    "KeyKind",
     "KeyType",
     "PeerRecord",
     "PolicyRecord",
@@ -56,6 +57,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 RuleProtocol = Literal["all", "tcp", "udp", "icmp", "ssh"]
 RuleAction = Literal["accept", "drop"]
 KeyType = Literal["reusable", "one-off"]
+KeyKind = Literal["peer", "gateway"]  # gateway: the peer may redeem browser tickets (issue 20)
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
 
@@ -81,6 +83,7 @@ class PeerRecord(Record, frozen=True, kw_only=True):
     last_login: float = 0.0
     ended_sessions: tuple[str, ...] = ()  # sessions an admin ended, newest last (bounded)
     nats_key: str = ""  # its NATS user public key ("U..."); revoked when the peer goes
+    kind: KeyKind = "peer"  # the kind of the setup key it registered with (kept for renewals)
 
 
 class Claim(Record, frozen=True, kw_only=True):
@@ -147,13 +150,15 @@ class SetupKeyRecord(Record, frozen=True, kw_only=True):
 
     ``usage_limit`` 0 means unlimited (a one-off key has 1); ``expires_at`` 0 means never.
     Peers registered with the key join ``auto_groups`` and start with the admin SSH switch
-    set to ``ssh_enabled``.
+    set to ``ssh_enabled``; a ``gateway`` key makes them browser-terminal gateways (their bus
+    identity may redeem tickets: :func:`~meshssh_common.bus_permissions.gateway_permissions`).
     """
 
     id: Id
     name: str
     key_hash: str
     type: KeyType = "reusable"
+    kind: KeyKind = "peer"
     expires_at: float = 0.0
     usage_limit: int = 0
     used: int = 0

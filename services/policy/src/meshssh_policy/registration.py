@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshssh_common import subjects
 from meshssh_common.bus_keys import BusKeys
-from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
+from meshssh_common.bus_permissions import gateway_permissions, inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, Denied, MeshError, Unavailable
 from meshssh_common.logs import BoundLogger
 from meshssh_common.nats_jwt import decode_claims
@@ -230,10 +230,11 @@ class Registrar:
         A removal that lands between the record write and the signature revokes the key at a
         time this JWT may postdate: reading the record again after signing closes that gap.
         """
+        perms = gateway_permissions if peer.kind == "gateway" else peer_permissions
         jwt = bus.mint(
             peer.nats_key,
             name=f"peer-{peer.id}",
-            permissions=peer_permissions(peer.id, inbox_prefix(peer.nats_key)),
+            permissions=perms(peer.id, inbox_prefix(peer.nats_key)),
             ttl=self.creds_ttl,
         )
         entry = await self.store.peers.get(peer_key(peer.id))
@@ -349,6 +350,7 @@ class Registrar:
             created_at=now,
             last_login=now,
             nats_key=nats_key,
+            kind=key.kind,
         )
         # Groups first: a member id without a peer record counts for nothing, so the peer's
         # first map (computed when its record appears) already has its groups' rules.

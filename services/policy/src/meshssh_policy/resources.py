@@ -265,6 +265,7 @@ class Resources:
             name=body.name,
             key_hash=secret_hash(secret),
             type=body.type,
+            kind=body.kind,
             expires_at=now + body.expires_in if body.expires_in else 0.0,
             usage_limit=1 if body.type == "one-off" else body.usage_limit,
             auto_groups=_dedupe(body.auto_groups),

@@ -3,7 +3,8 @@
 Start-up order: open the buckets (and, with ``--bus-keys``, the system connection that pushes
 revocations); start the engine and wait until it has loaded the whole state and published
 every changed map; apply ``--seed``; join the replicas that share out the maps
-(:mod:`meshssh_policy.ownership`); then serve meta updates and heartbeats on NATS, bind the
+(:mod:`meshssh_policy.ownership`); then serve meta updates, browser terminal tickets
+(:mod:`meshssh_policy.gateway_tickets`) and heartbeats on NATS, bind the
 first-login consumer, serve the API (registration included) on ``--listen``, and declare
 ready. ``/readyz`` also checks ``bus_keys`` (policy does not start without them: it signs
 every map with ``<bus-keys>/map-signing.pem``).
@@ -18,9 +19,9 @@ import secrets
 
 from meshssh_common import subjects
 from meshssh_common.http_server import HttpServer
-from meshssh_common.rpc import add_endpoint, start_micro, subscribe_typed
+from meshssh_common.rpc import add_endpoint, add_subject_endpoint, start_micro, subscribe_typed
 from meshssh_common.service import ServiceContext
-from meshssh_common.wire import Heartbeat, MetaUpdate
+from meshssh_common.wire import Heartbeat, MetaUpdate, TicketRedeem
 from meshssh_policy.api import create_app
 from meshssh_policy.management import Management
 from meshssh_policy.ownership import Ownership
@@ -65,6 +66,16 @@ async def serve(ctx: ServiceContext[PolicySettings]) -> None:
         ctx.checks["bus_keys"] = lambda: mgmt.bus is not None
         await add_endpoint(
             svc, "meta", subjects.POLICY_META, MetaUpdate, mgmt.registrar.meta, metrics=m, log=log
+        )
+        await add_subject_endpoint(
+            svc,
+            "gateway-ticket",
+            subjects.GATEWAY_TICKET_ALL,
+            TicketRedeem,
+            mgmt.tickets.redeem,
+            metrics=m,
+            log=log,
+            concurrency=16,
         )
         sub = await subscribe_typed(
             ctx.nc,

@@ -101,6 +101,11 @@ class PolicySettings(ServiceSettings):
         description="user ids that are dashboard admins (repeatable; env: comma-separated); "
         "everyone else who signs in gets read-only pages",
     )
+    gateway_url: str = Field(
+        "",
+        description="URL browsers reach meshssh-gateway at (http(s) or ws(s)); the dashboard "
+        "opens its terminals there; empty: no Connect button, no browser terminals",
+    )
     session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a dashboard sign-in lasts")
     bus_keys: Path | None = Field(
         None,
@@ -130,6 +135,15 @@ class PolicySettings(ServiceSettings):
     def _url(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError(f"{value!r} is not an http(s) or ws(s) URL")
+        if "?" in value or "#" in value:
+            raise ValueError(f"{value!r}: give the gateway's base URL, without a query")
         return value.rstrip("/")
 
     @field_validator("admin_users", mode="before")

@@ -23,6 +23,14 @@ from meshssh_common.wire.authn import (
     peer_audience,
 )
 from meshssh_common.wire.base import Part, Wire
+from meshssh_common.wire.gateway import (
+    TICKET_TTL,
+    GatewayTicket,
+    RefusalReason,
+    TicketGrant,
+    TicketRedeem,
+    TicketRefusal,
+)
 from meshssh_common.wire.netmap import (
     FirewallRule,
     JwtConfig,
@@ -50,6 +58,7 @@ from meshssh_common.wire.signed import DocKind, Endorsement, Pins, SignedDoc
 __all__ = [
     "EXCHANGE_AUDIENCE_PREFIX",
     "JWT_TOKEN_TYPE",
+    "TICKET_TTL",
     "AuditEvent",
     "AuditKind",
     "DevicePollReply",
@@ -59,6 +68,7 @@ __all__ = [
     "DocKind",
     "Endorsement",
     "FirewallRule",
+    "GatewayTicket",
     "Heartbeat",
     "JwksMissed",
     "JwksRefreshReply",
@@ -75,6 +85,7 @@ __all__ = [
     "PeerMeta",
     "Pins",
     "PortRange",
+    "RefusalReason",
     "RegisterReply",
     "RegisterRequest",
     "RemotePeer",
@@ -84,6 +95,9 @@ __all__ = [
     "SignedDoc",
     "SourcePeer",
     "SshAuth",
+    "TicketGrant",
+    "TicketRedeem",
+    "TicketRefusal",
     "TokenExchangeReply",
     "TokenExchangeRequest",
     "Wire",

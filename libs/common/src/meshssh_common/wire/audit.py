@@ -23,6 +23,8 @@ AuditKind = Literal[
     "session-limit",
     "recording-failed",
     "admin-change",
+    "browser-session-start",  # the gateway (issue 20): a browser terminal opened
+    "browser-session-end",
 ]
 
 
@@ -67,3 +69,8 @@ class AuditEvent(Wire, tag="sshd.audit.v1", frozen=True, kw_only=True):
     action: str = ""
     targets: tuple[str, ...] = ()
     detail: str = ""
+    # browser-session-* (the gateway, issue 20): ``peer_id`` is the gateway's own id (its audit
+    # subject), ``target_peer`` the peer the terminal reaches, ``browser_addr`` the browser's
+    # address; local_user, jwt_user, bytes, duration and result as for sessions.
+    browser_addr: str = ""
+    target_peer: str = ""

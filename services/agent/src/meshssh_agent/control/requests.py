@@ -11,7 +11,7 @@ Each request is checked against the kernel-reported caller (``SO_PEERCRED``, see
 | ``token-exchange`` | their own IdP token, exchanged | their own IdP token, exchanged |
 
 ``token-exchange`` gets the caller's IdP token as ``token-get`` with ``login`` does, then trades
-it at authn (:mod:`meshssh_agent.peer_tokens`) for a per-peer token, which is never cached. A
+it at authn (:mod:`meshssh_common.token_exchange`) for a per-peer token, which is never cached. A
 refusal of the IdP token by authn drops it from the cache (the next call signs in afresh).
 
 The handler knows the agent only through :class:`Controlled` (no import of the agent itself),
@@ -82,7 +82,7 @@ class Controlled(Protocol):
         ...
 
     async def exchange(self, idp_token: str, target_peer: str) -> TokenExchangeReply:
-        """Trade ``idp_token`` at authn for a per-peer token (:mod:`meshssh_agent.peer_tokens`)."""
+        """Trade ``idp_token`` at authn for a per-peer token (see ``token_exchange``)."""
         ...
 
 

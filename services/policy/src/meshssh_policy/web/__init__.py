@@ -1,11 +1,12 @@
 """The web dashboard at ``/``: operators sign in with the identity provider.
 
 Pages: Peers (the SSH switch), a peer's detail (end live sessions), Users, Groups, Policies,
-Setup keys, the Audit log and, for admins, Recordings with a player; a live strip on each.
-Server-rendered Jinja2 templates; htmx (vendored in ``static/``, version in its file name,
-licence beside it) only polls the live strip: links and forms are plain HTML (post, then
-redirect), so every page works without JavaScript but the recording player (asciinema-player,
-vendored the same way).
+Setup keys, the Audit log and, for admins, Recordings with a player; a live strip on each. With
+``--gateway-url``, a terminal in the browser to each peer the user may log in to
+(:mod:`meshssh_policy.web.terminal`). Server-rendered Jinja2 templates; htmx (vendored in
+``static/``, version in its file name, licence beside it) only polls the live strip: links and
+forms are plain HTML (post, then redirect), so every page works without JavaScript but the
+recording player (asciinema-player) and the terminal (xterm.js), vendored the same way.
 
 Example::
 
@@ -24,6 +25,7 @@ from meshssh_policy.web.actions import Actions
 from meshssh_policy.web.auth import WebAuth
 from meshssh_policy.web.pages import Pages
 from meshssh_policy.web.recording_pages import RecordingPages
+from meshssh_policy.web.terminal import Terminals
 
 __all__ = ["install_dashboard"]
 
@@ -36,5 +38,6 @@ def install_dashboard(app: FastAPI, mgmt: Management) -> WebAuth:
     app.include_router(pages.router())
     app.include_router(RecordingPages(mgmt, auth, pages).router())
     app.include_router(Actions(mgmt, auth, pages).router())
+    app.include_router(Terminals(mgmt, auth, pages).router())
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return auth

@@ -1,7 +1,7 @@
 """Dashboard sign-in, and the checks every page and action makes.
 
 Routes ``/auth/login``, ``/auth/callback`` and ``/auth/logout``; checks: signed in, admin
-for writes, CSRF token on writes.
+for writes, CSRF token on writes and on a user's own posts (a browser terminal).
 
 A page without a session redirects to sign-in. A write without a session gets 401, a
 non-admin's write 403, a write whose ``csrf`` form field or ``X-CSRF-Token`` header is not
@@ -87,6 +87,20 @@ class WebAuth:
             raise HTTPException(401, "sign in first")
         if not session.admin:
             raise HTTPException(403, f"{session.user} may only read: not a dashboard admin")
+        return await self._csrf(request, session)
+
+    async def poster(self, request: Request) -> Session:
+        """The session of a user's own request (a browser terminal): signed in, CSRF checked.
+
+        Raises:
+            HTTPException: 401 not signed in, 403 a wrong CSRF token.
+        """
+        session = self.session(request)
+        if session is None:
+            raise HTTPException(401, "sign in first")
+        return await self._csrf(request, session)
+
+    async def _csrf(self, request: Request, session: Session) -> Session:
         presented = request.headers.get("x-csrf-token", "")
         if not presented:
             form = await request.form()
@@ -128,13 +142,18 @@ class WebAuth:
             ):
                 raise HTTPException(403, "sign-in refused: it was not started in this browser")
             try:
-                token, next_path = await self.oidc.finish(state[:256], code[:2048])
+                token, next_path, mesh_token = await self.oidc.finish(state[:256], code[:2048])
             except Denied as e:
                 raise HTTPException(403, f"sign-in refused: {e.public}") from e
             admin = self.is_admin(token)
             name = str(token.claims.get("name") or token.claims.get("email") or "")
-            sid, _ = self.sessions.create(user=token.user_id, admin=admin, name=name[:128])
-            self.mgmt.log.info("dashboard sign-in", extra={"user": token.user_id, "admin": admin})
+            sid, _ = self.sessions.create(
+                user=token.user_id, admin=admin, name=name[:128], mesh_token=mesh_token
+            )
+            self.mgmt.log.info(
+                "dashboard sign-in",
+                extra={"user": token.user_id, "admin": admin, "mesh_token": bool(mesh_token)},
+            )
             response = RedirectResponse(_safe_next(next_path), status_code=303)
             response.delete_cookie(LOGIN_COOKIE, path="/auth/callback")
             response.set_cookie(

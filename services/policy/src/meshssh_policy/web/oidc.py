@@ -8,6 +8,14 @@ this sign-in; the keys are the ones authn mirrors when the issuer is that one, e
 issuer's JWKS. The user id is the mesh's user-id claim, so dashboard users are the users of
 the Users page. Pending sign-ins (state → verifier, nonce) live in memory for 10 minutes.
 
+Browser terminals need a token the mesh itself accepts (authn's token exchange validates it as
+sshd validates an IdP token: the issuer, audiences and keys authn publishes in
+``meshssh-jwks``). The token endpoint's answer is searched for one, the access token first
+(the embedded provider gives it the mesh audience), then the ID token (its ``aud`` is the
+dashboard's client id: accepted only when the mesh's audiences list that id, e.g. an external
+provider that issues no JWT access tokens, with ``MESHSSH_AUTHN_AUDIENCE`` naming the client
+id). Neither accepted: the user can use the dashboard but not its terminals (the page says so).
+
 Example::
 
     rp = OidcSignIn(mgmt)
@@ -31,6 +39,7 @@ from meshssh_common.errors import Denied, Unavailable
 from meshssh_common.jwt_validation import JwtValidator, TokenRejected, ValidatedToken
 from meshssh_common.wire import JwtConfig
 from meshssh_policy.management import Management
+from meshssh_policy.web.sessions import MeshToken
 
 __all__ = ["OidcSignIn"]
 
@@ -137,8 +146,11 @@ class OidcSignIn:
         endpoint = str(meta["authorization_endpoint"])
         return endpoint + ("&" if "?" in endpoint else "?") + query, state
 
-    async def finish(self, state: str, code: str) -> tuple[ValidatedToken, str]:
-        """Redeem the code of a pending sign-in; returns the validated ID token and where to go.
+    async def finish(self, state: str, code: str) -> tuple[ValidatedToken, str, MeshToken | None]:
+        """Redeem the code of a pending sign-in.
+
+        Returns:
+            The validated ID token, where to go, and the token the mesh accepts (if any).
 
         Raises:
             Denied: unknown or expired state, refused code, or an ID token that fails a check.
@@ -168,7 +180,27 @@ class OidcSignIn:
         token = await self._validate(str(body["id_token"]), meta)
         if token.claims.get("nonce") != pending.nonce:
             raise Denied("ID token nonce mismatch", public="the sign-in did not match")
-        return token, pending.next_path
+        candidates = (body.get("access_token"), body.get("id_token"))
+        return token, pending.next_path, self.mesh_token(candidates, token.user_id)
+
+    def mesh_token(self, candidates: tuple[object, ...], user_id: str) -> MeshToken | None:
+        """The first of ``candidates`` the mesh accepts for ``user_id`` (None: none is)."""
+        snapshot = self._mgmt.state.jwks
+        if snapshot is None:
+            return None
+        validator = JwtValidator(snapshot.jwt, snapshot.keys)
+        for candidate in candidates:
+            if not isinstance(candidate, str) or not candidate:
+                continue
+            try:
+                valid = validator.validate(candidate)
+            except TokenRejected:
+                continue
+            if valid.user_id == user_id:
+                until = min(valid.expires_at, valid.issued_at + snapshot.jwt.max_token_age)
+                email = valid.claims.get("email")
+                return MeshToken(candidate, until, email if isinstance(email, str) else "")
+        return None
 
     async def _validate(self, id_token: str, meta: dict[str, Any]) -> ValidatedToken:
         issuer = self.issuer()

@@ -3,7 +3,9 @@
 Peers, a peer, Users, Groups, Policies, Setup keys, Audit and the live strip. Every page
 needs a sign-in; read-only users see the same pages with the write controls disabled.
 (Recordings, for admins only, are in ``recording_pages.py``; a peer's live sessions and the
-audit log link to the ones that exist.)
+audit log link to the ones that exist.) With
+``--gateway-url``, Peers and a peer's page show a Connect form (a browser terminal) on each
+peer the signed-in user's rules let them log in to (:mod:`meshssh_policy.web.terminal`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from meshssh_policy.api_resources import user_view
 from meshssh_policy.audit_log import AuditQuery, event_view, read_audit
 from meshssh_policy.management import Management
 from meshssh_policy.peers import setup_key_view
+from meshssh_policy.terminal_access import Access, terminal_access
 from meshssh_policy.web.auth import WebAuth, login_redirect
 from meshssh_policy.web.policy_form import PolicyForm
 from meshssh_policy.web.sessions import Session
@@ -80,6 +83,13 @@ class Pages:
         response = self.templates.TemplateResponse(request, name, context, status_code=status)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+    def terminals(self, session: Session, peer_ids: list[str]) -> dict[str, Access] | None:
+        """Which of ``peer_ids`` the user may open a browser terminal to (None: terminals off)."""
+        if not self.mgmt.settings.gateway_url:
+            return None
+        compiler = self.mgmt.compiler()
+        return {p: terminal_access(self.mgmt, p, session.user, compiler) for p in peer_ids}
 
     def peer_names(self) -> dict[str, str]:
         """Peer id -> name."""
@@ -177,7 +187,11 @@ class Pages:
                 return login_redirect(request)
             ids = sorted(mgmt.state.peers, key=lambda p: (mgmt.state.peers[p].name, p))
             return self.render(
-                request, session, "peers.html", peers=[peer_row(mgmt, p) for p in ids]
+                request,
+                session,
+                "peers.html",
+                peers=[peer_row(mgmt, p) for p in ids],
+                terminals=self.terminals(session, ids),
             )
 
         @router.get("/peers/{peer_id}")
@@ -197,6 +211,7 @@ class Pages:
                 published_serial=netmap.serial if netmap is not None else None,
                 fingerprint=host_key_fingerprint(row["ssh_host_key"]),
                 recorded=await self.recorded(session),
+                terminals=self.terminals(session, [peer_id]),
             )
 
         @router.get("/users")

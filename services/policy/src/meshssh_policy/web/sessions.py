@@ -2,7 +2,8 @@
 
 The cookie (``meshssh_session``) is HttpOnly, SameSite=Lax, and Secure when the dashboard's
 public URL is https. It holds only a random id; the session (user, admin or not, CSRF token,
-expiry) stays in this replica's memory, so logout ends it for good: the same cookie is dead
+expiry, and the user's IdP token from the sign-in when the mesh accepts it, for browser
+terminals) stays in this replica's memory, so logout ends it for good: the same cookie is dead
 afterwards. Behind several policy replicas, route a browser to one replica (session
 affinity). Memory is bounded: the oldest sessions go first.
 
@@ -16,16 +17,35 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["COOKIE", "Session", "SessionStore"]
+__all__ = ["COOKIE", "MeshToken", "Session", "SessionStore", "session_hash"]
 
 COOKIE = "meshssh_session"
 _MAX_SESSIONS = 10_000
+
+
+def session_hash(sid: str) -> str:
+    """The hex SHA-256 of a session cookie value (what a browser terminal ticket keeps)."""
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshToken:
+    """The user's IdP token as the mesh accepts it (authn's exchange, sshd), and its profile.
+
+    ``usable_until`` (wall clock) is the earlier of its ``exp`` and ``iat`` + the mesh's
+    maximum token age: after it, a browser terminal needs a new sign-in.
+    """
+
+    token: str
+    usable_until: float
+    email: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +57,7 @@ class Session:
     csrf: str
     expires: float
     name: str = ""
+    mesh_token: MeshToken | None = None  # None: the sign-in gave no token the mesh accepts
 
     def csrf_ok(self, presented: str) -> bool:
         """True when ``presented`` is this session's CSRF token."""
@@ -51,7 +72,9 @@ class SessionStore:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
 
-    def create(self, *, user: str, admin: bool, name: str = "") -> tuple[str, Session]:
+    def create(
+        self, *, user: str, admin: bool, name: str = "", mesh_token: MeshToken | None = None
+    ) -> tuple[str, Session]:
         """A new session; returns the cookie value and the session."""
         now = self._clock()
         if len(self._sessions) >= _MAX_SESSIONS:
@@ -66,6 +89,7 @@ class SessionStore:
             csrf=secrets.token_urlsafe(32),
             expires=now + self._ttl,
             name=name,
+            mesh_token=mesh_token,
         )
         self._sessions[sid] = session
         return sid, session

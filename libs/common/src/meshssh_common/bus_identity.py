@@ -1,17 +1,17 @@
-"""The peer's NATS identity: its user key pair and the creds file made from registration.
+"""A peer's NATS identity: its user key pair and the creds file made from registration.
 
-The key pair is made on the peer the first time the agent starts; its seed stays in
-``<state-dir>/nats.nk`` (0600) and is never sent anywhere: registration carries only the public
-key (``RegisterRequest.nats_key``), and management answers with a user JWT for it
-(``RegisterReply.nats_jwt``). :meth:`BusIdentity.store` checks that JWT (it must name this key)
-and writes ``<state-dir>/nats.creds`` (0600, the standard creds layout), which the agent and
-its children connect with. When the stored peer credential was refused and the peer registers
-afresh with the setup key, :meth:`BusIdentity.replace` makes a new key pair (management
-revoked the old one).
+Used by every process that registers as a peer (the agent, the gateway). The key pair is made
+on the peer the first time it starts; its seed stays in its seed file (``nats.nk``, 0600) and is
+never sent anywhere: registration carries only the public key (``RegisterRequest.nats_key``),
+and management answers with a user JWT for it (``RegisterReply.nats_jwt``).
+:meth:`BusIdentity.store` checks that JWT (it must name this key) and writes the creds file
+(``nats.creds``, 0600, the standard creds layout), which the peer's processes connect with.
+When the stored peer credential was refused and the peer registers afresh with the setup key,
+:meth:`BusIdentity.replace` makes a new key pair (management revoked the old one).
 
 Example::
 
-    identity = BusIdentity(settings.files)
+    identity = BusIdentity(state_dir / "nats.nk", state_dir / "nats.creds")
     req = RegisterRequest(..., nats_key=identity.key.public)
     expires_at = identity.store(reply.nats_jwt)
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from meshssh_agent.state_dir import StateDir
 from meshssh_common.errors import WireError
 from meshssh_common.logs import BoundLogger
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, key_from_seed, new_key, write_creds
@@ -34,13 +33,16 @@ class BusIdentity:
     """The NATS key pair and creds file of one peer (see the module docstring).
 
     Args:
-        files: the agent's state dir.
+        seed_path: the seed file (made 0600 the first time).
+        creds_path: the creds file written from each registration.
         log: told when an unusable seed file is replaced.
     """
 
-    def __init__(self, files: StateDir, *, log: BoundLogger | None = None) -> None:
-        self.seed_path = files.nats_seed
-        self.creds_path = files.nats_creds
+    def __init__(
+        self, seed_path: Path, creds_path: Path, *, log: BoundLogger | None = None
+    ) -> None:
+        self.seed_path = seed_path
+        self.creds_path = creds_path
         self._log = log
         self._key: Key | None = None
 

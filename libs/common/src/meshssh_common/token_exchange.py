@@ -1,15 +1,16 @@
-"""Per-peer tokens: the agent trades its user's IdP token at authn for one connection (SPEC §6).
+"""Per-peer tokens: a peer trades its user's IdP token at authn for one connection (SPEC §6).
 
-The agent socket's ``token-exchange`` op first gets the caller's IdP token as ``token-get``
-with ``login`` does (the cache of SPEC §9, one shared device flow), then calls
-:func:`exchange_token`: one :class:`~meshssh_common.wire.authn.TokenExchangeRequest` on
+Two callers: the agent socket's ``token-exchange`` op (it first gets the caller's IdP token as
+``token-get`` with ``login`` does: the cache of SPEC §9, one shared device flow), and the
+browser gateway (the IdP token its ticket carried). Both call :func:`exchange_token`: one
+:class:`~meshssh_common.wire.authn.TokenExchangeRequest` on
 ``meshssh.authn.v1.req.token-exchange.<this peer's id>`` (the bus lets a peer publish only its
 own), answered by authn with a token whose ``aud`` names the target peer, ``exp`` at most
 120 s ahead and a fresh ``jti``. That token is handed to the caller and never kept: every
 connection gets its own, and a server that reads one cannot use it anywhere else.
 
 Every failure is a :class:`~meshssh_common.errors.MeshError` whose ``public`` text says what
-to do (the socket shows it to the caller as an ``ErrorReply``):
+to do (the agent's socket shows it to the caller as an ``ErrorReply``):
 
 - no authn answered within the timeout → :class:`Unavailable`;
 - authn refused the IdP token → :class:`Denied` (the cached token is then dropped, so the
@@ -54,14 +55,14 @@ async def exchange_token(
     """Exchange ``idp_token`` at authn for a per-peer token naming ``target_peer``.
 
     Args:
-        nc: the agent's bus connection (None before the agent joined the bus).
+        nc: the peer's bus connection (None before it joined the bus).
         own_peer: this peer's id (the subject's last token; the bus checks it).
-        idp_token: the user's IdP token (from the agent's cache or a fresh login).
+        idp_token: the user's IdP token (the agent's cache, a fresh login, a ticket).
         target_peer: the peer the connection goes to.
         timeout: seconds to wait for authn.
 
     Raises:
-        Unavailable: the agent is not on the bus, or no authn answered in time.
+        Unavailable: the peer is not on the bus, or no authn answered in time.
         Denied: authn refused the IdP token (expired, wrong issuer or audience, ...).
         RateLimited: this peer asked too often.
         BadRequest: authn did not accept the request (an invalid target).

@@ -1,19 +1,19 @@
-"""Renewing the peer's NATS JWT before it expires.
+"""Renewing a peer's NATS JWT before it expires (the agent's, the gateway's).
 
 Management issues peer JWTs with a lifetime (policy's ``--peer-creds-ttl``, at most 24 h). At
 about half of what is left, :func:`keep_renewed` registers again with the stored peer
-credential (:func:`meshssh_agent.registration.register`, no setup key) and rewrites
+credential (:func:`meshssh_common.registration.register`, no setup key) and rewrites
 ``nats.creds``; every connection made with that file takes the new JWT up at once
 (:mod:`meshssh_common.creds_follower`), the agent's and its children's alike.
 
-Outcomes (``meshssh_agent_creds_renewals_total{outcome}``):
+Outcomes (``meshssh_<service>_creds_renewals_total{outcome}``):
 - ``ok``: a fresh JWT was written;
 - ``unavailable``: management did not answer (each call retries with backoff); tried again
   at half of what is left, until the JWT expires;
 - ``refused``: management refused the credential (the peer was removed): the bus is lost;
 - ``expired``: the JWT expired before management answered: the bus is lost.
 A lost bus ends :func:`keep_renewed` with the reason; the agent then stops its children and
-exits 1.
+exits 1, the gateway closes its terminals and exits 1.
 
 Example::
 
@@ -62,7 +62,7 @@ async def keep_renewed(
         renew: registers again (giving up at the deadline it is passed, the current expiry)
             and writes the new creds; returns the new expiry (None: never expires).
         expires_at: the current JWT's expiry (None: it never expires; nothing to do).
-        log: the agent's logger.
+        log: the peer's logger.
         count: told each outcome (the metric).
     """
     if expires_at is None:

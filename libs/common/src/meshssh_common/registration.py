@@ -1,25 +1,28 @@
-"""Registering the peer with the management plane over REST (SPEC §5, BUS design).
+"""Registering a peer with the management plane over REST (SPEC §5, BUS design).
 
+Every process that is a peer of its own registers this way: the agent, the browser gateway.
 ``POST <--management-url>/api/v1/peers/register`` with a msgspec-JSON
 :class:`~meshssh_common.wire.RegisterRequest`; the answer is a
 :class:`~meshssh_common.wire.RegisterReply`. An unregistered peer has no NATS identity, so this
-happens before the agent connects to NATS. The request carries the peer's NATS public key
+happens before the peer connects to NATS. The request carries the peer's NATS public key
 (``nats_key``; the seed stays in the state dir) and the reply a user JWT for it, which
-:class:`~meshssh_agent.bus_identity.BusIdentity` writes as ``nats.creds``.
+:class:`~meshssh_common.bus_identity.BusIdentity` writes as ``nats.creds``.
 
 The first time, the peer logs in with its setup key (``MESHSSH_SETUP_KEY`` or
-``--setup-key-file``); the reply's peer id and credential are stored (0600) and used for every
-later login and for every renewal of the JWT, so a restart needs no setup key. If the stored
-credential is refused (the peer was removed) and a setup key was given, the peer registers
-afresh with a new NATS key pair (the old one was revoked). While the management plane does not
-answer (no connection, a timeout, 5xx or 429), the call is retried with backoff; any other
-refusal is final.
+``--setup-key-file``); the reply's peer id and credential are stored (0600,
+:mod:`meshssh_common.peer_credential`) and used for every later login and for every renewal
+of the JWT, so a restart needs no setup key. If the stored credential is refused (the peer was
+removed) and a setup key was given, the peer registers afresh with a new NATS key pair (the old
+one was revoked). While the management plane does not answer (no connection, a timeout, 5xx or
+429), the call is retried with backoff; any other refusal is final.
 
 Example::
 
+    login = PeerLogin(management_url=url, name="gw-1", mesh_ip="100.64.0.9", meta=meta,
+                      host_key=host_key.public_line, credential_path=state / "peer.json")
     async with httpx.AsyncClient() as http:
-        reply = await register(http, settings, setup_key, host_key.public_line,
-                               identity=identity, log=log, progress=print)
+        reply = await register(http, login, setup_key, identity=identity, log=log,
+                               progress=print)
 """
 
 from __future__ import annotations
@@ -28,14 +31,13 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from meshssh_agent.bus_identity import BusIdentity
-from meshssh_agent.settings import AgentSettings
-from meshssh_agent.state_dir import PeerCredential, load_credential, save_credential
 from meshssh_common import codec
+from meshssh_common.bus_identity import BusIdentity
 from meshssh_common.errors import (
     ConfigError,
     Denied,
@@ -47,9 +49,17 @@ from meshssh_common.errors import (
     error_for_code,
 )
 from meshssh_common.logs import BoundLogger
-from meshssh_common.wire import RegisterReply, RegisterRequest
+from meshssh_common.peer_credential import PeerCredential, load_credential, save_credential
+from meshssh_common.wire import PeerMeta, RegisterReply, RegisterRequest
 
-__all__ = ["REGISTER_PATH", "SETUP_KEY_ENV", "post_register", "register", "take_setup_key"]
+__all__ = [
+    "REGISTER_PATH",
+    "SETUP_KEY_ENV",
+    "PeerLogin",
+    "post_register",
+    "register",
+    "take_setup_key",
+]
 
 _BACKOFF_MAX = 5.0
 SETUP_KEY_ENV = "MESHSSH_SETUP_KEY"
@@ -76,18 +86,29 @@ def take_setup_key(path: Path | None, env: MutableMapping[str, str] = os.environ
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class PeerLogin:
+    """Who registers, and where: what every registration call of one peer sends.
+
+    A peer whose flags change builds a new one (its ``meta`` says them) for the next call.
+    """
+
+    management_url: str  # --management-url ("": the call is refused as a bad setting)
+    name: str
+    mesh_ip: str
+    meta: PeerMeta
+    host_key: str  # the SSH host public key line
+    credential_path: Path  # where the peer credential is kept (peer.json)
+
+
 def _request(
-    settings: AgentSettings,
-    setup_key: str,
-    host_key: str,
-    cred: PeerCredential | None,
-    nats_key: str,
+    login: PeerLogin, setup_key: str, cred: PeerCredential | None, nats_key: str
 ) -> RegisterRequest:
     return RegisterRequest(
-        name=settings.name,
-        mesh_ip=settings.mesh_ip,
-        meta=settings.meta(),
-        ssh_host_key=host_key,
+        name=login.name,
+        mesh_ip=login.mesh_ip,
+        meta=login.meta,
+        ssh_host_key=login.host_key,
         setup_key="" if cred is not None else setup_key,
         peer_id=cred.peer_id if cred is not None else "",
         credential=cred.credential if cred is not None else "",
@@ -137,9 +158,8 @@ async def post_register(
 
 async def register(
     http: httpx.AsyncClient,
-    settings: AgentSettings,
+    login: PeerLogin,
     setup_key: str,
-    host_key: str,
     *,
     identity: BusIdentity,
     log: BoundLogger,
@@ -150,13 +170,12 @@ async def register(
     """Log in and return the reply (the stored credential is updated).
 
     Args:
-        http: the client the agent keeps for management.
-        settings: the agent's settings (name, mesh address, flags, ports, state dir).
+        http: the client the peer keeps for management.
+        login: who registers (name, mesh address, metadata, host key) and where.
         setup_key: the one-time setup key ("": none; a renewal passes none).
-        host_key: the peer's SSH host public key line.
         identity: the peer's NATS key pair (its public key is sent).
-        log: the agent's logger.
-        progress: told the last problem while retrying (shown by ``meshssh status``).
+        log: the peer's logger.
+        progress: told the last problem while retrying (``meshssh status`` shows it).
         timeout: seconds per attempt.
         deadline: give up retrying at this ``time.time()`` (None: never).
 
@@ -165,10 +184,10 @@ async def register(
         Unavailable: management did not answer before ``deadline``.
         MeshError: the refusal (``Denied``: setup key or credential refused).
     """
-    if not settings.management_url:
+    if not login.management_url:
         raise ConfigError("--management-url / MESHSSH_MANAGEMENT_URL", "required to register")
-    url = settings.management_url.rstrip("/") + REGISTER_PATH
-    path = settings.files.credential
+    url = login.management_url.rstrip("/") + REGISTER_PATH
+    path = login.credential_path
     cred = load_credential(path)
     if cred is None and not setup_key:
         raise ConfigError(
@@ -176,7 +195,7 @@ async def register(
         )
     delay = 0.2
     while True:
-        req = _request(settings, setup_key, host_key, cred, identity.key.public)
+        req = _request(login, setup_key, cred, identity.key.public)
         try:
             reply = await post_register(http, url, req, timeout=timeout)
         except (Unavailable, RateLimited) as e:
@@ -201,7 +220,7 @@ async def register(
             PeerCredential(
                 peer_id=reply.peer_id,
                 credential=reply.credential,
-                management_url=settings.management_url,
+                management_url=login.management_url,
             ),
         )
         log.info(
