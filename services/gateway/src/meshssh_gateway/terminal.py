@@ -40,7 +40,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_gateway.metrics import GatewayMetrics, SessionResult
 from meshssh_gateway.ssh_target import ConnectionWatch
 
-__all__ = ["REVOKED", "Outcome", "Terminal", "error_frame", "exit_frame"]
+__all__ = ["REVOKED", "Outcome", "Terminal", "error_frame", "exit_frame", "resize_of"]
 
 REVOKED = "access revoked"  # sshd's disconnect reason when policy took the access away
 _FRAME = 64 * 1024  # output chunks are joined into frames up to this size
@@ -290,7 +290,7 @@ class Terminal:
                 self.m.bytes.labels(direction="in").inc(len(data))
                 self._last = time.monotonic()
             elif msg.get("text") is not None:
-                size = _resize(msg["text"])
+                size = resize_of(msg["text"])
                 if size is None:
                     self.log.info("ignored a text frame that is not a resize")
                     continue
@@ -304,7 +304,7 @@ class Terminal:
             await asyncio.sleep(left)
 
 
-def _resize(text: str) -> tuple[int, int] | None:
+def resize_of(text: str) -> tuple[int, int] | None:
     """``(cols, rows)`` of a resize frame; None when it is not one (or out of range)."""
     try:
         frame = json.loads(text)
