@@ -129,6 +129,15 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     assert laptop_key
     srv = await register(meshctl.api, "web1", "127.0.0.2", key["key"])
     await register(meshctl.api, "lap1", "127.0.0.3", laptop_key[1])
+    gateway_key = (await ok(meshctl, "--json", "setup-keys", "create", "gws", "--gateway")).json()
+    assert gateway_key["kind"] == "gateway"
+    gw1 = await register(meshctl.api, "gw1", "127.0.0.4", gateway_key["key"])
+    assert (await ok(meshctl, "--json", "peers", "show", gw1)).json()["kind"] == "gateway"
+    assert (await ok(meshctl, "--json", "peers", "show", srv)).json()["kind"] == "peer"
+    listed = (await ok(meshctl, "setup-keys", "ls")).out
+    row = [ln.split()[:3] for ln in listed.splitlines() if ln.startswith(gateway_key["id"])]
+    assert row == [[gateway_key["id"], "gws", "reusable,gateway"]]
+    await ok(meshctl, "peers", "rm", gw1)
 
     table = (await ok(meshctl, "peers", "ls")).out.splitlines()
     assert table[0].split()[:4] == ["NAME", "ID", "MESH", "IP"]
@@ -205,7 +214,7 @@ async def test_an_operator_builds_a_mesh_with_meshctl(meshctl: Meshctl, nc: NATS
     assert (await ok(meshctl, "--json", "groups", "show", "servers")).json()["users"] == ["alice"]
     await ok(meshctl, "users", "rm", "alice")
     keys = (await ok(meshctl, "--json", "setup-keys", "ls")).json()
-    assert {k["name"]: k["used"] for k in keys} == {"srv": 1, "laptops": 1}
+    assert {k["name"]: k["used"] for k in keys} == {"srv": 1, "laptops": 1, "gws": 1}
     assert all("key" not in k for k in keys)
     await ok(meshctl, "peers", "rm", srv)
     assert [p["name"] for p in (await ok(meshctl, "--json", "peers")).json()] == ["lap1"]

@@ -90,6 +90,7 @@ class DashSystem:
     server_name: str
     ssh_config: Path
     relay_port: int
+    net: str = ""  # the 127.0.<n> prefix of this test's peer addresses
 
     def ssh(self, *args: str, user: str = USER) -> list[str]:
         """OpenSSH through the laptop's drop-in, to the server's relay."""
@@ -191,12 +192,41 @@ async def dash(
     nats_server: NatsServer, services: ServiceFactory, tmp_path: Path
 ) -> AsyncIterator[DashSystem]:
     """Start everything; stop the agents after the test (``services`` stops the rest)."""
+    async with dash_system(nats_server, services, tmp_path) as system:
+        yield system
+
+
+DashFactory = Callable[..., contextlib.AbstractAsyncContextManager[DashSystem]]
+
+
+@pytest.fixture
+def dash_factory(nats_server: NatsServer, services: ServiceFactory, tmp_path: Path) -> DashFactory:
+    """``async with dash_factory("--gateway-url", url, port=p) as dash``: :func:`dash` with
+    more policy flags (test modules cannot import this conftest: importlib mode)."""
+
+    def make(
+        *policy_flags: str, port: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[DashSystem]:
+        return dash_system(nats_server, services, tmp_path, *policy_flags, port=port)
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def dash_system(
+    nats_server: NatsServer,
+    services: ServiceFactory,
+    tmp_path: Path,
+    *policy_flags: str,
+    port: int = 0,
+) -> AsyncIterator[DashSystem]:
+    """The system of :func:`dash`; ``policy_flags`` added to policy's, ``port`` its port."""
     need_tool(openssh_available(), "OpenSSH (ssh)")
     tmp = tmp_path
     users = tmp / "users.json"
     await add_user(users, "alice", PASSWORDS["alice"], email="alice@example.com", groups=("users",))
     await add_user(users, "bob", PASSWORDS["bob"], email="bob@example.com")
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     await services.start(
         "meshssh-authn",
@@ -225,6 +255,7 @@ async def dash(
         "alice",
         "--peer-offline-timeout",
         "6",
+        *policy_flags,
         env={"MESHSSH_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     async with asyncio.timeout(30), httpx.AsyncClient(timeout=5) as http:
@@ -269,7 +300,7 @@ async def dash(
         config = tmp / "ssh_config"
         config.write_text(f"BatchMode yes\nConnectTimeout 20\nInclude {dropin}\n")
         yield DashSystem(
-            tmp, base, policy, server, laptop, server_name, config, int(status["relay_port"])
+            tmp, base, policy, server, laptop, server_name, config, int(status["relay_port"]), net
         )
     finally:
         if laptop is not None:

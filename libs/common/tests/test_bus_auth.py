@@ -23,7 +23,7 @@ from nats.js.api import KeyValueConfig
 
 from meshssh_common import subjects
 from meshssh_common.bus_keys import BusKeys
-from meshssh_common.bus_permissions import admin_permissions, inbox_prefix
+from meshssh_common.bus_permissions import admin_permissions, gateway_permissions, inbox_prefix
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import ConfigError
 from meshssh_common.nats_jwt import Prefix, new_key, read_creds, user_jwt, write_creds
@@ -424,3 +424,52 @@ async def test_a_peer_requests_token_exchange_for_its_own_id_only(bus: NatsServe
         await authn.nc.flush()
         assert seen == [subjects.token_exchange("p1")]
         authn.clean()
+
+
+def gateway_creds(server: NatsServer, peer_id: str, tmp_path: Path) -> Path:
+    """A gateway peer's identity, as policy mints it for a peer of a gateway setup key."""
+    assert server.keys is not None
+    user = new_key(Prefix.USER)
+    perms = gateway_permissions(peer_id, inbox_prefix(user.public))
+    jwt = server.keys.mint(user.public, name=f"peer-{peer_id}", permissions=perms, ttl=3600)
+    path = tmp_path / f"gateway-{peer_id}.creds"
+    write_creds(path, jwt, user.seed)
+    return path
+
+
+async def test_only_a_gateway_peer_redeems_tickets_and_only_on_its_own_subject(
+    bus: NatsServer, tmp_path: Path
+) -> None:
+    gateway_id = gateway_creds(bus, "g1", tmp_path)
+    async with (
+        connected(bus, "policy") as policy,
+        connected(bus, bus.peer_creds("p1")) as peer,
+        connected(bus, gateway_id) as gateway,
+    ):
+        seen: list[str] = []
+
+        async def answer(msg: Msg) -> None:
+            seen.append(msg.subject)
+            await msg.respond(b"grant")
+
+        await policy.nc.subscribe(subjects.GATEWAY_TICKET_ALL, queue="policy", cb=answer)
+        await policy.nc.flush()
+        got = await request_when_heard(gateway.nc, subjects.gateway_ticket("g1"), b"redeem")
+        assert got.data == b"grant"  # the reply reached the gateway's own inbox
+        gateway.clean()
+        # A plain peer may not redeem at all, not even on its own id; a gateway only on its own.
+        await peer.nc.publish(subjects.gateway_ticket("p1"), b"not a gateway")
+        await peer.refused("publish", subjects.gateway_ticket("p1"))
+        await gateway.nc.publish(subjects.gateway_ticket("g2"), b"as another gateway")
+        await gateway.refused("publish", subjects.gateway_ticket("g2"))
+        # Nobody but policy touches the tickets bucket (it holds users' IdP tokens).
+        tickets = subjects.BUCKET_GATEWAY_TICKETS
+        for client in (peer, gateway):
+            await client.nc.publish(f"$KV.{tickets}.t.forged", b"forged ticket")
+            await client.refused("publish", f"$KV.{tickets}.t.forged")
+            get = direct_get(tickets, f"$KV.{tickets}.t.x")
+            await client.nc.publish(get, b"")
+            await client.refused("publish", get)
+        await policy.nc.flush()
+        assert seen == [subjects.gateway_ticket("g1")]
+        policy.clean()

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
 from meshssh_common import codec, subjects
-from meshssh_common.bus_permissions import inbox_prefix, peer_permissions
+from meshssh_common.bus_permissions import gateway_permissions, inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, ConfigError, Denied
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, new_key, write_creds
 from meshssh_common.wire import NetworkMap, RegisterReply, SignedDoc
@@ -105,6 +105,36 @@ async def test_registration_returns_a_jwt_for_the_peer_key_with_exactly_the_peer
         assert netmap.peer.mesh_ip == "127.0.0.2"
     finally:
         await nc.close()
+
+
+async def test_a_gateway_setup_keys_peers_get_the_gateway_permissions_and_keep_them(
+    policy: PolicyFactory, seed_file: Path
+) -> None:
+    replica = await start(policy, seed_file)
+    async with replica.client() as api:
+        r = await api.post("/api/v1/setup-keys", json={"name": "gws", "kind": "gateway"})
+        assert r.status_code == 201, r.text
+        assert r.json()["kind"] == "gateway"
+        gateway_key = r.json()["key"]
+    key = new_key(Prefix.USER)
+    reply = await register_rest(replica, "gw1", "127.0.0.2", gateway_key, nats_key=key)
+    want = gateway_permissions(reply.peer_id, inbox_prefix(key.public)).claims()
+    claims = decode_claims(reply.nats_jwt)["nats"]
+    assert {k: claims[k] for k in ("pub", "sub")} == want
+    assert subjects.gateway_ticket(reply.peer_id) in want["pub"]["allow"]
+    renewed = await register_rest(
+        replica,
+        "gw1",
+        "127.0.0.2",
+        peer_id=reply.peer_id,
+        credential=reply.credential,
+        nats_key=key,
+    )
+    claims = decode_claims(renewed.nats_jwt)["nats"]
+    assert {k: claims[k] for k in ("pub", "sub")} == want  # a renewal keeps the kind
+    plain = await register_rest(replica, "srv1", "127.0.0.3", SERVER_KEY)
+    pub = decode_claims(plain.nats_jwt)["nats"]["pub"]["allow"]
+    assert not any("gateway-ticket" in s for s in pub)
 
 
 async def test_peer_creds_ttl_sets_the_lifetime(policy: PolicyFactory, seed_file: Path) -> None:

@@ -245,6 +245,7 @@ class Actions:
                     usage_limit=limit,
                     auto_groups=[str(g) for g in form.getlist("auto_groups")],
                     ssh_enabled=bool(form.get("ssh_enabled")),
+                    kind="gateway" if form.get("gateway") else "peer",
                 )
             except ValueError as e:
                 errors = e.errors() if isinstance(e, ValidationError) else [{"msg": str(e)}]
