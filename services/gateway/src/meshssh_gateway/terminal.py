@@ -249,9 +249,10 @@ class Terminal:
         with contextlib.suppress(BaseException):
             await sender
         frame = exit_frame(status, message) if status is not None else error_frame(message)
-        with contextlib.suppress(Exception):
-            await self.ws.send_text(frame)
-            await self.ws.close(1000 if status is not None else 1008)
+        with contextlib.suppress(Exception):  # a browser that stopped reading gets no more
+            async with asyncio.timeout(_DRAIN):
+                await self.ws.send_text(frame)
+                await self.ws.close(1000 if status is not None else 1008)
 
     async def _send_output(self) -> None:
         chan = self._chan
