@@ -242,9 +242,10 @@ class Terminal:
 
     async def _finish(self, sender: asyncio.Task[None], status: int | None, message: str) -> None:
         """Send the output left (bounded), then the last frame, then close."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_DRAIN):
-                await self._drained.wait()
+        if not sender.done():  # a sender that failed (the browser went) has nothing to drain
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DRAIN):
+                    await self._drained.wait()
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
