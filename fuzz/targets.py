@@ -15,7 +15,9 @@ Targets (``TARGETS``):
 - ``jwt``: whole tokens and tokens around an arbitrary header, through the validator
   (``TokenRejected``);
 - ``permit_open``: :meth:`meshssh_common.permit_open.PermitOpen.parse` (``PermitOpenError``),
-  then ``allows`` on an arbitrary destination.
+  then ``allows`` on an arbitrary destination;
+- ``terminal_frame``: a browser's text frame to the gateway,
+  :func:`meshssh_gateway.terminal.resize_of` (never raises; a size it returns is in range).
 
 The first input byte picks a variant (which message type, raw or structured); the rest is
 the input proper. ``seeds()`` gives valid examples to start mutating from.
@@ -43,6 +45,7 @@ from meshssh_common.permit_open import PermitOpen, PermitOpenError
 from meshssh_common.proxy_protocol import ProxyProtocolError, encode_v2, parse_v2
 from meshssh_common.wire import agent as wire_agent
 from meshssh_common.wire import base as wire_base
+from meshssh_gateway.terminal import resize_of
 from meshssh_sshd.accounts import validate_user_name
 from meshssh_sshd.refusal import Refused
 
@@ -151,6 +154,12 @@ def permit_open(data: bytes) -> None:
     rule.allows(host, int(port) if port.isascii() and port.isdigit() and len(port) < 6 else 22)
 
 
+def terminal_frame(data: bytes) -> None:
+    size = resize_of(_text(data))
+    if size is not None:
+        assert all(1 <= v <= 1000 for v in size)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "wire": wire,
     "proxy_v2": proxy_v2,
@@ -159,6 +168,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "user_name": user_name,
     "jwt": jwt,
     "permit_open": permit_open,
+    "terminal_frame": terminal_frame,
 }
 
 
@@ -186,6 +196,7 @@ def seeds() -> dict[str, list[bytes]]:
         "user_name": [b"alice", b"_svc.account-1"],
         "jwt": [b"\x01" + header + b"\0" + payload, b"\x00a.b.c"],
         "permit_open": [b"db:5432\ndb:5432", b"[::1]:*\n::1:22", b"none\nx:1"],
+        "terminal_frame": [b'{"type":"resize","cols":120,"rows":40}', b'{"type":"x"}'],
     }
 
 

@@ -18,7 +18,12 @@ terminal closed), also while still starting:
    dashboard's redirect URI) and alice is its admin (`--admin-users alice`);
 4. two peers: `demo-server` on 127.0.0.2 (`--allow-server-ssh --enable-ssh-sftp` and local
    forwarding; `--enable-ssh-root` only when the demo runs as root, because logins go to the
-   account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer.
+   account running the demo) and `demo-laptop` on 127.0.0.3, the user's own peer;
+5. meshssh-gateway, the browser terminals' gateway, a peer of its own on 127.0.0.4
+   (`demo-gateway`), registered with the setup key `meshssh-demo-gateway-key-0001` (kind
+   `gateway`, group `users`; created over REST on the first run) and listening on
+   127.0.0.1:8090 (`--gateway-listen`, env `MESHSSH_DEMO_GATEWAY_LISTEN`), which policy's
+   `--gateway-url` names: the dashboard's Connect button opens terminals through it.
 
 It writes <run>/endpoints.json (SPEC §11; each peer's agent, sshd and relay ops URLs) and an
 ssh_config that includes the drop-in of demo-laptop (which its agent keeps current in <run>;
@@ -62,6 +67,7 @@ USERS = ("alice", "bob")
 IS_ROOT = os.geteuid() == 0
 RELAY_PORT = 22 if IS_ROOT else 2222
 SSH_PORT = 22022
+GATEWAY_KEY = "meshssh-demo-gateway-key-0001"
 PEERS = {
     "demo-server": {
         "mesh_ip": "127.0.0.2",
@@ -112,6 +118,7 @@ class Demo:
     run: Path
     api: str  # HOST:PORT of the REST API and dashboard
     provider: str  # HOST:PORT of the embedded OIDC provider
+    gateway: str  # HOST:PORT of meshssh-gateway's WebSocket endpoint
 
     @property
     def dropin(self) -> Path:
@@ -277,6 +284,34 @@ async def start_peer(
             await wait_http(f"{url}/healthz", timeout=60)
 
 
+async def start_gateway(demo: Demo, nats: NatsServer, admin_token: str) -> ServiceProcess:
+    """meshssh-gateway as peer ``demo-gateway``, once it registered and serves."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        made = await http.post(
+            f"http://{demo.api}/api/v1/setup-keys",
+            json={
+                "name": "demo gateway",
+                "kind": "gateway",
+                "key": GATEWAY_KEY,
+                "expires_in": 0,
+                "auto_groups": ["users"],
+            },
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+    if made.status_code not in (201, 409):  # 409: made on an earlier run
+        raise RuntimeError(f"cannot create the gateway's setup key: {made.status_code} {made.text}")
+    gateway = await ServiceProcess.start(
+        "meshssh-gateway",
+        *("--nats-url", nats.url, "--management-url", f"http://{demo.api}"),
+        *("--mesh-ip", "127.0.0.4", "--name", "demo-gateway"),
+        *("--state-dir", str(demo.state("demo-gateway")), "--listen", demo.gateway),
+        *("--allowed-origin", f"http://{demo.api}", "--log-format", "json"),
+        env={"MESHSSH_SETUP_KEY": GATEWAY_KEY},
+    )
+    await gateway.wait_ready(timeout=60)
+    return gateway
+
+
 async def ssh_config(demo: Demo) -> Path:
     """An ssh_config for the demo that includes demo-laptop's drop-in."""
     await command(
@@ -309,6 +344,8 @@ def print_guide(demo: Demo, nats_url: str, endpoints: dict[str, object], cfg: Pa
 meshssh is running (state in {demo.run}; endpoints in {demo.run / "endpoints.json"})
   nats-server       {nats_url}  (auth on; scripts connect with {demo.run / "bus" / "admin.creds"})
   dashboard         http://{demo.api}/  (sign in as alice, an admin; bob reads only)
+  browser terminals ws://{demo.gateway}/v1/terminal  (meshssh-gateway, peer demo-gateway
+                    127.0.0.4: a peer's page in the dashboard -> Connect)
   API               http://{demo.api}/api/v1  (OpenAPI docs at http://{demo.api}/docs)
   OIDC provider     http://{demo.provider}/.well-known/openid-configuration
   metrics           {metrics_lines}
@@ -368,12 +405,15 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
                 "json",
                 "--admin-users",
                 "alice",
+                "--gateway-url",
+                f"http://{demo.gateway}",
                 env={"MESHSSH_ADMIN_TOKEN": admin_token},
             )
         )
         for proc in services:
             await proc.wait_ready(timeout=60)
         await wait_http(f"http://{demo.api}/api/v1/auth/config")  # authn published its keys
+        services.append(await start_gateway(demo, nats, admin_token))
         peer_ops: dict[str, dict[str, str]] = {}
         for name, peer in PEERS.items():
             ops = {p: "http://" + free_listen("127.0.0.1:0") for p in ["agent", *peer["children"]]}
@@ -387,7 +427,9 @@ async def run_demo(demo: Demo, lock: DemoLock) -> None:
             "ops": {p.name.removeprefix("meshssh-"): p.ops_url for p in services},
             "admin_token": admin_token,
             "setup_key": PEERS["demo-laptop"]["setup_key"],
-            "setup_keys": {name: peer["setup_key"] for name, peer in PEERS.items()},
+            "setup_keys": {name: peer["setup_key"] for name, peer in PEERS.items()}
+            | {"demo-gateway": GATEWAY_KEY},
+            "gateway_url": f"http://{demo.gateway}",
             "users": passwords,
             "ssh_config": str(cfg),
             "peers": {
@@ -430,7 +472,13 @@ async def main_async(demo: Demo) -> int:
         say(f"make run: {e}", err=True)
         return 1
     try:
-        wanted = (demo.api, demo.provider, f"127.0.0.2:{RELAY_PORT}", f"127.0.0.2:{SSH_PORT}")
+        wanted = (
+            demo.api,
+            demo.provider,
+            demo.gateway,
+            f"127.0.0.2:{RELAY_PORT}",
+            f"127.0.0.2:{SSH_PORT}",
+        )
         busy = [text for text in map(port_in_use, wanted) if text]
         if busy:
             say(f"make run: cannot start: {'; '.join(busy)}", err=True)
@@ -466,9 +514,15 @@ def parse_args(argv: list[str]) -> Demo:
     p.add_argument(
         "--provider-listen", default=env("MESHSSH_DEMO_PROVIDER_LISTEN") or "127.0.0.1:8081"
     )
+    p.add_argument(
+        "--gateway-listen", default=env("MESHSSH_DEMO_GATEWAY_LISTEN") or "127.0.0.1:8090"
+    )
     args = p.parse_args(argv)
     return Demo(
-        args.run_dir.absolute(), free_listen(args.api_listen), free_listen(args.provider_listen)
+        args.run_dir.absolute(),
+        free_listen(args.api_listen),
+        free_listen(args.provider_listen),
+        free_listen(args.gateway_listen),
     )
 
 

@@ -20,5 +20,5 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 COPY --from=build /opt/meshssh /opt/meshssh
 ENV PATH=/opt/meshssh/bin:$PATH PYTHONUNBUFFERED=1
 USER 10001
-EXPOSE 8090 9105
+EXPOSE 8090 9106
 ENTRYPOINT ["meshssh-gateway"]

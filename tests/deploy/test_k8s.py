@@ -67,7 +67,7 @@ def test_nats_is_a_three_node_jetstream_cluster_with_storage_and_a_budget(
     assert "nats" in by_kind(docs, "PodDisruptionBudget")
 
 
-@pytest.mark.parametrize("service", ["policy", "authn"])
+@pytest.mark.parametrize("service", ["policy", "authn", "gateway"])
 def test_stateless_services_have_probes_resources_scaling_and_a_budget(
     overlay: tuple[str, list[dict[str, Any]]], service: str
 ) -> None:
@@ -112,7 +112,7 @@ def test_jetstream_state_is_replicated_three_times_in_prod_and_once_in_dev(
         assert config["MESHSSH_NATS_REPLICAS"] == replicas
 
 
-@pytest.mark.parametrize("service", ["policy", "authn"])
+@pytest.mark.parametrize("service", ["policy", "authn", "gateway"])
 def test_replicated_services_keep_replicas_apart_and_some_always_up(
     kustomize: Build, service: str
 ) -> None:
@@ -171,3 +171,25 @@ def test_the_peer_daemonset_uses_host_network_and_only_the_capabilities_it_needs
     # the probes ask the agent itself, on its ops port
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "agent-ops"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "agent-ops"}
+
+
+def test_the_gateway_is_a_peer_of_its_own_with_its_setup_key_and_listens_where_probed(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = overlay
+    pod = by_kind(docs, "Deployment")["meshssh-gateway"]["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod
+    (gateway,) = pod["containers"]
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["MESHSSH_SETUP_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "gateway-setup-key"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert "MESHSSH_NATS_CREDS" not in env  # its bus identity comes from its registration
+    named = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert f"--listen=0.0.0.0:{named['ws']}" in gateway["args"]
+    assert f"--ops-listen=0.0.0.0:{named['ops']}" in gateway["args"]
+    assert "--mesh-ip=$(POD_IP)" in gateway["args"]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    policies = by_kind(docs, "NetworkPolicy")
+    assert {"port": named["ws"], "protocol": "TCP"} in [
+        p for rule in policies["meshssh-gateway"]["spec"]["ingress"] for p in rule["ports"]
+    ]

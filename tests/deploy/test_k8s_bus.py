@@ -191,8 +191,9 @@ def test_every_bus_client_uses_tls_the_ca_and_only_its_own_identity(
                 f"{workload.removeprefix('meshssh-')}.creds",
             )
             assert not {s for s, _ in refs if s.startswith("meshssh-bus-")} - {own}
-        elif workload == "meshssh-peer":
-            # a node registers over REST and keeps <state-dir>/nats.creds: no service identity
+        elif workload in ("meshssh-peer", "meshssh-gateway"):
+            # a peer (a node, a gateway) registers over REST and keeps <state-dir>/nats.creds:
+            # no service identity
             assert "MESHSSH_NATS_CREDS" not in env
             assert not {s for s, _ in refs if s.startswith("meshssh-bus-")}
         else:
@@ -211,7 +212,13 @@ def test_every_bus_client_uses_tls_the_ca_and_only_its_own_identity(
                 ("meshssh-bus-policy", "policy.creds"),
                 ("meshssh-bus-authn", "authn.creds"),
             }
-    assert clients == {"meshssh-policy", "meshssh-authn", "meshssh-peer", "jetstream-setup"}
+    assert clients == {
+        "meshssh-policy",
+        "meshssh-authn",
+        "meshssh-peer",
+        "meshssh-gateway",
+        "jetstream-setup",
+    }
 
 
 # ---- the bootstrap script, run for real (kubectl --dry-run=client, meshssh-policy init) ----

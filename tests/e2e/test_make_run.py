@@ -170,6 +170,7 @@ async def demo(tmp_path: Path) -> AsyncIterator[DemoRun]:
             "MESHSSH_RUN_DIR": str(tmp_path / "run"),
             "MESHSSH_DEMO_API_LISTEN": "127.0.0.1:0",
             "MESHSSH_DEMO_PROVIDER_LISTEN": "127.0.0.1:0",
+            "MESHSSH_DEMO_GATEWAY_LISTEN": "127.0.0.1:0",
         }
         with output.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -229,7 +230,7 @@ async def test_every_endpoint_of_make_run_answers_and_a_second_run_says_where_it
         "nats_creds",
     ):
         assert key in e, key
-    assert set(e["ops"]) == {"policy", "authn"}  # type: ignore[arg-type]
+    assert set(e["ops"]) == {"policy", "authn", "gateway"}  # type: ignore[arg-type]
     # The bus has authentication on: services have their own creds, strangers are refused.
     creds: dict[str, str] = e["nats_creds"]  # type: ignore[assignment]
     assert set(creds) == {"policy", "authn"}

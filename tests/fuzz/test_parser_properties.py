@@ -120,6 +120,21 @@ def test_permit_open_raises_only_its_error_and_round_trips(spec: str, dest: str)
     T.permit_open(_b(spec.replace("\n", " ") + "\n" + dest))
 
 
+_FRAME = st.fixed_dictionaries(
+    {"type": st.sampled_from(["resize", "Resize", "paste"])},
+    optional={
+        "cols": st.one_of(st.integers(-5, 2000), st.floats(), st.booleans(), st.text(max_size=3)),
+        "rows": st.one_of(st.integers(-5, 2000), st.none(), st.lists(st.integers(), max_size=2)),
+    },
+)
+
+
+@BOUNDED
+@given(st.one_of(st.binary(max_size=200), _FRAME.map(lambda f: json.dumps(f).encode())))
+def test_terminal_frames_never_raise_and_resize_only_in_range(data: bytes) -> None:
+    T.terminal_frame(data)
+
+
 def test_every_target_has_a_property_here_and_seeds() -> None:
     names = {n.removeprefix("test_").split("_")[0] for n in globals() if n.startswith("test_")}
     for target in T.TARGETS:

@@ -13,11 +13,13 @@ import json
 import os
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from meshssh_testkit.gateway_system import GatewaySystem, read_until
+from meshssh_testkit.process import run_command, script
 from meshssh_testkit.whole_system import audit_events
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("gateway")]
@@ -202,6 +204,36 @@ async def test_a_slow_browser_pauses_the_ssh_channel_and_the_gateway_memory_stay
         await ws.close()
     if os.environ.get("CI"):
         print(f"gateway RSS {before} KiB -> peak {peak} KiB under a slow reader")
+
+
+async def test_a_stopping_gateway_tells_its_open_terminals_and_exits_cleanly(
+    system: GatewaySystem,
+) -> None:
+    gateway, url = await system.start_gateway("stop-gw", 8)
+    async with system.browser("alice") as browser:
+        ws = await system.open_terminal(browser, ws_base=url)
+        await ws.send(b"echo up-$((5+5))\n")
+        await read_until(ws, b"up-10")
+        stopping = asyncio.create_task(gateway.stop())
+        _, last = await read_until(ws, b"\x00never", timeout=15)
+        assert await stopping == 0
+    assert last is not None
+    assert last["type"] == "error"
+    assert "shutting down" in last["message"]
+
+
+async def test_a_gateway_whose_setup_key_is_refused_exits_1_and_says_why(
+    system: GatewaySystem, tmp_path: Path
+) -> None:
+    result = await run_command(
+        script("meshssh-gateway"),
+        *("--nats-url", system.nats_server.url, "--management-url", system.base),
+        *("--mesh-ip", f"{system.net}.9", "--state-dir", str(tmp_path / "gw")),
+        env={"MESHSSH_SETUP_KEY": "not-a-setup-key-of-this-mesh"},
+        timeout=60,
+    )
+    assert result.returncode == 1, result.err
+    assert "registration refused" in result.err
 
 
 async def test_removing_the_policy_closes_the_open_terminal_with_access_revoked(

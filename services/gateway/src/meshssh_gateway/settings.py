@@ -65,7 +65,7 @@ class GatewaySettings(ServiceSettings):
     )
 
     ops_listen: HostPort = Field(
-        "127.0.0.1:9105", description="HOST:PORT of /healthz, /readyz and /metrics"
+        "127.0.0.1:9106", description="HOST:PORT of /healthz, /readyz and /metrics"
     )
     listen: HostPort = Field(
         "127.0.0.1:8090",

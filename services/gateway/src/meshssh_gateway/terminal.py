@@ -40,7 +40,7 @@ from meshssh_common.logs import BoundLogger
 from meshssh_gateway.metrics import GatewayMetrics, SessionResult
 from meshssh_gateway.ssh_target import ConnectionWatch
 
-__all__ = ["REVOKED", "Outcome", "Terminal", "error_frame", "exit_frame"]
+__all__ = ["REVOKED", "Outcome", "Terminal", "error_frame", "exit_frame", "resize_of"]
 
 REVOKED = "access revoked"  # sshd's disconnect reason when policy took the access away
 _FRAME = 64 * 1024  # output chunks are joined into frames up to this size
@@ -242,16 +242,18 @@ class Terminal:
 
     async def _finish(self, sender: asyncio.Task[None], status: int | None, message: str) -> None:
         """Send the output left (bounded), then the last frame, then close."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_DRAIN):
-                await self._drained.wait()
+        if not sender.done():  # a sender that failed (the browser went) has nothing to drain
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_DRAIN):
+                    await self._drained.wait()
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
         frame = exit_frame(status, message) if status is not None else error_frame(message)
-        with contextlib.suppress(Exception):
-            await self.ws.send_text(frame)
-            await self.ws.close(1000 if status is not None else 1008)
+        with contextlib.suppress(Exception):  # a browser that stopped reading gets no more
+            async with asyncio.timeout(_DRAIN):
+                await self.ws.send_text(frame)
+                await self.ws.close(1000 if status is not None else 1008)
 
     async def _send_output(self) -> None:
         chan = self._chan
@@ -290,7 +292,7 @@ class Terminal:
                 self.m.bytes.labels(direction="in").inc(len(data))
                 self._last = time.monotonic()
             elif msg.get("text") is not None:
-                size = _resize(msg["text"])
+                size = resize_of(msg["text"])
                 if size is None:
                     self.log.info("ignored a text frame that is not a resize")
                     continue
@@ -304,7 +306,7 @@ class Terminal:
             await asyncio.sleep(left)
 
 
-def _resize(text: str) -> tuple[int, int] | None:
+def resize_of(text: str) -> tuple[int, int] | None:
     """``(cols, rows)`` of a resize frame; None when it is not one (or out of range)."""
     try:
         frame = json.loads(text)

@@ -124,9 +124,10 @@ class TerminalEndpoint:
                 "terminal refused",
                 extra={"reason": e.reason.value, "error": str(e), "browser": browser},
             )
-            with contextlib.suppress(Exception):
-                await ws.send_text(error_frame(e.public))
-                await ws.close(1008)
+            await _last_word(ws, error_frame(e.public), 1008)
+        except Exception:
+            self.log.exception("terminal failed", extra={"browser": browser})
+            await _last_word(ws, error_frame("the gateway failed; try again"), 1011)
 
     async def _session(self, ws: WebSocket, nc: NATS, ticket: str, browser: str) -> None:
         started = time.monotonic()
@@ -227,9 +228,7 @@ class TerminalEndpoint:
             result, status, message = outcome.result, outcome.status, outcome.message
         except (asyncssh.Error, OSError) as e:  # e.g. sshd refused the PTY session
             message = f"the session on {remote.name} failed: {e}"
-            with contextlib.suppress(Exception):
-                await ws.send_text(error_frame(message))
-                await ws.close(1011)
+            await _last_word(ws, error_frame(message), 1011)
         finally:
             self.m.sessions_open.dec()
             self.m.sessions.labels(result=result).inc()
@@ -247,6 +246,14 @@ class TerminalEndpoint:
                 "terminal closed",
                 extra={"result": result.value, "status": status, "duration": round(duration, 3)},
             )
+
+
+async def _last_word(ws: WebSocket, frame: str, code: int) -> None:
+    """Send the last frame and close, bounded (a browser that stopped reading gets neither)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await ws.send_text(frame)
+            await ws.close(code)
 
 
 def _size(ws: WebSocket, name: str, default: int) -> int:
