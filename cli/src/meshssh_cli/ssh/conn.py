@@ -45,19 +45,12 @@ from meshssh_cli.ssh import errors as client_errors
 from meshssh_cli.ssh.detect import BannerKind, classify
 from meshssh_cli.ssh.errors import ClientError
 from meshssh_cli.ssh.peer_directory import PeerDirectory, TokenSource
+from meshssh_common.mesh_login import open_mesh_socket, pinned_login_options
 from meshssh_common.refusal_banner import parse_refusal
 
 __all__ = ["CLIENT_VERSION", "CONNECT_TIMEOUT", "dial", "resolve"]
 
 CLIENT_VERSION = "MeshSSH-Client-0.1.0"
-# AES-GCM first: one AEAD call per packet in asyncssh (its ChaCha20-Poly1305 costs three)
-CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes256-ctr",
-    "aes128-ctr",
-]
 CONNECT_TIMEOUT = 15.0
 _STALE = frozenset({"expired", "too_old"})  # refusals that make a cached token useless
 
@@ -143,19 +136,6 @@ class _Backend(asyncssh.SSHClient):
         return token.value
 
 
-async def _open_socket(addr: str, port: int, source: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((source, 0))
-        await asyncio.get_running_loop().sock_connect(sock, (addr, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def dial(
     peer: PeerEntry,
     port: int,
@@ -192,27 +172,14 @@ async def dial(
     backend: _Backend | None = None
     try:
         async with asyncio.timeout(timeout) as deadline:
-            sock = await _open_socket(peer.mesh_ip, port, source)
+            sock = await open_mesh_socket(peer.mesh_ip, port, source)
             backend = _Backend(peer, pinned, tokens, deadline, on_lost)
             made = backend
             conn = await asyncssh.run_client(
                 sock,
-                config=None,
                 client_factory=lambda: made,
-                username=username,
-                known_hosts=([], [], []),
-                server_host_key_algs=[pinned.get_algorithm()],
-                client_version=CLIENT_VERSION,
-                client_keys=None,
-                agent_path=None,
-                password_auth=True,
-                kbdint_auth=False,
-                gss_auth=False,
-                host_based_auth=False,
-                public_key_auth=False,
-                connect_timeout=None,
+                **pinned_login_options(pinned, username, CLIENT_VERSION),
                 encoding=None,
-                encryption_algs=CIPHERS,
                 **options,
             )
             sock = None  # owned by the connection now

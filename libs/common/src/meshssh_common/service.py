@@ -41,7 +41,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshssh_common.connection import connect_nats
-from meshssh_common.errors import ConfigError, Unavailable
+from meshssh_common.errors import ConfigError, MeshError, Unavailable
 from meshssh_common.http_server import HttpServer
 from meshssh_common.kv import set_default_replicas
 from meshssh_common.logs import BoundLogger, configure_logging, service_logger
@@ -71,6 +71,7 @@ _FIRST_RETRY = 0.2
 _MAX_RETRY = 5.0
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -245,6 +246,28 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> asyncio.Task[T] | None:
+    """Run ``work`` until it ends, or until ``stop`` is set or a SIGTERM/SIGINT comes.
+
+    Returns:
+        The finished task (its ``result()`` holds the value or raises its error), or None when
+        stopped first: then ``work`` was cancelled, and a MeshError it ended with is dropped.
+    """
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        with stop_on_signals(stop):
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, MeshError):
+        await task
+    return None
 
 
 def jetstream_not_ready(error: BaseException) -> bool:

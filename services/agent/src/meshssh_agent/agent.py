@@ -61,7 +61,7 @@ from meshssh_common.peer_map import PeerMap
 from meshssh_common.registration import PeerLogin, register
 from meshssh_common.renewal import keep_renewed
 from meshssh_common.rpc import request
-from meshssh_common.service import ServiceContext, run_service, stop_on_signals
+from meshssh_common.service import ServiceContext, run_service, unless_stopped
 from meshssh_common.signed_doc import PINS_FILE, write_pins
 from meshssh_common.tasks import TaskSet
 from meshssh_common.token_exchange import exchange_token
@@ -239,17 +239,8 @@ class Agent:
         Raises:
             ConfigError: a missing management URL or setup key.
         """
-        login = asyncio.create_task(self._login())
-        stopper = asyncio.create_task(self.stop.wait())
-        try:
-            with stop_on_signals(self.stop):
-                await asyncio.wait({login, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if not login.done():
-            login.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
-                await login
+        login = await unless_stopped(self._login(), self.stop)
+        if login is None:
             return False
         try:
             login.result()

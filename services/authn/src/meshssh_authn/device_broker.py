@@ -22,7 +22,7 @@ import msgspec
 from meshssh_authn.authn_metrics import AuthnMetrics
 from meshssh_authn.device_grants import DeviceContext
 from meshssh_authn.embedded_provider import EmbeddedProvider
-from meshssh_authn.token_exchange import TokenExchanger, check_peer_id
+from meshssh_authn.token_exchange import TokenExchanger, check_peer_id, requester_of
 from meshssh_common import subjects
 from meshssh_common.errors import BadRequest, Denied, Unavailable
 from meshssh_common.kv import TypedKV
@@ -50,10 +50,7 @@ _POLL_PREFIX: Final = subjects.AUTHN_DEVICE_POLL_ALL[:-1]
 
 
 def _requester(subject: str, prefix: str) -> str:
-    requester = subject[len(prefix) :] if subject.startswith(prefix) else ""
-    if not requester:
-        raise BadRequest("the subject names no requesting peer")
-    return check_peer_id(requester)
+    return check_peer_id(requester_of(subject, prefix))
 
 
 def _peer_key(device_code: str) -> str:

@@ -72,6 +72,20 @@ def check_peer_id(peer_id: str) -> str:
     return peer_id
 
 
+def requester_of(subject: str, prefix: str) -> str:
+    """The requesting peer: the last token of a ``<prefix><peer>`` subject.
+
+    The bus lets only that peer publish such a subject.
+
+    Raises:
+        BadRequest: the subject names no peer.
+    """
+    requester = subject[len(prefix) :] if subject.startswith(prefix) else ""
+    if not requester:
+        raise BadRequest("the subject names no requesting peer")
+    return requester
+
+
 class PeerBuckets:
     """One token bucket per requesting peer (bounded, least recently used dropped)."""
 
@@ -140,10 +154,9 @@ class TokenExchanger:
             Unavailable: no JWKS snapshot or exchange key yet.
         """
         started = time.perf_counter()
-        requester = subject[len(_PREFIX) :] if subject.startswith(_PREFIX) else ""
+        requester = ""
         try:
-            if not requester:
-                raise BadRequest("the subject names no requesting peer")
+            requester = requester_of(subject, _PREFIX)
             if not self._buckets.take(requester):
                 self._metrics.exchanges.labels(result="rate_limited").inc()
                 self._log.warning("token exchange rate limited", extra={"peer": requester})

@@ -28,13 +28,13 @@ import sys
 
 import httpx
 
+from meshssh_common.audit_log import AuditLog
 from meshssh_common.errors import ConfigError, MeshError
 from meshssh_common.http_server import HttpServer
 from meshssh_common.logs import BoundLogger
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.service import ServiceContext, run_service, stop_on_signals
+from meshssh_common.service import ServiceContext, run_service, unless_stopped
 from meshssh_common.tasks import TaskSet
-from meshssh_gateway.audit import BrowserAudit
 from meshssh_gateway.mesh_peer import MeshPeer
 from meshssh_gateway.metrics import GatewayMetrics
 from meshssh_gateway.session_limits import SessionLimits
@@ -70,7 +70,7 @@ class Gateway:
         """The runner's body (see the module docstring, step 3 and 4)."""
         s = self.settings
         log = self.log.bind(peer=self.peer.peer_id)
-        audit = BrowserAudit(ctx.js, self.peer.peer_id, self.m, log)
+        audit = AuditLog(ctx.js, self.peer.peer_id, self.m.audit, log)
         endpoint = TerminalEndpoint(
             s, self.peer, self.limits, audit, self.m, log, nc=lambda: ctx.nc
         )
@@ -128,17 +128,8 @@ class Gateway:
             ConfigError: no management URL, or no credential and no setup key.
             MeshError: management refused the gateway.
         """
-        login = asyncio.create_task(self.peer.register(http))
-        stopper = asyncio.create_task(self.stop.wait())
-        try:
-            with stop_on_signals(self.stop):
-                await asyncio.wait({login, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if not login.done():
-            login.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
-                await login
+        login = await unless_stopped(self.peer.register(http), self.stop)
+        if login is None:
             return False
         login.result()
         return True

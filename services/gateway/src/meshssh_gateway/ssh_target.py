@@ -33,13 +33,13 @@ import asyncssh
 
 from meshssh_common.errors import Denied, Unavailable
 from meshssh_common.host_keys import fingerprint
+from meshssh_common.mesh_login import open_mesh_socket, pinned_login_options
 from meshssh_common.refusal_banner import REFUSAL_MARKER, parse_refusal
 from meshssh_common.wire import RemotePeer
 
 __all__ = ["CLIENT_VERSION", "ConnectionWatch", "HostKeyMismatch", "dial_target"]
 
 CLIENT_VERSION = "MeshSSH-Gateway-0.1.0"
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 WINDOW = 256 * 1024  # what sshd may send ahead of the gateway's reads (bounds memory)
 
 
@@ -108,20 +108,6 @@ class ConnectionWatch(asyncssh.SSHClient):
         self.lost.set()
 
 
-async def _open_socket(addr: str, port: int, source: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((source, 0))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.get_running_loop().sock_connect(sock, (addr, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def dial_target(
     peer: RemotePeer,
     port: int,
@@ -161,24 +147,11 @@ async def dial_target(
     where = f"{peer.name} ({peer.mesh_ip} port {port})"
     try:
         async with asyncio.timeout(timeout):
-            sock = await _open_socket(peer.mesh_ip, port, source)
+            sock = await open_mesh_socket(peer.mesh_ip, port, source, nodelay=True)
             conn = await asyncssh.connect(
                 sock=sock,
-                config=None,
                 client_factory=lambda: watch,
-                username=username,
-                known_hosts=([], [], []),
-                server_host_key_algs=[pinned.get_algorithm()],
-                client_version=CLIENT_VERSION,
-                client_keys=None,
-                agent_path=None,
-                password_auth=True,
-                kbdint_auth=False,
-                gss_auth=False,
-                host_based_auth=False,
-                public_key_auth=False,
-                connect_timeout=None,
-                encryption_algs=CIPHERS,
+                **pinned_login_options(pinned, username, CLIENT_VERSION),
                 window=WINDOW,
                 keepalive_interval=30,
                 keepalive_count_max=3,

@@ -40,11 +40,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from meshssh_common.audit_log import AuditLog
 from meshssh_common.errors import Denied, MeshError, Unavailable
 from meshssh_common.logs import BoundLogger
 from meshssh_common.token_exchange import exchange_token
 from meshssh_common.wire import RemotePeer, TicketGrant
-from meshssh_gateway.audit import BrowserAudit
 from meshssh_gateway.mesh_peer import MeshPeer
 from meshssh_gateway.metrics import GatewayMetrics, Refusal, SessionResult
 from meshssh_gateway.session_limits import LimitReached, SessionLimits
@@ -76,7 +76,7 @@ class TerminalEndpoint:
         settings: GatewaySettings,
         peer: MeshPeer,
         limits: SessionLimits,
-        audit: BrowserAudit,
+        audit: AuditLog,
         m: GatewayMetrics,
         log: BoundLogger,
         *,

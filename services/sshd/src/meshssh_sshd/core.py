@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
+from meshssh_common.audit_log import AuditLog
 from meshssh_common.logs import BoundLogger
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.tasks import TaskSet
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentSockets
-from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
 from meshssh_sshd.jwks_watch import JwksWatch

@@ -29,6 +29,7 @@ import uuid
 import asyncssh
 
 from meshssh_common import ssh_packets
+from meshssh_common.audit_log import AuditLog
 from meshssh_common.host_keys import HostKey, load_or_create_host_key
 from meshssh_common.peer_map import PeerMap
 from meshssh_common.service import ServiceContext
@@ -36,7 +37,6 @@ from meshssh_common.tasks import TaskSet
 from meshssh_common.version import VERSION
 from meshssh_sshd.accounts import Accounts
 from meshssh_sshd.agent_socket import AgentConnection, AgentSockets
-from meshssh_sshd.audit import AuditLog
 from meshssh_sshd.auth import Authenticator
 from meshssh_sshd.browser_check import BrowserCheck
 from meshssh_sshd.core import SshdCore
@@ -111,7 +111,7 @@ class SshServer:
             settings=settings,
             log=log,
             metrics=metrics,
-            audit=AuditLog(js, settings.peer_id, metrics, log),
+            audit=AuditLog(js, settings.peer_id, metrics.audit, log),
             js=js,
             maps=maps,
             keys=keys,

@@ -1,19 +1,21 @@
-"""Audit events to the durable ``MESHSSH_AUDIT`` JetStream stream (SPEC §8).
+"""A peer's audit events to the durable ``MESHSSH_AUDIT`` JetStream stream (SPEC §8).
 
-Recording never blocks an SSH session: :meth:`AuditLog.emit` queues the event (dropping it,
+sshd audits its SSH sessions with it, the gateway its browser terminals. Recording never
+blocks a session: :meth:`AuditLog.emit` queues the event (dropping it,
 counted, when the bounded queue is full) and one publisher task sends it to
-``meshssh.audit.v1.evt.<kind>.<peer>`` with a JetStream ack. sshd never creates the stream
-(a peer's credentials may only publish its own audit subjects): policy does.
+``meshssh.audit.v1.evt.<kind>.<peer>`` with a JetStream ack. A peer never creates the stream
+(its credentials may only publish its own audit subjects): policy does.
 
 A publish that JetStream does not acknowledge (no stream leader while a NATS node is down,
 a reconnect, a missing stream) is retried until it is stored, ahead of the events queued
 behind it (:func:`~meshssh_common.audit_stream.store_audit_event`, with a ``Nats-Msg-Id``
-unique to this process; ``audit_events{result="retried"}`` counts each retry). A refusal
-JetStream answers with drops the event (``audit_events{result="failed"}``).
+unique to this process; the service's ``audit_events{result="retried"}`` counter, handed in
+as ``counter``, counts each retry). A refusal JetStream answers with drops the event
+(``result="failed"``).
 
 Example::
 
-    audit = AuditLog(ctx.js, "p1", metrics, log)
+    audit = AuditLog(ctx.js, "p1", metrics.audit, log)
     audit.emit("auth-accepted", local_user="alice", jwt_user="u-1", method="password")
 """
 
@@ -27,15 +29,14 @@ import time
 from typing import Any
 
 import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from meshssh_common import codec, subjects
 from meshssh_common.audit_stream import store_audit_event
 from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import AuditEvent, AuditKind
-from meshssh_sshd.metrics import SshdMetrics
 
 __all__ = ["AuditLog"]
 
@@ -46,11 +47,11 @@ class AuditLog:
     """A non-blocking audit recorder for one peer."""
 
     def __init__(
-        self, js: JetStreamContext, peer_id: str, metrics: SshdMetrics, log: BoundLogger
+        self, js: JetStreamContext, peer_id: str, counter: Counter, log: BoundLogger
     ) -> None:
         self._js = js
         self._peer_id = peer_id
-        self._metrics = metrics
+        self._counter = counter  # labelled by result
         self._log = log
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(_QUEUE_SIZE)
         self._ids = itertools.count(1)
@@ -62,7 +63,7 @@ class AuditLog:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._metrics.audit.labels(result="dropped").inc()
+            self._counter.labels(result="dropped").inc()
             self._log.warning("audit queue full; event dropped", extra={"kind": kind})
 
     async def run(self) -> None:
@@ -84,7 +85,7 @@ class AuditLog:
         streak: list[Exception] = []
 
         def retried(error: Exception) -> None:
-            self._metrics.audit.labels(result="retried").inc()
+            self._counter.labels(result="retried").inc()
             if not streak:  # once a streak
                 self._log.warning(
                     "audit event not acknowledged; retrying",
@@ -101,9 +102,9 @@ class AuditLog:
                 on_retry=retried,
             )
         except nats.errors.Error as e:  # a refusal JetStream answered with
-            self._metrics.audit.labels(result="failed").inc()
+            self._counter.labels(result="failed").inc()
             self._log.warning(
                 "audit event not stored", extra={"kind": event.kind, "error": repr(e)}
             )
             return
-        self._metrics.audit.labels(result="published").inc()
+        self._counter.labels(result="published").inc()
