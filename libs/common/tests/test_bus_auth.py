@@ -34,6 +34,9 @@ NETMAPS = subjects.BUCKET_NETMAPS
 AUTHN = subjects.BUCKET_AUTHN
 OWN_MAP = f"$KV.{NETMAPS}.peer.p1"
 OTHER_MAP = f"$KV.{NETMAPS}.peer.p2"
+SNAP = "0123456789abcdef0123456789abcdef"  # a snapshot's name: 16 bytes of its hash, in hex
+OWN_SNAPSHOT = f"$KV.{NETMAPS}.snap.p1.{SNAP}"
+OTHER_SNAPSHOT = f"$KV.{NETMAPS}.snap.p2.{SNAP}"
 SIGNING_KEYS = f"$KV.{AUTHN}.{subjects.AUTHN_SIGNING_KEYS_KEY}"
 
 
@@ -131,6 +134,8 @@ async def bus(nats_server: NatsServer, nc: NATS) -> NatsServer:
     netmaps = await js.create_key_value(KeyValueConfig(bucket=NETMAPS, direct=True))
     await netmaps.put("peer.p1", b"map of p1")
     await netmaps.put("peer.p2", b"map of p2")
+    await netmaps.put(f"snap.p1.{SNAP}", b"snapshot of p1")
+    await netmaps.put(f"snap.p2.{SNAP}", b"snapshot of p2")
     jwks = await js.create_key_value(KeyValueConfig(bucket=subjects.BUCKET_JWKS, direct=True))
     await jwks.put(subjects.JWKS_KEY, b"jwks")
     authn = await js.create_key_value(KeyValueConfig(bucket=AUTHN, direct=True))
@@ -213,6 +218,8 @@ async def test_a_peer_reads_its_own_map_by_direct_get_and_by_subscription(
         await peer.nc.flush()
         got = await peer.nc.request(direct_get(NETMAPS, OWN_MAP), b"", timeout=5)
         assert got.data == b"map of p1"
+        got = await peer.nc.request(direct_get(NETMAPS, OWN_SNAPSHOT), b"", timeout=5)
+        assert got.data == b"snapshot of p1"  # what a delta in its map names
         jwks = f"$KV.{subjects.BUCKET_JWKS}.{subjects.JWKS_KEY}"
         got = await peer.nc.request(direct_get(subjects.BUCKET_JWKS, jwks), b"", timeout=5)
         assert got.data == b"jwks"
@@ -246,6 +253,8 @@ async def test_a_peer_cannot_read_another_peers_map(bus: NatsServer) -> None:
         with pytest.raises(nats.errors.TimeoutError):
             await peer.nc.request(direct_get(NETMAPS, OTHER_MAP), b"", timeout=1)
         await peer.refused("publish", direct_get(NETMAPS, OTHER_MAP))
+        await peer.nc.publish(direct_get(NETMAPS, OTHER_SNAPSHOT), b"", reply=peer.nc.new_inbox())
+        await peer.refused("publish", direct_get(NETMAPS, OTHER_SNAPSHOT))
         await peer.nc.subscribe(OTHER_MAP)
         await peer.refused("subscription", OTHER_MAP)
         # nor the whole bucket through a consumer or the stream's info
@@ -258,6 +267,7 @@ async def test_a_peer_cannot_write_any_kv_key(bus: NatsServer, nc: NATS) -> None
     async with connected(bus, bus.peer_creds("p1")) as peer:
         for subject in (
             OWN_MAP,  # not even its own map
+            OWN_SNAPSHOT,
             OTHER_MAP,
             f"$KV.{subjects.BUCKET_JWKS}.{subjects.JWKS_KEY}",
             f"$KV.{subjects.BUCKET_PEERS}.p1",

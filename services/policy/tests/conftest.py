@@ -24,6 +24,7 @@ from meshssh_common import codec, subjects
 from meshssh_common.connection import connect_nats
 from meshssh_common.errors import error_for_code
 from meshssh_common.kv import KvEvent, TypedKV, open_bucket
+from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.nats_jwt import Key, Prefix, new_key
 from meshssh_common.service import run_service
@@ -39,6 +40,7 @@ from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
 from meshssh_testkit import NatsServer
 from meshssh_testkit.dashboard import add_user
+from meshssh_testkit.netmaps import MapAssembler
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
 
@@ -276,15 +278,19 @@ async def map_watch(nc: NATS, nats_server: NatsServer) -> AsyncIterator[MapWatch
     does, with the pins of the bus directory's map signing key."""
     kv = TypedKV(
         await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS),
-        NetworkMap,
+        MAP_DOC,
         verifier=Verifier("map", bus_map_signer(nats_server).pins),
     )
     watch = MapWatch()
+    maps = MapAssembler()
 
     async def run() -> None:
-        async for ev in kv.watch(subjects.NETMAP_ALL):
+        async for ev in kv.watch(">"):
+            netmap = maps.feed(ev.key, ev.value)
+            if ev.key.startswith("snap.") and not ev.initial_done:
+                continue
             async with watch.changed:
-                watch.events.append(ev)
+                watch.events.append(KvEvent(ev.key, netmap, ev.revision, ev.initial_done))
                 watch.changed.notify_all()
             if ev.initial_done:
                 watch.ready.set()

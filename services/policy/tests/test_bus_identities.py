@@ -20,8 +20,10 @@ from nats.js.api import KeyValueConfig
 from meshssh_common import codec, subjects
 from meshssh_common.bus_permissions import gateway_permissions, inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, ConfigError, Denied
+from meshssh_common.key_watch import direct_get
+from meshssh_common.map_chain import decode_doc
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, new_key, write_creds
-from meshssh_common.wire import NetworkMap, RegisterReply, SignedDoc
+from meshssh_common.wire import MapDoc, NetworkMap, RegisterReply, SignedDoc
 from meshssh_testkit import NatsServer
 
 from .conftest import PolicyFactory, Replica, connect_as, register_rest
@@ -50,11 +52,20 @@ async def connect_peer(server: NatsServer, tmp_path: Path, key: Key, jwt: str) -
 
 
 async def direct_get_map(nc: NATS, peer_id: str) -> NetworkMap:
-    """A peer's read of its own map: a direct get of its key (no consumer)."""
-    key = subjects.netmap_key(peer_id)
-    subject = f"$JS.API.DIRECT.GET.KV_{subjects.BUCKET_NETMAPS}.$KV.{subjects.BUCKET_NETMAPS}.{key}"
-    msg = await nc.request(subject, b"", timeout=5)
-    return codec.decode(codec.decode(msg.data, SignedDoc).payload, NetworkMap)  # signed
+    """A peer's read of its own map: direct gets of its key and of the snapshot a delta names
+    (no consumer). Not verified here (test_signed_maps does that)."""
+
+    async def get(key: str) -> MapDoc:
+        data = await direct_get(nc, subjects.BUCKET_NETMAPS, key, timeout=5)
+        assert data is not None, key
+        return decode_doc(codec.decode(data, SignedDoc).payload)
+
+    doc = await get(subjects.netmap_key(peer_id))
+    if isinstance(doc, NetworkMap):
+        return doc
+    snapshot = await get(subjects.netmap_snapshot_key(peer_id, doc.base_hash))
+    assert isinstance(snapshot, NetworkMap)
+    return doc.apply(snapshot)
 
 
 def _cut_off(nc: NATS) -> bool:

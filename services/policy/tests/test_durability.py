@@ -8,10 +8,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
-from meshssh_common.codec import decode
 from meshssh_common.kv import open_bucket
-from meshssh_common.wire import NetworkMap, SignedDoc
 from meshssh_testkit import NatsServer
+from meshssh_testkit.netmaps import stored_map
 
 SERVER_KEY = "meshssh-demo-server-key-0001"
 LAPTOP_KEY = "meshssh-demo-laptop-key-0001"
@@ -149,27 +148,22 @@ async def test_a_peer_removed_while_no_replica_ran_gets_the_empty_map_at_start(
     replica = await policy.start(seed=seed_file)
     srv = await register("srv1", "127.0.0.2", SERVER_KEY)
     await register("lap1", "127.0.0.3", LAPTOP_KEY)
-    maps = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
-    key = subjects.netmap_key(srv.peer_id)
-    before = map_of((await maps.get(key)).value)
+    before = await stored_map(nc, srv.peer_id)
+    assert before is not None
     assert before.firewall_rules
     assert await replica.stop() == 0
     peers = await open_bucket(nc.jetstream(), subjects.BUCKET_PEERS)
     await peers.delete(f"peer.{srv.peer_id}")
     await policy.start("r1-again")
     for _ in range(200):
-        after = map_of((await maps.get(key)).value)
+        after = await stored_map(nc, srv.peer_id)
+        assert after is not None
         if after.serial > before.serial:
             break
         await asyncio.sleep(0.02)
     assert after.serial == before.serial + 1
     assert (after.firewall_rules, after.remote_peers, after.peer.ssh_enabled) == ((), (), False)
     assert after.ssh_auth.authorized_users == ()
-
-
-def map_of(data: bytes | None) -> NetworkMap:
-    assert data is not None
-    return decode(decode(data, SignedDoc).payload, NetworkMap)  # policy signs every map
 
 
 async def test_the_seed_creates_only_what_is_missing_and_keeps_admin_changes(

@@ -45,6 +45,9 @@ async def demo_mesh(policy: Any, register: Any, seed_file: Any, replicas: int = 
     return started, srv.peer_id, lap.peer_id, other.peer_id
 
 
+KINDS = ("delta", "snapshot")
+
+
 async def test_a_policy_change_publishes_one_new_map_to_each_affected_peer_only(
     policy: Any, register: Any, seed_file: Any, map_watch: Any, poll: Any
 ) -> None:
@@ -71,6 +74,8 @@ async def test_a_policy_change_publishes_one_new_map_to_each_affected_peer_only(
     published = replica.metric("meshssh_policy_maps_total", result="published")
     assert published == len(map_watch.events) - 1  # every write we saw, and no other
     assert replica.metric("meshssh_policy_map_bytes_count") == published
+    writes = [replica.metric("meshssh_policy_map_writes_total", kind=k) or 0 for k in KINDS]
+    assert sum(writes) == published  # each a delta, or a new snapshot and the delta naming it
     assert replica.metric("meshssh_policy_publish_seconds_count") == published
     assert replica.metric("meshssh_policy_maps_computed_total") > published
     assert replica.metric("meshssh_policy_compute_seconds_count") > 0

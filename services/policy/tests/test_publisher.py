@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.key_watch import direct_get
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
+from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.signed_doc import Verifier
-from meshssh_common.wire import NetworkMap, PeerConfig, RemotePeer
+from meshssh_common.wire import FirewallRule, MapDelta, MapDoc, NetworkMap, PeerConfig, RemotePeer
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.publisher import Outcome, Publisher
+from meshssh_testkit.netmaps import stored_map
 from meshssh_testkit.signing import map_signer
 
 
@@ -28,7 +32,7 @@ def content(*remotes: str) -> NetworkMap:
 async def replica(nc: NATS) -> Publisher:
     kv = TypedKV(
         await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS),
-        NetworkMap,
+        MAP_DOC,
         signer=map_signer(),
         verifier=Verifier("map", map_signer().pins),
     )
@@ -76,3 +80,80 @@ async def test_concurrent_writers_of_one_key_never_reuse_or_skip_a_serial(nc: NA
     assert published >= 1
     assert set(outcomes) <= {Outcome.PUBLISHED, Outcome.STALE}
     assert (await stored(writers[0])).serial == published
+
+
+def wide(port: str, remotes: int = 200) -> NetworkMap:
+    """A map with many remote peers (most of its bytes) and one rule on ``port``."""
+    rule = FirewallRule(sources=("127.0.0.3/32",), protocol="tcp", action="accept", policy_id="p")
+    return msgspec.structs.replace(
+        content(*(f"r{i}" for i in range(remotes))),
+        firewall_rules=(msgspec.structs.replace(rule, port=port),),
+    )
+
+
+async def raw(nc: NATS, key: str) -> MapDoc | None:
+    """What ``key`` holds, verified but not resolved (a delta stays a delta)."""
+    data = await direct_get(nc, subjects.BUCKET_NETMAPS, key)
+    return None if data is None else Verifier("map", map_signer().pins).open_as(data, MAP_DOC)
+
+
+async def test_a_change_stores_only_the_fields_that_differ_from_the_snapshot(nc: NATS) -> None:
+    a = await replica(nc)
+    assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
+    first = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(first, MapDelta)  # the first write: a snapshot, and a delta naming it
+    assert (first.serial, first.base_serial, first.firewall_rules) == (1, 1, None)
+    snap_key = subjects.netmap_snapshot_key("p1", first.base_hash)
+    snapshot = await raw(nc, snap_key)
+    assert isinstance(snapshot, NetworkMap)
+    assert snapshot.serial == 1
+
+    assert await a.publish("p1", wide("2222"), {"b": 2}) is Outcome.PUBLISHED
+    delta = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(delta, MapDelta)
+    assert (delta.serial, delta.base_serial, delta.base_hash) == (2, 1, first.base_hash)
+    assert delta.remote_peers is None
+    assert delta.peer is None
+    assert delta.firewall_rules == wide("2222").firewall_rules
+    sizes = [
+        len(await direct_get(nc, subjects.BUCKET_NETMAPS, k) or b"")
+        for k in (subjects.netmap_key("p1"), snap_key)
+    ]
+    assert sizes[0] * 10 < sizes[1], sizes  # the point: a change costs a fraction of the map
+    whole = await stored(a)
+    assert whole == msgspec.structs.replace(wide("2222"), serial=2, state_revisions={"b": 2})
+    assert await stored_map(nc, "p1", Verifier("map", map_signer().pins)) == whole
+
+
+async def test_a_big_change_writes_a_new_snapshot_and_erases_the_old_one(nc: NATS) -> None:
+    a = await replica(nc)
+    assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
+    old = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(old, MapDelta)
+    other = content(*(f"s{i}" for i in range(200)))  # every remote peer changed
+    assert await a.publish("p1", other, {"b": 2}) is Outcome.PUBLISHED
+    new = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(new, MapDelta)
+    assert (new.serial, new.base_serial, new.remote_peers) == (2, 2, None)
+    assert new.base_hash != old.base_hash
+    assert await raw(nc, subjects.netmap_snapshot_key("p1", old.base_hash)) is None  # erased
+    assert (await stored(a)).remote_peers == other.remote_peers
+
+
+async def test_a_replica_that_did_not_write_the_snapshot_writes_its_own(nc: NATS) -> None:
+    a = await replica(nc)
+    assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
+    b = await replica(nc)  # e.g. restarted, or the peer's new owner: it knows no snapshot
+    assert await b.publish("p1", wide("2222"), {"b": 2}) is Outcome.PUBLISHED
+    doc = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(doc, MapDelta)
+    assert doc.base_serial == 2
+    assert await b.publish("p1", wide("23"), {"b": 3}) is Outcome.PUBLISHED  # now a delta
+    doc = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(doc, MapDelta)
+    assert (doc.serial, doc.base_serial) == (3, 2)
+    assert doc.firewall_rules == wide("23").firewall_rules
+    # a, whose snapshot is gone, lost the compare-and-set: it looks again, then builds on b's
+    assert await a.publish("p1", wide("24"), {"b": 4}) is Outcome.PUBLISHED
+    whole = await stored(b)
+    assert (whole.serial, whole.firewall_rules) == (4, wide("24").firewall_rules)

@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 from meshssh_common import codec, subjects
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
+from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import NetworkMap, PeerFlags, PeerMeta
 from meshssh_policy.ownership import Ownership, owner_of
@@ -44,6 +45,7 @@ from meshssh_policy.records import (
 )
 from meshssh_testkit import NatsServer, ServiceProcess
 from meshssh_testkit.natscluster import NatsCluster
+from meshssh_testkit.netmaps import MapAssembler
 from meshssh_testkit.scrape import read_metric, wait_metric
 
 TOKEN = "replicas-admin-token-0123456789"
@@ -195,15 +197,17 @@ async def wait_maps(
     signing = cluster.creds("policy").parent / "map-signing.pem"  # the replicas' key
     verifier = Verifier("map", Signer.load(signing, kind="map").pins)
     bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
-    kv = TypedKV(bucket, NetworkMap, verifier=verifier)
+    kv = TypedKV(bucket, MAP_DOC, verifier=verifier)
+    maps = MapAssembler()
     missing = set(peers)
     try:
         async with asyncio.timeout(timeout):
-            async for ev in kv.watch(subjects.NETMAP_ALL):
-                if ev.initial_done:
+            async for ev in kv.watch(">"):
+                netmap = maps.feed(ev.key, ev.value)
+                if ev.initial_done or not ev.key.startswith("peer."):
                     continue
                 peer_id = ev.key.split(".", 1)[1]
-                if ev.value is not None and has_port(ev.value, port):
+                if netmap is not None and has_port(netmap, port):
                     missing.discard(peer_id)
                 if not missing:
                     return time.monotonic()

@@ -21,6 +21,7 @@ from meshssh_common.kv import open_bucket
 from meshssh_common.signed_doc import Refused, Signer, Verifier
 from meshssh_common.wire import JwksSnapshot, JwtConfig, NetworkMap
 from meshssh_testkit import NatsServer, run_command_sync, script
+from meshssh_testkit.netmaps import stored_map as whole_map
 from meshssh_testkit.signing import signed_jwks
 
 from .conftest import bus_jwks_signer, bus_map_signer
@@ -43,10 +44,9 @@ def rotate(directory: Path, key: str) -> None:
 
 
 async def stored_map(nc: NATS, peer_id: str, verifier: Verifier) -> NetworkMap:
-    kv = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
-    entry = await kv.get(subjects.netmap_key(peer_id))
-    assert entry.value is not None
-    return verifier.open_as(entry.value, NetworkMap)
+    netmap = await whole_map(nc, peer_id, verifier)
+    assert netmap is not None
+    return netmap
 
 
 async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:

@@ -117,6 +117,7 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
     """A peer (its agent, sshd and relay): its own subjects and keys, and nothing else."""
     pid = subjects.token(peer_id)
     netmap = f"$KV.{subjects.BUCKET_NETMAPS}.{subjects.netmap_key(pid)}"
+    snapshot = f"$KV.{subjects.BUCKET_NETMAPS}.{subjects.netmap_snapshots(pid)}"
     jwks = f"$KV.{subjects.BUCKET_JWKS}.{subjects.JWKS_KEY}"
     return Permissions(
         pub=[
@@ -130,6 +131,7 @@ def peer_permissions(peer_id: str, inbox: str) -> Permissions:
             subjects.device_poll(pid),
             subjects.token_exchange(pid),  # its own only: authn reads the requester from it
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_NETMAPS)}.{netmap}",
+            f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_NETMAPS)}.{snapshot}",  # read only
             f"$JS.API.DIRECT.GET.{kv_stream(subjects.BUCKET_JWKS)}.{jwks}",
         ],
         sub=[netmap, jwks, subjects.sshd_sessions(pid), f"{subjects.token(inbox)}.>"],

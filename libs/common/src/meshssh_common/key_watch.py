@@ -67,7 +67,7 @@ from meshssh_common.cancellation import raise_if_cancelling
 from meshssh_common.errors import Unavailable, WireError
 from meshssh_common.signed_doc import Verifier
 
-__all__ = ["KeyEvent", "KeyWatch", "Reconnects"]
+__all__ = ["KeyEvent", "KeyWatch", "Reconnects", "direct_get"]
 
 T = TypeVar("T")
 
@@ -157,6 +157,7 @@ class KeyWatch(Generic[T]):
         self.subject = f"$KV.{bucket}.{key}"
         self.get_subject = f"$JS.API.DIRECT.GET.KV_{bucket}.{self.subject}"
         self._nc = nc
+        self._bucket = bucket
         self._version = version
         self._on_bad_value = on_bad_value
         self._resync_every = resync_every
@@ -164,8 +165,18 @@ class KeyWatch(Generic[T]):
         self._reconnects = reconnects
         # The value last reported, as (its version, its bytes); None: none held.
         self._held: tuple[float | None, bytes] | None = None
+        self._reread_at: float | None = None  # set by forget()
         self._reported = False
         self._bad: bytes | None = None
+
+    def forget(self, *, reread_in: float) -> None:
+        """Forget the value last reported and read the key again in ``reread_in`` seconds.
+
+        For a caller that could not use that value (a map delta whose snapshot it could not
+        read yet): the read reports it again, even if unchanged.
+        """
+        self._held = None
+        self._reread_at = time.monotonic() + reread_in
 
     async def get(self) -> bytes | None:
         """The stored payload of the key; None when it is absent or deleted.
@@ -175,15 +186,7 @@ class KeyWatch(Generic[T]):
                 example no bucket, or a bucket without ``allow_direct``).
             nats.errors.Error: NATS did not answer (no responders, timeout, closed).
         """
-        msg = await self._nc.request(self.get_subject, b"", timeout=self._get_timeout)
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status == "404":
-            return None
-        if status:
-            desc = headers.get("Description", "")
-            raise Unavailable(f"direct get of {self.subject}: status {status} {desc}".rstrip())
-        return _payload(msg)
+        return await direct_get(self._nc, self._bucket, self.key, timeout=self._get_timeout)
 
     async def follow(
         self, *, on_retry: Callable[[Exception], None] | None = None
@@ -246,6 +249,8 @@ class KeyWatch(Generic[T]):
                         if event is not None:
                             yield event
                         yield KeyEvent(None, synced=True)
+                if self._reread_at is not None:
+                    get_at, self._reread_at = min(get_at, self._reread_at), None
                 try:
                     async with asyncio.timeout(max(get_at - time.monotonic(), 0.0)):
                         item = await queue.get()
@@ -294,6 +299,26 @@ class KeyWatch(Generic[T]):
                 return None  # never backwards
         self._held, self._reported = (version, data), True
         return KeyEvent(value)
+
+
+async def direct_get(nc: NATS, bucket: str, key: str, *, timeout: float = 2.0) -> bytes | None:
+    """The stored value of ``key`` by a direct get (no consumer); None: absent or deleted.
+
+    Raises:
+        Unavailable: the server answered with a status other than "no message" (for example
+            no bucket, or a bucket without ``allow_direct``).
+        nats.errors.Error: NATS did not answer (no responders, timeout, closed).
+    """
+    subject = f"$KV.{bucket}.{key}"
+    msg = await nc.request(f"$JS.API.DIRECT.GET.KV_{bucket}.{subject}", b"", timeout=timeout)
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if status == "404":
+        return None
+    if status:
+        desc = headers.get("Description", "")
+        raise Unavailable(f"direct get of {subject}: status {status} {desc}".rstrip())
+    return _payload(msg)
 
 
 def _payload(msg: Msg) -> bytes | None:

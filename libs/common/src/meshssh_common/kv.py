@@ -308,6 +308,19 @@ class TypedKV(Generic[T]):
                     raise Conflict(f"{key} changed since revision {last}") from e
                 raise
 
+    async def erase(self, key: str) -> None:
+        """Remove every stored value of ``key`` without leaving a delete marker.
+
+        A stream purge by subject: for keys that are never read again once erased (a map
+        snapshot no delta names any more), so that no marker per old key piles up.
+
+        Raises:
+            Unavailable: JetStream did not answer.
+        """
+        kv = self.kv
+        with _outage(f"erase {key}"):
+            await kv._js.purge_stream(kv._stream, subject=f"{kv._pre}{key}")
+
     async def keys(self) -> list[str]:
         """Every key that currently holds a value.
 

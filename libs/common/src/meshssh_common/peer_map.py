@@ -15,6 +15,10 @@ are retried. The key is read again after every NATS reconnect (a disabled peer m
 within seconds) and every ``resync_every`` seconds: a resync, whose replayed serial is not
 applied twice.
 
+``peer.<id>`` holds a whole map or a delta against the snapshot in ``snap.<id>``; a
+:class:`~meshssh_common.map_chain.MapChain` makes the whole map (reading the snapshot when a
+delta names one this peer does not hold). A delta it cannot resolve yet is read again in 2 s.
+
 The KV value is a signed document (:mod:`meshssh_common.signed_doc`): it applies only when its
 signature verifies with a key pinned in ``pins`` (``<state-dir>/pins.json``, re-read when it
 changes). A refused map is counted in ``signed_doc_refused{kind="map"}`` and logged, and the
@@ -40,18 +44,22 @@ import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
-from meshssh_common.errors import BadReason, WireError
-from meshssh_common.key_watch import KeyWatch, Reconnects
+from meshssh_common.cancellation import raise_if_cancelling
+from meshssh_common.errors import BadReason, Unavailable, WireError
+from meshssh_common.key_watch import KeyWatch, Reconnects, direct_get
 from meshssh_common.logs import BoundLogger
+from meshssh_common.map_chain import MAP_DOC, MapChain, Unresolved
 from meshssh_common.metrics import ServiceMetrics
 from meshssh_common.signed_doc import PinnedVerifier, Refused
-from meshssh_common.wire import NetworkMap, RemotePeer, SourcePeer
+from meshssh_common.wire import MapDoc, NetworkMap, RemotePeer, SourcePeer
 
 __all__ = ["MapListener", "PeerMap"]
 
+_REREAD = 2.0  # seconds before a delta whose snapshot could not be read is read again
 MapListener = Callable[[NetworkMap | None, NetworkMap | None], None]
 """Called with ``(old, new)`` after each applied change; ``new`` is None when removed."""
 
@@ -156,24 +164,47 @@ class PeerMap:
                 "from the bus will be applied until the pins file holds one",
                 extra={"pins": str(self.pins) if self.pins else ""},
             )
-        watch = KeyWatch(
+        watch = KeyWatch[MapDoc](
             nc,
             subjects.BUCKET_NETMAPS,
             subjects.netmap_key(peer_id),
-            NetworkMap,
+            MAP_DOC,
             version=_serial,
             on_bad_value=self._bad_value,
             resync_every=resync_every,
             reconnects=reconnects,
             verifier=verifier,
         )
+
+        async def snapshot(base_hash: bytes) -> bytes | None:
+            key = subjects.netmap_snapshot_key(peer_id, base_hash)
+            return await direct_get(nc, subjects.BUCKET_NETMAPS, key)
+
+        chain = MapChain(verifier, fetch_snapshot=snapshot)
         async for event in watch.follow(on_retry=self._watch_broke):
             if event.synced:
                 self.received.set()
             elif event.value is None:
                 self.drop()
-            else:
-                self.offer(event.value)
+            elif event.value.serial > self.serial:
+                netmap = await self._resolve(chain, event.value, subjects.netmap_key(peer_id))
+                if netmap is None:
+                    watch.forget(reread_in=min(_REREAD, resync_every))
+                else:
+                    self.offer(netmap)
+
+    async def _resolve(self, chain: MapChain, doc: MapDoc, key: str) -> NetworkMap | None:
+        """The whole map ``doc`` stands for; None (logged, counted) when it cannot be had now."""
+        try:
+            return await chain.resolve(doc)
+        except Refused as e:
+            self._bad_value(key, e)
+        except Unresolved as e:
+            self._log.info("network map delta waits for its snapshot", extra={"why": str(e)})
+        except (nats.errors.Error, TimeoutError, OSError, Unavailable) as e:
+            raise_if_cancelling()
+            self._watch_broke(e)
+        return None
 
     def _notify(self, old: NetworkMap | None) -> None:
         for listener in self._listeners:
@@ -200,5 +231,5 @@ class PeerMap:
         self._log.warning("network map read failed; retrying", extra={"error": repr(error)})
 
 
-def _serial(netmap: NetworkMap) -> int:
-    return netmap.serial
+def _serial(doc: MapDoc) -> int:
+    return doc.serial

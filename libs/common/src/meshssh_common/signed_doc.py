@@ -237,17 +237,25 @@ class Verifier:
             ) from None
         return doc.payload
 
+    def open_bytes(self, data: bytes) -> bytes:
+        """Decode ``data`` as a :class:`SignedDoc` and return its payload once it verifies.
+
+        Raises:
+            Refused: the envelope does not decode, or the signature is refused.
+        """
+        try:
+            doc = codec.decode(data, SignedDoc)
+        except WireError as e:
+            raise Refused("undecodable", str(e)) from e
+        return self.open(doc)
+
     def open_as(self, data: bytes, typ: type[T]) -> T:
         """Decode ``data`` as a :class:`SignedDoc`, open it, and decode the payload as ``typ``.
 
         Raises:
             Refused: the envelope or the payload does not decode, or the signature is refused.
         """
-        try:
-            doc = codec.decode(data, SignedDoc)
-        except WireError as e:
-            raise Refused("undecodable", str(e)) from e
-        payload = self.open(doc)
+        payload = self.open_bytes(data)
         try:
             return codec.decode(payload, typ)
         except WireError as e:

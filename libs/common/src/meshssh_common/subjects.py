@@ -43,6 +43,7 @@ __all__ = [
     "HEARTBEAT_ALL",
     "JWKS_KEY",
     "NETMAP_ALL",
+    "NETMAP_SNAPSHOTS_ALL",
     "POLICY_MEMBERS",
     "POLICY_META",
     "RECORDINGS_STREAM",
@@ -56,6 +57,8 @@ __all__ = [
     "gateway_ticket_key",
     "heartbeat",
     "netmap_key",
+    "netmap_snapshot_key",
+    "netmap_snapshots",
     "recording",
     "recording_any_peer",
     "recordings_of",
@@ -108,6 +111,7 @@ STATE_BUCKETS: Final = (
 
 JWKS_KEY: Final = "current"
 NETMAP_ALL: Final = "peer.*"
+NETMAP_SNAPSHOTS_ALL: Final = "snap.>"
 
 
 def token(value: str) -> str:
@@ -129,6 +133,20 @@ def heartbeat(peer_id: str) -> str:
 def netmap_key(peer_id: str) -> str:
     """Key of a peer's network map in the ``meshssh-netmaps`` bucket."""
     return f"peer.{token(peer_id)}"
+
+
+def netmap_snapshot_key(peer_id: str, snapshot_hash: bytes) -> str:
+    """Key of one map snapshot of a peer (``meshssh-netmaps``): named by its content hash.
+
+    Snapshots are immutable: policy writes a new one before the delta that names it, and
+    removes the old one only after ``peer.<id>`` names the new one.
+    """
+    return f"snap.{token(peer_id)}.{snapshot_hash[:16].hex()}"
+
+
+def netmap_snapshots(peer_id: str) -> str:
+    """Every snapshot key of one peer (what its permissions let it read)."""
+    return f"snap.{token(peer_id)}.*"
 
 
 def audit_event(kind: str, peer_id: str) -> str:

@@ -24,16 +24,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import msgspec
-
 from meshssh_common import codec
 from meshssh_common.wire import NetworkMap
+from meshssh_common.wire.netmap import DELTA_FIELDS
 
-__all__ = ["Digester", "content_digest"]
+__all__ = ["Digester", "Parts", "content_digest", "of_parts"]
 
-_IGNORED = frozenset({"serial", "state_revisions"})
-_FIELDS = tuple(f for f in msgspec.structs.fields(NetworkMap) if f.name not in _IGNORED)
 _SIZE = 16
+Parts = tuple[bytes, ...]
+"""The digests of a map's content fields, in :data:`~meshssh_common.wire.netmap.DELTA_FIELDS`
+order: what a map delta compares against its snapshot's."""
 
 
 def _hash(value: Any) -> bytes:
@@ -58,13 +58,18 @@ class Digester:
             return seen[1]
         return _hash(value)
 
+    def parts(self, netmap: NetworkMap) -> Parts:
+        """The digest of each of ``netmap``'s content fields."""
+        return tuple(self.part(getattr(netmap, name)) for name in DELTA_FIELDS)
+
     def digest(self, netmap: NetworkMap) -> bytes:
         """The digest of ``netmap``'s content (``serial`` and ``state_revisions`` ignored)."""
-        h = hashlib.blake2b(digest_size=_SIZE)
-        for f in _FIELDS:
-            value = getattr(netmap, f.name)
-            h.update(self.part(value))
-        return h.digest()
+        return of_parts(self.parts(netmap))
+
+
+def of_parts(parts: Parts) -> bytes:
+    """The content digest of a map whose fields have digests ``parts``."""
+    return hashlib.blake2b(b"".join(parts), digest_size=_SIZE).digest()
 
 
 def content_digest(netmap: NetworkMap) -> bytes:

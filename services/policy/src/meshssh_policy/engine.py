@@ -35,6 +35,7 @@ from meshssh_common.kv import KvEvent, TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.wire import NetworkMap, PeerMeta, RemotePeer
 from meshssh_policy.compiler import Compiler, host_prefix, tombstone
+from meshssh_policy.digest import Parts
 from meshssh_policy.impact import Change, affected_by
 from meshssh_policy.index import Index
 from meshssh_policy.metrics import PolicyMetrics
@@ -65,7 +66,7 @@ class _Retry:
 
 
 Item = tuple[str, KvEvent[Any]] | _Retry
-_Compiled = tuple[str, NetworkMap, bytes]  # peer id, map, content digest
+_Compiled = tuple[str, NetworkMap, Parts]  # peer id, map, its content digests
 
 
 class Engine:
@@ -245,7 +246,7 @@ class Engine:
                 self._projections.pop(peer_id, None)
                 if self.owns(peer_id):
                     dead = tombstone(record, self.mesh_prefix)
-                    await out.put((peer_id, dead, compiler.digester.digest(dead)))
+                    await out.put((peer_id, dead, compiler.digester.parts(dead)))
             done: set[str] = set()
             todo = set(affected) - set(removed)
             while todo:
@@ -265,7 +266,7 @@ class Engine:
                         netmap = self._compile(compiler, peer_id)
                         if netmap is None:
                             continue
-                        compiled.append((peer_id, netmap, compiler.digester.digest(netmap)))
+                        compiled.append((peer_id, netmap, compiler.digester.parts(netmap)))
                         if not full:
                             todo |= self._propagate(peer_id, compiler)
                     compute_time += time.perf_counter() - t0
@@ -357,8 +358,8 @@ class Engine:
         self, queue: asyncio.Queue[_Compiled | None], view: dict[str, int]
     ) -> None:
         while (item := await queue.get()) is not None:
-            peer_id, netmap, digest = item
-            outcome = await self.publisher.publish(peer_id, netmap, view, digest=digest)
+            peer_id, netmap, parts = item
+            outcome = await self.publisher.publish(peer_id, netmap, view, parts=parts)
             if outcome is Outcome.ERROR:
                 self._failed.add(peer_id)
 

@@ -56,7 +56,14 @@ class PolicyMetrics:
             buckets=_LATENCY,
         )
         self.map_bytes = base.histogram(
-            "map_bytes", "Size of published network maps", buckets=_SIZE
+            "map_bytes",
+            "Bytes written per published network map (its delta, plus a new snapshot's)",
+            buckets=_SIZE,
+        )
+        self.map_writes = base.counter(
+            "map_writes",
+            "Published network maps by what was written",
+            ("kind",),  # delta (against the stored snapshot) | snapshot (a new one and its delta)
         )
         self.peers = base.gauge("peers", "Registered peers")
         self.peers_online = base.gauge("peers_online", "Peers with a recent heartbeat")

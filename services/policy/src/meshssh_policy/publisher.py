@@ -8,6 +8,17 @@ computed from; a replica whose state is not at least as new as the stored map's,
 bucket, does not overwrite it (it is behind, and will recompute once it caught up). So a
 slow replica can never bring back access a faster one already revoked.
 
+What ``peer.<id>`` gets is a :class:`~meshssh_common.wire.MapDelta`: the fields that differ
+from the peer's snapshot, ``snap.<id>.<hash>`` (:mod:`meshssh_common.map_chain`). A change
+that edits one policy's ports sends each of the 1,000 peers it reaches its new rules (a few
+KiB), not its whole map again. A new snapshot is written (and the delta then names it, with no
+fields of its own) when this replica does not know the peer's snapshot (its first write
+after a start, or a peer another replica wrote last) or when the delta would be more than
+half the snapshot's size (deltas are cumulative). Snapshots are immutable and named by their
+hash: one is written before the delta that names it, and erased only once ``peer.<id>`` names
+a newer one, so a stored delta's snapshot is always there (a replica that stops in between
+leaves at most one unnamed snapshot behind).
+
 Example::
 
     outcome = await publisher.publish("p1", compiler.compile("p1"), dict(state.view))
@@ -15,24 +26,28 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from dataclasses import dataclass
 
 import msgspec
 
-from meshssh_common import subjects
+from meshssh_common import codec, subjects
 from meshssh_common.errors import Conflict, MeshError, Unavailable
-from meshssh_common.kv import TypedKV
+from meshssh_common.kv import Encoded, TypedKV
 from meshssh_common.logs import BoundLogger
-from meshssh_common.wire import NetworkMap
-from meshssh_policy.digest import content_digest
+from meshssh_common.map_chain import snapshot_hash
+from meshssh_common.wire import MapDelta, MapDoc, NetworkMap
+from meshssh_common.wire.netmap import DELTA_FIELDS
+from meshssh_policy.digest import Digester, Parts, content_digest, of_parts
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.state import dominates
 
-__all__ = ["Known", "Outcome", "Publisher", "content_digest"]
+__all__ = ["Base", "Known", "Outcome", "Publisher", "content_digest"]
 
 _ATTEMPTS = 5
+_DELTA_SHARE = 0.5  # a delta bigger than this share of its snapshot: write a new snapshot
 
 
 class Outcome(enum.StrEnum):
@@ -45,6 +60,16 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Base:
+    """A snapshot this replica wrote: what a delta is made against."""
+
+    serial: int
+    hash: bytes  # snapshot_hash of its payload
+    parts: Parts  # its content fields' digests
+    size: int  # its payload's bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Known:
     """What is stored under a peer's key, as far as this replica knows."""
 
@@ -52,12 +77,14 @@ class Known:
     serial: int
     digest: bytes
     view: dict[str, int]
+    snapshot: bytes = b""  # the hash of the snapshot the stored delta names (b"": none)
+    base: Base | None = None  # that snapshot, when this replica wrote it
 
 
 class Publisher:
     """Publishes maps for one replica; remembers what it last saw per key."""
 
-    def __init__(self, maps: TypedKV[NetworkMap], metrics: PolicyMetrics, log: BoundLogger):
+    def __init__(self, maps: TypedKV[MapDoc], metrics: PolicyMetrics, log: BoundLogger):
         self.maps = maps
         self.metrics = metrics
         self.log = log
@@ -70,8 +97,11 @@ class Publisher:
                 self.known[ev.key] = self._known(ev.value, ev.revision)
 
     @staticmethod
-    def _known(netmap: NetworkMap, revision: int) -> Known:
-        return Known(revision, netmap.serial, content_digest(netmap), dict(netmap.state_revisions))
+    def _known(doc: MapDoc, revision: int) -> Known:
+        if isinstance(doc, MapDelta):
+            view = dict(doc.state_revisions)
+            return Known(revision, doc.serial, doc.content, view, snapshot=doc.base_hash)
+        return Known(revision, doc.serial, content_digest(doc), dict(doc.state_revisions))
 
     async def _fetch(self, key: str) -> Known | None:
         entry = await self.maps.get(key)
@@ -83,9 +113,22 @@ class Publisher:
         return known
 
     async def current(self, peer_id: str) -> NetworkMap | None:
-        """The map stored for ``peer_id`` now (read from KV)."""
+        """The whole map stored for ``peer_id`` now (read from KV; a delta is applied).
+
+        Raises:
+            WireError: what is stored does not decode or verify, or names no stored snapshot.
+            Unavailable: JetStream did not answer.
+        """
         entry = await self.maps.get(subjects.netmap_key(peer_id))
-        return entry.value if entry is not None else None
+        if entry is None:
+            return None
+        doc = entry.value
+        if isinstance(doc, NetworkMap):
+            return doc
+        snap = await self.maps.get(subjects.netmap_snapshot_key(peer_id, doc.base_hash))
+        if snap is None or not isinstance(snap.value, NetworkMap):
+            raise Unavailable(f"the snapshot of map {doc.serial} of {peer_id} is not stored")
+        return doc.apply(snap.value)
 
     async def publish(
         self,
@@ -93,15 +136,16 @@ class Publisher:
         content: NetworkMap,
         view: dict[str, int],
         *,
-        digest: bytes | None = None,
+        parts: Parts | None = None,
     ) -> Outcome:
         """Write ``content`` (computed from state ``view``) unless unchanged or stale.
 
-        ``digest``: its :func:`content_digest`, when the caller has it (a batch's
+        ``parts``: its content fields' digests, when the caller has them (a batch's
         :class:`~meshssh_policy.digest.Digester` hashes shared parts once).
         """
         try:
-            outcome = await self._publish(peer_id, content, view, digest or content_digest(content))
+            parts = parts or Digester().parts(content)
+            outcome = await self._publish(peer_id, content, view, parts)
         except MeshError as e:
             self.log.warning("network map read failed", extra={"peer": peer_id, "error": repr(e)})
             outcome = Outcome.ERROR
@@ -109,9 +153,10 @@ class Publisher:
         return outcome
 
     async def _publish(
-        self, peer_id: str, content: NetworkMap, view: dict[str, int], digest: bytes
+        self, peer_id: str, content: NetworkMap, view: dict[str, int], parts: Parts
     ) -> Outcome:
         key = subjects.netmap_key(peer_id)
+        digest = of_parts(parts)
         known = self.known.get(key)
         for _ in range(_ATTEMPTS):
             if known is not None and known.digest == digest:
@@ -119,10 +164,14 @@ class Publisher:
             if known is not None and not dominates(view, known.view):
                 return Outcome.STALE
             serial = known.serial + 1 if known is not None else 1
-            netmap = msgspec.structs.replace(content, serial=serial, state_revisions=view)
-            data = self.maps.encode(netmap)
             started = time.perf_counter()
             try:
+                base = known.base if known is not None else None
+                data = None if base is None else self._delta(content, parts, base, serial, view)
+                written = 0  # a new snapshot's bytes
+                if base is None or data is None:  # no snapshot to build on, or a delta too big
+                    base, data = await self._snapshot(peer_id, content, parts, serial, view)
+                    written = base.size
                 if known is None:
                     revision = await self.maps.create(key, data)
                 else:
@@ -136,8 +185,53 @@ class Publisher:
                 )
                 return Outcome.ERROR
             self.metrics.publish_seconds.observe(time.perf_counter() - started)
-            self.metrics.map_bytes.observe(len(data))
-            self.known[key] = Known(int(revision), serial, digest, dict(view))
+            self.metrics.map_bytes.observe(len(data) + written)
+            self.metrics.map_writes.labels(kind="snapshot" if written else "delta").inc()
+            self.known[key] = Known(int(revision), serial, digest, dict(view), base.hash, base)
+            if known is not None and known.snapshot and known.snapshot != base.hash:
+                await self._erase(peer_id, known.snapshot)
             return Outcome.PUBLISHED
         self.log.warning("network map write kept conflicting", extra={"peer": peer_id})
         return Outcome.ERROR
+
+    def _delta(
+        self, content: NetworkMap, parts: Parts, base: Base, serial: int, view: dict[str, int]
+    ) -> Encoded | None:
+        """``content`` as a signed delta against ``base``; None when it would be too big."""
+        changed = {
+            name: getattr(content, name)
+            for name, part, was in zip(DELTA_FIELDS, parts, base.parts, strict=True)
+            if part != was
+        }
+        delta = MapDelta(
+            serial=serial,
+            base_serial=base.serial,
+            base_hash=base.hash,
+            content=of_parts(parts),
+            state_revisions=view,
+            **changed,
+        )
+        data = self.maps.encode(delta)
+        return data if len(data) <= base.size * _DELTA_SHARE else None
+
+    async def _snapshot(
+        self, peer_id: str, content: NetworkMap, parts: Parts, serial: int, view: dict[str, int]
+    ) -> tuple[Base, Encoded]:
+        """Store ``content`` as a new snapshot; returns it and the (empty) delta naming it."""
+        snapshot = msgspec.structs.replace(content, serial=serial, state_revisions=view)
+        payload = codec.encode(snapshot)
+        base = Base(serial, snapshot_hash(payload), parts, len(payload))
+        await self.maps.put(subjects.netmap_snapshot_key(peer_id, base.hash), snapshot)
+        empty = MapDelta(
+            serial=serial,
+            base_serial=serial,
+            base_hash=base.hash,
+            content=of_parts(parts),
+            state_revisions=view,
+        )
+        return base, self.maps.encode(empty)
+
+    async def _erase(self, peer_id: str, snapshot: bytes) -> None:
+        """Remove a snapshot no stored delta names any more (best effort: garbage if it fails)."""
+        with contextlib.suppress(Unavailable):
+            await self.maps.erase(subjects.netmap_snapshot_key(peer_id, snapshot))

@@ -36,8 +36,9 @@ from meshssh_common import subjects
 from meshssh_common.errors import Conflict, Unavailable, WireError
 from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import BoundLogger
+from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.signed_doc import Refused, Signer, Verifier
-from meshssh_common.wire import JwksSnapshot, NetworkMap
+from meshssh_common.wire import JwksSnapshot, MapDoc
 from meshssh_policy.records import (
     Claim,
     GroupRecord,
@@ -92,9 +93,11 @@ class Store:
         self.map_signer = map_signer
         self.jwks_pins = jwks_pins
         self.jwks = typed(subjects.BUCKET_JWKS, JwksSnapshot, verifier=Verifier("jwks", jwks_pins))
-        self.netmaps = typed(
-            subjects.BUCKET_NETMAPS,
-            NetworkMap,
+        # peer.<id>: a whole map or a delta; snap.<id>.<hash>: a whole map (map_chain.py)
+        self.netmaps = TypedKV[MapDoc](
+            raw[subjects.BUCKET_NETMAPS],
+            MAP_DOC,
+            on_bad_value=on_bad_value(subjects.BUCKET_NETMAPS) if on_bad_value else None,
             signer=map_signer,
             verifier=Verifier("map", map_signer.pins),
         )

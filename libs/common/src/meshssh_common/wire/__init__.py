@@ -34,6 +34,8 @@ from meshssh_common.wire.gateway import (
 from meshssh_common.wire.netmap import (
     FirewallRule,
     JwtConfig,
+    MapDelta,
+    MapDoc,
     NetworkMap,
     PeerConfig,
     PortRange,
@@ -75,6 +77,8 @@ __all__ = [
     "JwksRefreshRequest",
     "JwksSnapshot",
     "JwtConfig",
+    "MapDelta",
+    "MapDoc",
     "MetaReply",
     "MetaUpdate",
     "NetworkMap",

@@ -1,7 +1,10 @@
 """The network map: a full per-peer snapshot the management plane publishes (SPEC §4, §6).
 
 A peer applies only snapshots whose ``serial`` is higher than the one it holds. The map is
-stored in JetStream KV ``meshssh-netmaps`` under ``peer.<id>``.
+stored in JetStream KV ``meshssh-netmaps``: ``peer.<id>`` holds the peer's current document,
+either a whole :class:`NetworkMap` or a :class:`MapDelta` against the snapshot stored under
+``snap.<id>`` (a change that touches 1,000 peers then sends each a few KiB, not its whole
+map; see :mod:`meshssh_common.map_chain`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ __all__ = [
     "Action",
     "FirewallRule",
     "JwtConfig",
+    "MapDelta",
+    "MapDoc",
     "NetworkMap",
     "PeerConfig",
     "PortRange",
@@ -155,3 +160,50 @@ class NetworkMap(Wire, tag="policy.netmap.v1", frozen=True, kw_only=True):
     # The management state (KV revision per state bucket) this map was computed from. policy
     # replicas never replace a map with one computed from older state; peers ignore it.
     state_revisions: dict[str, Count] = msgspec.field(default_factory=dict)
+
+
+class MapDelta(Wire, tag="policy.netmap-delta.v1", frozen=True, kw_only=True):
+    """A peer's map as the fields that differ from its snapshot (``snap.<id>``).
+
+    The map it stands for is the snapshot with every field given here replaced, ``serial``
+    and ``state_revisions`` taken from here. ``base_serial`` and ``base_hash`` (the BLAKE2b-256
+    of the snapshot's signed payload bytes, :func:`meshssh_common.map_chain.snapshot_hash`)
+    name that snapshot exactly: a delta never applies to another one, even one with the same
+    serial written by a second policy replica in a race. Deltas are cumulative (each against
+    the snapshot, not the previous delta), so a peer needs the snapshot and the newest delta,
+    never a chain. ``content`` is policy's content digest of the whole map (it decides what
+    is unchanged after a restart); peers ignore it.
+    """
+
+    serial: Annotated[int, msgspec.Meta(ge=1)]
+    base_serial: Annotated[int, msgspec.Meta(ge=1)]
+    base_hash: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    content: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
+    peer: PeerConfig | None = None
+    firewall_rules: tuple[FirewallRule, ...] | None = None
+    remote_peers: tuple[RemotePeer, ...] | None = None
+    ssh_auth: SshAuth | None = None
+    source_peers: tuple[SourcePeer, ...] | None = None
+    state_revisions: dict[str, Count] = msgspec.field(default_factory=dict)
+
+    def apply(self, base: NetworkMap) -> NetworkMap:
+        """The whole map: ``base`` (the snapshot this delta names) with its changes."""
+        changes: dict[str, object] = {
+            name: value for name in DELTA_FIELDS if (value := getattr(self, name)) is not None
+        }
+        return msgspec.structs.replace(
+            base, serial=self.serial, state_revisions=self.state_revisions, **changes
+        )
+
+
+DELTA_FIELDS: tuple[str, ...] = (
+    "peer",
+    "firewall_rules",
+    "remote_peers",
+    "ssh_auth",
+    "source_peers",
+)
+"""The :class:`NetworkMap` fields a :class:`MapDelta` can carry: all but the bookkeeping."""
+
+MapDoc = NetworkMap | MapDelta
+"""What ``peer.<id>`` holds: a whole map, or a delta against ``snap.<id>``."""
