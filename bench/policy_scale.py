@@ -65,6 +65,7 @@ from nats.js.kv import KeyValue
 from meshssh_common import codec, subjects
 from meshssh_common.key_watch import KeyWatch, Reconnects
 from meshssh_common.kv import open_bucket
+from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import NetworkMap, PeerFlags, PeerMeta
 from meshssh_policy.records import (
@@ -503,8 +504,13 @@ async def read_maps(kv: KeyValue, verifier: Verifier) -> list[NetworkMap]:
     async def one(i: int) -> NetworkMap:
         async with sem:
             entry = await kv.get(subjects.netmap_key(peer_id(i)))
-        assert entry.value is not None
-        return verifier.open_as(entry.value, NetworkMap)
+            assert entry.value is not None
+            doc = verifier.open_as(entry.value, MAP_DOC)
+            if isinstance(doc, NetworkMap):
+                return doc
+            snap = await kv.get(subjects.netmap_snapshot_key(peer_id(i), doc.base_hash))
+        assert snap.value is not None
+        return doc.apply(verifier.open_as(snap.value, NetworkMap))
 
     return list(await asyncio.gather(*(one(i) for i in range(PEERS))))
 

@@ -221,6 +221,11 @@ class TypedKV(Generic[T]):
         self._signer = signer
         self._verifier = verifier
 
+    @property
+    def signer(self) -> Signer | None:
+        """What this view signs its values with (None: stored as they are)."""
+        return self._signer
+
     def encode(self, value: T) -> Encoded:
         """``value`` encoded as it is stored (signed when this view has a signer)."""
         data = codec.encode(value)

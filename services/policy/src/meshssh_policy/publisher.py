@@ -38,6 +38,7 @@ from meshssh_common.errors import Conflict, MeshError, Unavailable
 from meshssh_common.kv import Encoded, TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.map_chain import snapshot_hash
+from meshssh_common.signed_batch import BatchSigner
 from meshssh_common.wire import MapDelta, MapDoc, NetworkMap
 from meshssh_common.wire.netmap import DELTA_FIELDS
 from meshssh_policy.digest import Digester, Parts, content_digest, of_parts
@@ -89,6 +90,8 @@ class Publisher:
         self.metrics = metrics
         self.log = log
         self.known: dict[str, Known] = {}
+        # the publish workers' maps, signed together per event-loop turn (signed_batch.py)
+        self.batch = BatchSigner(maps.signer) if maps.signer is not None else None
 
     async def load(self) -> None:
         """Learn what every key holds now (at start, so unchanged maps are not rewritten)."""
@@ -167,7 +170,9 @@ class Publisher:
             started = time.perf_counter()
             try:
                 base = known.base if known is not None else None
-                data = None if base is None else self._delta(content, parts, base, serial, view)
+                data = None
+                if base is not None:
+                    data = await self._delta(content, parts, base, serial, view)
                 written = 0  # a new snapshot's bytes
                 if base is None or data is None:  # no snapshot to build on, or a delta too big
                     base, data = await self._snapshot(peer_id, content, parts, serial, view)
@@ -194,7 +199,13 @@ class Publisher:
         self.log.warning("network map write kept conflicting", extra={"peer": peer_id})
         return Outcome.ERROR
 
-    def _delta(
+    async def _seal(self, payload: bytes) -> Encoded:
+        """``payload`` signed (with the other maps of this turn) and encoded as stored."""
+        if self.batch is None:
+            return Encoded(payload)
+        return Encoded(codec.encode(await self.batch.sign(payload)))
+
+    async def _delta(
         self, content: NetworkMap, parts: Parts, base: Base, serial: int, view: dict[str, int]
     ) -> Encoded | None:
         """``content`` as a signed delta against ``base``; None when it would be too big."""
@@ -211,8 +222,8 @@ class Publisher:
             state_revisions=view,
             **changed,
         )
-        data = self.maps.encode(delta)
-        return data if len(data) <= base.size * _DELTA_SHARE else None
+        payload = codec.encode(delta)
+        return await self._seal(payload) if len(payload) <= base.size * _DELTA_SHARE else None
 
     async def _snapshot(
         self, peer_id: str, content: NetworkMap, parts: Parts, serial: int, view: dict[str, int]
@@ -221,7 +232,9 @@ class Publisher:
         snapshot = msgspec.structs.replace(content, serial=serial, state_revisions=view)
         payload = codec.encode(snapshot)
         base = Base(serial, snapshot_hash(payload), parts, len(payload))
-        await self.maps.put(subjects.netmap_snapshot_key(peer_id, base.hash), snapshot)
+        await self.maps.put(
+            subjects.netmap_snapshot_key(peer_id, base.hash), await self._seal(payload)
+        )
         empty = MapDelta(
             serial=serial,
             base_serial=serial,
@@ -229,7 +242,7 @@ class Publisher:
             content=of_parts(parts),
             state_revisions=view,
         )
-        return base, self.maps.encode(empty)
+        return base, await self._seal(codec.encode(empty))
 
     async def _erase(self, peer_id: str, snapshot: bytes) -> None:
         """Remove a snapshot no stored delta names any more (best effort: garbage if it fails)."""
