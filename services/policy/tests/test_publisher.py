@@ -140,20 +140,35 @@ async def test_a_big_change_writes_a_new_snapshot_and_erases_the_old_one(nc: NAT
     assert (await stored(a)).remote_peers == other.remote_peers
 
 
-async def test_a_replica_that_did_not_write_the_snapshot_writes_its_own(nc: NATS) -> None:
+async def test_a_replica_that_did_not_write_the_snapshot_builds_on_it(nc: NATS) -> None:
     a = await replica(nc)
     assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
-    b = await replica(nc)  # e.g. restarted, or the peer's new owner: it knows no snapshot
+    first = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(first, MapDelta)
+    b = await replica(nc)  # e.g. restarted, or the peer's new owner: it reads a's snapshot
     assert await b.publish("p1", wide("2222"), {"b": 2}) is Outcome.PUBLISHED
     doc = await raw(nc, subjects.netmap_key("p1"))
     assert isinstance(doc, MapDelta)
-    assert doc.base_serial == 2
-    assert await b.publish("p1", wide("23"), {"b": 3}) is Outcome.PUBLISHED  # now a delta
-    doc = await raw(nc, subjects.netmap_key("p1"))
-    assert isinstance(doc, MapDelta)
-    assert (doc.serial, doc.base_serial) == (3, 2)
-    assert doc.firewall_rules == wide("23").firewall_rules
-    # a, whose snapshot is gone, lost the compare-and-set: it looks again, then builds on b's
+    assert (doc.serial, doc.base_serial, doc.base_hash) == (2, 1, first.base_hash)
+    assert doc.firewall_rules == wide("2222").firewall_rules
+    assert doc.remote_peers is None  # no new snapshot for peers to read
+    # a, whose knowledge is stale, loses the compare-and-set, looks again, builds on it too
     assert await a.publish("p1", wide("24"), {"b": 4}) is Outcome.PUBLISHED
     whole = await stored(b)
-    assert (whole.serial, whole.firewall_rules) == (4, wide("24").firewall_rules)
+    assert (whole.serial, whole.firewall_rules) == (3, wide("24").firewall_rules)
+
+
+async def test_a_snapshot_that_cannot_be_read_is_replaced_by_a_new_one(nc: NATS) -> None:
+    a = await replica(nc)
+    assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
+    first = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(first, MapDelta)
+    bucket = await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS)
+    await bucket.purge(subjects.netmap_snapshot_key("p1", first.base_hash))  # lost
+    b = await replica(nc)
+    assert await b.publish("p1", wide("2222"), {"b": 2}) is Outcome.PUBLISHED
+    doc = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(doc, MapDelta)
+    assert (doc.serial, doc.base_serial) == (2, 2)  # a new snapshot, named by its delta
+    assert doc.base_hash != first.base_hash
+    assert (await stored(b)).firewall_rules == wide("2222").firewall_rules

@@ -32,14 +32,16 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+import nats.errors
+import nats.js.errors
 
 from meshssh_common import codec, subjects
-from meshssh_common.errors import Conflict, MeshError, Unavailable
+from meshssh_common.errors import Conflict, MeshError, Unavailable, WireError
 from meshssh_common.kv import Encoded, TypedKV
 from meshssh_common.logs import BoundLogger
 from meshssh_common.map_chain import snapshot_hash
 from meshssh_common.signed_batch import BatchSigner
-from meshssh_common.wire import MapDelta, MapDoc, NetworkMap
+from meshssh_common.wire import MapDelta, MapDoc, NetworkMap, SignedDoc
 from meshssh_common.wire.netmap import DELTA_FIELDS
 from meshssh_policy.digest import Digester, Parts, content_digest, of_parts
 from meshssh_policy.metrics import PolicyMetrics
@@ -169,7 +171,7 @@ class Publisher:
             serial = known.serial + 1 if known is not None else 1
             started = time.perf_counter()
             try:
-                base = known.base if known is not None else None
+                base = await self._base(peer_id, known) if known is not None else None
                 data = None
                 if base is not None:
                     data = await self._delta(content, parts, base, serial, view)
@@ -198,6 +200,27 @@ class Publisher:
             return Outcome.PUBLISHED
         self.log.warning("network map write kept conflicting", extra={"peer": peer_id})
         return Outcome.ERROR
+
+    async def _base(self, peer_id: str, known: Known) -> Base | None:
+        """The snapshot the stored delta names, read from KV when this replica did not write it.
+
+        After a restart, or for a peer another replica wrote last, the next change is then a
+        delta too, instead of a new snapshot that every such peer would have to read again.
+        None (a new snapshot is written) when it cannot be read or is not the one named.
+        """
+        if known.base is not None or not known.snapshot:
+            return known.base
+        key = subjects.netmap_snapshot_key(peer_id, known.snapshot)
+        try:
+            entry = await self.maps.kv.get(key)
+            doc = codec.decode(entry.value or b"", SignedDoc)
+            snapshot = codec.decode(doc.payload, NetworkMap)
+        except (nats.errors.Error, nats.js.errors.Error, WireError, TimeoutError):
+            return None  # gone, or unreadable: a new snapshot replaces it
+        if snapshot_hash(doc.payload) != known.snapshot:  # the hash our signed delta names
+            return None
+        parts = Digester().parts(snapshot)
+        return Base(snapshot.serial, known.snapshot, parts, len(doc.payload))
 
     async def _seal(self, payload: bytes) -> Encoded:
         """``payload`` signed (with the other maps of this turn) and encoded as stored."""
