@@ -56,7 +56,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -97,41 +97,82 @@ class KeyEvent(Generic[T]):
 
 
 class Reconnects:
-    """Tells every registered queue when ``nc`` has reconnected (one poller per connection).
+    """Tells every registered queue when ``nc`` has reconnected (one per connection).
 
     nats-py has a single ``reconnected_cb``, owned by whoever connected; this polls its
     ``reconnects`` counter instead, every ``every`` seconds while any queue is registered.
-    Share one between the watches of a connection (a process that follows many keys).
+    Share one between the watches of a connection (a process that follows many keys). All
+    the instances of a process are polled by one timer (:class:`_Ticker`): a process with a
+    thousand connections (the scale bench's fake peers) wakes up once per period, not a
+    thousand times.
     """
 
     def __init__(self, nc: NATS, *, every: float = 0.25) -> None:
         self._nc = nc
         self._every = every
         self._queues: set[asyncio.Queue[object]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._seen = 0
 
     def add(self, queue: asyncio.Queue[object]) -> None:
         """Put a reconnect marker on ``queue`` after each reconnect from now on."""
+        if not self._queues:
+            self._seen = int(self._nc.stats["reconnects"])
+            _Ticker.of(self._every).add(self)
         self._queues.add(queue)
-        if self._task is None:
-            self._task = asyncio.create_task(self._poll())
 
     def remove(self, queue: asyncio.Queue[object]) -> None:
-        """Stop telling ``queue``; the poller stops with the last one."""
+        """Stop telling ``queue``; polling stops with the last one."""
         self._queues.discard(queue)
-        if not self._queues and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if not self._queues:
+            _Ticker.of(self._every).discard(self)
+
+    def check(self) -> None:
+        """Tell the queues if the connection reconnected since the last check."""
+        now = int(self._nc.stats["reconnects"])
+        if now != self._seen:
+            self._seen = now
+            for queue in self._queues:
+                queue.put_nowait(_RECONNECTED)
+
+
+class _Ticker:
+    """One polling task per period and event loop for every :class:`Reconnects` in use."""
+
+    _all: ClassVar[dict[tuple[int, float], _Ticker]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
+        self._loop = loop
+        self._every = every
+        self._members: set[Reconnects] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, every: float) -> _Ticker:
+        loop = asyncio.get_running_loop()
+        key = (id(loop), every)
+        ticker = cls._all.get(key)
+        if ticker is None or ticker._loop is not loop:  # an id reused by a later loop
+            ticker = cls._all[key] = cls(loop, every)
+        return ticker
+
+    def add(self, member: Reconnects) -> None:
+        self._members.add(member)
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._poll())
+
+    def discard(self, member: Reconnects) -> None:
+        self._members.discard(member)
+        if not self._members:
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            self._all.pop((id(self._loop), self._every), None)
 
     async def _poll(self) -> None:
-        seen = int(self._nc.stats["reconnects"])
-        while True:
+        while self._members:
             await asyncio.sleep(self._every)
-            now = int(self._nc.stats["reconnects"])
-            if now != seen:
-                seen = now
-                for queue in self._queues:
-                    queue.put_nowait(_RECONNECTED)
+            for member in list(self._members):
+                member.check()
 
 
 class KeyWatch(Generic[T]):
