@@ -47,6 +47,7 @@ from meshssh_common.wire import (
     SessionRules,
 )
 from meshssh_testkit import NatsServer, os_users
+from meshssh_testkit.signing import jwks_signer, map_signer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ssh_throughput import (
@@ -81,7 +82,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
         await ensure_recordings_stream(js, max_bytes=8 * 2**30)
         jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
         config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
-        keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
+        keys = TypedKV(
+            await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot, signer=jwks_signer()
+        )
         await keys.put(
             subjects.JWKS_KEY,
             JwksSnapshot(jwt=config, keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},)),
@@ -108,7 +111,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
             ),
             ssh_auth=table,
         )
-        maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
+        maps = TypedKV(
+            await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap, signer=map_signer()
+        )
         await maps.put(subjects.netmap_key("bench"), netmap)
     finally:
         await nc.close()

@@ -4,8 +4,10 @@ policy creates it at start, as it creates ``MESHSSH_AUDIT``; sshd only publishes
 its own subjects ``meshssh.rec.v1.<peer>.<session>`` (a peer's credentials allow nothing else).
 The oldest recordings go first when the stream is full or they are older than the age limit.
 
-Each message is a piece of the session's asciicast v2 file (the first is its header line);
-:func:`read_recording` joins them back, :func:`list_recordings` reads each first message.
+The first message is the session's asciicast v2 header line; the next ones are batches of
+raw events, most of them zstd-compressed (:mod:`meshssh_common.recording_format`).
+:func:`read_recording` turns them back into the asciicast v2 file, :func:`list_recordings`
+reads each first message.
 
 Example::
 
@@ -24,8 +26,9 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from meshssh_common import subjects
-from meshssh_common.errors import NotFound
+from meshssh_common.errors import NotFound, WireError
 from meshssh_common.kv import default_replicas
+from meshssh_common.recording_format import CastWriter, unpack_chunk
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -124,7 +127,7 @@ async def _subjects(js: JetStreamContext, wanted: str) -> dict[str, int]:
 
 async def _first(js: JetStreamContext, subject: str, seq: int = 1) -> tuple[int, bytes]:
     msg = await js.get_msg(subjects.RECORDINGS_STREAM, seq=seq, subject=subject, next=True)
-    return int(msg.seq or 0), msg.data or b""
+    return int(msg.seq or 0), unpack_chunk(msg.data or b"")
 
 
 async def list_recordings(js: JetStreamContext) -> list[RecordingInfo]:
@@ -140,29 +143,32 @@ async def list_recordings(js: JetStreamContext) -> list[RecordingInfo]:
             _, data = await _first(js, subject)
         except nats.js.errors.NotFoundError:
             continue  # aged out between the two calls
+        except WireError:
+            data = b""  # listed, with an empty header; reading it says what is wrong
         out.append(_header(data, session, peer, chunks))
     out.sort(key=lambda r: (r.started_at, r.session), reverse=True)
     return out
 
 
 async def read_recording(js: JetStreamContext, session_id: str) -> bytes:
-    """The asciicast v2 file of one session, its messages joined in order.
+    """The asciicast v2 file of one session, from its messages in order.
 
     Raises:
-        BadRequest: not a session id. NotFound: no such recording. nats.errors.Error: no
-        answer from JetStream.
+        BadRequest: not a session id. WireError: a stored chunk that does not unpack.
+        NotFound: no such recording. nats.errors.Error: no answer from JetStream.
     """
     found = await _subjects(js, subjects.recording_any_peer(session_id))
     if not found:
         raise NotFound(f"no recording of session {session_id!r}")
     subject, count = sorted(found.items())[0]
     parts: list[bytes] = []
+    writer = CastWriter()
     seq = 1
     for _ in range(count):
         try:
             at, data = await _first(js, subject, seq)
         except nats.js.errors.NotFoundError:
             break
-        parts.append(data)
+        parts.append(writer.feed(data))
         seq = at + 1
     return b"".join(parts)

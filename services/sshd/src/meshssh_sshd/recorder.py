@@ -1,19 +1,22 @@
-"""The session recorder: asciicast v2, in chunks, to the ``MESHSSH_RECORDINGS`` stream.
+"""The session recorder: raw events in batches, to the ``MESHSSH_RECORDINGS`` stream.
 
-A recording is the asciicast v2 file itself, cut into messages on the session's subject
-``meshssh.rec.v1.<peer>.<session>``: the first message is the header line (the user, local
-user, peer, source, start time and terminal size), the next ones carry event lines
-(``[t, "o", text]`` output, ``[t, "r", "COLSxROWS"]`` resizes, ``[t, "i", text]`` input only
-when the rule says ``record_input``). Concatenating the messages in order gives the file.
+A recording is one message per batch on the session's subject
+``meshssh.rec.v1.<peer>.<session>``: first the asciicast v2 header line (the user, local user,
+peer, source, start time and terminal size), then batches of events in the format of
+:mod:`meshssh_common.recording_format` (output as the client saw it, resizes, and input only
+when the rule says ``record_input``), zstd-compressed when that shrinks them. Readers get
+the asciicast v2 file back (:func:`~meshssh_common.recording_stream.read_recording`).
 
-Events are buffered and published by one task, a chunk at a time (each awaits the stream's
-ack), so the session never waits on the stream. With ``required`` the session starts only once
-the header is acked, and it ends (``failed`` is called once) when a publish is not acked or the
-backlog outgrows :data:`MAX_BACKLOG`; above :data:`HIGH_WATER` unacked bytes it asks the
-session to stop reading the program's output (``pressure(True)``) until the stream caught up,
-so a fast program runs at the stream's pace instead of losing its recording. With
-``best_effort`` nothing slows the session: failures are counted and logged, and events are
-dropped rather than held without bound.
+The session's hot path only copies its output into the open batch; one task seals a batch
+when it holds a message's worth (:data:`MAX_CHUNK`, or up to 2 MiB while the output
+compresses at least 8 times) or when its first event waited :data:`_FLUSH_EVERY`, compresses
+it and publishes it, up to :data:`_WINDOW` batches awaiting their acks at once. With
+``required`` the session starts only once the header is acked, and it ends (``failed`` is
+called once) when a publish is not acked or the backlog outgrows :data:`MAX_BACKLOG`; above
+:data:`HIGH_WATER` buffered bytes it asks the session to stop reading the program's output
+(``pressure(True)``) until the stream caught up, so a fast program runs at the stream's pace
+instead of losing its recording. With ``best_effort`` nothing slows the session: failures are
+counted and logged, and events are dropped rather than held without bound.
 
 Example::
 
@@ -27,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import time
 from collections import deque
@@ -39,6 +41,13 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.recording_format import (
+    EVENT_HEAD,
+    EVENT_PIECE,
+    EVENTS_MAGIC,
+    append_event,
+    pack_chunk,
+)
 from meshssh_common.recording_stream import MAX_CHUNK
 from meshssh_sshd.metrics import SshdMetrics
 
@@ -51,13 +60,15 @@ __all__ = [
     "asciicast_header",
 ]
 
-MAX_BACKLOG = 8 * 2**20  # bytes of events not yet acked before the recorder gives up
-HIGH_WATER = 2 * 2**20  # required: above this backlog the program's output is paused...
-LOW_WATER = 512 * 1024  # ...until it is below this
-_PIECE = 16 * 1024  # output is cut into pieces of at most this many bytes per event
-_FLUSH_EVERY = 0.2  # seconds between chunks while output trickles
+MAX_BACKLOG = 16 * 2**20  # bytes of events not yet published before the recorder gives up
+HIGH_WATER = 4 * 2**20  # required: above this backlog the program's output is paused...
+LOW_WATER = 1 * 2**20  # ...until it is below this
+_BIG = 2 * 2**20  # a batch's size while the output compresses at least 8 times
+_FLUSH_EVERY = 0.2  # seconds an event waits at most for its batch to fill
 _ACK_TIMEOUT = 2.0
-_WINDOW = 4  # chunks awaiting their acks at once
+_WINDOW = 8  # batches awaiting their acks at once...
+_WINDOW_BYTES = 8 * 2**20  # ...holding at most this many bytes of events
+_MAGIC = len(EVENTS_MAGIC)
 
 UNAVAILABLE_TEXT = (
     "meshssh: this session must be recorded, and the recording service did not answer; "
@@ -95,15 +106,16 @@ class Recorder:
         self._log = log
         self._failed = failed
         self._started = time.monotonic()
-        self._lines: deque[bytes] = deque()
-        self._size = 0
+        self._batch = bytearray(EVENTS_MAGIC)  # the open batch
+        self._sealed: deque[bytearray] = deque()  # full batches, oldest first
+        self._size = 0  # bytes of events in both
+        self._oldest = 0.0  # monotonic time of the open batch's first event
+        self._limit = MAX_CHUNK  # a batch's size: _BIG while the output compresses well
         self._wake = asyncio.Event()
         self._closing = False
         self._broken = False
         self._dropped = 0
         self._task: asyncio.Task[None] | None = None
-        self._out = codecs.getincrementaldecoder("utf-8")("replace")
-        self._in = codecs.getincrementaldecoder("utf-8")("replace")
         self.bytes_stored = 0
 
     @property
@@ -133,36 +145,47 @@ class Recorder:
 
     def output(self, data: bytes) -> None:
         """Output the client saw (stdout, stderr, or the PTY)."""
-        self._text("o", self._out, data)
+        self._event("o", data)
 
     def input(self, data: bytes) -> None:
         """Input the client sent (only with ``record_input``)."""
         if self._record_input:
-            self._text("i", self._in, data)
+            self._event("i", data)
 
     def resize(self, cols: int, rows: int) -> None:
         """A terminal size change."""
-        self._event("r", f"{cols}x{rows}")
+        self._event("r", f"{cols}x{rows}".encode())
 
-    def _text(self, code: str, decoder: codecs.IncrementalDecoder, data: bytes) -> None:
-        for at in range(0, len(data), _PIECE):
-            text = decoder.decode(data[at : at + _PIECE])
-            if text:
-                self._event(code, text)
-
-    def _event(self, code: str, text: str) -> None:
-        if self._broken or self._closing:
+    def _event(self, code: str, data: bytes) -> None:
+        if self._broken or self._closing or not data:
             return
-        line = _encode([round(time.monotonic() - self._started, 6), code, text]) + b"\n"
-        if self._size + len(line) > MAX_BACKLOG:
-            self._overflow(len(line))
+        size = len(data) + EVENT_HEAD.size * (1 + len(data) // EVENT_PIECE)
+        if self._size + size > MAX_BACKLOG:
+            self._overflow(size)
             return
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= MAX_CHUNK // 2:
+        at = time.monotonic() - self._started
+        view = memoryview(data)
+        for start in range(0, len(data), EVENT_PIECE):
+            piece = view[start : start + EVENT_PIECE]
+            batch = self._batch
+            if len(batch) > _MAGIC and len(batch) + EVENT_HEAD.size + len(piece) > self._limit:
+                batch = self._seal()
+            elif len(batch) == _MAGIC:
+                self._oldest = time.monotonic()
+            before = len(batch)
+            append_event(batch, at, code, piece)
+            self._size += len(batch) - before
+        if self._sealed or self._size >= HIGH_WATER:
             self._wake.set()
         if self._required and self._size > HIGH_WATER and not self._pressing:
             self._press(True)
+
+    def _seal(self) -> bytearray:
+        """Close the open batch; the new one is returned."""
+        self._sealed.append(self._batch)
+        self._batch = bytearray(EVENTS_MAGIC)
+        self._oldest = time.monotonic()
+        return self._batch
 
     def _press(self, on: bool) -> None:
         self._pressing = on
@@ -191,44 +214,85 @@ class Recorder:
         self._metrics.recording_bytes.labels(result="stored").inc(len(chunk))
         return True
 
-    def _take(self) -> bytes:
-        out: list[bytes] = []
-        size = 0
-        while self._lines and (not out or size + len(self._lines[0]) <= MAX_CHUNK):
-            line = self._lines.popleft()
-            out.append(line)
-            size += len(line)
-        self._size -= size
-        return b"".join(out)
+    def _take(self) -> bytearray | None:
+        """The oldest full batch; the open one too when it is old enough, big enough or last."""
+        if not self._sealed:
+            if len(self._batch) == _MAGIC:
+                return None
+            wait = self._oldest + _FLUSH_EVERY - time.monotonic()
+            if self._size < HIGH_WATER and not self._closing and wait > 0:
+                return None
+            self._seal()
+        batch = self._sealed.popleft()
+        self._size -= len(batch) - _MAGIC
+        return batch
+
+    def _pack(self, batch: bytearray) -> list[tuple[bytes, int]]:
+        """``batch`` as messages of at most :data:`MAX_CHUNK`, each with its batch's size.
+
+        Output that shrinks at least 8 times (most terminal output) goes in batches of
+        :data:`_BIG`, so a fast program costs few publishes and acks; output that does not
+        goes in :data:`MAX_CHUNK` batches until it shrinks again.
+        """
+        message = pack_chunk(batch)
+        if len(message) <= MAX_CHUNK:
+            self._limit = _BIG if len(message) * 8 <= len(batch) else MAX_CHUNK
+            return [(message, len(batch))]
+        self._limit = MAX_CHUNK
+        out: list[tuple[bytes, int]] = []
+        view = memoryview(batch)
+        start = at = _MAGIC
+        while at < len(batch):  # cut between events: each is under MAX_CHUNK
+            length = EVENT_HEAD.unpack_from(batch, at)[2]
+            end = at + EVENT_HEAD.size + length
+            if end - start + _MAGIC > MAX_CHUNK and at > start:
+                out.append((pack_chunk(EVENTS_MAGIC + view[start:at]), at - start))
+                start = at
+            at = end
+        out.append((pack_chunk(EVENTS_MAGIC + view[start:]), len(batch) - start))
+        return out
 
     async def _run(self) -> None:
-        """Publish chunks in order, up to :data:`_WINDOW` awaiting their acks at once."""
-        inflight: deque[asyncio.Task[bool]] = deque()
+        """Publish batches in order, up to :data:`_WINDOW` awaiting their acks at once."""
+        inflight: deque[tuple[asyncio.Task[bool], int]] = deque()
         loop = asyncio.get_running_loop()
         try:
             while not self._broken:
-                if not self._lines:
+                while inflight and inflight[0][0].done():
+                    await self._settle(inflight.popleft())
+                batch = self._take()
+                if batch is None:
                     if inflight:
                         await self._settle(inflight.popleft())
-                        continue
-                    if self._closing:
+                    elif self._closing:
                         return
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_FLUSH_EVERY):
-                            await self._wake.wait()
-                    self._wake.clear()
+                    else:
+                        await self._sleep()
                     continue
-                # Tasks write their message as they start, so the stream gets them in order.
-                inflight.append(loop.create_task(self._publish(self._take())))
+                for message, size in self._pack(batch):
+                    # Tasks write their message as they start: the stream gets them in order.
+                    inflight.append((loop.create_task(self._publish(message)), size))
                 await asyncio.sleep(0)
-                if len(inflight) >= _WINDOW:
+                while len(inflight) > _WINDOW or (
+                    len(inflight) > 1 and sum(size for _, size in inflight) > _WINDOW_BYTES
+                ):
                     await self._settle(inflight.popleft())
         finally:
-            for task in inflight:
+            for task, _ in inflight:
                 task.cancel()
 
-    async def _settle(self, task: asyncio.Task[bool]) -> None:
-        if not await task:
+    async def _sleep(self) -> None:
+        """Until a batch is full, the open one is due, or :meth:`close`."""
+        wait = _FLUSH_EVERY
+        if len(self._batch) > _MAGIC:
+            wait = max(0.0, self._oldest + _FLUSH_EVERY - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _settle(self, sent: tuple[asyncio.Task[bool], int]) -> None:
+        if not await sent[0]:
             self._fail("lost")
         elif self._pressing and self._size < LOW_WATER:
             self._press(False)
@@ -241,7 +305,8 @@ class Recorder:
             # best effort: keep trying with later chunks, drop what piles up (counted)
             return
         self._broken = True
-        self._lines.clear()
+        self._sealed.clear()
+        self._batch = bytearray(EVENTS_MAGIC)
         self._size = 0
         self._failed(reason)
 
