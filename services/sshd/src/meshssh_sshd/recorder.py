@@ -34,6 +34,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -68,6 +69,7 @@ _FLUSH_EVERY = 0.2  # seconds an event waits at most for its batch to fill
 _ACK_TIMEOUT = 2.0
 _WINDOW = 8  # batches awaiting their acks at once...
 _WINDOW_BYTES = 8 * 2**20  # ...holding at most this many bytes of events
+_PACKING = 2  # batches being compressed at once, in worker threads
 _MAGIC = len(EVENTS_MAGIC)
 
 UNAVAILABLE_TEXT = (
@@ -77,6 +79,43 @@ UNAVAILABLE_TEXT = (
 LOST_TEXT = "meshssh: session closed: it must be recorded, and its recording stopped being stored"
 
 _encode = msgspec.json.Encoder().encode
+
+
+_Packed = tuple[list[tuple[bytes, int]], int]  # messages with their batch bytes, next limit
+_executor: ThreadPoolExecutor | None = None
+
+
+def _packers() -> ThreadPoolExecutor:
+    """The recorders' own threads (not the loop's default executor, which logins use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_PACKING, thread_name_prefix="recorder")
+    return _executor
+
+
+def _pack(batch: bytearray) -> _Packed:
+    """``batch`` as messages of at most :data:`MAX_CHUNK`, and the next batches' size.
+
+    The next batches are sized so that they fill about 3/4 of a message once compressed (up
+    to :data:`_BIG`): few publishes and acks for a fast program. A batch whose compressed
+    form does not fit a message after all is cut between events and each piece compressed on
+    its own; the batches after it are :data:`MAX_CHUNK` until the output shrinks again.
+    """
+    message = pack_chunk(batch)
+    if len(message) <= MAX_CHUNK:
+        room = MAX_CHUNK * 3 * len(batch) // (4 * len(message))
+        return [(message, len(batch))], min(_BIG, max(MAX_CHUNK, room))
+    out: list[tuple[bytes, int]] = []
+    view = memoryview(batch)
+    start = at = _MAGIC
+    while at < len(batch):  # cut between events: each is under MAX_CHUNK
+        end = at + EVENT_HEAD.size + EVENT_HEAD.unpack_from(batch, at)[2]
+        if end - start + _MAGIC > MAX_CHUNK and at > start:
+            out.append((pack_chunk(EVENTS_MAGIC + view[start:at]), at - start))
+            start = at
+        at = end
+    out.append((pack_chunk(EVENTS_MAGIC + view[start:]), len(batch) - start))
+    return out, MAX_CHUNK
 
 
 class Recorder:
@@ -227,56 +266,42 @@ class Recorder:
         self._size -= len(batch) - _MAGIC
         return batch
 
-    def _pack(self, batch: bytearray) -> list[tuple[bytes, int]]:
-        """``batch`` as messages of at most :data:`MAX_CHUNK`, each with its batch's size.
-
-        Output that shrinks at least 8 times (most terminal output) goes in batches of
-        :data:`_BIG`, so a fast program costs few publishes and acks; output that does not
-        goes in :data:`MAX_CHUNK` batches until it shrinks again.
-        """
-        message = pack_chunk(batch)
-        if len(message) <= MAX_CHUNK:
-            self._limit = _BIG if len(message) * 8 <= len(batch) else MAX_CHUNK
-            return [(message, len(batch))]
-        self._limit = MAX_CHUNK
-        out: list[tuple[bytes, int]] = []
-        view = memoryview(batch)
-        start = at = _MAGIC
-        while at < len(batch):  # cut between events: each is under MAX_CHUNK
-            length = EVENT_HEAD.unpack_from(batch, at)[2]
-            end = at + EVENT_HEAD.size + length
-            if end - start + _MAGIC > MAX_CHUNK and at > start:
-                out.append((pack_chunk(EVENTS_MAGIC + view[start:at]), at - start))
-                start = at
-            at = end
-        out.append((pack_chunk(EVENTS_MAGIC + view[start:]), len(batch) - start))
-        return out
-
     async def _run(self) -> None:
-        """Publish batches in order, up to :data:`_WINDOW` awaiting their acks at once."""
+        """Compress batches in worker threads and publish them in order.
+
+        Up to :data:`_PACKING` batches are compressed at once (zstd releases the GIL, so the
+        session's output goes on meanwhile), and up to :data:`_WINDOW` await their acks.
+        """
+        packing: deque[asyncio.Future[_Packed]] = deque()
         inflight: deque[tuple[asyncio.Task[bool], int]] = deque()
         loop = asyncio.get_running_loop()
         try:
             while not self._broken:
                 while inflight and inflight[0][0].done():
                     await self._settle(inflight.popleft())
-                batch = self._take()
-                if batch is None:
-                    if inflight:
+                if packing and packing[0].done():
+                    messages, self._limit = packing.popleft().result()
+                    for message, size in messages:
+                        # Tasks write their message as they start: the stream gets them in
+                        # order.
+                        inflight.append((loop.create_task(self._publish(message)), size))
+                    await asyncio.sleep(0)
+                    while len(inflight) > _WINDOW or (
+                        len(inflight) > 1 and sum(size for _, size in inflight) > _WINDOW_BYTES
+                    ):
                         await self._settle(inflight.popleft())
-                    elif self._closing:
-                        return
-                    else:
-                        await self._sleep()
                     continue
-                for message, size in self._pack(batch):
-                    # Tasks write their message as they start: the stream gets them in order.
-                    inflight.append((loop.create_task(self._publish(message)), size))
-                await asyncio.sleep(0)
-                while len(inflight) > _WINDOW or (
-                    len(inflight) > 1 and sum(size for _, size in inflight) > _WINDOW_BYTES
-                ):
+                batch = self._take() if len(packing) < _PACKING else None
+                if batch is not None:
+                    packing.append(loop.run_in_executor(_packers(), _pack, batch))
+                elif packing:
+                    await asyncio.wait([packing[0]])
+                elif inflight:
                     await self._settle(inflight.popleft())
+                elif self._closing:
+                    return
+                else:
+                    await self._sleep()
         finally:
             for task, _ in inflight:
                 task.cancel()
