@@ -40,6 +40,7 @@ __all__ = [
     "MAX_PIECE",
     "CastWriter",
     "append_event",
+    "event_head",
     "pack_chunk",
     "unpack_chunk",
 ]
@@ -55,9 +56,14 @@ _local = threading.local()  # one compressor per thread (a context is ~1 MiB), n
 _encode = msgspec.json.Encoder().encode
 
 
+def event_head(at: float, code: str, length: int) -> bytes:
+    """The head of one event: ``at`` seconds, code ``o``, ``i`` or ``r``, ``length`` bytes."""
+    return EVENT_HEAD.pack(at, code.encode(), length)
+
+
 def append_event(buf: bytearray, at: float, code: str, data: bytes | memoryview) -> None:
     """Add one event (``data`` at most :data:`EVENT_PIECE` bytes) to a message being built."""
-    buf += EVENT_HEAD.pack(at, code.encode(), len(data))
+    buf += event_head(at, code, len(data))
     buf += data
 
 

@@ -46,7 +46,7 @@ from meshssh_common.recording_format import (
     EVENT_HEAD,
     EVENT_PIECE,
     EVENTS_MAGIC,
-    append_event,
+    event_head,
     pack_chunk,
 )
 from meshssh_common.recording_stream import MAX_CHUNK
@@ -81,6 +81,7 @@ LOST_TEXT = "meshssh: session closed: it must be recorded, and its recording sto
 _encode = msgspec.json.Encoder().encode
 
 
+_Part = bytes | memoryview
 _Packed = tuple[list[tuple[bytes, int]], int]  # messages with their batch bytes, next limit
 _executor: ThreadPoolExecutor | None = None
 
@@ -93,7 +94,7 @@ def _packers() -> ThreadPoolExecutor:
     return _executor
 
 
-def _pack(batch: bytearray) -> _Packed:
+def _pack(parts: list[_Part]) -> _Packed:
     """``batch`` as messages of at most :data:`MAX_CHUNK`, and the next batches' size.
 
     The next batches are sized so that they fill about 3/4 of a message once compressed (up
@@ -101,6 +102,7 @@ def _pack(batch: bytearray) -> _Packed:
     form does not fit a message after all is cut between events and each piece compressed on
     its own; the batches after it are :data:`MAX_CHUNK` until the output shrinks again.
     """
+    batch = b"".join(parts)
     message = pack_chunk(batch)
     if len(message) <= MAX_CHUNK:
         room = MAX_CHUNK * 3 * len(batch) // (4 * len(message))
@@ -145,9 +147,10 @@ class Recorder:
         self._log = log
         self._failed = failed
         self._started = time.monotonic()
-        self._batch = bytearray(EVENTS_MAGIC)  # the open batch
-        self._sealed: deque[bytearray] = deque()  # full batches, oldest first
-        self._size = 0  # bytes of events in both
+        self._parts: list[_Part] = [EVENTS_MAGIC]  # the open batch: heads and the data itself
+        self._open = 0  # its bytes of events
+        self._sealed: deque[tuple[list[_Part], int]] = deque()  # full batches, oldest first
+        self._size = 0  # bytes of events in all batches
         self._oldest = 0.0  # monotonic time of the open batch's first event
         self._limit = MAX_CHUNK  # a batch's size: _BIG while the output compresses well
         self._wake = asyncio.Event()
@@ -203,28 +206,26 @@ class Recorder:
             self._overflow(size)
             return
         at = time.monotonic() - self._started
-        view = memoryview(data)
+        view = memoryview(data)  # the data is kept as it is (bytes): no copy until packed
         for start in range(0, len(data), EVENT_PIECE):
             piece = view[start : start + EVENT_PIECE]
-            batch = self._batch
-            if len(batch) > _MAGIC and len(batch) + EVENT_HEAD.size + len(piece) > self._limit:
-                batch = self._seal()
-            elif len(batch) == _MAGIC:
+            if self._open and self._open + EVENT_HEAD.size + len(piece) > self._limit:
+                self._seal()
+            elif not self._open:
                 self._oldest = time.monotonic()
-            before = len(batch)
-            append_event(batch, at, code, piece)
-            self._size += len(batch) - before
+            self._parts += (event_head(at, code, len(piece)), piece)
+            self._open += EVENT_HEAD.size + len(piece)
+            self._size += EVENT_HEAD.size + len(piece)
         if self._sealed or self._size >= HIGH_WATER:
             self._wake.set()
         if self._required and self._size > HIGH_WATER and not self._pressing:
             self._press(True)
 
-    def _seal(self) -> bytearray:
-        """Close the open batch; the new one is returned."""
-        self._sealed.append(self._batch)
-        self._batch = bytearray(EVENTS_MAGIC)
+    def _seal(self) -> None:
+        """Close the open batch and open a new one."""
+        self._sealed.append((self._parts, self._open))
+        self._parts, self._open = [EVENTS_MAGIC], 0
         self._oldest = time.monotonic()
-        return self._batch
 
     def _press(self, on: bool) -> None:
         self._pressing = on
@@ -253,18 +254,18 @@ class Recorder:
         self._metrics.recording_bytes.labels(result="stored").inc(len(chunk))
         return True
 
-    def _take(self) -> bytearray | None:
+    def _take(self) -> list[_Part] | None:
         """The oldest full batch; the open one too when it is old enough, big enough or last."""
         if not self._sealed:
-            if len(self._batch) == _MAGIC:
+            if not self._open:
                 return None
             wait = self._oldest + _FLUSH_EVERY - time.monotonic()
             if self._size < HIGH_WATER and not self._closing and wait > 0:
                 return None
             self._seal()
-        batch = self._sealed.popleft()
-        self._size -= len(batch) - _MAGIC
-        return batch
+        parts, size = self._sealed.popleft()
+        self._size -= size
+        return parts
 
     async def _run(self) -> None:
         """Compress batches in worker threads and publish them in order.
@@ -292,7 +293,11 @@ class Recorder:
                         await self._settle(inflight.popleft())
                     continue
                 batch = self._take() if len(packing) < _PACKING else None
-                if batch is not None:
+                if batch is not None and self._limit >= _BIG:
+                    # Output that shrank 10 times or more compresses fast: no thread hop.
+                    packing.append(loop.create_future())
+                    packing[-1].set_result(_pack(batch))
+                elif batch is not None:
                     packing.append(loop.run_in_executor(_packers(), _pack, batch))
                 elif packing:
                     await asyncio.wait([packing[0]])
@@ -309,7 +314,7 @@ class Recorder:
     async def _sleep(self) -> None:
         """Until a batch is full, the open one is due, or :meth:`close`."""
         wait = _FLUSH_EVERY
-        if len(self._batch) > _MAGIC:
+        if self._open:
             wait = max(0.0, self._oldest + _FLUSH_EVERY - time.monotonic())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -331,8 +336,7 @@ class Recorder:
             return
         self._broken = True
         self._sealed.clear()
-        self._batch = bytearray(EVENTS_MAGIC)
-        self._size = 0
+        self._parts, self._open, self._size = [EVENTS_MAGIC], 0, 0
         self._failed(reason)
 
     async def close(self, timeout: float = 5.0) -> None:
