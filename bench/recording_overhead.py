@@ -206,9 +206,11 @@ async def held_rss(setup: Setup, sub: str) -> int:
         await asyncio.sleep(1.5)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, system: bool = False) -> float:
+    """User + system CPU seconds of a process (only system with ``system``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user = 0 if system else int(fields[11])
+    return (user + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(values: list[float], digits: int = 1) -> dict[str, float]:
@@ -225,14 +227,16 @@ async def throughput(
     await download(setup, "plain", cmd)  # warm up both paths
     await download(setup, "rec", cmd)
     rates: dict[str, list[float]] = {"plain": [], "rec": []}
-    cpu = {"plain": [0.0, 0.0], "rec": [0.0, 0.0]}  # sshd, nats-server
+    cpu = {"plain": [0.0, 0.0, 0.0], "rec": [0.0, 0.0, 0.0]}  # sshd, nats-server, sshd system
     before = await stored_bytes(natsd)
     for i in range(ROUNDS):
         for sub in ("plain", "rec") if i % 2 == 0 else ("rec", "plain"):
             sshd0, nats0 = cpu_seconds(setup.meshssh_pid), cpu_seconds(nats_pid)
+            sys0 = cpu_seconds(setup.meshssh_pid, system=True)
             rates[sub].append(await download(setup, sub, cmd))
             cpu[sub][0] += cpu_seconds(setup.meshssh_pid) - sshd0
             cpu[sub][1] += cpu_seconds(nats_pid) - nats0
+            cpu[sub][2] += cpu_seconds(setup.meshssh_pid, system=True) - sys0
     stored = await stored_bytes(natsd) - before
     ratios = [r / p for r, p in zip(rates["rec"], rates["plain"], strict=True)]
     gib = SIZE * ROUNDS / 2**30
@@ -242,13 +246,15 @@ async def throughput(
         "ratio": spread(ratios, 3),
         "stored_bytes_per_output_byte": round(stored / (SIZE * ROUNDS), 4),
         "sshd_cpu_s_per_gib": {k: round(v[0] / gib, 2) for k, v in cpu.items()},
+        "sshd_system_cpu_s_per_gib": {k: round(v[2] / gib, 2) for k, v in cpu.items()},
         "nats_cpu_s_per_gib": {k: round(v[1] / gib, 2) for k, v in cpu.items()},
     }
     print(f"{output}: MB/s plain {result['plain_mb_s']}, recorded {result['recorded_mb_s']}")
     print(f"{output}: ratios {[round(r, 3) for r in ratios]} -> {result['ratio']}")
     print(
         f"{output}: stored {result['stored_bytes_per_output_byte']} B per output byte; "
-        f"CPU s/GiB sshd {result['sshd_cpu_s_per_gib']}, nats {result['nats_cpu_s_per_gib']}",
+        f"CPU s/GiB sshd {result['sshd_cpu_s_per_gib']} (system "
+        f"{result['sshd_system_cpu_s_per_gib']}), nats {result['nats_cpu_s_per_gib']}",
         flush=True,
     )
     return result

@@ -87,3 +87,21 @@ def test_corrupt_frames_and_cut_events_are_refused() -> None:
         CastWriter().feed(bytes(batch[:-1]))
     with pytest.raises(WireError, match="unknown kind"):
         CastWriter().feed(bytes(batch).replace(b"o\0\0\0", b"x\0\0\0", 1))
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"hello\n", "neither"),
+        (b'[0.5, "o", "hi"]\n', "neither"),  # an event line alone is not a message
+        (b'{"version": 2\n', "not JSON"),
+        (b'{"version": 1, "width": 80}\n', "not an asciicast v2 header"),
+        (b"\x01\xfe\x80binary" * 8, "neither"),  # not JSON, not a zstd frame, not events
+    ],
+)
+def test_garbage_messages_are_refused_with_a_clear_error(message: bytes, error: str) -> None:
+    with pytest.raises(WireError, match=error):
+        CastWriter().feed(unpack_chunk(message))
+    # packed too: a zstd frame holding garbage is refused once unpacked
+    with pytest.raises(WireError, match="neither"):
+        CastWriter().feed(unpack_chunk(zstandard.ZstdCompressor().compress(b"x" * 500)))

@@ -189,6 +189,12 @@ async def test_a_recording_without_size_headers_lists_its_size_as_unknown(nc: NA
     assert cast_events(whole) == EVENTS
     with pytest.raises(WireError, match="too large to read"):
         await read_recording(js, "0ldrec0rding1", limit=len(whole) - 1)
+    # A message that is not a recorder's is refused with a clear error, not passed on.
+    await store_recording(nc, "web1", "garbage00001")
+    await js.publish(subjects.recording("web1", "garbage00001"), b"\x01not a recording", timeout=5)
+    with pytest.raises(WireError, match="neither an asciicast v2 header line nor a batch"):
+        await read_recording(js, "garbage00001")
+    assert "garbage00001" in {r.session for r in await list_recordings(js)}
 
 
 def test_durations_and_sizes_read_as_people_write_them() -> None:

@@ -55,6 +55,7 @@ _ZSTD_LEVEL = 1  # the fastest level with the usual ratio; negative levels barel
 _CODES = (b"o", b"i", b"r")
 _local = threading.local()  # one compressor per thread (a context is ~1 MiB), not per session
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 def event_head(at: float, code: str, length: int) -> bytes:
@@ -119,6 +120,23 @@ def last_event_time(message: bytes) -> float:
     return round(float(seconds), 6)
 
 
+def _check_header(message: bytes) -> None:
+    """Accept one asciicast v2 header line (what a recorder's first message is), else raise."""
+    if not (message.startswith(b"{") and message.endswith(b"\n")):
+        raise WireError(
+            "recording message is neither an asciicast v2 header line nor a batch of events",
+            reason=BadReason.UNDECODABLE,
+        )
+    try:
+        head = _decode(message)
+    except msgspec.DecodeError as e:
+        raise WireError(
+            f"recording header line is not JSON: {e}", reason=BadReason.UNDECODABLE
+        ) from e
+    if not isinstance(head, dict) or head.get("version") != 2:
+        raise WireError("recording header line is not an asciicast v2 header")
+
+
 class CastWriter:
     """Turns a recording's unpacked messages, fed in order, into asciicast v2 text."""
 
@@ -128,12 +146,14 @@ class CastWriter:
         }
 
     def feed(self, message: bytes) -> bytes:
-        """The asciicast lines of one message (a JSON message is already asciicast).
+        """The asciicast lines of one unpacked message (the header line is already asciicast).
 
         Raises:
-            WireError: an event that is cut short or has an unknown code.
+            WireError: a message that is neither the header line nor a batch of events, or
+                an event that is cut short or has an unknown code.
         """
         if not message.startswith(EVENTS_MAGIC):
+            _check_header(message)
             return message
         out = bytearray()
         view = memoryview(message)

@@ -48,7 +48,6 @@ from meshssh_common.recording_format import (
     EVENT_HEAD,
     EVENT_PIECE,
     EVENTS_MAGIC,
-    event_head,
     pack_chunk,
 )
 from meshssh_common.recording_stream import MAX_CHUNK, SIZE_HEADER
@@ -85,6 +84,9 @@ _encode = msgspec.json.Encoder().encode
 
 _Part = bytes | memoryview
 _Packed = tuple[list[tuple[bytes, int]], int]  # messages with their batch bytes, next limit
+_HEAD = EVENT_HEAD.pack
+_HEAD_SIZE = EVENT_HEAD.size
+_CODE = {"o": b"o", "i": b"i", "r": b"r"}
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -202,27 +204,38 @@ class Recorder:
         self._event("r", f"{cols}x{rows}".encode())
 
     def _event(self, code: str, data: bytes) -> None:
+        # The session's hot path: the data is kept as it is (bytes, no copy until packed).
         if self._broken or self._closing or not data:
             return
-        size = len(data) + EVENT_HEAD.size * (1 + len(data) // EVENT_PIECE)
-        if self._size + size > MAX_BACKLOG:
+        size = len(data)
+        if self._size + size + _HEAD_SIZE * (1 + size // EVENT_PIECE) > MAX_BACKLOG:
             self._overflow(size)
             return
         at = time.monotonic() - self._started
-        view = memoryview(data)  # the data is kept as it is (bytes): no copy until packed
-        for start in range(0, len(data), EVENT_PIECE):
-            piece = view[start : start + EVENT_PIECE]
-            if self._open and self._open + EVENT_HEAD.size + len(piece) > self._limit:
+        tag = _CODE[code]
+        if size <= EVENT_PIECE:
+            if self._open and self._open + _HEAD_SIZE + size > self._limit:
                 self._seal()
             elif not self._open:
                 self._oldest = time.monotonic()
-            self._parts += (event_head(at, code, len(piece)), piece)
-            self._open += EVENT_HEAD.size + len(piece)
-            self._size += EVENT_HEAD.size + len(piece)
+            self._parts += (_HEAD(at, tag, size), data)
+            self._open += _HEAD_SIZE + size
+            self._size += _HEAD_SIZE + size
+        else:
+            view = memoryview(data)
+            for start in range(0, size, EVENT_PIECE):
+                piece = view[start : start + EVENT_PIECE]
+                if self._open and self._open + _HEAD_SIZE + len(piece) > self._limit:
+                    self._seal()
+                elif not self._open:
+                    self._oldest = time.monotonic()
+                self._parts += (_HEAD(at, tag, len(piece)), piece)
+                self._open += _HEAD_SIZE + len(piece)
+                self._size += _HEAD_SIZE + len(piece)
         if self._sealed or self._size >= HIGH_WATER:
             self._wake.set()
-        if self._required and self._size > HIGH_WATER and not self._pressing:
-            self._press(True)
+            if self._required and self._size > HIGH_WATER and not self._pressing:
+                self._press(True)
 
     def _seal(self) -> None:
         """Close the open batch and open a new one."""
@@ -288,10 +301,10 @@ class Recorder:
                     await self._settle(inflight.popleft())
                 if packing and packing[0].done():
                     messages, self._limit = packing.popleft().result()
-                    for message, size in messages:
+                    for message, _ in messages:
                         # Tasks write their message as they start: the stream gets them in
-                        # order.
-                        inflight.append((loop.create_task(self._publish(message)), size))
+                        # order. The window counts what they hold: the messages themselves.
+                        inflight.append((loop.create_task(self._publish(message)), len(message)))
                     await asyncio.sleep(0)
                     while len(inflight) > _WINDOW or (
                         len(inflight) > 1 and sum(size for _, size in inflight) > _WINDOW_BYTES
