@@ -49,6 +49,7 @@ from meshssh_common.recording_format import (
     EVENT_PIECE,
     EVENTS_MAGIC,
     pack_chunk,
+    pack_parts,
 )
 from meshssh_common.recording_stream import MAX_CHUNK, SIZE_HEADER
 from meshssh_sshd.metrics import SshdMetrics
@@ -69,7 +70,7 @@ _BIG = 2 * 2**20  # a batch's size while the output compresses at least 8 times
 _FLUSH_EVERY = 0.2  # seconds an event waits at most for its batch to fill
 _ACK_TIMEOUT = 2.0
 _WINDOW = 8  # batches awaiting their acks at once...
-_WINDOW_BYTES = 8 * 2**20  # ...holding at most this many bytes of events
+_WINDOW_BYTES = 8 * 2**20  # ...holding at most this many bytes of messages (as stored)
 _PACKING = 2  # batches being compressed at once, in worker threads
 _MAGIC = len(EVENTS_MAGIC)
 
@@ -98,7 +99,7 @@ def _packers() -> ThreadPoolExecutor:
     return _executor
 
 
-def _pack(parts: list[_Part]) -> _Packed:
+def _pack(parts: list[_Part], size: int) -> _Packed:
     """``batch`` as messages of at most :data:`MAX_CHUNK`, and the next batches' size.
 
     The next batches are sized so that they fill about 3/4 of a message once compressed (up
@@ -106,11 +107,11 @@ def _pack(parts: list[_Part]) -> _Packed:
     form does not fit a message after all is cut between events and each piece compressed on
     its own; the batches after it are :data:`MAX_CHUNK` until the output shrinks again.
     """
-    batch = b"".join(parts)
-    message = pack_chunk(batch)
+    message = pack_parts(parts, size)
     if len(message) <= MAX_CHUNK:
-        room = MAX_CHUNK * 3 * len(batch) // (4 * len(message))
-        return [(message, len(batch))], min(_BIG, max(MAX_CHUNK, room))
+        room = MAX_CHUNK * 3 * size // (4 * len(message))
+        return [(message, size - _MAGIC)], min(_BIG, max(MAX_CHUNK, room))
+    batch = message if len(message) == size else b"".join(parts)
     out: list[tuple[bytes, int]] = []
     view = memoryview(batch)
     start = at = _MAGIC
@@ -273,8 +274,8 @@ class Recorder:
         self._metrics.recording_bytes.labels(result="stored").inc(len(chunk))
         return True
 
-    def _take(self) -> list[_Part] | None:
-        """The oldest full batch; the open one too when it is old enough, big enough or last."""
+    def _take(self) -> tuple[list[_Part], int] | None:
+        """The oldest full batch and its bytes; the open one when old, big enough or last."""
         if not self._sealed:
             if not self._open:
                 return None
@@ -284,7 +285,7 @@ class Recorder:
             self._seal()
         parts, size = self._sealed.popleft()
         self._size -= size
-        return parts
+        return parts, size + _MAGIC
 
     async def _run(self) -> None:
         """Compress batches in worker threads and publish them in order.
@@ -315,9 +316,9 @@ class Recorder:
                 if batch is not None and self._limit >= _BIG:
                     # Output that shrank 10 times or more compresses fast: no thread hop.
                     packing.append(loop.create_future())
-                    packing[-1].set_result(_pack(batch))
+                    packing[-1].set_result(_pack(*batch))
                 elif batch is not None:
-                    packing.append(loop.run_in_executor(_packers(), _pack, batch))
+                    packing.append(loop.run_in_executor(_packers(), _pack, *batch))
                 elif packing:
                     await asyncio.wait([packing[0]])
                 elif inflight:
