@@ -116,3 +116,12 @@ def test_parts_are_packed_as_their_join_without_joining_output_that_shrinks() ->
     assert unpack_chunk(packed) == joined
     noise = [EVENTS_MAGIC, os.urandom(EVENT_PIECE), memoryview(os.urandom(100))]
     assert pack_parts(noise, sum(map(len, noise))) == b"".join(noise)  # stored as it is
+
+
+def test_a_recording_that_ends_inside_a_character_ends_with_a_replacement() -> None:
+    batch = bytearray(EVENTS_MAGIC)
+    append_event(batch, 1.5, "o", b"ok \xe2\x9c")  # the first two bytes of a check mark
+    writer = CastWriter()
+    assert _lines(writer.feed(bytes(batch))) == [[1.5, "o", "ok "]]
+    assert _lines(writer.finish()) == [[1.5, "o", "\ufffd"]]  # as a live decoder's last flush
+    assert writer.finish() == b""

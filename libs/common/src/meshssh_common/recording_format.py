@@ -161,6 +161,7 @@ class CastWriter:
         self._decoders = {
             code: codecs.getincrementaldecoder("utf-8")("replace") for code in ("o", "i")
         }
+        self._last = 0.0  # the time of the last event written
 
     def feed(self, message: bytes) -> bytes:
         """The asciicast lines of one unpacked message (the header line is already asciicast).
@@ -187,7 +188,16 @@ class CastWriter:
             self._write(out, round(seconds, 6), code.decode(), data)
         return bytes(out)
 
+    def finish(self) -> bytes:
+        """The last lines: bytes of a character the recording ends in the middle of (U+FFFD)."""
+        out = bytearray()
+        for code, decoder in self._decoders.items():
+            if text := decoder.decode(b"", final=True):
+                out += _encode([self._last, code, text]) + b"\n"
+        return bytes(out)
+
     def _write(self, out: bytearray, seconds: float, code: str, data: memoryview) -> None:
+        self._last = seconds
         decoder = self._decoders.get(code)
         if decoder is None:  # a resize: "COLSxROWS"
             out += _encode([seconds, code, bytes(data).decode("ascii", "replace")]) + b"\n"

@@ -238,7 +238,7 @@ async def recording_chunks(
         try:
             at, data = await _first(js, subject, seq)
         except nats.js.errors.NotFoundError:
-            return  # the rest aged out (or was never stored)
+            break  # the rest aged out (or was never stored)
         piece = writer.feed(unpack_chunk(data))
         written += len(piece)
         if written > limit:
@@ -248,6 +248,8 @@ async def recording_chunks(
             )
         yield piece
         seq = at + 1
+    if tail := writer.finish():
+        yield tail
 
 
 async def read_recording(js: JetStreamContext, session_id: str, *, limit: int = MAX_CAST) -> bytes:

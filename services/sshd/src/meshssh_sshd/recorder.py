@@ -218,7 +218,7 @@ class Recorder:
             if self._open and self._open + _HEAD_SIZE + size > self._limit:
                 self._seal()
             elif not self._open:
-                self._oldest = time.monotonic()
+                self._opened()
             self._parts += (_HEAD(at, tag, size), data)
             self._open += _HEAD_SIZE + size
             self._size += _HEAD_SIZE + size
@@ -229,7 +229,7 @@ class Recorder:
                 if self._open and self._open + _HEAD_SIZE + len(piece) > self._limit:
                     self._seal()
                 elif not self._open:
-                    self._oldest = time.monotonic()
+                    self._opened()
                 self._parts += (_HEAD(at, tag, len(piece)), piece)
                 self._open += _HEAD_SIZE + len(piece)
                 self._size += _HEAD_SIZE + len(piece)
@@ -237,6 +237,11 @@ class Recorder:
             self._wake.set()
             if self._required and self._size > HIGH_WATER and not self._pressing:
                 self._press(True)
+
+    def _opened(self) -> None:
+        """The first event of a batch: the publishing task sleeps until it is due."""
+        self._oldest = time.monotonic()
+        self._wake.set()
 
     def _seal(self) -> None:
         """Close the open batch and open a new one."""
@@ -332,8 +337,8 @@ class Recorder:
                 task.cancel()
 
     async def _sleep(self) -> None:
-        """Until a batch is full, the open one is due, or :meth:`close`."""
-        wait = _FLUSH_EVERY
+        """Until a batch is full, the open one is due, or :meth:`close` (idle: no timer)."""
+        wait: float | None = None
         if self._open:
             wait = max(0.0, self._oldest + _FLUSH_EVERY - time.monotonic())
         with contextlib.suppress(TimeoutError):
