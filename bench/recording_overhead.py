@@ -12,11 +12,12 @@ commands are recorded too, with every chunk acked by JetStream). Then:
    terminal output). The figure is the median of the ratios of adjacent pairs (recording on /
    off; the issue's bar is 0.9), with min and max, next to both sides' MB/s (min, median,
    max), the recording's stored bytes per output byte, and the CPU seconds per GiB of the
-   sshd and nats-server processes;
+   sshd (and of it, the kernel's share) and nats-server processes;
 2. memory: the RSS of the meshssh-sshd process with BENCH_SESSIONS idle sessions open
    (``sleep``), once as ``plain`` and once as ``rec``; the difference divided by the number of
    sessions is the memory one recorded session adds. (A session that prints fast holds at
-   most one open batch of 2 MiB and 4 MiB of backlog on top; this part does not measure it.)
+   most 4 MiB of output not yet packed, two batches being compressed and 8 MiB of messages
+   awaiting acks on top; this part does not measure it.)
 
 The machine's other load shows as spread between runs, which the interleaving evens out; all
 processes share its cores. Run as root (it creates a user):

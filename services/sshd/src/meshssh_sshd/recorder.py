@@ -9,10 +9,12 @@ the asciicast v2 file back (:func:`~meshssh_common.recording_stream.read_recordi
 Each message carries the header ``Meshssh-Rec-Bytes``: the recording's stored bytes up to and
 including it, so a reader learns a recording's stored size from its last message.
 
-The session's hot path only copies its output into the open batch; one task seals a batch
+The session's hot path only appends a 16-byte head and a reference to its output to the open
+batch (no copy, no JSON); one task, woken by a batch's first event, seals a batch
 when it holds a message's worth (:data:`MAX_CHUNK`, or up to 2 MiB while the output
 compresses at least 8 times) or when its first event waited :data:`_FLUSH_EVERY`, compresses
-it and publishes it, up to :data:`_WINDOW` batches awaiting their acks at once. With
+it part by part into one zstd frame (in a worker thread unless the output shrinks 10 times or
+more) and publishes it, up to :data:`_WINDOW` batches awaiting their acks at once. With
 ``required`` the session starts only once the header is acked, and it ends (``failed`` is
 called once) when a publish is not acked or the backlog outgrows :data:`MAX_BACKLOG`; above
 :data:`HIGH_WATER` buffered bytes it asks the session to stop reading the program's output
