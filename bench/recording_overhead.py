@@ -3,18 +3,27 @@
 Starts, on loopback: a nats-server with JetStream and the ``MESHSSH_RECORDINGS`` stream, and
 ``meshssh-sshd`` with a map in which two users log in as the same throwaway account: ``plain``
 (no session rules) and ``rec`` (``recording: required`` and ``record_exec``, so non-PTY
-commands are recorded too, each chunk acked by JetStream before the next). Then:
+commands are recorded too, with every chunk acked by JetStream). Then:
 
-1. throughput: ``yes <text> | head -c SIZE`` read by an asyncssh client, ``plain`` and ``rec``
-   interleaved (ABBA...), BENCH_ROUNDS rounds each; the figure is the median of the ratios of
-   adjacent pairs (recording on / off; the issue's bar is 0.9), next to both MB/s, and the
-   recording's stored bytes per output byte (asciicast's JSON framing);
+1. throughput: BENCH_SIZE_MB of output read by an asyncssh client from an exec session,
+   ``plain`` and ``rec`` interleaved (ABBA...), BENCH_ROUNDS rounds each, for two outputs:
+   ``yes`` (``yes <text> | head -c SIZE``, a line repeated: it compresses ~1000 times) and
+   ``text`` (``cat`` of Python's own sources, which compress ~3.5 times, like most real
+   terminal output). The figure is the median of the ratios of adjacent pairs (recording on /
+   off; the issue's bar is 0.9), with min and max, next to both sides' MB/s (min, median,
+   max), the recording's stored bytes per output byte, and the CPU seconds per GiB of the
+   sshd (and of it, the kernel's share) and nats-server processes;
 2. memory: the RSS of the meshssh-sshd process with BENCH_SESSIONS idle sessions open
    (``sleep``), once as ``plain`` and once as ``rec``; the difference divided by the number of
-   sessions is the memory one recorded session adds.
+   sessions is the memory one recorded session adds. (A session that prints fast holds at
+   most 4 MiB of output not yet packed, two batches being compressed and 8 MiB of messages
+   awaiting acks on top; this part does not measure it.)
 
-Run as root (it creates a user): ``.venv/bin/python bench/recording_overhead.py`` (about a
-minute). Knobs: BENCH_ROUNDS (5), BENCH_SIZE_MB (256), BENCH_SESSIONS (100).
+The machine's other load shows as spread between runs, which the interleaving evens out; all
+processes share its cores. Run as root (it creates a user):
+``.venv/bin/python bench/recording_overhead.py`` (about 3 minutes). Knobs: BENCH_ROUNDS (5),
+BENCH_SIZE_MB (256), BENCH_SESSIONS (100), BENCH_OUTPUTS (``yes,text``). The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from meshssh_common.wire import (
     SessionRules,
 )
 from meshssh_testkit import NatsServer, os_users
+from meshssh_testkit.signing import jwks_signer, map_signer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ssh_throughput import (
@@ -64,6 +74,7 @@ from ssh_throughput import (
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SIZE = int(os.environ.get("BENCH_SIZE_MB", "256")) << 20
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100"))
+OUTPUTS = os.environ.get("BENCH_OUTPUTS", "yes,text").split(",")
 TEXT = "the quick brown fox jumps over the lazy dog 0123456789 ~!@#$%^&*()"
 RECORDED = SessionRules(recording="required", record_exec=True)
 
@@ -81,7 +92,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
         await ensure_recordings_stream(js, max_bytes=8 * 2**30)
         jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(setup.signing.public_key()))
         config = JwtConfig(issuer=ISSUER, audiences=(AUDIENCE,))
-        keys = TypedKV(await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot)
+        keys = TypedKV(
+            await open_bucket(js, subjects.BUCKET_JWKS), JwksSnapshot, signer=jwks_signer()
+        )
         await keys.put(
             subjects.JWKS_KEY,
             JwksSnapshot(jwt=config, keys=({**jwk, "kid": KID, "use": "sig", "alg": "EdDSA"},)),
@@ -108,7 +121,9 @@ async def publish_state(natsd: NatsServer, setup: Setup) -> None:
             ),
             ssh_auth=table,
         )
-        maps = TypedKV(await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap)
+        maps = TypedKV(
+            await open_bucket(js, subjects.BUCKET_NETMAPS), NetworkMap, signer=map_signer()
+        )
         await maps.put(subjects.netmap_key("bench"), netmap)
     finally:
         await nc.close()
@@ -127,13 +142,35 @@ async def connect(setup: Setup, sub: str) -> asyncssh.SSHClientConnection:
     )
 
 
-async def download(setup: Setup, sub: str) -> float:
-    """MB/s of SIZE bytes of text out of one exec session."""
+def make_corpus(tmp: Path) -> Path:
+    """SIZE bytes of Python's own sources (real text), readable by the bench's account."""
+    sources = sorted(Path(os.__file__).parent.glob("*.py"))
+    corpus = tmp / "corpus.txt"
+    with corpus.open("wb") as out:
+        written = 0
+        while written < SIZE:
+            for path in sources:
+                data = path.read_bytes()[: SIZE - written]
+                out.write(data)
+                written += len(data)
+                if written >= SIZE:
+                    break
+    tmp.chmod(0o755)
+    corpus.chmod(0o644)
+    return corpus
+
+
+def command(output: str, corpus: Path) -> str:
+    if output == "yes":
+        return f"yes '{TEXT}' | head -c {SIZE}"
+    return f"cat {corpus}"
+
+
+async def download(setup: Setup, sub: str, cmd: str) -> float:
+    """MB/s of SIZE bytes out of one exec session."""
     async with await connect(setup, sub) as conn:
         started = time.perf_counter()
-        proc = await conn.create_process(
-            f"yes '{TEXT}' | head -c {SIZE}", encoding=None, stderr=asyncssh.DEVNULL
-        )
+        proc = await conn.create_process(cmd, encoding=None, stderr=asyncssh.DEVNULL)
         got = 0
         while chunk := await proc.stdout.read(1 << 20):
             got += len(chunk)
@@ -170,30 +207,70 @@ async def held_rss(setup: Setup, sub: str) -> int:
         await asyncio.sleep(1.5)
 
 
-async def run(setup: Setup, natsd: NatsServer) -> dict[str, object]:
-    await download(setup, "plain")  # warm up both paths
-    await download(setup, "rec")
+def cpu_seconds(pid: int, *, system: bool = False) -> float:
+    """User + system CPU seconds of a process (only system with ``system``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user = 0 if system else int(fields[11])
+    return (user + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {
+        "min": round(min(values), digits),
+        "median": round(statistics.median(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+async def throughput(
+    setup: Setup, natsd: NatsServer, nats_pid: int, output: str, cmd: str
+) -> dict[str, object]:
+    await download(setup, "plain", cmd)  # warm up both paths
+    await download(setup, "rec", cmd)
+    rates: dict[str, list[float]] = {"plain": [], "rec": []}
+    cpu = {"plain": [0.0, 0.0, 0.0], "rec": [0.0, 0.0, 0.0]}  # sshd, nats-server, sshd system
     before = await stored_bytes(natsd)
-    plain: list[float] = []
-    rec: list[float] = []
     for i in range(ROUNDS):
-        order = ("plain", "rec") if i % 2 == 0 else ("rec", "plain")
-        for sub in order:
-            (plain if sub == "plain" else rec).append(await download(setup, sub))
+        for sub in ("plain", "rec") if i % 2 == 0 else ("rec", "plain"):
+            sshd0, nats0 = cpu_seconds(setup.meshssh_pid), cpu_seconds(nats_pid)
+            sys0 = cpu_seconds(setup.meshssh_pid, system=True)
+            rates[sub].append(await download(setup, sub, cmd))
+            cpu[sub][0] += cpu_seconds(setup.meshssh_pid) - sshd0
+            cpu[sub][1] += cpu_seconds(nats_pid) - nats0
+            cpu[sub][2] += cpu_seconds(setup.meshssh_pid, system=True) - sys0
     stored = await stored_bytes(natsd) - before
-    ratios = [r / p for r, p in zip(rec, plain, strict=True)]
+    ratios = [r / p for r, p in zip(rates["rec"], rates["plain"], strict=True)]
+    gib = SIZE * ROUNDS / 2**30
+    result: dict[str, object] = {
+        "plain_mb_s": spread(rates["plain"]),
+        "recorded_mb_s": spread(rates["rec"]),
+        "ratio": spread(ratios, 3),
+        "stored_bytes_per_output_byte": round(stored / (SIZE * ROUNDS), 4),
+        "sshd_cpu_s_per_gib": {k: round(v[0] / gib, 2) for k, v in cpu.items()},
+        "sshd_system_cpu_s_per_gib": {k: round(v[2] / gib, 2) for k, v in cpu.items()},
+        "nats_cpu_s_per_gib": {k: round(v[1] / gib, 2) for k, v in cpu.items()},
+    }
+    print(f"{output}: MB/s plain {result['plain_mb_s']}, recorded {result['recorded_mb_s']}")
+    print(f"{output}: ratios {[round(r, 3) for r in ratios]} -> {result['ratio']}")
+    print(
+        f"{output}: stored {result['stored_bytes_per_output_byte']} B per output byte; "
+        f"CPU s/GiB sshd {result['sshd_cpu_s_per_gib']} (system "
+        f"{result['sshd_system_cpu_s_per_gib']}), nats {result['nats_cpu_s_per_gib']}",
+        flush=True,
+    )
+    return result
+
+
+async def run(setup: Setup, natsd: NatsServer, corpus: Path) -> dict[str, object]:
+    assert natsd.proc is not None
+    report: dict[str, object] = {"size_mb": SIZE >> 20, "rounds": ROUNDS}
+    for output in OUTPUTS:
+        cmd = command(output, corpus)
+        report[output] = await throughput(setup, natsd, natsd.proc.pid, output, cmd)
     idle = rss_kib([setup.meshssh_pid])
     plain_rss = await held_rss(setup, "plain")
     rec_rss = await held_rss(setup, "rec")
-    return {
-        "size_mb": SIZE >> 20,
-        "rounds": ROUNDS,
-        "plain_mb_s": round(statistics.median(plain), 1),
-        "recorded_mb_s": round(statistics.median(rec), 1),
-        "ratio_median": round(statistics.median(ratios), 3),
-        "ratio_min": round(min(ratios), 3),
-        "ratio_max": round(max(ratios), 3),
-        "stored_bytes_per_output_byte": round(stored / (SIZE * ROUNDS), 3),
+    memory = {
         "sessions": SESSIONS,
         "rss_idle_kib": idle,
         "rss_plain_sessions_kib": plain_rss,
@@ -202,6 +279,9 @@ async def run(setup: Setup, natsd: NatsServer) -> dict[str, object]:
         "kib_per_session_recorded": round((rec_rss - idle) / SESSIONS, 1),
         "kib_added_by_recording": round((rec_rss - plain_rss) / SESSIONS, 1),
     }
+    print(f"memory: {memory}")
+    report["memory"] = memory
+    return report
 
 
 async def main() -> None:
@@ -215,7 +295,7 @@ async def main() -> None:
         try:
             await publish_state(natsd, setup)
             start_meshssh(setup, natsd)
-            report = await run(setup, natsd)
+            report = await run(setup, natsd, make_corpus(tmp))
         finally:
             for proc in setup.procs:
                 proc.terminate()

@@ -17,6 +17,13 @@ from nats.aio.client import Client as NATS
 from meshssh_common import codec, subjects
 from meshssh_common.connection import connect_nats
 from meshssh_common.nats_jwt import Prefix, new_key, read_creds
+from meshssh_common.recording_format import (
+    EVENTS_MAGIC,
+    CastWriter,
+    append_event,
+    pack_chunk,
+    unpack_chunk,
+)
 from meshssh_common.wire import (
     Heartbeat,
     PeerFlags,
@@ -363,7 +370,8 @@ async def test_bus_revoke_cuts_a_rotated_service_key_off(
 
 
 async def _store_recording(nc: NATS, peer: str, session: str) -> bytes:
-    """A recording as sshd stores it: the header, then chunks of event lines."""
+    """A recording as sshd stores it (the header line, then packed event batches); returns
+    the asciicast v2 file a reader writes from it."""
     header = {
         "version": 2,
         "width": 100,
@@ -372,15 +380,16 @@ async def _store_recording(nc: NATS, peer: str, session: str) -> bytes:
         "env": {"TERM": "xterm"},
         "meshssh": {"user": "alice-id", "local_user": "deploy", "source": "127.0.0.3:5000"},
     }
-    chunks = [
-        json.dumps(header).encode() + b"\n",
-        b'[0.1, "o", "hello \\u001b[1mbold\\u001b[0m\\r\\n"]\n[0.2, "r", "80x24"]\n',
-        b'[1.5, "o", "caf\\u00e9 \\u2713\\r\\n"]\n',
-    ]
+    first, second = bytearray(EVENTS_MAGIC), bytearray(EVENTS_MAGIC)
+    append_event(first, 0.1, "o", b"hello \x1b[1mbold\x1b[0m\r\n")
+    append_event(first, 0.2, "r", b"80x24")
+    append_event(second, 1.5, "o", "caf\u00e9 \u2713\r\n".encode())
+    chunks = [json.dumps(header).encode() + b"\n", pack_chunk(first), pack_chunk(second)]
     js = nc.jetstream()
     for chunk in chunks:
         await js.publish(subjects.recording(peer, session), chunk, timeout=5)
-    return b"".join(chunks)
+    writer = CastWriter()
+    return b"".join(writer.feed(unpack_chunk(chunk)) for chunk in chunks)
 
 
 async def test_sessions_ls_export_and_play_read_the_recordings_stream_policy_made(

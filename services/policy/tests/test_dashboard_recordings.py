@@ -1,7 +1,8 @@
 """The dashboard's recordings over real HTTP: a real policy, authn's embedded provider and
-nats-server holding a recording as sshd stores it (header line, then chunks of events, each
-with its size header). Admins see the list, the player page and the cast (the same bytes as
-``meshctl sessions export``); everyone else is refused; unknown ids are 404."""
+nats-server holding a recording as sshd stores it (header line, then packed event batches, each
+with its stored-size header). Admins see the list (stored size, duration), the player page and
+the cast (asciicast written on read, the same bytes as ``meshctl sessions export``); everyone
+else is refused; unknown ids are 404."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import time
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import codec, subjects
-from meshssh_common.recording_stream import SIZE_HEADER, list_recordings
+from meshssh_common.errors import WireError
+from meshssh_common.recording_format import EVENTS_MAGIC, append_event, pack_chunk
+from meshssh_common.recording_stream import SIZE_HEADER, list_recordings, read_recording
 from meshssh_common.wire import AuditEvent
 from meshssh_policy.web.recording_pages import duration_text, size_text
 from meshssh_testkit import script
@@ -28,8 +32,15 @@ SESSION = "5e55a0b1c2d3"
 CAST_TYPE = "application/x-asciicast"
 
 
-async def store_recording(nc: NATS, peer: str, session: str, *, sized: bool = True) -> bytes:
-    """A recording as sshd's recorder publishes it; returns the whole file."""
+EVENTS = [
+    [0.1, "o", "hello \x1b[1mbold\x1b[0m\r\n"],
+    [0.2, "r", "80x24"],
+    [75.25, "o", "caf\u00e9 \u2713 done\r\n"],
+]
+
+
+async def store_recording(nc: NATS, peer: str, session: str, *, sized: bool = True) -> int:
+    """A recording as sshd's recorder publishes it; returns its stored size."""
     header = {
         "version": 2,
         "width": 100,
@@ -38,18 +49,22 @@ async def store_recording(nc: NATS, peer: str, session: str, *, sized: bool = Tr
         "env": {"TERM": "xterm-256color"},
         "meshssh": {"user": "alice", "local_user": "deploy", "source": "127.0.0.3:50000"},
     }
-    chunks = [
-        json.dumps(header).encode() + b"\n",
-        b'[0.1, "o", "hello \\u001b[1mbold\\u001b[0m\\r\\n"]\n[0.2, "r", "80x24"]\n',
-        b'[75.25, "o", "caf\\u00e9 \\u2713 done\\r\\n"]\n',
-    ]
+    batches = [bytearray(EVENTS_MAGIC), bytearray(EVENTS_MAGIC)]
+    for i, (at, code, text) in enumerate(EVENTS):
+        append_event(batches[i // 2], float(at), str(code), str(text).encode())
+    chunks = [json.dumps(header).encode() + b"\n", *(pack_chunk(b) for b in batches)]
     js = nc.jetstream()
     offset = 0
     for chunk in chunks:
         offset += len(chunk)
         headers = {SIZE_HEADER: str(offset)} if sized else None
         await js.publish(subjects.recording(peer, session), chunk, timeout=5, headers=headers)
-    return b"".join(chunks)
+    return offset
+
+
+def cast_events(cast: bytes) -> list[object]:
+    """The event lines of an asciicast v2 file, parsed (its first line is the header)."""
+    return [json.loads(line) for line in cast.decode().splitlines()[1:]]
 
 
 async def meshctl_export(api: str, session: str) -> bytes:
@@ -73,7 +88,7 @@ async def test_admins_list_and_play_recordings_and_the_cast_is_what_meshctl_expo
     site: Site, nc: NATS
 ) -> None:
     base = site.base
-    stored = await store_recording(nc, site.peer, SESSION)
+    stored = await store_recording(nc, site.peer, SESSION)  # bytes in the stream
     # A session-end in the audit log links to its recording.
     end = AuditEvent(
         kind="session-end", peer_id=site.peer, at=time.time(), session_id=SESSION, jwt_user="alice"
@@ -110,7 +125,7 @@ async def test_admins_list_and_play_recordings_and_the_cast_is_what_meshctl_expo
         assert listing.status_code == 200, listing.text
         assert 'href="/recordings" aria-current="page"' in listing.text
         row = listing.text.split(f'data-recording="{SESSION}"', 1)[1].split("</tr>", 1)[0]
-        size = size_text(len(stored))  # from the size header of the last chunk
+        size = size_text(stored)  # the stored size, from the size header of the last message
         for shown in ("alice", "deploy", "srv", "127.0.0.3:50000", "1 min 15 s", size):
             assert shown in row, (shown, row)
 
@@ -135,7 +150,8 @@ async def test_admins_list_and_play_recordings_and_the_cast_is_what_meshctl_expo
         assert cast.headers["content-type"] == CAST_TYPE
         assert cast.headers["cache-control"] == "no-store"
         assert cast.headers["x-content-type-options"] == "nosniff"
-        assert cast.content == stored
+        assert json.loads(cast.content.split(b"\n", 1)[0])["width"] == 100
+        assert cast_events(cast.content) == EVENTS  # asciicast, written from the stored events
         assert cast.content == await meshctl_export(site.replica.url, SESSION)
         assert reads(site, "served") == 1
 
@@ -154,9 +170,7 @@ async def test_admins_list_and_play_recordings_and_the_cast_is_what_meshctl_expo
 
     async with site.replica.client() as api:
         listed = (await api.get("/api/v1/recordings")).json()
-    assert [(r["session"], r["duration"], r["size"]) for r in listed] == [
-        (SESSION, 75.25, len(stored))
-    ]
+    assert [(r["session"], r["duration"], r["size"]) for r in listed] == [(SESSION, 75.25, stored)]
 
 
 async def test_a_recording_without_size_headers_lists_its_size_as_unknown(nc: NATS) -> None:
@@ -170,6 +184,17 @@ async def test_a_recording_without_size_headers_lists_its_size_as_unknown(nc: NA
     assert size_text(found["0ldrec0rding1"].size) == "-"
     # a recording whose events are not stored yet: only its header line
     assert found["headeronly01"].duration == 0.0
+    # A read produces at most `limit` bytes of asciicast: a larger file is refused, not held.
+    whole = await read_recording(js, "0ldrec0rding1")
+    assert cast_events(whole) == EVENTS
+    with pytest.raises(WireError, match="too large to read"):
+        await read_recording(js, "0ldrec0rding1", limit=len(whole) - 1)
+    # A message that is not a recorder's is refused with a clear error, not passed on.
+    await store_recording(nc, "web1", "garbage00001")
+    await js.publish(subjects.recording("web1", "garbage00001"), b"\x01not a recording", timeout=5)
+    with pytest.raises(WireError, match="neither an asciicast v2 header line nor a batch"):
+        await read_recording(js, "garbage00001")
+    assert "garbage00001" in {r.session for r in await list_recordings(js)}
 
 
 def test_durations_and_sizes_read_as_people_write_them() -> None:

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
+from meshssh_common.recording_format import EVENTS_MAGIC, unpack_chunk
 from meshssh_common.recording_stream import (
     MAX_CHUNK,
     ensure_recordings_stream,
@@ -161,11 +162,23 @@ async def test_a_pty_recording_holds_what_the_client_saw_and_no_typed_input(
     assert head["timestamp"] > 0
     assert server.metric("meshssh_sshd_recordings_total", mode="required", result="started") == 1
     assert server.metric("meshssh_sshd_recording_bytes_total", result="stored") > 0
-    # Each chunk's size header lets a reader size a recording from its last message.
+    # Each message's size header lets a reader know a recording's stored size from its last.
     js = recordings.jetstream()
     (info,) = await list_recordings(js)
-    assert info.size == len(await read_recording(js, info.session))
+    assert info.size == server.metric("meshssh_sshd_recording_bytes_total", result="stored")
+    assert info.size == await _stored_size(js, subjects.recording("server-1", info.session))
     assert info.duration == cast.events[-1][0]
+
+
+async def _stored_size(js: Any, subject: str) -> int:
+    """The bytes of a recording's messages as the stream holds them."""
+    info = await js.stream_info(subjects.RECORDINGS_STREAM, subjects_filter=subject)
+    size, seq = 0, 1
+    for _ in range(info.state.subjects[subject]):
+        msg = await js.get_msg(subjects.RECORDINGS_STREAM, seq=seq, subject=subject, next=True)
+        size += len(msg.data)
+        seq = msg.seq + 1
+    return size
 
 
 async def test_record_input_adds_keystrokes(
@@ -313,4 +326,44 @@ async def test_a_required_recording_paces_a_fast_program_instead_of_losing_outpu
     assert len(result.stdout) == size
     (cast,) = await _recording(recordings, timeout=60)
     assert cast.output() == "a" * size
+    assert server.metric("meshssh_sshd_recording_bytes_total", result="dropped") == 0
+
+
+async def test_output_that_stops_compressing_is_stored_in_messages_under_the_limit(
+    recordings: NATS,
+    mesh: Mesh,
+    sshd_factory: SshdFactory,
+    client_for: Any,
+    issuer: Issuer,
+    local_user: str,
+) -> None:
+    # 8 MiB of one letter (batches of 2 MiB, each a tiny zstd frame), then 3 MiB of noise
+    # (zstd cannot shrink it: the recorder cuts its batch into raw messages of MAX_CHUNK).
+    rules = SessionRules(recording="required", record_exec=True)
+    await mesh.publish_map(session_rules={("alice-id", "*"): rules})
+    server = await sshd_factory.start()
+    result = await client_for(server).ssh(
+        "head -c 8388608 /dev/zero | tr '\\0' b; head -c 3145728 /dev/urandom",
+        token=issuer.mint("alice-id"),
+        user=local_user,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.err
+    assert len(result.stdout) == 11 * 2**20
+    (cast,) = await _recording(recordings, timeout=60)
+    assert cast.output() == result.stdout.decode("utf-8", "replace")
+    js = recordings.jetstream()
+    (info,) = await list_recordings(js)
+    subject = subjects.recording("server-1", info.session)
+    stored: list[tuple[bytes, bytes]] = []  # (message, what it unpacks to)
+    seq = 1
+    for _ in range(info.chunks):
+        msg = await js.get_msg(subjects.RECORDINGS_STREAM, seq=seq, subject=subject, next=True)
+        assert msg.data is not None
+        assert msg.seq is not None
+        stored.append((msg.data, unpack_chunk(msg.data)))
+        seq = msg.seq + 1
+    assert max(len(m) for m, _ in stored) <= MAX_CHUNK
+    assert max(len(u) for _, u in stored) > MAX_CHUNK  # compressed batches carry more
+    assert any(m == u and m.startswith(EVENTS_MAGIC) for m, u in stored)  # noise: raw
     assert server.metric("meshssh_sshd_recording_bytes_total", result="dropped") == 0

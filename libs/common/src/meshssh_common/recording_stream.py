@@ -4,11 +4,15 @@ policy creates it at start, as it creates ``MESHSSH_AUDIT``; sshd only publishes
 its own subjects ``meshssh.rec.v1.<peer>.<session>`` (a peer's credentials allow nothing else).
 The oldest recordings go first when the stream is full or they are older than the age limit.
 
-Each message is a piece of the session's asciicast v2 file (the first is its header line),
-and carries the header :data:`SIZE_HEADER`: the file's size up to and including it.
-:func:`read_recording` joins the pieces back (:func:`recording_chunks` yields them one by one,
-for a response that streams), :func:`list_recordings` reads each recording's first message
-(who, where, when) and last one (its size, and its duration: the time of its last event).
+The first message is the session's asciicast v2 header line; the next ones are batches of
+raw events (:mod:`meshssh_common.recording_format`). Each message carries the header
+:data:`SIZE_HEADER`: the recording's stored bytes up to and including it (what it takes in the
+stream, not the size of the asciicast file, which is written on read).
+:func:`read_recording` turns the messages back into the asciicast v2 file
+(:func:`recording_chunks` yields it one message at a time, for a response that streams), at
+most :data:`MAX_CAST` bytes of it; :func:`list_recordings` reads each recording's first
+message (who, where, when) and last one (its stored size, and its duration: the time of its
+last event).
 
 Example::
 
@@ -29,12 +33,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from meshssh_common import subjects
-from meshssh_common.errors import NotFound
+from meshssh_common.errors import NotFound, WireError
 from meshssh_common.kv import default_replicas
+from meshssh_common.recording_format import CastWriter, last_event_time, unpack_chunk
 
 __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BYTES",
+    "MAX_CAST",
     "MAX_CHUNK",
     "SIZE_HEADER",
     "RecordingInfo",
@@ -50,7 +56,8 @@ __all__ = [
 DEFAULT_MAX_BYTES = 10 * 2**30
 DEFAULT_MAX_AGE = 90 * 86400.0
 MAX_CHUNK = 256 * 1024  # the largest message a recorder publishes (under NATS' 1 MiB default)
-SIZE_HEADER = "Meshssh-Rec-Bytes"  # on each message: the file's bytes up to and including it
+SIZE_HEADER = "Meshssh-Rec-Bytes"  # on each message: stored bytes up to and including it
+MAX_CAST = 256 * 2**20  # the most asciicast one read produces (it may be held in memory)
 
 
 async def ensure_recordings_stream(
@@ -100,7 +107,7 @@ class RecordingInfo:
     height: int
     chunks: int
     duration: float = 0.0  # seconds: the time of the last event stored so far
-    size: int = 0  # bytes of the asciicast file (0: not known, a recorder older than the header)
+    size: int = 0  # stored bytes (0: not known, a recorder older than the header)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form of the REST API."""
@@ -136,28 +143,20 @@ async def _subjects(js: JetStreamContext, wanted: str) -> dict[str, int]:
 
 
 async def _first(js: JetStreamContext, subject: str, seq: int = 1) -> tuple[int, bytes]:
+    """The first stored message of ``subject`` at or after ``seq``, as it is stored."""
     msg = await js.get_msg(subjects.RECORDINGS_STREAM, seq=seq, subject=subject, next=True)
     return int(msg.seq or 0), msg.data or b""
 
 
-def _last_event_time(data: bytes) -> float:
-    """The time of the last event line of a chunk (0.0 for the header line alone)."""
-    for line in reversed(data.rstrip(b"\n").split(b"\n")):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, list) and event and isinstance(event[0], int | float):
-            return float(event[0])
-        return 0.0
-    return 0.0
-
-
 async def _tail(js: JetStreamContext, subject: str) -> tuple[float, int]:
-    """(duration, size) of a recording, from its last message."""
+    """(duration, stored size) of a recording, from its last message.
+
+    Raises:
+        WireError: a last message that does not unpack.
+    """
     msg = await js.get_last_msg(subjects.RECORDINGS_STREAM, subject)
     size = (msg.headers or {}).get(SIZE_HEADER, "")
-    return _last_event_time(msg.data or b""), int(size) if str(size).isdigit() else 0
+    return last_event_time(unpack_chunk(msg.data or b"")), int(size) if str(size).isdigit() else 0
 
 
 async def list_recordings(js: JetStreamContext) -> list[RecordingInfo]:
@@ -174,6 +173,8 @@ async def list_recordings(js: JetStreamContext) -> list[RecordingInfo]:
             duration, size = await _tail(js, subject)
         except nats.js.errors.NotFoundError:
             continue  # aged out between the calls
+        except WireError:
+            data, duration, size = b"", 0.0, 0  # listed; reading it says what is wrong
         info = _header(data, session, peer, chunks)
         out.append(dataclasses.replace(info, duration=duration, size=size))
     out.sort(key=lambda r: (r.started_at, r.session), reverse=True)
@@ -220,28 +221,44 @@ async def find_recording(js: JetStreamContext, session_id: str) -> tuple[str, in
     return sorted(found.items())[0]
 
 
-async def recording_chunks(js: JetStreamContext, subject: str, count: int) -> AsyncIterator[bytes]:
-    """The messages of one recording in order (what :func:`find_recording` found).
+async def recording_chunks(
+    js: JetStreamContext, subject: str, count: int, *, limit: int = MAX_CAST
+) -> AsyncIterator[bytes]:
+    """One recording as asciicast v2 (what :func:`find_recording` found), a piece a message.
 
     Raises:
+        WireError: a stored message that does not unpack, or a file that would be larger than
+            ``limit`` bytes (refused before the piece that crosses it is yielded).
         nats.errors.Error: JetStream stopped answering.
     """
+    writer = CastWriter()
     seq = 1
+    written = 0
     for _ in range(count):
         try:
             at, data = await _first(js, subject, seq)
         except nats.js.errors.NotFoundError:
-            return  # the rest aged out (or was never stored)
-        yield data
+            break  # the rest aged out (or was never stored)
+        piece = writer.feed(unpack_chunk(data))
+        written += len(piece)
+        if written > limit:
+            raise WireError(
+                f"recording {subject.rsplit('.', 1)[1]!r} is more than {limit >> 20} MiB as "
+                "asciicast: too large to read"
+            )
+        yield piece
         seq = at + 1
+    if tail := writer.finish():
+        yield tail
 
 
-async def read_recording(js: JetStreamContext, session_id: str) -> bytes:
-    """The asciicast v2 file of one session, its messages joined in order.
+async def read_recording(js: JetStreamContext, session_id: str, *, limit: int = MAX_CAST) -> bytes:
+    """The asciicast v2 file of one session, from its messages in order.
 
     Raises:
-        BadRequest: not a session id. NotFound: no such recording. nats.errors.Error: no
-        answer from JetStream.
+        BadRequest: not a session id. WireError: a stored message that does not unpack, or a
+        file larger than ``limit``. NotFound: no such recording. nats.errors.Error: no answer
+        from JetStream.
     """
     subject, count = await find_recording(js, session_id)
-    return b"".join([data async for data in recording_chunks(js, subject, count)])
+    return b"".join([data async for data in recording_chunks(js, subject, count, limit=limit)])

@@ -1,21 +1,26 @@
-"""The session recorder: asciicast v2, in chunks, to the ``MESHSSH_RECORDINGS`` stream.
+"""The session recorder: raw events in batches, to the ``MESHSSH_RECORDINGS`` stream.
 
-A recording is the asciicast v2 file itself, cut into messages on the session's subject
-``meshssh.rec.v1.<peer>.<session>``: the first message is the header line (the user, local
-user, peer, source, start time and terminal size), the next ones carry event lines
-(``[t, "o", text]`` output, ``[t, "r", "COLSxROWS"]`` resizes, ``[t, "i", text]`` input only
-when the rule says ``record_input``). Concatenating the messages in order gives the file.
-Each message carries the header ``Meshssh-Rec-Bytes``, the file's size up to and including it,
-so a reader learns the size of a recording from its last message.
+A recording is one message per batch on the session's subject
+``meshssh.rec.v1.<peer>.<session>``: first the asciicast v2 header line (the user, local user,
+peer, source, start time and terminal size), then batches of events in the format of
+:mod:`meshssh_common.recording_format` (output as the client saw it, resizes, and input only
+when the rule says ``record_input``), zstd-compressed when that shrinks them. Readers get
+the asciicast v2 file back (:func:`~meshssh_common.recording_stream.read_recording`).
+Each message carries the header ``Meshssh-Rec-Bytes``: the recording's stored bytes up to and
+including it, so a reader learns a recording's stored size from its last message.
 
-Events are buffered and published by one task, a chunk at a time (each awaits the stream's
-ack), so the session never waits on the stream. With ``required`` the session starts only once
-the header is acked, and it ends (``failed`` is called once) when a publish is not acked or the
-backlog outgrows :data:`MAX_BACKLOG`; above :data:`HIGH_WATER` unacked bytes it asks the
-session to stop reading the program's output (``pressure(True)``) until the stream caught up,
-so a fast program runs at the stream's pace instead of losing its recording. With
-``best_effort`` nothing slows the session: failures are counted and logged, and events are
-dropped rather than held without bound.
+The session's hot path only appends a 16-byte head and a reference to its output to the open
+batch (no copy, no JSON); one task, woken by a batch's first event, seals a batch
+when it holds a message's worth (:data:`MAX_CHUNK`, or up to 2 MiB while the output
+compresses at least 8 times) or when its first event waited :data:`_FLUSH_EVERY`, compresses
+it part by part into one zstd frame (in a worker thread unless the output shrinks 10 times or
+more) and publishes it, up to :data:`_WINDOW` batches awaiting their acks at once. With
+``required`` the session starts only once the header is acked, and it ends (``failed`` is
+called once) when a publish is not acked or the backlog outgrows :data:`MAX_BACKLOG`; above
+:data:`HIGH_WATER` buffered bytes it asks the session to stop reading the program's output
+(``pressure(True)``) until the stream caught up, so a fast program runs at the stream's pace
+instead of losing its recording. With ``best_effort`` nothing slows the session: failures are
+counted and logged, and events are dropped rather than held without bound.
 
 Example::
 
@@ -29,11 +34,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -41,6 +46,13 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from meshssh_common.logs import BoundLogger
+from meshssh_common.recording_format import (
+    EVENT_HEAD,
+    EVENT_PIECE,
+    EVENTS_MAGIC,
+    pack_chunk,
+    pack_parts,
+)
 from meshssh_common.recording_stream import MAX_CHUNK, SIZE_HEADER
 from meshssh_sshd.metrics import SshdMetrics
 
@@ -53,13 +65,16 @@ __all__ = [
     "asciicast_header",
 ]
 
-MAX_BACKLOG = 8 * 2**20  # bytes of events not yet acked before the recorder gives up
-HIGH_WATER = 2 * 2**20  # required: above this backlog the program's output is paused...
-LOW_WATER = 512 * 1024  # ...until it is below this
-_PIECE = 16 * 1024  # output is cut into pieces of at most this many bytes per event
-_FLUSH_EVERY = 0.2  # seconds between chunks while output trickles
+MAX_BACKLOG = 16 * 2**20  # bytes of events not yet published before the recorder gives up
+HIGH_WATER = 4 * 2**20  # required: above this backlog the program's output is paused...
+LOW_WATER = 1 * 2**20  # ...until it is below this
+_BIG = 2 * 2**20  # a batch's size while the output compresses at least 8 times
+_FLUSH_EVERY = 0.2  # seconds an event waits at most for its batch to fill
 _ACK_TIMEOUT = 2.0
-_WINDOW = 4  # chunks awaiting their acks at once
+_WINDOW = 8  # batches awaiting their acks at once...
+_WINDOW_BYTES = 8 * 2**20  # ...holding at most this many bytes of messages (as stored)
+_PACKING = 2  # batches being compressed at once, in worker threads
+_MAGIC = len(EVENTS_MAGIC)
 
 UNAVAILABLE_TEXT = (
     "meshssh: this session must be recorded, and the recording service did not answer; "
@@ -68,6 +83,48 @@ UNAVAILABLE_TEXT = (
 LOST_TEXT = "meshssh: session closed: it must be recorded, and its recording stopped being stored"
 
 _encode = msgspec.json.Encoder().encode
+
+
+_Part = bytes | memoryview
+_Packed = tuple[list[tuple[bytes, int]], int]  # messages with their batch bytes, next limit
+_HEAD = EVENT_HEAD.pack
+_HEAD_SIZE = EVENT_HEAD.size
+_CODE = {"o": b"o", "i": b"i", "r": b"r"}
+_executor: ThreadPoolExecutor | None = None
+
+
+def _packers() -> ThreadPoolExecutor:
+    """The recorders' own threads (not the loop's default executor, which logins use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_PACKING, thread_name_prefix="recorder")
+    return _executor
+
+
+def _pack(parts: list[_Part], size: int) -> _Packed:
+    """``batch`` as messages of at most :data:`MAX_CHUNK`, and the next batches' size.
+
+    The next batches are sized so that they fill about 3/4 of a message once compressed (up
+    to :data:`_BIG`): few publishes and acks for a fast program. A batch whose compressed
+    form does not fit a message after all is cut between events and each piece compressed on
+    its own; the batches after it are :data:`MAX_CHUNK` until the output shrinks again.
+    """
+    message = pack_parts(parts, size)
+    if len(message) <= MAX_CHUNK:
+        room = MAX_CHUNK * 3 * size // (4 * len(message))
+        return [(message, size - _MAGIC)], min(_BIG, max(MAX_CHUNK, room))
+    batch = message if len(message) == size else b"".join(parts)
+    out: list[tuple[bytes, int]] = []
+    view = memoryview(batch)
+    start = at = _MAGIC
+    while at < len(batch):  # cut between events: each is under MAX_CHUNK
+        end = at + EVENT_HEAD.size + EVENT_HEAD.unpack_from(batch, at)[2]
+        if end - start + _MAGIC > MAX_CHUNK and at > start:
+            out.append((pack_chunk(EVENTS_MAGIC + view[start:at]), at - start))
+            start = at
+        at = end
+    out.append((pack_chunk(EVENTS_MAGIC + view[start:]), len(batch) - start))
+    return out, MAX_CHUNK
 
 
 class Recorder:
@@ -97,15 +154,17 @@ class Recorder:
         self._log = log
         self._failed = failed
         self._started = time.monotonic()
-        self._lines: deque[bytes] = deque()
-        self._size = 0
+        self._parts: list[_Part] = [EVENTS_MAGIC]  # the open batch: heads and the data itself
+        self._open = 0  # its bytes of events
+        self._sealed: deque[tuple[list[_Part], int]] = deque()  # full batches, oldest first
+        self._size = 0  # bytes of events in all batches
+        self._oldest = 0.0  # monotonic time of the open batch's first event
+        self._limit = MAX_CHUNK  # a batch's size: _BIG while the output compresses well
         self._wake = asyncio.Event()
         self._closing = False
         self._broken = False
         self._dropped = 0
         self._task: asyncio.Task[None] | None = None
-        self._out = codecs.getincrementaldecoder("utf-8")("replace")
-        self._in = codecs.getincrementaldecoder("utf-8")("replace")
         self.bytes_stored = 0
         self._offset = 0  # bytes handed to the stream so far (SIZE_HEADER)
 
@@ -136,36 +195,61 @@ class Recorder:
 
     def output(self, data: bytes) -> None:
         """Output the client saw (stdout, stderr, or the PTY)."""
-        self._text("o", self._out, data)
+        self._event("o", data)
 
     def input(self, data: bytes) -> None:
         """Input the client sent (only with ``record_input``)."""
         if self._record_input:
-            self._text("i", self._in, data)
+            self._event("i", data)
 
     def resize(self, cols: int, rows: int) -> None:
         """A terminal size change."""
-        self._event("r", f"{cols}x{rows}")
+        self._event("r", f"{cols}x{rows}".encode())
 
-    def _text(self, code: str, decoder: codecs.IncrementalDecoder, data: bytes) -> None:
-        for at in range(0, len(data), _PIECE):
-            text = decoder.decode(data[at : at + _PIECE])
-            if text:
-                self._event(code, text)
-
-    def _event(self, code: str, text: str) -> None:
-        if self._broken or self._closing:
+    def _event(self, code: str, data: bytes) -> None:
+        # The session's hot path: the data is kept as it is (bytes, no copy until packed).
+        if self._broken or self._closing or not data:
             return
-        line = _encode([round(time.monotonic() - self._started, 6), code, text]) + b"\n"
-        if self._size + len(line) > MAX_BACKLOG:
-            self._overflow(len(line))
+        size = len(data)
+        if self._size + size + _HEAD_SIZE * (1 + size // EVENT_PIECE) > MAX_BACKLOG:
+            self._overflow(size)
             return
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= MAX_CHUNK // 2:
+        at = time.monotonic() - self._started
+        tag = _CODE[code]
+        if size <= EVENT_PIECE:
+            if self._open and self._open + _HEAD_SIZE + size > self._limit:
+                self._seal()
+            elif not self._open:
+                self._opened()
+            self._parts += (_HEAD(at, tag, size), data)
+            self._open += _HEAD_SIZE + size
+            self._size += _HEAD_SIZE + size
+        else:
+            view = memoryview(data)
+            for start in range(0, size, EVENT_PIECE):
+                piece = view[start : start + EVENT_PIECE]
+                if self._open and self._open + _HEAD_SIZE + len(piece) > self._limit:
+                    self._seal()
+                elif not self._open:
+                    self._opened()
+                self._parts += (_HEAD(at, tag, len(piece)), piece)
+                self._open += _HEAD_SIZE + len(piece)
+                self._size += _HEAD_SIZE + len(piece)
+        if self._sealed or self._size >= HIGH_WATER:
             self._wake.set()
-        if self._required and self._size > HIGH_WATER and not self._pressing:
-            self._press(True)
+            if self._required and self._size > HIGH_WATER and not self._pressing:
+                self._press(True)
+
+    def _opened(self) -> None:
+        """The first event of a batch: the publishing task sleeps until it is due."""
+        self._oldest = time.monotonic()
+        self._wake.set()
+
+    def _seal(self) -> None:
+        """Close the open batch and open a new one."""
+        self._sealed.append((self._parts, self._open))
+        self._parts, self._open = [EVENTS_MAGIC], 0
+        self._oldest = time.monotonic()
 
     def _press(self, on: bool) -> None:
         self._pressing = on
@@ -197,44 +281,75 @@ class Recorder:
         self._metrics.recording_bytes.labels(result="stored").inc(len(chunk))
         return True
 
-    def _take(self) -> bytes:
-        out: list[bytes] = []
-        size = 0
-        while self._lines and (not out or size + len(self._lines[0]) <= MAX_CHUNK):
-            line = self._lines.popleft()
-            out.append(line)
-            size += len(line)
+    def _take(self) -> tuple[list[_Part], int] | None:
+        """The oldest full batch and its bytes; the open one when old, big enough or last."""
+        if not self._sealed:
+            if not self._open:
+                return None
+            wait = self._oldest + _FLUSH_EVERY - time.monotonic()
+            if self._size < HIGH_WATER and not self._closing and wait > 0:
+                return None
+            self._seal()
+        parts, size = self._sealed.popleft()
         self._size -= size
-        return b"".join(out)
+        return parts, size + _MAGIC
 
     async def _run(self) -> None:
-        """Publish chunks in order, up to :data:`_WINDOW` awaiting their acks at once."""
-        inflight: deque[asyncio.Task[bool]] = deque()
+        """Compress batches in worker threads and publish them in order.
+
+        Up to :data:`_PACKING` batches are compressed at once (zstd releases the GIL, so the
+        session's output goes on meanwhile), and up to :data:`_WINDOW` await their acks.
+        """
+        packing: deque[asyncio.Future[_Packed]] = deque()
+        inflight: deque[tuple[asyncio.Task[bool], int]] = deque()
         loop = asyncio.get_running_loop()
         try:
             while not self._broken:
-                if not self._lines:
-                    if inflight:
-                        await self._settle(inflight.popleft())
-                        continue
-                    if self._closing:
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_FLUSH_EVERY):
-                            await self._wake.wait()
-                    self._wake.clear()
-                    continue
-                # Tasks write their message as they start, so the stream gets them in order.
-                inflight.append(loop.create_task(self._publish(self._take())))
-                await asyncio.sleep(0)
-                if len(inflight) >= _WINDOW:
+                while inflight and inflight[0][0].done():
                     await self._settle(inflight.popleft())
+                if packing and packing[0].done():
+                    messages, self._limit = packing.popleft().result()
+                    for message, _ in messages:
+                        # Tasks write their message as they start: the stream gets them in
+                        # order. The window counts what they hold: the messages themselves.
+                        inflight.append((loop.create_task(self._publish(message)), len(message)))
+                    await asyncio.sleep(0)
+                    while len(inflight) > _WINDOW or (
+                        len(inflight) > 1 and sum(size for _, size in inflight) > _WINDOW_BYTES
+                    ):
+                        await self._settle(inflight.popleft())
+                    continue
+                batch = self._take() if len(packing) < _PACKING else None
+                if batch is not None and self._limit >= _BIG:
+                    # Output that shrank 10 times or more compresses fast: no thread hop.
+                    packing.append(loop.create_future())
+                    packing[-1].set_result(_pack(*batch))
+                elif batch is not None:
+                    packing.append(loop.run_in_executor(_packers(), _pack, *batch))
+                elif packing:
+                    await asyncio.wait([packing[0]])
+                elif inflight:
+                    await self._settle(inflight.popleft())
+                elif self._closing:
+                    return
+                else:
+                    await self._sleep()
         finally:
-            for task in inflight:
+            for task, _ in inflight:
                 task.cancel()
 
-    async def _settle(self, task: asyncio.Task[bool]) -> None:
-        if not await task:
+    async def _sleep(self) -> None:
+        """Until a batch is full, the open one is due, or :meth:`close` (idle: no timer)."""
+        wait: float | None = None
+        if self._open:
+            wait = max(0.0, self._oldest + _FLUSH_EVERY - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _settle(self, sent: tuple[asyncio.Task[bool], int]) -> None:
+        if not await sent[0]:
             self._fail("lost")
         elif self._pressing and self._size < LOW_WATER:
             self._press(False)
@@ -247,8 +362,8 @@ class Recorder:
             # best effort: keep trying with later chunks, drop what piles up (counted)
             return
         self._broken = True
-        self._lines.clear()
-        self._size = 0
+        self._sealed.clear()
+        self._parts, self._open, self._size = [EVENTS_MAGIC], 0, 0
         self._failed(reason)
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from meshssh_common import subjects
-from meshssh_common.errors import BadRequest, NotFound, Unavailable
+from meshssh_common.errors import BadRequest, NotFound, Unavailable, WireError
 from meshssh_common.recording_stream import (
     RecordingInfo,
     find_recording,
@@ -111,8 +111,9 @@ class RecordingPages:
             async for data in recording_chunks(self.mgmt.js, subject, count):
                 sent += len(data)
                 yield data
-        except (nats.errors.Error, TimeoutError) as e:
-            # The status is sent already: the browser sees a cut-off body, not a short file.
+        except (nats.errors.Error, TimeoutError, WireError) as e:
+            # The status is sent already: the browser sees a cut-off body, not a short file
+            # (JetStream stopped answering, a message did not unpack, or the file is too big).
             self.reads.labels(result="error").inc()
             self.mgmt.log.warning(
                 "recording stream stopped mid-response",
