@@ -84,6 +84,7 @@ from meshssh_testkit import NatsCluster, NatsServer, ServiceProcess
 PEERS, GROUPS, PER_GROUP, REACH, USERS = 5000, 100, 50, 5, 200
 POLICIES, WIDE, EDITED = GROUPS * REACH, 1, 1
 CHANGES, FULL_RUNS, WARM_RUNS, FANOUT_RUNS, CONCURRENCY = 40, 5, 3, 5, 64
+SETTLE = 0.5  # seconds between a change and its floor (each starts from a quiet bus)
 PEERS_PER_CONN, PEER_PROCS = 100, 3
 SHARED_RESYNC = 600.0  # the untimed peers' safety-net re-read (scale_peers.py says why)
 FLOOR_BUCKET, REF_BUCKET = "bench-floor", "bench-fanout-ref"
@@ -676,6 +677,7 @@ async def main() -> int:
                     "protocol": "tcp",
                     "ports": ["22", str(8000 + i)],
                 }
+                await asyncio.sleep(SETTLE)  # the floor's writes before it are flushed
                 cpu0 = [cpu_s(pids) for pids in cpu_pids]
                 started = time.monotonic()
                 r = await api.patch(f"/api/v1/policies/pol{p}", json={"rules": [rule]})
@@ -694,6 +696,7 @@ async def main() -> int:
                     first_peer.append(min(arrived.values()) - started)
                 # floor: the same 50 maps put and delivered the same way, nothing computed
                 payload = bumped(by_key, floor_peers.serials, targets, signer)
+                await asyncio.sleep(SETTLE)  # the same pause before either side
                 waiter = asyncio.create_task(
                     floor_peers.wait_for({k: floor_peers.serials[k] + 1 for k in targets})
                 )
