@@ -60,6 +60,7 @@ from meshssh_common.wire import MapDoc, NetworkMap, RemotePeer, SourcePeer
 __all__ = ["MapListener", "PeerMap"]
 
 _REREAD = 2.0  # seconds before a delta whose snapshot could not be read is read again
+_SNAPSHOT_RETRIES = (0.02, 0.05, 0.1, 0.2, 0.4)  # seconds between reads of a missing snapshot
 MapListener = Callable[[NetworkMap | None, NetworkMap | None], None]
 """Called with ``(old, new)`` after each applied change; ``new`` is None when removed."""
 
@@ -194,16 +195,26 @@ class PeerMap:
                     self.offer(netmap)
 
     async def _resolve(self, chain: MapChain, doc: MapDoc, key: str) -> NetworkMap | None:
-        """The whole map ``doc`` stands for; None (logged, counted) when it cannot be had now."""
-        try:
-            return await chain.resolve(doc)
-        except Refused as e:
-            self._bad_value(key, e)
-        except Unresolved as e:
-            self._log.info("network map delta waits for its snapshot", extra={"why": str(e)})
-        except (nats.errors.Error, TimeoutError, OSError, Unavailable) as e:
-            raise_if_cancelling()
-            self._watch_broke(e)
+        """The whole map ``doc`` stands for; None (logged, counted) when it cannot be had now.
+
+        A snapshot that is not there is looked for again a few times at once: with R3
+        buckets a direct get may be answered by a replica that has not stored it yet, although
+        policy wrote it before the delta that named it.
+        """
+        for delay in (*_SNAPSHOT_RETRIES, None):
+            try:
+                return await chain.resolve(doc)
+            except Refused as e:
+                self._bad_value(key, e)
+            except Unresolved as e:
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                self._log.info("network map delta waits for its snapshot", extra={"why": str(e)})
+            except (nats.errors.Error, TimeoutError, OSError, Unavailable) as e:
+                raise_if_cancelling()
+                self._watch_broke(e)
+            return None
         return None
 
     def _notify(self, old: NetworkMap | None) -> None:

@@ -40,6 +40,7 @@ from meshssh_testkit.peer_agent import AgentProcess
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
 from meshssh_testkit.process import ServiceProcess, run_command, script
+from meshssh_testkit.scrape import read_metric
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -186,13 +187,18 @@ async def _add_alice(users: Path) -> None:
 
 async def _start_server(
     tmp: Path, api: str, nats_server: Bus, server: Server
-) -> tuple[AgentProcess, int, str]:
-    """One server agent, once its sshd and relay run: (agent, relay port, sshd ops address)."""
+) -> tuple[AgentProcess, int, str, str]:
+    """One server agent, once its sshd and relay run.
+
+    Returns:
+        The agent, its relay port, and the ops addresses of its sshd and relay.
+    """
     ops = f"127.0.0.1:{free_port('127.0.0.1')}"
+    relay_ops = f"127.0.0.1:{free_port('127.0.0.1')}"
     flags = [
         *("--allow-server-ssh", "--enable-ssh-sftp", "--enable-ssh-local-port-forwarding"),
         *(["--enable-ssh-root"] if IS_ROOT else []),
-        *("--sshd-ops-listen", ops, "--disable-ssh-config"),
+        *("--sshd-ops-listen", ops, "--relay-ops-listen", relay_ops, "--disable-ssh-config"),
         *server.flags,
     ]
     agent = await start_agent(tmp, server.name, server.ip, SERVER_KEY, api, nats_server, *flags)
@@ -207,7 +213,30 @@ async def _start_server(
     except BaseException:
         await agent.stop()
         raise
-    return agent, status["relay_port"], ops
+    return agent, status["relay_port"], ops, relay_ops
+
+
+async def _maps_applied(api: str, sshd_ops: dict[str, str], relay_ops: dict[str, str]) -> None:
+    """Wait until each server's sshd and relay hold the map policy holds for it now.
+
+    Called once the laptop registered: policy answers a registration only after the maps of
+    that state are written, so the servers' maps now let the laptop in; a test that connects
+    at once must not race the servers applying them (a map delta may need a snapshot read).
+    """
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with (
+        asyncio.timeout(30),
+        httpx.AsyncClient(base_url=api, headers=headers, timeout=5) as http,
+    ):
+        ids = {p["name"]: p["id"] for p in (await http.get("/api/v1/peers")).json()}
+        for name in sshd_ops:
+            serial = (await http.get(f"/api/v1/peers/{ids[name]}/netmap")).json()["serial"]
+            for ops, sample in (
+                (sshd_ops[name], "meshssh_sshd_netmap_serial"),
+                (relay_ops[name], "meshssh_relay_map_serial"),
+            ):
+                while ((await read_metric(f"http://{ops}", sample)) or 0) < serial:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process applies it
 
 
 @contextlib.asynccontextmanager
@@ -251,10 +280,14 @@ async def whole_system(
         agents: dict[str, AgentProcess] = {}
         relay_ports: dict[str, int] = {}
         sshd_ops: dict[str, str] = {}
+        relay_ops: dict[str, str] = {}
         for server in servers:
-            agent, relay_ports[server.name], sshd_ops[server.name] = await _start_server(
-                tmp, api, nats_server, server
-            )
+            (
+                agent,
+                relay_ports[server.name],
+                sshd_ops[server.name],
+                relay_ops[server.name],
+            ) = await _start_server(tmp, api, nats_server, server)
             agents[server.name] = agent
             started.append(agent)
         laptop = await start_agent(
@@ -272,6 +305,7 @@ async def whole_system(
                 s.name in (dropin.read_text() if dropin.exists() else "") for s in servers
             ):
                 await asyncio.sleep(0.05)  # the laptop agent wrote its drop-in
+        await _maps_applied(api, sshd_ops, relay_ops)
         yield System(tmp, api, authn, policy, laptop, config, dropin, agents, relay_ports, sshd_ops)
     finally:
         for agent in reversed(started):

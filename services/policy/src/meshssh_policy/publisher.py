@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import time
@@ -50,6 +51,7 @@ from meshssh_policy.state import dominates
 __all__ = ["Base", "Known", "Outcome", "Publisher", "content_digest"]
 
 _ATTEMPTS = 5
+_READ_RETRIES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 _DELTA_SHARE = 0.5  # a delta bigger than this share of its snapshot: write a new snapshot
 
 
@@ -124,16 +126,20 @@ class Publisher:
             WireError: what is stored does not decode or verify, or names no stored snapshot.
             Unavailable: JetStream did not answer.
         """
-        entry = await self.maps.get(subjects.netmap_key(peer_id))
-        if entry is None:
-            return None
-        doc = entry.value
-        if isinstance(doc, NetworkMap):
-            return doc
-        snap = await self.maps.get(subjects.netmap_snapshot_key(peer_id, doc.base_hash))
-        if snap is None or not isinstance(snap.value, NetworkMap):
-            raise Unavailable(f"the snapshot of map {doc.serial} of {peer_id} is not stored")
-        return doc.apply(snap.value)
+        for delay in _READ_RETRIES:
+            entry = await self.maps.get(subjects.netmap_key(peer_id))
+            if entry is None:
+                return None
+            doc = entry.value
+            if isinstance(doc, NetworkMap):
+                return doc
+            snap = await self.maps.get(subjects.netmap_snapshot_key(peer_id, doc.base_hash))
+            if snap is not None and isinstance(snap.value, NetworkMap):
+                return doc.apply(snap.value)
+            # R3: a direct get may reach a replica behind the leader (an older delta whose
+            # snapshot is gone, or a snapshot not stored there yet): read both again
+            await asyncio.sleep(delay)
+        raise Unavailable(f"the snapshot of the map of {peer_id} is not stored")
 
     async def publish(
         self,
