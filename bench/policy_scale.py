@@ -65,7 +65,6 @@ from nats.js.kv import KeyValue
 from meshssh_common import codec, subjects
 from meshssh_common.key_watch import KeyWatch, Reconnects
 from meshssh_common.kv import open_bucket
-from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import NetworkMap, PeerFlags, PeerMeta
 from meshssh_policy.records import (
@@ -80,6 +79,7 @@ from meshssh_policy.records import (
     user_key,
 )
 from meshssh_testkit import NatsCluster, NatsServer, ServiceProcess
+from meshssh_testkit.netmaps import stored_map
 
 PEERS, GROUPS, PER_GROUP, REACH, USERS = 5000, 100, 50, 5, 200
 POLICIES, WIDE, EDITED = GROUPS * REACH, 1, 1
@@ -498,20 +498,15 @@ def signed(signer: Signer, netmap: NetworkMap) -> bytes:
     return codec.encode(signer.sign(codec.encode(netmap)))
 
 
-async def read_maps(kv: KeyValue, verifier: Verifier) -> list[NetworkMap]:
-    """Every peer's stored map (64 reads in flight)."""
+async def read_maps(nc: NATS, verifier: Verifier) -> list[NetworkMap]:
+    """Every peer's stored map, read as its peer reads it (64 reads in flight)."""
     sem = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> NetworkMap:
         async with sem:
-            entry = await kv.get(subjects.netmap_key(peer_id(i)))
-            assert entry.value is not None
-            doc = verifier.open_as(entry.value, MAP_DOC)
-            if isinstance(doc, NetworkMap):
-                return doc
-            snap = await kv.get(subjects.netmap_snapshot_key(peer_id(i), doc.base_hash))
-        assert snap.value is not None
-        return doc.apply(verifier.open_as(snap.value, NetworkMap))
+            netmap = await stored_map(nc, peer_id(i), verifier)
+        assert netmap is not None
+        return netmap
 
     return list(await asyncio.gather(*(one(i) for i in range(PEERS))))
 
@@ -611,7 +606,7 @@ async def main() -> int:
             full.append(float(match[2]))
             maps_kv = await open_bucket(js, subjects.BUCKET_NETMAPS)
             if not maps:
-                maps = await read_maps(maps_kv, Verifier("map", signer.pins))
+                maps = await read_maps(nc, Verifier("map", signer.pins))
             floor.append(await floor_full(js, maps, signer))
             print(
                 f"cold run {run + 1}/{FULL_RUNS}: {full[-1]:.2f}s (compile {compute[-1]:.2f}s)",

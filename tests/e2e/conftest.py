@@ -26,7 +26,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from meshssh_testkit.dashboard import add_user
+from meshssh_testkit.dashboard import add_user, start_dashboard_authn
 from meshssh_testkit.natsd import NatsServer
 from meshssh_testkit.openssh import openssh_available
 from meshssh_testkit.peer_agent import AgentProcess
@@ -240,18 +240,7 @@ async def dash_system(
     await add_user(users, "bob", PASSWORDS["bob"], email="bob@example.com")
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
-    await services.start(
-        "meshssh-authn",
-        *nats_server.authn_flags(),
-        "--listen",
-        "127.0.0.1:0",
-        "--users-file",
-        str(users),
-        "--device-poll-interval",
-        "1",
-        "--dashboard-redirect-uri",
-        f"{base}/auth/callback",
-    )
+    await start_dashboard_authn(services, nats_server, users, base, "--device-poll-interval", "1")
     policy = await services.start(
         "meshssh-policy",
         *nats_server.flags("policy"),

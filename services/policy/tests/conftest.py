@@ -39,7 +39,7 @@ from meshssh_common.wire import (
 from meshssh_policy.server import serve
 from meshssh_policy.settings import PolicySettings
 from meshssh_testkit import NatsServer
-from meshssh_testkit.dashboard import add_user
+from meshssh_testkit.dashboard import add_user, start_dashboard_authn
 from meshssh_testkit.netmaps import MapAssembler
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
@@ -362,16 +362,7 @@ def start_site(
         await add_user(users, "carol", "carol-password-0123", groups=("ops",))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        await services.start(
-            "meshssh-authn",
-            *nats_server.authn_flags(),
-            "--listen",
-            "127.0.0.1:0",
-            "--users-file",
-            str(users),
-            "--dashboard-redirect-uri",
-            f"{public_url or base}/auth/callback",
-        )
+        await start_dashboard_authn(services, nats_server, users, public_url or base)
         settings = settings or {"admin_users": ("alice",)}
         replica = await policy.start(
             seed=seed_file, listen=f"127.0.0.1:{port}", public_url=public_url, **settings

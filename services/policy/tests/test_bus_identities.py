@@ -17,14 +17,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
-from meshssh_common import codec, subjects
+from meshssh_common import subjects
 from meshssh_common.bus_permissions import gateway_permissions, inbox_prefix, peer_permissions
 from meshssh_common.errors import BadRequest, ConfigError, Denied
-from meshssh_common.key_watch import direct_get
-from meshssh_common.map_chain import decode_doc
 from meshssh_common.nats_jwt import Key, Prefix, decode_claims, new_key, write_creds
-from meshssh_common.wire import MapDoc, NetworkMap, RegisterReply, SignedDoc
+from meshssh_common.wire import NetworkMap, RegisterReply
 from meshssh_testkit import NatsServer
+from meshssh_testkit.netmaps import stored_map
 
 from .conftest import PolicyFactory, Replica, connect_as, register_rest
 
@@ -52,20 +51,11 @@ async def connect_peer(server: NatsServer, tmp_path: Path, key: Key, jwt: str) -
 
 
 async def direct_get_map(nc: NATS, peer_id: str) -> NetworkMap:
-    """A peer's read of its own map: direct gets of its key and of the snapshot a delta names
-    (no consumer). Not verified here (test_signed_maps does that)."""
-
-    async def get(key: str) -> MapDoc:
-        data = await direct_get(nc, subjects.BUCKET_NETMAPS, key, timeout=5)
-        assert data is not None, key
-        return decode_doc(codec.decode(data, SignedDoc).payload)
-
-    doc = await get(subjects.netmap_key(peer_id))
-    if isinstance(doc, NetworkMap):
-        return doc
-    snapshot = await get(subjects.netmap_snapshot_key(peer_id, doc.base_hash))
-    assert isinstance(snapshot, NetworkMap)
-    return doc.apply(snapshot)
+    """A peer's read of its own map over its own connection: direct gets of its key and of the
+    snapshot a delta names (no consumer). Not verified here (test_signed_maps does that)."""
+    netmap = await stored_map(nc, peer_id)
+    assert netmap is not None
+    return netmap
 
 
 def _cut_off(nc: NATS) -> bool:

@@ -36,7 +36,7 @@ from meshssh_common.wire import (
     TicketRefusal,
 )
 from meshssh_testkit import NatsServer
-from meshssh_testkit.dashboard import add_user, sign_in
+from meshssh_testkit.dashboard import add_user, sign_in, start_dashboard_authn
 from meshssh_testkit.plugin import ServiceFactory
 from meshssh_testkit.ports import free_port
 
@@ -124,17 +124,7 @@ async def start_site(
     seed.write_text(json.dumps(SEED))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    await services.start(
-        "meshssh-authn",
-        *nats_server.authn_flags(),
-        "--listen",
-        "127.0.0.1:0",
-        "--users-file",
-        str(users),
-        "--dashboard-redirect-uri",
-        f"{base}/auth/callback",
-        *authn_flags,
-    )
+    await start_dashboard_authn(services, nats_server, users, base, *authn_flags)
     replica = await policy.start(
         seed=seed, listen=f"127.0.0.1:{port}", gateway_url=GATEWAY_URL, admin_users=("alice",)
     )

@@ -196,7 +196,6 @@ class KeyWatch(Generic[T]):
         self.typ = typ
         self._verifier = verifier  # values are signed envelopes: open them (signed_doc)
         self.subject = f"$KV.{bucket}.{key}"
-        self.get_subject = f"$JS.API.DIRECT.GET.KV_{bucket}.{self.subject}"
         self._nc = nc
         self._bucket = bucket
         self._version = version

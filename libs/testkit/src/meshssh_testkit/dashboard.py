@@ -19,9 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from meshssh_testkit.process import script
+from meshssh_testkit.natscluster import NatsCluster
+from meshssh_testkit.natsd import NatsServer
+from meshssh_testkit.plugin import ServiceFactory
+from meshssh_testkit.process import ServiceProcess, script
 
-__all__ = ["add_user", "csrf_of", "sign_in"]
+__all__ = ["add_user", "csrf_of", "sign_in", "start_dashboard_authn"]
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -46,6 +49,26 @@ async def add_user(
         _, err = await proc.communicate(password.encode() + b"\n")
     if proc.returncode != 0:
         raise RuntimeError(f"users add {name} failed: {err.decode()}")
+
+
+async def start_dashboard_authn(
+    services: ServiceFactory,
+    bus: NatsServer | NatsCluster,
+    users: Path,
+    site: str,
+    *flags: str,
+) -> ServiceProcess:
+    """meshssh-authn's embedded provider (OS-picked port) serving the users of ``users``.
+
+    It sends a dashboard sign-in back to ``<site>/auth/callback``; ``flags`` are added.
+    """
+    return await services.start(
+        "meshssh-authn",
+        *bus.authn_flags(),
+        *("--listen", "127.0.0.1:0", "--users-file", str(users)),
+        *("--dashboard-redirect-uri", f"{site}/auth/callback"),
+        *flags,
+    )
 
 
 def csrf_of(page: str) -> str:
