@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from meshssh_common import subjects
@@ -13,7 +14,7 @@ from meshssh_common.kv import TypedKV, open_bucket
 from meshssh_common.logs import service_logger
 from meshssh_common.map_chain import MAP_DOC
 from meshssh_common.metrics import ServiceMetrics
-from meshssh_common.signed_doc import Verifier
+from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import FirewallRule, MapDelta, MapDoc, NetworkMap, PeerConfig, RemotePeer
 from meshssh_policy.metrics import PolicyMetrics
 from meshssh_policy.publisher import Outcome, Publisher
@@ -29,12 +30,13 @@ def content(*remotes: str) -> NetworkMap:
     )
 
 
-async def replica(nc: NATS) -> Publisher:
+async def replica(nc: NATS, signer: Signer | None = None) -> Publisher:
+    signer = signer or map_signer()
     kv = TypedKV(
         await open_bucket(nc.jetstream(), subjects.BUCKET_NETMAPS),
         MAP_DOC,
-        signer=map_signer(),
-        verifier=Verifier("map", map_signer().pins),
+        signer=signer,
+        verifier=Verifier("map", signer.pins),
     )
     publisher = Publisher(kv, PolicyMetrics(ServiceMetrics("policy")), service_logger("policy"))
     await publisher.load()
@@ -172,3 +174,21 @@ async def test_a_snapshot_that_cannot_be_read_is_replaced_by_a_new_one(nc: NATS)
     assert (doc.serial, doc.base_serial) == (2, 2)  # a new snapshot, named by its delta
     assert doc.base_hash != first.base_hash
     assert (await stored(b)).firewall_rules == wide("2222").firewall_rules
+
+
+async def test_after_a_key_rotation_the_next_change_writes_a_snapshot_under_the_new_key(
+    nc: NATS,
+) -> None:
+    a = await replica(nc)
+    assert await a.publish("p1", wide("22"), {"b": 1}) is Outcome.PUBLISHED
+    old = map_signer()
+    rotated = Signer(Ed25519PrivateKey.generate(), kind="map", previous=old._key)
+    b = await replica(nc, rotated)
+    assert await b.publish("p1", wide("2222"), {"b": 2}) is Outcome.PUBLISHED
+    doc = await raw(nc, subjects.netmap_key("p1"))
+    assert isinstance(doc, MapDelta)
+    assert (doc.serial, doc.base_serial) == (2, 2)  # not a delta on the old key's snapshot
+    new_only = Verifier("map", (rotated.public_key,))  # a peer that renewed its pins
+    whole = await stored_map(nc, "p1", new_only)
+    assert whole is not None
+    assert whole.firewall_rules == wide("2222").firewall_rules

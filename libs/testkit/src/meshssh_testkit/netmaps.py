@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
@@ -24,7 +25,7 @@ from nats.aio.client import Client as NATS
 from meshssh_common import subjects
 from meshssh_common.key_watch import direct_get
 from meshssh_common.kv import TypedKV, open_bucket
-from meshssh_common.map_chain import MAP_DOC, MapChain
+from meshssh_common.map_chain import MAP_DOC, MapChain, Unresolved
 from meshssh_common.signed_doc import Signer, Verifier
 from meshssh_common.wire import (
     FirewallRule,
@@ -86,21 +87,31 @@ class _Unverified(Verifier):
 async def stored_map(nc: NATS, peer_id: str, verifier: Verifier | None = None) -> NetworkMap | None:
     """The whole map stored for ``peer_id``, read as the peer reads it (verified if told how).
 
+    The key and the snapshot are two reads: when policy writes a new snapshot between them
+    (and erases the old one), both are read again, a few times.
+
     Raises:
         Refused: it does not verify.
-        Unresolved: it is a delta whose snapshot is not stored.
+        Unresolved: it is a delta whose snapshot stays missing.
     """
-    data = await direct_get(nc, subjects.BUCKET_NETMAPS, subjects.netmap_key(peer_id))
-    if data is None:
-        return None
 
     async def snapshot(base_hash: bytes) -> bytes | None:
         key = subjects.netmap_snapshot_key(peer_id, base_hash)
         return await direct_get(nc, subjects.BUCKET_NETMAPS, key)
 
     verifier = verifier or _Unverified()
-    chain = MapChain(verifier, fetch_snapshot=snapshot)
-    return await chain.resolve(verifier.open_as(data, MAP_DOC))
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.4, None):
+        data = await direct_get(nc, subjects.BUCKET_NETMAPS, subjects.netmap_key(peer_id))
+        if data is None:
+            return None
+        try:
+            chain = MapChain(verifier, fetch_snapshot=snapshot)
+            return await chain.resolve(verifier.open_as(data, MAP_DOC))
+        except Unresolved:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class MapAssembler:

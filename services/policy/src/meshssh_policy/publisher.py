@@ -212,7 +212,8 @@ class Publisher:
 
         After a restart, or for a peer another replica wrote last, the next change is then a
         delta too, instead of a new snapshot that every such peer would have to read again.
-        None (a new snapshot is written) when it cannot be read or is not the one named.
+        None (a new snapshot is written) when it cannot be read, is not the one named, or was
+        signed with a key the signer has since rotated away from.
         """
         if known.base is not None or not known.snapshot:
             return known.base
@@ -225,6 +226,9 @@ class Publisher:
             return None  # gone, or unreadable: a new snapshot replaces it
         if snapshot_hash(doc.payload) != known.snapshot:  # the hash our signed delta names
             return None
+        signer = self.maps.signer
+        if signer is not None and doc.key_id != signer.key_id:
+            return None  # signed before a rotation: peers that pin only the new key need a new one
         parts = Digester().parts(snapshot)
         return Base(snapshot.serial, known.snapshot, parts, len(doc.payload))
 
