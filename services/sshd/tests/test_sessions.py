@@ -261,3 +261,68 @@ async def test_terminal_modes_from_the_pty_request_are_applied(
     assert "erase = ^H" in out
     assert "-echo " in out
     assert "rows 30; columns 100" in out
+
+
+
+async def test_pty_output_waiting_for_a_stalled_client_after_the_exit_is_all_delivered(
+    server: Sshd, issuer: Issuer, local_user: str
+) -> None:
+    # Each program exits at once, the tail of its output still in the terminal because the
+    # client's small window stopped sshd from reading it (32 KiB window + 64 KiB channel
+    # buffer + ~16 KiB terminal: the sizes straddle where the program can just exit). The
+    # client reads only 2.5 s later, past the 1 s drain after an exit. Nothing may be lost.
+    async def stalled(conn: asyncssh.SSHClientConnection, size: int) -> tuple[int, bytes, int]:
+        proc = await conn.create_process(
+            f"head -c {size} /dev/zero | tr '\\0' a",
+            term_type="xterm",
+            term_size=(80, 24),
+            encoding=None,
+            window=32 * 1024,
+        )
+        await asyncio.sleep(2.5)
+        got = bytearray()
+        while chunk := await proc.stdout.read(1 << 16):
+            got += chunk
+        completed = await proc.wait(check=False)
+        return size, bytes(got), completed.exit_status
+
+    async with asyncssh.connect(
+        server.host,
+        server.port,
+        username=local_user,
+        password=issuer.mint("alice-id"),
+        known_hosts=None,
+        preferred_auth="password",
+        local_addr=("127.0.0.3", 0),
+    ) as conn:
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(
+                *(stalled(conn, k * 1024) for k in range(96, 148, 4))
+            )
+    for size, got, status in results:
+        assert (len(got), status) == (size, 0)
+        assert got == b"a" * size
+
+
+async def test_a_pty_session_ends_after_its_program_though_a_background_job_holds_the_terminal(
+    server: Sshd, issuer: Issuer, local_user: str
+) -> None:
+    # The job keeps the terminal open, so its hang-up never comes: the session ends once the
+    # terminal has been quiet for the drain time after the program's exit.
+    async with asyncssh.connect(
+        server.host,
+        server.port,
+        username=local_user,
+        password=issuer.mint("alice-id"),
+        known_hosts=None,
+        preferred_auth="password",
+        local_addr=("127.0.0.3", 0),
+    ) as conn:
+        started = asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(
+            conn.run("sleep 30 & echo started; exit 3", term_type="xterm", check=False), 15
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+    assert "started" in str(result.stdout)
+    assert result.exit_status == 3
+    assert elapsed < 10

@@ -42,7 +42,7 @@ from meshssh_sshd.terminal_modes import apply_modes
 
 __all__ = ["PIPE_SIZE", "ChildProcess", "LaunchSpec", "ProcessSink", "PtySpec", "exit_signal_name"]
 
-_PTY_DRAIN = 1.0  # seconds to keep reading a PTY after its process exited
+_PTY_DRAIN = 1.0  # seconds a PTY stays quiet, while read, after its process exited
 PIPE_SIZE = 1024 * 1024  # bytes each pipe to a session process holds (kernel default: 64 KiB)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -134,7 +134,10 @@ class _PipeProtocol(asyncio.SubprocessProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Called once the process exited and every pipe closed: all output was delivered.
-        self._owner.on_pipes_done()
+        # A PTY's output is not one of these pipes: its end is the master's hang-up or the
+        # drain, so here (right after the exit) it is not done yet.
+        if self._owner.pty is None:
+            self._owner.on_pipes_done()
 
 
 class _MasterReader(asyncio.Protocol):
@@ -142,6 +145,7 @@ class _MasterReader(asyncio.Protocol):
         self._owner = owner
 
     def data_received(self, data: bytes) -> None:
+        self._owner.last_output = asyncio.get_running_loop().time()
         self._owner.sink.output(data, False)
 
     def eof_received(self) -> bool:
@@ -176,6 +180,8 @@ class ChildProcess:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _held: list[bytes] | None = None  # input for the child, written at the end of this turn
+    last_output: float = 0.0  # loop time of the PTY's last output
+    _output_paused: bool = False  # the session stopped reading the output (client, recorder)
 
     @classmethod
     async def start(cls, spec: LaunchSpec, sink: ProcessSink) -> ChildProcess:
@@ -264,8 +270,25 @@ class ChildProcess:
         """The process exited (its output may still be in flight)."""
         self.exited.set()
         if self.pty is not None:
-            # A background job may hold the terminal: read what is there, then stop.
-            asyncio.get_running_loop().call_later(_PTY_DRAIN, self.on_pipes_done)
+            self.last_output = asyncio.get_running_loop().time()  # quiet counts from here
+            self._drain()
+
+    def _drain(self) -> None:
+        """After the exit, until the PTY hangs up or stays quiet :data:`_PTY_DRAIN` s.
+
+        A background job may hold the terminal open, so its hang-up may never come. Quiet
+        time counts only while the output is read: output that waits for a slow client, or for
+        the recorder to catch up, is still delivered (a timer from the exit alone cut it off).
+        """
+        if self.done.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self.last_output
+        if self._output_paused or quiet < _PTY_DRAIN:
+            wait = _PTY_DRAIN if self._output_paused else _PTY_DRAIN - quiet
+            loop.call_later(wait, self._drain)
+            return
+        self.on_pipes_done()
 
     def on_pipes_done(self) -> None:
         """All output was delivered (pipes closed, or the PTY hung up or timed out)."""
@@ -303,12 +326,15 @@ class ChildProcess:
 
     def pause_output(self) -> None:
         """The client is not reading: stop reading the child's output."""
+        self._output_paused = True
         for t in self._outputs():
             with contextlib.suppress(RuntimeError, AttributeError):
                 t.pause_reading()
 
     def resume_output(self) -> None:
         """The client reads again."""
+        self._output_paused = False
+        self.last_output = asyncio.get_running_loop().time()  # the drain's quiet starts now
         for t in self._outputs():
             with contextlib.suppress(RuntimeError, AttributeError):
                 t.resume_reading()
