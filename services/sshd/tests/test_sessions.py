@@ -263,7 +263,6 @@ async def test_terminal_modes_from_the_pty_request_are_applied(
     assert "rows 30; columns 100" in out
 
 
-
 async def test_pty_output_waiting_for_a_stalled_client_after_the_exit_is_all_delivered(
     server: Sshd, issuer: Issuer, local_user: str
 ) -> None:
@@ -296,9 +295,7 @@ async def test_pty_output_waiting_for_a_stalled_client_after_the_exit_is_all_del
         local_addr=("127.0.0.3", 0),
     ) as conn:
         async with asyncio.timeout(20):
-            results = await asyncio.gather(
-                *(stalled(conn, k * 1024) for k in range(96, 148, 4))
-            )
+            results = await asyncio.gather(*(stalled(conn, k * 1024) for k in range(96, 148, 4)))
     for size, got, status in results:
         assert (len(got), status) == (size, 0)
         assert got == b"a" * size
