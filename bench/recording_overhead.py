@@ -5,14 +5,18 @@ Starts, on loopback: a nats-server with JetStream and the ``MESHSSH_RECORDINGS``
 (no session rules) and ``rec`` (``recording: required`` and ``record_exec``, so non-PTY
 commands are recorded too, with every chunk acked by JetStream). Then:
 
-1. throughput: BENCH_SIZE_MB of output read by an asyncssh client from an exec session,
-   ``plain`` and ``rec`` interleaved (ABBA...), BENCH_ROUNDS rounds each, for two outputs:
-   ``yes`` (``yes <text> | head -c SIZE``, a line repeated: it compresses ~1000 times) and
-   ``text`` (``cat`` of Python's own sources, which compress ~3.5 times, like most real
-   terminal output). The figure is the median of the ratios of adjacent pairs (recording on /
-   off; the issue's bar is 0.9), with min and max, next to both sides' MB/s (min, median,
-   max), the recording's stored bytes per output byte, and the CPU seconds per GiB of the
-   sshd (and of it, the kernel's share) and nats-server processes;
+1. throughput: SIZE of output read through OpenSSH's ``ssh``, as users run it, ``plain`` and
+   ``rec`` interleaved (ABBA...), BENCH_ROUNDS rounds each, for two kinds of session and two
+   outputs. Kinds: ``pty`` (``ssh -tt``: a terminal session, what recording is for and what
+   it records by default) and ``exec`` (``ssh`` without a terminal: recorded only with
+   ``record_exec``; pipes carry output several times faster than a terminal). Outputs: ``yes``
+   (``yes <text> | head -c SIZE``, a line repeated: it compresses ~1000 times) and ``text``
+   (``cat`` of Python's own sources, which compress ~3.5 times, like most real terminal
+   output). The figure is the median of the ratios of adjacent pairs (recording on / off;
+   the issue's bar is 0.9), with min and max, next to both sides' MB/s (min, median, max),
+   the recording's stored bytes per output byte, and the CPU seconds per GiB of the sshd (and
+   of it, the kernel's share) and nats-server processes. The client's output goes to
+   ``wc -c`` and is checked (a terminal turns each newline into CR LF);
 2. memory: the RSS of the meshssh-sshd process with BENCH_SESSIONS idle sessions open
    (``sleep``), once as ``plain`` and once as ``rec``; the difference divided by the number of
    sessions is the memory one recorded session adds. (A session that prints fast holds at
@@ -21,9 +25,9 @@ commands are recorded too, with every chunk acked by JetStream). Then:
 
 The machine's other load shows as spread between runs, which the interleaving evens out; all
 processes share its cores. Run as root (it creates a user):
-``.venv/bin/python bench/recording_overhead.py`` (about 3 minutes). Knobs: BENCH_ROUNDS (5),
-BENCH_SIZE_MB (256), BENCH_SESSIONS (100), BENCH_OUTPUTS (``yes,text``). The last line is one
-JSON object.
+``.venv/bin/python bench/recording_overhead.py`` (about 5 minutes). Knobs: BENCH_ROUNDS (7),
+BENCH_SIZE_MB (128), BENCH_SESSIONS (100), BENCH_KINDS (``pty,exec``), BENCH_OUTPUTS
+(``yes,text``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -69,12 +73,14 @@ from ssh_throughput import (
     remove_user,
     rss_kib,
     start_meshssh,
+    write_client_files,
 )
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-SIZE = int(os.environ.get("BENCH_SIZE_MB", "256")) << 20
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+SIZE = int(os.environ.get("BENCH_SIZE_MB", "128")) << 20
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100"))
 OUTPUTS = os.environ.get("BENCH_OUTPUTS", "yes,text").split(",")
+KINDS = os.environ.get("BENCH_KINDS", "pty,exec").split(",")
 TEXT = "the quick brown fox jumps over the lazy dog 0123456789 ~!@#$%^&*()"
 RECORDED = SessionRules(recording="required", record_exec=True)
 
@@ -166,19 +172,46 @@ def command(output: str, corpus: Path) -> str:
     return f"cat {corpus}"
 
 
-async def download(setup: Setup, sub: str, cmd: str) -> float:
-    """MB/s of SIZE bytes out of one exec session."""
-    async with await connect(setup, sub) as conn:
-        started = time.perf_counter()
-        proc = await conn.create_process(cmd, encoding=None, stderr=asyncssh.DEVNULL)
-        got = 0
-        while chunk := await proc.stdout.read(1 << 20):
-            got += len(chunk)
-        await proc.wait()
-        elapsed = time.perf_counter() - started
-    if got != SIZE:
-        sys.exit(f"{sub}: got {got} bytes, expected {SIZE}")
-    return SIZE / elapsed / 1e6
+def expected_bytes(output: str, corpus: Path, kind: str) -> int:
+    """What ``wc -c`` counts of ``output``: a terminal sends each newline as CR LF."""
+    if kind != "pty":
+        return SIZE
+    if output == "yes":
+        return SIZE + SIZE // (len(TEXT) + 1)
+    return SIZE + corpus.read_bytes().count(b"\n")
+
+
+def download(setup: Setup, sub: str, cmd: str, kind: str, expect: int) -> float:
+    """MB/s out of one session through OpenSSH's ssh, from its first byte to its last.
+
+    Timed from the first byte, so the login (the same on both sides) does not dilute the
+    difference; the first read's bytes are not counted.
+    """
+    terminal = ["-tt"] if kind == "pty" else []
+    argv = setup.ssh_argv("meshssh", *terminal, "-o", "Ciphers=aes128-gcm@openssh.com", command=cmd)
+    proc = subprocess.Popen(
+        argv,
+        env=setup.env(token(setup, sub)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    buf = bytearray(1 << 20)
+    got = first = 0
+    started = 0.0
+    while n := proc.stdout.readinto(buf):
+        if not got:
+            started, first = time.perf_counter(), n
+        got += n
+    elapsed = time.perf_counter() - started
+    err = proc.stderr.read()
+    if proc.wait(60) != 0 or got != expect:
+        sys.exit(
+            f"{sub} {kind}: got {got} bytes (expected {expect}), exit {proc.returncode}: {err!r}"
+        )
+    return (got - first) / elapsed / 1e6
 
 
 async def stored_bytes(natsd: NatsServer) -> int:
@@ -223,10 +256,12 @@ def spread(values: list[float], digits: int = 1) -> dict[str, float]:
 
 
 async def throughput(
-    setup: Setup, natsd: NatsServer, nats_pid: int, output: str, cmd: str
+    setup: Setup, natsd: NatsServer, nats_pid: int, kind: str, output: str, corpus: Path
 ) -> dict[str, object]:
-    await download(setup, "plain", cmd)  # warm up both paths
-    await download(setup, "rec", cmd)
+    cmd, expect = command(output, corpus), expected_bytes(output, corpus, kind)
+    label = f"{kind} {output}"
+    for sub in ("plain", "rec"):  # warm up both paths
+        await asyncio.to_thread(download, setup, sub, cmd, kind, expect)
     rates: dict[str, list[float]] = {"plain": [], "rec": []}
     cpu = {"plain": [0.0, 0.0, 0.0], "rec": [0.0, 0.0, 0.0]}  # sshd, nats-server, sshd system
     before = await stored_bytes(natsd)
@@ -234,7 +269,7 @@ async def throughput(
         for sub in ("plain", "rec") if i % 2 == 0 else ("rec", "plain"):
             sshd0, nats0 = cpu_seconds(setup.meshssh_pid), cpu_seconds(nats_pid)
             sys0 = cpu_seconds(setup.meshssh_pid, system=True)
-            rates[sub].append(await download(setup, sub, cmd))
+            rates[sub].append(await asyncio.to_thread(download, setup, sub, cmd, kind, expect))
             cpu[sub][0] += cpu_seconds(setup.meshssh_pid) - sshd0
             cpu[sub][1] += cpu_seconds(nats_pid) - nats0
             cpu[sub][2] += cpu_seconds(setup.meshssh_pid, system=True) - sys0
@@ -250,10 +285,10 @@ async def throughput(
         "sshd_system_cpu_s_per_gib": {k: round(v[2] / gib, 2) for k, v in cpu.items()},
         "nats_cpu_s_per_gib": {k: round(v[1] / gib, 2) for k, v in cpu.items()},
     }
-    print(f"{output}: MB/s plain {result['plain_mb_s']}, recorded {result['recorded_mb_s']}")
-    print(f"{output}: ratios {[round(r, 3) for r in ratios]} -> {result['ratio']}")
+    print(f"{label}: MB/s plain {result['plain_mb_s']}, recorded {result['recorded_mb_s']}")
+    print(f"{label}: ratios {[round(r, 3) for r in ratios]} -> {result['ratio']}")
     print(
-        f"{output}: stored {result['stored_bytes_per_output_byte']} B per output byte; "
+        f"{label}: stored {result['stored_bytes_per_output_byte']} B per output byte; "
         f"CPU s/GiB sshd {result['sshd_cpu_s_per_gib']} (system "
         f"{result['sshd_system_cpu_s_per_gib']}), nats {result['nats_cpu_s_per_gib']}",
         flush=True,
@@ -264,9 +299,11 @@ async def throughput(
 async def run(setup: Setup, natsd: NatsServer, corpus: Path) -> dict[str, object]:
     assert natsd.proc is not None
     report: dict[str, object] = {"size_mb": SIZE >> 20, "rounds": ROUNDS}
-    for output in OUTPUTS:
-        cmd = command(output, corpus)
-        report[output] = await throughput(setup, natsd, natsd.proc.pid, output, cmd)
+    for kind in KINDS:
+        for output in OUTPUTS:
+            report[f"{kind}_{output}"] = await throughput(
+                setup, natsd, natsd.proc.pid, kind, output, corpus
+            )
     idle = rss_kib([setup.meshssh_pid])
     plain_rss = await held_rss(setup, "plain")
     rec_rss = await held_rss(setup, "rec")
@@ -290,6 +327,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rec-bench-") as tmp_name:
         tmp = Path(tmp_name)
         setup = Setup(tmp)
+        write_client_files(setup)
         natsd = await NatsServer.start(tmp / "nats")
         setup.uid = await asyncio.to_thread(os_users.add_user, setup.user, password="*")
         try:

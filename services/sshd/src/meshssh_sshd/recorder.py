@@ -9,12 +9,14 @@ the asciicast v2 file back (:func:`~meshssh_common.recording_stream.read_recordi
 Each message carries the header ``Meshssh-Rec-Bytes``: the recording's stored bytes up to and
 including it, so a reader learns a recording's stored size from its last message.
 
-The session's hot path only appends a 16-byte head and a reference to its output to the open
-batch (no copy, no JSON); one task, woken by a batch's first event, seals a batch
-when it holds a message's worth (:data:`MAX_CHUNK`, or up to 2 MiB while the output
-compresses at least 8 times) or when its first event waited :data:`_FLUSH_EVERY`, compresses
-it part by part into one zstd frame (in a worker thread unless the output shrinks 10 times or
-more) and publishes it, up to :data:`_WINDOW` batches awaiting their acks at once. With
+The session's hot path only appends a 16-byte head and its output to the open batch, one
+buffer (no JSON; copying a read there costs less than holding on to it: the read's own
+memory is reused while it is still in the cache, and the batch is written in order). One
+task, woken by a batch's first event, seals a batch when it holds a message's worth
+(:data:`MAX_CHUNK`, or up to 2 MiB while the output compresses at least 8 times) or when its
+first event waited :data:`_FLUSH_EVERY`, compresses it into one zstd frame (in a worker
+thread unless the output shrinks 10 times or more) and publishes it, up to :data:`_WINDOW`
+batches awaiting their acks at once. With
 ``required`` the session starts only once the header is acked, and it ends (``failed`` is
 called once) when a publish is not acked or the backlog outgrows :data:`MAX_BACKLOG`; above
 :data:`HIGH_WATER` buffered bytes it asks the session to stop reading the program's output
@@ -46,13 +48,7 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from meshssh_common.logs import BoundLogger
-from meshssh_common.recording_format import (
-    EVENT_HEAD,
-    EVENT_PIECE,
-    EVENTS_MAGIC,
-    pack_chunk,
-    pack_parts,
-)
+from meshssh_common.recording_format import EVENT_HEAD, EVENT_PIECE, EVENTS_MAGIC, pack_chunk
 from meshssh_common.recording_stream import MAX_CHUNK, SIZE_HEADER
 from meshssh_sshd.metrics import SshdMetrics
 
@@ -85,7 +81,6 @@ LOST_TEXT = "meshssh: session closed: it must be recorded, and its recording sto
 _encode = msgspec.json.Encoder().encode
 
 
-_Part = bytes | memoryview
 _Packed = tuple[list[tuple[bytes, int]], int]  # messages with their batch bytes, next limit
 _HEAD = EVENT_HEAD.pack
 _HEAD_SIZE = EVENT_HEAD.size
@@ -101,7 +96,7 @@ def _packers() -> ThreadPoolExecutor:
     return _executor
 
 
-def _pack(parts: list[_Part], size: int) -> _Packed:
+def _pack(batch: bytearray) -> _Packed:
     """``batch`` as messages of at most :data:`MAX_CHUNK`, and the next batches' size.
 
     The next batches are sized so that they fill about 3/4 of a message once compressed (up
@@ -109,11 +104,11 @@ def _pack(parts: list[_Part], size: int) -> _Packed:
     form does not fit a message after all is cut between events and each piece compressed on
     its own; the batches after it are :data:`MAX_CHUNK` until the output shrinks again.
     """
-    message = pack_parts(parts, size)
+    size = len(batch)
+    message = pack_chunk(batch)
     if len(message) <= MAX_CHUNK:
         room = MAX_CHUNK * 3 * size // (4 * len(message))
         return [(message, size - _MAGIC)], min(_BIG, max(MAX_CHUNK, room))
-    batch = message if len(message) == size else b"".join(parts)
     out: list[tuple[bytes, int]] = []
     view = memoryview(batch)
     start = at = _MAGIC
@@ -154,9 +149,9 @@ class Recorder:
         self._log = log
         self._failed = failed
         self._started = time.monotonic()
-        self._parts: list[_Part] = [EVENTS_MAGIC]  # the open batch: heads and the data itself
+        self._batch = bytearray(EVENTS_MAGIC)  # the open batch: heads and the data itself
         self._open = 0  # its bytes of events
-        self._sealed: deque[tuple[list[_Part], int]] = deque()  # full batches, oldest first
+        self._sealed: deque[bytearray] = deque()  # full batches, oldest first
         self._size = 0  # bytes of events in all batches
         self._oldest = 0.0  # monotonic time of the open batch's first event
         self._limit = MAX_CHUNK  # a batch's size: _BIG while the output compresses well
@@ -207,7 +202,7 @@ class Recorder:
         self._event("r", f"{cols}x{rows}".encode())
 
     def _event(self, code: str, data: bytes) -> None:
-        # The session's hot path: the data is kept as it is (bytes, no copy until packed).
+        # The session's hot path: a head and the data, appended to the open batch.
         if self._broken or self._closing or not data:
             return
         size = len(data)
@@ -217,28 +212,28 @@ class Recorder:
         at = time.monotonic() - self._started
         tag = _CODE[code]
         if size <= EVENT_PIECE:
-            if self._open and self._open + _HEAD_SIZE + size > self._limit:
-                self._seal()
-            elif not self._open:
-                self._opened()
-            self._parts += (_HEAD(at, tag, size), data)
-            self._open += _HEAD_SIZE + size
-            self._size += _HEAD_SIZE + size
+            self._append(at, tag, data, size)
         else:
             view = memoryview(data)
             for start in range(0, size, EVENT_PIECE):
                 piece = view[start : start + EVENT_PIECE]
-                if self._open and self._open + _HEAD_SIZE + len(piece) > self._limit:
-                    self._seal()
-                elif not self._open:
-                    self._opened()
-                self._parts += (_HEAD(at, tag, len(piece)), piece)
-                self._open += _HEAD_SIZE + len(piece)
-                self._size += _HEAD_SIZE + len(piece)
+                self._append(at, tag, piece, len(piece))
         if self._sealed or self._size >= HIGH_WATER:
             self._wake.set()
             if self._required and self._size > HIGH_WATER and not self._pressing:
                 self._press(True)
+
+    def _append(self, at: float, tag: bytes, data: bytes | memoryview, size: int) -> None:
+        """One event (at most :data:`EVENT_PIECE` bytes) into the open batch."""
+        if self._open and self._open + _HEAD_SIZE + size > self._limit:
+            self._seal()
+        if not self._open:
+            self._opened()
+        batch = self._batch
+        batch += _HEAD(at, tag, size)
+        batch += data
+        self._open += _HEAD_SIZE + size
+        self._size += _HEAD_SIZE + size
 
     def _opened(self) -> None:
         """The first event of a batch: the publishing task sleeps until it is due."""
@@ -246,10 +241,9 @@ class Recorder:
         self._wake.set()
 
     def _seal(self) -> None:
-        """Close the open batch and open a new one."""
-        self._sealed.append((self._parts, self._open))
-        self._parts, self._open = [EVENTS_MAGIC], 0
-        self._oldest = time.monotonic()
+        """Close the open batch: the next event opens a new one."""
+        self._sealed.append(self._batch)
+        self._batch, self._open = bytearray(EVENTS_MAGIC), 0
 
     def _press(self, on: bool) -> None:
         self._pressing = on
@@ -281,7 +275,7 @@ class Recorder:
         self._metrics.recording_bytes.labels(result="stored").inc(len(chunk))
         return True
 
-    def _take(self) -> tuple[list[_Part], int] | None:
+    def _take(self) -> bytearray | None:
         """The oldest full batch and its bytes; the open one when old, big enough or last."""
         if not self._sealed:
             if not self._open:
@@ -290,9 +284,9 @@ class Recorder:
             if self._size < HIGH_WATER and not self._closing and wait > 0:
                 return None
             self._seal()
-        parts, size = self._sealed.popleft()
-        self._size -= size
-        return parts, size + _MAGIC
+        batch = self._sealed.popleft()
+        self._size -= len(batch) - _MAGIC
+        return batch
 
     async def _run(self) -> None:
         """Compress batches in worker threads and publish them in order.
@@ -323,9 +317,9 @@ class Recorder:
                 if batch is not None and self._limit >= _BIG:
                     # Output that shrank 10 times or more compresses fast: no thread hop.
                     packing.append(loop.create_future())
-                    packing[-1].set_result(_pack(*batch))
+                    packing[-1].set_result(_pack(batch))
                 elif batch is not None:
-                    packing.append(loop.run_in_executor(_packers(), _pack, *batch))
+                    packing.append(loop.run_in_executor(_packers(), _pack, batch))
                 elif packing:
                     await asyncio.wait([packing[0]])
                 elif inflight:
@@ -363,7 +357,7 @@ class Recorder:
             return
         self._broken = True
         self._sealed.clear()
-        self._parts, self._open, self._size = [EVENTS_MAGIC], 0, 0
+        self._batch, self._open, self._size = bytearray(EVENTS_MAGIC), 0, 0
         self._failed(reason)
 
     async def close(self, timeout: float = 5.0) -> None:
