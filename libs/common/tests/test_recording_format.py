@@ -18,7 +18,6 @@ from meshssh_common.recording_format import (
     CastWriter,
     append_event,
     pack_chunk,
-    pack_parts,
     unpack_chunk,
 )
 
@@ -106,16 +105,6 @@ def test_garbage_messages_are_refused_with_a_clear_error(message: bytes, error: 
     # packed too: a zstd frame holding garbage is refused once unpacked
     with pytest.raises(WireError, match="neither"):
         CastWriter().feed(unpack_chunk(zstandard.ZstdCompressor().compress(b"x" * 500)))
-
-
-def test_parts_are_packed_as_their_join_without_joining_output_that_shrinks() -> None:
-    parts = [EVENTS_MAGIC, b"\0" * 16, memoryview(b"line of output\r\n" * 4000), b"x" * 9]
-    joined = b"".join(parts)
-    packed = pack_parts(parts, len(joined))
-    assert len(packed) * 50 < len(joined)
-    assert unpack_chunk(packed) == joined
-    noise = [EVENTS_MAGIC, os.urandom(EVENT_PIECE), memoryview(os.urandom(100))]
-    assert pack_parts(noise, sum(map(len, noise))) == b"".join(noise)  # stored as it is
 
 
 def test_a_recording_that_ends_inside_a_character_ends_with_a_replacement() -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import codecs
 import struct
 import threading
-from collections.abc import Sequence
 
 import msgspec
 import zstandard
@@ -44,7 +43,6 @@ __all__ = [
     "event_head",
     "last_event_time",
     "pack_chunk",
-    "pack_parts",
     "unpack_chunk",
 ]
 
@@ -82,17 +80,6 @@ def pack_chunk(piece: bytes | bytearray | memoryview) -> bytes:
     """``piece`` as stored: a zstd frame when that is smaller, else the piece itself."""
     packed = _compressor().compress(piece)
     return packed if len(packed) < len(piece) else bytes(piece)
-
-
-def pack_parts(parts: Sequence[bytes | memoryview], size: int) -> bytes:
-    """The ``size`` bytes of ``parts``, joined, as stored (as :func:`pack_chunk` does).
-
-    The parts are compressed one after the other into one frame, so output that shrinks is
-    never joined (copied into a new buffer) first; only output that does not shrink is.
-    """
-    stream = _compressor().compressobj(size=size)
-    packed = b"".join([*map(stream.compress, parts), stream.flush()])
-    return packed if len(packed) < size else b"".join(parts)
 
 
 def unpack_chunk(message: bytes) -> bytes:
