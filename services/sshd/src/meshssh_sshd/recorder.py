@@ -314,8 +314,11 @@ class Recorder:
                         await self._settle(inflight.popleft())
                     continue
                 batch = self._take() if len(packing) < _PACKING else None
-                if batch is not None and self._limit >= _BIG:
-                    # Output that shrank 10 times or more compresses fast: no thread hop.
+                if batch is not None and (self._limit >= _BIG or not (packing or self._sealed)):
+                    # On the loop (no thread hop, the batch still in this core's cache) when
+                    # it is quick: output that shrank 10 times or more, or a batch that no
+                    # other waits behind (the output is slower than compression, as a
+                    # terminal's is). Output that outpaces it is compressed in threads.
                     packing.append(loop.create_future())
                     packing[-1].set_result(_pack(batch))
                 elif batch is not None:
