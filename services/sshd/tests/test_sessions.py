@@ -22,6 +22,19 @@ if TYPE_CHECKING:
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="user switching needs root")
 
 
+def _login(server: Sshd, issuer: Issuer, user: str) -> Any:
+    """An asyncssh connection as alice (a second client implementation beside OpenSSH)."""
+    return asyncssh.connect(
+        server.host,
+        server.port,
+        username=user,
+        password=issuer.mint("alice-id"),
+        known_hosts=None,
+        preferred_auth="password",
+        local_addr=("127.0.0.3", 0),
+    )
+
+
 @pytest.fixture
 async def server(mesh: Mesh, sshd_factory: SshdFactory, local_user: str) -> Sshd:
     await mesh.publish_map(grants=[("alice-id", "*")])
@@ -142,15 +155,7 @@ async def test_a_signal_request_reaches_the_command(
     server: Sshd, issuer: Issuer, local_user: str
 ) -> None:
     # OpenSSH's client cannot send signals: use asyncssh's client, a second implementation.
-    async with asyncssh.connect(
-        server.host,
-        server.port,
-        username=local_user,
-        password=issuer.mint("alice-id"),
-        known_hosts=None,
-        preferred_auth="password",
-        local_addr=("127.0.0.3", 0),
-    ) as conn:
+    async with _login(server, issuer, local_user) as conn:
         proc = await conn.create_process("echo started; exec sleep 30")
         assert (await asyncio.wait_for(proc.stdout.readline(), 10)) == "started\n"
         proc.send_signal("TERM")
@@ -221,15 +226,7 @@ async def test_sessions_run_as_the_target_user_with_groups_home_shell_and_no_log
 async def test_a_pty_login_shell_has_a_controlling_terminal_owned_by_the_user(
     server: Sshd, issuer: Issuer, local_user: str
 ) -> None:
-    async with asyncssh.connect(
-        server.host,
-        server.port,
-        username=local_user,
-        password=issuer.mint("alice-id"),
-        known_hosts=None,
-        preferred_auth="password",
-        local_addr=("127.0.0.3", 0),
-    ) as conn:
+    async with _login(server, issuer, local_user) as conn:
         proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
         proc.stdin.write("echo zero=$0; stat -c %U $(tty); ps -o tty= -p $$; exit 5\n")
         completed = await asyncio.wait_for(proc.wait(check=False), 15)
@@ -244,15 +241,7 @@ async def test_a_pty_login_shell_has_a_controlling_terminal_owned_by_the_user(
 async def test_terminal_modes_from_the_pty_request_are_applied(
     server: Sshd, issuer: Issuer, local_user: str
 ) -> None:
-    async with asyncssh.connect(
-        server.host,
-        server.port,
-        username=local_user,
-        password=issuer.mint("alice-id"),
-        known_hosts=None,
-        preferred_auth="password",
-        local_addr=("127.0.0.3", 0),
-    ) as conn:
+    async with _login(server, issuer, local_user) as conn:
         # VERASE = ^H (3: 8), ECHO off (53: 0), as a client whose terminal is set so would send.
         result = await conn.run(
             "stty -a", term_type="vt100", term_size=(100, 30), term_modes={3: 8, 53: 0}, check=False
@@ -285,15 +274,7 @@ async def test_pty_output_waiting_for_a_stalled_client_after_the_exit_is_all_del
         completed = await proc.wait(check=False)
         return size, bytes(got), completed.exit_status
 
-    async with asyncssh.connect(
-        server.host,
-        server.port,
-        username=local_user,
-        password=issuer.mint("alice-id"),
-        known_hosts=None,
-        preferred_auth="password",
-        local_addr=("127.0.0.3", 0),
-    ) as conn:
+    async with _login(server, issuer, local_user) as conn:
         async with asyncio.timeout(20):
             results = await asyncio.gather(*(stalled(conn, k * 1024) for k in range(96, 148, 4)))
     for size, got, status in results:
@@ -306,15 +287,7 @@ async def test_a_pty_session_ends_after_its_program_though_a_background_job_hold
 ) -> None:
     # The job keeps the terminal open, so its hang-up never comes: the session ends once the
     # terminal has been quiet for the drain time after the program's exit.
-    async with asyncssh.connect(
-        server.host,
-        server.port,
-        username=local_user,
-        password=issuer.mint("alice-id"),
-        known_hosts=None,
-        preferred_auth="password",
-        local_addr=("127.0.0.3", 0),
-    ) as conn:
+    async with _login(server, issuer, local_user) as conn:
         started = asyncio.get_running_loop().time()
         result = await asyncio.wait_for(
             conn.run("sleep 30 & echo started; exit 3", term_type="xterm", check=False), 15

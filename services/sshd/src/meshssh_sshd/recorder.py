@@ -14,8 +14,9 @@ buffer (no JSON; copying a read there costs less than holding on to it: the read
 memory is reused while it is still in the cache, and the batch is written in order). One
 task, woken by a batch's first event, seals a batch when it holds a message's worth
 (:data:`MAX_CHUNK`, or up to 2 MiB while the output compresses at least 8 times) or when its
-first event waited :data:`_FLUSH_EVERY`, compresses it into one zstd frame (in a worker
-thread unless the output shrinks 10 times or more) and publishes it, up to :data:`_WINDOW`
+first event waited :data:`_FLUSH_EVERY`, compresses it into one zstd frame (on the loop when
+the output shrinks 10 times or more or no other batch waits behind it, else in a worker
+thread) and publishes it, up to :data:`_WINDOW`
 batches awaiting their acks at once. With
 ``required`` the session starts only once the header is acked, and it ends (``failed`` is
 called once) when a publish is not acked or the backlog outgrows :data:`MAX_BACKLOG`; above
@@ -289,10 +290,11 @@ class Recorder:
         return batch
 
     async def _run(self) -> None:
-        """Compress batches in worker threads and publish them in order.
+        """Compress batches and publish them in order.
 
-        Up to :data:`_PACKING` batches are compressed at once (zstd releases the GIL, so the
-        session's output goes on meanwhile), and up to :data:`_WINDOW` await their acks.
+        A batch is compressed on the loop when that is quick (see below), else in a worker
+        thread: up to :data:`_PACKING` at once (zstd releases the GIL, so the session's output
+        goes on meanwhile). Up to :data:`_WINDOW` batches await their acks.
         """
         packing: deque[asyncio.Future[_Packed]] = deque()
         inflight: deque[tuple[asyncio.Task[bool], int]] = deque()
